@@ -1,0 +1,5 @@
+import sys
+
+from keepword.cli import main
+
+sys.exit(main())

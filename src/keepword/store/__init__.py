@@ -1,0 +1,1 @@
+"""Persistence: schema, migrations, and the queries the use cases need."""

@@ -1,0 +1,244 @@
+"""The database schema (SQLAlchemy Core). Portable: nothing SQLite-only.
+
+Alembic migrations in `store/migrations` are the source of truth for deployed
+databases; this module mirrors the newest revision for queries and autogenerate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite keeps no zone, so values are stored as naive UTC and tagged UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: keepword stores aware UTC only")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(name: str, *, nullable: bool = True) -> Column[datetime]:
+    return Column(name, UtcDateTime(), nullable=nullable)
+
+
+# Where each configured folder stands: the IMAP sync cursor.
+folder_state = Table(
+    "folder_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("folder", String(500), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=True),
+    Column("last_uid", BigInteger, nullable=False, default=0),
+    Column("history_done", Boolean, nullable=False, default=False),
+    _ts("last_poll_at"),
+    _ts("last_success_at"),
+    Column("last_error", Text, nullable=True),
+    _ts("last_error_at"),
+    UniqueConstraint("mailbox", "folder", name="uq_folder_state_mailbox_folder"),
+)
+
+# Every distinct message, stored once with its raw bytes.
+# Identity: (mailbox, message_id, content_digest). The same mail seen in INBOX and in
+# Sent, or again after a UIDVALIDITY change, is one row; two different mails that share
+# a Message-ID are two rows, so nothing is lost.
+message = Table(
+    "message",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("message_id", String(998), nullable=False),
+    Column("message_id_derived", Boolean, nullable=False, default=False),
+    Column("content_digest", String(64), nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("in_reply_to", Text, nullable=True),
+    Column("references", Text, nullable=True),
+    Column("from_addr", String(320), nullable=True),
+    Column("from_name", Text, nullable=True),
+    Column("to_addrs", JSON, nullable=False, default=list),
+    Column("cc_addrs", JSON, nullable=False, default=list),
+    Column("reply_to", JSON, nullable=False, default=list),
+    Column("subject", Text, nullable=True),
+    _ts("date"),
+    Column("date_offset_minutes", Integer, nullable=True),
+    _ts("received_at"),
+    _ts("stored_at", nullable=False),
+    Column("body_text", Text, nullable=True),
+    Column("headers", JSON, nullable=False, default=dict),
+    Column("content_type", String(200), nullable=True),
+    Column("origin", String(20), nullable=False),
+    Column("is_history", Boolean, nullable=False, default=False),
+    Column("quarantined", Boolean, nullable=False, default=False),
+    Column("quarantine_reason", Text, nullable=True),
+    Column("kind", String(20), nullable=True),
+    Column("kind_reason", Text, nullable=True),
+    Column("case_id", Integer, ForeignKey("case.id"), nullable=True),
+    Column("thread_rule", String(40), nullable=True),
+    _ts("triaged_at"),
+    UniqueConstraint("mailbox", "message_id", "content_digest", name="uq_message_mailbox_identity"),
+    Index("ix_message_mailbox_message_id", "mailbox", "message_id"),
+    Index("ix_message_case_id", "case_id"),
+    Index("ix_message_triaged_at", "mailbox", "triaged_at"),
+)
+
+# Every place (folder, UIDVALIDITY, UID) a message was seen.
+message_location = Table(
+    "message_location",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_pk", Integer, ForeignKey("message.id"), nullable=False),
+    Column("mailbox", String(100), nullable=False),
+    Column("folder", String(500), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    _ts("seen_at", nullable=False),
+    _ts("handled_at"),
+    UniqueConstraint(
+        "mailbox", "folder", "uidvalidity", "uid", name="uq_message_location_coordinates"
+    ),
+    Index("ix_message_location_message_pk", "message_pk"),
+)
+
+case = Table(
+    "case",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("reference", String(40), nullable=False),
+    Column("status", String(30), nullable=False),
+    Column("owner", String(320), nullable=True),
+    Column("owner_changes", Integer, nullable=False, default=0),
+    Column("customer", String(320), nullable=True),
+    Column("customer_name", Text, nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("subject_key", Text, nullable=True),
+    Column("is_history", Boolean, nullable=False, default=False),
+    _ts("opened_at", nullable=False),
+    _ts("last_customer_at"),
+    Column("customer_contacts", Integer, nullable=False, default=0),
+    Column("unanswered_contacts", Integer, nullable=False, default=0),
+    _ts("first_response_at"),
+    _ts("last_response_at"),
+    _ts("closed_at"),
+    _ts("updated_at", nullable=False),
+    UniqueConstraint("mailbox", "number", name="uq_case_mailbox_number"),
+    UniqueConstraint("reference", name="uq_case_reference"),
+    Index("ix_case_status", "mailbox", "status"),
+    Index("ix_case_customer_subject", "mailbox", "customer", "subject_key"),
+)
+
+case_correspondent = Table(
+    "case_correspondent",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_id", Integer, ForeignKey("case.id"), nullable=False),
+    Column("address", String(320), nullable=False),
+    UniqueConstraint("case_id", "address", name="uq_case_correspondent_case_address"),
+    Index("ix_case_correspondent_address", "address"),
+)
+
+# The timeline: who did what, when, and why.
+case_event = Table(
+    "case_event",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_id", Integer, ForeignKey("case.id"), nullable=False),
+    _ts("at", nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("actor", String(320), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("message_pk", Integer, ForeignKey("message.id"), nullable=True),
+    Index("ix_case_event_case_id", "case_id", "at"),
+)
+
+promise = Table(
+    "promise",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("case_id", Integer, ForeignKey("case.id"), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("audience", String(20), nullable=False),
+    _ts("made_at", nullable=False),
+    _ts("due_at", nullable=False),
+    Column("state", String(20), nullable=False),
+    _ts("resolved_at"),
+    Column("reason", Text, nullable=True),
+    Column("basis", JSON, nullable=False, default=dict),
+    Column("is_default", Boolean, nullable=False, default=False),
+    Column("superseded_by", Integer, ForeignKey("promise.id"), nullable=True),
+    Index("ix_promise_open", "state", "due_at"),
+    Index("ix_promise_case_id", "case_id"),
+)
+
+# Everything that leaves the machine is written here first, in the same transaction as
+# the decision that caused it. `dedup_key` makes the decision idempotent; `message_id`
+# is deterministic so a retry after a crash can tell whether it already went out.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("case_id", Integer, ForeignKey("case.id"), nullable=True),
+    Column("kind", String(30), nullable=False),
+    Column("dedup_key", String(300), nullable=False),
+    Column("message_id", String(300), nullable=False),
+    Column("recipients", JSON, nullable=False, default=list),
+    Column("subject", Text, nullable=True),
+    Column("raw", LargeBinary, nullable=True),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    _ts("next_attempt_at"),
+    Column("last_error", Text, nullable=True),
+    _ts("created_at", nullable=False),
+    _ts("sent_at"),
+    Column("sent_copy", String(20), nullable=False, default="pending"),
+    UniqueConstraint("dedup_key", name="uq_outbox_dedup_key"),
+    UniqueConstraint("message_id", name="uq_outbox_message_id"),
+    Index("ix_outbox_state", "state", "next_attempt_at"),
+)

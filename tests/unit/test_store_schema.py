@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from keepword.store.db import open_store, table_names
+from keepword.store.tables import folder_state, metadata
+
+
+def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state/kw.db"
+    engine = open_store(url)
+    assert set(metadata.tables) <= table_names(engine)
+    open_store(url)  # second run: nothing to do, no error
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_datetimes_round_trip_as_aware_utc(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    berlin = datetime(2026, 3, 29, 3, 30, tzinfo=timezone(timedelta(hours=2)))
+    with engine.begin() as conn:
+        conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_poll_at=berlin))
+        got = conn.execute(select(folder_state.c.last_poll_at)).scalar_one()
+    assert got == berlin and got.tzinfo == UTC
+
+
+def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    with pytest.raises(StatementError, match="naive datetime"), engine.begin() as conn:
+        conn.execute(
+            insert(folder_state).values(mailbox="m", folder="I", last_poll_at=datetime(2026, 1, 1))
+        )
+
+
+def test_folder_cursor_is_unique_per_mailbox_folder(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX"))
+        conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX"))
