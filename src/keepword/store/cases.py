@@ -1,0 +1,214 @@
+"""Case repository: load and save cases, their correspondents and timelines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
+
+from keepword.domain.cases import CaseState, Event, format_reference
+from keepword.domain.model import CaseStatus
+from keepword.store.tables import case, case_correspondent, case_event, message
+
+_CASE_FIELDS = (
+    "mailbox",
+    "reference",
+    "status",
+    "owner",
+    "owner_changes",
+    "customer",
+    "customer_name",
+    "subject",
+    "subject_key",
+    "is_history",
+    "opened_at",
+    "last_customer_at",
+    "customer_contacts",
+    "unanswered_contacts",
+    "first_response_at",
+    "last_response_at",
+    "closed_at",
+    "updated_at",
+)
+
+
+def _to_state(row: Row[Any]) -> CaseState:
+    values = row._mapping
+    return CaseState(
+        id=values["id"],
+        status=CaseStatus(values["status"]),
+        subject=values["subject"] or "",
+        subject_key=values["subject_key"] or "",
+        **{k: values[k] for k in _CASE_FIELDS if k not in {"status", "subject", "subject_key"}},
+    )
+
+
+def load_case(conn: Connection, case_id: int) -> CaseState:
+    return _to_state(conn.execute(select(case).where(case.c.id == case_id)).one())
+
+
+def find_case(conn: Connection, reference: str) -> CaseState | None:
+    row = conn.execute(
+        select(case).where(func.upper(case.c.reference) == reference.upper())
+    ).first()
+    return _to_state(row) if row else None
+
+
+def list_cases(
+    conn: Connection,
+    *,
+    mailbox: str | None = None,
+    statuses: Sequence[CaseStatus] | None = None,
+    owner: str | None = None,
+    limit: int = 500,
+) -> list[CaseState]:
+    query = select(case).order_by(case.c.opened_at.desc()).limit(limit)
+    if mailbox:
+        query = query.where(case.c.mailbox == mailbox)
+    if statuses:
+        query = query.where(case.c.status.in_([s.value for s in statuses]))
+    if owner:
+        query = query.where(case.c.owner == owner.lower())
+    return [_to_state(row) for row in conn.execute(query)]
+
+
+def next_number(conn: Connection, mailbox: str) -> int:
+    current = conn.execute(
+        select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
+    ).scalar()
+    return int(current or 0) + 1
+
+
+def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) -> CaseState:
+    """Insert a new case (allocating its number and reference) or update an existing one."""
+    values = {k: getattr(state, k) for k in _CASE_FIELDS}
+    values["status"] = state.status.value
+    if state.id is not None:
+        conn.execute(update(case).where(case.c.id == state.id).values(**values))
+        return state
+    number = next_number(conn, state.mailbox)
+    reference = format_reference(prefix or state.reference or "KW", number)
+    values.update(number=number, reference=reference)
+    key = conn.execute(insert(case).values(**values)).inserted_primary_key
+    assert key is not None
+    return load_case(conn, int(key[0]))
+
+
+def add_events(conn: Connection, case_id: int, events: Iterable[Event]) -> None:
+    rows = [
+        {
+            "case_id": case_id,
+            "at": e.at,
+            "kind": e.kind.value,
+            "actor": e.actor,
+            "detail": e.detail,
+            "message_pk": e.message_pk,
+        }
+        for e in events
+    ]
+    if rows:
+        conn.execute(insert(case_event), rows)
+
+
+def add_correspondents(conn: Connection, case_id: int, addresses: Iterable[str]) -> None:
+    wanted = {a.lower() for a in addresses if a}
+    if not wanted:
+        return
+    known = set(
+        conn.execute(
+            select(case_correspondent.c.address).where(case_correspondent.c.case_id == case_id)
+        ).scalars()
+    )
+    rows = [{"case_id": case_id, "address": a} for a in sorted(wanted - known)]
+    if rows:
+        conn.execute(insert(case_correspondent), rows)
+
+
+def correspondents(conn: Connection, case_ids: Sequence[int]) -> dict[int, frozenset[str]]:
+    result: dict[int, set[str]] = {i: set() for i in case_ids}
+    if case_ids:
+        query = select(case_correspondent.c.case_id, case_correspondent.c.address).where(
+            case_correspondent.c.case_id.in_(case_ids)
+        )
+        for case_id, address in conn.execute(query):
+            result[case_id].add(address)
+    return {k: frozenset(v) for k, v in result.items()}
+
+
+def cases_by_reference_tag(conn: Connection, mailbox: str, reference: str) -> list[int]:
+    query = select(case.c.id).where(
+        and_(case.c.mailbox == mailbox, func.upper(case.c.reference) == reference.upper())
+    )
+    return list(conn.execute(query).scalars())
+
+
+def cases_by_message_ids(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> list[int]:
+    """Cases that saw any of these Message-IDs, in the order the ids were given."""
+    if not message_ids:
+        return []
+    query = select(message.c.message_id, message.c.case_id).where(
+        and_(
+            message.c.mailbox == mailbox,
+            message.c.message_id.in_(list(message_ids)),
+            message.c.case_id.is_not(None),
+        )
+    )
+    by_id: dict[str, int] = {mid: cid for mid, cid in conn.execute(query).tuples()}
+    ordered: list[int] = []
+    for mid in message_ids:
+        cid = by_id.get(mid)
+        if cid is not None and cid not in ordered:
+            ordered.append(cid)
+    return ordered
+
+
+def cases_by_correspondent_subject(
+    conn: Connection, mailbox: str, address: str, subject_key: str
+) -> list[int]:
+    if not subject_key:
+        return []
+    query = (
+        select(case.c.id)
+        .join(case_correspondent, case_correspondent.c.case_id == case.c.id)
+        .where(
+            and_(
+                case.c.mailbox == mailbox,
+                case.c.subject_key == subject_key,
+                case_correspondent.c.address == address.lower(),
+            )
+        )
+        .order_by(case.c.updated_at.desc())
+    )
+    return list(dict.fromkeys(conn.execute(query).scalars()))
+
+
+def timeline(conn: Connection, case_id: int) -> list[Row[Any]]:
+    query = (
+        select(case_event)
+        .where(case_event.c.case_id == case_id)
+        .order_by(case_event.c.at, case_event.c.id)
+    )
+    return list(conn.execute(query))
+
+
+def first_response_history(
+    conn: Connection, mailbox: str, since: datetime
+) -> list[tuple[datetime, datetime | None]]:
+    """(opened_at, first_response_at) of the mailbox's cases opened since `since`."""
+    query = select(case.c.opened_at, case.c.first_response_at).where(
+        and_(case.c.mailbox == mailbox, case.c.opened_at >= since, case.c.customer.is_not(None))
+    )
+    return [(o, f) for o, f in conn.execute(query)]
+
+
+def unanswered_backlog(conn: Connection, mailbox: str, since: datetime) -> int:
+    query = select(func.count()).where(
+        and_(
+            case.c.mailbox == mailbox,
+            case.c.status.in_([CaseStatus.NEW.value, CaseStatus.WAITING_ON_TEAM.value]),
+            case.c.last_customer_at >= since,
+        )
+    )
+    return int(conn.execute(query).scalar() or 0)
