@@ -155,7 +155,7 @@ def cases_by_message_ids(conn: Connection, mailbox: str, message_ids: Sequence[s
             message.c.case_id.is_not(None),
         )
     )
-    by_id: dict[str, int] = {mid: cid for mid, cid in conn.execute(query).tuples()}
+    by_id: dict[str, int] = dict(conn.execute(query).tuples())
     ordered: list[int] = []
     for mid in message_ids:
         cid = by_id.get(mid)
