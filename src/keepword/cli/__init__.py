@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="configuration file (default: $KEEPWORD_CONFIG or /etc/keepword/...)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in commands.REGISTRARS:
+    for register in commands.registrars():
         register(sub)
     return parser
 
