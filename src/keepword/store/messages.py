@@ -1,0 +1,404 @@
+"""Storing fetched messages exactly once, and the per-folder IMAP cursor.
+
+One call of `store_batch` is one transaction: the messages, where they were seen and
+the advanced folder cursor commit together, so a crash at any instant leaves the
+folder either before or after the whole batch, never half-way. Re-storing a batch is
+harmless: locations are unique on (mailbox, folder, uidvalidity, uid) and messages on
+(mailbox, message_id, content_digest).
+
+Portable SQLAlchemy Core only (SQLite and PostgreSQL): known identities are selected
+first, then new rows go in with executemany; no dialect-specific upserts.
+
+Column formats written here and read back by `load_facts`:
+- `in_reply_to`, `references`: message ids (without angle brackets) separated by one
+  space; ids never contain whitespace.
+- `to_addrs`, `cc_addrs`, `reply_to`: JSON lists of {"address": ..., "name": ...}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, tuple_, update
+
+from keepword.domain.model import Address, MessageFacts, Origin
+from keepword.mail.parse import ParsedMessage
+from keepword.store.tables import folder_state, message, message_location
+
+# Keeps every IN (...) list well under any backend's bound-parameter limit.
+_CHUNK = 400
+
+
+@dataclass(frozen=True, slots=True)
+class StoreItem:
+    """One fetched message at its IMAP coordinates (the UID within the batch's folder)."""
+
+    uid: int
+    raw: bytes
+    parsed: ParsedMessage
+    received_at: datetime | None = None  # INTERNALDATE, aware UTC
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    new: int  # message rows inserted
+    known: int  # already stored (same identity, or this very location seen before)
+    quarantined: int  # of the new ones, how many are quarantined
+    new_pks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FolderCursor:
+    mailbox: str
+    folder: str
+    uidvalidity: int | None
+    last_uid: int
+    history_done: bool
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+
+
+def store_batch(
+    conn: Connection,
+    mailbox: str,
+    folder: str,
+    role: Origin,
+    uidvalidity: int,
+    items: Sequence[StoreItem],
+    *,
+    is_history: bool,
+    now: datetime,
+    through_uid: int | None = None,
+) -> BatchResult:
+    """Store one batch and advance the folder cursor; call inside one transaction.
+
+    The cursor moves to the highest UID among `items` and `through_uid` (pass the last
+    UID asked for, so UIDs expunged between search and fetch are not asked for again).
+    """
+    known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
+    fresh = [item for item in items if item.uid not in known_uids]
+    existing = _existing_identities(conn, mailbox, fresh)
+    to_insert: dict[tuple[str, str], StoreItem] = {}
+    for item in fresh:
+        key = _identity(item.parsed)
+        if key not in existing and key not in to_insert:
+            to_insert[key] = item
+    inserted = _insert_messages(conn, mailbox, role, to_insert, is_history=is_history, now=now)
+    pks = existing | inserted
+    locations = [
+        {
+            "message_pk": pks[_identity(item.parsed)],
+            "mailbox": mailbox,
+            "folder": folder,
+            "role": role.value,
+            "uidvalidity": uidvalidity,
+            "uid": item.uid,
+            "seen_at": now,
+        }
+        for item in fresh
+    ]
+    if locations:
+        conn.execute(insert(message_location), locations)
+    top = max([i.uid for i in items] + [through_uid or 0])
+    advance_cursor(conn, mailbox, folder, uidvalidity, top, now=now)
+    quarantined = sum(1 for item in to_insert.values() if item.parsed.quarantined)
+    return BatchResult(
+        new=len(inserted),
+        known=len(items) - len(inserted),
+        quarantined=quarantined,
+        new_pks=tuple(sorted(inserted.values())),
+    )
+
+
+def _identity(parsed: ParsedMessage) -> tuple[str, str]:
+    return parsed.message_id, parsed.content_digest
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _known_uids(
+    conn: Connection, mailbox: str, folder: str, uidvalidity: int, uids: Sequence[int]
+) -> set[int]:
+    found: set[int] = set()
+    for chunk in _chunks(sorted(set(uids))):
+        query = select(message_location.c.uid).where(
+            and_(
+                message_location.c.mailbox == mailbox,
+                message_location.c.folder == folder,
+                message_location.c.uidvalidity == uidvalidity,
+                message_location.c.uid.in_(chunk),
+            )
+        )
+        found.update(int(uid) for uid in conn.execute(query).scalars())
+    return found
+
+
+def _existing_identities(
+    conn: Connection, mailbox: str, items: Sequence[StoreItem]
+) -> dict[tuple[str, str], int]:
+    keys = sorted({_identity(item.parsed) for item in items})
+    found: dict[tuple[str, str], int] = {}
+    for chunk in _chunks(keys):
+        query = select(message.c.message_id, message.c.content_digest, message.c.id).where(
+            and_(
+                message.c.mailbox == mailbox,
+                tuple_(message.c.message_id, message.c.content_digest).in_(chunk),
+            )
+        )
+        for message_id, digest, pk in conn.execute(query):
+            found[(message_id, digest)] = int(pk)
+    return found
+
+
+def _insert_messages(
+    conn: Connection,
+    mailbox: str,
+    role: Origin,
+    items: dict[tuple[str, str], StoreItem],
+    *,
+    is_history: bool,
+    now: datetime,
+) -> dict[tuple[str, str], int]:
+    if not items:
+        return {}
+    rows = [_message_row(mailbox, role, item, is_history, now) for item in items.values()]
+    statement = insert(message).returning(
+        message.c.message_id, message.c.content_digest, message.c.id, sort_by_parameter_order=True
+    )
+    return {(mid, digest): int(pk) for mid, digest, pk in conn.execute(statement, rows)}
+
+
+def _message_row(
+    mailbox: str, role: Origin, item: StoreItem, is_history: bool, now: datetime
+) -> dict[str, Any]:
+    parsed = item.parsed
+    sender = parsed.sender
+    return {
+        "mailbox": mailbox,
+        "message_id": parsed.message_id,
+        "message_id_derived": parsed.message_id_derived,
+        "content_digest": parsed.content_digest,
+        "raw": item.raw,
+        "size": len(item.raw),
+        "in_reply_to": " ".join(parsed.in_reply_to) or None,
+        "references": " ".join(parsed.references) or None,
+        "from_addr": sender.address[:320] if sender else None,
+        "from_name": sender.name if sender else None,
+        "to_addrs": _addresses_json(parsed.to),
+        "cc_addrs": _addresses_json(parsed.cc),
+        "reply_to": _addresses_json(parsed.reply_to),
+        "subject": parsed.subject,
+        "date": parsed.date,
+        "date_offset_minutes": parsed.date_offset_minutes,
+        "received_at": item.received_at,
+        "stored_at": now,
+        "body_text": parsed.body_text,
+        "headers": {name: list(values) for name, values in parsed.headers.items()},
+        "content_type": parsed.content_type[:200] or None,
+        "origin": role.value,
+        "is_history": is_history,
+        "quarantined": parsed.quarantined,
+        "quarantine_reason": parsed.quarantine_reason,
+    }
+
+
+def _addresses_json(addresses: Sequence[Address]) -> list[dict[str, str]]:
+    return [{"address": a.address, "name": a.name} for a in addresses]
+
+
+# -- the folder cursor -------------------------------------------------------------
+
+
+def get_cursor(conn: Connection, mailbox: str, folder: str) -> FolderCursor | None:
+    """Where a folder's sync stands, or None before keepword first touched it."""
+    row = conn.execute(
+        select(
+            folder_state.c.uidvalidity,
+            folder_state.c.last_uid,
+            folder_state.c.history_done,
+            folder_state.c.last_success_at,
+            folder_state.c.last_error,
+        ).where(and_(folder_state.c.mailbox == mailbox, folder_state.c.folder == folder))
+    ).one_or_none()
+    if row is None:
+        return None
+    return FolderCursor(
+        mailbox=mailbox,
+        folder=folder,
+        uidvalidity=None if row.uidvalidity is None else int(row.uidvalidity),
+        last_uid=int(row.last_uid or 0),
+        history_done=bool(row.history_done),
+        last_success_at=row.last_success_at,
+        last_error=row.last_error,
+    )
+
+
+def mailbox_ever_polled(conn: Connection, mailbox: str) -> bool:
+    """True once any folder of the mailbox finished taking in its existing mail."""
+    query = select(folder_state.c.id).where(
+        and_(folder_state.c.mailbox == mailbox, folder_state.c.history_done.is_(True))
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def _ensure_row(conn: Connection, mailbox: str, folder: str) -> None:
+    if get_cursor(conn, mailbox, folder) is None:
+        conn.execute(
+            insert(folder_state).values(
+                mailbox=mailbox, folder=folder, last_uid=0, history_done=False
+            )
+        )
+
+
+def _where(mailbox: str, folder: str) -> Any:
+    return and_(folder_state.c.mailbox == mailbox, folder_state.c.folder == folder)
+
+
+def advance_cursor(
+    conn: Connection, mailbox: str, folder: str, uidvalidity: int, last_uid: int, *, now: datetime
+) -> None:
+    """Move the cursor forward (never back) under this UIDVALIDITY."""
+    cursor = get_cursor(conn, mailbox, folder)
+    if cursor is None:
+        conn.execute(
+            insert(folder_state).values(
+                mailbox=mailbox,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                last_uid=last_uid,
+                history_done=False,
+                last_poll_at=now,
+            )
+        )
+        return
+    keep = cursor.last_uid if cursor.uidvalidity == uidvalidity else 0
+    conn.execute(
+        update(folder_state)
+        .where(_where(mailbox, folder))
+        .values(uidvalidity=uidvalidity, last_uid=max(keep, last_uid), last_poll_at=now)
+    )
+
+
+def reset_for_uidvalidity(
+    conn: Connection, mailbox: str, folder: str, uidvalidity: int, *, now: datetime
+) -> None:
+    """A new UIDVALIDITY invalidates every UID: start the folder over from UID 0.
+
+    `history_done` stays as it was: mail found in the re-scan is judged by identity
+    (known mail dedups) and unknown mail is new, not history.
+    """
+    _ensure_row(conn, mailbox, folder)
+    conn.execute(
+        update(folder_state)
+        .where(_where(mailbox, folder))
+        .values(uidvalidity=uidvalidity, last_uid=0, last_poll_at=now)
+    )
+
+
+def mark_history_done(conn: Connection, mailbox: str, folder: str, *, now: datetime) -> None:
+    _ensure_row(conn, mailbox, folder)
+    conn.execute(
+        update(folder_state)
+        .where(_where(mailbox, folder))
+        .values(history_done=True, last_poll_at=now)
+    )
+
+
+def record_poll_success(conn: Connection, mailbox: str, folder: str, *, now: datetime) -> None:
+    _ensure_row(conn, mailbox, folder)
+    conn.execute(
+        update(folder_state)
+        .where(_where(mailbox, folder))
+        .values(last_poll_at=now, last_success_at=now, last_error=None, last_error_at=None)
+    )
+
+
+def record_poll_error(
+    conn: Connection, mailbox: str, folder: str, error: str, *, now: datetime
+) -> None:
+    _ensure_row(conn, mailbox, folder)
+    conn.execute(
+        update(folder_state)
+        .where(_where(mailbox, folder))
+        .values(last_poll_at=now, last_error=error[:2000], last_error_at=now)
+    )
+
+
+# -- reading back for triage -------------------------------------------------------
+
+
+def load_facts(conn: Connection, pks: Sequence[int]) -> list[MessageFacts]:
+    """MessageFacts for the given message pks, in the order given (unknown pks skipped).
+
+    origin: SENT if the message was ever seen in a sent folder, else the role of the
+    first place it was seen.
+    """
+    roles = _roles(conn, pks)
+    rows: dict[int, Any] = {}
+    for chunk in _chunks(list(pks)):
+        for row in conn.execute(select(message).where(message.c.id.in_(chunk))):
+            rows[int(row.id)] = row
+    return [_facts(rows[pk], roles.get(pk, [])) for pk in pks if pk in rows]
+
+
+def _roles(conn: Connection, pks: Sequence[int]) -> dict[int, list[str]]:
+    roles: dict[int, list[str]] = {}
+    for chunk in _chunks(list(pks)):
+        query = (
+            select(message_location.c.message_pk, message_location.c.role)
+            .where(message_location.c.message_pk.in_(chunk))
+            .order_by(message_location.c.seen_at, message_location.c.id)
+        )
+        for pk, role in conn.execute(query):
+            roles.setdefault(int(pk), []).append(str(role))
+    return roles
+
+
+def _origin(stored: str, roles: list[str]) -> Origin:
+    if Origin.SENT.value in roles:
+        return Origin.SENT
+    first = roles[0] if roles else stored
+    try:
+        return Origin(first)
+    except ValueError:
+        return Origin.INBOX
+
+
+def _facts(row: Any, roles: list[str]) -> MessageFacts:
+    sender = Address(row.from_addr, row.from_name or "") if row.from_addr else None
+    return MessageFacts(
+        pk=int(row.id),
+        mailbox=row.mailbox,
+        message_id=row.message_id,
+        sender=sender,
+        to=_addresses(row.to_addrs),
+        cc=_addresses(row.cc_addrs),
+        reply_to=_addresses(row.reply_to),
+        subject=row.subject or "",
+        date=row.date,
+        date_offset_minutes=row.date_offset_minutes,
+        in_reply_to=tuple((row.in_reply_to or "").split()),
+        references=tuple((row.references or "").split()),
+        headers={str(k): tuple(v) for k, v in (row.headers or {}).items()},
+        content_type=row.content_type or "",
+        body_text=row.body_text or "",
+        origin=_origin(row.origin, roles),
+        is_history=bool(row.is_history),
+        quarantined=bool(row.quarantined),
+    )
+
+
+def _addresses(value: Any) -> tuple[Address, ...]:
+    if not value:
+        return ()
+    return tuple(
+        Address(str(item.get("address", "")), str(item.get("name", "")))
+        for item in value
+        if isinstance(item, dict) and item.get("address")
+    )
