@@ -1,0 +1,390 @@
+"""Blocking IMAP adapter over imapclient (callers run it in a worker thread).
+
+Every imapclient, socket and TLS failure leaves this module as an `ImapError` (a
+`MailboxError`) whose message names the account, the host and what failed, and never
+the password. Reading never changes the mailbox: folders are EXAMINEd (read-only) and
+bodies fetched with BODY.PEEK[], so `\\Seen` stays whatever people set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import logging
+import ssl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, NoReturn, Self
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+
+from keepword.config import ImapSettings, TlsMode
+from keepword.errors import MailboxError
+from keepword.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
+
+
+class ImapError(MailboxError):
+    """Something went wrong talking to an IMAP server."""
+
+
+class ImapConnectionError(ImapError):
+    """The server cannot be reached, or the connection broke or timed out."""
+
+
+class ImapTlsError(ImapConnectionError):
+    """TLS failed, e.g. the server's certificate is not trusted for its host name."""
+
+
+class ImapLoginError(ImapError):
+    """The server refused the user name and password (or token)."""
+
+
+class ImapCommandError(ImapError):
+    """The server answered NO/BAD to a command (e.g. a folder does not exist)."""
+
+
+class ImapFolderMissingError(ImapCommandError):
+    """The named folder does not exist."""
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    messages: int
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    raw: bytes
+    internaldate: datetime | None  # aware, UTC
+
+
+class ImapSession:
+    """One logged-in IMAP connection for one mailbox. Use as a context manager."""
+
+    def __init__(self, settings: ImapSettings, secret: Secret) -> None:
+        self.settings = settings
+        self._secret = secret
+        self._client: IMAPClient | None = None
+        self._examined: str | None = None
+        self.where = f"IMAP {settings.username} at {settings.host}:{settings.effective_port()}"
+
+    def __repr__(self) -> str:
+        state = "connected" if self._client else "closed"
+        return f"<ImapSession {self.where} {state}>"
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- connection ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
+    def commands(self) -> int:
+        """IMAP commands (tags) sent on the current connection, login included."""
+        if self._client is None:
+            return 0
+        return int(self._client._imap.tagnum)
+
+    def connect(self) -> None:
+        """Open the connection (implicit TLS, STARTTLS or plain) and log in."""
+        if self._client is not None:
+            return
+        settings = self.settings
+        tls = settings.tls
+        context = self._ssl_context() if tls is not TlsMode.PLAIN else None
+        log.debug("connecting to %s (tls=%s)", self.where, tls.value)
+        with self._errors("connect"):
+            client = IMAPClient(
+                settings.host,
+                port=settings.effective_port(),
+                ssl=tls is TlsMode.IMPLICIT,
+                ssl_context=context,
+                timeout=settings.timeout,
+            )
+        self._client = client
+        client.normalise_times = False  # keep INTERNALDATE's zone; we convert to UTC
+        try:
+            if tls is TlsMode.STARTTLS:
+                self._starttls(client, context)
+            self._login(client)
+        except BaseException:
+            self._drop()
+            raise
+        log.info("logged in: %s", self.where)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ca_file = self.settings.ca_file
+        try:
+            return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ImapTlsError(f"{self.where}: cannot load ca_file {ca_file}: {exc}") from None
+
+    def _starttls(self, client: IMAPClient, context: ssl.SSLContext | None) -> None:
+        with self._errors("CAPABILITY"):
+            offered = client.has_capability("STARTTLS")
+        if not offered:
+            raise ImapTlsError(f"{self.where}: server does not offer STARTTLS")
+        with self._errors("STARTTLS"):
+            client.starttls(context)
+
+    def _login(self, client: IMAPClient) -> None:
+        user = self.settings.username
+        with self._errors("login"):
+            if self._secret.is_oauth2:
+                client.oauth2_login(user, self._secret.reveal())
+            else:
+                client.login(user, self._secret.reveal())
+
+    def close(self) -> None:
+        """Log out and close; never raises (the connection may already be gone)."""
+        client, self._client = self._client, None
+        self._examined = None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:  # closing a broken connection must not fail
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+    def _drop(self) -> None:
+        """Forget a broken connection without talking to the server."""
+        client, self._client = self._client, None
+        self._examined = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+    def _require(self) -> IMAPClient:
+        if self._client is None:
+            raise ImapConnectionError(f"{self.where}: not connected")
+        return self._client
+
+    # -- commands -----------------------------------------------------------------------
+
+    def capabilities(self) -> frozenset[str]:
+        client = self._require()
+        with self._errors("CAPABILITY"):
+            raw = client.capabilities()
+        return frozenset(_text(c).upper() for c in raw)
+
+    def status(self, folder: str) -> FolderStatus:
+        """UIDVALIDITY, UIDNEXT and MESSAGES in one STATUS round trip (cheapest poll)."""
+        client = self._require()
+        with self._errors(f"STATUS {folder}", folder=folder):
+            data = client.folder_status(folder, STATUS_ITEMS)
+        try:
+            return FolderStatus(
+                uidvalidity=int(data[b"UIDVALIDITY"]),
+                uidnext=int(data[b"UIDNEXT"]),
+                messages=int(data[b"MESSAGES"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ImapCommandError(
+                f"{self.where}: STATUS {folder} answer lacks UIDVALIDITY/UIDNEXT/MESSAGES"
+            ) from None
+
+    def examine(self, folder: str) -> None:
+        """Select folder read-only (EXAMINE).
+
+        Always sent, even for the folder already selected: Dovecot does not show
+        messages that arrived since in a UID SEARCH without a re-sync (~0.4 ms).
+        """
+        client = self._require()
+        with self._errors(f"EXAMINE {folder}", folder=folder):
+            client.select_folder(folder, readonly=True)
+        self._examined = folder
+
+    def new_uids(self, folder: str, after_uid: int) -> list[int]:
+        """UIDs in folder greater than after_uid, ascending.
+
+        `UID SEARCH UID n:*` always matches the highest UID even when it is below n
+        (RFC 3501: `*` is the largest UID in use), so the answer is filtered here.
+        """
+        self.examine(folder)
+        client = self._require()
+        with self._errors(f"UID SEARCH in {folder}", folder=folder):
+            found = client.search(["UID", f"{after_uid + 1}:*"])
+        return sorted(int(uid) for uid in found if int(uid) > after_uid)
+
+    def fetch(self, uids: Sequence[int], folder: str | None = None) -> list[FetchedMessage]:
+        """Raw bytes + INTERNALDATE of uids in the examined folder (or `folder`).
+
+        BODY.PEEK[] on an EXAMINEd folder: never sets `\\Seen`. Expunged UIDs are skipped.
+        Fetched in batches of settings.fetch_batch.
+        """
+        if folder is not None:
+            self.examine(folder)
+        client = self._require()
+        if self._examined is None:
+            raise ImapCommandError(f"{self.where}: fetch without a folder (call new_uids first)")
+        result: list[FetchedMessage] = []
+        batch = self.settings.fetch_batch
+        ordered = sorted(set(uids))
+        for start in range(0, len(ordered), batch):
+            chunk = ordered[start : start + batch]
+            with self._errors(f"UID FETCH in {self._examined}", folder=self._examined):
+                data = client.fetch(chunk, ["BODY.PEEK[]", "INTERNALDATE"])
+            for uid in chunk:
+                item = data.get(uid)
+                if item is None or b"BODY[]" not in item:
+                    continue
+                result.append(
+                    FetchedMessage(
+                        uid=uid,
+                        raw=bytes(item[b"BODY[]"]),
+                        internaldate=_utc(item.get(b"INTERNALDATE")),
+                    )
+                )
+        return result
+
+    def has_message_id(self, folder: str, message_id: str) -> bool:
+        """Is a message with this Message-ID in folder? (UID SEARCH HEADER Message-ID)."""
+        self.examine(folder)
+        client = self._require()
+        charset = None if message_id.isascii() else "UTF-8"
+        with self._errors(f"UID SEARCH HEADER in {folder}", folder=folder):
+            found = client.search(["HEADER", "Message-ID", message_id], charset)
+        return bool(found)
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ("\\Seen",)) -> int | None:
+        """APPEND raw to folder; returns the new UID when the server reports APPENDUID."""
+        client = self._require()
+        with self._errors(f"APPEND to {folder}", folder=folder):
+            response = client.append(folder, raw, flags=tuple(flags))
+        return _append_uid(response)
+
+    def ensure_folder(self, folder: str) -> None:
+        """Create (and subscribe) folder unless it exists."""
+        client = self._require()
+        with self._errors(f"LIST {folder}"):
+            if client.folder_exists(folder):
+                return
+        with self._errors(f"CREATE {folder}"):
+            try:
+                client.create_folder(folder)
+            except imaplib.IMAP4.error as exc:
+                if "ALREADYEXISTS" not in str(exc).upper():
+                    raise
+        with contextlib.suppress(ImapCommandError), self._errors(f"SUBSCRIBE {folder}"):
+            client.subscribe_folder(folder)
+        log.info("%s: created folder %s", self.where, folder)
+
+    def folders(self) -> list[str]:
+        """Names of all folders (LIST "" *)."""
+        client = self._require()
+        with self._errors("LIST"):
+            listing = client.list_folders()
+        return [_text(name) for _flags, _sep, name in listing]
+
+    def noop(self) -> None:
+        """Keep-alive / liveness check."""
+        client = self._require()
+        with self._errors("NOOP"):
+            client.noop()
+
+    # -- error mapping ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, folder: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except ImapError:
+            raise
+        except LoginError as exc:
+            self._drop()
+            self._raise(ImapLoginError, f"login as {self.settings.username} refused", exc)
+        except ssl.SSLCertVerificationError as exc:
+            self._drop()
+            reason = exc.verify_message or exc.reason or "verification failed"
+            self._raise(
+                ImapTlsError,
+                f"TLS certificate of {self.settings.host} not trusted ({reason})",
+                None,
+            )
+        except ssl.SSLError as exc:
+            self._drop()
+            self._raise(ImapTlsError, f"TLS failed during {what}", exc.reason or exc)
+        except TimeoutError:
+            self._drop()
+            self._raise(
+                ImapConnectionError, f"{what} timed out after {self.settings.timeout:g} s", None
+            )
+        except imaplib.IMAP4.abort as exc:
+            self._drop()
+            self._raise(ImapConnectionError, f"connection lost during {what}", exc)
+        except OSError as exc:
+            self._drop()
+            self._raise(ImapConnectionError, f"{what} failed", exc.strerror or exc)
+        except imaplib.IMAP4.error as exc:
+            text = _clean(exc)
+            if folder is not None and _is_missing_folder(text):
+                self._raise(ImapFolderMissingError, f"folder {folder!r} does not exist", None)
+            self._raise(ImapCommandError, f"{what} refused", text)
+
+    def _raise(self, kind: type[ImapError], message: str, detail: object) -> NoReturn:
+        text = f"{self.where}: {message}"
+        if detail is not None and str(detail):
+            text += f": {_clean(detail)}"
+        secret = self._secret.reveal()
+        if secret:
+            text = text.replace(secret, "***")  # belt and braces: servers echo odd things
+        log.warning("%s", text)
+        raise kind(text) from None
+
+
+def _clean(detail: object) -> str:
+    """imaplib errors carry a repr of bytes: b'[AUTHENTICATIONFAILED] ...' -> plain text."""
+    text = str(detail)
+    if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
+        text = text[2:-1]
+    return text
+
+
+def _is_missing_folder(text: str) -> bool:
+    upper = text.upper()
+    return "NONEXISTENT" in upper or "MAILBOX DOESN'T EXIST" in upper or "NO SUCH" in upper
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _utc(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:  # should not happen with normalise_times off
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _append_uid(response: object) -> int | None:
+    # b'[APPENDUID 1795417447 3] Append completed.' (RFC 4315 UIDPLUS)
+    if not isinstance(response, bytes) or not response.startswith(b"[APPENDUID "):
+        return None
+    try:
+        return int(response.split(b"]", 1)[0].split()[2])
+    except (IndexError, ValueError):
+        return None
