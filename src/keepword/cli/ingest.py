@@ -1,0 +1,135 @@
+"""`keepword import`: take in the existing mail of every mailbox as history.
+
+Streams folder by folder in batches (memory stays bounded whatever the mailbox size),
+with a progress bar, and ends with a summary per folder. Running it again only takes
+in what arrived since; a folder keepword already knows is polled as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from keepword.cli.common import engine_from, settings_from
+from keepword.errors import ConfigError, MailboxError
+from keepword.ingest import MailboxPollResult, poll_folder, watched_folders
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser(
+        "import",
+        help="take in the existing mail of every mailbox as history (not answered)",
+    )
+    parser.add_argument("--mailbox", help="only this mailbox (by its name)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=cmd_import)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from keepword.ingest import default_session_factory
+
+    settings = settings_from(args)
+    boxes = list(settings.mailbox)
+    if args.mailbox:
+        try:
+            boxes = [settings.mailbox_named(args.mailbox)]
+        except KeyError:
+            source = settings.source or "config"
+            raise ConfigError([f"{source}: no [[mailbox]] named {args.mailbox!r}"]) from None
+    if not boxes:
+        print("keepword: no [[mailbox]] configured: nothing to import", file=sys.stderr)
+        return 1
+    engine = engine_from(settings)
+    connect = default_session_factory(settings)
+    console = Console(stderr=True)
+    results: list[MailboxPollResult] = []
+    failed = False
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.quiet or not console.is_terminal,
+    ) as bar:
+        for box in boxes:
+            result = MailboxPollResult(mailbox=box.name)
+            results.append(result)
+            try:
+                session = connect(box)
+            except Exception as exc:
+                failed = True
+                result.errors["*"] = str(exc)
+                console.print(f"[red]mailbox {box.name}: cannot connect: {exc}")
+                continue
+            try:
+                for folder, role in watched_folders(box):
+                    task = bar.add_task(f"{box.name}/{folder}", total=None)
+                    try:
+                        result.folders[folder] = poll_folder(
+                            engine,
+                            session,
+                            box,
+                            folder,
+                            role,
+                            _now,
+                            progress=_advance(bar, task),
+                            plan=_total(bar, task),
+                        )
+                    except Exception as exc:
+                        failed = True
+                        result.errors[folder] = f"{type(exc).__name__}: {exc}"
+                        console.print(f"[red]mailbox {box.name} folder {folder}: {exc}")
+                        if isinstance(exc, MailboxError | OSError):
+                            break
+            finally:
+                session.close()
+    _summary(Console(), results)
+    return 1 if failed else 0
+
+
+def _advance(bar: Progress, task: TaskID) -> Any:
+    return lambda count: bar.advance(task, count)
+
+
+def _total(bar: Progress, task: TaskID) -> Any:
+    return lambda total: bar.update(task, total=total)
+
+
+def _summary(console: Console, results: list[MailboxPollResult]) -> None:
+    table = Table(title="keepword import")
+    for column in ("mailbox", "folder", "new", "known", "quarantined", "note"):
+        table.add_column(column, justify="right" if column in ("new", "known") else "left")
+    for result in results:
+        for folder, polled in result.folders.items():
+            note = "history" if polled.is_history else ""
+            if polled.uidvalidity_changed:
+                note = (note + " uidvalidity changed: re-scanned").strip()
+            table.add_row(
+                result.mailbox,
+                folder,
+                str(polled.new),
+                str(polled.known),
+                str(polled.quarantined),
+                note,
+            )
+        for folder, error in result.errors.items():
+            table.add_row(result.mailbox, folder, "-", "-", "-", f"error: {error}")
+    console.print(table)

@@ -1,0 +1,428 @@
+"""The ingestion use case: IMAP folder -> parsed, stored messages, exactly once.
+
+Per folder the database keeps UIDVALIDITY and the highest UID taken in (folder_state).
+A poll asks STATUS first; when nothing is new that is the only IMAP command. New UIDs
+are fetched in batches (BODY.PEEK, never marking mail read), parsed, and each batch is
+stored in its own transaction together with the advanced cursor: a crash loses
+nothing and doubles nothing, and memory never holds more than one batch.
+
+First contact with a folder takes everything already in it as history (kept, threaded,
+never answered). A UIDVALIDITY change re-scans the folder from UID 0: known mail
+dedups by identity, unknown mail is stored as new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from keepword.config import MailboxSettings, Settings
+from keepword.domain.model import Origin
+from keepword.errors import KeepwordError, MailboxError
+from keepword.imap import ImapConnectionError, ImapSession
+from keepword.mail.parse import parse_message
+from keepword.secrets import resolve_secret
+from keepword.store import messages as store
+from keepword.store.messages import StoreItem
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Progress = Callable[[int], None]  # called with the number of messages just handled
+
+
+class FolderStatusLike(Protocol):
+    @property
+    def uidvalidity(self) -> int: ...
+    @property
+    def uidnext(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+
+
+class FetchedLike(Protocol):
+    @property
+    def uid(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def internaldate(self) -> datetime | None: ...
+
+
+class MailSession(Protocol):
+    """What ingestion needs from an IMAP session (keepword.imap.ImapSession fits)."""
+
+    def status(self, folder: str) -> FolderStatusLike: ...
+    def new_uids(self, folder: str, after_uid: int) -> list[int]: ...
+    def fetch(self, uids: Sequence[int]) -> Sequence[FetchedLike]: ...
+    def close(self) -> None: ...
+
+
+SessionFactory = Callable[[MailboxSettings], MailSession]
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    new: int = 0
+    known: int = 0
+    quarantined: int = 0
+    uidvalidity_changed: bool = False
+    is_history: bool = False
+
+
+@dataclass
+class MailboxPollResult:
+    mailbox: str
+    folders: dict[str, PollResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def new(self) -> int:
+        return sum(r.new for r in self.folders.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def watched_folders(box: MailboxSettings) -> list[tuple[str, Origin]]:
+    """Every folder of a mailbox with its role: watched (inbox), Sent, Done."""
+    folders = [(name, Origin.INBOX) for name in box.folders]
+    if box.sent_folder:
+        folders.append((box.sent_folder, Origin.SENT))
+    if box.done_folder:
+        folders.append((box.done_folder, Origin.DONE))
+    return folders
+
+
+def poll_folder(
+    engine: Engine,
+    session: MailSession,
+    box: MailboxSettings,
+    folder: str,
+    role: Origin,
+    now: Clock,
+    *,
+    progress: Progress | None = None,
+    plan: Progress | None = None,
+) -> PollResult:
+    """Take in whatever is new in one folder. The idle case costs one STATUS command."""
+    status = _fresh_status(session, folder)
+    with engine.connect() as conn:
+        cursor = store.get_cursor(conn, box.name, folder)
+    if (
+        cursor is not None
+        and cursor.uidvalidity == status.uidvalidity
+        and status.uidnext - 1 <= cursor.last_uid
+    ):
+        with engine.begin() as conn:
+            store.record_poll_success(conn, box.name, folder, now=now())
+        return PollResult(is_history=False)
+
+    changed = cursor is not None and cursor.uidvalidity not in (None, status.uidvalidity)
+    after_uid = cursor.last_uid if cursor is not None and not changed else 0
+    history_done = cursor is not None and cursor.history_done
+    if changed:
+        log.warning(
+            "mailbox %s folder %s: UIDVALIDITY changed %s -> %s; re-scanning the folder",
+            box.name,
+            folder,
+            cursor.uidvalidity if cursor else None,
+            status.uidvalidity,
+        )
+        with engine.begin() as conn:
+            store.reset_for_uidvalidity(conn, box.name, folder, status.uidvalidity, now=now())
+    # Everything already in a folder when keepword first meets it is history; mail
+    # arriving during that first import (UID >= UIDNEXT of this STATUS) is new.
+    history_below = 0 if history_done else status.uidnext
+    new = known = quarantined = 0
+    uids = session.new_uids(folder, after_uid)
+    if plan is not None:
+        plan(len(uids))
+    for batch in _batches(uids, box.imap.fetch_batch):
+        fetched = session.fetch(batch)
+        items = [_item(f) for f in fetched]
+        with engine.begin() as conn:
+            for is_history, part in _split(items, history_below):
+                result = store.store_batch(
+                    conn,
+                    box.name,
+                    folder,
+                    role,
+                    status.uidvalidity,
+                    part,
+                    is_history=is_history,
+                    now=now(),
+                    through_uid=batch[-1],
+                )
+                new += result.new
+                known += result.known
+                quarantined += result.quarantined
+            if not items:  # the whole batch was expunged meanwhile
+                store.advance_cursor(
+                    conn, box.name, folder, status.uidvalidity, batch[-1], now=now()
+                )
+        for item in items:
+            if item.parsed.quarantined:
+                log.warning(
+                    "mailbox %s folder %s uid %s quarantined: %s",
+                    box.name,
+                    folder,
+                    item.uid,
+                    item.parsed.quarantine_reason,
+                )
+        if progress is not None:
+            progress(len(batch))
+    if uids:
+        _release_folder(session)
+    with engine.begin() as conn:
+        # Every UID below this STATUS's UIDNEXT has been searched for and taken in (or
+        # was expunged): moving the cursor there keeps the next idle poll at one command.
+        store.advance_cursor(
+            conn, box.name, folder, status.uidvalidity, status.uidnext - 1, now=now()
+        )
+        if not history_done:
+            store.mark_history_done(conn, box.name, folder, now=now())
+        store.record_poll_success(conn, box.name, folder, now=now())
+    return PollResult(
+        new=new,
+        known=known,
+        quarantined=quarantined,
+        uidvalidity_changed=changed,
+        is_history=not history_done,
+    )
+
+
+def _fresh_status(session: MailSession, folder: str) -> FolderStatusLike:
+    # Dovecot answers STATUS for the currently selected folder from the session's own
+    # (stale) view: mail appended by others stays invisible until the session hears of
+    # it. A NOOP first brings the view up to date; only needed if the folder is selected.
+    if getattr(session, "_examined", None) == folder:
+        noop = getattr(session, "noop", None)
+        if callable(noop):
+            noop()
+    return session.status(folder)
+
+
+def _release_folder(session: MailSession) -> None:
+    """Leave the examined folder (UNSELECT) so the next idle poll's STATUS is fresh.
+
+    keepword.imap.ImapSession has no public unselect yet; this reaches in carefully and
+    falls back to doing nothing (then `_fresh_status` pays one NOOP instead).
+    """
+    unselect = getattr(session, "unselect", None)
+    if callable(unselect):
+        unselect()
+        return
+    client = getattr(session, "_client", None)
+    if client is None or getattr(session, "_examined", None) is None:
+        return
+    try:
+        client.unselect_folder()
+    except Exception:
+        log.debug("UNSELECT failed; the next STATUS of this folder will NOOP first", exc_info=True)
+        return
+    session._examined = None  # type: ignore[attr-defined]
+
+
+def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
+    ordered = sorted(set(uids))
+    for start in range(0, len(ordered), size):
+        yield ordered[start : start + size]
+
+
+def _item(fetched: FetchedLike) -> StoreItem:
+    return StoreItem(
+        uid=fetched.uid,
+        raw=fetched.raw,
+        parsed=parse_message(fetched.raw),
+        received_at=_utc(fetched.internaldate),
+    )
+
+
+def _split(items: list[StoreItem], history_below: int) -> list[tuple[bool, list[StoreItem]]]:
+    history = [i for i in items if i.uid < history_below]
+    fresh = [i for i in items if i.uid >= history_below]
+    return [(flag, part) for flag, part in ((True, history), (False, fresh)) if part]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    # imapclient hands out naive local time unless told otherwise.
+    return value.astimezone(UTC)
+
+
+def poll_mailbox(
+    engine: Engine,
+    settings: Settings,
+    box: MailboxSettings,
+    now: Clock | datetime,
+    *,
+    session_factory: SessionFactory | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    folders: Sequence[tuple[str, Origin]] | None = None,
+) -> MailboxPollResult:
+    """Poll every folder of one mailbox over one connection.
+
+    A folder that fails (e.g. it does not exist) is recorded on its folder_state row and
+    the other folders go on. If the server cannot be reached or the login fails, the
+    error is recorded on every folder and MailboxError is raised so the caller can back
+    off; other mailboxes are not affected.
+    """
+    clock = _clock(now)
+    wanted = list(folders) if folders is not None else watched_folders(box)
+    factory = session_factory or default_session_factory(settings)
+    try:
+        session = factory(box)
+    except Exception as exc:
+        message = _describe(exc)
+        _record_errors(engine, box, [f for f, _ in wanted], message, clock())
+        raise MailboxError(f"mailbox {box.name}: {message}") from exc
+    result = MailboxPollResult(mailbox=box.name)
+    try:
+        for folder, role in wanted:
+            step = None if progress is None else _bind(progress, folder)
+            try:
+                result.folders[folder] = poll_folder(
+                    engine, session, box, folder, role, clock, progress=step
+                )
+            except Exception as exc:  # isolate the folder; report loudly
+                message = _describe(exc)
+                log.warning("mailbox %s folder %s: poll failed: %s", box.name, folder, message)
+                result.errors[folder] = message
+                _record_errors(engine, box, [folder], message, clock())
+                if _connection_lost(exc):
+                    rest = [f for f, _ in wanted if f not in result.folders and f != folder]
+                    _record_errors(engine, box, rest, message, clock())
+                    raise MailboxError(f"mailbox {box.name}: {message}") from exc
+    finally:
+        try:
+            session.close()
+        except Exception:
+            log.debug("mailbox %s: close failed", box.name, exc_info=True)
+    return result
+
+
+async def poll_mailbox_async(
+    engine: Engine,
+    settings: Settings,
+    box: MailboxSettings,
+    now: Clock | datetime,
+    *,
+    session_factory: SessionFactory | None = None,
+) -> MailboxPollResult:
+    """`poll_mailbox` off the event loop (imapclient and the store block)."""
+    return await asyncio.to_thread(
+        poll_mailbox, engine, settings, box, now, session_factory=session_factory
+    )
+
+
+def _bind(progress: Callable[[str, int], None], folder: str) -> Progress:
+    return lambda count: progress(folder, count)
+
+
+def _clock(now: Clock | datetime) -> Clock:
+    if isinstance(now, datetime):
+        fixed = now
+        return lambda: fixed
+    return now
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, KeepwordError) else f"{type(exc).__name__}: {text}"
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Errors after which the session is unusable (socket gone, server bye)."""
+    if isinstance(exc, ImapConnectionError | OSError | EOFError):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError | EOFError):
+        return True
+    name = type(exc).__name__.lower()
+    return "abort" in name or "connection" in name
+
+
+def _record_errors(
+    engine: Engine, box: MailboxSettings, folders: Sequence[str], message: str, at: datetime
+) -> None:
+    try:
+        with engine.begin() as conn:
+            for folder in folders:
+                store.record_poll_error(conn, box.name, folder, message, now=at)
+    except Exception:
+        log.exception("mailbox %s: could not record the poll error", box.name)
+
+
+def default_session_factory(settings: Settings) -> SessionFactory:
+    """Open a logged-in keepword.imap.ImapSession for a mailbox (settings: for later use)."""
+
+    def connect(box: MailboxSettings) -> MailSession:
+        session = ImapSession(box.imap, resolve_secret(box.imap))
+        session.connect()
+        return session
+
+    return connect
+
+
+# -- retry policy for the daemon ---------------------------------------------------
+
+
+def backoff_delay(
+    failures: int,
+    *,
+    base: float = 5.0,
+    factor: float = 2.0,
+    cap: float = 900.0,
+    jitter: float = 0.2,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after `failures` consecutive failures (0 -> no wait).
+
+    Capped exponential (base, base*factor, ... up to cap) with +-jitter spread so many
+    mailboxes failing together do not retry in lockstep.
+    """
+    if failures <= 0:
+        return 0.0
+    raw = min(cap, base * factor ** (failures - 1))
+    spread = 1.0 - jitter + 2.0 * jitter * rand()
+    return min(cap, raw * spread)
+
+
+@dataclass
+class Backoff:
+    """Per-mailbox failure count -> next delay. The daemon keeps one per mailbox."""
+
+    base: float = 5.0
+    factor: float = 2.0
+    cap: float = 900.0
+    jitter: float = 0.2
+    rand: Callable[[], float] = random.random
+    failures: int = 0
+
+    def failed(self) -> float:
+        """Count a failure; return how long to wait before the next try."""
+        self.failures += 1
+        return self.delay()
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def delay(self) -> float:
+        return backoff_delay(
+            self.failures,
+            base=self.base,
+            factor=self.factor,
+            cap=self.cap,
+            jitter=self.jitter,
+            rand=self.rand,
+        )

@@ -1,0 +1,532 @@
+"""Ingestion against the real local Dovecot and a real SQLite file.
+
+Exactly once: every message appended to the server is stored once (raw bytes as the
+server returns them), re-polling adds nothing, a crash mid-batch loses and doubles
+nothing, a UIDVALIDITY change re-scans without duplicates, a server outage is recorded
+and caught up afterwards, and nothing is marked \\Seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import imaplib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
+
+from keepword import ingest
+from keepword.config import KeepwordSettings, MailboxSettings, Settings
+from keepword.domain.model import Origin
+from keepword.errors import MailboxError
+from keepword.imap import ImapSession
+from keepword.ingest import Backoff, backoff_delay, poll_folder, poll_mailbox
+from keepword.mail.parse import parse_message
+from keepword.secrets import Secret
+from keepword.store import messages as store
+from keepword.store.db import make_engine, open_store
+from keepword.store.tables import folder_state, message, message_location
+from tests.fixtures.dovecot import Dovecot
+
+pytestmark = pytest.mark.integration
+
+CORPORA = Path("/work/shared/corpora")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def corpus_rfc822() -> list[tuple[str, bytes]]:
+    with (CORPORA / "index.csv").open(newline="") as index:
+        rows = [row for row in csv.DictReader(index) if row["kind"] == "rfc822"]
+    found = []
+    for row in rows:
+        data = (CORPORA / row["file"]).read_bytes()
+        if row["file"].endswith(".gz"):
+            data = gzip.decompress(data)
+        found.append((row["file"], data))
+    return found
+
+
+def mail(number: int, *, subject: str = "Order question", body: str = "Where is it?") -> bytes:
+    return (
+        f"From: Customer {number} <c{number}@customer.test>\r\n"
+        "To: support@example.com\r\n"
+        f"Subject: {subject} {number}\r\n"
+        f"Date: Mon, 2 Mar 2026 10:{number % 60:02d}:00 +0100\r\n"
+        f"Message-ID: <m{number}.{os.getpid()}@customer.test>\r\n"
+        "\r\n"
+        f"{body} ({number})\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return open_store(f"sqlite:///{tmp_path / 'keepword.db'}")
+
+
+def mailbox_for(dovecot: Dovecot, user: str, **imap: Any) -> MailboxSettings:
+    return MailboxSettings(
+        name="support",
+        address="support@example.com",
+        folders=["INBOX"],
+        sent_folder="Sent",
+        done_folder="Done",
+        imap=dovecot.imap_settings(user, **imap),
+    )
+
+
+def settings_for(box: MailboxSettings, engine: Engine) -> Settings:
+    return Settings(
+        keepword=KeepwordSettings(
+            database_url=str(engine.url), allow_inline_passwords=True, state_dir=Path("/tmp")
+        ),
+        mailbox=[box],
+    )
+
+
+@pytest.fixture
+def session_for(dovecot: Dovecot) -> Iterator[Any]:
+    opened: list[ImapSession] = []
+
+    def open_session(box: MailboxSettings) -> ImapSession:
+        assert box.imap.password is not None
+        session = ImapSession(box.imap, Secret(box.imap.password))
+        session.connect()
+        opened.append(session)
+        return session
+
+    yield open_session
+    for session in opened:
+        session.close()
+
+
+def server_messages(dovecot: Dovecot, user: str, folder: str = "INBOX") -> dict[int, bytes]:
+    with dovecot.client(user) as imap:
+        imap.select_folder(folder, readonly=True)
+        uids = imap.search("ALL")
+        data = imap.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+    return {int(uid): bytes(item[b"BODY[]"]) for uid, item in data.items()}
+
+
+def locations(engine: Engine, folder: str = "INBOX") -> list[Any]:
+    query = (
+        select(
+            message_location.c.uid,
+            message_location.c.uidvalidity,
+            message_location.c.message_pk,
+            message.c.raw,
+            message.c.is_history,
+            message.c.quarantined,
+            message.c.quarantine_reason,
+            message.c.message_id,
+            message.c.content_digest,
+        )
+        .join(message, message.c.id == message_location.c.message_pk)
+        .where(message_location.c.folder == folder)
+        .order_by(message_location.c.uidvalidity, message_location.c.uid)
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(query))
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def cursor(engine: Engine, folder: str = "INBOX") -> store.FolderCursor:
+    with engine.connect() as conn:
+        found = store.get_cursor(conn, "support", folder)
+    assert found is not None
+    return found
+
+
+# -- every corpus file, exactly once -------------------------------------------------------
+
+
+@pytest.mark.skipif(not CORPORA.is_dir(), reason="shared corpora not present")
+def test_every_corpus_file_is_stored_exactly_once(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    corpus = corpus_rfc822()
+    refused = append_all(dovecot, mail_user, [raw for _, raw in corpus])
+    # Dovecot takes every file as it is (bare LF, CR-only, 8-bit); if it ever refuses
+    # one, that must be the server's NO, and everything else must still arrive.
+    assert all(isinstance(error, imaplib.IMAP4.error) for _, error in refused)
+    on_server = server_messages(dovecot, mail_user)
+    assert len(on_server) == len(corpus) - len(refused)
+
+    box = mailbox_for(dovecot, mail_user, fetch_batch=100)
+    session = session_for(box)
+    result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    assert result.is_history
+
+    stored = locations(engine)
+    assert [row.uid for row in stored] == sorted(on_server)  # every UID once, none extra
+    identities: dict[tuple[str, str], int] = {}
+    for row in stored:
+        parsed = parse_message(on_server[row.uid])
+        identity = (parsed.message_id, parsed.content_digest)
+        assert (row.message_id, row.content_digest) == identity, row.uid
+        first = identities.setdefault(identity, row.uid)
+        if first == row.uid:
+            assert row.raw == on_server[row.uid], row.uid  # raw bytes exactly as served
+        assert row.is_history
+        assert row.quarantined == (row.quarantine_reason is not None)
+    assert count(engine, message) == len(identities) == result.new
+    assert result.known == len(on_server) - len(identities)
+    quarantined = [row for row in stored if row.quarantined]
+    assert result.quarantined == len({row.message_pk for row in quarantined})
+    assert all(row.quarantine_reason for row in quarantined)
+
+    # Polling again finds nothing and costs exactly one IMAP command (STATUS).
+    before = session.commands
+    again = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    assert (again.new, again.known) == (0, 0)
+    assert session.commands - before == 1
+    assert count(engine, message_location) == len(on_server)
+
+    # Nothing was marked \Seen by reading.
+    with dovecot.client(mail_user) as imap:
+        imap.select_folder("INBOX", readonly=True)
+        assert imap.search("SEEN") == []
+
+
+def append_all(dovecot: Dovecot, user: str, raws: list[bytes]) -> list[tuple[int, Exception]]:
+    """MULTIAPPEND in chunks; a refused chunk is retried one by one to find the culprit."""
+    refused: list[tuple[int, Exception]] = []
+    with dovecot.client(user) as imap:
+        for start in range(0, len(raws), 100):
+            chunk = raws[start : start + 100]
+            try:
+                imap.multiappend("INBOX", chunk)
+                continue
+            except imaplib.IMAP4.error:
+                pass
+            for offset, raw in enumerate(chunk):
+                try:
+                    imap.append("INBOX", raw)
+                except imaplib.IMAP4.error as exc:
+                    refused.append((start + offset, exc))
+    return refused
+
+
+# -- history vs new, \Seen --------------------------------------------------------------
+
+
+def test_first_poll_is_history_later_mail_is_new_and_stays_unseen(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(3)])
+    dovecot.append(mail_user, "Sent", mail(100, subject="Re: Order question"))
+    box = mailbox_for(dovecot, mail_user)
+    settings = settings_for(box, engine)
+
+    first = poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    assert first.ok
+    assert first.folders["INBOX"].new == 3
+    assert first.folders["INBOX"].is_history
+    assert first.folders["Sent"].new == 1
+    assert first.folders["Done"].new == 0
+
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(3, 5)])
+    second = poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    assert second.folders["INBOX"].new == 2
+    assert not second.folders["INBOX"].is_history
+
+    rows = locations(engine)
+    assert [row.is_history for row in rows] == [True, True, True, False, False]
+    assert [row.is_history for row in locations(engine, "Sent")] == [True]
+    assert all(b"\\Seen" not in dovecot.flags(mail_user, "INBOX", row.uid) for row in rows)
+
+    with engine.connect() as conn:
+        facts = store.load_facts(conn, [row.message_pk for row in rows])
+        sent = store.load_facts(conn, [locations(engine, "Sent")[0].message_pk])
+    assert [f.is_history for f in facts] == [True, True, True, False, False]
+    assert all(f.origin is Origin.INBOX for f in facts)
+    assert sent[0].origin is Origin.SENT
+    assert facts[3].sender is not None
+    assert facts[3].sender.address == "c3@customer.test"
+    assert cursor(engine).history_done
+
+
+def test_same_mail_in_inbox_and_sent_is_one_message_with_two_locations(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    raw = mail(7)
+    dovecot.append(mail_user, "INBOX", raw)
+    dovecot.append(mail_user, "Sent", raw)
+    box = mailbox_for(dovecot, mail_user)
+    poll_mailbox(engine, settings_for(box, engine), box, now, session_factory=session_for)
+    assert count(engine, message) == 1
+    assert count(engine, message_location) == 2
+    with engine.connect() as conn:
+        [facts] = store.load_facts(conn, [locations(engine)[0].message_pk])
+    assert facts.origin is Origin.SENT  # seen in Sent: the team's own mail
+
+
+def test_kept_session_sees_mail_appended_by_others(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    box = mailbox_for(dovecot, mail_user)
+    session = session_for(box)
+    dovecot.append(mail_user, "INBOX", mail(1))
+    assert poll_folder(engine, session, box, "INBOX", Origin.INBOX, now).new == 1
+    for number in range(2, 5):
+        dovecot.append(mail_user, "INBOX", mail(number))
+        result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        assert (result.new, result.is_history) == (1, False)
+        before = session.commands
+        idle = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        assert idle.new == 0
+        assert session.commands - before == 1
+
+
+# -- crashes -------------------------------------------------------------------------------
+
+
+def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(250)])
+    box = mailbox_for(dovecot, mail_user, fetch_batch=50)
+    real_store = store.store_batch
+    calls = 0
+
+    def store_then_crash(*args: Any, **kwargs: Any) -> store.BatchResult:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            # Inside the third batch's transaction, after its rows were written.
+            real_store(*args, **kwargs)
+            raise RuntimeError("power cut")
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(store, "store_batch", store_then_crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    # Batches 1-2 committed with their cursor; batch 3 rolled back as a whole.
+    assert count(engine, message_location) == 100
+    assert count(engine, message) == 100
+    assert cursor(engine).last_uid == sorted(dovecot.uids(mail_user))[99]
+    assert not cursor(engine).history_done
+
+    monkeypatch.setattr(store, "store_batch", real_store)
+    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    assert (result.new, result.known) == (150, 0)
+    rows = locations(engine)
+    assert [row.uid for row in rows] == dovecot.uids(mail_user)
+    assert count(engine, message) == 250
+    assert all(row.is_history for row in rows)  # the interrupted first import stays history
+
+
+def test_sigkill_of_keepword_import_then_rerun_is_exact(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path
+) -> None:
+    total = 3000
+    body = "Lorem ipsum dolor sit amet. " * 150
+    dovecot.multiappend(mail_user, "INBOX", [mail(n, body=body) for n in range(total)])
+    config = write_config(dovecot, mail_user, tmp_path, fetch_batch=100)
+    database = tmp_path / "state" / "keepword.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert wait_for(database), "keepword import never created its database"
+    engine = make_engine(f"sqlite:///{database}")  # the import migrates it, not us
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if count(engine, message_location) >= 200:
+                break
+        except OperationalError:  # tables not created yet
+            pass
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL, "import finished before it could be killed"
+    at_kill = count(engine, message_location)
+    assert 0 < at_kill < total
+    assert at_kill % 100 == 0  # only whole batches were committed
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+        timeout=240,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "INBOX" in rerun.stdout
+    rows = locations(engine)
+    assert [row.uid for row in rows] == dovecot.uids(mail_user)
+    assert count(engine, message) == total
+    assert all(row.is_history for row in rows)
+
+
+def wait_for(path: Path, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def write_config(dovecot: Dovecot, user: str, directory: Path, fetch_batch: int = 500) -> Path:
+    secret = directory / "imap.password"
+    secret.write_text(dovecot.users[user])
+    secret.chmod(0o600)
+    config = directory / "keepword.toml"
+    config.write_text(
+        f"""[keepword]
+state_dir = "{directory / "state"}"
+
+[[mailbox]]
+name = "support"
+address = "support@example.com"
+sent_folder = "Sent"
+
+[mailbox.imap]
+host = "{dovecot.host}"
+port = {dovecot.imap_port}
+tls = "plain"
+username = "{user}"
+password_file = "{secret}"
+fetch_batch = {fetch_batch}
+"""
+    )
+    return config
+
+
+# -- UIDVALIDITY ---------------------------------------------------------------------------
+
+
+def test_uidvalidity_change_rescans_without_duplicates(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(20)])
+    box = mailbox_for(dovecot, mail_user, fetch_batch=7)
+    session = session_for(box)
+    first = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    assert first.new == 20
+    old_validity = cursor(engine).uidvalidity
+
+    new_validity = dovecot.set_uidvalidity_change(mail_user)
+    dovecot.append(mail_user, "INBOX", mail(20))
+    again = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+
+    assert again.uidvalidity_changed
+    assert (again.new, again.known) == (1, 20)
+    assert count(engine, message) == 21
+    assert cursor(engine).uidvalidity == new_validity != old_validity
+    rescanned = [row for row in locations(engine) if row.uidvalidity == new_validity]
+    assert [row.uid for row in rescanned] == dovecot.uids(mail_user)
+    newcomer = [row for row in rescanned if not row.is_history]
+    assert len(newcomer) == 1  # the unknown mail is new, the known ones stay history
+    assert b"(20)" in newcomer[0].raw
+
+
+# -- server down -------------------------------------------------------------------------
+
+
+def test_server_down_is_recorded_and_the_next_poll_catches_up(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    dovecot.append(mail_user, "INBOX", mail(1))
+    box = mailbox_for(dovecot, mail_user, timeout=3.0)
+    settings = settings_for(box, engine)
+    poll_mailbox(engine, settings, box, now, session_factory=session_for)
+
+    dovecot.stop()
+    try:
+        with pytest.raises(MailboxError) as failure:
+            poll_mailbox(engine, settings, box, now, session_factory=session_for)
+        assert "127.0.0.1" in str(failure.value)
+        with engine.connect() as conn:
+            errors = dict(
+                conn.execute(select(folder_state.c.folder, folder_state.c.last_error)).all()
+            )
+        assert set(errors) == {"INBOX", "Sent", "Done"}
+        assert all(errors.values())
+    finally:
+        dovecot.start()
+
+    dovecot.append(mail_user, "INBOX", mail(2))
+    result = poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    assert result.ok
+    assert result.folders["INBOX"].new == 1
+    assert cursor(engine).last_error is None
+    assert [row.uid for row in locations(engine)] == dovecot.uids(mail_user)
+
+
+def test_missing_folder_is_that_folders_error_the_others_are_polled(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    box = mailbox_for(dovecot, mail_user).model_copy(update={"done_folder": "Missing"})
+    result = poll_mailbox(engine, settings_for(box, engine), box, now, session_factory=session_for)
+    # A missing folder is that folder's error; the others are polled.
+    assert "Missing" in result.errors
+    assert set(result.folders) == {"INBOX", "Sent"}
+    assert cursor(engine, "Missing").last_error
+
+
+def test_login_failure_raises_mailbox_error_and_records_it(
+    dovecot: Dovecot, mail_user: str, engine: Engine
+) -> None:
+    box = mailbox_for(dovecot, mail_user, password="wrong")
+    settings = settings_for(box, engine)
+    with pytest.raises(MailboxError):
+        poll_mailbox(engine, settings, box, now)
+    error = cursor(engine).last_error
+    assert error is not None
+    assert "wrong" not in error
+
+
+# -- retry policy -----------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_caps_and_resets() -> None:
+    middle = Backoff(base=5, factor=2, cap=60, jitter=0.2, rand=lambda: 0.5)
+    assert middle.delay() == 0
+    assert [middle.failed() for _ in range(6)] == [5, 10, 20, 40, 60, 60]
+    middle.succeeded()
+    assert middle.delay() == 0
+    assert backoff_delay(1, base=10, jitter=0.2, rand=lambda: 0.0) == pytest.approx(8.0)
+    assert backoff_delay(1, base=10, jitter=0.2, rand=lambda: 1.0) == pytest.approx(12.0)
+    assert backoff_delay(50, base=10, cap=900, jitter=0.5, rand=lambda: 1.0) == 900
+
+
+def test_poll_mailbox_async_runs_off_the_loop(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    import asyncio
+
+    dovecot.append(mail_user, "INBOX", mail(1))
+    box = mailbox_for(dovecot, mail_user)
+    result = asyncio.run(
+        ingest.poll_mailbox_async(
+            engine, settings_for(box, engine), box, now, session_factory=session_for
+        )
+    )
+    assert result.folders["INBOX"].new == 1
