@@ -1,0 +1,170 @@
+"""`keepword check`: is the configuration valid and can every server be used?
+
+Validates the config (errors are printed by the CLI's main), then per mailbox resolves
+the secrets, logs in to IMAP and looks for the configured folders, and connects, says
+EHLO and logs in to SMTP if configured. One line per server; exit 0 only if all are ok.
+Secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+
+from keepword.cli.common import settings_from
+from keepword.config import ImapSettings, MailboxSettings, Settings, SmtpSettings, TlsMode
+from keepword.errors import ConfigError, KeepwordError
+from keepword.imap import ImapSession
+from keepword.secrets import Secret, resolve_secret
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    mailbox: str
+    server: str  # "IMAP user at host:port"
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else "FAIL"
+        return f"{status} {self.mailbox}: {self.server}: {self.detail}"
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser(
+        "check", help="validate the config and log in to every IMAP/SMTP server"
+    )
+    parser.add_argument("--mailbox", help="only this mailbox (by its name)")
+    parser.set_defaults(handler=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    boxes = _selected(settings, args.mailbox)
+    print(f"ok   config: {settings.source} ({len(settings.mailbox)} mailbox(es))")
+    if not boxes:
+        print("FAIL config: no [[mailbox]] configured")
+        return 1
+    results: list[CheckResult] = []
+    for box in boxes:
+        for result in check_mailbox(box):
+            print(result.line(), flush=True)
+            results.append(result)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _selected(settings: Settings, name: str | None) -> list[MailboxSettings]:
+    if not name:
+        return list(settings.mailbox)
+    try:
+        return [settings.mailbox_named(name)]
+    except KeyError:
+        raise ConfigError([f"{settings.source}: no [[mailbox]] named {name!r}"]) from None
+
+
+def check_mailbox(box: MailboxSettings) -> list[CheckResult]:
+    results = [check_imap(box)]
+    if box.smtp is not None:
+        results.append(check_smtp(box.name, box.smtp))
+    return results
+
+
+def _where(kind: str, server: ImapSettings | SmtpSettings) -> str:
+    return f"{kind} {server.username} at {server.host}:{server.effective_port()}"
+
+
+def required_folders(box: MailboxSettings) -> list[str]:
+    folders = list(box.folders)
+    for extra in (box.sent_folder, box.done_folder):
+        if extra and extra not in folders:
+            folders.append(extra)
+    return folders
+
+
+def check_imap(box: MailboxSettings) -> CheckResult:
+    where = _where("IMAP", box.imap)
+    try:
+        secret = resolve_secret(box.imap)
+        with ImapSession(box.imap, secret) as imap:
+            existing = set(imap.folders())
+            capabilities = imap.capabilities()
+    except KeepwordError as exc:
+        return CheckResult(box.name, where, ok=False, detail=_strip(str(exc), where))
+    wanted = required_folders(box)
+    missing = [f for f in wanted if f not in existing and f.upper() != "INBOX"]
+    idle = "IDLE" if "IDLE" in capabilities else "no IDLE (polling)"
+    if missing:
+        return CheckResult(
+            box.name,
+            where,
+            ok=False,
+            detail=f"logged in, but folder(s) missing: {', '.join(missing)}",
+        )
+    return CheckResult(
+        box.name, where, ok=True, detail=f"logged in; folders {', '.join(wanted)}; {idle}"
+    )
+
+
+def check_smtp(mailbox: str, server: SmtpSettings) -> CheckResult:
+    where = _where("SMTP", server)
+    try:
+        secret = resolve_secret(server)
+        detail = asyncio.run(_smtp_login(server, secret))
+    except KeepwordError as exc:
+        return CheckResult(mailbox, where, ok=False, detail=_strip(str(exc), where))
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or "verification failed"
+        detail = f"TLS certificate of {server.host} not trusted ({reason})"
+        return CheckResult(mailbox, where, ok=False, detail=detail)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        detail = f"login as {server.username} refused: {exc.code} {exc.message}"
+        return CheckResult(mailbox, where, ok=False, detail=detail)
+    except aiosmtplib.SMTPTimeoutError:
+        return CheckResult(mailbox, where, ok=False, detail=f"timed out after {server.timeout:g} s")
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror
+        return CheckResult(mailbox, where, ok=False, detail=f"failed: {text}")
+    return CheckResult(mailbox, where, ok=True, detail=detail)
+
+
+async def _smtp_login(server: SmtpSettings, secret: Secret) -> str:
+    context = None
+    if server.tls is not TlsMode.PLAIN:
+        context = ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
+    client = aiosmtplib.SMTP(
+        hostname=server.host,
+        port=server.effective_port(),
+        use_tls=server.tls is TlsMode.IMPLICIT,
+        start_tls=server.tls is TlsMode.STARTTLS,
+        tls_context=context,
+        timeout=server.timeout,
+    )
+    await client.connect()
+    try:
+        await client.ehlo()
+        if not client.supports_extension("auth"):
+            if server.tls is TlsMode.PLAIN:  # a local relay that needs no login
+                return "connected, EHLO ok; server offers no AUTH (local relay), not logging in"
+            return "connected, EHLO ok; server offers no AUTH"
+        if secret.is_oauth2:
+            await client.auth_xoauth2(server.username, secret.reveal())
+        else:
+            await client.login(server.username, secret.reveal())
+        return "connected, EHLO and login ok"
+    finally:
+        try:
+            await client.quit()
+        except aiosmtplib.SMTPException:
+            client.close()
+
+
+def _strip(message: str, where: str) -> str:
+    """Errors already name the server; the line names it once."""
+    return message.removeprefix(f"{where}: ")

@@ -1,0 +1,208 @@
+"""`keepword check` against the real Dovecot and a real in-process aiosmtpd."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from keepword.cli import main
+from tests.fixtures.dovecot import Dovecot
+
+pytestmark = pytest.mark.integration
+
+SMTP_USER = "support@example.com"
+SMTP_PASSWORD = "smtp-Secret-42"
+
+
+class _Sink:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
+
+
+def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+    ok = (
+        isinstance(data, LoginPassword)
+        and data.login.decode() == SMTP_USER
+        and data.password.decode() == SMTP_PASSWORD
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture(scope="module")
+def smtp_port(dovecot: Dovecot) -> Iterator[int]:
+    port = dovecot.mailserver.free_port()
+    controller = Controller(
+        _Sink(),
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=_authenticate,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
+def write_config(
+    tmp_path: Path,
+    dovecot: Dovecot,
+    user: str,
+    *,
+    password: str | None = None,
+    folders: str = '["INBOX"]',
+    smtp: str = "",
+) -> Path:
+    pw_file = tmp_path / "imap.pw"
+    pw_file.write_text((password or dovecot.users[user]) + "\n")
+    pw_file.chmod(0o600)
+    config = tmp_path / "keepword.toml"
+    config.write_text(
+        f"""
+[keepword]
+state_dir = "{tmp_path}"
+
+[[mailbox]]
+name = "support"
+address = "{user}"
+folders = {folders}
+done_folder = "Done"
+
+[mailbox.imap]
+host = "127.0.0.1"
+port = {dovecot.imap_port}
+tls = "plain"
+username = "{user}"
+password_file = "{pw_file}"
+timeout = 5
+{smtp}
+"""
+    )
+    return config
+
+
+def run_check(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["--config", str(config), "check"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_all_ok(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
+    code, out = run_check(config, capsys)
+    assert code == 0, out
+    assert f"ok   support: IMAP {mail_user} at 127.0.0.1:{dovecot.imap_port}: logged in" in out
+    assert "INBOX, Sent, Done" in out
+    assert dovecot.users[mail_user] not in out
+
+
+def test_wrong_password_fails_without_showing_it(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user, password="Not-The-Password-77")
+    code, out = run_check(config, capsys)
+    assert code == 1
+    assert "FAIL support: IMAP" in out
+    assert "refused" in out
+    assert "Not-The-Password-77" not in out
+
+
+def test_missing_folder_fails(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Support/Billing"]')
+    code, out = run_check(config, capsys)
+    assert code == 1
+    assert "folder(s) missing: Support/Billing" in out
+
+
+def test_missing_password_file_fails(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user)
+    (tmp_path / "imap.pw").unlink()
+    code, out = run_check(config, capsys)
+    assert code == 1
+    assert f"{tmp_path / 'imap.pw'} does not exist" in out
+
+
+def test_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "keepword.toml"
+    config.write_text('[[mailbox]]\nname = "x"\naddress = "nope"\n')
+    code, out = run_check(config, capsys)
+    assert code == 2
+    assert "is not an e-mail address" in out
+
+
+def test_server_down_fails(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user)
+    dovecot.stop()
+    try:
+        code, out = run_check(config, capsys)
+    finally:
+        dovecot.start()
+    assert code == 1
+    assert "connect failed" in out
+
+
+def _smtp_table(tmp_path: Path, port: int, password: str) -> str:
+    pw_file = tmp_path / "smtp.pw"
+    pw_file.write_text(password + "\n")
+    return f"""
+[mailbox.smtp]
+host = "127.0.0.1"
+port = {port}
+tls = "plain"
+username = "{SMTP_USER}"
+password_file = "{pw_file}"
+timeout = 5
+"""
+
+
+def test_smtp_login_ok(
+    tmp_path: Path,
+    dovecot: Dovecot,
+    mail_user: str,
+    smtp_port: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    smtp = _smtp_table(tmp_path, smtp_port, SMTP_PASSWORD)
+    code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
+    assert code == 0, out
+    assert f"ok   support: SMTP {SMTP_USER} at 127.0.0.1:{smtp_port}: connected, EHLO" in out
+    assert SMTP_PASSWORD not in out
+
+
+def test_smtp_wrong_password(
+    tmp_path: Path,
+    dovecot: Dovecot,
+    mail_user: str,
+    smtp_port: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    smtp = _smtp_table(tmp_path, smtp_port, "wrong-smtp-pw-99")
+    code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
+    assert code == 1
+    assert f"FAIL support: SMTP {SMTP_USER}" in out
+    assert "login as support@example.com refused: 535" in out
+    assert "wrong-smtp-pw-99" not in out
+    assert "ok   support: IMAP" in out  # one broken server does not hide the others
+
+
+def test_smtp_server_down(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    smtp = _smtp_table(tmp_path, dovecot.mailserver.free_port(), SMTP_PASSWORD)
+    code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
+    assert code == 1
+    assert "FAIL support: SMTP" in out
