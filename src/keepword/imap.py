@@ -191,8 +191,15 @@ class ImapSession:
         return frozenset(_text(c).upper() for c in raw)
 
     def status(self, folder: str) -> FolderStatus:
-        """UIDVALIDITY, UIDNEXT and MESSAGES in one STATUS round trip (cheapest poll)."""
+        """UIDVALIDITY, UIDNEXT and MESSAGES in one STATUS round trip (cheapest poll).
+
+        Dovecot answers STATUS of the selected folder from the session's own view, which
+        misses mail that arrived since; then a NOOP goes first (two round trips). Call
+        `unselect()` after fetching to keep idle polls at one command.
+        """
         client = self._require()
+        if self._examined == folder:
+            self.noop()
         with self._errors(f"STATUS {folder}", folder=folder):
             data = client.folder_status(folder, STATUS_ITEMS)
         try:
@@ -216,6 +223,23 @@ class ImapSession:
         with self._errors(f"EXAMINE {folder}", folder=folder):
             client.select_folder(folder, readonly=True)
         self._examined = folder
+
+    def unselect(self) -> None:
+        """Leave the examined folder (UNSELECT, or CLOSE: read-only, so nothing expunged)."""
+        client = self._require()
+        if self._examined is None:
+            return
+        folder, self._examined = self._examined, None
+        with self._errors(f"UNSELECT {folder}"):
+            if client.has_capability("UNSELECT"):
+                client.unselect_folder()
+            else:
+                client.close_folder()
+
+    @property
+    def selected_folder(self) -> str | None:
+        """The folder currently EXAMINEd, if any."""
+        return self._examined
 
     def new_uids(self, folder: str, after_uid: int) -> list[int]:
         """UIDs in folder greater than after_uid, ascending.

@@ -51,6 +51,22 @@ def test_status_is_one_command_and_counts_messages(dovecot: Dovecot, mail_user: 
     assert status.uidvalidity > 0
 
 
+def test_status_sees_new_mail_in_the_examined_folder(dovecot: Dovecot, mail_user: str) -> None:
+    dovecot.append(mail_user, "INBOX", message(1))
+    with session(dovecot, mail_user) as imap:
+        assert imap.new_uids("INBOX", 0) == [1]
+        assert imap.selected_folder == "INBOX"
+        dovecot.append(mail_user, "INBOX", message(2))
+        assert imap.status("INBOX").uidnext == 3  # not the stale view of the selection
+        imap.unselect()
+        assert imap.selected_folder is None
+        dovecot.append(mail_user, "INBOX", message(3))
+        before = imap.commands
+        assert imap.status("INBOX").uidnext == 4
+        assert imap.commands == before + 1
+        assert imap.fetch([1, 2, 3], folder="INBOX")[2].raw == message(3)
+
+
 def test_status_of_empty_folder(dovecot: Dovecot, mail_user: str) -> None:
     with session(dovecot, mail_user) as imap:
         status = imap.status("Sent")
