@@ -14,9 +14,11 @@ dedups by identity, unknown mail is stored as new.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -146,8 +148,7 @@ def poll_folder(
     uids = session.new_uids(folder, after_uid)
     if plan is not None:
         plan(len(uids))
-    for batch in _batches(uids, box.imap.fetch_batch):
-        fetched = session.fetch(batch)
+    for batch, fetched in _prefetched(session, _batches(uids, box.imap.fetch_batch)):
         items = [_item(f) for f in fetched]
         with engine.begin() as conn:
             for is_history, part in _split(items, history_below):
@@ -230,6 +231,34 @@ def _release_folder(session: MailSession) -> None:
         log.debug("UNSELECT failed; the next STATUS of this folder will NOOP first", exc_info=True)
         return
     session._examined = None  # type: ignore[attr-defined]
+
+
+def _prefetched(
+    session: MailSession, batches: Iterator[list[int]]
+) -> Iterator[tuple[list[int], Sequence[FetchedLike]]]:
+    """Yield (uids, fetched) while the next batch is already being fetched.
+
+    Fetching (socket + Dovecot on the other core) overlaps parsing and storing. Only the
+    worker thread talks to the session while a fetch is in flight, and at most two
+    batches are in memory at once. The generator always waits for the in-flight fetch
+    before it finishes (also when the consumer stops early or raises).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-fetch") as pool:
+        current = next(batches, None)
+        pending: Future[Sequence[FetchedLike]] | None = (
+            pool.submit(session.fetch, current) if current is not None else None
+        )
+        try:
+            while current is not None and pending is not None:
+                fetched = pending.result()
+                following = next(batches, None)
+                pending = pool.submit(session.fetch, following) if following else None
+                yield current, fetched
+                current = following
+        finally:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    pending.result()
 
 
 def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:

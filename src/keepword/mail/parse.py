@@ -200,52 +200,72 @@ def _parse(raw: bytes) -> ParsedMessage:
         headers = email.message_from_bytes(header_block + b"\n\n", policy=email.policy.compat32)
         too_large = f"too large: {len(raw)} bytes (limit {MAX_MESSAGE_BYTES}); body not parsed"
         return _from_message(raw, headers, "", too_large)
-    msg, body, reason = _parse_mime(raw)
+    msg, body, reason, known = _parse_mime(raw)
     if reason is None and not any(name in msg for name in _ESSENTIAL_HEADERS):
         reason = "no headers: none of " + ", ".join(_ESSENTIAL_HEADERS)
-    return _from_message(raw, msg, body, reason)
+    return _from_message(raw, msg, body, reason, known)
 
 
-def _parse_mime(raw: bytes) -> tuple[Message, str, str | None]:
-    """(message, body text, quarantine reason) from mail-parser, else the stdlib."""
+# Address headers mail-parser already split (name -> (display name, addr-spec) pairs);
+# reusing them saves a second, slow getaddresses pass.
+KnownAddresses = dict[str, list[tuple[str, str]]]
+
+
+def _parse_mime(raw: bytes) -> tuple[Message, str, str | None, KnownAddresses]:
+    """(message, body text, quarantine reason, split addresses): mail-parser, else stdlib."""
     try:
         parsed = mailparser.parse_from_bytes(raw)
         body = _join_text(parsed.text_plain)
         if not body.strip() and parsed.text_html:
             body = html_to_text(_join_text(parsed.text_html))
+        known = {
+            "from": list(parsed.from_),
+            "to": list(parsed.to),
+            "cc": list(parsed.cc),
+            "reply-to": list(parsed.reply_to),
+        }
     except Exception as first:
         failure = f"{type(first).__name__}: {first}"
     else:
         message: Message = parsed.message
-        return message, body, None
+        return message, body, None, known
     try:
         modern = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(modern, EmailMessage)
-        return modern, _stdlib_body(modern), None
+        return modern, _stdlib_body(modern), None, {}
     except Exception as second:
         failure += f"; {type(second).__name__}: {second}"
     try:
         legacy = email.message_from_bytes(raw, policy=email.policy.compat32)
-        return legacy, _compat_body(legacy), None
+        return legacy, _compat_body(legacy), None, {}
     except Exception as third:
         failure += f"; {type(third).__name__}: {third}"
-    return Message(), "", f"unparseable: {failure}"[:500]
+    return Message(), "", f"unparseable: {failure}"[:500], {}
 
 
-def _from_message(raw: bytes, msg: Message, body: str, reason: str | None) -> ParsedMessage:
+def _from_message(
+    raw: bytes, msg: Message, body: str, reason: str | None, known: KnownAddresses | None = None
+) -> ParsedMessage:
     digest = content_digest(raw)
     found_id = normalize_message_id(_first(msg, "message-id"))
     message_id = found_id or _derived_id(msg, digest)
     date, offset = parse_date(_first(msg, "date"))
-    senders = _addresses(msg, "from") or _addresses(msg, "sender")
+    split = known or {}
+
+    def addresses(name: str) -> tuple[Address, ...]:
+        if name in split:
+            return _known_addresses(split[name])
+        return _addresses(msg, name)
+
+    senders = addresses("from") or _addresses(msg, "sender")
     return ParsedMessage(
         message_id=message_id,
         message_id_derived=found_id is None,
         content_digest=digest,
         sender=senders[0] if senders else None,
-        to=_addresses(msg, "to"),
-        cc=_addresses(msg, "cc"),
-        reply_to=_addresses(msg, "reply-to"),
+        to=addresses("to"),
+        cc=addresses("cc"),
+        reply_to=addresses("reply-to"),
         subject=_first(msg, "subject") or "",
         date=date,
         date_offset_minutes=offset,
@@ -361,6 +381,15 @@ def _bytes_to_text(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("cp1252", "replace")
+
+
+def _known_addresses(pairs: list[tuple[str, str]]) -> tuple[Address, ...]:
+    result: list[Address] = []
+    for display, addr_spec in pairs:
+        address = str(addr_spec).strip().strip("<>").lower()
+        if "@" in address:
+            result.append(Address(address=address, name=_unfold(str(display or ""))))
+    return tuple(result)
 
 
 def _addresses(msg: Message, name: str) -> tuple[Address, ...]:

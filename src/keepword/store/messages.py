@@ -168,10 +168,10 @@ def _insert_messages(
     if not items:
         return {}
     rows = [_message_row(mailbox, role, item, is_history, now) for item in items.values()]
-    statement = insert(message).returning(
-        message.c.message_id, message.c.content_digest, message.c.id, sort_by_parameter_order=True
-    )
-    return {(mid, digest): int(pk) for mid, digest, pk in conn.execute(statement, rows)}
+    # Plain executemany, then read the new ids back by identity: INSERT .. RETURNING with
+    # guaranteed order degrades to one statement per row on SQLite.
+    conn.execute(insert(message), rows)
+    return _existing_identities(conn, mailbox, list(items.values()))
 
 
 def _message_row(

@@ -1,0 +1,499 @@
+"""Import benchmark (not a test): how close `keepword import` gets to the raw speed of
+imapclient + mail-parser, how its memory grows with the mailbox, and what an idle poll
+costs.
+
+    .venv/bin/python bench/import.py [--messages 20000] [--write-docs]
+
+Starts a private Dovecot (scripts/mailserver) in a short temp dir, fills two users by
+MULTIAPPEND with generated, realistic mail (threads with In-Reply-To/References,
+~10 KB median bodies, some HTML, some real corpus files mixed in): `half` holds the
+first N/2 messages, `full` all N. Then, in the same run:
+
+  (a) raw: imapclient FETCH BODY.PEEK[] in batches of 500 + mailparser parse (+ the
+      field access keepword needs), no storing;
+  (b) `keepword import` end to end into a fresh SQLite file, in a subprocess per size,
+      whose peak RSS (ru_maxrss) is read from wait4;
+  (c) an idle poll on the `full` mailbox: wall time and IMAP commands.
+
+Prints b/a and the RSS growth from N/2 to N; --write-docs puts the figures into
+docs/benchmarks.md (section "Import").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.utils
+import gzip
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+
+import mailparser
+from imapclient import IMAPClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPORA = Path("/work/shared/corpora")
+PASSWORD = "bench-secret"
+APPEND_CHUNK = 100
+FETCH_BATCH = 500
+
+sys.path.insert(0, str(ROOT / "src"))
+logging.getLogger("mailparser").setLevel(logging.CRITICAL)  # as keepword does
+
+
+def load_mailserver() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("mailserver", str(ROOT / "scripts/mailserver"))
+    spec = importlib.util.spec_from_loader("mailserver", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mailserver"] = module
+    loader.exec_module(module)
+    return module
+
+
+# -- realistic mail ------------------------------------------------------------------
+
+WORDS = [
+    "order",
+    "invoice",
+    "delivery",
+    "refund",
+    "account",
+    "password",
+    "login",
+    "error",
+    "page",
+    "payment",
+    "card",
+    "shipping",
+    "address",
+    "package",
+    "tracking",
+    "number",
+    "problem",
+    "question",
+    "please",
+    "thanks",
+    "urgent",
+    "broken",
+    "update",
+    "version",
+    "install",
+    "license",
+    "subscription",
+    "cancel",
+    "renew",
+    "price",
+    "discount",
+    "warehouse",
+    "customer",
+    "support",
+    "ticket",
+    "reply",
+    "today",
+    "tomorrow",
+    "week",
+    "month",
+    "again",
+    "still",
+    "working",
+    "not",
+    "able",
+    "to",
+    "see",
+    "the",
+    "we",
+    "you",
+    "our",
+    "your",
+    "this",
+    "that",
+    "with",
+    "from",
+    "have",
+    "been",
+    "will",
+]
+FIRST = [
+    "Anna",
+    "Ben",
+    "Chloe",
+    "David",
+    "Emma",
+    "Felix",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Klara",
+    "Lukas",
+    "Mia",
+    "Noah",
+]
+LAST = [
+    "Schmidt",
+    "Meyer",
+    "Garcia",
+    "Rossi",
+    "Dubois",
+    "Novak",
+    "Smith",
+    "Jones",
+    "Kowalski",
+    "Jensen",
+    "Silva",
+]
+ZONES = ("+0000", "+0100", "+0200", "-0500", "-0800", "+0530", "+0900")
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(6, 18))]
+    return " ".join(words).capitalize() + "."
+
+
+def _body(rng: random.Random) -> str:
+    # lognormal around ~10 KB: median e^9.2 ~ 9.9 KB
+    target = int(min(200_000, max(300, rng.lognormvariate(9.2, 0.6))))
+    lines: list[str] = []
+    size = 0
+    while size < target:
+        paragraph = " ".join(_sentence(rng) for _ in range(rng.randint(2, 6)))
+        for start in range(0, len(paragraph), 72):
+            lines.append(paragraph[start : start + 72])
+        lines.append("")
+        size += len(paragraph) + 2
+    return "\r\n".join(lines)
+
+
+def generate(count: int, seed: int = 7) -> Iterator[bytes]:
+    """`count` messages; about 1 in 60 is a real corpus file (CRLF-normalized)."""
+    rng = random.Random(seed)
+    corpus = _corpus_files()
+    people = [
+        (f"{rng.choice(FIRST)} {rng.choice(LAST)}", f"user{n}@customer{n % 97}.example")
+        for n in range(800)
+    ]
+    threads: list[tuple[str, list[str], str]] = []  # (subject, message ids, customer)
+    start = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
+    for number in range(count):
+        if corpus and number % 60 == 59:
+            yield corpus[(number // 60) % len(corpus)]
+            continue
+        when = start + timedelta(minutes=7 * number + rng.randint(0, 5))
+        message_id = f"<bench.{number}.{rng.getrandbits(32):08x}@mail.example>"
+        name, address = rng.choice(people)
+        headers = [
+            f"From: {name} <{address}>",
+            "To: Support <support@shop.example>",
+            f"Date: {email.utils.format_datetime(when).rsplit(' ', 1)[0]} {rng.choice(ZONES)}",
+            f"Message-ID: {message_id}",
+        ]
+        if threads and rng.random() < 0.4:
+            subject, ids, _ = rng.choice(threads[-300:])
+            headers.append(f"Subject: Re: {subject}")
+            headers.append(f"In-Reply-To: {ids[-1]}")
+            headers.append("References: " + " ".join(ids[-10:]))
+            ids.append(message_id)
+        else:
+            subject = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 7))).capitalize()
+            headers.append(f"Subject: {subject}")
+            threads.append((subject, [message_id], address))
+        headers.append("MIME-Version: 1.0")
+        text = _body(rng)
+        if rng.random() < 0.2:
+            boundary = f"b{number}"
+            html = "<html><body><p>" + text.replace("\r\n\r\n", "</p><p>") + "</p></body></html>"
+            headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+            body = (
+                f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+                f"--{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n"
+                f"--{boundary}--\r\n"
+            )
+        else:
+            headers.append("Content-Type: text/plain; charset=utf-8")
+            body = text + "\r\n"
+        yield ("\r\n".join(headers) + "\r\n\r\n" + body).encode("utf-8")
+
+
+def _corpus_files() -> list[bytes]:
+    index = CORPORA / "index.csv"
+    if not index.exists():
+        return []
+    import csv
+
+    files: list[bytes] = []
+    with index.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["kind"] != "rfc822" or int(row["size"]) > 2_000_000:
+                continue
+            data = (CORPORA / row["file"]).read_bytes()
+            if row["file"].endswith(".gz"):
+                data = gzip.decompress(data)
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+            files.append(data.replace(b"\0", b""))
+    return files
+
+
+def fill(port: int, user: str, messages: Iterator[bytes], count: int) -> float:
+    started = time.perf_counter()
+    with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=120) as client:
+        client.login(user, PASSWORD)
+        chunk: list[bytes] = []
+        done = 0
+        for raw in messages:
+            chunk.append(raw)
+            if len(chunk) == APPEND_CHUNK:
+                client.multiappend("INBOX", chunk)
+                done += len(chunk)
+                chunk = []
+        if chunk:
+            client.multiappend("INBOX", chunk)
+            done += len(chunk)
+        assert done == count, (done, count)
+    return time.perf_counter() - started
+
+
+# -- (a) raw fetch + parse -----------------------------------------------------------
+
+
+def raw_rate(port: int, user: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    handled = 0
+    with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=120) as client:
+        client.login(user, PASSWORD)
+        client.select_folder("INBOX", readonly=True)
+        uids = sorted(client.search("ALL"))
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            for data in client.fetch(batch, ["BODY.PEEK[]"]).values():
+                parsed = mailparser.parse_from_bytes(data[b"BODY[]"])
+                _ = (parsed.subject, parsed.from_, parsed.to, parsed.date, parsed.message_id)
+                _ = (parsed.text_plain, parsed.text_html)
+                handled += 1
+    return handled, time.perf_counter() - started
+
+
+# -- (b) keepword import in a subprocess ---------------------------------------------
+
+
+def write_config(work: Path, port: int, user: str) -> Path:
+    secret = work / f"{user}.password"
+    secret.write_text(PASSWORD)
+    secret.chmod(0o600)
+    config = work / f"{user}.toml"
+    config.write_text(
+        f"""[keepword]
+state_dir = "{work / user}"
+database_url = "sqlite:///{work / user / "keepword.db"}"
+
+[[mailbox]]
+name = "{user}"
+address = "support@shop.example"
+sent_folder = "Sent"
+
+[mailbox.imap]
+host = "127.0.0.1"
+port = {port}
+tls = "plain"
+username = "{user}"
+password_file = "{secret}"
+fetch_batch = {FETCH_BATCH}
+"""
+    )
+    return config
+
+
+def run_import(config: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of `keepword import` in its own process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    errors = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise RuntimeError(f"keepword import failed ({process.returncode}):\n{errors}")
+    return elapsed, int(usage.ru_maxrss)
+
+
+def stored_count(config: Path) -> int:
+    from sqlalchemy import func, select
+
+    from keepword.config import load_config
+    from keepword.store.db import make_engine
+    from keepword.store.tables import message_location
+
+    settings = load_config(config)
+    engine = make_engine(settings.keepword.effective_database_url())
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(message_location)).scalar_one())
+
+
+# -- (c) idle poll ---------------------------------------------------------------------
+
+
+def idle_poll(config: Path) -> tuple[float, int]:
+    """Median ms and IMAP commands of a poll that finds nothing (connection kept open)."""
+    from keepword.config import load_config
+    from keepword.domain.model import Origin
+    from keepword.ingest import default_session_factory, poll_folder
+    from keepword.store.db import open_store
+
+    settings = load_config(config)
+    box = settings.mailbox[0]
+    engine = open_store(settings.keepword.effective_database_url())
+    session = default_session_factory(settings)(box)
+    try:
+        timings: list[float] = []
+        commands: list[int] = []
+        for _ in range(21):
+            before = int(getattr(session, "commands", 0))
+            started = time.perf_counter()
+            result = poll_folder(
+                engine, session, box, "INBOX", Origin.INBOX, lambda: datetime.now(UTC)
+            )
+            timings.append((time.perf_counter() - started) * 1000)
+            commands.append(int(getattr(session, "commands", 0)) - before)
+            assert result.new == 0, result
+    finally:
+        session.close()
+    timings.sort()
+    return timings[len(timings) // 2], max(commands)
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def write_docs(text: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    path.parent.mkdir(exist_ok=True)
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "## Import\n"
+    if section in old:
+        before, _, rest = old.partition(section)
+        after = rest[rest.find("\n## ") + 1 :] if "\n## " in rest else ""
+        new = before + text + ("\n" + after if after else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args(argv)
+    full_count = args.messages
+    half_count = full_count // 2
+
+    mailserver = load_mailserver()
+    work = Path(tempfile.mkdtemp(prefix="kwb-", dir="/tmp"))
+    work.chmod(0o755)  # Dovecot's auth and mail processes must traverse it
+    try:
+        instance = mailserver.start(
+            work / "dc", users={"half": PASSWORD, "full": PASSWORD}, timeout=30
+        )
+        port = instance.imap_port
+        print(f"dovecot on 127.0.0.1:{port}; generating and appending {full_count} messages")
+        fill_half = fill(port, "half", generate(half_count), half_count)
+        fill_full = fill(port, "full", generate(full_count), full_count)
+        print(f"MULTIAPPEND: {half_count / fill_half:.0f} and {full_count / fill_full:.0f} msgs/s")
+
+        raw_count, raw_seconds = raw_rate(port, "full")
+        raw = raw_count / raw_seconds
+        print(f"(a) raw fetch + mail-parser: {raw_count} msgs in {raw_seconds:.1f} s = {raw:.0f}/s")
+
+        results: dict[str, tuple[int, float, int]] = {}
+        for user, count in (("half", half_count), ("full", full_count)):
+            config = write_config(work, port, user)
+            seconds, rss = run_import(config)
+            stored = stored_count(config)
+            assert stored == count, f"{user}: stored {stored} of {count}"
+            results[user] = (count, seconds, rss)
+            print(
+                f"(b) keepword import {count}: {seconds:.1f} s = {count / seconds:.0f}/s, "
+                f"peak RSS {rss / 1024:.0f} MiB"
+            )
+        full = results["full"]
+        half = results["half"]
+        end_to_end = full[0] / full[1]
+        ratio = end_to_end / raw
+        growth = (full[2] - half[2]) / half[2] * 100
+        idle_ms, idle_commands = idle_poll(write_config(work, port, "full"))
+        print(f"b/a ratio: {ratio:.2f} (target >= 0.5)")
+        print(f"peak RSS {half[0]} -> {full[0]}: {growth:+.1f}% (target < 20%)")
+        print(f"idle poll on {full[0]} messages: {idle_ms:.2f} ms, {idle_commands} IMAP command(s)")
+        if args.write_docs:
+            write_docs(
+                _report(
+                    raw, raw_count, full, half, end_to_end, ratio, growth, idle_ms, idle_commands
+                )
+            )
+            print("wrote docs/benchmarks.md")
+        ok = ratio >= 0.5 and growth < 20
+        return 0 if ok else 1
+    finally:
+        with contextlib.suppress(Exception):
+            mailserver.stop(work / "dc")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(
+    raw: float,
+    raw_count: int,
+    full: tuple[int, float, int],
+    half: tuple[int, float, int],
+    end_to_end: float,
+    ratio: float,
+    growth: float,
+    idle_ms: float,
+    idle_commands: int,
+) -> str:
+    cores = os.cpu_count()
+    day = datetime.now(UTC).date().isoformat()
+    return f"""## Import
+
+`bench/import.py --messages {full[0]}` ({day}, {cores} cores, client and Dovecot on the
+same machine over loopback; generated mail with threads, ~10 KB median bodies, 1 in 60
+a real corpus file). Re-run with `make bench`.
+
+| measure | figure | target |
+|---|---|---|
+| (a) raw: imapclient FETCH BODY.PEEK[] x{FETCH_BATCH} + mail-parser, {raw_count} msgs \
+| {raw:.0f} msgs/s | |
+| (b) `keepword import` end to end into SQLite, {full[0]} msgs | {end_to_end:.0f} msgs/s \
+({full[1]:.1f} s) | |
+| ratio b/a | {ratio:.2f} | >= 0.5 |
+| peak RSS of `keepword import`, {half[0]} msgs | {half[2] / 1024:.0f} MiB | |
+| peak RSS of `keepword import`, {full[0]} msgs | {full[2] / 1024:.0f} MiB | |
+| RSS growth {half[0]} -> {full[0]} | {growth:+.1f}% | < 20% |
+| idle poll on the {full[0]}-message mailbox | {idle_ms:.2f} ms, {idle_commands} IMAP \
+command(s) | constant |
+
+Memory stays flat because the import holds one fetch batch ({FETCH_BATCH} messages) at a
+time and commits each batch with the folder cursor. The idle poll is one STATUS
+(UIDVALIDITY UIDNEXT MESSAGES) compared with the stored cursor.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
