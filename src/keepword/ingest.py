@@ -64,6 +64,7 @@ class MailSession(Protocol):
     def status(self, folder: str) -> FolderStatusLike: ...
     def new_uids(self, folder: str, after_uid: int) -> list[int]: ...
     def fetch(self, uids: Sequence[int]) -> Sequence[FetchedLike]: ...
+    def unselect(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -116,7 +117,7 @@ def poll_folder(
     plan: Progress | None = None,
 ) -> PollResult:
     """Take in whatever is new in one folder. The idle case costs one STATUS command."""
-    status = _fresh_status(session, folder)
+    status = session.status(folder)
     with engine.connect() as conn:
         cursor = store.get_cursor(conn, box.name, folder)
     if (
@@ -201,36 +202,18 @@ def poll_folder(
     )
 
 
-def _fresh_status(session: MailSession, folder: str) -> FolderStatusLike:
-    # Dovecot answers STATUS for the currently selected folder from the session's own
-    # (stale) view: mail appended by others stays invisible until the session hears of
-    # it. A NOOP first brings the view up to date; only needed if the folder is selected.
-    if getattr(session, "_examined", None) == folder:
-        noop = getattr(session, "noop", None)
-        if callable(noop):
-            noop()
-    return session.status(folder)
-
-
 def _release_folder(session: MailSession) -> None:
-    """Leave the examined folder (UNSELECT) so the next idle poll's STATUS is fresh.
+    """Leave the examined folder so the next idle poll's STATUS needs no NOOP first.
 
-    keepword.imap.ImapSession has no public unselect yet; this reaches in carefully and
-    falls back to doing nothing (then `_fresh_status` pays one NOOP instead).
+    Dovecot answers STATUS of the selected folder from the session's stale view, so
+    ImapSession NOOPs before STATUS of its selected folder; unselecting after fetching
+    keeps the idle poll at one command. Everything is stored already: a failure here
+    only costs the next poll a round trip (or shows up there as a connection error).
     """
-    unselect = getattr(session, "unselect", None)
-    if callable(unselect):
-        unselect()
-        return
-    client = getattr(session, "_client", None)
-    if client is None or getattr(session, "_examined", None) is None:
-        return
     try:
-        client.unselect_folder()
+        session.unselect()
     except Exception:
-        log.debug("UNSELECT failed; the next STATUS of this folder will NOOP first", exc_info=True)
-        return
-    session._examined = None  # type: ignore[attr-defined]
+        log.debug("UNSELECT failed", exc_info=True)
 
 
 def _prefetched(
