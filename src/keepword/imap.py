@@ -129,6 +129,9 @@ class ImapSession:
             if tls is TlsMode.STARTTLS:
                 self._starttls(client, context)
             self._login(client)
+            # imapclient asks CAPABILITY lazily, in the middle of the first poll otherwise.
+            with self._errors("CAPABILITY"):
+                client.capabilities()
         except BaseException:
             self._drop()
             raise

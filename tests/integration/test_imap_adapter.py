@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -202,3 +204,34 @@ def test_uidvalidity_change_is_visible_in_status(dovecot: Dovecot, mail_user: st
         after = imap.status("INBOX")
     assert after.uidvalidity == new != before.uidvalidity
     assert after.messages == 1
+
+
+def test_silent_server_times_out(dovecot: Dovecot, mail_user: str) -> None:
+    # A real socket that accepts but never greets (a hung server or a wrong port).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        imap = session(dovecot, mail_user, port=port, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(ImapConnectionError, match=r"timed out after 0\.5 s"):
+            imap.connect()
+        assert time.monotonic() - started < 5
+    assert not imap.connected
+
+
+def test_implicit_tls_on_a_plain_port_is_a_tls_error(dovecot: Dovecot, mail_user: str) -> None:
+    imap = session(dovecot, mail_user, tls=TlsMode.IMPLICIT, ca_file=dovecot.ca_file)
+    with pytest.raises(ImapTlsError, match="TLS failed"):
+        imap.connect()
+
+
+def test_commands_count_per_connection(dovecot: Dovecot, mail_user: str) -> None:
+    imap = session(dovecot, mail_user)
+    assert imap.commands == 0
+    with imap:
+        after_login = imap.commands
+        assert after_login >= 1
+        imap.new_uids("INBOX", 0)  # EXAMINE + UID SEARCH
+        assert imap.commands == after_login + 2
+    assert imap.commands == 0
