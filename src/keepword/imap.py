@@ -222,10 +222,38 @@ class ImapSession:
         Always sent, even for the folder already selected: Dovecot does not show
         messages that arrived since in a UID SEARCH without a re-sync (~0.4 ms).
         """
+        self._examine(folder)
+
+    def _examine(self, folder: str) -> dict[bytes, Any]:
         client = self._require()
         with self._errors(f"EXAMINE {folder}", folder=folder):
-            client.select_folder(folder, readonly=True)
+            response: dict[bytes, Any] = client.select_folder(folder, readonly=True)
         self._examined = folder
+        return response
+
+    def wait_for_change(self, folder: str, timeout: float, known_uidnext: int = 0) -> bool:
+        """IDLE on folder for up to `timeout` seconds; True once the server reports a change.
+
+        Changes are new (EXISTS), expunged (EXPUNGE) or re-flagged (FETCH) messages. Mail
+        that arrived after the caller's last poll but before IDLE began is caught by
+        `known_uidnext` (the UIDNEXT the caller has seen): a higher UIDNEXT at EXAMINE
+        returns True at once. Dovecot reports arrivals within ~0.5 s (its notify timer).
+        Raises ImapCommandError if the server does not offer IDLE.
+        """
+        if "IDLE" not in self.capabilities():
+            raise ImapCommandError(f"{self.where}: server does not offer IDLE")
+        selected = self._examine(folder)
+        uidnext = int(selected.get(b"UIDNEXT", 0) or 0)
+        if known_uidnext and uidnext > known_uidnext:
+            return True
+        client = self._require()
+        with self._errors(f"IDLE on {folder}", folder=folder):
+            client.idle()
+            try:
+                responses = list(client.idle_check(timeout=timeout))
+            finally:
+                _text_done, more = client.idle_done()
+        return any(_is_change(r) for r in [*responses, *more])
 
     def unselect(self) -> None:
         """Leave the examined folder (UNSELECT, or CLOSE: read-only, so nothing expunged)."""
@@ -388,6 +416,15 @@ def _clean(detail: object) -> str:
     if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
         text = text[2:-1]
     return text
+
+
+def _is_change(response: object) -> bool:
+    # Untagged IDLE responses look like (3, b'EXISTS') or (2, b'FETCH', (...)).
+    return (
+        isinstance(response, tuple)
+        and len(response) >= 2
+        and response[1] in {b"EXISTS", b"EXPUNGE", b"FETCH"}
+    )
 
 
 def _is_missing_folder(text: str) -> bool:

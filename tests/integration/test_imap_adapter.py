@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -235,3 +236,49 @@ def test_commands_count_per_connection(dovecot: Dovecot, mail_user: str) -> None
         imap.new_uids("INBOX", 0)  # EXAMINE + UID SEARCH
         assert imap.commands == after_login + 2
     assert imap.commands == 0
+
+
+def test_idle_wakes_up_on_arrival(dovecot: Dovecot, mail_user: str) -> None:
+    arrival = threading.Timer(0.3, dovecot.append, (mail_user, "INBOX", message(1)))
+    with session(dovecot, mail_user) as imap:
+        started = time.monotonic()
+        arrival.start()
+        try:
+            changed = imap.wait_for_change("INBOX", timeout=10)
+        finally:
+            arrival.join()
+        waited = time.monotonic() - started
+        assert changed
+        assert waited < 3, waited  # Dovecot notifies within ~0.5 s of the arrival
+        assert imap.new_uids("INBOX", 0) == [1]  # the session is usable after IDLE
+
+
+def test_idle_times_out_quietly(dovecot: Dovecot, mail_user: str) -> None:
+    with session(dovecot, mail_user) as imap:
+        started = time.monotonic()
+        assert not imap.wait_for_change("INBOX", timeout=0.5)
+        assert 0.4 < time.monotonic() - started < 3
+        assert imap.status("INBOX").messages == 0
+
+
+def test_idle_sees_mail_that_came_before_it_began(dovecot: Dovecot, mail_user: str) -> None:
+    with session(dovecot, mail_user) as imap:
+        known = imap.status("INBOX").uidnext
+        dovecot.append(mail_user, "INBOX", message(1))
+        started = time.monotonic()
+        assert imap.wait_for_change("INBOX", timeout=10, known_uidnext=known)
+        assert time.monotonic() - started < 1
+
+
+def test_idle_on_a_stopped_server_is_connection_error(dovecot: Dovecot, mail_user: str) -> None:
+    imap = session(dovecot, mail_user)
+    imap.connect()
+    stopper = threading.Timer(0.3, dovecot.stop)
+    stopper.start()
+    try:
+        with pytest.raises(ImapConnectionError):
+            imap.wait_for_change("INBOX", timeout=10)
+    finally:
+        stopper.join()
+        dovecot.start()
+    assert not imap.connected
