@@ -406,7 +406,7 @@ class ImapSession:
         secret = self._secret.reveal()
         if secret:
             text = text.replace(secret, "***")  # belt and braces: servers echo odd things
-        log.warning("%s", text)
+        log.info("%s", text)  # the caller decides how loud: it gets the exception
         raise kind(text) from None
 
 

@@ -103,7 +103,10 @@ def check_imap(box: MailboxSettings) -> CheckResult:
             box.name,
             where,
             ok=False,
-            detail=f"logged in, but folder(s) missing: {', '.join(missing)}",
+            detail=(
+                f"logged in, but folder(s) missing: {', '.join(missing)} "
+                f"(the server has: {', '.join(sorted(existing))})"
+            ),
         )
     return CheckResult(
         box.name, where, ok=True, detail=f"logged in; folders {', '.join(wanted)}; {idle}"
