@@ -316,13 +316,28 @@ class ImapSession:
         return result
 
     def has_message_id(self, folder: str, message_id: str) -> bool:
-        """Is a message with this Message-ID in folder? (UID SEARCH HEADER Message-ID)."""
+        """Is a message with exactly this Message-ID in folder?
+
+        UID SEARCH HEADER matches substrings (`<1@x>` is found in `<a1@x>` without the
+        brackets), so hits are confirmed by fetching their Message-ID header: one more
+        round trip, only when something was found.
+        """
+        wanted = _normal_id(message_id)
+        if not wanted:
+            return False
         self.examine(folder)
         client = self._require()
         charset = None if message_id.isascii() else "UTF-8"
         with self._errors(f"UID SEARCH HEADER in {folder}", folder=folder):
-            found = client.search(["HEADER", "Message-ID", message_id], charset)
-        return bool(found)
+            found = client.search(["HEADER", "Message-ID", wanted], charset)
+        if not found:
+            return False
+        with self._errors(f"UID FETCH Message-ID in {folder}", folder=folder):
+            data = client.fetch(found[:50], ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        return any(
+            _header_id(item.get(b"BODY[HEADER.FIELDS (MESSAGE-ID)]", b"")) == wanted
+            for item in data.values()
+        )
 
     def append(self, folder: str, raw: bytes, flags: Sequence[str] = ("\\Seen",)) -> int | None:
         """APPEND raw to folder; returns the new UID when the server reports APPENDUID."""
@@ -416,6 +431,19 @@ def _clean(detail: object) -> str:
     if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
         text = text[2:-1]
     return text
+
+
+def _normal_id(message_id: str) -> str:
+    """'<A@b>' and ' A@b ' are the same Message-ID for lookups."""
+    return message_id.strip().strip("<>").strip()
+
+
+def _header_id(header: object) -> str:
+    if not isinstance(header, bytes):
+        return ""
+    text = header.decode("utf-8", "replace")
+    _name, _sep, value = text.partition(":")
+    return _normal_id(" ".join(value.split()))  # unfold
 
 
 def _is_change(response: object) -> bool:

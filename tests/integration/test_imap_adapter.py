@@ -122,6 +122,24 @@ def test_append_and_has_message_id(dovecot: Dovecot, mail_user: str) -> None:
     assert b"\\Seen" in dovecot.flags(mail_user, "Sent", 1)
 
 
+def test_has_message_id_is_exact_not_substring(dovecot: Dovecot, mail_user: str) -> None:
+    dovecot.append(mail_user, "INBOX", message(1, "<order-11@shop.example>"))
+    with session(dovecot, mail_user) as imap:
+        assert imap.has_message_id("INBOX", "<order-11@shop.example>")
+        assert imap.has_message_id("INBOX", "order-11@shop.example")  # brackets optional
+        assert not imap.has_message_id("INBOX", "<order-1@shop.example>")
+        assert not imap.has_message_id("INBOX", "rder-11@shop.example")
+        assert not imap.has_message_id("INBOX", "")
+
+
+def test_folder_names_beyond_ascii(dovecot: Dovecot, mail_user: str) -> None:
+    with session(dovecot, mail_user) as imap:
+        imap.ensure_folder("Erledigt/Ärger")
+        assert "Erledigt/Ärger" in imap.folders()
+        imap.append("Erledigt/Ärger", message(1))
+        assert imap.new_uids("Erledigt/Ärger", 0) == [1]
+
+
 def test_ensure_folder_creates_once(dovecot: Dovecot, mail_user: str) -> None:
     with session(dovecot, mail_user) as imap:
         imap.ensure_folder("Archive/2026")
