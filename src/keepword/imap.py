@@ -388,7 +388,9 @@ class ImapSession:
             self._raise(ImapLoginError, f"login as {self.settings.username} refused", exc)
         except ssl.SSLCertVerificationError as exc:
             self._drop()
-            reason = exc.verify_message or exc.reason or "verification failed"
+            reason = (
+                getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or "failed"
+            )
             self._raise(
                 ImapTlsError,
                 f"TLS certificate of {self.settings.host} not trusted ({reason})",
@@ -396,7 +398,9 @@ class ImapSession:
             )
         except ssl.SSLError as exc:
             self._drop()
-            self._raise(ImapTlsError, f"TLS failed during {what}", exc.reason or exc)
+            self._raise(
+                ImapTlsError, f"TLS failed during {what}", getattr(exc, "reason", None) or exc
+            )
         except TimeoutError:
             self._drop()
             self._raise(

@@ -121,7 +121,7 @@ def check_smtp(mailbox: str, server: SmtpSettings) -> CheckResult:
     except KeepwordError as exc:
         return CheckResult(mailbox, where, ok=False, detail=_strip(str(exc), where))
     except ssl.SSLCertVerificationError as exc:
-        reason = exc.verify_message or "verification failed"
+        reason = getattr(exc, "verify_message", None) or "verification failed"
         detail = f"TLS certificate of {server.host} not trusted ({reason})"
         return CheckResult(mailbox, where, ok=False, detail=detail)
     except aiosmtplib.SMTPAuthenticationError as exc:
