@@ -432,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"(b) keepword import {count}: {seconds:.1f} s = {count / seconds:.0f}/s, "
                 f"peak RSS {rss / 1024:.0f} MiB"
             )
+        # The machine is shared: measure (a) again and keep its better figure, so the
+        # ratio is never flattered by a slow first raw run.
+        again_count, again_seconds = raw_rate(port, "full")
+        if again_count / again_seconds > raw:
+            raw_count, raw_seconds, raw = again_count, again_seconds, again_count / again_seconds
+            print(f"(a) again: {raw:.0f}/s (used)")
         full = results["full"]
         half = results["half"]
         end_to_end = full[0] / full[1]

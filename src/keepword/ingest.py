@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -29,12 +31,15 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
 from keepword.imap import ImapConnectionError, ImapSession
-from keepword.mail.parse import parse_message
+from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
 from keepword.secrets import resolve_secret
 from keepword.store import messages as store
 from keepword.store.messages import StoreItem
 
 log = logging.getLogger(__name__)
+
+# A backlog at least this big is parsed in a worker process (start-up ~0.3 s pays off).
+PARALLEL_PARSE_MIN = 2000
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int], None]  # called with the number of messages just handled
@@ -149,8 +154,9 @@ def poll_folder(
     uids = session.new_uids(folder, after_uid)
     if plan is not None:
         plan(len(uids))
-    for batch, fetched in _prefetched(session, _batches(uids, box.imap.fetch_batch)):
-        items = [_item(f) for f in fetched]
+    batches = _batches(uids, box.imap.fetch_batch)
+    parallel = len(uids) >= PARALLEL_PARSE_MIN
+    for batch, items in _parsed_batches(session, batches, parallel=parallel):
         with engine.begin() as conn:
             for is_history, part in _split(items, history_below):
                 result = store.store_batch(
@@ -214,6 +220,89 @@ def _release_folder(session: MailSession) -> None:
         session.unselect()
     except Exception:
         log.debug("UNSELECT failed", exc_info=True)
+
+
+def _parsed_batches(
+    session: MailSession, batches: Iterator[list[int]], *, parallel: bool
+) -> Iterator[tuple[list[int], list[StoreItem]]]:
+    """Yield (uids asked for, parsed items) batch by batch, in UID order.
+
+    A big backlog runs as a three-stage pipeline: a thread fetches batch k+1 while a
+    worker process parses batch k and the caller stores batch k-1 (parsing is the
+    bottleneck and would otherwise share one core with fetching and storing). At most
+    three batches are held at once, so memory stays bounded.
+    """
+    fetched_batches = _prefetched(session, batches)
+    if not parallel:
+        for batch, fetched in fetched_batches:
+            yield batch, [_item(f) for f in fetched]
+        return
+    with _ParsePool() as pool:
+        waiting: list[_InFlight] = []  # at most one: the batch the worker is parsing
+        for batch, fetched in fetched_batches:
+            waiting.append((batch, fetched, pool.submit(fetched)))
+            if len(waiting) > 1:
+                done, fetched_done, future = waiting.pop(0)
+                yield done, pool.collect(fetched_done, future)
+        for done, fetched_done, future in waiting:
+            yield done, pool.collect(fetched_done, future)
+
+
+_InFlight = tuple[list[int], Sequence["FetchedLike"], "Future[list[ParsedMessage]] | None"]
+
+
+class _ParsePool:
+    """One spawned worker process running parse_many; falls back to parsing in-process.
+
+    `spawn` (not fork): the daemon has threads, and a forked child could inherit a held
+    lock. Entry points are `python -m keepword` and the console script, both of which
+    multiprocessing knows not to re-run in the child.
+    """
+
+    def __enter__(self) -> _ParsePool:
+        self._executor: ProcessPoolExecutor | None
+        try:
+            context = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
+        except Exception:
+            log.warning("no parse worker process; parsing in-process", exc_info=True)
+            self._executor = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fetched: Sequence[FetchedLike]) -> Future[list[ParsedMessage]] | None:
+        if self._executor is None or not fetched:
+            return None
+        try:
+            return self._executor.submit(parse_many, [f.raw for f in fetched])
+        except Exception:  # BrokenProcessPool: the worker died (OOM killer ...)
+            log.warning("parse worker unavailable; parsing in-process", exc_info=True)
+            self._executor = None
+            return None
+
+    def collect(
+        self, fetched: Sequence[FetchedLike], future: Future[list[ParsedMessage]] | None
+    ) -> list[StoreItem]:
+        parsed: list[ParsedMessage] | None = None
+        if future is not None:
+            try:
+                parsed = future.result()
+            except Exception:
+                log.warning("parse worker failed; parsing this batch in-process", exc_info=True)
+        if parsed is None or len(parsed) != len(fetched):
+            parsed = [parse_message(f.raw) for f in fetched]
+        return [
+            StoreItem(uid=f.uid, raw=f.raw, parsed=p, received_at=_utc(f.internaldate))
+            for f, p in zip(fetched, parsed, strict=True)
+        ]
 
 
 def _prefetched(

@@ -307,6 +307,8 @@ def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
 ) -> None:
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(250)])
     box = mailbox_for(dovecot, mail_user, fetch_batch=50)
+    # Run the full pipeline (fetch thread, parse worker process, storing) on a small set.
+    monkeypatch.setattr(ingest, "PARALLEL_PARSE_MIN", 1)
     real_store = store.store_batch
     calls = 0
 

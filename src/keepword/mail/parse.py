@@ -26,7 +26,7 @@ import email.policy
 import hashlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, Message
@@ -119,6 +119,29 @@ def parse_message(raw: bytes) -> ParsedMessage:
         return _parse(raw)
     except Exception as exc:  # the contract: a bad mail is quarantined, never fatal
         return _unreadable(raw, f"unparseable: {type(exc).__name__}: {exc}"[:500])
+
+
+def parse_many(raws: Sequence[bytes]) -> list[ParsedMessage]:
+    """parse_message over a batch (one call per batch for a worker process)."""
+    return [parse_message(raw) for raw in raws]
+
+
+def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """In a parse worker process: exit as soon as the parent is gone.
+
+    A worker of a process pool holds both ends of its task pipe, so it never sees EOF
+    when its parent is SIGKILLed; this watchdog keeps it from living on as an orphan.
+    """
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def to_facts(
