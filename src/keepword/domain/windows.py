@@ -1,0 +1,320 @@
+"""The honest response window: what the team's own history says it will keep.
+
+Pure: the shell passes `now`, the calendar and the stored history.
+
+The rule (`response_window`):
+
+1. Samples are first-response times of recent cases in *business* minutes
+   (`first_response_samples`), so nights and weekends do not inflate them.
+2. With at least `min_history_cases` samples the measured window is their
+   `quantile` (nearest-rank: the smallest sample with at least that share of samples
+   at or below it - always a time the team really took, never interpolated).
+   With fewer, the configured default is used and marked `is_default`.
+3. Backlog: by Little's law a case waits about (queue length / throughput). If the
+   queue of unanswered cases is k times its usual size and the team works at its
+   usual pace, a new case waits about k times as long, so the measured window is
+   multiplied by k = max(1, backlog_now / max(backlog_usual, 1)). It only ever
+   raises the window: a quiet moment does not make the history less true, and the
+   `max(.., 1)` keeps a team that usually has an empty queue from turning two open
+   cases into a factor of infinity.
+4. The result is rounded up to a unit people say (`round_up_minutes`).
+5. Above `maximum_window_minutes` the window is *not* cut: `behind` is set so
+   the acknowledgement can say the team is behind and the lead is alerted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+
+from keepword.config import PromiseSettings
+from keepword.domain.calendar import BusinessCalendar
+
+Case = tuple[datetime, datetime | None]
+"""(opened_at, first_response_at or None while unanswered)"""
+
+BUSINESS_DAY_MINUTES = 8 * 60
+"""The day `round_up_minutes` and `humanize` think in (a typical office day)."""
+
+_ROUNDING = (  # (up to this many minutes, round up to a multiple of)
+    (60, 15),
+    (4 * 60, 30),
+    (BUSINESS_DAY_MINUTES, 60),
+    (3 * BUSINESS_DAY_MINUTES, BUSINESS_DAY_MINUTES // 2),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A promised response window and everything it was computed from."""
+
+    minutes: int
+    due_at: datetime
+    is_default: bool
+    behind: bool
+    basis: Mapping[str, float | int | str | bool] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    def explain(self) -> str:
+        """One sentence for the timeline and the CLI."""
+        b = self.basis
+        promised = f"Promised {_duration_en(self.minutes)} (due {self.due_at:%Y-%m-%d %H:%M} UTC)"
+        if self.is_default:
+            text = (
+                f"{promised}: the configured default, because only {b.get('sample_size', 0)} "
+                f"answered cases from the last {b.get('history_days', '?')} days were available "
+                f"(need {b.get('min_history_cases', '?')})"
+            )
+        else:
+            text = (
+                f"{promised}: p{_percent(b.get('quantile', 0))} of "
+                f"{b.get('sample_size', 0)} first responses in the last "
+                f"{b.get('history_days', '?')} days was "
+                f"{_duration_en(float(b.get('measured_minutes', 0)))}"
+            )
+            factor = float(b.get("backlog_factor", 1.0))
+            if factor > 1:
+                text += (
+                    f", raised x{factor:.2f} for a backlog of {b.get('backlog_now')} "
+                    f"unanswered cases (usually {float(b.get('backlog_usual', 0)):g})"
+                )
+        if self.behind:
+            text += (
+                f"; above the maximum of {_duration_en(float(b.get('maximum_minutes', 0)))}"
+                ": the team is behind"
+            )
+        return text + "."
+
+
+def _percent(q: float | int | str | bool) -> str:
+    return f"{float(q) * 100:g}"
+
+
+def nearest_rank(samples: Sequence[float], quantile: float) -> float:
+    """Nearest-rank quantile: the ceil(q*n)-th smallest sample (1-based)."""
+    if not samples:
+        raise ValueError("no samples")
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile {quantile} is not in (0, 1]")
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(quantile * len(ordered) - 1e-9))
+    return ordered[rank - 1]
+
+
+def round_up_minutes(minutes: float) -> int:
+    """Round up to a unit people say.
+
+    Quarter hours up to 1 h, half hours up to 4 h, whole hours up to a business day
+    (8 h), half days up to 3 days, whole days beyond. Never less than 15 minutes.
+    """
+    if minutes < 0 or math.isnan(minutes):
+        raise ValueError(f"cannot round {minutes} minutes")
+    unit = BUSINESS_DAY_MINUTES
+    for limit, step in _ROUNDING:
+        if minutes <= limit:
+            unit = step
+            break
+    # The tiny tolerance keeps 60.0000000001 (float noise) from becoming 90.
+    return max(15, unit * math.ceil(minutes / unit - 1e-9))
+
+
+def first_response_samples(
+    cases: Iterable[Case],
+    calendar: BusinessCalendar,
+    now: datetime,
+    history_days: int,
+    *,
+    quantile: float | None = None,
+) -> list[float]:
+    """Business minutes to first response of the cases opened in the last `history_days`.
+
+    Only cases answered by `now` have a duration. Leaving out the unanswered ones
+    biases towards fast answers (the slow cases of last week are still open), so when
+    `quantile` is given, an unanswered case already older than that quantile of the
+    answered ones counts with its age so far - a lower bound that is enough to sit
+    above the quantile (the idea of a Kaplan-Meier estimate, for one quantile).
+    Younger unanswered cases say nothing yet about that quantile and are left out.
+    """
+    since = now - timedelta(days=history_days)
+    answered: list[float] = []
+    waiting: list[datetime] = []
+    for opened_at, responded_at in cases:
+        if not since <= opened_at <= now:
+            continue
+        if responded_at is not None and responded_at <= now:
+            answered.append(calendar.minutes_between(opened_at, responded_at))
+        else:
+            waiting.append(opened_at)
+    if quantile is None or not answered or not waiting:
+        return answered
+    threshold = nearest_rank(answered, quantile)
+    ages = (calendar.minutes_between(opened_at, now) for opened_at in waiting)
+    return answered + [age for age in ages if age > threshold]
+
+
+def backlog_at(cases: Iterable[Case], instant: datetime) -> int:
+    """How many cases were open and still unanswered at `instant`."""
+    return sum(
+        1
+        for opened_at, responded_at in cases
+        if opened_at <= instant and (responded_at is None or responded_at > instant)
+    )
+
+
+def usual_backlog(open_counts: Sequence[int]) -> float:
+    """The usual backlog: the median of backlog observations (0 without any)."""
+    return float(statistics.median(open_counts)) if open_counts else 0.0
+
+
+def backlog_history(cases: Iterable[Case], now: datetime, history_days: int) -> list[int]:
+    """The backlog each case of the last `history_days` found when it arrived.
+
+    Sampled at arrivals, the same moment `backlog_now` is taken for a new case, so
+    the two are comparable. Not counting the arriving case itself. O(n log n).
+    """
+    since = now - timedelta(days=history_days)
+    known = [(o, r) for o, r in cases if o <= now]
+    opened = sorted(o for o, _ in known)
+    answered = sorted(r for _, r in known if r is not None and r <= now)
+    counts: list[int] = []
+    for arrival in opened:
+        if arrival < since:
+            continue
+        before = bisect.bisect_left(opened, arrival)
+        done = bisect.bisect_right(answered, arrival)
+        counts.append(max(0, before - done))
+    return counts
+
+
+def response_window(
+    now: datetime,
+    calendar: BusinessCalendar,
+    samples: Sequence[float],
+    *,
+    backlog_now: int,
+    backlog_usual: float,
+    settings: PromiseSettings,
+) -> Window:
+    """The window to promise a case arriving `now` (see the module docstring)."""
+    basis: dict[str, float | int | str | bool] = {
+        "quantile": settings.quantile,
+        "quantile_method": "nearest-rank",
+        "sample_size": len(samples),
+        "history_days": settings.history_days,
+        "min_history_cases": settings.min_history_cases,
+        "backlog_now": backlog_now,
+        "backlog_usual": backlog_usual,
+        "maximum_minutes": settings.maximum_window_minutes,
+        "computed_at": now.astimezone(UTC).isoformat(),
+        "zone": calendar.zone.key,
+    }
+    is_default = len(samples) < settings.min_history_cases
+    if is_default:
+        minutes = settings.default_window_minutes
+        basis["default_minutes"] = minutes
+        basis["backlog_factor"] = 1.0
+    else:
+        measured = nearest_rank(samples, settings.quantile)
+        factor = max(1.0, backlog_now / max(backlog_usual, 1.0))
+        minutes = round_up_minutes(measured * factor)
+        basis["measured_minutes"] = round(measured, 2)
+        basis["backlog_factor"] = round(factor, 4)
+        basis["raw_minutes"] = round(measured * factor, 2)
+    behind = minutes > settings.maximum_window_minutes
+    basis["minutes"] = minutes
+    basis["behind"] = behind
+    return Window(
+        minutes=minutes,
+        due_at=calendar.add(now, minutes),
+        is_default=is_default,
+        behind=behind,
+        basis=MappingProxyType(basis),
+    )
+
+
+# -- saying it ------------------------------------------------------------------------
+
+_WEEKDAYS = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "de": ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
+}
+_MONTHS = {
+    "en": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
+    "de": [
+        "Januar",
+        "Februar",
+        "März",
+        "April",
+        "Mai",
+        "Juni",
+        "Juli",
+        "August",
+        "September",
+        "Oktober",
+        "November",
+        "Dezember",
+    ],
+}
+
+
+def _number(value: float, language: str) -> str:
+    text = f"{value:g}"
+    return text.replace(".", ",") if language == "de" else text
+
+
+def _duration_en(minutes: float) -> str:
+    return _duration(minutes, "en")
+
+
+def _duration(minutes: float, language: str) -> str:
+    de = language == "de"
+    if minutes < 60:
+        count = round(minutes)
+        return f"{count} Geschäftsminuten" if de else f"{count} business minutes"
+    hours = minutes / 60
+    if hours == int(hours) or (hours * 2) == int(hours * 2):
+        if de:
+            return f"{_number(hours, 'de')} Geschäftsstunde{'' if hours == 1 else 'n'}"
+        return f"{_number(hours, 'en')} business hour{'' if hours == 1 else 's'}"
+    h, m = divmod(round(minutes), 60)
+    return f"{h} h {m} min " + ("Geschäftszeit" if de else "business time")
+
+
+def humanize(window: Window, calendar: BusinessCalendar, language: str = "en") -> str:
+    """How the acknowledgement says the window.
+
+    Less than a business day: a duration ("4 business hours"), which reads right for
+    anyone. From a business day on: the local due time ("by Tuesday 12:00"), with the
+    date when it is more than six days after the promise was made.
+    """
+    if language not in _WEEKDAYS:
+        language = "en"
+    if window.minutes < BUSINESS_DAY_MINUTES:
+        return _duration(window.minutes, language)
+    due = window.due_at.astimezone(calendar.zone)
+    made = str(window.basis.get("computed_at", ""))
+    far = not made or (window.due_at - datetime.fromisoformat(made)) > timedelta(days=6)
+    day = _WEEKDAYS[language][due.weekday()]
+    if far:
+        month = _MONTHS[language][due.month - 1]
+        day = f"{day}, {due.day}. {month}" if language == "de" else f"{day} {due.day} {month}"
+    return f"{'bis' if language == 'de' else 'by'} {day} {due:%H:%M}"
