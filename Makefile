@@ -18,7 +18,7 @@ system-deps:
 	$(PYTHON) scripts/mailserver install
 
 demo: $(STAMP) system-deps
-	$(PY) -m keepword.demo
+	$(PY) scripts/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts
