@@ -196,9 +196,21 @@ def timeline(conn: Connection, case_id: int) -> list[Row[Any]]:
 def first_response_history(
     conn: Connection, mailbox: str, since: datetime
 ) -> list[tuple[datetime, datetime | None]]:
-    """(opened_at, first_response_at) of the mailbox's cases opened since `since`."""
+    """(opened_at, first_response_at) of the mailbox's customer cases opened since `since`.
+
+    Left out: cases closed without a reply (spam, thank-you notes: nothing was owed), and
+    history cases that were never answered (imported mail may have been answered elsewhere;
+    counting them as endless waits would inflate every promise).
+    """
+    unanswered = case.c.first_response_at.is_(None)
     query = select(case.c.opened_at, case.c.first_response_at).where(
-        and_(case.c.mailbox == mailbox, case.c.opened_at >= since, case.c.customer.is_not(None))
+        and_(
+            case.c.mailbox == mailbox,
+            case.c.opened_at >= since,
+            case.c.customer.is_not(None),
+            ~and_(unanswered, case.c.status == CaseStatus.CLOSED.value),
+            ~and_(unanswered, case.c.is_history.is_(True)),
+        )
     )
     return [(o, f) for o, f in conn.execute(query)]
 
