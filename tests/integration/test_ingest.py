@@ -30,7 +30,7 @@ from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import MailboxError
 from keepword.imap import ImapSession
-from keepword.ingest import Backoff, backoff_delay, poll_folder, poll_mailbox
+from keepword.ingest import Backoff, MailboxPoller, backoff_delay, poll_folder, poll_mailbox
 from keepword.mail.parse import parse_message
 from keepword.secrets import Secret
 from keepword.store import messages as store
@@ -503,6 +503,51 @@ def test_login_failure_raises_mailbox_error_and_records_it(
     error = cursor(engine).last_error
     assert error is not None
     assert "wrong" not in error
+
+
+def test_mailbox_poller_keeps_its_session_and_reconnects_after_an_outage(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    box = mailbox_for(dovecot, mail_user, timeout=3.0)
+    opened: list[ImapSession] = []
+
+    def counting_factory(box: MailboxSettings) -> ImapSession:
+        session = session_for(box)
+        opened.append(session)
+        return session
+
+    poller = MailboxPoller(
+        engine,
+        settings_for(box, engine),
+        box,
+        session_factory=counting_factory,
+        backoff=Backoff(base=1, jitter=0, rand=lambda: 0.5),
+    )
+    try:
+        dovecot.append(mail_user, "INBOX", mail(1))
+        assert poller.poll(now).folders["INBOX"].new == 1
+        before = opened[0].commands
+        idle = poller.poll(now)
+        assert idle.new == 0
+        assert opened[0].commands - before == 3  # one STATUS each: INBOX, Sent, Done
+        assert len(opened) == 1  # no new login
+
+        dovecot.stop()
+        try:
+            with pytest.raises(MailboxError):
+                poller.poll(now)
+            assert poller.retry_in() == 1
+            with pytest.raises(MailboxError):
+                poller.poll(now)  # reconnect attempt fails too
+            assert poller.retry_in() == 2
+        finally:
+            dovecot.start()
+        dovecot.append(mail_user, "INBOX", mail(2))
+        assert poller.poll(now).folders["INBOX"].new == 1
+        assert poller.retry_in() == 0
+        assert len(opened) == 2  # one reconnect after the outage
+    finally:
+        poller.close()
 
 
 # -- retry policy -----------------------------------------------------------------------
