@@ -17,6 +17,7 @@ from keepword.domain.windows import (
     backlog_history,
     first_response_samples,
     humanize,
+    measured_window,
     nearest_rank,
     response_window,
     round_up_minutes,
@@ -77,10 +78,14 @@ def lognormal(median: float, sigma: float, n: int, seed: int = 7) -> list[float]
         (241, 300),
         (421, 480),
         (480, 480),
-        (481, 720),
-        (1000, 1200),
+        (481, 540),
+        (533, 540),
+        (960, 960),
+        (961, 1200),
         (1440, 1440),
-        (1441, 1920),
+        (1441, 1680),
+        (2400, 2400),
+        (2401, 2880),
         (3000, 3360),
     ],
 )
@@ -261,6 +266,29 @@ def test_backlog_history_agrees_with_backlog_at(raw: list[tuple[int, int | None]
     arrivals = sorted(o for o, _ in cases)
     expected = [backlog_at([c for c in cases if c[0] < arrival], arrival) for arrival in arrivals]
     assert backlog_history(cases, now, 90) == expected
+
+
+def test_usual_backlog_at_a_quantile() -> None:
+    assert usual_backlog(list(range(1, 11)), 0.9) == 9
+
+
+def test_measured_window_puts_it_together_without_peeking() -> None:
+    cases = history(lognormal(120, 0.4, 200))
+    # Ten cases waiting now: far above the usual backlog, so the window grows.
+    waiting: list[Case] = [(NOW - timedelta(minutes=10 + i), None) for i in range(10)]
+    # A response after `now` is unknown at `now`: it must count as waiting.
+    future: list[Case] = [(NOW - timedelta(minutes=5), NOW + timedelta(minutes=1))]
+    plain = measured_window(cases, NOW, CAL, SETTINGS)
+    everything = [*cases, *waiting, *future]
+    busy = measured_window(everything, NOW, CAL, SETTINGS)
+    assert plain.basis["sample_size"] == len(cases)
+    assert busy.basis["sample_size"] == len(cases)
+    assert busy.basis["backlog_now"] == 11
+    assert plain.basis["backlog_now"] == 0
+    assert busy.minutes > plain.minutes
+    assert float(busy.basis["backlog_usual"]) == usual_backlog(
+        backlog_history(everything, NOW, SETTINGS.history_days), SETTINGS.quantile
+    )
 
 
 # -- humanize -------------------------------------------------------------------------
