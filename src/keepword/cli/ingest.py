@@ -8,11 +8,13 @@ in what arrived since; a folder keepword already knows is polled as usual.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -59,6 +61,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     engine = engine_from(settings)
     connect = default_session_factory(settings)
     console = Console(stderr=True)
+    _log_to(console)
     results: list[MailboxPollResult] = []
     failed = False
     with Progress(
@@ -103,6 +106,14 @@ def cmd_import(args: argparse.Namespace) -> int:
                 session.close()
     _summary(Console(), results)
     return 1 if failed else 0
+
+
+def _log_to(console: Console) -> None:
+    """Warnings (quarantined mail, folder errors) above the progress bar, not through it."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(RichHandler(console=console, show_path=False, markup=False))
+        root.setLevel(logging.WARNING)
 
 
 def _advance(bar: Progress, task: TaskID) -> Any:
