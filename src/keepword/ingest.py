@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,38 +157,16 @@ def poll_folder(
         plan(len(uids))
     batches = _batches(uids, box.imap.fetch_batch)
     parallel = len(uids) >= PARALLEL_PARSE_MIN
-    for batch, items in _parsed_batches(session, batches, parallel=parallel):
-        with engine.begin() as conn:
-            for is_history, part in _split(items, history_below):
-                result = store.store_batch(
-                    conn,
-                    box.name,
-                    folder,
-                    role,
-                    status.uidvalidity,
-                    part,
-                    is_history=is_history,
-                    now=now(),
-                    through_uid=batch[-1],
-                )
-                new += result.new
-                known += result.known
-                quarantined += result.quarantined
-            if not items:  # the whole batch was expunged meanwhile
-                store.advance_cursor(
-                    conn, box.name, folder, status.uidvalidity, batch[-1], now=now()
-                )
-        for item in items:
-            if item.parsed.quarantined:
-                log.warning(
-                    "mailbox %s folder %s uid %s quarantined: %s",
-                    box.name,
-                    folder,
-                    item.uid,
-                    item.parsed.quarantine_reason,
-                )
-        if progress is not None:
-            progress(len(batch))
+    # closing(): the fetch thread and parse worker are stopped before this returns or
+    # raises, so the caller may use the session again right away.
+    with contextlib.closing(_parsed_batches(session, batches, parallel=parallel)) as stream:
+        for batch, items in stream:
+            added, seen, held = _store_parsed(
+                engine, box, folder, role, status.uidvalidity, batch, items, history_below, now
+            )
+            new, known, quarantined = new + added, known + seen, quarantined + held
+            if progress is not None:
+                progress(len(batch))
     _release_folder(session)  # new_uids EXAMINEd the folder, even if it found nothing
     with engine.begin() as conn:
         # Every UID below this STATUS's UIDNEXT has been searched for and taken in (or
@@ -208,6 +186,49 @@ def poll_folder(
     )
 
 
+def _store_parsed(
+    engine: Engine,
+    box: MailboxSettings,
+    folder: str,
+    role: Origin,
+    uidvalidity: int,
+    batch: list[int],
+    items: list[StoreItem],
+    history_below: int,
+    now: Clock,
+) -> tuple[int, int, int]:
+    """Store one batch (and move the cursor past it) in one transaction: (new, known, q)."""
+    new = known = quarantined = 0
+    with engine.begin() as conn:
+        for is_history, part in _split(items, history_below):
+            result = store.store_batch(
+                conn,
+                box.name,
+                folder,
+                role,
+                uidvalidity,
+                part,
+                is_history=is_history,
+                now=now(),
+                through_uid=batch[-1],
+            )
+            new += result.new
+            known += result.known
+            quarantined += result.quarantined
+        if not items:  # the whole batch was expunged meanwhile
+            store.advance_cursor(conn, box.name, folder, uidvalidity, batch[-1], now=now())
+    for item in items:
+        if item.parsed.quarantined:
+            log.warning(
+                "mailbox %s folder %s uid %s quarantined: %s",
+                box.name,
+                folder,
+                item.uid,
+                item.parsed.quarantine_reason,
+            )
+    return new, known, quarantined
+
+
 def _release_folder(session: MailSession) -> None:
     """Leave the examined folder so the next idle poll's STATUS needs no NOOP first.
 
@@ -224,7 +245,7 @@ def _release_folder(session: MailSession) -> None:
 
 def _parsed_batches(
     session: MailSession, batches: Iterator[list[int]], *, parallel: bool
-) -> Iterator[tuple[list[int], list[StoreItem]]]:
+) -> Generator[tuple[list[int], list[StoreItem]], None, None]:
     """Yield (uids asked for, parsed items) batch by batch, in UID order.
 
     A big backlog runs as a three-stage pipeline: a thread fetches batch k+1 while a
@@ -234,10 +255,11 @@ def _parsed_batches(
     """
     fetched_batches = _prefetched(session, batches)
     if not parallel:
-        for batch, fetched in fetched_batches:
-            yield batch, [_item(f) for f in fetched]
+        with contextlib.closing(fetched_batches):
+            for batch, fetched in fetched_batches:
+                yield batch, [_item(f) for f in fetched]
         return
-    with _ParsePool() as pool:
+    with contextlib.closing(fetched_batches), _ParsePool() as pool:
         waiting: list[_InFlight] = []  # at most one: the batch the worker is parsing
         for batch, fetched in fetched_batches:
             waiting.append((batch, fetched, pool.submit(fetched)))
@@ -307,7 +329,7 @@ class _ParsePool:
 
 def _prefetched(
     session: MailSession, batches: Iterator[list[int]]
-) -> Iterator[tuple[list[int], Sequence[FetchedLike]]]:
+) -> Generator[tuple[list[int], Sequence[FetchedLike]], None, None]:
     """Yield (uids, fetched) while the next batch is already being fetched.
 
     Fetching (socket + Dovecot on the other core) overlaps parsing and storing. Only the
