@@ -248,6 +248,8 @@ def test_message_id_helpers_tolerate_junk() -> None:
     assert normalize_message_id("<>") is None
     assert normalize_message_id(None) is None
     assert message_ids(["<a@b> junk <c@d>", "nothing", "<a@b>"]) == ("a@b", "c@d")
+    assert message_ids(["bare.id@host.example"]) == ("bare.id@host.example",)
+    assert message_ids(["message of Mon, 2 Mar 2026 from joe"]) == ()
 
 
 def test_parse_date_variants() -> None:

@@ -83,6 +83,7 @@ CLASSIFIER_HEADERS: frozenset[str] = frozenset(
 _ESSENTIAL_HEADERS = ("from", "sender", "to", "date", "subject", "message-id", "received")
 
 _ID_RE = re.compile(r"<\s*([^<>\s]+?)\s*>")
+_BARE_ID_RE = re.compile(r"^[^\s<>@()\[\],;:\"]+@[^\s<>@()\[\],;:\"]+$")
 _FOLD_RE = re.compile(r"\r?\n[ \t]+|\r[ \t]+")
 _NEWLINE_RE = re.compile(rb"\r\n|\r")
 _HEADER_END_RE = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n")
@@ -202,11 +203,17 @@ def normalize_message_id(value: str | None) -> str | None:
 
 
 def message_ids(values: Iterable[str]) -> tuple[str, ...]:
-    """All `<id>` tokens in order, without duplicates; text outside brackets is junk."""
+    """All `<id>` tokens in order, without duplicates; text outside brackets is junk.
+
+    A value without any `<...>` may still be a bare id (some clients omit the brackets):
+    then its `local@domain`-shaped words count.
+    """
     seen: dict[str, None] = {}
     for value in values:
-        for match in _ID_RE.finditer(value):
-            token = match.group(1)
+        tokens = [match.group(1) for match in _ID_RE.finditer(value)]
+        if not tokens:
+            tokens = [word for word in value.split() if _BARE_ID_RE.match(word)]
+        for token in tokens:
             if len(token) <= MAX_ID_CHARS:
                 seen.setdefault(token, None)
     return tuple(seen)
