@@ -1,0 +1,222 @@
+"""Outgoing mail as RFC 5322 messages, with everything a robot or a retry needs to know.
+
+Every mail keepword sends carries:
+
+- a deterministic Message-ID derived from its outbox dedup key
+  (`deterministic_message_id`), so after a crash the sender can look for it in the Sent
+  folder instead of sending twice;
+- `Auto-Submitted` (RFC 3834): `auto-replied` on mail to customers (acknowledgement,
+  follow-up note, customer update), `auto-generated` on team mail;
+- `X-Auto-Response-Suppress: All`, so Exchange/Outlook send no out-of-office to us;
+- no `Precedence` header: RFC 3834 (section 3.1.8) treats Precedence as non-standard
+  and says responders should rely on Auto-Submitted; `Precedence: bulk` would also make
+  some clients file a personal answer as bulk mail;
+- keepword's loop header (`X-Keepword-Loop: <mailbox address>`), `X-Keepword-Case` and
+  `X-Keepword-Kind`, so keepword knows its own mail again (Sent folder, Cc) and never
+  threads a team mail into a case as a customer's message;
+- a "Case reference: KW-42" line in the body, because some providers (Microsoft 365,
+  Amazon SES) rewrite Message-IDs: the body marker keeps threading working.
+
+Values taken from incoming mail (subjects, names, Message-IDs) are stripped of CR, LF
+and other control characters before they become headers: no header injection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+
+from keepword.config import MailboxSettings
+from keepword.domain.model import LOOP_HEADER, OutboxKind
+from keepword.mail.render import Rendered
+
+CASE_HEADER = "X-Keepword-Case"
+KIND_HEADER = "X-Keepword-Kind"
+CASE_MARKER = "Case reference: {reference}"
+MAX_REFERENCES = 20  # RFC 5322 allows trimming; long threads must not grow headers forever
+
+CUSTOMER_KINDS = frozenset(
+    {OutboxKind.ACKNOWLEDGEMENT, OutboxKind.FOLLOW_UP_NOTE, OutboxKind.CUSTOMER_UPDATE}
+)
+TEAM_LABELS = {
+    OutboxKind.REMINDER: "Reminder",
+    OutboxKind.ESCALATION: "Escalation",
+    OutboxKind.LEAD_ALERT: "We are behind",
+    OutboxKind.DIGEST: "Daily digest",
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|r|wg)\s*:", re.IGNORECASE)
+_MSGID_JUNK = re.compile(r"[\s<>\x00-\x1f\x7f]+")
+
+
+def clean_header(value: str) -> str:
+    """A header value taken from mail: CR, LF and control characters become one space."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def clean_message_id(value: str) -> str:
+    """A bare Message-ID (no brackets, no whitespace or controls) or '' if nothing is left."""
+    return _MSGID_JUNK.sub("", value)
+
+
+def deterministic_message_id(dedup_key: str, domain: str) -> str:
+    """`kw.<24 hex of sha256(dedup_key)>@domain`, bare (as message.message_id stores ids).
+
+    The header is written with angle brackets: `<kw.…@domain>`.
+    """
+    digest = hashlib.sha256(dedup_key.encode("utf-8")).hexdigest()[:24]
+    return f"kw.{digest}@{domain.lower()}"
+
+
+def mailbox_domain(box: MailboxSettings) -> str:
+    return box.address.rpartition("@")[2]
+
+
+def reply_subject(original: str, reference: str) -> str:
+    """`Re: <original> [KW-42]`: keep the original subject, never double Re: or the tag."""
+    subject = clean_header(original) or "(no subject)"
+    tag = f"[{reference}]"
+    if tag.lower() not in subject.lower():
+        subject = f"{subject} {tag}"
+    if not _REPLY_PREFIX.match(subject):
+        subject = f"Re: {subject}"
+    return subject
+
+
+def team_subject(kind: OutboxKind, reference: str | None, about: str) -> str:
+    """`[KW-42] Reminder: <subject>`; the digest and other case-less mails have no tag."""
+    label = TEAM_LABELS.get(kind, kind.value.replace("_", " ").capitalize())
+    text = f"{label}: {clean_header(about)}" if about else label
+    return f"[{reference}] {text}" if reference else text
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMail:
+    """Everything about one outgoing mail except its text."""
+
+    kind: OutboxKind
+    dedup_key: str
+    from_address: str
+    from_name: str | None
+    to: Sequence[str]
+    subject: str  # final, e.g. from reply_subject / team_subject
+    reference: str | None
+    date: datetime
+    in_reply_to: str | None = None
+    references: Sequence[str] = ()
+
+    @property
+    def message_id(self) -> str:
+        return deterministic_message_id(self.dedup_key, self.from_address.rpartition("@")[2])
+
+    @property
+    def auto_submitted(self) -> str:
+        return "auto-replied" if self.kind in CUSTOMER_KINDS else "auto-generated"
+
+
+def customer_mail(
+    box: MailboxSettings,
+    kind: OutboxKind,
+    *,
+    dedup_key: str,
+    to: str,
+    original_subject: str,
+    reference: str,
+    now: datetime,
+    in_reply_to: str | None,
+    references: Sequence[str] = (),
+) -> OutgoingMail:
+    """A mail to the customer in the thread of their message."""
+    return OutgoingMail(
+        kind=kind,
+        dedup_key=dedup_key,
+        from_address=box.address,
+        from_name=box.display_name,
+        to=(to,),
+        subject=reply_subject(original_subject, reference),
+        reference=reference,
+        date=now,
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+
+
+def team_mail(
+    box: MailboxSettings,
+    kind: OutboxKind,
+    *,
+    dedup_key: str,
+    to: Sequence[str],
+    reference: str | None,
+    about: str,
+    now: datetime,
+) -> OutgoingMail:
+    """A reminder, escalation, lead alert or digest, from the shared address to people."""
+    return OutgoingMail(
+        kind=kind,
+        dedup_key=dedup_key,
+        from_address=box.address,
+        from_name=box.display_name,
+        to=tuple(to),
+        subject=team_subject(kind, reference, about),
+        reference=reference,
+        date=now,
+    )
+
+
+def compose(mail: OutgoingMail, body: Rendered) -> EmailMessage:
+    """The RFC 5322 message (policy SMTP: CRLF line ends, encoded headers)."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = HeaderAddress(
+        display_name=clean_header(mail.from_name or ""), addr_spec=mail.from_address
+    )
+    msg["To"] = ", ".join(clean_header(a) for a in mail.to)
+    msg["Subject"] = clean_header(mail.subject)
+    msg["Date"] = format_datetime(mail.date)
+    msg["Message-ID"] = f"<{mail.message_id}>"
+    _thread_headers(msg, mail.in_reply_to, mail.references)
+    msg["Auto-Submitted"] = mail.auto_submitted
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg[LOOP_HEADER] = mail.from_address
+    if mail.reference:
+        msg[CASE_HEADER] = clean_header(mail.reference)
+    msg[KIND_HEADER] = mail.kind.value
+    msg.set_content(with_marker(body.text, mail.reference))
+    if body.html:
+        msg.add_alternative(body.html, subtype="html")
+    return msg
+
+
+def compose_bytes(mail: OutgoingMail, body: Rendered) -> bytes:
+    return compose(mail, body).as_bytes()
+
+
+def with_marker(text: str, reference: str | None) -> str:
+    """Make sure the body says "Case reference: KW-42" (templates normally do)."""
+    if not reference:
+        return text
+    marker = CASE_MARKER.format(reference=reference)
+    if marker in text:
+        return text
+    return text.rstrip("\n") + f"\n\n{marker}\n"
+
+
+def _thread_headers(msg: EmailMessage, in_reply_to: str | None, references: Sequence[str]) -> None:
+    parent = clean_message_id(in_reply_to or "")
+    chain = [clean_message_id(r) for r in references]
+    chain = list(dict.fromkeys(r for r in chain if r and r != parent))
+    if parent:
+        chain.append(parent)
+        msg["In-Reply-To"] = f"<{parent}>"
+    if len(chain) > MAX_REFERENCES:  # keep the thread's root and the newest ones
+        chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
+    if chain:
+        msg["References"] = " ".join(f"<{r}>" for r in chain)

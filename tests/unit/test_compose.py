@@ -1,0 +1,193 @@
+"""Composing outgoing mail: headers robots and retries rely on, and no header injection."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keepword.config import MailboxSettings
+from keepword.domain.model import LOOP_HEADER, OutboxKind
+from keepword.mail.compose import (
+    MAX_REFERENCES,
+    clean_header,
+    compose,
+    compose_bytes,
+    customer_mail,
+    deterministic_message_id,
+    reply_subject,
+    team_mail,
+    team_subject,
+)
+from keepword.mail.render import Rendered
+from keepword.store.outbox import message_id_of
+
+NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+
+
+def box(**changes: Any) -> MailboxSettings:
+    values: dict[str, Any] = {
+        "name": "support",
+        "address": "support@example.com",
+        "display_name": "Example Support",
+        "imap": {"host": "127.0.0.1", "tls": "plain", "username": "u", "password": "p"},
+    }
+    values.update(changes)
+    return MailboxSettings.model_validate(values)
+
+
+def parse(raw: bytes) -> EmailMessage:
+    msg = message_from_bytes(raw, policy=default_policy)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def ack_raw(subject: str = "Printer on fire", **changes: Any) -> bytes:
+    args: dict[str, Any] = {
+        "dedup_key": "ack:1",
+        "to": "ann@example.org",
+        "original_subject": subject,
+        "reference": "KW-42",
+        "now": NOW,
+        "in_reply_to": "orig-1@example.org",
+        "references": ("root@example.org",),
+    }
+    args.update(changes)
+    mail = customer_mail(box(), OutboxKind.ACKNOWLEDGEMENT, **args)
+    return compose_bytes(mail, Rendered("Hello.\n\nCase reference: KW-42\n"))
+
+
+def test_deterministic_message_id() -> None:
+    digest = hashlib.sha256(b"ack:1").hexdigest()[:24]
+    assert deterministic_message_id("ack:1", "Example.COM") == f"kw.{digest}@example.com"
+    assert deterministic_message_id("ack:1", "example.com") == deterministic_message_id(
+        "ack:1", "example.com"
+    )
+    assert deterministic_message_id("ack:2", "example.com") != deterministic_message_id(
+        "ack:1", "example.com"
+    )
+
+
+def test_customer_mail_headers() -> None:
+    raw = ack_raw()
+    msg = parse(raw)
+    digest = hashlib.sha256(b"ack:1").hexdigest()[:24]
+    assert msg["Message-ID"] == f"<kw.{digest}@example.com>"
+    assert message_id_of(raw) == f"kw.{digest}@example.com"
+    assert msg["Subject"] == "Re: Printer on fire [KW-42]"
+    assert msg["From"] == "Example Support <support@example.com>"
+    assert msg["To"] == "ann@example.org"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["X-Auto-Response-Suppress"] == "All"
+    assert msg[LOOP_HEADER] == "support@example.com"
+    assert msg["X-Keepword-Case"] == "KW-42"
+    assert msg["X-Keepword-Kind"] == "acknowledgement"
+    assert msg["In-Reply-To"] == "<orig-1@example.org>"
+    assert msg["References"] == "<root@example.org> <orig-1@example.org>"
+    assert msg["Precedence"] is None  # RFC 3834: Auto-Submitted, not Precedence
+    assert msg["Date"] is not None
+    assert b"\r\n" in raw  # policy SMTP
+    assert "Case reference: KW-42" in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def test_same_decision_composes_the_same_message_id() -> None:
+    assert message_id_of(ack_raw()) == message_id_of(ack_raw(now=datetime(2027, 1, 1, tzinfo=UTC)))
+    assert message_id_of(ack_raw()) != message_id_of(ack_raw(dedup_key="ack:2"))
+
+
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        ("Printer on fire", "Re: Printer on fire [KW-42]"),
+        ("Re: Printer on fire", "Re: Printer on fire [KW-42]"),
+        ("RE: Printer on fire [KW-42]", "RE: Printer on fire [KW-42]"),
+        ("AW: Drucker [kw-42]", "AW: Drucker [kw-42]"),
+        ("Printer [KW-42] on fire", "Re: Printer [KW-42] on fire"),
+        ("", "Re: (no subject) [KW-42]"),
+        ("Invoice [KW-7]", "Re: Invoice [KW-7] [KW-42]"),
+    ],
+)
+def test_reply_subject_never_doubles(original: str, expected: str) -> None:
+    assert reply_subject(original, "KW-42") == expected
+    assert reply_subject(expected, "KW-42") == expected  # idempotent
+
+
+def test_header_injection_is_stripped() -> None:
+    evil = "Hello\r\nBcc: victim@example.net\r\nX-Evil: 1"
+    raw = ack_raw(subject=evil, in_reply_to="a@b>\r\nBcc: x@y")
+    msg = parse(raw)
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert "\n" not in msg["Subject"] and "\r" not in msg["Subject"]
+    assert msg["Subject"] == "Re: Hello Bcc: victim@example.net X-Evil: 1 [KW-42]"
+    assert msg["In-Reply-To"] == "<a@bBcc:x@y>"
+
+
+@given(st.text(max_size=200))
+def test_clean_header_never_leaves_line_breaks(value: str) -> None:
+    cleaned = clean_header(value)
+    assert "\r" not in cleaned and "\n" not in cleaned
+    reply = reply_subject(value, "KW-1")
+    assert "\n" not in reply and "[kw-1]" in reply.lower()
+
+
+def test_non_ascii_subject_is_encoded() -> None:
+    raw = ack_raw(subject="Drucker brennt – schnell! 🔥")
+    assert all(b < 128 for b in raw.split(b"\r\n\r\n", 1)[0])
+    assert parse(raw)["Subject"] == "Re: Drucker brennt – schnell! 🔥 [KW-42]"
+
+
+def test_references_are_bounded_and_unique() -> None:
+    refs = (*(f"m{i}@example.org" for i in range(50)), "m3@example.org")
+    msg = parse(ack_raw(references=refs, in_reply_to="m49@example.org"))
+    chain = msg["References"].split()
+    assert len(chain) == MAX_REFERENCES
+    assert chain[0] == "<m0@example.org>"  # the root stays
+    assert chain[-1] == "<m49@example.org>"  # the parent is last
+    assert len(set(chain)) == len(chain)
+
+
+def test_team_mail_headers_and_subject() -> None:
+    mail = team_mail(
+        box(),
+        OutboxKind.REMINDER,
+        dedup_key="reminder:1:0.5",
+        to=["alice@example.com"],
+        reference="KW-42",
+        about="Printer on fire\r\nBcc: x@y",
+        now=NOW,
+    )
+    msg = parse(compose_bytes(mail, Rendered("Remind\n")))
+    assert msg["Subject"] == "[KW-42] Reminder: Printer on fire Bcc: x@y"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg[LOOP_HEADER] == "support@example.com"
+    assert msg["X-Keepword-Kind"] == "reminder"
+    assert msg["In-Reply-To"] is None
+    body = msg.get_body(("plain",))
+    assert body is not None
+    assert "Case reference: KW-42" in body.get_content()  # added when the text lacks it
+    assert team_subject(OutboxKind.DIGEST, None, "support") == "Daily digest: support"
+
+
+def test_html_makes_multipart_alternative() -> None:
+    mail = customer_mail(
+        box(),
+        OutboxKind.ACKNOWLEDGEMENT,
+        dedup_key="ack:9",
+        to="ann@example.org",
+        original_subject="Hi",
+        reference="KW-9",
+        now=NOW,
+        in_reply_to=None,
+    )
+    msg = compose(mail, Rendered("text\nCase reference: KW-9\n", "<p>html</p>"))
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = [p.get_content_type() for p in msg.iter_parts()]
+    assert parts == ["text/plain", "text/html"]
+    assert msg["References"] is None
