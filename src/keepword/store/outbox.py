@@ -1,0 +1,201 @@
+"""The outbox: every mail keepword will send, recorded before it is sent.
+
+A row is written in the same transaction as the decision that caused it; its
+`dedup_key` makes the decision idempotent (deciding twice enqueues once) and its
+`message_id` (deterministic, see mail.compose) lets a retry after a crash look for the
+mail in the Sent folder. `attempts` is counted and committed *before* each SMTP
+transaction, so attempts > 0 on a pending row means "may already have gone out".
+
+`sent_copy`: "pending" until sent, then "done" (APPENDed to the Sent folder),
+"skipped" (not configured), "failed" (APPEND failed) or "found" (a retry found it there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email import message_from_bytes
+from email.policy import compat32
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+
+from keepword.domain.cases import Event, EventKind
+from keepword.domain.model import OutboxState
+from keepword.store.cases import add_events
+from keepword.store.tables import outbox
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    mailbox: str
+    case_id: int | None
+    kind: str
+    dedup_key: str
+    message_id: str  # bare, no angle brackets
+    recipients: tuple[str, ...]
+    subject: str
+    raw: bytes
+    state: OutboxState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    sent_copy: str
+
+
+def _to_row(r: Row[Any]) -> OutboxRow:
+    return OutboxRow(
+        id=r.id,
+        mailbox=r.mailbox,
+        case_id=r.case_id,
+        kind=r.kind,
+        dedup_key=r.dedup_key,
+        message_id=r.message_id,
+        recipients=tuple(r.recipients or ()),
+        subject=r.subject or "",
+        raw=r.raw or b"",
+        state=OutboxState(r.state),
+        attempts=r.attempts,
+        next_attempt_at=r.next_attempt_at,
+        last_error=r.last_error,
+        sent_copy=r.sent_copy,
+    )
+
+
+def message_id_of(raw: bytes) -> str:
+    """The bare Message-ID of a composed mail (compat32: headers only, no decoding)."""
+    value = message_from_bytes(raw, policy=compat32).get("Message-ID")
+    bare = str(value or "").strip().strip("<>").strip()
+    if not bare:
+        raise ValueError("outgoing mail without a Message-ID")
+    return bare
+
+
+def enqueue(
+    conn: Connection,
+    mailbox: str,
+    case_id: int | None,
+    kind: str,
+    dedup_key: str,
+    recipients: Sequence[str],
+    subject: str,
+    raw: bytes,
+    now: datetime,
+    *,
+    message_id: str | None = None,
+) -> bool:
+    """Record a mail to send; False when this decision was already recorded.
+
+    `message_id` defaults to the Message-ID header of `raw` (compose puts the
+    deterministic one there).
+    """
+    if exists(conn, dedup_key):
+        return False
+    conn.execute(
+        insert(outbox).values(
+            mailbox=mailbox,
+            case_id=case_id,
+            kind=str(kind),
+            dedup_key=dedup_key,
+            message_id=message_id or message_id_of(raw),
+            recipients=list(recipients),
+            subject=subject,
+            raw=raw,
+            state=OutboxState.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            sent_copy="pending",
+        )
+    )
+    return True
+
+
+def exists(conn: Connection, dedup_key: str) -> bool:
+    query = select(outbox.c.id).where(outbox.c.dedup_key == dedup_key)
+    return conn.execute(query).first() is not None
+
+
+def get(conn: Connection, row_id: int) -> OutboxRow:
+    row = conn.execute(select(outbox).where(outbox.c.id == row_id)).one()
+    return _to_row(row)
+
+
+def pending(
+    conn: Connection, now: datetime, limit: int = 100, *, mailbox: str | None = None
+) -> list[OutboxRow]:
+    """Pending rows whose next attempt is due, oldest first."""
+    due = and_(
+        outbox.c.state == OutboxState.PENDING.value,
+        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+    )
+    if mailbox is not None:
+        due = and_(due, outbox.c.mailbox == mailbox)
+    query = select(outbox).where(due).order_by(outbox.c.id).limit(limit)
+    return [_to_row(r) for r in conn.execute(query)]
+
+
+def depth(conn: Connection, mailbox: str) -> int:
+    """How many mails of this mailbox wait to go out (due or not)."""
+    query = select(func.count(outbox.c.id)).where(
+        and_(outbox.c.mailbox == mailbox, outbox.c.state == OutboxState.PENDING.value)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def begin_attempt(conn: Connection, row_id: int) -> int:
+    """Count an attempt before sending; returns the new count. Commit before SMTP."""
+    conn.execute(update(outbox).where(outbox.c.id == row_id).values(attempts=outbox.c.attempts + 1))
+    return int(conn.execute(select(outbox.c.attempts).where(outbox.c.id == row_id)).scalar_one())
+
+
+def mark_sent(conn: Connection, row_id: int, now: datetime, *, sent_copy: str = "done") -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(
+            state=OutboxState.SENT.value,
+            sent_at=now,
+            next_attempt_at=None,
+            last_error=None,
+            sent_copy=sent_copy,
+        )
+    )
+
+
+def mark_retry(
+    conn: Connection, row_id: int, *, attempts: int, next_attempt_at: datetime, error: str
+) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(
+            attempts=attempts, next_attempt_at=next_attempt_at, last_error=error[:MAX_ERROR_CHARS]
+        )
+    )
+
+
+def mark_failed(conn: Connection, row: OutboxRow, now: datetime, error: str) -> None:
+    """Permanent failure: recorded on the row and, for a case's mail, on its timeline."""
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row.id)
+        .values(
+            state=OutboxState.FAILED.value, next_attempt_at=None, last_error=error[:MAX_ERROR_CHARS]
+        )
+    )
+    if row.case_id is not None:
+        detail = f"{row.kind} to {', '.join(row.recipients)} could not be delivered: {error}"
+        add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
+
+
+def mark_dry_run(conn: Connection, row_id: int, now: datetime) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(state=OutboxState.DRY_RUN.value, sent_at=now, next_attempt_at=None)
+    )

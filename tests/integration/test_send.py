@@ -1,0 +1,414 @@
+"""Draining the outbox through a real SMTP server (aiosmtpd) and a real Sent folder (Dovecot)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from keepword.config import MailboxSettings, Settings
+from keepword.domain.cases import CaseState
+from keepword.domain.model import CaseStatus, OutboxKind, OutboxState
+from keepword.imap import ImapSession
+from keepword.mail.compose import compose_bytes, customer_mail, team_mail
+from keepword.mail.render import Rendered
+from keepword.secrets import Secret
+from keepword.send import DrainResult, ImapSentCopy, SentCopy, drain_outbox, retry_delay
+from keepword.smtp import SmtpConnectError, SmtpSender
+from keepword.store import outbox
+from keepword.store.cases import save_case
+from keepword.store.db import open_store
+from keepword.store.tables import case_event
+from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import SmtpServer
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+CUSTOMER = "ann@example.org"
+
+
+class FakeSentCopy:
+    """A Sent folder in memory, for tests that need no IMAP server."""
+
+    def __init__(self) -> None:
+        self.raws: list[bytes] = []
+        self.lookups: list[str] = []
+
+    def has_message_id(self, message_id: str) -> bool:
+        self.lookups.append(message_id)
+        return any(f"<{message_id}>".encode() in raw for raw in self.raws)
+
+    def append(self, raw: bytes) -> None:
+        self.raws.append(raw)
+
+
+class SimulatedCrash(BaseException):
+    """Raised right after the copy is in the Sent folder, before the row is marked sent."""
+
+
+@dataclass
+class CrashAfterAppend:
+    inner: SentCopy
+    appended: list[bytes] = field(default_factory=list)
+
+    def has_message_id(self, message_id: str) -> bool:
+        return self.inner.has_message_id(message_id)
+
+    def append(self, raw: bytes) -> None:
+        self.inner.append(raw)
+        self.appended.append(raw)
+        raise SimulatedCrash
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    settings: Settings
+    box: MailboxSettings
+    server: SmtpServer
+    case_id: int
+
+    def enqueue_ack(self, dedup_key: str = "ack:1", to: str = CUSTOMER) -> outbox.OutboxRow:
+        mail = customer_mail(
+            self.box,
+            OutboxKind.ACKNOWLEDGEMENT,
+            dedup_key=dedup_key,
+            to=to,
+            original_subject="Printer on fire",
+            reference="KW-1",
+            now=NOW,
+            in_reply_to="orig@example.org",
+        )
+        raw = compose_bytes(mail, Rendered("Hello.\nCase reference: KW-1\n"))
+        with self.engine.begin() as conn:
+            assert outbox.enqueue(
+                conn,
+                self.box.name,
+                self.case_id,
+                OutboxKind.ACKNOWLEDGEMENT.value,
+                dedup_key,
+                [to],
+                mail.subject,
+                raw,
+                NOW,
+            )
+            rows = outbox.pending(conn, NOW, mailbox=self.box.name)
+        return next(r for r in rows if r.dedup_key == dedup_key)
+
+    def drain(
+        self, at: datetime = NOW, *, sent_copy: SentCopy | None = None, dry_run: bool = False
+    ) -> DrainResult:
+        return asyncio.run(
+            drain_outbox(
+                self.engine, self.settings, self.box, at, sent_copy=sent_copy, dry_run=dry_run
+            )
+        )
+
+    def row(self, row_id: int) -> outbox.OutboxRow:
+        with self.engine.connect() as conn:
+            return outbox.get(conn, row_id)
+
+
+def make_rig(tmp_path: Path, server: SmtpServer, **box_changes: Any) -> Rig:
+    engine = open_store(f"sqlite:///{tmp_path / 'keepword.db'}")
+    box_values: dict[str, Any] = {
+        "name": "support",
+        "address": "support@example.com",
+        "display_name": "Example Support",
+        "imap": {"host": "127.0.0.1", "tls": "plain", "username": "u", "password": "p"},
+        "smtp": server.settings().model_dump(),
+    }
+    box_values.update(box_changes)
+    settings = Settings.model_validate(
+        {"keepword": {"allow_inline_passwords": True}, "mailbox": [box_values]}
+    )
+    with engine.begin() as conn:
+        state = save_case(
+            conn,
+            CaseState(
+                id=None,
+                mailbox="support",
+                reference="KW",
+                status=CaseStatus.NEW,
+                opened_at=NOW,
+                updated_at=NOW,
+                customer=CUSTOMER,
+                subject="Printer on fire",
+            ),
+        )
+    assert state.id is not None
+    return Rig(engine, settings, settings.mailbox[0], server, state.id)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, smtp_server: SmtpServer) -> Rig:
+    return make_rig(tmp_path, smtp_server)
+
+
+def test_enqueue_is_idempotent(rig: Rig) -> None:
+    rig.enqueue_ack()
+    with rig.engine.begin() as conn:
+        again = outbox.enqueue(
+            conn, "support", rig.case_id, "acknowledgement", "ack:1", [CUSTOMER], "s", b"x", NOW
+        )
+        assert again is False
+        assert outbox.depth(conn, "support") == 1
+
+
+def test_drain_sends_once(rig: Rig) -> None:
+    row = rig.enqueue_ack()
+    copy = FakeSentCopy()
+    result = rig.drain(sent_copy=copy)
+    assert (result.sent, result.retried, result.failed, result.skipped) == (1, 0, 0, 0)
+    [mail] = rig.server.messages
+    assert mail.rcpt_tos == (CUSTOMER,)
+    assert mail.mail_from == "support@example.com"
+    assert mail.header("Message-ID") == f"<{row.message_id}>"
+    assert mail.header("Subject") == "Re: Printer on fire [KW-1]"
+    assert copy.raws == [row.raw]  # the copy in Sent is byte-identical
+    assert copy.lookups == []  # a first attempt need not look
+    stored = rig.row(row.id)
+    assert stored.state is OutboxState.SENT and stored.attempts == 1
+    assert stored.sent_copy == "done"
+
+    again = rig.drain(NOW + timedelta(hours=1), sent_copy=copy)
+    assert again.handled == 0
+    assert len(rig.server.messages) == 1
+
+
+def test_one_connection_serves_the_whole_drain(rig: Rig) -> None:
+    for n in range(5):
+        rig.enqueue_ack(f"ack:{n}", to=f"c{n}@example.org")
+    result = rig.drain()
+    assert result.sent == 5
+    assert sorted(m.rcpt_tos[0] for m in rig.server.messages) == [
+        f"c{n}@example.org" for n in range(5)
+    ]
+    row = rig.row(1)
+    assert row.sent_copy == "skipped"  # no Sent folder given
+
+
+def test_temporary_failure_retries_later(rig: Rig) -> None:
+    row = rig.enqueue_ack()
+    rig.server.fail(CUSTOMER, 451)
+    copy = FakeSentCopy()
+    result = rig.drain(sent_copy=copy)
+    assert (result.sent, result.retried) == (0, 1)
+    stored = rig.row(row.id)
+    assert stored.state is OutboxState.PENDING
+    assert stored.attempts == 1
+    assert stored.next_attempt_at == NOW + retry_delay(1)
+    assert stored.last_error is not None and "451" in stored.last_error
+    assert rig.server.messages == []
+
+    rig.server.heal()
+    early = rig.drain(NOW + timedelta(seconds=10), sent_copy=copy)
+    assert early.handled == 0  # not due yet
+    later = rig.drain(NOW + retry_delay(1), sent_copy=copy)
+    assert later.sent == 1
+    assert copy.lookups == [row.message_id]  # attempts > 0: looked in Sent first
+    assert len(rig.server.messages) == 1
+    assert rig.row(row.id).attempts == 2
+
+
+def test_backoff_is_capped_exponential() -> None:
+    delays = [retry_delay(n).total_seconds() for n in range(1, 10)]
+    assert delays[:4] == [60, 120, 240, 480]
+    assert max(delays) == 3600
+    assert delays == sorted(delays)
+
+
+def test_permanent_failure_is_recorded_on_the_case(rig: Rig) -> None:
+    row = rig.enqueue_ack()
+    ok = rig.enqueue_ack("ack:2", to="bob@example.org")
+    rig.server.fail(CUSTOMER, 550)
+    result = rig.drain()
+    assert (result.sent, result.failed) == (1, 1)  # one bad address does not stop the rest
+    stored = rig.row(row.id)
+    assert stored.state is OutboxState.FAILED
+    assert stored.last_error is not None and "550" in stored.last_error
+    assert rig.row(ok.id).state is OutboxState.SENT
+    with rig.engine.connect() as conn:
+        events = conn.execute(
+            select(case_event.c.kind, case_event.c.detail).where(
+                case_event.c.case_id == rig.case_id
+            )
+        ).all()
+    assert [e.kind for e in events] == ["delivery_failed"]
+    assert "550" in events[0].detail and CUSTOMER in events[0].detail
+    assert rig.drain(NOW + timedelta(days=1)).handled == 0  # never tried again
+
+
+def test_dry_run_sends_nothing(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    row = rig.enqueue_ack()
+    caplog.set_level("INFO", logger="keepword.send")
+    result = rig.drain(dry_run=True)
+    assert result.dry_run == 1 and result.sent == 0
+    assert rig.server.messages == []
+    assert rig.row(row.id).state is OutboxState.DRY_RUN
+    assert "Re: Printer on fire [KW-1]" in caplog.text  # the whole mail is logged
+
+
+def test_dry_run_from_config(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    rig = make_rig(tmp_path, smtp_server)
+    rig.settings = rig.settings.model_copy(
+        update={"keepword": rig.settings.keepword.model_copy(update={"dry_run": True})}
+    )
+    rig.enqueue_ack()
+    assert rig.drain().dry_run == 1
+    assert smtp_server.messages == []
+
+
+def test_unreachable_server_leaves_everything_pending(rig: Rig) -> None:
+    row = rig.enqueue_ack()
+    rig.server.stop()
+    result = rig.drain()
+    assert result.skipped == 1 and result.error is not None
+    stored = rig.row(row.id)
+    assert stored.state is OutboxState.PENDING and stored.attempts == 0
+    rig.server.start()
+    assert rig.drain().sent == 1
+
+
+def test_wrong_password_is_a_connect_error_without_the_secret(
+    smtp_server: SmtpServer,
+) -> None:
+    settings = smtp_server.settings(password="wrong-secret-value")
+
+    async def attempt() -> None:
+        async with SmtpSender(settings, Secret("wrong-secret-value")):
+            pass
+
+    with pytest.raises(SmtpConnectError) as info:
+        asyncio.run(attempt())
+    assert "wrong-secret-value" not in str(info.value)
+    assert "535" in str(info.value)
+
+
+def test_crash_after_send_with_a_fake_sent_folder(rig: Rig) -> None:
+    row = rig.enqueue_ack()
+    copy = FakeSentCopy()
+    with pytest.raises(SimulatedCrash):
+        rig.drain(sent_copy=CrashAfterAppend(copy))
+    stored = rig.row(row.id)
+    assert stored.state is OutboxState.PENDING and stored.attempts == 1
+    result = rig.drain(sent_copy=copy)
+    assert result.already_sent == 1 and result.sent == 0
+    assert len(rig.server.messages) == 1
+    assert rig.row(row.id).sent_copy == "found"
+
+
+def test_crash_before_send_sends_after_looking(rig: Rig) -> None:
+    row = rig.enqueue_ack()
+    with rig.engine.begin() as conn:
+        outbox.begin_attempt(conn, row.id)  # counted, then the daemon died before SMTP
+    copy = FakeSentCopy()
+    result = rig.drain(sent_copy=copy)
+    assert result.sent == 1
+    assert copy.lookups == [row.message_id]
+    assert len(rig.server.messages) == 1
+
+
+def test_unknown_sent_folder_state_waits(rig: Rig) -> None:
+    from keepword.errors import MailboxError
+
+    class Broken(FakeSentCopy):
+        def has_message_id(self, message_id: str) -> bool:
+            raise MailboxError("IMAP down")
+
+    row = rig.enqueue_ack()
+    with rig.engine.begin() as conn:
+        outbox.begin_attempt(conn, row.id)
+    result = rig.drain(sent_copy=Broken())
+    assert result.skipped == 1
+    assert rig.server.messages == []
+    assert rig.row(row.id).state is OutboxState.PENDING
+
+
+def test_crash_between_send_and_record_with_dovecot(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer
+) -> None:
+    """The real thing: the copy lands in Dovecot's Sent folder, then the daemon 'dies'."""
+    rig = make_rig(tmp_path, smtp_server)
+    row = rig.enqueue_ack()
+    imap = dovecot.imap_settings(mail_user)
+    with ImapSession(imap, Secret(dovecot.users[mail_user])) as session:
+        crashing = CrashAfterAppend(ImapSentCopy(session, "Sent"))
+        with pytest.raises(SimulatedCrash):
+            rig.drain(sent_copy=crashing)
+    assert len(smtp_server.messages) == 1
+    assert rig.row(row.id).attempts == 1
+    assert len(dovecot.uids(mail_user, "Sent")) == 1
+
+    # Restart: a new session, the same row.
+    with ImapSession(imap, Secret(dovecot.users[mail_user])) as session:
+        result = rig.drain(NOW + timedelta(minutes=1), sent_copy=ImapSentCopy(session, "Sent"))
+    assert result.already_sent == 1 and result.sent == 0
+    assert len(smtp_server.messages) == 1  # the customer has exactly one acknowledgement
+    assert len(dovecot.uids(mail_user, "Sent")) == 1
+    assert rig.row(row.id).state is OutboxState.SENT
+
+
+def test_delivery_through_lmtp_and_copy_in_sent(
+    tmp_path: Path,
+    clean_dovecot: Dovecot,
+    mail_user: str,
+    smtp_server_factory: Callable[..., SmtpServer],
+) -> None:
+    """aiosmtpd hands the mail on to Dovecot: the customer really has it in their INBOX."""
+    dovecot = clean_dovecot
+    server = smtp_server_factory(lmtp=(dovecot.host, dovecot.lmtp_port))
+    rig = make_rig(tmp_path, server)
+    customer = "customer@example.org"
+    row = rig.enqueue_ack(to=customer)
+    with ImapSession(dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])) as s:
+        result = rig.drain(sent_copy=ImapSentCopy(s, "Sent"))
+        assert result.sent == 1, (result, server.handler.relay_errors)
+        assert s.has_message_id("Sent", row.message_id)
+    with dovecot.client(customer) as client:
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        assert len(uids) == 1
+        raw = client.fetch(uids, ["BODY.PEEK[]"])[uids[0]][b"BODY[]"]
+    msg = message_from_bytes(raw, policy=default_policy)
+    assert msg["Message-ID"] == f"<{row.message_id}>"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert rig.row(row.id).sent_copy == "done"
+
+
+def test_team_mail_goes_to_every_recipient(rig: Rig) -> None:
+    mail = team_mail(
+        rig.box,
+        OutboxKind.REMINDER,
+        dedup_key="reminder:1:0.5",
+        to=["alice@example.com", "bob@example.com"],
+        reference="KW-1",
+        about="Printer on fire",
+        now=NOW,
+    )
+    raw = compose_bytes(mail, Rendered("Reminder\nCase reference: KW-1\n"))
+    with rig.engine.begin() as conn:
+        outbox.enqueue(
+            conn,
+            "support",
+            rig.case_id,
+            "reminder",
+            mail.dedup_key,
+            mail.to,
+            mail.subject,
+            raw,
+            NOW,
+        )
+    assert rig.drain().sent == 1
+    [captured] = rig.server.messages
+    assert captured.rcpt_tos == ("alice@example.com", "bob@example.com")
+    assert captured.header("Auto-Submitted") == "auto-generated"
