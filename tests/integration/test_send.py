@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from keepword.config import MailboxSettings, Settings
+from keepword.config import MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, OutboxKind, OutboxState
 from keepword.imap import ImapSession
@@ -412,3 +412,40 @@ def test_team_mail_goes_to_every_recipient(rig: Rig) -> None:
     [captured] = rig.server.messages
     assert captured.rcpt_tos == ("alice@example.com", "bob@example.com")
     assert captured.header("Auto-Submitted") == "auto-generated"
+
+
+async def _send_one(settings: SmtpSettings, secret: Secret | str) -> dict[str, str]:
+    async with SmtpSender(settings, secret) as smtp:
+        return await smtp.send(
+            "support@example.com", ["ann@example.org"], b"Subject: t\r\n\r\nx\r\n"
+        )
+
+
+@pytest.mark.parametrize("tls", [TlsMode.IMPLICIT, TlsMode.STARTTLS])
+def test_tls_modes(smtp_server_factory: Callable[..., SmtpServer], tls: TlsMode) -> None:
+    server = smtp_server_factory(tls=tls)
+    assert asyncio.run(_send_one(server.settings(), server.password)) == {}
+    assert len(server.messages) == 1
+    # Without trusting the self-signed certificate the connection is refused.
+    untrusted = server.settings(ca_file=None)
+    with pytest.raises(SmtpConnectError):
+        asyncio.run(_send_one(untrusted, server.password))
+    assert len(server.messages) == 1
+
+
+def test_plain_client_against_a_starttls_only_server(
+    smtp_server_factory: Callable[..., SmtpServer],
+) -> None:
+    server = smtp_server_factory(tls=TlsMode.STARTTLS)
+    with pytest.raises(SmtpConnectError):
+        asyncio.run(_send_one(server.settings(tls=TlsMode.PLAIN), server.password))
+    assert server.messages == []
+
+
+def test_xoauth2(smtp_server_factory: Callable[..., SmtpServer]) -> None:
+    server = smtp_server_factory(oauth2_token="token-123")
+    asyncio.run(_send_one(server.settings(), Secret("token-123", is_oauth2=True)))
+    assert len(server.messages) == 1
+    with pytest.raises(SmtpConnectError) as info:
+        asyncio.run(_send_one(server.settings(), Secret("token-999", is_oauth2=True)))
+    assert "token-999" not in str(info.value)
