@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.cases import Event, EventKind
 from keepword.errors import KeepwordError
 from keepword.imap import ImapSession
+from keepword.mail.compose import OutgoingMail, compose_bytes
+from keepword.mail.render import Rendered
 from keepword.secrets import Secret, resolve_secret
 from keepword.smtp import SmtpConnectError, SmtpPermanentError, SmtpSender, SmtpTemporaryError
 from keepword.store import outbox
@@ -82,6 +84,27 @@ class DrainResult:
     @property
     def handled(self) -> int:
         return self.sent + self.retried + self.failed + self.already_sent + self.dry_run
+
+
+def enqueue_mail(
+    conn: Connection, mail: OutgoingMail, body: Rendered, *, mailbox: str, case_id: int | None
+) -> bool:
+    """Compose and record one mail in the caller's transaction; False if already recorded.
+
+    Call it in the same transaction as the decision that causes the mail.
+    """
+    return outbox.enqueue(
+        conn,
+        mailbox,
+        case_id,
+        mail.kind.value,
+        mail.dedup_key,
+        list(mail.to),
+        mail.subject,
+        compose_bytes(mail, body),
+        mail.date,
+        message_id=mail.message_id,
+    )
 
 
 def retry_delay(attempts: int) -> timedelta:

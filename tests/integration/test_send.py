@@ -21,7 +21,14 @@ from keepword.imap import ImapSession
 from keepword.mail.compose import compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
 from keepword.secrets import Secret
-from keepword.send import DrainResult, ImapSentCopy, SentCopy, drain_outbox, retry_delay
+from keepword.send import (
+    DrainResult,
+    ImapSentCopy,
+    SentCopy,
+    drain_outbox,
+    enqueue_mail,
+    retry_delay,
+)
 from keepword.smtp import SmtpConnectError, SmtpSender
 from keepword.store import outbox
 from keepword.store.cases import save_case
@@ -88,19 +95,10 @@ class Rig:
             now=NOW,
             in_reply_to="orig@example.org",
         )
-        raw = compose_bytes(mail, Rendered("Hello.\nCase reference: KW-1\n"))
+        body = Rendered("Hello.\nCase reference: KW-1\n")
         with self.engine.begin() as conn:
-            assert outbox.enqueue(
-                conn,
-                self.box.name,
-                self.case_id,
-                OutboxKind.ACKNOWLEDGEMENT.value,
-                dedup_key,
-                [to],
-                mail.subject,
-                raw,
-                NOW,
-            )
+            assert enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
+            assert not enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
             rows = outbox.pending(conn, NOW, mailbox=self.box.name)
         return next(r for r in rows if r.dedup_key == dedup_key)
 

@@ -20,9 +20,11 @@ from keepword.mail.render import (
     Renderer,
     TeamCaseContext,
     TemplateError,
+    acknowledgement_context,
     customer_due,
     quote,
     shipped_template_dirs,
+    window_duration_text,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -276,3 +278,58 @@ def test_quote_trims_long_messages() -> None:
     assert quoted.endswith("> [...]")
     assert len(quoted.splitlines()) == 6
     assert quote("short") == "> short"
+
+
+@pytest.mark.parametrize(
+    ("minutes", "en", "de"),
+    [
+        (45, "45 business minutes", "45 Geschäftsminuten"),
+        (60, "1 business hour", "1 Geschäftsstunde"),
+        (4 * 60 + 10, "4.5 business hours", "4,5 Geschäftsstunden"),
+        (8 * 60, "1 business day", "1 Geschäftstag"),
+        (20 * 60, "2.5 business days", "2,5 Geschäftstage"),
+    ],
+)
+def test_window_duration_text(minutes: int, en: str, de: str) -> None:
+    assert window_duration_text(minutes, "en") == en
+    assert window_duration_text(minutes, "de") == de
+
+
+def test_acknowledgement_context_from_window_and_calendar(renderer: Renderer) -> None:
+    from datetime import time
+
+    from keepword.domain.calendar import BusinessCalendar
+    from keepword.domain.windows import Window
+
+    calendar = BusinessCalendar(BERLIN, {d: [(time(9), time(17))] for d in range(5)})
+    window = Window(minutes=240, due_at=DUE, is_default=True, behind=False)
+    ctx = acknowledgement_context(
+        window=window,
+        calendar=calendar,
+        reference="KW-42",
+        customer_name="Ann",
+        subject="Printer",
+        customer_offset_minutes=-300,
+        team_name="Support",
+        language="de",
+    )
+    assert ctx.due_local.tzinfo == BERLIN and ctx.due_local.hour == 12
+    assert ctx.due_customer is not None and ctx.due_customer.hour == 6
+    assert ctx.window_text == "4 Geschäftsstunden"
+    assert ctx.is_default and not ctx.behind
+    assert ctx.opening_hours == calendar.describe_hours("de")
+    text = renderer.render("acknowledgement", "de", ctx).text
+    assert "übliche Antwortzeit (4 Geschäftsstunden)" in text
+    assert "gemessen" not in text
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_behind_on_a_default_window_claims_no_measurement(
+    renderer: Renderer, language: str
+) -> None:
+    out = renderer.render("acknowledgement", language, ack(behind=True, is_default=True))
+    word = "measured" if language == "en" else "gemessen"
+    assert word not in out.text.lower()
+    assert out.html is None or word not in out.html.lower()
+    assert ("we are behind" if language == "en" else "im Rückstand") in out.text
+    assert "12:00" in out.text

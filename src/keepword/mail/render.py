@@ -15,6 +15,7 @@ in the context's language and in the instant's own zone (the mailbox zone for
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -36,6 +37,8 @@ from jinja2 import (
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.runtime import Context as JinjaContext
 
+from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.windows import BUSINESS_DAY_MINUTES, Window
 from keepword.errors import KeepwordError
 
 FALLBACK_LANGUAGE = "en"
@@ -296,6 +299,57 @@ def quote(text: str, max_lines: int = QUOTE_MAX_LINES, max_chars: int = QUOTE_MA
     trimmed = len(kept) < len(lines)
     quoted = "\n".join(f"> {line}" if line else ">" for line in kept)
     return quoted + ("\n> [...]" if trimmed else "")
+
+
+_UNITS = {
+    "en": (("business minute", "business minutes"), ("business hour", "business hours"),
+           ("business day", "business days")),
+    "de": (("Geschäftsminute", "Geschäftsminuten"), ("Geschäftsstunde", "Geschäftsstunden"),
+           ("Geschäftstag", "Geschäftstage")),
+}  # fmt: skip
+
+
+def window_duration_text(minutes: float, language: str) -> str:
+    """A window as a duration people say: '45 business minutes', '4.5 business hours',
+    '2 business days' (a business day is BUSINESS_DAY_MINUTES, as in domain.windows)."""
+    units = _UNITS.get(language, _UNITS[FALLBACK_LANGUAGE])
+    if minutes < 60:
+        count: float = max(1, round(minutes))
+        names = units[0]
+    elif minutes < BUSINESS_DAY_MINUTES:
+        count, names = math.ceil(minutes / 30) / 2, units[1]
+    else:
+        count, names = math.ceil(minutes / (BUSINESS_DAY_MINUTES / 2)) / 2, units[2]
+    number = f"{count:g}"
+    if language == "de":
+        number = number.replace(".", ",")
+    return f"{number} {names[0] if count == 1 else names[1]}"
+
+
+def acknowledgement_context(
+    *,
+    window: Window,
+    calendar: BusinessCalendar,
+    reference: str,
+    customer_name: str,
+    subject: str,
+    customer_offset_minutes: int | None,
+    team_name: str,
+    language: str,
+) -> AcknowledgementContext:
+    """The acknowledgement's context from the promised window and the mailbox calendar."""
+    return AcknowledgementContext(
+        reference=reference,
+        customer_name=customer_name,
+        subject=subject,
+        due_local=window.due_at.astimezone(calendar.zone),
+        due_customer=customer_due(window.due_at, calendar.zone, customer_offset_minutes),
+        window_text=window_duration_text(window.minutes, language),
+        is_default=window.is_default,
+        behind=window.behind,
+        opening_hours=calendar.describe_hours(language),
+        team_name=team_name,
+    )
 
 
 @pass_context
