@@ -264,14 +264,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=Scenario.seed)
     parser.add_argument("--quantile", type=float, default=PromiseSettings().quantile)
     parser.add_argument("--grid", action="store_true", help="spread x quantile table")
+    parser.add_argument("--sigmas", default="0.25,0.4,0.6,0.9", help="for --grid")
+    parser.add_argument("--quantiles", default="0.9,0.95", help="for --grid")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     scenario = Scenario(median=args.median, sigma=args.sigma, seed=args.seed)
     settings = PromiseSettings(quantile=args.quantile)
     rows: list[str] = []
     if args.grid:
-        for sigma in (0.25, 0.4, 0.6, 0.9):
-            for quantile in (0.8, 0.9, 0.95):
+        for sigma in (float(x) for x in args.sigmas.split(",")):
+            for quantile in (float(x) for x in args.quantiles.split(",")):
                 s = Scenario(median=args.median, sigma=sigma, seed=args.seed)
                 p = PromiseSettings(quantile=quantile)
                 result = replay(s, p)

@@ -17,6 +17,7 @@ from keepword.domain.windows import (
     backlog_history,
     first_response_samples,
     humanize,
+    load_matched_samples,
     measured_window,
     nearest_rank,
     response_window,
@@ -272,23 +273,64 @@ def test_usual_backlog_at_a_quantile() -> None:
     assert usual_backlog(list(range(1, 11)), 0.9) == 9
 
 
-def test_measured_window_puts_it_together_without_peeking() -> None:
-    cases = history(lognormal(120, 0.4, 200))
-    # Ten cases waiting now: far above the usual backlog, so the window grows.
-    waiting: list[Case] = [(NOW - timedelta(minutes=10 + i), None) for i in range(10)]
-    # A response after `now` is unknown at `now`: it must count as waiting.
+def quiet_and_surge_history() -> list[Case]:
+    """A surge 80 days ago (40 cases at once, each answered after 600 business minutes),
+    then 100 quiet cases on separate days, each answered within the hour."""
+    surge_start = CAL.next_open(NOW - timedelta(days=80))
+    cases: list[Case] = []
+    for i in range(40):
+        opened = surge_start + timedelta(minutes=i)
+        cases.append((opened, CAL.add(opened, 600)))
+    quiet_start = CAL.next_open(NOW - timedelta(days=60))
+    for i in range(100):
+        opened = quiet_start + timedelta(hours=12 * i)
+        cases.append((opened, CAL.add(opened, 55)))
+    return cases
+
+
+def test_quiet_moments_get_the_quiet_days_pace() -> None:
+    window = measured_window(quiet_and_surge_history(), NOW, CAL, SETTINGS)
+    assert window.basis["backlog_now"] == 0
+    assert window.minutes == 60  # not the surge's 600 minutes
+    assert window.basis["history_size"] == 140
+    assert window.basis["sample_size"] == 35  # a quarter of the history
+
+
+def test_a_surge_gets_the_surge_pace() -> None:
+    waiting: list[Case] = [(NOW - timedelta(minutes=1 + i), None) for i in range(30)]
+    window = measured_window([*quiet_and_surge_history(), *waiting], NOW, CAL, SETTINGS)
+    assert window.basis["backlog_now"] == 30
+    assert window.minutes == 600
+    assert window.basis["backlog_factor"] == 1  # the history has seen such a backlog
+
+
+def test_a_backlog_beyond_anything_seen_is_extrapolated() -> None:
+    waiting: list[Case] = [(NOW - timedelta(minutes=1 + i), None) for i in range(160)]
+    window = measured_window([*quiet_and_surge_history(), *waiting], NOW, CAL, SETTINGS)
+    assert float(window.basis["backlog_factor"]) > 3
+    assert window.minutes > 3 * 600
+    assert window.behind == (window.minutes > SETTINGS.maximum_window_minutes)
+
+
+def test_measured_window_does_not_peek_at_later_responses() -> None:
+    cases = quiet_and_surge_history()
+    known = measured_window(cases, NOW, CAL, SETTINGS)
+    # A case opened before now but answered after it is still waiting at `now`.
     future: list[Case] = [(NOW - timedelta(minutes=5), NOW + timedelta(minutes=1))]
-    plain = measured_window(cases, NOW, CAL, SETTINGS)
-    everything = [*cases, *waiting, *future]
-    busy = measured_window(everything, NOW, CAL, SETTINGS)
-    assert plain.basis["sample_size"] == len(cases)
-    assert busy.basis["sample_size"] == len(cases)
-    assert busy.basis["backlog_now"] == 11
-    assert plain.basis["backlog_now"] == 0
-    assert busy.minutes > plain.minutes
-    assert float(busy.basis["backlog_usual"]) == usual_backlog(
-        backlog_history(everything, NOW, SETTINGS.history_days), SETTINGS.quantile
-    )
+    with_future = measured_window([*cases, *future], NOW, CAL, SETTINGS)
+    assert with_future.basis["backlog_now"] == 1
+    assert known.basis["backlog_now"] == 0
+    # Cases opened after now are not history yet.
+    later: list[Case] = [(NOW + timedelta(hours=1), NOW + timedelta(hours=2))]
+    assert measured_window([*cases, *later], NOW, CAL, SETTINGS).basis == known.basis
+
+
+def test_load_matched_samples_keep_long_open_cases() -> None:
+    cases = quiet_and_surge_history()
+    stuck: list[Case] = [(NOW - timedelta(days=20), None)]
+    matched = load_matched_samples([*cases, *stuck], CAL, NOW, backlog_now=0, settings=SETTINGS)
+    assert matched.history_size == 141
+    assert len(matched.samples) == 36
 
 
 # -- humanize -------------------------------------------------------------------------

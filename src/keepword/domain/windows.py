@@ -2,10 +2,12 @@
 
 Pure: the shell passes `now`, the calendar and the stored history.
 
-The rule (`response_window`):
+The rule (`measured_window` = `load_matched_samples` + `response_window`):
 
 1. Samples are first-response times of recent cases in *business* minutes
-   (`first_response_samples`), so nights and weekends do not inflate them.
+   (`first_response_samples`), so nights and weekends do not inflate them. Only the
+   quarter of recent cases that arrived to the backlog nearest to the current one is
+   used (`load_matched_samples`): a quiet Tuesday is not promised last month's outage.
 2. With at least `min_history_cases` samples the measured window is their
    `quantile` (nearest-rank: the smallest sample with at least that share of samples
    at or below it - always a time the team really took, never interpolated).
@@ -16,10 +18,15 @@ The rule (`response_window`):
    multiplied by k = max(1, backlog_now / max(backlog_usual, 1)). It only ever
    raises the window: a quiet moment does not make the history less true, and the
    `max(.., 1)` keeps a team that usually has an empty queue from turning two open
-   cases into a factor of infinity.
+   cases into a factor of infinity. "Usual" is the backlog the sampled cases met (at
+   the promise quantile), so the factor only extrapolates beyond what was measured;
+   with the median of all history it counted every Monday-morning pile twice.
 4. The result is rounded up to a unit people say (`round_up_minutes`).
 5. Above `maximum_window_minutes` the window is *not* cut: `behind` is set so
    the acknowledgement can say the team is behind and the lead is alerted.
+
+bench/promises.py replays six months of a synthetic inbox through `measured_window`;
+the figures are in docs/benchmarks.md ("Promises").
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import bisect
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
@@ -249,6 +256,65 @@ def response_window(
     )
 
 
+#: Share of the history (at least min_history_cases) whose arrival backlog is closest to
+#: the current one; their responses are the samples. See `load_matched_samples`.
+MATCHED_SHARE = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedSamples:
+    samples: list[float]  # business minutes of the matched cases
+    backlog_usual: float  # the backlog those cases met (at the promise quantile)
+    history_size: int  # informative cases in the whole window
+
+
+def load_matched_samples(
+    cases: Sequence[Case],
+    calendar: BusinessCalendar,
+    now: datetime,
+    *,
+    backlog_now: int,
+    settings: PromiseSettings,
+) -> MatchedSamples:
+    """Samples from the recent cases that arrived to about the same backlog as now.
+
+    Why: response times mix the team's own pace with waiting in the queue. One quantile
+    over all history makes every quiet-day promise pay for last month's outage (the
+    benchmark: promises 4-6x the median response and still only 93% kept, because the
+    misses sit at surges the quantile cannot see). So each recent case is paired with
+    the backlog it met when it arrived (`backlog_history`), and the promise uses the
+    `MATCHED_SHARE` of cases whose backlog was nearest to the current one - a
+    nearest-neighbour conditional quantile. Their own usual backlog (at the promise
+    quantile) is returned as `backlog_usual`, so the Little's-law factor only extrapolates
+    beyond backlogs the history has seen.
+
+    Long-open unanswered cases count with their age, as in `first_response_samples`.
+    """
+    since = now - timedelta(days=settings.history_days)
+    known = sorted((o, r if r is not None and r <= now else None) for o, r in cases if o <= now)
+    backlogs = backlog_history(known, now, settings.history_days)
+    recent = [c for c in known if c[0] >= since]
+    answered = [calendar.minutes_between(o, r) for o, r in recent if r is not None]
+    threshold = nearest_rank(answered, settings.quantile) if answered else math.inf
+    informative: list[tuple[int, float]] = []
+    for (opened_at, responded_at), backlog in zip(recent, backlogs, strict=True):
+        if responded_at is not None:
+            informative.append((backlog, calendar.minutes_between(opened_at, responded_at)))
+        elif (age := calendar.minutes_between(opened_at, now)) > threshold:
+            informative.append((backlog, age))
+    count = max(settings.min_history_cases, math.ceil(MATCHED_SHARE * len(informative)))
+    # Nearest backlog first; among equals, the most recent case (the team's current pace).
+    ranked = sorted(
+        enumerate(informative), key=lambda item: (abs(item[1][0] - backlog_now), -item[0])
+    )
+    matched = [pair for _, pair in ranked[:count]]
+    return MatchedSamples(
+        samples=[minutes for _, minutes in matched],
+        backlog_usual=usual_backlog([b for b, _ in matched], settings.quantile),
+        history_size=len(informative),
+    )
+
+
 def measured_window(
     cases: Sequence[Case],
     now: datetime,
@@ -258,26 +324,29 @@ def measured_window(
     """The whole rule from stored history - what the shell (and bench/promises.py) call.
 
     `cases` are the mailbox's cases as (opened_at, first_response_at or None), at least
-    those opened in the last `history_days`; responses after `now` are ignored.
-    The usual backlog is taken at the promise's own quantile: the measured quantile
-    already contains the waits of cases that met up to about that backlog, so only a
-    backlog beyond it is unusual (the median would count every Monday morning pile twice;
-    the benchmark shows promises 30% longer for nothing).
+    those opened in the last `history_days` (older ones only sharpen the backlog count);
+    responses after `now` are ignored. The samples are load-matched
+    (`load_matched_samples`), then `response_window` applies the quantile, the backlog
+    factor beyond the matched cases' backlog, rounding and the maximum.
     """
     known = [(o, r if r is not None and r <= now else None) for o, r in cases if o <= now]
-    samples = first_response_samples(
-        known, calendar, now, settings.history_days, quantile=settings.quantile
-    )
-    return response_window(
+    backlog_now = backlog_at(known, now)
+    matched = load_matched_samples(known, calendar, now, backlog_now=backlog_now, settings=settings)
+    window = response_window(
         now,
         calendar,
-        samples,
-        backlog_now=backlog_at(known, now),
-        backlog_usual=usual_backlog(
-            backlog_history(known, now, settings.history_days), settings.quantile
-        ),
+        matched.samples,
+        backlog_now=backlog_now,
+        backlog_usual=matched.backlog_usual,
         settings=settings,
     )
+    basis = {
+        **window.basis,
+        "history_size": matched.history_size,
+        "matched_on": "backlog at arrival",
+        "matched_share": MATCHED_SHARE,
+    }
+    return replace(window, basis=MappingProxyType(basis))
 
 
 # -- saying it ------------------------------------------------------------------------
