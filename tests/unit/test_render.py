@@ -333,3 +333,30 @@ def test_behind_on_a_default_window_claims_no_measurement(
     assert out.html is None or word not in out.html.lower()
     assert ("we are behind" if language == "en" else "im Rückstand") in out.text
     assert "12:00" in out.text
+
+
+def test_renderer_for_mailbox_uses_both_override_folders(tmp_path: Path) -> None:
+    from keepword.config import Settings
+
+    box_dir, global_dir = tmp_path / "box", tmp_path / "global"
+    for folder, text in ((box_dir, "box"), (global_dir, "global")):
+        (folder / "en").mkdir(parents=True)
+        (folder / "en" / "reminder.txt.j2").write_text(f"{text} {{{{ reference }}}}\n")
+    (global_dir / "en" / "escalation.txt.j2").write_text("global escalation\n")
+    settings = Settings.model_validate(
+        {
+            "keepword": {"allow_inline_passwords": True, "templates_dir": str(global_dir)},
+            "mailbox": [
+                {
+                    "name": "support",
+                    "address": "support@example.com",
+                    "templates_dir": str(box_dir),
+                    "imap": {"host": "127.0.0.1", "tls": "plain", "username": "u", "password": "p"},
+                }
+            ],
+        }
+    )
+    renderer = Renderer.for_mailbox(settings, settings.mailbox[0])
+    assert renderer.render("reminder", "en", team_case()).text == "box KW-42\n"
+    assert renderer.render("escalation", "en", team_case()).text == "global escalation\n"
+    assert "KW-42" in renderer.render("acknowledgement", "en", ack()).text

@@ -37,6 +37,7 @@ from jinja2 import (
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.runtime import Context as JinjaContext
 
+from keepword.config import MailboxSettings, Settings
 from keepword.domain.calendar import BusinessCalendar
 from keepword.domain.windows import BUSINESS_DAY_MINUTES, Window
 from keepword.errors import KeepwordError
@@ -224,6 +225,11 @@ class Renderer:
         self._env.filters["when"] = _when_filter
         self._env.filters["day"] = _day_filter
         self._env.filters["quote"] = quote
+
+    @classmethod
+    def for_mailbox(cls, settings: Settings, mailbox: MailboxSettings) -> Renderer:
+        """Mailbox templates_dir, then keepword.templates_dir, then the shipped ones."""
+        return cls(mailbox.templates_dir, settings.keepword.templates_dir)
 
     def render(self, name: str, language: str, context: Context) -> Rendered:
         variables = _variables(context)
