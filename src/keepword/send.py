@@ -33,10 +33,12 @@ from sqlalchemy import Connection, Engine
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.cases import Event, EventKind
+from keepword.domain.model import OutboxKind
 from keepword.errors import KeepwordError
 from keepword.imap import ImapSession
 from keepword.mail.compose import OutgoingMail, compose_bytes
 from keepword.mail.render import Rendered
+from keepword.metrics import METRICS
 from keepword.secrets import Secret, resolve_secret
 from keepword.smtp import SmtpConnectError, SmtpPermanentError, SmtpSender, SmtpTemporaryError
 from keepword.store import outbox
@@ -151,13 +153,23 @@ async def drain_outbox(
             try:
                 await _deliver(engine, mailbox, row, now, sender, sent_copy, result)
             except SmtpConnectError as exc:
+                METRICS.smtp_error(mailbox.name)
                 result.skipped += len(rows) - index
                 result.error = str(exc)
                 log.warning("mailbox %s: outbox waits: %s", mailbox.name, exc)
                 break
     finally:
         await sender.close()
+        with engine.connect() as conn:
+            METRICS.outbox_depth(mailbox.name, outbox.depth(conn, mailbox.name))
     return result
+
+
+def _count_sent(mailbox: str, kind: str) -> None:
+    if kind == OutboxKind.ACKNOWLEDGEMENT.value:
+        METRICS.acknowledgement_sent(mailbox)
+    elif kind == OutboxKind.CUSTOMER_UPDATE.value:
+        METRICS.update_sent(mailbox)
 
 
 def _dry_run(
@@ -219,6 +231,7 @@ async def _deliver(
             detail = f"{row.kind} refused for {', '.join(f'{a} ({e})' for a, e in refused.items())}"
             add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
     result.sent += 1
+    _count_sent(mailbox.name, row.kind)
     log.info("mailbox %s: sent %s to %s", mailbox.name, row.kind, ", ".join(row.recipients))
 
 
@@ -235,6 +248,7 @@ def _fail(
     )
     with engine.begin() as conn:
         outbox.mark_failed(conn, row, now, error)
+    METRICS.smtp_error(mailbox.name)
     result.failed += 1
 
 
@@ -247,6 +261,7 @@ def _retry(
     error: str,
     result: DrainResult,
 ) -> None:
+    METRICS.smtp_error(mailbox.name)
     if attempts >= MAX_ATTEMPTS:
         _fail(engine, mailbox, row, now, f"gave up after {attempts} attempts: {error}", result)
         return

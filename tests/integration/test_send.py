@@ -447,3 +447,22 @@ def test_xoauth2(smtp_server_factory: Callable[..., SmtpServer]) -> None:
     with pytest.raises(SmtpConnectError) as info:
         asyncio.run(_send_one(server.settings(), Secret("token-999", is_oauth2=True)))
     assert "token-999" not in str(info.value)
+
+
+def test_metrics_count_acknowledgements_and_errors(rig: Rig) -> None:
+    from keepword.metrics import METRICS
+
+    def value(name: str) -> float:
+        return METRICS.value(name, mailbox="support") or 0.0
+
+    acks, errors = (
+        value("keepword_acknowledgements_sent_total"),
+        value("keepword_smtp_errors_total"),
+    )
+    rig.enqueue_ack()
+    rig.enqueue_ack("ack:2", to="bad@example.org")
+    rig.server.fail("bad@example.org", 451)
+    rig.drain()
+    assert value("keepword_acknowledgements_sent_total") == acks + 1
+    assert value("keepword_smtp_errors_total") == errors + 1
+    assert value("keepword_outbox_depth") == 1
