@@ -1,0 +1,408 @@
+"""Which case a message belongs to, and why: pure, explainable rules.
+
+The shell extracts the lookup keys with the functions here (`find_case_reference`,
+`referenced_ids`, `subject_key`, `external_correspondent`), looks the candidate cases up
+in the database and hands them to `choose_case`, which decides in this order:
+
+1. TAG / BODY_TAG: a case reference (`[KW-42]` in the subject, or keepword's body
+   marker "Case reference: KW-42", which survives providers that rewrite Message-IDs).
+   Accepted only from one of the case's correspondents, a team member, or a message
+   that also references the case: otherwise anyone could inject mail into a case by
+   typing its number (osTicket's lesson) and we fall through to the next rules.
+2. REFERENCES: In-Reply-To / References naming a Message-ID the case has seen.
+3. SUBJECT (only if the window is > 0): the same external correspondent and the same
+   normalized subject, with activity inside the window. Never across customers, never
+   on an empty or generic subject, never for robots.
+4. FORWARD_NEW: a team member forwarded a customer's mail into the shared inbox.
+5. NEW: nothing matched.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import getaddresses
+from enum import StrEnum
+
+from keepword.domain.model import Address, Kind, MessageFacts, Origin
+
+
+@dataclass(frozen=True, slots=True)
+class CaseCandidate:
+    case_id: int
+    reference: str
+    correspondents: frozenset[str]
+    subject_key: str
+    last_activity: datetime
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    by_tag: CaseCandidate | None = None
+    # cases that saw any of the referenced ids, in reference order (newest first)
+    by_reference: tuple[CaseCandidate, ...] = ()
+    # same correspondent + same subject_key (any age)
+    by_subject: tuple[CaseCandidate, ...] = ()
+
+
+class ThreadRule(StrEnum):
+    TAG = "tag"
+    BODY_TAG = "body_tag"
+    REFERENCES = "references"
+    SUBJECT = "subject"
+    NEW = "new"
+    FORWARD_NEW = "forward_new"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadMatch:
+    case_id: int | None  # None: open a new case (or none at all, for robots)
+    rule: ThreadRule
+    explanation: str
+
+
+# -- subject normalization ---------------------------------------------------------
+
+# Reply/forward markers of common mail clients and languages: Re, Fwd, AW/WG (de),
+# SV/VS (nordic), VB/Antw (nl), Ref/Rif/R (it), RV (es), TR (fr), Odp/PD (pl), YNT/İLT
+# (tr), Enc/Res (pt), ΑΠ/ΣΧΕΤ/ΠΡΘ (el), Отв/Ответ/Пересл (ru), HA (hu), 回复/转发/答复
+# (zh), also with counters "Re[2]:", "Re(3):", "Re^2:" and full-width colons.
+_REPLY_WORDS = (
+    r"re|fwd?|aw|wg|sv|vs|vb|antw|antwort|ref|rif|r|rv|tr|odp|pd|ynt|ilt|İlt|enc|res|"
+    r"fs|vl|ats|trs|doorst|doorgestuurd|wtrs|答复|回复|回覆|转发|轉寄|轉發|"
+    r"ΑΠ|ΣΧΕΤ|ΠΡΘ|отв|ответ|пересл|fw"
+)
+_PREFIX = re.compile(
+    rf"^\s*(?:(?:{_REPLY_WORDS})\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]+|\[[^\[\]]*\])\s*",
+    re.IGNORECASE,
+)
+# A case tag anywhere (keepword appends it: "Re: Invoice [KW-42]").
+_ANY_TAG = re.compile(r"\[\s*[a-z][a-z0-9]{0,9}\s*[-#]\s*\d+\s*\]", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+_NO_SUBJECT = frozenset(
+    {"no subject", "(no subject)", "kein betreff", "(kein betreff)", "sans objet", "untitled"}
+)
+
+
+def subject_key(subject: str) -> str:
+    """The subject with reply/forward prefixes, tags and case removed; "" if nothing is left.
+
+    Applied until nothing changes, so it is idempotent and `Re: Fwd: AW: x` == `x`.
+    """
+    key = subject
+    while True:
+        step = _normalize_once(key)
+        if step == key:
+            return key
+        key = step
+
+
+def _normalize_once(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _ANY_TAG.sub(" ", text)
+    text = _SPACES.sub(" ", text).strip()
+    while True:
+        stripped = _PREFIX.sub("", text, count=1)
+        if stripped == text:
+            break
+        text = stripped
+    return _SPACES.sub(" ", text).strip()
+
+
+def is_generic_subject(key: str) -> bool:
+    """Subjects that say nothing about a conversation must never join cases."""
+    return key in _NO_SUBJECT or not any(char.isalnum() for char in key)
+
+
+# -- case references ----------------------------------------------------------------
+
+
+def _prefix_pattern(prefixes: Collection[str]) -> str:
+    names = sorted({p.strip() for p in prefixes if p.strip()}, key=len, reverse=True)
+    return "|".join(re.escape(name) for name in names)
+
+
+def _reference(prefix: str, number: str) -> str:
+    return f"{prefix.upper()}-{int(number)}"
+
+
+def find_tag(subject: str, prefixes: Collection[str]) -> str | None:
+    """`[KW-42]` (also `[ kw - 42 ]`, `[KW#42]`, `[KW 42]`) in a subject -> "KW-42"."""
+    alternatives = _prefix_pattern(prefixes)
+    if not alternatives:
+        return None
+    pattern = rf"\[\s*({alternatives})\s*[-#\s]?\s*(\d{{1,12}})\s*\]"
+    match = re.search(pattern, subject, re.IGNORECASE)
+    return _reference(match.group(1), match.group(2)) if match else None
+
+
+_BODY_LABELS = (
+    r"case\s+reference|case|reference|ref\.?|referenz|vorgangsnummer|vorgang|fallnummer|"
+    r"r[ée]f[ée]rence|riferimento|referencia|referentie|sygnatura"
+)
+
+
+def find_tag_in_body(body: str, prefixes: Collection[str]) -> str | None:
+    """keepword's body marker ("Case reference: KW-42") or a `[KW-42]` in the body text.
+
+    The first occurrence wins: a reply quotes the newest mail first, so the first
+    marker is the one of the mail being answered.
+    """
+    alternatives = _prefix_pattern(prefixes)
+    if not alternatives or not body:
+        return None
+    labelled = re.search(
+        rf"(?:{_BODY_LABELS})\s*[:#]?\s*({alternatives})-(\d{{1,12}})\b", body, re.IGNORECASE
+    )
+    if labelled:
+        return _reference(labelled.group(1), labelled.group(2))
+    return find_tag(body, prefixes)
+
+
+def find_case_reference(facts: MessageFacts, prefixes: Collection[str]) -> str | None:
+    """The reference to look up as `Candidates.by_tag`: subject tag first, then body."""
+    return find_tag(facts.subject, prefixes) or find_tag_in_body(facts.body_text, prefixes)
+
+
+# -- references and correspondents ---------------------------------------------------
+
+
+def referenced_ids(facts: MessageFacts) -> tuple[str, ...]:
+    """In-Reply-To, then References newest first, without duplicates or our own id."""
+    ordered = dict.fromkeys((*facts.in_reply_to, *reversed(facts.references)))
+    ordered.pop(facts.message_id, None)  # a broken client may reference itself
+    return tuple(ordered)
+
+
+_FORWARD_MARKERS = re.compile(
+    r"^[\s>]*(?:-{2,}\s*(?:forwarded\s+message|original\s+message|weitergeleitete\s+nachricht|"
+    r"ursprüngliche\s+nachricht|originalnachricht|message\s+transféré|message\s+d'origine|"
+    r"mensaje\s+original|mensaje\s+reenviado|messaggio\s+inoltrato|messaggio\s+originale|"
+    r"doorgestuurd\s+bericht|oorspronkelijk\s+bericht|videresendt\s+melding|"
+    r"vidarebefordrat\s+meddelande|ursprungligt\s+meddelande|wiadomość\s+przekazana|"
+    r"oryginalna\s+wiadomość)\s*-{2,}|begin\s+forwarded\s+message\s*:|"
+    r"anfang\s+der\s+weitergeleiteten\s+nachricht\s*:|début\s+du\s+message\s+réexpédié\s*:)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_FROM_LINE = re.compile(
+    r"^[\s>*]*(?:from|von|de|da|van|från|fra|od|від|от)\s*\*?\s*:\s*\*?\s*(.+)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_ANGLE_ADDRESS = re.compile(r"<?\s*(?:mailto:)?([^\s<>\"'\[\]()]+@[^\s<>\"'\[\]()]+?)\s*>?\s*$")
+
+
+def forwarded_original_sender(body_text: str) -> Address | None:
+    """The sender of an inline-forwarded mail: the first "From:" line after the marker."""
+    marker = _FORWARD_MARKERS.search(body_text)
+    if marker is None:
+        return None
+    # The header block of the forwarded mail follows within a few lines.
+    window = body_text[marker.end() : marker.end() + 2000]
+    line = _FROM_LINE.search(window)
+    if line is None:
+        return None
+    return _parse_from_line(line.group(1).strip())
+
+
+_OUTLOOK_FROM = re.compile(r"^(.*?)\s*\[mailto:([^\]\s]+@[^\]\s]+)\]")
+
+
+def _parse_from_line(value: str) -> Address | None:
+    outlook = _OUTLOOK_FROM.match(value)  # Outlook: "Doe, Jane [mailto:jane@example.com]"
+    if outlook:
+        return Address(address=outlook.group(2).lower(), name=outlook.group(1).strip(' "'))
+    pairs = getaddresses([value])
+    for name, address in pairs:
+        cleaned = address.strip().strip("<>").lower()
+        if "@" in cleaned and "." in cleaned.rpartition("@")[2]:
+            return Address(address=cleaned, name=name.strip().strip('"'))
+    match = _ANGLE_ADDRESS.search(value)
+    if match:
+        name = value[: match.start()].strip().strip('"').strip()
+        return Address(address=match.group(1).lower(), name=name)
+    return None
+
+
+def external_correspondent(facts: MessageFacts, kind: Kind, team: frozenset[str]) -> Address | None:
+    """The customer this message is about, or None if it names nobody outside the team.
+
+    Customer mail: the first non-team Reply-To (web forms send from one address for
+    everyone and put the customer there), else the sender. Staff and own mail: the first
+    non-team recipient; a team member's forward into the shared inbox: the original
+    sender of the forwarded mail. Robots: the sender (shown, never used for subjects).
+    """
+    members = frozenset(address.lower() for address in team)
+
+    def outside(addresses: tuple[Address, ...]) -> Address | None:
+        return next((a for a in addresses if a.address.lower() not in members), None)
+
+    if kind is Kind.CUSTOMER:
+        return outside(facts.reply_to) or facts.sender
+    if kind is Kind.AUTOMATED:
+        return facts.sender
+    recipient = outside((*facts.to, *facts.cc))
+    if recipient is not None:
+        return recipient
+    forwarded = forwarded_original_sender(facts.body_text)
+    if forwarded is not None and forwarded.address not in members:
+        return forwarded
+    return None
+
+
+def is_forward_into_inbox(facts: MessageFacts, kind: Kind, team: frozenset[str]) -> bool:
+    """A team member forwarded someone's mail to the shared inbox (not a staff reply)."""
+    if kind is not Kind.STAFF or facts.origin is not Origin.INBOX:
+        return False
+    members = frozenset(address.lower() for address in team)
+    if any(a.address.lower() not in members for a in (*facts.to, *facts.cc)):
+        return False
+    forwarded = forwarded_original_sender(facts.body_text)
+    return forwarded is not None and forwarded.address not in members
+
+
+# -- the decision ---------------------------------------------------------------------
+
+
+def choose_case(
+    facts: MessageFacts,
+    kind: Kind,
+    candidates: Candidates,
+    *,
+    now: datetime,
+    subject_window: timedelta,
+    correspondent: Address | None,
+    team: frozenset[str] = frozenset(),
+) -> ThreadMatch:
+    """Decide which case `facts` joins; see the module docstring for the rules."""
+    tagged = _by_tag(facts, kind, candidates, correspondent, team)
+    if tagged is not None:
+        return tagged
+    if candidates.by_reference:
+        return _by_reference(candidates.by_reference)
+    if kind is not Kind.AUTOMATED and subject_window > timedelta(0):
+        by_subject = _by_subject(facts, candidates.by_subject, now, subject_window, correspondent)
+        if by_subject is not None:
+            return by_subject
+    return _new(facts, kind, correspondent, candidates.by_tag)
+
+
+def _by_tag(
+    facts: MessageFacts,
+    kind: Kind,
+    candidates: Candidates,
+    correspondent: Address | None,
+    team: frozenset[str],
+) -> ThreadMatch | None:
+    case = candidates.by_tag
+    if case is None:
+        return None
+    in_subject = find_tag(facts.subject, [_prefix_of(case.reference)]) == case.reference
+    rule = ThreadRule.TAG if in_subject else ThreadRule.BODY_TAG
+    where = "the subject" if in_subject else "the body"
+    trust = _tag_trust(facts, kind, case, correspondent, candidates.by_reference, team)
+    if trust is None:
+        return None
+    closed = " (closed; the message reopens it)" if case.closed else ""
+    return ThreadMatch(case.case_id, rule, f"{case.reference} in {where}, {trust}{closed}")
+
+
+def _tag_trust(
+    facts: MessageFacts,
+    kind: Kind,
+    case: CaseCandidate,
+    correspondent: Address | None,
+    by_reference: tuple[CaseCandidate, ...],
+    team: frozenset[str],
+) -> str | None:
+    """Why the tag may be believed, or None for a stranger quoting a case number."""
+    sender = facts.sender.address.lower() if facts.sender else None
+    correspondents = frozenset(address.lower() for address in case.correspondents)
+    if sender is not None and sender in correspondents:
+        return f"from its correspondent {sender}"
+    if correspondent is not None and correspondent.address.lower() in correspondents:
+        return f"about its correspondent {correspondent.address.lower()}"
+    if kind in (Kind.STAFF, Kind.OWN) or (sender is not None and sender in _lower(team)):
+        return "from the team"
+    if any(other.case_id == case.case_id for other in by_reference):
+        return "and the message references the case"
+    return None
+
+
+def _by_reference(cases: tuple[CaseCandidate, ...]) -> ThreadMatch:
+    case = cases[0]
+    others = sorted({c.reference for c in cases[1:] if c.case_id != case.case_id})
+    also = f"; it also references {', '.join(others)}" if others else ""
+    closed = " (closed; the message reopens it)" if case.closed else ""
+    return ThreadMatch(
+        case.case_id,
+        ThreadRule.REFERENCES,
+        f"replies to a message of {case.reference}{closed}{also}",
+    )
+
+
+def _by_subject(
+    facts: MessageFacts,
+    cases: tuple[CaseCandidate, ...],
+    now: datetime,
+    window: timedelta,
+    correspondent: Address | None,
+) -> ThreadMatch | None:
+    key = subject_key(facts.subject)
+    if correspondent is None or is_generic_subject(key):
+        return None
+    who = correspondent.address.lower()
+    fitting = [
+        case
+        for case in cases
+        if case.subject_key == key
+        and who in {address.lower() for address in case.correspondents}
+        and now - case.last_activity <= window
+    ]
+    if not fitting:
+        return None
+    case = max(fitting, key=lambda c: (c.last_activity, c.case_id))
+    days = max(0, (now - case.last_activity).days)
+    return ThreadMatch(
+        case.case_id,
+        ThreadRule.SUBJECT,
+        f"same correspondent {who} and subject {key!r} as {case.reference}, "
+        f"last active {days} day(s) ago (window {window.days} days)",
+    )
+
+
+def _new(
+    facts: MessageFacts,
+    kind: Kind,
+    correspondent: Address | None,
+    ignored_tag: CaseCandidate | None,
+) -> ThreadMatch:
+    stranger = (
+        f"; ignored {ignored_tag.reference}: the sender is not one of its correspondents"
+        if ignored_tag is not None
+        else ""
+    )
+    if kind is Kind.AUTOMATED:
+        return ThreadMatch(None, ThreadRule.NEW, f"automated mail matching no case{stranger}")
+    if kind is Kind.STAFF and facts.origin is Origin.INBOX and correspondent is not None:
+        forwarded = forwarded_original_sender(facts.body_text)
+        if forwarded is not None and forwarded.address == correspondent.address:
+            return ThreadMatch(
+                None,
+                ThreadRule.FORWARD_NEW,
+                f"forwarded by the team; new case for the original sender "
+                f"{correspondent.address}{stranger}",
+            )
+    who = f" from {correspondent.address}" if correspondent else ""
+    return ThreadMatch(None, ThreadRule.NEW, f"new conversation{who}{stranger}")
+
+
+def _prefix_of(reference: str) -> str:
+    return reference.rpartition("-")[0] or reference
+
+
+def _lower(addresses: frozenset[str]) -> frozenset[str]:
+    return frozenset(address.lower() for address in addresses)
