@@ -1,0 +1,383 @@
+"""The chase plan: given the stored state of one case and `now`, which actions are due.
+
+Pure and idempotent: every action has a deterministic `key` (the outbox dedup key) and
+`plan` leaves out the keys in `done`, so planning twice, or again after a restart, never
+repeats an action. Progress through a promise is measured in *business* time
+(`BusinessClock`): a night or a weekend does not move the chase on.
+
+For each open promise of a case that waits on the team (oldest due first), with
+`total` = business minutes from made to due, `elapsed` = made to now, `left` = now to due:
+
+1. No chasing at all for a case that waits on the customer or is closed: the clock is
+   paused and its promises were resolved when the team replied or the case closed.
+2. Past due (now > due_at; the daemon was down or nobody acted) - only what is still
+   useful: a `BreachRecord` (the promise is recorded broken; *silent* for a customer
+   promise whose update was never planned), a late, honest `CustomerUpdate` ("we missed
+   it", with a new promise) for a customer promise, and one `Escalation`. No reminders:
+   a pile of stale reminders helps nobody.
+3. Update zone: a customer promise with `left <= lead` where
+   `lead = min(max(update_before_minutes, update_before_fraction * total), total / 2)`
+   gets a `CustomerUpdate` carrying the new promise that will supersede the old one
+   before it breaks. The cap at half the window keeps a customer who was just told
+   "one hour" from hearing "we will miss it" a minute later. The update also plans the
+   promise's `Escalation`: a promise about to break is exactly what the lead must know.
+4. `Escalation` to the lead (the whole team when no lead is configured), once per
+   promise, when `elapsed >= escalate_at * total`, or the customer wrote
+   `escalate_after_contacts` times without a team reply, or the owner changed
+   `escalate_after_owners` times (ping-pong). A case waiting on the team without any
+   promise (e.g. its acknowledgement was rate-limited) is escalated once on the
+   contact and owner triggers.
+5. `Reminder` to the owner (the whole team when nobody owns the case) at each
+   configured fraction of `total` elapsed, only the latest fraction reached (earlier
+   ones that were missed are stale), and none once the promise reached `escalate_at` or
+   the update zone: from there on the lead and the customer are told instead.
+6. Team (internal) promises get reminders, escalations and a (non-silent) breach
+   record, never a customer update: the customer was not told their time.
+
+The shell applies one plan in one transaction: outbox rows for the mails, the new
+promise and `promises.supersede` for an update (or `promises.break_if_due` for a breach).
+The invariant (tested by simulation): with a chase at least every `lead` business
+minutes, a customer promise passes its due time only after a team reply or a planned
+customer update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from keepword.config import ChaseSettings
+from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
+from keepword.domain.promises import Promise, WindowLike, make_promise
+
+PAUSED_STATUSES = frozenset({CaseStatus.WAITING_ON_CUSTOMER, CaseStatus.CLOSED})
+
+
+class BusinessClock(Protocol):
+    """Business-time arithmetic (domain.calendar.BusinessCalendar fits)."""
+
+    def add(self, start: datetime, minutes: float) -> datetime: ...
+
+    def minutes_between(self, start: datetime, end: datetime) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CaseSnapshot:
+    """What the chase needs to know about one case, read from the store."""
+
+    id: int
+    reference: str
+    status: CaseStatus
+    opened_at: datetime
+    owner: str | None
+    team: tuple[str, ...]
+    lead: str | None
+    customer_contacts_since_team_reply: int = 0
+    owner_changes: int = 0
+    promises: tuple[Promise, ...] = ()
+    mailbox: str = ""
+
+    def open_promises(self) -> list[Promise]:
+        return sorted((p for p in self.promises if p.is_open), key=lambda p: (p.due_at, p.id or 0))
+
+
+def _promise_id(promise: Promise) -> int:
+    if promise.id is None:
+        raise ValueError("the chase plans over stored promises only (id is None)")
+    return promise.id
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    case_id: int
+    promise_id: int
+    fraction: float
+    recipients: tuple[str, ...]
+    due_at: datetime
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return (
+            f"reminder:case:{self.case_id}:promise:{self.promise_id}:{round(self.fraction * 100)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    case_id: int
+    promise_id: int | None
+    trigger: str  # "time", "update", "breach", "contacts" or "owners"
+    recipients: tuple[str, ...]
+    reason: str
+
+    @property
+    def key(self) -> str:
+        if self.promise_id is None:
+            return f"escalation:case:{self.case_id}:unpromised"
+        return f"escalation:case:{self.case_id}:promise:{self.promise_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerUpdate:
+    """An honest word to the customer with a new promise; `late` once the old one broke."""
+
+    case_id: int
+    promise_id: int
+    old_due_at: datetime
+    new_due_at: datetime
+    window: WindowLike
+    late: bool
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return update_key(self.case_id, self.promise_id)
+
+    def new_promise(self, at: datetime) -> Promise:
+        """The promise the update makes (kind UPDATE, to the customer; id None until stored)."""
+        why = (
+            "new estimate after the previous promise was missed"
+            if self.late
+            else f"announced revision of promise {self.promise_id} before it broke"
+        )
+        return make_promise(
+            self.case_id,
+            PromiseKind.UPDATE,
+            PromiseAudience.CUSTOMER,
+            at,
+            self.window,
+            why,
+            due_at=self.new_due_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BreachRecord:
+    """A promise past due: record it broken; `silent` if the customer was never told."""
+
+    case_id: int
+    promise_id: int
+    due_at: datetime
+    silent: bool
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"breach:case:{self.case_id}:promise:{self.promise_id}"
+
+
+def update_key(case_id: int, promise_id: int) -> str:
+    """The dedup key of the customer update revising promise `promise_id`."""
+    return f"update:case:{case_id}:promise:{promise_id}"
+
+
+ChaseAction = Reminder | Escalation | CustomerUpdate | BreachRecord
+
+
+def promise_id_of(key: str) -> int | None:
+    """The promise an action key is about (None for case-level keys or foreign keys)."""
+    parts = key.split(":")
+    if len(parts) >= 5 and parts[1] == "case" and parts[3] == "promise":
+        try:
+            return int(parts[4])
+        except ValueError:
+            return None
+    return None
+
+
+def update_lead_minutes(total: float, settings: ChaseSettings) -> float:
+    """Business minutes before due at which the customer update is planned (rule 3)."""
+    wanted = max(float(settings.update_before_minutes), settings.update_before_fraction * total)
+    return min(wanted, total / 2)
+
+
+def plan(
+    snapshot: CaseSnapshot,
+    now: datetime,
+    clock: BusinessClock,
+    settings: ChaseSettings,
+    *,
+    done: frozenset[str] = frozenset(),
+    new_window: WindowLike | None = None,
+) -> list[ChaseAction]:
+    """The actions due for this case at `now` that are not in `done` (rules: module doc).
+
+    `new_window` is the honest window for a customer update, computed by the shell as
+    for an acknowledgement; without it no customer update can be planned.
+    """
+    if snapshot.status in PAUSED_STATUSES:
+        return []
+    promises = snapshot.open_promises()
+    actions: list[ChaseAction] = []
+    if not promises:
+        actions.extend(_unpromised_escalation(snapshot, settings))
+    for promise in promises:
+        actions.extend(_plan_promise(snapshot, promise, now, clock, settings, done, new_window))
+    return _dedup(a for a in actions if a.key not in done)
+
+
+def _dedup(actions: Iterable[ChaseAction]) -> list[ChaseAction]:
+    seen: set[str] = set()
+    unique: list[ChaseAction] = []
+    for action in actions:
+        if action.key not in seen:
+            seen.add(action.key)
+            unique.append(action)
+    return unique
+
+
+def _lead_recipients(snapshot: CaseSnapshot) -> tuple[str, ...]:
+    return (snapshot.lead,) if snapshot.lead else snapshot.team
+
+
+def _owner_recipients(snapshot: CaseSnapshot) -> tuple[str, ...]:
+    return (snapshot.owner,) if snapshot.owner else snapshot.team
+
+
+def _case_trigger(snapshot: CaseSnapshot, settings: ChaseSettings) -> tuple[str, str] | None:
+    """A case-level escalation trigger (contacts, ping-pong) and its reason, if any."""
+    contacts = snapshot.customer_contacts_since_team_reply
+    if contacts >= settings.escalate_after_contacts:
+        return "contacts", f"the customer wrote {contacts} times without a team reply"
+    if snapshot.owner_changes >= settings.escalate_after_owners:
+        return "owners", f"the owner changed {snapshot.owner_changes} times"
+    return None
+
+
+def _unpromised_escalation(snapshot: CaseSnapshot, settings: ChaseSettings) -> list[ChaseAction]:
+    trigger = _case_trigger(snapshot, settings)
+    if trigger is None:
+        return []
+    name, why = trigger
+    return [Escalation(snapshot.id, None, name, _lead_recipients(snapshot), why + " (no promise)")]
+
+
+def _plan_promise(
+    snapshot: CaseSnapshot,
+    promise: Promise,
+    now: datetime,
+    clock: BusinessClock,
+    settings: ChaseSettings,
+    done: frozenset[str],
+    new_window: WindowLike | None,
+) -> list[ChaseAction]:
+    if now > promise.due_at:
+        return _past_due(snapshot, promise, now, clock, done, new_window)
+    total = clock.minutes_between(promise.made_at, promise.due_at)
+    left = clock.minutes_between(now, promise.due_at)
+    elapsed_share = 1.0 if total <= 0 else (total - left) / total
+    actions: list[ChaseAction] = []
+    in_update_zone = left <= update_lead_minutes(total, settings)
+    pid = _promise_id(promise)
+    if in_update_zone and promise.to_customer and new_window is not None:
+        due = _new_due(promise, clock, new_window)
+        actions.append(
+            CustomerUpdate(
+                snapshot.id,
+                pid,
+                promise.due_at,
+                due,
+                new_window,
+                late=False,
+                reason=f"{left:.0f} business minutes left of {total:.0f}: tell the customer now",
+            )
+        )
+    escalation = _escalation(snapshot, promise, elapsed_share, in_update_zone, settings)
+    if escalation is not None:
+        actions.append(escalation)
+    if not in_update_zone and elapsed_share < settings.escalate_at:
+        actions.extend(_reminder(snapshot, promise, elapsed_share, settings))
+    return actions
+
+
+def _escalation(
+    snapshot: CaseSnapshot,
+    promise: Promise,
+    elapsed_share: float,
+    in_update_zone: bool,
+    settings: ChaseSettings,
+) -> Escalation | None:
+    recipients = _lead_recipients(snapshot)
+    pid = _promise_id(promise)
+    if elapsed_share >= settings.escalate_at:
+        why = f"{elapsed_share:.0%} of the promised business time has passed"
+        return Escalation(snapshot.id, pid, "time", recipients, why)
+    if in_update_zone and promise.to_customer:
+        return Escalation(snapshot.id, pid, "update", recipients, "the promise is about to break")
+    trigger = _case_trigger(snapshot, settings)
+    if trigger is not None:
+        return Escalation(snapshot.id, pid, trigger[0], recipients, trigger[1])
+    return None
+
+
+def _reminder(
+    snapshot: CaseSnapshot, promise: Promise, elapsed_share: float, settings: ChaseSettings
+) -> list[ChaseAction]:
+    reached = [f for f in settings.reminders if elapsed_share >= f]
+    if not reached:
+        return []
+    fraction = max(reached)
+    why = f"{elapsed_share:.0%} of the promised business time has passed"
+    return [
+        Reminder(
+            snapshot.id,
+            _promise_id(promise),
+            fraction,
+            _owner_recipients(snapshot),
+            promise.due_at,
+            why,
+        )
+    ]
+
+
+def _past_due(
+    snapshot: CaseSnapshot,
+    promise: Promise,
+    now: datetime,
+    clock: BusinessClock,
+    done: frozenset[str],
+    new_window: WindowLike | None,
+) -> list[ChaseAction]:
+    pid = _promise_id(promise)
+    silent = promise.to_customer and update_key(snapshot.id, pid) not in done
+    lateness = f"due {promise.due_at:%Y-%m-%d %H:%M} UTC passed"
+    actions: list[ChaseAction] = [
+        BreachRecord(
+            snapshot.id,
+            pid,
+            promise.due_at,
+            silent,
+            ("silent breach: " if silent else "breach: ") + lateness,
+        )
+    ]
+    if promise.to_customer and new_window is not None:
+        due = _new_due(promise, clock, new_window)
+        actions.append(
+            CustomerUpdate(
+                snapshot.id,
+                pid,
+                promise.due_at,
+                due,
+                new_window,
+                late=True,
+                reason=f"{lateness}: say we missed it, with a new time",
+            )
+        )
+    actions.append(
+        Escalation(snapshot.id, pid, "breach", _lead_recipients(snapshot), lateness + " unanswered")
+    )
+    return actions
+
+
+def _new_due(promise: Promise, clock: BusinessClock, window: WindowLike) -> datetime:
+    """The update's due time: the window's, but always after the old due time.
+
+    An estimate that ends before the promise being revised would be no revision at all;
+    then the window counts from the old due time instead.
+    """
+    if window.due_at > promise.due_at:
+        return window.due_at
+    return clock.add(promise.due_at, window.minutes)
