@@ -1,0 +1,394 @@
+"""`keepword run` as a subprocess, the way systemd runs it: notify socket, watchdog, signals.
+
+The use-case layer is replaced by `FakeWorker` below (selected with the hidden
+`--worker` option); it reaches the mailbox's configured server on loopback and records
+every call in a file, so the tests see exactly which jobs ran with which settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from keepword.config import MailboxSettings, Settings
+from keepword.daemon import Backoff
+from keepword.errors import MailboxError
+from keepword.metrics import METRICS
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = "tests.integration.test_daemon:make_fake_worker"
+CALLS_ENV = "KEEPWORD_FAKE_WORKER_CALLS"
+
+
+# -- the fake use-case layer (runs inside the daemon process) ------------------------
+
+
+class FakeWorker:
+    def __init__(self, settings: Settings, dry_run: bool) -> None:
+        self.calls = Path(os.environ[CALLS_ENV])
+        self.dry_run = dry_run
+
+    def _record(self, kind: str, box: MailboxSettings) -> None:
+        with self.calls.open("a") as out:
+            out.write(f"{kind} {box.name} interval={box.poll_interval} dry_run={self.dry_run}\n")
+
+    async def poll(self, mailbox: MailboxSettings) -> None:
+        self._record("poll-start", mailbox)
+        # Reach the configured server, as an IMAP login would.
+        _, writer = await asyncio.open_connection(mailbox.imap.host, mailbox.imap.effective_port())
+        writer.close()
+        await writer.wait_closed()
+        if mailbox.name.startswith("broken"):
+            raise MailboxError("IMAP server said no")
+        if mailbox.name.startswith("slow"):
+            await asyncio.to_thread(time.sleep, 60)  # a blocking call nobody can cancel
+        METRICS.ingested(mailbox.name, 2)
+        self._record("poll", mailbox)
+
+    async def chase(self, mailbox: MailboxSettings) -> None:
+        self._record("chase", mailbox)
+
+    async def drain(self, mailbox: MailboxSettings) -> None:
+        self._record("drain", mailbox)
+
+    async def close(self) -> None:
+        with self.calls.open("a") as out:
+            out.write("close\n")
+
+
+def make_fake_worker(settings: Settings, dry_run: bool) -> FakeWorker:
+    return FakeWorker(settings, dry_run)
+
+
+# -- test rig --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def imap_port() -> Iterator[int]:
+    """A loopback listener standing in for the IMAP server (the kernel accepts for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield server.getsockname()[1]
+
+
+def config_text(state: Path, port: int, boxes: dict[str, int], *, metrics: bool = False) -> str:
+    lines = ["[keepword]", f'state_dir = "{state}"']
+    if metrics:
+        lines.append('metrics_listen = "127.0.0.1:0"')
+    for name, interval in boxes.items():
+        lines += [
+            "[[mailbox]]",
+            f'name = "{name}"',
+            f'address = "{name}@example.com"',
+            f"poll_interval = {interval}",
+            "[mailbox.imap]",
+            'host = "127.0.0.1"',
+            f"port = {port}",
+            'tls = "plain"',
+            f'username = "{name}@example.com"',
+            'password_env = "KW_TEST_PASSWORD"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class DaemonProcess:
+    def __init__(self, tmp: Path, *extra: str, stop_timeout: float = 3.0) -> None:
+        self.tmp = tmp
+        self.config = tmp / "keepword.toml"
+        self.calls = tmp / "calls.txt"
+        self.stderr = tmp / "stderr.txt"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(tmp / "notify.sock"))
+        self.messages: list[str] = []
+        self.extra = extra
+        self.stop_timeout = stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_PID")}
+        env.update(
+            PYTHONPATH=str(REPO),
+            NOTIFY_SOCKET=str(self.tmp / "notify.sock"),
+            WATCHDOG_USEC="1000000",  # pings every 0.5 s
+            **{CALLS_ENV: str(self.calls)},
+        )
+        self.calls.touch()
+        command = [sys.executable, "-m", "keepword", "--config", str(self.config), "run"]
+        command += ["--worker", WORKER, "--stop-timeout", str(self.stop_timeout), *self.extra]
+        with self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=err)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_notify(self, wanted: Callable[[str], bool], timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        seen = len(self.messages)
+        while True:
+            for message in self.messages[seen:]:
+                if wanted(message):
+                    return message
+            seen = len(self.messages)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no such notification; got {self.messages}; {self.log()}")
+            self.notify.settimeout(remaining)
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        return self._wait_file(self.stderr, pattern, timeout)
+
+    def wait_call(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        return self._wait_file(self.calls, pattern, timeout)
+
+    def _wait_file(self, path: Path, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, path.read_text(), re.MULTILINE):
+                return match
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in {path.name}: {path.read_text()}")
+
+    def log(self) -> str:
+        return self.stderr.read_text()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float) -> tuple[int, float]:
+        assert self.proc is not None
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - start
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(*extra: str, stop_timeout: float = 3.0) -> DaemonProcess:
+        process = DaemonProcess(tmp_path, *extra, stop_timeout=stop_timeout)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def ready(message: str) -> bool:
+    return message.startswith("READY=1")
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+
+def test_ready_watchdog_metrics_and_clean_stop(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon()
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}, metrics=True))
+    kw.start()
+    first = kw.wait_notify(ready)
+    assert re.search(r"STATUS=1 mailbox, last poll (none yet|\d\d:\d\d:\d\d), 0 failing", first)
+    kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    before = time.monotonic()
+    kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    assert time.monotonic() - before < 2.5  # every half interval, not once
+
+    kw.wait_call(r"^poll support interval=60 dry_run=False$")
+    kw.wait_call(r"^drain support")  # right after the poll
+    kw.wait_notify(lambda m: bool(re.fullmatch(r"STATUS=1 mailbox, last poll \S+, 0 failing", m)))
+    url = kw.wait_log(r"metrics on (http://127\.0\.0\.1:\d+/metrics)").group(1)
+    scraped = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'keepword_messages_ingested_total{mailbox="support"} 2.0' in scraped
+    assert "keepword_poll_duration_seconds_count" in scraped
+    assert "python_gc" not in scraped  # its own registry, not the global one
+
+    code, took = kw.stop(timeout=10)
+    assert code == 0, kw.log()
+    assert took < 5
+    assert "STOPPING=1" in "\n".join(kw.messages) or kw.wait_notify(
+        lambda m: m.startswith("STOPPING=1"), timeout=1
+    )
+    assert kw.calls.read_text().endswith("close\n")
+    assert "keepword stopped" in kw.log()
+
+
+def test_reload_with_broken_config_keeps_the_old_one(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon()
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}))
+    kw.start()
+    kw.wait_notify(ready)
+    kw.wait_call(r"^poll support")
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 1}))  # below the minimum
+    os.kill(kw.pid, signal.SIGHUP)
+    kw.wait_notify(lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC="))
+    kw.wait_notify(ready)
+    line = kw.wait_log(r".*reload rejected.*").group(0)
+    assert "ERROR" in line
+    assert "mailbox[0:support].poll_interval" in line
+    assert "greater than or equal to 5" in line
+    assert len([x for x in kw.log().splitlines() if "reload rejected" in x]) == 1
+    kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    assert kw.alive()
+    assert "close" not in kw.calls.read_text()  # the old worker keeps working
+    code, _ = kw.stop(timeout=10)
+    assert code == 0
+
+
+def test_reload_with_changed_config_reschedules(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon()
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60, "sales": 60}))
+    kw.start()
+    kw.wait_notify(ready)
+    kw.wait_call(r"^poll support interval=60")
+    kw.wait_call(r"^poll sales interval=60")
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 30, "billing": 60}))
+    os.kill(kw.pid, signal.SIGHUP)
+    kw.wait_log(r"config reloaded: added billing; removed sales; changed support; 0 unchanged")
+    kw.wait_call(r"^poll billing interval=60")  # a new mailbox is polled at once
+    kw.wait_call(r"^poll support interval=30")  # a changed one with its new settings
+    kw.wait_call(r"^close$")  # the previous worker was closed
+    status = kw.wait_notify(ready)
+    assert "STATUS=2 mailboxes" in status
+    sales_polls = kw.calls.read_text().count("poll sales")
+    time.sleep(0.5)
+    assert kw.calls.read_text().count("poll sales") == sales_polls
+    code, _ = kw.stop(timeout=10)
+    assert code == 0
+
+
+def test_failing_mailbox_backs_off_while_others_work(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon()
+    kw.config.write_text(config_text(tmp_path, imap_port, {"broken": 5, "support": 5}))
+    kw.start()
+    kw.wait_notify(ready)
+    line = kw.wait_log(r".*poll failed.*").group(0)
+    assert re.search(
+        r"ERROR keepword\.daemon \[broken\] poll failed \(1 in a row\): IMAP server said no; "
+        r"retrying this mailbox in \d+ s",
+        line,
+    ), line
+    assert "Traceback" not in kw.log()  # a KeepwordError explains itself
+    kw.wait_call(r"^poll support")
+    kw.wait_notify(lambda m: "1 failing" in m)
+    assert kw.alive()
+    code, _ = kw.stop(timeout=10)
+    assert code == 0
+
+
+def test_stop_abandons_a_stuck_job_after_the_bound(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon(stop_timeout=2.0)
+    kw.config.write_text(config_text(tmp_path, imap_port, {"slow": 60}))
+    kw.start()
+    kw.wait_notify(ready)
+    kw.wait_call(r"^poll-start slow")
+    time.sleep(0.3)  # inside the blocking call now
+    code, took = kw.stop(timeout=15)
+    assert code == 0, kw.log()
+    assert 2.0 <= took < 8.0
+    assert "abandoning 1 job(s) still running after 2 s" in kw.log()
+    assert kw.calls.read_text().endswith("close\n")
+
+
+def test_once_runs_one_cycle_per_mailbox(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon("--once", "--dry-run")
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60, "broken": 60}))
+    kw.start()
+    assert kw.proc is not None
+    assert kw.proc.wait(timeout=20) == 1  # the broken mailbox fails the run
+    calls = kw.calls.read_text().splitlines()
+    for kind in ("poll", "chase", "drain"):
+        assert f"{kind} support interval=60 dry_run=True" in calls
+    assert "chase broken interval=60 dry_run=True" in calls  # a failed poll skips nothing else
+    assert calls[-1] == "close"
+    assert "[broken] poll failed: IMAP server said no" in kw.log()
+    assert not kw.messages
+
+
+def test_missing_worker_module_is_a_clear_error(tmp_path: Path, imap_port: int) -> None:
+    config = tmp_path / "keepword.toml"
+    config.write_text(config_text(tmp_path, imap_port, {"support": 60}))
+    command = [sys.executable, "-m", "keepword", "--config", str(config), "run"]
+    result = subprocess.run(
+        [*command, "--worker", "keepword.no_such_layer:make_worker"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "module keepword.no_such_layer is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_config_at_start_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "keepword.toml"
+    config.write_text("[keepword]\nlog_level = 'LOUD'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "keepword", "--config", str(config), "run", "--worker", WORKER],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 2
+    assert "keepword.log_level" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("failures", "draw", "expected"),
+    [
+        (1, 0.0, 2.5),
+        (1, 1.0, 5.0),
+        (2, 1.0, 10.0),
+        (4, 0.5, 30.0),
+        (9, 1.0, 900.0),  # capped at 15 minutes
+        (10_000, 0.0, 450.0),  # no overflow however long it fails
+    ],
+)
+def test_backoff_doubles_with_jitter_up_to_the_cap(
+    failures: int, draw: float, expected: float
+) -> None:
+    assert Backoff().delay(failures, lambda: draw) == pytest.approx(expected)
