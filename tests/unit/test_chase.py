@@ -326,6 +326,15 @@ def test_team_targets_get_reminders_and_escalation_but_no_customer_update() -> N
     assert isinstance(actions[0], BreachRecord) and not actions[0].silent
 
 
+def test_a_team_target_has_no_update_zone() -> None:
+    team_target = promise(1000, audience=PromiseAudience.TEAM)
+    late_escalation = ChaseSettings(escalate_at=0.95)
+    actions = plan(
+        case(team_target), at(920), CLOCK, late_escalation, new_window=window(CLOCK, at(0), 60)
+    )
+    assert keys(actions) == ["reminder:case:42:promise:7:80"]
+
+
 def test_without_owner_or_lead_the_whole_team_is_told() -> None:
     snapshot = case(promise(1000), owner=None, lead=None)
     [reminder] = plan(snapshot, at(500), CLOCK, DEFAULTS)

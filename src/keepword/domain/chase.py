@@ -30,7 +30,8 @@ For each open promise of a case that waits on the team (oldest due first), with
 5. `Reminder` to the owner (the whole team when nobody owns the case) at each
    configured fraction of `total` elapsed, only the latest fraction reached (earlier
    ones that were missed are stale), and none once the promise reached `escalate_at` or
-   the update zone: from there on the lead and the customer are told instead.
+   (a customer promise) the update zone: from there on the lead and the customer are
+   told instead.
 6. Team (internal) promises get reminders, escalations and a (non-silent) breach
    record, never a customer update: the customer was not told their time.
 
@@ -43,7 +44,6 @@ customer update.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -216,17 +216,7 @@ def plan(
         actions.extend(_unpromised_escalation(snapshot, settings))
     for promise in promises:
         actions.extend(_plan_promise(snapshot, promise, now, clock, settings, done, new_window))
-    return _dedup(a for a in actions if a.key not in done)
-
-
-def _dedup(actions: Iterable[ChaseAction]) -> list[ChaseAction]:
-    seen: set[str] = set()
-    unique: list[ChaseAction] = []
-    for action in actions:
-        if action.key not in seen:
-            seen.add(action.key)
-            unique.append(action)
-    return unique
+    return [a for a in actions if a.key not in done]
 
 
 def _lead_recipients(snapshot: CaseSnapshot) -> tuple[str, ...]:
@@ -265,14 +255,15 @@ def _plan_promise(
     new_window: WindowLike | None,
 ) -> list[ChaseAction]:
     if now > promise.due_at:
-        return _past_due(snapshot, promise, now, clock, done, new_window)
+        return _past_due(snapshot, promise, clock, done, new_window)
     total = clock.minutes_between(promise.made_at, promise.due_at)
     left = clock.minutes_between(now, promise.due_at)
     elapsed_share = 1.0 if total <= 0 else (total - left) / total
     actions: list[ChaseAction] = []
-    in_update_zone = left <= update_lead_minutes(total, settings)
+    # Only a customer promise is revised; a team target just runs on to its escalation.
+    revising = promise.to_customer and left <= update_lead_minutes(total, settings)
     pid = _promise_id(promise)
-    if in_update_zone and promise.to_customer and new_window is not None:
+    if revising and new_window is not None:
         due = _new_due(promise, clock, new_window)
         actions.append(
             CustomerUpdate(
@@ -285,10 +276,10 @@ def _plan_promise(
                 reason=f"{left:.0f} business minutes left of {total:.0f}: tell the customer now",
             )
         )
-    escalation = _escalation(snapshot, promise, elapsed_share, in_update_zone, settings)
+    escalation = _escalation(snapshot, promise, elapsed_share, revising, settings)
     if escalation is not None:
         actions.append(escalation)
-    if not in_update_zone and elapsed_share < settings.escalate_at:
+    if not revising and elapsed_share < settings.escalate_at:
         actions.extend(_reminder(snapshot, promise, elapsed_share, settings))
     return actions
 
@@ -297,7 +288,7 @@ def _escalation(
     snapshot: CaseSnapshot,
     promise: Promise,
     elapsed_share: float,
-    in_update_zone: bool,
+    revising: bool,
     settings: ChaseSettings,
 ) -> Escalation | None:
     recipients = _lead_recipients(snapshot)
@@ -305,7 +296,7 @@ def _escalation(
     if elapsed_share >= settings.escalate_at:
         why = f"{elapsed_share:.0%} of the promised business time has passed"
         return Escalation(snapshot.id, pid, "time", recipients, why)
-    if in_update_zone and promise.to_customer:
+    if revising:
         return Escalation(snapshot.id, pid, "update", recipients, "the promise is about to break")
     trigger = _case_trigger(snapshot, settings)
     if trigger is not None:
@@ -336,7 +327,6 @@ def _reminder(
 def _past_due(
     snapshot: CaseSnapshot,
     promise: Promise,
-    now: datetime,
     clock: BusinessClock,
     done: frozenset[str],
     new_window: WindowLike | None,
