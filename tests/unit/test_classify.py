@@ -278,3 +278,39 @@ def test_classify_is_total_and_always_explains(subject: str, sender: str, origin
     result = classify(facts(sender, subject=subject, origin=origin), team=TEAM, own_addresses=OWN)
     assert result.kind in set(Kind)
     assert result.reason.strip()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["message/delivery-status", "message/disposition-notification", "message/feedback-report"],
+)
+def test_report_without_its_wrapper(content_type: str) -> None:
+    result = classify(facts(content_type=content_type), team=TEAM, own_addresses=OWN)
+    assert result.kind is Kind.AUTOMATED
+    assert result.reason.startswith(content_type)
+
+
+def test_return_path_of_the_delivery_system() -> None:
+    message = facts(
+        "ann@customer.example", headers={"return-path": ("<MAILER-DAEMON@mx.example>",)}
+    )
+    result = classify(message, team=TEAM, own_addresses=OWN)
+    assert result == result.__class__(Kind.AUTOMATED, "Return-Path mailer-daemon@mx.example")
+
+
+def test_delivery_system_display_name() -> None:
+    message = MessageFacts(
+        pk=1,
+        mailbox="support",
+        message_id="x@y",
+        sender=Address("xxx@example.com", "Mail Delivery Subsystem"),
+    )
+    assert classify(message, team=TEAM, own_addresses=OWN).reason == (
+        "sender name 'Mail Delivery Subsystem'"
+    )
+
+
+def test_no_sender_and_bounce_subject() -> None:
+    assert kind_of(facts(None, subject="Mail delivery failed")) is Kind.AUTOMATED
+    assert kind_of(facts(None, subject="Undeliverable: hello")) is Kind.AUTOMATED
+    assert kind_of(facts(None, subject="Hello")) is Kind.CUSTOMER
