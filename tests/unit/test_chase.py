@@ -24,7 +24,13 @@ from keepword.domain.chase import (
     update_lead_minutes,
 )
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
-from keepword.domain.promises import Promise, break_if_due, on_staff_reply, supersede
+from keepword.domain.promises import (
+    Promise,
+    break_if_due,
+    on_customer_follow_up,
+    on_staff_reply,
+    supersede,
+)
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DEFAULTS = ChaseSettings()
@@ -53,6 +59,12 @@ class FakeWindow:
     due_at: datetime
     is_default: bool = False
     basis: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FollowUpCase:
+    id: int | None
+    first_response_at: datetime | None
 
 
 def window(clock: BusinessClock, now: datetime, minutes: int) -> FakeWindow:
@@ -453,6 +465,53 @@ def test_a_public_holiday_in_the_window_does_not_move_the_chase() -> None:
     assert shell.first("reminder:case:42:promise:7:80") == local(2026, 11, 25, 11, 24)
     assert shell.first("update") == local(2026, 11, 25, 12, 0)
     assert not any(t.date() == date(2026, 11, 24) for t, _ in shell.log)
+
+
+def test_the_daemon_stopped_over_a_weekend_across_a_deadline() -> None:
+    cal = office()
+    made = local(2026, 11, 27, 10, 0)  # Friday 10:00 + 8 h: due Monday 10:00
+    p = promise(480, made_at=made, clock=cal)
+    shell = Shell(case(p), clock=cal)
+    run(shell, made, local(2026, 11, 27, 14, 0))  # 50% reminder Friday 14:00, then down
+    assert [a.key for _, a in shell.log] == ["reminder:case:42:promise:7:50"]
+    restart = local(2026, 11, 30, 11, 30)
+    actions = shell.step(restart)
+    assert [type(a) for a in actions] == [BreachRecord, CustomerUpdate, Escalation]
+    update = actions[1]
+    assert isinstance(update, CustomerUpdate) and update.late
+    assert update.new_due_at == cal.add(restart, 480)
+    run(shell, restart + timedelta(minutes=1), local(2026, 11, 30, 17, 0))
+    # nothing stale afterwards: only the new promise's own 50% reminder (11:30 + 4 h)
+    assert [(t, a.key) for t, a in shell.log[4:]] == [
+        (local(2026, 11, 30, 15, 30), "reminder:case:42:promise:100:50")
+    ]
+
+
+def test_a_follow_up_after_a_reply_is_chased_internally_only() -> None:
+    shell = Shell(case(promise(1000)))
+    shell.reply(at(100))
+    target = on_customer_follow_up(
+        FollowUpCase(42, at(100)), shell.snapshot.promises, at(200), window(CLOCK, at(200), 600)
+    )
+    [team_target] = [replace(p, id=8) for p in target]
+    shell.snapshot = replace(
+        shell.snapshot,
+        status=CaseStatus.WAITING_ON_TEAM,
+        customer_contacts_since_team_reply=1,
+        promises=(*shell.snapshot.promises, team_target),
+    )
+    for minute in range(200, 1000):
+        shell.step(at(minute))
+    planned = [(int((t - T0) / timedelta(minutes=1)), a.key) for t, a in shell.log]
+    assert planned == [
+        (500, "reminder:case:42:promise:8:50"),
+        (680, "reminder:case:42:promise:8:80"),
+        (740, "escalation:case:42:promise:8"),
+        (801, "breach:case:42:promise:8"),
+    ]
+    breach = shell.log[-1][1]
+    assert isinstance(breach, BreachRecord) and not breach.silent
+    assert not any(isinstance(a, CustomerUpdate) for _, a in shell.log)
 
 
 # -- the invariant: never a silent breach when the chase runs often enough -----------------
