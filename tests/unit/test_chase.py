@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from keepword.config import ChaseSettings
 from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.cases import CaseState
 from keepword.domain.chase import (
     BreachRecord,
     BusinessClock,
@@ -413,6 +414,30 @@ def test_promises_are_chased_oldest_due_first() -> None:
         "escalation:case:42:promise:8",
         "reminder:case:42:promise:9:50",
     ]
+
+
+def test_a_snapshot_of_a_stored_case() -> None:
+    state = CaseState(
+        id=42,
+        mailbox="support",
+        reference="KW-42",
+        status=CaseStatus.WAITING_ON_TEAM,
+        opened_at=T0,
+        updated_at=T0,
+        owner=OWNER,
+        owner_changes=2,
+        unanswered_contacts=3,
+    )
+    snapshot = CaseSnapshot.of(state, [promise(1000)], team=list(TEAM), lead=LEAD)
+    assert snapshot == case(
+        promise(1000),
+        status=CaseStatus.WAITING_ON_TEAM,
+        owner_changes=2,
+        customer_contacts_since_team_reply=3,
+        mailbox="support",
+    )
+    with pytest.raises(ValueError, match="not stored"):
+        CaseSnapshot.of(replace(state, id=None), [], team=TEAM, lead=None)
 
 
 def test_unstored_promises_are_refused() -> None:

@@ -44,11 +44,13 @@ customer update.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from keepword.config import ChaseSettings
+from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
 from keepword.domain.promises import Promise, WindowLike, make_promise
 
@@ -78,6 +80,32 @@ class CaseSnapshot:
     owner_changes: int = 0
     promises: tuple[Promise, ...] = ()
     mailbox: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        case: CaseState,
+        promises: Iterable[Promise],
+        *,
+        team: Iterable[str],
+        lead: str | None,
+    ) -> CaseSnapshot:
+        """The snapshot of a stored case (its `unanswered_contacts` count since a reply)."""
+        if case.id is None:
+            raise ValueError(f"case {case.reference} is not stored yet (id is None)")
+        return cls(
+            id=case.id,
+            reference=case.reference,
+            status=case.status,
+            opened_at=case.opened_at,
+            owner=case.owner,
+            team=tuple(team),
+            lead=lead,
+            customer_contacts_since_team_reply=case.unanswered_contacts,
+            owner_changes=case.owner_changes,
+            promises=tuple(promises),
+            mailbox=case.mailbox,
+        )
 
     def open_promises(self) -> list[Promise]:
         return sorted((p for p in self.promises if p.is_open), key=lambda p: (p.due_at, p.id or 0))
