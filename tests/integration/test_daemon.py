@@ -106,8 +106,11 @@ def config_text(state: Path, port: int, boxes: dict[str, int], *, metrics: bool 
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, *extra: str, stop_timeout: float = 3.0) -> None:
+    def __init__(
+        self, tmp: Path, *extra: str, stop_timeout: float = 3.0, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.tmp = tmp
+        self.prefix = prefix
         self.config = tmp / "keepword.toml"
         self.calls = tmp / "calls.txt"
         self.stderr = tmp / "stderr.txt"
@@ -127,8 +130,15 @@ class DaemonProcess:
             **{CALLS_ENV: str(self.calls)},
         )
         self.calls.touch()
-        command = [sys.executable, "-m", "keepword", "--config", str(self.config), "run"]
-        command += ["--worker", WORKER, "--stop-timeout", str(self.stop_timeout), *self.extra]
+        command = [*self.prefix, sys.executable, "-m", "keepword", "--config", str(self.config)]
+        command += [
+            "run",
+            "--worker",
+            WORKER,
+            "--stop-timeout",
+            str(self.stop_timeout),
+            *self.extra,
+        ]
         with self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=err)
 
@@ -192,8 +202,10 @@ class DaemonProcess:
 def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(*extra: str, stop_timeout: float = 3.0) -> DaemonProcess:
-        process = DaemonProcess(tmp_path, *extra, stop_timeout=stop_timeout)
+    def start(
+        *extra: str, stop_timeout: float = 3.0, prefix: tuple[str, ...] = ()
+    ) -> DaemonProcess:
+        process = DaemonProcess(tmp_path, *extra, stop_timeout=stop_timeout, prefix=prefix)
         started.append(process)
         return process
 
@@ -342,6 +354,84 @@ def test_once_runs_one_cycle_per_mailbox(
     assert calls[-1] == "close"
     assert "[broken] poll failed: IMAP server said no" in kw.log()
     assert not kw.messages
+
+
+# The kernel's PR_SET_MDWE (Linux 6.3+) is what MemoryDenyWriteExecute=yes in the unit
+# uses on current systemd: no mapping may become writable and executable. It is kept
+# across execve, so this wrapper puts the daemon under it.
+MDWE_WRAPPER = """
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit(78)  # not enforced
+except PermissionError:
+    pass
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+# What keepword's own stack does at run time: migrations, TLS, templates, the spawned
+# parse worker, a ctypes callback.
+MDWE_PROBE = """
+import ctypes, multiprocessing, ssl, sys
+from concurrent.futures import ProcessPoolExecutor
+import jinja2
+from keepword.mail.parse import parse_many
+from keepword.store.db import open_store
+
+if __name__ == "__main__":
+    with open_store(f"sqlite:///{sys.argv[1]}").connect() as db:
+        assert db.exec_driver_sql("select count(*) from message").scalar() == 0
+    ssl.create_default_context()
+    assert jinja2.Environment().from_string("{{ n + 1 }}").render(n=1) == "2"
+    assert ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)() == 7
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    with pool:
+        (parsed,) = pool.submit(parse_many, [b"Subject: hi\\r\\n\\r\\nbody\\r\\n"]).result()
+    print("probe ok", parsed.subject, parsed.body_text.strip())
+"""
+
+
+@pytest.fixture
+def mdwe(tmp_path: Path) -> tuple[str, ...]:
+    wrapper = tmp_path / "mdwe.py"
+    wrapper.write_text(MDWE_WRAPPER)
+    check = subprocess.run([sys.executable, str(wrapper), "/bin/true"], check=False, timeout=30)
+    if check.returncode == 77:
+        pytest.skip("kernel without PR_SET_MDWE (needs Linux 6.3+)")
+    assert check.returncode == 0, "PR_SET_MDWE set but W+X memory still allowed"
+    return (sys.executable, str(wrapper))
+
+
+def test_keepword_stack_works_without_writable_executable_memory(
+    mdwe: tuple[str, ...], tmp_path: Path
+) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(MDWE_PROBE)
+    result = subprocess.run(
+        [*mdwe, sys.executable, str(probe), str(tmp_path / "probe.db")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["probe", "ok", "hi", "body"]
+
+
+def test_daemon_runs_under_memory_deny_write_execute(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path, mdwe: tuple[str, ...]
+) -> None:
+    kw = daemon(prefix=mdwe)
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}))
+    kw.start()
+    kw.wait_notify(ready)
+    kw.wait_call(r"^drain support")
+    code, _ = kw.stop(timeout=10)
+    assert code == 0, kw.log()
 
 
 def test_missing_worker_module_is_a_clear_error(tmp_path: Path, imap_port: int) -> None:
