@@ -8,8 +8,8 @@ Every mail keepword sends carries:
 - `Auto-Submitted` (RFC 3834): `auto-replied` on mail to customers (acknowledgement,
   follow-up note, customer update), `auto-generated` on team mail;
 - `X-Auto-Response-Suppress: All`, so Exchange/Outlook send no out-of-office to us;
-- no `Precedence` header: RFC 3834 (section 3.1.8) treats Precedence as non-standard
-  and says responders should rely on Auto-Submitted; `Precedence: bulk` would also make
+- no `Precedence` header: it was never standardized, and RFC 3834 defines
+  Auto-Submitted as the way to mark automatic mail; `Precedence: bulk` would also make
   some clients file a personal answer as bulk mail;
 - keepword's loop header (`X-Keepword-Loop: <mailbox address>`), `X-Keepword-Case` and
   `X-Keepword-Kind`, so keepword knows its own mail again (Sent folder, Cc) and never
