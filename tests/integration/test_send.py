@@ -99,7 +99,7 @@ class Rig:
         with self.engine.begin() as conn:
             assert enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
             assert not enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
-            rows = outbox.pending(conn, NOW, mailbox=self.box.name)
+            rows = outbox.pending(conn, NOW, 10_000, mailbox=self.box.name)
         return next(r for r in rows if r.dedup_key == dedup_key)
 
     def drain(
