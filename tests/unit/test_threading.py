@@ -331,6 +331,17 @@ def test_body_tag() -> None:
     assert "in the body" in why
 
 
+def test_references_win_over_the_body_tag() -> None:
+    facts = message(subject="Re: Invoice", body="> Case reference: KW-42", in_reply_to=("a@x",))
+    candidates = Candidates(by_tag=case(42), by_reference=(case(7),))
+    assert choose(facts, candidates)[:2] == (7, ThreadRule.REFERENCES)
+
+
+def test_body_tag_from_a_stranger_is_ignored() -> None:
+    facts = message(CARL, subject="hello", body="Case reference: KW-42")
+    assert choose(facts, Candidates(by_tag=case(42)))[:2] == (None, ThreadRule.NEW)
+
+
 def test_tag_wins_over_references() -> None:
     candidates = Candidates(by_tag=case(42), by_reference=(case(7),))
     assert choose(message(subject="[KW-42]"), candidates)[:2] == (42, ThreadRule.TAG)

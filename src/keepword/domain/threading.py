@@ -4,12 +4,14 @@ The shell extracts the lookup keys with the functions here (`find_case_reference
 `referenced_ids`, `subject_key`, `external_correspondent`), looks the candidate cases up
 in the database and hands them to `choose_case`, which decides in this order:
 
-1. TAG / BODY_TAG: a case reference (`[KW-42]` in the subject, or keepword's body
-   marker "Case reference: KW-42", which survives providers that rewrite Message-IDs).
-   Accepted only from one of the case's correspondents, a team member, or a message
-   that also references the case: otherwise anyone could inject mail into a case by
-   typing its number (osTicket's lesson) and we fall through to the next rules.
+1. TAG: a case reference `[KW-42]` in the subject. Accepted only from one of the
+   case's correspondents, a team member, or a message that also references the case:
+   otherwise anyone could inject mail into a case by typing its number (osTicket's
+   lesson) and we fall through to the next rules.
 2. REFERENCES: In-Reply-To / References naming a Message-ID the case has seen.
+   BODY_TAG: keepword's body marker "Case reference: KW-42" (same trust rule), which
+   survives providers that rewrite Message-IDs. It comes after References because a
+   body may quote an older mail than the one being answered.
 3. SUBJECT (only if the window is > 0): the same external correspondent and the same
    normalized subject, with activity inside the window. Never across customers, never
    on an empty or generic subject, never for robots.
@@ -279,10 +281,12 @@ def choose_case(
 ) -> ThreadMatch:
     """Decide which case `facts` joins; see the module docstring for the rules."""
     tagged = _by_tag(facts, kind, candidates, correspondent, team)
-    if tagged is not None:
+    if tagged is not None and tagged.rule is ThreadRule.TAG:
         return tagged
     if candidates.by_reference:
         return _by_reference(candidates.by_reference)
+    if tagged is not None:  # the body marker: a quote may be older than the thread
+        return tagged
     if kind is not Kind.AUTOMATED and subject_window > timedelta(0):
         by_subject = _by_subject(facts, candidates.by_subject, now, subject_window, correspondent)
         if by_subject is not None:
