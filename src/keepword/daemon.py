@@ -252,7 +252,10 @@ class Daemon:
                 with log_context(mailbox=name):
                     await self._perform(kind, box, worker, health)
             except asyncio.CancelledError:
-                raise
+                if not self._stopping:
+                    raise
+                # Abandoned at stop: already logged once; no traceback from APScheduler.
+                log.debug("%s %s abandoned at stop", kind, name)
             except Exception as exc:
                 self._failed(kind, box, health, exc)
             else:
