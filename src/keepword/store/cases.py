@@ -155,7 +155,8 @@ def cases_by_message_ids(conn: Connection, mailbox: str, message_ids: Sequence[s
             message.c.case_id.is_not(None),
         )
     )
-    by_id: dict[str, int] = dict(conn.execute(query).tuples())
+    # Result has .keys(), so dict(result) would take it for a mapping: build it by hand.
+    by_id: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
     ordered: list[int] = []
     for mid in message_ids:
         cid = by_id.get(mid)

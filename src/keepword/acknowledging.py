@@ -1,0 +1,255 @@
+"""Turning an acknowledgement decision into a promise and a queued mail (one transaction).
+
+The window comes from the mailbox's own stored history (imported history included), so
+the first promise after installation is already measured; the inputs are recorded on
+the promise so it can be explained later (`keepword case KW-42`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, insert, select
+
+from keepword.config import MailboxSettings, Settings
+from keepword.domain import acknowledge, cases
+from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.model import (
+    MessageFacts,
+    OutboxKind,
+    PromiseAudience,
+    PromiseKind,
+    PromiseState,
+)
+from keepword.domain.windows import (
+    Window,
+    backlog_history,
+    first_response_samples,
+    response_window,
+    usual_backlog,
+)
+from keepword.mail.compose import customer_mail, team_mail
+from keepword.mail.render import (
+    AcknowledgementContext,
+    FollowUpNoteContext,
+    LeadAlertContext,
+    Renderer,
+    acknowledgement_context,
+    customer_due,
+    window_duration_text,
+)
+from keepword.send import enqueue_mail
+from keepword.store import cases as case_store
+from keepword.store.tables import promise
+
+log = logging.getLogger(__name__)
+
+
+def calendar_for(settings: Settings, box: MailboxSettings) -> BusinessCalendar:
+    return BusinessCalendar.from_settings(box.calendar, settings.keepword.timezone)
+
+
+def honest_window(
+    conn: Connection, box: MailboxSettings, calendar: BusinessCalendar, now: datetime
+) -> Window:
+    """The window to promise now, from this mailbox's measured first responses and backlog."""
+    days = box.promise.history_days
+    history = case_store.first_response_history(conn, box.name, now - timedelta(days=days * 2))
+    samples = first_response_samples(history, calendar, now, days, quantile=box.promise.quantile)
+    # The case being acknowledged is already stored and unanswered: it is not its own queue.
+    waiting = sum(
+        1
+        for opened, answered in history
+        if answered is None and opened >= now - timedelta(days=days)
+    )
+    backlog_now = max(0, waiting - 1)
+    return response_window(
+        now,
+        calendar,
+        samples,
+        backlog_now=backlog_now,
+        backlog_usual=usual_backlog(backlog_history(history, now, days)),
+        settings=box.promise,
+    )
+
+
+class Acknowledger:
+    """Called by triage inside the message's transaction."""
+
+    def __init__(self, settings: Settings, box: MailboxSettings, renderer: Renderer) -> None:
+        self.settings = settings
+        self.box = box
+        self.renderer = renderer
+        self.calendar = calendar_for(settings, box)
+
+    def __call__(
+        self,
+        conn: Connection,
+        box: MailboxSettings,
+        case: cases.CaseState,
+        facts: MessageFacts,
+        decision: acknowledge.Decision,
+        now: datetime,
+    ) -> None:
+        assert case.id is not None and decision.send is not None
+        recipient = acknowledge.reply_address(facts)
+        assert recipient is not None
+        window = honest_window(conn, box, self.calendar, now)
+        first = decision.send is OutboxKind.ACKNOWLEDGEMENT
+        if first:
+            dedup = ack_key(case.id)
+            body = self.renderer.render(
+                "acknowledgement", box.language, self._ack(case, facts, window)
+            )
+        else:
+            window = self._current_due(conn, case.id) or window
+            dedup = note_key(case.id, now)
+            body = self.renderer.render(
+                "follow_up_note", box.language, self._note(case, facts, window)
+            )
+        mail = customer_mail(
+            box,
+            decision.send,
+            dedup_key=dedup,
+            to=recipient,
+            original_subject=case.subject or facts.subject,
+            reference=case.reference,
+            now=now,
+            in_reply_to=facts.message_id,
+            references=facts.references,
+        )
+        if not enqueue_mail(conn, mail, body, mailbox=box.name, case_id=case.id):
+            return
+        if first:
+            record_promise(conn, case.id, PromiseKind.FIRST_RESPONSE, window, now)
+        kind = cases.EventKind.ACKNOWLEDGEMENT if first else cases.EventKind.FOLLOW_UP_NOTE
+        detail = (
+            f"{decision.reason}: told {recipient} a reply is due by "
+            f"{window.due_at:%Y-%m-%d %H:%M} UTC. {window.explain()}"
+        )
+        case_store.add_events(
+            conn, case.id, [cases.Event(kind, now, box.address, detail, facts.pk)]
+        )
+        if first and window.behind:
+            self._alert_lead(conn, box, case, window, now)
+
+    def _current_due(self, conn: Connection, case_id: int) -> Window | None:
+        """A follow-up note repeats the time already promised, never a new one."""
+        row = conn.execute(
+            select(promise.c.due_at, promise.c.made_at)
+            .where(
+                and_(
+                    promise.c.case_id == case_id,
+                    promise.c.state == PromiseState.OPEN.value,
+                    promise.c.audience == PromiseAudience.CUSTOMER.value,
+                )
+            )
+            .order_by(promise.c.due_at)
+        ).first()
+        if row is None:
+            return None
+        minutes = int(self.calendar.minutes_between(row.made_at, row.due_at))
+        return Window(minutes=minutes, due_at=row.due_at, is_default=False, behind=False)
+
+    def _ack(
+        self, case: cases.CaseState, facts: MessageFacts, window: Window
+    ) -> AcknowledgementContext:
+        return acknowledgement_context(
+            window=window,
+            calendar=self.calendar,
+            reference=case.reference,
+            customer_name=_name(facts),
+            subject=facts.subject,
+            customer_offset_minutes=facts.date_offset_minutes,
+            team_name=self.box.display_name or self.box.address,
+            language=self.box.language,
+        )
+
+    def _note(
+        self, case: cases.CaseState, facts: MessageFacts, window: Window
+    ) -> FollowUpNoteContext:
+        zone = self.calendar.zone
+        return FollowUpNoteContext(
+            reference=case.reference,
+            customer_name=_name(facts),
+            subject=facts.subject,
+            due_local=window.due_at.astimezone(zone),
+            due_customer=customer_due(window.due_at, zone, facts.date_offset_minutes),
+            team_name=self.box.display_name or self.box.address,
+        )
+
+    def _alert_lead(
+        self,
+        conn: Connection,
+        box: MailboxSettings,
+        case: cases.CaseState,
+        window: Window,
+        now: datetime,
+    ) -> None:
+        assert case.id is not None
+        to = [box.lead] if box.lead else sorted(box.team_addresses() - {box.address})
+        if not to:
+            return
+        context = LeadAlertContext(
+            reference=case.reference,
+            customer=case.customer or "",
+            subject=case.subject,
+            window_text=window_duration_text(window.minutes, "en"),
+            maximum_text=window_duration_text(box.promise.maximum_window_minutes, "en"),
+            due_local=window.due_at.astimezone(self.calendar.zone),
+            explanation=window.explain(),
+            mailbox_address=box.address,
+            team_name=box.display_name or box.address,
+        )
+        mail = team_mail(
+            box,
+            OutboxKind.LEAD_ALERT,
+            dedup_key=f"lead_alert:{case.id}",
+            to=to,
+            reference=case.reference,
+            about=f"we are behind: {window_duration_text(window.minutes, 'en')}",
+            now=now,
+        )
+        enqueue_mail(
+            conn,
+            mail,
+            self.renderer.render("lead_alert", "en", context),
+            mailbox=box.name,
+            case_id=case.id,
+        )
+
+
+def record_promise(
+    conn: Connection, case_id: int, kind: PromiseKind, window: Window, now: datetime
+) -> None:
+    conn.execute(
+        insert(promise).values(
+            case_id=case_id,
+            kind=kind.value,
+            audience=PromiseAudience.CUSTOMER.value,
+            made_at=now,
+            due_at=window.due_at,
+            state=PromiseState.OPEN.value,
+            reason=window.explain(),
+            basis=dict(window.basis),
+            is_default=window.is_default,
+        )
+    )
+    case_store.add_events(
+        conn,
+        case_id,
+        [cases.Event(cases.EventKind.PROMISE_MADE, now, None, window.explain())],
+    )
+
+
+def ack_key(case_id: int) -> str:
+    return f"ack:{case_id}"
+
+
+def note_key(case_id: int, now: datetime) -> str:
+    return f"note:{case_id}:{now:%Y-%m-%d}"
+
+
+def _name(facts: MessageFacts) -> str:
+    return facts.sender.name if facts.sender and facts.sender.name else ""

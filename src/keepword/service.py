@@ -1,0 +1,158 @@
+"""The use cases the daemon schedules, for one configuration (daemon.Worker).
+
+poll  = ingest new mail (IMAP) + triage it (cases, acknowledgements into the outbox)
+chase = plan reminders, escalations and customer updates (into the outbox)
+drain = send the outbox (SMTP), checking the Sent folder after a crash
+
+Blocking work (imapclient, SQLAlchemy) runs in worker threads so the event loop, and
+with it the systemd watchdog, stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from keepword.acknowledging import Acknowledger
+from keepword.config import MailboxSettings, Settings
+from keepword.imap import ImapSession
+from keepword.ingest import MailboxPollResult, SessionFactory, poll_mailbox
+from keepword.mail.render import Renderer
+from keepword.secrets import resolve_secret
+from keepword.send import DrainResult, drain_outbox
+from keepword.store import outbox
+from keepword.store.db import open_store
+from keepword.triage import TriageResult, triage_pending
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LazySentCopy:
+    """The Sent folder over IMAP, connected only if the drain needs it (blocking)."""
+
+    def __init__(self, box: MailboxSettings) -> None:
+        assert box.sent_folder
+        self._box = box
+        self._folder = box.sent_folder
+        self._session: ImapSession | None = None
+
+    def _open(self) -> ImapSession:
+        if self._session is None:
+            session = ImapSession(self._box.imap, resolve_secret(self._box.imap))
+            session.connect()
+            self._session = session
+        return self._session
+
+    def has_message_id(self, message_id: str) -> bool:
+        return self._open().has_message_id(self._folder, message_id)
+
+    def append(self, raw: bytes) -> None:
+        self._open().append(self._folder, raw)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dry_run: bool = False,
+        clock: Clock = utc_now,
+        engine: Engine | None = None,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dry_run = dry_run or settings.keepword.dry_run
+        self.clock = clock
+        self.engine = engine or open_store(settings.keepword.effective_database_url())
+        self._session_factory = session_factory
+        self._renderers = {
+            box.name: Renderer.for_mailbox(settings, box) for box in settings.mailbox
+        }
+
+    # -- blocking steps (also used directly by tests and `keepword run --once`) ----------
+
+    def ingest(self, box: MailboxSettings) -> MailboxPollResult:
+        return poll_mailbox(
+            self.engine, self.settings, box, self.clock, session_factory=self._session_factory
+        )
+
+    def triage(self, box: MailboxSettings) -> TriageResult:
+        acknowledger = Acknowledger(self.settings, box, self._renderers[box.name])
+        result = triage_pending(
+            self.engine, self.settings, box, self.clock(), acknowledger=acknowledger
+        )
+        if result.triaged or result.closed:
+            log.info(
+                "mailbox %s: triaged %d message(s), opened %d case(s), queued %d "
+                "acknowledgement(s), closed %d",
+                box.name,
+                result.triaged,
+                result.opened,
+                result.acknowledged,
+                result.closed,
+            )
+        return result
+
+    def chase_now(self, box: MailboxSettings) -> None:
+        # The chase shell lands separately; until then the chase step is a logged no-op.
+        try:
+            chasing = importlib.import_module("keepword.chasing")
+        except ModuleNotFoundError:
+            log.debug("mailbox %s: no chase step available yet", box.name)
+            return
+        chasing.chase_mailbox(
+            self.engine, self.settings, box, self.clock(), renderer=self._renderers[box.name]
+        )
+
+    async def drain_now(self, box: MailboxSettings) -> DrainResult:
+        with self.engine.connect() as conn:
+            if not outbox.pending(conn, self.clock(), 1, mailbox=box.name):
+                return DrainResult()
+        sent_copy = LazySentCopy(box) if box.sent_folder else None
+        try:
+            return await drain_outbox(
+                self.engine,
+                self.settings,
+                box,
+                self.clock(),
+                sent_copy=sent_copy,
+                dry_run=self.dry_run,
+            )
+        finally:
+            if sent_copy is not None:
+                await asyncio.to_thread(sent_copy.close)
+
+    # -- daemon.Worker -------------------------------------------------------------------
+
+    async def poll(self, mailbox: MailboxSettings) -> None:
+        await asyncio.to_thread(self.ingest, mailbox)
+        await asyncio.to_thread(self.triage, mailbox)
+
+    async def chase(self, mailbox: MailboxSettings) -> None:
+        await asyncio.to_thread(self.chase_now, mailbox)
+
+    async def drain(self, mailbox: MailboxSettings) -> None:
+        await self.drain_now(mailbox)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.engine.dispose)
+
+
+def make_worker(settings: Settings, dry_run: bool = False) -> Service:
+    return Service(settings, dry_run=dry_run)

@@ -1,0 +1,434 @@
+"""The triage use case: every stored message, once, into a case; then acknowledge.
+
+Each message is handled in its own transaction (the Mailman model): classification,
+threading, the case change, its timeline, promises and the outbox row for an
+acknowledgement are written together, so a crash at any instant leaves the message
+either untouched (and triaged again) or fully triaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, and_, func, select, update
+
+from keepword.acknowledging import ack_key, calendar_for, honest_window, note_key
+from keepword.config import MailboxSettings, Settings
+from keepword.domain import acknowledge, cases, promises
+from keepword.domain.classify import classify
+from keepword.domain.model import (
+    Address,
+    CaseStatus,
+    Classification,
+    Kind,
+    MessageFacts,
+    PromiseState,
+)
+from keepword.domain.threading import (
+    Candidates,
+    CaseCandidate,
+    ThreadMatch,
+    ThreadRule,
+    choose_case,
+    external_correspondent,
+    find_case_reference,
+    referenced_ids,
+    subject_key,
+)
+from keepword.store import cases as case_store
+from keepword.store import promise_rows as promise_store
+from keepword.store.messages import load_facts
+from keepword.store.tables import case, message, message_location, outbox
+
+log = logging.getLogger(__name__)
+
+# A mail dated more than this before keepword's first poll is history even if it shows up
+# later (e.g. after a UIDVALIDITY change): never acknowledge mail from before we started.
+DELIVERY_GRACE = timedelta(days=1)
+
+
+@dataclass
+class TriageResult:
+    triaged: int = 0
+    opened: int = 0
+    acknowledged: int = 0
+    closed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+# Called inside the message's transaction when a case earns an acknowledgement or note.
+Acknowledger = Callable[
+    [Connection, MailboxSettings, cases.CaseState, MessageFacts, acknowledge.Decision, datetime],
+    None,
+]
+
+
+def triage_pending(
+    engine: Engine,
+    settings: Settings,
+    box: MailboxSettings,
+    now: datetime,
+    *,
+    acknowledger: Acknowledger | None = None,
+    limit: int = 5000,
+) -> TriageResult:
+    result = TriageResult()
+    for pk in _untriaged(engine, box.name, limit):
+        try:
+            with engine.begin() as conn:
+                _triage_one(conn, settings, box, pk, now, acknowledger, result)
+            result.triaged += 1
+        except Exception as exc:  # one bad message must never stop the rest
+            log.exception("mailbox %s: triage of message %s failed", box.name, pk)
+            result.errors.append(f"message {pk}: {exc}")
+            _mark_failed(engine, pk, now, exc)
+    _close_done(engine, box, now, result)
+    return result
+
+
+def _untriaged(engine: Engine, mailbox: str, limit: int) -> list[int]:
+    when = func.coalesce(message.c.date, message.c.received_at, message.c.stored_at)
+    query = (
+        select(message.c.id)
+        .where(and_(message.c.mailbox == mailbox, message.c.triaged_at.is_(None)))
+        .order_by(when, message.c.id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def _mark_failed(engine: Engine, pk: int, now: datetime, exc: Exception) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(message)
+            .where(message.c.id == pk)
+            .values(
+                triaged_at=now,
+                quarantined=True,
+                quarantine_reason=f"triage failed: {type(exc).__name__}: {exc}"[:2000],
+            )
+        )
+
+
+def _triage_one(
+    conn: Connection,
+    settings: Settings,
+    box: MailboxSettings,
+    pk: int,
+    now: datetime,
+    acknowledger: Acknowledger | None,
+    result: TriageResult,
+) -> None:
+    [facts] = load_facts(conn, [pk])
+    team = box.team_addresses()
+    verdict = classify(facts, team=team, own_addresses=frozenset({box.address}))
+    correspondent = external_correspondent(facts, verdict.kind, team)
+    match = choose_case(
+        facts,
+        verdict.kind,
+        _candidates(conn, box, facts),
+        now=now,
+        subject_window=timedelta(days=box.subject_threading_days),
+        correspondent=correspondent,
+        team=team,
+    )
+    at = facts.date or now
+    if match.case_id is None and not _opens_case(verdict.kind, match):
+        _record(conn, pk, verdict, None, match, now)
+        return
+    new_case = match.case_id is None
+    before = (
+        case_store.load_case(conn, match.case_id)
+        if match.case_id is not None
+        else _open(conn, box, facts, verdict.kind, correspondent, match, at)
+    )
+    if new_case:
+        result.opened += 1
+    change = _fold(before, facts, verdict, match, at, new_case)
+    saved = case_store.save_case(conn, change.case)
+    assert saved.id is not None
+    case_store.add_events(conn, saved.id, change.events)
+    if correspondent is not None:
+        case_store.add_correspondents(conn, saved.id, [correspondent.address])
+    _record(conn, pk, verdict, saved.id, match, now)
+    _settle_promises(conn, settings, box, before, saved, verdict.kind, at, now)
+    _acknowledge_if_due(
+        conn, settings, box, saved, facts, verdict, new_case, now, acknowledger, result
+    )
+
+
+def _opens_case(kind: Kind, match: ThreadMatch) -> bool:
+    if match.rule is ThreadRule.FORWARD_NEW:
+        return True
+    return kind in (Kind.CUSTOMER, Kind.STAFF)
+
+
+def _open(
+    conn: Connection,
+    box: MailboxSettings,
+    facts: MessageFacts,
+    kind: Kind,
+    correspondent: Address | None,
+    match: ThreadMatch,
+    at: datetime,
+) -> cases.CaseState:
+    opened = cases.open_case(
+        mailbox=box.name,
+        reference=box.reference_prefix,
+        at=at,
+        customer=correspondent,
+        subject=facts.subject,
+        subject_key=subject_key(facts.subject),
+        is_history=facts.is_history,
+        why=match.explanation,
+    )
+    saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
+    assert saved.id is not None
+    case_store.add_events(conn, saved.id, opened.events)
+    log.info("mailbox %s: opened %s (%s)", box.name, saved.reference, match.explanation)
+    return saved
+
+
+def _fold(
+    before: cases.CaseState,
+    facts: MessageFacts,
+    verdict: Classification,
+    match: ThreadMatch,
+    at: datetime,
+    new_case: bool,
+) -> cases.Change:
+    kind = verdict.kind
+    if match.rule is ThreadRule.FORWARD_NEW and new_case:
+        # A team member forwarded a customer's mail in: it counts as that customer's contact.
+        kind = Kind.CUSTOMER
+    why = f"{verdict.reason}; {match.explanation}" if not new_case else verdict.reason
+    sender = facts.sender.address if facts.sender else None
+    return cases.apply_message(
+        before, kind=kind, sender=sender, at=at, message_pk=facts.pk, why=why
+    )
+
+
+def _record(
+    conn: Connection,
+    pk: int,
+    verdict: Classification,
+    case_id: int | None,
+    match: ThreadMatch,
+    now: datetime,
+) -> None:
+    conn.execute(
+        update(message)
+        .where(message.c.id == pk)
+        .values(
+            kind=verdict.kind.value,
+            kind_reason=verdict.reason[:2000],
+            case_id=case_id,
+            thread_rule=match.rule.value,
+            triaged_at=now,
+        )
+    )
+
+
+def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> Candidates:
+    tag = find_case_reference(facts, [box.reference_prefix])
+    tag_ids = case_store.cases_by_reference_tag(conn, box.name, tag) if tag else []
+    ref_ids = _cases_by_references(conn, box.name, referenced_ids(facts))
+    subject_ids: list[int] = []
+    team = box.team_addresses()
+    for kind in (Kind.CUSTOMER, Kind.STAFF):
+        who = external_correspondent(facts, kind, team)
+        if who is not None:
+            key = subject_key(facts.subject)
+            subject_ids += case_store.cases_by_correspondent_subject(
+                conn, box.name, who.address, key
+            )
+    every = list(dict.fromkeys([*tag_ids, *ref_ids, *subject_ids]))
+    loaded = _load_candidates(conn, every)
+    return Candidates(
+        by_tag=loaded[tag_ids[0]] if tag_ids else None,
+        by_reference=tuple(loaded[i] for i in ref_ids),
+        by_subject=tuple(loaded[i] for i in dict.fromkeys(subject_ids)),
+    )
+
+
+def _cases_by_references(conn: Connection, mailbox: str, ids: Sequence[str]) -> list[int]:
+    """Cases that saw any referenced Message-ID: stored mail and keepword's own outbox."""
+    found = case_store.cases_by_message_ids(conn, mailbox, ids)
+    if ids:
+        query = select(outbox.c.message_id, outbox.c.case_id).where(
+            and_(outbox.c.message_id.in_(list(ids)), outbox.c.case_id.is_not(None))
+        )
+        own: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
+        for mid in ids:
+            cid = own.get(mid)
+            if cid is not None and cid not in found:
+                found.append(cid)
+    return found
+
+
+def _load_candidates(conn: Connection, ids: Sequence[int]) -> dict[int, CaseCandidate]:
+    if not ids:
+        return {}
+    people = case_store.correspondents(conn, ids)
+    rows = conn.execute(select(case).where(case.c.id.in_(list(ids))))
+    return {
+        row.id: CaseCandidate(
+            case_id=row.id,
+            reference=row.reference,
+            correspondents=people.get(row.id, frozenset()),
+            subject_key=row.subject_key or "",
+            last_activity=row.updated_at,
+            closed=row.status == CaseStatus.CLOSED.value,
+        )
+        for row in rows
+    }
+
+
+def _acknowledge_if_due(
+    conn: Connection,
+    settings: Settings,
+    box: MailboxSettings,
+    current: cases.CaseState,
+    facts: MessageFacts,
+    verdict: Classification,
+    new_case: bool,
+    now: datetime,
+    acknowledger: Acknowledger | None,
+    result: TriageResult,
+) -> None:
+    assert current.id is not None
+    recipient = acknowledge.reply_address(facts)
+    decision = acknowledge.decide(
+        facts,
+        verdict.kind,
+        new_case=new_case,
+        acknowledged=_has_outbox(conn, ack_key(current.id)),
+        note_sent_today=_has_outbox(conn, note_key(current.id, now)),
+        follow_up_notes=box.promise.follow_up_notes,
+        cutoff=_cutoff(conn, box.name),
+        team=box.team_addresses(),
+        counts=_sent_counts(conn, box.name, recipient, now),
+        limits=box.limits,
+    )
+    if not decision.sends:
+        if verdict.kind is Kind.CUSTOMER and not facts.is_history:
+            event = cases.Event(
+                cases.EventKind.NOT_ACKNOWLEDGED, now, None, decision.reason, facts.pk
+            )
+            case_store.add_events(conn, current.id, [event])
+        return
+    if acknowledger is None:
+        log.warning(
+            "mailbox %s: %s earns an acknowledgement but none is wired", box.name, current.reference
+        )
+        return
+    acknowledger(conn, box, current, facts, decision, now)
+    result.acknowledged += 1
+
+
+def _has_outbox(conn: Connection, dedup_key: str) -> bool:
+    query = select(outbox.c.id).where(outbox.c.dedup_key == dedup_key)
+    return conn.execute(query).first() is not None
+
+
+def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
+    first = conn.execute(
+        select(func.min(message_location.c.seen_at)).where(message_location.c.mailbox == mailbox)
+    ).scalar()
+    return None if first is None else first - DELIVERY_GRACE
+
+
+CUSTOMER_FACING = ("acknowledgement", "follow_up_note", "customer_update")
+
+
+def _sent_counts(
+    conn: Connection, mailbox: str, recipient: str | None, now: datetime
+) -> acknowledge.SentCounts:
+    query = select(outbox.c.recipients, outbox.c.created_at).where(
+        and_(
+            outbox.c.mailbox == mailbox,
+            outbox.c.kind.in_(CUSTOMER_FACING),
+            outbox.c.created_at >= now - timedelta(days=1),
+        )
+    )
+    hour_ago = now - timedelta(hours=1)
+    to_hour = to_day = all_hour = 0
+    for recipients, created in conn.execute(query):
+        mine = recipient is not None and recipient in (recipients or [])
+        to_day += mine
+        if created >= hour_ago:
+            all_hour += 1
+            to_hour += mine
+    return acknowledge.SentCounts(to_hour, to_day, all_hour)
+
+
+def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: TriageResult) -> None:
+    """A message moved to the done folder closes its case (once per location)."""
+    query = (
+        select(message_location.c.id, message.c.case_id)
+        .join(message, message.c.id == message_location.c.message_pk)
+        .where(
+            and_(
+                message_location.c.mailbox == box.name,
+                message_location.c.role == "done",
+                message_location.c.handled_at.is_(None),
+                message.c.triaged_at.is_not(None),
+            )
+        )
+    )
+    with engine.begin() as conn:
+        for location_id, case_id in conn.execute(query).all():
+            if case_id is not None:
+                current = case_store.load_case(conn, case_id)
+                change = cases.close(
+                    current, at=now, actor=None, why=f"moved to the {box.done_folder} folder"
+                )
+                if change.events:
+                    case_store.save_case(conn, change.case)
+                    case_store.add_events(conn, case_id, change.events)
+                    result.closed += 1
+            conn.execute(
+                update(message_location)
+                .where(message_location.c.id == location_id)
+                .values(handled_at=now)
+            )
+
+
+def _settle_promises(
+    conn: Connection,
+    settings: Settings,
+    box: MailboxSettings,
+    before: cases.CaseState,
+    after: cases.CaseState,
+    kind: Kind,
+    at: datetime,
+    now: datetime,
+) -> None:
+    """A team reply keeps (or, late, breaks) what was promised; a customer follow-up after
+    a reply gives the team a new internal target."""
+    assert after.id is not None
+    if kind is Kind.STAFF:
+        for settled in promises.on_staff_reply(promise_store.open_promises(conn, after.id), at):
+            promise_store.update_state(conn, settled)
+            event = (
+                cases.EventKind.PROMISE_KEPT
+                if settled.state is PromiseState.KEPT
+                else cases.EventKind.PROMISE_BROKEN
+            )
+            case_store.add_events(conn, after.id, [cases.Event(event, at, None, settled.reason)])
+        return
+    if kind is not Kind.CUSTOMER or before.first_response_at is None or after.is_history:
+        return
+    calendar = calendar_for(settings, box)
+    window = honest_window(conn, box, calendar, now)
+    for new in promises.on_customer_follow_up(
+        after, promise_store.open_promises(conn, after.id), now, window
+    ):
+        promise_store.insert_promise(conn, new)
+        case_store.add_events(
+            conn, after.id, [cases.Event(cases.EventKind.PROMISE_MADE, now, None, new.reason)]
+        )

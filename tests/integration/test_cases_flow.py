@@ -1,0 +1,324 @@
+"""Cases and acknowledgements end to end: real Dovecot, real aiosmtpd, real SQLite.
+
+Each test fills a fresh shared inbox, runs keepword's poll (ingest + triage) and drain
+steps as the daemon does, and checks the cases, timelines, promises and the mail that
+actually reached the SMTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from keepword.config import KeepwordSettings, MailboxSettings, Settings
+from keepword.domain.model import LOOP_HEADER, CaseStatus, PromiseState
+from keepword.service import Service
+from keepword.store import cases as case_store
+from keepword.store.db import open_store
+from keepword.store.tables import case, case_event, message, outbox, promise
+from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import SmtpServer
+
+pytestmark = pytest.mark.integration
+
+SUPPORT = "support@example.com"
+ALICE = "alice@example.com"
+ANN = ("Ann Lee", "ann@example.org")
+BOB = ("Bob Roe", "bob@example.net")
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def mail(
+    sender: tuple[str, str],
+    subject: str,
+    body: str = "Hello, please help.",
+    *,
+    to: str = SUPPORT,
+    date: datetime | None = None,
+    reply_to: EmailMessage | None = None,
+    cc: str | None = None,
+    headers: dict[str, str] | None = None,
+    references: bool = True,
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"{sender[0]} <{sender[1]}>"
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    msg["Message-ID"] = make_msgid(domain=sender[1].split("@")[1])
+    if reply_to is not None and references:
+        msg["In-Reply-To"] = reply_to["Message-ID"]
+        msg["References"] = reply_to["Message-ID"]
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(body)
+    return msg
+
+
+class Desk:
+    """One shared inbox with keepword running against it."""
+
+    def __init__(self, dovecot: Dovecot, user: str, smtp: SmtpServer, tmp: Path) -> None:
+        self.dovecot, self.user, self.smtp = dovecot, user, smtp
+        self.clock = Clock(datetime.now(UTC))
+        self.box = MailboxSettings(
+            name="support",
+            address=SUPPORT,
+            display_name="Example Support",
+            team=[ALICE],
+            lead="carol@example.com",
+            sent_folder="Sent",
+            done_folder="Done",
+            imap=dovecot.imap_settings(user),
+            smtp=smtp.settings(),
+            calendar={
+                "hours": {
+                    d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+                }
+            },
+        )
+        self.engine: Engine = open_store(f"sqlite:///{tmp / 'kw.db'}")
+        self.settings = Settings(
+            keepword=KeepwordSettings(
+                database_url=str(self.engine.url), allow_inline_passwords=True, state_dir=tmp
+            ),
+            mailbox=[self.box],
+        )
+        self.service = Service(self.settings, clock=self.clock, engine=self.engine)
+
+    def arrive(self, msg: EmailMessage, folder: str = "INBOX") -> EmailMessage:
+        self.dovecot.append(self.user, folder, msg.as_bytes())
+        return msg
+
+    def cycle(self) -> None:
+        self.service.ingest(self.box)
+        self.service.triage(self.box)
+        asyncio.run(self.service.drain_now(self.box))
+
+    def cases(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(case).order_by(case.c.id)))
+
+    def case_of(self, msg: EmailMessage) -> Any:
+        mid = msg["Message-ID"].strip("<>")
+        with self.engine.connect() as conn:
+            case_id = conn.execute(
+                select(message.c.case_id).where(message.c.message_id == mid)
+            ).scalar_one()
+            if case_id is None:
+                return None
+            return conn.execute(select(case).where(case.c.id == case_id)).one()
+
+    def kind_of(self, msg: EmailMessage) -> str:
+        mid = msg["Message-ID"].strip("<>")
+        with self.engine.connect() as conn:
+            return str(
+                conn.execute(select(message.c.kind).where(message.c.message_id == mid)).scalar_one()
+            )
+
+    def sent_to(self, address: str) -> list[Any]:
+        return [m for m in self.smtp.messages if address in m.rcpt_tos]
+
+    def events(self, case_id: int) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(case_event.c.kind)
+                    .where(case_event.c.case_id == case_id)
+                    .order_by(case_event.c.id)
+                ).scalars()
+            )
+
+
+@pytest.fixture
+def desk(
+    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
+) -> Iterator[Desk]:
+    desk = Desk(dovecot, mail_user, smtp_server, tmp_path)
+    desk.cycle()  # first contact: an empty mailbox, nothing is history from here on
+    yield desk
+    desk.engine.dispose()
+
+
+def test_customer_gets_one_honest_acknowledgement_and_staff_reply_from_sent_keeps_promise(
+    desk: Desk,
+) -> None:
+    question = desk.arrive(mail(ANN, "Charged twice"))
+    desk.cycle()
+    [opened] = desk.cases()
+    assert opened.reference == "KW-1" and opened.status == CaseStatus.NEW.value
+    [ack] = desk.sent_to(ANN[1])
+    assert ack.header("Auto-Submitted") == "auto-replied"
+    assert ack.header("In-Reply-To") == question["Message-ID"]
+    assert ack.header("Subject") == "Re: Charged twice [KW-1]"
+    assert ack.header(LOOP_HEADER)
+    text = ack.parsed().get_body(("plain",)).get_content()
+    assert "automatic" in text and "KW-1" in text
+    with desk.engine.connect() as conn:
+        [made] = conn.execute(select(promise)).all()
+    assert made.state == PromiseState.OPEN.value and made.is_default
+    # the due time stated in the mail is the promise's, in the mailbox's zone (UTC here)
+    assert f"{made.due_at:%H:%M}" in text
+
+    follow_up = desk.arrive(mail(ANN, "Re: Charged twice [KW-1]", reply_to=question))
+    desk.cycle()
+    assert len(desk.sent_to(ANN[1])) == 1, "no second canned text in a case"
+    assert desk.case_of(follow_up).id == opened.id
+
+    reply = mail(
+        ("Alice", ALICE), "Re: Charged twice [KW-1]", "Refunded.", to=ANN[1], reply_to=question
+    )
+    desk.arrive(reply, folder="Sent")
+    desk.cycle()
+    [answered] = desk.cases()
+    assert answered.status == CaseStatus.WAITING_ON_CUSTOMER.value
+    assert answered.owner == ALICE and answered.first_response_at is not None
+    with desk.engine.connect() as conn:
+        assert conn.execute(select(promise.c.state)).scalar_one() == PromiseState.KEPT.value
+    assert {"staff_reply", "owner_changed", "promise_kept"} <= set(desk.events(answered.id))
+
+
+def test_staff_reply_with_shared_address_in_cc_counts(desk: Desk) -> None:
+    question = desk.arrive(mail(ANN, "Login broken"))
+    desk.cycle()
+    reply = mail(("Alice", ALICE), "Re: Login broken", to=ANN[1], cc=SUPPORT, reply_to=question)
+    desk.arrive(reply)
+    desk.cycle()
+    assert desk.kind_of(reply) == "staff"
+    assert desk.case_of(reply).status == CaseStatus.WAITING_ON_CUSTOMER.value
+
+
+def test_robots_get_nothing_and_out_of_office_does_not_reopen(desk: Desk) -> None:
+    question = desk.arrive(mail(ANN, "Where is my parcel"))
+    desk.cycle()
+    [ack] = desk.sent_to(ANN[1])
+    ack_msg = ack.parsed()
+    auto = EmailMessage()
+    auto["From"] = f"Ann Lee <{ANN[1]}>"
+    auto["To"] = SUPPORT
+    auto["Subject"] = "Automatic reply: " + str(ack_msg["Subject"])
+    auto["Date"] = format_datetime(datetime.now(UTC))
+    auto["Message-ID"] = make_msgid(domain="example.org")
+    auto["In-Reply-To"] = str(ack_msg["Message-ID"])
+    auto["Auto-Submitted"] = "auto-replied"
+    auto.set_content("I am away until Monday.")
+    desk.arrive(auto)
+    bounce = desk.arrive(
+        mail(
+            ("Mail Delivery System", "MAILER-DAEMON@mx.example.net"),
+            "Undelivered Mail Returned to Sender",
+        )
+    )
+    listmail = desk.arrive(
+        mail(
+            ("News", "news@lists.example.com"),
+            "Weekly news",
+            headers={"List-Id": "<news.example.com>"},
+        )
+    )
+    desk.cycle()
+    assert len(desk.sent_to(ANN[1])) == 1
+    assert len(desk.smtp.messages) == 1, "only the one acknowledgement ever left"
+    assert desk.kind_of(auto) == "automated"
+    assert desk.case_of(auto).id == desk.case_of(question).id, "joins by In-Reply-To"
+    assert desk.case_of(auto).status == CaseStatus.NEW.value
+    assert desk.case_of(bounce) is None and desk.case_of(listmail) is None
+    assert len(desk.cases()) == 1
+
+
+def test_tag_only_and_subject_only_replies_thread_and_same_subject_customers_do_not_merge(
+    desk: Desk,
+) -> None:
+    first = desk.arrive(mail(ANN, "Invoice"))
+    other = desk.arrive(mail(BOB, "Invoice"))
+    desk.cycle()
+    assert desk.case_of(first).id != desk.case_of(other).id, "different customers, same subject"
+    tagged = desk.arrive(mail(ANN, "Re: Invoice [KW-1]", reply_to=first, references=False))
+    untagged = desk.arrive(mail(ANN, "AW: Invoice", reply_to=first, references=False))
+    desk.cycle()
+    assert desk.case_of(tagged).id == desk.case_of(first).id
+    assert desk.case_of(untagged).id == desk.case_of(first).id
+    assert len(desk.cases()) == 2
+    assert len(desk.sent_to(ANN[1])) == 1 and len(desk.sent_to(BOB[1])) == 1
+
+
+def test_stranger_cannot_inject_into_a_case_with_its_tag(desk: Desk) -> None:
+    desk.arrive(mail(ANN, "Password reset"))
+    desk.cycle()
+    stranger = desk.arrive(mail(BOB, "Re: Password reset [KW-1]"))
+    desk.cycle()
+    assert desk.case_of(stranger).reference == "KW-2"
+
+
+def test_forward_by_team_member_opens_case_for_original_sender(desk: Desk) -> None:
+    body = (
+        "FYI, can someone take this?\n\n"
+        "---------- Forwarded message ---------\n"
+        "From: Bob Roe <bob@example.net>\n"
+        "Date: Mon, 23 Nov 2026 09:00:00 +0100\n"
+        "Subject: Broken export\n"
+        "To: alice@example.com\n\n"
+        "The CSV export is empty.\n"
+    )
+    forward = desk.arrive(mail(("Alice", ALICE), "Fwd: Broken export", body))
+    desk.cycle()
+    opened = desk.case_of(forward)
+    assert opened is not None and opened.customer == BOB[1]
+    assert opened.status == CaseStatus.NEW.value
+
+
+def test_done_folder_closes_and_customer_reopens(desk: Desk) -> None:
+    question = desk.arrive(mail(ANN, "Cancel my plan"))
+    desk.cycle()
+    desk.arrive(question, folder="Done")
+    desk.cycle()
+    assert desk.case_of(question).status == CaseStatus.CLOSED.value
+    again = desk.arrive(mail(ANN, "Re: Cancel my plan [KW-1]", reply_to=question))
+    desk.cycle()
+    assert desk.case_of(again).status == CaseStatus.WAITING_ON_TEAM.value
+    assert "reopened" in desk.events(desk.case_of(again).id)
+
+
+def test_case_cli_shows_the_whole_story(
+    desk: Desk, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+
+    from keepword.cli import main
+
+    question = desk.arrive(mail(ANN, "Need an invoice copy"))
+    desk.cycle()
+    config = tmp_path / "kw.toml"
+    config.write_text(f'[keepword]\ndatabase_url = "{desk.engine.url}"\nstate_dir = "{tmp_path}"\n')
+    assert main(["--config", str(config), "case", "KW-1", "--json"]) == 0
+    story = json.loads(capsys.readouterr().out)
+    assert story["case"]["customer"] == ANN[1]
+    assert [m["from"] for m in story["messages"]] == [ANN[1]]
+    assert story["promises"][0]["state"] == "open"
+    assert "acknowledgement" in [e["kind"] for e in story["timeline"]]
+    assert main(["--config", str(config), "assign", "KW-1", "bob@example.com"]) == 0
+    assert main(["--config", str(config), "close", "KW-1"]) == 0
+    assert main(["--config", str(config), "cases", "--status", "closed", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert [c["reference"] for c in listed] == ["KW-1"] and listed[0]["owner"] == "bob@example.com"
+    assert desk.case_of(question).status == CaseStatus.CLOSED.value
+    with desk.engine.connect() as conn:
+        assert case_store.find_case(conn, "kw-1") is not None
+        assert conn.execute(select(outbox.c.state)).scalar_one() == "sent"
