@@ -162,6 +162,23 @@ def test_threading_keys_never_crash(seen: dict[str, Seen]) -> None:
         forwarded_original_sender(facts.body_text)
 
 
+@pytest.mark.parametrize(
+    ("name", "original"),
+    [
+        ("discourse/forwarded_email_1.eml", "some@one.com"),  # "From:" block, no marker
+        ("zammad/mail036.box", "m.smith@example.com"),  # GMX: "Gesendet:" then "Von:"
+        ("zammad/mail082.box", "from@example.com"),  # Outlook "[mailto:...]"
+        ("mailgun-flanker/multi-received-headers.eml", "hello@example.com"),
+    ],
+)
+def test_forwarded_senders_in_real_forwards(
+    seen: dict[str, Seen], name: str, original: str
+) -> None:
+    found = forwarded_original_sender(seen[name].facts.body_text)
+    assert found is not None
+    assert found.address == original
+
+
 def _mbox_messages(path: Path, tmp_path: Path) -> Iterator[bytes]:
     if path.suffix == ".gz":
         unpacked = tmp_path / path.stem

@@ -17,6 +17,7 @@ from keepword.domain.threading import (
     find_tag,
     find_tag_in_body,
     forwarded_original_sender,
+    forwarded_senders,
     is_forward_into_inbox,
     is_generic_subject,
     referenced_ids,
@@ -277,14 +278,60 @@ def test_forwarded_original_sender(body: str) -> None:
     assert found.address == "ann@customer.example"
 
 
+def test_header_block_without_marker() -> None:
+    # Outlook forwards: no marker line, just the quoted header block
+    body = (
+        "please handle\n\nFrom: Ann <ann@customer.example>\nSent: Monday\n"
+        "To: bob@shop.example\nSubject: Invoice\n\ntext"
+    )
+    assert forwarded_original_sender(body) == Address("ann@customer.example", "Ann")
+    webmail = "--\nGesendet: Mittwoch\n\nVon: Ann <ann@customer.example>\n\nAn: x@y.example\n"
+    assert forwarded_original_sender(webmail) == Address("ann@customer.example", "Ann")
+
+
+def test_newest_outside_sender_of_a_forward_chain() -> None:
+    body = (
+        "---------- Forwarded message ---------\nFrom: Bob <bob@shop.example>\n"
+        "Date: Monday\n\n> From: Ann <ann@customer.example>\n> Sent: Sunday\n> To: bob\n"
+    )
+    assert [a.address for a in forwarded_senders(body)] == [
+        "bob@shop.example",
+        "ann@customer.example",
+    ]
+    facts = message(Address("carol@shop.example"), body=body)
+    assert external_correspondent(facts, Kind.STAFF, TEAM) == Address("ann@customer.example", "Ann")
+    assert is_forward_into_inbox(facts, Kind.STAFF, TEAM)
+
+
 def test_outlook_from_line_keeps_the_name() -> None:
     body = "-----Original Message-----\nFrom: Doe, Jane [mailto:jane@x.example]\n"
     assert forwarded_original_sender(body) == Address("jane@x.example", "Doe, Jane")
 
 
 @pytest.mark.parametrize(
+    ("line", "address", "name"),
+    [
+        ("Jane Doe jane@x.example", "jane@x.example", "Jane Doe"),
+        ("Jane Doe (jane@x.example)", "jane@x.example", "Jane Doe"),
+        ('"Doe, Jane" <Jane@X.example>', "jane@x.example", "Doe, Jane"),
+        ("Jane <jane@x.example> on behalf of Bob", "jane@x.example", "Jane"),
+        ("jane@localhost", "jane@localhost", ""),
+    ],
+)
+def test_forwarded_from_line_shapes(line: str, address: str, name: str) -> None:
+    found = forwarded_original_sender(f"Begin forwarded message:\n\nFrom: {line}\nTo: x\n")
+    assert found == Address(address, name)
+
+
+@pytest.mark.parametrize(
     "body",
-    ["", "From: Ann <ann@customer.example>\n(no forward marker)", "---------- Forwarded message"],
+    [
+        "",
+        "From: Ann <ann@customer.example>\n(no forward marker)",
+        "---------- Forwarded message",
+        "Begin forwarded message:\n\nSubject: no sender line\n",
+        "Begin forwarded message:\n\nFrom: Jane Doe\n",
+    ],
 )
 def test_no_forwarded_sender(body: str) -> None:
     assert forwarded_original_sender(body) is None

@@ -194,20 +194,54 @@ _FROM_LINE = re.compile(
     r"^[\s>*]*(?:from|von|de|da|van|från|fra|od|від|от)\s*\*?\s*:\s*\*?\s*(.+)$",
     re.IGNORECASE | re.MULTILINE,
 )
-_ANGLE_ADDRESS = re.compile(r"<?\s*(?:mailto:)?([^\s<>\"'\[\]()]+@[^\s<>\"'\[\]()]+?)\s*>?\s*$")
+_ADDR_SPEC = re.compile(r"[^\s<>()\"'\[\]:;,*]+@[^\s<>()\"'\[\]:;,*]+")
+
+
+# Other lines of a quoted header block ("Sent:", "Gesendet:", "Objet :" ...).
+_HEADER_LABEL = re.compile(
+    r"^[\s>*]*(?:sent|date|to|cc|subject|gesendet|datum|an|betreff|envoy[ée]|objet|[àa]|"
+    r"enviado|asunto|para|inviato|oggetto|verzonden|onderwerp|aan|skickat|ämne|till|"
+    r"wysłano|temat|do)\s*\*?\s*:",
+    re.IGNORECASE,
+)
+_SCAN_CHARS = 20_000  # forwarded header blocks sit near the top; bodies can be huge
+
+
+def forwarded_senders(body_text: str) -> tuple[Address, ...]:
+    """Senders of the mails forwarded or quoted inline in a body, newest first.
+
+    A "From:" line counts after a forward marker ("---------- Forwarded message
+    ---------", "Begin forwarded message:", "-----Original Message-----" ...) or inside
+    a quoted header block (Outlook and webmail forward without a marker: "From: ...",
+    "Sent: ...", "To: ...", "Subject: ..." lines together).
+    """
+    text = body_text[:_SCAN_CHARS]
+    lines = text.split("\n")
+    marker = _FORWARD_MARKERS.search(text)
+    marker_line = text.count("\n", 0, marker.start()) if marker else len(lines)
+    found: dict[str, Address] = {}
+    for number, line in enumerate(lines):
+        match = _FROM_LINE.match(line)
+        if match is None:
+            continue
+        after_marker = marker_line <= number <= marker_line + 12
+        if not (after_marker or _in_header_block(lines, number)):
+            continue
+        address = _parse_from_line(match.group(1).strip())
+        if address is not None:
+            found.setdefault(address.address, address)
+    return tuple(found.values())
+
+
+def _in_header_block(lines: list[str], number: int) -> bool:
+    near = [line for line in lines[max(0, number - 4) : number + 6] if line.strip()]
+    return sum(1 for line in near if _HEADER_LABEL.match(line)) >= 2
 
 
 def forwarded_original_sender(body_text: str) -> Address | None:
-    """The sender of an inline-forwarded mail: the first "From:" line after the marker."""
-    marker = _FORWARD_MARKERS.search(body_text)
-    if marker is None:
-        return None
-    # The header block of the forwarded mail follows within a few lines.
-    window = body_text[marker.end() : marker.end() + 2000]
-    line = _FROM_LINE.search(window)
-    if line is None:
-        return None
-    return _parse_from_line(line.group(1).strip())
+    """The sender of the newest inline-forwarded (or quoted) mail, if the body has one."""
+    senders = forwarded_senders(body_text)
+    return senders[0] if senders else None
 
 
 _OUTLOOK_FROM = re.compile(r"^(.*?)\s*\[mailto:([^\]\s]+@[^\]\s]+)\]")
@@ -217,16 +251,17 @@ def _parse_from_line(value: str) -> Address | None:
     outlook = _OUTLOOK_FROM.match(value)  # Outlook: "Doe, Jane [mailto:jane@example.com]"
     if outlook:
         return Address(address=outlook.group(2).lower(), name=outlook.group(1).strip(' "'))
-    pairs = getaddresses([value])
-    for name, address in pairs:
+    for name, address in getaddresses([value]):
         cleaned = address.strip().strip("<>").lower()
-        if "@" in cleaned and "." in cleaned.rpartition("@")[2]:
+        if _ADDR_SPEC.fullmatch(cleaned):
             return Address(address=cleaned, name=name.strip().strip('"'))
-    match = _ANGLE_ADDRESS.search(value)
-    if match:
-        name = value[: match.start()].strip().strip('"').strip()
-        return Address(address=match.group(1).lower(), name=name)
-    return None
+    # Not RFC 5322 shaped ("Jane Doe jane@x.example", "Jane (jane@x.example)"): take
+    # the first addr-spec and what precedes it as the name.
+    match = _ADDR_SPEC.search(value)
+    if match is None:
+        return None
+    name = value[: match.start()].strip().strip('"<(').strip()
+    return Address(address=match.group(0).lower().rstrip("."), name=name)
 
 
 def external_correspondent(facts: MessageFacts, kind: Kind, team: frozenset[str]) -> Address | None:
@@ -249,10 +284,7 @@ def external_correspondent(facts: MessageFacts, kind: Kind, team: frozenset[str]
     recipient = outside((*facts.to, *facts.cc))
     if recipient is not None:
         return recipient
-    forwarded = forwarded_original_sender(facts.body_text)
-    if forwarded is not None and forwarded.address not in members:
-        return forwarded
-    return None
+    return next((a for a in forwarded_senders(facts.body_text) if a.address not in members), None)
 
 
 def is_forward_into_inbox(facts: MessageFacts, kind: Kind, team: frozenset[str]) -> bool:
@@ -262,8 +294,7 @@ def is_forward_into_inbox(facts: MessageFacts, kind: Kind, team: frozenset[str])
     members = frozenset(address.lower() for address in team)
     if any(a.address.lower() not in members for a in (*facts.to, *facts.cc)):
         return False
-    forwarded = forwarded_original_sender(facts.body_text)
-    return forwarded is not None and forwarded.address not in members
+    return any(a.address not in members for a in forwarded_senders(facts.body_text))
 
 
 # -- the decision ---------------------------------------------------------------------
@@ -392,8 +423,8 @@ def _new(
     if kind is Kind.AUTOMATED:
         return ThreadMatch(None, ThreadRule.NEW, f"automated mail matching no case{stranger}")
     if kind is Kind.STAFF and facts.origin is Origin.INBOX and correspondent is not None:
-        forwarded = forwarded_original_sender(facts.body_text)
-        if forwarded is not None and forwarded.address == correspondent.address:
+        forwarded = {a.address for a in forwarded_senders(facts.body_text)}
+        if correspondent.address in forwarded:
             return ThreadMatch(
                 None,
                 ThreadRule.FORWARD_NEW,
