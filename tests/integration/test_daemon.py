@@ -8,6 +8,7 @@ every call in a file, so the tests see exactly which jobs ran with which setting
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -53,6 +54,8 @@ class FakeWorker:
         await writer.wait_closed()
         if mailbox.name.startswith("broken"):
             raise MailboxError("IMAP server said no")
+        if mailbox.name.startswith("frozen"):
+            time.sleep(2.5)  # a bug that blocks the event loop itself
         if mailbox.name.startswith("slow"):
             await asyncio.to_thread(time.sleep, 60)  # a blocking call nobody can cancel
         METRICS.ingested(mailbox.name, 2)
@@ -117,6 +120,7 @@ class DaemonProcess:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp / "notify.sock"))
         self.messages: list[str] = []
+        self.arrivals: list[float] = []  # monotonic time each message was received
         self.extra = extra
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -161,6 +165,7 @@ class DaemonProcess:
             self.notify.settimeout(remaining)
             try:
                 self.messages.append(self.notify.recv(4096).decode())
+                self.arrivals.append(time.monotonic())
             except TimeoutError:
                 continue
 
@@ -298,6 +303,24 @@ def test_reload_with_changed_config_reschedules(
     sales_polls = kw.calls.read_text().count("poll sales")
     time.sleep(0.5)
     assert kw.calls.read_text().count("poll sales") == sales_polls
+    code, _ = kw.stop(timeout=10)
+    assert code == 0
+
+
+def test_a_frozen_event_loop_stops_the_watchdog_pings(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon()
+    kw.config.write_text(config_text(tmp_path, imap_port, {"frozen": 60}))
+    kw.start()
+    kw.wait_notify(ready)
+    for _ in range(6):
+        kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    pings = [t for m, t in zip(kw.messages, kw.arrivals, strict=True) if m == "WATCHDOG=1"]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
+    assert max(gaps) >= 2.0  # no ping while the loop was blocked ...
+    assert gaps[-1] < 1.0  # ... and every half interval again afterwards
+    kw.wait_call(r"^poll frozen")
     code, _ = kw.stop(timeout=10)
     assert code == 0
 
