@@ -401,6 +401,18 @@ def test_tag_from_a_stranger_is_ignored() -> None:
     assert "ignored KW-42" in why
 
 
+def test_tag_from_a_stranger_naming_the_customer_in_reply_to() -> None:
+    stranger = message(CARL, subject="Re: Invoice [KW-42]", reply_to=(ANN,))
+    assert choose(stranger, Candidates(by_tag=case()))[:2] == (None, ThreadRule.NEW)
+
+
+def test_subject_match_on_a_closed_case_says_it_reopens() -> None:
+    candidates = Candidates(by_subject=(case(3, closed=True),))
+    case_id, rule, why = choose(message(), candidates)
+    assert (case_id, rule) == (3, ThreadRule.SUBJECT)
+    assert "reopens" in why
+
+
 def test_tag_from_a_stranger_falls_through_to_references() -> None:
     stranger = message(CARL, subject="Re: Invoice [KW-42]", in_reply_to=("x@y",))
     candidates = Candidates(by_tag=case(42), by_reference=(case(9),))

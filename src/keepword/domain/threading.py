@@ -356,10 +356,10 @@ def _tag_trust(
     """Why the tag may be believed, or None for a stranger quoting a case number."""
     sender = facts.sender.address.lower() if facts.sender else None
     correspondents = frozenset(address.lower() for address in case.correspondents)
+    # Deliberately the sender, not the correspondent: Reply-To is free text, and a
+    # stranger naming the customer there must not get into the case either.
     if sender is not None and sender in correspondents:
         return f"from its correspondent {sender}"
-    if correspondent is not None and correspondent.address.lower() in correspondents:
-        return f"about its correspondent {correspondent.address.lower()}"
     if kind in (Kind.STAFF, Kind.OWN) or (sender is not None and sender in _lower(team)):
         return "from the team"
     if any(other.case_id == case.case_id for other in by_reference):
@@ -401,11 +401,12 @@ def _by_subject(
         return None
     case = max(fitting, key=lambda c: (c.last_activity, c.case_id))
     days = max(0, (now - case.last_activity).days)
+    closed = "; closed, the message reopens it" if case.closed else ""
     return ThreadMatch(
         case.case_id,
         ThreadRule.SUBJECT,
         f"same correspondent {who} and subject {key!r} as {case.reference}, "
-        f"last active {days} day(s) ago (window {window.days} days)",
+        f"last active {days} day(s) ago (window {window.days} days){closed}",
     )
 
 
