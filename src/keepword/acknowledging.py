@@ -126,7 +126,7 @@ class Acknowledger:
         kind = cases.EventKind.ACKNOWLEDGEMENT if first else cases.EventKind.FOLLOW_UP_NOTE
         detail = (
             f"{decision.reason}: told {recipient} a reply is due by "
-            f"{window.due_at:%Y-%m-%d %H:%M} UTC. {window.explain()}"
+            f"{window.due_at:%Y-%m-%d %H:%M} UTC"
         )
         case_store.add_events(
             conn, case.id, [cases.Event(kind, now, box.address, detail, facts.pk)]

@@ -189,7 +189,14 @@ def _open(
     saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
     assert saved.id is not None
     case_store.add_events(conn, saved.id, opened.events)
-    log.info("mailbox %s: opened %s (%s)", box.name, saved.reference, match.explanation)
+    # History is imported by the thousand: one line per case only for live mail.
+    log.log(
+        logging.DEBUG if facts.is_history else logging.INFO,
+        "mailbox %s: opened %s (%s)",
+        box.name,
+        saved.reference,
+        match.explanation,
+    )
     return saved
 
 

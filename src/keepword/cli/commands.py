@@ -17,7 +17,7 @@ import keepword.cli
 Registrar = Callable[["argparse._SubParsersAction[Any]"], None]
 
 # Order in `keepword --help`: the daily commands first, then the rest alphabetically.
-_FIRST = ("run", "check", "import", "cases")
+_FIRST = ("run", "check", "ingest", "cases")
 
 
 def registrars() -> list[Registrar]:
