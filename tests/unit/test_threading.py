@@ -550,3 +550,24 @@ def test_subject_rule_property(window_days: int, age_days: int, same_person: boo
     expected = same_person and window_days > 0 and age_days <= window_days
     assert (case_id == 3) is expected
     assert (rule is ThreadRule.SUBJECT) is expected
+
+
+@given(
+    kind=st.sampled_from([Kind.CUSTOMER, Kind.AUTOMATED]),
+    in_subject=st.booleans(),
+    closed=st.booleans(),
+    other_cases=st.lists(st.integers(min_value=1, max_value=40), max_size=3),
+)
+def test_a_strangers_tag_never_joins_the_case(
+    kind: Kind, in_subject: bool, closed: bool, other_cases: list[int]
+) -> None:
+    subject = "Re: Invoice [KW-42]" if in_subject else "Invoice"
+    body = "" if in_subject else "Case reference: KW-42"
+    stranger = message(CARL, subject=subject, body=body, in_reply_to=("x@y",))
+    candidates = Candidates(
+        by_tag=case(42, closed=closed),
+        by_reference=tuple(case(other) for other in other_cases),
+    )
+    case_id, rule, _ = choose(stranger, candidates, kind)
+    assert case_id != 42
+    assert rule not in (ThreadRule.TAG, ThreadRule.BODY_TAG)
