@@ -158,6 +158,6 @@ def setup_logging(
     root.setLevel(level)
     # Libraries' chatter at INFO (APScheduler runs a job every few seconds) is noise here.
     noisy_level = logging.WARNING if root.level > logging.DEBUG else logging.DEBUG
-    for noisy in ("apscheduler", "aiosmtplib", "imapclient", "asyncio"):
+    for noisy in ("alembic", "apscheduler", "aiosmtplib", "imapclient", "asyncio"):
         logging.getLogger(noisy).setLevel(noisy_level)
     return handler
