@@ -17,34 +17,40 @@ then six evaluated months.
   backlog effect is emergent, not assumed.
 
 At every arrival the promise is computed exactly as in production, by
-keepword.domain.windows.measured_window (first_response_samples with the censoring of
-long-open cases, backlog_at, backlog_history/usual_backlog, response_window), from the
+keepword.domain.windows.measured_window (load_matched_samples - business-time first
+responses of the recent cases that met the nearest backlog, long-open cases counted
+with their age - backlog_at, usual_backlog, response_window), from the
 cases opened before it and only the responses that had happened by then, and compared
 with the actual first response. Also a fixed promise of
 "24 hours" (wall clock) on the same history.
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this directory would come first on sys.path, and a bench module named
+# like a stdlib one (bench/threading.py) would shadow it. Use src/ instead.
+BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+sys.path.insert(0, str(BENCH.parent / "src"))
 
 import argparse
 import math
 import random
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from keepword.config import CalendarSettings, PromiseSettings  # noqa: E402
-from keepword.domain.calendar import BusinessCalendar  # noqa: E402
-from keepword.domain.windows import measured_window  # noqa: E402
+from keepword.config import CalendarSettings, PromiseSettings
+from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.windows import measured_window
 
 ZONE = ZoneInfo("Europe/Berlin")
 HISTORY_START = date(2025, 10, 6)  # imported at installation

@@ -28,7 +28,7 @@ from keepword.domain.windows import (
 BERLIN = ZoneInfo("Europe/Berlin")
 CAL = BusinessCalendar(BERLIN, {d: [(time(9), time(17))] for d in range(5)})
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=BERLIN)  # a Monday morning
-SETTINGS = PromiseSettings()  # p90, 90 days, 20 cases, default 8 h, maximum 40 h
+SETTINGS = PromiseSettings(quantile=0.9)  # 90 days, 20 cases, default 8 h, maximum 40 h
 
 
 def history(business_minutes: list[float], *, seed: int = 1) -> list[Case]:
@@ -76,8 +76,9 @@ def lognormal(median: float, sigma: float, n: int, seed: int = 7) -> list[float]
         (61, 90),
         (200, 210),
         (240, 240),
-        (241, 300),
-        (421, 480),
+        (241, 270),
+        (246, 270),
+        (421, 450),
         (480, 480),
         (481, 540),
         (533, 540),

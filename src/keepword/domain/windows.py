@@ -50,7 +50,7 @@ BUSINESS_DAY_MINUTES = 8 * 60
 
 _ROUNDING = (  # (up to this many minutes, round up to a multiple of)
     (60, 15),
-    (4 * 60, 30),
+    (BUSINESS_DAY_MINUTES, 30),
     (2 * BUSINESS_DAY_MINUTES, 60),
     (5 * BUSINESS_DAY_MINUTES, BUSINESS_DAY_MINUTES // 2),
 )
@@ -117,11 +117,11 @@ def nearest_rank(samples: Sequence[float], quantile: float) -> float:
 def round_up_minutes(minutes: float) -> int:
     """Round up to a unit people say.
 
-    Quarter hours up to 1 h, half hours up to 4 h, whole hours up to two business days
-    (16 h; beyond a day the customer is told a due time such as "by Tuesday 12:00", so
-    hours read naturally), half days up to a week, whole days beyond. Never less than
-    15 minutes. (Half days from one day on cost up to 50% and broke the benchmark's
-    tightness target; see docs/benchmarks.md.)
+    Quarter hours up to 1 h, half hours up to a business day (8 h), whole hours up to
+    two business days (beyond a day the customer is told a due time such as "by Tuesday
+    12:00", so hours read naturally), half days up to a week, whole days beyond. Never
+    less than 15 minutes. (Coarser steps - whole hours from 4 h, half days from one day -
+    added up to 50% to promises for nothing; see docs/benchmarks.md.)
     """
     if minutes < 0 or math.isnan(minutes):
         raise ValueError(f"cannot round {minutes} minutes")
