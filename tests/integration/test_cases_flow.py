@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -322,3 +322,35 @@ def test_case_cli_shows_the_whole_story(
     with desk.engine.connect() as conn:
         assert case_store.find_case(conn, "kw-1") is not None
         assert conn.execute(select(outbox.c.state)).scalar_one() == "sent"
+
+
+def test_status_reports_polls_backlog_and_overdue_promises(
+    desk: Desk, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+
+    from sqlalchemy import update
+
+    from keepword.cli import main
+
+    desk.arrive(mail(ANN, "Where is my order"))
+    desk.cycle()
+    config = tmp_path / "status.toml"
+    imap = desk.box.imap
+    config.write_text(
+        f'[keepword]\ndatabase_url = "{desk.engine.url}"\nstate_dir = "{tmp_path}"\n'
+        "allow_inline_passwords = true\n"
+        f'[[mailbox]]\nname = "support"\naddress = "{SUPPORT}"\n'
+        f'[mailbox.imap]\nhost = "{imap.host}"\nport = {imap.port}\ntls = "plain"\n'
+        f'username = "{imap.username}"\npassword = "{imap.password}"\n'
+    )
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    [health] = json.loads(capsys.readouterr().out)
+    assert {f["folder"] for f in health["folders"]} == {"INBOX", "Sent", "Done"}
+    assert all(f["last_success_at"] for f in health["folders"])
+    assert (health["open_promises"], health["outbox_pending"], health["healthy"]) == (1, 0, True)
+    with desk.engine.begin() as conn:
+        conn.execute(update(promise).values(due_at=datetime.now(UTC) - timedelta(minutes=5)))
+    assert main(["--config", str(config), "status", "--json"]) == 1
+    [health] = json.loads(capsys.readouterr().out)
+    assert health["overdue_promises"] == 1 and health["healthy"] is False
