@@ -18,6 +18,7 @@ from typing import Final
 
 from keepword.config import Credentials
 from keepword.errors import SecretError
+from keepword.logs import register_secret
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Secret:
         self._value = value
         self.is_oauth2 = is_oauth2
         self.source = source  # a description such as "password_file /etc/kw/pw", never content
+        register_secret(value)  # last line of defence: the log formatter masks it
 
     def reveal(self) -> str:
         return self._value

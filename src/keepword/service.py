@@ -20,9 +20,11 @@ from sqlalchemy import Engine
 
 from keepword.acknowledging import Acknowledger
 from keepword.config import MailboxSettings, Settings
+from keepword.errors import MailboxError
 from keepword.imap import ImapSession
 from keepword.ingest import MailboxPollResult, SessionFactory, poll_mailbox
 from keepword.mail.render import Renderer
+from keepword.metrics import METRICS
 from keepword.secrets import resolve_secret
 from keepword.send import DrainResult, drain_outbox
 from keepword.store import outbox
@@ -88,9 +90,18 @@ class Service:
     # -- blocking steps (also used directly by tests and `keepword run --once`) ----------
 
     def ingest(self, box: MailboxSettings) -> MailboxPollResult:
-        return poll_mailbox(
-            self.engine, self.settings, box, self.clock, session_factory=self._session_factory
-        )
+        try:
+            result = poll_mailbox(
+                self.engine, self.settings, box, self.clock, session_factory=self._session_factory
+            )
+        except MailboxError:
+            METRICS.imap_error(box.name)
+            raise
+        METRICS.ingested(box.name, result.new)
+        METRICS.quarantined(box.name, sum(r.quarantined for r in result.folders.values()))
+        if result.errors:
+            METRICS.imap_error(box.name)
+        return result
 
     def triage(self, box: MailboxSettings) -> TriageResult:
         acknowledger = Acknowledger(self.settings, box, self._renderers[box.name])

@@ -162,3 +162,21 @@ def test_oauth2_token_command_marks_the_secret() -> None:
     assert secret.is_oauth2
     assert secret.reveal() == "ya29.token"
     assert "ya29" not in repr(secret)
+
+
+def test_a_resolved_secret_is_masked_in_log_lines(tmp_path: Path) -> None:
+    import io
+    import logging
+
+    from keepword.logs import forget_secrets, setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging("INFO", stream=stream, journal=False)
+    try:
+        secret = Secret("correct-horse-battery")
+        logging.getLogger("keepword.test").info("oops %s", secret.reveal())
+    finally:
+        logging.getLogger().removeHandler(handler)
+        forget_secrets()
+    assert "correct-horse-battery" not in stream.getvalue()
+    assert "oops" in stream.getvalue()
