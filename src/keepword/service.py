@@ -22,7 +22,7 @@ from keepword.acknowledging import Acknowledger
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
 from keepword.imap import ImapSession
-from keepword.ingest import MailboxPollResult, SessionFactory, poll_mailbox
+from keepword.ingest import MailboxPoller, MailboxPollResult, SessionFactory
 from keepword.mail.render import Renderer
 from keepword.metrics import METRICS
 from keepword.secrets import resolve_secret
@@ -86,14 +86,23 @@ class Service:
         self._renderers = {
             box.name: Renderer.for_mailbox(settings, box) for box in settings.mailbox
         }
+        self._pollers: dict[str, MailboxPoller] = {}
+
+    def _poller(self, box: MailboxSettings) -> MailboxPoller:
+        """One kept-open IMAP session per mailbox: an idle poll is one STATUS per folder."""
+        poller = self._pollers.get(box.name)
+        if poller is None:
+            poller = MailboxPoller(
+                self.engine, self.settings, box, session_factory=self._session_factory
+            )
+            self._pollers[box.name] = poller
+        return poller
 
     # -- blocking steps (also used directly by tests and `keepword run --once`) ----------
 
     def ingest(self, box: MailboxSettings) -> MailboxPollResult:
         try:
-            result = poll_mailbox(
-                self.engine, self.settings, box, self.clock, session_factory=self._session_factory
-            )
+            result = self._poller(box).poll(self.clock)
         except MailboxError:
             METRICS.imap_error(box.name)
             raise
@@ -162,6 +171,8 @@ class Service:
         await self.drain_now(mailbox)
 
     async def close(self) -> None:
+        for poller in self._pollers.values():
+            await asyncio.to_thread(poller.close)
         await asyncio.to_thread(self.engine.dispose)
 
 

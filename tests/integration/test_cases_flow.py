@@ -154,7 +154,7 @@ def desk(
     desk = Desk(dovecot, mail_user, smtp_server, tmp_path)
     desk.cycle()  # first contact: an empty mailbox, nothing is history from here on
     yield desk
-    desk.engine.dispose()
+    asyncio.run(desk.service.close())  # closes the kept IMAP sessions and the engine
 
 
 def test_customer_gets_one_honest_acknowledgement_and_staff_reply_from_sent_keeps_promise(
