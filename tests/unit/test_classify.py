@@ -232,10 +232,18 @@ def test_auto_response_suppress_alone_is_a_person() -> None:
     assert kind_of(facts(subject="Re: your offer", headers=headers)) is Kind.CUSTOMER
 
 
+@pytest.mark.parametrize(
+    "subject", ["Urlaubsreise nach Rom", "Holiday booking", "Absent items in my parcel"]
+)
+def test_auto_response_suppress_with_travel_topics_is_a_person(subject: str) -> None:
+    headers = {"x-auto-response-suppress": ("All",)}
+    assert kind_of(facts(subject=subject, headers=headers)) is Kind.CUSTOMER
+
+
 def test_auto_response_suppress_with_absence_subject_is_a_robot() -> None:
     headers = {"x-auto-response-suppress": ("All",)}
     result = classify(
-        facts(subject="Jane is on vacation until Monday", headers=headers),
+        facts(subject="Jane is out of the office until Monday", headers=headers),
         team=TEAM,
         own_addresses=OWN,
     )

@@ -88,10 +88,12 @@ _OOO_PREFIX = re.compile(
 # Lotus Notes: "AUTO: Jane Doe is out of the office"; upper case only, "Auto: car" is a topic.
 _LOTUS_AUTO = re.compile(r"^\s*AUTO\s*:")
 # Weaker: anywhere in the subject, only counts together with a hint header.
+# Phrases only a vacation notice uses: "Urlaub", "holiday" or "absent" alone are topics
+# too (a travel agency's customers write about them, from Outlook).
 _OOO_ANYWHERE = re.compile(
-    r"out\s+of\s+(?:the\s+)?office|on\s+vacation|on\s+holiday|away\s+until|abwesen|"
-    r"urlaub|autosvar|automatic\s+reply|auto[\s-]?reply|vacation\s+reply|fuera\s+de\s+la\s+oficina|"
-    r"absent|cong[ée]s",
+    r"out\s+of\s+(?:the\s+)?office|away\s+until|abwesend\s+bis|abwesenheitsnotiz|"
+    r"autosvar|automatic\s+reply|auto[\s-]?reply|vacation\s+reply|fuera\s+de\s+la\s+oficina|"
+    r"absent\s+du\s+bureau|nicht\s+im\s+b[üu]ro",
     re.IGNORECASE,
 )
 
