@@ -26,9 +26,26 @@ from __future__ import annotations
 
 import sys
 
-# This file is named like the stdlib module; drop its own folder from the path before
-# anything imports `threading`, or every such import would load this script.
-sys.path.pop(0)
+if __name__ == "__main__":
+    # This file is named like the stdlib module (the brief names it so): drop its own
+    # folder from the path before anything imports `threading`.
+    sys.path.pop(0)
+else:
+    # Another script in bench/ has this folder first on sys.path and its `import
+    # threading` found this file. Put the standard library's module in sys.modules: the
+    # import statement returns what sys.modules holds once this body has run, and the
+    # rest of this body only defines things (main() runs for __main__ only).
+    import importlib.util
+    import sysconfig
+
+    _spec = importlib.util.spec_from_file_location(
+        "threading", f"{sysconfig.get_paths()['stdlib']}/threading.py"
+    )
+    assert _spec is not None
+    assert _spec.loader is not None
+    _stdlib = importlib.util.module_from_spec(_spec)
+    sys.modules["threading"] = _stdlib
+    _spec.loader.exec_module(_stdlib)
 
 import argparse
 import gc
