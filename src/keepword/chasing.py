@@ -1,0 +1,516 @@
+"""The chase step the daemon runs every minute: apply `domain.chase.plan` to stored cases.
+
+For each case of a mailbox that waits on the team or still has open promises, one
+transaction: read the case, its open promises and the dedup keys already in its outbox,
+plan, then queue each action's mail (dedup key = the action's key), record the new
+promise of a customer update and supersede the old one, record breaches honestly, and
+write the case events. Running it twice at the same `now` queues nothing new: every
+mail is keyed, and a recorded breach closes its promise.
+
+Paused cases (closed, waiting on the customer) that still hold open promises are settled
+here too: past due they are broken, otherwise withdrawn. Once a day per mailbox, at
+`chase.digest_time` local time, the digest goes to the team and the lead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select
+
+from keepword.acknowledging import calendar_for, honest_window
+from keepword.config import MailboxSettings, Settings
+from keepword.domain import cases
+from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.chase import (
+    PAUSED_STATUSES,
+    BreachRecord,
+    CaseSnapshot,
+    ChaseAction,
+    CustomerUpdate,
+    Escalation,
+    Reminder,
+    plan,
+    update_lead_minutes,
+)
+from keepword.domain.model import CaseStatus, OutboxKind, PromiseState
+from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
+from keepword.domain.windows import Window
+from keepword.mail.compose import customer_mail, team_mail
+from keepword.mail.render import (
+    CustomerUpdateContext,
+    DigestCase,
+    DigestContext,
+    Renderer,
+    TeamCaseContext,
+    customer_due,
+    window_duration_text,
+)
+from keepword.send import enqueue_mail
+from keepword.store import cases as case_store
+from keepword.store import outbox as outbox_store
+from keepword.store import promises as promise_store
+from keepword.store.tables import case, message, outbox, promise
+
+log = logging.getLogger(__name__)
+
+AWAITING_TEAM = (CaseStatus.NEW, CaseStatus.WAITING_ON_TEAM)
+
+
+@dataclass(slots=True)
+class ChaseResult:
+    cases: int = 0
+    reminders: int = 0
+    escalations: int = 0
+    updates: int = 0
+    breaches: int = 0
+    silent_breaches: int = 0
+    withdrawn: int = 0
+    digests: int = 0
+
+    @property
+    def queued(self) -> int:
+        return self.reminders + self.escalations + self.updates + self.digests
+
+
+@dataclass(frozen=True, slots=True)
+class _Desk:
+    """What every case of one chase run shares."""
+
+    settings: Settings
+    box: MailboxSettings
+    calendar: BusinessCalendar
+    renderer: Renderer
+    now: datetime
+
+
+def chase_mailbox(
+    engine: Engine,
+    settings: Settings,
+    box: MailboxSettings,
+    now: datetime,
+    *,
+    renderer: Renderer,
+) -> ChaseResult:
+    """One chase step for one mailbox at `now` (blocking; idempotent at a given `now`)."""
+    desk = _Desk(settings, box, calendar_for(settings, box), renderer, now)
+    result = ChaseResult()
+    with engine.connect() as conn:
+        case_ids = cases_to_chase(conn, box.name)
+    for case_id in case_ids:
+        with engine.begin() as conn:
+            _chase_case(conn, desk, case_id, result)
+        result.cases += 1
+    if box.chase.digest_time is not None:
+        with engine.begin() as conn:
+            result.digests += _digest(conn, desk)
+    if result.queued or result.breaches or result.withdrawn:
+        log.info(
+            "mailbox %s: chase queued %d reminder(s), %d escalation(s), %d update(s), "
+            "%d digest(s); recorded %d breach(es) (%d silent), withdrew %d promise(s)",
+            box.name,
+            result.reminders,
+            result.escalations,
+            result.updates,
+            result.digests,
+            result.breaches,
+            result.silent_breaches,
+            result.withdrawn,
+        )
+    return result
+
+
+def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
+    """Live cases waiting on the team, and any case that still holds an open promise."""
+    awaiting = select(case.c.id).where(
+        and_(
+            case.c.mailbox == mailbox,
+            case.c.status.in_([s.value for s in AWAITING_TEAM]),
+            case.c.is_history.is_(False),
+        )
+    )
+    ids = set(conn.execute(awaiting).scalars())
+    ids.update(promise_store.case_ids_with_open_promises(conn, mailbox))
+    return sorted(ids)
+
+
+# -- one case ----------------------------------------------------------------------------
+
+
+def _chase_case(conn: Connection, desk: _Desk, case_id: int, result: ChaseResult) -> None:
+    state = case_store.load_case(conn, case_id)
+    open_now = promise_store.open_promises(conn, case_id)
+    if state.status in PAUSED_STATUSES:
+        _settle_paused(conn, desk, state, open_now, result)
+        return
+    done = _done_keys(conn, case_id)
+    window = _update_window(conn, desk, open_now)
+    snapshot = CaseSnapshot.of(state, open_now, team=_team(desk.box), lead=desk.box.lead)
+    by_id = {p.id: p for p in open_now}
+    for action in plan(
+        snapshot, desk.now, desk.calendar, desk.box.chase, done=done, new_window=window
+    ):
+        _apply(conn, desk, state, by_id, action, result)
+
+
+def _team(box: MailboxSettings) -> tuple[str, ...]:
+    """Who hears a reminder when nobody owns the case: the members, else the lead."""
+    members = tuple(box.team)
+    if members:
+        return members
+    return (box.lead,) if box.lead else ()
+
+
+def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
+    query = select(outbox.c.dedup_key).where(outbox.c.case_id == case_id)
+    return frozenset(conn.execute(query).scalars())
+
+
+def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Window | None:
+    """The honest window for a customer update, measured only when one may be planned."""
+    for p in open_now:
+        if not p.to_customer:
+            continue
+        total = desk.calendar.minutes_between(p.made_at, p.due_at)
+        left = desk.calendar.minutes_between(desk.now, p.due_at)
+        if desk.now > p.due_at or left <= update_lead_minutes(total, desk.box.chase):
+            return honest_window(conn, desk.box, desk.calendar, desk.now)
+    return None
+
+
+def _apply(
+    conn: Connection,
+    desk: _Desk,
+    state: cases.CaseState,
+    by_id: dict[int | None, Promise],
+    action: ChaseAction,
+    result: ChaseResult,
+) -> None:
+    if isinstance(action, BreachRecord):
+        _record_breach(conn, desk, state, by_id[action.promise_id], result)
+    elif isinstance(action, CustomerUpdate):
+        _send_update(conn, desk, state, by_id[action.promise_id], action, result)
+    elif isinstance(action, Reminder):
+        promised = by_id.get(action.promise_id)
+        if _team_mail(conn, desk, state, promised, OutboxKind.REMINDER, action):
+            result.reminders += 1
+    elif isinstance(action, Escalation):
+        promised = by_id.get(action.promise_id) if action.promise_id is not None else None
+        if _team_mail(conn, desk, state, promised, OutboxKind.ESCALATION, action):
+            result.escalations += 1
+
+
+def _event(
+    conn: Connection, case_id: int, kind: cases.EventKind, at: datetime, detail: str
+) -> None:
+    case_store.add_events(conn, case_id, [cases.Event(kind, at, None, detail)])
+
+
+def _announced(conn: Connection, value: Promise) -> bool:
+    """The customer was told before the due time: its update was queued by then."""
+    queued = promise_store.update_queued_at(conn, value)
+    return queued is not None and queued <= value.due_at
+
+
+def _record_breach(
+    conn: Connection, desk: _Desk, state: cases.CaseState, value: Promise, result: ChaseResult
+) -> None:
+    assert state.id is not None
+    announced = _announced(conn, value)
+    broken = break_if_due(value, desk.now, announced=announced)
+    if broken.is_open:
+        return
+    promise_store.update_state(conn, broken)
+    _event(conn, state.id, cases.EventKind.PROMISE_BROKEN, desk.now, broken.reason)
+    result.breaches += 1
+    if broken.to_customer and not announced:
+        result.silent_breaches += 1
+        log.warning("case %s: %s", state.reference, broken.reason)
+
+
+def _settle_paused(
+    conn: Connection,
+    desk: _Desk,
+    state: cases.CaseState,
+    open_now: list[Promise],
+    result: ChaseResult,
+) -> None:
+    """A closed case or one waiting on the customer owes nothing more; a breach stays one."""
+    assert state.id is not None
+    why = f"case {state.status.value.replace('_', ' ')}: nothing is owed any more"
+    for value in open_now:
+        if desk.now > value.due_at:
+            _record_breach(conn, desk, state, value, result)
+            continue
+        promise_store.update_state(conn, withdraw(value, desk.now, why))
+        result.withdrawn += 1
+
+
+# -- customer update ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _LastMessage:
+    message_id: str | None
+    references: tuple[str, ...]
+    body: str
+    at: datetime | None
+    offset_minutes: int | None
+    name: str
+
+
+def _last_customer_message(conn: Connection, case_id: int) -> _LastMessage | None:
+    row = conn.execute(
+        select(
+            message.c.message_id,
+            message.c.references,
+            message.c.body_text,
+            message.c.date,
+            message.c.received_at,
+            message.c.date_offset_minutes,
+            message.c.from_name,
+        )
+        .where(and_(message.c.case_id == case_id, message.c.kind == "customer"))
+        .order_by(message.c.received_at.desc(), message.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return _LastMessage(
+        message_id=row.message_id,
+        references=tuple((row.references or "").split()),
+        body=row.body_text or "",
+        at=row.received_at or row.date,
+        offset_minutes=row.date_offset_minutes,
+        name=row.from_name or "",
+    )
+
+
+def _what_is_happening(state: cases.CaseState) -> str:
+    lead = "and our team lead has been asked to make sure it is answered."
+    if state.owner:
+        return f"your case is with {state.owner}, {lead}"
+    return f"your case is waiting for the next free person on our team, {lead}"
+
+
+def _send_update(
+    conn: Connection,
+    desk: _Desk,
+    state: cases.CaseState,
+    old: Promise,
+    action: CustomerUpdate,
+    result: ChaseResult,
+) -> None:
+    assert state.id is not None
+    if not state.customer:
+        log.warning("case %s: no customer address for an update", state.reference)
+        return
+    last = _last_customer_message(conn, state.id)
+    zone = desk.calendar.zone
+    context = CustomerUpdateContext(
+        reference=state.reference,
+        customer_name=state.customer_name or (last.name if last else ""),
+        subject=state.subject,
+        promised_local=old.due_at.astimezone(zone),
+        due_local=action.new_due_at.astimezone(zone),
+        due_customer=customer_due(action.new_due_at, zone, last.offset_minutes if last else None),
+        window_text=window_duration_text(
+            desk.calendar.minutes_between(desk.now, action.new_due_at), desk.box.language
+        ),
+        is_default=action.window.is_default,
+        what_is_happening=_what_is_happening(state),
+        opening_hours=desk.calendar.describe_hours(desk.box.language),
+        team_name=desk.box.display_name or desk.box.address,
+    )
+    in_reply_to = last.message_id if last else None
+    references = (*last.references, last.message_id) if last and last.message_id else ()
+    mail = customer_mail(
+        desk.box,
+        OutboxKind.CUSTOMER_UPDATE,
+        dedup_key=action.key,
+        to=state.customer,
+        original_subject=state.subject,
+        reference=state.reference,
+        now=desk.now,
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+    body = desk.renderer.render("customer_update", desk.box.language, context)
+    if not enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
+        return
+    result.updates += 1
+    new = action.new_promise(desk.now)
+    new_id = promise_store.insert_promise(conn, new)
+    told = f"told {state.customer} a reply is due by {action.new_due_at:%Y-%m-%d %H:%M} UTC"
+    _event(conn, state.id, cases.EventKind.CUSTOMER_UPDATE, desk.now, f"{action.reason}: {told}")
+    _event(conn, state.id, cases.EventKind.PROMISE_MADE, desk.now, new.reason)
+    if not action.late and desk.now < old.due_at:
+        superseded = supersede(old, new_id, desk.now)
+        promise_store.update_state(conn, superseded)
+        _event(conn, state.id, cases.EventKind.PROMISE_SUPERSEDED, desk.now, superseded.reason)
+
+
+# -- reminders and escalations ------------------------------------------------------------
+
+
+def age_text(delta: timedelta) -> str:
+    """A case's age as people say it: '45 min', '3 h 20 min', '1 day 3 h'."""
+    minutes = max(0, int(delta.total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days} day{'s' if days != 1 else ''} {hours} h"
+    if hours:
+        return f"{hours} h {mins} min"
+    return f"{mins} min"
+
+
+def _team_mail(
+    conn: Connection,
+    desk: _Desk,
+    state: cases.CaseState,
+    promised: Promise | None,
+    kind: OutboxKind,
+    action: Reminder | Escalation,
+) -> bool:
+    assert state.id is not None
+    recipients = tuple(r for r in action.recipients if r)
+    if not recipients:
+        log.warning("case %s: nobody to send a %s to", state.reference, kind.value)
+        return False
+    zone = desk.calendar.zone
+    last = _last_customer_message(conn, state.id)
+    context = TeamCaseContext(
+        reference=state.reference,
+        customer=state.customer or "",
+        customer_name=state.customer_name or "",
+        subject=state.subject,
+        opened_local=state.opened_at.astimezone(zone),
+        age_text=age_text(desk.now - state.opened_at),
+        promised_local=promised.due_at.astimezone(zone) if promised else None,
+        promise_made_local=promised.made_at.astimezone(zone) if promised else None,
+        is_default=promised.is_default if promised else False,
+        owner=state.owner,
+        reason=action.reason,
+        last_message=last.body if last else "",
+        last_message_at=last.at.astimezone(zone) if last and last.at else None,
+        mailbox_address=desk.box.address,
+        done_folder=desk.box.done_folder,
+    )
+    mail = team_mail(
+        desk.box,
+        kind,
+        dedup_key=action.key,
+        to=recipients,
+        reference=state.reference,
+        about=state.subject,
+        now=desk.now,
+    )
+    body = desk.renderer.render(kind.value, "en", context)
+    if not enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
+        return False
+    event = cases.EventKind.REMINDER if kind is OutboxKind.REMINDER else cases.EventKind.ESCALATION
+    _event(conn, state.id, event, desk.now, f"{action.reason}: to {', '.join(recipients)}")
+    return True
+
+
+# -- daily digest ---------------------------------------------------------------------------
+
+
+def digest_key(mailbox: str, day: object) -> str:
+    return f"digest:{mailbox}:{day}"
+
+
+def _digest(conn: Connection, desk: _Desk) -> int:
+    """The day's digest once the local digest time has passed (at most one a day)."""
+    box, zone = desk.box, desk.calendar.zone
+    assert box.chase.digest_time is not None
+    local = desk.now.astimezone(zone)
+    if local.time() < box.chase.digest_time:
+        return 0
+    key = digest_key(box.name, local.date())
+    recipients = sorted({*box.team, *([box.lead] if box.lead else [])})
+    if not recipients or outbox_store.exists(conn, key):
+        return 0
+    context = digest_context(conn, desk)
+    mail = team_mail(
+        box, OutboxKind.DIGEST, dedup_key=key, to=recipients, reference=None, about="", now=desk.now
+    )
+    body = desk.renderer.render("digest", "en", context)
+    return int(enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))
+
+
+def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
+    box, zone, now = desk.box, desk.calendar.zone, desk.now
+    today = now.astimezone(zone).date()
+    open_cases = case_store.list_cases(conn, mailbox=box.name, statuses=list(AWAITING_TEAM))
+    due = _next_customer_due(conn, [c.id for c in open_cases if c.id is not None])
+    entries: list[tuple[datetime | None, datetime, DigestCase]] = []
+    for c in open_cases:
+        if c.is_history:
+            continue
+        at = due.get(c.id) if c.id is not None else None
+        entry = DigestCase(
+            reference=c.reference,
+            customer=c.customer or "",
+            subject=c.subject,
+            owner=c.owner,
+            due_local=at.astimezone(zone) if at else None,
+        )
+        entries.append((at, c.opened_at, entry))
+    far = datetime.max.replace(tzinfo=now.tzinfo)
+    entries.sort(key=lambda e: (e[0] or far, e[1]))
+    overdue = [e[2] for e in entries if e[0] is not None and e[0] < now]
+    due_today = [
+        e[2]
+        for e in entries
+        if e[0] is not None and e[0] >= now and e[0].astimezone(zone).date() == today
+    ]
+    kept, broken = _resolved_yesterday(conn, desk)
+    return DigestContext(
+        mailbox_name=box.display_name or box.name,
+        mailbox_address=box.address,
+        day=today,
+        open_by_urgency=[e[2] for e in entries],
+        due_today=due_today,
+        overdue=overdue,
+        kept_yesterday=kept,
+        broken_yesterday=broken,
+        done_folder=box.done_folder,
+    )
+
+
+def _next_customer_due(conn: Connection, case_ids: list[int]) -> dict[int, datetime]:
+    if not case_ids:
+        return {}
+    query = select(promise.c.case_id, promise.c.due_at).where(
+        and_(promise.c.case_id.in_(case_ids), promise.c.state == PromiseState.OPEN.value)
+    )
+    due: dict[int, datetime] = {}
+    for case_id, due_at in conn.execute(query):
+        if case_id not in due or due_at < due[case_id]:
+            due[case_id] = due_at
+    return due
+
+
+def _resolved_yesterday(conn: Connection, desk: _Desk) -> tuple[int, int]:
+    zone = desk.calendar.zone
+    today = desk.now.astimezone(zone).date()
+    start = datetime.combine(today - timedelta(days=1), datetime.min.time(), zone)
+    end = datetime.combine(today, datetime.min.time(), zone)
+    query = (
+        select(promise.c.state)
+        .join(case, case.c.id == promise.c.case_id)
+        .where(
+            and_(
+                case.c.mailbox == desk.box.name,
+                promise.c.resolved_at >= start,
+                promise.c.resolved_at < end,
+            )
+        )
+    )
+    states: list[Any] = list(conn.execute(query).scalars())
+    return states.count(PromiseState.KEPT.value), states.count(PromiseState.BROKEN.value)

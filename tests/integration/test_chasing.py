@@ -1,0 +1,419 @@
+"""Chasing end to end on virtual time: real Dovecot, real aiosmtpd, real SQLite.
+
+Customer mail is APPENDed to Dovecot, keepword's poll (ingest + triage + acknowledgement)
+runs as the daemon runs it, then chase steps at chosen virtual instants, then the drain
+through the SMTP fixture. The assertions are about the mail people really received and
+the promises recorded. Business hours: Mon-Fri 09:00-17:00 UTC; with no history the
+promise is the default window of 8 business hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, time
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import time_machine
+from sqlalchemy import Engine, select
+
+from keepword.chasing import ChaseResult, chase_mailbox
+from keepword.cli import main
+from keepword.config import KeepwordSettings, MailboxSettings, Settings
+from keepword.domain import cases as case_rules
+from keepword.domain.model import CaseStatus, PromiseKind, PromiseState
+from keepword.mail.render import Renderer
+from keepword.service import Service
+from keepword.store import cases as case_store
+from keepword.store.db import open_store
+from keepword.store.tables import case, case_event, outbox, promise
+from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import CapturedMail, SmtpServer
+
+pytestmark = pytest.mark.integration
+
+SUPPORT = "support@example.com"
+ALICE = "alice@example.com"
+CAROL = "carol@example.com"  # the lead
+ANN = ("Ann Lee", "ann@example.org")
+MONDAY = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday without holidays
+MONDAY_MORNING = MONDAY.replace(hour=8)
+
+
+def at(day: datetime, hour: int, minute: int = 0) -> datetime:
+    return day.replace(hour=hour, minute=minute)
+
+
+def mail(
+    sender: tuple[str, str],
+    subject: str,
+    body: str,
+    *,
+    date: datetime,
+    to: str = SUPPORT,
+    reply_to: EmailMessage | None = None,
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"{sender[0]} <{sender[1]}>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = make_msgid(domain=sender[1].split("@")[1])
+    if reply_to is not None:
+        msg["In-Reply-To"] = reply_to["Message-ID"]
+        msg["References"] = reply_to["Message-ID"]
+    msg.set_content(body)
+    return msg
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Desk:
+    """A shared inbox with keepword's poll, chase and drain steps on a virtual clock."""
+
+    def __init__(
+        self,
+        dovecot: Dovecot,
+        user: str,
+        smtp: SmtpServer,
+        tmp: Path,
+        start: datetime,
+        calendar: dict[str, Any] | None = None,
+        chase: dict[str, Any] | None = None,
+    ) -> None:
+        self.dovecot, self.user, self.smtp, self.tmp = dovecot, user, smtp, tmp
+        self.clock = Clock(start)
+        self.box = MailboxSettings(
+            name="support",
+            address=SUPPORT,
+            display_name="Example Support",
+            team=[ALICE],
+            lead=CAROL,
+            sent_folder="Sent",
+            imap=dovecot.imap_settings(user),
+            smtp=smtp.settings(),
+            calendar=calendar or {},
+            chase={"digest_time": None, **(chase or {})},
+        )
+        self.engine: Engine = open_store(f"sqlite:///{tmp / 'kw.db'}")
+        self.settings = Settings(
+            keepword=KeepwordSettings(
+                database_url=str(self.engine.url), allow_inline_passwords=True, state_dir=tmp
+            ),
+            mailbox=[self.box],
+        )
+        self.service = Service(self.settings, clock=self.clock, engine=self.engine)
+        self.renderer = Renderer.for_mailbox(self.settings, self.box)
+        self.poll()  # first contact: an empty mailbox, so nothing later is history
+
+    def arrive(self, msg: EmailMessage, folder: str = "INBOX") -> EmailMessage:
+        self.dovecot.append(self.user, folder, msg.as_bytes())
+        return msg
+
+    def poll(self) -> None:
+        self.service.ingest(self.box)
+        self.service.triage(self.box)
+        self.drain()
+
+    def drain(self) -> None:
+        asyncio.run(self.service.drain_now(self.box))
+
+    def chase(self, when: datetime) -> ChaseResult:
+        """One chase step at `when`, then the drain (as the daemon's jobs do)."""
+        self.clock.now = when
+        result = chase_mailbox(self.engine, self.settings, self.box, when, renderer=self.renderer)
+        self.drain()
+        return result
+
+    def customer_writes(
+        self, when: datetime, subject: str, body: str, reply_to: EmailMessage | None = None
+    ) -> EmailMessage:
+        self.clock.now = when
+        msg = self.arrive(mail(ANN, subject, body, date=when, reply_to=reply_to))
+        self.poll()
+        return msg
+
+    def staff_replies(self, when: datetime, question: EmailMessage, body: str) -> None:
+        self.clock.now = when
+        subject = f"Re: {question['Subject']}"
+        reply = mail(("Alice", ALICE), subject, body, date=when, to=ANN[1], reply_to=question)
+        self.arrive(reply, folder="Sent")
+        self.poll()
+
+    def received(self, address: str) -> list[CapturedMail]:
+        return [m for m in self.smtp.messages if address in m.rcpt_tos]
+
+    def promises(self) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(promise).order_by(promise.c.id)))
+
+    def the_case(self) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(case)).one()
+
+    def events(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(case_event.c.kind).order_by(case_event.c.id)).scalars())
+
+    def outbox_keys(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(outbox.c.dedup_key).order_by(outbox.c.id)).scalars())
+
+    def config_file(self) -> Path:
+        pw = self.tmp / "imap.pw"
+        pw.write_text(self.dovecot.users[self.user] + "\n")
+        pw.chmod(0o600)
+        path = self.tmp / "keepword.toml"
+        path.write_text(
+            f"""
+[keepword]
+state_dir = "{self.tmp}"
+database_url = "{self.engine.url}"
+
+[[mailbox]]
+name = "support"
+address = "{SUPPORT}"
+team = ["{ALICE}"]
+lead = "{CAROL}"
+
+[mailbox.imap]
+host = "127.0.0.1"
+port = {self.dovecot.imap_port}
+tls = "plain"
+username = "{self.user}"
+password_file = "{pw}"
+"""
+        )
+        return path
+
+
+def text_of(captured: CapturedMail) -> str:
+    body = captured.parsed().get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+@pytest.fixture
+def make_desk(
+    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
+) -> Iterator[Any]:
+    made: list[Desk] = []
+
+    def make(start: datetime = MONDAY_MORNING, **options: Any) -> Desk:
+        desk = Desk(dovecot, mail_user, smtp_server, tmp_path, start, **options)
+        made.append(desk)
+        return desk
+
+    yield make
+    for desk in made:
+        desk.engine.dispose()
+
+
+def test_case_answered_in_time_keeps_its_promise_without_any_chasing(make_desk: Any) -> None:
+    desk = make_desk()
+    question = desk.customer_writes(at(MONDAY, 9), "Charged twice", "I was charged twice.")
+    [first] = desk.promises()
+    assert first.due_at == at(MONDAY, 17)  # 8 business hours, the default window
+    assert desk.chase(at(MONDAY, 12, 59)).queued == 0  # under 50%: nothing yet
+
+    desk.staff_replies(at(MONDAY, 12, 59), question, "Refunded, sorry.")
+    for when in (at(MONDAY, 16, 30), at(MONDAY, 18), at(MONDAY.replace(day=3), 10)):
+        assert desk.chase(when).queued == 0
+
+    [kept] = desk.promises()
+    assert kept.state == PromiseState.KEPT.value
+    [ack] = desk.received(ANN[1])  # the acknowledgement, and no update
+    assert ack.header("Subject") == "Re: Charged twice [KW-1]"
+    assert desk.received(ALICE) == [] and desk.received(CAROL) == []
+
+
+def test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline(
+    make_desk: Any,
+) -> None:
+    desk = make_desk(chase={"update_before_minutes": 30, "update_before_fraction": 0.05})
+    question = desk.customer_writes(
+        at(MONDAY, 9), "Charged twice", "I was charged twice for order 1234.\nPlease refund."
+    )
+    assert desk.chase(at(MONDAY, 12)).queued == 0
+
+    fifty = desk.chase(at(MONDAY, 13))
+    assert fifty.reminders == 1
+    assert desk.chase(at(MONDAY, 13)).queued == 0, "the same minute again queues nothing"
+    [reminder] = desk.received(ALICE)
+    assert reminder.header("Subject") == "[KW-1] Reminder: Charged twice"
+    assert reminder.header("Auto-Submitted") == "auto-generated"
+    text = text_of(reminder)
+    assert "> I was charged twice for order 1234." in text
+    assert "keepword assign KW-1" in text and "keepword close KW-1" in text
+    assert "ann@example.org" in text and "17:00" in text
+
+    assert desk.chase(at(MONDAY, 15, 30)).reminders == 1  # 80% (15:24)
+    assert desk.chase(at(MONDAY, 16, 15)).escalations == 1  # 90% (16:12), to the lead
+    [escalation] = desk.received(CAROL)
+    assert escalation.header("Subject") == "[KW-1] Escalation: Charged twice"
+    assert desk.received(ANN[1])[-1].header("Subject") == "Re: Charged twice [KW-1]"
+
+    update_step = desk.chase(at(MONDAY, 16, 31))  # 29 business minutes left of 480
+    assert (update_step.updates, update_step.reminders, update_step.escalations) == (1, 0, 0)
+    acknowledgement, update = desk.received(ANN[1])
+    assert acknowledgement.header("In-Reply-To") == question["Message-ID"]
+    assert update.header("Subject") == "Re: Charged twice [KW-1]"
+    assert update.header("In-Reply-To") == question["Message-ID"]
+    assert "we will not make that time" in text_of(update)
+    old, new = desk.promises()
+    assert old.state == PromiseState.SUPERSEDED.value and old.superseded_by == new.id
+    assert new.kind == PromiseKind.UPDATE.value and new.state == PromiseState.OPEN.value
+    assert new.due_at > old.due_at
+    assert f"{new.due_at:%H:%M}" in text_of(update)
+
+    # past the old due time: nothing more, the new promise runs
+    assert desk.chase(at(MONDAY, 17, 30)).queued == 0
+    desk.staff_replies(at(MONDAY.replace(day=3), 10), question, "Refunded, sorry for the wait.")
+    old, new = desk.promises()
+    assert new.state == PromiseState.KEPT.value
+    assert old.state == PromiseState.SUPERSEDED.value
+    events = desk.events()
+    for kind in ("reminder", "escalation", "customer_update", "promise_superseded"):
+        assert kind in events
+    assert "promise_broken" not in events
+    assert len(desk.received(ALICE)) == 2 and len(desk.received(CAROL)) == 1
+
+
+def test_stats_shows_the_announced_revision_and_no_silent_breach(
+    make_desk: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    desk = make_desk()
+    question = desk.customer_writes(at(MONDAY, 9), "Login broken", "I cannot log in.")
+    for hour in (13, 15, 16):
+        desk.chase(at(MONDAY, hour, 30))
+    desk.staff_replies(at(MONDAY.replace(day=3), 10), question, "Fixed.")
+    capsys.readouterr()
+    with time_machine.travel(at(MONDAY.replace(day=3), 12), tick=False):
+        code = main(["--config", str(desk.config_file()), "stats", "--json", "--days", "7"])
+    assert code == 0
+    [ledger] = json.loads(capsys.readouterr().out)
+    assert ledger["mailbox"] == "support" and ledger["cases"] == 1
+    assert ledger["silent_breaches"] == 0
+    assert ledger["promises_made"] == 2
+    assert ledger["promises_superseded"] == 1 and ledger["promises_kept"] == 1
+    assert ledger["reminders_sent"] == 2 and ledger["escalations_sent"] == 1
+    assert ledger["customer_updates_sent"] == 1
+    # first response Monday 09:00 -> Tuesday 10:00 = 8 h Monday + 1 h Tuesday
+    assert ledger["median_first_response_minutes"] == 9 * 60
+
+    with time_machine.travel(at(MONDAY.replace(day=3), 12), tick=False):
+        assert main(["--config", str(desk.config_file()), "stats"]) == 0
+    table = capsys.readouterr().out
+    assert "silent breaches" in table and "support" in table
+
+
+def test_a_customer_who_writes_three_times_is_escalated(make_desk: Any) -> None:
+    desk = make_desk()
+    first = desk.customer_writes(at(MONDAY, 9), "Where is my parcel?", "It has not arrived.")
+    assert desk.chase(at(MONDAY, 9, 5)).queued == 0
+    desk.customer_writes(at(MONDAY, 9, 30), "Re: Where is my parcel? [KW-1]", "Any news?", first)
+    assert desk.chase(at(MONDAY, 9, 35)).queued == 0
+    desk.customer_writes(at(MONDAY, 10), "Re: Where is my parcel? [KW-1]", "Hello??", first)
+    assert desk.the_case().unanswered_contacts == 3
+
+    result = desk.chase(at(MONDAY, 10, 5))
+    assert (result.escalations, result.reminders, result.updates) == (1, 0, 0)
+    [escalation] = desk.received(CAROL)
+    text = text_of(escalation)
+    assert "wrote 3 times" in text and "> Hello??" in text
+    assert desk.chase(at(MONDAY, 10, 6)).queued == 0
+    assert len(desk.received(ANN[1])) == 1  # one acknowledgement, no canned repeats
+
+
+def test_a_case_waiting_on_the_customer_is_not_chased(make_desk: Any) -> None:
+    desk = make_desk()
+    question = desk.customer_writes(at(MONDAY, 9), "Invoice", "Please send my invoice.")
+    desk.staff_replies(at(MONDAY, 10), question, "Which order number?")
+    assert desk.the_case().status == CaseStatus.WAITING_ON_CUSTOMER.value
+    for when in (at(MONDAY, 13), at(MONDAY, 16, 45), at(MONDAY.replace(day=4), 12)):
+        assert desk.chase(when).queued == 0
+    assert desk.received(ALICE) == [] and desk.received(CAROL) == []
+    assert len(desk.received(ANN[1])) == 1
+
+
+def test_a_case_closed_without_a_reply_has_its_promise_withdrawn(make_desk: Any) -> None:
+    desk = make_desk()
+    desk.customer_writes(at(MONDAY, 9), "Thanks!", "Just saying thanks.")
+    with desk.engine.begin() as conn:  # as `keepword close` does: no promise handling
+        current = case_store.load_case(conn, desk.the_case().id)
+        change = case_rules.close(current, at=at(MONDAY, 9, 30), actor=ALICE, why="nothing to do")
+        case_store.save_case(conn, change.case)
+    result = desk.chase(at(MONDAY, 13))
+    assert result.withdrawn == 1 and result.queued == 0
+    [withdrawn] = desk.promises()
+    assert withdrawn.state == PromiseState.WITHDRAWN.value
+    assert desk.chase(at(MONDAY, 18)).breaches == 0, "withdrawn, not broken later"
+
+
+def test_a_weekend_and_a_public_holiday_do_not_move_the_chase_on(make_desk: Any) -> None:
+    thursday = datetime(2026, 12, 24, tzinfo=UTC)  # Christmas Day (DE) is the Friday
+    desk = make_desk(start=at(thursday, 8), calendar={"country": "DE"})
+    desk.customer_writes(at(thursday, 16), "Broken order", "The order arrived broken.")
+    [first] = desk.promises()
+    # 1 h on Thursday, Friday 25th holiday, weekend, then 7 h on Monday the 28th
+    assert first.due_at == datetime(2026, 12, 28, 16, tzinfo=UTC)
+    for day in (25, 26, 27):
+        assert desk.chase(datetime(2026, 12, day, 12, tzinfo=UTC)).queued == 0
+    monday = datetime(2026, 12, 28, tzinfo=UTC)
+    assert desk.chase(at(monday, 11, 59)).queued == 0  # 3 h 59 of 8 h
+    assert desk.chase(at(monday, 12)).reminders == 1  # 4 h of 8 h: 50%
+
+
+def test_daemon_down_across_the_deadline_one_late_update_and_an_escalation(
+    make_desk: Any,
+) -> None:
+    desk = make_desk()
+    desk.customer_writes(at(MONDAY, 9), "Refund", "Where is my refund?")
+    assert desk.chase(at(MONDAY, 13)).reminders == 1
+    # the daemon is down from 13:01 until Tuesday 10:00: the 80% reminder, the
+    # escalation and the update were all due in that time
+    tuesday = MONDAY.replace(day=3)
+    result = desk.chase(at(tuesday, 10))
+    assert (result.reminders, result.escalations, result.updates) == (0, 1, 1)
+    assert result.breaches == 1 and result.silent_breaches == 1  # honest: nobody was told
+    assert desk.chase(at(tuesday, 10, 1)).queued == 0
+    assert desk.chase(at(tuesday, 10, 2)).breaches == 0
+
+    old, new = desk.promises()
+    assert old.state == PromiseState.BROKEN.value and "silent breach" in old.reason
+    assert new.state == PromiseState.OPEN.value and new.due_at > at(tuesday, 10)
+    _acknowledgement, late = desk.received(ANN[1])
+    assert late.header("Subject") == "Re: Refund [KW-1]"
+    assert len(desk.received(ALICE)) == 1  # only the 50% reminder before the outage
+    [escalation] = desk.received(CAROL)
+    assert "passed" in text_of(escalation)
+    assert "promise_broken" in desk.events()
+
+
+def test_daily_digest_once_a_day_to_team_and_lead(make_desk: Any) -> None:
+    desk = make_desk(chase={"digest_time": time(8, 30)})
+    desk.customer_writes(at(MONDAY, 9), "Charged twice", "Help.")
+    assert desk.chase(at(MONDAY, 9, 5)).digests == 1  # after 08:30 local: today's digest
+    assert desk.chase(at(MONDAY, 9, 6)).digests == 0
+    tuesday = MONDAY.replace(day=3)
+    assert desk.chase(at(tuesday, 8, 29)).digests == 0
+    assert desk.chase(at(tuesday, 8, 30)).digests == 1
+    digests = [m for m in desk.received(CAROL) if "digest" in (m.header("Subject") or "").lower()]
+    assert len(digests) == 2 and all(ALICE in m.rcpt_tos for m in digests)
+    # Tuesday 08:30: the first promise broke overnight (recorded by this very step) and
+    # the late update's new promise is due today
+    text = text_of(digests[-1])
+    assert "Due today (1)" in text and "KW-1" in text
+    assert "0 promises kept, 1 broken" in text
+    assert "digest:support:2026-11-03" in desk.outbox_keys()
