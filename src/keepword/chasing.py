@@ -70,6 +70,7 @@ class ChaseResult:
     silent_breaches: int = 0
     withdrawn: int = 0
     digests: int = 0
+    failed: int = 0
 
     @property
     def queued(self) -> int:
@@ -101,8 +102,15 @@ def chase_mailbox(
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
     for case_id in case_ids:
-        with engine.begin() as conn:
-            _chase_case(conn, desk, case_id, result)
+        try:
+            with engine.begin() as conn:
+                _chase_case(conn, desk, case_id, result)
+        except Exception:  # one broken case (a bad template, bad data) must not stop the rest
+            log.exception(
+                "mailbox %s: chasing case %d failed; retried next step", box.name, case_id
+            )
+            result.failed += 1
+            continue
         result.cases += 1
     if box.chase.digest_time is not None:
         with engine.begin() as conn:

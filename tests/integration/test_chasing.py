@@ -136,6 +136,12 @@ class Desk:
         self.drain()
         return result
 
+    def daemon_chase(self, when: datetime) -> None:
+        """The chase as the daemon's Worker runs it (Service.chase in a thread), then drain."""
+        self.clock.now = when
+        asyncio.run(self.service.chase(self.box))
+        self.drain()
+
     def customer_writes(
         self, when: datetime, subject: str, body: str, reply_to: EmailMessage | None = None
     ) -> EmailMessage:
@@ -296,7 +302,7 @@ def test_stats_shows_the_announced_revision_and_no_silent_breach(
     desk = make_desk()
     question = desk.customer_writes(at(MONDAY, 9), "Login broken", "I cannot log in.")
     for hour in (13, 15, 16):
-        desk.chase(at(MONDAY, hour, 30))
+        desk.daemon_chase(at(MONDAY, hour, 30))  # the Worker's path: Service.chase
     desk.staff_replies(at(MONDAY.replace(day=3), 10), question, "Fixed.")
     capsys.readouterr()
     with time_machine.travel(at(MONDAY.replace(day=3), 12), tick=False):

@@ -1,0 +1,142 @@
+"""Promise repository on a real (SQLite) store: rows <-> domain Promise values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from keepword.domain.cases import CaseState
+from keepword.domain.chase import update_key
+from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.promises import Promise, break_if_due, supersede
+from keepword.store import cases as case_store
+from keepword.store import outbox as outbox_store
+from keepword.store import promises as store
+from keepword.store.db import open_store
+
+T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = open_store(f"sqlite:///{tmp_path / 'kw.db'}")
+    yield engine
+    engine.dispose()
+
+
+def new_case(engine: Engine, mailbox: str = "support", prefix: str = "KW") -> int:
+    with engine.begin() as conn:
+        saved = case_store.save_case(
+            conn,
+            CaseState(
+                id=None,
+                mailbox=mailbox,
+                reference=prefix,
+                status=CaseStatus.NEW,
+                opened_at=T0,
+                updated_at=T0,
+                customer="ann@example.org",
+                subject="Charged twice",
+            ),
+        )
+    assert saved.id is not None
+    return saved.id
+
+
+def promise_for(case_id: int, made: datetime, hours: int = 8, **kw: object) -> Promise:
+    return Promise(
+        id=None,
+        case_id=case_id,
+        kind=PromiseKind.FIRST_RESPONSE,
+        audience=PromiseAudience.CUSTOMER,
+        made_at=made,
+        due_at=made + timedelta(hours=hours),
+        reason="measured",
+        basis={"sample_size": 25, "quantile": 0.95},
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_round_trip_keeps_every_field(engine: Engine) -> None:
+    case_id = new_case(engine)
+    with engine.begin() as conn:
+        pid = store.insert_promise(conn, promise_for(case_id, T0, is_default=True))
+    with engine.connect() as conn:
+        [loaded] = store.open_promises(conn, case_id)
+    assert loaded.id == pid and loaded.case_id == case_id
+    assert loaded.kind is PromiseKind.FIRST_RESPONSE and loaded.to_customer
+    assert loaded.made_at == T0 and loaded.due_at == T0 + timedelta(hours=8)
+    assert loaded.made_at.tzinfo is not None, "aware UTC back from the store"
+    assert loaded.is_default and dict(loaded.basis) == {"sample_size": 25, "quantile": 0.95}
+    assert loaded.state is PromiseState.OPEN
+
+
+def test_supersede_and_break_are_stored_and_leave_the_open_set(engine: Engine) -> None:
+    case_id = new_case(engine)
+    with engine.begin() as conn:
+        first = store.insert_promise(conn, promise_for(case_id, T0))
+        second = store.insert_promise(conn, promise_for(case_id, T0 + timedelta(hours=7)))
+        [old, new] = store.open_promises(conn, case_id)
+        assert (old.id, new.id) == (first, second)
+        store.update_state(conn, supersede(old, second, T0 + timedelta(hours=7)))
+        store.update_state(conn, break_if_due(new, T0 + timedelta(hours=20)))
+    with engine.connect() as conn:
+        assert store.open_promises(conn, case_id) == []
+        assert store.case_ids_with_open_promises(conn, "support") == []
+        old, new = store.promises_of_case(conn, case_id)
+    assert old.state is PromiseState.SUPERSEDED and old.superseded_by == second
+    assert old.resolved_at == T0 + timedelta(hours=7)
+    assert new.state is PromiseState.BROKEN and "silent breach" in new.reason
+
+
+def test_open_promise_cases_and_period_are_per_mailbox(engine: Engine) -> None:
+    ours, theirs = new_case(engine), new_case(engine, "sales", "SA")
+    with engine.begin() as conn:
+        store.insert_promise(conn, promise_for(ours, T0))
+        store.insert_promise(conn, promise_for(ours, T0 + timedelta(days=3)))
+        store.insert_promise(conn, promise_for(theirs, T0))
+    with engine.connect() as conn:
+        assert store.case_ids_with_open_promises(conn, "support") == [ours]
+        made = store.mailbox_promises(
+            conn, ["support"], made_since=T0, made_until=T0 + timedelta(days=1)
+        )
+    assert [(p.case_id, p.made_at) for p in made] == [(ours, T0)]
+
+
+def test_update_queued_at_reads_the_update_key_only(engine: Engine) -> None:
+    case_id = new_case(engine)
+    with engine.begin() as conn:
+        pid = store.insert_promise(conn, promise_for(case_id, T0))
+        [value] = store.open_promises(conn, case_id)
+        assert store.update_queued_at(conn, value) is None
+        outbox_store.enqueue(
+            conn,
+            "support",
+            case_id,
+            "reminder",
+            f"reminder:case:{case_id}:promise:{pid}:50",
+            ["alice@example.com"],
+            "reminder",
+            b"x",
+            T0 + timedelta(hours=4),
+            message_id="<r@example.com>",
+        )
+        assert store.update_queued_at(conn, value) is None
+        queued = T0 + timedelta(hours=7, minutes=30)
+        outbox_store.enqueue(
+            conn,
+            "support",
+            case_id,
+            "customer_update",
+            update_key(case_id, pid),
+            ["ann@example.org"],
+            "update",
+            b"x",
+            queued,
+            message_id="<u@example.com>",
+        )
+        assert store.update_queued_at(conn, value) == queued
