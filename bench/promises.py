@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 # Run as a script, this directory would come first on sys.path, and a bench module named
-# like a stdlib one (bench/threading.py) would shadow it. Use src/ instead.
+# like a stdlib one would shadow it. Use src/ instead.
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
 sys.path.insert(0, str(BENCH.parent / "src"))

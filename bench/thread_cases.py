@@ -1,6 +1,6 @@
 """Threading benchmark (not a test): classification + key extraction + choose_case.
 
-    .venv/bin/python bench/threading.py [--messages 20000] [--seed 7] [--repeat 3]
+    .venv/bin/python bench/thread_cases.py [--messages 20000] [--seed 7] [--repeat 3]
 
 Generates a realistic shared inbox of --messages stored messages in threads, in time
 order over about three months: customers write (order numbers, invoices, and a share
@@ -24,32 +24,10 @@ every message, so the run also reports how many messages landed in the wrong cas
 
 from __future__ import annotations
 
-import sys
-
-if __name__ == "__main__":
-    # This file is named like the stdlib module (the brief names it so): drop its own
-    # folder from the path before anything imports `threading`.
-    sys.path.pop(0)
-else:
-    # Another script in bench/ has this folder first on sys.path and its `import
-    # threading` found this file. Put the standard library's module in sys.modules: the
-    # import statement returns what sys.modules holds once this body has run, and the
-    # rest of this body only defines things (main() runs for __main__ only).
-    import importlib.util
-    import sysconfig
-
-    _spec = importlib.util.spec_from_file_location(
-        "threading", f"{sysconfig.get_paths()['stdlib']}/threading.py"
-    )
-    assert _spec is not None
-    assert _spec.loader is not None
-    _stdlib = importlib.util.module_from_spec(_spec)
-    sys.modules["threading"] = _stdlib
-    _spec.loader.exec_module(_stdlib)
-
 import argparse
 import gc
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
