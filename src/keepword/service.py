@@ -11,7 +11,6 @@ with it the systemd watchdog, stays responsive.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from keepword.acknowledging import Acknowledger
+from keepword.chasing import ChaseResult, chase_mailbox
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
 from keepword.imap import ImapSession
@@ -129,14 +129,8 @@ class Service:
             )
         return result
 
-    def chase_now(self, box: MailboxSettings) -> None:
-        # The chase shell lands separately; until then the chase step is a logged no-op.
-        try:
-            chasing = importlib.import_module("keepword.chasing")
-        except ModuleNotFoundError:
-            log.debug("mailbox %s: no chase step available yet", box.name)
-            return
-        chasing.chase_mailbox(
+    def chase_now(self, box: MailboxSettings) -> ChaseResult:
+        return chase_mailbox(
             self.engine, self.settings, box, self.clock(), renderer=self._renderers[box.name]
         )
 

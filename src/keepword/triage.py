@@ -125,7 +125,8 @@ def _triage_one(
 ) -> None:
     [facts] = load_facts(conn, [pk])
     team = box.team_addresses()
-    verdict = classify(facts, team=team, own_addresses=frozenset({box.address}))
+    own = frozenset(b.address for b in settings.mailbox) | {box.address}
+    verdict = classify(facts, team=team, own_addresses=own)
     correspondent = external_correspondent(facts, verdict.kind, team)
     match = choose_case(
         facts,
