@@ -8,8 +8,8 @@ write the case events. Running it twice at the same `now` queues nothing new: ev
 mail is keyed, and a recorded breach closes its promise.
 
 Paused cases (closed, waiting on the customer) that still hold open promises are settled
-here too: past due they are broken, otherwise withdrawn. Once a day per mailbox, at
-`chase.digest_time` local time, the digest goes to the team and the lead.
+here too: past due they are broken, otherwise withdrawn. Once a business day per
+mailbox, at `chase.digest_time` local time, the digest goes to the team and the lead.
 """
 
 from __future__ import annotations
@@ -433,11 +433,15 @@ def digest_key(mailbox: str, day: object) -> str:
 
 
 def _digest(conn: Connection, desk: _Desk) -> int:
-    """The day's digest once the local digest time has passed (at most one a day)."""
+    """The day's digest once the local digest time has passed (at most one a day).
+
+    Business days only: on a weekend or holiday nobody is there to act on it, and the
+    next business day's digest lists everything that is still open.
+    """
     box, zone = desk.box, desk.calendar.zone
     assert box.chase.digest_time is not None
     local = desk.now.astimezone(zone)
-    if local.time() < box.chase.digest_time:
+    if local.time() < box.chase.digest_time or not desk.calendar.day_intervals(local.date()):
         return 0
     key = digest_key(box.name, local.date())
     recipients = sorted({*box.team, *([box.lead] if box.lead else [])})

@@ -407,7 +407,7 @@ def test_daemon_down_across_the_deadline_one_late_update_and_an_escalation(
     assert "promise_broken" in desk.events()
 
 
-def test_daily_digest_once_a_day_to_team_and_lead(make_desk: Any) -> None:
+def test_daily_digest_once_a_business_day_to_team_and_lead(make_desk: Any) -> None:
     desk = make_desk(chase={"digest_time": time(8, 30)})
     desk.customer_writes(at(MONDAY, 9), "Charged twice", "Help.")
     assert desk.chase(at(MONDAY, 9, 5)).digests == 1  # after 08:30 local: today's digest
@@ -423,3 +423,29 @@ def test_daily_digest_once_a_day_to_team_and_lead(make_desk: Any) -> None:
     assert "Due today (1)" in text and "KW-1" in text
     assert "0 promises kept, 1 broken" in text
     assert "digest:support:2026-11-03" in desk.outbox_keys()
+    saturday = MONDAY.replace(day=7)
+    assert desk.chase(at(saturday, 9)).digests == 0, "no digest when nobody works"
+
+
+def test_a_follow_up_after_a_reply_is_chased_inside_the_team_only(make_desk: Any) -> None:
+    desk = make_desk()
+    question = desk.customer_writes(at(MONDAY, 9), "Refund", "Where is my refund?")
+    desk.staff_replies(at(MONDAY, 10), question, "It is on its way.")
+    desk.customer_writes(at(MONDAY, 11), "Re: Refund [KW-1]", "Still nothing.", question)
+    first, target = desk.promises()
+    assert first.state == PromiseState.KEPT.value
+    assert target.kind == PromiseKind.NEXT_RESPONSE.value and target.audience == "team"
+    tuesday = MONDAY.replace(day=3)
+    assert target.due_at == at(tuesday, 11)
+
+    assert desk.chase(at(MONDAY, 15)).reminders == 1  # 50%, to the owner who replied
+    [reminder] = desk.received(ALICE)
+    assert "> Still nothing." in text_of(reminder)
+    late = desk.chase(at(tuesday, 10, 50))  # 10 business minutes left: no customer update
+    assert (late.escalations, late.updates) == (1, 0)
+    missed = desk.chase(at(tuesday, 11, 30))
+    assert (missed.breaches, missed.silent_breaches, missed.queued) == (1, 0, 0)
+    assert len(desk.received(ANN[1])) == 1, "the customer only ever got the acknowledgement"
+    assert len(desk.received(CAROL)) == 1
+    [_first, broken] = desk.promises()
+    assert broken.state == PromiseState.BROKEN.value and "internal target" in broken.reason
