@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, or_, select
 
 from keepword.acknowledging import calendar_for, honest_window
 from keepword.config import MailboxSettings, Settings
@@ -77,7 +77,7 @@ class ChaseResult:
         return self.reminders + self.escalations + self.updates + self.digests
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Desk:
     """What every case of one chase run shares."""
 
@@ -86,6 +86,14 @@ class _Desk:
     calendar: BusinessCalendar
     renderer: Renderer
     now: datetime
+    # The honest window at `now`, measured once per run: the mailbox's history is the
+    # same for every case (the chase changes no first response).
+    window: Window | None = None
+
+    def honest_window(self, conn: Connection) -> Window:
+        if self.window is None:
+            self.window = honest_window(conn, self.box, self.calendar, self.now)
+        return self.window
 
 
 def chase_mailbox(
@@ -172,8 +180,23 @@ def _team(box: MailboxSettings) -> tuple[str, ...]:
     return (box.lead,) if box.lead else ()
 
 
+CHASE_KEY_KINDS = ("reminder", "escalation", "update", "breach")
+
+
 def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
-    query = select(outbox.c.dedup_key).where(outbox.c.case_id == case_id)
+    """The chase keys already in the outbox for this case.
+
+    Key ranges ("reminder:case:42:" up to "reminder:case:42;") use the unique index on
+    dedup_key; outbox.case_id has no index, and the outbox only grows.
+    """
+    ranges = [
+        and_(
+            outbox.c.dedup_key >= f"{kind}:case:{case_id}:",
+            outbox.c.dedup_key < f"{kind}:case:{case_id};",
+        )
+        for kind in CHASE_KEY_KINDS
+    ]
+    query = select(outbox.c.dedup_key).where(or_(*ranges))
     return frozenset(conn.execute(query).scalars())
 
 
@@ -185,7 +208,7 @@ def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Wi
         total = desk.calendar.minutes_between(p.made_at, p.due_at)
         left = desk.calendar.minutes_between(desk.now, p.due_at)
         if desk.now > p.due_at or left <= update_lead_minutes(total, desk.box.chase):
-            return honest_window(conn, desk.box, desk.calendar, desk.now)
+            return desk.honest_window(conn)
     return None
 
 
