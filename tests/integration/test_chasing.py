@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -449,3 +449,29 @@ def test_a_follow_up_after_a_reply_is_chased_inside_the_team_only(make_desk: Any
     assert len(desk.received(CAROL)) == 1
     [_first, broken] = desk.promises()
     assert broken.state == PromiseState.BROKEN.value and "internal target" in broken.reason
+
+
+def test_never_a_silent_breach_when_nobody_ever_answers(make_desk: Any) -> None:
+    """Chased every 15 minutes for three days, an unanswered case breaks no promise in
+    silence: each one is revised, and the update really went out, before its due time."""
+    desk = make_desk()
+    desk.customer_writes(at(MONDAY, 9), "Broken login", "I cannot log in.")
+    step = MONDAY.replace(hour=9, minute=15)
+    while step <= MONDAY.replace(day=4, hour=18):
+        assert desk.chase(step).silent_breaches == 0
+        step += timedelta(minutes=15)
+
+    with desk.engine.connect() as conn:
+        updates = {
+            row.dedup_key: row.sent_at
+            for row in conn.execute(select(outbox).where(outbox.c.kind == "customer_update"))
+        }
+    promises = desk.promises()
+    assert all(p.state != PromiseState.BROKEN.value for p in promises)
+    revised = [p for p in promises if p.state == PromiseState.SUPERSEDED.value]
+    assert len(revised) >= 3 and len(revised) == len(updates)
+    for old in revised:
+        sent_at = updates[f"update:case:{old.case_id}:promise:{old.id}"]
+        assert sent_at is not None and sent_at < old.due_at
+    assert len(desk.received(ANN[1])) == 1 + len(updates)
+    assert len(desk.received(CAROL)) == len(revised)  # one escalation per promise
