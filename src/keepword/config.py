@@ -191,7 +191,7 @@ def parse_span(span: str) -> tuple[time, time]:
 class PromiseSettings(_Strict):
     """How the response window promised to customers is computed."""
 
-    quantile: float = Field(default=0.95, gt=0, lt=1)  # p90 kept ~91%: docs/benchmarks.md
+    quantile: float = Field(default=0.97, gt=0, lt=1)  # p90 kept ~91%: docs/benchmarks.md
     history_days: int = Field(default=90, ge=1)
     min_history_cases: int = Field(default=20, ge=1)
     default_window_minutes: int = Field(default=8 * 60, ge=1)
