@@ -1,6 +1,6 @@
 """Promise benchmark (not a test): are keepword's promised windows kept, and how tight are they?
 
-    .venv/bin/python bench/promises.py [--sigma 0.6] [--quantile 0.9] [--grid] [--write-docs]
+    .venv/bin/python bench/promises.py [--sigma 0.6] [--quantile 0.97] [--grid] [--table]
 
 Replays a synthetic but realistic shared inbox: Mon-Fri 09:00-17:00 Europe/Berlin with
 the Berlin public holidays, three months of history already imported at installation,
@@ -284,7 +284,7 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="spread x quantile table")
     parser.add_argument("--sigmas", default="0.25,0.4,0.6,0.9", help="for --grid")
     parser.add_argument("--quantiles", default="0.9,0.95", help="for --grid")
-    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--table", action="store_true", help="also print markdown table rows")
     args = parser.parse_args()
     scenario = Scenario(median=args.median, sigma=args.sigma, seed=args.seed)
     settings = PromiseSettings(quantile=args.quantile)
@@ -301,7 +301,7 @@ def main() -> None:
         result = replay(scenario, settings)
         print(describe(scenario, settings, result))
         rows.append(table_row(scenario, settings, result))
-    if args.write_docs:
+    if args.table:
         print("\n".join(rows))
 
 
