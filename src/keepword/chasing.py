@@ -355,6 +355,7 @@ def _send_update(
         what_is_happening=_what_is_happening(state),
         opening_hours=desk.calendar.describe_hours(desk.box.language),
         team_name=desk.box.display_name or desk.box.address,
+        late=action.late,
     )
     in_reply_to = last.message_id if last else None
     references = (*last.references, last.message_id) if last and last.message_id else ()

@@ -309,6 +309,8 @@ def _acknowledge_if_due(
     result: TriageResult,
 ) -> None:
     assert current.id is not None
+    if verdict.kind is not Kind.CUSTOMER or facts.is_history:
+        return  # nothing to decide: only live customer mail is ever answered
     recipient = acknowledge.reply_address(facts)
     decision = acknowledge.decide(
         facts,
@@ -344,8 +346,12 @@ def _has_outbox(conn: Connection, dedup_key: str) -> bool:
 
 
 def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
+    """When keepword first saw this mailbox (its oldest location row), less the grace."""
     first = conn.execute(
-        select(func.min(message_location.c.seen_at)).where(message_location.c.mailbox == mailbox)
+        select(message_location.c.seen_at)
+        .where(message_location.c.mailbox == mailbox)
+        .order_by(message_location.c.id)
+        .limit(1)
     ).scalar()
     return None if first is None else first - DELIVERY_GRACE
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -210,6 +211,11 @@ def test_follow_up_note_and_update(renderer: Renderer, language: str) -> None:
     assert "12:00" in text and "11:00" in text  # the broken time and the new one
     assert ("sorry" if language == "en" else "leid") in text
     assert "Case reference: KW-42" in text
+    ahead = "will not make that time" if language == "en" else "nicht einhalten"
+    missed = "missed that time" if language == "en" else "verpasst"
+    assert ahead in text and missed not in text
+    late = renderer.render("customer_update", language, replace(update, late=True)).text
+    assert missed in late and ahead not in late
 
 
 def test_team_mails_are_actionable(renderer: Renderer) -> None:

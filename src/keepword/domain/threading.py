@@ -157,6 +157,10 @@ def find_tag_in_body(body: str, prefixes: Collection[str]) -> str | None:
     alternatives = _prefix_pattern(prefixes)
     if not alternatives or not body:
         return None
+    # Cheap pre-check (the pattern starts with a literal): most bodies hold no reference,
+    # and the labelled search below tries every position of a long body.
+    if not re.search(rf"(?:{alternatives})\s*[-#\s]?\s*\d", body, re.IGNORECASE):
+        return None
     labelled = re.search(
         rf"(?:{_BODY_LABELS})\s*[:#]?\s*({alternatives})-(\d{{1,12}})\b", body, re.IGNORECASE
     )

@@ -109,6 +109,7 @@ class CustomerUpdateContext:
     what_is_happening: str  # e.g. "Your case is with Alice, who is working on it."
     opening_hours: Sequence[str]
     team_name: str
+    late: bool = False  # the promised time has already passed: say "we missed it"
 
 
 @dataclass(frozen=True, slots=True)

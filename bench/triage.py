@@ -1,0 +1,106 @@
+"""Triage throughput through the real store: is threading linear in stored messages?
+
+    .venv/bin/python bench/triage.py [--messages 20000]
+
+bench/thread_cases.py measures the pure threading code with dict lookups; this one runs
+the production path: messages parsed and stored in SQLite (store_batch, as ingestion
+does), then `triage_pending` (classification, candidate queries against the indexed
+tables, case updates, timeline rows; one transaction per message). It stores the same
+generated mail as bench/import.py, as history so that no acknowledgement is composed,
+and compares N/2 with N messages in the same run, each in a fresh database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
+from keepword.domain.model import Origin  # noqa: E402
+from keepword.mail.parse import parse_message  # noqa: E402
+from keepword.store.db import open_store  # noqa: E402
+from keepword.store.messages import StoreItem, store_batch  # noqa: E402
+from keepword.triage import triage_pending  # noqa: E402
+
+BATCH = 500
+
+
+def load_import_bench() -> ModuleType:
+    """bench/import.py holds the mail generator (its name is a keyword: load by path)."""
+    spec = importlib.util.spec_from_file_location("kw_import_bench", ROOT / "bench" / "import.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def settings_for(url: str, work: Path) -> tuple[Settings, MailboxSettings]:
+    box = MailboxSettings.model_validate(
+        {
+            "name": "support",
+            "address": "support@shop.example",
+            "team": ["alice@shop.example"],
+            "imap": {"host": "127.0.0.1", "tls": "plain", "username": "u", "password_env": "X"},
+        }
+    )
+    settings = Settings(keepword=KeepwordSettings(database_url=url, state_dir=work), mailbox=[box])
+    return settings, box
+
+
+def run(messages: list[bytes], work: Path) -> tuple[float, float, int]:
+    """(store seconds, triage seconds, cases opened) for these messages in a fresh DB."""
+    url = f"sqlite:///{work / f'triage-{len(messages)}.db'}"
+    engine = open_store(url)
+    settings, box = settings_for(url, work)
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for first in range(0, len(messages), BATCH):
+        chunk = messages[first : first + BATCH]
+        items = [
+            StoreItem(uid=first + i + 1, raw=raw, parsed=parse_message(raw))
+            for i, raw in enumerate(chunk)
+        ]
+        with engine.begin() as conn:
+            store_batch(conn, box.name, "INBOX", Origin.INBOX, 1, items, is_history=True, now=now)
+    stored = time.perf_counter() - started
+    started = time.perf_counter()
+    opened = 0
+    while True:
+        result = triage_pending(engine, settings, box, now, limit=BATCH * 4)
+        opened += result.opened
+        if result.triaged == 0:
+            break
+    triaged = time.perf_counter() - started
+    engine.dispose()
+    return stored, triaged, opened
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=20000)
+    args = parser.parse_args()
+    generate = load_import_bench().generate
+    full = list(generate(args.messages))
+    half = full[: args.messages // 2]
+    with tempfile.TemporaryDirectory(prefix="kw-triage-") as tmp:
+        work = Path(tmp)
+        _, t_half, c_half = run(half, work)
+        _, t_full, c_full = run(full, work)
+    for count, seconds, cases in ((len(half), t_half, c_half), (len(full), t_full, c_full)):
+        rate = count / seconds
+        print(f"{count:>6} messages: triage {seconds:6.1f} s, {rate:7.0f} msgs/s, {cases} cases")
+    print(f"time({len(full)}) / time({len(half)}) = {t_full / t_half:.2f} (linear: 2.00)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
