@@ -229,7 +229,7 @@ def test_basis_records_every_input() -> None:
 def test_explain_is_one_sentence_with_the_numbers() -> None:
     text = window_for(history([60.0] * 40)).explain()
     assert text.startswith("Promised 1 business hour")
-    assert "p90 of 40 first responses" in text
+    assert "p90 of the 40 first responses in the last 90 days" in text
     assert text.endswith(".")
 
 
@@ -295,6 +295,7 @@ def test_quiet_moments_get_the_quiet_days_pace() -> None:
     assert window.minutes == 60  # not the surge's 600 minutes
     assert window.basis["history_size"] == 140
     assert window.basis["sample_size"] == 35  # a quarter of the history
+    assert "p90 of the 35 first responses (of 140) that met a backlog" in window.explain()
 
 
 def test_a_surge_gets_the_surge_pace() -> None:

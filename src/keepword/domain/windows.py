@@ -79,9 +79,14 @@ class Window:
                 f"(need {b.get('min_history_cases', '?')})"
             )
         else:
+            matched = (
+                f" (of {b['history_size']}) that met a backlog like now's"
+                if "history_size" in b
+                else ""
+            )
             text = (
-                f"{promised}: p{_percent(b.get('quantile', 0))} of "
-                f"{b.get('sample_size', 0)} first responses in the last "
+                f"{promised}: p{_percent(b.get('quantile', 0))} of the "
+                f"{b.get('sample_size', 0)} first responses{matched} in the last "
                 f"{b.get('history_days', '?')} days was "
                 f"{_duration_en(float(b.get('measured_minutes', 0)))}"
             )
@@ -89,7 +94,7 @@ class Window:
             if factor > 1:
                 text += (
                     f", raised x{factor:.2f} for a backlog of {b.get('backlog_now')} "
-                    f"unanswered cases (usually {float(b.get('backlog_usual', 0)):g})"
+                    f"unanswered cases (usual: {float(b.get('backlog_usual', 0)):g})"
                 )
         if self.behind:
             text += (
