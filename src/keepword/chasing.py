@@ -483,7 +483,7 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
     box, zone, now = desk.box, desk.calendar.zone, desk.now
     today = now.astimezone(zone).date()
     open_cases = case_store.list_cases(conn, mailbox=box.name, statuses=list(AWAITING_TEAM))
-    due = _next_customer_due(conn, [c.id for c in open_cases if c.id is not None])
+    due = promise_store.next_due_by_case(conn, [c.id for c in open_cases if c.id is not None])
     entries: list[tuple[datetime | None, datetime, DigestCase]] = []
     for c in open_cases:
         if c.is_history:
@@ -517,19 +517,6 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
         broken_yesterday=broken,
         done_folder=box.done_folder,
     )
-
-
-def _next_customer_due(conn: Connection, case_ids: list[int]) -> dict[int, datetime]:
-    if not case_ids:
-        return {}
-    query = select(promise.c.case_id, promise.c.due_at).where(
-        and_(promise.c.case_id.in_(case_ids), promise.c.state == PromiseState.OPEN.value)
-    )
-    due: dict[int, datetime] = {}
-    for case_id, due_at in conn.execute(query):
-        if case_id not in due or due_at < due[case_id]:
-            due[case_id] = due_at
-    return due
 
 
 def _resolved_yesterday(conn: Connection, desk: _Desk) -> tuple[int, int]:

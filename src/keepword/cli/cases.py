@@ -11,13 +11,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, select
 
 from keepword.cli.common import engine_from, settings_from
 from keepword.domain import cases as case_rules
-from keepword.domain.model import CaseStatus, PromiseState
+from keepword.domain.model import CaseStatus
 from keepword.errors import KeepwordError
 from keepword.store import cases as case_store
+from keepword.store import promises as promise_store
 from keepword.store.tables import message, outbox, promise
 
 
@@ -65,19 +66,6 @@ def _statuses(value: str | None) -> list[CaseStatus] | None:
     return [CaseStatus(value)]
 
 
-def _next_due(conn: Connection, case_ids: list[int]) -> dict[int, datetime]:
-    if not case_ids:
-        return {}
-    query = select(promise.c.case_id, promise.c.due_at).where(
-        and_(promise.c.case_id.in_(case_ids), promise.c.state == PromiseState.OPEN.value)
-    )
-    due: dict[int, datetime] = {}
-    for case_id, due_at in conn.execute(query):
-        if case_id not in due or due_at < due[case_id]:
-            due[case_id] = due_at
-    return due
-
-
 def cmd_cases(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     engine = engine_from(settings)
@@ -90,7 +78,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
             owner=args.owner,
             limit=args.limit,
         )
-        due = _next_due(conn, [c.id for c in found if c.id is not None])
+        due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
     if args.overdue:
         found = [c for c in found if c.id in due and due[c.id] < now]
     rows = [_case_summary(c, due.get(c.id or 0), now) for c in found]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, func, select
 
 from keepword.domain.chase import update_key
 from keepword.domain.model import PromiseState
@@ -22,6 +22,7 @@ __all__ = [
     "case_ids_with_open_promises",
     "insert_promise",
     "mailbox_promises",
+    "next_due_by_case",
     "open_promises",
     "promises_of_case",
     "to_promise",
@@ -82,3 +83,17 @@ def update_queued_at(conn: Connection, value: Promise) -> datetime | None:
     )
     found: datetime | None = conn.execute(query).scalar()
     return found
+
+
+def next_due_by_case(conn: Connection, case_ids: Sequence[int]) -> dict[int, datetime]:
+    """The earliest open promise's due time of each of these cases (cases without none)."""
+    if not case_ids:
+        return {}
+    query = (
+        select(promise.c.case_id, func.min(promise.c.due_at))
+        .where(
+            and_(promise.c.case_id.in_(list(case_ids)), promise.c.state == PromiseState.OPEN.value)
+        )
+        .group_by(promise.c.case_id)
+    )
+    return {row[0]: row[1] for row in conn.execute(query)}
