@@ -39,7 +39,7 @@ from keepword.domain.threading import (
     subject_key,
 )
 from keepword.store import cases as case_store
-from keepword.store import promise_rows as promise_store
+from keepword.store import promises as promise_store
 from keepword.store.messages import load_facts
 from keepword.store.tables import case, message, message_location, outbox
 

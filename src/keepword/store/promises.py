@@ -1,34 +1,78 @@
-"""Promise repository: promise rows <-> domain `Promise` values.
-
-The row mapping and the writes triage needs live in `store.promise_rows`; this module
-adds what the chase and the ledger read (a case's promises, a mailbox's promises, when
-a customer update was queued).
-"""
+"""Promise repository: promise rows <-> domain `Promise` values, the writes triage and
+the chase make, and what the chase, the CLI and the ledger read."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.chase import update_key
-from keepword.domain.model import PromiseState
+from keepword.domain.model import PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import Promise
-from keepword.store.promise_rows import insert_promise, open_promises, to_promise, update_state
 from keepword.store.tables import case, outbox, promise
 
-__all__ = [
-    "case_ids_with_open_promises",
-    "insert_promise",
-    "mailbox_promises",
-    "next_due_by_case",
-    "open_promises",
-    "promises_of_case",
-    "to_promise",
-    "update_queued_at",
-    "update_state",
-]
+
+def to_promise(row: Row[Any]) -> Promise:
+    return Promise(
+        id=row.id,
+        case_id=row.case_id,
+        kind=PromiseKind(row.kind),
+        audience=PromiseAudience(row.audience),
+        made_at=row.made_at,
+        due_at=row.due_at,
+        state=PromiseState(row.state),
+        resolved_at=row.resolved_at,
+        reason=row.reason or "",
+        basis=dict(row.basis or {}),
+        is_default=row.is_default,
+        superseded_by=row.superseded_by,
+    )
+
+
+def open_promises(conn: Connection, case_id: int) -> list[Promise]:
+    query = (
+        select(promise)
+        .where(and_(promise.c.case_id == case_id, promise.c.state == PromiseState.OPEN.value))
+        .order_by(promise.c.due_at)
+    )
+    return [to_promise(row) for row in conn.execute(query)]
+
+
+def insert_promise(conn: Connection, value: Promise) -> int:
+    key = conn.execute(
+        insert(promise).values(
+            case_id=value.case_id,
+            kind=value.kind.value,
+            audience=value.audience.value,
+            made_at=value.made_at,
+            due_at=value.due_at,
+            state=value.state.value,
+            resolved_at=value.resolved_at,
+            reason=value.reason,
+            basis=dict(value.basis),
+            is_default=value.is_default,
+            superseded_by=value.superseded_by,
+        )
+    ).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def update_state(conn: Connection, value: Promise) -> None:
+    assert value.id is not None
+    conn.execute(
+        update(promise)
+        .where(promise.c.id == value.id)
+        .values(
+            state=value.state.value,
+            resolved_at=value.resolved_at,
+            reason=value.reason,
+            superseded_by=value.superseded_by,
+        )
+    )
 
 
 def promises_of_case(conn: Connection, case_id: int) -> list[Promise]:
