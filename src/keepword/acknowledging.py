@@ -22,13 +22,7 @@ from keepword.domain.model import (
     PromiseKind,
     PromiseState,
 )
-from keepword.domain.windows import (
-    Window,
-    backlog_history,
-    first_response_samples,
-    response_window,
-    usual_backlog,
-)
+from keepword.domain.windows import Window, measured_window
 from keepword.mail.compose import customer_mail, team_mail
 from keepword.mail.render import (
     AcknowledgementContext,
@@ -51,27 +45,22 @@ def calendar_for(settings: Settings, box: MailboxSettings) -> BusinessCalendar:
 
 
 def honest_window(
-    conn: Connection, box: MailboxSettings, calendar: BusinessCalendar, now: datetime
+    conn: Connection,
+    box: MailboxSettings,
+    calendar: BusinessCalendar,
+    now: datetime,
+    *,
+    exclude_case: int | None = None,
 ) -> Window:
-    """The window to promise now, from this mailbox's measured first responses and backlog."""
+    """The window to promise now, from this mailbox's measured first responses and backlog.
+
+    `exclude_case`: the case being answered is already stored and unanswered; it is not
+    part of its own queue.
+    """
     days = box.promise.history_days
-    history = case_store.first_response_history(conn, box.name, now - timedelta(days=days * 2))
-    samples = first_response_samples(history, calendar, now, days, quantile=box.promise.quantile)
-    # The case being acknowledged is already stored and unanswered: it is not its own queue.
-    waiting = sum(
-        1
-        for opened, answered in history
-        if answered is None and opened >= now - timedelta(days=days)
-    )
-    backlog_now = max(0, waiting - 1)
-    return response_window(
-        now,
-        calendar,
-        samples,
-        backlog_now=backlog_now,
-        backlog_usual=usual_backlog(backlog_history(history, now, days)),
-        settings=box.promise,
-    )
+    since = now - timedelta(days=days * 2)  # older cases sharpen the backlog count
+    history = case_store.first_response_history(conn, box.name, since, exclude_case=exclude_case)
+    return measured_window(history, now, calendar, box.promise)
 
 
 class Acknowledger:
@@ -95,7 +84,7 @@ class Acknowledger:
         assert case.id is not None and decision.send is not None
         recipient = acknowledge.reply_address(facts)
         assert recipient is not None
-        window = honest_window(conn, box, self.calendar, now)
+        window = honest_window(conn, box, self.calendar, now, exclude_case=case.id)
         first = decision.send is OutboxKind.ACKNOWLEDGEMENT
         if first:
             dedup = ack_key(case.id)

@@ -438,7 +438,7 @@ def _settle_promises(
     if kind is not Kind.CUSTOMER or before.first_response_at is None or after.is_history:
         return
     calendar = calendar_for(settings, box)
-    window = honest_window(conn, box, calendar, now)
+    window = honest_window(conn, box, calendar, now, exclude_case=after.id)
     for new in promises.on_customer_follow_up(
         after, promise_store.open_promises(conn, after.id), now, window
     ):

@@ -195,7 +195,7 @@ def timeline(conn: Connection, case_id: int) -> list[Row[Any]]:
 
 
 def first_response_history(
-    conn: Connection, mailbox: str, since: datetime
+    conn: Connection, mailbox: str, since: datetime, *, exclude_case: int | None = None
 ) -> list[tuple[datetime, datetime | None]]:
     """(opened_at, first_response_at) of the mailbox's customer cases opened since `since`.
 
@@ -211,6 +211,7 @@ def first_response_history(
             case.c.customer.is_not(None),
             ~and_(unanswered, case.c.status == CaseStatus.CLOSED.value),
             ~and_(unanswered, case.c.is_history.is_(True)),
+            case.c.id != (exclude_case if exclude_case is not None else -1),
         )
     )
     return [(o, f) for o, f in conn.execute(query)]
