@@ -44,7 +44,7 @@ import mailparser
 from imapclient import IMAPClient
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPORA = Path("/work/shared/corpora")
+CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 PASSWORD = "bench-secret"
 APPEND_CHUNK = 100
 FETCH_BATCH = 500

@@ -36,11 +36,12 @@ from keepword.secrets import Secret
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
+from tests.corpora import CORPORA, PRESENT
 from tests.fixtures.dovecot import Dovecot
 
 pytestmark = pytest.mark.integration
 
-CORPORA = Path("/work/shared/corpora")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -157,7 +158,7 @@ def cursor(engine: Engine, folder: str = "INBOX") -> store.FolderCursor:
 # -- every corpus file, exactly once -------------------------------------------------------
 
 
-@pytest.mark.skipif(not CORPORA.is_dir(), reason="shared corpora not present")
+@pytest.mark.skipif(not PRESENT, reason="shared corpora not present")
 def test_every_corpus_file_is_stored_exactly_once(
     dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
 ) -> None:

@@ -28,13 +28,13 @@ from keepword.domain.threading import (
     subject_key,
 )
 from keepword.mail.parse import parse_message, to_facts
+from tests.corpora import CORPORA, PRESENT
 
-CORPORA = Path("/work/shared/corpora")
 EXPECTED = Path(__file__).parent.parent / "data" / "corpora_expected.csv"
 TEAM = frozenset({"support@shop.example", "bob@shop.example"})
 ROBOT_TAGS = frozenset({"bounce-dsn", "auto-reply", "out-of-office", "mailing-list"})
 
-pytestmark = pytest.mark.skipif(not CORPORA.is_dir(), reason="shared corpora not present")
+pytestmark = pytest.mark.skipif(not PRESENT, reason="shared corpora not present")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import mailbox
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -26,8 +25,7 @@ from keepword.mail.parse import (
     parse_message,
     to_facts,
 )
-
-CORPORA = Path("/work/shared/corpora")
+from tests.corpora import CORPORA, PRESENT
 
 
 def corpus_messages() -> Iterator[tuple[str, bytes]]:
@@ -61,7 +59,7 @@ def corpus_file(name: str) -> bytes:
     return (CORPORA / name).read_bytes()
 
 
-needs_corpora = pytest.mark.skipif(not CORPORA.is_dir(), reason="shared corpora not present")
+needs_corpora = pytest.mark.skipif(not PRESENT, reason="shared corpora not present")
 
 
 @needs_corpora
