@@ -1,0 +1,195 @@
+"""Near-instant polls: one IMAP IDLE watcher per mailbox (RFC 2177).
+
+The watcher keeps its own connection (the poller's stays free for fetching), IDLEs on
+the mailbox's first folder and calls `on_change` (the daemon's poll + drain) when the
+server reports new mail. The periodic poll stays as the resync and as the fallback when
+the server has no IDLE or the mailbox turns it off (`[mailbox.imap] idle = false`).
+
+imapclient blocks, so every IMAP call runs in a worker thread, in short IDLE slices: a
+stop is honoured within one slice. Each slice ends IDLE with DONE and the next one
+starts it again, so IDLE is re-issued far more often than the 29 minutes RFC 2177
+allows. Mail that arrives between two slices (or during `on_change`) is not lost: the
+next slice compares UIDNEXT with the last one seen and fires at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol
+
+from keepword.config import MailboxSettings
+from keepword.errors import MailboxError
+from keepword.imap import FolderStatus, ImapSession
+from keepword.ingest import backoff_delay
+from keepword.logs import log_context
+from keepword.secrets import resolve_secret
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT: Final = 25 * 60.0  # below RFC 2177's 29 minutes
+IDLE_SLICE: Final = 5.0  # longest wait for a stop while a thread sits in IDLE
+BACKOFF_BASE: Final = 1.0  # seconds after the first failure; doubles up to the cap
+BACKOFF_CAP: Final = 300.0
+STOP_GRACE: Final = IDLE_SLICE + 2.0
+
+
+class IdleSession(Protocol):
+    """What the watcher needs of an IMAP connection (ImapSession has it)."""
+
+    def connect(self) -> None: ...
+    def capabilities(self) -> frozenset[str]: ...
+    def status(self, folder: str) -> FolderStatus: ...
+    def wait_for_change(self, folder: str, timeout: float, known_uidnext: int = 0) -> bool: ...
+    def close(self) -> None: ...
+
+
+IdleSessionFactory = Callable[[MailboxSettings], IdleSession]
+OnChange = Callable[[], Awaitable[None]]
+
+
+def imap_session(box: MailboxSettings) -> IdleSession:
+    return ImapSession(box.imap, resolve_secret(box.imap))
+
+
+async def watch_mailbox(
+    box: MailboxSettings,
+    on_change: OnChange,
+    *,
+    stop: asyncio.Event,
+    session_factory: IdleSessionFactory = imap_session,
+    idle_timeout: float = IDLE_TIMEOUT,
+    idle_slice: float = IDLE_SLICE,
+    backoff_base: float = BACKOFF_BASE,
+    backoff_cap: float = BACKOFF_CAP,
+) -> None:
+    """Call `on_change` whenever the first folder of box changes, until `stop` is set.
+
+    Returns at once if IDLE is disabled for the mailbox, and after the first login if
+    the server does not offer it. Connection and server errors never end the watcher:
+    it reconnects after a capped exponential backoff with jitter. An `on_change` that
+    raises is logged; the next change calls it again.
+    """
+    if not box.imap.idle:
+        log.info("mailbox %s: IDLE disabled, polling every %d s", box.name, box.poll_interval)
+        return
+    folder = box.folders[0]
+    wait = min(idle_slice, idle_timeout)
+    failures = 0
+
+    def healthy() -> None:  # one IDLE slice went through: the next failure starts over
+        nonlocal failures
+        failures = 0
+
+    with log_context(mailbox=box.name):
+        while not stop.is_set():
+            session = session_factory(box)
+            try:
+                await asyncio.to_thread(session.connect)
+                if "IDLE" not in await asyncio.to_thread(session.capabilities):
+                    log.info("mailbox %s: server offers no IDLE, polling only", box.name)
+                    return
+                await _watch(session, folder, on_change, stop, wait, healthy)
+            except MailboxError as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=backoff_base, cap=backoff_cap)
+                log.warning(
+                    "mailbox %s: IDLE watcher lost its connection (%d in a row): %s; "
+                    "reconnecting in %.1f s",
+                    box.name,
+                    failures,
+                    exc,
+                    delay,
+                )
+                await _sleep_unless_stopped(stop, delay)
+            finally:
+                await _close(session)
+
+
+async def _watch(
+    session: IdleSession,
+    folder: str,
+    on_change: OnChange,
+    stop: asyncio.Event,
+    wait: float,
+    healthy: Callable[[], None],
+) -> None:
+    # UIDNEXT seen before each poll: anything delivered later shows as a higher UIDNEXT
+    # when the next slice EXAMINEs the folder, even if IDLE was not running then.
+    known = (await asyncio.to_thread(session.status, folder)).uidnext
+    log.debug("IDLE on %s from UIDNEXT %d", folder, known)
+    first = True
+    while not stop.is_set():
+        changed = await asyncio.to_thread(session.wait_for_change, folder, wait, known)
+        if first:
+            healthy()
+            first = False
+        if not changed or stop.is_set():
+            continue
+        known = (await asyncio.to_thread(session.status, folder)).uidnext
+        try:
+            await on_change()
+        except Exception as exc:  # the poll's own failures are the daemon's business
+            log.warning("poll after an IDLE notification failed: %s", exc)
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+async def _close(session: IdleSession) -> None:
+    # close() never raises; shielded so a cancelled watcher still logs out.
+    await asyncio.shield(asyncio.to_thread(session.close))
+
+
+class MailboxWatchers:
+    """The daemon's IDLE watcher tasks, one per mailbox, started with the mailbox's jobs.
+
+    A worker takes part by having `async def watch(mailbox, on_change, stop)` (Service
+    does); workers without it are polled only.
+    """
+
+    def __init__(self, on_change: Callable[[str], Awaitable[None]]) -> None:
+        self._on_change = on_change
+        self._stops: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, box: MailboxSettings, worker: object) -> None:
+        """(Re)start the watcher of box; a running one for the same name is stopped."""
+        self.stop(box.name)
+        watch = getattr(worker, "watch", None)
+        if watch is None or not box.imap.idle:
+            return
+        stop = asyncio.Event()
+        name = box.name
+
+        async def changed() -> None:
+            await self._on_change(name)
+
+        task: asyncio.Task[None] = asyncio.create_task(
+            watch(box, changed, stop), name=f"idle {name}"
+        )
+        self._stops[name] = stop
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stop(self, name: str) -> None:
+        """Ask the watcher of name to end (it does within one IDLE slice)."""
+        stop = self._stops.pop(name, None)
+        if stop is not None:
+            stop.set()
+
+    async def stop_all(self, timeout: float = STOP_GRACE) -> None:
+        for name in list(self._stops):
+            self.stop(name)
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)

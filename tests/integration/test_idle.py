@@ -1,0 +1,220 @@
+"""The IDLE watcher against the real Dovecot: fast notice, reconnects, prompt stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+import pytest
+
+from keepword.config import MailboxSettings
+from keepword.idle import IdleSession, watch_mailbox
+from keepword.imap import ImapSession
+from keepword.secrets import resolve_secret
+from tests.fixtures.dovecot import Dovecot
+
+pytestmark = pytest.mark.integration
+
+
+def mailbox(dovecot: Dovecot, user: str, **imap: Any) -> MailboxSettings:
+    return MailboxSettings(name="support", address=user, imap=dovecot.imap_settings(user, **imap))
+
+
+def customer_mail(subject: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Ann Lee <ann@example.org>"
+    msg["To"] = "support@example.com"
+    msg["Subject"] = subject
+    msg["Message-ID"] = make_msgid(domain="example.org")
+    msg.set_content("Hello, please help.")
+    return msg.as_bytes()
+
+
+class Changes:
+    """on_change that records when it ran (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.event = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.times.append(time.monotonic())
+        self.event.set()
+
+    async def next(self, timeout: float) -> float:
+        await asyncio.wait_for(self.event.wait(), timeout)
+        self.event.clear()
+        return self.times[-1]
+
+
+async def watching(
+    box: MailboxSettings,
+    body: Callable[[Changes, asyncio.Event], Awaitable[None]],
+    **options: Any,
+) -> asyncio.Task[None]:
+    """Run the watcher while body runs; stop it after. Returns the finished task."""
+    changes, stop = Changes(), asyncio.Event()
+    task = asyncio.create_task(watch_mailbox(box, changes, stop=stop, **options))
+    try:
+        await body(changes, stop)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    return task
+
+
+async def settled() -> None:
+    await asyncio.sleep(1.0)  # the watcher has logged in and entered IDLE
+
+
+def test_append_while_watching_fires_within_two_seconds(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user)
+
+    async def body(changes: Changes, stop: asyncio.Event) -> None:
+        await settled()
+        assert changes.times == []  # nothing arrived yet: no spurious call
+        for n in range(3):
+            sent = time.monotonic()
+            await asyncio.to_thread(
+                dovecot.append, mail_user, "INBOX", customer_mail(f"Broken printer {n}")
+            )
+            fired = await changes.next(timeout=5)
+            assert fired - sent < 2.0
+
+    asyncio.run(watching(box, body))
+
+
+def test_lmtp_delivery_fires_too(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user)
+
+    async def body(changes: Changes, stop: asyncio.Event) -> None:
+        await settled()
+        sent = time.monotonic()
+        await asyncio.to_thread(
+            dovecot.deliver, "ann@example.org", [mail_user], customer_mail("Invoice")
+        )
+        assert await changes.next(timeout=5) - sent < 2.0
+
+    asyncio.run(watching(box, body))
+
+
+def test_mail_arriving_during_on_change_is_not_lost(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user)
+    calls: list[float] = []
+
+    async def slow_poll() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:  # while "polling", a second mail arrives (no IDLE running)
+            await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("Two"))
+            await asyncio.sleep(1.0)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch_mailbox(box, slow_poll, stop=stop))
+        await settled()
+        await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("One"))
+        deadline = time.monotonic() + 8
+        while len(calls) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(run())
+    assert len(calls) >= 2
+
+
+def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user, timeout=3.0)
+
+    async def body(changes: Changes, stop: asyncio.Event) -> None:
+        await settled()
+        await asyncio.to_thread(dovecot.stop)
+        try:
+            await asyncio.sleep(2.0)  # the watcher notices and backs off
+        finally:
+            await asyncio.to_thread(dovecot.start)
+        await asyncio.sleep(3.0)  # backoff (1 s, 2 s, ...) runs out; IDLE again
+        changes.event.clear()
+        sent = time.monotonic()
+        await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After"))
+        assert await changes.next(timeout=10) - sent < 6.0
+
+    asyncio.run(watching(box, body, backoff_cap=2.0))
+
+
+def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user)
+
+    async def run() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch_mailbox(box, Changes(), stop=stop, idle_slice=2.0))
+        await settled()
+        asked = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+        return time.monotonic() - asked
+
+    assert asyncio.run(run()) < 3.0
+
+
+def test_stop_while_the_server_is_down_ends_the_backoff(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user)
+    dovecot.stop()
+    try:
+
+        async def run() -> float:
+            stop = asyncio.Event()
+            task = asyncio.create_task(
+                watch_mailbox(box, Changes(), stop=stop, backoff_base=60.0, backoff_cap=60.0)
+            )
+            await asyncio.sleep(0.5)
+            assert not task.done()  # it keeps trying
+            asked = time.monotonic()
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+            return time.monotonic() - asked
+
+        assert asyncio.run(run()) < 1.0
+    finally:
+        dovecot.start()
+
+
+def test_idle_disabled_returns_at_once(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user, idle=False)
+    opened: list[str] = []
+
+    def factory(box: MailboxSettings) -> IdleSession:
+        opened.append(box.name)
+        return ImapSession(box.imap, resolve_secret(box.imap))
+
+    started = time.monotonic()
+    asyncio.run(watch_mailbox(box, Changes(), stop=asyncio.Event(), session_factory=factory))
+    assert time.monotonic() - started < 0.5
+    assert opened == []  # not even a connection
+
+
+class NoIdleSession(ImapSession):
+    """A real Dovecot session that hides IDLE, like a server without it."""
+
+    def capabilities(self) -> frozenset[str]:
+        return super().capabilities() - {"IDLE"}
+
+
+def test_server_without_idle_returns_after_login(dovecot: Dovecot, mail_user: str) -> None:
+    box = mailbox(dovecot, mail_user)
+    sessions: list[NoIdleSession] = []
+
+    def factory(box: MailboxSettings) -> IdleSession:
+        session = NoIdleSession(box.imap, resolve_secret(box.imap))
+        sessions.append(session)
+        return session
+
+    started = time.monotonic()
+    asyncio.run(watch_mailbox(box, Changes(), stop=asyncio.Event(), session_factory=factory))
+    assert time.monotonic() - started < 2.0
+    assert len(sessions) == 1
+    assert not sessions[0].connected  # logged out again
