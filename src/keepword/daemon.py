@@ -29,6 +29,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from keepword import sdnotify
 from keepword.config import MailboxSettings, Settings, load_config
 from keepword.errors import ConfigError, KeepwordError
+from keepword.idle import MailboxWatchers
 from keepword.logs import log_context
 from keepword.metrics import METRICS, MetricsServer, start_metrics_server
 
@@ -117,6 +118,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._metrics_server: MetricsServer | None = None
+        self._watchers = MailboxWatchers(self._poll_on_change)  # IMAP IDLE, keepword.idle
         self._stopping = False
         self.abandoned = 0  # jobs still running when the stop bound ran out
 
@@ -208,6 +210,7 @@ class Daemon:
             self._mailboxes[name] = box
             self._health[name] = MailboxHealth()
             self._locks.setdefault(name, asyncio.Lock())
+            self._watchers.start(box, self._worker)
             intervals = {
                 "poll": (float(box.poll_interval), now),  # first poll right away
                 "chase": (float(box.chase.interval_seconds), None),
@@ -231,6 +234,7 @@ class Daemon:
                 self._scheduler.remove_job(f"{kind}:{name}")
         self._mailboxes.pop(name, None)
         self._health.pop(name, None)
+        self._watchers.stop(name)
 
     async def _job(self, kind: str, name: str) -> None:
         box = self._mailboxes.get(name)
@@ -263,6 +267,13 @@ class Daemon:
             finally:
                 self._running.discard(task)
                 sdnotify.status(self.status_text())
+
+    async def _poll_on_change(self, name: str) -> None:
+        # IDLE saw new mail: the scheduler's poll (+ drain) now, after any job in flight.
+        lock = self._locks.get(name)
+        while lock is not None and lock.locked() and not self._stopping:
+            await asyncio.sleep(0.05)
+        await self._job("poll", name)
 
     async def _perform(
         self, kind: str, box: MailboxSettings, worker: Worker, health: MailboxHealth
@@ -402,6 +413,7 @@ class Daemon:
         assert self._scheduler is not None
         # pause, not shutdown: shutting the executor down would cancel the jobs in flight.
         self._scheduler.pause()
+        await self._watchers.stop_all()
         if in_flight:
             _, pending = await asyncio.wait(in_flight, timeout=self._stop_timeout)
             if pending:

@@ -21,6 +21,7 @@ from keepword.acknowledging import Acknowledger
 from keepword.chasing import ChaseResult, chase_mailbox
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
+from keepword.idle import OnChange, watch_mailbox
 from keepword.imap import ImapSession
 from keepword.ingest import MailboxPoller, MailboxPollResult, SessionFactory
 from keepword.mail.render import Renderer
@@ -163,6 +164,12 @@ class Service:
 
     async def drain(self, mailbox: MailboxSettings) -> None:
         await self.drain_now(mailbox)
+
+    async def watch(
+        self, mailbox: MailboxSettings, on_change: OnChange, stop: asyncio.Event
+    ) -> None:
+        """IMAP IDLE on the mailbox; on_change (the daemon's poll + drain) on new mail."""
+        await watch_mailbox(mailbox, on_change, stop=stop)
 
     async def close(self) -> None:
         for poller in self._pollers.values():
