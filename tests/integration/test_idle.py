@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from keepword.config import MailboxSettings
-from keepword.idle import IdleSession, watch_mailbox
+from keepword.config import KeepwordSettings, MailboxSettings, Settings
+from keepword.daemon import Daemon
+from keepword.idle import IDLE_SLICE, IdleSession, watch_mailbox
 from keepword.imap import ImapSession
 from keepword.secrets import resolve_secret
+from keepword.service import Service
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +223,75 @@ def test_server_without_idle_returns_after_login(dovecot: Dovecot, mail_user: st
     assert time.monotonic() - started < 2.0
     assert len(sessions) == 1
     assert not sessions[0].connected  # logged out again
+
+
+# -- wired into the daemon -------------------------------------------------------------
+
+
+def toml_text(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for a dumped Settings: scalars, lists, tables, arrays of tables."""
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            tables.append(f"[{path}]\n" + toml_text(value, path))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            tables += [f"[[{path}]]\n" + toml_text(item, path) for item in value]
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n" + "".join(tables)
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
+    dovecot: Dovecot,
+    mail_user: str,
+    smtp_server_factory: Callable[..., SmtpServer],
+    tmp_path: Path,
+    idle: bool,
+) -> None:
+    smtp = smtp_server_factory()
+    box = MailboxSettings(
+        name="support",
+        address=mail_user,
+        poll_interval=3600,  # the scheduled poll runs once, at start: IDLE must do the rest
+        sent_folder=None,
+        imap=dovecot.imap_settings(mail_user, idle=idle),
+        smtp=smtp.settings(),
+        calendar={
+            "hours": {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+        },
+    )
+    settings = Settings(
+        keepword=KeepwordSettings(state_dir=tmp_path, allow_inline_passwords=True),
+        mailbox=[box],
+    )
+    config = tmp_path / "keepword.toml"
+    config.write_text(toml_text(settings.model_dump(mode="json", exclude_none=True)))
+
+    async def run() -> tuple[float | None, float]:
+        daemon = Daemon(config, lambda s: Service(s))
+        running = asyncio.create_task(daemon.run())
+        await asyncio.sleep(1.5)  # first poll done, watcher in IDLE
+        sent = time.monotonic()
+        await asyncio.to_thread(
+            dovecot.deliver, "ann@example.org", [mail_user], customer_mail("Broken printer")
+        )
+        acknowledged: float | None = None
+        while time.monotonic() - sent < 4.0:
+            if any("ann@example.org" in m.rcpt_tos for m in smtp.messages):
+                acknowledged = time.monotonic() - sent
+                break
+            await asyncio.sleep(0.02)
+        asked = time.monotonic()
+        daemon.request_stop()
+        await asyncio.wait_for(running, timeout=15)
+        return acknowledged, time.monotonic() - asked
+
+    acknowledged, stopping = asyncio.run(run())
+    if idle:
+        assert acknowledged is not None and acknowledged < 2.0
+    else:
+        assert acknowledged is None  # only the next poll (in an hour) would see it
+    assert stopping < IDLE_SLICE + 2.0  # the watcher ends with the daemon
