@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from keepword.config import MailboxSettings
-from keepword.errors import MailboxError
+from keepword.errors import KeepwordError
 from keepword.imap import FolderStatus, ImapSession
 from keepword.ingest import backoff_delay
 from keepword.logs import log_context
@@ -92,7 +92,7 @@ async def watch_mailbox(
                     log.info("mailbox %s: server offers no IDLE, polling only", box.name)
                     return
                 await _watch(session, folder, on_change, stop, wait, healthy)
-            except MailboxError as exc:
+            except KeepwordError as exc:  # connection, login, server or secret trouble
                 failures += 1
                 delay = backoff_delay(failures, base=backoff_base, cap=backoff_cap)
                 log.warning(
@@ -174,7 +174,13 @@ class MailboxWatchers:
         )
         self._stops[name] = stop
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a mail problem (those are retried): the periodic poll carries on.
+            log.error("%s: watcher stopped", task.get_name(), exc_info=task.exception())
 
     def stop(self, name: str) -> None:
         """Ask the watcher of name to end (it does within one IDLE slice)."""

@@ -15,7 +15,7 @@ import pytest
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.daemon import Daemon
-from keepword.idle import IDLE_SLICE, IdleSession, watch_mailbox
+from keepword.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbox
 from keepword.imap import ImapSession
 from keepword.secrets import resolve_secret
 from keepword.service import Service
@@ -295,3 +295,46 @@ def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
     else:
         assert acknowledged is None  # only the next poll (in an hour) would see it
     assert stopping < IDLE_SLICE + 2.0  # the watcher ends with the daemon
+
+
+class RecordingWorker:
+    """A worker whose watch() runs until stopped and reports one change at start."""
+
+    def __init__(self) -> None:
+        self.watching: list[str] = []
+        self.stopped: list[str] = []
+
+    async def watch(self, mailbox: MailboxSettings, on_change: Any, stop: asyncio.Event) -> None:
+        self.watching.append(mailbox.name)
+        await on_change()
+        await stop.wait()
+        self.stopped.append(mailbox.name)
+
+
+def test_watchers_start_per_idle_mailbox_and_stop(dovecot: Dovecot, mail_user: str) -> None:
+    changed: list[str] = []
+
+    async def on_change(name: str) -> None:
+        changed.append(name)
+
+    async def run() -> RecordingWorker:
+        worker = RecordingWorker()
+        watchers = MailboxWatchers(on_change)
+        on = mailbox(dovecot, mail_user)
+        off = MailboxSettings(
+            name="quiet", address=mail_user, imap=dovecot.imap_settings(mail_user, idle=False)
+        )
+        watchers.start(on, worker)
+        watchers.start(off, worker)
+        watchers.start(on, object())  # a worker without watch(): polling only
+        await asyncio.sleep(0.1)
+        assert worker.stopped == ["support"]  # the restart stopped the first watcher
+        watchers.start(on, worker)
+        await asyncio.sleep(0.1)
+        await watchers.stop_all(timeout=2.0)
+        return worker
+
+    worker = asyncio.run(run())
+    assert worker.watching == ["support", "support"]
+    assert worker.stopped == ["support", "support"]
+    assert changed == ["support", "support"]
