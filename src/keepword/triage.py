@@ -137,8 +137,9 @@ def _triage_one(
         correspondent=correspondent,
         team=team,
     )
-    at = facts.date or now
-    if match.case_id is None and not _opens_case(verdict.kind, match):
+    # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
+    at = min(facts.date, now) if facts.date else now
+    if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
         _record(conn, pk, verdict, None, match, now)
         return
     new_case = match.case_id is None
@@ -162,10 +163,14 @@ def _triage_one(
     )
 
 
-def _opens_case(kind: Kind, match: ThreadMatch) -> bool:
+def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:
+    """Customers open cases; the team only when writing to someone outside the team
+    (internal mail between colleagues is nobody's case); robots never."""
     if match.rule is ThreadRule.FORWARD_NEW:
         return True
-    return kind in (Kind.CUSTOMER, Kind.STAFF)
+    if kind is Kind.STAFF:
+        return correspondent is not None
+    return kind is Kind.CUSTOMER
 
 
 def _open(

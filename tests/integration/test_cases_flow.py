@@ -82,7 +82,7 @@ class Desk:
             name="support",
             address=SUPPORT,
             display_name="Example Support",
-            team=[ALICE],
+            team=[ALICE, "bob@example.com"],
             lead="carol@example.com",
             sent_folder="Sent",
             done_folder="Done",
@@ -354,3 +354,14 @@ def test_status_reports_polls_backlog_and_overdue_promises(
     assert main(["--config", str(config), "status", "--json"]) == 1
     [health] = json.loads(capsys.readouterr().out)
     assert health["overdue_promises"] == 1 and health["healthy"] is False
+
+
+def test_internal_team_mail_opens_no_case_and_future_dates_are_clamped(desk: Desk) -> None:
+    internal = desk.arrive(
+        mail(("Alice", ALICE), "Lunch?", to="bob@example.com", cc=ALICE), folder="Sent"
+    )
+    future = desk.arrive(mail(BOB, "Clock is wrong", date=desk.clock.now + timedelta(days=2)))
+    desk.cycle()
+    assert desk.case_of(internal) is None
+    opened = desk.case_of(future)
+    assert opened.opened_at <= desk.clock.now
