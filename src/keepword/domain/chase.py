@@ -290,26 +290,31 @@ def _plan_promise(
     actions: list[ChaseAction] = []
     # Only a customer promise is revised; a team target just runs on to its escalation.
     revising = promise.to_customer and left <= update_lead_minutes(total, settings)
-    pid = _promise_id(promise)
     if revising and new_window is not None:
-        due = _new_due(promise, clock, new_window)
-        actions.append(
-            CustomerUpdate(
-                snapshot.id,
-                pid,
-                promise.due_at,
-                due,
-                new_window,
-                late=False,
-                reason=f"{left:.0f} business minutes left of {total:.0f}: tell the customer now",
-            )
-        )
+        why = f"{left:.0f} business minutes left of {total:.0f}: tell the customer now"
+        actions.append(_update(snapshot, promise, clock, new_window, late=False, reason=why))
     escalation = _escalation(snapshot, promise, elapsed_share, revising, settings)
     if escalation is not None:
         actions.append(escalation)
     if not revising and elapsed_share < settings.escalate_at:
         actions.extend(_reminder(snapshot, promise, elapsed_share, settings))
     return actions
+
+
+def _update(
+    snapshot: CaseSnapshot,
+    promise: Promise,
+    clock: BusinessClock,
+    new_window: WindowLike,
+    *,
+    late: bool,
+    reason: str,
+) -> CustomerUpdate:
+    """The honest word to the customer, carrying the new promise that revises `promise`."""
+    due = _new_due(promise, clock, new_window)
+    return CustomerUpdate(
+        snapshot.id, _promise_id(promise), promise.due_at, due, new_window, late=late, reason=reason
+    )
 
 
 def _escalation(
@@ -372,18 +377,8 @@ def _past_due(
         )
     ]
     if promise.to_customer and new_window is not None:
-        due = _new_due(promise, clock, new_window)
-        actions.append(
-            CustomerUpdate(
-                snapshot.id,
-                pid,
-                promise.due_at,
-                due,
-                new_window,
-                late=True,
-                reason=f"{lateness}: say we missed it, with a new time",
-            )
-        )
+        why = f"{lateness}: say we missed it, with a new time"
+        actions.append(_update(snapshot, promise, clock, new_window, late=True, reason=why))
     actions.append(
         Escalation(snapshot.id, pid, "breach", _lead_recipients(snapshot), lateness + " unanswered")
     )
