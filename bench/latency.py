@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import shutil
@@ -28,6 +27,8 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -42,21 +43,6 @@ from keepword.service import Service  # noqa: E402
 
 SUPPORT = "support@example.com"
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-
-
-def toml_text(data: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for a dumped Settings: scalars, lists, tables, arrays of tables."""
-    lines: list[str] = []
-    tables: list[str] = []
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            tables.append(f"[{path}]\n" + toml_text(value, path))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            tables += [f"[[{path}]]\n" + toml_text(item, path) for item in value]
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n" + "".join(tables)
 
 
 def customer_mail(n: int, customer: str) -> bytes:
@@ -108,7 +94,7 @@ async def measure(
         mailbox=[box],
     )
     config = state / "keepword.toml"
-    config.write_text(toml_text(settings.model_dump(mode="json", exclude_none=True)))
+    config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
     daemon = Daemon(config, lambda s: Service(s))
     running = asyncio.create_task(daemon.run())
     latencies: list[float] = []

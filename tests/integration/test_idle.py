@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.daemon import Daemon
@@ -228,21 +228,6 @@ def test_server_without_idle_returns_after_login(dovecot: Dovecot, mail_user: st
 # -- wired into the daemon -------------------------------------------------------------
 
 
-def toml_text(data: dict[str, Any], prefix: str = "") -> str:
-    """Just enough TOML for a dumped Settings: scalars, lists, tables, arrays of tables."""
-    lines: list[str] = []
-    tables: list[str] = []
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            tables.append(f"[{path}]\n" + toml_text(value, path))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            tables += [f"[[{path}]]\n" + toml_text(item, path) for item in value]
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n" + "".join(tables)
-
-
 @pytest.mark.parametrize("idle", [True, False])
 def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
     dovecot: Dovecot,
@@ -268,7 +253,7 @@ def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
         mailbox=[box],
     )
     config = tmp_path / "keepword.toml"
-    config.write_text(toml_text(settings.model_dump(mode="json", exclude_none=True)))
+    config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
 
     async def run() -> tuple[float | None, float]:
         daemon = Daemon(config, lambda s: Service(s))
