@@ -7,7 +7,6 @@ actually reached the SMTP server.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -16,101 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
-from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.domain.model import LOOP_HEADER, CaseStatus, PromiseState
-from keepword.service import Service
 from keepword.store import cases as case_store
-from keepword.store.db import open_store
-from keepword.store.tables import case, case_event, message, outbox, promise
+from keepword.store.tables import case, message, outbox, promise
+from tests.fixtures.desk import ALICE, ANN, SUPPORT, mail
+from tests.fixtures.desk import Desk as BaseDesk
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
-SUPPORT = "support@example.com"
-ALICE = "alice@example.com"
-ANN = ("Ann Lee", "ann@example.org")
 BOB = ("Bob Roe", "bob@example.net")
 
 
-class Clock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
+ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 
-def mail(
-    sender: tuple[str, str],
-    subject: str,
-    body: str = "Hello, please help.",
-    *,
-    to: str = SUPPORT,
-    date: datetime | None = None,
-    reply_to: EmailMessage | None = None,
-    cc: str | None = None,
-    headers: dict[str, str] | None = None,
-    references: bool = True,
-) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = f"{sender[0]} <{sender[1]}>"
-    msg["To"] = to
-    if cc:
-        msg["Cc"] = cc
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(date or datetime.now(UTC))
-    msg["Message-ID"] = make_msgid(domain=sender[1].split("@")[1])
-    if reply_to is not None and references:
-        msg["In-Reply-To"] = reply_to["Message-ID"]
-        msg["References"] = reply_to["Message-ID"]
-    for name, value in (headers or {}).items():
-        msg[name] = value
-    msg.set_content(body)
-    return msg
-
-
-class Desk:
-    """One shared inbox with keepword running against it."""
-
-    def __init__(self, dovecot: Dovecot, user: str, smtp: SmtpServer, tmp: Path) -> None:
-        self.dovecot, self.user, self.smtp = dovecot, user, smtp
-        self.clock = Clock(datetime.now(UTC))
-        self.box = MailboxSettings(
-            name="support",
-            address=SUPPORT,
-            display_name="Example Support",
-            team=[ALICE, "bob@example.com"],
-            lead="carol@example.com",
-            sent_folder="Sent",
-            done_folder="Done",
-            imap=dovecot.imap_settings(user),
-            smtp=smtp.settings(),
-            calendar={
-                "hours": {
-                    d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-                }
-            },
-        )
-        self.engine: Engine = open_store(f"sqlite:///{tmp / 'kw.db'}")
-        self.settings = Settings(
-            keepword=KeepwordSettings(
-                database_url=str(self.engine.url), allow_inline_passwords=True, state_dir=tmp
-            ),
-            mailbox=[self.box],
-        )
-        self.service = Service(self.settings, clock=self.clock, engine=self.engine)
-
-    def arrive(self, msg: EmailMessage, folder: str = "INBOX") -> EmailMessage:
-        self.dovecot.append(self.user, folder, msg.as_bytes())
-        return msg
+class Desk(BaseDesk):
+    """The shared desk plus the lookups these tests need."""
 
     def cycle(self) -> None:
-        self.service.ingest(self.box)
-        self.service.triage(self.box)
-        asyncio.run(self.service.drain_now(self.box))
+        self.poll()
 
     def cases(self) -> list[Any]:
         with self.engine.connect() as conn:
@@ -129,32 +56,28 @@ class Desk:
     def kind_of(self, msg: EmailMessage) -> str:
         mid = msg["Message-ID"].strip("<>")
         with self.engine.connect() as conn:
-            return str(
-                conn.execute(select(message.c.kind).where(message.c.message_id == mid)).scalar_one()
-            )
+            query = select(message.c.kind).where(message.c.message_id == mid)
+            return str(conn.execute(query).scalar_one())
 
     def sent_to(self, address: str) -> list[Any]:
-        return [m for m in self.smtp.messages if address in m.rcpt_tos]
-
-    def events(self, case_id: int) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(case_event.c.kind)
-                    .where(case_event.c.case_id == case_id)
-                    .order_by(case_event.c.id)
-                ).scalars()
-            )
+        return self.received(address)
 
 
 @pytest.fixture
 def desk(
     dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
 ) -> Iterator[Desk]:
-    desk = Desk(dovecot, mail_user, smtp_server, tmp_path)
-    desk.cycle()  # first contact: an empty mailbox, nothing is history from here on
+    desk = Desk(
+        dovecot,
+        mail_user,
+        smtp_server,
+        tmp_path,
+        team=[ALICE, "bob@example.com"],
+        done_folder="Done",
+        calendar={"hours": ALL_WEEK},
+    )
     yield desk
-    asyncio.run(desk.service.close())  # closes the kept IMAP sessions and the engine
+    desk.close()
 
 
 def test_customer_gets_one_honest_acknowledgement_and_staff_reply_from_sent_keeps_promise(

@@ -14,33 +14,27 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from keepword.chasing import ChaseResult, chase_mailbox
 from keepword.cli import main
-from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus, PromiseKind, PromiseState
 from keepword.mail.render import Renderer
-from keepword.service import Service
 from keepword.store import cases as case_store
-from keepword.store.db import open_store
-from keepword.store.tables import case, case_event, outbox, promise
+from keepword.store.tables import case, outbox, promise
+from tests.fixtures.desk import ALICE, ANN, CAROL, SUPPORT, mail
+from tests.fixtures.desk import Desk as BaseDesk
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import CapturedMail, SmtpServer
 
 pytestmark = pytest.mark.integration
 
-SUPPORT = "support@example.com"
-ALICE = "alice@example.com"
-CAROL = "carol@example.com"  # the lead
-ANN = ("Ann Lee", "ann@example.org")
 MONDAY = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday without holidays
 MONDAY_MORNING = MONDAY.replace(hour=8)
 
@@ -49,38 +43,8 @@ def at(day: datetime, hour: int, minute: int = 0) -> datetime:
     return day.replace(hour=hour, minute=minute)
 
 
-def mail(
-    sender: tuple[str, str],
-    subject: str,
-    body: str,
-    *,
-    date: datetime,
-    to: str = SUPPORT,
-    reply_to: EmailMessage | None = None,
-) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = f"{sender[0]} <{sender[1]}>"
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = make_msgid(domain=sender[1].split("@")[1])
-    if reply_to is not None:
-        msg["In-Reply-To"] = reply_to["Message-ID"]
-        msg["References"] = reply_to["Message-ID"]
-    msg.set_content(body)
-    return msg
-
-
-class Clock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class Desk:
-    """A shared inbox with keepword's poll, chase and drain steps on a virtual clock."""
+class Desk(BaseDesk):
+    """The shared desk with chase steps on a virtual clock (no digest unless asked)."""
 
     def __init__(
         self,
@@ -92,42 +56,16 @@ class Desk:
         calendar: dict[str, Any] | None = None,
         chase: dict[str, Any] | None = None,
     ) -> None:
-        self.dovecot, self.user, self.smtp, self.tmp = dovecot, user, smtp, tmp
-        self.clock = Clock(start)
-        self.box = MailboxSettings(
-            name="support",
-            address=SUPPORT,
-            display_name="Example Support",
-            team=[ALICE],
-            lead=CAROL,
-            sent_folder="Sent",
-            imap=dovecot.imap_settings(user),
-            smtp=smtp.settings(),
+        super().__init__(
+            dovecot,
+            user,
+            smtp,
+            tmp,
+            start=start,
             calendar=calendar or {},
             chase={"digest_time": None, **(chase or {})},
         )
-        self.engine: Engine = open_store(f"sqlite:///{tmp / 'kw.db'}")
-        self.settings = Settings(
-            keepword=KeepwordSettings(
-                database_url=str(self.engine.url), allow_inline_passwords=True, state_dir=tmp
-            ),
-            mailbox=[self.box],
-        )
-        self.service = Service(self.settings, clock=self.clock, engine=self.engine)
         self.renderer = Renderer.for_mailbox(self.settings, self.box)
-        self.poll()  # first contact: an empty mailbox, so nothing later is history
-
-    def arrive(self, msg: EmailMessage, folder: str = "INBOX") -> EmailMessage:
-        self.dovecot.append(self.user, folder, msg.as_bytes())
-        return msg
-
-    def poll(self) -> None:
-        self.service.ingest(self.box)
-        self.service.triage(self.box)
-        self.drain()
-
-    def drain(self) -> None:
-        asyncio.run(self.service.drain_now(self.box))
 
     def chase(self, when: datetime) -> ChaseResult:
         """One chase step at `when`, then the drain (as the daemon's jobs do)."""
@@ -157,9 +95,6 @@ class Desk:
         self.arrive(reply, folder="Sent")
         self.poll()
 
-    def received(self, address: str) -> list[CapturedMail]:
-        return [m for m in self.smtp.messages if address in m.rcpt_tos]
-
     def promises(self) -> list[Any]:
         with self.engine.connect() as conn:
             return list(conn.execute(select(promise).order_by(promise.c.id)))
@@ -167,10 +102,6 @@ class Desk:
     def the_case(self) -> Any:
         with self.engine.connect() as conn:
             return conn.execute(select(case)).one()
-
-    def events(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(case_event.c.kind).order_by(case_event.c.id)).scalars())
 
     def outbox_keys(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -223,7 +154,7 @@ def make_desk(
 
     yield make
     for desk in made:
-        desk.engine.dispose()
+        desk.close()
 
 
 def test_case_answered_in_time_keeps_its_promise_without_any_chasing(make_desk: Any) -> None:
