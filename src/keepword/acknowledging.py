@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, insert, select
+from sqlalchemy import Connection
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain import acknowledge, cases
@@ -20,8 +20,8 @@ from keepword.domain.model import (
     OutboxKind,
     PromiseAudience,
     PromiseKind,
-    PromiseState,
 )
+from keepword.domain.promises import make_promise
 from keepword.domain.windows import Window, measured_window
 from keepword.mail.compose import customer_mail, team_mail
 from keepword.mail.render import (
@@ -35,7 +35,7 @@ from keepword.mail.render import (
 )
 from keepword.send import enqueue_mail
 from keepword.store import cases as case_store
-from keepword.store.tables import promise
+from keepword.store import promises as promise_store
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,17 @@ class Acknowledger:
         assert case.id is not None and decision.send is not None
         recipient = acknowledge.reply_address(facts)
         assert recipient is not None
-        window = honest_window(conn, box, self.calendar, now, exclude_case=case.id)
         first = decision.send is OutboxKind.ACKNOWLEDGEMENT
+        # A follow-up note repeats the time already promised; only without one is the
+        # (costly) measured window computed.
+        current = None if first else self._current_due(conn, case.id)
+        window = current or honest_window(conn, box, self.calendar, now, exclude_case=case.id)
         if first:
             dedup = ack_key(case.id)
             body = self.renderer.render(
                 "acknowledgement", box.language, self._ack(case, facts, window)
             )
         else:
-            window = self._current_due(conn, case.id) or window
             dedup = note_key(case.id, now)
             body = self.renderer.render(
                 "follow_up_note", box.language, self._note(case, facts, window)
@@ -124,22 +126,13 @@ class Acknowledger:
             self._alert_lead(conn, box, case, window, now)
 
     def _current_due(self, conn: Connection, case_id: int) -> Window | None:
-        """A follow-up note repeats the time already promised, never a new one."""
-        row = conn.execute(
-            select(promise.c.due_at, promise.c.made_at)
-            .where(
-                and_(
-                    promise.c.case_id == case_id,
-                    promise.c.state == PromiseState.OPEN.value,
-                    promise.c.audience == PromiseAudience.CUSTOMER.value,
-                )
-            )
-            .order_by(promise.c.due_at)
-        ).first()
-        if row is None:
+        """The earliest open customer promise of the case, as a window (None: none open)."""
+        told = [p for p in promise_store.open_promises(conn, case_id) if p.to_customer]
+        if not told:
             return None
-        minutes = int(self.calendar.minutes_between(row.made_at, row.due_at))
-        return Window(minutes=minutes, due_at=row.due_at, is_default=False, behind=False)
+        first = told[0]  # open_promises is ordered by due time
+        minutes = int(self.calendar.minutes_between(first.made_at, first.due_at))
+        return Window(minutes=minutes, due_at=first.due_at, is_default=False, behind=False)
 
     def _ack(
         self, case: cases.CaseState, facts: MessageFacts, window: Window
@@ -212,19 +205,8 @@ class Acknowledger:
 def record_promise(
     conn: Connection, case_id: int, kind: PromiseKind, window: Window, now: datetime
 ) -> None:
-    conn.execute(
-        insert(promise).values(
-            case_id=case_id,
-            kind=kind.value,
-            audience=PromiseAudience.CUSTOMER.value,
-            made_at=now,
-            due_at=window.due_at,
-            state=PromiseState.OPEN.value,
-            reason=window.explain(),
-            basis=dict(window.basis),
-            is_default=window.is_default,
-        )
-    )
+    made = make_promise(case_id, kind, PromiseAudience.CUSTOMER, now, window, window.explain())
+    promise_store.insert_promise(conn, made)
     case_store.add_events(
         conn,
         case_id,

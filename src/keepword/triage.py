@@ -38,7 +38,9 @@ from keepword.domain.threading import (
     referenced_ids,
     subject_key,
 )
+from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.store import cases as case_store
+from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store.messages import load_facts
 from keepword.store.tables import case, message, message_location, outbox
@@ -321,8 +323,8 @@ def _acknowledge_if_due(
         facts,
         verdict.kind,
         new_case=new_case,
-        acknowledged=_has_outbox(conn, ack_key(current.id)),
-        note_sent_today=_has_outbox(conn, note_key(current.id, now)),
+        acknowledged=outbox_store.exists(conn, ack_key(current.id)),
+        note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
         follow_up_notes=box.promise.follow_up_notes,
         cutoff=_cutoff(conn, box.name),
         team=box.team_addresses(),
@@ -345,11 +347,6 @@ def _acknowledge_if_due(
     result.acknowledged += 1
 
 
-def _has_outbox(conn: Connection, dedup_key: str) -> bool:
-    query = select(outbox.c.id).where(outbox.c.dedup_key == dedup_key)
-    return conn.execute(query).first() is not None
-
-
 def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
     """When keepword first saw this mailbox (its oldest location row), less the grace."""
     first = conn.execute(
@@ -361,7 +358,7 @@ def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
     return None if first is None else first - DELIVERY_GRACE
 
 
-CUSTOMER_FACING = ("acknowledgement", "follow_up_note", "customer_update")
+CUSTOMER_FACING = sorted(kind.value for kind in CUSTOMER_KINDS)
 
 
 def _sent_counts(

@@ -288,3 +288,32 @@ def test_internal_team_mail_opens_no_case_and_future_dates_are_clamped(desk: Des
     assert desk.case_of(internal) is None
     opened = desk.case_of(future)
     assert opened.opened_at <= desk.clock.now
+
+
+def test_follow_up_note_repeats_the_promised_time_once_a_day(
+    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    desk = Desk(
+        dovecot,
+        mail_user,
+        smtp_server,
+        tmp_path,
+        calendar={"hours": ALL_WEEK},
+        promise={"follow_up_notes": True},
+    )
+    try:
+        question = desk.arrive(mail(ANN, "Broken zipper"))
+        desk.cycle()
+        for extra in ("Photo attached", "Any news?"):
+            desk.clock.now += timedelta(hours=1)  # a new window would now end later
+            desk.arrive(mail(ANN, "Re: Broken zipper [KW-1]", extra, reply_to=question))
+            desk.cycle()
+        ack, note = desk.sent_to(ANN[1])  # the second follow-up that day gets nothing
+        assert ack.header("X-Keepword-Kind") == "acknowledgement"
+        assert note.header("X-Keepword-Kind") == "follow_up_note"
+        with desk.engine.connect() as conn:
+            [due] = conn.execute(select(promise.c.due_at)).scalars()
+        text = note.parsed().get_body(("plain",)).get_content()
+        assert f"{due:%H:%M}" in text and "KW-1" in text
+    finally:
+        desk.close()
