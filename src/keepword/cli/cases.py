@@ -120,13 +120,19 @@ def _case_summary(c: case_rules.CaseState, due: datetime | None, now: datetime) 
     }
 
 
+def _case_or_fail(conn: Connection, reference: str) -> case_rules.CaseState:
+    found = case_store.find_case(conn, reference)
+    if found is None:
+        raise KeepwordError(f"no case {reference}")
+    return found
+
+
 def cmd_case(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     engine = engine_from(settings)
     with engine.connect() as conn:
-        current = case_store.find_case(conn, args.reference)
-        if current is None or current.id is None:
-            raise KeepwordError(f"no case {args.reference}")
+        current = _case_or_fail(conn, args.reference)
+        assert current.id is not None
         story = _story(conn, current.id)
     summary = _case_summary(current, None, _now())
     if args.json:
@@ -231,9 +237,8 @@ def _mutation(step: Mutation) -> Callable[[argparse.Namespace], int]:
         settings = settings_from(args)
         engine = engine_from(settings)
         with engine.begin() as conn:
-            current = case_store.find_case(conn, args.reference)
-            if current is None or current.id is None:
-                raise KeepwordError(f"no case {args.reference}")
+            current = _case_or_fail(conn, args.reference)
+            assert current.id is not None
             change = step(current, args, _now())
             if not change.events:
                 print(f"{current.reference}: nothing to change")

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, and_, func, select
 from keepword.cli.common import engine_from, settings_from
 from keepword.config import MailboxSettings
 from keepword.domain.model import OutboxState, PromiseState
+from keepword.store import outbox as outbox_store
 from keepword.store.tables import case, folder_state, message, outbox, promise
 
 
@@ -83,10 +84,7 @@ def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> Mai
             conn, select(func.count()).where(and_(mine, message.c.triaged_at.is_(None)))
         ),
         quarantined=_count(conn, select(func.count()).where(and_(mine, message.c.quarantined))),
-        outbox_pending=_count(
-            conn,
-            select(func.count()).where(and_(queued, outbox.c.state == OutboxState.PENDING.value)),
-        ),
+        outbox_pending=outbox_store.depth(conn, box.name),
         outbox_failed=_count(
             conn,
             select(func.count()).where(and_(queued, outbox.c.state == OutboxState.FAILED.value)),
