@@ -120,7 +120,7 @@ def chase_mailbox(
             result.failed += 1
             continue
         result.cases += 1
-    if box.chase.digest_time is not None:
+    if box.chase.digest:
         with engine.begin() as conn:
             result.digests += _digest(conn, desk)
     if result.queued or result.breaches or result.withdrawn:
@@ -463,7 +463,6 @@ def _digest(conn: Connection, desk: _Desk) -> int:
     next business day's digest lists everything that is still open.
     """
     box, zone = desk.box, desk.calendar.zone
-    assert box.chase.digest_time is not None
     local = desk.now.astimezone(zone)
     if local.time() < box.chase.digest_time or not desk.calendar.day_intervals(local.date()):
         return 0

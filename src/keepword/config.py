@@ -206,7 +206,9 @@ class ChaseSettings(_Strict):
     escalate_after_owners: int = Field(default=3, ge=2)
     update_before_minutes: int = Field(default=60, ge=1)
     update_before_fraction: float = Field(default=0.1, gt=0, lt=1)
-    digest_time: time | None = time(8, 30)
+    # TOML has no null, so the digest has its own switch rather than an optional time.
+    digest: bool = True
+    digest_time: time = time(8, 30)
     interval_seconds: int = Field(default=60, ge=5)
 
     @field_validator("reminders")

@@ -63,7 +63,7 @@ class Desk(BaseDesk):
             tmp,
             start=start,
             calendar=calendar or {},
-            chase={"digest_time": None, **(chase or {})},
+            chase={"digest": False, **(chase or {})},
         )
         self.renderer = Renderer.for_mailbox(self.settings, self.box)
 
@@ -339,7 +339,7 @@ def test_daemon_down_across_the_deadline_one_late_update_and_an_escalation(
 
 
 def test_daily_digest_once_a_business_day_to_team_and_lead(make_desk: Any) -> None:
-    desk = make_desk(chase={"digest_time": time(8, 30)})
+    desk = make_desk(chase={"digest": True, "digest_time": time(8, 30)})
     desk.customer_writes(at(MONDAY, 9), "Charged twice", "Help.")
     assert desk.chase(at(MONDAY, 9, 5)).digests == 1  # after 08:30 local: today's digest
     assert desk.chase(at(MONDAY, 9, 6)).digests == 0

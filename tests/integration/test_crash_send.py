@@ -90,6 +90,9 @@ port = {smtp_port}
 tls = "plain"
 username = "{SMTP_USER}"
 password_env = "KW_TEST_SMTP_PASSWORD"
+
+[mailbox.chase]
+digest = false  # the one mail under test is the acknowledgement, whatever the hour
 """
     )
 

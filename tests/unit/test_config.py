@@ -118,3 +118,11 @@ def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEEPWORD_CONFIG", "/tmp/k.toml")
     assert resolve_config_path(None) == Path("/tmp/k.toml")
     assert resolve_config_path("/x.toml") == Path("/x.toml")
+
+
+def test_digest_is_on_by_default_and_can_be_switched_off() -> None:
+    on = parse_config(minimal(), Path("k.toml")).mailbox[0].chase
+    assert on.digest and on.digest_time.isoformat() == "08:30:00"
+    data = minimal()
+    data["mailbox"][0]["chase"] = {"digest": False}  # type: ignore[index]
+    assert not parse_config(data, Path("k.toml")).mailbox[0].chase.digest
