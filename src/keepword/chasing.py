@@ -277,6 +277,7 @@ def _settle_paused(
             _record_breach(conn, desk, state, value, result)
             continue
         promise_store.update_state(conn, withdraw(value, desk.now, why))
+        _event(conn, state.id, cases.EventKind.PROMISE_WITHDRAWN, desk.now, why)
         result.withdrawn += 1
 
 

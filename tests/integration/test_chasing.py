@@ -295,7 +295,9 @@ def test_a_case_closed_without_a_reply_has_its_promise_withdrawn(make_desk: Any)
     assert result.withdrawn == 1 and result.queued == 0
     [withdrawn] = desk.promises()
     assert withdrawn.state == PromiseState.WITHDRAWN.value
+    assert desk.events().count("promise_withdrawn") == 1, "the timeline says so"
     assert desk.chase(at(MONDAY, 18)).breaches == 0, "withdrawn, not broken later"
+    assert desk.events().count("promise_withdrawn") == 1
 
 
 def test_a_weekend_and_a_public_holiday_do_not_move_the_chase_on(make_desk: Any) -> None:

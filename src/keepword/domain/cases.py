@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     PROMISE_KEPT = "promise_kept"
     PROMISE_BROKEN = "promise_broken"
     PROMISE_SUPERSEDED = "promise_superseded"
+    PROMISE_WITHDRAWN = "promise_withdrawn"
     CUSTOMER_UPDATE = "customer_update"
     REMINDER = "reminder"
     ESCALATION = "escalation"
