@@ -32,6 +32,7 @@ from keepword.errors import ConfigError, KeepwordError
 from keepword.idle import MailboxWatchers
 from keepword.logs import log_context
 from keepword.metrics import METRICS, MetricsServer, start_metrics_server
+from keepword.retry import MAILBOX_RETRY, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,6 @@ class Worker(Protocol):
 
 
 WorkerFactory = Callable[[Settings], Worker]
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential delay with 'equal jitter': between half and all of the step."""
-
-    first: float = 5.0
-    cap: float = 15 * 60.0
-
-    def delay(self, failures: int, draw: Callable[[], float]) -> float:
-        doublings = min(max(0, failures - 1), 40)  # bounded: no float overflow
-        step = min(self.cap, self.first * (1 << doublings))
-        return step / 2 + step / 2 * draw()
 
 
 @dataclass
@@ -95,7 +83,7 @@ class Daemon:
         dry_run: bool = False,
         stop_timeout: float = STOP_TIMEOUT,
         drain_interval: float = DRAIN_INTERVAL,
-        backoff: Backoff = Backoff(),  # frozen: safe to share
+        backoff: RetryPolicy = MAILBOX_RETRY,
         draw: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -23,16 +23,14 @@ from typing import Final, Protocol
 from keepword.config import MailboxSettings
 from keepword.errors import KeepwordError
 from keepword.imap import FolderStatus, ImapSession
-from keepword.ingest import backoff_delay
 from keepword.logs import log_context
+from keepword.retry import IDLE_RETRY, RetryPolicy
 from keepword.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT: Final = 25 * 60.0  # below RFC 2177's 29 minutes
 IDLE_SLICE: Final = 5.0  # longest wait for a stop while a thread sits in IDLE
-BACKOFF_BASE: Final = 1.0  # seconds after the first failure; doubles up to the cap
-BACKOFF_CAP: Final = 300.0
 STOP_GRACE: Final = IDLE_SLICE + 2.0
 
 
@@ -62,8 +60,7 @@ async def watch_mailbox(
     session_factory: IdleSessionFactory = imap_session,
     idle_timeout: float = IDLE_TIMEOUT,
     idle_slice: float = IDLE_SLICE,
-    backoff_base: float = BACKOFF_BASE,
-    backoff_cap: float = BACKOFF_CAP,
+    retry: RetryPolicy = IDLE_RETRY,
 ) -> None:
     """Call `on_change` whenever the first folder of box changes, until `stop` is set.
 
@@ -94,7 +91,7 @@ async def watch_mailbox(
                 await _watch(session, folder, on_change, stop, wait, healthy)
             except KeepwordError as exc:  # connection, login, server or secret trouble
                 failures += 1
-                delay = backoff_delay(failures, base=backoff_base, cap=backoff_cap)
+                delay = retry.delay(failures)
                 log.warning(
                     "mailbox %s: IDLE watcher lost its connection (%d in a row): %s; "
                     "reconnecting in %.1f s",

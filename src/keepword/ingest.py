@@ -18,7 +18,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import random
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -465,8 +464,8 @@ class MailboxPoller:
 
     For the daemon: an idle poll then costs one STATUS per folder and no login (a fresh
     connect + LOGIN is ~18 ms). After a connection or login failure the session is
-    dropped, the error recorded, `backoff` counts the failure and MailboxError is
-    raised; the next `poll` reconnects. `retry_in()` says how long to wait first.
+    dropped and MailboxError raised; the next `poll` reconnects. When to try again is
+    the daemon's call (keepword.retry), which pauses the whole mailbox.
     Calls are serialized: one poll of a mailbox at a time.
     """
 
@@ -477,11 +476,9 @@ class MailboxPoller:
         box: MailboxSettings,
         *,
         session_factory: SessionFactory | None = None,
-        backoff: Backoff | None = None,
     ) -> None:
         self.engine = engine
         self.box = box
-        self.backoff = backoff or Backoff()
         self._factory = session_factory or default_session_factory(settings)
         self._session: MailSession | None = None
         self._lock = threading.Lock()
@@ -502,18 +499,12 @@ class MailboxPoller:
                 )
             except MailboxError:
                 self._drop()
-                self.backoff.failed()
                 raise
-            self.backoff.succeeded()
             return result
 
     async def poll_async(self, now: Clock | datetime) -> MailboxPollResult:
         """`poll` off the event loop."""
         return await asyncio.to_thread(self.poll, now)
-
-    def retry_in(self) -> float:
-        """Seconds to wait before the next attempt (0 after a success)."""
-        return self.backoff.delay()
 
     def close(self) -> None:
         with self._lock:
@@ -586,57 +577,3 @@ def default_session_factory(settings: Settings) -> SessionFactory:
         return session
 
     return connect
-
-
-# -- retry policy for the daemon ---------------------------------------------------
-
-
-def backoff_delay(
-    failures: int,
-    *,
-    base: float = 5.0,
-    factor: float = 2.0,
-    cap: float = 900.0,
-    jitter: float = 0.2,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait after `failures` consecutive failures (0 -> no wait).
-
-    Capped exponential (base, base*factor, ... up to cap) with +-jitter spread so many
-    mailboxes failing together do not retry in lockstep.
-    """
-    if failures <= 0:
-        return 0.0
-    raw = min(cap, base * factor ** (failures - 1))
-    spread = 1.0 - jitter + 2.0 * jitter * rand()
-    return min(cap, raw * spread)
-
-
-@dataclass
-class Backoff:
-    """Per-mailbox failure count -> next delay. The daemon keeps one per mailbox."""
-
-    base: float = 5.0
-    factor: float = 2.0
-    cap: float = 900.0
-    jitter: float = 0.2
-    rand: Callable[[], float] = random.random
-    failures: int = 0
-
-    def failed(self) -> float:
-        """Count a failure; return how long to wait before the next try."""
-        self.failures += 1
-        return self.delay()
-
-    def succeeded(self) -> None:
-        self.failures = 0
-
-    def delay(self) -> float:
-        return backoff_delay(
-            self.failures,
-            base=self.base,
-            factor=self.factor,
-            cap=self.cap,
-            jitter=self.jitter,
-            rand=self.rand,
-        )

@@ -39,6 +39,7 @@ from keepword.imap import ImapSession
 from keepword.mail.compose import OutgoingMail, compose_bytes
 from keepword.mail.render import Rendered
 from keepword.metrics import METRICS
+from keepword.retry import OUTBOX_RETRY
 from keepword.secrets import Secret, resolve_secret
 from keepword.smtp import SmtpConnectError, SmtpPermanentError, SmtpSender, SmtpTemporaryError
 from keepword.store import outbox
@@ -46,9 +47,7 @@ from keepword.store.cases import add_events
 
 log = logging.getLogger(__name__)
 
-RETRY_BASE_SECONDS = 60.0
-RETRY_CAP_SECONDS = 3600.0
-MAX_ATTEMPTS = 30  # about a day of 4xx replies at the capped delay, then give up loudly
+MAX_ATTEMPTS = 30  # 12-25 hours of 4xx replies (OUTBOX_RETRY), then give up loudly
 
 
 class SentCopy(Protocol):
@@ -107,12 +106,6 @@ def enqueue_mail(
         mail.date,
         message_id=mail.message_id,
     )
-
-
-def retry_delay(attempts: int) -> timedelta:
-    """1 min, 2, 4, ... capped at 1 h."""
-    seconds = RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)
-    return timedelta(seconds=min(RETRY_CAP_SECONDS, seconds))
 
 
 async def drain_outbox(
@@ -265,7 +258,7 @@ def _retry(
     if attempts >= MAX_ATTEMPTS:
         _fail(engine, mailbox, row, now, f"gave up after {attempts} attempts: {error}", result)
         return
-    delay = retry_delay(attempts)
+    delay = timedelta(seconds=round(OUTBOX_RETRY.delay(attempts)))
     log.warning(
         "mailbox %s: %s to %s retried in %s: %s",
         mailbox.name,

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from keepword.config import MailboxSettings, Settings
-from keepword.daemon import Backoff
 from keepword.errors import MailboxError
 from keepword.metrics import METRICS
 
@@ -489,20 +488,3 @@ def test_invalid_config_at_start_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "keepword.log_level" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("failures", "draw", "expected"),
-    [
-        (1, 0.0, 2.5),
-        (1, 1.0, 5.0),
-        (2, 1.0, 10.0),
-        (4, 0.5, 30.0),
-        (9, 1.0, 900.0),  # capped at 15 minutes
-        (10_000, 0.0, 450.0),  # no overflow however long it fails
-    ],
-)
-def test_backoff_doubles_with_jitter_up_to_the_cap(
-    failures: int, draw: float, expected: float
-) -> None:
-    assert Backoff().delay(failures, lambda: draw) == pytest.approx(expected)

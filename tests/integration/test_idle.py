@@ -17,6 +17,7 @@ from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.daemon import Daemon
 from keepword.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbox
 from keepword.imap import ImapSession
+from keepword.retry import RetryPolicy
 from keepword.secrets import resolve_secret
 from keepword.service import Service
 from tests.fixtures.dovecot import Dovecot
@@ -148,7 +149,7 @@ def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: 
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After"))
         assert await changes.next(timeout=10) - sent < 6.0
 
-    asyncio.run(watching(box, body, backoff_cap=2.0))
+    asyncio.run(watching(box, body, retry=RetryPolicy(first=1.0, cap=2.0)))
 
 
 def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str) -> None:
@@ -174,7 +175,7 @@ def test_stop_while_the_server_is_down_ends_the_backoff(dovecot: Dovecot, mail_u
         async def run() -> float:
             stop = asyncio.Event()
             task = asyncio.create_task(
-                watch_mailbox(box, Changes(), stop=stop, backoff_base=60.0, backoff_cap=60.0)
+                watch_mailbox(box, Changes(), stop=stop, retry=RetryPolicy(first=60.0, cap=60.0))
             )
             await asyncio.sleep(0.5)
             assert not task.done()  # it keeps trying

@@ -30,7 +30,7 @@ from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import MailboxError
 from keepword.imap import ImapSession
-from keepword.ingest import Backoff, MailboxPoller, backoff_delay, poll_folder, poll_mailbox
+from keepword.ingest import MailboxPoller, poll_folder, poll_mailbox
 from keepword.mail.parse import parse_message
 from keepword.secrets import Secret
 from keepword.store import messages as store
@@ -522,7 +522,6 @@ def test_mailbox_poller_keeps_its_session_and_reconnects_after_an_outage(
         settings_for(box, engine),
         box,
         session_factory=counting_factory,
-        backoff=Backoff(base=1, jitter=0, rand=lambda: 0.5),
     )
     try:
         dovecot.append(mail_user, "INBOX", mail(1))
@@ -537,32 +536,15 @@ def test_mailbox_poller_keeps_its_session_and_reconnects_after_an_outage(
         try:
             with pytest.raises(MailboxError):
                 poller.poll(now)
-            assert poller.retry_in() == 1
             with pytest.raises(MailboxError):
                 poller.poll(now)  # reconnect attempt fails too
-            assert poller.retry_in() == 2
         finally:
             dovecot.start()
         dovecot.append(mail_user, "INBOX", mail(2))
         assert poller.poll(now).folders["INBOX"].new == 1
-        assert poller.retry_in() == 0
         assert len(opened) == 2  # one reconnect after the outage
     finally:
         poller.close()
-
-
-# -- retry policy -----------------------------------------------------------------------
-
-
-def test_backoff_grows_exponentially_caps_and_resets() -> None:
-    middle = Backoff(base=5, factor=2, cap=60, jitter=0.2, rand=lambda: 0.5)
-    assert middle.delay() == 0
-    assert [middle.failed() for _ in range(6)] == [5, 10, 20, 40, 60, 60]
-    middle.succeeded()
-    assert middle.delay() == 0
-    assert backoff_delay(1, base=10, jitter=0.2, rand=lambda: 0.0) == pytest.approx(8.0)
-    assert backoff_delay(1, base=10, jitter=0.2, rand=lambda: 1.0) == pytest.approx(12.0)
-    assert backoff_delay(50, base=10, cap=900, jitter=0.5, rand=lambda: 1.0) == 900
 
 
 def test_poll_mailbox_async_runs_off_the_loop(
