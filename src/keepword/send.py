@@ -31,7 +31,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, Engine
 
-from keepword.config import MailboxSettings, Settings
+from keepword.config import ImapSettings, MailboxSettings, Settings
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
 from keepword.errors import KeepwordError
@@ -59,17 +59,35 @@ class SentCopy(Protocol):
 
 
 class ImapSentCopy:
-    """SentCopy over an open ImapSession (imap.py). Not thread-safe: one drain at a time."""
+    """SentCopy over IMAP, connected on first use: a drain that never needs the Sent
+    folder opens no connection. Not thread-safe: one drain at a time; `close` after it.
 
-    def __init__(self, session: ImapSession, folder: str) -> None:
-        self._session = session
+    The secret is resolved at connect time unless given (tests, `keepword check`).
+    """
+
+    def __init__(self, imap: ImapSettings, folder: str, secret: Secret | None = None) -> None:
+        self._imap = imap
         self._folder = folder
+        self._secret = secret
+        self._session: ImapSession | None = None
+
+    def _open(self) -> ImapSession:
+        if self._session is None:
+            session = ImapSession(self._imap, self._secret or resolve_secret(self._imap))
+            session.connect()
+            self._session = session
+        return self._session
 
     def has_message_id(self, message_id: str) -> bool:
-        return self._session.has_message_id(self._folder, message_id)
+        return self._open().has_message_id(self._folder, message_id)
 
     def append(self, raw: bytes) -> None:
-        self._session.append(self._folder, raw)
+        self._open().append(self._folder, raw)
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
 
 @dataclass

@@ -22,12 +22,10 @@ from keepword.chasing import ChaseResult, chase_mailbox
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
 from keepword.idle import OnChange, watch_mailbox
-from keepword.imap import ImapSession
 from keepword.ingest import MailboxPoller, MailboxPollResult, SessionFactory
 from keepword.mail.render import Renderer
 from keepword.metrics import METRICS
-from keepword.secrets import resolve_secret
-from keepword.send import DrainResult, drain_outbox
+from keepword.send import DrainResult, ImapSentCopy, drain_outbox
 from keepword.store import outbox
 from keepword.store.db import open_store
 from keepword.triage import TriageResult, triage_pending
@@ -39,34 +37,6 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class LazySentCopy:
-    """The Sent folder over IMAP, connected only if the drain needs it (blocking)."""
-
-    def __init__(self, box: MailboxSettings) -> None:
-        assert box.sent_folder
-        self._box = box
-        self._folder = box.sent_folder
-        self._session: ImapSession | None = None
-
-    def _open(self) -> ImapSession:
-        if self._session is None:
-            session = ImapSession(self._box.imap, resolve_secret(self._box.imap))
-            session.connect()
-            self._session = session
-        return self._session
-
-    def has_message_id(self, message_id: str) -> bool:
-        return self._open().has_message_id(self._folder, message_id)
-
-    def append(self, raw: bytes) -> None:
-        self._open().append(self._folder, raw)
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
 
 
 class Service:
@@ -139,7 +109,7 @@ class Service:
         with self.engine.connect() as conn:
             if not outbox.pending(conn, self.clock(), 1, mailbox=box.name):
                 return DrainResult()
-        sent_copy = LazySentCopy(box) if box.sent_folder else None
+        sent_copy = ImapSentCopy(box.imap, box.sent_folder) if box.sent_folder else None
         try:
             return await drain_outbox(
                 self.engine,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -17,7 +18,6 @@ from sqlalchemy import Engine, select
 from keepword.config import MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, OutboxKind, OutboxState
-from keepword.imap import ImapSession
 from keepword.mail.compose import compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
@@ -333,18 +333,16 @@ def test_crash_between_send_and_record_with_dovecot(
     """The real thing: the copy lands in Dovecot's Sent folder, then the daemon 'dies'."""
     rig = make_rig(tmp_path, smtp_server)
     row = rig.enqueue_ack()
-    imap = dovecot.imap_settings(mail_user)
-    with ImapSession(imap, Secret(dovecot.users[mail_user])) as session:
-        crashing = CrashAfterAppend(ImapSentCopy(session, "Sent"))
-        with pytest.raises(SimulatedCrash):
-            rig.drain(sent_copy=crashing)
+    imap, secret = dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])
+    with closing(ImapSentCopy(imap, "Sent", secret)) as copy, pytest.raises(SimulatedCrash):
+        rig.drain(sent_copy=CrashAfterAppend(copy))
     assert len(smtp_server.messages) == 1
     assert rig.row(row.id).attempts == 1
     assert len(dovecot.uids(mail_user, "Sent")) == 1
 
     # Restart: a new session, the same row.
-    with ImapSession(imap, Secret(dovecot.users[mail_user])) as session:
-        result = rig.drain(NOW + timedelta(minutes=1), sent_copy=ImapSentCopy(session, "Sent"))
+    with closing(ImapSentCopy(imap, "Sent", secret)) as copy:
+        result = rig.drain(NOW + timedelta(minutes=1), sent_copy=copy)
     assert result.already_sent == 1 and result.sent == 0
     assert len(smtp_server.messages) == 1  # the customer has exactly one acknowledgement
     assert len(dovecot.uids(mail_user, "Sent")) == 1
@@ -363,10 +361,11 @@ def test_delivery_through_lmtp_and_copy_in_sent(
     rig = make_rig(tmp_path, server)
     customer = "customer@example.org"
     row = rig.enqueue_ack(to=customer)
-    with ImapSession(dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])) as s:
-        result = rig.drain(sent_copy=ImapSentCopy(s, "Sent"))
+    secret = Secret(dovecot.users[mail_user])
+    with closing(ImapSentCopy(dovecot.imap_settings(mail_user), "Sent", secret)) as copy:
+        result = rig.drain(sent_copy=copy)
         assert result.sent == 1, (result, server.handler.relay_errors)
-        assert s.has_message_id("Sent", row.message_id)
+        assert copy.has_message_id(row.message_id)
     with dovecot.client(customer) as client:
         client.select_folder("INBOX", readonly=True)
         uids = client.search("ALL")
