@@ -4,10 +4,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from keepword.store.db import open_store, table_names
+from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import folder_state, metadata
 
 
@@ -42,3 +44,24 @@ def test_folder_cursor_is_unique_per_mailbox_folder(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX"))
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX"))
+
+
+def test_migrations_build_exactly_the_declared_schema(tmp_path: Path) -> None:
+    """Every change to tables.py needs its migration: alembic finds nothing to add."""
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+
+
+def test_upgrade_from_the_first_revision_keeps_the_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/kw.db"
+    engine = make_engine(url)
+    migrate(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_uid=7))
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(select(folder_state.c.last_uid)).scalar_one() == 7
+        indexes = {row[1] for row in conn.exec_driver_sql("PRAGMA index_list('outbox')")}
+    assert "ix_outbox_case_id" in indexes

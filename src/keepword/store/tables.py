@@ -241,4 +241,5 @@ outbox = Table(
     UniqueConstraint("dedup_key", name="uq_outbox_dedup_key"),
     UniqueConstraint("message_id", name="uq_outbox_message_id"),
     Index("ix_outbox_state", "state", "next_attempt_at"),
+    Index("ix_outbox_case_id", "case_id"),
 )
