@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	$(PYTHON) scripts/mailserver install
+	$(PYTHON) scripts/pgserver install
 
 demo: $(STAMP) system-deps
 	$(PY) scripts/demo

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.dovecot", "tests.fixtures.smtp"]
+pytest_plugins = ["tests.fixtures.dovecot", "tests.fixtures.smtp", "tests.fixtures.postgres"]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
