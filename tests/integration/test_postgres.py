@@ -8,8 +8,11 @@ engine on PostgreSQL instead of SQLite.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -17,8 +20,20 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
+import tests.integration.test_chasing as chasing
+import tests.integration.test_ingest as ingesting
+from keepword.config import MailboxSettings
+from keepword.domain.model import PromiseState
+from keepword.imap import ImapSession
+from keepword.ingest import poll_mailbox
+from keepword.secrets import Secret
+from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
-from keepword.store.tables import folder_state, metadata
+from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
+from keepword.triage import triage_pending
+from tests.fixtures.desk import ALICE, ANN, CAROL
+from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +103,210 @@ def test_folder_cursor_is_unique_per_mailbox_folder(engine: Engine) -> None:
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX"))
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX"))
+
+
+# -- the shared desk on PostgreSQL: ingest, triage, acknowledge, chase, send ----------------
+
+
+@pytest.fixture
+def make_desk(
+    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+) -> Iterator[Any]:
+    """test_chasing's `make_desk`, with the desk's store on this test's PostgreSQL database."""
+
+    class PostgresDesk(chasing.Desk):
+        database_url = postgres_url
+
+    made: list[chasing.Desk] = []
+
+    def make(start: datetime = chasing.MONDAY_MORNING, **options: Any) -> chasing.Desk:
+        desk = PostgresDesk(dovecot, mail_user, smtp_server, tmp_path, start, **options)
+        assert desk.engine.dialect.name == "postgresql"
+        made.append(desk)
+        return desk
+
+    yield make
+    for desk in made:
+        desk.close()
+
+
+# The chasing scenarios exactly as they run on SQLite in test_chasing.py.
+CHASING_SCENARIOS = [
+    chasing.test_case_answered_in_time_keeps_its_promise_without_any_chasing,
+    chasing.test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline,
+    chasing.test_a_customer_who_writes_three_times_is_escalated,
+    chasing.test_a_case_closed_without_a_reply_has_its_promise_withdrawn,
+    chasing.test_daemon_down_across_the_deadline_one_late_update_and_an_escalation,
+]
+
+
+@pytest.mark.parametrize("scenario", CHASING_SCENARIOS, ids=lambda f: f.__name__[5:])
+def test_chasing_scenario_on_postgres(scenario: Callable[[Any], None], make_desk: Any) -> None:
+    scenario(make_desk)
+
+
+def test_stats_cli_reads_the_ledger_from_postgres(
+    make_desk: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chasing.test_stats_shows_the_announced_revision_and_no_silent_breach(make_desk, capsys)
+
+
+def test_a_customer_is_acknowledged_chased_and_answered_on_postgres(make_desk: Any) -> None:
+    """The whole promise, spelled out here too, with the rows read back from PostgreSQL."""
+    monday = chasing.MONDAY
+    desk = make_desk()
+    question = desk.customer_writes(chasing.at(monday, 9), "Charged twice", "Please refund.")
+    [ack] = desk.received(ANN[1])
+    assert ack.header("Subject") == "Re: Charged twice [KW-1]"
+    assert ack.header("In-Reply-To") == question["Message-ID"]
+    [made] = desk.promises()
+    assert made.due_at == chasing.at(monday, 17) and made.due_at.tzinfo == UTC
+
+    assert desk.chase(chasing.at(monday, 13)).reminders == 1
+    [reminder] = desk.received(ALICE)
+    assert reminder.header("Subject") == "[KW-1] Reminder: Charged twice"
+
+    desk.staff_replies(chasing.at(monday, 14), question, "Refunded, sorry.")
+    [kept] = desk.promises()
+    assert kept.state == PromiseState.KEPT.value
+    assert kept.resolved_at == chasing.at(monday, 14)
+    assert desk.chase(chasing.at(monday, 16, 30)).queued == 0
+    assert len(desk.received(ALICE)) == 1 and desk.received(CAROL) == []
+    with desk.engine.connect() as conn:
+        sent = conn.execute(select(outbox.c.state, outbox.c.sent_at)).all()
+    assert [state for state, _ in sent] == ["sent", "sent"]
+    assert all(at is not None and at.tzinfo == UTC for _, at in sent)
+    assert desk.the_case().first_response_at == chasing.at(monday, 14)
+
+
+# -- ingestion from Dovecot into PostgreSQL ----------------------------------------------
+
+
+def customer_mail(number: int, subject: str = "Order question") -> bytes:
+    """test_ingest's mail, dated now (mail from before the first poll is never a new case)."""
+    raw = ingesting.mail(number, subject=subject)
+    old_date = raw.split(b"Date: ", 1)[1].split(b"\r\n", 1)[0]
+    return raw.replace(old_date, format_datetime(datetime.now(UTC)).encode())
+
+
+@pytest.fixture
+def session_for() -> Iterator[Callable[[MailboxSettings], ImapSession]]:
+    """Logged-in sessions for poll_mailbox, closed after the test (as in test_ingest)."""
+    opened: list[ImapSession] = []
+
+    def open_session(box: MailboxSettings) -> ImapSession:
+        assert box.imap.password is not None
+        session = ImapSession(box.imap, Secret(box.imap.password))
+        session.connect()
+        opened.append(session)
+        return session
+
+    yield open_session
+    for session in opened:
+        session.close()
+
+
+def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Callable[[MailboxSettings], ImapSession],
+) -> None:
+    box = ingesting.mailbox_for(dovecot, mail_user)
+    settings = ingesting.settings_for(box, engine)
+    first = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    assert first.ok and first.new == 0  # first contact: the empty mailbox is history
+
+    dovecot.multiappend(mail_user, "INBOX", [customer_mail(n) for n in range(3)])
+    dovecot.append(mail_user, "Sent", customer_mail(100, subject="Re: Order question"))
+    second = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    assert second.ok
+    assert second.folders["INBOX"].new == 3 and not second.folders["INBOX"].is_history
+    assert second.folders["Sent"].new == 1
+
+    stored = ingesting.locations(engine)
+    assert [row.uid for row in stored] == dovecot.uids(mail_user)
+    on_server = ingesting.server_messages(dovecot, mail_user)
+    assert [row.raw for row in stored] == [on_server[row.uid] for row in stored]
+
+    third = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    assert third.ok and third.new == 0
+    assert ingesting.count(engine, message) == 4
+    assert ingesting.count(engine, message_location) == 4
+
+    with engine.connect() as conn:
+        facts = store.load_facts(conn, [row.message_pk for row in stored])
+    assert [f.sender.address for f in facts if f.sender] == [
+        f"c{n}@customer.test" for n in range(3)
+    ]
+    assert all(f.date is not None and f.date.tzinfo is not None for f in facts)
+
+    triaged = triage_pending(engine, settings, box, ingesting.now())
+    assert (triaged.opened, triaged.errors) == (3, [])
+    with engine.connect() as conn:
+        cases = conn.execute(select(case.c.reference, case.c.customer).order_by(case.c.id)).all()
+        pending = conn.execute(select(message.c.id).where(message.c.triaged_at.is_(None))).all()
+    assert [row.customer for row in cases] == [f"c{n}@customer.test" for n in range(3)]
+    assert [row.reference for row in cases] == ["KW-1", "KW-2", "KW-3"]
+    assert pending == []
+    assert triage_pending(engine, settings, box, ingesting.now()).triaged == 0
+
+
+@pytest.mark.skipif(not ingesting.PRESENT, reason="shared corpora not present")
+def test_every_corpus_file_is_stored_exactly_once_in_postgres(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Callable[[MailboxSettings], ImapSession],
+) -> None:
+    """Real-world mail (NUL bytes, odd headers, huge values) as test_ingest runs it on SQLite."""
+    ingesting.test_every_corpus_file_is_stored_exactly_once(dovecot, mail_user, engine, session_for)
+    box = ingesting.mailbox_for(dovecot, mail_user)
+    settings = ingesting.settings_for(box, engine)
+    triaged = triage_pending(engine, settings, box, ingesting.now())
+    assert triaged.errors == []
+    assert triaged.triaged == ingesting.count(engine, message)
+
+
+def hostile_mail(long_address: str) -> bytes:
+    """What SQLite swallows and PostgreSQL refuses: NUL in text, an over-long address."""
+    return (
+        "From: Ann Lee <ann@example.org>\r\n"
+        f"Reply-To: {long_address}\r\n"
+        "To: support@example.com\r\n"
+        "Subject: =?utf-8?q?Refund=00please?=\r\n"
+        f"Date: {format_datetime(datetime.now(UTC))}\r\n"
+        f"Message-ID: <hostile.{id(long_address)}@example.org>\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n"
+        "\r\n"
+        "I was charged twice=00 for order 1234.\r\n"
+    ).encode()
+
+
+def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Callable[[MailboxSettings], ImapSession],
+) -> None:
+    box = ingesting.mailbox_for(dovecot, mail_user)
+    settings = ingesting.settings_for(box, engine)
+    poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    long_address = "x" * 330 + "@example.org"
+    dovecot.append(mail_user, "INBOX", hostile_mail(long_address))
+    polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    assert (polled.ok, polled.new) == (True, 1)
+
+    triaged = triage_pending(engine, settings, box, ingesting.now())
+    assert (triaged.opened, triaged.errors) == (1, [])
+    with engine.connect() as conn:
+        stored = conn.execute(select(message)).one()
+        opened = conn.execute(select(case)).one()
+    assert not stored.quarantined, stored.quarantine_reason
+    # NUL becomes U+FFFD (on every backend, so SQLite and PostgreSQL hold the same text).
+    assert "I was charged twice\ufffd for order 1234." in stored.body_text
+    assert stored.subject == opened.subject == "Refund\ufffdplease"
+    # The Reply-To names the customer, cut to the 320 characters the address columns hold.
+    assert opened.customer == long_address[:320]

@@ -12,6 +12,8 @@ from enum import StrEnum
 # The header keepword puts on every mail it sends; finding it on an incoming mail
 # means the mail is ours (or a robot quoting ours) and must never be answered.
 LOOP_HEADER = "X-Keepword-Loop"
+# Longest address the store keeps (String(320) columns); SMTP allows 256 anyway.
+MAX_ADDRESS_CHARS = 320
 
 
 class Origin(StrEnum):

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from email.utils import getaddresses
 from enum import StrEnum
 
-from keepword.domain.model import Address, Kind, MessageFacts, Origin
+from keepword.domain.model import MAX_ADDRESS_CHARS, Address, Kind, MessageFacts, Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +232,7 @@ def forwarded_senders(body_text: str) -> tuple[Address, ...]:
         if not (after_marker or _in_header_block(lines, number)):
             continue
         address = _parse_from_line(match.group(1).strip())
-        if address is not None:
+        if address is not None and len(address.address) <= MAX_ADDRESS_CHARS:
             found.setdefault(address.address, address)
     return tuple(found.values())
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import mailparser
 
-from keepword.domain.model import LOOP_HEADER, Address, MessageFacts, Origin
+from keepword.domain.model import LOOP_HEADER, MAX_ADDRESS_CHARS, Address, MessageFacts, Origin
 
 # mail-parser logs a warning for every multipart it does not render and every odd
 # header; keepword reports problems itself (quarantine reasons), so keep it quiet.
@@ -46,6 +46,8 @@ MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # bigger mails are stored raw but not pars
 MAX_BODY_CHARS = 200_000
 MAX_ID_CHARS = 900  # message.message_id is String(998)
 MAX_CONTENT_TYPE_CHARS = 200
+# PostgreSQL text cannot hold NUL (decoded from =00 or base64); every backend stores this.
+NUL_REPLACEMENT = "\ufffd"
 DERIVED_ID_DOMAIN = "keepword.invalid"
 
 # Only the headers the classifier looks at are kept in decoded form; everything
@@ -301,7 +303,10 @@ def _from_message(
         date_offset_minutes=offset,
         in_reply_to=message_ids(_all(msg, "in-reply-to")),
         references=message_ids(_all(msg, "references")),
-        body_text=body[:MAX_BODY_CHARS].replace("\r\n", "\n").replace("\r", "\n"),
+        body_text=body[:MAX_BODY_CHARS]
+        .replace("\r\n", "\n")
+        .replace("\r", "\n")
+        .replace("\0", NUL_REPLACEMENT),
         headers=_classifier_headers(msg),
         content_type=_SPACES_RE.sub(" ", _first(msg, "content-type") or "")[
             :MAX_CONTENT_TYPE_CHARS
@@ -398,7 +403,7 @@ def decode_header_value(value: Any) -> str:
 
 def _unfold(text: str) -> str:
     text = _FOLD_RE.sub(" ", text)
-    return text.replace("\r", "").replace("\n", "").strip()
+    return text.replace("\r", "").replace("\n", "").replace("\0", NUL_REPLACEMENT).strip()
 
 
 def _bytes_to_text(data: bytes, charset: str | None) -> str:
@@ -416,9 +421,11 @@ def _bytes_to_text(data: bytes, charset: str | None) -> str:
 def _known_addresses(pairs: list[tuple[str, str]]) -> tuple[Address, ...]:
     result: list[Address] = []
     for display, addr_spec in pairs:
-        address = str(addr_spec).strip().strip("<>").lower()
+        address = str(addr_spec).replace("\0", NUL_REPLACEMENT).strip().strip("<>").lower()
         if "@" in address:
-            result.append(Address(address=address, name=_unfold(str(display or ""))))
+            result.append(
+                Address(address=address[:MAX_ADDRESS_CHARS], name=_unfold(str(display or "")))
+            )
     return tuple(result)
 
 
@@ -435,7 +442,9 @@ def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
             address = addr_spec.strip().strip("<>").lower()
             if "@" not in address:
                 continue
-            result.append(Address(address=address, name=decode_header_value(display)))
+            result.append(
+                Address(address=address[:MAX_ADDRESS_CHARS], name=decode_header_value(display))
+            )
     return tuple(result)
 
 
