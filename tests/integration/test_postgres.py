@@ -33,6 +33,7 @@ from keepword.store.tables import case, folder_state, message, message_location,
 from keepword.triage import triage_pending
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.postgres import Postgres
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -310,3 +311,24 @@ def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
     assert stored.subject == opened.subject == "Refund\ufffdplease"
     # The Reply-To names the customer, cut to the 320 characters the address columns hold.
     assert opened.customer == long_address[:320]
+
+
+# -- the server restarts under a running keepword -------------------------------------------
+
+
+def test_a_database_restart_costs_no_failed_job(
+    postgres: Postgres,
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Callable[[MailboxSettings], ImapSession],
+) -> None:
+    """After a restart every pooled connection is dead; the next poll must not fail."""
+    box = ingesting.mailbox_for(dovecot, mail_user)
+    settings = ingesting.settings_for(box, engine)
+    assert poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for).ok
+    postgres.restart()
+    dovecot.append(mail_user, "INBOX", customer_mail(1))
+    polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    assert (polled.ok, polled.new) == (True, 1)
+    assert triage_pending(engine, settings, box, ingesting.now()).opened == 1

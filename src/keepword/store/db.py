@@ -19,7 +19,9 @@ def make_engine(url: str) -> Engine:
     """Create an engine; for SQLite, make the directory and turn on WAL + foreign keys."""
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True)
+    # A server restart kills every pooled connection: test each one before use, so the
+    # next job reconnects instead of failing (SQLite has no server to lose).
+    engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
