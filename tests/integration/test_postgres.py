@@ -8,6 +8,10 @@ engine on PostgreSQL instead of SQLite.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -332,3 +336,72 @@ def test_a_database_restart_costs_no_failed_job(
     polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
     assert (polled.ok, polled.new) == (True, 1)
     assert triage_pending(engine, settings, box, ingesting.now()).opened == 1
+
+
+# -- the command line, in its own process, with database_url on PostgreSQL ---------------
+
+
+def run_keepword(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keepword", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ingesting.ROOT / "src")},
+        check=False,
+        timeout=120,
+    )
+
+
+def test_keepword_run_once_and_cases_on_a_postgres_database_url(
+    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
+) -> None:
+    config = tmp_path / "keepword.toml"
+    config.write_text(
+        f"""[keepword]
+state_dir = "{tmp_path / "state"}"
+database_url = "{postgres_url}"
+allow_inline_passwords = true
+
+[[mailbox]]
+name = "support"
+address = "support@example.com"
+sent_folder = "Sent"
+team = ["{ALICE}"]
+
+[mailbox.imap]
+host = "{dovecot.host}"
+port = {dovecot.imap_port}
+tls = "plain"
+username = "{mail_user}"
+password = "{dovecot.users[mail_user]}"
+
+[mailbox.smtp]
+host = "{smtp_server.host}"
+port = {smtp_server.port}
+tls = "plain"
+username = "{smtp_server.user}"
+password = "{smtp_server.password}"
+"""
+    )
+    first = run_keepword(config, "run", "--once")  # creates the schema; the empty inbox
+    assert first.returncode == 0, first.stderr
+    dovecot.append(mail_user, "INBOX", customer_mail(7, subject="Broken parcel"))
+    second = run_keepword(config, "run", "--once")
+    assert second.returncode == 0, second.stderr
+
+    [ack] = [m for m in smtp_server.messages if "c7@customer.test" in m.rcpt_tos]
+    assert ack.header("Subject") == "Re: Broken parcel 7 [KW-1]"
+    listing = run_keepword(config, "cases", "--json")
+    assert listing.returncode == 0, listing.stderr
+    [listed] = json.loads(listing.stdout)
+    assert (listed["reference"], listed["customer"]) == ("KW-1", "c7@customer.test")
+    assert not (tmp_path / "state" / "keepword.db").exists()  # nothing went to SQLite
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            sent = conn.execute(select(outbox.c.kind, outbox.c.state, outbox.c.recipients)).all()
+    finally:
+        engine.dispose()
+    # (a team digest may go out too, depending on the wall-clock time of day)
+    assert ("acknowledgement", "sent", ["c7@customer.test"]) in sent
+    assert {state for _, state, _ in sent} == {"sent"}
