@@ -1,4 +1,4 @@
-"""Promise repository on a real (SQLite) store: rows <-> domain Promise values."""
+"""Promise and case repositories on a real (SQLite) store: rows <-> domain values."""
 
 from __future__ import annotations
 
@@ -140,3 +140,14 @@ def test_update_queued_at_reads_the_update_key_only(engine: Engine) -> None:
             message_id="<u@example.com>",
         )
         assert store.update_queued_at(conn, value) == queued
+
+
+def test_mailboxes_sharing_a_prefix_share_its_sequence(engine: Engine) -> None:
+    """Both mailboxes default to "KW": each opens cases, a reference names one case."""
+    ids = [new_case(engine, box) for box in ("support", "billing", "support", "billing")]
+    renamed = new_case(engine, "support", prefix="SUP")  # the mailbox's prefix changed
+    with engine.connect() as conn:
+        refs = [case_store.load_case(conn, i).reference for i in (*ids, renamed)]
+        assert refs == ["KW-1", "KW-2", "KW-3", "KW-4", "SUP-4"]
+        found = case_store.find_case(conn, "kw-2")
+        assert found is not None and found.mailbox == "billing"

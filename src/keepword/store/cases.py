@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
@@ -74,9 +74,17 @@ def list_cases(
     return [_to_state(row) for row in conn.execute(query)]
 
 
-def next_number(conn: Connection, mailbox: str) -> int:
+def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
+    """The next case number: past every number of this mailbox and of this prefix.
+
+    Mailboxes that share a prefix (all default to "KW") share its sequence, so a
+    reference names one case everywhere; a mailbox whose prefix changed goes on
+    counting where it was.
+    """
     current = conn.execute(
-        select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
+        select(func.max(case.c.number)).where(
+            or_(case.c.mailbox == mailbox, case.c.reference.startswith(f"{prefix}-"))
+        )
     ).scalar()
     return int(current or 0) + 1
 
@@ -88,8 +96,9 @@ def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) 
     if state.id is not None:
         conn.execute(update(case).where(case.c.id == state.id).values(**values))
         return state
-    number = next_number(conn, state.mailbox)
-    reference = format_reference(prefix or state.reference or "KW", number)
+    prefix = prefix or state.reference or "KW"
+    number = next_number(conn, state.mailbox, prefix)
+    reference = format_reference(prefix, number)
     values.update(number=number, reference=reference)
     key = conn.execute(insert(case).values(**values)).inserted_primary_key
     assert key is not None
