@@ -28,3 +28,7 @@ class MailboxError(KeepwordError):
 
 class StoreError(KeepwordError):
     """The database is unreachable or its schema is not what this version expects."""
+
+
+class StaleCaseError(StoreError):
+    """A case changed between reading it and saving a decision made on it: decide again."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from keepword.acknowledging import ack_key, calendar_for, honest_window, note_key
 from keepword.config import MailboxSettings, Settings
@@ -38,6 +39,7 @@ from keepword.domain.threading import (
     referenced_ids,
     subject_key,
 )
+from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
@@ -46,6 +48,9 @@ from keepword.store.messages import load_facts
 from keepword.store.tables import case, message, message_location, outbox
 
 log = logging.getLogger(__name__)
+
+# A case changed under the decision, or the database is busy or gone for a moment.
+DEFERRABLE = (StaleCaseError, OperationalError)
 
 # A mail dated more than this before keepword's first poll is history even if it shows up
 # later (e.g. after a UIDVALIDITY change): never acknowledge mail from before we started.
@@ -83,6 +88,12 @@ def triage_pending(
             with engine.begin() as conn:
                 _triage_one(conn, settings, box, pk, now, acknowledger, result)
             result.triaged += 1
+        except DEFERRABLE as exc:
+            # Not the message's fault: it stays untriaged and the next run takes it up,
+            # still in order (later mail of the same thread must not overtake it).
+            log.warning("mailbox %s: triage of message %s deferred: %s", box.name, pk, exc)
+            result.errors.append(f"message {pk} deferred: {exc}")
+            break
         except Exception as exc:  # one bad message must never stop the rest
             log.exception("mailbox %s: triage of message %s failed", box.name, pk)
             result.errors.append(f"message {pk}: {exc}")

@@ -8,6 +8,7 @@ actually reached the SMTP server.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from keepword.domain import cases as case_rules
 from keepword.domain.model import LOOP_HEADER, CaseStatus, PromiseState
 from keepword.store import cases as case_store
 from keepword.store.tables import case, message, outbox, promise
@@ -317,3 +319,71 @@ def test_follow_up_note_repeats_the_promised_time_once_a_day(
         assert f"{due:%H:%M}" in text and "KW-1" in text
     finally:
         desk.close()
+
+
+def test_a_close_from_the_cli_during_triage_is_not_overwritten(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keepword close` lands between triage reading the case and saving it: triage must
+    decide again on the closed case (the follow-up reopens it), not undo the close."""
+    question = desk.arrive(mail(ANN, "Charged twice"))
+    desk.cycle()
+    real_save = case_store.save_case
+    raced: list[int] = []
+
+    def close_first(conn: Any, state: Any, **options: Any) -> Any:
+        if state.id is not None and not raced:
+            raced.append(state.id)
+            with desk.engine.begin() as cli:  # what `keepword close KW-1` does, meanwhile
+                current = case_store.load_case(cli, state.id)
+                change = case_rules.close(current, at=desk.clock(), actor=ALICE, why="by phone")
+                real_save(cli, change.case)
+                case_store.add_events(cli, state.id, change.events)
+        return real_save(conn, state, **options)
+
+    monkeypatch.setattr(case_store, "save_case", close_first)
+    follow_up = desk.arrive(mail(ANN, "Re: Charged twice [KW-1]", reply_to=question))
+    desk.cycle()
+    assert raced, "triage saved the case without the race happening"
+    mid = follow_up["Message-ID"].strip("<>")
+    with desk.engine.connect() as conn:
+        waiting = conn.execute(
+            select(message.c.triaged_at, message.c.quarantined).where(message.c.message_id == mid)
+        ).one()
+    assert waiting.triaged_at is None and not waiting.quarantined, "deferred, not lost"
+    [closed] = desk.cases()
+    assert closed.status == CaseStatus.CLOSED.value
+
+    desk.cycle()  # the next poll decides again, on the closed case
+    [reopened] = desk.cases()
+    assert reopened.status == CaseStatus.WAITING_ON_TEAM.value
+    assert desk.case_of(follow_up).id == reopened.id
+    timeline = desk.events(reopened.id)
+    assert timeline.index("closed") < timeline.index("reopened")
+
+
+def test_cli_decides_again_when_the_daemon_changed_the_case_meanwhile(
+    desk: Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keepword.cli import main
+
+    desk.arrive(mail(ANN, "Charged twice"))
+    desk.cycle()
+    config = tmp_path / "kw.toml"
+    config.write_text(f'[keepword]\ndatabase_url = "{desk.engine.url}"\nstate_dir = "{tmp_path}"\n')
+    real_save = case_store.save_case
+    raced: list[int] = []
+
+    def triage_first(conn: Any, state: Any, **options: Any) -> Any:
+        if not raced:  # the daemon records a new customer contact meanwhile
+            raced.append(state.id)
+            with desk.engine.begin() as daemon:
+                current = case_store.load_case(daemon, state.id)
+                real_save(daemon, replace(current, customer_contacts=current.customer_contacts + 5))
+        return real_save(conn, state, **options)
+
+    monkeypatch.setattr(case_store, "save_case", triage_first)
+    assert main(["--config", str(config), "assign", "KW-1", "bob@example.com"]) == 0
+    [assigned] = desk.cases()
+    assert raced and assigned.owner == "bob@example.com"
+    assert assigned.customer_contacts == 6, "the daemon's change survived the assignment"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from keepword.domain.cases import CaseState
 from keepword.domain.chase import update_key
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import Promise, break_if_due, supersede
+from keepword.errors import StaleCaseError
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as store
@@ -151,3 +153,16 @@ def test_mailboxes_sharing_a_prefix_share_its_sequence(engine: Engine) -> None:
         assert refs == ["KW-1", "KW-2", "KW-3", "KW-4", "SUP-4"]
         found = case_store.find_case(conn, "kw-2")
         assert found is not None and found.mailbox == "billing"
+
+
+def test_a_save_decided_on_an_older_read_is_refused(engine: Engine) -> None:
+    case_id = new_case(engine)
+    with engine.connect() as conn:
+        first = case_store.load_case(conn, case_id)
+    with engine.begin() as conn:
+        saved = case_store.save_case(conn, replace(first, owner="alice@example.com"))
+    assert saved.version == first.version + 1
+    with pytest.raises(StaleCaseError), engine.begin() as conn:
+        case_store.save_case(conn, replace(first, owner="bob@example.com"))
+    with engine.connect() as conn:
+        assert case_store.load_case(conn, case_id).owner == "alice@example.com"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -11,12 +12,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 
 from keepword.cli.common import engine_from, settings_from
 from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus
-from keepword.errors import KeepwordError
+from keepword.errors import KeepwordError, StaleCaseError
 from keepword.store import cases as case_store
 from keepword.store import promises as promise_store
 from keepword.store.tables import message, outbox, promise
@@ -232,23 +233,32 @@ def _print_story(current: case_rules.CaseState, story: dict[str, list[dict[str, 
 Mutation = Callable[[case_rules.CaseState, argparse.Namespace, datetime], case_rules.Change]
 
 
+MUTATION_ATTEMPTS = 3
+
+
 def _mutation(step: Mutation) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        settings = settings_from(args)
-        engine = engine_from(settings)
-        with engine.begin() as conn:
-            current = _case_or_fail(conn, args.reference)
-            assert current.id is not None
-            change = step(current, args, _now())
-            if not change.events:
-                print(f"{current.reference}: nothing to change")
-                return 0
-            case_store.save_case(conn, change.case)
-            case_store.add_events(conn, current.id, change.events)
-        print(f"{current.reference}: {change.events[-1].detail}")
-        return 0
+        engine = engine_from(settings_from(args))
+        for _ in range(MUTATION_ATTEMPTS - 1):
+            with contextlib.suppress(StaleCaseError):  # the daemon changed it: decide again
+                return _apply(engine, step, args)
+        return _apply(engine, step, args)
 
     return handler
+
+
+def _apply(engine: Engine, step: Mutation, args: argparse.Namespace) -> int:
+    with engine.begin() as conn:
+        current = _case_or_fail(conn, args.reference)
+        assert current.id is not None
+        change = step(current, args, _now())
+        if not change.events:
+            print(f"{current.reference}: nothing to change")
+            return 0
+        case_store.save_case(conn, change.case)
+        case_store.add_events(conn, current.id, change.events)
+    print(f"{current.reference}: {change.events[-1].detail}")
+    return 0
 
 
 def _assign(

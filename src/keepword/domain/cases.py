@@ -70,6 +70,7 @@ class CaseState:
     last_response_at: datetime | None = None
     closed_at: datetime | None = None
     is_history: bool = False
+    version: int = 0  # the stored row's version this state was read at
 
     @property
     def awaiting_team(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
+from keepword.errors import StaleCaseError
 from keepword.store.tables import case, case_correspondent, case_event, message
 
 _CASE_FIELDS = (
@@ -41,6 +43,7 @@ def _to_state(row: Row[Any]) -> CaseState:
         status=CaseStatus(values["status"]),
         subject=values["subject"] or "",
         subject_key=values["subject_key"] or "",
+        version=values["version"],
         **{k: values[k] for k in _CASE_FIELDS if k not in {"status", "subject", "subject_key"}},
     )
 
@@ -90,12 +93,22 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
 
 
 def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) -> CaseState:
-    """Insert a new case (allocating its number and reference) or update an existing one."""
+    """Insert a new case (allocating its number and reference) or update an existing one.
+
+    An update only lands on the version it was read at; otherwise StaleCaseError, and the
+    caller's transaction (with everything else it decided) rolls back.
+    """
     values = {k: getattr(state, k) for k in _CASE_FIELDS}
     values["status"] = state.status.value
     if state.id is not None:
-        conn.execute(update(case).where(case.c.id == state.id).values(**values))
-        return state
+        saved = conn.execute(
+            update(case)
+            .where(and_(case.c.id == state.id, case.c.version == state.version))
+            .values(**values, version=state.version + 1)
+        )
+        if saved.rowcount != 1:
+            raise StaleCaseError(f"case {state.reference} changed meanwhile")
+        return replace(state, version=state.version + 1)
     prefix = prefix or state.reference or "KW"
     number = next_number(conn, state.mailbox, prefix)
     reference = format_reference(prefix, number)

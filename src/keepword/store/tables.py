@@ -167,6 +167,9 @@ case = Table(
     _ts("last_response_at"),
     _ts("closed_at"),
     _ts("updated_at", nullable=False),
+    # Bumped by every save: a save decided on an older read is refused (lost updates
+    # between the daemon and `keepword assign/close` would otherwise pass silently).
+    Column("version", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("mailbox", "number", name="uq_case_mailbox_number"),
     UniqueConstraint("reference", name="uq_case_reference"),
     Index("ix_case_status", "mailbox", "status"),
