@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keepword.store.db import make_engine, migrate, open_store, table_names
-from keepword.store.tables import folder_state, metadata
+from keepword.store.tables import case, folder_state, metadata
 
 
 def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
@@ -60,8 +60,15 @@ def test_upgrade_from_the_first_revision_keeps_the_data(tmp_path: Path) -> None:
     migrate(engine, "0001")
     with engine.begin() as conn:
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_uid=7))
+        conn.exec_driver_sql(
+            'INSERT INTO "case" (mailbox, number, reference, status, owner_changes, '
+            "is_history, opened_at, customer_contacts, unanswered_contacts, updated_at) "
+            "VALUES ('m', 7, 'SUP-7', 'new', 0, 0, '2026-11-23 09:00:00', 1, 1, "
+            "'2026-11-23 09:00:00')"
+        )
     migrate(engine)
     with engine.connect() as conn:
         assert conn.execute(select(folder_state.c.last_uid)).scalar_one() == 7
+        assert conn.execute(select(case.c.prefix, case.c.version)).one() == ("SUP", 0)
         indexes = {row[1] for row in conn.exec_driver_sql("PRAGMA index_list('outbox')")}
     assert "ix_outbox_case_id" in indexes

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
@@ -84,12 +84,11 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     reference names one case everywhere; a mailbox whose prefix changed goes on
     counting where it was.
     """
-    current = conn.execute(
-        select(func.max(case.c.number)).where(
-            or_(case.c.mailbox == mailbox, case.c.reference.startswith(f"{prefix}-"))
-        )
-    ).scalar()
-    return int(current or 0) + 1
+    # Two indexed MAX lookups ((mailbox, number) and (prefix, number)), not a scan.
+    by_mailbox = select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
+    by_prefix = select(func.max(case.c.number)).where(case.c.prefix == prefix)
+    current = [conn.execute(query).scalar() or 0 for query in (by_mailbox, by_prefix)]
+    return max(current) + 1
 
 
 def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) -> CaseState:
@@ -112,7 +111,7 @@ def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) 
     prefix = prefix or state.reference or "KW"
     number = next_number(conn, state.mailbox, prefix)
     reference = format_reference(prefix, number)
-    values.update(number=number, reference=reference)
+    values.update(number=number, reference=reference, prefix=prefix)
     key = conn.execute(insert(case).values(**values)).inserted_primary_key
     assert key is not None
     return load_case(conn, int(key[0]))

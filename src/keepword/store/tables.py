@@ -151,6 +151,8 @@ case = Table(
     Column("mailbox", String(100), nullable=False),
     Column("number", Integer, nullable=False),
     Column("reference", String(40), nullable=False),
+    # The reference's prefix: mailboxes sharing one share its numbers (store.cases).
+    Column("prefix", String(10), nullable=False, server_default=""),
     Column("status", String(30), nullable=False),
     Column("owner", String(320), nullable=True),
     Column("owner_changes", Integer, nullable=False, default=0),
@@ -172,6 +174,7 @@ case = Table(
     Column("version", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("mailbox", "number", name="uq_case_mailbox_number"),
     UniqueConstraint("reference", name="uq_case_reference"),
+    Index("ix_case_prefix_number", "prefix", "number"),
     Index("ix_case_status", "mailbox", "status"),
     Index("ix_case_customer_subject", "mailbox", "customer", "subject_key"),
 )
