@@ -418,14 +418,18 @@ def _bytes_to_text(data: bytes, charset: str | None) -> str:
         return data.decode("cp1252", "replace")
 
 
+def _usable(address: str) -> bool:
+    # Longer than any mail server accepts (RFC 5321: 64 + 1 + 255): not an address to
+    # store or ever answer. Cutting it would make a different, wrong address.
+    return "@" in address and len(address) <= MAX_ADDRESS_CHARS
+
+
 def _known_addresses(pairs: list[tuple[str, str]]) -> tuple[Address, ...]:
     result: list[Address] = []
     for display, addr_spec in pairs:
         address = str(addr_spec).replace("\0", NUL_REPLACEMENT).strip().strip("<>").lower()
-        if "@" in address:
-            result.append(
-                Address(address=address[:MAX_ADDRESS_CHARS], name=_unfold(str(display or "")))
-            )
+        if _usable(address):
+            result.append(Address(address=address, name=_unfold(str(display or ""))))
     return tuple(result)
 
 
@@ -440,11 +444,9 @@ def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
             pairs = []
         for display, addr_spec in pairs:
             address = addr_spec.strip().strip("<>").lower()
-            if "@" not in address:
+            if not _usable(address):
                 continue
-            result.append(
-                Address(address=address[:MAX_ADDRESS_CHARS], name=decode_header_value(display))
-            )
+            result.append(Address(address=address, name=decode_header_value(display)))
     return tuple(result)
 
 
