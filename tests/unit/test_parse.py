@@ -295,3 +295,15 @@ def test_parse_message_never_raises_on_odd_headers(
     raw = (head + "\r\n" + body).encode("utf-8", "surrogateescape")
     parsed = parse_message(raw)
     assert parsed.message_id
+
+
+def test_an_overlong_address_is_dropped_not_cut() -> None:
+    long_address = "x" * 310 + "@example.org"  # 322 characters: no server accepts it
+    raw = (
+        f"From: Ann <ann@example.org>\r\nReply-To: {long_address}\r\n"
+        f"To: support@shop.test, {long_address}\r\nSubject: hi\r\n\r\nbody\r\n"
+    ).encode()
+    parsed = parse_message(raw)
+    assert parsed.reply_to == ()
+    assert parsed.to == (Address("support@shop.test"),)
+    assert parsed.sender == Address("ann@example.org", "Ann")
