@@ -177,6 +177,8 @@ case = Table(
     Index("ix_case_prefix_number", "prefix", "number"),
     Index("ix_case_status", "mailbox", "status"),
     Index("ix_case_customer_subject", "mailbox", "customer", "subject_key"),
+    # The subject rule looks up by mailbox + subject key (joined to any correspondent).
+    Index("ix_case_mailbox_subject", "mailbox", "subject_key"),
 )
 
 case_correspondent = Table(
