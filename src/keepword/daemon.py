@@ -83,7 +83,7 @@ class Daemon:
         dry_run: bool = False,
         stop_timeout: float = STOP_TIMEOUT,
         drain_interval: float = DRAIN_INTERVAL,
-        backoff: RetryPolicy = MAILBOX_RETRY,
+        retry: RetryPolicy = MAILBOX_RETRY,
         draw: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -92,7 +92,7 @@ class Daemon:
         self._dry_run = dry_run
         self._stop_timeout = stop_timeout
         self._drain_interval = drain_interval
-        self._backoff = backoff
+        self._retry = retry
         self._draw = draw
         self._clock = clock
         self._settings: Settings | None = None
@@ -288,7 +288,7 @@ class Daemon:
     ) -> None:
         health.failures += 1
         health.last_error = describe_error(exc)
-        delay = self._backoff.delay(health.failures, self._draw)
+        delay = self._retry.delay(health.failures, self._draw)
         health.retry_at = self._clock() + delay
         METRICS.job_failed(box.name, kind)
         with log_context(mailbox=box.name):

@@ -12,7 +12,8 @@ from enum import StrEnum
 # The header keepword puts on every mail it sends; finding it on an incoming mail
 # means the mail is ours (or a robot quoting ours) and must never be answered.
 LOOP_HEADER = "X-Keepword-Loop"
-# Longest address the store keeps (String(320) columns); SMTP allows 256 anyway.
+# Longest address kept (the String(320) columns). RFC 5321 paths allow 254 characters,
+# so anything longer is no address: it is dropped, never cut into a different one.
 MAX_ADDRESS_CHARS = 320
 
 

@@ -419,8 +419,7 @@ def _bytes_to_text(data: bytes, charset: str | None) -> str:
 
 
 def _usable(address: str) -> bool:
-    # Longer than any mail server accepts (RFC 5321: 64 + 1 + 255): not an address to
-    # store or ever answer. Cutting it would make a different, wrong address.
+    # Longer than any mail server accepts: not an address to store or ever answer.
     return "@" in address and len(address) <= MAX_ADDRESS_CHARS
 
 
