@@ -39,6 +39,7 @@ from keepword.domain.chase import (
 from keepword.domain.model import CaseStatus, OutboxKind, PromiseState
 from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
 from keepword.domain.windows import Window
+from keepword.errors import StaleCaseError
 from keepword.mail.compose import customer_mail, team_mail
 from keepword.mail.render import (
     CustomerUpdateContext,
@@ -76,6 +77,14 @@ class ChaseResult:
     def queued(self) -> int:
         return self.reminders + self.escalations + self.updates + self.digests
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.queued or self.breaches or self.withdrawn)
+
+    def add(self, other: ChaseResult) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass(slots=True)
 class _Desk:
@@ -110,15 +119,20 @@ def chase_mailbox(
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
     for case_id in case_ids:
+        done = ChaseResult()  # counted only once its transaction commits
         try:
             with engine.begin() as conn:
-                _chase_case(conn, desk, case_id, result)
+                _chase_case(conn, desk, case_id, done)
+        except StaleCaseError:  # `keepword close/assign` meanwhile: plan again next step
+            log.info("mailbox %s: case %d changed while chased; next step", box.name, case_id)
+            continue
         except Exception:  # one broken case (a bad template, bad data) must not stop the rest
             log.exception(
                 "mailbox %s: chasing case %d failed; retried next step", box.name, case_id
             )
             result.failed += 1
             continue
+        result.add(done)
         result.cases += 1
     if box.chase.digest:
         with engine.begin() as conn:
@@ -157,7 +171,17 @@ def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
 
 
 def _chase_case(conn: Connection, desk: _Desk, case_id: int, result: ChaseResult) -> None:
+    """Plan and record one case's actions; refused (StaleCaseError) if the case changed
+    meanwhile, so no mail goes out on a decision about a case that is no longer so."""
     state = case_store.load_case(conn, case_id)
+    _plan_case(conn, desk, state, result)
+    if result.changed:
+        case_store.confirm_unchanged(conn, state)
+
+
+def _plan_case(conn: Connection, desk: _Desk, state: cases.CaseState, result: ChaseResult) -> None:
+    assert state.id is not None
+    case_id = state.id
     open_now = promise_store.open_promises(conn, case_id)
     if state.status in PAUSED_STATUSES:
         _settle_paused(conn, desk, state, open_now, result)
@@ -187,7 +211,7 @@ def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
     """The chase keys already in the outbox for this case.
 
     Key ranges ("reminder:case:42:" up to "reminder:case:42;") use the unique index on
-    dedup_key; outbox.case_id has no index, and the outbox only grows.
+    dedup_key and read only this case's chase mails, not all its outgoing mail.
     """
     ranges = [
         and_(

@@ -408,3 +408,34 @@ def test_never_a_silent_breach_when_nobody_ever_answers(make_desk: Any) -> None:
         assert sent_at is not None and sent_at < old.due_at
     assert len(desk.received(ANN[1])) == 1 + len(updates)
     assert len(desk.received(CAROL)) == len(revised)  # one escalation per promise
+
+
+def test_a_close_while_the_case_is_chased_sends_no_reminder(
+    make_desk: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keepword close` lands between the chase reading the case and committing its
+    reminder: the reminder is not sent; the next step withdraws the promise instead."""
+    desk = make_desk()
+    desk.customer_writes(at(MONDAY, 9), "Charged twice", "I was charged twice.")
+    real_load = case_store.load_case
+    raced: list[int] = []
+
+    def load_then_close(conn: Any, case_id: int) -> Any:
+        state = real_load(conn, case_id)
+        if not raced:
+            raced.append(case_id)
+            with desk.engine.begin() as cli:
+                change = case_rules.close(
+                    real_load(cli, case_id), at=at(MONDAY, 13), actor=ALICE, why="by phone"
+                )
+                case_store.save_case(cli, change.case)
+        return state
+
+    monkeypatch.setattr(case_store, "load_case", load_then_close)
+    racing = desk.chase(at(MONDAY, 13))  # the 50% reminder was due
+    assert raced and racing.queued == 0 and racing.cases == 0
+    monkeypatch.undo()
+    settled = desk.chase(at(MONDAY, 13, 1))
+    assert (settled.queued, settled.withdrawn) == (0, 1)
+    assert desk.received(ALICE) == []
+    assert "reminder" not in desk.events()

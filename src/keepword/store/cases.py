@@ -117,6 +117,22 @@ def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) 
     return load_case(conn, int(key[0]))
 
 
+def confirm_unchanged(conn: Connection, state: CaseState) -> None:
+    """StaleCaseError if the case moved on since `state` was read.
+
+    For decisions that write around a case without saving it (the chase's mails and
+    promise records). The no-op write also takes the row's lock until commit, so a
+    concurrent save either waits for this transaction or has already made it fail.
+    """
+    still = conn.execute(
+        update(case)
+        .where(and_(case.c.id == state.id, case.c.version == state.version))
+        .values(version=state.version)
+    )
+    if still.rowcount != 1:
+        raise StaleCaseError(f"case {state.reference} changed meanwhile")
+
+
 def add_events(conn: Connection, case_id: int, events: Iterable[Event]) -> None:
     rows = [
         {
