@@ -25,8 +25,6 @@ import argparse
 import contextlib
 import email.utils
 import gzip
-import importlib.machinery
-import importlib.util
 import logging
 import os
 import random
@@ -54,13 +52,10 @@ logging.getLogger("mailparser").setLevel(logging.CRITICAL)  # as keepword does
 
 
 def load_mailserver() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("mailserver", str(ROOT / "scripts/mailserver"))
-    spec = importlib.util.spec_from_loader("mailserver", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mailserver"] = module
-    loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.scripts import load_script
+
+    return load_script("mailserver")
 
 
 # -- realistic mail ------------------------------------------------------------------

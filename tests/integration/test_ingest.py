@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from keepword.errors import MailboxError
 from keepword.imap import ImapSession
 from keepword.ingest import MailboxPoller, poll_folder, poll_mailbox
 from keepword.mail.parse import parse_message
-from keepword.secrets import Secret
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
@@ -96,22 +94,6 @@ def settings_for(box: MailboxSettings, engine: Engine) -> Settings:
         ),
         mailbox=[box],
     )
-
-
-@pytest.fixture
-def session_for(dovecot: Dovecot) -> Iterator[Any]:
-    opened: list[ImapSession] = []
-
-    def open_session(box: MailboxSettings) -> ImapSession:
-        assert box.imap.password is not None
-        session = ImapSession(box.imap, Secret(box.imap.password))
-        session.connect()
-        opened.append(session)
-        return session
-
-    yield open_session
-    for session in opened:
-        session.close()
 
 
 def server_messages(dovecot: Dovecot, user: str, folder: str = "INBOX") -> dict[int, bytes]:

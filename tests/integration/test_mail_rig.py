@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from tests.fixtures.dovecot import SCRIPT, Dovecot, load_mailserver
+from tests.fixtures.dovecot import Dovecot, load_mailserver
+from tests.fixtures.scripts import SCRIPTS
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,14 @@ def test_script_start_and_stop_from_the_command_line() -> None:
     directory = Path(tempfile.mkdtemp(prefix="kw-cli-", dir="/tmp"))
     try:
         started = subprocess.run(
-            [python, str(SCRIPT), "start", str(directory), "--user", "cli@example.com:cli-pw"],
+            [
+                python,
+                str(SCRIPTS / "mailserver"),
+                "start",
+                str(directory),
+                "--user",
+                "cli@example.com:cli-pw",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -49,12 +57,16 @@ def test_script_start_and_stop_from_the_command_line() -> None:
             names = {name for _flags, _sep, name in imap.list_folders()}
         assert names == {"INBOX", "Sent", "Done", "Drafts", "Trash"}
         assert accepts(ports["lmtp_port"])
-        subprocess.run([python, str(SCRIPT), "stop", str(directory)], timeout=60, check=True)
+        subprocess.run(
+            [python, str(SCRIPTS / "mailserver"), "stop", str(directory)], timeout=60, check=True
+        )
         assert not accepts(ports["imap_port"])
         assert not accepts(ports["lmtp_port"])
         assert not load_mailserver()._children(load_mailserver().load(directory))
     finally:
-        subprocess.run([python, str(SCRIPT), "stop", str(directory)], timeout=60, check=False)
+        subprocess.run(
+            [python, str(SCRIPTS / "mailserver"), "stop", str(directory)], timeout=60, check=False
+        )
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -30,7 +30,6 @@ from keepword.config import MailboxSettings
 from keepword.domain.model import PromiseState
 from keepword.imap import ImapSession
 from keepword.ingest import poll_mailbox
-from keepword.secrets import Secret
 from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
@@ -192,23 +191,6 @@ def customer_mail(number: int, subject: str = "Order question") -> bytes:
     raw = ingesting.mail(number, subject=subject)
     old_date = raw.split(b"Date: ", 1)[1].split(b"\r\n", 1)[0]
     return raw.replace(old_date, format_datetime(datetime.now(UTC)).encode())
-
-
-@pytest.fixture
-def session_for() -> Iterator[Callable[[MailboxSettings], ImapSession]]:
-    """Logged-in sessions for poll_mailbox, closed after the test (as in test_ingest)."""
-    opened: list[ImapSession] = []
-
-    def open_session(box: MailboxSettings) -> ImapSession:
-        assert box.imap.password is not None
-        session = ImapSession(box.imap, Secret(box.imap.password))
-        session.connect()
-        opened.append(session)
-        return session
-
-    yield open_session
-    for session in opened:
-        session.close()
 
 
 def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
