@@ -18,6 +18,8 @@ from tests.fixtures.scripts import SCRIPTS
 
 pytestmark = pytest.mark.integration
 
+SCRIPT = SCRIPTS / "mailserver"
+
 
 def raw(n: int) -> bytes:
     head = f"From: a@example.org\r\nSubject: rig {n}\r\nMessage-ID: <rig-{n}@x>\r\n"
@@ -39,7 +41,7 @@ def test_script_start_and_stop_from_the_command_line() -> None:
         started = subprocess.run(
             [
                 python,
-                str(SCRIPTS / "mailserver"),
+                str(SCRIPT),
                 "start",
                 str(directory),
                 "--user",
@@ -57,16 +59,12 @@ def test_script_start_and_stop_from_the_command_line() -> None:
             names = {name for _flags, _sep, name in imap.list_folders()}
         assert names == {"INBOX", "Sent", "Done", "Drafts", "Trash"}
         assert accepts(ports["lmtp_port"])
-        subprocess.run(
-            [python, str(SCRIPTS / "mailserver"), "stop", str(directory)], timeout=60, check=True
-        )
+        subprocess.run([python, str(SCRIPT), "stop", str(directory)], timeout=60, check=True)
         assert not accepts(ports["imap_port"])
         assert not accepts(ports["lmtp_port"])
         assert not load_mailserver()._children(load_mailserver().load(directory))
     finally:
-        subprocess.run(
-            [python, str(SCRIPTS / "mailserver"), "stop", str(directory)], timeout=60, check=False
-        )
+        subprocess.run([python, str(SCRIPT), "stop", str(directory)], timeout=60, check=False)
         shutil.rmtree(directory, ignore_errors=True)
 
 
