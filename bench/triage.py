@@ -8,21 +8,26 @@ does), then `triage_pending` (classification, candidate queries against the inde
 tables, case updates, timeline rows; one transaction per message). It stores the same
 generated mail as bench/import.py, as history so that no acknowledgement is composed,
 and compares N/2 with N messages in the same run, each in a fresh database.
+`--postgres` runs the same on a throw-away PostgreSQL (scripts/pgserver) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.domain.model import Origin  # noqa: E402
@@ -56,9 +61,8 @@ def settings_for(url: str, work: Path) -> tuple[Settings, MailboxSettings]:
     return settings, box
 
 
-def run(messages: list[bytes], work: Path) -> tuple[float, float, int]:
+def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]:
     """(store seconds, triage seconds, cases opened) for these messages in a fresh DB."""
-    url = f"sqlite:///{work / f'triage-{len(messages)}.db'}"
     engine = open_store(url)
     settings, box = settings_for(url, work)
     now = datetime.now(UTC)
@@ -84,17 +88,51 @@ def run(messages: list[bytes], work: Path) -> tuple[float, float, int]:
     return stored, triaged, opened
 
 
+@contextlib.contextmanager
+def databases(work: Path, postgres: bool) -> Iterator[Callable[[int], str]]:
+    """A fresh database URL per run: SQLite files in `work`, or a private PostgreSQL."""
+    if not postgres:
+        yield lambda n: f"sqlite:///{work / f'triage-{n}.db'}"
+        return
+    import psycopg
+    from tests.fixtures.scripts import load_script
+
+    pgserver = load_script("pgserver")
+    # Its own top-level directory: the server's OS user must reach it (see the fixture).
+    directory = Path(tempfile.mkdtemp(prefix="kwpg-", dir="/tmp"))
+    server = pgserver.start(directory)
+    try:
+
+        def create(n: int) -> str:
+            with psycopg.connect(
+                host=server.host, port=server.port, user=server.user, dbname="postgres"
+            ) as admin:
+                admin.autocommit = True
+                admin.execute(f"CREATE DATABASE triage_{n}")
+            return str(server.url(f"triage_{n}"))
+
+        yield create
+    finally:
+        pgserver.stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--postgres", action="store_true", help="a private PostgreSQL")
     args = parser.parse_args()
     generate = load_import_bench().generate
     full = list(generate(args.messages))
     half = full[: args.messages // 2]
-    with tempfile.TemporaryDirectory(prefix="kw-triage-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="kw-triage-") as tmp,
+        databases(Path(tmp), args.postgres) as url_for,
+    ):
         work = Path(tmp)
-        _, t_half, c_half = run(half, work)
-        _, t_full, c_full = run(full, work)
+        _, t_half, c_half = run(half, work, url_for(len(half)))
+        _, t_full, c_full = run(full, work, url_for(len(full)))
+    print("PostgreSQL" if args.postgres else "SQLite")
     for count, seconds, cases in ((len(half), t_half, c_half), (len(full), t_full, c_full)):
         rate = count / seconds
         print(f"{count:>6} messages: triage {seconds:6.1f} s, {rate:7.0f} msgs/s, {cases} cases")
