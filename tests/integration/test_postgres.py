@@ -37,6 +37,7 @@ from keepword.triage import triage_pending
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
+from tests.fixtures.schema import insert_case_at_0001
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -75,9 +76,11 @@ def test_upgrade_from_the_first_revision_keeps_the_data_on_postgres(postgres_url
         migrate(engine, "0001")
         with engine.begin() as conn:
             conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_uid=7))
+            insert_case_at_0001(conn, "SUP-7", 7)
         migrate(engine)
         with engine.connect() as conn:
             assert conn.execute(select(folder_state.c.last_uid)).scalar_one() == 7
+            assert conn.execute(select(case.c.prefix, case.c.version)).one() == ("SUP", 0)
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, metadata) == []
     finally:

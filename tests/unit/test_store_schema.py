@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import case, folder_state, metadata
+from tests.fixtures.schema import insert_case_at_0001
 
 
 def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
@@ -60,12 +61,7 @@ def test_upgrade_from_the_first_revision_keeps_the_data(tmp_path: Path) -> None:
     migrate(engine, "0001")
     with engine.begin() as conn:
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_uid=7))
-        conn.exec_driver_sql(
-            'INSERT INTO "case" (mailbox, number, reference, status, owner_changes, '
-            "is_history, opened_at, customer_contacts, unanswered_contacts, updated_at) "
-            "VALUES ('m', 7, 'SUP-7', 'new', 0, 0, '2026-11-23 09:00:00', 1, 1, "
-            "'2026-11-23 09:00:00')"
-        )
+        insert_case_at_0001(conn, "SUP-7", 7)
     migrate(engine)
     with engine.connect() as conn:
         assert conn.execute(select(folder_state.c.last_uid)).scalar_one() == 7
