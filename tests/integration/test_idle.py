@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
@@ -59,37 +60,78 @@ class Changes:
 
 async def watching(
     box: MailboxSettings,
-    body: Callable[[Changes, asyncio.Event], Awaitable[None]],
+    body: Callable[[Changes, Watch], Awaitable[None]],
     **options: Any,
 ) -> asyncio.Task[None]:
     """Run the watcher while body runs; stop it after. Returns the finished task."""
-    changes, stop = Changes(), asyncio.Event()
-    task = asyncio.create_task(watch_mailbox(box, changes, stop=stop, **options))
+    changes, stop, watch = Changes(), asyncio.Event(), Watch()
+    task = asyncio.create_task(
+        watch_mailbox(box, changes, stop=stop, session_factory=watch.factory, **options)
+    )
     try:
-        await body(changes, stop)
+        await body(changes, watch)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     return task
 
 
-async def settled() -> None:
-    await asyncio.sleep(1.0)  # the watcher has logged in and entered IDLE
+class IdlingSession(ImapSession):
+    """A real Dovecot session that tells the test when the watcher waits for a change."""
+
+    def __init__(self, box: MailboxSettings, watch: Watch) -> None:
+        super().__init__(box.imap, resolve_secret(box.imap))
+        self.watch = watch
+
+    def wait_for_change(self, folder: str, timeout: float, known_uidnext: int = 0) -> bool:
+        started = time.monotonic()
+        self.watch.entered.set()
+        changed = super().wait_for_change(folder, timeout, known_uidnext)
+        self.watch.calls.append((started, changed))
+        return changed
 
 
-def test_append_while_watching_fires_within_two_seconds(dovecot: Dovecot, mail_user: str) -> None:
+class Watch:
+    """The watcher's sessions, seen from the test: when it waits, and what woke it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.calls: list[tuple[float, bool]] = []  # (when a wait began, did it see a change)
+
+    def factory(self, box: MailboxSettings) -> IdleSession:
+        return IdlingSession(box, self)
+
+    async def waiting(self, timeout: float = 20.0) -> None:
+        """Until the watcher (re)enters its wait: mail from now on cannot be missed.
+
+        Before that, the watcher's first STATUS may already count a new message as
+        known; a fixed sleep raced with a slow login.
+        """
+        entered = await asyncio.to_thread(self.entered.wait, timeout)
+        assert entered, "the watcher never started waiting"
+        self.entered.clear()
+        await asyncio.sleep(0.2)  # past its EXAMINE, into IDLE itself
+
+    def pushed(self, sent: float) -> bool:
+        """Did a wait that began before `sent` end with a change: IDLE, not a later poll?"""
+        return any(changed and started < sent for started, changed in self.calls)
+
+
+def test_append_while_watching_is_pushed_by_idle(dovecot: Dovecot, mail_user: str) -> None:
+    """Each new mail wakes the watcher from IDLE itself (how fast: bench/latency.py)."""
     box = mailbox(dovecot, mail_user)
 
-    async def body(changes: Changes, stop: asyncio.Event) -> None:
-        await settled()
+    async def body(changes: Changes, watch: Watch) -> None:
+        await watch.waiting()
         assert changes.times == []  # nothing arrived yet: no spurious call
         for n in range(3):
             sent = time.monotonic()
             await asyncio.to_thread(
                 dovecot.append, mail_user, "INBOX", customer_mail(f"Broken printer {n}")
             )
-            fired = await changes.next(timeout=5)
-            assert fired - sent < 2.0
+            assert await changes.next(timeout=IDLE_SLICE + 10) > sent
+            assert watch.pushed(sent), "noticed only by the next slice's EXAMINE"
+            await watch.waiting()
 
     asyncio.run(watching(box, body))
 
@@ -97,13 +139,14 @@ def test_append_while_watching_fires_within_two_seconds(dovecot: Dovecot, mail_u
 def test_lmtp_delivery_fires_too(dovecot: Dovecot, mail_user: str) -> None:
     box = mailbox(dovecot, mail_user)
 
-    async def body(changes: Changes, stop: asyncio.Event) -> None:
-        await settled()
+    async def body(changes: Changes, watch: Watch) -> None:
+        await watch.waiting()
         sent = time.monotonic()
         await asyncio.to_thread(
             dovecot.deliver, "ann@example.org", [mail_user], customer_mail("Invoice")
         )
-        assert await changes.next(timeout=5) - sent < 2.0
+        assert await changes.next(timeout=IDLE_SLICE + 10) > sent
+        assert watch.pushed(sent)
 
     asyncio.run(watching(box, body))
 
@@ -119,9 +162,11 @@ def test_mail_arriving_during_on_change_is_not_lost(dovecot: Dovecot, mail_user:
             await asyncio.sleep(1.0)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(watch_mailbox(box, slow_poll, stop=stop))
-        await settled()
+        stop, watch = asyncio.Event(), Watch()
+        task = asyncio.create_task(
+            watch_mailbox(box, slow_poll, stop=stop, session_factory=watch.factory)
+        )
+        await watch.waiting()
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("One"))
         deadline = time.monotonic() + 8
         while len(calls) < 2 and time.monotonic() < deadline:
@@ -136,14 +181,15 @@ def test_mail_arriving_during_on_change_is_not_lost(dovecot: Dovecot, mail_user:
 def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: str) -> None:
     box = mailbox(dovecot, mail_user, timeout=3.0)
 
-    async def body(changes: Changes, stop: asyncio.Event) -> None:
-        await settled()
+    async def body(changes: Changes, watch: Watch) -> None:
+        await watch.waiting()
         await asyncio.to_thread(dovecot.stop)
         try:
             await asyncio.sleep(2.0)  # the watcher notices and backs off
         finally:
             await asyncio.to_thread(dovecot.start)
-        await asyncio.sleep(3.0)  # backoff (1 s, 2 s, ...) runs out; IDLE again
+        watch.entered.clear()  # any wait before the restart does not count
+        await watch.waiting()  # backoff (1 s, 2 s, ...) ran out; IDLE again
         changes.event.clear()
         sent = time.monotonic()
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After"))
@@ -156,9 +202,11 @@ def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str
     box = mailbox(dovecot, mail_user)
 
     async def run() -> float:
-        stop = asyncio.Event()
-        task = asyncio.create_task(watch_mailbox(box, Changes(), stop=stop, idle_slice=2.0))
-        await settled()
+        stop, watch = asyncio.Event(), Watch()
+        task = asyncio.create_task(
+            watch_mailbox(box, Changes(), stop=stop, idle_slice=2.0, session_factory=watch.factory)
+        )
+        await watch.waiting()
         asked = time.monotonic()
         stop.set()
         await asyncio.wait_for(task, timeout=10)
