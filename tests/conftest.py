@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# Timing is no property of keepword's pure code, and CI machines are slow and busy: no
+# per-example deadline. `make test` (so CI) checks a fixed, derandomized sample, so that
+# a rare counterexample found by luck never fails an unrelated change; a plain `pytest`
+# keeps exploring new examples (and .hypothesis/ remembers what it finds).
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 pytest_plugins = ["tests.fixtures.dovecot", "tests.fixtures.smtp", "tests.fixtures.postgres"]
 

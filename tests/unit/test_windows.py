@@ -5,7 +5,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from keepword.config import PromiseSettings
@@ -96,10 +96,13 @@ def test_rounding_table(raw: float, rounded: int) -> None:
 
 
 @given(st.floats(min_value=0, max_value=100_000))
+@example(16.0)  # a quarter hour and a minute: 30, the steepest step up
+@example(61.0)  # just past an hour: 90
 def test_rounding_only_goes_up_and_not_by_much(minutes: float) -> None:
+    """Up, by at most a quarter hour or half again (one unit of the band)."""
     rounded = round_up_minutes(minutes)
     assert rounded >= minutes - 1e-6
-    assert rounded <= max(15, minutes * 1.5 + 1)
+    assert rounded - minutes <= max(15, minutes / 2)
 
 
 def test_rounding_refuses_nonsense() -> None:
