@@ -67,7 +67,8 @@ async def watch_mailbox(
     Returns at once if IDLE is disabled for the mailbox, and after the first login if
     the server does not offer it. Connection and server errors never end the watcher:
     it reconnects after a capped exponential backoff with jitter. An `on_change` that
-    raises is logged; the next change calls it again.
+    raises is logged; the next change calls it again. Each (re)connect calls it once:
+    mail that came before the watcher's first STATUS would never show as a change.
     """
     if not box.imap.idle:
         log.info("mailbox %s: IDLE disabled, polling every %d s", box.name, box.poll_interval)
@@ -117,6 +118,10 @@ async def _watch(
     # when the next slice EXAMINEs the folder, even if IDLE was not running then.
     known = (await asyncio.to_thread(session.status, folder)).uidnext
     log.debug("IDLE on %s from UIDNEXT %d", folder, known)
+    # Resync: what arrived between the last poll (or the lost connection) and this
+    # STATUS is already counted in `known`; one poll now takes it in (an idle poll is
+    # one STATUS per folder).
+    await _notify(on_change)
     first = True
     while not stop.is_set():
         changed = await asyncio.to_thread(session.wait_for_change, folder, wait, known)
@@ -126,10 +131,14 @@ async def _watch(
         if not changed or stop.is_set():
             continue
         known = (await asyncio.to_thread(session.status, folder)).uidnext
-        try:
-            await on_change()
-        except Exception as exc:  # the poll's own failures are the daemon's business
-            log.warning("poll after an IDLE notification failed: %s", exc)
+        await _notify(on_change)
+
+
+async def _notify(on_change: OnChange) -> None:
+    try:
+        await on_change()
+    except Exception as exc:  # the poll's own failures are the daemon's business
+        log.warning("poll after an IDLE notification failed: %s", exc)
 
 
 async def _sleep_unless_stopped(stop: asyncio.Event, delay: float) -> None:
