@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
@@ -37,7 +35,7 @@ from keepword.triage import triage_pending
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
-from tests.fixtures.schema import insert_case_at_0001
+from tests.fixtures.schema import schema_drift, upgrade_from_0001
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -59,8 +57,7 @@ def test_migrations_build_exactly_the_declared_schema_on_postgres(postgres_url: 
         assert engine.dialect.name == "postgresql"
         assert set(metadata.tables) <= table_names(engine)
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
+            assert schema_drift(conn) == []
             head = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
         migrate(engine)  # again: nothing to do
         with engine.connect() as conn:
@@ -73,16 +70,9 @@ def test_migrations_build_exactly_the_declared_schema_on_postgres(postgres_url: 
 def test_upgrade_from_the_first_revision_keeps_the_data_on_postgres(postgres_url: str) -> None:
     engine = make_engine(postgres_url)
     try:
-        migrate(engine, "0001")
-        with engine.begin() as conn:
-            conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_uid=7))
-            insert_case_at_0001(conn, "SUP-7", 7)
-        migrate(engine)
+        assert upgrade_from_0001(engine) == (7, ("SUP", 0))
         with engine.connect() as conn:
-            assert conn.execute(select(folder_state.c.last_uid)).scalar_one() == 7
-            assert conn.execute(select(case.c.prefix, case.c.version)).one() == ("SUP", 0)
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
+            assert schema_drift(conn) == []
     finally:
         engine.dispose()
 

@@ -4,14 +4,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from keepword.store.db import make_engine, migrate, open_store, table_names
-from keepword.store.tables import case, folder_state, metadata
-from tests.fixtures.schema import insert_case_at_0001
+from keepword.store.db import make_engine, open_store, table_names
+from keepword.store.tables import folder_state, metadata
+from tests.fixtures.schema import schema_drift, upgrade_from_0001
 
 
 def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
@@ -51,20 +49,12 @@ def test_migrations_build_exactly_the_declared_schema(tmp_path: Path) -> None:
     """Every change to tables.py needs its migration: alembic finds nothing to add."""
     engine = open_store(f"sqlite:///{tmp_path}/kw.db")
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert compare_metadata(context, metadata) == []
+        assert schema_drift(conn) == []
 
 
 def test_upgrade_from_the_first_revision_keeps_the_data(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/kw.db"
-    engine = make_engine(url)
-    migrate(engine, "0001")
-    with engine.begin() as conn:
-        conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_uid=7))
-        insert_case_at_0001(conn, "SUP-7", 7)
-    migrate(engine)
+    engine = make_engine(f"sqlite:///{tmp_path}/kw.db")
+    assert upgrade_from_0001(engine) == (7, ("SUP", 0))
     with engine.connect() as conn:
-        assert conn.execute(select(folder_state.c.last_uid)).scalar_one() == 7
-        assert conn.execute(select(case.c.prefix, case.c.version)).one() == ("SUP", 0)
         indexes = {row[1] for row in conn.exec_driver_sql("PRAGMA index_list('outbox')")}
     assert "ix_outbox_case_id" in indexes
