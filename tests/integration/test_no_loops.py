@@ -180,19 +180,24 @@ def test_two_keepwords_acknowledge_each_other_once(
     assert len(dovecot.uids(beta.address)) == 2
 
 
+def converse(dovecot: Dovecot, alpha: Keepword, responder: Responder) -> None:
+    """The responder asks alpha once; then both run CYCLES rounds, answering what came."""
+    dovecot.deliver(
+        responder.address,
+        [alpha.address],
+        customer_mail(responder.address, alpha.address, "Where is my parcel?"),
+    )
+    for _ in range(CYCLES):
+        alpha.cycle()
+        responder.step()
+
+
 def test_auto_responder_gets_one_acknowledgement(
     dovecot: Dovecot, keepword_factory: Callable[[str], Keepword]
 ) -> None:
     alpha = keepword_factory("alpha")
     robot = Responder(dovecot, auto_submitted=True)
-    dovecot.deliver(
-        robot.address,
-        [alpha.address],
-        customer_mail(robot.address, alpha.address, "Where is my parcel?"),
-    )
-    for _ in range(CYCLES):
-        alpha.cycle()
-        robot.step()
+    converse(dovecot, alpha, robot)
 
     assert alpha.sent_to(robot.address) == 1
     assert robot.replies == 1  # it answered the acknowledgement...
@@ -204,14 +209,7 @@ def test_naive_responder_is_stopped_by_the_rate_limit(
 ) -> None:
     alpha = keepword_factory("alpha")
     naive = Responder(dovecot, auto_submitted=False)
-    dovecot.deliver(
-        naive.address,
-        [alpha.address],
-        customer_mail(naive.address, alpha.address, "Where is my parcel?"),
-    )
-    for _ in range(CYCLES):
-        alpha.cycle()
-        naive.step()
+    converse(dovecot, alpha, naive)
 
     sent = alpha.sent_to(naive.address)
     # Every naive answer looks like a new question, so only the limit stops the loop.
