@@ -19,12 +19,12 @@ from email import message_from_bytes
 from email.policy import compat32
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, type_coerce, update
 
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxState
 from keepword.store.cases import add_events
-from keepword.store.tables import outbox
+from keepword.store.tables import UtcDateTime, outbox
 
 MAX_ERROR_CHARS = 2000
 
@@ -199,3 +199,32 @@ def mark_dry_run(conn: Connection, row_id: int, now: datetime) -> None:
         .where(outbox.c.id == row_id)
         .values(state=OutboxState.DRY_RUN.value, sent_at=now, next_attempt_at=None)
     )
+
+
+def automatic_mail_times(
+    conn: Connection, mailbox: str, address: str | None, kinds: Sequence[str], since: datetime
+) -> tuple[list[datetime], list[datetime]]:
+    """Planned send times of automatic customer mail since `since` (for domain.limits).
+
+    Returns (to `address` from any mailbox, every one of `mailbox`). A row's time is
+    when it went out, else when it is due to go out (a deferred row counts where it is
+    planned), else when it was recorded.
+    """
+    at = type_coerce(
+        func.coalesce(outbox.c.sent_at, outbox.c.next_attempt_at, outbox.c.created_at),
+        UtcDateTime(),
+    )
+    query = select(outbox.c.mailbox, outbox.c.recipients, at.label("at")).where(
+        and_(outbox.c.kind.in_(list(kinds)), or_(outbox.c.created_at >= since, at >= since))
+    )
+    to_address: list[datetime] = []
+    from_mailbox: list[datetime] = []
+    for row in conn.execute(query):
+        when: datetime = row.at
+        if when < since:
+            continue
+        if row.mailbox == mailbox:
+            from_mailbox.append(when)
+        if address is not None and address in (row.recipients or ()):
+            to_address.append(when)
+    return to_address, from_mailbox

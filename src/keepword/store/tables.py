@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -74,6 +75,9 @@ folder_state = Table(
     Column("uidvalidity", BigInteger, nullable=True),
     Column("last_uid", BigInteger, nullable=False, default=0),
     Column("history_done", Boolean, nullable=False, default=False),
+    # UIDNEXT when keepword first met the folder, recorded before the first import
+    # starts: mail at or above it is new even if a crash interrupted that import.
+    Column("history_below_uid", BigInteger, nullable=True),
     _ts("last_poll_at"),
     _ts("last_success_at"),
     Column("last_error", Text, nullable=True),
@@ -119,6 +123,11 @@ message = Table(
     Column("case_id", Integer, ForeignKey("case.id"), nullable=True),
     Column("thread_rule", String(40), nullable=True),
     _ts("triaged_at"),
+    # A triage that failed for a reason other than the mail itself: the message stays
+    # untriaged, is retried with backoff after the mail behind it, and shows in status.
+    Column("triage_attempts", Integer, nullable=False, default=0, server_default="0"),
+    _ts("triage_retry_at"),
+    Column("triage_error", Text, nullable=True),
     UniqueConstraint("mailbox", "message_id", "content_digest", name="uq_message_mailbox_identity"),
     Index("ix_message_mailbox_message_id", "mailbox", "message_id"),
     Index("ix_message_case_id", "case_id"),
@@ -142,6 +151,8 @@ message_location = Table(
         "mailbox", "folder", "uidvalidity", "uid", name="uq_message_location_coordinates"
     ),
     Index("ix_message_location_message_pk", "message_pk"),
+    # The done-folder scan of every poll: only this mailbox's unhandled done rows.
+    Index("ix_message_location_role", "mailbox", "role", "handled_at"),
 )
 
 case = Table(
@@ -250,4 +261,21 @@ outbox = Table(
     UniqueConstraint("message_id", name="uq_outbox_message_id"),
     Index("ix_outbox_state", "state", "next_attempt_at"),
     Index("ix_outbox_case_id", "case_id"),
+)
+
+# When each job of each mailbox last ran (the daemon writes it; `status` and the
+# metrics read it, so an overdue job shows even from another process).
+job_run = Table(
+    "job_run",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("job", String(20), nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    _ts("started_at"),
+    _ts("finished_at"),
+    _ts("last_ok_at"),
+    Column("last_error", Text, nullable=True),
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
+    UniqueConstraint("mailbox", "job", name="uq_job_run_mailbox_job"),
 )
