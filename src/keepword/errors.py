@@ -32,3 +32,15 @@ class StoreError(KeepwordError):
 
 class StaleCaseError(StoreError):
     """A case changed between reading it and saving a decision made on it: decide again."""
+
+
+class DeliveryUnavailable(MailboxError):
+    """The SMTP relay cannot be reached or refuses the login: the outbox waits.
+
+    Raised by the drain after it left every row pending, so the daemon backs off that
+    job (and `run --once` exits non-zero) instead of reporting success.
+    """
+
+
+class StoreBusyError(StoreError):
+    """Another keepword process already writes this store (the writer lock is held)."""
