@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from keepword.cli.status import MailboxHealth, mailbox_health
 from keepword.domain.model import OutboxState
 from keepword.errors import DeliveryUnavailable, MailboxError
 from keepword.secrets import Secret
@@ -40,6 +41,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
 
 def rig_with(tmp_path: Path, server: SmtpServer, smtp: dict[str, Any], **box: Any) -> Rig:
     return make_rig(tmp_path, server, smtp=server.settings(**smtp).model_dump(), **box)
+
+
+def health(rig: Rig) -> MailboxHealth:
+    with rig.engine.connect() as conn:
+        return mailbox_health(conn, rig.box, NOW)
 
 
 def timeline(rig: Rig) -> list[str]:
@@ -85,6 +91,7 @@ def test_unknown_outcome_is_held_and_resolved_from_the_relays_sent_copy(
             rig.drain(sent_copy=copy)  # a relay that went silent gets no more mail now
         held = rig.row(first.id)
         assert (held.state, held.sent_copy) == (OutboxState.PENDING, "held")
+        assert health(rig).outbox_unknown == 1  # `keepword status` shows it
         assert rig.row(second.id).attempts == 0  # untouched, waits for the next drain
         smtp_server.heal()
 
@@ -190,6 +197,7 @@ def test_sent_copies_missed_during_an_imap_outage_are_made_later_exactly_once(
         dovecot.start()
     assert result.sent == 4  # the customers are not kept waiting for IMAP
     assert [rig.row(r.id).sent_copy for r in rows] == ["failed"] * 4
+    assert health(rig).sent_copies_missing == 4
     # One copy made by hand meanwhile (say, an APPEND whose answer was lost): not twice.
     dovecot.append(mail_user, "Sent", rows[0].raw)
 
@@ -202,6 +210,7 @@ def test_sent_copies_missed_during_an_imap_outage_are_made_later_exactly_once(
         for row in rows:
             assert copy.has_message_id(row.message_id)
     assert len(dovecot.uids(mail_user, "Sent")) == 4  # every copy exactly once
+    assert health(rig).sent_copies_missing == 0
     assert len(smtp_server.messages) == 4
 
 

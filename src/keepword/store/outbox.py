@@ -160,6 +160,18 @@ def unknown_outcomes(conn: Connection, mailbox: str) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+def missing_sent_copies(conn: Connection, mailbox: str) -> int:
+    """How many sent mails still wait for their copy in the Sent folder."""
+    query = select(func.count(outbox.c.id)).where(
+        and_(
+            outbox.c.mailbox == mailbox,
+            outbox.c.state == OutboxState.SENT.value,
+            outbox.c.sent_copy == "failed",
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
 def depth(conn: Connection, mailbox: str) -> int:
     """How many mails of this mailbox wait to go out (due or not)."""
     query = select(func.count(outbox.c.id)).where(
