@@ -135,9 +135,7 @@ def test_within_the_limits_it_goes_out_now() -> None:
 def test_an_address_with_a_day_of_mail_queued_is_a_flood_and_recorded_as_such() -> None:
     # 20 planned over the coming day (a robot answering every acknowledgement): one more
     # would wait beyond MAX_DEFERRAL, so it is not queued - with the reason, not silently.
-    planned = PlannedMail(
-        to_address=tuple(NOW + timedelta(hours=h) for h in range(0, 24, 1))[:20]
-    )
+    planned = PlannedMail(to_address=tuple(NOW + timedelta(hours=h) for h in range(0, 24, 1))[:20])
     result = decide(
         facts(),
         Kind.CUSTOMER,
@@ -153,4 +151,4 @@ def test_an_address_with_a_day_of_mail_queued_is_a_flood_and_recorded_as_such() 
     )
     assert result.send is None
     assert "writes like a robot" in result.reason and "rate limit" in result.reason
-    assert MAX_DEFERRAL == timedelta(days=1)
+    assert timedelta(days=1) == MAX_DEFERRAL
