@@ -34,7 +34,7 @@ class StaleCaseError(StoreError):
     """A case changed between reading it and saving a decision made on it: decide again."""
 
 
-class DeliveryUnavailable(MailboxError):
+class DeliveryUnavailable(MailboxError):  # noqa: N818 (reads as a state: "delivery unavailable")
     """The SMTP relay cannot be reached or refuses the login: the outbox waits.
 
     Raised by the drain after it left every row pending, so the daemon backs off that
