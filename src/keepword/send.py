@@ -106,7 +106,13 @@ class DrainResult:
 
 
 def enqueue_mail(
-    conn: Connection, mail: OutgoingMail, body: Rendered, *, mailbox: str, case_id: int | None
+    conn: Connection,
+    mail: OutgoingMail,
+    body: Rendered,
+    *,
+    mailbox: str,
+    case_id: int | None,
+    not_before: datetime | None = None,
 ) -> bool:
     """Compose and record one mail in the caller's transaction; False if already recorded.
 
@@ -123,6 +129,7 @@ def enqueue_mail(
         compose_bytes(mail, body),
         mail.date,
         message_id=mail.message_id,
+        not_before=not_before,
     )
 
 
