@@ -372,7 +372,7 @@ def _update_refusal(conn: Connection, desk: _Desk, state: cases.CaseState) -> st
     if not state.customer:
         return None
     own = frozenset(b.address for b in desk.settings.mailbox) | {desk.box.address}
-    mail = promise_store.automated_mail_from(conn, desk.box.name, state.customer)
+    mail = promise_store.automated_mail_from(conn, state.customer)
     return update_refusal(state.customer, mail, own)
 
 
