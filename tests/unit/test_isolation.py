@@ -11,7 +11,7 @@ from keepword.isolation import each_isolated, isolated
 log = logging.getLogger("test")
 
 
-class NotNow(Exception):
+class NotNowError(Exception):
     pass
 
 
@@ -19,7 +19,7 @@ def work(item: int) -> int:
     if item == 2:
         raise RuntimeError("a bug")
     if item == 3:
-        raise NotNow("changed meanwhile")
+        raise NotNowError("changed meanwhile")
     return item * 10
 
 
@@ -27,7 +27,7 @@ def test_every_item_is_tried_and_each_outcome_is_reported(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     outcome = each_isolated(
-        [1, 2, 3, 4], work, what=lambda i: f"item {i}", log=log, expected=(NotNow,)
+        [1, 2, 3, 4], work, what=lambda i: f"item {i}", log=log, expected=(NotNowError,)
     )
     assert outcome.done == [(1, 10), (4, 40)]
     assert outcome.failed == [2] and outcome.skipped == [3]
