@@ -47,7 +47,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from keepword import sdnotify
 from keepword.clock import Clock, clock_from_environment
 from keepword.config import Credentials, MailboxSettings, Settings, load_config
-from keepword.errors import ConfigError, KeepwordError, SecretError, StoreError
+from keepword.errors import (
+    ConfigError,
+    KeepwordError,
+    SecretError,
+    StoreBusyError,
+    StoreError,
+)
 from keepword.idle import MailboxWatchers, OnChange
 from keepword.logs import log_context
 from keepword.metrics import METRICS, MetricsServer, start_metrics_server
@@ -64,6 +70,7 @@ DRAIN_INTERVAL: Final = 10.0
 STOP_TIMEOUT: Final = 20.0
 CLOSE_TIMEOUT: Final = 5.0
 OVERDUE_CHECK: Final = 15.0  # clock seconds between refreshes of the overdue gauges
+LOCK_CHECK: Final = 5.0  # seconds between checks that the writer lock is still held
 JOBS: Final = ("poll", "chase", "drain")
 
 
@@ -242,6 +249,7 @@ class Daemon:
         self._watchers = MailboxWatchers(self._new_mail)  # IMAP IDLE, keepword.idle
         self._stopping = False
         self._once = False
+        self._lost_lock: StoreBusyError | None = None
         self.abandoned = 0  # jobs still running when the stop bound ran out
 
     @property
@@ -283,9 +291,12 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or `request_stop`); 0 after a clean stop."""
         settings, engine = self._start()
         try:
-            return await self._serve(settings, engine)
+            code = await self._serve(settings, engine)
         finally:
             self._release()
+        if self._lost_lock is not None:
+            raise self._lost_lock  # another writer took the store over: say so, exit non-zero
+        return code
 
     async def _serve(self, settings: Settings, engine: Engine) -> int:
         loop = asyncio.get_running_loop()
@@ -301,6 +312,7 @@ class Daemon:
         if interval:
             self._spawn(self._watchdog(interval / 2))
         self._spawn(self._report_overdue())
+        self._spawn(self._keep_writer_lock())
         log.info(
             "keepword running: %d mailbox(es) from %s%s",
             len(settings.mailbox),
@@ -356,6 +368,26 @@ class Daemon:
                 for job in cycle.jobs.values():
                     METRICS.job_overdue(cycle.box.name, job.kind, job.overdue(now, cycle.started))
             await self._clock.sleep(OVERDUE_CHECK)
+
+    async def _keep_writer_lock(self) -> None:
+        """Take the lock again if it was lost (PostgreSQL restarted: its session ended)."""
+        while True:
+            await asyncio.sleep(LOCK_CHECK)  # real time: the database's, not the daemon's
+            lock = self._lock
+            if lock is None or await asyncio.to_thread(lock.alive):
+                continue
+            log.warning("writer lock lost (the database connection dropped): taking it again")
+            try:
+                await asyncio.to_thread(lock.acquire)
+            except StoreBusyError as exc:
+                log.critical("%s; stopping: this process no longer owns the store", exc)
+                self._lost_lock = exc
+                self.request_stop()
+                return
+            except StoreError as exc:
+                log.warning("writer lock not taken yet: %s", exc)  # the database is still down
+            else:
+                log.info("writer lock taken again: %s", lock.describe())
 
     # -- one sequential cycle per mailbox ------------------------------------------
 

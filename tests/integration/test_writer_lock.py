@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from keepword.cli.common import EXIT_BUSY
+from tests.fixtures.postgres import Postgres
 from tests.integration import test_daemon as rig
 from tests.integration.test_daemon import (
     PASSWORD_ENV,
@@ -96,3 +97,24 @@ def test_readers_need_no_lock(
         assert "another keepword" not in result.stderr
     code, _ = kw.stop(timeout=10)
     assert code == 0
+
+
+def test_postgresql_restart_the_daemon_takes_its_lock_again(
+    daemon: Callable[..., DaemonProcess],
+    imap_port: int,
+    tmp_path: Path,
+    postgres: Postgres,
+    postgres_url: str,
+) -> None:
+    """A server restart ends the lock's session; the daemon notices and takes it back."""
+    kw = daemon()
+    config = config_text(tmp_path, imap_port, {"support": 60}, database_url=postgres_url)
+    kw.config.write_text(config)
+    kw.start()
+    kw.wait_notify(ready)
+    postgres.restart()
+    kw.wait_log(r"writer lock lost", timeout=30)
+    kw.wait_log(r"writer lock taken again", timeout=30)
+    second_writer_is_refused(kw, "run", "--once")
+    code, _ = kw.stop(timeout=10)
+    assert code == 0, kw.log()
