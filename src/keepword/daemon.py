@@ -113,6 +113,7 @@ class Job:
     retry_at: float | None = None  # clock.monotonic(); set while backing off
     last_error: str | None = None
     last_start: datetime | None = None
+    requested_at: datetime | None = None  # new mail seen (IDLE): run again after this one
 
     @classmethod
     def every(cls, kind: str, seconds: float, start: datetime) -> Job:
@@ -163,7 +164,7 @@ class MailboxCycle:
     def new_mail(self, now: datetime) -> None:
         """IDLE saw new mail: poll (its backoff ends: the server answers) and drain now."""
         poll, drain = self.jobs["poll"], self.jobs["drain"]
-        poll.due, poll.retry_at = now, None
+        poll.due, poll.retry_at, poll.requested_at = now, None, now
         drain.due = min(drain.due, now)  # a relay that is down keeps its backoff
         self.wake.set()
 
@@ -471,7 +472,7 @@ class Daemon:
             error = describe_error(exc)
             self._failed(cycle, job, exc)
         else:
-            self._succeeded(cycle, job)
+            self._succeeded(cycle, job, started)
         finally:
             self._running.pop(task, None)
         await self._record(job_store.job_finished, box.name, job.kind, self._clock.now(), error)
@@ -490,12 +491,14 @@ class Daemon:
         else:
             await worker.drain(box)
 
-    def _succeeded(self, cycle: MailboxCycle, job: Job) -> None:
+    def _succeeded(self, cycle: MailboxCycle, job: Job, started: datetime) -> None:
         if job.failures:
             log.info("%s works again after %d failure(s)", job.kind, job.failures)
         job.failures, job.retry_at, job.last_error = 0, None, None
         now = self._clock.now()
         job.due = next_fire(job.trigger, job.due, now)
+        if job.requested_at is not None and job.requested_at >= started:
+            job.due = now  # new mail came while this run was under way: it may have missed it
         if job.kind in ("poll", "chase"):  # what they queued leaves right away
             drain = cycle.jobs["drain"]
             drain.due = min(drain.due, now)

@@ -229,6 +229,17 @@ def test_new_mail_from_idle_polls_and_drains_at_once(tmp_path: Path) -> None:
     assert drains_after and (drains_after[0].start - polls[1]).total_seconds() <= SLACK
 
 
+def test_new_mail_during_a_poll_polls_again_right_after(tmp_path: Path) -> None:
+    def busy(recorder: Recorder) -> None:
+        recorder.slow_poll["support"] = 120.0  # the first poll is still running at 09:01
+        recorder.new_mail_at["support"] = START + timedelta(minutes=1)
+
+    recorder, _, _ = run_daemon(tmp_path, {"support": 3600}, busy)
+    first, second = recorder.of("support", "poll")[:2]
+    assert first.end is not None and first.start < START + timedelta(minutes=1) < first.end
+    assert 0 <= (second.start - first.end).total_seconds() <= SLACK  # not an hour later
+
+
 @pytest.mark.parametrize("previous", [None, "first"])
 def test_next_fire_skips_missed_times(previous: str | None) -> None:
     from apscheduler.triggers.interval import IntervalTrigger
