@@ -20,17 +20,20 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
-from keepword.clock import Clock
+from keepword.clock import SPEED_ENV, Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import DeliveryUnavailable, MailboxError
 from keepword.idle import OnChange
 from keepword.metrics import METRICS
+from keepword.store.db import open_store
+from keepword.store.jobs import job_runs
 
 pytestmark = pytest.mark.integration
 
@@ -149,9 +152,11 @@ class DaemonProcess:
         prefix: tuple[str, ...] = (),
         fake: bool = True,
         name: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.fake = fake
+        self.env = env or {}
         self.prefix = prefix
         self.config = tmp / "keepword.toml"
         self.calls = tmp / f"calls{name}.txt"
@@ -172,6 +177,7 @@ class DaemonProcess:
             NOTIFY_SOCKET=str(self.notify_path),
             WATCHDOG_USEC="1000000",  # pings every 0.5 s
             **{CALLS_ENV: str(self.calls), PASSWORD_ENV: "not-used"},
+            **self.env,
         )
         self.calls.touch()
         program = ["-c", LAUNCHER] if self.fake else ["-m", "keepword"]
@@ -578,3 +584,24 @@ def test_run_help_lists_the_exit_codes(tmp_path: Path) -> None:
     assert result.returncode == 0
     for code in ("0", "1", "2", "3", "4"):
         assert re.search(rf"^  {code}   ", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_run_honours_the_test_clock(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    """KEEPWORD_CLOCK (the soak's hook) sets the daemon's one clock: job records show it."""
+    virtual = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+    clock = SpedUpClock(60.0, virtual, time.time())
+    kw = daemon("--once", env={SPEED_ENV: clock.encode()})
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}))
+    kw.start()
+    assert kw.proc is not None
+    assert kw.proc.wait(timeout=30) == 0, kw.log()
+    engine = open_store(f"sqlite:///{tmp_path / 'keepword.db'}")
+    with engine.connect() as conn:
+        runs = job_runs(conn, "support")
+    engine.dispose()
+    assert {r.job for r in runs} == {"poll", "chase", "drain"}
+    for run in runs:
+        assert run.started_at is not None
+        assert virtual <= run.started_at <= clock.now()
