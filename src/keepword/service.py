@@ -30,6 +30,7 @@ from keepword.metrics import METRICS
 from keepword.send import DrainResult, ImapSentCopy, drain_outbox
 from keepword.store import outbox
 from keepword.store.db import open_store
+from keepword.store.triage_state import triage_backlog
 from keepword.triage import TriageResult, triage_pending
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class Service:
                 result.acknowledged,
                 result.closed,
             )
+        with self.engine.connect() as conn:
+            METRICS.triage_retrying(box.name, triage_backlog(conn, box.name).retrying)
         return result
 
     def chase_now(self, box: MailboxSettings) -> ChaseResult:

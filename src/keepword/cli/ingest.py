@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from keepword.cli.common import engine_from, local_failure_exit, settings_from, store_writer
+from keepword.cli.common import engine_from, local_failure_exit, now, settings_from, store_writer
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import ConfigError, KeepwordError, MailboxError
 from keepword.ingest import MailboxPollResult, poll_folder, watched_folders
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return now()
 
 
 def cmd_import(args: argparse.Namespace) -> int:

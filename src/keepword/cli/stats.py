@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rich.console import Console
@@ -14,7 +14,7 @@ from rich.table import Table
 from sqlalchemy import Connection, and_, select
 
 from keepword.acknowledging import calendar_for
-from keepword.cli.common import engine_from, settings_from
+from keepword.cli.common import engine_from, now, settings_from
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.chase import BusinessClock
 from keepword.domain.ledger import CaseRecord, Ledger, SentAction, compute_ledger
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return now()
 
 
 def ledgers(

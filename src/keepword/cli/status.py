@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +20,7 @@ from keepword.domain.model import OutboxState, PromiseState
 from keepword.store import outbox as outbox_store
 from keepword.store.jobs import job_runs
 from keepword.store.tables import case, folder_state, message, outbox, promise
+from keepword.store.triage_state import TriageBacklog, triage_backlog
 
 
 @dataclass(frozen=True)
@@ -43,40 +43,11 @@ class JobHealth:
 
 
 @dataclass(frozen=True)
-class TriageRetries:
-    pending: int
-    retrying: int
-    last_error: str | None
-
-
-class TriageBacklog(Protocol):
-    """keepword.store.triage_state.TriageBacklog (the triage retry state)."""
-
-    pending: int
-    retrying: int
-    last_error: str | None
-
-
-def triage_backlog(conn: Connection, mailbox: str) -> TriageRetries | None:
-    """Messages waiting for a triage retry, if this build records them.
-
-    TODO(merge): keepword.store.triage_state comes with the triage retry work; until it
-    is merged, status shows no retry figures (None).
-    """
-    try:
-        module = importlib.import_module("keepword.store.triage_state")
-    except ModuleNotFoundError:
-        return None
-    backlog: TriageBacklog = module.triage_backlog(conn, mailbox)
-    return TriageRetries(backlog.pending, backlog.retrying, backlog.last_error)
-
-
-@dataclass(frozen=True)
 class MailboxHealth:
     mailbox: str
     folders: list[FolderHealth]
     jobs: list[JobHealth]
-    triage_retries: TriageRetries | None
+    triage_retries: TriageBacklog
     waiting_triage: int
     quarantined: int
     outbox_pending: int
