@@ -57,6 +57,7 @@ from sqlalchemy import Connection, Engine
 from keepword.config import ImapSettings, MailboxSettings, Settings
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
+from keepword.domain.outbox import withdrawal
 from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.imap import ImapSession
 from keepword.mail.compose import OutgoingMail, compose_bytes
@@ -132,6 +133,7 @@ class DrainResult:
     resent: int = 0  # outcome stayed unknown after the wait: sent again (of `sent`)
     copied: int = 0  # failed Sent copies made (or found) later
     dry_run: int = 0
+    withdrawn: int = 0  # no longer true when due (domain.outbox): recorded, not sent
     error: str | None = None
 
     @property
@@ -233,6 +235,7 @@ async def drain_outbox(
     if dry_run or settings.keepword.dry_run:
         _dry_run(engine, mailbox, rows, now, result)
         return result
+    rows = _withdraw_stale(engine, mailbox, rows, now, result)
     folder = _SentFolder(sent_copy)
     unavailable: DeliveryUnavailable | None = None
     if rows:
@@ -247,6 +250,40 @@ async def drain_outbox(
     if unavailable is not None:
         raise unavailable
     return result
+
+
+def _withdraw_stale(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    rows: list[outbox.OutboxRow],
+    now: datetime,
+    result: DrainResult,
+) -> list[outbox.OutboxRow]:
+    """Drop never-attempted mail that is no longer true (domain.outbox); keep the rest."""
+    fresh = [r for r in rows if r.attempts == 0 and r.case_id is not None]
+    if not fresh:
+        return rows
+    with engine.connect() as conn:
+        states = outbox.cases_now(conn, [r.case_id for r in fresh if r.case_id is not None])
+    keep: list[outbox.OutboxRow] = []
+    for row in rows:
+        current = states.get(row.case_id) if row in fresh and row.case_id else None
+        queued = row.created_at or now
+        reason = withdrawal(OutboxKind(row.kind), queued, current) if current else None
+        if reason is None:
+            keep.append(row)
+            continue
+        with engine.begin() as conn:
+            outbox.mark_withdrawn(conn, row, now, reason)
+        result.withdrawn += 1
+        log.info(
+            "mailbox %s: %s to %s withdrawn: %s",
+            mailbox.name,
+            row.kind,
+            ", ".join(row.recipients),
+            reason,
+        )
+    return keep
 
 
 async def _send_due(

@@ -339,3 +339,27 @@ def test_a_ticket_system_opening_a_case_per_mail_does_not_inflate_a_real_custome
     # the team took an hour for its one real case: that is the promise, not 12x it
     assert made.due_at - made.made_at == timedelta(hours=1), made.reason
     assert desk.acks_to(BOB[1]) == 1
+
+
+def test_a_deferred_acknowledgement_is_withdrawn_when_the_team_answers_before_its_slot(
+    make_desk: DeskFactory,
+) -> None:
+    desk = make_desk()  # shipped limits: 3 an hour to one address
+    asked = [desk.write(ANN, f"Question {n}") for n in range(4)]
+    desk.poll()
+    assert desk.acks_to(ANN[1]) == 3, "the fourth acknowledgement waits for its slot"
+    fourth = desk.case_of(asked[3])
+    desk.later(minutes=10)
+    reply = mail(
+        ("Alice", ALICE), "Re: Question 3", "Here is your answer.", to=ANN[1],
+        reply_to=asked[3], date=desk.clock.now,
+    )  # fmt: skip
+    desk.arrive(reply, "Sent")
+    desk.poll()
+    desk.later(hours=1)
+    desk.poll()
+    assert desk.acks_to(ANN[1]) == 3, "no promise of a reply after the reply came"
+    assert "withdrawn" in desk.events(fourth.id)
+    with desk.engine.connect() as conn:
+        states = conn.execute(select(outbox.c.state).where(outbox.c.case_id == fourth.id))
+        assert [s for (s,) in states] == ["withdrawn"]

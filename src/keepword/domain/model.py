@@ -122,3 +122,4 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"  # permanent failure, recorded on the case
     DRY_RUN = "dry_run"  # rendered and logged, deliberately not sent
+    WITHDRAWN = "withdrawn"  # no longer true when it was due to leave (domain.outbox)

@@ -29,9 +29,10 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, type_coerce, update
 
 from keepword.domain.cases import Event, EventKind
-from keepword.domain.model import OutboxState
+from keepword.domain.model import CaseStatus, OutboxState
+from keepword.domain.outbox import CaseNow
 from keepword.store.cases import add_events
-from keepword.store.tables import UtcDateTime, outbox
+from keepword.store.tables import UtcDateTime, case, outbox
 
 MAX_ERROR_CHARS = 2000
 
@@ -53,6 +54,7 @@ class OutboxRow:
     last_error: str | None
     sent_copy: str
     sent_at: datetime | None = None
+    created_at: datetime | None = None
 
 
 def _to_row(r: Row[Any]) -> OutboxRow:
@@ -72,6 +74,7 @@ def _to_row(r: Row[Any]) -> OutboxRow:
         last_error=r.last_error,
         sent_copy=r.sent_copy,
         sent_at=r.sent_at,
+        created_at=r.created_at,
     )
 
 
@@ -306,6 +309,34 @@ def mark_failed(conn: Connection, row: OutboxRow, now: datetime, error: str) -> 
     if row.case_id is not None:
         detail = f"{row.kind} to {', '.join(row.recipients)} could not be delivered: {error}"
         add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
+
+
+def cases_now(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseNow]:
+    """The status and latest team reply of each case, for domain.outbox.withdrawal."""
+    if not case_ids:
+        return {}
+    query = select(case.c.id, case.c.status, case.c.last_response_at).where(
+        case.c.id.in_(sorted(set(case_ids)))
+    )
+    return {
+        row.id: CaseNow(CaseStatus(row.status), row.last_response_at) for row in conn.execute(query)
+    }
+
+
+def mark_withdrawn(conn: Connection, row: OutboxRow, now: datetime, reason: str) -> None:
+    """A mail no longer true when due: never sent, and the case's timeline says why."""
+    conn.execute(
+        update(outbox)
+        .where(and_(outbox.c.id == row.id, outbox.c.state == OutboxState.PENDING.value))
+        .values(
+            state=OutboxState.WITHDRAWN.value,
+            next_attempt_at=None,
+            last_error=f"withdrawn: {reason}"[:MAX_ERROR_CHARS],
+        )
+    )
+    if row.case_id is not None:
+        detail = f"{row.kind} to {', '.join(row.recipients)} not sent: {reason}"
+        add_events(conn, row.case_id, [Event(EventKind.WITHDRAWN, now, None, detail)])
 
 
 def mark_dry_run(conn: Connection, row_id: int, now: datetime) -> None:
