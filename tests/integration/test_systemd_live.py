@@ -81,15 +81,22 @@ print(urllib.request.urlopen("http://127.0.0.1:{METRICS_PORT}/metrics", timeout=
 """
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    context: Callable[[], list[str]] | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`
+    (and the last lines of `context`, e.g. the unit's journal)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s: {what}")
+            lines = "\n".join(context()[-20:]) if context else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s: {what}\n{lines}")
         time.sleep(0.2)
 
 
@@ -121,7 +128,10 @@ class Live:
         def found() -> dict[str, Any] | None:
             return next((e for e in self.journal() if re.search(pattern, str(e["MESSAGE"]))), None)
 
-        return wait_for(found, timeout, f"{pattern!r} in the journal; {self.messages()[-15:]}")
+        entry: dict[str, Any] = wait_for(
+            found, timeout, f"{pattern!r} in the journal", self.messages
+        )
+        return entry
 
     def stage(self, name: str, text: str) -> str:
         """Put a file where commands inside the sandbox can pick it up (`install` it)."""
@@ -164,10 +174,11 @@ class Live:
         return acks
 
     def wait_ack(self, message_id: str, timeout: float = 30.0) -> Message:
-        acks = wait_for(
+        acks: list[Message] = wait_for(
             lambda: self.acknowledgements().get(message_id),
             timeout,
-            f"an acknowledgement of {message_id}; journal: {self.messages()[-15:]}",
+            f"an acknowledgement of {message_id}",
+            self.messages,
         )
         return acks[0]
 
@@ -188,6 +199,7 @@ class Live:
             lambda: re.search(r"last poll \d\d:\d\d:\d\d", self.show("StatusText")["StatusText"]),
             30,
             "the first poll (STATUS= with a time)",
+            self.messages,
         )
 
 
@@ -318,6 +330,7 @@ systemctl daemon-reload
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[Live]:
+    sandbox_script.install()  # Debian packages, as root; a no-op where they are present
     reason = sandbox_script.unavailable_reason()
     if reason is not None:
         pytest.skip(f"no systemd sandbox here: {reason}")
@@ -337,7 +350,8 @@ def live() -> Iterator[Live]:
 
 def test_keepword_check_as_the_docs_run_it(live: Live) -> None:
     out = live.sandbox.run(
-        "/opt/keepword/bin/keepword", "check",
+        "/opt/keepword/bin/keepword",
+        "check",
         env={"CREDENTIALS_DIRECTORY": "/etc/keepword/credentials"},
         check=False,
     )
@@ -355,9 +369,7 @@ def test_start_returns_once_ready_with_a_status_line(live: Live) -> None:
     # Type=notify: `systemctl start` returned after READY=1, which carries the first STATUS=.
     assert re.fullmatch(r"1 mailbox, last poll (none yet|\d\d:\d\d:\d\d), 0 failing",
                         unit["StatusText"]), unit  # fmt: skip
-    assert int(unit["ActiveEnterTimestampMonotonic"]) > int(
-        unit["ExecMainStartTimestampMonotonic"]
-    )
+    assert int(unit["ActiveEnterTimestampMonotonic"]) > int(unit["ExecMainStartTimestampMonotonic"])
     live.wait_first_poll()
     status = live.run("systemctl", "status", "keepword", "--no-pager", check=False)
     assert re.search(r'Status: "1 mailbox, last poll \d\d:\d\d:\d\d, 0 failing"', status), status
@@ -421,9 +433,7 @@ def test_memory_deny_write_execute_is_enforced_here(live: Live) -> None:
 
 
 def test_security_rating_is_the_one_the_docs_claim(live: Live) -> None:
-    claimed = re.search(
-        r"rates the unit (\d+\.\d)", (REPO / "docs" / "operations.md").read_text()
-    )
+    claimed = re.search(r"rates the unit (\d+\.\d)", (REPO / "docs" / "operations.md").read_text())
     assert claimed, "docs/operations.md names no rating"
     out = live.run("systemd-analyze", "security", "keepword", "--no-pager", check=False)
     rating = re.search(r"Overall exposure level for keepword\.service: (\d+\.\d) (\w+)", out)
@@ -519,11 +529,15 @@ def test_a_frozen_event_loop_makes_the_watchdog_restart_it(live: Live) -> None:
     # drop-in for this test only), and WatchdogSec= is shortened so the test takes seconds.
     live.stage("sitecustomize.py", FREEZER)
     live.stage("watchdog-test.conf", WATCHDOG_DROP_IN)
-    live.run("sh", "-c", f"""set -e
+    live.run(
+        "sh",
+        "-c",
+        f"""set -e
 install -d -m 0755 {HOOKS}
 install -m 0644 {STAGE}/sitecustomize.py {HOOKS}/sitecustomize.py
 install -m 0644 {STAGE}/watchdog-test.conf {DROP_IN_DIR}/watchdog-test.conf
-systemctl daemon-reload""")
+systemctl daemon-reload""",
+    )
     try:
         live.systemctl("start", "keepword")
         live.wait_first_poll()
