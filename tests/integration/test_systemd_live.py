@@ -147,10 +147,15 @@ class Live:
     def main_pid(self) -> int:
         return int(self.show("MainPID")["MainPID"])
 
-    def customer_writes(self, subject: str) -> str:
-        """The customer sends a mail to support@ through the relay; returns its Message-ID."""
+    def add_customer(self, address: str) -> None:
+        """Another customer with a mailbox of her own (keepword limits mail per sender)."""
+        mailserver = REPO / "scripts" / "mailserver"
+        self.run("/usr/bin/python3", str(mailserver), "adduser", str(MAIL_DIR), f"{address}:pw")
+
+    def customer_writes(self, subject: str, customer: str = CUSTOMER) -> str:
+        """A customer sends a mail to support@ through the relay; returns its Message-ID."""
         msg = EmailMessage()
-        msg["From"] = f"Ann Lee <{CUSTOMER}>"
+        msg["From"] = customer
         msg["To"] = SUPPORT
         msg["Subject"] = subject
         msg["Message-ID"] = make_msgid(domain="example.org")
@@ -159,16 +164,22 @@ class Live:
         self.sent.append(str(msg["Message-ID"]))
         return str(msg["Message-ID"])
 
-    def customer_inbox(self) -> list[Message]:
-        """Every mail in the customer's Dovecot Maildir (read through the sandbox's root)."""
-        maildir = self.sandbox.path(MAIL_DIR / "mail" / CUSTOMER / "Maildir")
-        files = [p for sub in ("new", "cur") for p in sorted((maildir / sub).glob("*"))]
+    def customer_mail(self) -> list[Message]:
+        """Every mail in the customers' Dovecot Maildirs (read through the sandbox's root)."""
+        users = self.sandbox.path(MAIL_DIR / "mail")
+        files = [
+            path
+            for user in sorted(users.iterdir())
+            if user.name != SUPPORT
+            for sub in ("new", "cur")
+            for path in sorted((user / "Maildir" / sub).glob("*"))
+        ]
         return [message_from_bytes(p.read_bytes(), policy=default_policy) for p in files]
 
     def acknowledgements(self) -> dict[str, list[Message]]:
         """The customer's acknowledgements, by the Message-ID they answer."""
         acks: dict[str, list[Message]] = {}
-        for msg in self.customer_inbox():
+        for msg in self.customer_mail():
             if str(msg.get("Auto-Submitted", "")).startswith("auto-replied"):
                 acks.setdefault(str(msg.get("In-Reply-To", "")).strip(), []).append(msg)
         return acks
