@@ -75,6 +75,13 @@ with smtplib.SMTP("127.0.0.1", {SMTP_PORT}, timeout=10) as smtp:
     smtp.send_message(__import__("email").message_from_bytes(sys.stdin.buffer.read()))
 """
 
+LMTP_SEND = f"""
+import smtplib, sys
+raw = sys.stdin.buffer.read()
+with smtplib.LMTP("127.0.0.1", {LMTP_PORT}, timeout=10) as lmtp:
+    lmtp.sendmail("{CUSTOMER}", ["{SUPPORT}"], raw)
+"""
+
 SCRAPE = f"""
 import urllib.request
 print(urllib.request.urlopen("http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode())
@@ -152,15 +159,16 @@ class Live:
         mailserver = REPO / "scripts" / "mailserver"
         self.run("/usr/bin/python3", str(mailserver), "adduser", str(MAIL_DIR), f"{address}:pw")
 
-    def customer_writes(self, subject: str, customer: str = CUSTOMER) -> str:
-        """A customer sends a mail to support@ through the relay; returns its Message-ID."""
+    def customer_writes(self, subject: str, customer: str = CUSTOMER, direct: bool = False) -> str:
+        """A customer sends a mail to support@ through the relay (`direct`: straight into
+        Dovecot over LMTP); returns its Message-ID."""
         msg = EmailMessage()
         msg["From"] = customer
         msg["To"] = SUPPORT
         msg["Subject"] = subject
         msg["Message-ID"] = make_msgid(domain="example.org")
         msg.set_content("Hello, my order has not arrived. Can you help?")
-        self.sandbox.run("python3", "-c", SEND, input=msg.as_string())
+        self.sandbox.run("python3", "-c", LMTP_SEND if direct else SEND, input=msg.as_string())
         self.sent.append(str(msg["Message-ID"]))
         return str(msg["Message-ID"])
 
@@ -283,6 +291,16 @@ LoadCredential=support-smtp:/etc/keepword/credentials/support-smtp
 """
 
 
+def start_relay(sandbox: Any) -> None:
+    sandbox_script.start_unit(
+        sandbox,
+        "kw-relay",
+        sandbox_script.rig_python(), "-c", RELAY,
+        properties=("Type=notify", f"WorkingDirectory={REPO}",
+                    f"Environment=PYTHONPATH={REPO}:{REPO / 'src'}"),
+    )  # fmt: skip
+
+
 def start_rig(sandbox: Any) -> None:
     """Dovecot, the relay and PostgreSQL, as transient units inside the sandbox."""
     python3 = "/usr/bin/python3"
@@ -296,13 +314,7 @@ def start_rig(sandbox: Any) -> None:
         "--user", f"{SUPPORT}:{IMAP_PASSWORD}", "--user", f"{CUSTOMER}:{CUSTOMER_PASSWORD}",
         properties=oneshot,
     )  # fmt: skip
-    sandbox_script.start_unit(
-        sandbox,
-        "kw-relay",
-        sandbox_script.rig_python(), "-c", RELAY,
-        properties=("Type=notify", f"WorkingDirectory={REPO}",
-                    f"Environment=PYTHONPATH={REPO}:{REPO / 'src'}"),
-    )  # fmt: skip
+    start_relay(sandbox)
     sandbox_script.start_unit(
         sandbox,
         "kw-postgres",
@@ -476,6 +488,21 @@ def test_kill_9_restarts_it_and_nothing_is_lost_or_sent_twice(live: Live) -> Non
     live.wait_ack(written_while_down, timeout=30)  # the (re)connect poll found it
     acks = live.acknowledgements()
     assert sorted(acks) == sorted(live.sent)
+    assert all(len(sent) == 1 for sent in acks.values()), {k: len(v) for k, v in acks.items()}
+
+
+def test_mail_not_sent_before_a_stop_stays_in_the_outbox(live: Live) -> None:
+    live.systemctl("stop", "kw-relay")
+    try:
+        waiting = live.customer_writes("Sent while the relay is down", direct=True)
+        live.wait_log(r"outbox waits|cannot send")
+        live.systemctl("stop", "keepword")
+        assert live.show("Result")["Result"] == "success"
+    finally:
+        start_relay(live.sandbox)
+    live.systemctl("start", "keepword")
+    live.wait_ack(waiting, timeout=30)  # the first poll after the start drains the outbox
+    acks = live.acknowledgements()
     assert all(len(sent) == 1 for sent in acks.values()), {k: len(v) for k, v in acks.items()}
 
 
