@@ -24,9 +24,7 @@ from keepword.domain.predict import (
 )
 from keepword.domain.windows import BUSINESS_DAY_MINUTES
 
-OFFICE = BusinessCalendar(
-    ZoneInfo("Europe/Berlin"), {d: [(time(9), time(17))] for d in range(5)}
-)
+OFFICE = BusinessCalendar(ZoneInfo("Europe/Berlin"), {d: [(time(9), time(17))] for d in range(5)})
 SETTINGS = PromiseSettings(quantile=0.95)
 START = datetime(2026, 1, 5, 8, tzinfo=UTC)  # Monday 09:00 Berlin
 

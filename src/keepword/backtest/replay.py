@@ -82,17 +82,22 @@ class _Run:
     predictor: PromisePredictor
     chase: ChaseSettings
     start: datetime
+    end: datetime  # the last thing the history knows: nothing is judged after it
     records: list[PromiseRecord]
     updates: list[UpdateRecord] = field(default_factory=list)
-    events: list[tuple[datetime, int, int, int]] = field(default_factory=list)
-    # promise being chased, per case: (due_at, made_at, update index or -1 for the first)
-    current: dict[int, tuple[datetime, datetime, int]] = field(default_factory=dict)
+    # (at, event kind, sequence, case index, update index or -1 for the first promise)
+    events: list[tuple[datetime, int, int, int, int]] = field(default_factory=list)
+    # the promise being chased, per case: (due_at, update index or -1 for the first)
+    current: dict[int, tuple[datetime, int]] = field(default_factory=dict)
+    updates_of: dict[int, list[int]] = field(default_factory=dict)  # unresolved, per case
     backlog: list[tuple[datetime, int]] = field(default_factory=list)
     sequence: int = 0
 
-    def push(self, at: datetime, kind: int, index: int) -> None:
+    def push(self, at: datetime, kind: int, index: int, update: int = -1) -> None:
+        if at > self.end:
+            return  # unknown: the history ends first
         self.sequence += 1
-        heapq.heappush(self.events, (at, kind, self.sequence, index))
+        heapq.heappush(self.events, (at, kind, self.sequence, index, update))
 
 
 def replay(
@@ -113,6 +118,7 @@ def replay(
     if not ordered:
         raise ValueError("no cases to replay")
     first = ordered[0].opened_at
+    end = max(c.first_response_at or c.opened_at for c in ordered)
     origin = (first - timedelta(days=1)).date()
     timeline = BusinessTimeline(calendar, origin)
     run = _Run(
@@ -121,6 +127,7 @@ def replay(
         predictor=PromisePredictor.start(calendar, settings, origin, timeline=timeline),
         chase=chase or ChaseSettings(),
         start=start or first,
+        end=end,
         records=[],
     )
     for index, c in enumerate(ordered):
@@ -130,7 +137,7 @@ def replay(
         run.records.append(_record(index, c, timeline))
     total, done = len(ordered), 0
     while run.events:
-        at, kind, _, index = heapq.heappop(run.events)
+        at, kind, _, index, update = heapq.heappop(run.events)
         if kind == _ARRIVAL:
             _arrive(run, index, at)
             done += 1
@@ -139,10 +146,9 @@ def replay(
         elif kind == _ANSWER:
             _answer(run, index, at)
         elif kind == _DUE:
-            _due(run, index, at)
+            _due(run, index, update, at)
         else:
             _check(run, index, at)
-    end = max(c.first_response_at or c.opened_at for c in ordered)
     return Replay(run.records, run.updates, settings.quantile, run.start, end, run.backlog)
 
 
@@ -180,13 +186,13 @@ def _arrive(run: _Run, index: int, at: datetime) -> None:
 
 def _follow(run: _Run, index: int, due_at: datetime, made_at: datetime, update: int) -> None:
     """Chase this promise: its due time, and the update check before it."""
-    run.current[index] = (due_at, made_at, update)
+    run.current[index] = (due_at, update)
     total = run.calendar.minutes_between(made_at, due_at)
     lead = update_lead_minutes(total, run.chase)
     check_at = run.calendar.add(made_at, max(0.0, total - lead))
-    run.push(due_at, _DUE, index)
+    run.push(due_at, _DUE, index, update)
     if check_at < due_at:
-        run.push(check_at, _CHECK, index)
+        run.push(check_at, _CHECK, index, update)
 
 
 def _answer(run: _Run, index: int, at: datetime) -> None:
@@ -196,22 +202,22 @@ def _answer(run: _Run, index: int, at: datetime) -> None:
         record.kept = at <= record.due_at
         if record.kept:
             run.predictor.record_outcome(True)
-    current = run.current.pop(index, None)
-    if current is not None and current[2] >= 0:
-        run.updates[current[2]].kept = at <= current[0]
+    run.current.pop(index, None)
+    for update in run.updates_of.pop(index, []):
+        if run.updates[update].kept is None:
+            run.updates[update].kept = at <= run.updates[update].due_at
 
 
-def _due(run: _Run, index: int, at: datetime) -> None:
+def _due(run: _Run, index: int, update: int, at: datetime) -> None:
     record = run.records[index]
     if record.answered_at is not None and record.answered_at <= at:
         return
-    current = run.current.get(index)
-    if record.promised and record.due_at == at and record.kept is None:
+    if update >= 0:
+        run.updates[update].kept = False
+    elif record.kept is None:
         record.kept = False
         run.predictor.record_outcome(False)
         record.silent_breach = not record.updated
-    if current is not None and current[0] == at and current[2] >= 0:
-        run.updates[current[2]].kept = False
 
 
 def _check(run: _Run, index: int, at: datetime) -> None:
@@ -220,11 +226,12 @@ def _check(run: _Run, index: int, at: datetime) -> None:
     current = run.current.get(index)
     if current is None or (record.answered_at is not None and record.answered_at <= at):
         return
-    old_due, _, _ = current
+    old_due, _ = current
     window = run.predictor.residual_window(at, record.opened_at, key=_key(index))
     due = window.due_at if window.due_at > old_due else run.calendar.add(old_due, window.minutes)
     run.updates.append(
         UpdateRecord(index, at, due, window.minutes, float(window.basis.get("waited_minutes", 0.0)))
     )
     record.updated = True
+    run.updates_of.setdefault(index, []).append(len(run.updates) - 1)
     _follow(run, index, due, at, len(run.updates) - 1)
