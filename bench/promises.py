@@ -175,7 +175,7 @@ def gap_at(scenario: Scenario, at: datetime) -> float:
 
 def responses(
     scenario: Scenario, calendar: BusinessCalendar, opened: Sequence[datetime]
-) -> list[datetime]:
+) -> tuple[list[datetime], list[float]]:
     """First responses: each case is ready after its own business time, and the team
     answers ready cases in order, one per `gap_at` business minutes at most."""
     rng = random.Random(scenario.seed + 1)
@@ -185,9 +185,8 @@ def responses(
         position += calendar.minutes_between(previous, at)
         previous = at
         positions.append(position)
-    ready = sorted(
-        (p + max(3.0, own_time(scenario, rng, opened[i])), i) for i, p in enumerate(positions)
-    )
+    own = [max(3.0, own_time(scenario, rng, at)) for at in opened]
+    ready = sorted((p + own[i], i) for i, p in enumerate(positions))
     answered: list[datetime] = [origin] * len(opened)
     sent_position, sent_at = -math.inf, origin
     cursor_position = 0.0
@@ -196,7 +195,7 @@ def responses(
         sent_at = calendar.add(sent_at, sent_position - cursor_position)
         cursor_position = sent_position
         answered[index] = sent_at
-    return answered
+    return answered, own
 
 
 # -- baselines ----------------------------------------------------------------------
@@ -298,6 +297,8 @@ class Result:
     queue_length: Baseline
     matched: Baseline | None
     vacation_kept: float
+    own_work: float  # the own-work quantile at the kept share: the floor of any queue model
+    median_update: float
     seconds: float
 
     @property
@@ -317,10 +318,13 @@ def _calendar() -> CachedCalendar:
     )
 
 
-def cases_of(scenario: Scenario, calendar: BusinessCalendar) -> list[HistoryCase]:
+def cases_of(
+    scenario: Scenario, calendar: BusinessCalendar
+) -> tuple[list[HistoryCase], list[float]]:
+    """The cases, and each one's own work in business minutes (the part no queue explains)."""
     opened = arrivals(scenario, calendar)
-    answered = responses(scenario, calendar, opened)
-    return [HistoryCase(o, a) for o, a in zip(opened, answered, strict=True)]
+    answered, own = responses(scenario, calendar, opened)
+    return [HistoryCase(o, a) for o, a in zip(opened, answered, strict=True)], own
 
 
 def run(
@@ -332,7 +336,7 @@ def run(
 ) -> Result:
     began = time.perf_counter()
     calendar = _calendar()
-    cases = cases_of(scenario, calendar)
+    cases, own = cases_of(scenario, calendar)
     start = datetime.combine(EVALUATION_START, clock(0), ZONE)
     result = replay(cases, calendar, settings, start=start, progress=progress)
     fixed = parse_fixed("24h")
@@ -366,6 +370,8 @@ def run(
         vacation_kept=(
             sum(bool(r.kept) for r in in_vacation) / len(in_vacation) if in_vacation else math.nan
         ),
+        own_work=quantile_of([own[r.case] for r in judged], overall.kept),
+        median_update=statistics.median(u.minutes for u in result.updates) if result.updates else 0,
         seconds=time.perf_counter() - began,
     )
 
@@ -378,14 +384,15 @@ def describe(r: Result) -> str:
         f"({r.median_promise_wall:.0f} wall) vs best fixed {r.best_fixed:.0f} "
         f"({r.best_fixed_wall:.0f} wall) = {r.ratio:.2f}x ({r.ratio_wall:.2f}x wall); "
         f"median actual {r.median_actual:.0f} ({r.median_actual_wall:.0f} wall); "
-        f"updates {r.updates} kept {r.updates_kept:.1%}, silent breaches {r.silent}; "
+        f"updates {r.updates} kept {r.updates_kept:.1%} (median {r.median_update:.0f}), "
+        f"silent breaches {r.silent}; own work alone at that share {r.own_work:.0f}; "
         f"24 h kept {r.fixed_24h:.1%}; queue-length kept {ql.kept:.1%} median "
         f"{ql.median:.0f} ({ql.median_wall:.0f} wall)"
     )
     if r.matched is not None:
         m = r.matched
         text += f"; load-matched kept {m.kept:.1%} median {m.median:.0f} ({m.median_wall:.0f} wall)"
-    if not math.isnan(r.vacation_kept):
+    if r.scenario.name == "vacation":
         text += f"; kept in the vacation {r.vacation_kept:.1%}"
     return text + f"  [{r.seconds:.0f}s]"
 
@@ -400,7 +407,8 @@ def table_row(r: Result) -> str:
         f"| {r.ratio:.2f}x / {r.ratio_wall:.2f}x "
         f"| {r.median_actual:.0f} / {r.median_actual_wall:.0f} "
         f"| {ql.kept:.1%} / {ql.median:.0f} / {ql.median_wall:.0f} | {matched} "
-        f"| {r.fixed_24h:.1%} | {r.updates} / {r.updates_kept:.1%} | {r.silent} |"
+        f"| {r.fixed_24h:.1%} | {r.updates} / {r.updates_kept:.1%} | {r.silent} "
+        f"| {r.own_work:.0f} |"
     )
 
 

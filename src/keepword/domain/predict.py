@@ -64,6 +64,8 @@ SAMPLE_DAYS = 28
 SAMPLE_MIN_CASES = 300
 #: The calibration's step (ACI's gamma) and the band its level may move in.
 CALIBRATION_RATE = 0.01
+#: An update's residual-time quantile needs this many recent cases that waited as long.
+TAIL_CASES = 20
 #: Residual quantiles use this share of the sample whose expected queue was nearest now's.
 MATCHED_SHARE = 0.5
 CALIBRATION_FLOOR = 0.5
@@ -409,11 +411,17 @@ class PromisePredictor:
         """The window to promise in an update for a case open since `opened_at`.
 
         The quantile of the remaining time given the case has already waited: the
-        Kaplan-Meier curve of the residuals conditioned on exceeding this case's own.
+        Kaplan-Meier curve of the residuals (response time - the queue met) of all
+        cases in the history window, conditioned on exceeding this case's own: the
+        tail is where updates live, and it is thin in a month's sample. Updates
+        use at least the stated quantile: a second broken promise is worse than the
+        first. Where fewer than `TAIL_CASES` recent cases waited that long, the tail is
+        not known well enough: then at least as long again as the case has waited
+        (long waits have long remainders in any heavy tail).
         """
         state = self.queue(now, away=away)
-        level = self.calibration.level
-        sample = self._sample()
+        level = max(self.calibration.level, self.settings.quantile)
+        sample = list(self._recent)  # the whole history window: the tail is rare
         model = self._model(sample)
         tracked = self._open.get(key) if key is not None else None
         expected = model.expected(tracked.ahead, tracked.pace) if tracked is not None else 0.0
@@ -422,19 +430,19 @@ class PromisePredictor:
         basis = self._basis(now, state, model, level, len(events), len(censored))
         basis["waited_minutes"] = round(waited, 2)
         basis["expected_at_arrival_minutes"] = round(expected, 2)
+        basis["method"] = "residual time given the wait so far"
         if len(events) < self.settings.min_history_cases:
             return self._default(now, basis)
         survived = waited - expected
+        beyond = sum(r > survived for r in events) + sum(c > survived for c in censored)
         residual = km_quantile(events, censored, level, survived=survived)
-        if residual is None:
-            # Waited longer than the tail we know: promise the present queue once more.
-            present = model.expected(state.ahead, state.pace)
-            remaining = max(present, float(self.settings.default_window_minutes))
+        remaining = 0.0 if residual is None else max(0.0, expected + residual - waited)
+        basis["cases_that_waited_as_long"] = beyond
+        if residual is None or beyond < TAIL_CASES:
+            remaining = max(remaining, waited, float(self.settings.default_window_minutes))
             basis["tail_still_waiting"] = True
         else:
-            remaining = max(0.0, expected + residual - waited)
             basis["residual_minutes"] = round(residual, 2)
-        basis["method"] = "residual time given the wait so far"
         return self._measured(now, remaining, basis)
 
     def _basis(
