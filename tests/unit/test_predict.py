@@ -17,6 +17,7 @@ from keepword.domain.predict import (
     HistoryCase,
     Outcome,
     PromisePredictor,
+    explain,
     km_quantile,
     predict_window,
     predictor_from_history,
@@ -317,3 +318,15 @@ def test_the_predictor_is_incremental() -> None:
         else:
             fed.answer(i, at)
     assert fed.window(now).minutes == rebuilt.minutes
+
+
+def test_the_basis_explains_the_promise_and_the_update() -> None:
+    history = mixed_team()
+    now = history[-1].opened_at + timedelta(minutes=30)
+    predictor = predictor_from_history(history, now, OFFICE, PromiseSettings(quantile=0.8))
+    text = explain(predictor.window(now))
+    assert "cases ahead" in text and "business minutes per first response" in text
+    update = explain(predictor.residual_window(now, now - timedelta(days=1)))
+    assert "has already waited" in update and "recent cases" in update
+    default = predict_window(history[:3], history[2].opened_at, OFFICE, SETTINGS)
+    assert "configured default" in explain(default)

@@ -557,28 +557,49 @@ def predict_window(
     return predictor.window(now, away=away)
 
 
+def _minutes(value: float | int | str | bool) -> str:
+    minutes = float(value)
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
+
+
 def explain(window: Window) -> str:
-    """One sentence for the timeline and the CLI, from a predictor window's basis."""
+    """One sentence for the timeline and the CLI, from a predictor window's basis
+    (the drop-in for `Window.explain`, which knows the older rule's basis)."""
     b: Mapping[str, float | int | str | bool] = window.basis
     promised = (
-        f"Promised {window.minutes} business minutes (due {window.due_at:%Y-%m-%d %H:%M} UTC)"
+        f"Promised {_minutes(window.minutes)} of business time "
+        f"(due {window.due_at:%Y-%m-%d %H:%M} UTC)"
     )
     if window.is_default:
         return (
             f"{promised}: the configured default, because only {b.get('sample_size', 0)} "
             f"answered cases were available (need {b.get('min_history_cases', '?')})."
         )
-    text = (
-        f"{promised}: {b.get('cases_ahead')} cases ahead at "
-        f"{float(b.get('pace_minutes', 0)):.0f} business minutes per first response "
-        f"(queue: {float(b.get('expected_queue_minutes', 0)):.0f} min), plus "
-        f"{float(b.get('residual_minutes', 0)):.0f} min, the "
-        f"p{float(b.get('calibrated_quantile', 0)) * 100:.1f} of what the queue did not "
-        f"explain in {b.get('sample_size')} answered and {b.get('still_waiting')} waiting "
-        "recent cases"
-    )
+    level = f"p{float(b.get('calibrated_quantile', 0)) * 100:.1f}"
     if "waited_minutes" in b:
-        text += f"; the case has waited {float(b['waited_minutes']):.0f} business minutes"
+        text = f"{promised}: the case has already waited {_minutes(b['waited_minutes'])}"
+        if b.get("tail_still_waiting"):
+            text += (
+                f"; only {b.get('cases_that_waited_as_long')} recent cases waited that long, "
+                "so at least as long again"
+            )
+        else:
+            text += (
+                f"; of the {b.get('cases_that_waited_as_long')} recent cases that waited that "
+                f"long, the {level} were answered within this much more"
+            )
+    else:
+        residual = float(b.get("residual_minutes", 0))
+        text = (
+            f"{promised}: {b.get('cases_ahead')} cases ahead at "
+            f"{float(b.get('pace_minutes', 0)):.0f} business minutes per first response "
+            f"(queue {_minutes(b.get('expected_queue_minutes', 0))}), "
+            f"{'plus' if residual >= 0 else 'minus'} {_minutes(abs(residual))}: the {level} "
+            f"of what the queue did not explain in {b.get('sample_size')} answered and "
+            f"{b.get('still_waiting')} still waiting recent cases"
+        )
     if b.get("behind"):
         text += "; above the maximum: the team is behind"
     return text + "."
