@@ -208,3 +208,24 @@ def _settings() -> Any:
     from keepword.config import PromiseSettings
 
     return PromiseSettings()
+
+
+def test_the_shell_builds_the_mailbox_predictor(tmp_path: Path, engine: Engine) -> None:
+    """promising.honest_window / update_window: what acknowledging and the chase call."""
+    from keepword.config import load_config
+    from keepword.promising import honest_window, mailbox_predictor, update_window
+
+    cases = history()
+    ids = store(engine, cases)
+    box = load_config(config(tmp_path, engine)).mailbox[0]
+    now = cases[-1][0] + timedelta(minutes=5)
+    with engine.begin() as conn:
+        window = honest_window(conn, box, calendar(), now, exclude_case=ids[-1])
+        predictor = mailbox_predictor(conn, box, calendar(), now)
+    assert not window.is_default
+    assert int(window.basis["cases_ahead"]) == 7  # the last day's other open cases
+    assert window.due_at > now
+    waiting = ids[-8]  # opened this morning, still open
+    update = update_window(predictor, now, waiting, cases[-8][0])
+    assert update.basis["method"] == "residual time given the wait so far"
+    assert update.due_at > now
