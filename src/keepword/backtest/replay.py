@@ -171,7 +171,7 @@ def _arrive(run: _Run, index: int, at: datetime) -> None:
     record.ahead, record.pace = state.ahead, state.pace
     run.backlog.append((at, state.ahead))
     if at >= run.start:
-        window = run.predictor.window(at, kind=record.kind)
+        window = run.predictor.window(at)
         record.promised = True
         record.minutes = window.minutes
         record.due_at = window.due_at

@@ -269,7 +269,6 @@ class PromisePredictor:
     _recent: deque[_Tracked] = field(default_factory=deque)
     _responses: deque[float] = field(default_factory=lambda: deque(maxlen=PACE_RESPONSES + 1))
     _answered_count: int = 0
-    _last_event: datetime | None = None
 
     @classmethod
     def start(
@@ -296,7 +295,6 @@ class PromisePredictor:
         tracked.overtaken_by = -self._answered_count  # + the count when it is answered
         self._open[key] = tracked
         self._recent.append(tracked)
-        self._last_event = at
         self._forget(at)
 
     def answer(self, key: Hashable, at: datetime) -> None:
@@ -305,7 +303,6 @@ class PromisePredictor:
         position = self.timeline.position(at)
         self._responses.append(position)
         self._answered_count += 1
-        self._last_event = at
         if tracked is not None:
             tracked.response = max(0.0, position - tracked.opened_position)
             tracked.overtaken_by += self._answered_count - 1
@@ -387,7 +384,7 @@ class PromisePredictor:
 
     # -- promises --------------------------------------------------------------------
 
-    def window(self, now: datetime, *, away: float = 0.0, kind: str = "new") -> Window:
+    def window(self, now: datetime, *, away: float = 0.0) -> Window:
         """The first-response window to promise a case arriving `now`."""
         state = self.queue(now, away=away)
         level = self.calibration.level
