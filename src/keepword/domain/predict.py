@@ -23,7 +23,9 @@ announcements that condition on the state at arrival are much tighter than histo
 3. What the queue does not explain: each recent case has a residual = its response
    time - its `expected` at arrival. Cases still open are censored (their residual is
    at least their age - expected): the residual quantile is a Kaplan-Meier quantile
-   (`km_quantile`), so a slow period shows up before its cases are answered.
+   (`km_quantile`), so a slow period shows up before its cases are answered. Only the
+   `MATCHED_SHARE` of recent cases whose queue was most like now's count: the queue
+   explains the middle of its range better than its ends (bench/promises.py).
    The promise is `expected now + residual quantile`, rounded up to a unit people say.
 4. Calibration (`Calibration`): the quantile level used is corrected online from the
    record of kept and missed promises (adaptive conformal inference, Gibbs & Candès
@@ -31,7 +33,9 @@ announcements that condition on the state at arrival are much tighter than histo
    falls by rate x alpha), so a team that drifts is promised accordingly within days.
 5. Residual time for updates (`residual_window`): a case that has already waited t
    is promised the quantile of the *remaining* time given it waited t (Kaplan-Meier
-   conditional on survival past t - expected at its arrival): its own wait is evidence.
+   conditional on survival past t - expected at its arrival, over the whole history
+   window; at least as long again where fewer than `TAIL_CASES` waited that long): its
+   own wait is evidence.
 
 The state is incremental (`PromisePredictor.arrive` / `answer` / `record_outcome`):
 the backtest and the benchmark feed it one event at a time, and the shell builds it
