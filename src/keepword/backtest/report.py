@@ -53,6 +53,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def require_matplotlib() -> None:
+    """Raise ReportUnavailableError now if the charts cannot be drawn."""
+    _pyplot()
+
+
 def _svg(figure: Any, name: str) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None}, dpi=110)

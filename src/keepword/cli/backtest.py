@@ -156,7 +156,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     setup, settings = _setup(args)
     promise = setup.promise
     if args.quantile is not None:
+        if not 0 < args.quantile < 1:
+            raise KeepwordError(f"--quantile {args.quantile} is not between 0 and 1")
         promise = promise.model_copy(update={"quantile": args.quantile})
+    if args.html is not None:
+        from keepword.backtest.report import require_matplotlib
+
+        require_matplotlib()  # before a long replay, not after
     try:
         fixed = [parse_fixed(part) for part in args.compare.split(",") if part.strip()]
     except ValueError as exc:
