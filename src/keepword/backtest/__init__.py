@@ -1,0 +1,1 @@
+"""`keepword backtest`: replay a mailbox's history through the production predictor."""

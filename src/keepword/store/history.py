@@ -1,0 +1,79 @@
+"""The stored history the predictor and `keepword backtest` read.
+
+`response_history` is what `domain.predict` needs to rebuild its state at `now` (the
+mailbox's customer cases with their first responses); `first_response_outcomes` is the
+record of promises its calibration corrects from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, select
+
+from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.predict import HistoryCase, Outcome
+from keepword.store.tables import case, promise
+
+
+def response_history(
+    conn: Connection,
+    mailbox: str,
+    since: datetime,
+    *,
+    until: datetime | None = None,
+    exclude_case: int | None = None,
+) -> list[HistoryCase]:
+    """The mailbox's customer cases opened in [since, until), oldest first, keyed by id.
+
+    Left out, as in `store.cases.first_response_history`: cases closed without a reply
+    (nothing was owed) and imported cases never answered (they may have been answered
+    elsewhere; as endless waits they would inflate every promise).
+    """
+    unanswered = case.c.first_response_at.is_(None)
+    conditions = [
+        case.c.mailbox == mailbox,
+        case.c.opened_at >= since,
+        case.c.customer.is_not(None),
+        ~and_(unanswered, case.c.status == CaseStatus.CLOSED.value),
+        ~and_(unanswered, case.c.is_history.is_(True)),
+    ]
+    if until is not None:
+        conditions.append(case.c.opened_at < until)
+    if exclude_case is not None:
+        conditions.append(case.c.id != exclude_case)
+    query = (
+        select(case.c.id, case.c.opened_at, case.c.first_response_at)
+        .where(and_(*conditions))
+        .order_by(case.c.opened_at, case.c.id)
+    )
+    return [
+        HistoryCase(row.opened_at, row.first_response_at, "new", row.id)
+        for row in conn.execute(query)
+    ]
+
+
+def first_response_outcomes(conn: Connection, mailbox: str, since: datetime) -> list[Outcome]:
+    """The customer first-response promises made since `since`, with the case's first
+    response: kept or missed is judged against the promise's own due time, whatever
+    updates superseded it later."""
+    query = (
+        select(promise.c.made_at, promise.c.due_at, case.c.first_response_at)
+        .join(case, case.c.id == promise.c.case_id)
+        .where(
+            and_(
+                case.c.mailbox == mailbox,
+                promise.c.kind == PromiseKind.FIRST_RESPONSE.value,
+                promise.c.audience == PromiseAudience.CUSTOMER.value,
+                promise.c.made_at >= since,
+                # Withdrawn unanswered: the case closed or turned to the customer before a
+                # reply was owed (nothing to keep or miss).
+                ~and_(
+                    promise.c.state == PromiseState.WITHDRAWN.value,
+                    case.c.first_response_at.is_(None),
+                ),
+            )
+        )
+        .order_by(promise.c.made_at, promise.c.id)
+    )
+    return [Outcome(row.made_at, row.due_at, row.first_response_at) for row in conn.execute(query)]
