@@ -384,7 +384,7 @@ def idle_poll(config: Path) -> tuple[float, int]:
     """Median ms and IMAP commands of a poll that finds nothing (connection kept open)."""
     from keepword.config import load_config
     from keepword.domain.model import Origin
-    from keepword.ingest import default_session_factory, poll_folder
+    from keepword.pipeline.ingest import default_session_factory, poll_folder
     from keepword.store.db import open_store
 
     settings = load_config(config)

@@ -4,7 +4,8 @@
 
 Starts a private Dovecot (scripts/mailserver) and an aiosmtpd server that relays over
 LMTP into it (tests/fixtures/smtp.py), writes a config file and runs the real daemon
-(keepword.daemon.Daemon with keepword.service.Service) in this process. Then it delivers
+(keepword.runtime.daemon.Daemon with keepword.runtime.service.Service) in this process.
+Then it delivers
 `count` customer mails one at a time over LMTP into the shared inbox and times each from
 the end of the LMTP delivery to the moment the SMTP server has accepted (and relayed)
 the acknowledgement. Each delivery waits a random 0..poll_interval seconds first, so
@@ -38,7 +39,7 @@ from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 from tests.fixtures.smtp import SmtpServer  # noqa: E402
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
-from keepword.daemon import Daemon  # noqa: E402
+from keepword.runtime.daemon import Daemon  # noqa: E402
 
 SUPPORT = "support@example.com"
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
@@ -94,7 +95,7 @@ async def measure(
     )
     config = state / "keepword.toml"
     config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
-    daemon = Daemon(config)  # keepword.service.make_worker on the system clock
+    daemon = Daemon(config)  # keepword.runtime.service.make_worker on the system clock
     running = asyncio.create_task(daemon.run())
     latencies: list[float] = []
     try:

@@ -58,7 +58,7 @@ from zoneinfo import ZoneInfo
 from keepword.backtest.replay import PromiseRecord, Replay, replay
 from keepword.backtest.summary import figures, parse_fixed
 from keepword.config import CalendarSettings, PromiseSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.predict import HistoryCase, quantile_of
 from keepword.domain.windows import measured_window, round_up_minutes
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from keepword.domain.classify import classify  # noqa: E402
 from keepword.domain.model import LOOP_HEADER, Address, Kind, MessageFacts, Origin  # noqa: E402
-from keepword.domain.threading import (  # noqa: E402
+from keepword.domain.threads import (  # noqa: E402
     Candidates,
     CaseCandidate,
     ThreadRule,

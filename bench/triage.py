@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.domain.model import Origin  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
+from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
 from keepword.store.messages import StoreItem, store_batch  # noqa: E402
-from keepword.triage import triage_pending  # noqa: E402
 
 BATCH = 500
 

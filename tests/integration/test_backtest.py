@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine
 
 from keepword.cli import main
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
 from keepword.domain.predict import predict_window
@@ -213,7 +213,7 @@ def _settings() -> Any:
 def test_the_shell_builds_the_mailbox_predictor(tmp_path: Path, engine: Engine) -> None:
     """promising.honest_window / update_window: what acknowledging and the chase call."""
     from keepword.config import load_config
-    from keepword.promising import honest_window, mailbox_predictor, update_window
+    from keepword.pipeline.promising import honest_window, mailbox_predictor, update_window
 
     cases = history()
     ids = store(engine, cases)

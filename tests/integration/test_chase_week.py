@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from keepword.chasing import chase_mailbox
 from keepword.domain.chase import promise_id_of
 from keepword.domain.model import PromiseState
+from keepword.pipeline.chase import chase_mailbox
 from keepword.store.tables import outbox
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot

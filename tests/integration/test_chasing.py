@@ -21,11 +21,11 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from keepword.chasing import ChaseResult, chase_mailbox
 from keepword.cli import main
 from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus, PromiseKind, PromiseState
 from keepword.mail.render import Renderer
+from keepword.pipeline.chase import ChaseResult, chase_mailbox
 from keepword.store import cases as case_store
 from keepword.store.tables import case, outbox, promise
 from tests.fixtures.desk import ALICE, ANN, CAROL, SUPPORT, mail

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from keepword.adapters.idle import OnChange
+from keepword.adapters.metrics import METRICS
 from keepword.clock import SPEED_ENV, Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import DeliveryUnavailable, MailboxError
-from keepword.idle import OnChange
-from keepword.metrics import METRICS
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
 
@@ -372,8 +372,8 @@ def test_failing_mailbox_backs_off_while_others_work(
     kw.wait_notify(ready)
     line = kw.wait_log(r".*poll failed.*").group(0)
     assert re.search(
-        r"ERROR keepword\.daemon \[broken\] poll failed \(1 in a row\): IMAP server said no; "
-        r"retrying the poll in \d+ s",
+        r"ERROR keepword\.runtime\.daemon \[broken\] poll failed \(1 in a row\): "
+        r"IMAP server said no; retrying the poll in \d+ s",
         line,
     ), line
     assert "Traceback" not in kw.log()  # a KeepwordError explains itself

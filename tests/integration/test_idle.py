@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import tomli_w
 
+from keepword.adapters.credentials import resolve_secret
+from keepword.adapters.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbox
+from keepword.adapters.imap import ImapSession
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
-from keepword.daemon import Daemon
-from keepword.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbox
-from keepword.imap import ImapSession
 from keepword.retry import RetryPolicy
-from keepword.secrets import resolve_secret
+from keepword.runtime.daemon import Daemon
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
 
@@ -306,7 +306,7 @@ def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
     config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
 
     async def run() -> tuple[float | None, float]:
-        daemon = Daemon(config)  # keepword.service.make_worker, wired statically
+        daemon = Daemon(config)  # keepword.runtime.service.make_worker, wired statically
         running = asyncio.create_task(daemon.run())
         await asyncio.sleep(1.5)  # first poll done, watcher in IDLE
         sent = time.monotonic()
@@ -409,7 +409,7 @@ def test_missing_password_file_then_created_idle_delivers_the_next_mail(
         assert await changes.next(timeout=IDLE_SLICE + 10) > sent
         assert watch.pushed(sent), "IDLE itself saw the mail"
 
-    caplog.set_level("WARNING", logger="keepword.idle")
+    caplog.set_level("WARNING", logger="keepword.adapters.idle")
     asyncio.run(watching_task(box, body, retry=fast))
     failures = failures_logged(caplog)
     assert f"{password_file} does not exist" in failures[0]
@@ -444,7 +444,7 @@ def test_any_error_restarts_the_watcher(
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After a bug"))
         assert await changes.next(timeout=IDLE_SLICE + 10) > sent
 
-    caplog.set_level("WARNING", logger="keepword.idle")
+    caplog.set_level("WARNING", logger="keepword.adapters.idle")
     asyncio.run(watching_task(box, body, retry=RetryPolicy(first=0.2, cap=0.4), flaky=True))
     [failure] = [r for r in caplog.records if "IDLE watcher failed" in r.getMessage()]
     assert "a bug in the session's setup" in failure.getMessage()

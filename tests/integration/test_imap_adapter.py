@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keepword.config import TlsMode
-from keepword.imap import (
+from keepword.adapters.credentials import Secret
+from keepword.adapters.imap import (
     FolderStatus,
     ImapConnectionError,
     ImapFolderMissingError,
@@ -18,7 +18,7 @@ from keepword.imap import (
     ImapSession,
     ImapTlsError,
 )
-from keepword.secrets import Secret
+from keepword.config import TlsMode
 from tests.fixtures.dovecot import Dovecot
 
 pytestmark = pytest.mark.integration

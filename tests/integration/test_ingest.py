@@ -27,13 +27,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 
-from keepword import ingest
+from keepword.adapters.imap import ImapSession
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import MailboxError
-from keepword.imap import ImapSession
-from keepword.ingest import MailboxPoller, poll_folder, poll_mailbox
 from keepword.mail.parse import parse_message
+from keepword.pipeline import ingest
+from keepword.pipeline.ingest import MailboxPoller, poll_folder, poll_mailbox
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location

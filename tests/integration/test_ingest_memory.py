@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from keepword.adapters.imap import FetchedMessage
 from keepword.domain.model import Origin
-from keepword.imap import FetchedMessage
-from keepword.ingest import poll_folder
+from keepword.pipeline.ingest import poll_folder
 from keepword.store.db import open_store
 from tests.fixtures.dovecot import Dovecot
 from tests.integration.test_ingest import mail, mailbox_for, now, write_config

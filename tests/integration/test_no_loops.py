@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
-from keepword.service import Service
+from keepword.runtime.service import Service
 from tests.fixtures.dovecot import Dovecot, _pool_user, _user_numbers
 from tests.fixtures.smtp import SmtpServer
 

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.domain.model import PromiseAudience, PromiseState
-from keepword.service import Service
+from keepword.runtime.service import Service
 from keepword.store import promises as promise_store
 from keepword.store.tables import case, case_event
 from tests.fixtures.desk import Clock

@@ -24,14 +24,14 @@ from sqlalchemy.exc import IntegrityError, StatementError
 
 import tests.integration.test_chasing as chasing
 import tests.integration.test_ingest as ingesting
+from keepword.adapters.imap import ImapSession
 from keepword.config import MailboxSettings
 from keepword.domain.model import PromiseState
-from keepword.imap import ImapSession
-from keepword.ingest import poll_mailbox
+from keepword.pipeline.ingest import poll_mailbox
+from keepword.pipeline.triage import triage_pending
 from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
-from keepword.triage import triage_pending
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres

@@ -15,22 +15,22 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from keepword.adapters.credentials import Secret
+from keepword.adapters.smtp import SmtpConnectError, SmtpSender
 from keepword.config import MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, OutboxKind, OutboxState
 from keepword.errors import DeliveryUnavailable
 from keepword.mail.compose import compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
-from keepword.retry import OUTBOX_RETRY
-from keepword.secrets import Secret
-from keepword.send import (
+from keepword.pipeline.send import (
     DrainResult,
     ImapSentCopy,
     SentCopy,
     drain_outbox,
     enqueue_mail,
 )
-from keepword.smtp import SmtpConnectError, SmtpSender
+from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
 from keepword.store.cases import save_case
 from keepword.store.db import open_store
@@ -244,7 +244,7 @@ def test_permanent_failure_is_recorded_on_the_case(rig: Rig) -> None:
 
 def test_dry_run_sends_nothing(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     row = rig.enqueue_ack()
-    caplog.set_level("INFO", logger="keepword.send")
+    caplog.set_level("INFO", logger="keepword.pipeline.send")
     result = rig.drain(dry_run=True)
     assert result.dry_run == 1 and result.sent == 0
     assert rig.server.messages == []
@@ -456,7 +456,7 @@ def test_xoauth2(smtp_server_factory: Callable[..., SmtpServer]) -> None:
 
 
 def test_metrics_count_acknowledgements_and_errors(rig: Rig) -> None:
-    from keepword.metrics import METRICS
+    from keepword.adapters.metrics import METRICS
 
     def value(name: str) -> float:
         return METRICS.value(name, mailbox="support") or 0.0

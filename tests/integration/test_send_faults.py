@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from keepword.adapters.credentials import Secret
 from keepword.cli.status import MailboxHealth, mailbox_health
 from keepword.domain.model import OutboxState
 from keepword.errors import DeliveryUnavailable, MailboxError
-from keepword.secrets import Secret
-from keepword.send import DrainResult, ImapSentCopy, drain_outbox
+from keepword.pipeline.send import DrainResult, ImapSentCopy, drain_outbox
 from keepword.store import outbox
 from keepword.store.tables import case_event
 from tests.fixtures.dovecot import Dovecot

@@ -57,7 +57,7 @@ STAGE = STATE / "stage"
 # login, every mail handed on to Dovecot over LMTP; READY=1 once it listens.
 RELAY = f"""
 import signal
-from keepword import sdnotify
+from keepword.adapters import sdnotify
 from tests.fixtures.smtp import SmtpServer
 server = SmtpServer(auth=True, lmtp=("127.0.0.1", {LMTP_PORT}))
 server.port = {SMTP_PORT}

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-import keepword.triage as triage_module
+import keepword.pipeline.triage as triage_module
 from keepword.domain.model import MessageFacts
 from keepword.store import triage_state
 from keepword.store.tables import case, case_event, message, outbox, promise

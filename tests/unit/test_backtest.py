@@ -17,7 +17,7 @@ from keepword.backtest.replay import replay
 from keepword.backtest.report import CHARTS, render_html
 from keepword.backtest.summary import figures, monthly, parse_fixed
 from keepword.config import PromiseSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.predict import HistoryCase, quantile_of
 
 BERLIN = ZoneInfo("Europe/Berlin")

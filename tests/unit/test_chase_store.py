@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from keepword import chasing
 from keepword.domain import promises as promise_rules
 from keepword.domain.model import PromiseAudience, PromiseState
 from keepword.domain.promises import HELD_BACK
 from keepword.mail.render import Rendered
+from keepword.pipeline import chase as chasing
 from keepword.store import cases as case_store
 from tests.fixtures.chase_store import ANN, CAROL, StoreDesk, most_in_a_day
 

@@ -20,7 +20,7 @@ import pytest
 
 from keepword.domain.classify import classify
 from keepword.domain.model import Classification, Kind, MessageFacts, Origin
-from keepword.domain.threading import (
+from keepword.domain.threads import (
     external_correspondent,
     find_case_reference,
     forwarded_original_sender,

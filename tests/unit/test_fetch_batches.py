@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keepword.ingest import byte_capped
+from keepword.pipeline.ingest import byte_capped
 
 
 def test_batches_stop_at_the_byte_cap_and_a_big_message_comes_alone() -> None:

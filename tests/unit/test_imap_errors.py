@@ -8,8 +8,8 @@ import ssl
 import pytest
 from imapclient.exceptions import LoginError
 
-from keepword.config import ImapSettings, TlsMode
-from keepword.imap import (
+from keepword.adapters.credentials import Secret
+from keepword.adapters.imap import (
     ImapCommandError,
     ImapConnectionError,
     ImapFolderMissingError,
@@ -20,7 +20,7 @@ from keepword.imap import (
     _header_id,
     _is_change,
 )
-from keepword.secrets import Secret
+from keepword.config import ImapSettings, TlsMode
 
 PASSWORD = "hunter2-Very-Secret"
 

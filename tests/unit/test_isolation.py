@@ -1,4 +1,4 @@
-"""keepword.isolation: one failing item never stops the items behind it."""
+"""keepword.pipeline.isolation: one failing item never stops the items behind it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from keepword.isolation import each_isolated, isolated
+from keepword.pipeline.isolation import each_isolated, isolated
 
 log = logging.getLogger("test")
 

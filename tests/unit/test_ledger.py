@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.chase import update_key
 from keepword.domain.ledger import CaseRecord, Ledger, SentAction, compute_ledger
 from keepword.domain.model import OutboxKind, PromiseAudience, PromiseKind, PromiseState

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from keepword import logs
+from keepword.adapters import logs
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from keepword.config import PromiseSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.predict import (
     BusinessTimeline,
     Calibration,

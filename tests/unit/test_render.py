@@ -304,7 +304,7 @@ def test_window_duration_text(minutes: int, en: str, de: str) -> None:
 def test_acknowledgement_context_from_window_and_calendar(renderer: Renderer) -> None:
     from datetime import time
 
-    from keepword.domain.calendar import BusinessCalendar
+    from keepword.domain.business_calendar import BusinessCalendar
     from keepword.domain.windows import Window
 
     calendar = BusinessCalendar(BERLIN, {d: [(time(9), time(17))] for d in range(5)})

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from keepword.adapters.idle import OnChange
 from keepword.clock import Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
-from keepword.daemon import DRAIN_INTERVAL, Daemon
 from keepword.errors import DeliveryUnavailable
-from keepword.idle import OnChange
+from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
 
@@ -244,7 +244,7 @@ def test_new_mail_during_a_poll_polls_again_right_after(tmp_path: Path) -> None:
 def test_next_fire_skips_missed_times(previous: str | None) -> None:
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from keepword.daemon import next_fire
+    from keepword.runtime.daemon import next_fire
 
     trigger = IntervalTrigger(seconds=60, start_date=START, timezone=UTC)
     late = START + timedelta(seconds=250)  # the last run took four intervals

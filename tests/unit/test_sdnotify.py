@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keepword import sdnotify
+from keepword.adapters import sdnotify
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keepword import sdnotify
+from keepword.adapters import sdnotify
 
 
 def test_a_full_notify_queue_does_not_block(

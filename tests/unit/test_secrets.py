@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from keepword.adapters.credentials import Secret, resolve_secret
 from keepword.config import Credentials
 from keepword.errors import SecretError
-from keepword.secrets import Secret, resolve_secret
 
 SECRET = "s3cr3t-Pa55 with spaces"
 PY = shlex.quote(sys.executable)
@@ -168,7 +168,7 @@ def test_a_resolved_secret_is_masked_in_log_lines(tmp_path: Path) -> None:
     import io
     import logging
 
-    from keepword.logs import forget_secrets, setup_logging
+    from keepword.adapters.logs import forget_secrets, setup_logging
 
     stream = io.StringIO()
     handler = setup_logging("INFO", stream=stream, journal=False)

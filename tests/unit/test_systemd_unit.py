@@ -17,7 +17,7 @@ import pytest
 
 from keepword.cli import build_parser
 from keepword.config import ImapSettings
-from keepword.daemon import CLOSE_TIMEOUT, STOP_TIMEOUT
+from keepword.runtime.daemon import CLOSE_TIMEOUT, STOP_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "keepword.service"

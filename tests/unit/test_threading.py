@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keepword.domain.model import Address, Kind, MessageFacts, Origin
-from keepword.domain.threading import (
+from keepword.domain.threads import (
     MAX_SUBJECT_KEY_CHARS,
     Candidates,
     CaseCandidate,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from keepword.config import ChaseSettings, PromiseSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.chase import update_lead_minutes
 from keepword.domain.predict import BusinessTimeline, HistoryCase, PromisePredictor
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from keepword.backtest.replay import Replay
 from keepword.backtest.summary import Figures, FixedPromise, duration_text
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.errors import KeepwordError
 
 CHARTS = ("calibration", "promise-vs-actual", "distribution", "backlog")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from keepword.backtest.replay import PromiseRecord, Replay, UpdateRecord
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.predict import quantile_of
 from keepword.domain.windows import BUSINESS_DAY_MINUTES
 

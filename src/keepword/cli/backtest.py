@@ -35,7 +35,7 @@ from keepword.config import (
     PromiseSettings,
     Settings,
 )
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.predict import HistoryCase
 from keepword.errors import ConfigError, KeepwordError
 from keepword.store import history as history_store

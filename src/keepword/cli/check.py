@@ -19,11 +19,11 @@ from typing import Any
 import aiosmtplib
 from sqlalchemy.engine import make_url
 
+from keepword.adapters.credentials import Secret, resolve_secret
+from keepword.adapters.imap import ImapSession
 from keepword.cli.common import settings_from
 from keepword.config import ImapSettings, MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.errors import ConfigError, KeepwordError
-from keepword.imap import ImapSession
-from keepword.secrets import Secret, resolve_secret
 from keepword.store.health import check_store
 
 

@@ -28,7 +28,7 @@ from rich.table import Table
 from keepword.cli.common import engine_from, local_failure_exit, now, settings_from, store_writer
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import ConfigError, KeepwordError, MailboxError
-from keepword.ingest import MailboxPollResult, poll_folder, watched_folders
+from keepword.pipeline.ingest import MailboxPollResult, poll_folder, watched_folders
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -67,7 +67,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) -> int:
-    from keepword.ingest import default_session_factory
+    from keepword.pipeline.ingest import default_session_factory
 
     engine = engine_from(settings)
     connect = default_session_factory(settings)

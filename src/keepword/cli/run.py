@@ -8,11 +8,11 @@ import logging
 import os
 from typing import Any, Final
 
+from keepword.adapters.logs import setup_logging
 from keepword.cli.common import EXIT_BUSY, EXIT_LOCAL, local_failure_exit
 from keepword.config import resolve_config_path
-from keepword.daemon import STOP_TIMEOUT, Daemon, WorkerFactory
-from keepword.logs import setup_logging
-from keepword.service import make_worker
+from keepword.runtime.daemon import STOP_TIMEOUT, Daemon, WorkerFactory
+from keepword.runtime.service import make_worker
 
 EXIT_CODES: Final = f"""\
 exit codes:
@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_daemon(args: argparse.Namespace, worker_factory: WorkerFactory) -> int:
-    """`run` with the given worker factory (keepword.service.make_worker; tests pass fakes)."""
+    """`run` with the given worker factory (runtime.service.make_worker; tests pass fakes)."""
     setup_logging("INFO")
     daemon = Daemon(
         resolve_config_path(getattr(args, "config", None)),

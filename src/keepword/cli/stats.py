@@ -13,13 +13,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, and_, select
 
-from keepword.acknowledging import calendar_for
 from keepword.cli.common import engine_from, now, settings_from
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.chase import BusinessClock
 from keepword.domain.ledger import CaseRecord, Ledger, SentAction, compute_ledger
 from keepword.domain.model import OutboxKind
 from keepword.errors import KeepwordError
+from keepword.pipeline.acknowledge import calendar_for
 from keepword.store import promises as promise_store
 from keepword.store.tables import case, outbox
 

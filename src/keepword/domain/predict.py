@@ -56,7 +56,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from keepword.config import PromiseSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.windows import Window, round_up_minutes
 
 #: First responses the team's current pace is measured over.

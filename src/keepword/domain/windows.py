@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from keepword.config import PromiseSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 
 Case = tuple[datetime, datetime | None]
 """(opened_at, first_response_at or None while unanswered)"""

@@ -38,7 +38,7 @@ from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.runtime import Context as JinjaContext
 
 from keepword.config import MailboxSettings, Settings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.windows import BUSINESS_DAY_MINUTES, Window
 from keepword.errors import KeepwordError
 

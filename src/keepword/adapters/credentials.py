@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from keepword.adapters.logs import register_secret
 from keepword.config import Credentials
 from keepword.errors import SecretError
-from keepword.logs import register_secret
 
 log = logging.getLogger(__name__)
 

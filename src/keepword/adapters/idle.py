@@ -19,13 +19,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+from keepword.adapters.credentials import resolve_secret
+from keepword.adapters.imap import FolderStatus, ImapSession
+from keepword.adapters.logs import log_context
 from keepword.clock import SYSTEM_CLOCK, Clock
 from keepword.config import MailboxSettings
 from keepword.errors import KeepwordError
-from keepword.imap import FolderStatus, ImapSession
-from keepword.logs import log_context
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
-from keepword.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
 

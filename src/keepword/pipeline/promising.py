@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection
 
 from keepword.config import MailboxSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.predict import PromisePredictor, predictor_from_history
 from keepword.domain.windows import Window
 from keepword.store import history as history_store

@@ -32,9 +32,9 @@ from typing import Any, Self
 import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
+from keepword.adapters.credentials import Secret
 from keepword.config import SmtpSettings, TlsMode
 from keepword.errors import MailboxError
-from keepword.secrets import Secret
 
 log = logging.getLogger(__name__)
 

@@ -54,24 +54,24 @@ from typing import NoReturn, Protocol
 
 from sqlalchemy import Connection, Engine
 
-from keepword.config import ImapSettings, MailboxSettings, Settings
-from keepword.domain.cases import Event, EventKind
-from keepword.domain.model import OutboxKind
-from keepword.domain.outbox import withdrawal
-from keepword.errors import DeliveryUnavailable, KeepwordError
-from keepword.imap import ImapSession
-from keepword.mail.compose import OutgoingMail, compose_bytes
-from keepword.mail.render import Rendered
-from keepword.metrics import METRICS
-from keepword.retry import OUTBOX_RETRY
-from keepword.secrets import Secret, resolve_secret
-from keepword.smtp import (
+from keepword.adapters.credentials import Secret, resolve_secret
+from keepword.adapters.imap import ImapSession
+from keepword.adapters.metrics import METRICS
+from keepword.adapters.smtp import (
     SmtpConnectError,
     SmtpOutcomeUnknownError,
     SmtpPermanentError,
     SmtpSender,
     SmtpTemporaryError,
 )
+from keepword.config import ImapSettings, MailboxSettings, Settings
+from keepword.domain.cases import Event, EventKind
+from keepword.domain.model import OutboxKind
+from keepword.domain.outbox import withdrawal
+from keepword.errors import DeliveryUnavailable, KeepwordError
+from keepword.mail.compose import OutgoingMail, compose_bytes
+from keepword.mail.render import Rendered
+from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
 from keepword.store.cases import add_events
 

@@ -31,12 +31,12 @@ from typing import Protocol
 
 from sqlalchemy import Engine
 
+from keepword.adapters.credentials import resolve_secret
+from keepword.adapters.imap import ImapConnectionError, ImapSession
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
-from keepword.imap import ImapConnectionError, ImapSession
 from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
-from keepword.secrets import resolve_secret
 from keepword.store import messages as store
 from keepword.store.messages import StoreItem
 
@@ -68,7 +68,7 @@ class FetchedLike(Protocol):
 
 
 class MailSession(Protocol):
-    """What ingestion needs from an IMAP session (keepword.imap.ImapSession fits)."""
+    """What ingestion needs from an IMAP session (keepword.adapters.imap.ImapSession fits)."""
 
     def status(self, folder: str) -> FolderStatusLike: ...
     def new_uids(self, folder: str, after_uid: int) -> list[int]: ...
@@ -689,7 +689,7 @@ def _record_errors(
 
 
 def default_session_factory(settings: Settings) -> SessionFactory:
-    """Open a logged-in keepword.imap.ImapSession for a mailbox (settings: for later use)."""
+    """Open a logged-in adapters.imap.ImapSession for a mailbox (settings: for later use)."""
 
     def connect(box: MailboxSettings) -> MailSession:
         session = ImapSession(box.imap, resolve_secret(box.imap))

@@ -17,21 +17,21 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
-from keepword.acknowledging import Acknowledger
-from keepword.chasing import ChaseResult, chase_mailbox
+from keepword.adapters.idle import OnChange, watch_mailbox
+from keepword.adapters.metrics import METRICS
 from keepword.clock import SYSTEM_CLOCK
 from keepword.clock import Clock as WaitClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
-from keepword.idle import OnChange, watch_mailbox
-from keepword.ingest import MailboxPoller, MailboxPollResult, SessionFactory
 from keepword.mail.render import Renderer
-from keepword.metrics import METRICS
-from keepword.send import DrainResult, ImapSentCopy, drain_outbox
+from keepword.pipeline.acknowledge import Acknowledger
+from keepword.pipeline.chase import ChaseResult, chase_mailbox
+from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory
+from keepword.pipeline.send import DrainResult, ImapSentCopy, drain_outbox
+from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import outbox
 from keepword.store.db import open_store
 from keepword.store.triage_state import triage_backlog
-from keepword.triage import TriageResult, triage_pending
 
 log = logging.getLogger(__name__)
 

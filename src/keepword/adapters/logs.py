@@ -2,7 +2,7 @@
 
 Under systemd (stderr is the stream named by $JOURNAL_STREAM) every line starts with an
 sd-daemon(3) `<N>` priority and carries no timestamp, because journald adds both.
-Elsewhere lines look like `2026-11-23 12:01:03 INFO keepword.daemon [support/KW-42] ...`.
+Elsewhere lines look like `2026-11-23 12:01:03 INFO keepword.runtime.daemon [support/KW-42] ...`.
 
 The mailbox and case come from context variables (`log_context`) or from `extra=`, so
 code deep in a poll does not have to pass them along. Secrets registered with

@@ -44,7 +44,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from keepword import sdnotify
+from keepword.adapters import sdnotify
+from keepword.adapters.credentials import resolve_secret
+from keepword.adapters.idle import MailboxWatchers, OnChange
+from keepword.adapters.logs import log_context
+from keepword.adapters.metrics import METRICS, MetricsServer, start_metrics_server
 from keepword.clock import Clock, clock_from_environment
 from keepword.config import Credentials, MailboxSettings, Settings, load_config
 from keepword.errors import (
@@ -54,12 +58,8 @@ from keepword.errors import (
     StoreBusyError,
     StoreError,
 )
-from keepword.idle import MailboxWatchers, OnChange
-from keepword.logs import log_context
-from keepword.metrics import METRICS, MetricsServer, start_metrics_server
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
-from keepword.secrets import resolve_secret
-from keepword.service import make_worker
+from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
 from keepword.store.db import open_store
 from keepword.store.lock import WriterLock, acquire_writer_lock
@@ -75,7 +75,7 @@ JOBS: Final = ("poll", "chase", "drain")
 
 
 class Worker(Protocol):
-    """The use cases for one configuration (keepword.service.Service implements it)."""
+    """The use cases for one configuration (keepword.runtime.service.Service implements it)."""
 
     async def poll(self, mailbox: MailboxSettings) -> None: ...  # ingest + triage
     async def chase(self, mailbox: MailboxSettings) -> None: ...  # plan + enqueue chase actions
@@ -247,7 +247,7 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._metrics_server: MetricsServer | None = None
-        self._watchers = MailboxWatchers(self._new_mail)  # IMAP IDLE, keepword.idle
+        self._watchers = MailboxWatchers(self._new_mail)  # IMAP IDLE, keepword.adapters.idle
         self._stopping = False
         self._once = False
         self._lost_lock: StoreBusyError | None = None

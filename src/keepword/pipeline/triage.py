@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, and_, select, update
 from sqlalchemy.exc import OperationalError
 
-from keepword.acknowledging import ack_key, calendar_for, honest_window, note_key
 from keepword.config import MailboxSettings, Settings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
@@ -29,7 +28,7 @@ from keepword.domain.model import (
     MessageFacts,
     PromiseState,
 )
-from keepword.domain.threading import (
+from keepword.domain.threads import (
     Candidates,
     CaseCandidate,
     ThreadMatch,
@@ -42,6 +41,7 @@ from keepword.domain.threading import (
 )
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
+from keepword.pipeline.acknowledge import ack_key, calendar_for, honest_window, note_key
 from keepword.retry import RetryPolicy
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store

@@ -7,7 +7,7 @@ record the new promise of a customer update and supersede the old one, record a 
 honestly - with the case events. Running it twice at the same `now` queues nothing
 new: every mail is keyed, and a recorded breach closes its promise.
 
-Every case, every action of a case and the digest are isolated (`keepword.isolation`):
+Every case, every action of a case and the digest are isolated (`keepword.pipeline.isolation`):
 one failure is logged, counted and tried again next step, and never stops the others.
 
 A customer update is an automatic mail like an acknowledgement: it counts against the
@@ -34,10 +34,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select
 
-from keepword.acknowledging import calendar_for, honest_window
 from keepword.config import MailboxSettings, Settings
 from keepword.domain import cases
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.chase import (
     PAUSED_STATUSES,
     BreachRecord,
@@ -62,7 +61,6 @@ from keepword.domain.model import (
 from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
-from keepword.isolation import each_isolated, isolated
 from keepword.mail.compose import CUSTOMER_KINDS, customer_mail, team_mail
 from keepword.mail.render import (
     CustomerUpdateContext,
@@ -73,7 +71,9 @@ from keepword.mail.render import (
     customer_due,
     window_duration_text,
 )
-from keepword.send import enqueue_mail
+from keepword.pipeline.acknowledge import calendar_for, honest_window
+from keepword.pipeline.isolation import each_isolated, isolated
+from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
@@ -138,7 +138,7 @@ def chase_mailbox(
 ) -> ChaseResult:
     """One chase step for one mailbox at `now` (blocking; idempotent at a given `now`).
 
-    Every case, and the digest, is isolated (`keepword.isolation`): a failure is logged,
+    Every case, and the digest, is isolated (`keepword.pipeline.isolation`): a failure is logged,
     counted in `failed` and tried again next step; it never stops the others.
     """
     desk = _Desk(settings, box, calendar_for(settings, box), renderer, now)

@@ -21,9 +21,9 @@ from typing import Any, NoReturn, Self
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from keepword.adapters.credentials import Secret
 from keepword.config import ImapSettings, TlsMode
 from keepword.errors import MailboxError
-from keepword.secrets import Secret
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain import acknowledge, cases
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.model import (
     MessageFacts,
     OutboxKind,
@@ -34,7 +34,7 @@ from keepword.mail.render import (
     customer_due,
     window_duration_text,
 )
-from keepword.send import enqueue_mail
+from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
 from keepword.store import promises as promise_store
 

@@ -1,0 +1,1 @@
+"""keepword.adapters"""
