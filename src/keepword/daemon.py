@@ -1,65 +1,168 @@
-"""The daemon's lifecycle: scheduler, signals, sd_notify, reload, graceful stop.
+"""The daemon's lifecycle: one sequential cycle per mailbox, signals, sd_notify, reload, stop.
 
-One asyncio loop runs an APScheduler AsyncIOScheduler with three jobs per mailbox:
-poll (then drain), chase, and drain. The jobs of one mailbox never overlap (a lock per
-mailbox); a job that raises puts only its mailbox into capped exponential backoff
-while the others keep working. Everything worth keeping lives in the database, so a
-stop at any point (or a SIGKILL) loses nothing: the work in flight is finished or
-abandoned, and the outbox keeps what was not sent.
+Each mailbox has three jobs: poll (ingest + triage), chase and drain (send the outbox).
+Each job has its own APScheduler `IntervalTrigger` (poll_interval, chase.interval_seconds,
+DRAIN_INTERVAL), evaluated as the pure function it is: `get_next_fire_time(previous,
+now)` with `now` from the daemon's one `Clock`. One asyncio task per mailbox sleeps on
+that clock until its earliest job is due (an IDLE notification or a stop wakes it
+early), then runs every due job in the order poll -> chase -> drain, one at a time.
+
+Why not APScheduler's AsyncIOScheduler: it reads `datetime.now` itself (so the
+scheduler and the use cases could not share a sped-up or virtual clock) and it runs
+jobs concurrently, so the jobs of one mailbox needed a lock, and a job that found the
+lock taken was skipped: with poll and chase both every 60 s from the same second, the
+chase was skipped forever. A sequential loop per mailbox cannot starve a job (every
+due job runs in each pass, whatever the intervals), never runs two jobs of a mailbox at
+once, and asks one clock for everything.
+
+A job that raises backs off alone (per mailbox and job, MAILBOX_RETRY on the clock's
+monotonic time): a relay that is down pauses the drain, not polling and triage; a
+server that is down pauses the poll, not the chase and drain of what is stored.
+Mailboxes are independent tasks. Every run is recorded in the job_run table (for
+`keepword status`) and in the metrics. Everything worth keeping lives in the database,
+so a stop at any point (or a SIGKILL) loses nothing.
+
+Local problems fail fast, before READY: an empty config, a secret that cannot be
+resolved, a store that cannot be opened or migrated, a store another keepword already
+writes (the writer lock, keepword.store.lock). Remote ones (servers down) are retried.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import signal
-import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from keepword import sdnotify
-from keepword.config import MailboxSettings, Settings, load_config
-from keepword.errors import ConfigError, KeepwordError
-from keepword.idle import MailboxWatchers
+from keepword.clock import Clock, clock_from_environment
+from keepword.config import Credentials, MailboxSettings, Settings, load_config
+from keepword.errors import ConfigError, KeepwordError, SecretError, StoreError
+from keepword.idle import MailboxWatchers, OnChange
 from keepword.logs import log_context
 from keepword.metrics import METRICS, MetricsServer, start_metrics_server
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
+from keepword.secrets import resolve_secret
+from keepword.service import make_worker
+from keepword.store import jobs as job_store
+from keepword.store.db import open_store
+from keepword.store.lock import WriterLock, acquire_writer_lock
 
 log = logging.getLogger(__name__)
 
 DRAIN_INTERVAL: Final = 10.0
 STOP_TIMEOUT: Final = 20.0
 CLOSE_TIMEOUT: Final = 5.0
-JOB_KINDS: Final = ("poll", "chase", "drain")
+OVERDUE_CHECK: Final = 15.0  # clock seconds between refreshes of the overdue gauges
+JOBS: Final = ("poll", "chase", "drain")
 
 
 class Worker(Protocol):
-    """The use cases for one configuration (keepword.service implements it)."""
+    """The use cases for one configuration (keepword.service.Service implements it)."""
 
     async def poll(self, mailbox: MailboxSettings) -> None: ...  # ingest + triage
     async def chase(self, mailbox: MailboxSettings) -> None: ...  # plan + enqueue chase actions
     async def drain(self, mailbox: MailboxSettings) -> None: ...  # send the outbox
+    async def watch(
+        self, mailbox: MailboxSettings, on_change: OnChange, stop: asyncio.Event
+    ) -> None: ...  # IMAP IDLE until stop; on_change on new mail
     async def close(self) -> None: ...
 
 
-WorkerFactory = Callable[[Settings], Worker]
+class WorkerFactory(Protocol):
+    def __call__(self, settings: Settings, engine: Engine, clock: Clock) -> Worker: ...
+
+
+def next_fire(trigger: IntervalTrigger, previous: datetime | None, now: datetime) -> datetime:
+    """The trigger's first fire time after `now`; missed ones coalesce into the run just made."""
+    upcoming: datetime | None = trigger.get_next_fire_time(previous, now)
+    if upcoming is None or upcoming <= now:
+        upcoming = trigger.get_next_fire_time(None, now)  # the grid point at or after now
+        if upcoming is not None and upcoming <= now:
+            upcoming = trigger.get_next_fire_time(upcoming, now)
+    assert upcoming is not None  # an IntervalTrigger without end_date never ends
+    return upcoming
 
 
 @dataclass
-class MailboxHealth:
+class Job:
+    """One job of one mailbox: its trigger, when it is due, and its backoff."""
+
+    kind: str
+    interval: float
+    trigger: IntervalTrigger
+    due: datetime
     failures: int = 0
-    retry_at: float = 0.0  # monotonic seconds; jobs of the mailbox wait until then
-    last_poll: datetime | None = None
+    retry_at: float | None = None  # clock.monotonic(); set while backing off
     last_error: str | None = None
+    last_start: datetime | None = None
+
+    @classmethod
+    def every(cls, kind: str, seconds: float, start: datetime) -> Job:
+        trigger = IntervalTrigger(seconds=seconds, start_date=start, timezone=UTC)
+        return cls(kind, seconds, trigger, due=start)
+
+    def seconds_left(self, now: datetime, monotonic: float) -> float:
+        """Until the job is due: the end of its backoff, or else its trigger's fire time."""
+        if self.retry_at is not None:
+            return self.retry_at - monotonic
+        return (self.due - now).total_seconds()
+
+    def overdue(self, now: datetime, since: datetime) -> bool:
+        last = self.last_start or since
+        return now - last > timedelta(seconds=self.interval * job_store.OVERDUE_INTERVALS)
+
+
+@dataclass
+class MailboxCycle:
+    """The state of one mailbox's sequential loop."""
+
+    box: MailboxSettings
+    jobs: dict[str, Job]
+    started: datetime
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ending: bool = False
+    task: asyncio.Task[None] | None = None
+    last_poll: datetime | None = None
+
+    @classmethod
+    def of(cls, box: MailboxSettings, drain_interval: float, now: datetime) -> MailboxCycle:
+        intervals = {
+            "poll": float(box.poll_interval),
+            "chase": float(box.chase.interval_seconds),
+            "drain": drain_interval,
+        }
+        # Every job runs at start (poll first): a restart catches up at once.
+        jobs = {kind: Job.every(kind, intervals[kind], now) for kind in JOBS}
+        return cls(box, jobs, started=now)
+
+    @property
+    def failing(self) -> bool:
+        return any(job.failures for job in self.jobs.values())
+
+    def seconds_left(self, now: datetime, monotonic: float) -> float:
+        return min(job.seconds_left(now, monotonic) for job in self.jobs.values())
+
+    def new_mail(self, now: datetime) -> None:
+        """IDLE saw new mail: poll (its backoff ends: the server answers) and drain now."""
+        poll, drain = self.jobs["poll"], self.jobs["drain"]
+        poll.due, poll.retry_at = now, None
+        drain.due = min(drain.due, now)  # a relay that is down keeps its backoff
+        self.wake.set()
+
+    def end(self) -> None:
+        self.ending = True
+        self.wake.set()
 
 
 def with_dry_run(settings: Settings, dry_run: bool) -> Settings:
@@ -74,18 +177,48 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def require_mailboxes(settings: Settings, source: Path) -> None:
+    if not settings.mailbox:
+        where = settings.source or source
+        problem = f"{where}: no [[mailbox]] configured: nothing to run (see keepword.example.toml)"
+        raise ConfigError([problem])
+
+
+def resolve_every_secret(settings: Settings) -> None:
+    """Raise SecretError naming mailbox, key and source for the first secret missing."""
+    for box in settings.mailbox:
+        servers: list[tuple[str, Credentials]] = [("mailbox.imap", box.imap)]
+        if box.smtp is not None:
+            servers.append(("mailbox.smtp", box.smtp))
+        for section, server in servers:
+            try:
+                resolve_secret(server)
+            except SecretError as exc:
+                raise SecretError(f"mailbox {box.name} [{section}]: {exc}") from None
+
+
+def open_database(url: str) -> Engine:
+    """open_store with every local failure as a StoreError (a directory not creatable...)."""
+    try:
+        return open_store(url)
+    except OSError as exc:
+        raise StoreError(f"cannot open the database {url}: {exc.strerror or exc}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the database {url}: {describe_error(exc)}") from exc
+
+
 class Daemon:
     def __init__(
         self,
         config_path: Path,
-        worker_factory: WorkerFactory,
+        worker_factory: WorkerFactory = make_worker,
         *,
         dry_run: bool = False,
         stop_timeout: float = STOP_TIMEOUT,
         drain_interval: float = DRAIN_INTERVAL,
         retry: RetryPolicy = MAILBOX_RETRY,
         draw: Callable[[], float] = random.random,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self.config_path = config_path
         self._factory = worker_factory
@@ -94,53 +227,80 @@ class Daemon:
         self._drain_interval = drain_interval
         self._retry = retry
         self._draw = draw
-        self._clock = clock
+        self._clock = clock if clock is not None else clock_from_environment()
         self._settings: Settings | None = None
         self._worker: Worker | None = None
-        self._mailboxes: dict[str, MailboxSettings] = {}
-        self._health: dict[str, MailboxHealth] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self._engine: Engine | None = None
+        self._lock: WriterLock | None = None
+        self._cycles: dict[str, MailboxCycle] = {}
+        self._cycle_tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], Worker] = {}  # jobs in flight
         self._background: set[asyncio.Task[Any]] = set()
-        self._scheduler: AsyncIOScheduler | None = None
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._metrics_server: MetricsServer | None = None
-        self._watchers = MailboxWatchers(self._poll_on_change)  # IMAP IDLE, keepword.idle
+        self._watchers = MailboxWatchers(self._new_mail)  # IMAP IDLE, keepword.idle
         self._stopping = False
+        self._once = False
         self.abandoned = 0  # jobs still running when the stop bound ran out
 
-    # -- configuration -------------------------------------------------------------
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # -- start: configuration, secrets, writer lock, store -------------------------
 
     def _load(self) -> Settings:
         settings = with_dry_run(load_config(self.config_path), self._dry_run)
         logging.getLogger().setLevel(settings.keepword.log_level)
         return settings
 
+    def _start(self) -> tuple[Settings, Engine]:
+        """Everything local, checked before READY; raises ConfigError/SecretError/StoreError."""
+        settings = self._load()
+        require_mailboxes(settings, self.config_path)
+        resolve_every_secret(settings)
+        url = settings.keepword.effective_database_url()
+        self._lock = acquire_writer_lock(url)
+        try:
+            self._engine = open_database(url)
+        except BaseException:
+            self._release()
+            raise
+        return settings, self._engine
+
+    def _release(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     # -- the long-running daemon ---------------------------------------------------
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or `request_stop`); 0 after a clean stop."""
+        settings, engine = self._start()
+        try:
+            return await self._serve(settings, engine)
+        finally:
+            self._release()
+
+    async def _serve(self, settings: Settings, engine: Engine) -> int:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        settings = self._load()
-        self._worker = self._factory(settings)
+        self._worker = self._factory(settings, engine, self._clock)
         self._settings = settings
-        self._scheduler = AsyncIOScheduler(
-            event_loop=loop,
-            timezone=UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
-        self._schedule(settings.mailbox, replace=False)
-        self._scheduler.start()
+        for box in settings.mailbox:
+            self._start_cycle(box)
         self._install_signals(loop)
         self._start_metrics(settings)
-        if not settings.mailbox:
-            log.warning("no [[mailbox]] configured in %s: idle until reloaded", self.config_path)
         interval = sdnotify.watchdog_interval()
         if interval:
             self._spawn(self._watchdog(interval / 2))
+        self._spawn(self._report_overdue())
         log.info(
             "keepword running: %d mailbox(es) from %s%s",
             len(settings.mailbox),
@@ -183,140 +343,167 @@ class Daemon:
 
     async def _watchdog(self, period: float) -> None:
         # Pings come from the event loop itself, so a frozen loop stops them and
-        # systemd restarts the service.
+        # systemd restarts the service. Real time: systemd's clock, not the daemon's.
         while True:
             sdnotify.watchdog()
             await asyncio.sleep(period)
 
-    # -- jobs ----------------------------------------------------------------------
+    async def _report_overdue(self) -> None:
+        # Its own task: a cycle stuck inside a job cannot report that it is overdue.
+        while True:
+            now = self._clock.now()
+            for cycle in list(self._cycles.values()):
+                for job in cycle.jobs.values():
+                    METRICS.job_overdue(cycle.box.name, job.kind, job.overdue(now, cycle.started))
+            await self._clock.sleep(OVERDUE_CHECK)
 
-    def _schedule(self, boxes: list[MailboxSettings], *, replace: bool) -> None:
-        assert self._scheduler is not None
-        now = datetime.now(UTC)
-        for box in boxes:
-            name = box.name
-            self._mailboxes[name] = box
-            self._health[name] = MailboxHealth()
-            self._locks.setdefault(name, asyncio.Lock())
-            self._watchers.start(box, self._worker)
-            intervals = {
-                "poll": (float(box.poll_interval), now),  # first poll right away
-                "chase": (float(box.chase.interval_seconds), None),
-                "drain": (self._drain_interval, None),
-            }
-            for kind, (seconds, first) in intervals.items():
-                self._scheduler.add_job(
-                    self._job,
-                    IntervalTrigger(seconds=seconds, timezone=UTC),
-                    args=[kind, name],
-                    id=f"{kind}:{name}",
-                    name=f"{kind} {name}",
-                    replace_existing=replace,
-                    **({"next_run_time": first} if first else {}),
-                )
+    # -- one sequential cycle per mailbox ------------------------------------------
 
-    def _unschedule(self, name: str) -> None:
-        assert self._scheduler is not None
-        for kind in JOB_KINDS:
-            with contextlib.suppress(LookupError):
-                self._scheduler.remove_job(f"{kind}:{name}")
-        self._mailboxes.pop(name, None)
-        self._health.pop(name, None)
+    def _start_cycle(self, box: MailboxSettings) -> None:
+        previous = self._cycles.pop(box.name, None)
+        if previous is not None:
+            previous.end()
+        cycle = MailboxCycle.of(box, self._drain_interval, self._clock.now())
+        self._cycles[box.name] = cycle
+        cycle.task = asyncio.create_task(
+            self._cycle(cycle, previous.task if previous else None), name=f"cycle {box.name}"
+        )
+        self._cycle_tasks.add(cycle.task)
+        cycle.task.add_done_callback(self._cycle_tasks.discard)
+        if self._worker is not None:
+            self._watchers.start(box, self._worker.watch)
+
+    def _end_cycle(self, name: str) -> None:
+        cycle = self._cycles.pop(name, None)
+        if cycle is not None:
+            cycle.end()
         self._watchers.stop(name)
+        METRICS.forget_mailbox(name, JOBS)
 
-    async def _job(self, kind: str, name: str) -> None:
-        box = self._mailboxes.get(name)
-        health = self._health.get(name)
-        worker = self._worker
-        if self._stopping or box is None or health is None or worker is None:
-            return
-        if self._clock() < health.retry_at:
-            return  # backing off after an error
-        lock = self._locks[name]
-        if lock.locked():
-            log.debug("%s skipped: mailbox %s is busy", kind, name)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        async with lock:
-            self._running.add(task)
-            try:
-                with log_context(mailbox=name):
-                    await self._perform(kind, box, worker, health)
-            except asyncio.CancelledError:
-                if not self._stopping:
-                    raise
-                # Abandoned at stop: already logged once; no traceback from APScheduler.
-                log.debug("%s %s abandoned at stop", kind, name)
-            except Exception as exc:
-                self._failed(kind, box, health, exc)
-            else:
-                self._succeeded(health)
-            finally:
-                self._running.discard(task)
-                sdnotify.status(self.status_text())
+    async def _cycle(self, cycle: MailboxCycle, previous: asyncio.Task[None] | None) -> None:
+        with log_context(mailbox=cycle.box.name):
+            if previous is not None:  # a changed mailbox: the old cycle's job ends first
+                await self._outlast(previous)
+            while not cycle.ending:
+                wait = cycle.seconds_left(self._clock.now(), self._clock.monotonic())
+                if wait > 0:
+                    await self._nap(cycle, wait)
+                    continue
+                for kind in JOBS:
+                    job = cycle.jobs[kind]
+                    due = job.seconds_left(self._clock.now(), self._clock.monotonic()) <= 0
+                    if due and not cycle.ending and self._worker is not None:
+                        await self._run_job(cycle, job, self._worker)
 
-    async def _poll_on_change(self, name: str) -> None:
-        # IDLE saw new mail: the scheduler's poll (+ drain) now, after any job in flight.
-        lock = self._locks.get(name)
-        while lock is not None and lock.locked() and not self._stopping:
-            await asyncio.sleep(0.05)
-        await self._job("poll", name)
+    async def _outlast(self, previous: asyncio.Task[None]) -> None:
+        _, pending = await asyncio.wait({previous}, timeout=self._stop_timeout)
+        if pending:
+            log.warning("previous cycle still busy after %.0f s: abandoning it", self._stop_timeout)
+            previous.cancel()
+
+    async def _nap(self, cycle: MailboxCycle, seconds: float) -> None:
+        """Sleep on the clock until the next job is due; new mail or a stop wakes it early."""
+        cycle.wake.clear()  # no await since the wait was computed: no wake-up is lost
+        woken = asyncio.ensure_future(cycle.wake.wait())
+        slept = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait({woken, slept}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (woken, slept):
+                task.cancel()
+            await asyncio.gather(woken, slept, return_exceptions=True)
+
+    async def _new_mail(self, name: str) -> None:
+        cycle = self._cycles.get(name)
+        if cycle is not None and not self._stopping:
+            cycle.new_mail(self._clock.now())
+
+    async def _run_job(self, cycle: MailboxCycle, job: Job, worker: Worker) -> bool:
+        """Run one job to its end; True if it succeeded. Recorded in job_run and metrics."""
+        box = cycle.box
+        started = self._clock.now()
+        job.last_start = started
+        METRICS.job_started(box.name, job.kind, started)
+        await self._record(job_store.job_started, box.name, job.kind, job.interval, started)
+        task = asyncio.create_task(self._perform(job.kind, box, worker, cycle))
+        self._running[task] = worker
+        error: str | None = None
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            log.debug("%s %s abandoned at stop", job.kind, box.name)
+            raise
+        except Exception as exc:
+            error = describe_error(exc)
+            self._failed(cycle, job, exc)
+        else:
+            self._succeeded(cycle, job)
+        finally:
+            self._running.pop(task, None)
+        await self._record(job_store.job_finished, box.name, job.kind, self._clock.now(), error)
+        sdnotify.status(self.status_text())
+        return error is None
 
     async def _perform(
-        self, kind: str, box: MailboxSettings, worker: Worker, health: MailboxHealth
+        self, kind: str, box: MailboxSettings, worker: Worker, cycle: MailboxCycle
     ) -> None:
         if kind == "poll":
             with METRICS.timed_poll(box.name):
                 await worker.poll(box)
-            health.last_poll = datetime.now(UTC)
-            await worker.drain(box)  # acknowledgements leave right after triage
+            cycle.last_poll = self._clock.now()
         elif kind == "chase":
             await worker.chase(box)
         else:
             await worker.drain(box)
 
-    def _succeeded(self, health: MailboxHealth) -> None:
-        if health.failures:
-            log.info("mailbox works again after %d failure(s)", health.failures)
-        health.failures = 0
-        health.retry_at = 0.0
-        health.last_error = None
+    def _succeeded(self, cycle: MailboxCycle, job: Job) -> None:
+        if job.failures:
+            log.info("%s works again after %d failure(s)", job.kind, job.failures)
+        job.failures, job.retry_at, job.last_error = 0, None, None
+        now = self._clock.now()
+        job.due = next_fire(job.trigger, job.due, now)
+        if job.kind in ("poll", "chase"):  # what they queued leaves right away
+            drain = cycle.jobs["drain"]
+            drain.due = min(drain.due, now)
 
-    def _failed(
-        self, kind: str, box: MailboxSettings, health: MailboxHealth, exc: Exception
-    ) -> None:
-        health.failures += 1
-        health.last_error = describe_error(exc)
-        delay = self._retry.delay(health.failures, self._draw)
-        health.retry_at = self._clock() + delay
-        METRICS.job_failed(box.name, kind)
-        with log_context(mailbox=box.name):
-            log.error(
-                "%s failed (%d in a row): %s; retrying this mailbox in %.0f s",
-                kind,
-                health.failures,
-                health.last_error,
-                delay,
-                # Our own errors explain themselves; anything else is a bug worth a traceback.
-                exc_info=None if isinstance(exc, KeepwordError) else exc,
-            )
-        self._retry_poll_at(box.name, delay)
-
-    def _retry_poll_at(self, name: str, delay: float) -> None:
-        # Move the next poll to the end of the backoff: sooner than a long poll
-        # interval would, and never while the mailbox is still backing off.
-        if self._scheduler is None or self._stopping:
+    def _failed(self, cycle: MailboxCycle, job: Job, exc: Exception) -> None:
+        job.failures += 1
+        job.last_error = describe_error(exc)
+        delay = self._retry.delay(job.failures, self._draw)
+        job.retry_at = self._clock.monotonic() + delay
+        job.due = next_fire(job.trigger, job.due, self._clock.now())
+        METRICS.job_failed(cycle.box.name, job.kind)
+        # Our own errors explain themselves; anything else is a bug worth a traceback.
+        trace = None if isinstance(exc, KeepwordError) else exc
+        if self._once:
+            log.error("%s failed: %s", job.kind, job.last_error, exc_info=trace)
             return
-        with contextlib.suppress(LookupError):
-            self._scheduler.modify_job(
-                f"poll:{name}", next_run_time=datetime.now(UTC) + timedelta(seconds=delay)
-            )
+        log.error(
+            "%s failed (%d in a row): %s; retrying the %s in %.0f s",
+            job.kind, job.failures, job.last_error, job.kind, delay, exc_info=trace,
+        )  # fmt: skip
+
+    async def _record(self, write: Callable[..., None], *args: Any) -> None:
+        """Write a job_run record; a store that is down must not stop the job itself."""
+        engine = self._engine
+        if engine is None:
+            return
+
+        def transaction() -> None:
+            with engine.begin() as conn:
+                write(conn, *args)
+
+        try:
+            await asyncio.to_thread(transaction)
+        except SQLAlchemyError as exc:
+            log.warning("job run not recorded: %s", describe_error(exc))
 
     def status_text(self) -> str:
-        boxes = len(self._mailboxes)
-        polls = [h.last_poll for h in self._health.values() if h.last_poll]
-        failing = sum(1 for h in self._health.values() if h.failures)
+        boxes = len(self._cycles)
+        polls = [c.last_poll for c in self._cycles.values() if c.last_poll]
+        failing = sum(1 for c in self._cycles.values() if c.failing)
         last = "none yet"
         if polls:
             zone = ZoneInfo(self._settings.keepword.timezone) if self._settings else UTC
@@ -324,8 +511,8 @@ class Daemon:
         plural = "mailbox" if boxes == 1 else "mailboxes"
         return f"{boxes} {plural}, last poll {last}, {failing} failing"
 
-    def health(self) -> dict[str, MailboxHealth]:
-        return dict(self._health)
+    def cycles(self) -> dict[str, MailboxCycle]:
+        return dict(self._cycles)
 
     # -- reload --------------------------------------------------------------------
 
@@ -343,29 +530,31 @@ class Daemon:
             return applied
 
     async def _reload(self) -> bool:
+        assert self._engine is not None
         try:
             settings = self._load()
+            require_mailboxes(settings, self.config_path)
+            resolve_every_secret(settings)
+            worker = self._factory(settings, self._engine, self._clock)
         except ConfigError as exc:
             log.error(
                 "reload rejected, still running the previous config: %s",
                 "; ".join(exc.problems),
             )
             return False
-        try:
-            worker = self._factory(settings)
         except Exception as exc:
             log.error("reload rejected, still running the previous config: %s", exc)
             return False
         old_worker, old_settings = self._worker, self._settings
-        in_flight = set(self._running)
         self._worker, self._settings = worker, settings
         self._reschedule(settings)
-        if (
-            old_settings
-            and old_settings.keepword.metrics_listen != settings.keepword.metrics_listen
-        ):
-            log.warning("keepword.metrics_listen changed: takes effect after a restart")
-        if in_flight:  # the old worker finishes what it started before it is closed
+        if old_settings:
+            for key in ("metrics_listen", "database_url", "state_dir"):
+                if getattr(old_settings.keepword, key) != getattr(settings.keepword, key):
+                    log.warning("keepword.%s changed: takes effect after a restart", key)
+        # The old worker finishes what it started before it is closed.
+        in_flight = {t for t, w in self._running.items() if w is old_worker}
+        if in_flight:
             await asyncio.wait(in_flight, timeout=self._stop_timeout)
         if old_worker is not None:
             await self._close(old_worker)
@@ -373,15 +562,16 @@ class Daemon:
 
     def _reschedule(self, settings: Settings) -> None:
         new = {box.name: box for box in settings.mailbox}
-        old = dict(self._mailboxes)
+        old = {name: cycle.box for name, cycle in self._cycles.items()}
         removed = sorted(old.keys() - new.keys())
         added = sorted(new.keys() - old.keys())
         changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
         for name in removed:
-            self._unschedule(name)
-        self._schedule([new[n] for n in (*added, *changed)], replace=True)
-        for name in new.keys() & old.keys():  # unchanged mailboxes keep jobs and health,
-            self._mailboxes[name] = new[name]  # but see the new settings object
+            self._end_cycle(name)
+        for name in (*added, *changed):
+            self._start_cycle(new[name])
+        for name in new.keys() & old.keys():  # unchanged mailboxes keep their cycle,
+            self._cycles[name].box = new[name]  # but see the new settings object
         log.info(
             "config reloaded: added %s; removed %s; changed %s; %d unchanged",
             ", ".join(added) or "none",
@@ -394,16 +584,15 @@ class Daemon:
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         self._stopping = True
-        in_flight = set(self._running)
-        sdnotify.stopping(f"stopping: {len(in_flight)} job(s) in flight")
+        sdnotify.stopping(f"stopping: {len(self._running)} job(s) in flight")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        assert self._scheduler is not None
-        # pause, not shutdown: shutting the executor down would cancel the jobs in flight.
-        self._scheduler.pause()
+        for cycle in self._cycles.values():
+            cycle.end()  # a sleeping cycle ends now, a busy one after its job
         await self._watchers.stop_all()
-        if in_flight:
-            _, pending = await asyncio.wait(in_flight, timeout=self._stop_timeout)
+        cycles = set(self._cycle_tasks)
+        if cycles:
+            _, pending = await asyncio.wait(cycles, timeout=self._stop_timeout)
             if pending:
                 # A blocking IMAP call in a thread cannot be interrupted: abandon it.
                 self.abandoned = len(pending)
@@ -414,7 +603,6 @@ class Daemon:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=1.0)
-        self._scheduler.shutdown(wait=False)
         if self._worker is not None:
             await self._close(self._worker)
         if self._metrics_server is not None:
@@ -429,35 +617,28 @@ class Daemon:
         except Exception as exc:
             log.warning("closing connections failed: %s", describe_error(exc))
 
-    # -- one cycle (cron, demo) ----------------------------------------------------
+    # -- one cycle (by hand, demo) -------------------------------------------------
 
     async def run_once(self) -> int:
         """poll, chase and drain every mailbox once; 1 if any step failed."""
-        settings = self._load()
-        worker = self._factory(settings)
+        self._once = True
+        settings, engine = self._start()
         try:
-            results = await asyncio.gather(*(self._cycle(worker, b) for b in settings.mailbox))
+            worker = self._factory(settings, engine, self._clock)
+            try:
+                results = await asyncio.gather(
+                    *(self._one_pass(worker, b) for b in settings.mailbox)
+                )
+            finally:
+                await self._close(worker)
         finally:
-            await self._close(worker)
+            self._release()
         return 0 if all(results) else 1
 
-    async def _cycle(self, worker: Worker, box: MailboxSettings) -> bool:
+    async def _one_pass(self, worker: Worker, box: MailboxSettings) -> bool:
+        cycle = MailboxCycle.of(box, self._drain_interval, self._clock.now())
         ok = True
         with log_context(mailbox=box.name):
-            for kind in ("poll", "chase", "drain"):
-                try:
-                    if kind == "poll":
-                        with METRICS.timed_poll(box.name):
-                            await worker.poll(box)
-                    else:
-                        await (worker.chase(box) if kind == "chase" else worker.drain(box))
-                except Exception as exc:
-                    ok = False
-                    METRICS.job_failed(box.name, kind)
-                    log.error(
-                        "%s failed: %s",
-                        kind,
-                        describe_error(exc),
-                        exc_info=None if isinstance(exc, KeepwordError) else exc,
-                    )
+            for kind in JOBS:  # a failed step skips nothing else
+                ok = await self._run_job(cycle, cycle.jobs[kind], worker) and ok
         return ok

@@ -15,16 +15,16 @@ next slice compares UIDNEXT with the last one seen and fires at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+from keepword.clock import SYSTEM_CLOCK, Clock
 from keepword.config import MailboxSettings
 from keepword.errors import KeepwordError
 from keepword.imap import FolderStatus, ImapSession
 from keepword.logs import log_context
-from keepword.retry import IDLE_RETRY, RetryPolicy
+from keepword.retry import MAILBOX_RETRY, RetryPolicy
 from keepword.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
@@ -60,50 +60,75 @@ async def watch_mailbox(
     session_factory: IdleSessionFactory = imap_session,
     idle_timeout: float = IDLE_TIMEOUT,
     idle_slice: float = IDLE_SLICE,
-    retry: RetryPolicy = IDLE_RETRY,
+    retry: RetryPolicy = MAILBOX_RETRY,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """Call `on_change` whenever the first folder of box changes, until `stop` is set.
 
     Returns at once if IDLE is disabled for the mailbox, and after the first login if
-    the server does not offer it. Connection and server errors never end the watcher:
-    it reconnects after a capped exponential backoff with jitter. An `on_change` that
-    raises is logged; the next change calls it again. Each (re)connect calls it once:
-    mail that came before the watcher's first STATUS would never show as a change.
+    the server does not offer it. No error ends the watcher: a missing secret, a lost
+    connection, a refused login or a bug in a round all restart it after the same
+    capped exponential backoff as the mailbox's jobs (waited on `clock`), logged once
+    per failure. An `on_change` that raises is logged; the next change calls it again.
+    Each (re)connect calls it once: mail that came before the watcher's first STATUS
+    would never show as a change.
     """
     if not box.imap.idle:
         log.info("mailbox %s: IDLE disabled, polling every %d s", box.name, box.poll_interval)
         return
-    folder = box.folders[0]
     wait = min(idle_slice, idle_timeout)
     failures = 0
 
     def healthy() -> None:  # one IDLE slice went through: the next failure starts over
         nonlocal failures
+        if failures:
+            log.info("mailbox %s: IDLE watcher works again after %d failure(s)", box.name,
+                     failures)  # fmt: skip
         failures = 0
 
     with log_context(mailbox=box.name):
         while not stop.is_set():
-            session = session_factory(box)
             try:
-                await asyncio.to_thread(session.connect)
-                if "IDLE" not in await asyncio.to_thread(session.capabilities):
-                    log.info("mailbox %s: server offers no IDLE, polling only", box.name)
-                    return
-                await _watch(session, folder, on_change, stop, wait, healthy)
-            except KeepwordError as exc:  # connection, login, server or secret trouble
+                if not await _session_round(box, on_change, stop, session_factory, wait, healthy):
+                    return  # the server offers no IDLE
+            except Exception as exc:
                 failures += 1
                 delay = retry.delay(failures)
                 log.warning(
-                    "mailbox %s: IDLE watcher lost its connection (%d in a row): %s; "
-                    "reconnecting in %.1f s",
+                    "mailbox %s: IDLE watcher failed (%d in a row): %s; restarting in %.1f s",
                     box.name,
                     failures,
-                    exc,
+                    str(exc) or type(exc).__name__,
                     delay,
+                    # Our own errors explain themselves; anything else is a bug worth a trace.
+                    exc_info=None if isinstance(exc, KeepwordError) else exc,
                 )
-                await _sleep_unless_stopped(stop, delay)
-            finally:
-                await _close(session)
+                await _sleep_unless_stopped(stop, delay, clock)
+
+
+async def _session_round(
+    box: MailboxSettings,
+    on_change: OnChange,
+    stop: asyncio.Event,
+    session_factory: IdleSessionFactory,
+    wait: float,
+    healthy: Callable[[], None],
+) -> bool:
+    """One connection's life: False if the server has no IDLE, else True when stopped.
+
+    Everything that can fail, the secret and the session's creation included, is in here,
+    so the caller's retry covers it.
+    """
+    session = session_factory(box)
+    try:
+        await asyncio.to_thread(session.connect)
+        if "IDLE" not in await asyncio.to_thread(session.capabilities):
+            log.info("mailbox %s: server offers no IDLE, polling only", box.name)
+            return False
+        await _watch(session, box.folders[0], on_change, stop, wait, healthy)
+        return True
+    finally:
+        await _close(session)
 
 
 async def _watch(
@@ -141,9 +166,20 @@ async def _notify(on_change: OnChange) -> None:
         log.warning("poll after an IDLE notification failed: %s", exc)
 
 
-async def _sleep_unless_stopped(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
+async def _sleep_unless_stopped(stop: asyncio.Event, delay: float, clock: Clock) -> None:
+    """Sleep `delay` seconds of `clock`; a stop ends the sleep at once."""
+    stopped = asyncio.ensure_future(stop.wait())
+    slept = asyncio.ensure_future(clock.sleep(delay))
+    try:
+        await asyncio.wait({stopped, slept}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, slept):
+            task.cancel()
+        await asyncio.gather(stopped, slept, return_exceptions=True)
+
+
+async def _as_task(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
 
 async def _close(session: IdleSession) -> None:
@@ -151,11 +187,13 @@ async def _close(session: IdleSession) -> None:
     await asyncio.shield(asyncio.to_thread(session.close))
 
 
-class MailboxWatchers:
-    """The daemon's IDLE watcher tasks, one per mailbox, started with the mailbox's jobs.
+Watch = Callable[[MailboxSettings, OnChange, asyncio.Event], Awaitable[None]]
 
-    A worker takes part by having `async def watch(mailbox, on_change, stop)` (Service
-    does); workers without it are polled only.
+
+class MailboxWatchers:
+    """The daemon's IDLE watcher tasks, one per mailbox, started with the mailbox's cycle.
+
+    `watch` is the worker's (Service.watch: watch_mailbox on the mailbox's server).
     """
 
     def __init__(self, on_change: Callable[[str], Awaitable[None]]) -> None:
@@ -163,11 +201,10 @@ class MailboxWatchers:
         self._stops: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def start(self, box: MailboxSettings, worker: object) -> None:
+    def start(self, box: MailboxSettings, watch: Watch) -> None:
         """(Re)start the watcher of box; a running one for the same name is stopped."""
         self.stop(box.name)
-        watch = getattr(worker, "watch", None)
-        if watch is None or not box.imap.idle:
+        if not box.imap.idle:
             return
         stop = asyncio.Event()
         name = box.name
@@ -176,7 +213,7 @@ class MailboxWatchers:
             await self._on_change(name)
 
         task: asyncio.Task[None] = asyncio.create_task(
-            watch(box, changed, stop), name=f"idle {name}"
+            _as_task(watch(box, changed, stop)), name=f"idle {name}"
         )
         self._stops[name] = stop
         self._tasks.add(task)

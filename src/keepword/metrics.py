@@ -8,6 +8,7 @@ only update numbers in memory.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -64,6 +66,17 @@ class Metrics:
         self._job_failures = Counter(
             "keepword_job_failures", "Scheduled jobs that raised", [*label, "job"], registry=r
         )
+        self._job_last_run = Gauge(
+            "keepword_job_last_run_timestamp_seconds", "When the job last started (Unix time)",
+            [*label, "job"], registry=r,
+        )  # fmt: skip
+        self._job_overdue = Gauge(
+            "keepword_job_overdue", "1 if the job's last start is older than two intervals",
+            [*label, "job"], registry=r,
+        )  # fmt: skip
+        self._triage_backlog = Gauge(
+            "keepword_triage_retrying", "Messages waiting for a triage retry", label, registry=r
+        )
 
     def ingested(self, mailbox: str, n: int = 1) -> None:
         self._ingested.labels(mailbox).inc(n)
@@ -94,6 +107,23 @@ class Metrics:
 
     def job_failed(self, mailbox: str, job: str) -> None:
         self._job_failures.labels(mailbox, job).inc()
+
+    def job_started(self, mailbox: str, job: str, when: datetime) -> None:
+        self._job_last_run.labels(mailbox, job).set(when.timestamp())
+        self._job_overdue.labels(mailbox, job).set(0)
+
+    def job_overdue(self, mailbox: str, job: str, overdue: bool) -> None:
+        self._job_overdue.labels(mailbox, job).set(1 if overdue else 0)
+
+    def triage_retrying(self, mailbox: str, count: int) -> None:
+        self._triage_backlog.labels(mailbox).set(count)
+
+    def forget_mailbox(self, mailbox: str, jobs: tuple[str, ...]) -> None:
+        """A mailbox removed by a reload: no stale "overdue" for it."""
+        for job in jobs:
+            for gauge in (self._job_last_run, self._job_overdue):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(mailbox, job)
 
     def poll_seconds(self, mailbox: str, seconds: float) -> None:
         self._poll.labels(mailbox).observe(seconds)

@@ -19,6 +19,8 @@ from sqlalchemy import Engine
 
 from keepword.acknowledging import Acknowledger
 from keepword.chasing import ChaseResult, chase_mailbox
+from keepword.clock import SYSTEM_CLOCK
+from keepword.clock import Clock as WaitClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
 from keepword.idle import OnChange, watch_mailbox
@@ -48,11 +50,15 @@ class Service:
         clock: Clock = utc_now,
         engine: Engine | None = None,
         session_factory: SessionFactory | None = None,
+        waits: WaitClock = SYSTEM_CLOCK,
+        owns_engine: bool = True,
     ) -> None:
         self.settings = settings
         self.dry_run = dry_run or settings.keepword.dry_run
         self.clock = clock
+        self.waits = waits  # the IDLE watcher's backoff sleeps on the daemon's clock
         self.engine = engine or open_store(settings.keepword.effective_database_url())
+        self._owns_engine = owns_engine or engine is None
         self._session_factory = session_factory
         self._renderers = {
             box.name: Renderer.for_mailbox(settings, box) for box in settings.mailbox
@@ -139,13 +145,22 @@ class Service:
         self, mailbox: MailboxSettings, on_change: OnChange, stop: asyncio.Event
     ) -> None:
         """IMAP IDLE on the mailbox; on_change (the daemon's poll + drain) on new mail."""
-        await watch_mailbox(mailbox, on_change, stop=stop)
+        await watch_mailbox(mailbox, on_change, stop=stop, clock=self.waits)
 
     async def close(self) -> None:
         for poller in self._pollers.values():
             await asyncio.to_thread(poller.close)
-        await asyncio.to_thread(self.engine.dispose)
+        if self._owns_engine:  # the daemon's engine outlives a worker replaced by a reload
+            await asyncio.to_thread(self.engine.dispose)
 
 
-def make_worker(settings: Settings, dry_run: bool = False) -> Service:
-    return Service(settings, dry_run=dry_run)
+def make_worker(settings: Settings, engine: Engine, clock: WaitClock) -> Service:
+    """The daemon's worker: the use cases on the daemon's store and clock."""
+    return Service(
+        settings,
+        dry_run=settings.keepword.dry_run,
+        clock=clock.now,
+        engine=engine,
+        waits=clock,
+        owns_engine=False,
+    )

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy import Connection, Engine, select
 
 from keepword.cli.common import engine_from, settings_from
+from keepword.cli.common import now as clock_now
 from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus
 from keepword.errors import KeepwordError, StaleCaseError
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return clock_now()  # the daemon's clock, so a sped-up soak and the CLI agree
 
 
 def _statuses(value: str | None) -> list[CaseStatus] | None:

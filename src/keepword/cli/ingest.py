@@ -25,8 +25,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from keepword.cli.common import engine_from, settings_from
-from keepword.errors import ConfigError, MailboxError
+from keepword.cli.common import engine_from, local_failure_exit, settings_from, store_writer
+from keepword.config import MailboxSettings, Settings
+from keepword.errors import ConfigError, KeepwordError, MailboxError
 from keepword.ingest import MailboxPollResult, poll_folder, watched_folders
 
 
@@ -45,8 +46,6 @@ def _now() -> datetime:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from keepword.ingest import default_session_factory
-
     settings = settings_from(args)
     boxes = list(settings.mailbox)
     if args.mailbox:
@@ -58,6 +57,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not boxes:
         print("keepword: no [[mailbox]] configured: nothing to import", file=sys.stderr)
         return 1
+    try:
+        with store_writer(settings):  # never beside a running `keepword run`
+            return _import(settings, boxes, quiet=args.quiet)
+    except KeepwordError as exc:
+        if (code := local_failure_exit(exc)) is None:
+            raise
+        return code
+
+
+def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) -> int:
+    from keepword.ingest import default_session_factory
+
     engine = engine_from(settings)
     connect = default_session_factory(settings)
     console = Console(stderr=True)
@@ -70,7 +81,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=args.quiet or not console.is_terminal,
+        disable=quiet or not console.is_terminal,
     ) as bar:
         for box in boxes:
             result = MailboxPollResult(mailbox=box.name)

@@ -1,23 +1,30 @@
-"""`keepword run`: the daemon in the foreground (what systemd starts), or one cycle."""
+"""`keepword run`: the daemon in the foreground (what systemd starts), or one pass."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from keepword.config import Settings, resolve_config_path
-from keepword.daemon import STOP_TIMEOUT, Daemon, Worker
-from keepword.errors import KeepwordError
+from keepword.cli.common import EXIT_BUSY, EXIT_LOCAL, local_failure_exit
+from keepword.config import resolve_config_path
+from keepword.daemon import STOP_TIMEOUT, Daemon, WorkerFactory
 from keepword.logs import setup_logging
+from keepword.service import make_worker
 
-DEFAULT_WORKER = "keepword.service:make_worker"
-
-MakeWorker = Callable[[Settings, bool], Worker]
+EXIT_CODES: Final = f"""\
+exit codes:
+  0   stopped cleanly (SIGTERM), or --once: every step of every mailbox worked
+  1   --once: a step failed (a server down, the relay refusing the login, ...);
+      the daemon itself keeps retrying remote failures and does not exit for them
+  2   the configuration is invalid or has no [[mailbox]]
+  {EXIT_LOCAL}   a local resource is missing: a secret (password_file, credential,
+      variable), or the database cannot be opened or migrated
+  {EXIT_BUSY}   another keepword already writes this store (`run`, `run --once` or
+      `import`): stop it, or let the running service do the work
+"""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -26,6 +33,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="run the daemon in the foreground (systemd starts this)",
         description="Poll, triage, acknowledge and chase every configured mailbox until "
         "SIGTERM; SIGHUP reloads the configuration.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="decide and log everything, send no mail"
@@ -33,44 +42,33 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--once",
         action="store_true",
-        help="one poll + triage + chase + drain cycle for every mailbox, then exit (cron, demo)",
+        help="one poll + triage + chase + drain pass for every mailbox, then exit "
+        "(never beside a running service: refused, exit 4)",
     )
-    # Not for users: tests select a worker with `--worker module:factory`.
-    parser.add_argument("--worker", default=DEFAULT_WORKER, help=argparse.SUPPRESS)
     parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT, help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_run)
 
 
-def load_worker_factory(spec: str) -> MakeWorker:
-    """'module:function' -> the function; a clear error if the module is not there."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise KeepwordError(
-                f"worker {spec!r} not available: module {exc.name} is missing "
-                "(this build of keepword has no use-case layer yet?)"
-            ) from None
-        raise
-    factory = getattr(module, attribute or "make_worker", None)
-    if not callable(factory):
-        raise KeepwordError(f"worker {spec!r}: {module_name} has no function {attribute!r}")
-    return factory  # type: ignore[no-any-return]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    return run_daemon(args, make_worker)
+
+
+def run_daemon(args: argparse.Namespace, worker_factory: WorkerFactory) -> int:
+    """`run` with the given worker factory (keepword.service.make_worker; tests pass fakes)."""
     setup_logging("INFO")
-    make_worker = load_worker_factory(args.worker)
     daemon = Daemon(
         resolve_config_path(getattr(args, "config", None)),
-        lambda settings: make_worker(settings, settings.keepword.dry_run),
+        worker_factory,
         dry_run=args.dry_run,
         stop_timeout=args.stop_timeout,
     )
     loop = asyncio.new_event_loop()
     try:
         code = loop.run_until_complete(daemon.run_once() if args.once else daemon.run())
+    except Exception as exc:
+        if (failure := local_failure_exit(exc)) is None:
+            raise
+        return failure
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         if not daemon.abandoned:

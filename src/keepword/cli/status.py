@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, and_, func, select
 
 from keepword.cli.common import engine_from, settings_from
+from keepword.cli.common import now as clock_now
 from keepword.config import MailboxSettings
 from keepword.domain.model import OutboxState, PromiseState
 from keepword.store import outbox as outbox_store
+from keepword.store.jobs import job_runs
 from keepword.store.tables import case, folder_state, message, outbox, promise
 
 
@@ -29,9 +32,51 @@ class FolderHealth:
 
 
 @dataclass(frozen=True)
+class JobHealth:
+    job: str
+    interval_seconds: float
+    last_started_at: str | None
+    last_ok_at: str | None
+    failures: int
+    last_error: str | None
+    overdue: bool  # last start older than two intervals: the job starves or the daemon is down
+
+
+@dataclass(frozen=True)
+class TriageRetries:
+    pending: int
+    retrying: int
+    last_error: str | None
+
+
+class TriageBacklog(Protocol):
+    """keepword.store.triage_state.TriageBacklog (the triage retry state)."""
+
+    pending: int
+    retrying: int
+    last_error: str | None
+
+
+def triage_backlog(conn: Connection, mailbox: str) -> TriageRetries | None:
+    """Messages waiting for a triage retry, if this build records them.
+
+    TODO(merge): keepword.store.triage_state comes with the triage retry work; until it
+    is merged, status shows no retry figures (None).
+    """
+    try:
+        module = importlib.import_module("keepword.store.triage_state")
+    except ModuleNotFoundError:
+        return None
+    backlog: TriageBacklog = module.triage_backlog(conn, mailbox)
+    return TriageRetries(backlog.pending, backlog.retrying, backlog.last_error)
+
+
+@dataclass(frozen=True)
 class MailboxHealth:
     mailbox: str
     folders: list[FolderHealth]
+    jobs: list[JobHealth]
+    triage_retries: TriageRetries | None
     waiting_triage: int
     quarantined: int
     outbox_pending: int
@@ -47,7 +92,14 @@ class MailboxHealth:
             f.last_error and (f.last_success_at or "") < (f.last_error_at or "")
             for f in self.folders
         )
-        return polled and not erring and self.outbox_failed == 0 and self.overdue_promises == 0
+        jobs_ok = not any(j.overdue or j.failures for j in self.jobs)
+        return (
+            polled
+            and not erring
+            and jobs_ok
+            and self.outbox_failed == 0
+            and self.overdue_promises == 0
+        )
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -80,6 +132,8 @@ def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> Mai
     return MailboxHealth(
         mailbox=box.name,
         folders=folders,
+        jobs=job_health(conn, box.name, now),
+        triage_retries=triage_backlog(conn, box.name),
         waiting_triage=_count(
             conn, select(func.count()).where(and_(mine, message.c.triaged_at.is_(None)))
         ),
@@ -97,10 +151,26 @@ def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> Mai
     )
 
 
+def job_health(conn: Connection, mailbox: str, now: datetime) -> list[JobHealth]:
+    """The daemon's jobs as recorded (a job that never ran under the daemon has no row)."""
+    return [
+        JobHealth(
+            job=run.job,
+            interval_seconds=run.interval_seconds,
+            last_started_at=_iso(run.started_at),
+            last_ok_at=_iso(run.last_ok_at),
+            failures=run.failures,
+            last_error=run.last_error,
+            overdue=run.overdue(now),
+        )
+        for run in job_runs(conn, mailbox)
+    ]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     engine = engine_from(settings)
-    now = datetime.now(UTC)
+    now = clock_now()  # the daemon's clock (KEEPWORD_CLOCK in a sped-up soak)
     with engine.connect() as conn:
         report = [mailbox_health(conn, box, now) for box in settings.mailbox]
     if args.json:
@@ -124,9 +194,38 @@ def _print(report: list[MailboxHealth]) -> None:
             error = f"{f.last_error_at}: {f.last_error}" if f.last_error else "-"
             table.add_row(f.folder, f.last_success_at or "never", error)
         console.print(table)
+        if health.jobs:
+            console.print(_jobs_table(health.jobs))
+        retries = health.triage_retries
+        if retries is not None and (retries.pending or retries.retrying):
+            error = f", last error: {retries.last_error}" if retries.last_error else ""
+            console.print(
+                f"  triage: {retries.pending} pending, {retries.retrying} waiting for a "
+                f"retry{error}"
+            )
         console.print(
             f"  waiting for triage {health.waiting_triage} · quarantined {health.quarantined}"
             f" · outbox pending {health.outbox_pending}, failed {health.outbox_failed}"
             f" · open promises {health.open_promises} (overdue {health.overdue_promises})"
             f", next due {health.next_due or '-'}"
         )
+
+
+def _jobs_table(jobs: list[JobHealth]) -> Table:
+    table = Table(show_header=True)
+    for column in ("job", "every", "last run (UTC)", "last ok (UTC)", "state"):
+        table.add_column(column)
+    for job in jobs:
+        state = "ok"
+        if job.failures:
+            state = f"[red]failing ({job.failures} in a row): {job.last_error}[/red]"
+        if job.overdue:
+            state = f"[red]overdue[/red] (no run for two intervals); {state}"
+        table.add_row(
+            job.job,
+            f"{job.interval_seconds:g} s",
+            job.last_started_at or "never",
+            job.last_ok_at or "never",
+            state,
+        )
+    return table
