@@ -203,10 +203,11 @@ country = "{traffic.COUNTRY}"
             self._end_life(f"exited {process.returncode}")
             self._process = None
             self._died_at = time.time()
-        if self._process is None and not self._held_down:
-            if self._died_at is None or time.time() - self._died_at >= RESTART_DELAY:
-                self._died_at = None
-                self._start_daemon()
+        if self._process is not None or self._held_down:
+            return
+        if self._died_at is None or time.time() - self._died_at >= RESTART_DELAY:
+            self._died_at = None
+            self._start_daemon()
 
     def _stop_daemon(self) -> None:
         process, self._process = self._process, None

@@ -432,7 +432,7 @@ def run_figures(record: SoakRecord) -> dict[str, object]:
     return {
         "seed": record.plan.seed,
         "speed": record.speed,
-        "virtual span": f"{record.plan.start:%a %d %b %H:%M}Z - {record.finished_at:%a %d %b %H:%M}Z",
+        "virtual span": f"{record.plan.start:%a %d %b %H:%M}Z - {record.finished_at:%a %d %H:%M}Z",
         "business days": ", ".join(f"{d:%a %d}" for d in record.plan.business_days),
         "closed days": ", ".join(f"{d:%a %d}" for d in record.plan.closed_days),
         **{f"mail in: {k}": v for k, v in sorted(kinds.items())},
