@@ -278,27 +278,40 @@ def out_of_office_mail(
 
 
 def bounce_mail(at: datetime, message_id: str, recipient: str, original: bytes) -> bytes:
-    msg = _base(
-        f"MAILER-DAEMON@mx.{BOUNCE_DOMAIN}",
-        "Mail Delivery System",
-        SUPPORT,
-        "Undelivered Mail Returned to Sender",
-        message_id,
-    )
-    _dated(msg, at, "UTC")
-    msg["Auto-Submitted"] = "auto-replied"
-    msg.set_content(f"Your message to <{recipient}> could not be delivered.\n")
-    status = EmailMessage()
-    status.set_content(
-        f"Reporting-MTA: dns; mx.{BOUNCE_DOMAIN}\n\n"
-        f"Final-Recipient: rfc822; {recipient}\nAction: failed\nStatus: 5.1.1\n"
-    )
-    msg.add_attachment(status.get_content().encode(), maintype="message", subtype="delivery-status")
-    headers = original.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    msg.add_attachment(headers, maintype="text", subtype="rfc822-headers")
-    msg.replace_header("Content-Type", 'multipart/report; report-type="delivery-status"')
-    msg.set_boundary(f"bounce-{abs(hash(message_id))}")
-    return bytes(msg)
+    """A DSN as MTAs write it: multipart/report with delivery-status and the headers."""
+    boundary = f"bounce-{message_id.split('@')[0]}"
+    headers = original.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode(errors="replace")
+    text = f"""From: Mail Delivery System <MAILER-DAEMON@mx.{BOUNCE_DOMAIN}>
+To: {SUPPORT}
+Subject: Undelivered Mail Returned to Sender
+Date: {format_datetime(at)}
+Message-ID: <{message_id}>
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain; charset=us-ascii
+
+Your message to <{recipient}> could not be delivered: no such user.
+
+--{boundary}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.{BOUNCE_DOMAIN}
+
+Final-Recipient: rfc822; {recipient}
+Action: failed
+Status: 5.1.1
+
+--{boundary}
+Content-Type: text/rfc822-headers
+
+{headers}
+
+--{boundary}--
+"""
+    return text.replace("\n", "\r\n").encode()
 
 
 def ticket_mail(at: datetime, message_id: str, number: int) -> bytes:
