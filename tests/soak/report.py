@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tests.soak.driver import SoakRecord
 from tests.soak.invariants import Finding, run_figures
 
@@ -9,7 +11,8 @@ SHOWN_VIOLATIONS = 12
 
 
 def table(record: SoakRecord, findings: list[Finding]) -> str:
-    lines = ["soak run", *_rows(run_figures(record))]
+    lines = ["soak run", *_rows(run_figures(record)), "", "timeline (virtual, UTC)"]
+    lines += [f"  {line}" for line in timeline(record)]
     for finding in findings:
         verdict = "ok" if not finding.violations else f"FAIL ({len(finding.violations)})"
         lines += ["", f"{finding.name}: {verdict}", *_rows(finding.figures)]
@@ -26,3 +29,19 @@ def _rows(figures: dict[str, object]) -> list[str]:
 
 def violations(findings: list[Finding]) -> list[str]:
     return [f"{f.name}: {v}" for f in findings for v in f.violations]
+
+
+def timeline(record: SoakRecord) -> list[str]:
+    """Faults and daemon lives in order: what the invariants' tolerances refer to."""
+    entries = [
+        (w.start, f"{w.kind:<10} {w.start:%a %H:%M} - {_at(w.end)}") for w in record.faults
+    ] + [
+        (life.started_at, f"{'daemon':<10} {life.started_at:%a %H:%M} - {_at(life.ended_at)} "
+         f"({life.how})")
+        for life in record.lives
+    ]  # fmt: skip
+    return [text for _, text in sorted(entries, key=lambda e: e[0])]
+
+
+def _at(when: datetime | None) -> str:
+    return "open" if when is None else f"{when:%a %H:%M}"
