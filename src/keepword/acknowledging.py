@@ -8,6 +8,7 @@ the promise so it can be explained later (`keepword case KW-42`).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
@@ -55,11 +56,18 @@ def honest_window(
     """The window to promise now, from this mailbox's measured first responses and backlog.
 
     `exclude_case`: the case being answered is already stored and unanswered; it is not
-    part of its own queue.
+    part of its own queue. Cases of addresses that write like robots are no queue at
+    all (store.cases.first_response_history).
     """
     days = box.promise.history_days
     since = now - timedelta(days=days * 2)  # older cases sharpen the backlog count
-    history = case_store.first_response_history(conn, box.name, since, exclude_case=exclude_case)
+    history = case_store.first_response_history(
+        conn,
+        box.name,
+        since,
+        exclude_case=exclude_case,
+        robot_cases_per_day=box.limits.per_sender_per_day,
+    )
     return measured_window(history, now, calendar, box.promise)
 
 
@@ -85,10 +93,13 @@ class Acknowledger:
         recipient = acknowledge.reply_address(facts)
         assert recipient is not None
         first = decision.send is OutboxKind.ACKNOWLEDGEMENT
+        slot = decision.slot.at if decision.slot is not None else now
         # A follow-up note repeats the time already promised; only without one is the
         # (costly) measured window computed.
         current = None if first else self._current_due(conn, case.id)
-        window = current or honest_window(conn, box, self.calendar, now, exclude_case=case.id)
+        window = current or self._from(
+            slot, now, honest_window(conn, box, self.calendar, now, exclude_case=case.id)
+        )
         if first:
             dedup = ack_key(case.id)
             body = self.renderer.render(
@@ -110,7 +121,15 @@ class Acknowledger:
             in_reply_to=facts.message_id,
             references=facts.references,
         )
-        if not enqueue_mail(conn, mail, body, mailbox=box.name, case_id=case.id):
+        queued = enqueue_mail(
+            conn,
+            mail,
+            body,
+            mailbox=box.name,
+            case_id=case.id,
+            not_before=slot if decision.held else None,
+        )
+        if not queued:
             return
         if first:
             record_promise(conn, case.id, PromiseKind.FIRST_RESPONSE, window, now)
@@ -119,18 +138,29 @@ class Acknowledger:
             f"{decision.reason}: told {recipient} a reply is due by "
             f"{window.due_at:%Y-%m-%d %H:%M} UTC"
         )
-        case_store.add_events(
-            conn, case.id, [cases.Event(kind, now, box.address, detail, facts.pk)]
-        )
+        events = [cases.Event(kind, now, box.address, detail, facts.pk)]
+        if decision.held:
+            what = "acknowledgement" if first else "follow-up note"
+            held = f"{what} deferred until {slot:%Y-%m-%d %H:%M} UTC: {decision.held}"
+            events.append(cases.Event(cases.EventKind.DEFERRED, now, None, held, facts.pk))
+            log.info("mailbox %s: %s %s", box.name, case.reference, held)
+        case_store.add_events(conn, case.id, events)
         if first and window.behind:
             self._alert_lead(conn, box, case, window, now)
+
+    def _from(self, slot: datetime, now: datetime, window: Window) -> Window:
+        """The window counted from when the customer is told (a rate limit may hold the
+        acknowledgement back): the promise is as long as measured, from the slot."""
+        if slot <= now:
+            return window
+        return replace(window, due_at=self.calendar.add(slot, window.minutes))
 
     def _current_due(self, conn: Connection, case_id: int) -> Window | None:
         """The earliest open customer promise of the case, as a window (None: none open)."""
         told = [p for p in promise_store.open_promises(conn, case_id) if p.to_customer]
         if not told:
             return None
-        first = told[0]  # open_promises is ordered by due time
+        first = min(told, key=lambda p: (p.due_at, p.id or 0))  # ties: the older promise
         minutes = int(self.calendar.minutes_between(first.made_at, first.due_at))
         return Window(minutes=minutes, due_at=first.due_at, is_default=False, behind=False)
 

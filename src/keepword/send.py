@@ -106,11 +106,18 @@ class DrainResult:
 
 
 def enqueue_mail(
-    conn: Connection, mail: OutgoingMail, body: Rendered, *, mailbox: str, case_id: int | None
+    conn: Connection,
+    mail: OutgoingMail,
+    body: Rendered,
+    *,
+    mailbox: str,
+    case_id: int | None,
+    not_before: datetime | None = None,
 ) -> bool:
     """Compose and record one mail in the caller's transaction; False if already recorded.
 
-    Call it in the same transaction as the decision that causes the mail.
+    Call it in the same transaction as the decision that causes the mail. `not_before`:
+    a rate limit holds it back until then.
     """
     return outbox.enqueue(
         conn,
@@ -123,6 +130,7 @@ def enqueue_mail(
         compose_bytes(mail, body),
         mail.date,
         message_id=mail.message_id,
+        not_before=not_before,
     )
 
 

@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy import Connection, Engine, and_, select, update
 from sqlalchemy.exc import OperationalError
 
 from keepword.acknowledging import ack_key, calendar_for, honest_window, note_key
 from keepword.config import MailboxSettings, Settings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
+from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
     CaseStatus,
@@ -41,11 +42,14 @@ from keepword.domain.threading import (
 )
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
+from keepword.retry import RetryPolicy
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
+from keepword.store import triage_state
 from keepword.store.messages import load_facts
 from keepword.store.tables import case, message, message_location, outbox
+from keepword.store.triage_state import Untriaged
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,20 @@ DEFERRABLE = (StaleCaseError, OperationalError)
 # A mail dated more than this before keepword's first poll is history even if it shows up
 # later (e.g. after a UIDVALIDITY change): never acknowledge mail from before we started.
 DELIVERY_GRACE = timedelta(days=1)
+
+# A message whose triage fails (a bug, a busy database, a case changed meanwhile) is not
+# at fault: it is tried again after a minute, doubling up to an hour, then hourly for as
+# long as it fails. Never quarantined for it: quarantine is for mail that cannot be parsed.
+TRIAGE_RETRY = RetryPolicy(first=60.0, cap=60 * 60.0)
+# From this many failed attempts on, every further failure is logged as an ERROR (it
+# also shows all along in `keepword status` and the metrics: store.triage_state).
+STUCK_AFTER = 10
+# A follow-up waits for its first mail through this many failed attempts of it (see
+# `_waits_for_first_mail`).
+FOLLOW_UP_WAITS_FOR = 3
+# So many database errors in a row: the store itself fails, not the messages; the run
+# ends (each try could wait out a busy timeout) and the next run starts with new mail.
+STORE_ERRORS_TO_STOP = 3
 
 
 @dataclass
@@ -82,49 +100,107 @@ def triage_pending(
     acknowledger: Acknowledger | None = None,
     limit: int = 5000,
 ) -> TriageResult:
+    """Triage what is due: new mail in the order it was written, then due retries.
+
+    One transaction per message; a message whose triage fails stays pending for a later
+    retry and never stops the messages behind it.
+    """
     result = TriageResult()
-    for pk in _untriaged(engine, box.name, limit):
-        try:
-            with engine.begin() as conn:
-                _triage_one(conn, settings, box, pk, now, acknowledger, result)
-            result.triaged += 1
-        except DEFERRABLE as exc:
-            # Not the message's fault: it stays untriaged and the next run takes it up,
-            # still in order (later mail of the same thread must not overtake it).
-            log.warning("mailbox %s: triage of message %s deferred: %s", box.name, pk, exc)
-            result.errors.append(f"message {pk} deferred: {exc}")
+    with engine.connect() as conn:
+        queue = triage_state.due_untriaged(conn, box.name, now, limit)
+        failing = triage_state.failed_attempts(conn, box.name)
+    held: list[Untriaged] = []
+    store_errors = 0
+    for item in queue:
+        if _waits_for_first_mail(item, failing):
+            held.append(item)
+            continue
+        error = _try_one(engine, settings, box, item, now, acknowledger, result, failing)
+        store_errors = store_errors + 1 if isinstance(error, OperationalError) else 0
+        if store_errors >= STORE_ERRORS_TO_STOP:
+            log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
             break
-        except Exception as exc:  # one bad message must never stop the rest
-            log.exception("mailbox %s: triage of message %s failed", box.name, pk)
-            result.errors.append(f"message {pk}: {exc}")
-            _mark_failed(engine, pk, now, exc)
+    else:
+        # Follow-ups whose first mail got through in this run go now, not a poll later.
+        for item in held:
+            if not _waits_for_first_mail(item, failing):
+                _try_one(engine, settings, box, item, now, acknowledger, result, failing)
     _close_done(engine, box, now, result)
     return result
 
 
-def _untriaged(engine: Engine, mailbox: str, limit: int) -> list[int]:
-    when = func.coalesce(message.c.date, message.c.received_at, message.c.stored_at)
-    query = (
-        select(message.c.id)
-        .where(and_(message.c.mailbox == mailbox, message.c.triaged_at.is_(None)))
-        .order_by(when, message.c.id)
-        .limit(limit)
-    )
-    with engine.connect() as conn:
-        return list(conn.execute(query).scalars())
+def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
+    """A follow-up whose own first mail is waiting for a triage retry waits too.
+
+    Why: triaged first, the follow-up would find no case to join (the mail it answers has
+    none yet) and open a second case with a second acknowledgement; the first mail would
+    then land in it, or in a third. Waiting keeps one case per thread. But only for the
+    first FOLLOW_UP_WAITS_FOR attempts (minutes): a busy database or a stale case clears
+    by then; a first mail that keeps failing must not silence the customer's later mail,
+    which then goes on alone (a case of its own beats no answer).
+    """
+    return any(0 < failing.get(mid, 0) < FOLLOW_UP_WAITS_FOR for mid in item.referenced)
 
 
-def _mark_failed(engine: Engine, pk: int, now: datetime, exc: Exception) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(message)
-            .where(message.c.id == pk)
-            .values(
-                triaged_at=now,
-                quarantined=True,
-                quarantine_reason=f"triage failed: {type(exc).__name__}: {exc}"[:2000],
-            )
+def _try_one(
+    engine: Engine,
+    settings: Settings,
+    box: MailboxSettings,
+    item: Untriaged,
+    now: datetime,
+    acknowledger: Acknowledger | None,
+    result: TriageResult,
+    failing: dict[str, int],
+) -> Exception | None:
+    """Triage one message in its own transaction; on failure record it for a retry."""
+    done = TriageResult()
+    try:
+        with engine.begin() as conn:
+            _triage_one(conn, settings, box, item.pk, now, acknowledger, done)
+    except Exception as exc:  # a defect or a passing fault: never the customer's loss
+        attempts = item.attempts + 1
+        _record_failure(engine, box, item.pk, attempts, now, exc, result)
+        failing[item.message_id] = attempts
+        return exc
+    failing.pop(item.message_id, None)
+    result.triaged += 1
+    result.opened += done.opened
+    result.acknowledged += done.acknowledged
+    return None
+
+
+def _record_failure(
+    engine: Engine,
+    box: MailboxSettings,
+    pk: int,
+    attempts: int,
+    now: datetime,
+    exc: Exception,
+    result: TriageResult,
+) -> None:
+    retry_at = now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
+    reason = f"{type(exc).__name__}: {exc}"
+    result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
+    if attempts >= STUCK_AFTER:
+        log.error(
+            "mailbox %s: triage of message %s failed %d times, next try %s: %s",
+            box.name,
+            pk,
+            attempts,
+            f"{retry_at:%Y-%m-%d %H:%M:%S}",
+            reason,
         )
+    elif isinstance(exc, DEFERRABLE):
+        log.warning("mailbox %s: triage of message %s deferred: %s", box.name, pk, reason)
+    else:
+        log.exception("mailbox %s: triage of message %s failed", box.name, pk)
+    try:
+        with engine.begin() as conn:
+            triage_state.record_failure(
+                conn, pk, attempts=attempts, retry_at=retry_at, error=reason
+            )
+    except Exception:  # the store is gone too: the message stays as it was, tried next run
+        log.exception("mailbox %s: cannot record the triage failure of message %s", box.name, pk)
 
 
 def _triage_one(
@@ -339,8 +415,9 @@ def _acknowledge_if_due(
         follow_up_notes=box.promise.follow_up_notes,
         cutoff=_cutoff(conn, box.name),
         team=box.team_addresses(),
-        counts=_sent_counts(conn, box.name, recipient, now),
+        planned=_planned_mail(conn, box.name, recipient, now),
         limits=box.limits,
+        now=now,
     )
     if not decision.sends:
         if verdict.kind is Kind.CUSTOMER and not facts.is_history:
@@ -372,25 +449,15 @@ def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
 CUSTOMER_FACING = sorted(kind.value for kind in CUSTOMER_KINDS)
 
 
-def _sent_counts(
+def _planned_mail(
     conn: Connection, mailbox: str, recipient: str | None, now: datetime
-) -> acknowledge.SentCounts:
-    query = select(outbox.c.recipients, outbox.c.created_at).where(
-        and_(
-            outbox.c.mailbox == mailbox,
-            outbox.c.kind.in_(CUSTOMER_FACING),
-            outbox.c.created_at >= now - timedelta(days=1),
-        )
+) -> PlannedMail:
+    """Automatic customer mail (acknowledgements, notes, updates) the limits must count:
+    sent in the last day or planned for later, to `recipient` and from this mailbox."""
+    to_address, from_mailbox = outbox_store.automatic_mail_times(
+        conn, mailbox, recipient, CUSTOMER_FACING, since=now - timedelta(days=1)
     )
-    hour_ago = now - timedelta(hours=1)
-    to_hour = to_day = all_hour = 0
-    for recipients, created in conn.execute(query):
-        mine = recipient is not None and recipient in (recipients or [])
-        to_day += mine
-        if created >= hour_ago:
-            all_hour += 1
-            to_hour += mine
-    return acknowledge.SentCounts(to_hour, to_day, all_hour)
+    return PlannedMail(tuple(to_address), tuple(from_mailbox))
 
 
 def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: TriageResult) -> None:

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from keepword.config import LimitSettings
-from keepword.domain.acknowledge import SentCounts, decide, reply_address
+from keepword.domain.acknowledge import MAX_DEFERRAL, decide, reply_address
+from keepword.domain.limits import PlannedMail
 from keepword.domain.model import Address, Kind, MessageFacts, OutboxKind
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -33,8 +34,9 @@ def run(msg: MessageFacts, kind: Kind = Kind.CUSTOMER, **kw: object) -> OutboxKi
         "follow_up_notes": False,
         "cutoff": NOW - timedelta(hours=1),
         "team": TEAM,
-        "counts": SentCounts(),
+        "planned": PlannedMail(),
         "limits": LIMITS,
+        "now": NOW,
     }
     args.update(kw)
     return decide(msg, kind, **args).send  # type: ignore[arg-type]
@@ -74,15 +76,27 @@ def test_history_case_gets_its_one_acknowledgement_on_first_new_mail() -> None:
     assert run(facts(), new_case=False, acknowledged=False) is OutboxKind.ACKNOWLEDGEMENT
 
 
+def minutes_ago(*minutes: int) -> tuple[datetime, ...]:
+    return tuple(NOW - timedelta(minutes=m) for m in minutes)
+
+
 @pytest.mark.parametrize(
-    "counts",
+    ("planned", "until"),
     [
-        SentCounts(to_recipient_last_hour=3),
-        SentCounts(to_recipient_last_day=10),
-        SentCounts(all_last_hour=200),
+        # 3 to this address in the last hour: the 4th waits until the oldest is an hour old
+        (PlannedMail(to_address=minutes_ago(50, 20, 5)), NOW + timedelta(minutes=10)),
+        # 10 in the last day
+        (
+            PlannedMail(to_address=minutes_ago(23 * 60, *range(20 * 60, 11 * 60, -60))),
+            NOW + timedelta(hours=1),
+        ),
+        # 200 from this mailbox in the last hour (200 forged senders)
+        (PlannedMail(from_mailbox=minutes_ago(*[30] * 200)), NOW + timedelta(minutes=30)),
     ],
 )
-def test_rate_limits_stop_floods_even_for_customers(counts: SentCounts) -> None:
+def test_rate_limits_defer_the_acknowledgement_never_drop_it(
+    planned: PlannedMail, until: datetime
+) -> None:
     result = decide(
         facts(),
         Kind.CUSTOMER,
@@ -92,7 +106,49 @@ def test_rate_limits_stop_floods_even_for_customers(counts: SentCounts) -> None:
         follow_up_notes=False,
         cutoff=None,
         team=TEAM,
-        counts=counts,
+        planned=planned,
         limits=LIMITS,
+        now=NOW,
     )
-    assert result.send is None and result.reason.startswith("rate limit")
+    assert result.send is OutboxKind.ACKNOWLEDGEMENT
+    assert result.slot is not None and result.slot.at == until
+    assert result.held is not None and result.held.startswith("rate limit")
+
+
+def test_within_the_limits_it_goes_out_now() -> None:
+    result = decide(
+        facts(),
+        Kind.CUSTOMER,
+        new_case=True,
+        acknowledged=False,
+        note_sent_today=False,
+        follow_up_notes=False,
+        cutoff=None,
+        team=TEAM,
+        planned=PlannedMail(to_address=minutes_ago(90, 80), from_mailbox=minutes_ago(1)),
+        limits=LIMITS,
+        now=NOW,
+    )
+    assert result.slot is not None and result.slot.at == NOW and result.held is None
+
+
+def test_an_address_with_a_day_of_mail_queued_is_a_flood_and_recorded_as_such() -> None:
+    # 20 planned over the coming day (a robot answering every acknowledgement): one more
+    # would wait beyond MAX_DEFERRAL, so it is not queued - with the reason, not silently.
+    planned = PlannedMail(to_address=tuple(NOW + timedelta(hours=h) for h in range(0, 24, 1))[:20])
+    result = decide(
+        facts(),
+        Kind.CUSTOMER,
+        new_case=True,
+        acknowledged=False,
+        note_sent_today=False,
+        follow_up_notes=False,
+        cutoff=None,
+        team=TEAM,
+        planned=planned,
+        limits=LIMITS,
+        now=NOW,
+    )
+    assert result.send is None
+    assert "writes like a robot" in result.reason and "rate limit" in result.reason
+    assert timedelta(days=1) == MAX_DEFERRAL

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from keepword.domain.model import Address, Kind, MessageFacts, Origin
 from keepword.domain.threading import (
+    MAX_SUBJECT_KEY_CHARS,
     Candidates,
     CaseCandidate,
     ThreadRule,
@@ -146,6 +147,24 @@ _PREFIXES = ["Re: ", "RE: ", "Fwd: ", "AW: ", "SV: ", "Re[2]: ", "[list] ", "TR:
 def test_subject_key_is_idempotent(subject: str) -> None:
     key = subject_key(subject)
     assert subject_key(key) == key
+
+
+@given(st.text(min_size=150, max_size=600))
+def test_long_subject_keys_are_bounded_and_idempotent(subject: str) -> None:
+    key = subject_key(subject)
+    assert len(key) <= MAX_SUBJECT_KEY_CHARS
+    assert subject_key(key) == key
+
+
+def test_a_3kb_subject_keeps_a_key_that_fits_any_index() -> None:
+    # Stored with mailbox and customer in ix_case_customer_subject: PostgreSQL refuses
+    # index rows above ~2,700 bytes, so the key stays well below in UTF-8 bytes too.
+    subject = "Re: " + "Rechnung für Bestellung Nr. 4711 – Überweisung ✓ " * 60
+    key = subject_key(subject)
+    assert len(key) == MAX_SUBJECT_KEY_CHARS
+    assert len(key.encode()) <= 4 * MAX_SUBJECT_KEY_CHARS <= 800
+    # a reply to it, with more prefixes and a tag, still finds the same key
+    assert subject_key(f"AW: Re: {subject} [KW-7]") == key
 
 
 @given(

@@ -23,6 +23,7 @@ from keepword.domain.windows import (
     response_window,
     round_up_minutes,
     usual_backlog,
+    writes_like_a_robot,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -359,3 +360,71 @@ def test_humanize_far_windows_with_the_date() -> None:
     window = window_for(history([12 * 480.0] * 30))
     assert humanize(window, CAL) == "by Wednesday 9 December 10:00"
     assert humanize(window, CAL, "de") == "bis Mittwoch, 9. Dezember 10:00"
+
+
+# -- ties: every ordering of cases is total ------------------------------------------------
+
+
+def test_two_cases_opened_the_same_second_one_answered_do_not_break_the_window() -> None:
+    # Two mails without a Date in one poll open two cases at the same instant; one is
+    # answered. Plain tuple order then compared a datetime with None (TypeError).
+    opened = NOW - timedelta(days=1)
+    cases: list[Case] = [(opened, None), (opened, opened + timedelta(hours=1))]
+    window = measured_window(cases * 11, NOW, CAL, SETTINGS)
+    assert window.minutes > 0
+
+
+_INSTANTS = st.integers(min_value=0, max_value=40).map(
+    lambda h: NOW - timedelta(days=10) + timedelta(hours=h * 6)
+)
+
+
+@given(
+    st.lists(
+        st.tuples(_INSTANTS, st.one_of(st.none(), st.integers(min_value=0, max_value=4000))),
+        max_size=40,
+    ),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_any_history_with_ties_and_unanswered_cases_gives_one_window(
+    raw: list[tuple[datetime, int | None]], seed: int
+) -> None:
+    """Few distinct instants (so many ties), answered or not: never an exception, and the
+    window does not depend on the order the store returned the cases in."""
+    cases: list[Case] = [(o, None if m is None else o + timedelta(minutes=m)) for o, m in raw]
+    settings = PromiseSettings(quantile=0.9, min_history_cases=3)
+    window = measured_window(cases, NOW, CAL, settings)
+    shuffled = list(cases)
+    random.Random(seed).shuffle(shuffled)
+    again = measured_window(shuffled, NOW, CAL, settings)
+    assert (again.minutes, again.due_at, again.is_default) == (
+        window.minutes,
+        window.due_at,
+        window.is_default,
+    )
+
+
+# -- robots: cases that are no backlog -------------------------------------------------------
+
+
+def test_an_address_opening_a_days_limit_of_cases_writes_like_a_robot() -> None:
+    start = NOW - timedelta(days=3)
+    robot = [("tickets@vendor.example", start + timedelta(hours=2 * i)) for i in range(10)]
+    person = [("ann@example.org", start + timedelta(hours=5 * i)) for i in range(10)]
+    assert writes_like_a_robot(robot + person, 10) == {"tickets@vendor.example"}
+    # nine in a day is still a busy person
+    assert writes_like_a_robot(robot[:9], 10) == frozenset()
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    st.integers(min_value=1, max_value=12),
+)
+def test_robot_rule_is_a_sliding_day(minutes: list[int], per_day: int) -> None:
+    times = [NOW + timedelta(minutes=m) for m in minutes]
+    expected = any(
+        sum(1 for t in times if start <= t < start + timedelta(days=1)) >= per_day
+        for start in times
+    )
+    found = writes_like_a_robot([("x@example.org", t) for t in times], per_day)
+    assert (found == {"x@example.org"}) == expected

@@ -1,31 +1,37 @@
 """When to acknowledge: once per case, to a person, never to a robot (RFC 3834).
 
-The decision is pure: the shell counts what was already sent and passes the numbers in.
-Rate limits hold even if classification failed, so a loop with another robot dies quickly.
+The decision is pure: the shell passes the planned send times of the automatic mail
+already queued (domain.limits). Rate limits hold even if classification failed, so a
+loop with another robot dies quickly; they defer an acknowledgement, never drop it,
+unless the address already has more than a day of automatic mail queued (a flood).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from keepword.config import LimitSettings
+from keepword.domain.limits import PlannedMail, Slot, next_slot
 from keepword.domain.model import Kind, MessageFacts, OutboxKind
 
-
-@dataclass(frozen=True, slots=True)
-class SentCounts:
-    """Automatic mails already queued: to this recipient, and from this mailbox overall."""
-
-    to_recipient_last_hour: int = 0
-    to_recipient_last_day: int = 0
-    all_last_hour: int = 0
+# How far the per-address limits may push one more mail. Beyond it the address already
+# has a day of automatic mail queued: no person writes like that (a flood, a robot that
+# answers every mail), and queueing more would only grow the queue without end.
+MAX_DEFERRAL = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     send: OutboxKind | None
     reason: str
+    # When it may go out: now, or later when a rate limit holds it back (see `held`).
+    slot: Slot | None = None
+
+    @property
+    def held(self) -> str | None:
+        """Why the mail waits for its slot (None: it goes out now)."""
+        return self.slot.reason if self.slot is not None else None
 
     @property
     def sends(self) -> bool:
@@ -49,10 +55,12 @@ def decide(
     follow_up_notes: bool,
     cutoff: datetime | None,
     team: frozenset[str],
-    counts: SentCounts,
+    planned: PlannedMail,
     limits: LimitSettings,
+    now: datetime,
 ) -> Decision:
-    """Decide whether this message earns an acknowledgement, a short note, or nothing."""
+    """Decide whether this message earns an acknowledgement, a short note, or nothing,
+    and when it may go out (`planned`: automatic mail already queued or sent)."""
     if kind is not Kind.CUSTOMER:
         return Decision(None, f"not from a customer ({kind.value})")
     if facts.is_history:
@@ -70,13 +78,13 @@ def decide(
     wanted = _wanted(new_case, acknowledged, note_sent_today, follow_up_notes)
     if wanted is None:
         return Decision(None, "already acknowledged: no second canned text in a case")
-    limit = _rate_limited(counts, limits)
-    if limit:
-        return Decision(None, limit)
+    flood = _flooded(planned, limits, now)
+    if flood:
+        return Decision(None, flood)
     why = (
         "new case" if wanted is OutboxKind.ACKNOWLEDGEMENT else "follow-up in an acknowledged case"
     )
-    return Decision(wanted, why)
+    return Decision(wanted, why, _slot(planned, limits, now))
 
 
 def _wanted(
@@ -93,13 +101,18 @@ def _wanted(
     return None
 
 
-def _rate_limited(counts: SentCounts, limits: LimitSettings) -> str | None:
-    if counts.to_recipient_last_hour >= limits.per_sender_per_hour:
-        return f"rate limit: {counts.to_recipient_last_hour} mails to this address in the last hour"
-    if counts.to_recipient_last_day >= limits.per_sender_per_day:
-        return f"rate limit: {counts.to_recipient_last_day} mails to this address in the last day"
-    if counts.all_last_hour >= limits.global_per_hour:
-        return (
-            f"rate limit: {counts.all_last_hour} automatic mails from this mailbox in the last hour"
-        )
-    return None
+def _slot(planned: PlannedMail, limits: LimitSettings, now: datetime) -> Slot:
+    return next_slot(
+        now, to_address=planned.to_address, from_mailbox=planned.from_mailbox, limits=limits
+    )
+
+
+def _flooded(planned: PlannedMail, limits: LimitSettings, now: datetime) -> str | None:
+    """Why not even a deferred mail: the address's own limits push it past MAX_DEFERRAL."""
+    own = next_slot(now, to_address=planned.to_address, from_mailbox=(), limits=limits)
+    if own.at - now <= MAX_DEFERRAL:
+        return None
+    return (
+        f"{own.reason}, and mail to this address is already planned until "
+        f"{own.at:%Y-%m-%d %H:%M} UTC: it writes like a robot"
+    )

@@ -38,6 +38,7 @@ class EventKind(StrEnum):
     ESCALATION = "escalation"
     DELIVERY_FAILED = "delivery_failed"
     NOT_ACKNOWLEDGED = "not_acknowledged"
+    DEFERRED = "deferred"  # an automatic mail waits for a rate limit: sent at its slot
 
 
 @dataclass(frozen=True, slots=True)

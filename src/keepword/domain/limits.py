@@ -33,6 +33,14 @@ class Slot:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedMail:
+    """Planned send times of automatic mail already queued or sent (see `next_slot`)."""
+
+    to_address: tuple[datetime, ...] = ()
+    from_mailbox: tuple[datetime, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class _Limit:
     times: list[datetime]  # sorted
     window: timedelta

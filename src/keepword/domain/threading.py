@@ -90,17 +90,39 @@ _NO_SUBJECT = frozenset(
 )
 
 
+# The longest subject key kept. It is stored and indexed with the mailbox and customer
+# (ix_case_customer_subject): 200 characters are at most 800 bytes of UTF-8, so the
+# index row stays far below PostgreSQL's btree limit (~2,700 bytes) whatever the
+# subject. Cut here, where keys are made, so storing and looking up always agree.
+MAX_SUBJECT_KEY_CHARS = 200
+
+
 def subject_key(subject: str) -> str:
     """The subject with reply/forward prefixes, tags and case removed; "" if nothing is left.
 
     Applied until nothing changes, so it is idempotent and `Re: Fwd: AW: x` == `x`.
+    At most MAX_SUBJECT_KEY_CHARS: two subjects alike in their first 200 characters
+    (after the prefixes) are one subject.
     """
     key = subject
     while True:
         step = _normalize_once(key)
         if step == key:
-            return key
+            return _bounded(key)
         key = step
+
+
+def _bounded(key: str) -> str:
+    if len(key) <= MAX_SUBJECT_KEY_CHARS:
+        return key
+    # Cutting may end on a space, or on a character that normalizes differently alone.
+    cut = key[:MAX_SUBJECT_KEY_CHARS].rstrip()
+    for _ in range(8):  # settles at once in practice; bounded so it can never hang
+        again = _normalize_once(cut)[:MAX_SUBJECT_KEY_CHARS].rstrip()
+        if again == cut:
+            break
+        cut = again
+    return cut
 
 
 def _normalize_once(text: str) -> str:

@@ -45,6 +45,15 @@ from keepword.domain.calendar import BusinessCalendar
 Case = tuple[datetime, datetime | None]
 """(opened_at, first_response_at or None while unanswered)"""
 
+
+def arrival_order(item: Case) -> tuple[datetime, bool, datetime]:
+    """A total order of cases: by arrival; among cases opened the same instant, answered
+    before unanswered, then by response. (Plain tuple order compares a datetime with None
+    when two cases open in the same second, and raises.)"""
+    opened_at, responded_at = item
+    return (opened_at, responded_at is None, responded_at or opened_at)
+
+
 BUSINESS_DAY_MINUTES = 8 * 60
 """The day `round_up_minutes` and `humanize` think in (a typical office day)."""
 
@@ -137,6 +146,32 @@ def round_up_minutes(minutes: float) -> int:
             break
     # The tiny tolerance keeps 60.0000000001 (float noise) from becoming 90.
     return max(15, unit * math.ceil(minutes / unit - 1e-9))
+
+
+def writes_like_a_robot(
+    openings: Iterable[tuple[str, datetime]], cases_per_day: int
+) -> frozenset[str]:
+    """Addresses that opened `cases_per_day` or more cases within some 24 hours.
+
+    The rule that keeps robots out of the measured window: a ticket system that answers
+    every mail under a new subject, a notification sender or a flood opens a case per
+    mail, nobody answers them, and counted as backlog they push every real customer's
+    promise out by days. No person opens as many cases in a day as keepword sends one
+    address automatic mails in a day (LimitSettings.per_sender_per_day): that is the
+    threshold. Their cases say nothing about the team's pace and are no queue a person
+    waits in.
+    """
+    by_address: dict[str, list[datetime]] = {}
+    for address, opened_at in openings:
+        by_address.setdefault(address, []).append(opened_at)
+    day = timedelta(days=1)
+    robots = set()
+    for address, times in by_address.items():
+        times.sort()
+        span = cases_per_day - 1
+        if any(times[i + span] - times[i] < day for i in range(len(times) - span)):
+            robots.add(address)
+    return frozenset(robots)
 
 
 def first_response_samples(
@@ -296,7 +331,10 @@ def load_matched_samples(
     Long-open unanswered cases count with their age, as in `first_response_samples`.
     """
     since = now - timedelta(days=settings.history_days)
-    known = sorted((o, r if r is not None and r <= now else None) for o, r in cases if o <= now)
+    known = sorted(
+        ((o, r if r is not None and r <= now else None) for o, r in cases if o <= now),
+        key=arrival_order,
+    )
     backlogs = backlog_history(known, now, settings.history_days)
     recent = [c for c in known if c[0] >= since]
     answered = [calendar.minutes_between(o, r) for o, r in recent if r is not None]

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
+from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
 from keepword.store.tables import case, case_correspondent, case_event, message
 
@@ -67,7 +68,7 @@ def list_cases(
     owner: str | None = None,
     limit: int = 500,
 ) -> list[CaseState]:
-    query = select(case).order_by(case.c.opened_at.desc()).limit(limit)
+    query = select(case).order_by(case.c.opened_at.desc(), case.c.id.desc()).limit(limit)
     if mailbox:
         query = query.where(case.c.mailbox == mailbox)
     if statuses:
@@ -217,7 +218,7 @@ def cases_by_correspondent_subject(
                 case_correspondent.c.address == address.lower(),
             )
         )
-        .order_by(case.c.updated_at.desc())
+        .order_by(case.c.updated_at.desc(), case.c.id.desc())
     )
     return list(dict.fromkeys(conn.execute(query).scalars()))
 
@@ -232,26 +233,40 @@ def timeline(conn: Connection, case_id: int) -> list[Row[Any]]:
 
 
 def first_response_history(
-    conn: Connection, mailbox: str, since: datetime, *, exclude_case: int | None = None
+    conn: Connection,
+    mailbox: str,
+    since: datetime,
+    *,
+    exclude_case: int | None = None,
+    robot_cases_per_day: int | None = None,
 ) -> list[tuple[datetime, datetime | None]]:
     """(opened_at, first_response_at) of the mailbox's customer cases opened since `since`.
 
-    Left out: cases closed without a reply (spam, thank-you notes: nothing was owed), and
+    Left out: cases closed without a reply (spam, thank-you notes: nothing was owed),
     history cases that were never answered (imported mail may have been answered elsewhere;
-    counting them as endless waits would inflate every promise).
+    counting them as endless waits would inflate every promise), and, with
+    `robot_cases_per_day`, every case of an address that opened that many cases within
+    24 hours (domain.windows.writes_like_a_robot: no backlog a person waits in).
     """
     unanswered = case.c.first_response_at.is_(None)
-    query = select(case.c.opened_at, case.c.first_response_at).where(
+    customer_cases = and_(
+        case.c.mailbox == mailbox, case.c.opened_at >= since, case.c.customer.is_not(None)
+    )
+    query = select(case.c.customer, case.c.opened_at, case.c.first_response_at).where(
         and_(
-            case.c.mailbox == mailbox,
-            case.c.opened_at >= since,
-            case.c.customer.is_not(None),
+            customer_cases,
             ~and_(unanswered, case.c.status == CaseStatus.CLOSED.value),
             ~and_(unanswered, case.c.is_history.is_(True)),
             case.c.id != (exclude_case if exclude_case is not None else -1),
         )
     )
-    return [(o, f) for o, f in conn.execute(query)]
+    robots: frozenset[str] = frozenset()
+    if robot_cases_per_day is not None:
+        openings = select(case.c.customer, case.c.opened_at).where(customer_cases)
+        robots = writes_like_a_robot(
+            ((who, at) for who, at in conn.execute(openings)), robot_cases_per_day
+        )
+    return [(o, f) for who, o, f in conn.execute(query) if who not in robots]
 
 
 def unanswered_backlog(conn: Connection, mailbox: str, since: datetime) -> int:

@@ -87,11 +87,12 @@ def enqueue(
     now: datetime,
     *,
     message_id: str | None = None,
+    not_before: datetime | None = None,
 ) -> bool:
     """Record a mail to send; False when this decision was already recorded.
 
     `message_id` defaults to the Message-ID header of `raw` (compose puts the
-    deterministic one there).
+    deterministic one there). `not_before`: a rate limit holds it back until then.
     """
     if exists(conn, dedup_key):
         return False
@@ -107,7 +108,7 @@ def enqueue(
             raw=raw,
             state=OutboxState.PENDING.value,
             attempts=0,
-            next_attempt_at=now,
+            next_attempt_at=not_before or now,
             created_at=now,
             sent_copy="pending",
         )
