@@ -15,8 +15,10 @@ mailbox, at `chase.digest_time` local time, the digest goes to the team and the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select
@@ -33,14 +35,24 @@ from keepword.domain.chase import (
     CustomerUpdate,
     Escalation,
     Reminder,
+    held_back_note,
     plan,
     update_lead_minutes,
+    update_refusal,
 )
-from keepword.domain.model import CaseStatus, OutboxKind, PromiseState
+from keepword.domain.limits import DAY, Slot, next_slot
+from keepword.domain.model import (
+    CaseStatus,
+    OutboxKind,
+    PromiseAudience,
+    PromiseKind,
+    PromiseState,
+)
 from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
-from keepword.mail.compose import customer_mail, team_mail
+from keepword.isolation import each_isolated, isolated
+from keepword.mail.compose import CUSTOMER_KINDS, customer_mail, team_mail
 from keepword.mail.render import (
     CustomerUpdateContext,
     DigestCase,
@@ -113,30 +125,30 @@ def chase_mailbox(
     *,
     renderer: Renderer,
 ) -> ChaseResult:
-    """One chase step for one mailbox at `now` (blocking; idempotent at a given `now`)."""
+    """One chase step for one mailbox at `now` (blocking; idempotent at a given `now`).
+
+    Every case, and the digest, is isolated (`keepword.isolation`): a failure is logged,
+    counted in `failed` and tried again next step; it never stops the others.
+    """
     desk = _Desk(settings, box, calendar_for(settings, box), renderer, now)
     result = ChaseResult()
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
-    for case_id in case_ids:
-        done = ChaseResult()  # counted only once its transaction commits
-        try:
-            with engine.begin() as conn:
-                _chase_case(conn, desk, case_id, done)
-        except StaleCaseError:  # `keepword close/assign` meanwhile: plan again next step
-            log.info("mailbox %s: case %d changed while chased; next step", box.name, case_id)
-            continue
-        except Exception:  # one broken case (a bad template, bad data) must not stop the rest
-            log.exception(
-                "mailbox %s: chasing case %d failed; retried next step", box.name, case_id
-            )
-            result.failed += 1
-            continue
+    outcome = each_isolated(
+        case_ids,
+        partial(_chase_case, engine, desk),
+        what=lambda case_id: f"mailbox {box.name}: chasing case {case_id}",
+        log=log,
+    )
+    for _, done in outcome.done:
         result.add(done)
-        result.cases += 1
+    result.failed += len(outcome.failed)
     if box.chase.digest:
-        with engine.begin() as conn:
-            result.digests += _digest(conn, desk)
+        digest = isolated(
+            partial(_digest_step, engine, desk), what=f"mailbox {box.name}: digest", log=log
+        )
+        result.digests += digest.value or 0
+        result.failed += int(digest.failed)
     if result.queued or result.breaches or result.withdrawn:
         log.info(
             "mailbox %s: chase queued %d reminder(s), %d escalation(s), %d update(s), "
@@ -169,31 +181,70 @@ def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
 
 # -- one case ----------------------------------------------------------------------------
 
-
-def _chase_case(conn: Connection, desk: _Desk, case_id: int, result: ChaseResult) -> None:
-    """Plan and record one case's actions; refused (StaleCaseError) if the case changed
-    meanwhile, so no mail goes out on a decision about a case that is no longer so."""
-    state = case_store.load_case(conn, case_id)
-    _plan_case(conn, desk, state, result)
-    if result.changed:
-        case_store.confirm_unchanged(conn, state)
+# One write of the chase about one case: applied in its own transaction.
+_Step = Callable[[Connection, ChaseResult], None]
 
 
-def _plan_case(conn: Connection, desk: _Desk, state: cases.CaseState, result: ChaseResult) -> None:
-    assert state.id is not None
-    case_id = state.id
-    open_now = promise_store.open_promises(conn, case_id)
+def _chase_case(engine: Engine, desk: _Desk, case_id: int) -> ChaseResult:
+    """Plan one case, then apply each step (a breach, a mail, a settled promise) in its
+    own transaction, isolated from the others: a broken template for the update never
+    keeps the breach from being recorded or the lead from being told.
+
+    Each step is refused (StaleCaseError, skipped) if the case changed since it was
+    read, so no mail goes out on a decision about a case that is no longer so. The case
+    counts in `cases` only when every step went through.
+    """
+    with engine.connect() as conn:
+        state = case_store.load_case(conn, case_id)
+        open_now = promise_store.open_promises(conn, case_id)
+    steps: list[_Step]
     if state.status in PAUSED_STATUSES:
-        _settle_paused(conn, desk, state, open_now, result)
-        return
-    done = _done_keys(conn, case_id)
-    window = _update_window(conn, desk, open_now)
+        steps = [partial(_settle_paused, desk, state, value) for value in open_now]
+    else:
+        steps = _plan_case(engine, desk, state, open_now)
+    result = ChaseResult()
+    outcome = each_isolated(
+        steps,
+        partial(_apply_step, engine, state),
+        what=lambda _: f"mailbox {desk.box.name}: case {state.reference}",
+        log=log,
+        expected=(StaleCaseError,),
+    )
+    for _, done in outcome.done:
+        result.add(done)
+    result.failed += len(outcome.failed)
+    result.cases += int(not outcome.failed and not outcome.skipped)
+    return result
+
+
+def _apply_step(engine: Engine, state: cases.CaseState, step: _Step) -> ChaseResult:
+    done = ChaseResult()  # counted only once its transaction commits
+    with engine.begin() as conn:
+        step(conn, done)
+        if done.changed:
+            case_store.confirm_unchanged(conn, state)
+    return done
+
+
+def _plan_case(
+    engine: Engine, desk: _Desk, state: cases.CaseState, open_now: list[Promise]
+) -> list[_Step]:
+    assert state.id is not None
+    with engine.connect() as conn:
+        done = _done_keys(conn, state.id)
+        window = _update_window(conn, desk, open_now)
+        refusal = _update_refusal(conn, desk, state) if window is not None else None
+    if refusal is not None:
+        # No update to a robot: its promise becomes the team's own target (same due
+        # time), so reminders and escalations go on; the customer hears nothing more.
+        _apply_step(engine, state, partial(_no_updates_to, desk, state, open_now, refusal))
+        with engine.connect() as conn:
+            open_now = promise_store.open_promises(conn, state.id)
+        window = None
     snapshot = CaseSnapshot.of(state, open_now, team=_team(desk.box), lead=desk.box.lead)
     by_id = {p.id: p for p in open_now}
-    for action in plan(
-        snapshot, desk.now, desk.calendar, desk.box.chase, done=done, new_window=window
-    ):
-        _apply(conn, desk, state, by_id, action, result)
+    actions = plan(snapshot, desk.now, desk.calendar, desk.box.chase, done=done, new_window=window)
+    return [partial(_apply, desk, state, by_id, action) for action in actions]
 
 
 def _team(box: MailboxSettings) -> tuple[str, ...]:
@@ -237,11 +288,11 @@ def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Wi
 
 
 def _apply(
-    conn: Connection,
     desk: _Desk,
     state: cases.CaseState,
     by_id: dict[int | None, Promise],
     action: ChaseAction,
+    conn: Connection,
     result: ChaseResult,
 ) -> None:
     if isinstance(action, BreachRecord):
@@ -273,35 +324,75 @@ def _announced(conn: Connection, value: Promise) -> bool:
 def _record_breach(
     conn: Connection, desk: _Desk, state: cases.CaseState, value: Promise, result: ChaseResult
 ) -> None:
-    assert state.id is not None
+    assert state.id is not None and value.id is not None
     announced = _announced(conn, value)
-    broken = break_if_due(value, desk.now, announced=announced)
+    held = not announced and promise_store.update_held_back(conn, state.id, value.id)
+    broken = break_if_due(value, desk.now, announced=announced, held=held)
     if broken.is_open:
         return
     promise_store.update_state(conn, broken)
     _event(conn, state.id, cases.EventKind.PROMISE_BROKEN, desk.now, broken.reason)
     result.breaches += 1
-    if broken.to_customer and not announced:
+    if broken.to_customer and not announced and not held:
         result.silent_breaches += 1
         log.warning("case %s: %s", state.reference, broken.reason)
 
 
 def _settle_paused(
-    conn: Connection,
-    desk: _Desk,
-    state: cases.CaseState,
-    open_now: list[Promise],
-    result: ChaseResult,
+    desk: _Desk, state: cases.CaseState, value: Promise, conn: Connection, result: ChaseResult
 ) -> None:
     """A closed case or one waiting on the customer owes nothing more; a breach stays one."""
     assert state.id is not None
+    if desk.now > value.due_at:
+        _record_breach(conn, desk, state, value, result)
+        return
     why = f"case {state.status.value.replace('_', ' ')}: nothing is owed any more"
+    promise_store.update_state(conn, withdraw(value, desk.now, why))
+    _event(conn, state.id, cases.EventKind.PROMISE_WITHDRAWN, desk.now, why)
+    result.withdrawn += 1
+
+
+# -- robots and other keepwords -----------------------------------------------------------
+
+
+def _update_refusal(conn: Connection, desk: _Desk, state: cases.CaseState) -> str | None:
+    """Why no update may go to this case's customer (a robot, another keepword), if so."""
+    if not state.customer:
+        return None
+    own = frozenset(b.address for b in desk.settings.mailbox) | {desk.box.address}
+    mail = promise_store.automated_mail_from(conn, desk.box.name, state.customer)
+    return update_refusal(state.customer, mail, own)
+
+
+def _no_updates_to(
+    desk: _Desk,
+    state: cases.CaseState,
+    open_now: list[Promise],
+    refusal: str,
+    conn: Connection,
+    result: ChaseResult,
+) -> None:
+    """Withdraw the customer promises not yet due, each replaced by a team target.
+
+    A promise already past due stays what it is: the plan records its breach.
+    """
+    assert state.id is not None
+    why = f"no customer update: {refusal}"
     for value in open_now:
-        if desk.now > value.due_at:
-            _record_breach(conn, desk, state, value, result)
+        if not value.to_customer or desk.now > value.due_at:
             continue
         promise_store.update_state(conn, withdraw(value, desk.now, why))
         _event(conn, state.id, cases.EventKind.PROMISE_WITHDRAWN, desk.now, why)
+        target = replace(
+            value,
+            id=None,
+            kind=PromiseKind.NEXT_RESPONSE,
+            audience=PromiseAudience.TEAM,
+            made_at=desk.now,
+            reason=f"internal target in place of promise {value.id} ({refusal})",
+        )
+        promise_store.insert_promise(conn, target)
+        _event(conn, state.id, cases.EventKind.PROMISE_MADE, desk.now, target.reason)
         result.withdrawn += 1
 
 
@@ -352,6 +443,36 @@ def _what_is_happening(state: cases.CaseState) -> str:
     return f"your case is waiting for the next free person on our team, {lead}"
 
 
+def _update_slot(conn: Connection, desk: _Desk, customer: str) -> Slot:
+    """When the update may go out: every automatic mail to the address counts (one
+    per-address limit for acknowledgements, notes and updates), and the mailbox's."""
+    to_address, from_mailbox = outbox_store.automatic_mail_times(
+        conn, desk.box.name, customer, [k.value for k in CUSTOMER_KINDS], since=desk.now - DAY
+    )
+    return next_slot(
+        desk.now, to_address=to_address, from_mailbox=from_mailbox, limits=desk.box.limits
+    )
+
+
+def _hold_back(
+    conn: Connection, desk: _Desk, state: cases.CaseState, old: Promise, slot: Slot
+) -> None:
+    """The limit has no slot before the due time: no update, said once on the timeline.
+
+    The breach, when it comes, is recorded as broken (held back, not silent) and the
+    late update is planned for the limit's slot then.
+    """
+    assert state.id is not None and old.id is not None
+    if promise_store.update_held_back(conn, state.id, old.id):
+        return
+    detail = (
+        f"{held_back_note(old.id)}: {slot.reason}; next slot {slot.at:%Y-%m-%d %H:%M} UTC "
+        f"is after due {old.due_at:%Y-%m-%d %H:%M} UTC, so the promise will break"
+    )
+    _event(conn, state.id, cases.EventKind.CUSTOMER_UPDATE, desk.now, detail)
+    log.warning("case %s: %s", state.reference, detail)
+
+
 def _send_update(
     conn: Connection,
     desk: _Desk,
@@ -364,6 +485,14 @@ def _send_update(
     if not state.customer:
         log.warning("case %s: no customer address for an update", state.reference)
         return
+    slot = _update_slot(conn, desk, state.customer)
+    if slot.deferred and not action.late and slot.at >= old.due_at:
+        _hold_back(conn, desk, state, old, slot)
+        return
+    # The promise the update makes runs from when it goes out, not from this decision.
+    sent_at = slot.at
+    new_due = max(action.new_due_at, desk.calendar.add(sent_at, action.window.minutes))
+    action = replace(action, new_due_at=new_due)
     last = _last_customer_message(conn, state.id)
     zone = desk.calendar.zone
     context = CustomerUpdateContext(
@@ -371,10 +500,10 @@ def _send_update(
         customer_name=state.customer_name or (last.name if last else ""),
         subject=state.subject,
         promised_local=old.due_at.astimezone(zone),
-        due_local=action.new_due_at.astimezone(zone),
-        due_customer=customer_due(action.new_due_at, zone, last.offset_minutes if last else None),
+        due_local=new_due.astimezone(zone),
+        due_customer=customer_due(new_due, zone, last.offset_minutes if last else None),
         window_text=window_duration_text(
-            desk.calendar.minutes_between(desk.now, action.new_due_at), desk.box.language
+            desk.calendar.minutes_between(sent_at, new_due), desk.box.language
         ),
         is_default=action.window.is_default,
         what_is_happening=_what_is_happening(state),
@@ -391,21 +520,26 @@ def _send_update(
         to=state.customer,
         original_subject=state.subject,
         reference=state.reference,
-        now=desk.now,
+        now=sent_at,
         in_reply_to=in_reply_to,
         references=references,
     )
     body = desk.renderer.render("customer_update", desk.box.language, context)
-    if not enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
+    not_before = slot.at if slot.deferred else None
+    if not enqueue_mail(
+        conn, mail, body, mailbox=desk.box.name, case_id=state.id, not_before=not_before
+    ):
         return
     result.updates += 1
-    new = action.new_promise(desk.now)
+    new = action.new_promise(sent_at)
     new_id = promise_store.insert_promise(conn, new)
-    told = f"told {state.customer} a reply is due by {action.new_due_at:%Y-%m-%d %H:%M} UTC"
+    told = f"told {state.customer} a reply is due by {new_due:%Y-%m-%d %H:%M} UTC"
+    if slot.deferred:
+        told += f" (held by the rate limit until {sent_at:%Y-%m-%d %H:%M} UTC: {slot.reason})"
     _event(conn, state.id, cases.EventKind.CUSTOMER_UPDATE, desk.now, f"{action.reason}: {told}")
     _event(conn, state.id, cases.EventKind.PROMISE_MADE, desk.now, new.reason)
-    if not action.late and desk.now < old.due_at:
-        superseded = supersede(old, new_id, desk.now)
+    if not action.late and sent_at < old.due_at:
+        superseded = supersede(old, new_id, sent_at)
         promise_store.update_state(conn, superseded)
         _event(conn, state.id, cases.EventKind.PROMISE_SUPERSEDED, desk.now, superseded.reason)
 
@@ -481,6 +615,11 @@ def digest_key(mailbox: str, day: object) -> str:
     return f"digest:{mailbox}:{day}"
 
 
+def _digest_step(engine: Engine, desk: _Desk) -> int:
+    with engine.begin() as conn:
+        return _digest(conn, desk)
+
+
 def _digest(conn: Connection, desk: _Desk) -> int:
     """The day's digest once the local digest time has passed (at most one a day).
 
@@ -508,7 +647,7 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
     today = now.astimezone(zone).date()
     open_cases = case_store.list_cases(conn, mailbox=box.name, statuses=list(AWAITING_TEAM))
     due = promise_store.next_due_by_case(conn, [c.id for c in open_cases if c.id is not None])
-    entries: list[tuple[datetime | None, datetime, DigestCase]] = []
+    entries: list[tuple[datetime | None, datetime, int, DigestCase]] = []
     for c in open_cases:
         if c.is_history:
             continue
@@ -520,12 +659,13 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
             owner=c.owner,
             due_local=at.astimezone(zone) if at else None,
         )
-        entries.append((at, c.opened_at, entry))
+        entries.append((at, c.opened_at, c.id or 0, entry))
     far = datetime.max.replace(tzinfo=now.tzinfo)
-    entries.sort(key=lambda e: (e[0] or far, e[1]))
-    overdue = [e[2] for e in entries if e[0] is not None and e[0] < now]
+    # Total: cases due and opened in the same second are listed by case number.
+    entries.sort(key=lambda e: (e[0] or far, e[1], e[2]))
+    overdue = [e[3] for e in entries if e[0] is not None and e[0] < now]
     due_today = [
-        e[2]
+        e[3]
         for e in entries
         if e[0] is not None and e[0] >= now and e[0].astimezone(zone).date() == today
     ]
@@ -534,7 +674,7 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
         mailbox_name=box.display_name or box.name,
         mailbox_address=box.address,
         day=today,
-        open_by_urgency=[e[2] for e in entries],
+        open_by_urgency=[e[3] for e in entries],
         due_today=due_today,
         overdue=overdue,
         kept_yesterday=kept,

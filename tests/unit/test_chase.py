@@ -23,8 +23,16 @@ from keepword.domain.chase import (
     plan,
     promise_id_of,
     update_lead_minutes,
+    update_refusal,
 )
-from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.model import (
+    Address,
+    CaseStatus,
+    MessageFacts,
+    PromiseAudience,
+    PromiseKind,
+    PromiseState,
+)
 from keepword.domain.promises import (
     Promise,
     break_if_due,
@@ -587,3 +595,100 @@ def test_invariant_holds_across_nights_weekends_and_holidays(
     shell = Shell(case(p), clock=cal, update_minutes=data.draw(st.integers(2 * step, 960)))
     run(shell, start, p.due_at + timedelta(minutes=1), step)
     assert_never_silent(shell)
+
+
+# -- a missed chase step never skips the update zone ----------------------------------------
+
+
+def test_one_missed_chase_step_still_leaves_a_step_in_the_update_zone() -> None:
+    """A two-minute promise (made half a minute after a step): half of it is one minute,
+    less than the gap one missed step leaves; the zone is at least two chase intervals."""
+    p = promise(2, made_at=at(0.5))
+    shell = Shell(case(p))
+    for minute in (0, 1, 3, 4):  # the step at minute 2 was missed
+        shell.step(at(minute))
+    assert not any(isinstance(a, BreachRecord) for _, a in shell.log)
+    assert shell.first("update") == at(1)
+
+
+def test_the_update_lead_is_at_least_two_chase_intervals() -> None:
+    slow = ChaseSettings(interval_seconds=300)
+    assert update_lead_minutes(12, slow) == 10  # half would be 6: less than two steps
+    assert update_lead_minutes(6, slow) == 6  # never more than the whole promise
+    assert update_lead_minutes(480, slow) == 60
+    assert update_lead_minutes(8, DEFAULTS) == 4
+
+
+# -- five business days, a weekend and a public holiday, a chase every minute --------------
+
+
+def test_a_week_nobody_answers_every_promise_is_revised_before_due() -> None:
+    """Thursday to the next Thursday (Tuesday a public holiday): five business days.
+    The chase runs every 60 s, except that now and then one step is missed. Every
+    customer promise gets its reminders, the lead and an update before it is due; no
+    breach at all; nothing happens outside business hours."""
+    holiday = date(2026, 11, 24)
+    cal = office(holiday)
+    made = local(2026, 11, 19, 9, 0)
+    first = promise(480, made_at=made, clock=cal)
+    shell = Shell(case(first), clock=cal)
+    now, end, step = made, local(2026, 11, 26, 17, 0), 0
+    while now <= end:
+        if step % 47 != 46:  # one missed step in 47
+            shell.step(now)
+        now += timedelta(minutes=1)
+        step += 1
+
+    assert not any(isinstance(a, BreachRecord) for _, a in shell.log)
+    revised = [p for p in shell.snapshot.promises if p.state is PromiseState.SUPERSEDED]
+    assert len(revised) >= 4
+    for p in revised:
+        mine = [(t, a) for t, a in shell.log if promise_id_of(a.key) == p.id]
+        kinds = [type(a).__name__ for _, a in mine]
+        assert kinds == ["Reminder", "Reminder", "CustomerUpdate", "Escalation"], kinds
+        assert all(t < p.due_at for t, _ in mine)
+        assert p.resolved_at is not None and p.resolved_at < p.due_at
+    for t, _ in shell.log:
+        assert t.weekday() < 5 and t.date() != holiday and time(9) <= t.time() <= time(17)
+    [still_open] = [p for p in shell.snapshot.promises if p.is_open]
+    assert still_open.due_at > end
+
+
+# -- no updates to robots or another keepword ------------------------------------------------
+
+OWN = frozenset({"support@example.com"})
+
+
+def facts(sender: str, subject: str = "Re: Help", **headers: str) -> MessageFacts:
+    return MessageFacts(
+        pk=1,
+        mailbox="support",
+        message_id="m@x",
+        sender=Address(sender),
+        subject=subject,
+        headers={k.lower().replace("_", "-"): (v,) for k, v in headers.items()},
+    )
+
+
+def test_another_keepword_gets_no_update() -> None:
+    seen = [facts("help@other.example", X_Keepword_Loop="help@other.example")]
+    why = update_refusal("help@other.example", seen, OWN)
+    assert why is not None and "another keepword installation" in why
+
+
+def test_robots_get_no_update() -> None:
+    assert update_refusal("noreply@shop.example", [], OWN) is not None
+    ticket = facts("t@c.example", "Ticket 7 opened", Auto_Submitted="auto-replied")
+    assert "robot" in (update_refusal("T@C.example", [ticket], OWN) or "")
+    listed = facts("news@l.example", List_Id="<news.l.example>")
+    assert update_refusal("news@l.example", [listed], OWN) is not None
+
+
+def test_people_get_their_update() -> None:
+    person = "ann@example.org"
+    assert update_refusal(person, [], OWN) is None
+    away = facts(person, "Out of office: Help", Auto_Submitted="auto-replied")
+    ours = facts(person, X_Keepword_Loop="support@example.com")  # our own mail, seen again
+    someone_else = facts("bot@x.example", Auto_Submitted="auto-generated")
+    plain = facts(person)
+    assert update_refusal(person, [away, ours, someone_else, plain], OWN) is None

@@ -11,7 +11,7 @@ from keepword.domain.calendar import BusinessCalendar
 from keepword.domain.chase import update_key
 from keepword.domain.ledger import CaseRecord, Ledger, SentAction, compute_ledger
 from keepword.domain.model import OutboxKind, PromiseAudience, PromiseKind, PromiseState
-from keepword.domain.promises import Promise, keep, supersede, withdraw
+from keepword.domain.promises import Promise, break_if_due, keep, supersede, withdraw
 
 T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 SINCE, UNTIL = T0, T0 + timedelta(days=7)
@@ -202,3 +202,21 @@ def test_a_mailbox_without_a_calendar_is_an_error() -> None:
             now=NOW,
             clocks=CLOCKS,
         )
+
+
+def test_a_breach_whose_update_the_rate_limit_held_back_is_broken_but_not_silent() -> None:
+    """The limit had no slot before due (recorded on the case then): broken, counted
+    apart, never silent; an unannounced breach beside it still is."""
+    held = break_if_due(promise(1, 1, 0, 8), h(9), held=True)
+    silent = break_if_due(promise(2, 2, 0, 8), h(9))
+    ledger = ledger_for(
+        "support",
+        cases=[customer_case(1, 0, None), customer_case(2, 0, None)],
+        promises=[held, silent],
+        actions=[sent(OutboxKind.CUSTOMER_UPDATE, update_key(1, 1), 20)],  # the late update
+        since=SINCE,
+        until=UNTIL,
+        now=NOW,
+        clocks=CLOCKS,
+    )
+    assert (ledger.promises_broken, ledger.breaches_held_back, ledger.silent_breaches) == (2, 1, 1)

@@ -10,6 +10,7 @@ from keepword.domain.model import PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import (
     Promise,
     break_if_due,
+    is_held_back,
     keep,
     make_promise,
     on_case_paused,
@@ -111,6 +112,15 @@ def test_an_announced_breach_is_not_silent() -> None:
     broken = break_if_due(promise(), DUE + timedelta(hours=1), announced=True)
     assert broken.state is PromiseState.BROKEN
     assert "silent" not in broken.reason and "announced" in broken.reason
+
+
+def test_a_breach_whose_update_the_limit_held_back_is_broken_not_silent() -> None:
+    broken = break_if_due(promise(), DUE + timedelta(hours=1), held=True)
+    assert broken.state is PromiseState.BROKEN and is_held_back(broken)
+    assert "silent" not in broken.reason and "rate limit" in broken.reason
+    assert not is_held_back(break_if_due(promise(), DUE + timedelta(hours=1)))
+    # An update that did go out in time wins over a held-back note.
+    assert not is_held_back(break_if_due(promise(), DUE + timedelta(1), announced=True, held=True))
 
 
 def test_a_missed_team_target_is_internal() -> None:

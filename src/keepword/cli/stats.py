@@ -131,6 +131,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("promises_withdrawn", "withdrawn"),
     ("promises_open", "still open"),
     ("silent_breaches", "silent breaches (must be 0)"),
+    ("breaches_held_back", "broken, update held by the rate limit"),
     ("team_targets_made", "team targets made"),
     ("team_targets_missed", "team targets missed"),
     ("customer_updates_sent", "customer updates sent"),

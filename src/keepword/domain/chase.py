@@ -51,7 +51,16 @@ from typing import Protocol
 
 from keepword.config import ChaseSettings
 from keepword.domain.cases import CaseState
-from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
+from keepword.domain.classify import classify, out_of_office_reason, robot_reason
+from keepword.domain.model import (
+    LOOP_HEADER,
+    Address,
+    CaseStatus,
+    Kind,
+    MessageFacts,
+    PromiseAudience,
+    PromiseKind,
+)
 from keepword.domain.promises import Promise, WindowLike, make_promise
 
 PAUSED_STATUSES = frozenset({CaseStatus.WAITING_ON_CUSTOMER, CaseStatus.CLOSED})
@@ -197,6 +206,11 @@ class BreachRecord:
         return f"breach:case:{self.case_id}:promise:{self.promise_id}"
 
 
+def held_back_note(promise_id: int) -> str:
+    """How the case timeline starts the note that the limit held an update back."""
+    return f"update for promise {promise_id} held back by the rate limit"
+
+
 def update_key(case_id: int, promise_id: int) -> str:
     """The dedup key of the customer update revising promise `promise_id`."""
     return f"update:case:{case_id}:promise:{promise_id}"
@@ -217,9 +231,43 @@ def promise_id_of(key: str) -> int | None:
 
 
 def update_lead_minutes(total: float, settings: ChaseSettings) -> float:
-    """Business minutes before due at which the customer update is planned (rule 3)."""
+    """Business minutes before due at which the customer update is planned (rule 3).
+
+    Never less than two chase intervals (or the whole promise, if shorter): a wall
+    minute is at most one business minute, so one missed chase step can never skip the
+    zone and leave the promise to break unannounced.
+    """
     wanted = max(float(settings.update_before_minutes), settings.update_before_fraction * total)
-    return min(wanted, total / 2)
+    floor = min(2 * settings.interval_seconds / 60, total)
+    return max(min(wanted, total / 2), floor)
+
+
+def update_refusal(
+    customer: str, mail_from_customer: Iterable[MessageFacts], own_addresses: frozenset[str]
+) -> str | None:
+    """Why no customer update may go to `customer`, or None if it may.
+
+    An update is an automatic mail about an unanswered case: it must never go to a
+    machine (RFC 3834), least of all to another keepword, which would answer with
+    updates of its own for as long as both cases run. Decided from the address itself
+    and the stored mail it sent us (re-classified from its headers). A person's
+    out-of-office reply is automatic too, but the person still deserves the update.
+    """
+    address = customer.strip().lower()
+    robot = robot_reason(MessageFacts(pk=0, mailbox="", message_id="", sender=Address(address)))
+    if robot is not None:
+        return f"{address} is a robot ({robot})"
+    for facts in mail_from_customer:
+        if facts.sender is None or facts.sender.address.lower() != address:
+            continue
+        verdict = classify(facts, team=frozenset(), own_addresses=own_addresses)
+        if verdict.kind is not Kind.AUTOMATED:
+            continue
+        if facts.header(LOOP_HEADER):
+            return f"{address} is another keepword installation ({verdict.reason})"
+        if out_of_office_reason(facts) is None:
+            return f"{address} is a robot ({verdict.reason})"
+    return None
 
 
 def plan(

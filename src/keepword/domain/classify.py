@@ -141,6 +141,15 @@ def robot_reason(facts: MessageFacts, own_addresses: frozenset[str] = frozenset(
     return _x_loop(facts, own_addresses)
 
 
+def out_of_office_reason(facts: MessageFacts) -> str | None:
+    """Why this automatic message is a person's out-of-office reply (None: it is not).
+
+    A vacation notice stands for a person who will read our mail later; other robots
+    (ticket systems, lists, another keepword) stand for nobody.
+    """
+    return _vacation_headers(facts) or _out_of_office_subject(facts)
+
+
 def _auto_submitted(facts: MessageFacts) -> str | None:
     for value in facts.header("auto-submitted"):
         keyword = value.split(";")[0].split("(")[0].strip().lower()

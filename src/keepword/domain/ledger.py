@@ -13,6 +13,12 @@ with each mailbox's business clock. Per mailbox, over [since, until):
 - silent breaches: broken customer promises for which no customer update was sent
   before the due time. Must be 0; a late reply or a daemon down across a deadline
   shows here, honestly.
+- breaches held back: broken customer promises whose update was due but held back by
+  the per-address rate limit (no slot before the due time). They count as broken (the
+  customer did not get what we said) but not as silent: keepword decided it before the
+  due time, recorded why on the case, and sent the late update at the limit's slot.
+  An address that already got its day's worth of automatic mail is almost always a
+  machine answering us; the limit protecting it is policy, not an unnoticed miss.
 - team targets (internal NEXT_RESPONSE promises) made and missed.
 - customer updates, reminders and escalations sent in the period.
 """
@@ -26,7 +32,7 @@ from datetime import datetime
 
 from keepword.domain.chase import BusinessClock, promise_id_of
 from keepword.domain.model import OutboxKind, PromiseState
-from keepword.domain.promises import Promise, break_if_due
+from keepword.domain.promises import Promise, break_if_due, is_held_back
 from keepword.domain.windows import nearest_rank
 
 
@@ -65,6 +71,7 @@ class Ledger:
     promises_withdrawn: int = 0
     promises_open: int = 0
     silent_breaches: int = 0
+    breaches_held_back: int = 0
     team_targets_made: int = 0
     team_targets_missed: int = 0
     customer_updates_sent: int = 0
@@ -163,6 +170,7 @@ def _ledger(
         promises_withdrawn=states.count(PromiseState.WITHDRAWN),
         promises_open=states.count(PromiseState.OPEN),
         silent_breaches=sum(1 for p in customer if _silent(p, updates_before)),
+        breaches_held_back=sum(1 for p in customer if is_held_back(p)),
         team_targets_made=len(team),
         team_targets_missed=sum(1 for p in team if p.state is PromiseState.BROKEN),
         customer_updates_sent=_count(sent, OutboxKind.CUSTOMER_UPDATE),
@@ -190,7 +198,11 @@ def _superseded_in_time(promise: Promise) -> bool:
 
 
 def _silent(promise: Promise, updates_before: Mapping[int, datetime]) -> bool:
-    return promise.state is PromiseState.BROKEN and not _announced(promise, updates_before)
+    return (
+        promise.state is PromiseState.BROKEN
+        and not _announced(promise, updates_before)
+        and not is_held_back(promise)
+    )
 
 
 def _count(sent: Iterable[SentAction], kind: OutboxKind) -> int:

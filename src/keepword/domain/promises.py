@@ -20,7 +20,8 @@ The rules:
   promise would be missed.
 - A promise past due with no reply is BROKEN (`break_if_due`); for a customer promise that
   is a *silent breach* unless an update was announced (the shell knows: the chase's
-  update key is recorded).
+  update key is recorded) or the rate limit held the update back (recorded on the case
+  before due; `is_held_back`).
 - An announced revision (the chase's customer update) SUPERSEDES the old promise, which
   is only possible strictly before its due time (`supersede`); afterwards the honest
   word is "broken".
@@ -140,22 +141,38 @@ def keep(promise: Promise, at: datetime) -> Promise:
     )
 
 
-def break_if_due(promise: Promise, now: datetime, *, announced: bool = False) -> Promise:
+HELD_BACK = "broken, its update held back by the rate limit"
+
+
+def break_if_due(
+    promise: Promise, now: datetime, *, announced: bool = False, held: bool = False
+) -> Promise:
     """Past due with no reply: BROKEN. Unchanged while not yet due or no longer open.
 
     `announced` says the customer was told before (a late update does not count); a
-    broken customer promise that was not announced is a *silent breach*.
+    broken customer promise that was not announced is a *silent breach* - unless `held`:
+    the update was due, but the per-address limit had no slot before the due time (the
+    address got as many automatic mails as it may). That was decided and recorded on
+    the case before the due time, and the late update goes out at the limit's slot: a
+    breach, but not a silent one (`is_held_back`).
     """
     if not promise.is_open or now <= promise.due_at:
         return promise
     due = f"{promise.due_at:%Y-%m-%d %H:%M} UTC"
-    if promise.to_customer and not announced:
+    if promise.to_customer and not announced and held:
+        why = f"{HELD_BACK} before due {due}"
+    elif promise.to_customer and not announced:
         why = f"silent breach: no reply and no update to the customer by due {due}"
     elif promise.to_customer:
         why = f"broken, announced to the customer before due {due}"
     else:
         why = f"internal target missed: no reply by {due}"
     return replace(promise, state=PromiseState.BROKEN, resolved_at=promise.due_at, reason=why)
+
+
+def is_held_back(promise: Promise) -> bool:
+    """A broken customer promise whose update the rate limit held back (not silent)."""
+    return promise.state is PromiseState.BROKEN and promise.reason.startswith(HELD_BACK)
 
 
 def supersede(old: Promise, new_id: int, at: datetime) -> Promise:

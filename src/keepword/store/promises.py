@@ -9,10 +9,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
-from keepword.domain.chase import update_key
-from keepword.domain.model import PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.cases import EventKind
+from keepword.domain.chase import held_back_note, update_key
+from keepword.domain.model import Kind, MessageFacts, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import Promise
-from keepword.store.tables import case, outbox, promise
+from keepword.store.messages import load_facts
+from keepword.store.tables import case, case_event, message, outbox, promise
 
 
 def to_promise(row: Row[Any]) -> Promise:
@@ -36,7 +38,7 @@ def open_promises(conn: Connection, case_id: int) -> list[Promise]:
     query = (
         select(promise)
         .where(and_(promise.c.case_id == case_id, promise.c.state == PromiseState.OPEN.value))
-        .order_by(promise.c.due_at)
+        .order_by(promise.c.due_at, promise.c.id)
     )
     return [to_promise(row) for row in conn.execute(query)]
 
@@ -141,3 +143,34 @@ def next_due_by_case(conn: Connection, case_ids: Sequence[int]) -> dict[int, dat
         .group_by(promise.c.case_id)
     )
     return {row[0]: row[1] for row in conn.execute(query)}
+
+
+def update_held_back(conn: Connection, case_id: int, promise_id: int) -> bool:
+    """Whether the chase recorded that the rate limit held back this promise's update."""
+    query = select(case_event.c.id).where(
+        and_(
+            case_event.c.case_id == case_id,
+            case_event.c.kind == EventKind.CUSTOMER_UPDATE.value,
+            case_event.c.detail.startswith(held_back_note(promise_id), autoescape=True),
+        )
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
+def automated_mail_from(
+    conn: Connection, mailbox: str, address: str, *, limit: int = 20
+) -> list[MessageFacts]:
+    """The latest automatic mail this address sent to the mailbox (for `update_refusal`)."""
+    query = (
+        select(message.c.id)
+        .where(
+            and_(
+                message.c.mailbox == mailbox,
+                func.lower(message.c.from_addr) == address.strip().lower(),
+                message.c.kind == Kind.AUTOMATED.value,
+            )
+        )
+        .order_by(message.c.id.desc())
+        .limit(limit)
+    )
+    return load_facts(conn, [int(pk) for pk in conn.execute(query).scalars()])
