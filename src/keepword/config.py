@@ -133,6 +133,14 @@ class ImapSettings(ServerSettings):
 
 
 class SmtpSettings(ServerSettings):
+    # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final ".". A relay
+    # that answers late is waited for instead of leaving the outcome unknown.
+    data_timeout: float = Field(default=600.0, gt=0, le=3600)
+    # A mail whose outcome stayed unknown (no reply to the final ".", a crash before it
+    # was recorded) waits this long for its Message-ID to show in the Sent folder
+    # before keepword decides it did not go out and sends it again.
+    unknown_outcome_wait: float = Field(default=900.0, ge=0, le=7 * 86400)
+
     def effective_port(self) -> int:
         return self.port or (465 if self.tls is TlsMode.IMPLICIT else 587)
 

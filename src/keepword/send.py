@@ -1,23 +1,46 @@
-"""Draining the outbox: each recorded mail goes out once, even across crashes.
+"""Draining the outbox: each recorded mail goes out once, even across crashes and timeouts.
 
 Order per mail:
 
-1. attempts > 0 (an earlier attempt may have gone out before a crash): look for the
-   deterministic Message-ID in the Sent folder; found -> mark sent, do not send again.
-2. Count the attempt and COMMIT (so a crash after the send is detectable).
+1. If an earlier attempt's outcome is unknown (sent_copy "unknown" or "held", see
+   below), resolve it first: its deterministic Message-ID in the Sent folder means it
+   went out (mark sent, never send again); otherwise hold it, or, once held long
+   enough, send again (step 2).
+2. Count the attempt, mark the outcome "unknown" and COMMIT (a crash from here on is
+   detectable).
 3. SMTP (one connection reused for the whole drain).
-4. APPEND a copy to the Sent folder (when `append_to_sent`) - the copy is what a later
-   retry finds in step 1, so it comes *before* step 5.
-5. Mark sent (commit).
+4. APPEND a copy to the Sent folder (when `append_to_sent`): the copy is keepword's own
+   receipt of the relay's 250, so it comes *before* step 5.
+5. Mark sent (commit). A failed APPEND is retried by later drains with backoff, looking
+   for the Message-ID first so that no retry makes a second copy.
 
-The window left open is between the SMTP server's "250 OK" and the APPEND
-(milliseconds). Without a Sent folder to look in (none configured), a row that may
-have gone out is sent again and the log says so: a duplicate acknowledgement is the
-lesser evil next to a promise that silently never arrived.
+Exactly once, and what is left (docs/operations.md, "Exactly once: unknown SMTP
+outcomes"). SMTP gives the sender a single moment of truth: the reply to the final
+dot. Before the dot nothing went out; a reply (2xx, 4xx, 5xx) settles it. Only a
+missing reply leaves the outcome unknown, so keepword
+- makes it rare: the DATA phase gets its own RFC 5321 timeout (`data_timeout`, 10
+  minutes), so a slow relay is waited for instead of being asked twice;
+- never resends such a mail at once: the row is *held* for `unknown_outcome_wait`
+  (15 min) and then looked up in the Sent folder, where keepword's own copy (a crash
+  after the 250) or the copy the relay files itself (Gmail, Microsoft 365, most
+  submission servers) proves it went out;
+- when nothing is found after the wait, sends it again: it cannot prove the relay
+  dropped it, and a customer left without the acknowledgement (a broken promise, never
+  seen) is worse than one who receives it twice. The resend is logged and written on
+  the case timeline, so what is left is visible.
+So a duplicate needs all of: a relay that took the mail, gave no reply within 10
+minutes or lost the connection in the instant after the dot (or keepword crashed in
+the milliseconds between the 250 and the APPEND), and files no Sent copy of its own.
+Appending the copy *before* sending would not help: a copy that exists whether or not
+the relay took the mail proves nothing, and it would leave copies of refused mail.
 
-Temporary failures (4xx, timeouts, dropped connections) retry with capped exponential
-backoff; permanent ones (5xx) are marked failed and recorded on the case. If the server
-cannot be reached or refuses the login, the drain stops and every row stays pending.
+Temporary refusals (4xx, connection trouble before the DATA phase) retry that row with
+capped exponential backoff; permanent ones (5xx) fail only that row, recorded on the
+case. Rows are taken in id order among those due (`next_attempt_at`): a row that keeps
+failing, or waits for evidence, moves its own time forward and never blocks the rows
+behind it. If the relay cannot be reached or refuses the login, every row stays
+pending, the error is recorded on them and the drain raises `DeliveryUnavailable` (the
+daemon backs the job off; `run --once` exits non-zero).
 `dry_run` renders nothing new: it logs each recorded mail in full and marks it dry_run.
 """
 
@@ -27,27 +50,35 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from sqlalchemy import Connection, Engine
 
 from keepword.config import ImapSettings, MailboxSettings, Settings
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
-from keepword.errors import KeepwordError
+from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.imap import ImapSession
 from keepword.mail.compose import OutgoingMail, compose_bytes
 from keepword.mail.render import Rendered
 from keepword.metrics import METRICS
 from keepword.retry import OUTBOX_RETRY
 from keepword.secrets import Secret, resolve_secret
-from keepword.smtp import SmtpConnectError, SmtpPermanentError, SmtpSender, SmtpTemporaryError
+from keepword.smtp import (
+    SmtpConnectError,
+    SmtpOutcomeUnknownError,
+    SmtpPermanentError,
+    SmtpSender,
+    SmtpTemporaryError,
+)
 from keepword.store import outbox
 from keepword.store.cases import add_events
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 30  # 12-25 hours of 4xx replies (OUTBOX_RETRY), then give up loudly
+COPY_RETRY_FIRST = timedelta(minutes=1)  # a failed Sent copy: first retry
+COPY_RETRY_CAP = timedelta(hours=1)
 
 
 class SentCopy(Protocol):
@@ -96,13 +127,59 @@ class DrainResult:
     retried: int = 0
     failed: int = 0
     skipped: int = 0  # left pending: server unreachable or Sent folder not checkable
-    already_sent: int = 0  # found in the Sent folder after a crash: not sent again
+    already_sent: int = 0  # found in the Sent folder after an unknown outcome: not sent again
+    held: int = 0  # outcome unknown: waits for evidence in the Sent folder
+    resent: int = 0  # outcome stayed unknown after the wait: sent again (of `sent`)
+    copied: int = 0  # failed Sent copies made (or found) later
     dry_run: int = 0
     error: str | None = None
 
     @property
     def handled(self) -> int:
-        return self.sent + self.retried + self.failed + self.already_sent + self.dry_run
+        return (
+            self.sent
+            + self.retried
+            + self.failed
+            + self.already_sent
+            + self.held
+            + self.copied
+            + self.dry_run
+        )
+
+
+class _SentFolder:
+    """The drain's view of the Sent folder: after one error it is not asked again.
+
+    Every row would otherwise wait for its own IMAP timeout while the server is down.
+    """
+
+    def __init__(self, copy: SentCopy | None) -> None:
+        self.copy = copy
+        self.error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.copy is not None and self.error is None
+
+    async def has(self, message_id: str) -> bool | None:
+        """Is it there? None: cannot tell now."""
+        if self.copy is None or self.error is not None:
+            return None
+        try:
+            return await asyncio.to_thread(self.copy.has_message_id, message_id)
+        except KeepwordError as exc:
+            self.error = str(exc)
+            return None
+
+    async def append(self, raw: bytes) -> bool:
+        if self.copy is None or self.error is not None:
+            return False
+        try:
+            await asyncio.to_thread(self.copy.append, raw)
+        except KeepwordError as exc:
+            self.error = str(exc)
+            return False
+        return True
 
 
 def enqueue_mail(
@@ -145,43 +222,85 @@ async def drain_outbox(
     secret: Secret | str | None = None,
     limit: int = 100,
 ) -> DrainResult:
-    """Send this mailbox's due outbox rows. `secret` defaults to the configured source."""
+    """Send this mailbox's due outbox rows, then retry due Sent copies.
+
+    `secret` defaults to the configured source. Raises DeliveryUnavailable (after
+    leaving every row pending) when the relay cannot be reached or refuses the login.
+    """
     result = DrainResult()
     with engine.connect() as conn:
         rows = outbox.pending(conn, now, limit, mailbox=mailbox.name)
-    if not rows:
-        return result
     if dry_run or settings.keepword.dry_run:
         _dry_run(engine, mailbox, rows, now, result)
         return result
+    folder = _SentFolder(sent_copy)
+    unavailable: DeliveryUnavailable | None = None
+    if rows:
+        try:
+            await _send_due(engine, mailbox, rows, now, folder, secret, result)
+        except DeliveryUnavailable as exc:
+            unavailable = exc
+    if mailbox.append_to_sent:
+        await _retry_copies(engine, mailbox, now, folder, limit, result)
+    with engine.connect() as conn:
+        METRICS.outbox_depth(mailbox.name, outbox.depth(conn, mailbox.name))
+    if unavailable is not None:
+        raise unavailable
+    return result
+
+
+async def _send_due(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    rows: list[outbox.OutboxRow],
+    now: datetime,
+    folder: _SentFolder,
+    secret: Secret | str | None,
+    result: DrainResult,
+) -> None:
     if mailbox.smtp is None:
         result.skipped = len(rows)
         result.error = f"mailbox {mailbox.name}: no [smtp] configured; {len(rows)} mails wait"
         log.error("%s", result.error)
-        return result
+        return
     try:
         if secret is None:
             secret = await asyncio.to_thread(resolve_secret, mailbox.smtp)
     except KeepwordError as exc:
-        result.skipped, result.error = len(rows), str(exc)
-        log.error("mailbox %s: cannot send: %s", mailbox.name, exc)
-        return result
+        _unavailable(engine, mailbox, rows, f"cannot send: {exc}", result)
     sender = SmtpSender(mailbox.smtp, secret)
     try:
         for index, row in enumerate(rows):
             try:
-                await _deliver(engine, mailbox, row, now, sender, sent_copy, result)
+                await _deliver(engine, mailbox, row, now, sender, folder, result)
             except SmtpConnectError as exc:
-                METRICS.smtp_error(mailbox.name)
-                result.skipped += len(rows) - index
-                result.error = str(exc)
-                log.warning("mailbox %s: outbox waits: %s", mailbox.name, exc)
-                break
+                _unavailable(engine, mailbox, rows[index:], str(exc), result)
+            except _RelaySilentError as exc:
+                # A relay that took a message and went silent: do not feed it more now.
+                _unavailable(engine, mailbox, rows[index + 1 :], str(exc), result)
     finally:
         await sender.close()
-        with engine.connect() as conn:
-            METRICS.outbox_depth(mailbox.name, outbox.depth(conn, mailbox.name))
-    return result
+
+
+class _RelaySilentError(Exception):
+    """The relay did not answer the DATA phase: stop this drain."""
+
+
+def _unavailable(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    rows: list[outbox.OutboxRow],
+    error: str,
+    result: DrainResult,
+) -> NoReturn:
+    METRICS.smtp_error(mailbox.name)
+    result.skipped += len(rows)
+    result.error = error
+    waiting = [r.id for r in rows if r.sent_copy not in outbox.UNKNOWN_OUTCOME]
+    with engine.begin() as conn:
+        outbox.note_error(conn, waiting, error)
+    log.warning("mailbox %s: outbox waits (%d mails): %s", mailbox.name, len(rows), error)
+    raise DeliveryUnavailable(f"mailbox {mailbox.name}: {error}")
 
 
 def _count_sent(mailbox: str, kind: str) -> None:
@@ -217,20 +336,14 @@ async def _deliver(
     row: outbox.OutboxRow,
     now: datetime,
     sender: SmtpSender,
-    sent_copy: SentCopy | None,
+    folder: _SentFolder,
     result: DrainResult,
 ) -> None:
-    if row.attempts > 0:
-        went_out = await _went_out(mailbox, row, sent_copy)
-        if went_out is None:
-            result.skipped += 1
+    resend = False
+    if row.sent_copy in outbox.UNKNOWN_OUTCOME:
+        if await _resolve_unknown(engine, mailbox, row, now, folder, result):
             return
-        if went_out:
-            with engine.begin() as conn:
-                outbox.mark_sent(conn, row.id, now, sent_copy="found")
-            result.already_sent += 1
-            log.info("mailbox %s: %s %s was already sent", mailbox.name, row.kind, row.message_id)
-            return
+        resend = True
     if not sender.connected:
         await sender.connect()  # SmtpConnectError stops the drain before anything is counted
     with engine.begin() as conn:
@@ -240,18 +353,179 @@ async def _deliver(
     except SmtpPermanentError as exc:
         _fail(engine, mailbox, row, now, str(exc), result)
         return
+    except SmtpConnectError:
+        with engine.begin() as conn:  # nothing went out: the row is as it was
+            outbox.mark_retry(conn, row.id, attempts=attempts - 1, next_attempt_at=now, error="")
+        raise
     except SmtpTemporaryError as exc:
         _retry(engine, mailbox, row, now, attempts, str(exc), result)
         return
-    copy_state = await _append_copy(mailbox, row, sent_copy)
+    except SmtpOutcomeUnknownError as exc:
+        _hold(engine, mailbox, row, now, str(exc), result)
+        raise _RelaySilentError(str(exc)) from None
+    copied = await folder.append(row.raw) if mailbox.append_to_sent and folder.copy else None
     with engine.begin() as conn:
-        outbox.mark_sent(conn, row.id, now, sent_copy=copy_state)
+        _record_sent(conn, mailbox, row, now, copied)
         if refused and row.case_id is not None:
             detail = f"{row.kind} refused for {', '.join(f'{a} ({e})' for a, e in refused.items())}"
             add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
     result.sent += 1
+    result.resent += resend
     _count_sent(mailbox.name, row.kind)
     log.info("mailbox %s: sent %s to %s", mailbox.name, row.kind, ", ".join(row.recipients))
+
+
+def _record_sent(
+    conn: Connection,
+    mailbox: MailboxSettings,
+    row: outbox.OutboxRow,
+    now: datetime,
+    copied: bool | None,
+) -> None:
+    if copied is None:
+        outbox.mark_sent(conn, row.id, now, sent_copy="skipped")
+    elif copied:
+        outbox.mark_sent(conn, row.id, now, sent_copy="done")
+    else:
+        log.warning(
+            "mailbox %s: copy of %s %s to Sent failed; retried later",
+            mailbox.name,
+            row.kind,
+            row.message_id,
+        )
+        outbox.mark_sent(
+            conn, row.id, now, sent_copy="failed", copy_retry_at=now + COPY_RETRY_FIRST
+        )
+
+
+async def _resolve_unknown(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    row: outbox.OutboxRow,
+    now: datetime,
+    folder: _SentFolder,
+    result: DrainResult,
+) -> bool:
+    """Did an earlier attempt go out? True when the row is dealt with (found, held or
+    waiting for the Sent folder); False when it is to be sent again."""
+    found = await folder.has(row.message_id) if folder.copy is not None else False
+    if found is None:
+        _wait_for_sent_folder(engine, mailbox, row, now, folder.error or "", result)
+        return True
+    if found:
+        with engine.begin() as conn:
+            outbox.mark_sent(conn, row.id, now, sent_copy="found")
+        result.already_sent += 1
+        _count_sent(mailbox.name, row.kind)
+        log.info(
+            "mailbox %s: %s %s had gone out: found in Sent", mailbox.name, row.kind, row.message_id
+        )
+        return True
+    if row.sent_copy == "unknown" and folder.copy is not None:
+        _hold(
+            engine, mailbox, row, now, "an earlier attempt was interrupted; outcome unknown", result
+        )
+        return True
+    _record_resend(engine, mailbox, row, now, folder.copy is not None)
+    return False
+
+
+def _hold(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    row: outbox.OutboxRow,
+    now: datetime,
+    error: str,
+    result: DrainResult,
+) -> None:
+    assert mailbox.smtp is not None
+    wait = timedelta(seconds=mailbox.smtp.unknown_outcome_wait)
+    log.warning(
+        "mailbox %s: %s %s to %s: outcome unknown (%s); looking for it in Sent at %s before "
+        "sending again",
+        mailbox.name,
+        row.kind,
+        row.message_id,
+        ", ".join(row.recipients),
+        error,
+        (now + wait).isoformat(timespec="seconds"),
+    )
+    with engine.begin() as conn:
+        outbox.mark_held(conn, row.id, until=now + wait, error=f"outcome unknown: {error}")
+    METRICS.smtp_error(mailbox.name)
+    result.held += 1
+
+
+def _record_resend(
+    engine: Engine, mailbox: MailboxSettings, row: outbox.OutboxRow, now: datetime, looked: bool
+) -> None:
+    """The outcome stays unknown: say so everywhere before sending again."""
+    why = "not found in the Sent folder after the wait" if looked else "no Sent folder to look in"
+    detail = (
+        f"{row.kind} to {', '.join(row.recipients)}: an earlier attempt may have gone out "
+        f"({why}); sent again, the customer may receive it twice"
+    )
+    log.warning("mailbox %s: %s", mailbox.name, detail)
+    if row.case_id is not None:
+        with engine.begin() as conn:
+            add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
+
+
+def _wait_for_sent_folder(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    row: outbox.OutboxRow,
+    now: datetime,
+    error: str,
+    result: DrainResult,
+) -> None:
+    """Cannot look now: try later, moving this row's time so it blocks no other row."""
+    delay = timedelta(seconds=round(OUTBOX_RETRY.delay(max(row.attempts, 1))))
+    log.warning(
+        "mailbox %s: cannot check the Sent folder for %s, it waits %s: %s",
+        mailbox.name,
+        row.message_id,
+        delay,
+        error,
+    )
+    with engine.begin() as conn:
+        outbox.postpone(conn, row.id, until=now + delay, error=f"Sent folder unreachable: {error}")
+    result.skipped += 1
+
+
+async def _retry_copies(
+    engine: Engine,
+    mailbox: MailboxSettings,
+    now: datetime,
+    folder: _SentFolder,
+    limit: int,
+    result: DrainResult,
+) -> None:
+    """Make the Sent copies that failed, once each: look first, APPEND only if missing."""
+    if folder.copy is None:
+        return
+    with engine.connect() as conn:
+        rows = outbox.copies_due(conn, now, limit, mailbox=mailbox.name)
+    for row in rows:
+        found = await folder.has(row.message_id)
+        done = found or (found is False and await folder.append(row.raw))
+        with engine.begin() as conn:
+            if done:
+                outbox.mark_copied(conn, row.id, sent_copy="found" if found else "done")
+            else:
+                outbox.mark_copied(
+                    conn, row.id, sent_copy="failed", retry_at=_copy_retry_at(row, now)
+                )
+        if not done:
+            log.warning("mailbox %s: Sent copies wait: %s", mailbox.name, folder.error)
+            return  # the folder is unreachable: the other copies wait too
+        result.copied += 1
+
+
+def _copy_retry_at(row: outbox.OutboxRow, now: datetime) -> datetime:
+    """Back off with the copy's age: a minute at first, at most an hour."""
+    age = now - row.sent_at if row.sent_at is not None else COPY_RETRY_FIRST
+    return now + min(COPY_RETRY_CAP, max(COPY_RETRY_FIRST, age))
 
 
 def _fail(
@@ -296,41 +570,3 @@ def _retry(
     with engine.begin() as conn:
         outbox.mark_retry(conn, row.id, attempts=attempts, next_attempt_at=now + delay, error=error)
     result.retried += 1
-
-
-async def _went_out(
-    mailbox: MailboxSettings, row: outbox.OutboxRow, sent_copy: SentCopy | None
-) -> bool | None:
-    """Did an earlier attempt go out? None: cannot tell now, so wait rather than risk two."""
-    if sent_copy is None:
-        log.warning(
-            "mailbox %s: %s %s may have gone out before a crash; no Sent folder to check, "
-            "sending again",
-            mailbox.name,
-            row.kind,
-            row.message_id,
-        )
-        return False
-    try:
-        return await asyncio.to_thread(sent_copy.has_message_id, row.message_id)
-    except KeepwordError as exc:
-        log.warning(
-            "mailbox %s: cannot check the Sent folder for %s, it waits: %s",
-            mailbox.name,
-            row.message_id,
-            exc,
-        )
-        return None
-
-
-async def _append_copy(
-    mailbox: MailboxSettings, row: outbox.OutboxRow, sent_copy: SentCopy | None
-) -> str:
-    if sent_copy is None or not mailbox.append_to_sent:
-        return "skipped"
-    try:
-        await asyncio.to_thread(sent_copy.append, row.raw)
-    except KeepwordError as exc:
-        log.warning("mailbox %s: copy of %s to Sent failed: %s", mailbox.name, row.kind, exc)
-        return "failed"
-    return "done"

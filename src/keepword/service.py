@@ -113,7 +113,7 @@ class Service:
 
     async def drain_now(self, box: MailboxSettings) -> DrainResult:
         with self.engine.connect() as conn:
-            if not outbox.pending(conn, self.clock(), 1, mailbox=box.name):
+            if not outbox.has_due_work(conn, self.clock(), box.name):
                 return DrainResult()
         sent_copy = ImapSentCopy(box.imap, box.sent_folder) if box.sent_folder else None
         try:

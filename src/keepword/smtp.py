@@ -4,11 +4,21 @@
   config refuses plain for any other host).
 - AUTH PLAIN/LOGIN (aiosmtplib picks what the server offers), or XOAUTH2 when the
   secret is an OAuth2 access token. No AUTH when no secret is given (local relays).
-- Errors: `SmtpTemporaryError` for 4xx replies, timeouts and dropped connections (try
-  again later), `SmtpPermanentError` for 5xx replies (this mail will never go out as
-  it is), `SmtpConnectError` when the server cannot be reached or refuses the login
-  (a mailbox problem, not a problem of any one mail). Messages name the server and the
-  reply, never the secret.
+- Outcomes of one mail, split by what the relay can have done with it:
+  * refused before the relay took it (a reply to MAIL, RCPT, DATA or the final dot, or a
+    timeout / dropped connection before the DATA phase): nothing went out.
+    `SmtpTemporaryError` for 4xx and connection trouble (try again later),
+    `SmtpPermanentError` for 5xx (this mail will never go out as it is).
+  * no reply in the DATA phase (timeout or dropped connection once the message may
+    have been written, up to the reply to the final dot): `SmtpOutcomeUnknownError`. The
+    relay may have taken the mail; sending it again blindly may deliver it twice, so
+    the outbox resolves it first (send.py).
+  * `SmtpConnectError` when the server cannot be reached or refuses the login (a
+    mailbox problem, not a problem of any one mail; nothing was sent).
+- Timeouts: `timeout` for every command, `data_timeout` (RFC 5321 4.5.3.2.6: 10
+  minutes) for the DATA phase, so a relay that is slow to accept is waited for rather
+  than given up on just before it says 250.
+Messages name the server and the reply, never the secret.
 """
 
 from __future__ import annotations
@@ -17,9 +27,10 @@ import logging
 import ssl
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
 
 from keepword.config import SmtpSettings, TlsMode
 from keepword.errors import MailboxError
@@ -44,13 +55,30 @@ class SmtpPermanentError(SmtpError):
     """5xx: this mail will never go out as it is; record it on the case."""
 
 
+class SmtpOutcomeUnknownError(SmtpError):
+    """No reply in the DATA phase: the relay may or may not have taken the mail."""
+
+
+class _Client(aiosmtplib.SMTP):
+    """aiosmtplib.SMTP that notes when the DATA phase begins and gives it its own timeout."""
+
+    def __init__(self, *, data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_timeout = data_timeout
+        self.in_data = False
+
+    async def data(self, message: str | bytes, /, *, timeout: Any = None) -> SMTPResponse:
+        self.in_data = True  # from here on, a missing reply leaves the outcome unknown
+        return await super().data(message, timeout=self.data_timeout)
+
+
 class SmtpSender:
     """`async with SmtpSender(settings, secret) as smtp: await smtp.send(...)`."""
 
     def __init__(self, settings: SmtpSettings, secret: Secret | str | None) -> None:
         self._settings = settings
         self._secret = Secret(secret) if isinstance(secret, str) else secret
-        self._client: aiosmtplib.SMTP | None = None
+        self._client: _Client | None = None
         self.sent = 0
 
     def __repr__(self) -> str:
@@ -84,7 +112,8 @@ class SmtpSender:
 
     async def connect(self) -> None:
         s = self._settings
-        client = aiosmtplib.SMTP(
+        client = _Client(
+            data_timeout=s.data_timeout,
             hostname=s.host,
             port=s.effective_port(),
             timeout=s.timeout,
@@ -117,12 +146,14 @@ class SmtpSender:
     async def send(self, sender: str, recipients: Sequence[str], raw: bytes) -> dict[str, str]:
         """Send one message; returns the recipients refused while others accepted it.
 
-        Raises SmtpTemporaryError / SmtpPermanentError when nobody got it.
+        Raises SmtpTemporaryError / SmtpPermanentError when nobody got it, and
+        SmtpOutcomeUnknownError when the relay did not answer the DATA phase.
         """
         if not self.connected:
             await self.connect()
         client = self._client
         assert client is not None
+        client.in_data = False
         try:
             refused, _ = await client.sendmail(sender, list(recipients), raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -133,6 +164,10 @@ class SmtpSender:
             raise kind(f"SMTP {self.where}: recipients refused: {text}") from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             await self.close()
+            if client.in_data:
+                raise SmtpOutcomeUnknownError(
+                    f"SMTP {self.where}: no reply to the message: {_describe(exc)}"
+                ) from None
             raise SmtpTemporaryError(f"SMTP {self.where}: {_describe(exc)}") from None
         except aiosmtplib.SMTPResponseException as exc:
             kind = SmtpPermanentError if _permanent(exc.code) else SmtpTemporaryError

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 from keepword.config import MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, OutboxKind, OutboxState
+from keepword.errors import DeliveryUnavailable
 from keepword.mail.compose import compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
@@ -215,7 +216,7 @@ def test_temporary_failure_retries_later(rig: Rig) -> None:
     assert early.handled == 0  # not due yet
     later = rig.drain(NOW + step, sent_copy=copy)
     assert later.sent == 1
-    assert copy.lookups == [row.message_id]  # attempts > 0: looked in Sent first
+    assert copy.lookups == []  # refused before the relay took it: nothing to look for
     assert len(rig.server.messages) == 1
     assert rig.row(row.id).attempts == 2
 
@@ -264,10 +265,11 @@ def test_dry_run_from_config(tmp_path: Path, smtp_server: SmtpServer) -> None:
 def test_unreachable_server_leaves_everything_pending(rig: Rig) -> None:
     row = rig.enqueue_ack()
     rig.server.stop()
-    result = rig.drain()
-    assert result.skipped == 1 and result.error is not None
+    with pytest.raises(DeliveryUnavailable, match="cannot connect"):
+        rig.drain()
     stored = rig.row(row.id)
     assert stored.state is OutboxState.PENDING and stored.attempts == 0
+    assert stored.last_error is not None and "cannot connect" in stored.last_error
     rig.server.start()
     assert rig.drain().sent == 1
 
@@ -300,15 +302,25 @@ def test_crash_after_send_with_a_fake_sent_folder(rig: Rig) -> None:
     assert rig.row(row.id).sent_copy == "found"
 
 
-def test_crash_before_send_sends_after_looking(rig: Rig) -> None:
+def test_crash_before_send_is_held_then_sent_after_looking(rig: Rig) -> None:
     row = rig.enqueue_ack()
     with rig.engine.begin() as conn:
         outbox.begin_attempt(conn, row.id)  # counted, then the daemon died before SMTP
     copy = FakeSentCopy()
     result = rig.drain(sent_copy=copy)
-    assert result.sent == 1
+    assert (result.held, result.sent) == (1, 0)  # it may have gone out: not resent blindly
     assert copy.lookups == [row.message_id]
+    assert rig.server.messages == []
+    wait = timedelta(seconds=rig.server.settings().unknown_outcome_wait)
+    assert rig.drain(NOW + wait / 2, sent_copy=copy).handled == 0
+
+    later = rig.drain(NOW + wait, sent_copy=copy)
+    assert (later.sent, later.resent) == (1, 1)
+    assert copy.lookups == [row.message_id] * 2
     assert len(rig.server.messages) == 1
+    with rig.engine.connect() as conn:
+        details = conn.execute(select(case_event.c.detail)).scalars().all()
+    assert any("may have gone out" in d for d in details)  # the case timeline says so
 
 
 def test_unknown_sent_folder_state_waits(rig: Rig) -> None:

@@ -84,6 +84,8 @@ class MailboxHealth:
     open_promises: int
     next_due: str | None
     overdue_promises: int
+    outbox_unknown: int = 0  # may have gone out: held until the Sent folder tells
+    sent_copies_missing: int = 0  # sent, copy to Sent failed: retried by the drain
 
     @property
     def healthy(self) -> bool:
@@ -148,6 +150,8 @@ def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> Mai
         overdue_promises=_count(
             conn, select(func.count()).where(and_(open_promise, promise.c.due_at < now))
         ),
+        outbox_unknown=outbox_store.unknown_outcomes(conn, box.name),
+        sent_copies_missing=outbox_store.missing_sent_copies(conn, box.name),
     )
 
 
@@ -206,6 +210,8 @@ def _print(report: list[MailboxHealth]) -> None:
         console.print(
             f"  waiting for triage {health.waiting_triage} · quarantined {health.quarantined}"
             f" · outbox pending {health.outbox_pending}, failed {health.outbox_failed}"
+            f" (outcome unknown {health.outbox_unknown},"
+            f" Sent copies missing {health.sent_copies_missing})"
             f" · open promises {health.open_promises} (overdue {health.overdue_promises})"
             f", next due {health.next_due or '-'}"
         )

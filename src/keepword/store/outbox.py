@@ -4,10 +4,17 @@ A row is written in the same transaction as the decision that caused it; its
 `dedup_key` makes the decision idempotent (deciding twice enqueues once) and its
 `message_id` (deterministic, see mail.compose) lets a retry after a crash look for the
 mail in the Sent folder. `attempts` is counted and committed *before* each SMTP
-transaction, so attempts > 0 on a pending row means "may already have gone out".
+transaction, together with `sent_copy = "unknown"`.
 
-`sent_copy`: "pending" until sent, then "done" (APPENDed to the Sent folder),
-"skipped" (not configured), "failed" (APPEND failed) or "found" (a retry found it there).
+`sent_copy` says what is known about the mail's way out and its copy in Sent.
+While the row is pending:
+- "pending": no attempt can have gone out (never tried, or every attempt was refused
+  before the relay took it);
+- "unknown": an attempt began and its outcome was never recorded (a crash);
+- "held": an attempt's outcome is unknown (no reply to the final dot, or a crash) and
+  the row waits until `next_attempt_at` for its Message-ID to show in the Sent folder.
+Once sent: "done" (APPENDed to the Sent folder), "skipped" (not configured), "failed"
+(APPEND failed: retried at `next_attempt_at`) or "found" (it was already there).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class OutboxRow:
     next_attempt_at: datetime | None
     last_error: str | None
     sent_copy: str
+    sent_at: datetime | None = None
 
 
 def _to_row(r: Row[Any]) -> OutboxRow:
@@ -63,6 +71,7 @@ def _to_row(r: Row[Any]) -> OutboxRow:
         next_attempt_at=r.next_attempt_at,
         last_error=r.last_error,
         sent_copy=r.sent_copy,
+        sent_at=r.sent_at,
     )
 
 
@@ -140,6 +149,30 @@ def pending(
     return [_to_row(r) for r in conn.execute(query)]
 
 
+def unknown_outcomes(conn: Connection, mailbox: str) -> int:
+    """How many of this mailbox's mails may have gone out without keepword knowing."""
+    query = select(func.count(outbox.c.id)).where(
+        and_(
+            outbox.c.mailbox == mailbox,
+            outbox.c.state == OutboxState.PENDING.value,
+            outbox.c.sent_copy.in_(UNKNOWN_OUTCOME),
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def missing_sent_copies(conn: Connection, mailbox: str) -> int:
+    """How many sent mails still wait for their copy in the Sent folder."""
+    query = select(func.count(outbox.c.id)).where(
+        and_(
+            outbox.c.mailbox == mailbox,
+            outbox.c.state == OutboxState.SENT.value,
+            outbox.c.sent_copy == "failed",
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
 def depth(conn: Connection, mailbox: str) -> int:
     """How many mails of this mailbox wait to go out (due or not)."""
     query = select(func.count(outbox.c.id)).where(
@@ -148,20 +181,39 @@ def depth(conn: Connection, mailbox: str) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+UNKNOWN_OUTCOME = ("unknown", "held")  # sent_copy of a pending row that may have gone out
+
+
 def begin_attempt(conn: Connection, row_id: int) -> int:
-    """Count an attempt before sending; returns the new count. Commit before SMTP."""
-    conn.execute(update(outbox).where(outbox.c.id == row_id).values(attempts=outbox.c.attempts + 1))
+    """Count an attempt before sending; returns the new count. Commit before SMTP.
+
+    Until its outcome is recorded the attempt may have gone out: a crash leaves the row
+    "unknown", and the next drain looks for it before sending again.
+    """
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(attempts=outbox.c.attempts + 1, sent_copy="unknown")
+    )
     return int(conn.execute(select(outbox.c.attempts).where(outbox.c.id == row_id)).scalar_one())
 
 
-def mark_sent(conn: Connection, row_id: int, now: datetime, *, sent_copy: str = "done") -> None:
+def mark_sent(
+    conn: Connection,
+    row_id: int,
+    now: datetime,
+    *,
+    sent_copy: str = "done",
+    copy_retry_at: datetime | None = None,
+) -> None:
+    """Sent; `copy_retry_at` is when a failed copy to Sent is tried again."""
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
         .values(
             state=OutboxState.SENT.value,
             sent_at=now,
-            next_attempt_at=None,
+            next_attempt_at=copy_retry_at,
             last_error=None,
             sent_copy=sent_copy,
         )
@@ -171,13 +223,75 @@ def mark_sent(conn: Connection, row_id: int, now: datetime, *, sent_copy: str = 
 def mark_retry(
     conn: Connection, row_id: int, *, attempts: int, next_attempt_at: datetime, error: str
 ) -> None:
+    """Refused before the relay took it: nothing went out, send again later."""
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
         .values(
-            attempts=attempts, next_attempt_at=next_attempt_at, last_error=error[:MAX_ERROR_CHARS]
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            last_error=error[:MAX_ERROR_CHARS],
+            sent_copy="pending",
         )
     )
+
+
+def mark_held(conn: Connection, row_id: int, *, until: datetime, error: str) -> None:
+    """The outcome is unknown: look for it in Sent at `until` before sending again."""
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(next_attempt_at=until, last_error=error[:MAX_ERROR_CHARS], sent_copy="held")
+    )
+
+
+def postpone(conn: Connection, row_id: int, *, until: datetime, error: str) -> None:
+    """Nothing could be done for this row now (e.g. the Sent folder is unreachable)."""
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(next_attempt_at=until, last_error=error[:MAX_ERROR_CHARS])
+    )
+
+
+def note_error(conn: Connection, row_ids: Sequence[int], error: str) -> None:
+    """Record why these rows wait (the relay is down), changing nothing else."""
+    if row_ids:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(list(row_ids)))
+            .values(last_error=error[:MAX_ERROR_CHARS])
+        )
+
+
+def copies_due(
+    conn: Connection, now: datetime, limit: int = 100, *, mailbox: str
+) -> list[OutboxRow]:
+    """Sent rows whose copy to the Sent folder failed and is due again, oldest first."""
+    due = and_(
+        outbox.c.mailbox == mailbox,
+        outbox.c.state == OutboxState.SENT.value,
+        outbox.c.sent_copy == "failed",
+        # Rows that failed before copies were retried carry no time: due at once.
+        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+    )
+    query = select(outbox).where(due).order_by(outbox.c.id).limit(limit)
+    return [_to_row(r) for r in conn.execute(query)]
+
+
+def mark_copied(
+    conn: Connection, row_id: int, *, sent_copy: str, retry_at: datetime | None = None
+) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == row_id)
+        .values(sent_copy=sent_copy, next_attempt_at=retry_at)
+    )
+
+
+def has_due_work(conn: Connection, now: datetime, mailbox: str) -> bool:
+    """Anything for a drain to do: a mail due to go out or a Sent copy due again."""
+    return bool(pending(conn, now, 1, mailbox=mailbox) or copies_due(conn, now, 1, mailbox=mailbox))
 
 
 def mark_failed(conn: Connection, row: OutboxRow, now: datetime, error: str) -> None:
