@@ -7,8 +7,10 @@ stored in its own transaction together with the advanced cursor: a crash loses
 nothing and doubles nothing, and memory never holds more than one batch.
 
 First contact with a folder takes everything already in it as history (kept, threaded,
-never answered). A UIDVALIDITY change re-scans the folder from UID 0: known mail
-dedups by identity, unknown mail is stored as new.
+never answered): the folder's UIDNEXT at that moment is committed as the cutoff before
+anything is fetched, so an import interrupted by a crash resumes with the same cutoff
+and mail that arrived meanwhile stays live. A UIDVALIDITY change re-scans the folder
+from UID 0: known mail dedups by identity, unknown mail is stored as new.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def poll_folder(
         cursor = store.get_cursor(conn, box.name, folder)
     if (
         cursor is not None
+        and cursor.history_done
         and cursor.uidvalidity == status.uidvalidity
         and status.uidnext - 1 <= cursor.last_uid
     ):
@@ -138,18 +141,10 @@ def poll_folder(
     after_uid = cursor.last_uid if cursor is not None and not changed else 0
     history_done = cursor is not None and cursor.history_done
     if changed:
-        log.warning(
-            "mailbox %s folder %s: UIDVALIDITY changed %s -> %s; re-scanning the folder",
-            box.name,
-            folder,
-            cursor.uidvalidity if cursor else None,
-            status.uidvalidity,
-        )
-        with engine.begin() as conn:
-            store.reset_for_uidvalidity(conn, box.name, folder, status.uidvalidity, now=now())
-    # Everything already in a folder when keepword first meets it is history; mail
-    # arriving during that first import (UID >= UIDNEXT of this STATUS) is new.
-    history_below = 0 if history_done else status.uidnext
+        _rescan(engine, box, folder, cursor, status, now)
+        with engine.connect() as conn:
+            cursor = store.get_cursor(conn, box.name, folder)
+    history_below = 0 if history_done else _history_cutoff(engine, box, folder, cursor, status, now)
     new = known = quarantined = 0
     uids = session.new_uids(folder, after_uid)
     if plan is not None:
@@ -183,6 +178,65 @@ def poll_folder(
         uidvalidity_changed=changed,
         is_history=not history_done,
     )
+
+
+def _rescan(
+    engine: Engine,
+    box: MailboxSettings,
+    folder: str,
+    cursor: store.FolderCursor | None,
+    status: FolderStatusLike,
+    now: Clock,
+) -> None:
+    """A new UIDVALIDITY: every UID is void, take the folder in again from UID 0.
+
+    After the first import a re-scan is no import: nothing is history by UID (known mail
+    dedups by identity and keeps its flag; unknown mail is new, and triage's
+    DELIVERY_GRACE keeps mail dated from before keepword's first poll unanswered).
+    During an unfinished first import the recorded cutoff counted old UIDs, which mean
+    nothing now; the folder's new UIDNEXT replaces it, in the same transaction, so the
+    mail already there stays history (mail stored as new keeps its flag by identity).
+    """
+    log.warning(
+        "mailbox %s folder %s: UIDVALIDITY changed %s -> %s; re-scanning the folder",
+        box.name,
+        folder,
+        cursor.uidvalidity if cursor else None,
+        status.uidvalidity,
+    )
+    importing = cursor is None or not cursor.history_done
+    with engine.begin() as conn:
+        store.reset_for_uidvalidity(
+            conn,
+            box.name,
+            folder,
+            status.uidvalidity,
+            now=now(),
+            history_below_uid=status.uidnext if importing else None,
+        )
+
+
+def _history_cutoff(
+    engine: Engine,
+    box: MailboxSettings,
+    folder: str,
+    cursor: store.FolderCursor | None,
+    status: FolderStatusLike,
+    now: Clock,
+) -> int:
+    """UIDs below this are history: the folder's UIDNEXT when keepword first met it.
+
+    Recorded and committed on its own before any message is fetched, and read back on
+    every poll until the first import is done: a crash during the import must not move
+    the cutoff past mail that arrived meanwhile (that mail is live and gets answered).
+    """
+    if cursor is not None and cursor.history_below_uid is not None:
+        return cursor.history_below_uid
+    with engine.begin() as conn:
+        store.record_history_cutoff(
+            conn, box.name, folder, status.uidvalidity, status.uidnext, now=now()
+        )
+    return status.uidnext
 
 
 def _store_parsed(

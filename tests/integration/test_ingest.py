@@ -8,6 +8,7 @@ and caught up afterwards, and nothing is marked \\Seen.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import imaplib
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
 from tests.corpora import CORPORA, PRESENT
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -322,6 +326,72 @@ def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
     assert all(row.is_history for row in rows)  # the interrupted first import stays history
 
 
+class FetchFailedError(Exception):
+    pass
+
+
+def test_first_import_commits_its_cutoff_before_fetching_anything(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+) -> None:
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(5)])
+    box = mailbox_for(dovecot, mail_user)
+    session = session_for(box)
+    uidnext = session.status("INBOX").uidnext
+
+    def no_fetch(uids: Any) -> Any:
+        raise FetchFailedError("the process dies at its first fetch")
+
+    session.fetch = no_fetch
+    with pytest.raises(FetchFailedError):
+        poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    state = cursor(engine)
+    assert state.history_below_uid == uidnext
+    assert (state.last_uid, state.history_done) == (0, False)
+
+    dovecot.append(mail_user, "INBOX", mail(5))  # arrives before the restart
+    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    assert (result.new, result.is_history) == (6, True)
+    assert [row.is_history for row in locations(engine)] == [True] * 5 + [False]
+    assert cursor(engine).history_done
+
+
+def test_uidvalidity_change_during_the_first_import_recuts_in_the_new_uid_space(
+    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any, monkeypatch: Any
+) -> None:
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(30)])
+    box = mailbox_for(dovecot, mail_user, fetch_batch=10)
+    real_store = store.store_batch
+    calls = 0
+
+    def crash_on_second(*args: Any, **kwargs: Any) -> store.BatchResult:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("power cut")
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(store, "store_batch", crash_on_second)
+    with pytest.raises(RuntimeError, match="power cut"):
+        poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    monkeypatch.setattr(store, "store_batch", real_store)
+    new_validity = dovecot.set_uidvalidity_change(mail_user)
+
+    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    assert result.uidvalidity_changed
+    assert count(engine, message) == 30
+    rows = [row for row in locations(engine) if row.uidvalidity == new_validity]
+    assert len(rows) == 30
+    # Old UIDs mean nothing now: the old cutoff must not be read against new UIDs.
+    assert all(row.is_history for row in rows)
+    state = cursor(engine)
+    assert state.history_done
+    assert state.history_below_uid == max(row.uid for row in rows) + 1
+
+    dovecot.append(mail_user, "INBOX", mail(30))
+    later = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    assert (later.new, later.is_history) == (1, False)
+
+
 def test_sigkill_of_keepword_import_then_rerun_is_exact(
     dovecot: Dovecot, mail_user: str, tmp_path: Path
 ) -> None:
@@ -378,7 +448,13 @@ def wait_for(path: Path, timeout: float = 30) -> bool:
     return False
 
 
-def write_config(dovecot: Dovecot, user: str, directory: Path, fetch_batch: int = 500) -> Path:
+def write_config(
+    dovecot: Dovecot,
+    user: str,
+    directory: Path,
+    fetch_batch: int = 500,
+    smtp: SmtpServer | None = None,
+) -> Path:
     secret = directory / "imap.password"
     secret.write_text(dovecot.users[user])
     secret.chmod(0o600)
@@ -400,8 +476,105 @@ username = "{user}"
 password_file = "{secret}"
 fetch_batch = {fetch_batch}
 """
+        + (_smtp_section(smtp, directory) if smtp is not None else "")
     )
     return config
+
+
+def _smtp_section(smtp: SmtpServer, directory: Path) -> str:
+    secret = directory / "smtp.password"
+    secret.write_text(smtp.password)
+    secret.chmod(0o600)
+    return f"""
+[mailbox.smtp]
+host = "{smtp.host}"
+port = {smtp.port}
+tls = "plain"
+username = "{smtp.user}"
+password_file = "{secret}"
+
+[mailbox.chase]
+digest = false  # the mail under test is the acknowledgement, whatever the hour
+"""
+
+
+def keepword(config: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keepword", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+        timeout=timeout,
+    )
+
+
+def import_killed_after(config: Path, database: Path, stored: int) -> int:
+    """Start `keepword import`, SIGKILL it once `stored` locations are committed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert wait_for(database), "keepword import never created its database"
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OperationalError):  # tables not created yet
+                if count(engine, message_location) >= stored:
+                    break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        assert process.returncode == -signal.SIGKILL, "import finished before it was killed"
+        return count(engine, message_location)
+    finally:
+        engine.dispose()
+
+
+def customer_question(address: str) -> bytes:
+    question = EmailMessage()
+    question["From"] = f"Ann Lee <{address}>"
+    question["To"] = "support@example.com"
+    question["Subject"] = "Charged twice"
+    question["Date"] = format_datetime(datetime.now(UTC))
+    question["Message-ID"] = make_msgid(domain="example.org")
+    question.set_content("Please refund one of them.")
+    return question.as_bytes()
+
+
+def test_sigkill_during_first_import_keeps_its_cutoff_so_new_mail_is_answered(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """The cutoff is committed before the first fetch; a restart reads it back.
+
+    The old code took the cutoff from the UIDNEXT of each poll until the import was
+    done, so mail delivered between the crash and the restart became history.
+    """
+    total = 3000
+    body = "Lorem ipsum dolor sit amet. " * 150
+    dovecot.multiappend(mail_user, "INBOX", [mail(n, body=body) for n in range(total)])
+    config = write_config(dovecot, mail_user, tmp_path, fetch_batch=100, smtp=smtp_server)
+    database = tmp_path / "state" / "keepword.db"
+    at_kill = import_killed_after(config, database, stored=200)
+    assert 0 < at_kill < total
+
+    dovecot.append(mail_user, "INBOX", customer_question("ann@example.org"))
+    rerun = keepword(config, "run", "--once")
+    assert rerun.returncode == 0, rerun.stderr
+
+    engine = make_engine(f"sqlite:///{database}")
+    rows = locations(engine)
+    engine.dispose()
+    assert [row.uid for row in rows] == dovecot.uids(mail_user)
+    *old, newcomer = rows
+    assert all(row.is_history for row in old)  # the old mail stays history
+    assert not newcomer.is_history, "mail that arrived after the crash became history"
+    answers = [m for m in smtp_server.messages if "ann@example.org" in m.rcpt_tos]
+    assert len(answers) == 1, "the new customer got no acknowledgement"
+    assert not any(m for m in smtp_server.messages if "customer.test" in " ".join(m.rcpt_tos))
 
 
 # -- UIDVALIDITY ---------------------------------------------------------------------------

@@ -57,6 +57,9 @@ class FolderCursor:
     uidvalidity: int | None
     last_uid: int
     history_done: bool
+    # The first import's cutoff under `uidvalidity`: UIDs below it are history (None
+    # before it was recorded; meaningless once history_done).
+    history_below_uid: int | None = None
     last_success_at: datetime | None = None
     last_error: str | None = None
 
@@ -222,6 +225,7 @@ def get_cursor(conn: Connection, mailbox: str, folder: str) -> FolderCursor | No
             folder_state.c.uidvalidity,
             folder_state.c.last_uid,
             folder_state.c.history_done,
+            folder_state.c.history_below_uid,
             folder_state.c.last_success_at,
             folder_state.c.last_error,
         ).where(and_(folder_state.c.mailbox == mailbox, folder_state.c.folder == folder))
@@ -234,6 +238,7 @@ def get_cursor(conn: Connection, mailbox: str, folder: str) -> FolderCursor | No
         uidvalidity=None if row.uidvalidity is None else int(row.uidvalidity),
         last_uid=int(row.last_uid or 0),
         history_done=bool(row.history_done),
+        history_below_uid=None if row.history_below_uid is None else int(row.history_below_uid),
         last_success_at=row.last_success_at,
         last_error=row.last_error,
     )
@@ -286,18 +291,48 @@ def advance_cursor(
 
 
 def reset_for_uidvalidity(
-    conn: Connection, mailbox: str, folder: str, uidvalidity: int, *, now: datetime
+    conn: Connection,
+    mailbox: str,
+    folder: str,
+    uidvalidity: int,
+    *,
+    now: datetime,
+    history_below_uid: int | None = None,
 ) -> None:
     """A new UIDVALIDITY invalidates every UID: start the folder over from UID 0.
 
     `history_done` stays as it was: mail found in the re-scan is judged by identity
-    (known mail dedups) and unknown mail is new, not history.
+    (known mail dedups) and unknown mail is new, not history. A first import that was
+    still unfinished passes its cutoff again in the new UID space (`history_below_uid`),
+    in this same transaction, so the old-space cutoff is never read against new UIDs.
+    """
+    _ensure_row(conn, mailbox, folder)
+    values: dict[str, Any] = {"uidvalidity": uidvalidity, "last_uid": 0, "last_poll_at": now}
+    if history_below_uid is not None:
+        values["history_below_uid"] = history_below_uid
+    conn.execute(update(folder_state).where(_where(mailbox, folder)).values(**values))
+
+
+def record_history_cutoff(
+    conn: Connection,
+    mailbox: str,
+    folder: str,
+    uidvalidity: int,
+    history_below_uid: int,
+    *,
+    now: datetime,
+) -> None:
+    """Remember the first import's cutoff (the folder's UIDNEXT at first contact).
+
+    Commit this on its own, before any message of the folder is fetched: every later
+    poll reads it back, so a crash during the import cannot move it past mail that
+    arrived meanwhile. The cursor itself is not moved.
     """
     _ensure_row(conn, mailbox, folder)
     conn.execute(
         update(folder_state)
         .where(_where(mailbox, folder))
-        .values(uidvalidity=uidvalidity, last_uid=0, last_poll_at=now)
+        .values(uidvalidity=uidvalidity, history_below_uid=history_below_uid, last_poll_at=now)
     )
 
 
