@@ -28,7 +28,7 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from keepword.clock import SPEED_ENV, SpedUpClock
-from keepword.store.tables import case, job_run, message
+from keepword.store.tables import case, folder_state, job_run, message
 from tests.fixtures.dovecot import Dovecot
 from tests.soak import traffic
 from tests.soak.relay import RELAY_PASSWORD, RELAY_USER, FaultyRelay, RelayedMail
@@ -37,6 +37,7 @@ from tests.soak.traffic import Customer, Event, Fault, Plan
 REPO = Path(__file__).resolve().parents[2]
 TICK = 0.05  # real seconds between two looks at the world
 RESTART_DELAY = 0.3  # real seconds, systemd's RestartSec for a daemon that died by itself
+INSTALL = 8.0  # real seconds between the daemon's start and the plan's first minute
 SETTLE = timedelta(hours=3)  # virtual time after the last business day: faults healed
 CUSTOMER_KINDS = ("acknowledgement", "follow_up_note", "customer_update")
 RELAY_FAULTS = ("tempfail", "outage", "slow")
@@ -107,8 +108,10 @@ class Soak:
         self.plan = plan
         self.user = user
         self.rng = random.Random(plan.seed + 1)
-        # Real anchor a little ahead: the daemon's first second is the plan's start.
-        self.clock = SpedUpClock(speed, plan.start, time.time() + 0.5)
+        # The plan's start lies INSTALL real seconds ahead: the daemon is installed and
+        # makes first contact with the (empty) mailbox before the first mail, as in life;
+        # mail already there at first contact would be history, never answered.
+        self.clock = SpedUpClock(speed, plan.start, time.time() + INSTALL)
         self.relay = FaultyRelay(self.clock)
         self.record = SoakRecord(plan, speed)
         self.state = workdir / "state"
@@ -221,6 +224,30 @@ country = "{traffic.COUNTRY}"
             process.kill()
             process.wait()
             self._end_life("stuck at stop, killed")
+
+    def _await_first_contact(self) -> None:
+        """Wait (real time) for the first successful poll, then for the plan's start."""
+        while not self._first_poll_done():
+            if time.time() > self.clock.real_anchor:
+                raise RuntimeError(
+                    f"harness: the daemon made no first contact within {INSTALL} s; see {self.log}"
+                )
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"harness: the daemon exited at start; see {self.log}")
+            time.sleep(TICK)
+        while time.time() < self.clock.real_anchor:
+            time.sleep(TICK)
+
+    def _first_poll_done(self) -> bool:
+        engine = self.engine()
+        if engine is None:
+            return False
+        query = select(folder_state.c.last_success_at).where(folder_state.c.folder == "INBOX")
+        try:
+            with engine.connect() as conn:
+                return conn.execute(query).scalar() is not None
+        except SQLAlchemyError:
+            return False
 
     def alive_since(self) -> datetime | None:
         if self._process is None or self._process.poll() is not None:
@@ -510,8 +537,8 @@ country = "{traffic.COUNTRY}"
         events = deque(self.plan.events)
         actions = self._fault_actions()
         finish = self.plan.end + SETTLE
-        while time.time() < self.clock.real_anchor:
-            time.sleep(0.01)
+        self._start_daemon()
+        self._await_first_contact()
         try:
             while (now := self.clock.now()) < finish:
                 while events and events[0].at <= now:
