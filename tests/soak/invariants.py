@@ -226,6 +226,7 @@ def chase_on_time(record: SoakRecord, conn: Connection) -> Finding:
         checked += _expect(finding, record, row, planned, horizon, escalations, "escalation")
     digests = _digests(record, finding)
     finding.figures = {
+        "worst lateness (on time)": str(finding.figures.get("worst lateness", "n/a")),
         "timed reminders/escalations checked": checked,
         "reminders at the relay": sum(len(v) for v in reminders.values()),
         "escalations at the relay": sum(len(v) for v in escalations.values()),
@@ -252,7 +253,12 @@ def _expect(
         return 0
     reference = row.reference  # type: ignore[attr-defined]
     sent = [m.at for m in mails.get(reference, [])]
-    if any(planned - DUE_SLACK <= at <= planned + allowed for at in sent):
+    on_time = [at for at in sent if planned - DUE_SLACK <= at <= planned + allowed]
+    if on_time:
+        late = max(timedelta(), min(on_time) - planned)
+        worst = finding.figures.get("worst lateness", timedelta())
+        assert isinstance(worst, timedelta)
+        finding.figures["worst lateness"] = max(worst, late)
         return 1
     seen = ", ".join(f"{at:%a %H:%M}" for at in sent) or "none"
     finding.violations.append(
