@@ -43,9 +43,15 @@ Invariant = Callable[[SoakRecord, Connection], Finding]
 # -- helpers -----------------------------------------------------------------------------
 
 
+HARNESS_REAL_SECONDS = 0.75
+"""Real time the machine may cost a daemon's cycle (start-up, a busy shared CPU): at
+speed 3000 and 1200 the lateness of timed mails and the job gaps stayed near 0.3-0.65 s
+*real* at both speeds, i.e. they come from real-time costs, not from keepword's plan."""
+
+
 def harness_allowance(record: SoakRecord) -> timedelta:
-    """Virtual time a quarter of a real second is worth: the harness's scheduling jitter."""
-    return timedelta(seconds=0.25 * record.speed)
+    """Virtual time HARNESS_REAL_SECONDS are worth at the run's speed."""
+    return timedelta(seconds=HARNESS_REAL_SECONDS * record.speed)
 
 
 def base_tolerance(record: SoakRecord) -> timedelta:

@@ -1,7 +1,7 @@
-"""The short soak: the real `keepword run` over five business days at speed 3000.
+"""The short soak: the real `keepword run` over five business days at speed 2000.
 
 Monday 27 April 2026 07:00 Europe/Berlin to Monday 4 May 19:00 (Friday 1 May is a
-public holiday in DE), then three hours to settle: ~3.5 minutes of real time. Replay
+public holiday in DE), then three hours to settle: ~5.5 minutes of real time. Replay
 a failure with KEEPWORD_SOAK_SEED=<the printed seed>.
 """
 
@@ -23,7 +23,7 @@ from tests.soak.traffic import SUPPORT, make_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 
-SPEED = float(os.environ.get("KEEPWORD_SOAK_SPEED", "3000"))
+SPEED = float(os.environ.get("KEEPWORD_SOAK_SPEED", "2000"))
 SEED = int(os.environ.get("KEEPWORD_SOAK_SEED", "20260427"))
 
 

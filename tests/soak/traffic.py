@@ -203,7 +203,7 @@ def _faults(rng: random.Random, start: datetime, end: datetime, kills: int) -> l
         window("tempfail", (10, 60)),
         window("outage", (10, 60)),
         window("slow", (30, 120)),
-        window("credential", (10, 40)),
+        window("credential", (60, 180)),
     ]
     return sorted(faults, key=lambda f: f.start)
 
