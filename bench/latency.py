@@ -39,7 +39,6 @@ from tests.fixtures.smtp import SmtpServer  # noqa: E402
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.daemon import Daemon  # noqa: E402
-from keepword.service import Service  # noqa: E402
 
 SUPPORT = "support@example.com"
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
@@ -95,7 +94,7 @@ async def measure(
     )
     config = state / "keepword.toml"
     config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
-    daemon = Daemon(config, lambda s: Service(s))
+    daemon = Daemon(config)  # keepword.service.make_worker on the system clock
     running = asyncio.create_task(daemon.run())
     latencies: list[float] = []
     try:

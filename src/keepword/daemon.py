@@ -47,7 +47,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from keepword import sdnotify
 from keepword.clock import Clock, clock_from_environment
 from keepword.config import Credentials, MailboxSettings, Settings, load_config
-from keepword.errors import ConfigError, KeepwordError, SecretError, StoreError
+from keepword.errors import (
+    ConfigError,
+    KeepwordError,
+    SecretError,
+    StoreBusyError,
+    StoreError,
+)
 from keepword.idle import MailboxWatchers, OnChange
 from keepword.logs import log_context
 from keepword.metrics import METRICS, MetricsServer, start_metrics_server
@@ -64,6 +70,7 @@ DRAIN_INTERVAL: Final = 10.0
 STOP_TIMEOUT: Final = 20.0
 CLOSE_TIMEOUT: Final = 5.0
 OVERDUE_CHECK: Final = 15.0  # clock seconds between refreshes of the overdue gauges
+LOCK_CHECK: Final = 5.0  # seconds between checks that the writer lock is still held
 JOBS: Final = ("poll", "chase", "drain")
 
 
@@ -106,6 +113,7 @@ class Job:
     retry_at: float | None = None  # clock.monotonic(); set while backing off
     last_error: str | None = None
     last_start: datetime | None = None
+    requested_at: datetime | None = None  # new mail seen (IDLE): run again after this one
 
     @classmethod
     def every(cls, kind: str, seconds: float, start: datetime) -> Job:
@@ -156,7 +164,7 @@ class MailboxCycle:
     def new_mail(self, now: datetime) -> None:
         """IDLE saw new mail: poll (its backoff ends: the server answers) and drain now."""
         poll, drain = self.jobs["poll"], self.jobs["drain"]
-        poll.due, poll.retry_at = now, None
+        poll.due, poll.retry_at, poll.requested_at = now, None, now
         drain.due = min(drain.due, now)  # a relay that is down keeps its backoff
         self.wake.set()
 
@@ -242,6 +250,7 @@ class Daemon:
         self._watchers = MailboxWatchers(self._new_mail)  # IMAP IDLE, keepword.idle
         self._stopping = False
         self._once = False
+        self._lost_lock: StoreBusyError | None = None
         self.abandoned = 0  # jobs still running when the stop bound ran out
 
     @property
@@ -283,9 +292,12 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or `request_stop`); 0 after a clean stop."""
         settings, engine = self._start()
         try:
-            return await self._serve(settings, engine)
+            code = await self._serve(settings, engine)
         finally:
             self._release()
+        if self._lost_lock is not None:
+            raise self._lost_lock  # another writer took the store over: say so, exit non-zero
+        return code
 
     async def _serve(self, settings: Settings, engine: Engine) -> int:
         loop = asyncio.get_running_loop()
@@ -301,6 +313,7 @@ class Daemon:
         if interval:
             self._spawn(self._watchdog(interval / 2))
         self._spawn(self._report_overdue())
+        self._spawn(self._keep_writer_lock())
         log.info(
             "keepword running: %d mailbox(es) from %s%s",
             len(settings.mailbox),
@@ -356,6 +369,26 @@ class Daemon:
                 for job in cycle.jobs.values():
                     METRICS.job_overdue(cycle.box.name, job.kind, job.overdue(now, cycle.started))
             await self._clock.sleep(OVERDUE_CHECK)
+
+    async def _keep_writer_lock(self) -> None:
+        """Take the lock again if it was lost (PostgreSQL restarted: its session ended)."""
+        while True:
+            await asyncio.sleep(LOCK_CHECK)  # real time: the database's, not the daemon's
+            lock = self._lock
+            if lock is None or await asyncio.to_thread(lock.alive):
+                continue
+            log.warning("writer lock lost (the database connection dropped): taking it again")
+            try:
+                await asyncio.to_thread(lock.acquire)
+            except StoreBusyError as exc:
+                log.critical("%s; stopping: this process no longer owns the store", exc)
+                self._lost_lock = exc
+                self.request_stop()
+                return
+            except StoreError as exc:
+                log.warning("writer lock not taken yet: %s", exc)  # the database is still down
+            else:
+                log.info("writer lock taken again: %s", lock.describe())
 
     # -- one sequential cycle per mailbox ------------------------------------------
 
@@ -439,7 +472,7 @@ class Daemon:
             error = describe_error(exc)
             self._failed(cycle, job, exc)
         else:
-            self._succeeded(cycle, job)
+            self._succeeded(cycle, job, started)
         finally:
             self._running.pop(task, None)
         await self._record(job_store.job_finished, box.name, job.kind, self._clock.now(), error)
@@ -458,12 +491,14 @@ class Daemon:
         else:
             await worker.drain(box)
 
-    def _succeeded(self, cycle: MailboxCycle, job: Job) -> None:
+    def _succeeded(self, cycle: MailboxCycle, job: Job, started: datetime) -> None:
         if job.failures:
             log.info("%s works again after %d failure(s)", job.kind, job.failures)
         job.failures, job.retry_at, job.last_error = 0, None, None
         now = self._clock.now()
         job.due = next_fire(job.trigger, job.due, now)
+        if job.requested_at is not None and job.requested_at >= started:
+            job.due = now  # new mail came while this run was under way: it may have missed it
         if job.kind in ("poll", "chase"):  # what they queued leaves right away
             drain = cycle.jobs["drain"]
             drain.due = min(drain.due, now)

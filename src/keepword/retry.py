@@ -4,8 +4,8 @@ The step doubles with each consecutive failure up to a cap; the wait is half the
 plus a random share of the other half ("equal jitter"). The fixed half keeps a floor
 under every wait, so a failing server is never hammered; the random half spreads
 mailboxes (or outbox rows) that failed together, so they do not retry in lockstep.
-The daemon's per-mailbox jobs, the IDLE watcher and the outbox each pick their own
-`first` and `cap`, nothing else.
+The daemon's jobs (per mailbox and job) and the IDLE watcher share MAILBOX_RETRY; the
+outbox picks its own `first` and `cap`, nothing else.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ class RetryPolicy:
         return step / 2 + step / 2 * draw()
 
 
-# A mailbox whose server or login fails: its jobs pause, the other mailboxes go on.
+# A job (poll, chase, drain) of a mailbox that failed: that job pauses, the others go on.
+# The IDLE watcher restarts with the same policy.
 MAILBOX_RETRY: Final = RetryPolicy(first=5.0, cap=15 * 60.0)
-# An IDLE connection that dropped: reconnect fast, the scheduled poll still covers it.
+# No longer used by keepword itself (the watcher uses MAILBOX_RETRY); kept for callers.
 IDLE_RETRY: Final = RetryPolicy(first=1.0, cap=5 * 60.0)
 # A mail the SMTP server refused for now (4xx, connection trouble).
 OUTBOX_RETRY: Final = RetryPolicy(first=60.0, cap=60 * 60.0)

@@ -36,7 +36,10 @@ def notify(state: str, *, environ: Mapping[str, str] | None = None) -> bool:
     if address is None:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a supervisor that does not read (its queue full) must never
+        # freeze the event loop; the datagram is dropped instead.
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
             sock.sendall(state.encode())
     except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from keepword.cli import main
+from keepword.store.db import make_engine, migrate, open_store
 from tests.fixtures.dovecot import Dovecot
 
 pytestmark = pytest.mark.integration
@@ -206,3 +208,70 @@ def test_smtp_server_down(
     code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
     assert code == 1
     assert "FAIL support: SMTP" in out
+
+
+# -- the store and an empty config (issue 10, item 9) ---------------------------------
+
+
+def test_reports_the_database(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
+    code, out = run_check(config, capsys)
+    assert code == 0, out
+    database = tmp_path / "keepword.db"
+    assert f"ok   store: database sqlite:///{database}: {database} does not exist yet" in out
+    assert not database.exists()  # check changes nothing
+    open_store(f"sqlite:///{database}").dispose()
+    code, out = run_check(config, capsys)
+    assert code == 0, out
+    assert "ok   store: database" in out and "schema up to date" in out
+
+
+def test_an_old_schema_is_migratable(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
+    migrate(make_engine(f"sqlite:///{tmp_path / 'keepword.db'}"), "0003")
+    code, out = run_check(config, capsys)
+    assert code == 0, out
+    assert "schema 0003, migrated to" in out
+
+
+def test_a_read_only_database_fails(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
+    database = tmp_path / "keepword.db"
+    open_store(f"sqlite:///{database}").dispose()
+    database.chmod(0o444)
+    code, out = run_check(config, capsys)
+    assert code == 1
+    assert "FAIL store" in out and "read-only" in out
+
+
+def test_an_unreachable_database_fails(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
+    port = dovecot.mailserver.free_port()
+    url = f"postgresql+psycopg://keepword@127.0.0.1:{port}/keepword"
+    config.write_text(
+        config.read_text().replace("[keepword]\n", f'[keepword]\ndatabase_url = "{url}"\n', 1)
+    )
+    code, out = run_check(config, capsys)
+    assert code == 1
+    assert f"FAIL store: database {url}: cannot connect" in out
+    assert "ok   support: IMAP" in out  # the servers are still checked
+
+
+def test_an_empty_config_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "keepword.toml"
+    config.write_text(f'[keepword]\nstate_dir = "{tmp_path / "state"}"\n')
+    code, out = run_check(config, capsys)
+    assert code == 2
+    assert out.startswith("FAIL config:") and "no [[mailbox]] configured" in out
+    assert "ok " not in out
+    assert not (tmp_path / "state").exists()

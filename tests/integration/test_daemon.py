@@ -1,8 +1,10 @@
 """`keepword run` as a subprocess, the way systemd runs it: notify socket, watchdog, signals.
 
-The use-case layer is replaced by `FakeWorker` below (selected with the hidden
-`--worker` option); it reaches the mailbox's configured server on loopback and records
-every call in a file, so the tests see exactly which jobs ran with which settings.
+The use-case layer is replaced by `FakeWorker` below: LAUNCHER runs keepword's own
+`main` with `keepword.cli.run.make_worker` swapped for `make_fake_worker` (the CLI wires
+the real factory statically). The fake reaches the mailbox's configured server on
+loopback and records every call in a file, so the tests see exactly which jobs ran with
+which settings.
 """
 
 from __future__ import annotations
@@ -18,19 +20,34 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
+from keepword.clock import SPEED_ENV, Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
-from keepword.errors import MailboxError
+from keepword.errors import DeliveryUnavailable, MailboxError
+from keepword.idle import OnChange
 from keepword.metrics import METRICS
+from keepword.store.db import open_store
+from keepword.store.jobs import job_runs
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER = "tests.integration.test_daemon:make_fake_worker"
+# src first: the venv's editable install may point at another checkout of keepword.
+PYTHONPATH = os.pathsep.join([str(REPO / "src"), str(REPO)])
 CALLS_ENV = "KEEPWORD_FAKE_WORKER_CALLS"
+PASSWORD_ENV = "KW_TEST_PASSWORD"
+LAUNCHER = (
+    "import sys, keepword.cli.run as run; "
+    "from tests.integration.test_daemon import make_fake_worker; "
+    "run.make_worker = make_fake_worker; "
+    "from keepword.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 # -- the fake use-case layer (runs inside the daemon process) ------------------------
@@ -65,14 +82,21 @@ class FakeWorker:
 
     async def drain(self, mailbox: MailboxSettings) -> None:
         self._record("drain", mailbox)
+        if mailbox.name.startswith("norelay"):
+            raise DeliveryUnavailable("relay 127.0.0.1:25 refused the login")
+
+    async def watch(
+        self, mailbox: MailboxSettings, on_change: OnChange, stop: asyncio.Event
+    ) -> None:
+        await stop.wait()
 
     async def close(self) -> None:
         with self.calls.open("a") as out:
             out.write("close\n")
 
 
-def make_fake_worker(settings: Settings, dry_run: bool) -> FakeWorker:
-    return FakeWorker(settings, dry_run)
+def make_fake_worker(settings: Settings, engine: Engine, clock: Clock) -> FakeWorker:
+    return FakeWorker(settings, settings.keepword.dry_run)
 
 
 # -- test rig --------------------------------------------------------------------------
@@ -87,8 +111,18 @@ def imap_port() -> Iterator[int]:
         yield server.getsockname()[1]
 
 
-def config_text(state: Path, port: int, boxes: dict[str, int], *, metrics: bool = False) -> str:
+def config_text(
+    state: Path,
+    port: int,
+    boxes: dict[str, int],
+    *,
+    metrics: bool = False,
+    database_url: str | None = None,
+    password_file: Path | None = None,
+) -> str:
     lines = ["[keepword]", f'state_dir = "{state}"']
+    if database_url:
+        lines.append(f'database_url = "{database_url}"')
     if metrics:
         lines.append('metrics_listen = "127.0.0.1:0"')
     for name, interval in boxes.items():
@@ -102,22 +136,34 @@ def config_text(state: Path, port: int, boxes: dict[str, int], *, metrics: bool 
             f"port = {port}",
             'tls = "plain"',
             f'username = "{name}@example.com"',
-            'password_env = "KW_TEST_PASSWORD"',
+            f'password_file = "{password_file}"'
+            if password_file
+            else f'password_env = "{PASSWORD_ENV}"',
         ]
     return "\n".join(lines) + "\n"
 
 
 class DaemonProcess:
     def __init__(
-        self, tmp: Path, *extra: str, stop_timeout: float = 3.0, prefix: tuple[str, ...] = ()
+        self,
+        tmp: Path,
+        *extra: str,
+        stop_timeout: float = 3.0,
+        prefix: tuple[str, ...] = (),
+        fake: bool = True,
+        name: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
+        self.fake = fake
+        self.env = env or {}
         self.prefix = prefix
         self.config = tmp / "keepword.toml"
-        self.calls = tmp / "calls.txt"
-        self.stderr = tmp / "stderr.txt"
+        self.calls = tmp / f"calls{name}.txt"
+        self.stderr = tmp / f"stderr{name}.txt"
+        self.notify_path = tmp / f"notify{name}.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(tmp / "notify.sock"))
+        self.notify.bind(str(self.notify_path))
         self.messages: list[str] = []
         self.arrivals: list[float] = []  # monotonic time each message was received
         self.extra = extra
@@ -127,21 +173,16 @@ class DaemonProcess:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WATCHDOG_PID")}
         env.update(
-            PYTHONPATH=str(REPO),
-            NOTIFY_SOCKET=str(self.tmp / "notify.sock"),
+            PYTHONPATH=PYTHONPATH,
+            NOTIFY_SOCKET=str(self.notify_path),
             WATCHDOG_USEC="1000000",  # pings every 0.5 s
-            **{CALLS_ENV: str(self.calls)},
+            **{CALLS_ENV: str(self.calls), PASSWORD_ENV: "not-used"},
+            **self.env,
         )
         self.calls.touch()
-        command = [*self.prefix, sys.executable, "-m", "keepword", "--config", str(self.config)]
-        command += [
-            "run",
-            "--worker",
-            WORKER,
-            "--stop-timeout",
-            str(self.stop_timeout),
-            *self.extra,
-        ]
+        program = ["-c", LAUNCHER] if self.fake else ["-m", "keepword"]
+        command = [*self.prefix, sys.executable, *program, "--config", str(self.config)]
+        command += ["run", "--stop-timeout", str(self.stop_timeout), *self.extra]
         with self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(command, cwd=REPO, env=env, stderr=err)
 
@@ -206,10 +247,8 @@ class DaemonProcess:
 def daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(
-        *extra: str, stop_timeout: float = 3.0, prefix: tuple[str, ...] = ()
-    ) -> DaemonProcess:
-        process = DaemonProcess(tmp_path, *extra, stop_timeout=stop_timeout, prefix=prefix)
+    def start(*extra: str, **options: Any) -> DaemonProcess:
+        process = DaemonProcess(tmp_path, *extra, **options)
         started.append(process)
         return process
 
@@ -334,7 +373,7 @@ def test_failing_mailbox_backs_off_while_others_work(
     line = kw.wait_log(r".*poll failed.*").group(0)
     assert re.search(
         r"ERROR keepword\.daemon \[broken\] poll failed \(1 in a row\): IMAP server said no; "
-        r"retrying this mailbox in \d+ s",
+        r"retrying the poll in \d+ s",
         line,
     ), line
     assert "Traceback" not in kw.log()  # a KeepwordError explains itself
@@ -457,34 +496,112 @@ def test_daemon_runs_under_memory_deny_write_execute(
     assert code == 0, kw.log()
 
 
-def test_missing_worker_module_is_a_clear_error(tmp_path: Path, imap_port: int) -> None:
-    config = tmp_path / "keepword.toml"
-    config.write_text(config_text(tmp_path, imap_port, {"support": 60}))
-    command = [sys.executable, "-m", "keepword", "--config", str(config), "run"]
-    result = subprocess.run(
-        [*command, "--worker", "keepword.no_such_layer:make_worker"],
+def run_keepword(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keepword", "--config", str(config), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})},
     )
-    assert result.returncode == 1
-    assert "module keepword.no_such_layer is missing" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_invalid_config_at_start_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "keepword.toml"
     config.write_text("[keepword]\nlog_level = 'LOUD'\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "keepword", "--config", str(config), "run", "--worker", WORKER],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_keepword(config, "run")
     assert result.returncode == 2
     assert "keepword.log_level" in result.stderr
+
+
+@pytest.mark.parametrize("once", [False, True])
+def test_empty_config_exits_2_and_creates_no_database(tmp_path: Path, once: bool) -> None:
+    config = tmp_path / "keepword.toml"
+    state = tmp_path / "state"
+    config.write_text(f'[keepword]\nstate_dir = "{state}"\n')
+    result = run_keepword(config, "run", *(["--once"] if once else []))
+    assert result.returncode == 2, result.stderr
+    assert "no [[mailbox]] configured" in result.stderr
+    assert not state.exists()  # no database (and no directory) made for nothing
+
+
+@pytest.mark.parametrize("once", [False, True])
+def test_missing_password_file_fails_fast_without_ready(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path, once: bool
+) -> None:
+    missing = tmp_path / "imap.pw"
+    kw = daemon(*(["--once"] if once else []))
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}, password_file=missing))
+    kw.start()
+    assert kw.proc is not None
+    assert kw.proc.wait(timeout=30) == 3, kw.log()
+    line = kw.log().strip().splitlines()[-1]
+    assert line == (
+        f"keepword: mailbox support [mailbox.imap]: password_file for support@example.com: "
+        f"{missing} does not exist"
+    )
+    assert not any(m.startswith("READY=1") for m in kw.messages)
+    kw.notify.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        kw.notify.recv(4096)  # nothing at all was announced
+    assert kw.calls.read_text() == ""  # no job ran
+
+
+def test_unreachable_database_fails_fast(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"postgresql+psycopg://keepword@127.0.0.1:{port}/keepword"
+    kw = daemon()
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}, database_url=url))
+    kw.start()
+    assert kw.proc is not None
+    assert kw.proc.wait(timeout=30) == 3, kw.log()
+    assert f"cannot reach the database postgresql+psycopg://keepword@127.0.0.1:{port}" in kw.log()
+    assert "Traceback" not in kw.log()
+    assert not kw.messages
+
+
+def test_once_exits_1_when_the_drain_fails(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    kw = daemon("--once")
+    kw.config.write_text(config_text(tmp_path, imap_port, {"norelay": 60}))
+    kw.start()
+    assert kw.proc is not None
+    assert kw.proc.wait(timeout=30) == 1, kw.log()
+    assert "[norelay] drain failed: relay 127.0.0.1:25 refused the login" in kw.log()
+
+
+def test_run_help_lists_the_exit_codes(tmp_path: Path) -> None:
+    result = run_keepword(tmp_path / "none.toml", "run", "--help")
+    assert result.returncode == 0
+    for code in ("0", "1", "2", "3", "4"):
+        assert re.search(rf"^  {code}   ", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_run_honours_the_test_clock(
+    daemon: Callable[..., DaemonProcess], imap_port: int, tmp_path: Path
+) -> None:
+    """KEEPWORD_CLOCK (the soak's hook) sets the daemon's one clock: job records show it."""
+    virtual = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
+    clock = SpedUpClock(60.0, virtual, time.time())
+    kw = daemon("--once", env={SPEED_ENV: clock.encode()})
+    kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}))
+    kw.start()
+    assert kw.proc is not None
+    assert kw.proc.wait(timeout=30) == 0, kw.log()
+    engine = open_store(f"sqlite:///{tmp_path / 'keepword.db'}")
+    with engine.connect() as conn:
+        runs = job_runs(conn, "support")
+    engine.dispose()
+    assert {r.job for r in runs} == {"poll", "chase", "drain"}
+    for run in runs:
+        assert run.started_at is not None
+        assert virtual <= run.started_at <= clock.now()

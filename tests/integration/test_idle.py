@@ -20,7 +20,6 @@ from keepword.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbo
 from keepword.imap import ImapSession
 from keepword.retry import RetryPolicy
 from keepword.secrets import resolve_secret
-from keepword.service import Service
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
 
@@ -307,7 +306,7 @@ def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
     config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
 
     async def run() -> tuple[float | None, float]:
-        daemon = Daemon(config, lambda s: Service(s))
+        daemon = Daemon(config)  # keepword.service.make_worker, wired statically
         running = asyncio.create_task(daemon.run())
         await asyncio.sleep(1.5)  # first poll done, watcher in IDLE
         sent = time.monotonic()
@@ -360,12 +359,12 @@ def test_watchers_start_per_idle_mailbox_and_stop(dovecot: Dovecot, mail_user: s
         off = MailboxSettings(
             name="quiet", address=mail_user, imap=dovecot.imap_settings(mail_user, idle=False)
         )
-        watchers.start(on, worker)
-        watchers.start(off, worker)
-        watchers.start(on, object())  # a worker without watch(): polling only
+        watchers.start(on, worker.watch)
+        watchers.start(off, worker.watch)  # IDLE off: no watcher
         await asyncio.sleep(0.1)
-        assert worker.stopped == ["support"]  # the restart stopped the first watcher
-        watchers.start(on, worker)
+        watchers.start(on, worker.watch)  # a restart stops the first watcher
+        await asyncio.sleep(0.1)
+        assert worker.stopped == ["support"]
         await asyncio.sleep(0.1)
         await watchers.stop_all(timeout=2.0)
         return worker
@@ -374,3 +373,100 @@ def test_watchers_start_per_idle_mailbox_and_stop(dovecot: Dovecot, mail_user: s
     assert worker.watching == ["support", "support"]
     assert worker.stopped == ["support", "support"]
     assert changed == ["support", "support"]
+
+
+# -- the watcher comes back after any error (issue 10, item 6) ----------------------------
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "IDLE watcher failed" in r.getMessage()]
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_missing_password_file_then_created_idle_delivers_the_next_mail(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The secret is resolved inside the restart loop: a file that appears later is used."""
+    password_file = tmp_path / "imap.pw"
+    imap = dovecot.imap_settings(mail_user, password_file=password_file)
+    box = MailboxSettings(name="support", address=mail_user, imap=imap)
+    fast = RetryPolicy(first=0.2, cap=0.4)
+
+    async def body(changes: Changes, watch: Watch, task: asyncio.Task[None]) -> None:
+        await until(lambda: len(failures_logged(caplog)) >= 2, 10, "two failures")
+        assert not task.done(), "the watcher ended for good"
+        password_file.write_text(dovecot.users[mail_user] + "\n")
+        await watch.waiting()  # logged in, IDLE running
+        changes.event.clear()  # the resync on connecting
+        sent = time.monotonic()
+        await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("Hello?"))
+        assert await changes.next(timeout=IDLE_SLICE + 10) > sent
+        assert watch.pushed(sent), "IDLE itself saw the mail"
+
+    caplog.set_level("WARNING", logger="keepword.idle")
+    asyncio.run(watching_task(box, body, retry=fast))
+    failures = failures_logged(caplog)
+    assert f"{password_file} does not exist" in failures[0]
+    counts = [int(m.split("(")[1].split(" ")[0]) for m in failures]
+    assert counts == list(range(1, len(counts) + 1))  # each failure logged once
+
+
+class FlakyFactory:
+    """A bug on the first connection attempt (not a KeepwordError), then the real server."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.calls = 0
+
+    def __call__(self, box: MailboxSettings) -> IdleSession:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in the session's setup")
+        return self.watch.factory(box)
+
+
+def test_any_error_restarts_the_watcher(
+    dovecot: Dovecot, mail_user: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = mailbox(dovecot, mail_user)
+
+    async def body(changes: Changes, watch: Watch, task: asyncio.Task[None]) -> None:
+        await watch.waiting()
+        assert not task.done()
+        changes.event.clear()
+        sent = time.monotonic()
+        await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After a bug"))
+        assert await changes.next(timeout=IDLE_SLICE + 10) > sent
+
+    caplog.set_level("WARNING", logger="keepword.idle")
+    asyncio.run(watching_task(box, body, retry=RetryPolicy(first=0.2, cap=0.4), flaky=True))
+    [failure] = [r for r in caplog.records if "IDLE watcher failed" in r.getMessage()]
+    assert "a bug in the session's setup" in failure.getMessage()
+    assert failure.exc_info is not None  # not ours: logged with its traceback
+
+
+async def watching_task(
+    box: MailboxSettings,
+    body: Callable[[Changes, Watch, asyncio.Task[None]], Awaitable[None]],
+    *,
+    flaky: bool = False,
+    **options: Any,
+) -> None:
+    changes, stop, watch = Changes(), asyncio.Event(), Watch()
+    factory: Callable[[MailboxSettings], IdleSession] = (
+        FlakyFactory(watch) if flaky else watch.factory
+    )
+    task = asyncio.create_task(
+        watch_mailbox(box, changes, stop=stop, session_factory=factory, **options)
+    )
+    try:
+        await body(changes, watch, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)

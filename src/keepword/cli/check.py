@@ -1,6 +1,8 @@
-"""`keepword check`: is the configuration valid and can every server be used?
+"""`keepword check`: is the configuration valid and can the store and every server be used?
 
-Validates the config (errors are printed by the CLI's main), then per mailbox resolves
+Validates the config (errors are printed by the CLI's main; no [[mailbox]] is a FAIL),
+checks the database without changing it (connect, schema up to date or migratable,
+writable), then per mailbox resolves
 the secrets, logs in to IMAP and looks for the configured folders, and connects, says
 EHLO and logs in to SMTP if configured. One line per server; exit 0 only if all are ok.
 Secrets are never printed.
@@ -15,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
+from sqlalchemy.engine import make_url
 
 from keepword.cli.common import settings_from
 from keepword.config import ImapSettings, MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.errors import ConfigError, KeepwordError
 from keepword.imap import ImapSession
 from keepword.secrets import Secret, resolve_secret
+from keepword.store.health import check_store
 
 
 @dataclass(frozen=True)
@@ -45,17 +49,26 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if not settings.mailbox:
+        print(f"FAIL config: {settings.source}: no [[mailbox]] configured: nothing to run")
+        return 2  # as `keepword run` does
     boxes = _selected(settings, args.mailbox)
     print(f"ok   config: {settings.source} ({len(settings.mailbox)} mailbox(es))")
-    if not boxes:
-        print("FAIL config: no [[mailbox]] configured")
-        return 1
-    results: list[CheckResult] = []
+    store = check_database(settings)
+    print(store.line(), flush=True)
+    results: list[CheckResult] = [store]
     for box in boxes:
         for result in check_mailbox(box):
             print(result.line(), flush=True)
             results.append(result)
     return 0 if all(r.ok for r in results) else 1
+
+
+def check_database(settings: Settings) -> CheckResult:
+    url = settings.keepword.effective_database_url()
+    shown = make_url(url).render_as_string(hide_password=True)
+    health = check_store(url)
+    return CheckResult("store", f"database {shown}", ok=health.ok, detail=health.detail)
 
 
 def _selected(settings: Settings, name: str | None) -> list[MailboxSettings]:

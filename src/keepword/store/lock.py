@@ -35,6 +35,10 @@ WHAT_TO_DO: Final = (
 
 
 class WriterLock(Protocol):
+    def acquire(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
     def release(self) -> None: ...
 
     def describe(self) -> str: ...
@@ -74,6 +78,9 @@ class FileLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+
+    def alive(self) -> bool:
+        return self._fd is not None  # a flock is only lost with its descriptor
 
     def release(self) -> None:
         if self._fd is not None:
@@ -118,12 +125,15 @@ class AdvisoryLock:
         self._conn = conn
 
     def alive(self) -> bool:
-        """Is the connection (and with it the lock) still there?"""
+        """Is the connection (and with it the lock) still there? A server restart ends both."""
         if self._conn is None:
             return False
         try:
             self._conn.execute(text("SELECT 1"))
         except SQLAlchemyError:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None
             return False
         return True
 
@@ -162,6 +172,12 @@ def _first_line(exc: BaseException) -> str:
 
 class NoLock:
     """In-memory SQLite: nobody else can see the store."""
+
+    def acquire(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
 
     def release(self) -> None:
         pass

@@ -1,0 +1,254 @@
+"""The daemon's per-mailbox cycles on a sped-up clock: no job starves, none overlaps.
+
+The real Daemon (its cycles, APScheduler triggers, backoff, job_run records on SQLite)
+with a fake worker that records, on the daemon's clock, when each job started and
+ended. 30 virtual minutes take a few real seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from keepword.clock import Clock, SpedUpClock
+from keepword.config import MailboxSettings, Settings
+from keepword.daemon import DRAIN_INTERVAL, Daemon
+from keepword.errors import DeliveryUnavailable
+from keepword.idle import OnChange
+from keepword.store.db import open_store
+from keepword.store.jobs import job_runs
+
+SPEED = 300.0
+SPAN = timedelta(minutes=30)
+SLACK = 30.0  # virtual seconds of scheduling noise on a busy machine (0.1 s real)
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class Run:
+    mailbox: str
+    job: str
+    start: datetime
+    end: datetime | None = None
+
+
+@dataclass
+class Recorder:
+    """What every fake worker of a daemon did (a reload makes a new worker)."""
+
+    clock: Clock
+    runs: list[Run] = field(default_factory=list)
+    active: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    most_at_once: int = 0
+    slow_poll: dict[str, float] = field(default_factory=dict)  # mailbox -> virtual seconds
+    failing_drain: set[str] = field(default_factory=set)
+    new_mail_at: dict[str, datetime] = field(default_factory=dict)
+
+    def of(self, mailbox: str, job: str) -> list[Run]:
+        return [r for r in self.runs if r.mailbox == mailbox and r.job == job]
+
+
+class FakeWorker:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.clock = recorder.clock
+
+    async def _job(self, job: str, box: MailboxSettings, seconds: float = 1.0) -> None:
+        rec = self.recorder
+        run = Run(box.name, job, self.clock.now())
+        rec.runs.append(run)
+        rec.active[box.name] += 1
+        rec.most_at_once = max(rec.most_at_once, rec.active[box.name])
+        try:
+            await self.clock.sleep(seconds)  # a job takes time: overlaps would show
+        finally:
+            rec.active[box.name] -= 1
+            run.end = self.clock.now()
+
+    async def poll(self, mailbox: MailboxSettings) -> None:
+        await self._job("poll", mailbox, self.recorder.slow_poll.get(mailbox.name, 1.0))
+
+    async def chase(self, mailbox: MailboxSettings) -> None:
+        await self._job("chase", mailbox)
+
+    async def drain(self, mailbox: MailboxSettings) -> None:
+        await self._job("drain", mailbox, 0.5)
+        if mailbox.name in self.recorder.failing_drain:
+            raise DeliveryUnavailable("relay 127.0.0.1:25 refused the login")
+
+    async def watch(
+        self, mailbox: MailboxSettings, on_change: OnChange, stop: asyncio.Event
+    ) -> None:
+        when = self.recorder.new_mail_at.get(mailbox.name)
+        while when is not None and self.clock.now() < when and not stop.is_set():
+            await self.clock.sleep(1.0)
+        if when is not None and not stop.is_set():
+            await on_change()  # IDLE saw new mail
+        await stop.wait()
+
+    async def close(self) -> None:
+        pass
+
+
+def write_config(tmp: Path, boxes: dict[str, int], chase: int = 60) -> Path:
+    lines = ["[keepword]", f'state_dir = "{tmp}"', "allow_inline_passwords = true"]
+    for name, poll in boxes.items():
+        lines += [
+            "[[mailbox]]",
+            f'name = "{name}"',
+            f'address = "{name}@example.com"',
+            f"poll_interval = {poll}",
+            "[mailbox.chase]",
+            f"interval_seconds = {chase}",
+            "[mailbox.imap]",
+            'host = "127.0.0.1"',
+            'tls = "plain"',
+            f'username = "{name}@example.com"',
+            'password = "not-used"',
+        ]
+    config = tmp / "keepword.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def run_daemon(
+    tmp: Path, boxes: dict[str, int], setup: Callable[[Recorder], None] = lambda r: None
+) -> tuple[Recorder, datetime, datetime]:
+    clock = SpedUpClock(SPEED, START, time.time())
+    recorder = Recorder(clock)
+    setup(recorder)
+
+    def factory(settings: Settings, engine: Engine, clock: Clock) -> FakeWorker:
+        return FakeWorker(recorder)
+
+    async def run() -> tuple[datetime, datetime]:
+        daemon = Daemon(write_config(tmp, boxes), factory, clock=clock, draw=lambda: 1.0)
+        running = asyncio.create_task(daemon.run())
+        began = clock.now()
+        while clock.now() < began + SPAN:  # the condition: 30 virtual minutes passed
+            assert not running.done(), running
+            await asyncio.sleep(0.05)
+        ended = clock.now()
+        daemon.request_stop()
+        assert await asyncio.wait_for(running, timeout=15) == 0
+        return began, ended
+
+    _, ended = asyncio.run(run())
+    began = min(r.start for r in recorder.runs)  # the first poll: start-up is done
+    return recorder, began, ended
+
+
+def assert_runs_every(runs: list[Run], interval: float, began: datetime, ended: datetime) -> None:
+    starts = [began, *(r.start for r in runs), ended]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+    assert max(gaps) <= interval + SLACK, (interval, gaps)
+
+
+def assert_no_overlap(runs: list[Run]) -> None:
+    ordered = sorted(runs, key=lambda r: r.start)
+    for earlier, later in itertools.pairwise(ordered):
+        assert earlier.end is not None and earlier.end <= later.start, (earlier, later)
+
+
+def test_shipped_defaults_run_every_job_at_least_once_per_interval(tmp_path: Path) -> None:
+    """poll 60 s and chase 60 s from the same second: the chase used to be skipped forever."""
+    recorder, began, ended = run_daemon(tmp_path, {"support": 60})
+    assert_runs_every(recorder.of("support", "poll"), 60, began, ended)
+    assert_runs_every(recorder.of("support", "chase"), 60, began, ended)
+    assert_runs_every(recorder.of("support", "drain"), DRAIN_INTERVAL, began, ended)
+    assert len(recorder.of("support", "chase")) >= 25
+    assert_no_overlap(recorder.runs)
+    assert recorder.most_at_once == 1
+    with open_store(f"sqlite:///{tmp_path / 'keepword.db'}").connect() as conn:
+        recorded = {r.job: r for r in job_runs(conn, "support")}
+    assert set(recorded) == {"poll", "chase", "drain"}
+    for job, run in recorded.items():
+        assert run.failures == 0 and run.last_ok_at is not None
+        assert run.started_at is not None
+        assert 0 <= (recorder.of("support", job)[-1].start - run.started_at).total_seconds() < 5
+        assert not run.overdue(ended)
+
+
+def test_a_slow_poll_in_one_mailbox_does_not_delay_another(tmp_path: Path) -> None:
+    def slow(recorder: Recorder) -> None:
+        recorder.slow_poll["archive"] = 300.0  # five virtual minutes per poll
+
+    recorder, began, ended = run_daemon(tmp_path, {"archive": 60, "support": 60}, slow)
+    for job, interval in (("poll", 60), ("chase", 60), ("drain", DRAIN_INTERVAL)):
+        assert_runs_every(recorder.of("support", job), interval, began, ended)
+    archive = [r for r in recorder.runs if r.mailbox == "archive"]
+    assert_no_overlap(archive)  # the archive's own jobs wait for its poll...
+    polls = recorder.of("archive", "poll")
+    assert len(polls) >= 4
+    for poll, following in itertools.pairwise(polls):  # ...but run after each one: none starves
+        between = {r.job for r in archive if poll.start < r.start < following.start}
+        assert between == {"chase", "drain"}, (poll, following)
+
+
+def test_a_failing_drain_backs_off_alone(tmp_path: Path) -> None:
+    def relay_down(recorder: Recorder) -> None:
+        recorder.failing_drain.add("support")
+
+    recorder, began, ended = run_daemon(tmp_path, {"support": 60, "sales": 60}, relay_down)
+    assert_runs_every(recorder.of("support", "poll"), 60, began, ended)
+    assert_runs_every(recorder.of("support", "chase"), 60, began, ended)
+    drains = recorder.of("support", "drain")
+    # MAILBOX_RETRY (5 s doubling, drawn at its top): 5, 10, 20, ... 640 s in 30 minutes.
+    assert 5 <= len(drains) <= 12, [r.start for r in drains]
+    waits = [(b.start - a.start).total_seconds() for a, b in itertools.pairwise(drains)]
+    assert waits[-1] >= 300
+    assert len(recorder.of("sales", "drain")) >= 100  # another mailbox's relay is fine
+    with open_store(f"sqlite:///{tmp_path / 'keepword.db'}").connect() as conn:
+        recorded = {(r.mailbox, r.job): r for r in job_runs(conn)}
+    drain = recorded[("support", "drain")]
+    assert drain.failures == len(drains)
+    assert drain.last_error == "relay 127.0.0.1:25 refused the login"
+    assert recorded[("support", "poll")].failures == 0
+
+
+def test_new_mail_from_idle_polls_and_drains_at_once(tmp_path: Path) -> None:
+    news = START + timedelta(minutes=7)
+
+    def idle(recorder: Recorder) -> None:
+        recorder.new_mail_at["support"] = news
+
+    recorder, _, _ = run_daemon(tmp_path, {"support": 3600}, idle)
+    polls = [r.start for r in recorder.of("support", "poll")]
+    assert len(polls) == 2  # at start, and on the notification (not the hourly trigger)
+    assert 0 <= (polls[1] - news).total_seconds() <= SLACK
+    drains_after = [r for r in recorder.of("support", "drain") if r.start >= polls[1]]
+    assert drains_after and (drains_after[0].start - polls[1]).total_seconds() <= SLACK
+
+
+def test_new_mail_during_a_poll_polls_again_right_after(tmp_path: Path) -> None:
+    def busy(recorder: Recorder) -> None:
+        recorder.slow_poll["support"] = 120.0  # the first poll is still running at 09:01
+        recorder.new_mail_at["support"] = START + timedelta(minutes=1)
+
+    recorder, _, _ = run_daemon(tmp_path, {"support": 3600}, busy)
+    first, second = recorder.of("support", "poll")[:2]
+    assert first.end is not None and first.start < START + timedelta(minutes=1) < first.end
+    assert 0 <= (second.start - first.end).total_seconds() <= SLACK  # not an hour later
+
+
+@pytest.mark.parametrize("previous", [None, "first"])
+def test_next_fire_skips_missed_times(previous: str | None) -> None:
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from keepword.daemon import next_fire
+
+    trigger = IntervalTrigger(seconds=60, start_date=START, timezone=UTC)
+    late = START + timedelta(seconds=250)  # the last run took four intervals
+    prior = START if previous else None
+    assert next_fire(trigger, prior, late) == START + timedelta(seconds=300)
+    on_grid = START + timedelta(seconds=120)
+    assert next_fire(trigger, prior, on_grid) == START + timedelta(seconds=180)
