@@ -1,11 +1,22 @@
 """The chase step the daemon runs every minute: apply `domain.chase.plan` to stored cases.
 
-For each case of a mailbox that waits on the team or still has open promises, one
-transaction: read the case, its open promises and the dedup keys already in its outbox,
-plan, then queue each action's mail (dedup key = the action's key), record the new
-promise of a customer update and supersede the old one, record breaches honestly, and
-write the case events. Running it twice at the same `now` queues nothing new: every
-mail is keyed, and a recorded breach closes its promise.
+For each case of a mailbox that waits on the team or still has open promises: read the
+case, its open promises and the dedup keys already in its outbox, and plan; then apply
+each action in its own transaction - queue its mail (dedup key = the action's key),
+record the new promise of a customer update and supersede the old one, record a breach
+honestly - with the case events. Running it twice at the same `now` queues nothing
+new: every mail is keyed, and a recorded breach closes its promise.
+
+Every case, every action of a case and the digest are isolated (`keepword.isolation`):
+one failure is logged, counted and tried again next step, and never stops the others.
+
+A customer update is an automatic mail like an acknowledgement: it counts against the
+same per-address limits (`domain.limits`). Held back, it goes out at the limit's slot
+if that is still before the due time, and its new promise runs from then; otherwise it
+is not sent, that is said once on the case, and the breach is recorded as held back by
+the limit (broken, not silent). No update goes to a robot or another keepword
+installation (`domain.chase.update_refusal`): the customer promise is withdrawn and the
+team keeps it as its own target.
 
 Paused cases (closed, waiting on the customer) that still hold open promises are settled
 here too: past due they are broken, otherwise withdrawn. Once a business day per
@@ -139,6 +150,7 @@ def chase_mailbox(
         partial(_chase_case, engine, desk),
         what=lambda case_id: f"mailbox {box.name}: chasing case {case_id}",
         log=log,
+        expected=(StaleCaseError,),  # `keepword close/assign` meanwhile: plan again next step
     )
     for _, done in outcome.done:
         result.add(done)
@@ -360,7 +372,7 @@ def _update_refusal(conn: Connection, desk: _Desk, state: cases.CaseState) -> st
     if not state.customer:
         return None
     own = frozenset(b.address for b in desk.settings.mailbox) | {desk.box.address}
-    mail = promise_store.automated_mail_from(conn, desk.box.name, state.customer)
+    mail = promise_store.automated_mail_from(conn, state.customer)
     return update_refusal(state.customer, mail, own)
 
 

@@ -220,3 +220,18 @@ def test_a_promise_still_open_past_due_counts_as_broken(
     with engine.connect() as conn:  # reading the ledger never writes
         [still] = promise_store.promises_of_case(conn, case_id)
     assert still.state is PromiseState.OPEN
+
+
+def test_a_breach_the_rate_limit_held_back_is_counted_apart_not_silent(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case_id = stored_case(engine, "support", MONDAY)
+    value = stored_promise(engine, case_id, MONDAY, MONDAY + timedelta(hours=8))
+    resolve(engine, break_if_due(value, MONDAY + timedelta(hours=9), held=True))
+    code, out = run_stats(tmp_path, engine, capsys, "--json")
+    [_sales, support] = json.loads(out)
+    assert code == 0 and support["promises_broken"] == 1
+    assert (support["breaches_held_back"], support["silent_breaches"]) == (1, 0)
+    code, out = run_stats(tmp_path, engine, capsys)
+    line = next(row for row in out.splitlines() if "held by the rate limit" in row)
+    assert "1" in line.split("held by the rate limit")[1]

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 
-from keepword.domain.cases import CaseState
-from keepword.domain.chase import update_key
+from keepword.domain.cases import CaseState, Event, EventKind
+from keepword.domain.chase import held_back_note, update_key
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import Promise, break_if_due, supersede
 from keepword.errors import StaleCaseError
@@ -19,6 +19,7 @@ from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as store
 from keepword.store.db import open_store
+from keepword.store.tables import message
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
@@ -166,3 +167,37 @@ def test_a_save_decided_on_an_older_read_is_refused(engine: Engine) -> None:
         case_store.save_case(conn, replace(first, owner="bob@example.com"))
     with engine.connect() as conn:
         assert case_store.load_case(conn, case_id).owner == "alice@example.com"
+
+
+def test_a_held_back_update_is_found_by_its_promise_only(engine: Engine) -> None:
+    case_id = new_case(engine)
+    with engine.begin() as conn:
+        pid = store.insert_promise(conn, promise_for(case_id, T0))
+        note = f"{held_back_note(pid)}: rate limit: at most 10 automatic mails a day"
+        case_store.add_events(conn, case_id, [Event(EventKind.CUSTOMER_UPDATE, T0, None, note)])
+        assert store.update_held_back(conn, case_id, pid)
+        assert not store.update_held_back(conn, case_id, pid + 1)
+        assert not store.update_held_back(conn, case_id + 1, pid)
+
+
+def test_automated_mail_from_an_address_in_any_mailbox(engine: Engine) -> None:
+    def stored(mailbox: str, sender: str, kind: str) -> None:
+        mid = f"{mailbox}.{sender}.{kind}@example.net"
+        with engine.begin() as conn:
+            conn.execute(
+                insert(message).values(
+                    mailbox=mailbox, message_id=mid, content_digest="d", raw=b"x", size=1,
+                    from_addr=sender, headers={"auto-submitted": ["auto-replied"]},
+                    origin="inbox", kind=kind, stored_at=T0,
+                )
+            )  # fmt: skip
+
+    stored("billing", "bot@other.example", "automated")
+    stored("support", "bot@other.example", "customer")
+    stored("support", "ann@example.org", "automated")
+    with engine.connect() as conn:
+        found = store.automated_mail_from(conn, "Bot@Other.example")
+    assert [(f.mailbox, f.sender.address if f.sender else None) for f in found] == [
+        ("billing", "bot@other.example")
+    ]
+    assert found[0].header("auto-submitted") == ("auto-replied",)

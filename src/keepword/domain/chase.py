@@ -17,10 +17,13 @@ For each open promise of a case that waits on the team (oldest due first), with
    a pile of stale reminders helps nobody.
 3. Update zone: a customer promise with `left <= lead` where
    `lead = min(max(update_before_minutes, update_before_fraction * total), total / 2)`
-   gets a `CustomerUpdate` carrying the new promise that will supersede the old one
-   before it breaks. The cap at half the window keeps a customer who was just told
-   "one hour" from hearing "we will miss it" a minute later. The update also plans the
-   promise's `Escalation`: a promise about to break is exactly what the lead must know.
+   (but at least two chase intervals, at most `total`) gets a `CustomerUpdate`
+   carrying the new promise that will supersede the old one before it breaks. The cap
+   at half the window keeps a customer who was just told "one hour" from hearing "we
+   will miss it" a minute later; the floor lets one missed chase step pass without a
+   silent breach. The update also plans the promise's `Escalation`: a promise about to
+   break is exactly what the lead must know. The shell sends no update to a robot or
+   another keepword (`update_refusal`) and holds it to the per-address limits.
 4. `Escalation` to the lead (the whole team when no lead is configured), once per
    promise, when `elapsed >= escalate_at * total`, or the customer wrote
    `escalate_after_contacts` times without a team reply, or the owner changed
@@ -38,8 +41,8 @@ For each open promise of a case that waits on the team (oldest due first), with
 The shell applies one plan in one transaction: outbox rows for the mails, the new
 promise and `promises.supersede` for an update (or `promises.break_if_due` for a breach).
 The invariant (tested by simulation): with a chase at least every `lead` business
-minutes, a customer promise passes its due time only after a team reply or a planned
-customer update.
+minutes (so with one step a minute, even when one step is missed), a customer promise
+passes its due time only after a team reply or a planned customer update.
 """
 
 from __future__ import annotations

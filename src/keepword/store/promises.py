@@ -157,16 +157,18 @@ def update_held_back(conn: Connection, case_id: int, promise_id: int) -> bool:
     return conn.execute(query.limit(1)).first() is not None
 
 
-def automated_mail_from(
-    conn: Connection, mailbox: str, address: str, *, limit: int = 20
-) -> list[MessageFacts]:
-    """The latest automatic mail this address sent to the mailbox (for `update_refusal`)."""
+def automated_mail_from(conn: Connection, address: str, *, limit: int = 20) -> list[MessageFacts]:
+    """The latest automatic mail this address sent to any of our mailboxes (for
+    `update_refusal`: another keepword writing to billing@ is one for support@ too).
+
+    Addresses are stored lower-cased (`Address`). There is no index on the sender, but
+    this is read only while a case's customer update is due, not for every case.
+    """
     query = (
         select(message.c.id)
         .where(
             and_(
-                message.c.mailbox == mailbox,
-                func.lower(message.c.from_addr) == address.strip().lower(),
+                message.c.from_addr == address.strip().lower(),
                 message.c.kind == Kind.AUTOMATED.value,
             )
         )
