@@ -353,9 +353,11 @@ async def _deliver(
     except SmtpPermanentError as exc:
         _fail(engine, mailbox, row, now, str(exc), result)
         return
-    except SmtpConnectError:
-        with engine.begin() as conn:  # nothing went out: the row is as it was
-            outbox.mark_retry(conn, row.id, attempts=attempts - 1, next_attempt_at=now, error="")
+    except SmtpConnectError as exc:
+        with engine.begin() as conn:  # nothing went out: the row is due as it was
+            outbox.mark_retry(
+                conn, row.id, attempts=attempts - 1, next_attempt_at=now, error=str(exc)
+            )
         raise
     except SmtpTemporaryError as exc:
         _retry(engine, mailbox, row, now, attempts, str(exc), result)
@@ -421,7 +423,7 @@ async def _resolve_unknown(
             "mailbox %s: %s %s had gone out: found in Sent", mailbox.name, row.kind, row.message_id
         )
         return True
-    if row.sent_copy == "unknown" and folder.copy is not None:
+    if row.sent_copy == "unknown":
         _hold(
             engine, mailbox, row, now, "an earlier attempt was interrupted; outcome unknown", result
         )
