@@ -22,10 +22,12 @@ docs/benchmarks.md (section "Import").
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import email.utils
 import gzip
 import logging
+import multiprocessing
 import os
 import random
 import shutil
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -241,6 +243,36 @@ def _corpus_files() -> list[bytes]:
     return files
 
 
+def large_mail(number: int, size: int, seed: int = 11) -> bytes:
+    """A customer mail of about `size` bytes: a short question and a base64 attachment."""
+    rng = random.Random(seed + number)
+    payload = rng.randbytes(size * 57 // 78)  # base64 with CRLF every 76 chars: x 78/57
+    encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    head = (
+        f"From: Big Sender {number} <big{number}@customer.example>\r\n"
+        "To: Support <support@shop.example>\r\n"
+        f"Subject: Scan of the contract, part {number}\r\n"
+        f"Date: Mon, 1 Jun 2026 09:{number % 60:02d}:00 +0200\r\n"
+        f"Message-ID: <large.{number}@customer.example>\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Please find the scan attached.\r\n"
+        "--b\r\nContent-Type: application/pdf; name=scan.pdf\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        "Content-Disposition: attachment; filename=scan.pdf\r\n\r\n"
+    ).encode()
+    return head + encoded + b"--b--\r\n"
+
+
+def fill_large(port: int, user: str, count: int, size: int) -> None:
+    """One APPEND per message: a MULTIAPPEND of them all would be one huge command."""
+    with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=300) as client:
+        client.login(user, PASSWORD)
+        for number in range(count):
+            client.append("INBOX", large_mail(number, size))
+
+
 def fill(port: int, user: str, messages: Iterator[bytes], count: int) -> float:
     started = time.perf_counter()
     with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=120) as client:
@@ -310,6 +342,9 @@ fetch_batch = {FETCH_BATCH}
     return config
 
 
+LAST_CPU_SECONDS = [0.0]  # user + system CPU of the last run_import (import + its worker)
+
+
 def run_import(config: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of `keepword import` in its own process."""
     started = time.perf_counter()
@@ -321,6 +356,7 @@ def run_import(config: Path) -> tuple[float, int]:
     )
     _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
+    LAST_CPU_SECONDS[0] = usage.ru_utime + usage.ru_stime
     process.returncode = os.waitstatus_to_exitcode(status)
     errors = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.returncode != 0:
@@ -395,7 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only peak RSS: LARGE mails of LARGE_MB MB, then the N-message mailbox",
+    )
+    parser.add_argument("--large", type=int, default=12)
+    parser.add_argument("--large-mb", type=float, default=43)
     args = parser.parse_args(argv)
+    if args.memory:
+        return memory(args.messages, args.large, int(args.large_mb * 1_000_000), args.write_docs)
     full_count = args.messages
     half_count = full_count // 2
 
@@ -456,6 +501,57 @@ def main(argv: list[str] | None = None) -> int:
             mailserver.stop(work / "dc")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def fill_generated(port: int, user: str, count: int) -> None:
+    fill(port, user, generate(count), count)
+
+
+def in_child(target: Callable[..., object], *args: object) -> None:
+    """Run target in a spawned process, so this one stays small.
+
+    ru_maxrss of a child counts the parent's RSS at fork time (it survives exec), so a
+    bench process swollen by generating mail would inflate every import it starts.
+    """
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"{target.__name__} failed ({process.exitcode})")
+
+
+def memory(count: int, large: int, large_size: int, docs: bool) -> int:
+    """Peak RSS of `keepword import`: `large` mails of `large_size` bytes, then `count`."""
+    mailserver = load_mailserver()
+    work = Path(tempfile.mkdtemp(prefix="kwm-", dir="/tmp"))
+    work.chmod(0o755)
+    try:
+        instance = mailserver.start(
+            work / "dc", users={"large": PASSWORD, "full": PASSWORD}, timeout=30
+        )
+        port = instance.imap_port
+        in_child(fill_large, port, "large", large, large_size)
+        seconds, large_rss = run_import(write_config(work, port, "large"))
+        assert stored_count(write_config(work, port, "large")) == large
+        print(
+            f"import of {large} mails of {large_size / 1e6:.0f} MB: {seconds:.1f} s, "
+            f"peak RSS {large_rss / 1024:.0f} MiB, CPU {LAST_CPU_SECONDS[0]:.1f} s"
+        )
+        in_child(fill_generated, port, "full", count)
+        seconds, full_rss = run_import(write_config(work, port, "full"))
+        assert stored_count(write_config(work, port, "full")) == count
+        print(
+            f"import of {count} mails: {seconds:.1f} s, peak RSS {full_rss / 1024:.0f} MiB, "
+            f"CPU {LAST_CPU_SECONDS[0]:.1f} s"
+        )
+        if docs:
+            print(f"| {large} x {large_size / 1e6:.0f} MB | {large_rss / 1024:.0f} MiB |")
+            print(f"| {count} normal | {full_rss / 1024:.0f} MiB |")
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            mailserver.stop(work / "dc")
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _report(

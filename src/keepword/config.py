@@ -127,6 +127,9 @@ class ServerSettings(Credentials):
 class ImapSettings(ServerSettings):
     idle: bool = True
     fetch_batch: int = Field(default=500, ge=1, le=5000)
+    # A fetch batch also stops at this many bytes (RFC822.SIZE), so memory follows bytes,
+    # not message counts; a single bigger message is fetched alone.
+    fetch_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=1024**3)
 
     def effective_port(self) -> int:
         return self.port or (993 if self.tls is TlsMode.IMPLICIT else 143)

@@ -28,6 +28,9 @@ from keepword.secrets import Secret
 log = logging.getLogger(__name__)
 
 STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
+IMAPLIB_DEBUG = 1
+# RFC822.SIZE of this many UIDs per UID FETCH: ~20 bytes of answer each.
+SIZES_CHUNK = 5000
 
 
 class ImapError(MailboxError):
@@ -125,6 +128,10 @@ class ImapSession:
             )
         self._client = client
         client.normalise_times = False  # keep INTERNALDATE's zone; we convert to UTC
+        # imapclient sets imaplib's debug level to 5, at which imaplib formats every
+        # untagged response with %r before handing it to a (disabled) logger: two text
+        # copies of each fetched body. Level 1 keeps the short line log and errors.
+        client._imap.debug = IMAPLIB_DEBUG
         try:
             if tls is TlsMode.STARTTLS:
                 self._starttls(client, context)
@@ -314,6 +321,26 @@ class ImapSession:
                     )
                 )
         return result
+
+    def message_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of uids in the examined folder; expunged UIDs are left out.
+
+        Cheap (no body is read): lets the caller cap a fetch batch in bytes.
+        """
+        client = self._require()
+        if self._examined is None:
+            raise ImapCommandError(f"{self.where}: sizes without a folder (call new_uids first)")
+        sizes: dict[int, int] = {}
+        ordered = sorted(set(uids))
+        for start in range(0, len(ordered), SIZES_CHUNK):
+            chunk = ordered[start : start + SIZES_CHUNK]
+            with self._errors(f"UID FETCH RFC822.SIZE in {self._examined}", folder=self._examined):
+                data = client.fetch(chunk, ["RFC822.SIZE"])
+            for uid, item in data.items():
+                size = item.get(b"RFC822.SIZE")
+                if isinstance(size, int):
+                    sizes[int(uid)] = size
+        return sizes
 
     def has_message_id(self, folder: str, message_id: str) -> bool:
         """Is a message with exactly this Message-ID in folder?

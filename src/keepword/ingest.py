@@ -4,7 +4,9 @@ Per folder the database keeps UIDVALIDITY and the highest UID taken in (folder_s
 A poll asks STATUS first; when nothing is new that is the only IMAP command. New UIDs
 are fetched in batches (BODY.PEEK, never marking mail read), parsed, and each batch is
 stored in its own transaction together with the advanced cursor: a crash loses
-nothing and doubles nothing, and memory never holds more than one batch.
+nothing and doubles nothing. A batch is capped in messages and in bytes (RFC822.SIZE,
+asked first), and at most three batches are in flight, so memory follows
+fetch_batch_bytes, not the size of the mail.
 
 First contact with a folder takes everything already in it as history (kept, threaded,
 never answered): the folder's UIDNEXT at that moment is committed as the cutoff before
@@ -21,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +72,7 @@ class MailSession(Protocol):
 
     def status(self, folder: str) -> FolderStatusLike: ...
     def new_uids(self, folder: str, after_uid: int) -> list[int]: ...
+    def message_sizes(self, uids: Sequence[int]) -> dict[int, int]: ...
     def fetch(self, uids: Sequence[int]) -> Sequence[FetchedLike]: ...
     def unselect(self) -> None: ...
     def close(self) -> None: ...
@@ -85,6 +88,7 @@ class PollResult:
     quarantined: int = 0
     uidvalidity_changed: bool = False
     is_history: bool = False
+    largest_batch_bytes: int = 0  # raw bytes of the biggest batch fetched at once
 
 
 @dataclass
@@ -149,16 +153,21 @@ def poll_folder(
     uids = session.new_uids(folder, after_uid)
     if plan is not None:
         plan(len(uids))
-    batches = _batches(uids, box.imap.fetch_batch)
+    max_bytes = box.imap.fetch_batch_bytes
+    batches = _batches(session, uids, box.imap.fetch_batch, max_bytes)
     parallel = len(uids) >= PARALLEL_PARSE_MIN
+    largest = 0
     # closing(): the fetch thread and parse worker are stopped before this returns or
     # raises, so the caller may use the session again right away.
-    with contextlib.closing(_parsed_batches(session, batches, parallel=parallel)) as stream:
+    parsed = _parsed_batches(session, batches, parallel=parallel, max_bytes=max_bytes)
+    with contextlib.closing(parsed) as stream:
         for batch, items in stream:
             added, seen, held = _store_parsed(
                 engine, box, folder, role, status.uidvalidity, batch, items, history_below, now
             )
             new, known, quarantined = new + added, known + seen, quarantined + held
+            largest = max(largest, sum(len(item.raw) for item in items))
+            del items  # stored: let it go before the next batch is parsed
             if progress is not None:
                 progress(len(batch))
     _release_folder(session)  # new_uids EXAMINEd the folder, even if it found nothing
@@ -177,6 +186,7 @@ def poll_folder(
         quarantined=quarantined,
         uidvalidity_changed=changed,
         is_history=not history_done,
+        largest_batch_bytes=largest,
     )
 
 
@@ -297,30 +307,41 @@ def _release_folder(session: MailSession) -> None:
 
 
 def _parsed_batches(
-    session: MailSession, batches: Iterator[list[int]], *, parallel: bool
+    session: MailSession, batches: Iterator[list[int]], *, parallel: bool, max_bytes: int
 ) -> Generator[tuple[list[int], list[StoreItem]], None, None]:
     """Yield (uids asked for, parsed items) batch by batch, in UID order.
 
     A big backlog runs as a three-stage pipeline: a thread fetches batch k+1 while a
     worker process parses batch k and the caller stores batch k-1 (parsing is the
     bottleneck and would otherwise share one core with fetching and storing). At most
-    three batches are held at once, so memory stays bounded.
+    three batches are held at once, so memory stays bounded by ~3 x max_bytes (see
+    _prefetched for a message bigger than that). Every batch is let go (`del`) as soon
+    as it was handed on: a loop variable would otherwise keep it alive while the next
+    one is fetched.
     """
-    fetched_batches = _prefetched(session, batches)
+    fetched_batches = _prefetched(session, batches, max_bytes)
     if not parallel:
         with contextlib.closing(fetched_batches):
             for batch, fetched in fetched_batches:
-                yield batch, [_item(f) for f in fetched]
+                items = [_item(f) for f in fetched]
+                del fetched
+                yield batch, items
+                del items
         return
     with contextlib.closing(fetched_batches), _ParsePool() as pool:
         waiting: list[_InFlight] = []  # at most one: the batch the worker is parsing
         for batch, fetched in fetched_batches:
             waiting.append((batch, fetched, pool.submit(fetched)))
+            del fetched
             if len(waiting) > 1:
-                done, fetched_done, future = waiting.pop(0)
-                yield done, pool.collect(fetched_done, future)
-        for done, fetched_done, future in waiting:
-            yield done, pool.collect(fetched_done, future)
+                yield _collected(pool, waiting.pop(0))
+        while waiting:
+            yield _collected(pool, waiting.pop(0))
+
+
+def _collected(pool: _ParsePool, flight: _InFlight) -> tuple[list[int], list[StoreItem]]:
+    batch, fetched, future = flight
+    return batch, pool.collect(fetched, future)
 
 
 _InFlight = tuple[list[int], Sequence["FetchedLike"], "Future[list[ParsedMessage]] | None"]
@@ -381,14 +402,17 @@ class _ParsePool:
 
 
 def _prefetched(
-    session: MailSession, batches: Iterator[list[int]]
+    session: MailSession, batches: Iterator[list[int]], max_bytes: int
 ) -> Generator[tuple[list[int], Sequence[FetchedLike]], None, None]:
     """Yield (uids, fetched) while the next batch is already being fetched.
 
     Fetching (socket + Dovecot on the other core) overlaps parsing and storing. Only the
     worker thread talks to the session while a fetch is in flight, and at most two
-    batches are in memory at once. The generator always waits for the in-flight fetch
-    before it finishes (also when the consumer stops early or raises).
+    batches are in memory at once. A batch over max_bytes (one message bigger than the
+    cap) is not overlapped: the next fetch starts only when the caller has taken it, so
+    two huge messages are never fetched into memory side by side. The generator always
+    waits for the in-flight fetch before it finishes (also when the consumer stops early
+    or raises).
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-fetch") as pool:
         current = next(batches, None)
@@ -399,8 +423,12 @@ def _prefetched(
             while current is not None and pending is not None:
                 fetched = pending.result()
                 following = next(batches, None)
-                pending = pool.submit(session.fetch, following) if following else None
+                overlap = _raw_bytes(fetched) <= max_bytes
+                pending = pool.submit(session.fetch, following) if following and overlap else None
                 yield current, fetched
+                del fetched
+                if following and pending is None:
+                    pending = pool.submit(session.fetch, following)
                 current = following
         finally:
             if pending is not None:
@@ -408,10 +436,48 @@ def _prefetched(
                     pending.result()
 
 
-def _batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
+def _raw_bytes(fetched: Sequence[FetchedLike]) -> int:
+    return sum(len(f.raw) for f in fetched)
+
+
+# UIDs whose RFC822.SIZE is asked for at once while batching: bounds that dict too.
+SIZES_AHEAD = 5000
+
+
+def _batches(
+    session: MailSession, uids: Sequence[int], max_count: int, max_bytes: int
+) -> Iterator[list[int]]:
+    """UID batches in ascending order, each at most max_count messages and max_bytes.
+
+    Sizes come from RFC822.SIZE (no body read), SIZES_AHEAD UIDs at a time. The caller
+    (_prefetched) advances this iterator only while no fetch is in flight, so the
+    session is never used by two threads at once.
+    """
     ordered = sorted(set(uids))
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
+    for start in range(0, len(ordered), SIZES_AHEAD):
+        chunk = ordered[start : start + SIZES_AHEAD]
+        yield from byte_capped(chunk, session.message_sizes(chunk), max_count, max_bytes)
+
+
+def byte_capped(
+    uids: Sequence[int], sizes: Mapping[int, int], max_count: int, max_bytes: int
+) -> Iterator[list[int]]:
+    """Cut uids (in order) into batches of at most max_count and max_bytes.
+
+    A message bigger than max_bytes makes a batch of its own; a UID without a size
+    (expunged meanwhile) costs nothing and stays in, so the cursor moves past it.
+    """
+    batch: list[int] = []
+    held = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if batch and (len(batch) >= max_count or held + size > max_bytes):
+            yield batch
+            batch, held = [], 0
+        batch.append(uid)
+        held += size
+    if batch:
+        yield batch
 
 
 def _item(fetched: FetchedLike) -> StoreItem:

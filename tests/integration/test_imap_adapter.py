@@ -112,6 +112,18 @@ def test_fetch_batches_and_skips_expunged(dovecot: Dovecot, mail_user: str) -> N
         assert imap.commands > 4  # 4 batches at least
 
 
+def test_message_sizes_are_rfc822_sizes_without_reading_bodies(
+    dovecot: Dovecot, mail_user: str
+) -> None:
+    raws = [message(n) for n in range(3)]
+    dovecot.multiappend(mail_user, "INBOX", raws)
+    with session(dovecot, mail_user) as imap:
+        uids = imap.new_uids("INBOX", 0)
+        assert imap.message_sizes([]) == {}
+        expected = {uid: len(raw) for uid, raw in zip(uids, raws, strict=True)}
+        assert imap.message_sizes([*uids, max(uids) + 10]) == expected  # unknown: left out
+
+
 def test_append_and_has_message_id(dovecot: Dovecot, mail_user: str) -> None:
     with session(dovecot, mail_user) as imap:
         assert not imap.has_message_id("Sent", "<reply-1@example.com>")

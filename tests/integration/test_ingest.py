@@ -454,6 +454,7 @@ def write_config(
     directory: Path,
     fetch_batch: int = 500,
     smtp: SmtpServer | None = None,
+    fetch_batch_bytes: int | None = None,
 ) -> Path:
     secret = directory / "imap.password"
     secret.write_text(dovecot.users[user])
@@ -476,6 +477,7 @@ username = "{user}"
 password_file = "{secret}"
 fetch_batch = {fetch_batch}
 """
+        + (f"fetch_batch_bytes = {fetch_batch_bytes}\n" if fetch_batch_bytes else "")
         + (_smtp_section(smtp, directory) if smtp is not None else "")
     )
     return config

@@ -18,6 +18,7 @@ from keepword.mail.parse import (
     DERIVED_ID_DOMAIN,
     MAX_BODY_CHARS,
     ParsedMessage,
+    content_digest,
     html_to_text,
     message_ids,
     normalize_message_id,
@@ -221,17 +222,55 @@ def test_unreadable_input_is_quarantined_with_a_reason(raw: bytes, reason: str) 
     assert parsed.message_id_derived
 
 
-def test_huge_message_keeps_headers_and_skips_body(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_huge_message_is_parsed_from_its_head_and_keeps_its_whole_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import keepword.mail.parse as parse
 
-    monkeypatch.setattr(parse, "MAX_MESSAGE_BYTES", 1000)
-    raw = b"From: big@x.test\r\nMessage-ID: <big@x.test>\r\nSubject: Large\r\n\r\n" + b"A" * 5000
-    parsed = parse_message(raw)
-    assert parsed.quarantine_reason is not None
-    assert parsed.quarantine_reason.startswith("too large")
-    assert parsed.message_id == "big@x.test"
-    assert parsed.subject == "Large"
-    assert parsed.body_text == ""
+    attachment = b"QUJD" * 19 + b"\r\n"
+    raw = (
+        b"From: Big <big@x.test>\r\nMessage-ID: <big@x.test>\r\nSubject: Large\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nThe scan is attached.\r\n"
+        b"--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + attachment * 200
+        + b"--b--\r\n"
+    )
+    whole = parse_message(raw)
+    monkeypatch.setattr(parse, "MAX_PARSE_BYTES", 1000)
+    cut = parse_message(raw)
+    assert cut.quarantine_reason is None  # a big mail is a mail: answered like any other
+    assert (cut.message_id, cut.subject) == ("big@x.test", "Large")
+    assert cut.sender == Address("big@x.test", "Big")
+    assert cut.body_text.strip() == "The scan is attached."
+    assert cut.content_digest == whole.content_digest  # identity over every byte
+
+
+def reference_digest(raw: bytes) -> str:
+    """The digest as first defined: one regex over the whole body (see the docstring)."""
+    import hashlib
+    import re
+
+    match = re.search(rb"\r\n\r\n|\n\n|\r\r|\n\r\n", raw)
+    body = b"" if match is None else raw[match.end() :]
+    return hashlib.sha256(re.sub(rb"\r\n|\r", b"\n", body).rstrip(b"\n")).hexdigest()
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"bc", b" "]), max_size=40),
+    st.integers(min_value=1, max_value=5),
+)
+def test_chunked_digest_equals_the_whole_body_digest(parts: list[bytes], chunk: int) -> None:
+    import keepword.mail.parse as parse
+
+    raw = b"Subject: x\r\n\r\n" + b"".join(parts)
+    original = parse._DIGEST_CHUNK
+    parse._DIGEST_CHUNK = chunk  # CRs and newline runs across every chunk boundary
+    try:
+        assert content_digest(raw) == reference_digest(raw)
+    finally:
+        parse._DIGEST_CHUNK = original
 
 
 def test_body_text_is_capped() -> None:

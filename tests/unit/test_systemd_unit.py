@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from keepword.cli import build_parser
+from keepword.config import ImapSettings
 from keepword.daemon import CLOSE_TIMEOUT, STOP_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +130,22 @@ def test_exec_start_is_a_real_keepword_command(unit: Unit) -> None:
 def test_stop_timeout_outlasts_the_daemons_own_bound(unit: Unit) -> None:
     (stop,) = unit["Service"]["TimeoutStopSec"]
     assert seconds(stop) > STOP_TIMEOUT + CLOSE_TIMEOUT  # systemd never SIGKILLs a clean stop
+
+
+def size_in_bytes(value: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMG]?)", value)
+    assert match, value
+    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2) or " ")
+
+
+def test_memory_is_capped_above_what_ingestion_holds(unit: Unit) -> None:
+    (high,) = unit["Service"]["MemoryHigh"]
+    (limit,) = unit["Service"]["MemoryMax"]
+    batch = ImapSettings.model_fields["fetch_batch_bytes"].default
+    assert isinstance(batch, int)
+    # Three batches in flight, the stored copy, a parse worker and the interpreter:
+    # a default installation must never meet the throttle, let alone the kill.
+    assert 8 * batch <= size_in_bytes(high) < size_in_bytes(limit)
 
 
 def test_watchdog_is_on(unit: Unit) -> None:
