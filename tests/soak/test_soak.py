@@ -8,6 +8,7 @@ a failure with KEEPWORD_SOAK_SEED=<the printed seed>.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -48,4 +49,7 @@ def test_the_daemon_keeps_its_word_over_five_business_days(
     engine.dispose()
     report = table(record, findings)
     print(report)
+    # Kept with KEEPWORD_SOAK_KEEP=1: `scripts/soak --recheck DIR` checks it again.
+    (workdir / "report.txt").write_text(report + "\n")
+    (workdir / "record.pickle").write_bytes(pickle.dumps(record))
     assert not violations(findings), f"seed {SEED}, speed {SPEED:g}, in {workdir}\n{report}"
