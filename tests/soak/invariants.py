@@ -20,7 +20,7 @@ from keepword.config import ChaseSettings, LimitSettings
 from keepword.domain.chase import update_lead_minutes
 from keepword.store.tables import case, message, outbox, promise
 from tests.soak import traffic
-from tests.soak.driver import CUSTOMER_KINDS, SoakRecord
+from tests.soak.driver import SoakRecord
 from tests.soak.relay import RelayedMail
 
 CHASE = ChaseSettings()  # the shipped defaults: the soak's config tunes nothing
@@ -472,7 +472,3 @@ def _takeover(record: SoakRecord) -> str:
                 worst = delay if worst is None else max(worst, delay)
                 break
     return "n/a (no job_run)" if worst is None else str(worst)
-
-
-def customer_kinds() -> tuple[str, ...]:
-    return CUSTOMER_KINDS
