@@ -31,6 +31,6 @@ Who does what:
 Timing, honestly: at speed S one real second is S virtual seconds, so everything the
 harness or the machine costs in real time is multiplied by S in virtual time (a 20 ms
 poll is a minute at S=3000). The tolerances say so: a timed mail may come two chase
-intervals plus a quarter real second (S/4 virtual seconds) late, plus any fault window
+intervals plus 0.75 real seconds (0.75 S virtual seconds) late, plus any fault window
 (and the 15-minute backoff cap after it) that overlaps. docs/soak.md has the numbers.
 """
