@@ -1,0 +1,474 @@
+"""What keepword promised, checked against the store and against what the relay received.
+
+Each invariant is a small function of the soak's record and a read-only connection to
+the store; it returns a `Finding`: the figures worth printing and the violations, one
+line each, so a failing soak says exactly which case, mail or job broke which word.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+from sqlalchemy import Connection, func, select
+
+from keepword.config import ChaseSettings, LimitSettings
+from keepword.domain.chase import update_lead_minutes
+from keepword.store.tables import case, message, outbox, promise
+from tests.soak import traffic
+from tests.soak.driver import SoakRecord
+from tests.soak.relay import RelayedMail
+
+CHASE = ChaseSettings()  # the shipped defaults: the soak's config tunes nothing
+LIMITS = LimitSettings()
+POLL_INTERVAL = 60.0
+MAX_BACKOFF = timedelta(minutes=15)  # daemon MAILBOX_RETRY cap: recovery after a fault
+DUE_SLACK = timedelta(minutes=1)
+
+
+@dataclass
+class Finding:
+    name: str
+    figures: dict[str, object] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+
+Invariant = Callable[[SoakRecord, Connection], Finding]
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+HARNESS_REAL_SECONDS = 0.75
+"""Real time the machine may cost a daemon's cycle (start-up, a busy shared CPU): at
+speed 3000 and 1200 the lateness of timed mails and the job gaps stayed near 0.3-0.65 s
+*real* at both speeds, i.e. they come from real-time costs, not from keepword's plan."""
+
+
+def harness_allowance(record: SoakRecord) -> timedelta:
+    """Virtual time HARNESS_REAL_SECONDS are worth at the run's speed."""
+    return timedelta(seconds=HARNESS_REAL_SECONDS * record.speed)
+
+
+def base_tolerance(record: SoakRecord) -> timedelta:
+    # Two chase intervals plus a drain interval plus the harness's jitter.
+    return timedelta(seconds=2 * CHASE.interval_seconds + 10) + harness_allowance(record)
+
+
+def fault_slack(record: SoakRecord, start: datetime, end: datetime) -> timedelta:
+    """Extra time owed to faults (plus the backoff after them) overlapping [start, end]."""
+    slack = timedelta()
+    for window in record.faults:
+        stop = (window.end or record.finished_at or end) + MAX_BACKOFF
+        if window.start <= end and stop >= start:
+            slack += stop - window.start
+    return slack
+
+
+def tolerance(record: SoakRecord, at: datetime) -> timedelta:
+    base = base_tolerance(record)
+    return base + fault_slack(record, at, at + base)
+
+
+def relayed_by_case(record: SoakRecord, kind: str) -> dict[str, list[RelayedMail]]:
+    found: dict[str, list[RelayedMail]] = defaultdict(list)
+    for mail in record.relayed:
+        if mail.kind == kind and mail.case:
+            found[mail.case].append(mail)
+    return found
+
+
+def driver_ids(record: SoakRecord, kinds: Iterable[str] | None = None) -> dict[str, str]:
+    wanted = set(kinds) if kinds is not None else None
+    return {a.message_id: a.kind for a in record.appended if wanted is None or a.kind in wanted}
+
+
+# -- the invariants ----------------------------------------------------------------------
+
+
+def each_message_stored_once(record: SoakRecord, conn: Connection) -> Finding:
+    finding = Finding("each message stored once")
+    counts = Counter(
+        str(row.message_id)
+        for row in conn.execute(select(message.c.message_id).where(~message.c.message_id_derived))
+    )
+    ours = driver_ids(record)
+    for message_id, count in counts.items():
+        if count > 1:
+            finding.violations.append(f"{message_id} stored {count} times")
+    missing = [m for m in ours if m not in counts]
+    for message_id in missing:
+        finding.violations.append(f"{message_id} ({ours[message_id]}) never stored")
+    finding.figures = {
+        "stored": sum(counts.values()),
+        "appended by the soak": len(ours),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "missing": len(missing),
+    }
+    return finding
+
+
+def one_acknowledgement_per_case(record: SoakRecord, conn: Connection) -> Finding:
+    finding = Finding("each customer case exactly one acknowledgement")
+    acks = relayed_by_case(record, "acknowledgement")
+    for reference, mails in acks.items():
+        if len(mails) > 1:
+            finding.violations.append(f"{reference}: {len(mails)} acknowledgements at the relay")
+    first_mails = [a for a in record.appended if a.kind == "customer" and a.customer]
+    references = _references_of(conn, [a.message_id for a in first_mails])
+    late = (record.finished_at or record.plan.end) - base_tolerance(record)
+    without_case = unacknowledged = 0
+    for item in first_mails:
+        assert item.customer is not None
+        reference = references.get(item.message_id)
+        if reference is None:
+            without_case += 1
+            finding.violations.append(
+                f"{item.message_id} ({item.customer.address}, {item.at:%a %H:%M}Z): no case"
+            )
+            continue
+        if item.customer.kind == "gone" or (item.appended_at and item.appended_at > late):
+            continue  # refused for good at the relay, or too late to be seen
+        if not acks.get(reference) and not _ack_deferred(conn, reference):
+            unacknowledged += 1
+            finding.violations.append(f"{reference} ({item.customer.address}): no acknowledgement")
+    finding.figures = {
+        "customer cases": len(first_mails),
+        "acknowledgements at the relay": sum(len(m) for m in acks.values()),
+        "new mail without a case": without_case,
+        "cases never acknowledged": unacknowledged,
+    }
+    return finding
+
+
+def _references_of(conn: Connection, message_ids: list[str]) -> dict[str, str]:
+    query = (
+        select(message.c.message_id, case.c.reference)
+        .select_from(message.join(case, message.c.case_id == case.c.id))
+        .where(message.c.message_id.in_(message_ids))
+    )
+    return {str(r.message_id): str(r.reference) for r in conn.execute(query)}
+
+
+def _ack_deferred(conn: Connection, reference: str) -> bool:
+    """An acknowledgement still waiting in the outbox for its limit slot (not dropped)."""
+    query = (
+        select(func.count())
+        .select_from(outbox.join(case, outbox.c.case_id == case.c.id))
+        .where(case.c.reference == reference, outbox.c.kind == "acknowledgement")
+        .where(outbox.c.state == "pending")
+    )
+    return bool(conn.execute(query).scalar())
+
+
+def every_promise_kept_or_told(record: SoakRecord, conn: Connection) -> Finding:
+    finding = Finding("every promise kept, superseded in time or broken with a late update")
+    updates = relayed_by_case(record, "customer_update")
+    horizon = (record.finished_at or record.plan.end) - base_tolerance(record)
+    rows = conn.execute(
+        select(promise, case.c.reference)
+        .select_from(promise.join(case, promise.c.case_id == case.c.id))
+        .where(promise.c.audience == "customer", promise.c.due_at <= horizon)
+    ).all()
+    states: Counter[str] = Counter()
+    for row in rows:
+        states[row.state] += 1
+        problem = _promise_problem(record, row, updates.get(row.reference, []))
+        if problem:
+            finding.violations.append(
+                f"{row.reference} promise {row.id} due {row.due_at:%a %H:%M}Z: {problem}"
+            )
+    finding.figures = {
+        "customer promises due": len(rows),
+        **{f"  {state}": count for state, count in sorted(states.items())},
+        "silent breaches": len(finding.violations),
+    }
+    return finding
+
+
+def _promise_problem(record: SoakRecord, row: object, updates: list[RelayedMail]) -> str | None:
+    state, due, made = row.state, row.due_at, row.made_at  # type: ignore[attr-defined]
+    resolved = row.resolved_at  # type: ignore[attr-defined]
+    told = [m.at for m in updates if m.at >= made]
+    if state in ("kept", "withdrawn"):
+        return None if resolved and resolved <= due + DUE_SLACK else f"{state} only at {resolved}"
+    if state == "superseded":
+        if any(at <= due + DUE_SLACK for at in told):
+            return None
+        slack = fault_slack(record, due - timedelta(hours=1), due)
+        when = f"{min(told):%a %H:%M}Z" if told else "never"
+        note = " (an SMTP/daemon fault overlapped)" if slack else ""
+        return f"superseded, but the update reached the relay {when}{note}"
+    if state == "broken":
+        return None if told else "broken without an update to the customer"
+    return f"still {state} past its due time"
+
+
+def chase_on_time(record: SoakRecord, conn: Connection) -> Finding:
+    finding = Finding("reminders, escalations and digests at their times")
+    calendar = traffic.business_calendar()
+    reminders = relayed_by_case(record, "reminder")
+    escalations = relayed_by_case(record, "escalation")
+    horizon = (record.finished_at or record.plan.end) - base_tolerance(record)
+    checked = 0
+    rows = conn.execute(
+        select(promise, case.c.reference)
+        .select_from(promise.join(case, promise.c.case_id == case.c.id))
+        .where(promise.c.audience == "customer")
+    ).all()
+    for row in rows:
+        total = calendar.minutes_between(row.made_at, row.due_at)
+        zone_start = calendar.add(row.made_at, total - update_lead_minutes(total, CHASE))
+        for fraction in CHASE.reminders:
+            planned = calendar.add(row.made_at, fraction * total)
+            if planned >= zone_start or fraction >= CHASE.escalate_at:
+                continue
+            checked += _expect(finding, record, row, planned, horizon, reminders, "reminder")
+        planned = min(zone_start, calendar.add(row.made_at, CHASE.escalate_at * total))
+        checked += _expect(finding, record, row, planned, horizon, escalations, "escalation")
+    digests = _digests(record, finding)
+    finding.figures = {
+        "worst lateness (on time)": str(finding.figures.get("worst lateness", "n/a")),
+        "timed reminders/escalations checked": checked,
+        "reminders at the relay": sum(len(v) for v in reminders.values()),
+        "escalations at the relay": sum(len(v) for v in escalations.values()),
+        "digests at the relay": digests,
+        "business mornings": len(_mornings(record)),
+        "late or missing": len(finding.violations),
+    }
+    return finding
+
+
+def _expect(
+    finding: Finding,
+    record: SoakRecord,
+    row: object,
+    planned: datetime,
+    horizon: datetime,
+    mails: dict[str, list[RelayedMail]],
+    kind: str,
+) -> int:
+    """One timed chase mail expected for a promise still open at `planned` (+ tolerance)."""
+    allowed = tolerance(record, planned)
+    resolved = row.resolved_at  # type: ignore[attr-defined]
+    if planned + allowed > horizon or (resolved is not None and resolved <= planned + allowed):
+        return 0
+    reference = row.reference  # type: ignore[attr-defined]
+    sent = [m.at for m in mails.get(reference, [])]
+    on_time = [at for at in sent if planned - DUE_SLACK <= at <= planned + allowed]
+    if on_time:
+        late = max(timedelta(), min(on_time) - planned)
+        worst = finding.figures.get("worst lateness", timedelta())
+        assert isinstance(worst, timedelta)
+        finding.figures["worst lateness"] = max(worst, late)
+        return 1
+    seen = ", ".join(f"{at:%a %H:%M}" for at in sent) or "none"
+    finding.violations.append(
+        f"{reference} promise {row.id}: {kind} planned {planned:%a %H:%M}Z "  # type: ignore[attr-defined]
+        f"(+{allowed}) not at the relay (seen: {seen})"
+    )
+    return 1
+
+
+def _mornings(record: SoakRecord) -> list[datetime]:
+    zone = traffic.business_calendar().zone
+    start = record.lives[0].started_at if record.lives else record.plan.start
+    mornings = [
+        datetime.combine(day, CHASE.digest_time, tzinfo=zone) for day in record.plan.business_days
+    ]
+    return [m for m in mornings if start <= m <= (record.finished_at or record.plan.end)]
+
+
+def _digests(record: SoakRecord, finding: Finding) -> int:
+    zone = traffic.business_calendar().zone
+    digests = [m for m in record.relayed if m.kind == "digest"]
+    by_day: dict[object, list[RelayedMail]] = defaultdict(list)
+    for mail in digests:
+        by_day[mail.at.astimezone(zone).date()].append(mail)
+    for morning in _mornings(record):
+        sent = by_day.pop(morning.date(), [])
+        allowed = tolerance(record, morning)
+        on_time = [m for m in sent if morning <= m.at <= morning + allowed]
+        if not on_time:
+            seen = ", ".join(f"{m.at.astimezone(zone):%H:%M}" for m in sent) or "none"
+            finding.violations.append(f"digest {morning:%a %d %b} 08:30 missing (seen: {seen})")
+        elif len(sent) > 1:
+            finding.violations.append(f"digest {morning:%a %d %b}: {len(sent)} digests")
+    for day, sent in sorted(by_day.items(), key=lambda kv: str(kv[0])):
+        finding.violations.append(f"digest on {day} (no business day): {len(sent)}")
+    return len(digests)
+
+
+def no_address_over_its_limits(record: SoakRecord, conn: Connection) -> Finding:
+    finding = Finding("no address over its limits")
+    team = {*traffic.TEAM, traffic.LEAD}
+    times: dict[str, list[datetime]] = defaultdict(list)
+    for mail in record.relayed:
+        if mail.kind is None:
+            continue
+        for rcpt in mail.rcpt_tos:
+            if rcpt not in team:
+                times[rcpt].append(mail.at)
+    worst_hour = worst_day = 0
+    for address, stamps in sorted(times.items()):
+        hour = _most_in(stamps, timedelta(hours=1))
+        day = _most_in(stamps, timedelta(days=1))
+        worst_hour, worst_day = max(worst_hour, hour), max(worst_day, day)
+        if hour > LIMITS.per_sender_per_hour:
+            finding.violations.append(f"{address}: {hour} automatic mails in one hour")
+        if day > LIMITS.per_sender_per_day:
+            finding.violations.append(f"{address}: {day} automatic mails in 24 hours")
+    finding.figures = {
+        "addresses written to": len(times),
+        "most in one hour": worst_hour,
+        "most in 24 hours": worst_day,
+        "to the ticket system": len(times.get(traffic.TICKETS, [])),
+    }
+    return finding
+
+
+def _most_in(stamps: list[datetime], span: timedelta) -> int:
+    ordered = sorted(stamps)
+    most = start = 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= span:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
+    """While a daemon lived (after a start-up grace), each job ran within two intervals."""
+    finding = Finding("no job starved")
+    allowance = harness_allowance(record)
+    worst: dict[str, timedelta] = {}
+    episodes: dict[str, datetime] = {}
+    recorded = False
+    for sample in record.samples:
+        if sample.alive_since is None:
+            continue
+        for job, interval, started in sample.jobs:
+            recorded = True
+            bound = timedelta(seconds=2 * interval) + allowance
+            if sample.at - sample.alive_since < bound or started is None:
+                continue
+            if fault_slack(record, sample.at - bound, sample.at):
+                continue  # a fault (or the backoff after it) may hold the mailbox
+            gap = sample.at - max(started, sample.alive_since)
+            worst[job] = max(worst.get(job, timedelta()), gap)
+            if gap > bound and job not in episodes:
+                episodes[job] = sample.at
+                finding.violations.append(
+                    f"{job}: not run for {gap} at {sample.at:%a %H:%M}Z (bound {bound})"
+                )
+            elif gap <= bound:
+                episodes.pop(job, None)
+    alive = sum(
+        ((life.ended_at or record.finished_at or life.started_at) - life.started_at
+         for life in record.lives),
+        timedelta(),
+    )  # fmt: skip
+    if not recorded and alive > timedelta(minutes=10):
+        finding.violations.append(f"no job run recorded in job_run during {alive} of daemon life")
+    finding.figures = {
+        "samples": len(record.samples),
+        **{f"  longest gap {job}": str(gap) for job, gap in sorted(worst.items())},
+        "bound allowance (harness)": str(allowance),
+    }
+    return finding
+
+
+def nothing_quarantined_that_parses(record: SoakRecord, conn: Connection) -> Finding:
+    finding = Finding("nothing quarantined that parses")
+    ours = driver_ids(record)
+    rows = conn.execute(
+        select(message.c.message_id, message.c.quarantine_reason, message.c.raw).where(
+            message.c.quarantined
+        )
+    ).all()
+    for row in rows:
+        if row.message_id in ours or _parses(bytes(row.raw)):
+            finding.violations.append(f"{row.message_id}: quarantined: {row.quarantine_reason}")
+    stuck = conn.execute(
+        select(func.count()).select_from(message).where(message.c.triage_attempts > 0)
+    ).scalar()
+    untriaged = conn.execute(
+        select(func.count())
+        .select_from(message)
+        .where(message.c.triaged_at.is_(None), ~message.c.quarantined, ~message.c.is_history)
+    ).scalar()
+    finding.figures = {
+        "quarantined": len(rows),
+        "triage retried": stuck,
+        "still untriaged": untriaged,
+    }
+    return finding
+
+
+def _parses(raw: bytes) -> bool:
+    try:
+        msg = message_from_bytes(raw, policy=default_policy)
+        body = msg.get_body(preferencelist=("plain", "html"))
+        if body is not None:
+            body.get_content()
+    except Exception:
+        return False
+    return not msg.defects
+
+
+INVARIANTS: tuple[Invariant, ...] = (
+    each_message_stored_once,
+    one_acknowledgement_per_case,
+    every_promise_kept_or_told,
+    chase_on_time,
+    no_address_over_its_limits,
+    no_job_starved,
+    nothing_quarantined_that_parses,
+)
+
+
+def check_all(record: SoakRecord, conn: Connection) -> list[Finding]:
+    return [invariant(record, conn) for invariant in INVARIANTS]
+
+
+def run_figures(record: SoakRecord) -> dict[str, object]:
+    """The soak itself: traffic, faults, restarts and the relay's mail per kind."""
+    kinds = Counter(a.kind for a in record.appended)
+    relayed = Counter(m.kind or "other" for m in record.relayed)
+    lives = Counter(life.how.split(" ")[0] for life in record.lives)
+    faults = Counter(f.kind for f in record.faults)
+    return {
+        "seed": record.plan.seed,
+        "speed": record.speed,
+        "virtual span": f"{record.plan.start:%a %d %b %H:%M}Z - {record.finished_at:%a %d %H:%M}Z",
+        "business days": ", ".join(f"{d:%a %d}" for d in record.plan.business_days),
+        "closed days": ", ".join(f"{d:%a %d}" for d in record.plan.closed_days),
+        **{f"mail in: {k}": v for k, v in sorted(kinds.items())},
+        **{f"mail out: {k}": v for k, v in sorted(relayed.items())},
+        **{f"relay answered {k}": v for k, v in sorted(record.relay_answers.items())},
+        **{f"fault: {k}": v for k, v in sorted(faults.items())},
+        "daemon starts": len(record.lives),
+        **{f"daemon ended: {k}": v for k, v in sorted(lives.items())},
+        "takeover after restart (worst)": _takeover(record),
+        "cli calls (failed)": f"{len(record.cli)} ({sum(1 for c in record.cli if c.returncode)})",
+        **{f"robot: {k}": v for k, v in sorted(record.robots.items())},
+    }
+
+
+def _takeover(record: SoakRecord) -> str:
+    """Virtual time from a daemon's start to its first recorded poll."""
+    worst: timedelta | None = None
+    for life in record.lives[1:]:
+        for sample in record.samples:
+            if sample.alive_since != life.started_at:
+                continue
+            polls = [s for job, _, s in sample.jobs if job == "poll" and s and s >= life.started_at]
+            if polls:
+                delay = min(polls) - life.started_at
+                worst = delay if worst is None else max(worst, delay)
+                break
+    return "n/a (no job_run)" if worst is None else str(worst)

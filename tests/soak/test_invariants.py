@@ -1,0 +1,82 @@
+"""The soak's checks on hand-made records: each must be able to fail (pure, no servers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tests.soak.driver import FaultWindow, JobSample, SoakRecord
+from tests.soak.invariants import (
+    _most_in,
+    _promise_problem,
+    no_address_over_its_limits,
+    no_job_starved,
+)
+from tests.soak.relay import RelayedMail
+from tests.soak.traffic import make_plan
+
+T0 = datetime(2026, 4, 27, 8, 0, tzinfo=UTC)
+
+
+def record() -> SoakRecord:
+    plan = make_plan(1, business_days=1, customers_per_day=1, kills=0)
+    made = SoakRecord(plan, speed=1000)
+    made.finished_at = plan.end
+    return made
+
+
+def relayed(at: datetime, kind: str, rcpt: str, case: str = "KW-1") -> RelayedMail:
+    return RelayedMail(0.0, at, "kw@example.com", (rcpt,), b"", "id", kind, case, "s", None)
+
+
+@dataclass
+class PromiseRow:
+    state: str
+    due_at: datetime
+    made_at: datetime = T0
+    resolved_at: datetime | None = None
+
+
+def test_sliding_window_counts_the_busiest_span() -> None:
+    stamps = [T0 + timedelta(minutes=m) for m in (0, 20, 40, 59, 61, 200)]
+    assert _most_in(stamps, timedelta(hours=1)) == 4
+    assert _most_in(stamps, timedelta(minutes=1)) == 1
+
+
+def test_a_fourth_automatic_mail_in_an_hour_is_a_violation() -> None:
+    made = record()
+    made.relayed = [
+        relayed(T0 + timedelta(minutes=m), "acknowledgement", "a@x.org") for m in range(4)
+    ]
+    assert no_address_over_its_limits(made, None).violations == [  # type: ignore[arg-type]
+        "a@x.org: 4 automatic mails in one hour"
+    ]
+    made.relayed = made.relayed[:3]
+    assert not no_address_over_its_limits(made, None).violations  # type: ignore[arg-type]
+
+
+def test_promises_kept_told_in_time_or_broken_loudly_pass_and_silence_does_not() -> None:
+    due = T0 + timedelta(hours=8)
+    before, after = (
+        [relayed(due - timedelta(hours=1), "customer_update", "c@x.org")],
+        [relayed(due + timedelta(hours=1), "customer_update", "c@x.org")],
+    )
+    made = record()
+    assert _promise_problem(made, PromiseRow("kept", due, resolved_at=due), []) is None
+    assert _promise_problem(made, PromiseRow("superseded", due), before) is None
+    assert _promise_problem(made, PromiseRow("broken", due), after) is None
+    assert "reached the relay" in str(_promise_problem(made, PromiseRow("superseded", due), after))
+    assert "without an update" in str(_promise_problem(made, PromiseRow("broken", due), []))
+    assert "past its due time" in str(_promise_problem(made, PromiseRow("open", due), []))
+
+
+def test_a_job_that_stops_running_is_starved_unless_a_fault_explains_it() -> None:
+    made = record()
+    born = T0 - timedelta(hours=1)
+    made.samples = [
+        JobSample(T0 + timedelta(minutes=m), born, (("chase", 60.0, T0),)) for m in range(0, 60, 5)
+    ]
+    found = no_job_starved(made, None)  # type: ignore[arg-type]
+    assert found.violations and found.violations[0].startswith("chase: not run for")
+    made.faults = [FaultWindow("dovecot", T0, T0 + timedelta(hours=1))]
+    assert not no_job_starved(made, None).violations  # type: ignore[arg-type]
