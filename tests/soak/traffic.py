@@ -15,7 +15,7 @@ from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 from keepword.config import CalendarSettings
-from keepword.domain.calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar
 
 ZONE = "Europe/Berlin"
 COUNTRY = "DE"
