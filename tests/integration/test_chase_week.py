@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from keepword.domain.chase import promise_id_of
 from keepword.domain.model import PromiseState
+from keepword.domain.outbox_keys import promise_id_of
 from keepword.pipeline.chase import chase_mailbox
 from keepword.store.tables import outbox
 from tests.fixtures.desk import ALICE, ANN, CAROL

@@ -21,7 +21,6 @@ from keepword.domain.chase import (
     Escalation,
     Reminder,
     plan,
-    promise_id_of,
     update_lead_minutes,
     update_refusal,
 )
@@ -33,6 +32,7 @@ from keepword.domain.model import (
     PromiseKind,
     PromiseState,
 )
+from keepword.domain.outbox_keys import promise_id_of
 from keepword.domain.promises import (
     Promise,
     break_if_due,

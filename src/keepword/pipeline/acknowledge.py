@@ -22,6 +22,7 @@ from keepword.domain.model import (
     PromiseAudience,
     PromiseKind,
 )
+from keepword.domain.outbox_keys import ack_key, lead_alert_key, note_key
 from keepword.domain.promises import make_promise
 from keepword.domain.windows import Window, measured_window
 from keepword.mail.compose import customer_mail, team_mail
@@ -217,7 +218,7 @@ class Acknowledger:
         mail = team_mail(
             box,
             OutboxKind.LEAD_ALERT,
-            dedup_key=f"lead_alert:{case.id}",
+            dedup_key=lead_alert_key(case.id),
             to=to,
             reference=case.reference,
             about=f"we are behind: {window_duration_text(window.minutes, 'en')}",
@@ -242,14 +243,6 @@ def record_promise(
         case_id,
         [cases.Event(cases.EventKind.PROMISE_MADE, now, None, window.explain())],
     )
-
-
-def ack_key(case_id: int) -> str:
-    return f"ack:{case_id}"
-
-
-def note_key(case_id: int, now: datetime) -> str:
-    return f"note:{case_id}:{now:%Y-%m-%d}"
 
 
 def _name(facts: MessageFacts) -> str:

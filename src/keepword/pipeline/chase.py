@@ -30,9 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select
+from sqlalchemy import Connection, Engine
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain import cases
@@ -58,6 +57,7 @@ from keepword.domain.model import (
     PromiseKind,
     PromiseState,
 )
+from keepword.domain.outbox_keys import chase_key_ranges, digest_key
 from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
@@ -77,7 +77,7 @@ from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
-from keepword.store.tables import case, message, outbox, promise
+from keepword.store.messages import last_customer_message
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +179,7 @@ def chase_mailbox(
 
 def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
     """Live cases waiting on the team, and any case that still holds an open promise."""
-    awaiting = select(case.c.id).where(
-        and_(
-            case.c.mailbox == mailbox,
-            case.c.status.in_([s.value for s in AWAITING_TEAM]),
-            case.c.is_history.is_(False),
-        )
-    )
-    ids = set(conn.execute(awaiting).scalars())
+    ids = case_store.live_case_ids(conn, mailbox, AWAITING_TEAM)
     ids.update(promise_store.case_ids_with_open_promises(conn, mailbox))
     return sorted(ids)
 
@@ -267,24 +260,10 @@ def _team(box: MailboxSettings) -> tuple[str, ...]:
     return (box.lead,) if box.lead else ()
 
 
-CHASE_KEY_KINDS = ("reminder", "escalation", "update", "breach")
-
-
 def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
-    """The chase keys already in the outbox for this case.
-
-    Key ranges ("reminder:case:42:" up to "reminder:case:42;") use the unique index on
-    dedup_key and read only this case's chase mails, not all its outgoing mail.
-    """
-    ranges = [
-        and_(
-            outbox.c.dedup_key >= f"{kind}:case:{case_id}:",
-            outbox.c.dedup_key < f"{kind}:case:{case_id};",
-        )
-        for kind in CHASE_KEY_KINDS
-    ]
-    query = select(outbox.c.dedup_key).where(or_(*ranges))
-    return frozenset(conn.execute(query).scalars())
+    """The chase keys already in the outbox for this case (only its chase mails, read
+    as key ranges, not all its outgoing mail)."""
+    return outbox_store.keys_in_ranges(conn, chase_key_ranges(case_id))
 
 
 def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Window | None:
@@ -411,43 +390,6 @@ def _no_updates_to(
 # -- customer update ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _LastMessage:
-    message_id: str | None
-    references: tuple[str, ...]
-    body: str
-    at: datetime | None
-    offset_minutes: int | None
-    name: str
-
-
-def _last_customer_message(conn: Connection, case_id: int) -> _LastMessage | None:
-    row = conn.execute(
-        select(
-            message.c.message_id,
-            message.c.references,
-            message.c.body_text,
-            message.c.date,
-            message.c.received_at,
-            message.c.date_offset_minutes,
-            message.c.from_name,
-        )
-        .where(and_(message.c.case_id == case_id, message.c.kind == "customer"))
-        .order_by(message.c.received_at.desc(), message.c.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    return _LastMessage(
-        message_id=row.message_id,
-        references=tuple((row.references or "").split()),
-        body=row.body_text or "",
-        at=row.received_at or row.date,
-        offset_minutes=row.date_offset_minutes,
-        name=row.from_name or "",
-    )
-
-
 def _what_is_happening(state: cases.CaseState) -> str:
     lead = "and our team lead has been asked to make sure it is answered."
     if state.owner:
@@ -505,7 +447,7 @@ def _send_update(
     sent_at = slot.at
     new_due = max(action.new_due_at, desk.calendar.add(sent_at, action.window.minutes))
     action = replace(action, new_due_at=new_due)
-    last = _last_customer_message(conn, state.id)
+    last = last_customer_message(conn, state.id)
     zone = desk.calendar.zone
     context = CustomerUpdateContext(
         reference=state.reference,
@@ -585,7 +527,7 @@ def _team_mail(
         log.warning("case %s: nobody to send a %s to", state.reference, kind.value)
         return False
     zone = desk.calendar.zone
-    last = _last_customer_message(conn, state.id)
+    last = last_customer_message(conn, state.id)
     context = TeamCaseContext(
         reference=state.reference,
         customer=state.customer or "",
@@ -621,10 +563,6 @@ def _team_mail(
 
 
 # -- daily digest ---------------------------------------------------------------------------
-
-
-def digest_key(mailbox: str, day: object) -> str:
-    return f"digest:{mailbox}:{day}"
 
 
 def _digest_step(engine: Engine, desk: _Desk) -> int:
@@ -700,16 +638,5 @@ def _resolved_yesterday(conn: Connection, desk: _Desk) -> tuple[int, int]:
     today = desk.now.astimezone(zone).date()
     start = datetime.combine(today - timedelta(days=1), datetime.min.time(), zone)
     end = datetime.combine(today, datetime.min.time(), zone)
-    query = (
-        select(promise.c.state)
-        .join(case, case.c.id == promise.c.case_id)
-        .where(
-            and_(
-                case.c.mailbox == desk.box.name,
-                promise.c.resolved_at >= start,
-                promise.c.resolved_at < end,
-            )
-        )
-    )
-    states: list[Any] = list(conn.execute(query).scalars())
+    states = promise_store.states_resolved_between(conn, desk.box.name, start, end)
     return states.count(PromiseState.KEPT.value), states.count(PromiseState.BROKEN.value)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from keepword.config import MailboxSettings, Settings
@@ -22,15 +22,14 @@ from keepword.domain.classify import classify
 from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
-    CaseStatus,
     Classification,
     Kind,
     MessageFacts,
     PromiseState,
 )
+from keepword.domain.outbox_keys import ack_key, note_key
 from keepword.domain.threads import (
     Candidates,
-    CaseCandidate,
     ThreadMatch,
     ThreadRule,
     choose_case,
@@ -41,14 +40,13 @@ from keepword.domain.threads import (
 )
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
-from keepword.pipeline.acknowledge import ack_key, calendar_for, honest_window, note_key
+from keepword.pipeline.acknowledge import calendar_for, honest_window
 from keepword.retry import RetryPolicy
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store import triage_state
-from keepword.store.messages import load_facts
-from keepword.store.tables import case, message, message_location, outbox
+from keepword.store.messages import first_seen_at, load_facts
 from keepword.store.triage_state import Untriaged
 
 log = logging.getLogger(__name__)
@@ -322,16 +320,14 @@ def _record(
     match: ThreadMatch,
     now: datetime,
 ) -> None:
-    conn.execute(
-        update(message)
-        .where(message.c.id == pk)
-        .values(
-            kind=verdict.kind.value,
-            kind_reason=verdict.reason[:2000],
-            case_id=case_id,
-            thread_rule=match.rule.value,
-            triaged_at=now,
-        )
+    triage_state.record_triage(
+        conn,
+        pk,
+        kind=verdict.kind.value,
+        reason=verdict.reason,
+        case_id=case_id,
+        thread_rule=match.rule.value,
+        now=now,
     )
 
 
@@ -349,7 +345,7 @@ def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> 
                 conn, box.name, who.address, key
             )
     every = list(dict.fromkeys([*tag_ids, *ref_ids, *subject_ids]))
-    loaded = _load_candidates(conn, every)
+    loaded = case_store.case_candidates(conn, every)
     return Candidates(
         by_tag=loaded[tag_ids[0]] if tag_ids else None,
         by_reference=tuple(loaded[i] for i in ref_ids),
@@ -360,34 +356,12 @@ def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> 
 def _cases_by_references(conn: Connection, mailbox: str, ids: Sequence[str]) -> list[int]:
     """Cases that saw any referenced Message-ID: stored mail and keepword's own outbox."""
     found = case_store.cases_by_message_ids(conn, mailbox, ids)
-    if ids:
-        query = select(outbox.c.message_id, outbox.c.case_id).where(
-            and_(outbox.c.message_id.in_(list(ids)), outbox.c.case_id.is_not(None))
-        )
-        own: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
-        for mid in ids:
-            cid = own.get(mid)
-            if cid is not None and cid not in found:
-                found.append(cid)
+    own = outbox_store.cases_of_own_mail(conn, ids)
+    for mid in ids:
+        cid = own.get(mid)
+        if cid is not None and cid not in found:
+            found.append(cid)
     return found
-
-
-def _load_candidates(conn: Connection, ids: Sequence[int]) -> dict[int, CaseCandidate]:
-    if not ids:
-        return {}
-    people = case_store.correspondents(conn, ids)
-    rows = conn.execute(select(case).where(case.c.id.in_(list(ids))))
-    return {
-        row.id: CaseCandidate(
-            case_id=row.id,
-            reference=row.reference,
-            correspondents=people.get(row.id, frozenset()),
-            subject_key=row.subject_key or "",
-            last_activity=row.updated_at,
-            closed=row.status == CaseStatus.CLOSED.value,
-        )
-        for row in rows
-    }
 
 
 def _acknowledge_if_due(
@@ -437,12 +411,7 @@ def _acknowledge_if_due(
 
 def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
     """When keepword first saw this mailbox (its oldest location row), less the grace."""
-    first = conn.execute(
-        select(message_location.c.seen_at)
-        .where(message_location.c.mailbox == mailbox)
-        .order_by(message_location.c.id)
-        .limit(1)
-    ).scalar()
+    first = first_seen_at(conn, mailbox)
     return None if first is None else first - DELIVERY_GRACE
 
 
@@ -462,20 +431,8 @@ def _planned_mail(
 
 def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: TriageResult) -> None:
     """A message moved to the done folder closes its case (once per location)."""
-    query = (
-        select(message_location.c.id, message.c.case_id)
-        .join(message, message.c.id == message_location.c.message_pk)
-        .where(
-            and_(
-                message_location.c.mailbox == box.name,
-                message_location.c.role == "done",
-                message_location.c.handled_at.is_(None),
-                message.c.triaged_at.is_not(None),
-            )
-        )
-    )
     with engine.begin() as conn:
-        for location_id, case_id in conn.execute(query).all():
+        for location_id, case_id in triage_state.unhandled_done(conn, box.name):
             if case_id is not None:
                 current = case_store.load_case(conn, case_id)
                 change = cases.close(
@@ -485,11 +442,7 @@ def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: Tri
                     case_store.save_case(conn, change.case)
                     case_store.add_events(conn, case_id, change.events)
                     result.closed += 1
-            conn.execute(
-                update(message_location)
-                .where(message_location.c.id == location_id)
-                .values(handled_at=now)
-            )
+            triage_state.mark_handled(conn, location_id, now)
 
 
 def _settle_promises(

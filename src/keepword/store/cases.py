@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
+from keepword.domain.threads import CaseCandidate
 from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
 from keepword.store.tables import case, case_correspondent, case_event, message
@@ -278,3 +279,34 @@ def unanswered_backlog(conn: Connection, mailbox: str, since: datetime) -> int:
         )
     )
     return int(conn.execute(query).scalar() or 0)
+
+
+def case_candidates(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseCandidate]:
+    """What threading weighs of each case a new message could join."""
+    if not case_ids:
+        return {}
+    people = correspondents(conn, case_ids)
+    rows = conn.execute(select(case).where(case.c.id.in_(list(case_ids))))
+    return {
+        row.id: CaseCandidate(
+            case_id=row.id,
+            reference=row.reference,
+            correspondents=people.get(row.id, frozenset()),
+            subject_key=row.subject_key or "",
+            last_activity=row.updated_at,
+            closed=row.status == CaseStatus.CLOSED.value,
+        )
+        for row in rows
+    }
+
+
+def live_case_ids(conn: Connection, mailbox: str, statuses: Sequence[CaseStatus]) -> set[int]:
+    """Ids of the mailbox's live (not history) cases in one of these statuses."""
+    query = select(case.c.id).where(
+        and_(
+            case.c.mailbox == mailbox,
+            case.c.status.in_([s.value for s in statuses]),
+            case.c.is_history.is_(False),
+        )
+    )
+    return set(conn.execute(query).scalars())

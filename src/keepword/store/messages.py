@@ -437,3 +437,52 @@ def _addresses(value: Any) -> tuple[Address, ...]:
         for item in value
         if isinstance(item, dict) and item.get("address")
     )
+
+
+def first_seen_at(conn: Connection, mailbox: str) -> datetime | None:
+    """When keepword first saw this mailbox: its oldest location row."""
+    return conn.execute(
+        select(message_location.c.seen_at)
+        .where(message_location.c.mailbox == mailbox)
+        .order_by(message_location.c.id)
+        .limit(1)
+    ).scalar()
+
+
+@dataclass(frozen=True, slots=True)
+class LastMessage:
+    message_id: str | None
+    references: tuple[str, ...]
+    body: str
+    at: datetime | None
+    offset_minutes: int | None
+    name: str
+
+
+def last_customer_message(conn: Connection, case_id: int) -> LastMessage | None:
+    """The case's latest message from its customer (what a reminder quotes, an update
+    answers)."""
+    row = conn.execute(
+        select(
+            message.c.message_id,
+            message.c.references,
+            message.c.body_text,
+            message.c.date,
+            message.c.received_at,
+            message.c.date_offset_minutes,
+            message.c.from_name,
+        )
+        .where(and_(message.c.case_id == case_id, message.c.kind == "customer"))
+        .order_by(message.c.received_at.desc(), message.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return LastMessage(
+        message_id=row.message_id,
+        references=tuple((row.references or "").split()),
+        body=row.body_text or "",
+        at=row.received_at or row.date,
+        offset_minutes=row.date_offset_minutes,
+        name=row.from_name or "",
+    )
