@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.domain.model import Origin  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
+from keepword.mail.render import Renderer  # noqa: E402
+from keepword.pipeline.context import MailboxContext  # noqa: E402
 from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
 from keepword.store.messages import StoreItem, store_batch  # noqa: E402
@@ -76,10 +78,11 @@ def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]
         with engine.begin() as conn:
             store_batch(conn, box.name, "INBOX", Origin.INBOX, 1, items, is_history=True, now=now)
     stored = time.perf_counter() - started
+    desk = MailboxContext(settings, box, engine, Renderer.for_mailbox(settings, box), now)
     started = time.perf_counter()
     opened = 0
     while True:
-        result = triage_pending(engine, settings, box, now, limit=BATCH * 4)
+        result = triage_pending(desk, limit=BATCH * 4)
         opened += result.opened
         if result.triaged == 0:
             break

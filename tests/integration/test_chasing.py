@@ -26,6 +26,7 @@ from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus, PromiseKind, PromiseState
 from keepword.mail.render import Renderer
 from keepword.pipeline.chase import ChaseResult, chase_mailbox
+from keepword.pipeline.context import MailboxContext
 from keepword.store import cases as case_store
 from keepword.store.tables import case, outbox, promise
 from tests.fixtures.desk import ALICE, ANN, CAROL, SUPPORT, mail
@@ -70,7 +71,9 @@ class Desk(BaseDesk):
     def chase(self, when: datetime) -> ChaseResult:
         """One chase step at `when`, then the drain (as the daemon's jobs do)."""
         self.clock.now = when
-        result = chase_mailbox(self.engine, self.settings, self.box, when, renderer=self.renderer)
+        result = chase_mailbox(
+            MailboxContext(self.settings, self.box, self.engine, self.renderer, when)
+        )
         self.drain()
         return result
 

@@ -25,8 +25,10 @@ from sqlalchemy.exc import IntegrityError, StatementError
 import tests.integration.test_chasing as chasing
 import tests.integration.test_ingest as ingesting
 from keepword.adapters.imap import ImapSession
-from keepword.config import MailboxSettings
+from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import PromiseState
+from keepword.mail.render import Renderer
+from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import poll_mailbox
 from keepword.pipeline.triage import triage_pending
 from keepword.store import messages as store
@@ -39,6 +41,13 @@ from tests.fixtures.schema import schema_drift, upgrade_from_0001
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
+
+
+def desk_at(engine: Engine, settings: Settings, box: MailboxSettings) -> MailboxContext:
+    """The mailbox as triage takes it, at the ingest tests' clock."""
+    return MailboxContext(
+        settings, box, engine, Renderer.for_mailbox(settings, box), ingesting.now()
+    )
 
 
 @pytest.fixture
@@ -221,7 +230,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     ]
     assert all(f.date is not None and f.date.tzinfo is not None for f in facts)
 
-    triaged = triage_pending(engine, settings, box, ingesting.now())
+    triaged = triage_pending(desk_at(engine, settings, box))
     assert (triaged.opened, triaged.errors) == (3, [])
     with engine.connect() as conn:
         cases = conn.execute(select(case.c.reference, case.c.customer).order_by(case.c.id)).all()
@@ -229,7 +238,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     assert [row.customer for row in cases] == [f"c{n}@customer.test" for n in range(3)]
     assert [row.reference for row in cases] == ["KW-1", "KW-2", "KW-3"]
     assert pending == []
-    assert triage_pending(engine, settings, box, ingesting.now()).triaged == 0
+    assert triage_pending(desk_at(engine, settings, box)).triaged == 0
 
 
 @pytest.mark.skipif(not ingesting.PRESENT, reason="shared corpora not present")
@@ -243,7 +252,7 @@ def test_every_corpus_file_is_stored_exactly_once_in_postgres(
     ingesting.test_every_corpus_file_is_stored_exactly_once(dovecot, mail_user, engine, session_for)
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    triaged = triage_pending(engine, settings, box, ingesting.now())
+    triaged = triage_pending(desk_at(engine, settings, box))
     assert triaged.errors == []
     assert triaged.triaged == ingesting.count(engine, message)
 
@@ -279,7 +288,7 @@ def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
     polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
     assert (polled.ok, polled.new) == (True, 1)
 
-    triaged = triage_pending(engine, settings, box, ingesting.now())
+    triaged = triage_pending(desk_at(engine, settings, box))
     assert (triaged.opened, triaged.errors) == (1, [])
     with engine.connect() as conn:
         stored = conn.execute(select(message)).one()
@@ -311,7 +320,7 @@ def test_a_database_restart_costs_no_failed_job(
     dovecot.append(mail_user, "INBOX", customer_mail(1))
     polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
     assert (polled.ok, polled.new) == (True, 1)
-    assert triage_pending(engine, settings, box, ingesting.now()).opened == 1
+    assert triage_pending(desk_at(engine, settings, box)).opened == 1
 
 
 # -- the command line, in its own process, with database_url on PostgreSQL ---------------

@@ -33,9 +33,8 @@ from functools import partial
 
 from sqlalchemy import Connection, Engine
 
-from keepword.config import MailboxSettings, Settings
+from keepword.config import MailboxSettings
 from keepword.domain import cases
-from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.chase import (
     PAUSED_STATUSES,
     BreachRecord,
@@ -66,12 +65,11 @@ from keepword.mail.render import (
     CustomerUpdateContext,
     DigestCase,
     DigestContext,
-    Renderer,
     TeamCaseContext,
     customer_due,
     window_duration_text,
 )
-from keepword.pipeline.acknowledge import calendar_for, honest_window
+from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import each_isolated, isolated
 from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
@@ -109,45 +107,19 @@ class ChaseResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-@dataclass(slots=True)
-class _Desk:
-    """What every case of one chase run shares."""
-
-    settings: Settings
-    box: MailboxSettings
-    calendar: BusinessCalendar
-    renderer: Renderer
-    now: datetime
-    # The honest window at `now`, measured once per run: the mailbox's history is the
-    # same for every case (the chase changes no first response).
-    window: Window | None = None
-
-    def honest_window(self, conn: Connection) -> Window:
-        if self.window is None:
-            self.window = honest_window(conn, self.box, self.calendar, self.now)
-        return self.window
-
-
-def chase_mailbox(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    now: datetime,
-    *,
-    renderer: Renderer,
-) -> ChaseResult:
+def chase_mailbox(desk: MailboxContext) -> ChaseResult:
     """One chase step for one mailbox at `now` (blocking; idempotent at a given `now`).
 
     Every case, and the digest, is isolated (`keepword.pipeline.isolation`): a failure is logged,
     counted in `failed` and tried again next step; it never stops the others.
     """
-    desk = _Desk(settings, box, calendar_for(settings, box), renderer, now)
+    box, engine = desk.box, desk.engine
     result = ChaseResult()
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
     outcome = each_isolated(
         case_ids,
-        partial(_chase_case, engine, desk),
+        partial(_chase_case, desk),
         what=lambda case_id: f"mailbox {box.name}: chasing case {case_id}",
         log=log,
         expected=(StaleCaseError,),  # `keepword close/assign` meanwhile: plan again next step
@@ -156,9 +128,7 @@ def chase_mailbox(
         result.add(done)
     result.failed += len(outcome.failed)
     if box.chase.digest:
-        digest = isolated(
-            partial(_digest_step, engine, desk), what=f"mailbox {box.name}: digest", log=log
-        )
+        digest = isolated(partial(_digest_step, desk), what=f"mailbox {box.name}: digest", log=log)
         result.digests += digest.value or 0
         result.failed += int(digest.failed)
     if result.queued or result.breaches or result.withdrawn:
@@ -190,7 +160,7 @@ def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
 _Step = Callable[[Connection, ChaseResult], None]
 
 
-def _chase_case(engine: Engine, desk: _Desk, case_id: int) -> ChaseResult:
+def _chase_case(desk: MailboxContext, case_id: int) -> ChaseResult:
     """Plan one case, then apply each step (a breach, a mail, a settled promise) in its
     own transaction, isolated from the others: a broken template for the update never
     keeps the breach from being recorded or the lead from being told.
@@ -199,6 +169,7 @@ def _chase_case(engine: Engine, desk: _Desk, case_id: int) -> ChaseResult:
     read, so no mail goes out on a decision about a case that is no longer so. The case
     counts in `cases` only when every step went through.
     """
+    engine = desk.engine
     with engine.connect() as conn:
         state = case_store.load_case(conn, case_id)
         open_now = promise_store.open_promises(conn, case_id)
@@ -232,7 +203,7 @@ def _apply_step(engine: Engine, state: cases.CaseState, step: _Step) -> ChaseRes
 
 
 def _plan_case(
-    engine: Engine, desk: _Desk, state: cases.CaseState, open_now: list[Promise]
+    engine: Engine, desk: MailboxContext, state: cases.CaseState, open_now: list[Promise]
 ) -> list[_Step]:
     assert state.id is not None
     with engine.connect() as conn:
@@ -266,7 +237,9 @@ def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
     return outbox_store.keys_in_ranges(conn, chase_key_ranges(case_id))
 
 
-def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Window | None:
+def _update_window(
+    conn: Connection, desk: MailboxContext, open_now: list[Promise]
+) -> Window | None:
     """The honest window for a customer update, measured only when one may be planned."""
     for p in open_now:
         if not p.to_customer:
@@ -279,7 +252,7 @@ def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Wi
 
 
 def _apply(
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     by_id: dict[int | None, Promise],
     action: ChaseAction,
@@ -313,7 +286,11 @@ def _announced(conn: Connection, value: Promise) -> bool:
 
 
 def _record_breach(
-    conn: Connection, desk: _Desk, state: cases.CaseState, value: Promise, result: ChaseResult
+    conn: Connection,
+    desk: MailboxContext,
+    state: cases.CaseState,
+    value: Promise,
+    result: ChaseResult,
 ) -> None:
     assert state.id is not None and value.id is not None
     announced = _announced(conn, value)
@@ -330,7 +307,11 @@ def _record_breach(
 
 
 def _settle_paused(
-    desk: _Desk, state: cases.CaseState, value: Promise, conn: Connection, result: ChaseResult
+    desk: MailboxContext,
+    state: cases.CaseState,
+    value: Promise,
+    conn: Connection,
+    result: ChaseResult,
 ) -> None:
     """A closed case or one waiting on the customer owes nothing more; a breach stays one."""
     assert state.id is not None
@@ -346,17 +327,16 @@ def _settle_paused(
 # -- robots and other keepwords -----------------------------------------------------------
 
 
-def _update_refusal(conn: Connection, desk: _Desk, state: cases.CaseState) -> str | None:
+def _update_refusal(conn: Connection, desk: MailboxContext, state: cases.CaseState) -> str | None:
     """Why no update may go to this case's customer (a robot, another keepword), if so."""
     if not state.customer:
         return None
-    own = frozenset(b.address for b in desk.settings.mailbox) | {desk.box.address}
     mail = promise_store.automated_mail_from(conn, state.customer)
-    return update_refusal(state.customer, mail, own)
+    return update_refusal(state.customer, mail, desk.own_addresses)
 
 
 def _no_updates_to(
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     open_now: list[Promise],
     refusal: str,
@@ -397,7 +377,7 @@ def _what_is_happening(state: cases.CaseState) -> str:
     return f"your case is waiting for the next free person on our team, {lead}"
 
 
-def _update_slot(conn: Connection, desk: _Desk, customer: str) -> Slot:
+def _update_slot(conn: Connection, desk: MailboxContext, customer: str) -> Slot:
     """When the update may go out: every automatic mail to the address counts (one
     per-address limit for acknowledgements, notes and updates), and the mailbox's."""
     to_address, from_mailbox = outbox_store.automatic_mail_times(
@@ -409,7 +389,7 @@ def _update_slot(conn: Connection, desk: _Desk, customer: str) -> Slot:
 
 
 def _hold_back(
-    conn: Connection, desk: _Desk, state: cases.CaseState, old: Promise, slot: Slot
+    conn: Connection, desk: MailboxContext, state: cases.CaseState, old: Promise, slot: Slot
 ) -> None:
     """The limit has no slot before the due time: no update, said once on the timeline.
 
@@ -429,7 +409,7 @@ def _hold_back(
 
 def _send_update(
     conn: Connection,
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     old: Promise,
     action: CustomerUpdate,
@@ -515,7 +495,7 @@ def age_text(delta: timedelta) -> str:
 
 def _team_mail(
     conn: Connection,
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     promised: Promise | None,
     kind: OutboxKind,
@@ -565,12 +545,12 @@ def _team_mail(
 # -- daily digest ---------------------------------------------------------------------------
 
 
-def _digest_step(engine: Engine, desk: _Desk) -> int:
-    with engine.begin() as conn:
+def _digest_step(desk: MailboxContext) -> int:
+    with desk.engine.begin() as conn:
         return _digest(conn, desk)
 
 
-def _digest(conn: Connection, desk: _Desk) -> int:
+def _digest(conn: Connection, desk: MailboxContext) -> int:
     """The day's digest once the local digest time has passed (at most one a day).
 
     Business days only: on a weekend or holiday nobody is there to act on it, and the
@@ -592,7 +572,7 @@ def _digest(conn: Connection, desk: _Desk) -> int:
     return int(enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))
 
 
-def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
+def digest_context(conn: Connection, desk: MailboxContext) -> DigestContext:
     box, zone, now = desk.box, desk.calendar.zone, desk.now
     today = now.astimezone(zone).date()
     open_cases = case_store.list_cases(conn, mailbox=box.name, statuses=list(AWAITING_TEAM))
@@ -633,7 +613,7 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
     )
 
 
-def _resolved_yesterday(conn: Connection, desk: _Desk) -> tuple[int, int]:
+def _resolved_yesterday(conn: Connection, desk: MailboxContext) -> tuple[int, int]:
     zone = desk.calendar.zone
     today = desk.now.astimezone(zone).date()
     start = datetime.combine(today - timedelta(days=1), datetime.min.time(), zone)

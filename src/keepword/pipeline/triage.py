@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from keepword.config import MailboxSettings, Settings
+from keepword.config import MailboxSettings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
 from keepword.domain.limits import PlannedMail
@@ -40,7 +40,7 @@ from keepword.domain.threads import (
 )
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
-from keepword.pipeline.acknowledge import calendar_for, honest_window
+from keepword.pipeline.context import MailboxContext
 from keepword.retry import RetryPolicy
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
@@ -84,36 +84,52 @@ class TriageResult:
 
 # Called inside the message's transaction when a case earns an acknowledgement or note.
 Acknowledger = Callable[
-    [Connection, MailboxSettings, cases.CaseState, MessageFacts, acknowledge.Decision, datetime],
-    None,
+    [Connection, MailboxContext, cases.CaseState, MessageFacts, acknowledge.Decision], None
 ]
 
 
+@dataclass(slots=True)
+class _Run:
+    """One triage run of a mailbox: its context, what it did, what keeps failing."""
+
+    desk: MailboxContext
+    acknowledger: Acknowledger | None
+    result: TriageResult = field(default_factory=TriageResult)
+    # Message-ID -> failed attempts of the mailbox's untriaged messages.
+    failing: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    """The message being triaged, with what triage made of it."""
+
+    facts: MessageFacts
+    verdict: Classification
+    match: ThreadMatch
+    correspondent: Address | None
+    at: datetime  # when it counts as written: its Date, never in our future
+
+
 def triage_pending(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    now: datetime,
-    *,
-    acknowledger: Acknowledger | None = None,
-    limit: int = 5000,
+    desk: MailboxContext, *, acknowledger: Acknowledger | None = None, limit: int = 5000
 ) -> TriageResult:
     """Triage what is due: new mail in the order it was written, then due retries.
 
     One transaction per message; a message whose triage fails stays pending for a later
     retry and never stops the messages behind it.
     """
-    result = TriageResult()
-    with engine.connect() as conn:
-        queue = triage_state.due_untriaged(conn, box.name, now, limit)
-        failing = triage_state.failed_attempts(conn, box.name)
+    run = _Run(desk, acknowledger)
+    box = desk.box
+    with desk.engine.connect() as conn:
+        queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
+        run.failing = triage_state.failed_attempts(conn, box.name)
     held: list[Untriaged] = []
     store_errors = 0
     for item in queue:
-        if _waits_for_first_mail(item, failing):
+        if _waits_for_first_mail(item, run.failing):
             held.append(item)
             continue
-        error = _try_one(engine, settings, box, item, now, acknowledger, result, failing)
+        error = _try_one(run, item)
         store_errors = store_errors + 1 if isinstance(error, OperationalError) else 0
         if store_errors >= STORE_ERRORS_TO_STOP:
             log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
@@ -121,10 +137,10 @@ def triage_pending(
     else:
         # Follow-ups whose first mail got through in this run go now, not a poll later.
         for item in held:
-            if not _waits_for_first_mail(item, failing):
-                _try_one(engine, settings, box, item, now, acknowledger, result, failing)
-    _close_done(engine, box, now, result)
-    return result
+            if not _waits_for_first_mail(item, run.failing):
+                _try_one(run, item)
+    _close_done(desk, run.result)
+    return run.result
 
 
 def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
@@ -140,45 +156,29 @@ def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
     return any(0 < failing.get(mid, 0) < FOLLOW_UP_WAITS_FOR for mid in item.referenced)
 
 
-def _try_one(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    item: Untriaged,
-    now: datetime,
-    acknowledger: Acknowledger | None,
-    result: TriageResult,
-    failing: dict[str, int],
-) -> Exception | None:
+def _try_one(run: _Run, item: Untriaged) -> Exception | None:
     """Triage one message in its own transaction; on failure record it for a retry."""
     done = TriageResult()
     try:
-        with engine.begin() as conn:
-            _triage_one(conn, settings, box, item.pk, now, acknowledger, done)
+        with run.desk.engine.begin() as conn:
+            _triage_one(conn, run, item.pk, done)
     except Exception as exc:  # a defect or a passing fault: never the customer's loss
         attempts = item.attempts + 1
-        _record_failure(engine, box, item.pk, attempts, now, exc, result)
-        failing[item.message_id] = attempts
+        _record_failure(run, item.pk, attempts, exc)
+        run.failing[item.message_id] = attempts
         return exc
-    failing.pop(item.message_id, None)
-    result.triaged += 1
-    result.opened += done.opened
-    result.acknowledged += done.acknowledged
+    run.failing.pop(item.message_id, None)
+    run.result.triaged += 1
+    run.result.opened += done.opened
+    run.result.acknowledged += done.acknowledged
     return None
 
 
-def _record_failure(
-    engine: Engine,
-    box: MailboxSettings,
-    pk: int,
-    attempts: int,
-    now: datetime,
-    exc: Exception,
-    result: TriageResult,
-) -> None:
-    retry_at = now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
+def _record_failure(run: _Run, pk: int, attempts: int, exc: Exception) -> None:
+    box = run.desk.box
+    retry_at = run.desk.now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
     reason = f"{type(exc).__name__}: {exc}"
-    result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
+    run.result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
     if attempts >= STUCK_AFTER:
         log.error(
             "mailbox %s: triage of message %s failed %d times, next try %s: %s",
@@ -193,7 +193,7 @@ def _record_failure(
     else:
         log.exception("mailbox %s: triage of message %s failed", box.name, pk)
     try:
-        with engine.begin() as conn:
+        with run.desk.engine.begin() as conn:
             triage_state.record_failure(
                 conn, pk, attempts=attempts, retry_at=retry_at, error=reason
             )
@@ -201,19 +201,12 @@ def _record_failure(
         log.exception("mailbox %s: cannot record the triage failure of message %s", box.name, pk)
 
 
-def _triage_one(
-    conn: Connection,
-    settings: Settings,
-    box: MailboxSettings,
-    pk: int,
-    now: datetime,
-    acknowledger: Acknowledger | None,
-    result: TriageResult,
-) -> None:
+def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> None:
+    desk = run.desk
+    box, now = desk.box, desk.now
     [facts] = load_facts(conn, [pk])
     team = box.team_addresses()
-    own = frozenset(b.address for b in settings.mailbox) | {box.address}
-    verdict = classify(facts, team=team, own_addresses=own)
+    verdict = classify(facts, team=team, own_addresses=desk.own_addresses)
     correspondent = external_correspondent(facts, verdict.kind, team)
     match = choose_case(
         facts,
@@ -226,28 +219,28 @@ def _triage_one(
     )
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, now) if facts.date else now
+    arrival = _Arrival(facts, verdict, match, correspondent, at)
     if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
-        _record(conn, pk, verdict, None, match, now)
+        _record(conn, pk, arrival, None, now)
         return
     new_case = match.case_id is None
     before = (
         case_store.load_case(conn, match.case_id)
         if match.case_id is not None
-        else _open(conn, box, facts, verdict.kind, correspondent, match, at)
+        else _open(conn, box, arrival)
     )
     if new_case:
         result.opened += 1
-    change = _fold(before, facts, verdict, match, at, new_case)
+    change = _fold(before, arrival, new_case)
     saved = case_store.save_case(conn, change.case)
     assert saved.id is not None
     case_store.add_events(conn, saved.id, change.events)
     if correspondent is not None:
         case_store.add_correspondents(conn, saved.id, [correspondent.address])
-    _record(conn, pk, verdict, saved.id, match, now)
-    _settle_promises(conn, settings, box, before, saved, verdict.kind, at, now)
-    _acknowledge_if_due(
-        conn, settings, box, saved, facts, verdict, new_case, now, acknowledger, result
-    )
+    _record(conn, pk, arrival, saved.id, now)
+    _settle_promises(conn, desk, before, saved, verdict.kind, at)
+    if _acknowledge_if_due(conn, run, saved, arrival, new_case):
+        result.acknowledged += 1
 
 
 def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:
@@ -260,20 +253,13 @@ def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -
     return kind is Kind.CUSTOMER
 
 
-def _open(
-    conn: Connection,
-    box: MailboxSettings,
-    facts: MessageFacts,
-    kind: Kind,
-    correspondent: Address | None,
-    match: ThreadMatch,
-    at: datetime,
-) -> cases.CaseState:
+def _open(conn: Connection, box: MailboxSettings, arrival: _Arrival) -> cases.CaseState:
+    facts, match = arrival.facts, arrival.match
     opened = cases.open_case(
         mailbox=box.name,
         reference=box.reference_prefix,
-        at=at,
-        customer=correspondent,
+        at=arrival.at,
+        customer=arrival.correspondent,
         subject=facts.subject,
         subject_key=subject_key(facts.subject),
         is_history=facts.is_history,
@@ -293,14 +279,8 @@ def _open(
     return saved
 
 
-def _fold(
-    before: cases.CaseState,
-    facts: MessageFacts,
-    verdict: Classification,
-    match: ThreadMatch,
-    at: datetime,
-    new_case: bool,
-) -> cases.Change:
+def _fold(before: cases.CaseState, arrival: _Arrival, new_case: bool) -> cases.Change:
+    verdict, match, facts = arrival.verdict, arrival.match, arrival.facts
     kind = verdict.kind
     if match.rule is ThreadRule.FORWARD_NEW and new_case:
         # A team member forwarded a customer's mail in: it counts as that customer's contact.
@@ -308,25 +288,20 @@ def _fold(
     why = f"{verdict.reason}; {match.explanation}" if not new_case else verdict.reason
     sender = facts.sender.address if facts.sender else None
     return cases.apply_message(
-        before, kind=kind, sender=sender, at=at, message_pk=facts.pk, why=why
+        before, kind=kind, sender=sender, at=arrival.at, message_pk=facts.pk, why=why
     )
 
 
 def _record(
-    conn: Connection,
-    pk: int,
-    verdict: Classification,
-    case_id: int | None,
-    match: ThreadMatch,
-    now: datetime,
+    conn: Connection, pk: int, arrival: _Arrival, case_id: int | None, now: datetime
 ) -> None:
     triage_state.record_triage(
         conn,
         pk,
-        kind=verdict.kind.value,
-        reason=verdict.reason,
+        kind=arrival.verdict.kind.value,
+        reason=arrival.verdict.reason,
         case_id=case_id,
-        thread_rule=match.rule.value,
+        thread_rule=arrival.match.rule.value,
         now=now,
     )
 
@@ -365,24 +340,17 @@ def _cases_by_references(conn: Connection, mailbox: str, ids: Sequence[str]) -> 
 
 
 def _acknowledge_if_due(
-    conn: Connection,
-    settings: Settings,
-    box: MailboxSettings,
-    current: cases.CaseState,
-    facts: MessageFacts,
-    verdict: Classification,
-    new_case: bool,
-    now: datetime,
-    acknowledger: Acknowledger | None,
-    result: TriageResult,
-) -> None:
+    conn: Connection, run: _Run, current: cases.CaseState, arrival: _Arrival, new_case: bool
+) -> bool:
+    """Decide on an acknowledgement or note for the case; True if one was queued."""
     assert current.id is not None
-    if verdict.kind is not Kind.CUSTOMER or facts.is_history:
-        return  # nothing to decide: only live customer mail is ever answered
+    box, now, facts, kind = run.desk.box, run.desk.now, arrival.facts, arrival.verdict.kind
+    if kind is not Kind.CUSTOMER or facts.is_history:
+        return False  # nothing to decide: only live customer mail is ever answered
     recipient = acknowledge.reply_address(facts)
     decision = acknowledge.decide(
         facts,
-        verdict.kind,
+        kind,
         new_case=new_case,
         acknowledged=outbox_store.exists(conn, ack_key(current.id)),
         note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
@@ -394,19 +362,16 @@ def _acknowledge_if_due(
         now=now,
     )
     if not decision.sends:
-        if verdict.kind is Kind.CUSTOMER and not facts.is_history:
-            event = cases.Event(
-                cases.EventKind.NOT_ACKNOWLEDGED, now, None, decision.reason, facts.pk
-            )
-            case_store.add_events(conn, current.id, [event])
-        return
-    if acknowledger is None:
+        event = cases.Event(cases.EventKind.NOT_ACKNOWLEDGED, now, None, decision.reason, facts.pk)
+        case_store.add_events(conn, current.id, [event])
+        return False
+    if run.acknowledger is None:
         log.warning(
             "mailbox %s: %s earns an acknowledgement but none is wired", box.name, current.reference
         )
-        return
-    acknowledger(conn, box, current, facts, decision, now)
-    result.acknowledged += 1
+        return False
+    run.acknowledger(conn, run.desk, current, facts, decision)
+    return True
 
 
 def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
@@ -429,9 +394,10 @@ def _planned_mail(
     return PlannedMail(tuple(to_address), tuple(from_mailbox))
 
 
-def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: TriageResult) -> None:
+def _close_done(desk: MailboxContext, result: TriageResult) -> None:
     """A message moved to the done folder closes its case (once per location)."""
-    with engine.begin() as conn:
+    box, now = desk.box, desk.now
+    with desk.engine.begin() as conn:
         for location_id, case_id in triage_state.unhandled_done(conn, box.name):
             if case_id is not None:
                 current = case_store.load_case(conn, case_id)
@@ -447,13 +413,11 @@ def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: Tri
 
 def _settle_promises(
     conn: Connection,
-    settings: Settings,
-    box: MailboxSettings,
+    desk: MailboxContext,
     before: cases.CaseState,
     after: cases.CaseState,
     kind: Kind,
     at: datetime,
-    now: datetime,
 ) -> None:
     """A team reply keeps (or, late, breaks) what was promised; a customer follow-up after
     a reply gives the team a new internal target."""
@@ -470,8 +434,8 @@ def _settle_promises(
         return
     if kind is not Kind.CUSTOMER or before.first_response_at is None or after.is_history:
         return
-    calendar = calendar_for(settings, box)
-    window = honest_window(conn, box, calendar, now, exclude_case=after.id)
+    now = desk.now
+    window = desk.honest_window(conn, exclude_case=after.id)
     for new in promises.on_customer_follow_up(
         after, promise_store.open_promises(conn, after.id), now, window
     ):
