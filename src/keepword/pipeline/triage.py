@@ -295,15 +295,7 @@ def _fold(before: cases.CaseState, arrival: _Arrival, new_case: bool) -> cases.C
 def _record(
     conn: Connection, pk: int, arrival: _Arrival, case_id: int | None, now: datetime
 ) -> None:
-    triage_state.record_triage(
-        conn,
-        pk,
-        kind=arrival.verdict.kind.value,
-        reason=arrival.verdict.reason,
-        case_id=case_id,
-        thread_rule=arrival.match.rule.value,
-        now=now,
-    )
+    triage_state.record_triage(conn, pk, arrival.verdict, case_id, arrival.match.rule, now)
 
 
 def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> Candidates:

@@ -14,6 +14,8 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, update
 
+from keepword.domain.model import Classification
+from keepword.domain.threads import ThreadRule
 from keepword.store.tables import message, message_location
 
 MAX_ERROR_CHARS = 2000
@@ -113,22 +115,20 @@ def triage_backlog(conn: Connection, mailbox: str) -> TriageBacklog:
 def record_triage(
     conn: Connection,
     pk: int,
-    *,
-    kind: str,
-    reason: str,
+    verdict: Classification,
     case_id: int | None,
-    thread_rule: str,
+    rule: ThreadRule,
     now: datetime,
 ) -> None:
-    """The message is triaged: its kind, why, its case (if any) and the threading rule."""
+    """The message is triaged: its kind and why, its case (if any), the threading rule."""
     conn.execute(
         update(message)
         .where(message.c.id == pk)
         .values(
-            kind=kind,
-            kind_reason=reason[:MAX_ERROR_CHARS],
+            kind=verdict.kind.value,
+            kind_reason=verdict.reason[:MAX_ERROR_CHARS],
             case_id=case_id,
-            thread_rule=thread_rule,
+            thread_rule=rule.value,
             triaged_at=now,
         )
     )
