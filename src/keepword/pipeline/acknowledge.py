@@ -34,8 +34,8 @@ from keepword.mail.render import (
 )
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.context import calendar_for as calendar_for  # cli.stats reads it here
-from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
+from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def acknowledge_case(
         in_reply_to=facts.message_id,
         references=facts.references,
     )
-    queued = enqueue_mail(
+    queued = outbox_store.enqueue_mail(
         conn,
         mail,
         body,
@@ -183,7 +183,7 @@ def _alert_lead(
         about=f"we are behind: {window_duration_text(window.minutes, 'en')}",
         now=desk.now,
     )
-    enqueue_mail(
+    outbox_store.enqueue_mail(
         conn,
         mail,
         desk.renderer.render("lead_alert", "en", context),

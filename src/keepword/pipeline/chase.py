@@ -71,7 +71,6 @@ from keepword.mail.render import (
 )
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import each_isolated, isolated
-from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
@@ -460,7 +459,7 @@ def _send_update(
     )
     body = desk.renderer.render("customer_update", desk.box.language, context)
     not_before = slot.at if slot.deferred else None
-    if not enqueue_mail(
+    if not outbox_store.enqueue_mail(
         conn, mail, body, mailbox=desk.box.name, case_id=state.id, not_before=not_before
     ):
         return
@@ -535,7 +534,7 @@ def _team_mail(
         now=desk.now,
     )
     body = desk.renderer.render(kind.value, "en", context)
-    if not enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
+    if not outbox_store.enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
         return False
     event = cases.EventKind.REMINDER if kind is OutboxKind.REMINDER else cases.EventKind.ESCALATION
     _event(conn, state.id, event, desk.now, f"{action.reason}: to {', '.join(recipients)}")
@@ -569,7 +568,7 @@ def _digest(conn: Connection, desk: MailboxContext) -> int:
         box, OutboxKind.DIGEST, dedup_key=key, to=recipients, reference=None, about="", now=desk.now
     )
     body = desk.renderer.render("digest", "en", context)
-    return int(enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))
+    return int(outbox_store.enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))
 
 
 def digest_context(conn: Connection, desk: MailboxContext) -> DigestContext:
