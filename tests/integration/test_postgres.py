@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select
@@ -114,53 +113,29 @@ def test_folder_cursor_is_unique_per_mailbox_folder(engine: Engine) -> None:
 # -- the shared desk on PostgreSQL: ingest, triage, acknowledge, chase, send ----------------
 
 
+# The chasing scenarios of test_chasing.py run on PostgreSQL there (its `make_desk` is
+# parametrised over both stores); this one spells the whole promise out once more, with
+# the rows read back from PostgreSQL.
+
+
 @pytest.fixture
-def make_desk(
+def postgres_desk(
     dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
-) -> Iterator[Any]:
-    """test_chasing's `make_desk`, with the desk's store on this test's PostgreSQL database."""
-
-    class PostgresDesk(chasing.Desk):
-        database_url = postgres_url
-
-    made: list[chasing.Desk] = []
-
-    def make(start: datetime = chasing.MONDAY_MORNING, **options: Any) -> chasing.Desk:
-        desk = PostgresDesk(dovecot, mail_user, smtp_server, tmp_path, start, **options)
-        assert desk.engine.dialect.name == "postgresql"
-        made.append(desk)
-        return desk
-
-    yield make
-    for desk in made:
-        desk.close()
+) -> Iterator[chasing.Desk]:
+    desk = chasing.Desk(
+        dovecot, mail_user, smtp_server, tmp_path, chasing.MONDAY_MORNING, database_url=postgres_url
+    )
+    assert desk.engine.dialect.name == "postgresql"
+    yield desk
+    desk.close()
 
 
-# The chasing scenarios exactly as they run on SQLite in test_chasing.py.
-CHASING_SCENARIOS = [
-    chasing.test_case_answered_in_time_keeps_its_promise_without_any_chasing,
-    chasing.test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline,
-    chasing.test_a_customer_who_writes_three_times_is_escalated,
-    chasing.test_a_case_closed_without_a_reply_has_its_promise_withdrawn,
-    chasing.test_daemon_down_across_the_deadline_one_late_update_and_an_escalation,
-]
-
-
-@pytest.mark.parametrize("scenario", CHASING_SCENARIOS, ids=lambda f: f.__name__[5:])
-def test_chasing_scenario_on_postgres(scenario: Callable[[Any], None], make_desk: Any) -> None:
-    scenario(make_desk)
-
-
-def test_stats_cli_reads_the_ledger_from_postgres(
-    make_desk: Any, capsys: pytest.CaptureFixture[str]
+def test_a_customer_is_acknowledged_chased_and_answered_on_postgres(
+    postgres_desk: chasing.Desk,
 ) -> None:
-    chasing.test_stats_shows_the_announced_revision_and_no_silent_breach(make_desk, capsys)
-
-
-def test_a_customer_is_acknowledged_chased_and_answered_on_postgres(make_desk: Any) -> None:
     """The whole promise, spelled out here too, with the rows read back from PostgreSQL."""
     monday = chasing.MONDAY
-    desk = make_desk()
+    desk = postgres_desk
     question = desk.customer_writes(chasing.at(monday, 9), "Charged twice", "Please refund.")
     [ack] = desk.received(ANN[1])
     assert ack.header("Subject") == "Re: Charged twice [KW-1]"
