@@ -28,7 +28,6 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import PromiseState
 from keepword.mail.render import Renderer
 from keepword.pipeline.context import MailboxContext
-from keepword.pipeline.ingest import poll_mailbox
 from keepword.pipeline.triage import triage_pending
 from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
@@ -178,12 +177,12 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
 ) -> None:
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    first = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    first = ingesting.poll_mailbox(engine, box, session_for)
     assert first.ok and first.new == 0  # first contact: the empty mailbox is history
 
     dovecot.multiappend(mail_user, "INBOX", [customer_mail(n) for n in range(3)])
     dovecot.append(mail_user, "Sent", customer_mail(100, subject="Re: Order question"))
-    second = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    second = ingesting.poll_mailbox(engine, box, session_for)
     assert second.ok
     assert second.folders["INBOX"].new == 3 and not second.folders["INBOX"].is_history
     assert second.folders["Sent"].new == 1
@@ -193,7 +192,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     on_server = ingesting.server_messages(dovecot, mail_user)
     assert [row.raw for row in stored] == [on_server[row.uid] for row in stored]
 
-    third = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    third = ingesting.poll_mailbox(engine, box, session_for)
     assert third.ok and third.new == 0
     assert ingesting.count(engine, message) == 4
     assert ingesting.count(engine, message_location) == 4
@@ -257,10 +256,10 @@ def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
 ) -> None:
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    ingesting.poll_mailbox(engine, box, session_for)
     long_address = "x" * 330 + "@example.org"
     dovecot.append(mail_user, "INBOX", hostile_mail(long_address))
-    polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    polled = ingesting.poll_mailbox(engine, box, session_for)
     assert (polled.ok, polled.new) == (True, 1)
 
     triaged = triage_pending(desk_at(engine, settings, box))
@@ -290,10 +289,10 @@ def test_a_database_restart_costs_no_failed_job(
     """After a restart every pooled connection is dead; the next poll must not fail."""
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    assert poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for).ok
+    assert ingesting.poll_mailbox(engine, box, session_for).ok
     postgres.restart()
     dovecot.append(mail_user, "INBOX", customer_mail(1))
-    polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    polled = ingesting.poll_mailbox(engine, box, session_for)
     assert (polled.ok, polled.new) == (True, 1)
     assert triage_pending(desk_at(engine, settings, box)).opened == 1
 
