@@ -25,32 +25,6 @@ def calendar_for(settings: Settings, box: MailboxSettings) -> BusinessCalendar:
     return BusinessCalendar.from_settings(box.calendar, settings.keepword.timezone)
 
 
-def honest_window(
-    conn: Connection,
-    box: MailboxSettings,
-    calendar: BusinessCalendar,
-    now: datetime,
-    *,
-    exclude_case: int | None = None,
-) -> Window:
-    """The window to promise now, from this mailbox's measured first responses and backlog.
-
-    `exclude_case`: the case being answered is already stored and unanswered; it is not
-    part of its own queue. Cases of addresses that write like robots are no queue at
-    all (store.cases.first_response_history).
-    """
-    days = box.promise.history_days
-    since = now - timedelta(days=days * 2)  # older cases sharpen the backlog count
-    history = case_store.first_response_history(
-        conn,
-        box.name,
-        since,
-        exclude_case=exclude_case,
-        robot_cases_per_day=box.limits.per_sender_per_day,
-    )
-    return measured_window(history, now, calendar, box.promise)
-
-
 @dataclass(slots=True)
 class MailboxContext:
     """A mailbox at `now`: its settings, calendar, renderer and store."""
@@ -72,9 +46,24 @@ class MailboxContext:
         return frozenset(b.address for b in self.settings.mailbox) | {self.box.address}
 
     def honest_window(self, conn: Connection, *, exclude_case: int | None = None) -> Window:
-        """The window to promise now; measured once a run unless a case is excluded."""
-        if exclude_case is not None:
-            return honest_window(conn, self.box, self.calendar, self.now, exclude_case=exclude_case)
-        if self._window is None:
-            self._window = honest_window(conn, self.box, self.calendar, self.now)
-        return self._window
+        """The window to promise now, from this mailbox's measured first responses and
+        backlog; measured once a run unless a case is excluded.
+
+        `exclude_case`: the case being answered is already stored and unanswered; it is
+        not part of its own queue. Cases of addresses that write like robots are no
+        queue at all (store.cases.first_response_history).
+        """
+        if exclude_case is None and self._window is not None:
+            return self._window
+        since = self.now - timedelta(days=self.box.promise.history_days * 2)  # older cases
+        history = case_store.first_response_history(  # sharpen the backlog count
+            conn,
+            self.box.name,
+            since,
+            exclude_case=exclude_case,
+            robot_cases_per_day=self.box.limits.per_sender_per_day,
+        )
+        window = measured_window(history, self.now, self.calendar, self.box.promise)
+        if exclude_case is None:
+            self._window = window
+        return window

@@ -9,7 +9,7 @@ either untouched (and triaged again) or fully triaged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -301,7 +301,7 @@ def _record(
 def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> Candidates:
     tag = find_case_reference(facts, [box.reference_prefix])
     tag_ids = case_store.cases_by_reference_tag(conn, box.name, tag) if tag else []
-    ref_ids = _cases_by_references(conn, box.name, referenced_ids(facts))
+    ref_ids = case_store.cases_by_message_ids(conn, box.name, referenced_ids(facts))
     subject_ids: list[int] = []
     team = box.team_addresses()
     for kind in (Kind.CUSTOMER, Kind.STAFF):
@@ -318,17 +318,6 @@ def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> 
         by_reference=tuple(loaded[i] for i in ref_ids),
         by_subject=tuple(loaded[i] for i in dict.fromkeys(subject_ids)),
     )
-
-
-def _cases_by_references(conn: Connection, mailbox: str, ids: Sequence[str]) -> list[int]:
-    """Cases that saw any referenced Message-ID: stored mail and keepword's own outbox."""
-    found = case_store.cases_by_message_ids(conn, mailbox, ids)
-    own = outbox_store.cases_of_own_mail(conn, ids)
-    for mid in ids:
-        cid = own.get(mid)
-        if cid is not None and cid not in found:
-            found.append(cid)
-    return found
 
 
 def _acknowledge_if_due(

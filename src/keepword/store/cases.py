@@ -14,7 +14,7 @@ from keepword.domain.model import CaseStatus
 from keepword.domain.threads import CaseCandidate
 from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
-from keepword.store.tables import case, case_correspondent, case_event, message
+from keepword.store.tables import case, case_correspondent, case_event, message, outbox
 
 _CASE_FIELDS = (
     "mailbox",
@@ -184,23 +184,29 @@ def cases_by_reference_tag(conn: Connection, mailbox: str, reference: str) -> li
 
 
 def cases_by_message_ids(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> list[int]:
-    """Cases that saw any of these Message-IDs, in the order the ids were given."""
+    """Cases that saw any of these Message-IDs: stored mail first, then keepword's own
+    outgoing mail; each in the order the ids were given."""
     if not message_ids:
         return []
-    query = select(message.c.message_id, message.c.case_id).where(
+    ids = list(message_ids)
+    stored = select(message.c.message_id, message.c.case_id).where(
         and_(
             message.c.mailbox == mailbox,
-            message.c.message_id.in_(list(message_ids)),
+            message.c.message_id.in_(ids),
             message.c.case_id.is_not(None),
         )
     )
-    # Result has .keys(), so dict(result) would take it for a mapping: build it by hand.
-    by_id: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
+    sent = select(outbox.c.message_id, outbox.c.case_id).where(
+        and_(outbox.c.message_id.in_(ids), outbox.c.case_id.is_not(None))
+    )
     ordered: list[int] = []
-    for mid in message_ids:
-        cid = by_id.get(mid)
-        if cid is not None and cid not in ordered:
-            ordered.append(cid)
+    for query in (stored, sent):
+        # Result has .keys(), so dict(result) would take it for a mapping: build it by hand.
+        by_id: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
+        for mid in ids:
+            cid = by_id.get(mid)
+            if cid is not None and cid not in ordered:
+                ordered.append(cid)
     return ordered
 
 

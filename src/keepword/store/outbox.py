@@ -408,16 +408,6 @@ def automatic_mail_times(
     return to_address, from_mailbox
 
 
-def cases_of_own_mail(conn: Connection, message_ids: Sequence[str]) -> dict[str, int]:
-    """Message-ID -> case of the mail keepword itself sent with these Message-IDs."""
-    if not message_ids:
-        return {}
-    query = select(outbox.c.message_id, outbox.c.case_id).where(
-        and_(outbox.c.message_id.in_(list(message_ids)), outbox.c.case_id.is_not(None))
-    )
-    return {row[0]: row[1] for row in conn.execute(query)}
-
-
 def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> frozenset[str]:
     """The dedup keys within any [low, high) range (read through the unique key index)."""
     bounds = [and_(outbox.c.dedup_key >= low, outbox.c.dedup_key < high) for low, high in ranges]
