@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -8,22 +9,16 @@ from keepword.config import LimitSettings
 from keepword.domain.acknowledge import MAX_DEFERRAL, decide, reply_address
 from keepword.domain.limits import PlannedMail
 from keepword.domain.model import Address, Kind, MessageFacts, OutboxKind
+from tests.fixtures.facts import message_facts
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 TEAM = frozenset({"support@example.com", "alice@example.com"})
 LIMITS = LimitSettings()
 
 
-def facts(**overrides: object) -> MessageFacts:
-    base: dict[str, object] = {
-        "pk": 1,
-        "mailbox": "support",
-        "message_id": "a@example.org",
-        "sender": Address("ann@example.org", "Ann"),
-        "date": NOW,
-    }
-    base.update(overrides)
-    return MessageFacts(**base)  # type: ignore[arg-type]
+def facts(**overrides: Any) -> MessageFacts:
+    sender = overrides.pop("sender", Address("ann@example.org", "Ann"))
+    return message_facts(sender, **{"message_id": "a@example.org", "date": NOW, **overrides})
 
 
 def run(msg: MessageFacts, kind: Kind = Kind.CUSTOMER, **kw: object) -> OutboxKind | None:

@@ -25,7 +25,6 @@ from keepword.domain.chase import (
     update_refusal,
 )
 from keepword.domain.model import (
-    Address,
     CaseStatus,
     MessageFacts,
     PromiseAudience,
@@ -40,6 +39,7 @@ from keepword.domain.promises import (
     on_staff_reply,
     supersede,
 )
+from tests.fixtures.facts import message_facts
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DEFAULTS = ChaseSettings()
@@ -660,11 +660,8 @@ OWN = frozenset({"support@example.com"})
 
 
 def facts(sender: str, subject: str = "Re: Help", **headers: str) -> MessageFacts:
-    return MessageFacts(
-        pk=1,
-        mailbox="support",
-        message_id="m@x",
-        sender=Address(sender),
+    return message_facts(
+        sender,
         subject=subject,
         headers={k.lower().replace("_", "-"): (v,) for k, v in headers.items()},
     )
