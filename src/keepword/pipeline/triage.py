@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
@@ -41,6 +42,7 @@ from keepword.domain.threads import (
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.pipeline.context import MailboxContext
+from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
@@ -157,16 +159,22 @@ def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
 
 
 def _try_one(run: _Run, item: Untriaged) -> Exception | None:
-    """Triage one message in its own transaction; on failure record it for a retry."""
+    """Triage one message in its own transaction, isolated from the others (a defect or a
+    passing fault is never the customer's loss): on failure it is recorded for a retry."""
     done = TriageResult()
-    try:
+
+    def triage_it() -> None:
         with run.desk.engine.begin() as conn:
             _triage_one(conn, run, item.pk, done)
-    except Exception as exc:  # a defect or a passing fault: never the customer's loss
-        attempts = item.attempts + 1
-        _record_failure(run, item.pk, attempts, exc)
-        run.failing[item.message_id] = attempts
-        return exc
+
+    attempt = isolated(
+        triage_it,
+        what=f"mailbox {run.desk.box.name}: triage of message {item.pk}",
+        log=log,
+        on_failure=partial(_record_failure, run, item),
+    )
+    if not attempt.ok:
+        return attempt.error
     run.failing.pop(item.message_id, None)
     run.result.triaged += 1
     run.result.opened += done.opened
@@ -174,8 +182,9 @@ def _try_one(run: _Run, item: Untriaged) -> Exception | None:
     return None
 
 
-def _record_failure(run: _Run, pk: int, attempts: int, exc: Exception) -> None:
-    box = run.desk.box
+def _record_failure(run: _Run, item: Untriaged, exc: Exception) -> None:
+    box, pk = run.desk.box, item.pk
+    attempts = run.failing[item.message_id] = item.attempts + 1
     retry_at = run.desk.now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
     reason = f"{type(exc).__name__}: {exc}"
     run.result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
