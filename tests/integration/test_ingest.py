@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -40,6 +39,7 @@ from keepword.store.tables import folder_state, message, message_location
 from tests.corpora import CORPORA, PRESENT
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -419,14 +419,7 @@ def test_sigkill_of_keepword_import_then_rerun_is_exact(
     )
     assert wait_for(database), "keepword import never created its database"
     engine = make_engine(f"sqlite:///{database}")  # the import migrates it, not us
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if count(engine, message_location) >= 200:
-                break
-        except OperationalError:  # tables not created yet
-            pass
-        time.sleep(0.01)
+    wait_until(lambda: process.poll() is not None or stored(engine) >= 200, timeout=60)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL, "import finished before it could be killed"
@@ -451,12 +444,14 @@ def test_sigkill_of_keepword_import_then_rerun_is_exact(
 
 
 def wait_for(path: Path, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        time.sleep(0.01)
-    return False
+    return wait_until(path.exists, timeout)
+
+
+def stored(engine: Engine) -> int:
+    """Message locations stored so far (0 while the import has not created the tables)."""
+    with contextlib.suppress(OperationalError):
+        return count(engine, message_location)
+    return 0
 
 
 def write_config(
@@ -522,8 +517,8 @@ def keepword(config: Path, *args: str, timeout: float = 240) -> subprocess.Compl
     )
 
 
-def import_killed_after(config: Path, database: Path, stored: int) -> int:
-    """Start `keepword import`, SIGKILL it once `stored` locations are committed."""
+def import_killed_after(config: Path, database: Path, at_least: int) -> int:
+    """Start `keepword import`, SIGKILL it once `at_least` locations are committed."""
     process = subprocess.Popen(
         [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -533,12 +528,7 @@ def import_killed_after(config: Path, database: Path, stored: int) -> int:
     assert wait_for(database), "keepword import never created its database"
     engine = make_engine(f"sqlite:///{database}")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(OperationalError):  # tables not created yet
-                if count(engine, message_location) >= stored:
-                    break
-            time.sleep(0.01)
+        wait_until(lambda: process.poll() is not None or stored(engine) >= at_least, timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         assert process.returncode == -signal.SIGKILL, "import finished before it was killed"
@@ -571,7 +561,7 @@ def test_sigkill_during_first_import_keeps_its_cutoff_so_new_mail_is_answered(
     dovecot.multiappend(mail_user, "INBOX", [mail(n, body=body) for n in range(total)])
     config = write_config(dovecot, mail_user, tmp_path, fetch_batch=100, smtp=smtp_server)
     database = tmp_path / "state" / "keepword.db"
-    at_kill = import_killed_after(config, database, stored=200)
+    at_kill = import_killed_after(config, database, at_least=200)
     assert 0 < at_kill < total
 
     dovecot.append(mail_user, "INBOX", customer_question("ann@example.org"))
