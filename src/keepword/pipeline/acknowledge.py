@@ -130,12 +130,10 @@ def _ack(
     desk: MailboxContext, case: cases.CaseState, facts: MessageFacts, window: Window
 ) -> AcknowledgementContext:
     return acknowledgement_context(
-        window=window,
-        calendar=desk.calendar,
+        window,
+        desk.calendar,
+        facts,
         reference=case.reference,
-        customer_name=_name(facts),
-        subject=facts.subject,
-        customer_offset_minutes=facts.date_offset_minutes,
         team_name=desk.box.display_name or desk.box.address,
         language=desk.box.language,
     )

@@ -265,13 +265,10 @@ def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -
 def _open(conn: Connection, box: MailboxSettings, arrival: _Arrival) -> cases.CaseState:
     facts, match = arrival.facts, arrival.match
     opened = cases.open_case(
-        mailbox=box.name,
+        facts,
         reference=box.reference_prefix,
         at=arrival.at,
         customer=arrival.correspondent,
-        subject=facts.subject,
-        subject_key=subject_key(facts.subject),
-        is_history=facts.is_history,
         why=match.explanation,
     )
     saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
