@@ -335,19 +335,15 @@ def _acknowledge_if_due(
     if kind is not Kind.CUSTOMER or facts.is_history:
         return False  # nothing to decide: only live customer mail is ever answered
     recipient = acknowledge.reply_address(facts)
-    decision = acknowledge.decide(
-        facts,
-        kind,
+    sent = acknowledge.Sent(
         new_case=new_case,
         acknowledged=outbox_store.exists(conn, ack_key(current.id)),
         note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
-        follow_up_notes=box.promise.follow_up_notes,
         cutoff=_cutoff(conn, box.name),
-        team=box.team_addresses(),
         planned=_planned_mail(conn, box.name, recipient, now),
-        limits=box.limits,
-        now=now,
     )
+    policy = acknowledge.Policy(box.team_addresses(), box.promise.follow_up_notes, box.limits)
+    decision = acknowledge.decide(facts, kind, sent, policy, now)
     if not decision.sends:
         event = cases.Event(cases.EventKind.NOT_ACKNOWLEDGED, now, None, decision.reason, facts.pk)
         case_store.add_events(conn, current.id, [event])
