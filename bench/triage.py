@@ -36,7 +36,7 @@ from keepword.mail.render import Renderer  # noqa: E402
 from keepword.pipeline.context import MailboxContext  # noqa: E402
 from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
-from keepword.store.messages import StoreItem, store_batch  # noqa: E402
+from keepword.store.messages import Folder, StoreItem, store_batch  # noqa: E402
 
 BATCH = 500
 
@@ -68,6 +68,7 @@ def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]
     engine = open_store(url)
     settings, box = settings_for(url, work)
     now = datetime.now(UTC)
+    inbox = Folder(box.name, "INBOX", Origin.INBOX, 1)
     started = time.perf_counter()
     for first in range(0, len(messages), BATCH):
         chunk = messages[first : first + BATCH]
@@ -76,7 +77,7 @@ def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]
             for i, raw in enumerate(chunk)
         ]
         with engine.begin() as conn:
-            store_batch(conn, box.name, "INBOX", Origin.INBOX, 1, items, is_history=True, now=now)
+            store_batch(conn, inbox, items, is_history=True, now=now)
     stored = time.perf_counter() - started
     desk = MailboxContext(settings, box, engine, Renderer.for_mailbox(settings, box), now)
     started = time.perf_counter()

@@ -258,10 +258,7 @@ def _store_parsed(
         for is_history, part in _split(items, history_below):
             result = store.store_batch(
                 conn,
-                box.name,
-                folder,
-                role,
-                uidvalidity,
+                store.Folder(box.name, folder, role, uidvalidity),
                 part,
                 is_history=is_history,
                 now=now(),

@@ -64,12 +64,19 @@ class FolderCursor:
     last_error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """A folder of a mailbox as the store keys its messages' locations."""
+
+    mailbox: str
+    name: str
+    role: Origin
+    uidvalidity: int
+
+
 def store_batch(
     conn: Connection,
-    mailbox: str,
-    folder: str,
-    role: Origin,
-    uidvalidity: int,
+    where: Folder,
     items: Sequence[StoreItem],
     *,
     is_history: bool,
@@ -81,6 +88,7 @@ def store_batch(
     The cursor moves to the highest UID among `items` and `through_uid` (pass the last
     UID asked for, so UIDs expunged between search and fetch are not asked for again).
     """
+    mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
     fresh = [item for item in items if item.uid not in known_uids]
     existing = _existing_identities(conn, mailbox, fresh)
