@@ -84,16 +84,7 @@ def choose(
     kind: Kind = Kind.CUSTOMER,
     window: timedelta = WINDOW,
 ) -> tuple[int | None, ThreadRule, str]:
-    correspondent = external_correspondent(facts, kind, TEAM)
-    match = choose_case(
-        facts,
-        kind,
-        candidates,
-        now=NOW,
-        subject_window=window,
-        correspondent=correspondent,
-        team=TEAM,
-    )
+    match = choose_case(facts, kind, candidates, now=NOW, subject_window=window, team=TEAM)
     return match.case_id, match.rule, match.explanation
 
 

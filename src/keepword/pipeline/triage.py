@@ -223,7 +223,6 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
         _candidates(conn, box, facts),
         now=now,
         subject_window=timedelta(days=box.subject_threading_days),
-        correspondent=correspondent,
         team=team,
     )
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
