@@ -32,9 +32,11 @@ sys.path.insert(0, str(ROOT))
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.domain.model import Origin  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
+from keepword.mail.render import Renderer  # noqa: E402
+from keepword.pipeline.context import MailboxContext  # noqa: E402
 from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
-from keepword.store.messages import StoreItem, store_batch  # noqa: E402
+from keepword.store.messages import Folder, StoreItem, store_batch  # noqa: E402
 
 BATCH = 500
 
@@ -66,6 +68,7 @@ def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]
     engine = open_store(url)
     settings, box = settings_for(url, work)
     now = datetime.now(UTC)
+    inbox = Folder(box.name, "INBOX", Origin.INBOX, 1)
     started = time.perf_counter()
     for first in range(0, len(messages), BATCH):
         chunk = messages[first : first + BATCH]
@@ -74,12 +77,13 @@ def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]
             for i, raw in enumerate(chunk)
         ]
         with engine.begin() as conn:
-            store_batch(conn, box.name, "INBOX", Origin.INBOX, 1, items, is_history=True, now=now)
+            store_batch(conn, inbox, items, is_history=True, now=now)
     stored = time.perf_counter() - started
+    desk = MailboxContext(settings, box, engine, Renderer.for_mailbox(settings, box), now)
     started = time.perf_counter()
     opened = 0
     while True:
-        result = triage_pending(engine, settings, box, now, limit=BATCH * 4)
+        result = triage_pending(desk, limit=BATCH * 4)
         opened += result.opened
         if result.triaged == 0:
             break

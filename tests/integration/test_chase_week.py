@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from keepword.domain.chase import promise_id_of
 from keepword.domain.model import PromiseState
+from keepword.domain.outbox_keys import promise_id_of
 from keepword.pipeline.chase import chase_mailbox
+from keepword.pipeline.context import MailboxContext
 from keepword.store.tables import outbox
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
@@ -66,7 +67,7 @@ def test_a_week_nobody_answers_with_a_chase_every_minute(desk: Desk) -> None:
     while now <= END:
         if step % MISSED_EVERY != MISSED_EVERY - 1:
             result = chase_mailbox(
-                desk.engine, desk.settings, desk.box, now, renderer=desk.renderer
+                MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, now)
             )
             if result.queued:  # the daemon's drain runs anyway; only this one sends
                 desk.clock.now = now

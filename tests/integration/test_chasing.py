@@ -26,6 +26,7 @@ from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus, PromiseKind, PromiseState
 from keepword.mail.render import Renderer
 from keepword.pipeline.chase import ChaseResult, chase_mailbox
+from keepword.pipeline.context import MailboxContext
 from keepword.store import cases as case_store
 from keepword.store.tables import case, outbox, promise
 from tests.fixtures.desk import ALICE, ANN, CAROL, SUPPORT, mail
@@ -55,7 +56,9 @@ class Desk(BaseDesk):
         start: datetime,
         calendar: dict[str, Any] | None = None,
         chase: dict[str, Any] | None = None,
+        database_url: str | None = None,
     ) -> None:
+        self.database_url = database_url  # None: SQLite in `tmp`
         super().__init__(
             dovecot,
             user,
@@ -70,7 +73,9 @@ class Desk(BaseDesk):
     def chase(self, when: datetime) -> ChaseResult:
         """One chase step at `when`, then the drain (as the daemon's jobs do)."""
         self.clock.now = when
-        result = chase_mailbox(self.engine, self.settings, self.box, when, renderer=self.renderer)
+        result = chase_mailbox(
+            MailboxContext(self.settings, self.box, self.engine, self.renderer, when)
+        )
         self.drain()
         return result
 
@@ -141,14 +146,26 @@ def text_of(captured: CapturedMail) -> str:
     return str(body.get_content())
 
 
+# The central scenarios run on both stores: the schema promises nothing SQLite-only.
+ON_BOTH_STORES = pytest.mark.parametrize("make_desk", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
 def make_desk(
-    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
+    request: pytest.FixtureRequest,
+    dovecot: Dovecot,
+    mail_user: str,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
 ) -> Iterator[Any]:
+    """Desks on SQLite; on PostgreSQL for the tests marked `ON_BOTH_STORES`."""
+    database = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
     made: list[Desk] = []
 
     def make(start: datetime = MONDAY_MORNING, **options: Any) -> Desk:
-        desk = Desk(dovecot, mail_user, smtp_server, tmp_path, start, **options)
+        desk = Desk(dovecot, mail_user, smtp_server, tmp_path, start, database_url=url, **options)
+        assert desk.engine.dialect.name == database
         made.append(desk)
         return desk
 
@@ -157,6 +174,7 @@ def make_desk(
         desk.close()
 
 
+@ON_BOTH_STORES
 def test_case_answered_in_time_keeps_its_promise_without_any_chasing(make_desk: Any) -> None:
     desk = make_desk()
     question = desk.customer_writes(at(MONDAY, 9), "Charged twice", "I was charged twice.")
@@ -175,6 +193,7 @@ def test_case_answered_in_time_keeps_its_promise_without_any_chasing(make_desk: 
     assert desk.received(ALICE) == [] and desk.received(CAROL) == []
 
 
+@ON_BOTH_STORES
 def test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline(
     make_desk: Any,
 ) -> None:
@@ -227,6 +246,7 @@ def test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline(
     assert len(desk.received(ALICE)) == 2 and len(desk.received(CAROL)) == 1
 
 
+@ON_BOTH_STORES
 def test_stats_shows_the_announced_revision_and_no_silent_breach(
     make_desk: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -255,6 +275,7 @@ def test_stats_shows_the_announced_revision_and_no_silent_breach(
     assert "silent breaches" in table and "support" in table
 
 
+@ON_BOTH_STORES
 def test_a_customer_who_writes_three_times_is_escalated(make_desk: Any) -> None:
     desk = make_desk()
     first = desk.customer_writes(at(MONDAY, 9), "Where is my parcel?", "It has not arrived.")
@@ -284,6 +305,7 @@ def test_a_case_waiting_on_the_customer_is_not_chased(make_desk: Any) -> None:
     assert len(desk.received(ANN[1])) == 1
 
 
+@ON_BOTH_STORES
 def test_a_case_closed_without_a_reply_has_its_promise_withdrawn(make_desk: Any) -> None:
     desk = make_desk()
     desk.customer_writes(at(MONDAY, 9), "Thanks!", "Just saying thanks.")
@@ -314,6 +336,7 @@ def test_a_weekend_and_a_public_holiday_do_not_move_the_chase_on(make_desk: Any)
     assert desk.chase(at(monday, 12)).reminders == 1  # 4 h of 8 h: 50%
 
 
+@ON_BOTH_STORES
 def test_daemon_down_across_the_deadline_one_late_update_and_an_escalation(
     make_desk: Any,
 ) -> None:

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -33,13 +32,14 @@ from keepword.domain.model import Origin
 from keepword.errors import MailboxError
 from keepword.mail.parse import parse_message
 from keepword.pipeline import ingest
-from keepword.pipeline.ingest import MailboxPoller, poll_folder, poll_mailbox
+from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory, poll_folder
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
 from tests.corpora import CORPORA, PRESENT
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def poll_mailbox(
+    engine: Engine, box: MailboxSettings, session_factory: SessionFactory | None = None
+) -> MailboxPollResult:
+    """One poll of every folder over one new session, as `keepword import` and the
+    daemon's first poll do."""
+    poller = MailboxPoller(engine, settings_for(box, engine), box, session_factory=session_factory)
+    try:
+        return poller.poll(now)
+    finally:
+        poller.close()
 
 
 def corpus_rfc822() -> list[tuple[str, bytes]]:
@@ -220,9 +232,8 @@ def test_first_poll_is_history_later_mail_is_new_and_stays_unseen(
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(3)])
     dovecot.append(mail_user, "Sent", mail(100, subject="Re: Order question"))
     box = mailbox_for(dovecot, mail_user)
-    settings = settings_for(box, engine)
 
-    first = poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    first = poll_mailbox(engine, box, session_for)
     assert first.ok
     assert first.folders["INBOX"].new == 3
     assert first.folders["INBOX"].is_history
@@ -230,7 +241,7 @@ def test_first_poll_is_history_later_mail_is_new_and_stays_unseen(
     assert first.folders["Done"].new == 0
 
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(3, 5)])
-    second = poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    second = poll_mailbox(engine, box, session_for)
     assert second.folders["INBOX"].new == 2
     assert not second.folders["INBOX"].is_history
 
@@ -257,7 +268,7 @@ def test_same_mail_in_inbox_and_sent_is_one_message_with_two_locations(
     dovecot.append(mail_user, "INBOX", raw)
     dovecot.append(mail_user, "Sent", raw)
     box = mailbox_for(dovecot, mail_user)
-    poll_mailbox(engine, settings_for(box, engine), box, now, session_factory=session_for)
+    poll_mailbox(engine, box, session_for)
     assert count(engine, message) == 1
     assert count(engine, message_location) == 2
     with engine.connect() as conn:
@@ -408,14 +419,7 @@ def test_sigkill_of_keepword_import_then_rerun_is_exact(
     )
     assert wait_for(database), "keepword import never created its database"
     engine = make_engine(f"sqlite:///{database}")  # the import migrates it, not us
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if count(engine, message_location) >= 200:
-                break
-        except OperationalError:  # tables not created yet
-            pass
-        time.sleep(0.01)
+    wait_until(lambda: process.poll() is not None or stored(engine) >= 200, timeout=60)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL, "import finished before it could be killed"
@@ -440,12 +444,14 @@ def test_sigkill_of_keepword_import_then_rerun_is_exact(
 
 
 def wait_for(path: Path, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
-        time.sleep(0.01)
-    return False
+    return wait_until(path.exists, timeout)
+
+
+def stored(engine: Engine) -> int:
+    """Message locations stored so far (0 while the import has not created the tables)."""
+    with contextlib.suppress(OperationalError):
+        return count(engine, message_location)
+    return 0
 
 
 def write_config(
@@ -511,8 +517,8 @@ def keepword(config: Path, *args: str, timeout: float = 240) -> subprocess.Compl
     )
 
 
-def import_killed_after(config: Path, database: Path, stored: int) -> int:
-    """Start `keepword import`, SIGKILL it once `stored` locations are committed."""
+def import_killed_after(config: Path, database: Path, at_least: int) -> int:
+    """Start `keepword import`, SIGKILL it once `at_least` locations are committed."""
     process = subprocess.Popen(
         [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -522,12 +528,7 @@ def import_killed_after(config: Path, database: Path, stored: int) -> int:
     assert wait_for(database), "keepword import never created its database"
     engine = make_engine(f"sqlite:///{database}")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(OperationalError):  # tables not created yet
-                if count(engine, message_location) >= stored:
-                    break
-            time.sleep(0.01)
+        wait_until(lambda: process.poll() is not None or stored(engine) >= at_least, timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         assert process.returncode == -signal.SIGKILL, "import finished before it was killed"
@@ -560,7 +561,7 @@ def test_sigkill_during_first_import_keeps_its_cutoff_so_new_mail_is_answered(
     dovecot.multiappend(mail_user, "INBOX", [mail(n, body=body) for n in range(total)])
     config = write_config(dovecot, mail_user, tmp_path, fetch_batch=100, smtp=smtp_server)
     database = tmp_path / "state" / "keepword.db"
-    at_kill = import_killed_after(config, database, stored=200)
+    at_kill = import_killed_after(config, database, at_least=200)
     assert 0 < at_kill < total
 
     dovecot.append(mail_user, "INBOX", customer_question("ann@example.org"))
@@ -615,13 +616,12 @@ def test_server_down_is_recorded_and_the_next_poll_catches_up(
 ) -> None:
     dovecot.append(mail_user, "INBOX", mail(1))
     box = mailbox_for(dovecot, mail_user, timeout=3.0)
-    settings = settings_for(box, engine)
-    poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    poll_mailbox(engine, box, session_for)
 
     dovecot.stop()
     try:
         with pytest.raises(MailboxError) as failure:
-            poll_mailbox(engine, settings, box, now, session_factory=session_for)
+            poll_mailbox(engine, box, session_for)
         assert "127.0.0.1" in str(failure.value)
         with engine.connect() as conn:
             errors = dict(
@@ -633,7 +633,7 @@ def test_server_down_is_recorded_and_the_next_poll_catches_up(
         dovecot.start()
 
     dovecot.append(mail_user, "INBOX", mail(2))
-    result = poll_mailbox(engine, settings, box, now, session_factory=session_for)
+    result = poll_mailbox(engine, box, session_for)
     assert result.ok
     assert result.folders["INBOX"].new == 1
     assert cursor(engine).last_error is None
@@ -644,7 +644,7 @@ def test_missing_folder_is_that_folders_error_the_others_are_polled(
     dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
 ) -> None:
     box = mailbox_for(dovecot, mail_user).model_copy(update={"done_folder": "Missing"})
-    result = poll_mailbox(engine, settings_for(box, engine), box, now, session_factory=session_for)
+    result = poll_mailbox(engine, box, session_for)
     # A missing folder is that folder's error; the others are polled.
     assert "Missing" in result.errors
     assert set(result.folders) == {"INBOX", "Sent"}
@@ -655,9 +655,8 @@ def test_login_failure_raises_mailbox_error_and_records_it(
     dovecot: Dovecot, mail_user: str, engine: Engine
 ) -> None:
     box = mailbox_for(dovecot, mail_user, password="wrong")
-    settings = settings_for(box, engine)
     with pytest.raises(MailboxError):
-        poll_mailbox(engine, settings, box, now)
+        poll_mailbox(engine, box)
     error = cursor(engine).last_error
     assert error is not None
     assert "wrong" not in error
@@ -702,18 +701,3 @@ def test_mailbox_poller_keeps_its_session_and_reconnects_after_an_outage(
         assert len(opened) == 2  # one reconnect after the outage
     finally:
         poller.close()
-
-
-def test_poll_mailbox_async_runs_off_the_loop(
-    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
-) -> None:
-    import asyncio
-
-    dovecot.append(mail_user, "INBOX", mail(1))
-    box = mailbox_for(dovecot, mail_user)
-    result = asyncio.run(
-        ingest.poll_mailbox_async(
-            engine, settings_for(box, engine), box, now, session_factory=session_for
-        )
-    )
-    assert result.folders["INBOX"].new == 1

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select
@@ -25,9 +24,10 @@ from sqlalchemy.exc import IntegrityError, StatementError
 import tests.integration.test_chasing as chasing
 import tests.integration.test_ingest as ingesting
 from keepword.adapters.imap import ImapSession
-from keepword.config import MailboxSettings
+from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import PromiseState
-from keepword.pipeline.ingest import poll_mailbox
+from keepword.mail.render import Renderer
+from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.triage import triage_pending
 from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
@@ -39,6 +39,13 @@ from tests.fixtures.schema import schema_drift, upgrade_from_0001
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
+
+
+def desk_at(engine: Engine, settings: Settings, box: MailboxSettings) -> MailboxContext:
+    """The mailbox as triage takes it, at the ingest tests' clock."""
+    return MailboxContext(
+        settings, box, engine, Renderer.for_mailbox(settings, box), ingesting.now()
+    )
 
 
 @pytest.fixture
@@ -105,53 +112,29 @@ def test_folder_cursor_is_unique_per_mailbox_folder(engine: Engine) -> None:
 # -- the shared desk on PostgreSQL: ingest, triage, acknowledge, chase, send ----------------
 
 
+# The chasing scenarios of test_chasing.py run on PostgreSQL there (its `make_desk` is
+# parametrised over both stores); this one spells the whole promise out once more, with
+# the rows read back from PostgreSQL.
+
+
 @pytest.fixture
-def make_desk(
+def postgres_desk(
     dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
-) -> Iterator[Any]:
-    """test_chasing's `make_desk`, with the desk's store on this test's PostgreSQL database."""
-
-    class PostgresDesk(chasing.Desk):
-        database_url = postgres_url
-
-    made: list[chasing.Desk] = []
-
-    def make(start: datetime = chasing.MONDAY_MORNING, **options: Any) -> chasing.Desk:
-        desk = PostgresDesk(dovecot, mail_user, smtp_server, tmp_path, start, **options)
-        assert desk.engine.dialect.name == "postgresql"
-        made.append(desk)
-        return desk
-
-    yield make
-    for desk in made:
-        desk.close()
+) -> Iterator[chasing.Desk]:
+    desk = chasing.Desk(
+        dovecot, mail_user, smtp_server, tmp_path, chasing.MONDAY_MORNING, database_url=postgres_url
+    )
+    assert desk.engine.dialect.name == "postgresql"
+    yield desk
+    desk.close()
 
 
-# The chasing scenarios exactly as they run on SQLite in test_chasing.py.
-CHASING_SCENARIOS = [
-    chasing.test_case_answered_in_time_keeps_its_promise_without_any_chasing,
-    chasing.test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline,
-    chasing.test_a_customer_who_writes_three_times_is_escalated,
-    chasing.test_a_case_closed_without_a_reply_has_its_promise_withdrawn,
-    chasing.test_daemon_down_across_the_deadline_one_late_update_and_an_escalation,
-]
-
-
-@pytest.mark.parametrize("scenario", CHASING_SCENARIOS, ids=lambda f: f.__name__[5:])
-def test_chasing_scenario_on_postgres(scenario: Callable[[Any], None], make_desk: Any) -> None:
-    scenario(make_desk)
-
-
-def test_stats_cli_reads_the_ledger_from_postgres(
-    make_desk: Any, capsys: pytest.CaptureFixture[str]
+def test_a_customer_is_acknowledged_chased_and_answered_on_postgres(
+    postgres_desk: chasing.Desk,
 ) -> None:
-    chasing.test_stats_shows_the_announced_revision_and_no_silent_breach(make_desk, capsys)
-
-
-def test_a_customer_is_acknowledged_chased_and_answered_on_postgres(make_desk: Any) -> None:
     """The whole promise, spelled out here too, with the rows read back from PostgreSQL."""
     monday = chasing.MONDAY
-    desk = make_desk()
+    desk = postgres_desk
     question = desk.customer_writes(chasing.at(monday, 9), "Charged twice", "Please refund.")
     [ack] = desk.received(ANN[1])
     assert ack.header("Subject") == "Re: Charged twice [KW-1]"
@@ -194,12 +177,12 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
 ) -> None:
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    first = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    first = ingesting.poll_mailbox(engine, box, session_for)
     assert first.ok and first.new == 0  # first contact: the empty mailbox is history
 
     dovecot.multiappend(mail_user, "INBOX", [customer_mail(n) for n in range(3)])
     dovecot.append(mail_user, "Sent", customer_mail(100, subject="Re: Order question"))
-    second = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    second = ingesting.poll_mailbox(engine, box, session_for)
     assert second.ok
     assert second.folders["INBOX"].new == 3 and not second.folders["INBOX"].is_history
     assert second.folders["Sent"].new == 1
@@ -209,7 +192,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     on_server = ingesting.server_messages(dovecot, mail_user)
     assert [row.raw for row in stored] == [on_server[row.uid] for row in stored]
 
-    third = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    third = ingesting.poll_mailbox(engine, box, session_for)
     assert third.ok and third.new == 0
     assert ingesting.count(engine, message) == 4
     assert ingesting.count(engine, message_location) == 4
@@ -221,7 +204,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     ]
     assert all(f.date is not None and f.date.tzinfo is not None for f in facts)
 
-    triaged = triage_pending(engine, settings, box, ingesting.now())
+    triaged = triage_pending(desk_at(engine, settings, box))
     assert (triaged.opened, triaged.errors) == (3, [])
     with engine.connect() as conn:
         cases = conn.execute(select(case.c.reference, case.c.customer).order_by(case.c.id)).all()
@@ -229,7 +212,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     assert [row.customer for row in cases] == [f"c{n}@customer.test" for n in range(3)]
     assert [row.reference for row in cases] == ["KW-1", "KW-2", "KW-3"]
     assert pending == []
-    assert triage_pending(engine, settings, box, ingesting.now()).triaged == 0
+    assert triage_pending(desk_at(engine, settings, box)).triaged == 0
 
 
 @pytest.mark.skipif(not ingesting.PRESENT, reason="shared corpora not present")
@@ -243,7 +226,7 @@ def test_every_corpus_file_is_stored_exactly_once_in_postgres(
     ingesting.test_every_corpus_file_is_stored_exactly_once(dovecot, mail_user, engine, session_for)
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    triaged = triage_pending(engine, settings, box, ingesting.now())
+    triaged = triage_pending(desk_at(engine, settings, box))
     assert triaged.errors == []
     assert triaged.triaged == ingesting.count(engine, message)
 
@@ -273,13 +256,13 @@ def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
 ) -> None:
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    ingesting.poll_mailbox(engine, box, session_for)
     long_address = "x" * 330 + "@example.org"
     dovecot.append(mail_user, "INBOX", hostile_mail(long_address))
-    polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    polled = ingesting.poll_mailbox(engine, box, session_for)
     assert (polled.ok, polled.new) == (True, 1)
 
-    triaged = triage_pending(engine, settings, box, ingesting.now())
+    triaged = triage_pending(desk_at(engine, settings, box))
     assert (triaged.opened, triaged.errors) == (1, [])
     with engine.connect() as conn:
         stored = conn.execute(select(message)).one()
@@ -306,12 +289,12 @@ def test_a_database_restart_costs_no_failed_job(
     """After a restart every pooled connection is dead; the next poll must not fail."""
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
-    assert poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for).ok
+    assert ingesting.poll_mailbox(engine, box, session_for).ok
     postgres.restart()
     dovecot.append(mail_user, "INBOX", customer_mail(1))
-    polled = poll_mailbox(engine, settings, box, ingesting.now, session_factory=session_for)
+    polled = ingesting.poll_mailbox(engine, box, session_for)
     assert (polled.ok, polled.new) == (True, 1)
-    assert triage_pending(engine, settings, box, ingesting.now()).opened == 1
+    assert triage_pending(desk_at(engine, settings, box)).opened == 1
 
 
 # -- the command line, in its own process, with database_url on PostgreSQL ---------------

@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 
 from keepword.cli import main
 from keepword.domain.cases import CaseState
-from keepword.domain.chase import update_key
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.outbox_keys import update_key
 from keepword.domain.promises import Promise, break_if_due, keep, supersede, withdraw
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store

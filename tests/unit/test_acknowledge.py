@@ -1,45 +1,42 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from keepword.config import LimitSettings
-from keepword.domain.acknowledge import MAX_DEFERRAL, decide, reply_address
+from keepword.domain.acknowledge import MAX_DEFERRAL, Decision, Policy, Sent, decide, reply_address
 from keepword.domain.limits import PlannedMail
 from keepword.domain.model import Address, Kind, MessageFacts, OutboxKind
+from tests.fixtures.facts import message_facts
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 TEAM = frozenset({"support@example.com", "alice@example.com"})
 LIMITS = LimitSettings()
 
 
-def facts(**overrides: object) -> MessageFacts:
-    base: dict[str, object] = {
-        "pk": 1,
-        "mailbox": "support",
-        "message_id": "a@example.org",
-        "sender": Address("ann@example.org", "Ann"),
-        "date": NOW,
-    }
-    base.update(overrides)
-    return MessageFacts(**base)  # type: ignore[arg-type]
+def facts(**overrides: Any) -> MessageFacts:
+    sender = overrides.pop("sender", Address("ann@example.org", "Ann"))
+    return message_facts(sender, **{"message_id": "a@example.org", "date": NOW, **overrides})
 
 
-def run(msg: MessageFacts, kind: Kind = Kind.CUSTOMER, **kw: object) -> OutboxKind | None:
-    args: dict[str, object] = {
+def decided(
+    msg: MessageFacts, kind: Kind = Kind.CUSTOMER, *, follow_up_notes: bool = False, **kw: Any
+) -> Decision:
+    sent: dict[str, Any] = {
         "new_case": True,
         "acknowledged": False,
         "note_sent_today": False,
-        "follow_up_notes": False,
         "cutoff": NOW - timedelta(hours=1),
-        "team": TEAM,
         "planned": PlannedMail(),
-        "limits": LIMITS,
-        "now": NOW,
     }
-    args.update(kw)
-    return decide(msg, kind, **args).send  # type: ignore[arg-type]
+    sent.update(kw)
+    return decide(msg, kind, Sent(**sent), Policy(TEAM, follow_up_notes, LIMITS), NOW)
+
+
+def run(msg: MessageFacts, kind: Kind = Kind.CUSTOMER, **kw: Any) -> OutboxKind | None:
+    return decided(msg, kind, **kw).send
 
 
 def test_new_customer_case_is_acknowledged_once() -> None:
@@ -97,37 +94,17 @@ def minutes_ago(*minutes: int) -> tuple[datetime, ...]:
 def test_rate_limits_defer_the_acknowledgement_never_drop_it(
     planned: PlannedMail, until: datetime
 ) -> None:
-    result = decide(
-        facts(),
-        Kind.CUSTOMER,
-        new_case=True,
-        acknowledged=False,
-        note_sent_today=False,
-        follow_up_notes=False,
-        cutoff=None,
-        team=TEAM,
-        planned=planned,
-        limits=LIMITS,
-        now=NOW,
-    )
+    result = decided(facts(), cutoff=None, planned=planned)
     assert result.send is OutboxKind.ACKNOWLEDGEMENT
     assert result.slot is not None and result.slot.at == until
     assert result.held is not None and result.held.startswith("rate limit")
 
 
 def test_within_the_limits_it_goes_out_now() -> None:
-    result = decide(
+    result = decided(
         facts(),
-        Kind.CUSTOMER,
-        new_case=True,
-        acknowledged=False,
-        note_sent_today=False,
-        follow_up_notes=False,
         cutoff=None,
-        team=TEAM,
         planned=PlannedMail(to_address=minutes_ago(90, 80), from_mailbox=minutes_ago(1)),
-        limits=LIMITS,
-        now=NOW,
     )
     assert result.slot is not None and result.slot.at == NOW and result.held is None
 
@@ -136,19 +113,7 @@ def test_an_address_with_a_day_of_mail_queued_is_a_flood_and_recorded_as_such() 
     # 20 planned over the coming day (a robot answering every acknowledgement): one more
     # would wait beyond MAX_DEFERRAL, so it is not queued - with the reason, not silently.
     planned = PlannedMail(to_address=tuple(NOW + timedelta(hours=h) for h in range(0, 24, 1))[:20])
-    result = decide(
-        facts(),
-        Kind.CUSTOMER,
-        new_case=True,
-        acknowledged=False,
-        note_sent_today=False,
-        follow_up_notes=False,
-        cutoff=None,
-        team=TEAM,
-        planned=planned,
-        limits=LIMITS,
-        now=NOW,
-    )
+    result = decided(facts(), cutoff=None, planned=planned)
     assert result.send is None
     assert "writes like a robot" in result.reason and "rate limit" in result.reason
     assert timedelta(days=1) == MAX_DEFERRAL

@@ -12,6 +12,7 @@ from keepword.domain.cases import (
     reopen,
 )
 from keepword.domain.model import Address, CaseStatus, Kind
+from tests.fixtures.facts import message_facts
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 CUSTOMER = "ann@example.org"
@@ -19,16 +20,14 @@ CUSTOMER = "ann@example.org"
 
 def new_case() -> CaseState:
     change = open_case(
-        mailbox="support",
+        message_facts(CUSTOMER, subject="Re: Invoice"),
         reference="KW-1",
         at=T0,
         customer=Address(CUSTOMER, "Ann"),
-        subject="Invoice",
-        subject_key="invoice",
-        is_history=False,
         why="no tag, reference or subject match",
     )
     assert [e.kind for e in change.events] == [EventKind.OPENED]
+    assert (change.case.mailbox, change.case.subject_key) == ("support", "invoice")
     return change.case
 
 

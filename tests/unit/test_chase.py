@@ -21,18 +21,17 @@ from keepword.domain.chase import (
     Escalation,
     Reminder,
     plan,
-    promise_id_of,
     update_lead_minutes,
     update_refusal,
 )
 from keepword.domain.model import (
-    Address,
     CaseStatus,
     MessageFacts,
     PromiseAudience,
     PromiseKind,
     PromiseState,
 )
+from keepword.domain.outbox_keys import promise_id_of
 from keepword.domain.promises import (
     Promise,
     break_if_due,
@@ -40,6 +39,7 @@ from keepword.domain.promises import (
     on_staff_reply,
     supersede,
 )
+from tests.fixtures.facts import message_facts
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DEFAULTS = ChaseSettings()
@@ -660,11 +660,8 @@ OWN = frozenset({"support@example.com"})
 
 
 def facts(sender: str, subject: str = "Re: Help", **headers: str) -> MessageFacts:
-    return MessageFacts(
-        pk=1,
-        mailbox="support",
-        message_id="m@x",
-        sender=Address(sender),
+    return message_facts(
+        sender,
         subject=subject,
         headers={k.lower().replace("_", "-"): (v,) for k, v in headers.items()},
     )

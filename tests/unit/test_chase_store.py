@@ -16,6 +16,7 @@ from keepword.domain.model import PromiseAudience, PromiseState
 from keepword.domain.promises import HELD_BACK
 from keepword.mail.render import Rendered
 from keepword.pipeline import chase as chasing
+from keepword.pipeline.context import MailboxContext
 from keepword.store import cases as case_store
 from tests.fixtures.chase_store import ANN, CAROL, StoreDesk, most_in_a_day
 
@@ -294,13 +295,7 @@ def test_the_digest_lists_cases_that_tie_by_case_number(
     ids = [desk.new_case(at(9)), desk.new_case(at(9))]
     real = case_store.list_cases
     monkeypatch.setattr(case_store, "list_cases", lambda *a, **k: list(reversed(real(*a, **k))))
-    desk_state = chasing._Desk(
-        desk.settings,
-        desk.box,
-        chasing.calendar_for(desk.settings, desk.box),
-        desk.renderer,
-        at(10),
-    )
+    desk_state = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, at(10))
     with desk.engine.connect() as conn:
         context = chasing.digest_context(conn, desk_state)
     assert [c.reference for c in context.open_by_urgency] == [f"KW-{i}" for i in ids]

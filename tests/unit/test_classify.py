@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from keepword.domain.classify import classify, robot_reason
 from keepword.domain.model import LOOP_HEADER, Address, Kind, MessageFacts, Origin
+from tests.fixtures.facts import message_facts
 
 TEAM = frozenset({"support@shop.example", "bob@shop.example"})
 OWN = frozenset({"support@shop.example"})
@@ -19,11 +20,8 @@ def facts(
     content_type: str = "text/plain; charset=utf-8",
     origin: Origin = Origin.INBOX,
 ) -> MessageFacts:
-    return MessageFacts(
-        pk=1,
-        mailbox="support",
-        message_id="m1@customer.example",
-        sender=Address(sender) if sender else None,
+    return message_facts(
+        sender,
         to=(Address("support@shop.example"),),
         subject=subject,
         headers=headers or {},
@@ -307,12 +305,7 @@ def test_return_path_of_the_delivery_system() -> None:
 
 
 def test_delivery_system_display_name() -> None:
-    message = MessageFacts(
-        pk=1,
-        mailbox="support",
-        message_id="x@y",
-        sender=Address("xxx@example.com", "Mail Delivery Subsystem"),
-    )
+    message = message_facts(Address("xxx@example.com", "Mail Delivery Subsystem"))
     assert classify(message, team=TEAM, own_addresses=OWN).reason == (
         "sender name 'Mail Delivery Subsystem'"
     )

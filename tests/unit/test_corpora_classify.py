@@ -27,8 +27,8 @@ from keepword.domain.threads import (
     referenced_ids,
     subject_key,
 )
-from keepword.mail.parse import parse_message, to_facts
 from tests.corpora import CORPORA, PRESENT
+from tests.fixtures.facts import parsed_facts
 
 EXPECTED = Path(__file__).parent.parent / "data" / "corpora_expected.csv"
 TEAM = frozenset({"support@shop.example", "bob@shop.example"})
@@ -51,7 +51,7 @@ def _index() -> list[dict[str, str]]:
 
 
 def _facts(raw: bytes, origin: Origin = Origin.INBOX) -> MessageFacts:
-    return to_facts(1, "support", origin, False, parse_message(raw))
+    return parsed_facts(raw, origin)
 
 
 def _classify(facts: MessageFacts) -> Classification:

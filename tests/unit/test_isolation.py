@@ -48,3 +48,18 @@ def test_interrupts_are_not_swallowed() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         isolated(stop, what="x", log=log)
+
+
+def test_a_retry_policy_takes_the_failure_instead_of_the_default_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Triage's policy (record the retry, log by attempt) gets the exception itself."""
+    seen: list[Exception] = []
+    problem = ValueError("bad data")
+
+    def fails() -> int:
+        raise problem
+
+    attempt = isolated(fails, what="message 7", log=logging.getLogger("t"), on_failure=seen.append)
+    assert attempt.failed and attempt.error is problem and seen == [problem]
+    assert not caplog.records  # the policy decides what is logged

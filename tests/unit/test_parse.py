@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keepword.domain.model import Address, Origin
+from keepword.domain.model import Address
 from keepword.mail.parse import (
     DERIVED_ID_DOMAIN,
     MAX_BODY_CHARS,
@@ -24,7 +24,6 @@ from keepword.mail.parse import (
     normalize_message_id,
     parse_date,
     parse_message,
-    to_facts,
 )
 from tests.corpora import CORPORA, PRESENT
 
@@ -190,13 +189,6 @@ def test_hand_made_reply_fields() -> None:
     }
     assert parsed.body_text == "Hello,\nwhere is my order?\n"
     assert parsed.quarantine_reason is None
-
-    facts = to_facts(7, "support", Origin.SENT, True, parsed)
-    assert facts.pk == 7
-    assert facts.origin is Origin.SENT
-    assert facts.is_history
-    assert facts.first_header("Auto-Submitted") == "no"
-    assert facts.references == parsed.references
 
 
 def test_identity_ignores_line_endings_but_not_content() -> None:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from keepword.domain.model import Address
 from keepword.mail.render import (
     TEMPLATE_NAMES,
     AcknowledgementContext,
@@ -27,6 +28,7 @@ from keepword.mail.render import (
     shipped_template_dirs,
     window_duration_text,
 )
+from tests.fixtures.facts import message_facts
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DUE = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 12:00 in Berlin
@@ -309,16 +311,12 @@ def test_acknowledgement_context_from_window_and_calendar(renderer: Renderer) ->
 
     calendar = BusinessCalendar(BERLIN, {d: [(time(9), time(17))] for d in range(5)})
     window = Window(minutes=240, due_at=DUE, is_default=True, behind=False)
+    ann = Address("ann@example.org", "Ann")
+    question = message_facts(ann, subject="Printer", date_offset_minutes=-300)
     ctx = acknowledgement_context(
-        window=window,
-        calendar=calendar,
-        reference="KW-42",
-        customer_name="Ann",
-        subject="Printer",
-        customer_offset_minutes=-300,
-        team_name="Support",
-        language="de",
+        window, calendar, question, reference="KW-42", team_name="Support", language="de"
     )
+    assert (ctx.customer_name, ctx.subject) == ("Ann", "Printer")
     assert ctx.due_local.tzinfo == BERLIN and ctx.due_local.hour == 12
     assert ctx.due_customer is not None and ctx.due_customer.hour == 6
     assert ctx.window_text == "4 Geschäftsstunden"

@@ -24,6 +24,7 @@ from keepword.domain.threads import (
     referenced_ids,
     subject_key,
 )
+from tests.fixtures.facts import message_facts
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 WINDOW = timedelta(days=14)
@@ -44,11 +45,10 @@ def message(
     body: str = "",
     origin: Origin = Origin.INBOX,
 ) -> MessageFacts:
-    return MessageFacts(
+    return message_facts(
+        sender,
         pk=7,
-        mailbox="support",
         message_id="new@customer.example",
-        sender=sender,
         to=to,
         cc=cc,
         reply_to=reply_to,
@@ -84,16 +84,7 @@ def choose(
     kind: Kind = Kind.CUSTOMER,
     window: timedelta = WINDOW,
 ) -> tuple[int | None, ThreadRule, str]:
-    correspondent = external_correspondent(facts, kind, TEAM)
-    match = choose_case(
-        facts,
-        kind,
-        candidates,
-        now=NOW,
-        subject_window=window,
-        correspondent=correspondent,
-        team=TEAM,
-    )
+    match = choose_case(facts, kind, candidates, now=NOW, subject_window=window, team=TEAM)
     return match.case_id, match.rule, match.explanation
 
 

@@ -45,22 +45,30 @@ def reply_address(facts: MessageFacts) -> str | None:
     return facts.sender.address if facts.sender else None
 
 
-def decide(
-    facts: MessageFacts,
-    kind: Kind,
-    *,
-    new_case: bool,
-    acknowledged: bool,
-    note_sent_today: bool,
-    follow_up_notes: bool,
-    cutoff: datetime | None,
-    team: frozenset[str],
-    planned: PlannedMail,
-    limits: LimitSettings,
-    now: datetime,
-) -> Decision:
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The mailbox's rules for automatic answers."""
+
+    team: frozenset[str]  # never answered: the answer would go to the team itself
+    follow_up_notes: bool  # a short note (at most daily) on a customer's follow-up
+    limits: LimitSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the store says was already sent in the case and to the address."""
+
+    new_case: bool
+    acknowledged: bool
+    note_sent_today: bool
+    cutoff: datetime | None  # mail written before this predates keepword: never answered
+    planned: PlannedMail  # automatic mail to the address or from the mailbox, queued or sent
+
+
+def decide(facts: MessageFacts, kind: Kind, sent: Sent, policy: Policy, now: datetime) -> Decision:
     """Decide whether this message earns an acknowledgement, a short note, or nothing,
-    and when it may go out (`planned`: automatic mail already queued or sent)."""
+    and when it may go out."""
+    planned, limits, cutoff = sent.planned, policy.limits, sent.cutoff
     if kind is not Kind.CUSTOMER:
         return Decision(None, f"not from a customer ({kind.value})")
     if facts.is_history:
@@ -73,9 +81,9 @@ def decide(
     recipient = reply_address(facts)
     if recipient is None:
         return Decision(None, "no address to answer")
-    if recipient in team:
+    if recipient in policy.team:
         return Decision(None, "the answer would go to the team itself")
-    wanted = _wanted(new_case, acknowledged, note_sent_today, follow_up_notes)
+    wanted = _wanted(sent, policy.follow_up_notes)
     if wanted is None:
         return Decision(None, "already acknowledged: no second canned text in a case")
     flood = _flooded(planned, limits, now)
@@ -87,16 +95,14 @@ def decide(
     return Decision(wanted, why, _slot(planned, limits, now))
 
 
-def _wanted(
-    new_case: bool, acknowledged: bool, note_sent_today: bool, follow_up_notes: bool
-) -> OutboxKind | None:
-    if not acknowledged:
+def _wanted(sent: Sent, follow_up_notes: bool) -> OutboxKind | None:
+    if not sent.acknowledged:
         # A case opened from history or by a team forward has no acknowledgement yet: the
         # first customer message after start-up earns the one acknowledgement of the case.
         return OutboxKind.ACKNOWLEDGEMENT
-    if new_case:
+    if sent.new_case:
         return None
-    if follow_up_notes and not note_sent_today:
+    if follow_up_notes and not sent.note_sent_today:
         return OutboxKind.FOLLOW_UP_NOTE
     return None
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
-from keepword.domain.model import Address, CaseStatus, Kind
+from keepword.domain.model import Address, CaseStatus, Kind, MessageFacts
+from keepword.domain.threads import subject_key
 
 OPEN_STATUSES = frozenset({CaseStatus.NEW, CaseStatus.WAITING_ON_TEAM})
 
@@ -88,28 +89,21 @@ class Change:
 
 
 def open_case(
-    *,
-    mailbox: str,
-    reference: str,
-    at: datetime,
-    customer: Address | None,
-    subject: str,
-    subject_key: str,
-    is_history: bool,
-    why: str,
+    first: MessageFacts, *, reference: str, at: datetime, customer: Address | None, why: str
 ) -> Change:
+    """A new case for the message `first`, in its mailbox, about its subject."""
     case = CaseState(
         id=None,
-        mailbox=mailbox,
+        mailbox=first.mailbox,
         reference=reference,
         status=CaseStatus.NEW,
         opened_at=at,
         updated_at=at,
         customer=customer.address if customer else None,
         customer_name=(customer.name or None) if customer else None,
-        subject=subject,
-        subject_key=subject_key,
-        is_history=is_history,
+        subject=first.subject,
+        subject_key=subject_key(first.subject),
+        is_history=first.is_history,
     )
     actor = customer.address if customer else None
     return Change(case, (Event(EventKind.OPENED, at, actor, why),))

@@ -64,6 +64,7 @@ from keepword.domain.model import (
     PromiseAudience,
     PromiseKind,
 )
+from keepword.domain.outbox_keys import breach_key, escalation_key, reminder_key, update_key
 from keepword.domain.promises import Promise, WindowLike, make_promise
 
 PAUSED_STATUSES = frozenset({CaseStatus.WAITING_ON_CUSTOMER, CaseStatus.CLOSED})
@@ -140,9 +141,7 @@ class Reminder:
 
     @property
     def key(self) -> str:
-        return (
-            f"reminder:case:{self.case_id}:promise:{self.promise_id}:{round(self.fraction * 100)}"
-        )
+        return reminder_key(self.case_id, self.promise_id, self.fraction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +154,7 @@ class Escalation:
 
     @property
     def key(self) -> str:
-        if self.promise_id is None:
-            return f"escalation:case:{self.case_id}:unpromised"
-        return f"escalation:case:{self.case_id}:promise:{self.promise_id}"
+        return escalation_key(self.case_id, self.promise_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +203,7 @@ class BreachRecord:
 
     @property
     def key(self) -> str:
-        return f"breach:case:{self.case_id}:promise:{self.promise_id}"
+        return breach_key(self.case_id, self.promise_id)
 
 
 def held_back_note(promise_id: int) -> str:
@@ -214,23 +211,7 @@ def held_back_note(promise_id: int) -> str:
     return f"update for promise {promise_id} held back by the rate limit"
 
 
-def update_key(case_id: int, promise_id: int) -> str:
-    """The dedup key of the customer update revising promise `promise_id`."""
-    return f"update:case:{case_id}:promise:{promise_id}"
-
-
 ChaseAction = Reminder | Escalation | CustomerUpdate | BreachRecord
-
-
-def promise_id_of(key: str) -> int | None:
-    """The promise an action key is about (None for case-level keys or foreign keys)."""
-    parts = key.split(":")
-    if len(parts) >= 5 and parts[1] == "case" and parts[3] == "promise":
-        try:
-            return int(parts[4])
-        except ValueError:
-            return None
-    return None
 
 
 def update_lead_minutes(total: float, settings: ChaseSettings) -> float:

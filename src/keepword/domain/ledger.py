@@ -30,8 +30,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from keepword.domain.chase import BusinessClock, promise_id_of
+from keepword.domain.chase import BusinessClock
 from keepword.domain.model import OutboxKind, PromiseState
+from keepword.domain.outbox_keys import promise_id_of
 from keepword.domain.promises import Promise, break_if_due, is_held_back
 from keepword.domain.windows import nearest_rank
 

@@ -333,10 +333,10 @@ def choose_case(
     *,
     now: datetime,
     subject_window: timedelta,
-    correspondent: Address | None,
     team: frozenset[str] = frozenset(),
 ) -> ThreadMatch:
     """Decide which case `facts` joins; see the module docstring for the rules."""
+    correspondent = external_correspondent(facts, kind, team)
     tagged = _by_tag(facts, kind, candidates, correspondent, team)
     if tagged is not None and tagged.rule is ThreadRule.TAG:
         return tagged

@@ -39,7 +39,7 @@ from typing import Any
 
 import mailparser
 
-from keepword.domain.model import LOOP_HEADER, MAX_ADDRESS_CHARS, Address, MessageFacts, Origin
+from keepword.domain.model import LOOP_HEADER, MAX_ADDRESS_CHARS, Address
 
 # mail-parser logs a warning for every multipart it does not render and every odd
 # header; keepword reports problems itself (quarantine reasons), so keep it quiet.
@@ -152,32 +152,6 @@ def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def to_facts(
-    pk: int, mailbox: str, origin: Origin, is_history: bool, parsed: ParsedMessage
-) -> MessageFacts:
-    """The pure core's view of a freshly parsed message."""
-    return MessageFacts(
-        pk=pk,
-        mailbox=mailbox,
-        message_id=parsed.message_id,
-        sender=parsed.sender,
-        to=parsed.to,
-        cc=parsed.cc,
-        reply_to=parsed.reply_to,
-        subject=parsed.subject,
-        date=parsed.date,
-        date_offset_minutes=parsed.date_offset_minutes,
-        in_reply_to=parsed.in_reply_to,
-        references=parsed.references,
-        headers=dict(parsed.headers),
-        content_type=parsed.content_type,
-        body_text=parsed.body_text,
-        origin=origin,
-        is_history=is_history,
-        quarantined=parsed.quarantined,
-    )
 
 
 _DIGEST_CHUNK = 1024 * 1024

@@ -39,6 +39,7 @@ from jinja2.runtime import Context as JinjaContext
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
+from keepword.domain.model import MessageFacts
 from keepword.domain.windows import BUSINESS_DAY_MINUTES, Window
 from keepword.errors import KeepwordError
 
@@ -334,23 +335,21 @@ def window_duration_text(minutes: float, language: str) -> str:
 
 
 def acknowledgement_context(
-    *,
     window: Window,
     calendar: BusinessCalendar,
+    question: MessageFacts,
+    *,
     reference: str,
-    customer_name: str,
-    subject: str,
-    customer_offset_minutes: int | None,
     team_name: str,
     language: str,
 ) -> AcknowledgementContext:
-    """The acknowledgement's context from the promised window and the mailbox calendar."""
+    """The acknowledgement of `question`, from the promised window and the calendar."""
     return AcknowledgementContext(
         reference=reference,
-        customer_name=customer_name,
-        subject=subject,
+        customer_name=question.sender.name if question.sender and question.sender.name else "",
+        subject=question.subject,
         due_local=window.due_at.astimezone(calendar.zone),
-        due_customer=customer_due(window.due_at, calendar.zone, customer_offset_minutes),
+        due_customer=customer_due(window.due_at, calendar.zone, question.date_offset_minutes),
         window_text=window_duration_text(window.minutes, language),
         is_default=window.is_default,
         behind=window.behind,

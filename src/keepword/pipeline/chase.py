@@ -30,13 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select
+from sqlalchemy import Connection, Engine
 
-from keepword.config import MailboxSettings, Settings
+from keepword.config import MailboxSettings
 from keepword.domain import cases
-from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.chase import (
     PAUSED_STATUSES,
     BreachRecord,
@@ -58,6 +56,7 @@ from keepword.domain.model import (
     PromiseKind,
     PromiseState,
 )
+from keepword.domain.outbox_keys import chase_key_ranges, digest_key
 from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
@@ -66,18 +65,16 @@ from keepword.mail.render import (
     CustomerUpdateContext,
     DigestCase,
     DigestContext,
-    Renderer,
     TeamCaseContext,
     customer_due,
     window_duration_text,
 )
-from keepword.pipeline.acknowledge import calendar_for, honest_window
+from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import each_isolated, isolated
-from keepword.pipeline.send import enqueue_mail
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
-from keepword.store.tables import case, message, outbox, promise
+from keepword.store.messages import last_customer_message
 
 log = logging.getLogger(__name__)
 
@@ -109,45 +106,19 @@ class ChaseResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-@dataclass(slots=True)
-class _Desk:
-    """What every case of one chase run shares."""
-
-    settings: Settings
-    box: MailboxSettings
-    calendar: BusinessCalendar
-    renderer: Renderer
-    now: datetime
-    # The honest window at `now`, measured once per run: the mailbox's history is the
-    # same for every case (the chase changes no first response).
-    window: Window | None = None
-
-    def honest_window(self, conn: Connection) -> Window:
-        if self.window is None:
-            self.window = honest_window(conn, self.box, self.calendar, self.now)
-        return self.window
-
-
-def chase_mailbox(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    now: datetime,
-    *,
-    renderer: Renderer,
-) -> ChaseResult:
+def chase_mailbox(desk: MailboxContext) -> ChaseResult:
     """One chase step for one mailbox at `now` (blocking; idempotent at a given `now`).
 
     Every case, and the digest, is isolated (`keepword.pipeline.isolation`): a failure is logged,
     counted in `failed` and tried again next step; it never stops the others.
     """
-    desk = _Desk(settings, box, calendar_for(settings, box), renderer, now)
+    box, engine = desk.box, desk.engine
     result = ChaseResult()
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
     outcome = each_isolated(
         case_ids,
-        partial(_chase_case, engine, desk),
+        partial(_chase_case, desk),
         what=lambda case_id: f"mailbox {box.name}: chasing case {case_id}",
         log=log,
         expected=(StaleCaseError,),  # `keepword close/assign` meanwhile: plan again next step
@@ -156,9 +127,7 @@ def chase_mailbox(
         result.add(done)
     result.failed += len(outcome.failed)
     if box.chase.digest:
-        digest = isolated(
-            partial(_digest_step, engine, desk), what=f"mailbox {box.name}: digest", log=log
-        )
+        digest = isolated(partial(_digest_step, desk), what=f"mailbox {box.name}: digest", log=log)
         result.digests += digest.value or 0
         result.failed += int(digest.failed)
     if result.queued or result.breaches or result.withdrawn:
@@ -179,14 +148,7 @@ def chase_mailbox(
 
 def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
     """Live cases waiting on the team, and any case that still holds an open promise."""
-    awaiting = select(case.c.id).where(
-        and_(
-            case.c.mailbox == mailbox,
-            case.c.status.in_([s.value for s in AWAITING_TEAM]),
-            case.c.is_history.is_(False),
-        )
-    )
-    ids = set(conn.execute(awaiting).scalars())
+    ids = case_store.live_case_ids(conn, mailbox, AWAITING_TEAM)
     ids.update(promise_store.case_ids_with_open_promises(conn, mailbox))
     return sorted(ids)
 
@@ -197,7 +159,7 @@ def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
 _Step = Callable[[Connection, ChaseResult], None]
 
 
-def _chase_case(engine: Engine, desk: _Desk, case_id: int) -> ChaseResult:
+def _chase_case(desk: MailboxContext, case_id: int) -> ChaseResult:
     """Plan one case, then apply each step (a breach, a mail, a settled promise) in its
     own transaction, isolated from the others: a broken template for the update never
     keeps the breach from being recorded or the lead from being told.
@@ -206,6 +168,7 @@ def _chase_case(engine: Engine, desk: _Desk, case_id: int) -> ChaseResult:
     read, so no mail goes out on a decision about a case that is no longer so. The case
     counts in `cases` only when every step went through.
     """
+    engine = desk.engine
     with engine.connect() as conn:
         state = case_store.load_case(conn, case_id)
         open_now = promise_store.open_promises(conn, case_id)
@@ -239,7 +202,7 @@ def _apply_step(engine: Engine, state: cases.CaseState, step: _Step) -> ChaseRes
 
 
 def _plan_case(
-    engine: Engine, desk: _Desk, state: cases.CaseState, open_now: list[Promise]
+    engine: Engine, desk: MailboxContext, state: cases.CaseState, open_now: list[Promise]
 ) -> list[_Step]:
     assert state.id is not None
     with engine.connect() as conn:
@@ -267,27 +230,15 @@ def _team(box: MailboxSettings) -> tuple[str, ...]:
     return (box.lead,) if box.lead else ()
 
 
-CHASE_KEY_KINDS = ("reminder", "escalation", "update", "breach")
-
-
 def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
-    """The chase keys already in the outbox for this case.
-
-    Key ranges ("reminder:case:42:" up to "reminder:case:42;") use the unique index on
-    dedup_key and read only this case's chase mails, not all its outgoing mail.
-    """
-    ranges = [
-        and_(
-            outbox.c.dedup_key >= f"{kind}:case:{case_id}:",
-            outbox.c.dedup_key < f"{kind}:case:{case_id};",
-        )
-        for kind in CHASE_KEY_KINDS
-    ]
-    query = select(outbox.c.dedup_key).where(or_(*ranges))
-    return frozenset(conn.execute(query).scalars())
+    """The chase keys already in the outbox for this case (only its chase mails, read
+    as key ranges, not all its outgoing mail)."""
+    return outbox_store.keys_in_ranges(conn, chase_key_ranges(case_id))
 
 
-def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Window | None:
+def _update_window(
+    conn: Connection, desk: MailboxContext, open_now: list[Promise]
+) -> Window | None:
     """The honest window for a customer update, measured only when one may be planned."""
     for p in open_now:
         if not p.to_customer:
@@ -300,7 +251,7 @@ def _update_window(conn: Connection, desk: _Desk, open_now: list[Promise]) -> Wi
 
 
 def _apply(
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     by_id: dict[int | None, Promise],
     action: ChaseAction,
@@ -334,7 +285,11 @@ def _announced(conn: Connection, value: Promise) -> bool:
 
 
 def _record_breach(
-    conn: Connection, desk: _Desk, state: cases.CaseState, value: Promise, result: ChaseResult
+    conn: Connection,
+    desk: MailboxContext,
+    state: cases.CaseState,
+    value: Promise,
+    result: ChaseResult,
 ) -> None:
     assert state.id is not None and value.id is not None
     announced = _announced(conn, value)
@@ -351,7 +306,11 @@ def _record_breach(
 
 
 def _settle_paused(
-    desk: _Desk, state: cases.CaseState, value: Promise, conn: Connection, result: ChaseResult
+    desk: MailboxContext,
+    state: cases.CaseState,
+    value: Promise,
+    conn: Connection,
+    result: ChaseResult,
 ) -> None:
     """A closed case or one waiting on the customer owes nothing more; a breach stays one."""
     assert state.id is not None
@@ -367,17 +326,16 @@ def _settle_paused(
 # -- robots and other keepwords -----------------------------------------------------------
 
 
-def _update_refusal(conn: Connection, desk: _Desk, state: cases.CaseState) -> str | None:
+def _update_refusal(conn: Connection, desk: MailboxContext, state: cases.CaseState) -> str | None:
     """Why no update may go to this case's customer (a robot, another keepword), if so."""
     if not state.customer:
         return None
-    own = frozenset(b.address for b in desk.settings.mailbox) | {desk.box.address}
     mail = promise_store.automated_mail_from(conn, state.customer)
-    return update_refusal(state.customer, mail, own)
+    return update_refusal(state.customer, mail, desk.own_addresses)
 
 
 def _no_updates_to(
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     open_now: list[Promise],
     refusal: str,
@@ -411,43 +369,6 @@ def _no_updates_to(
 # -- customer update ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _LastMessage:
-    message_id: str | None
-    references: tuple[str, ...]
-    body: str
-    at: datetime | None
-    offset_minutes: int | None
-    name: str
-
-
-def _last_customer_message(conn: Connection, case_id: int) -> _LastMessage | None:
-    row = conn.execute(
-        select(
-            message.c.message_id,
-            message.c.references,
-            message.c.body_text,
-            message.c.date,
-            message.c.received_at,
-            message.c.date_offset_minutes,
-            message.c.from_name,
-        )
-        .where(and_(message.c.case_id == case_id, message.c.kind == "customer"))
-        .order_by(message.c.received_at.desc(), message.c.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    return _LastMessage(
-        message_id=row.message_id,
-        references=tuple((row.references or "").split()),
-        body=row.body_text or "",
-        at=row.received_at or row.date,
-        offset_minutes=row.date_offset_minutes,
-        name=row.from_name or "",
-    )
-
-
 def _what_is_happening(state: cases.CaseState) -> str:
     lead = "and our team lead has been asked to make sure it is answered."
     if state.owner:
@@ -455,7 +376,7 @@ def _what_is_happening(state: cases.CaseState) -> str:
     return f"your case is waiting for the next free person on our team, {lead}"
 
 
-def _update_slot(conn: Connection, desk: _Desk, customer: str) -> Slot:
+def _update_slot(conn: Connection, desk: MailboxContext, customer: str) -> Slot:
     """When the update may go out: every automatic mail to the address counts (one
     per-address limit for acknowledgements, notes and updates), and the mailbox's."""
     to_address, from_mailbox = outbox_store.automatic_mail_times(
@@ -467,7 +388,7 @@ def _update_slot(conn: Connection, desk: _Desk, customer: str) -> Slot:
 
 
 def _hold_back(
-    conn: Connection, desk: _Desk, state: cases.CaseState, old: Promise, slot: Slot
+    conn: Connection, desk: MailboxContext, state: cases.CaseState, old: Promise, slot: Slot
 ) -> None:
     """The limit has no slot before the due time: no update, said once on the timeline.
 
@@ -487,7 +408,7 @@ def _hold_back(
 
 def _send_update(
     conn: Connection,
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     old: Promise,
     action: CustomerUpdate,
@@ -505,7 +426,7 @@ def _send_update(
     sent_at = slot.at
     new_due = max(action.new_due_at, desk.calendar.add(sent_at, action.window.minutes))
     action = replace(action, new_due_at=new_due)
-    last = _last_customer_message(conn, state.id)
+    last = last_customer_message(conn, state.id)
     zone = desk.calendar.zone
     context = CustomerUpdateContext(
         reference=state.reference,
@@ -538,7 +459,7 @@ def _send_update(
     )
     body = desk.renderer.render("customer_update", desk.box.language, context)
     not_before = slot.at if slot.deferred else None
-    if not enqueue_mail(
+    if not outbox_store.enqueue_mail(
         conn, mail, body, mailbox=desk.box.name, case_id=state.id, not_before=not_before
     ):
         return
@@ -573,7 +494,7 @@ def age_text(delta: timedelta) -> str:
 
 def _team_mail(
     conn: Connection,
-    desk: _Desk,
+    desk: MailboxContext,
     state: cases.CaseState,
     promised: Promise | None,
     kind: OutboxKind,
@@ -585,7 +506,7 @@ def _team_mail(
         log.warning("case %s: nobody to send a %s to", state.reference, kind.value)
         return False
     zone = desk.calendar.zone
-    last = _last_customer_message(conn, state.id)
+    last = last_customer_message(conn, state.id)
     context = TeamCaseContext(
         reference=state.reference,
         customer=state.customer or "",
@@ -613,7 +534,7 @@ def _team_mail(
         now=desk.now,
     )
     body = desk.renderer.render(kind.value, "en", context)
-    if not enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
+    if not outbox_store.enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
         return False
     event = cases.EventKind.REMINDER if kind is OutboxKind.REMINDER else cases.EventKind.ESCALATION
     _event(conn, state.id, event, desk.now, f"{action.reason}: to {', '.join(recipients)}")
@@ -623,16 +544,12 @@ def _team_mail(
 # -- daily digest ---------------------------------------------------------------------------
 
 
-def digest_key(mailbox: str, day: object) -> str:
-    return f"digest:{mailbox}:{day}"
-
-
-def _digest_step(engine: Engine, desk: _Desk) -> int:
-    with engine.begin() as conn:
+def _digest_step(desk: MailboxContext) -> int:
+    with desk.engine.begin() as conn:
         return _digest(conn, desk)
 
 
-def _digest(conn: Connection, desk: _Desk) -> int:
+def _digest(conn: Connection, desk: MailboxContext) -> int:
     """The day's digest once the local digest time has passed (at most one a day).
 
     Business days only: on a weekend or holiday nobody is there to act on it, and the
@@ -651,10 +568,10 @@ def _digest(conn: Connection, desk: _Desk) -> int:
         box, OutboxKind.DIGEST, dedup_key=key, to=recipients, reference=None, about="", now=desk.now
     )
     body = desk.renderer.render("digest", "en", context)
-    return int(enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))
+    return int(outbox_store.enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))
 
 
-def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
+def digest_context(conn: Connection, desk: MailboxContext) -> DigestContext:
     box, zone, now = desk.box, desk.calendar.zone, desk.now
     today = now.astimezone(zone).date()
     open_cases = case_store.list_cases(conn, mailbox=box.name, statuses=list(AWAITING_TEAM))
@@ -695,21 +612,10 @@ def digest_context(conn: Connection, desk: _Desk) -> DigestContext:
     )
 
 
-def _resolved_yesterday(conn: Connection, desk: _Desk) -> tuple[int, int]:
+def _resolved_yesterday(conn: Connection, desk: MailboxContext) -> tuple[int, int]:
     zone = desk.calendar.zone
     today = desk.now.astimezone(zone).date()
     start = datetime.combine(today - timedelta(days=1), datetime.min.time(), zone)
     end = datetime.combine(today, datetime.min.time(), zone)
-    query = (
-        select(promise.c.state)
-        .join(case, case.c.id == promise.c.case_id)
-        .where(
-            and_(
-                case.c.mailbox == desk.box.name,
-                promise.c.resolved_at >= start,
-                promise.c.resolved_at < end,
-            )
-        )
-    )
-    states: list[Any] = list(conn.execute(query).scalars())
+    states = promise_store.states_resolved_between(conn, desk.box.name, start, end)
     return states.count(PromiseState.KEPT.value), states.count(PromiseState.BROKEN.value)

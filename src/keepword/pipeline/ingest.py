@@ -17,7 +17,6 @@ from UID 0: known mail dedups by identity, unknown mail is stored as new.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -116,6 +115,17 @@ def watched_folders(box: MailboxSettings) -> list[tuple[str, Origin]]:
     return folders
 
 
+@dataclass(frozen=True, slots=True)
+class _Folder:
+    """The folder being polled: where its mail is stored, and as what."""
+
+    engine: Engine
+    box: MailboxSettings
+    name: str
+    role: Origin
+    now: Clock
+
+
 def poll_folder(
     engine: Engine,
     session: MailSession,
@@ -144,11 +154,12 @@ def poll_folder(
     changed = cursor is not None and cursor.uidvalidity not in (None, status.uidvalidity)
     after_uid = cursor.last_uid if cursor is not None and not changed else 0
     history_done = cursor is not None and cursor.history_done
+    where = _Folder(engine, box, folder, role, now)
     if changed:
-        _rescan(engine, box, folder, cursor, status, now)
+        _rescan(where, cursor, status)
         with engine.connect() as conn:
             cursor = store.get_cursor(conn, box.name, folder)
-    history_below = 0 if history_done else _history_cutoff(engine, box, folder, cursor, status, now)
+    history_below = 0 if history_done else _history_cutoff(where, cursor, status)
     new = known = quarantined = 0
     uids = session.new_uids(folder, after_uid)
     if plan is not None:
@@ -163,7 +174,7 @@ def poll_folder(
     with contextlib.closing(parsed) as stream:
         for batch, items in stream:
             added, seen, held = _store_parsed(
-                engine, box, folder, role, status.uidvalidity, batch, items, history_below, now
+                where, status.uidvalidity, batch, items, history_below
             )
             new, known, quarantined = new + added, known + seen, quarantined + held
             largest = max(largest, sum(len(item.raw) for item in items))
@@ -190,14 +201,7 @@ def poll_folder(
     )
 
 
-def _rescan(
-    engine: Engine,
-    box: MailboxSettings,
-    folder: str,
-    cursor: store.FolderCursor | None,
-    status: FolderStatusLike,
-    now: Clock,
-) -> None:
+def _rescan(where: _Folder, cursor: store.FolderCursor | None, status: FolderStatusLike) -> None:
     """A new UIDVALIDITY: every UID is void, take the folder in again from UID 0.
 
     After the first import a re-scan is no import: nothing is history by UID (known mail
@@ -209,30 +213,25 @@ def _rescan(
     """
     log.warning(
         "mailbox %s folder %s: UIDVALIDITY changed %s -> %s; re-scanning the folder",
-        box.name,
-        folder,
+        where.box.name,
+        where.name,
         cursor.uidvalidity if cursor else None,
         status.uidvalidity,
     )
     importing = cursor is None or not cursor.history_done
-    with engine.begin() as conn:
+    with where.engine.begin() as conn:
         store.reset_for_uidvalidity(
             conn,
-            box.name,
-            folder,
+            where.box.name,
+            where.name,
             status.uidvalidity,
-            now=now(),
+            now=where.now(),
             history_below_uid=status.uidnext if importing else None,
         )
 
 
 def _history_cutoff(
-    engine: Engine,
-    box: MailboxSettings,
-    folder: str,
-    cursor: store.FolderCursor | None,
-    status: FolderStatusLike,
-    now: Clock,
+    where: _Folder, cursor: store.FolderCursor | None, status: FolderStatusLike
 ) -> int:
     """UIDs below this are history: the folder's UIDNEXT when keepword first met it.
 
@@ -242,34 +241,24 @@ def _history_cutoff(
     """
     if cursor is not None and cursor.history_below_uid is not None:
         return cursor.history_below_uid
-    with engine.begin() as conn:
+    with where.engine.begin() as conn:
         store.record_history_cutoff(
-            conn, box.name, folder, status.uidvalidity, status.uidnext, now=now()
+            conn, where.box.name, where.name, status.uidvalidity, status.uidnext, now=where.now()
         )
     return status.uidnext
 
 
 def _store_parsed(
-    engine: Engine,
-    box: MailboxSettings,
-    folder: str,
-    role: Origin,
-    uidvalidity: int,
-    batch: list[int],
-    items: list[StoreItem],
-    history_below: int,
-    now: Clock,
+    where: _Folder, uidvalidity: int, batch: list[int], items: list[StoreItem], history_below: int
 ) -> tuple[int, int, int]:
     """Store one batch (and move the cursor past it) in one transaction: (new, known, q)."""
+    box, folder, role, now = where.box, where.name, where.role, where.now
     new = known = quarantined = 0
-    with engine.begin() as conn:
+    with where.engine.begin() as conn:
         for is_history, part in _split(items, history_below):
             result = store.store_batch(
                 conn,
-                box.name,
-                folder,
-                role,
-                uidvalidity,
+                store.Folder(box.name, folder, role, uidvalidity),
                 part,
                 is_history=is_history,
                 now=now(),
@@ -502,34 +491,6 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def poll_mailbox(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    now: Clock | datetime,
-    *,
-    session_factory: SessionFactory | None = None,
-    progress: Callable[[str, int], None] | None = None,
-    folders: Sequence[tuple[str, Origin]] | None = None,
-) -> MailboxPollResult:
-    """Poll every folder of one mailbox over one connection.
-
-    A folder that fails (e.g. it does not exist) is recorded on its folder_state row and
-    the other folders go on. If the server cannot be reached or the login fails, the
-    error is recorded on every folder and MailboxError is raised so the caller can back
-    off; other mailboxes are not affected.
-    """
-    clock = _clock(now)
-    wanted = list(folders) if folders is not None else watched_folders(box)
-    session = _open_session(
-        engine, box, session_factory or default_session_factory(settings), wanted, clock
-    )
-    try:
-        return _poll_folders(engine, session, box, wanted, clock, progress)
-    finally:
-        _close_quietly(session, box)
-
-
 def _open_session(
     engine: Engine,
     box: MailboxSettings,
@@ -604,9 +565,8 @@ class MailboxPoller:
         self._lock = threading.Lock()
 
     def poll(
-        self, now: Clock | datetime, *, progress: Callable[[str, int], None] | None = None
+        self, clock: Clock, *, progress: Callable[[str, int], None] | None = None
     ) -> MailboxPollResult:
-        clock = _clock(now)
         wanted = watched_folders(self.box)
         with self._lock:
             try:
@@ -622,10 +582,6 @@ class MailboxPoller:
                 raise
             return result
 
-    async def poll_async(self, now: Clock | datetime) -> MailboxPollResult:
-        """`poll` off the event loop."""
-        return await asyncio.to_thread(self.poll, now)
-
     def close(self) -> None:
         with self._lock:
             self._drop()
@@ -636,29 +592,8 @@ class MailboxPoller:
             _close_quietly(session, self.box)
 
 
-async def poll_mailbox_async(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    now: Clock | datetime,
-    *,
-    session_factory: SessionFactory | None = None,
-) -> MailboxPollResult:
-    """`poll_mailbox` off the event loop (imapclient and the store block)."""
-    return await asyncio.to_thread(
-        poll_mailbox, engine, settings, box, now, session_factory=session_factory
-    )
-
-
 def _bind(progress: Callable[[str, int], None], folder: str) -> Progress:
     return lambda count: progress(folder, count)
-
-
-def _clock(now: Clock | datetime) -> Clock:
-    if isinstance(now, datetime):
-        fixed = now
-        return lambda: fixed
-    return now
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,6 +9,9 @@ next run (the callers' work is idempotent and writes in its own transaction).
 
 `expected` exceptions are the normal "not now" answers (e.g. `StaleCaseError`: the case
 changed while it was being decided): logged at INFO, counted as skipped, not as failed.
+
+`on_failure` replaces the default log line with the caller's retry policy: triage
+records when the message is tried again (store.triage_state) and logs by attempt.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Attempt(Generic[R]):
     value: R | None
     skipped: bool = False
     failed: bool = False
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -51,8 +55,10 @@ def isolated(
     what: str,
     log: logging.Logger,
     expected: tuple[type[BaseException], ...] = (),
+    on_failure: Callable[[Exception], None] | None = None,
 ) -> Attempt[R]:
-    """Run `work`; an exception is logged with `what` and reported, never raised.
+    """Run `work`; an exception is logged with `what` (or handed to `on_failure`) and
+    reported, never raised.
 
     Only `Exception` is caught: KeyboardInterrupt, SystemExit and cancellation still
     stop the process as they should.
@@ -61,10 +67,13 @@ def isolated(
         return Attempt(work())
     except expected as exc:
         log.info("%s: %s; tried again next run", what, exc)
-        return Attempt(None, skipped=True)
-    except Exception:
-        log.exception("%s failed; tried again next run", what)
-        return Attempt(None, failed=True)
+        return Attempt(None, skipped=True, error=cast(Exception, exc))
+    except Exception as exc:
+        if on_failure is None:
+            log.exception("%s failed; tried again next run", what)
+        else:
+            on_failure(exc)
+        return Attempt(None, failed=True, error=exc)
 
 
 def each_isolated(

@@ -1,12 +1,13 @@
 """The shell around `domain.predict`: the mailbox's predictor, built from the store.
 
-What acknowledging and the chase call (the coordinator wires them in):
+What acknowledgement and the chase call (the coordinator wires them in):
 
 * `honest_window(conn, box, calendar, now, exclude_case=...)` - the first-response
-  window for a case arriving now; the drop-in for `acknowledging.honest_window`.
+  window for a case arriving now; the drop-in for `MailboxContext.honest_window`
+  (pipeline/context.py).
 * `mailbox_predictor(...)` once per pass, then `update_window(predictor, ...)` per
   case - the residual time promised in a customer update (replaces the one shared
-  `honest_window` of `chasing._Desk`).
+  `honest_window` of the chase's `MailboxContext`).
 
 The predictor's state is built in one pass over the stored history (O(n log n), ~70 ms
 for 180 days of a busy mailbox); a promise on a built state costs well under a

@@ -69,7 +69,7 @@ from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import withdrawal
 from keepword.errors import DeliveryUnavailable, KeepwordError
-from keepword.mail.compose import OutgoingMail, compose_bytes
+from keepword.mail.compose import OutgoingMail
 from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
@@ -198,18 +198,8 @@ def enqueue_mail(
     Call it in the same transaction as the decision that causes the mail. `not_before`:
     a rate limit holds it back until then.
     """
-    return outbox.enqueue(
-        conn,
-        mailbox,
-        case_id,
-        mail.kind.value,
-        mail.dedup_key,
-        list(mail.to),
-        mail.subject,
-        compose_bytes(mail, body),
-        mail.date,
-        message_id=mail.message_id,
-        not_before=not_before,
+    return outbox.enqueue_mail(
+        conn, mail, body, mailbox=mailbox, case_id=case_id, not_before=not_before
     )
 
 

@@ -9,28 +9,28 @@ either untouched (and triaged again) or fully triaged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from keepword.config import MailboxSettings, Settings
+from keepword.config import MailboxSettings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
 from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
-    CaseStatus,
     Classification,
     Kind,
     MessageFacts,
     PromiseState,
 )
+from keepword.domain.outbox_keys import ack_key, note_key
 from keepword.domain.threads import (
     Candidates,
-    CaseCandidate,
     ThreadMatch,
     ThreadRule,
     choose_case,
@@ -41,14 +41,14 @@ from keepword.domain.threads import (
 )
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
-from keepword.pipeline.acknowledge import ack_key, calendar_for, honest_window, note_key
+from keepword.pipeline.context import MailboxContext
+from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store import triage_state
-from keepword.store.messages import load_facts
-from keepword.store.tables import case, message, message_location, outbox
+from keepword.store.messages import first_seen_at, load_facts
 from keepword.store.triage_state import Untriaged
 
 log = logging.getLogger(__name__)
@@ -86,36 +86,52 @@ class TriageResult:
 
 # Called inside the message's transaction when a case earns an acknowledgement or note.
 Acknowledger = Callable[
-    [Connection, MailboxSettings, cases.CaseState, MessageFacts, acknowledge.Decision, datetime],
-    None,
+    [Connection, MailboxContext, cases.CaseState, MessageFacts, acknowledge.Decision], None
 ]
 
 
+@dataclass(slots=True)
+class _Run:
+    """One triage run of a mailbox: its context, what it did, what keeps failing."""
+
+    desk: MailboxContext
+    acknowledger: Acknowledger | None
+    result: TriageResult = field(default_factory=TriageResult)
+    # Message-ID -> failed attempts of the mailbox's untriaged messages.
+    failing: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    """The message being triaged, with what triage made of it."""
+
+    facts: MessageFacts
+    verdict: Classification
+    match: ThreadMatch
+    correspondent: Address | None
+    at: datetime  # when it counts as written: its Date, never in our future
+
+
 def triage_pending(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    now: datetime,
-    *,
-    acknowledger: Acknowledger | None = None,
-    limit: int = 5000,
+    desk: MailboxContext, *, acknowledger: Acknowledger | None = None, limit: int = 5000
 ) -> TriageResult:
     """Triage what is due: new mail in the order it was written, then due retries.
 
     One transaction per message; a message whose triage fails stays pending for a later
     retry and never stops the messages behind it.
     """
-    result = TriageResult()
-    with engine.connect() as conn:
-        queue = triage_state.due_untriaged(conn, box.name, now, limit)
-        failing = triage_state.failed_attempts(conn, box.name)
+    run = _Run(desk, acknowledger)
+    box = desk.box
+    with desk.engine.connect() as conn:
+        queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
+        run.failing = triage_state.failed_attempts(conn, box.name)
     held: list[Untriaged] = []
     store_errors = 0
     for item in queue:
-        if _waits_for_first_mail(item, failing):
+        if _waits_for_first_mail(item, run.failing):
             held.append(item)
             continue
-        error = _try_one(engine, settings, box, item, now, acknowledger, result, failing)
+        error = _try_one(run, item)
         store_errors = store_errors + 1 if isinstance(error, OperationalError) else 0
         if store_errors >= STORE_ERRORS_TO_STOP:
             log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
@@ -123,10 +139,10 @@ def triage_pending(
     else:
         # Follow-ups whose first mail got through in this run go now, not a poll later.
         for item in held:
-            if not _waits_for_first_mail(item, failing):
-                _try_one(engine, settings, box, item, now, acknowledger, result, failing)
-    _close_done(engine, box, now, result)
-    return result
+            if not _waits_for_first_mail(item, run.failing):
+                _try_one(run, item)
+    _close_done(desk, run.result)
+    return run.result
 
 
 def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
@@ -142,45 +158,36 @@ def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
     return any(0 < failing.get(mid, 0) < FOLLOW_UP_WAITS_FOR for mid in item.referenced)
 
 
-def _try_one(
-    engine: Engine,
-    settings: Settings,
-    box: MailboxSettings,
-    item: Untriaged,
-    now: datetime,
-    acknowledger: Acknowledger | None,
-    result: TriageResult,
-    failing: dict[str, int],
-) -> Exception | None:
-    """Triage one message in its own transaction; on failure record it for a retry."""
+def _try_one(run: _Run, item: Untriaged) -> Exception | None:
+    """Triage one message in its own transaction, isolated from the others (a defect or a
+    passing fault is never the customer's loss): on failure it is recorded for a retry."""
     done = TriageResult()
-    try:
-        with engine.begin() as conn:
-            _triage_one(conn, settings, box, item.pk, now, acknowledger, done)
-    except Exception as exc:  # a defect or a passing fault: never the customer's loss
-        attempts = item.attempts + 1
-        _record_failure(engine, box, item.pk, attempts, now, exc, result)
-        failing[item.message_id] = attempts
-        return exc
-    failing.pop(item.message_id, None)
-    result.triaged += 1
-    result.opened += done.opened
-    result.acknowledged += done.acknowledged
+
+    def triage_it() -> None:
+        with run.desk.engine.begin() as conn:
+            _triage_one(conn, run, item.pk, done)
+
+    attempt = isolated(
+        triage_it,
+        what=f"mailbox {run.desk.box.name}: triage of message {item.pk}",
+        log=log,
+        on_failure=partial(_record_failure, run, item),
+    )
+    if not attempt.ok:
+        return attempt.error
+    run.failing.pop(item.message_id, None)
+    run.result.triaged += 1
+    run.result.opened += done.opened
+    run.result.acknowledged += done.acknowledged
     return None
 
 
-def _record_failure(
-    engine: Engine,
-    box: MailboxSettings,
-    pk: int,
-    attempts: int,
-    now: datetime,
-    exc: Exception,
-    result: TriageResult,
-) -> None:
-    retry_at = now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
+def _record_failure(run: _Run, item: Untriaged, exc: Exception) -> None:
+    box, pk = run.desk.box, item.pk
+    attempts = run.failing[item.message_id] = item.attempts + 1
+    retry_at = run.desk.now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
     reason = f"{type(exc).__name__}: {exc}"
-    result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
+    run.result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
     if attempts >= STUCK_AFTER:
         log.error(
             "mailbox %s: triage of message %s failed %d times, next try %s: %s",
@@ -195,7 +202,7 @@ def _record_failure(
     else:
         log.exception("mailbox %s: triage of message %s failed", box.name, pk)
     try:
-        with engine.begin() as conn:
+        with run.desk.engine.begin() as conn:
             triage_state.record_failure(
                 conn, pk, attempts=attempts, retry_at=retry_at, error=reason
             )
@@ -203,19 +210,12 @@ def _record_failure(
         log.exception("mailbox %s: cannot record the triage failure of message %s", box.name, pk)
 
 
-def _triage_one(
-    conn: Connection,
-    settings: Settings,
-    box: MailboxSettings,
-    pk: int,
-    now: datetime,
-    acknowledger: Acknowledger | None,
-    result: TriageResult,
-) -> None:
+def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> None:
+    desk = run.desk
+    box, now = desk.box, desk.now
     [facts] = load_facts(conn, [pk])
     team = box.team_addresses()
-    own = frozenset(b.address for b in settings.mailbox) | {box.address}
-    verdict = classify(facts, team=team, own_addresses=own)
+    verdict = classify(facts, team=team, own_addresses=desk.own_addresses)
     correspondent = external_correspondent(facts, verdict.kind, team)
     match = choose_case(
         facts,
@@ -223,33 +223,32 @@ def _triage_one(
         _candidates(conn, box, facts),
         now=now,
         subject_window=timedelta(days=box.subject_threading_days),
-        correspondent=correspondent,
         team=team,
     )
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, now) if facts.date else now
+    arrival = _Arrival(facts, verdict, match, correspondent, at)
     if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
-        _record(conn, pk, verdict, None, match, now)
+        _record(conn, pk, arrival, None, now)
         return
     new_case = match.case_id is None
     before = (
         case_store.load_case(conn, match.case_id)
         if match.case_id is not None
-        else _open(conn, box, facts, verdict.kind, correspondent, match, at)
+        else _open(conn, box, arrival)
     )
     if new_case:
         result.opened += 1
-    change = _fold(before, facts, verdict, match, at, new_case)
+    change = _fold(before, arrival, new_case)
     saved = case_store.save_case(conn, change.case)
     assert saved.id is not None
     case_store.add_events(conn, saved.id, change.events)
     if correspondent is not None:
         case_store.add_correspondents(conn, saved.id, [correspondent.address])
-    _record(conn, pk, verdict, saved.id, match, now)
-    _settle_promises(conn, settings, box, before, saved, verdict.kind, at, now)
-    _acknowledge_if_due(
-        conn, settings, box, saved, facts, verdict, new_case, now, acknowledger, result
-    )
+    _record(conn, pk, arrival, saved.id, now)
+    _settle_promises(conn, desk, before, saved, verdict.kind, at)
+    if _acknowledge_if_due(conn, run, saved, arrival, new_case):
+        result.acknowledged += 1
 
 
 def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:
@@ -262,23 +261,13 @@ def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -
     return kind is Kind.CUSTOMER
 
 
-def _open(
-    conn: Connection,
-    box: MailboxSettings,
-    facts: MessageFacts,
-    kind: Kind,
-    correspondent: Address | None,
-    match: ThreadMatch,
-    at: datetime,
-) -> cases.CaseState:
+def _open(conn: Connection, box: MailboxSettings, arrival: _Arrival) -> cases.CaseState:
+    facts, match = arrival.facts, arrival.match
     opened = cases.open_case(
-        mailbox=box.name,
+        facts,
         reference=box.reference_prefix,
-        at=at,
-        customer=correspondent,
-        subject=facts.subject,
-        subject_key=subject_key(facts.subject),
-        is_history=facts.is_history,
+        at=arrival.at,
+        customer=arrival.correspondent,
         why=match.explanation,
     )
     saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
@@ -295,14 +284,8 @@ def _open(
     return saved
 
 
-def _fold(
-    before: cases.CaseState,
-    facts: MessageFacts,
-    verdict: Classification,
-    match: ThreadMatch,
-    at: datetime,
-    new_case: bool,
-) -> cases.Change:
+def _fold(before: cases.CaseState, arrival: _Arrival, new_case: bool) -> cases.Change:
+    verdict, match, facts = arrival.verdict, arrival.match, arrival.facts
     kind = verdict.kind
     if match.rule is ThreadRule.FORWARD_NEW and new_case:
         # A team member forwarded a customer's mail in: it counts as that customer's contact.
@@ -310,35 +293,20 @@ def _fold(
     why = f"{verdict.reason}; {match.explanation}" if not new_case else verdict.reason
     sender = facts.sender.address if facts.sender else None
     return cases.apply_message(
-        before, kind=kind, sender=sender, at=at, message_pk=facts.pk, why=why
+        before, kind=kind, sender=sender, at=arrival.at, message_pk=facts.pk, why=why
     )
 
 
 def _record(
-    conn: Connection,
-    pk: int,
-    verdict: Classification,
-    case_id: int | None,
-    match: ThreadMatch,
-    now: datetime,
+    conn: Connection, pk: int, arrival: _Arrival, case_id: int | None, now: datetime
 ) -> None:
-    conn.execute(
-        update(message)
-        .where(message.c.id == pk)
-        .values(
-            kind=verdict.kind.value,
-            kind_reason=verdict.reason[:2000],
-            case_id=case_id,
-            thread_rule=match.rule.value,
-            triaged_at=now,
-        )
-    )
+    triage_state.record_triage(conn, pk, arrival.verdict, case_id, arrival.match.rule, now)
 
 
 def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> Candidates:
     tag = find_case_reference(facts, [box.reference_prefix])
     tag_ids = case_store.cases_by_reference_tag(conn, box.name, tag) if tag else []
-    ref_ids = _cases_by_references(conn, box.name, referenced_ids(facts))
+    ref_ids = case_store.cases_by_message_ids(conn, box.name, referenced_ids(facts))
     subject_ids: list[int] = []
     team = box.team_addresses()
     for kind in (Kind.CUSTOMER, Kind.STAFF):
@@ -349,7 +317,7 @@ def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> 
                 conn, box.name, who.address, key
             )
     every = list(dict.fromkeys([*tag_ids, *ref_ids, *subject_ids]))
-    loaded = _load_candidates(conn, every)
+    loaded = case_store.case_candidates(conn, every)
     return Candidates(
         by_tag=loaded[tag_ids[0]] if tag_ids else None,
         by_reference=tuple(loaded[i] for i in ref_ids),
@@ -357,92 +325,40 @@ def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> 
     )
 
 
-def _cases_by_references(conn: Connection, mailbox: str, ids: Sequence[str]) -> list[int]:
-    """Cases that saw any referenced Message-ID: stored mail and keepword's own outbox."""
-    found = case_store.cases_by_message_ids(conn, mailbox, ids)
-    if ids:
-        query = select(outbox.c.message_id, outbox.c.case_id).where(
-            and_(outbox.c.message_id.in_(list(ids)), outbox.c.case_id.is_not(None))
-        )
-        own: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
-        for mid in ids:
-            cid = own.get(mid)
-            if cid is not None and cid not in found:
-                found.append(cid)
-    return found
-
-
-def _load_candidates(conn: Connection, ids: Sequence[int]) -> dict[int, CaseCandidate]:
-    if not ids:
-        return {}
-    people = case_store.correspondents(conn, ids)
-    rows = conn.execute(select(case).where(case.c.id.in_(list(ids))))
-    return {
-        row.id: CaseCandidate(
-            case_id=row.id,
-            reference=row.reference,
-            correspondents=people.get(row.id, frozenset()),
-            subject_key=row.subject_key or "",
-            last_activity=row.updated_at,
-            closed=row.status == CaseStatus.CLOSED.value,
-        )
-        for row in rows
-    }
-
-
 def _acknowledge_if_due(
-    conn: Connection,
-    settings: Settings,
-    box: MailboxSettings,
-    current: cases.CaseState,
-    facts: MessageFacts,
-    verdict: Classification,
-    new_case: bool,
-    now: datetime,
-    acknowledger: Acknowledger | None,
-    result: TriageResult,
-) -> None:
+    conn: Connection, run: _Run, current: cases.CaseState, arrival: _Arrival, new_case: bool
+) -> bool:
+    """Decide on an acknowledgement or note for the case; True if one was queued."""
     assert current.id is not None
-    if verdict.kind is not Kind.CUSTOMER or facts.is_history:
-        return  # nothing to decide: only live customer mail is ever answered
+    box, now, facts, kind = run.desk.box, run.desk.now, arrival.facts, arrival.verdict.kind
+    if kind is not Kind.CUSTOMER or facts.is_history:
+        return False  # nothing to decide: only live customer mail is ever answered
     recipient = acknowledge.reply_address(facts)
-    decision = acknowledge.decide(
-        facts,
-        verdict.kind,
+    sent = acknowledge.Sent(
         new_case=new_case,
         acknowledged=outbox_store.exists(conn, ack_key(current.id)),
         note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
-        follow_up_notes=box.promise.follow_up_notes,
         cutoff=_cutoff(conn, box.name),
-        team=box.team_addresses(),
         planned=_planned_mail(conn, box.name, recipient, now),
-        limits=box.limits,
-        now=now,
     )
+    policy = acknowledge.Policy(box.team_addresses(), box.promise.follow_up_notes, box.limits)
+    decision = acknowledge.decide(facts, kind, sent, policy, now)
     if not decision.sends:
-        if verdict.kind is Kind.CUSTOMER and not facts.is_history:
-            event = cases.Event(
-                cases.EventKind.NOT_ACKNOWLEDGED, now, None, decision.reason, facts.pk
-            )
-            case_store.add_events(conn, current.id, [event])
-        return
-    if acknowledger is None:
+        event = cases.Event(cases.EventKind.NOT_ACKNOWLEDGED, now, None, decision.reason, facts.pk)
+        case_store.add_events(conn, current.id, [event])
+        return False
+    if run.acknowledger is None:
         log.warning(
             "mailbox %s: %s earns an acknowledgement but none is wired", box.name, current.reference
         )
-        return
-    acknowledger(conn, box, current, facts, decision, now)
-    result.acknowledged += 1
+        return False
+    run.acknowledger(conn, run.desk, current, facts, decision)
+    return True
 
 
 def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
     """When keepword first saw this mailbox (its oldest location row), less the grace."""
-    first = conn.execute(
-        select(message_location.c.seen_at)
-        .where(message_location.c.mailbox == mailbox)
-        .order_by(message_location.c.id)
-        .limit(1)
-    ).scalar()
+    first = first_seen_at(conn, mailbox)
     return None if first is None else first - DELIVERY_GRACE
 
 
@@ -460,22 +376,11 @@ def _planned_mail(
     return PlannedMail(tuple(to_address), tuple(from_mailbox))
 
 
-def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: TriageResult) -> None:
+def _close_done(desk: MailboxContext, result: TriageResult) -> None:
     """A message moved to the done folder closes its case (once per location)."""
-    query = (
-        select(message_location.c.id, message.c.case_id)
-        .join(message, message.c.id == message_location.c.message_pk)
-        .where(
-            and_(
-                message_location.c.mailbox == box.name,
-                message_location.c.role == "done",
-                message_location.c.handled_at.is_(None),
-                message.c.triaged_at.is_not(None),
-            )
-        )
-    )
-    with engine.begin() as conn:
-        for location_id, case_id in conn.execute(query).all():
+    box, now = desk.box, desk.now
+    with desk.engine.begin() as conn:
+        for location_id, case_id in triage_state.unhandled_done(conn, box.name):
             if case_id is not None:
                 current = case_store.load_case(conn, case_id)
                 change = cases.close(
@@ -485,22 +390,16 @@ def _close_done(engine: Engine, box: MailboxSettings, now: datetime, result: Tri
                     case_store.save_case(conn, change.case)
                     case_store.add_events(conn, case_id, change.events)
                     result.closed += 1
-            conn.execute(
-                update(message_location)
-                .where(message_location.c.id == location_id)
-                .values(handled_at=now)
-            )
+            triage_state.mark_handled(conn, location_id, now)
 
 
 def _settle_promises(
     conn: Connection,
-    settings: Settings,
-    box: MailboxSettings,
+    desk: MailboxContext,
     before: cases.CaseState,
     after: cases.CaseState,
     kind: Kind,
     at: datetime,
-    now: datetime,
 ) -> None:
     """A team reply keeps (or, late, breaks) what was promised; a customer follow-up after
     a reply gives the team a new internal target."""
@@ -517,8 +416,8 @@ def _settle_promises(
         return
     if kind is not Kind.CUSTOMER or before.first_response_at is None or after.is_history:
         return
-    calendar = calendar_for(settings, box)
-    window = honest_window(conn, box, calendar, now, exclude_case=after.id)
+    now = desk.now
+    window = desk.honest_window(conn, exclude_case=after.id)
     for new in promises.on_customer_follow_up(
         after, promise_store.open_promises(conn, after.id), now, window
     ):

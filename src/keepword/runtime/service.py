@@ -24,8 +24,9 @@ from keepword.clock import Clock as WaitClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import MailboxError
 from keepword.mail.render import Renderer
-from keepword.pipeline.acknowledge import Acknowledger
+from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.chase import ChaseResult, chase_mailbox
+from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory
 from keepword.pipeline.send import DrainResult, ImapSentCopy, drain_outbox
 from keepword.pipeline.triage import TriageResult, triage_pending
@@ -47,7 +48,6 @@ class Service:
         self,
         settings: Settings,
         *,
-        dry_run: bool = False,
         clock: Clock = utc_now,
         engine: Engine | None = None,
         session_factory: SessionFactory | None = None,
@@ -55,7 +55,6 @@ class Service:
         owns_engine: bool = True,
     ) -> None:
         self.settings = settings
-        self.dry_run = dry_run or settings.keepword.dry_run
         self.clock = clock
         self.waits = waits  # the IDLE watcher's backoff sleeps on the daemon's clock
         self.engine = engine or open_store(settings.keepword.effective_database_url())
@@ -90,11 +89,14 @@ class Service:
             METRICS.imap_error(box.name)
         return result
 
-    def triage(self, box: MailboxSettings) -> TriageResult:
-        acknowledger = Acknowledger(self.settings, box, self._renderers[box.name])
-        result = triage_pending(
-            self.engine, self.settings, box, self.clock(), acknowledger=acknowledger
+    def _desk(self, box: MailboxSettings) -> MailboxContext:
+        """The mailbox at this instant, as the use cases take it."""
+        return MailboxContext(
+            self.settings, box, self.engine, self._renderers[box.name], self.clock()
         )
+
+    def triage(self, box: MailboxSettings) -> TriageResult:
+        result = triage_pending(self._desk(box), acknowledger=acknowledge_case)
         if result.triaged or result.closed:
             log.info(
                 "mailbox %s: triaged %d message(s), opened %d case(s), queued %d "
@@ -110,9 +112,7 @@ class Service:
         return result
 
     def chase_now(self, box: MailboxSettings) -> ChaseResult:
-        return chase_mailbox(
-            self.engine, self.settings, box, self.clock(), renderer=self._renderers[box.name]
-        )
+        return chase_mailbox(self._desk(box))
 
     async def drain_now(self, box: MailboxSettings) -> DrainResult:
         with self.engine.connect() as conn:
@@ -126,7 +126,7 @@ class Service:
                 box,
                 self.clock(),
                 sent_copy=sent_copy,
-                dry_run=self.dry_run,
+                dry_run=self.settings.keepword.dry_run,  # the one switch: `run --dry-run` sets it
             )
         finally:
             if sent_copy is not None:
@@ -161,7 +161,6 @@ def make_worker(settings: Settings, engine: Engine, clock: WaitClock) -> Service
     """The daemon's worker: the use cases on the daemon's store and clock."""
     return Service(
         settings,
-        dry_run=settings.keepword.dry_run,
         clock=clock.now,
         engine=engine,
         waits=clock,

@@ -11,9 +11,10 @@ from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
+from keepword.domain.threads import CaseCandidate
 from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
-from keepword.store.tables import case, case_correspondent, case_event, message
+from keepword.store.tables import case, case_correspondent, case_event, message, outbox
 
 _CASE_FIELDS = (
     "mailbox",
@@ -183,23 +184,29 @@ def cases_by_reference_tag(conn: Connection, mailbox: str, reference: str) -> li
 
 
 def cases_by_message_ids(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> list[int]:
-    """Cases that saw any of these Message-IDs, in the order the ids were given."""
+    """Cases that saw any of these Message-IDs: stored mail first, then keepword's own
+    outgoing mail; each in the order the ids were given."""
     if not message_ids:
         return []
-    query = select(message.c.message_id, message.c.case_id).where(
+    ids = list(message_ids)
+    stored = select(message.c.message_id, message.c.case_id).where(
         and_(
             message.c.mailbox == mailbox,
-            message.c.message_id.in_(list(message_ids)),
+            message.c.message_id.in_(ids),
             message.c.case_id.is_not(None),
         )
     )
-    # Result has .keys(), so dict(result) would take it for a mapping: build it by hand.
-    by_id: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
+    sent = select(outbox.c.message_id, outbox.c.case_id).where(
+        and_(outbox.c.message_id.in_(ids), outbox.c.case_id.is_not(None))
+    )
     ordered: list[int] = []
-    for mid in message_ids:
-        cid = by_id.get(mid)
-        if cid is not None and cid not in ordered:
-            ordered.append(cid)
+    for query in (stored, sent):
+        # Result has .keys(), so dict(result) would take it for a mapping: build it by hand.
+        by_id: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
+        for mid in ids:
+            cid = by_id.get(mid)
+            if cid is not None and cid not in ordered:
+                ordered.append(cid)
     return ordered
 
 
@@ -278,3 +285,34 @@ def unanswered_backlog(conn: Connection, mailbox: str, since: datetime) -> int:
         )
     )
     return int(conn.execute(query).scalar() or 0)
+
+
+def case_candidates(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseCandidate]:
+    """What threading weighs of each case a new message could join."""
+    if not case_ids:
+        return {}
+    people = correspondents(conn, case_ids)
+    rows = conn.execute(select(case).where(case.c.id.in_(list(case_ids))))
+    return {
+        row.id: CaseCandidate(
+            case_id=row.id,
+            reference=row.reference,
+            correspondents=people.get(row.id, frozenset()),
+            subject_key=row.subject_key or "",
+            last_activity=row.updated_at,
+            closed=row.status == CaseStatus.CLOSED.value,
+        )
+        for row in rows
+    }
+
+
+def live_case_ids(conn: Connection, mailbox: str, statuses: Sequence[CaseStatus]) -> set[int]:
+    """Ids of the mailbox's live (not history) cases in one of these statuses."""
+    query = select(case.c.id).where(
+        and_(
+            case.c.mailbox == mailbox,
+            case.c.status.in_([s.value for s in statuses]),
+            case.c.is_history.is_(False),
+        )
+    )
+    return set(conn.execute(query).scalars())

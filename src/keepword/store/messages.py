@@ -64,12 +64,19 @@ class FolderCursor:
     last_error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """A folder of a mailbox as the store keys its messages' locations."""
+
+    mailbox: str
+    name: str
+    role: Origin
+    uidvalidity: int
+
+
 def store_batch(
     conn: Connection,
-    mailbox: str,
-    folder: str,
-    role: Origin,
-    uidvalidity: int,
+    where: Folder,
     items: Sequence[StoreItem],
     *,
     is_history: bool,
@@ -81,6 +88,7 @@ def store_batch(
     The cursor moves to the highest UID among `items` and `through_uid` (pass the last
     UID asked for, so UIDs expunged between search and fetch are not asked for again).
     """
+    mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
     fresh = [item for item in items if item.uid not in known_uids]
     existing = _existing_identities(conn, mailbox, fresh)
@@ -436,4 +444,53 @@ def _addresses(value: Any) -> tuple[Address, ...]:
         Address(str(item.get("address", "")), str(item.get("name", "")))
         for item in value
         if isinstance(item, dict) and item.get("address")
+    )
+
+
+def first_seen_at(conn: Connection, mailbox: str) -> datetime | None:
+    """When keepword first saw this mailbox: its oldest location row."""
+    return conn.execute(
+        select(message_location.c.seen_at)
+        .where(message_location.c.mailbox == mailbox)
+        .order_by(message_location.c.id)
+        .limit(1)
+    ).scalar()
+
+
+@dataclass(frozen=True, slots=True)
+class LastMessage:
+    message_id: str | None
+    references: tuple[str, ...]
+    body: str
+    at: datetime | None
+    offset_minutes: int | None
+    name: str
+
+
+def last_customer_message(conn: Connection, case_id: int) -> LastMessage | None:
+    """The case's latest message from its customer (what a reminder quotes, an update
+    answers)."""
+    row = conn.execute(
+        select(
+            message.c.message_id,
+            message.c.references,
+            message.c.body_text,
+            message.c.date,
+            message.c.received_at,
+            message.c.date_offset_minutes,
+            message.c.from_name,
+        )
+        .where(and_(message.c.case_id == case_id, message.c.kind == "customer"))
+        .order_by(message.c.received_at.desc(), message.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return LastMessage(
+        message_id=row.message_id,
+        references=tuple((row.references or "").split()),
+        body=row.body_text or "",
+        at=row.received_at or row.date,
+        offset_minutes=row.date_offset_minutes,
+        name=row.from_name or "",
     )

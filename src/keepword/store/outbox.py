@@ -31,6 +31,8 @@ from sqlalchemy import Connection, Row, and_, func, insert, or_, select, type_co
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import CaseStatus, OutboxState
 from keepword.domain.outbox import CaseNow
+from keepword.mail.compose import OutgoingMail, compose_bytes
+from keepword.mail.render import Rendered
 from keepword.store.cases import add_events
 from keepword.store.tables import UtcDateTime, case, outbox
 
@@ -126,6 +128,36 @@ def enqueue(
         )
     )
     return True
+
+
+def enqueue_mail(
+    conn: Connection,
+    mail: OutgoingMail,
+    body: Rendered,
+    *,
+    mailbox: str,
+    case_id: int | None,
+    not_before: datetime | None = None,
+) -> bool:
+    """Compose and record one mail in the caller's transaction; False if already recorded.
+
+    Call it in the same transaction as the decision that causes the mail (queueing is a
+    store write: the use cases that decide on mail never touch SMTP or IMAP). `not_before`:
+    a rate limit holds it back until then.
+    """
+    return enqueue(
+        conn,
+        mailbox,
+        case_id,
+        mail.kind.value,
+        mail.dedup_key,
+        list(mail.to),
+        mail.subject,
+        compose_bytes(mail, body),
+        mail.date,
+        message_id=mail.message_id,
+        not_before=not_before,
+    )
 
 
 def exists(conn: Connection, dedup_key: str) -> bool:
@@ -374,3 +406,9 @@ def automatic_mail_times(
         if address is not None and address in (row.recipients or ()):
             to_address.append(when)
     return to_address, from_mailbox
+
+
+def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> frozenset[str]:
+    """The dedup keys within any [low, high) range (read through the unique key index)."""
+    bounds = [and_(outbox.c.dedup_key >= low, outbox.c.dedup_key < high) for low, high in ranges]
+    return frozenset(conn.execute(select(outbox.c.dedup_key).where(or_(*bounds))).scalars())

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.cases import EventKind
-from keepword.domain.chase import held_back_note, update_key
+from keepword.domain.chase import held_back_note
 from keepword.domain.model import Kind, MessageFacts, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.outbox_keys import update_key
 from keepword.domain.promises import Promise
 from keepword.store.messages import load_facts
 from keepword.store.tables import case, case_event, message, outbox, promise
@@ -176,3 +177,22 @@ def automated_mail_from(conn: Connection, address: str, *, limit: int = 20) -> l
         .limit(limit)
     )
     return load_facts(conn, [int(pk) for pk in conn.execute(query).scalars()])
+
+
+def states_resolved_between(
+    conn: Connection, mailbox: str, start: datetime, end: datetime
+) -> list[str]:
+    """The states of the mailbox's promises resolved in [start, end) (the digest's
+    kept/broken of yesterday)."""
+    query = (
+        select(promise.c.state)
+        .join(case, case.c.id == promise.c.case_id)
+        .where(
+            and_(
+                case.c.mailbox == mailbox,
+                promise.c.resolved_at >= start,
+                promise.c.resolved_at < end,
+            )
+        )
+    )
+    return list(conn.execute(query).scalars())

@@ -14,7 +14,9 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, update
 
-from keepword.store.tables import message
+from keepword.domain.model import Classification
+from keepword.domain.threads import ThreadRule
+from keepword.store.tables import message, message_location
 
 MAX_ERROR_CHARS = 2000
 
@@ -108,3 +110,49 @@ def triage_backlog(conn: Connection, mailbox: str) -> TriageBacklog:
         .limit(1)
     ).scalar()
     return TriageBacklog(pending=int(pending), retrying=int(retrying), last_error=last)
+
+
+def record_triage(
+    conn: Connection,
+    pk: int,
+    verdict: Classification,
+    case_id: int | None,
+    rule: ThreadRule,
+    now: datetime,
+) -> None:
+    """The message is triaged: its kind and why, its case (if any), the threading rule."""
+    conn.execute(
+        update(message)
+        .where(message.c.id == pk)
+        .values(
+            kind=verdict.kind.value,
+            kind_reason=verdict.reason[:MAX_ERROR_CHARS],
+            case_id=case_id,
+            thread_rule=rule.value,
+            triaged_at=now,
+        )
+    )
+
+
+def unhandled_done(conn: Connection, mailbox: str) -> list[tuple[int, int | None]]:
+    """(location id, case id) of triaged messages moved to the done folder and not yet
+    handled: each closes its case once."""
+    query = (
+        select(message_location.c.id, message.c.case_id)
+        .join(message, message.c.id == message_location.c.message_pk)
+        .where(
+            and_(
+                message_location.c.mailbox == mailbox,
+                message_location.c.role == "done",
+                message_location.c.handled_at.is_(None),
+                message.c.triaged_at.is_not(None),
+            )
+        )
+    )
+    return [(row[0], row[1]) for row in conn.execute(query).all()]
+
+
+def mark_handled(conn: Connection, location_id: int, now: datetime) -> None:
+    conn.execute(
+        update(message_location).where(message_location.c.id == location_id).values(handled_at=now)
+    )

@@ -1,0 +1,76 @@
+"""The outbox's dedup-key grammar: every key keepword writes is built here, and only here.
+
+A dedup key is unique in the outbox, so a mail keyed once is queued once however often a
+step runs. The grammar:
+
+    ack:<case>                                  the acknowledgement of a case
+    note:<case>:<YYYY-MM-DD>                    a follow-up note, at most one a day
+    lead_alert:<case>                           "we are behind" to the lead
+    reminder:case:<case>:promise:<p>:<percent>  a reminder at a fraction of promise p
+    escalation:case:<case>:promise:<p>          an escalation about promise p
+    escalation:case:<case>:unpromised           an escalation about a case with none
+    update:case:<case>:promise:<p>              the customer update revising promise p
+    breach:case:<case>:promise:<p>              the breach of promise p (never mailed)
+    digest:<mailbox>:<YYYY-MM-DD>               a mailbox's daily digest
+
+The chase keys (`case:<case>:` after the kind) sort together per case and kind, so a
+case's chase keys are read as index ranges (`chase_key_ranges`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+CHASE_KINDS = ("reminder", "escalation", "update", "breach")
+
+
+def ack_key(case_id: int) -> str:
+    return f"ack:{case_id}"
+
+
+def note_key(case_id: int, now: datetime) -> str:
+    return f"note:{case_id}:{now:%Y-%m-%d}"
+
+
+def lead_alert_key(case_id: int) -> str:
+    return f"lead_alert:{case_id}"
+
+
+def reminder_key(case_id: int, promise_id: int, fraction: float) -> str:
+    return f"reminder:case:{case_id}:promise:{promise_id}:{round(fraction * 100)}"
+
+
+def escalation_key(case_id: int, promise_id: int | None) -> str:
+    if promise_id is None:
+        return f"escalation:case:{case_id}:unpromised"
+    return f"escalation:case:{case_id}:promise:{promise_id}"
+
+
+def update_key(case_id: int, promise_id: int) -> str:
+    """The dedup key of the customer update revising promise `promise_id`."""
+    return f"update:case:{case_id}:promise:{promise_id}"
+
+
+def breach_key(case_id: int, promise_id: int) -> str:
+    return f"breach:case:{case_id}:promise:{promise_id}"
+
+
+def digest_key(mailbox: str, day: date) -> str:
+    return f"digest:{mailbox}:{day}"
+
+
+def chase_key_ranges(case_id: int) -> list[tuple[str, str]]:
+    """[low, high) bounds holding exactly this case's chase keys, one range per kind
+    ("reminder:case:42:" up to "reminder:case:42;": ';' sorts right after ':')."""
+    return [(f"{kind}:case:{case_id}:", f"{kind}:case:{case_id};") for kind in CHASE_KINDS]
+
+
+def promise_id_of(key: str) -> int | None:
+    """The promise a chase key is about (None for case-level keys or foreign keys)."""
+    parts = key.split(":")
+    if len(parts) >= 5 and parts[1] == "case" and parts[3] == "promise":
+        try:
+            return int(parts[4])
+        except ValueError:
+            return None
+    return None

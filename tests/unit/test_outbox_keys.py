@@ -1,0 +1,46 @@
+"""The outbox key grammar: one module builds every key; a case's chase keys read as ranges."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from keepword.domain import outbox_keys as keys
+
+
+def test_every_kind_of_key_is_spelled_once() -> None:
+    assert keys.ack_key(42) == "ack:42"
+    assert keys.note_key(42, datetime(2026, 11, 2, 23, 59, tzinfo=UTC)) == "note:42:2026-11-02"
+    assert keys.lead_alert_key(42) == "lead_alert:42"
+    assert keys.reminder_key(42, 7, 0.5) == "reminder:case:42:promise:7:50"
+    assert keys.escalation_key(42, 7) == "escalation:case:42:promise:7"
+    assert keys.escalation_key(42, None) == "escalation:case:42:unpromised"
+    assert keys.update_key(42, 7) == "update:case:42:promise:7"
+    assert keys.breach_key(42, 7) == "breach:case:42:promise:7"
+    assert keys.digest_key("support", date(2026, 11, 2)) == "digest:support:2026-11-02"
+
+
+def test_chase_ranges_hold_this_cases_chase_keys_and_nothing_else() -> None:
+    def inside(key: str) -> bool:
+        return any(low <= key < high for low, high in keys.chase_key_ranges(42))
+
+    mine = [
+        keys.reminder_key(42, 7, 0.75),
+        keys.escalation_key(42, None),
+        keys.update_key(42, 7),
+        keys.breach_key(42, 7),
+    ]
+    others = [
+        keys.reminder_key(421, 7, 0.5),
+        keys.update_key(4, 7),
+        keys.ack_key(42),
+        keys.note_key(42, datetime(2026, 11, 2, tzinfo=UTC)),
+        keys.lead_alert_key(42),
+    ]
+    assert all(inside(k) for k in mine)
+    assert not any(inside(k) for k in others)
+
+
+def test_promise_id_of_reads_chase_keys_only() -> None:
+    assert keys.promise_id_of(keys.reminder_key(42, 7, 0.5)) == 7
+    assert keys.promise_id_of(keys.escalation_key(42, None)) is None
+    assert keys.promise_id_of("ack:case:42:promise:x") is None
