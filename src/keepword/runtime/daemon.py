@@ -59,6 +59,7 @@ from keepword.errors import (
     StoreError,
 )
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
+from keepword.timefmt import clock_time
 from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
 from keepword.store.db import open_store
@@ -542,7 +543,7 @@ class Daemon:
         last = "none yet"
         if polls:
             zone = ZoneInfo(self._settings.keepword.timezone) if self._settings else UTC
-            last = max(polls).astimezone(zone).strftime("%H:%M:%S")
+            last = clock_time(max(polls), zone)  # the zone shown: one clock per view
         plural = "mailbox" if boxes == 1 else "mailboxes"
         return f"{boxes} {plural}, last poll {last}, {failing} failing"
 
