@@ -2,7 +2,9 @@
 
 Under systemd (stderr is the stream named by $JOURNAL_STREAM) every line starts with an
 sd-daemon(3) `<N>` priority and carries no timestamp, because journald adds both.
-Elsewhere lines look like `2026-11-23 12:01:03 CET INFO keepword.runtime.daemon [support/KW-42] ...`.
+Elsewhere lines look like
+`2026-11-23 12:01:03 CET INFO keepword.runtime.daemon [support/KW-42] ...`, in the
+configured zone (`set_log_zone`).
 
 The mailbox and case come from context variables (`log_context`) or from `extra=`, so
 code deep in a poll does not have to pass them along. Secrets registered with
@@ -122,9 +124,7 @@ class KeepwordFormatter(logging.Formatter):
         if journal:
             super().__init__("%(name)s %(context)s%(message)s")
         else:
-            super().__init__(
-                "%(asctime)s %(levelname)s %(name)s %(context)s%(message)s"
-            )
+            super().__init__("%(asctime)s %(levelname)s %(name)s %(context)s%(message)s")
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:

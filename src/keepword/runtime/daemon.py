@@ -59,11 +59,11 @@ from keepword.errors import (
     StoreError,
 )
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
-from keepword.timefmt import clock_time
 from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
 from keepword.store.db import open_store
 from keepword.store.lock import WriterLock, acquire_writer_lock
+from keepword.timefmt import clock_time
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,8 @@ def case_timeline(conn: Connection, case_id: int) -> list[TimelineEvent]:
         return (at, 1 if own else 0, row.id)
 
     return [
-        TimelineEvent(r.at, r.kind, r.actor, r.detail, r.message_pk) for r in sorted(rows, key=order)
+        TimelineEvent(r.at, r.kind, r.actor, r.detail, r.message_pk)
+        for r in sorted(rows, key=order)
     ]
 
 
@@ -207,6 +208,7 @@ class NotAnswered:
     subject: str | None
     reason: str
     case: str | None  # the case reference, if the mail belongs to one
+    next_try: datetime | None = None  # a triage retry: when it is tried again
 
 
 def not_answered(
@@ -224,7 +226,9 @@ def not_answered(
     return found[:limit]
 
 
-def _unanswered_messages(conn: Connection, mailbox: str | None, since: datetime) -> list[NotAnswered]:
+def _unanswered_messages(
+    conn: Connection, mailbox: str | None, since: datetime
+) -> list[NotAnswered]:
     when = func.coalesce(message.c.date, message.c.received_at, message.c.stored_at)
     retrying = and_(message.c.triaged_at.is_(None), message.c.triage_attempts > 0)
     query = (
@@ -261,7 +265,9 @@ def _message_item(row: Any) -> NotAnswered:
     elif row.kind == Kind.AUTOMATED.value:
         what, reason = "automated", row.kind_reason or "sent by a robot"
     else:
-        retry = f" (next try {row.triage_retry_at:%Y-%m-%d %H:%M} UTC)" if row.triage_retry_at else ""
+        retry = (
+            f" (next try {row.triage_retry_at:%Y-%m-%d %H:%M} UTC)" if row.triage_retry_at else ""
+        )
         what, reason = "triage retry", f"{row.triage_error or 'triage failed'}{retry}"
     return NotAnswered(row.at, row.mailbox, what, row.from_addr, row.subject, reason, row.reference)
 
