@@ -265,11 +265,17 @@ def _message_item(row: Any) -> NotAnswered:
     elif row.kind == Kind.AUTOMATED.value:
         what, reason = "automated", row.kind_reason or "sent by a robot"
     else:
-        retry = (
-            f" (next try {row.triage_retry_at:%Y-%m-%d %H:%M} UTC)" if row.triage_retry_at else ""
-        )
-        what, reason = "triage retry", f"{row.triage_error or 'triage failed'}{retry}"
-    return NotAnswered(row.at, row.mailbox, what, row.from_addr, row.subject, reason, row.reference)
+        what, reason = "triage retry", row.triage_error or "triage failed"
+    return NotAnswered(
+        row.at,
+        row.mailbox,
+        what,
+        row.from_addr,
+        row.subject,
+        reason,
+        row.reference,
+        row.triage_retry_at if what == "triage retry" else None,
+    )
 
 
 _DECISIONS = {
