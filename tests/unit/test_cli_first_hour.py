@@ -280,3 +280,18 @@ def test_a_read_only_command_says_why_it_cannot_read_the_store(
     error = capsys.readouterr().err
     assert "no database at" in error and "migrate" not in error
     assert not (tmp_path / "missing").exists()  # a read creates nothing
+
+
+def test_a_poll_failure_after_idle_is_logged_once_by_the_daemon_not_the_watcher(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from keepword.adapters import idle
+
+    async def failing_poll() -> None:
+        raise RuntimeError("IMAP down")
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(idle._notify(failing_poll))
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
