@@ -271,7 +271,7 @@ def test_ready_watchdog_metrics_and_clean_stop(
     kw.config.write_text(config_text(tmp_path, imap_port, {"support": 60}, metrics=True))
     kw.start()
     first = kw.wait_notify(ready)
-    assert re.search(r"STATUS=1 mailbox, last poll (none yet|\d\d:\d\d:\d\d), 0 failing", first)
+    assert re.search(r"STATUS=1 mailbox, last poll (none yet|\d\d:\d\d:\d\d \S+), 0 failing", first)
     kw.wait_notify(lambda m: m == "WATCHDOG=1")
     before = time.monotonic()
     kw.wait_notify(lambda m: m == "WATCHDOG=1")
@@ -280,7 +280,8 @@ def test_ready_watchdog_metrics_and_clean_stop(
 
     kw.wait_call(r"^poll support interval=60 dry_run=False$")
     kw.wait_call(r"^drain support")  # right after the poll
-    kw.wait_notify(lambda m: bool(re.fullmatch(r"STATUS=1 mailbox, last poll \S+, 0 failing", m)))
+    status = r"STATUS=1 mailbox, last poll (none yet|\d\d:\d\d:\d\d \S+), 0 failing"
+    kw.wait_notify(lambda m: bool(re.fullmatch(status, m)))
     url = kw.wait_log(r"metrics on (http://127\.0\.0\.1:\d+/metrics)").group(1)
     scraped = urllib.request.urlopen(url, timeout=5).read().decode()
     assert 'keepword_messages_ingested_total{mailbox="support"} 2.0' in scraped

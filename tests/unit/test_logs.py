@@ -34,7 +34,8 @@ def test_readable_format_has_time_level_logger_and_context(captured: io.StringIO
         logging.getLogger("keepword.test").warning("owner changed")
     line = captured.getvalue().rstrip("\n")
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING keepword\.test \[support/KW-42\] owner changed",
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z][A-Za-z0-9+-]* "  # the zone, named
+        r"WARNING keepword\.test \[support/KW-42\] owner changed",
         line,
     ), line
 

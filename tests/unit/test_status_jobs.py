@@ -92,5 +92,5 @@ def test_overdue_in_the_table(
     code, out = status(config, capsys)
     assert code == 1
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ")}
-    assert "overdue" in lines["chase"] and "2026-03-02T09:00:00+00:00" in lines["chase"]
+    assert "overdue" in lines["chase"] and "2026-03-02 09:00 UTC" in lines["chase"]
     assert "failing (1 in a row): relay refused the login" in lines["drain"]

@@ -163,7 +163,7 @@ async def _notify(on_change: OnChange) -> None:
     try:
         await on_change()
     except Exception as exc:  # the poll's own failures are the daemon's business
-        log.warning("poll after an IDLE notification failed: %s", exc)
+        log.debug("poll after an IDLE notification failed: %s", exc)  # the daemon logs it
 
 
 async def _sleep_unless_stopped(stop: asyncio.Event, delay: float, clock: Clock) -> None:

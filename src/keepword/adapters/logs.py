@@ -2,7 +2,9 @@
 
 Under systemd (stderr is the stream named by $JOURNAL_STREAM) every line starts with an
 sd-daemon(3) `<N>` priority and carries no timestamp, because journald adds both.
-Elsewhere lines look like `2026-11-23 12:01:03 INFO keepword.runtime.daemon [support/KW-42] ...`.
+Elsewhere lines look like
+`2026-11-23 12:01:03 CET INFO keepword.runtime.daemon [support/KW-42] ...`, in the
+configured zone (`set_log_zone`).
 
 The mailbox and case come from context variables (`log_context`) or from `extra=`, so
 code deep in a poll does not have to pass them along. Secrets registered with
@@ -19,6 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime, tzinfo
 from typing import Final, TextIO
 
 MASK: Final = "***"
@@ -97,17 +100,31 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_zone: tzinfo = UTC
+
+
+def set_log_zone(zone: tzinfo) -> None:
+    """Show terminal log times in this zone (the configured keepword.timezone)."""
+    global _zone
+    _zone = zone
+
+
 class KeepwordFormatter(logging.Formatter):
-    """Readable or journal format; redacts registered secrets from the whole output."""
+    """Readable or journal format; redacts registered secrets from the whole output.
+
+    Terminal lines carry their time in the configured zone with the zone named
+    (`2026-11-30 09:05:03 CET`), as every other view of keepword does.
+    """
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        at = datetime.fromtimestamp(record.created, _zone)
+        return f"{at:%Y-%m-%d %H:%M:%S} {at.tzname() or at.strftime('UTC%z')}"
 
     def __init__(self, *, journal: bool) -> None:
         if journal:
             super().__init__("%(name)s %(context)s%(message)s")
         else:
-            super().__init__(
-                "%(asctime)s %(levelname)s %(name)s %(context)s%(message)s",
-                datefmt="%Y-%m-%d %H:%M:%S",
-            )
+            super().__init__("%(asctime)s %(levelname)s %(name)s %(context)s%(message)s")
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
-from keepword.errors import ConfigError, KeepwordError
+from keepword.errors import ConfigError, KeepwordError, StaleCaseError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -20,13 +21,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", help="configuration file (default: $KEEPWORD_CONFIG or /etc/keepword/...)"
     )
+    parser.add_argument("--version", action="version", version=f"keepword {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in commands.registrars():
         register(sub)
     return parser
 
 
+def version() -> str:
+    try:
+        return metadata.version("keepword")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from keepword.cli.common import local_failure_exit
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
@@ -37,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"keepword: config: {line}", file=sys.stderr)
         return 2
     except KeepwordError as exc:
+        if (code := local_failure_exit(exc)) is not None and not isinstance(exc, StaleCaseError):
+            return code  # the database or a secret: exit 3 as `run` does
         print(f"keepword: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,19 +9,22 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
-from keepword.cli.common import engine_from, settings_from
+from keepword.cli.common import engine_from, reader_from, settings_from
 from keepword.cli.common import now as clock_now
+from keepword.config import Settings
 from keepword.domain import cases as case_rules
 from keepword.domain.model import CaseStatus
 from keepword.errors import KeepwordError, StaleCaseError
 from keepword.store import cases as case_store
 from keepword.store import promises as promise_store
-from keepword.store.tables import message, outbox, promise
+from keepword.store import reports
+from keepword.timefmt import moment, short_moment, zone_name, zone_of
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -68,42 +71,76 @@ def _statuses(value: str | None) -> list[CaseStatus] | None:
     return [CaseStatus(value)]
 
 
+#: Short status names so `cases` fits 80 columns; the legend under the table says them.
+STATUS_SHORT = {
+    CaseStatus.NEW.value: "new",
+    CaseStatus.WAITING_ON_TEAM.value: "team",
+    CaseStatus.WAITING_ON_CUSTOMER.value: "cust",
+    CaseStatus.CLOSED.value: "closed",
+}
+LEGEND = "status: team = waiting on the team, cust = waiting on the customer"
+
+
 def cmd_cases(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = engine_from(settings)
+    engine = reader_from(settings)
     now = _now()
-    with engine.connect() as conn:
-        found = case_store.list_cases(
-            conn,
-            mailbox=args.mailbox,
-            statuses=_statuses(args.status),
-            owner=args.owner,
-            limit=args.limit,
-        )
-        due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
+    try:
+        with engine.connect() as conn:
+            found = case_store.list_cases(
+                conn,
+                mailbox=args.mailbox,
+                statuses=_statuses(args.status),
+                owner=args.owner,
+                limit=args.limit,
+            )
+            due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
+    finally:
+        engine.dispose()
     if args.overdue:
         found = [c for c in found if c.id in due and due[c.id] < now]
-    rows = [_case_summary(c, due.get(c.id or 0), now) for c in found]
     if args.json:
+        rows = [_case_summary(c, due.get(c.id or 0), now) for c in found]
         json.dump(rows, sys.stdout, indent=2, default=str)
         print()
         return 0
-    table = Table(title=f"{len(rows)} case(s)")
-    for column in ("ref", "status", "owner", "customer", "subject", "contacts", "next due"):
-        table.add_column(column)
-    for row in rows:
-        overdue = row["overdue"]
-        table.add_row(
-            row["reference"],
-            row["status"],
-            row["owner"] or "-",
-            row["customer"] or "-",
-            (row["subject"] or "")[:50],
-            str(row["customer_contacts"]),
-            f"[red]{row['next_due']}[/red]" if overdue else (row["next_due"] or "-"),
-        )
-    Console().print(table)
+    Console().print(_cases_table(settings, found, due, now))
     return 0
+
+
+def _cases_table(
+    settings: Settings,
+    found: list[case_rules.CaseState],
+    due: dict[int, datetime],
+    now: datetime,
+) -> Table:
+    zone = zone_of(settings)
+    table = Table(title=f"{len(found)} case(s); times {zone_name(now, zone)}", caption=LEGEND)
+    table.add_column("ref", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("owner", overflow="fold", max_width=14)
+    table.add_column("customer", overflow="fold", max_width=18)
+    table.add_column("subject", overflow="fold", ratio=1)
+    table.add_column("msgs", justify="right", no_wrap=True)
+    table.add_column("next due", no_wrap=True)
+    for c in found:
+        at = due.get(c.id or 0)
+        when = short_moment(at, zone, now=now)
+        table.add_row(
+            c.reference,
+            STATUS_SHORT.get(c.status.value, c.status.value),
+            _local_part(c.owner),
+            c.customer or "-",
+            c.subject or "",
+            str(c.customer_contacts),
+            f"[red]{when}[/red]" if at and at < now else when,
+        )
+    return table
+
+
+def _local_part(address: str | None) -> str:
+    """`alice` for alice@example.com: the team's own domain is the same on every row."""
+    return address.split("@", 1)[0] if address else "-"
 
 
 def _case_summary(c: case_rules.CaseState, due: datetime | None, now: datetime) -> dict[str, Any]:
@@ -131,18 +168,32 @@ def _case_or_fail(conn: Connection, reference: str) -> case_rules.CaseState:
 
 def cmd_case(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = engine_from(settings)
-    with engine.connect() as conn:
-        current = _case_or_fail(conn, args.reference)
-        assert current.id is not None
-        story = _story(conn, current.id)
-    summary = _case_summary(current, None, _now())
+    engine = reader_from(settings)
+    try:
+        with engine.connect() as conn:
+            current = _case_or_fail(conn, args.reference)
+            assert current.id is not None
+            story = _story(conn, current.id)
+    finally:
+        engine.dispose()
     if args.json:
+        summary = _case_summary(current, None, _now())
         json.dump({"case": summary, **story}, sys.stdout, indent=2, default=str)
         print()
         return 0
-    _print_story(current, story)
+    _print_story(current, story, _zone_of_case(settings, current.mailbox))
     return 0
+
+
+def _zone_of_case(settings: Settings, mailbox: str) -> ZoneInfo:
+    try:
+        return zone_of(settings, settings.mailbox_named(mailbox))
+    except KeyError:  # a mailbox no longer configured
+        return zone_of(settings)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def _story(conn: Connection, case_id: int) -> dict[str, list[dict[str, Any]]]:
@@ -154,30 +205,18 @@ def _story(conn: Connection, case_id: int) -> dict[str, list[dict[str, Any]]]:
             "detail": e.detail,
             "message": e.message_pk,
         }
-        for e in case_store.timeline(conn, case_id)
+        for e in reports.case_timeline(conn, case_id)
     ]
-    mails = conn.execute(
-        select(
-            message.c.id,
-            message.c.date,
-            message.c.from_addr,
-            message.c.kind,
-            message.c.subject,
-            message.c.body_text,
-        )
-        .where(message.c.case_id == case_id)
-        .order_by(message.c.date, message.c.id)
-    )
     messages = [
         {
             "id": m.id,
-            "date": m.date.isoformat() if m.date else None,
+            "date": _iso(m.date),
             "from": m.from_addr,
             "kind": m.kind,
             "subject": m.subject,
             "excerpt": (m.body_text or "").strip()[:400],
         }
-        for m in mails
+        for m in reports.case_messages(conn, case_id)
     ]
     promises = [
         {
@@ -189,9 +228,7 @@ def _story(conn: Connection, case_id: int) -> dict[str, list[dict[str, Any]]]:
             "reason": p.reason,
             "basis": p.basis,
         }
-        for p in conn.execute(
-            select(promise).where(promise.c.case_id == case_id).order_by(promise.c.made_at)
-        )
+        for p in reports.case_promises(conn, case_id)
     ]
     sent = [
         {
@@ -200,34 +237,44 @@ def _story(conn: Connection, case_id: int) -> dict[str, list[dict[str, Any]]]:
             "to": o.recipients,
             "created_at": o.created_at.isoformat(),
         }
-        for o in conn.execute(
-            select(outbox).where(outbox.c.case_id == case_id).order_by(outbox.c.id)
-        )
+        for o in reports.case_outgoing(conn, case_id)
     ]
     return {"timeline": events, "messages": messages, "promises": promises, "outgoing": sent}
 
 
-def _print_story(current: case_rules.CaseState, story: dict[str, list[dict[str, Any]]]) -> None:
+def _when(text: str | None, zone: ZoneInfo) -> str:
+    return moment(datetime.fromisoformat(text), zone) if text else "-"
+
+
+def _print_story(
+    current: case_rules.CaseState, story: dict[str, list[dict[str, Any]]], zone: ZoneInfo
+) -> None:
     console = Console()
     console.print(
         f"[bold]{current.reference}[/bold]  {current.subject}\n"
         f"status {current.status.value} · owner {current.owner or '-'} · customer "
-        f"{current.customer or '-'} · {current.customer_contacts} customer message(s)"
+        f"{current.customer or '-'} · {current.customer_contacts} customer message(s)",
+        markup=True,
     )
     table = Table(title="timeline")
-    for column in ("when (UTC)", "what", "who", "detail"):
-        table.add_column(column)
+    table.add_column("when", no_wrap=True)
+    table.add_column("what", no_wrap=True)
+    table.add_column("who", overflow="fold", max_width=20)
+    table.add_column("detail", overflow="fold", ratio=1)
     for event in story["timeline"]:
-        table.add_row(event["at"][:16], event["kind"], event["actor"] or "-", event["detail"] or "")
+        table.add_row(
+            _when(event["at"], zone), event["kind"], event["actor"] or "-", event["detail"] or ""
+        )
     console.print(table)
     for mail in story["messages"]:
-        console.print(f"[bold]{(mail['date'] or '')[:16]} {mail['from']} ({mail['kind']})[/bold]")
+        console.print(f"[bold]{_when(mail['date'], zone)} {mail['from']} ({mail['kind']})[/bold]")
         console.print(mail["excerpt"], markup=False)
         console.print()
     for item in story["promises"]:
         console.print(
-            f"promise ({item['kind']}, to {item['audience']}): due {item['due_at'][:16]} "
-            f"UTC, {item['state']} — {item['reason'] or ''}"
+            f"promise ({item['kind']}, to {item['audience']}): due "
+            f"{_when(item['due_at'], zone)}, {item['state']} — {item['reason'] or ''}",
+            markup=False,
         )
 
 

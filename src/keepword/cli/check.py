@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -81,10 +82,26 @@ def _selected(settings: Settings, name: str | None) -> list[MailboxSettings]:
 
 
 def check_mailbox(box: MailboxSettings) -> list[CheckResult]:
-    results = [check_imap(box)]
+    results = [with_tls_hint(check_imap(box), box.imap, implicit_port=993)]
     if box.smtp is not None:
-        results.append(check_smtp(box.name, box.smtp))
+        results.append(with_tls_hint(check_smtp(box.name, box.smtp), box.smtp, implicit_port=465))
     return results
+
+
+def with_tls_hint(
+    result: CheckResult, server: ImapSettings | SmtpSettings, *, implicit_port: int
+) -> CheckResult:
+    """OpenSSL's WRONG_VERSION_NUMBER means TLS met a port that speaks plain text first."""
+    if result.ok or "wrong_version_number" not in result.detail.lower():
+        return result
+    if server.tls is TlsMode.IMPLICIT:
+        hint = (
+            f"port {server.effective_port()} does not start with TLS: "
+            f'try tls = "starttls" on this port, or port {implicit_port}'
+        )
+    else:
+        hint = f'the server\'s TLS does not match: try tls = "implicit" on port {implicit_port}'
+    return dataclasses.replace(result, detail=f"{result.detail} ({hint})")
 
 
 def _where(kind: str, server: ImapSettings | SmtpSettings) -> str:

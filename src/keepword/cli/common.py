@@ -16,6 +16,7 @@ from keepword.config import Settings, load_config, resolve_config_path
 from keepword.errors import SecretError, StoreBusyError, StoreError
 from keepword.store.db import open_store
 from keepword.store.lock import acquire_writer_lock
+from keepword.store.reports import open_for_reading
 
 # 0 ok, 1 a step failed, 2 config invalid (keepword.cli.main): and these two.
 EXIT_LOCAL: Final = 3  # a local resource is missing: a secret, the database
@@ -27,7 +28,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def engine_from(settings: Settings) -> Engine:
+    """The store for a command that writes (migrated to the newest schema)."""
     return open_store(settings.keepword.effective_database_url())
+
+
+def reader_from(settings: Settings) -> Engine:
+    """The store for a command that only reads; StoreError says why it cannot be read."""
+    return open_for_reading(settings.keepword.effective_database_url())
 
 
 def now() -> datetime:

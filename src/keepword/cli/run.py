@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
-from keepword.adapters.logs import setup_logging
+from keepword.adapters.logs import set_log_zone, setup_logging
 from keepword.cli.common import EXIT_BUSY, EXIT_LOCAL, local_failure_exit
-from keepword.config import resolve_config_path
+from keepword.config import load_config, resolve_config_path
+from keepword.errors import KeepwordError
 from keepword.runtime.daemon import STOP_TIMEOUT, Daemon, WorkerFactory
 from keepword.runtime.service import make_worker
 
@@ -37,7 +40,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="decide and log everything, send no mail"
+        "--dry-run",
+        action="store_true",
+        help="decide everything and log each mail as its recipient would read it; send none",
     )
     parser.add_argument(
         "--once",
@@ -53,9 +58,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args, make_worker)
 
 
+def _log_in_configured_zone(config: str | None) -> None:
+    """Terminal log times in keepword.timezone, as the CLI shows them (the daemon reports
+    a config it cannot load itself)."""
+    with contextlib.suppress(KeepwordError, OSError):
+        set_log_zone(ZoneInfo(load_config(resolve_config_path(config)).keepword.timezone))
+
+
 def run_daemon(args: argparse.Namespace, worker_factory: WorkerFactory) -> int:
     """`run` with the given worker factory (runtime.service.make_worker; tests pass fakes)."""
     setup_logging("INFO")
+    _log_in_configured_zone(getattr(args, "config", None))
     daemon = Daemon(
         resolve_config_path(getattr(args, "config", None)),
         worker_factory,

@@ -8,20 +8,21 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection
 
-from keepword.cli.common import engine_from, now, settings_from
+from keepword.cli.common import now, reader_from, settings_from
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.chase import BusinessClock
-from keepword.domain.ledger import CaseRecord, Ledger, SentAction, compute_ledger
-from keepword.domain.model import OutboxKind
+from keepword.domain.ledger import Ledger, compute_ledger
 from keepword.errors import KeepwordError
 from keepword.pipeline.acknowledge import calendar_for
 from keepword.store import promises as promise_store
-from keepword.store.tables import case, outbox
+from keepword.store import reports
+from keepword.timefmt import moment, zone_of
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -50,36 +51,14 @@ def ledgers(
     clocks: dict[str, BusinessClock] = {b.name: calendar_for(settings, b) for b in boxes}
     made = promise_store.mailbox_promises(conn, names, made_since=since, made_until=until)
     return compute_ledger(
-        _case_records(conn, names),
+        reports.case_records(conn, names),
         made,
-        _sent_actions(conn, names, since),
+        reports.sent_actions(conn, names, since),
         since=since,
         until=until,
         now=now,
         clocks=clocks,
     )
-
-
-def _case_records(conn: Connection, names: Sequence[str]) -> list[CaseRecord]:
-    # Every live case: a promise of the period may belong to an older case.
-    query = select(case.c.id, case.c.mailbox, case.c.opened_at, case.c.first_response_at).where(
-        and_(case.c.mailbox.in_(list(names)), case.c.is_history.is_(False))
-    )
-    return [
-        CaseRecord(row.mailbox, row.id, row.opened_at, row.first_response_at)
-        for row in conn.execute(query)
-    ]
-
-
-def _sent_actions(conn: Connection, names: Sequence[str], since: datetime) -> list[SentAction]:
-    # Updates revising a promise of the period are all queued after it was made.
-    query = select(
-        outbox.c.mailbox, outbox.c.case_id, outbox.c.kind, outbox.c.dedup_key, outbox.c.sent_at
-    ).where(and_(outbox.c.mailbox.in_(list(names)), outbox.c.created_at >= since))
-    return [
-        SentAction(row.mailbox, row.case_id, OutboxKind(row.kind), row.dedup_key, row.sent_at)
-        for row in conn.execute(query)
-    ]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -90,7 +69,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.days < 1:
         raise KeepwordError("--days must be at least 1")
     now = _now()
-    engine = engine_from(settings)
+    engine = reader_from(settings)
     try:
         with engine.connect() as conn:
             found = ledgers(
@@ -101,7 +80,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_as_json(ledger) for ledger in found], indent=2))
     else:
-        Console().print(_table(found, args.days))
+        Console().print(
+            _table(found, args.days, zone_of(settings, boxes[0] if len(boxes) == 1 else None))
+        )
     return 0
 
 
@@ -140,8 +121,10 @@ ROWS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _table(found: Sequence[Ledger], days: int) -> Table:
-    table = Table(title=f"Promise ledger, last {days} day{'s' if days != 1 else ''}")
+def _table(found: Sequence[Ledger], days: int, zone: ZoneInfo) -> Table:
+    period = f"last {days} day{'s' if days != 1 else ''}"
+    until = moment(found[0].until, zone) if found else "-"
+    table = Table(title=f"Promise ledger, {period} (until {until})")
     table.add_column("")
     for ledger in found:
         table.add_column(ledger.mailbox, justify="right")

@@ -8,19 +8,20 @@ import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection
 
-from keepword.cli.common import engine_from, settings_from
 from keepword.cli.common import now as clock_now
+from keepword.cli.common import reader_from, settings_from
 from keepword.config import MailboxSettings
-from keepword.domain.model import OutboxState, PromiseState
 from keepword.store import outbox as outbox_store
+from keepword.store import reports
 from keepword.store.jobs import job_runs
-from keepword.store.tables import case, folder_state, message, outbox, promise
 from keepword.store.triage_state import TriageBacklog, triage_backlog
+from keepword.timefmt import moment, zone_of
 
 
 @dataclass(frozen=True)
@@ -85,42 +86,24 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def _count(conn: Connection, query: Any) -> int:
-    return int(conn.execute(query).scalar() or 0)
-
-
 def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> MailboxHealth:
-    rows = conn.execute(select(folder_state).where(folder_state.c.mailbox == box.name)).all()
     folders = [
         FolderHealth(r.folder, _iso(r.last_success_at), r.last_error, _iso(r.last_error_at))
-        for r in rows
+        for r in reports.folder_states(conn, box.name)
     ]
-    mine = message.c.mailbox == box.name
-    queued = outbox.c.mailbox == box.name
-    open_promise = and_(
-        promise.c.state == PromiseState.OPEN.value,
-        promise.c.case_id.in_(select(case.c.id).where(case.c.mailbox == box.name)),
-    )
-    next_due = conn.execute(select(func.min(promise.c.due_at)).where(open_promise)).scalar()
+    counts = reports.mailbox_counts(conn, box.name, now)
     return MailboxHealth(
         mailbox=box.name,
         folders=folders,
         jobs=job_health(conn, box.name, now),
         triage_retries=triage_backlog(conn, box.name),
-        waiting_triage=_count(
-            conn, select(func.count()).where(and_(mine, message.c.triaged_at.is_(None)))
-        ),
-        quarantined=_count(conn, select(func.count()).where(and_(mine, message.c.quarantined))),
+        waiting_triage=counts.waiting_triage,
+        quarantined=counts.quarantined,
         outbox_pending=outbox_store.depth(conn, box.name),
-        outbox_failed=_count(
-            conn,
-            select(func.count()).where(and_(queued, outbox.c.state == OutboxState.FAILED.value)),
-        ),
-        open_promises=_count(conn, select(func.count()).where(open_promise)),
-        next_due=_iso(next_due),
-        overdue_promises=_count(
-            conn, select(func.count()).where(and_(open_promise, promise.c.due_at < now))
-        ),
+        outbox_failed=counts.outbox_failed,
+        open_promises=counts.open_promises,
+        next_due=_iso(counts.next_due),
+        overdue_promises=counts.overdue_promises,
         outbox_unknown=outbox_store.unknown_outcomes(conn, box.name),
         sent_copies_missing=outbox_store.missing_sent_copies(conn, box.name),
     )
@@ -144,33 +127,42 @@ def job_health(conn: Connection, mailbox: str, now: datetime) -> list[JobHealth]
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = engine_from(settings)
+    engine = reader_from(settings)
     now = clock_now()  # the daemon's clock (KEEPWORD_CLOCK in a sped-up soak)
-    with engine.connect() as conn:
-        report = [mailbox_health(conn, box, now) for box in settings.mailbox]
+    try:
+        with engine.connect() as conn:
+            report = [mailbox_health(conn, box, now) for box in settings.mailbox]
+    finally:
+        engine.dispose()
     if args.json:
         payload = [{**asdict(h), "healthy": h.healthy} for h in report]
         json.dump(payload, sys.stdout, indent=2)
         print()
     else:
-        _print(report)
+        _print(report, {b.name: zone_of(settings, b) for b in settings.mailbox})
     return 0 if all(h.healthy for h in report) else 1
 
 
-def _print(report: list[MailboxHealth]) -> None:
+def _shown(text: str | None, zone: ZoneInfo, never: str = "never") -> str:
+    """A stored ISO time as the reader's clock shows it."""
+    return moment(datetime.fromisoformat(text), zone, never=never) if text else never
+
+
+def _print(report: list[MailboxHealth], zones: dict[str, ZoneInfo]) -> None:
     console = Console()
     for health in report:
+        zone = zones[health.mailbox]
         mark = "[green]ok[/green]" if health.healthy else "[red]attention[/red]"
         console.print(f"[bold]{health.mailbox}[/bold] {mark}")
         table = Table(show_header=True)
-        for column in ("folder", "last good poll (UTC)", "last error"):
+        for column in ("folder", "last good poll", "last error"):
             table.add_column(column)
         for f in health.folders:
-            error = f"{f.last_error_at}: {f.last_error}" if f.last_error else "-"
-            table.add_row(f.folder, f.last_success_at or "never", error)
+            error = f"{_shown(f.last_error_at, zone)}: {f.last_error}" if f.last_error else "-"
+            table.add_row(f.folder, _shown(f.last_success_at, zone), error)
         console.print(table)
         if health.jobs:
-            console.print(_jobs_table(health.jobs))
+            console.print(_jobs_table(health.jobs, zone))
         retries = health.triage_retries
         if retries is not None and (retries.pending or retries.retrying):
             error = f", last error: {retries.last_error}" if retries.last_error else ""
@@ -184,13 +176,13 @@ def _print(report: list[MailboxHealth]) -> None:
             f" (outcome unknown {health.outbox_unknown},"
             f" Sent copies missing {health.sent_copies_missing})"
             f" · open promises {health.open_promises} (overdue {health.overdue_promises})"
-            f", next due {health.next_due or '-'}"
+            f", next due {_shown(health.next_due, zone, never='-')}"
         )
 
 
-def _jobs_table(jobs: list[JobHealth]) -> Table:
+def _jobs_table(jobs: list[JobHealth], zone: ZoneInfo) -> Table:
     table = Table(show_header=True)
-    for column in ("job", "every", "last run (UTC)", "last ok (UTC)", "state"):
+    for column in ("job", "every", "last run", "last ok", "state"):
         table.add_column(column)
     for job in jobs:
         state = "ok"
@@ -201,8 +193,8 @@ def _jobs_table(jobs: list[JobHealth]) -> Table:
         table.add_row(
             job.job,
             f"{job.interval_seconds:g} s",
-            job.last_started_at or "never",
-            job.last_ok_at or "never",
+            _shown(job.last_started_at, zone),
+            _shown(job.last_ok_at, zone),
             state,
         )
     return table

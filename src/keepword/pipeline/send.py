@@ -70,6 +70,7 @@ from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import withdrawal
 from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.mail.compose import OutgoingMail
+from keepword.mail.preview import preview
 from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
@@ -350,7 +351,7 @@ def _dry_run(
             mailbox.name,
             row.kind,
             ", ".join(row.recipients),
-            row.raw.decode("utf-8", "replace"),
+            preview(row.raw, indent="    "),  # as the recipient reads it, not MIME
         )
         with engine.begin() as conn:
             outbox.mark_dry_run(conn, row.id, now)

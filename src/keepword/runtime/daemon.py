@@ -63,6 +63,7 @@ from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
 from keepword.store.db import open_store
 from keepword.store.lock import WriterLock, acquire_writer_lock
+from keepword.timefmt import clock_time
 
 log = logging.getLogger(__name__)
 
@@ -542,7 +543,7 @@ class Daemon:
         last = "none yet"
         if polls:
             zone = ZoneInfo(self._settings.keepword.timezone) if self._settings else UTC
-            last = max(polls).astimezone(zone).strftime("%H:%M:%S")
+            last = clock_time(max(polls), zone)  # the zone shown: one clock per view
         plural = "mailbox" if boxes == 1 else "mailboxes"
         return f"{boxes} {plural}, last poll {last}, {failing} failing"
 
