@@ -152,6 +152,11 @@ class ImapSentCopy:
     def append_many(self, raws: Sequence[bytes]) -> int:
         return self._open().append_many(self._folder, raws)
 
+    @property
+    def commands(self) -> int:
+        """IMAP commands sent on the open connection (benchmarks, tests)."""
+        return self._session.commands if self._session is not None else 0
+
     def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:
