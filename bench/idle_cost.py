@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures.dovecot import load_mailserver  # noqa: E402
+
 from keepword.adapters.credentials import resolve_secret  # noqa: E402
 from keepword.adapters.idle import watch_mailbox  # noqa: E402
 from keepword.adapters.imap import ImapSession  # noqa: E402
 from keepword.config import MailboxSettings  # noqa: E402
-from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 
 async def measure(instance: Any, user: str, mailboxes: int, window: float) -> tuple[float, float]:
@@ -44,8 +45,13 @@ async def measure(instance: Any, user: str, mailboxes: int, window: float) -> tu
         MailboxSettings(
             name=f"box{n}",
             address=user,
-            imap={"host": instance.host, "port": instance.imap_port, "tls": "plain",
-                  "username": user, "password": instance.users[user]},  # fmt: skip
+            imap={
+                "host": instance.host,
+                "port": instance.imap_port,
+                "tls": "plain",
+                "username": user,
+                "password": instance.users[user],
+            },
         )
         for n in range(mailboxes)
     ]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import aiosmtplib  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 from aiosmtpd.smtp import AuthResult  # noqa: E402
+from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 from keepword.adapters.credentials import Secret  # noqa: E402
 from keepword.adapters.imap import ImapSession  # noqa: E402
@@ -36,7 +37,6 @@ from keepword.domain.model import OutboxKind  # noqa: E402
 from keepword.pipeline.send import ImapSentCopy, drain_outbox  # noqa: E402
 from keepword.store import outbox  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
-from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 SUPPORT = "support@example.com"
 
@@ -45,7 +45,7 @@ class Sink:
     def __init__(self) -> None:
         self.accepted: list[float] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         self.accepted.append(time.monotonic())
         return "250 2.0.0 accepted"
 
