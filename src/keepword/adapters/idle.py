@@ -18,6 +18,7 @@ wait compares UIDNEXT with the last one seen and fires at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -132,7 +133,10 @@ class _Thread:
 
     async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
+        context = contextvars.copy_context()  # the mailbox's log context, as to_thread
+        return await loop.run_in_executor(
+            self._executor, lambda: context.run(call, *args, **kwargs)
+        )
 
 
 async def _session_round(

@@ -55,6 +55,7 @@ daemon backs the job off; `run --once` exits non-zero).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -209,7 +210,9 @@ class _SentFolder:
 
     async def _run(self, call: Callable[[], T]) -> T:
         async with self._turn:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            context = contextvars.copy_context()  # the mailbox's log context
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, lambda: context.run(call))
 
     async def has(self, message_id: str) -> bool | None:
         """Is it there? None: cannot tell now."""
@@ -381,7 +384,8 @@ async def _send_due(
         if secret is None:
             smtp = mailbox.smtp
             loop = asyncio.get_running_loop()
-            secret = await loop.run_in_executor(executor, lambda: resolve_secret(smtp))
+            context = contextvars.copy_context()
+            secret = await loop.run_in_executor(executor, lambda: context.run(resolve_secret, smtp))
     except KeepwordError as exc:
         _unavailable(engine, mailbox, rows, f"cannot send: {exc}", result)
     drain = _Drain(engine, mailbox, rows, now, folder, result)

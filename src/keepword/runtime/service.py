@@ -13,6 +13,7 @@ watchers have threads of their own (keepword.adapters.idle).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +82,11 @@ class Service:
         return executor
 
     async def _in_thread(self, box: MailboxSettings, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread(box), call)
+        # The caller's context (the mailbox's log context) goes along, as to_thread does.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread(box), lambda: context.run(call)
+        )
 
     def _poller(self, box: MailboxSettings) -> MailboxPoller:
         """One kept-open IMAP session per mailbox: an idle poll is one STATUS per folder."""
