@@ -143,6 +143,9 @@ class SmtpSettings(ServerSettings):
     # was recorded) waits this long for its Message-ID to show in the Sent folder
     # before keepword decides it did not go out and sends it again.
     unknown_outcome_wait: float = Field(default=900.0, ge=0, le=7 * 86400)
+    # SMTP connections a drain keeps open at once (each sends one mail at a time).
+    # Two is polite to any relay; raise it only where the relay allows more.
+    connections: int = Field(default=2, ge=1, le=16)
 
     def effective_port(self) -> int:
         return self.port or (465 if self.tls is TlsMode.IMPLICIT else 587)

@@ -5,19 +5,24 @@ the mailbox's first folder and calls `on_change` (the daemon's poll + drain) whe
 server reports new mail. The periodic poll stays as the resync and as the fallback when
 the server has no IDLE or the mailbox turns it off (`[mailbox.imap] idle = false`).
 
-imapclient blocks, so every IMAP call runs in a worker thread, in short IDLE slices: a
-stop is honoured within one slice. Each slice ends IDLE with DONE and the next one
-starts it again, so IDLE is re-issued far more often than the 29 minutes RFC 2177
-allows. Mail that arrives between two slices (or during `on_change`) is not lost: the
-next slice compares UIDNEXT with the last one seen and fires at once.
+imapclient blocks, so the watcher's IMAP calls run in a thread of its own (never in
+asyncio's default executor, which the other mailboxes' steps need). It stays in one
+IDLE until the server speaks, RFC 2177's re-IDLE time comes (25 minutes, below the 29
+the RFC allows) or the daemon stops: a stop interrupts the wait from the event loop
+(`ImapSession.interrupt`: a self-pipe the waiting thread polls beside the socket), the
+thread sends DONE and logs out. An idle mailbox costs no IMAP command between changes.
+Mail that arrives between two waits (or during `on_change`) is not lost: the next
+wait compares UIDNEXT with the last one seen and fires at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, ParamSpec, Protocol, TypeVar
 
 from keepword.adapters.credentials import resolve_secret
 from keepword.adapters.imap import FolderStatus, ImapSession
@@ -30,8 +35,11 @@ from keepword.retry import MAILBOX_RETRY, RetryPolicy
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT: Final = 25 * 60.0  # below RFC 2177's 29 minutes
-IDLE_SLICE: Final = 5.0  # longest wait for a stop while a thread sits in IDLE
+IDLE_SLICE: Final = 5.0  # longest a stop takes: interrupt, DONE, LOGOUT (seconds)
 STOP_GRACE: Final = IDLE_SLICE + 2.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class IdleSession(Protocol):
@@ -41,6 +49,7 @@ class IdleSession(Protocol):
     def capabilities(self) -> frozenset[str]: ...
     def status(self, folder: str) -> FolderStatus: ...
     def wait_for_change(self, folder: str, timeout: float, known_uidnext: int = 0) -> bool: ...
+    def interrupt(self) -> None: ...  # from another thread: end the wait at once
     def close(self) -> None: ...
 
 
@@ -59,7 +68,7 @@ async def watch_mailbox(
     stop: asyncio.Event,
     session_factory: IdleSessionFactory = imap_session,
     idle_timeout: float = IDLE_TIMEOUT,
-    idle_slice: float = IDLE_SLICE,
+    idle_slice: float | None = None,
     retry: RetryPolicy = MAILBOX_RETRY,
     clock: Clock = SYSTEM_CLOCK,
 ) -> None:
@@ -71,25 +80,29 @@ async def watch_mailbox(
     capped exponential backoff as the mailbox's jobs (waited on `clock`), logged once
     per failure. An `on_change` that raises is logged; the next change calls it again.
     Each (re)connect calls it once: mail that came before the watcher's first STATUS
-    would never show as a change.
+    would never show as a change. `idle_slice` caps one IDLE below `idle_timeout`
+    (tests); a stop never waits for it.
     """
     if not box.imap.idle:
         log.info("mailbox %s: IDLE disabled, polling every %d s", box.name, box.poll_interval)
         return
-    wait = min(idle_slice, idle_timeout)
+    wait = min(idle_slice or idle_timeout, idle_timeout)
     failures = 0
+    thread = _Thread(box.name)
 
-    def healthy() -> None:  # one IDLE slice went through: the next failure starts over
+    def healthy() -> None:  # a session came up: the next failure starts over
         nonlocal failures
         if failures:
             log.info("mailbox %s: IDLE watcher works again after %d failure(s)", box.name,
                      failures)  # fmt: skip
         failures = 0
 
-    with log_context(mailbox=box.name):
+    with log_context(mailbox=box.name), thread:
         while not stop.is_set():
             try:
-                if not await _session_round(box, on_change, stop, session_factory, wait, healthy):
+                if not await _session_round(
+                    box, on_change, stop, session_factory, wait, healthy, thread
+                ):
                     return  # the server offers no IDLE
             except Exception as exc:
                 failures += 1
@@ -106,6 +119,26 @@ async def watch_mailbox(
                 await _sleep_unless_stopped(stop, delay, clock)
 
 
+class _Thread:
+    """The watcher's own thread: a blocking IDLE never holds a shared executor's thread."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"idle-{name}")
+
+    def __enter__(self) -> _Thread:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._executor.shutdown(wait=False)  # its last call (a LOGOUT) finishes alone
+
+    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the mailbox's log context, as to_thread
+        return await loop.run_in_executor(
+            self._executor, lambda: context.run(call, *args, **kwargs)
+        )
+
+
 async def _session_round(
     box: MailboxSettings,
     on_change: OnChange,
@@ -113,6 +146,7 @@ async def _session_round(
     session_factory: IdleSessionFactory,
     wait: float,
     healthy: Callable[[], None],
+    thread: _Thread,
 ) -> bool:
     """One connection's life: False if the server has no IDLE, else True when stopped.
 
@@ -120,15 +154,24 @@ async def _session_round(
     so the caller's retry covers it.
     """
     session = session_factory(box)
+    # A stop interrupts the IDLE from the event loop: the thread sends DONE at once.
+    stopper = asyncio.ensure_future(_interrupt_on(stop, session))
     try:
-        await asyncio.to_thread(session.connect)
-        if "IDLE" not in await asyncio.to_thread(session.capabilities):
+        await thread.run(session.connect)
+        if "IDLE" not in await thread.run(session.capabilities):
             log.info("mailbox %s: server offers no IDLE, polling only", box.name)
             return False
-        await _watch(session, box.folders[0], on_change, stop, wait, healthy)
+        await _watch(session, box.folders[0], on_change, stop, wait, healthy, thread)
         return True
     finally:
-        await _close(session)
+        stopper.cancel()
+        await asyncio.gather(stopper, return_exceptions=True)
+        await _close(session, thread)
+
+
+async def _interrupt_on(stop: asyncio.Event, session: IdleSession) -> None:
+    await stop.wait()
+    session.interrupt()
 
 
 async def _watch(
@@ -138,24 +181,22 @@ async def _watch(
     stop: asyncio.Event,
     wait: float,
     healthy: Callable[[], None],
+    thread: _Thread,
 ) -> None:
     # UIDNEXT seen before each poll: anything delivered later shows as a higher UIDNEXT
-    # when the next slice EXAMINEs the folder, even if IDLE was not running then.
-    known = (await asyncio.to_thread(session.status, folder)).uidnext
+    # when the next wait EXAMINEs the folder, even if IDLE was not running then.
+    known = (await thread.run(session.status, folder)).uidnext
     log.debug("IDLE on %s from UIDNEXT %d", folder, known)
     # Resync: what arrived between the last poll (or the lost connection) and this
     # STATUS is already counted in `known`; one poll now takes it in (an idle poll is
     # one STATUS per folder).
     await _notify(on_change)
-    first = True
+    healthy()  # connected, logged in, STATUS answered
     while not stop.is_set():
-        changed = await asyncio.to_thread(session.wait_for_change, folder, wait, known)
-        if first:
-            healthy()
-            first = False
+        changed = await thread.run(session.wait_for_change, folder, wait, known)
         if not changed or stop.is_set():
             continue
-        known = (await asyncio.to_thread(session.status, folder)).uidnext
+        known = (await thread.run(session.status, folder)).uidnext
         await _notify(on_change)
 
 
@@ -182,9 +223,9 @@ async def _as_task(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
-async def _close(session: IdleSession) -> None:
+async def _close(session: IdleSession, thread: _Thread) -> None:
     # close() never raises; shielded so a cancelled watcher still logs out.
-    await asyncio.shield(asyncio.to_thread(session.close))
+    await asyncio.shield(thread.run(session.close))
 
 
 Watch = Callable[[MailboxSettings, OnChange, asyncio.Event], Awaitable[None]]
@@ -226,7 +267,7 @@ class MailboxWatchers:
             log.error("%s: watcher stopped", task.get_name(), exc_info=task.exception())
 
     def stop(self, name: str) -> None:
-        """Ask the watcher of name to end (it does within one IDLE slice)."""
+        """Ask the watcher of name to end (its IDLE is interrupted at once)."""
         stop = self._stops.pop(name, None)
         if stop is not None:
             stop.set()

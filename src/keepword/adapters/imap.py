@@ -11,7 +11,11 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
+import os
+import select
 import ssl
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +35,8 @@ STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
 IMAPLIB_DEBUG = 1
 # RFC822.SIZE of this many UIDs per UID FETCH: ~20 bytes of answer each.
 SIZES_CHUNK = 5000
+# One MULTIAPPEND (RFC 3502) carries at most this many bytes of messages.
+MULTIAPPEND_BYTES = 8 * 1024 * 1024
 
 
 class ImapError(MailboxError):
@@ -79,6 +85,10 @@ class ImapSession:
         self._secret = secret
         self._client: IMAPClient | None = None
         self._examined: str | None = None
+        # interrupt(): another thread ends a wait_for_change at once (the daemon stops).
+        self._interrupted = threading.Event()
+        self._wake_lock = threading.Lock()
+        self._wake: tuple[int, int] | None = None  # self-pipe (read, write)
         self.where = f"IMAP {settings.username} at {settings.host}:{settings.effective_port()}"
 
     def __repr__(self) -> str:
@@ -169,6 +179,7 @@ class ImapSession:
 
     def close(self) -> None:
         """Log out and close; never raises (the connection may already be gone)."""
+        self._close_wake()
         client, self._client = self._client, None
         self._examined = None
         if client is None:
@@ -245,22 +256,72 @@ class ImapSession:
         that arrived after the caller's last poll but before IDLE began is caught by
         `known_uidnext` (the UIDNEXT the caller has seen): a higher UIDNEXT at EXAMINE
         returns True at once. Dovecot reports arrivals within ~0.5 s (its notify timer).
+        The wait stays in one IDLE (no command is sent while it lasts) until the server
+        speaks, `timeout` passes or another thread calls `interrupt()`; then DONE.
         Raises ImapCommandError if the server does not offer IDLE.
         """
         if "IDLE" not in self.capabilities():
             raise ImapCommandError(f"{self.where}: server does not offer IDLE")
+        if self._interrupted.is_set():
+            return False
         selected = self._examine(folder)
         uidnext = int(selected.get(b"UIDNEXT", 0) or 0)
         if known_uidnext and uidnext > known_uidnext:
             return True
         client = self._require()
+        wake = self._wake_fd()
+        deadline = time.monotonic() + timeout
+        responses: list[Any] = []
         with self._errors(f"IDLE on {folder}", folder=folder):
             client.idle()
             try:
-                responses = list(client.idle_check(timeout=timeout))
+                while not any(_is_change(r) for r in responses):
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._readable(client, wake, left):
+                        break
+                    said = client.idle_check(timeout=0)
+                    if not said:
+                        break  # readable yet silent: the server hung up; DONE will tell
+                    responses.extend(said)
             finally:
                 _text_done, more = client.idle_done()
         return any(_is_change(r) for r in [*responses, *more])
+
+    def _readable(self, client: IMAPClient, wake: int, timeout: float) -> bool:
+        """Wait until the server sends something (True) or an interrupt / timeout (False)."""
+        sock = client.socket()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # already decrypted, the socket itself stays quiet
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        poller.register(wake, select.POLLIN)
+        events = dict(poller.poll(timeout * 1000))
+        if self._interrupted.is_set() or wake in events:
+            return False
+        return bool(events)
+
+    def interrupt(self) -> None:
+        """End the current (or next) `wait_for_change` at once. Safe from any thread."""
+        self._interrupted.set()
+        with self._wake_lock:
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake[1], b"!")
+
+    def _wake_fd(self) -> int:
+        with self._wake_lock:
+            if self._wake is None:
+                read, write = os.pipe()
+                os.set_blocking(write, False)
+                self._wake = (read, write)
+            return self._wake[0]
+
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            wake, self._wake = self._wake, None
+        for fd in wake or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def unselect(self) -> None:
         """Leave the examined folder (UNSELECT, or CLOSE: read-only, so nothing expunged)."""
@@ -373,6 +434,43 @@ class ImapSession:
             response = client.append(folder, raw, flags=tuple(flags))
         return _append_uid(response)
 
+    def append_many(
+        self, folder: str, raws: Sequence[bytes], flags: Sequence[str] = ("\\Seen",)
+    ) -> int:
+        """APPEND every raw to folder, in order, on this connection; returns how many went in.
+
+        One MULTIAPPEND (RFC 3502) per ~8 MB where the server offers it: all of a command's
+        messages go in or none does. Else one APPEND each; the count then tells how far
+        it got before an error (raised only when nothing went in).
+        """
+        client = self._require()
+        if not raws:
+            return 0
+        if not client.has_capability("MULTIAPPEND"):
+            return self._append_each(folder, raws, flags)
+        done = 0
+        for chunk in _byte_chunks(raws, MULTIAPPEND_BYTES):
+            messages = [{"msg": raw, "flags": tuple(flags)} for raw in chunk]
+            try:
+                with self._errors(f"MULTIAPPEND to {folder}", folder=folder):
+                    client.multiappend(folder, messages)
+            except ImapError:
+                if done:
+                    return done
+                raise
+            done += len(chunk)
+        return done
+
+    def _append_each(self, folder: str, raws: Sequence[bytes], flags: Sequence[str]) -> int:
+        for done, raw in enumerate(raws):
+            try:
+                self.append(folder, raw, flags)
+            except ImapError:
+                if done:
+                    return done
+                raise
+        return len(raws)
+
     def ensure_folder(self, folder: str) -> None:
         """Create (and subscribe) folder unless it exists."""
         client = self._require()
@@ -475,6 +573,18 @@ def _header_id(header: object) -> str:
     text = header.decode("utf-8", "replace")
     _name, _sep, value = text.partition(":")
     return _normal_id(" ".join(value.split()))  # unfold
+
+
+def _byte_chunks(raws: Sequence[bytes], limit: int) -> Iterator[Sequence[bytes]]:
+    """Consecutive runs of raws of at most `limit` bytes (a larger one goes alone)."""
+    start, size = 0, 0
+    for index, raw in enumerate(raws):
+        if index > start and size + len(raw) > limit:
+            yield raws[start:index]
+            start, size = index, 0
+        size += len(raw)
+    if start < len(raws):
+        yield raws[start:]
 
 
 def _is_change(response: object) -> bool:

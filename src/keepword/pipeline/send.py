@@ -8,11 +8,19 @@ Order per mail:
    enough, send again (step 2).
 2. Count the attempt, mark the outcome "unknown" and COMMIT (a crash from here on is
    detectable).
-3. SMTP (one connection reused for the whole drain).
+3. SMTP: `smtp.connections` connections (2 by default: polite to the relay) reused for
+   the whole drain, each taking the next row.
 4. APPEND a copy to the Sent folder (when `append_to_sent`): the copy is keepword's own
-   receipt of the relay's 250, so it comes *before* step 5.
-5. Mark sent (commit). A failed APPEND is retried by later drains with backoff, looking
-   for the Message-ID first so that no retry makes a second copy.
+   receipt of the relay's 250, so it comes *before* step 5. Copies are made in batches
+   of up to COPY_BATCH on the drain's one IMAP connection (MULTIAPPEND, RFC 3502, where
+   the server offers it), so a row accepted by the relay waits at most one batch for
+   its copy; no database write comes between its 250 and its copy.
+5. Mark sent (one commit per batch). A failed APPEND is retried by later drains with
+   backoff, looking for the Message-ID first so that no retry makes a second copy.
+
+What goes first: customer mail (acknowledgements, updates, follow-up notes), then team
+mail (reminders, escalations, lead alerts), digests last (SEND_ORDER); oldest first
+within a kind. A drain takes due rows in batches of DRAIN_BATCH until none is due.
 
 Exactly once, and what is left (docs/operations.md, "Exactly once: unknown SMTP
 outcomes"). SMTP gives the sender a single moment of truth: the reply to the final
@@ -36,7 +44,7 @@ the relay took the mail proves nothing, and it would leave copies of refused mai
 
 Temporary refusals (4xx, connection trouble before the DATA phase) retry that row with
 capped exponential backoff; permanent ones (5xx) fail only that row, recorded on the
-case. Rows are taken in id order among those due (`next_attempt_at`): a row that keeps
+case. Rows are taken in SEND_ORDER among those due (`next_attempt_at`): a row that keeps
 failing, or waits for evidence, moves its own time forward and never blocks the rows
 behind it. If the relay cannot be reached or refuses the login, every row stays
 pending, the error is recorded on them and the drain raises `DeliveryUnavailable` (the
@@ -47,10 +55,14 @@ daemon backs the job off; `run --once` exits non-zero).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NoReturn, Protocol
+from typing import Final, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Connection, Engine
 
@@ -81,6 +93,21 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30  # 12-25 hours of 4xx replies (OUTBOX_RETRY), then give up loudly
 COPY_RETRY_FIRST = timedelta(minutes=1)  # a failed Sent copy: first retry
 COPY_RETRY_CAP = timedelta(hours=1)
+DRAIN_BATCH: Final = 200  # rows read (and withdrawn if stale) at a time
+MAX_DRAIN_BATCHES: Final = 100  # a guard: 20,000 rows, then the next drain goes on
+COPY_BATCH: Final = 50  # Sent copies per MULTIAPPEND
+# What leaves first: the customer waits on it, the team reads it, the digest sums up.
+SEND_ORDER: Final[dict[str, int]] = {
+    OutboxKind.ACKNOWLEDGEMENT.value: 0,
+    OutboxKind.CUSTOMER_UPDATE.value: 0,
+    OutboxKind.FOLLOW_UP_NOTE.value: 0,
+    OutboxKind.REMINDER.value: 1,
+    OutboxKind.ESCALATION.value: 1,
+    OutboxKind.LEAD_ALERT.value: 1,
+    OutboxKind.DIGEST.value: 2,
+}
+
+T = TypeVar("T")
 
 
 class SentCopy(Protocol):
@@ -89,6 +116,13 @@ class SentCopy(Protocol):
     def has_message_id(self, message_id: str) -> bool: ...
 
     def append(self, raw: bytes) -> None: ...
+
+
+@runtime_checkable
+class SentCopyBatches(Protocol):
+    """A Sent folder that takes many copies in one go; returns how many went in."""
+
+    def append_many(self, raws: Sequence[bytes]) -> int: ...
 
 
 class ImapSentCopy:
@@ -116,6 +150,14 @@ class ImapSentCopy:
 
     def append(self, raw: bytes) -> None:
         self._open().append(self._folder, raw)
+
+    def append_many(self, raws: Sequence[bytes]) -> int:
+        return self._open().append_many(self._folder, raws)
+
+    @property
+    def commands(self) -> int:
+        """IMAP commands sent on the open connection (benchmarks, tests)."""
+        return self._session.commands if self._session is not None else 0
 
     def close(self) -> None:
         session, self._session = self._session, None
@@ -154,35 +196,57 @@ class _SentFolder:
     """The drain's view of the Sent folder: after one error it is not asked again.
 
     Every row would otherwise wait for its own IMAP timeout while the server is down.
+    One IMAP connection: its calls take turns, in the mailbox's thread (`executor`).
     """
 
-    def __init__(self, copy: SentCopy | None) -> None:
+    def __init__(self, copy: SentCopy | None, executor: Executor | None = None) -> None:
         self.copy = copy
         self.error: str | None = None
+        self._executor = executor
+        self._turn = asyncio.Lock()
 
     @property
     def usable(self) -> bool:
         return self.copy is not None and self.error is None
 
+    async def _run(self, call: Callable[[], T]) -> T:
+        async with self._turn:
+            context = contextvars.copy_context()  # the mailbox's log context
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, lambda: context.run(call))
+
     async def has(self, message_id: str) -> bool | None:
         """Is it there? None: cannot tell now."""
-        if self.copy is None or self.error is not None:
+        copy = self.copy
+        if copy is None or self.error is not None:
             return None
         try:
-            return await asyncio.to_thread(self.copy.has_message_id, message_id)
+            return await self._run(lambda: copy.has_message_id(message_id))
         except KeepwordError as exc:
             self.error = str(exc)
             return None
 
     async def append(self, raw: bytes) -> bool:
-        if self.copy is None or self.error is not None:
-            return False
+        return await self.append_many([raw]) == 1
+
+    async def append_many(self, raws: Sequence[bytes]) -> int:
+        """Copy raws in order; how many went in (0 when the folder is unusable)."""
+        copy = self.copy
+        if copy is None or self.error is not None or not raws:
+            return 0
         try:
-            await asyncio.to_thread(self.copy.append, raw)
+            return await self._run(lambda: _append_all(copy, raws))
         except KeepwordError as exc:
             self.error = str(exc)
-            return False
-        return True
+            return 0
+
+
+def _append_all(copy: SentCopy, raws: Sequence[bytes]) -> int:
+    if isinstance(copy, SentCopyBatches):
+        return copy.append_many(raws)
+    for raw in raws:
+        copy.append(raw)
+    return len(raws)
 
 
 def enqueue_mail(
@@ -213,29 +277,42 @@ async def drain_outbox(
     sent_copy: SentCopy | None,
     dry_run: bool,
     secret: Secret | str | None = None,
-    limit: int = 100,
+    limit: int | None = None,
+    executor: Executor | None = None,
 ) -> DrainResult:
     """Send this mailbox's due outbox rows, then retry due Sent copies.
 
-    `secret` defaults to the configured source. Raises DeliveryUnavailable (after
-    leaving every row pending) when the relay cannot be reached or refuses the login.
+    Every row due at `now` goes, in batches of DRAIN_BATCH (`limit`: at most that many
+    rows, in one batch). `secret` defaults to the configured source; blocking IMAP calls
+    run in `executor` (the mailbox's thread; None: asyncio's default). Raises
+    DeliveryUnavailable (after leaving every row pending) when the relay cannot be
+    reached or refuses the login.
     """
     result = DrainResult()
-    with engine.connect() as conn:
-        rows = outbox.pending(conn, now, limit, mailbox=mailbox.name)
+    batch = limit or DRAIN_BATCH
     if dry_run or settings.keepword.dry_run:
+        with engine.connect() as conn:
+            rows = outbox.pending(conn, now, batch, mailbox=mailbox.name)
         _dry_run(engine, mailbox, rows, now, result)
         return result
-    rows = _withdraw_stale(engine, mailbox, rows, now, result)
-    folder = _SentFolder(sent_copy)
+    folder = _SentFolder(sent_copy, executor)
     unavailable: DeliveryUnavailable | None = None
-    if rows:
+    seen: set[int] = set()
+    for _ in range(1 if limit else MAX_DRAIN_BATCHES):
+        with engine.connect() as conn:
+            rows = outbox.due_in_order(conn, now, batch, mailbox=mailbox.name, ranks=SEND_ORDER)
+        rows = [r for r in rows if r.id not in seen]  # handled rows move on; a guard
+        if not rows:
+            break
+        seen.update(r.id for r in rows)
+        rows = _withdraw_stale(engine, mailbox, rows, now, result)
         try:
-            await _send_due(engine, mailbox, rows, now, folder, secret, result)
+            await _send_due(engine, mailbox, rows, now, folder, secret, result, executor)
         except DeliveryUnavailable as exc:
             unavailable = exc
+            break
     if mailbox.append_to_sent:
-        await _retry_copies(engine, mailbox, now, folder, limit, result)
+        await _retry_copies(engine, mailbox, now, folder, batch, result)
     with engine.connect() as conn:
         METRICS.outbox_depth(mailbox.name, outbox.depth(conn, mailbox.name))
     if unavailable is not None:
@@ -285,29 +362,157 @@ async def _send_due(
     folder: _SentFolder,
     secret: Secret | str | None,
     result: DrainResult,
+    executor: Executor | None = None,
 ) -> None:
+    if not rows:
+        return
     if mailbox.smtp is None:
-        result.skipped = len(rows)
+        result.skipped += len(rows)
         result.error = f"mailbox {mailbox.name}: no [smtp] configured; {len(rows)} mails wait"
         log.error("%s", result.error)
         return
     try:
         if secret is None:
-            secret = await asyncio.to_thread(resolve_secret, mailbox.smtp)
+            smtp = mailbox.smtp
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            secret = await loop.run_in_executor(executor, lambda: context.run(resolve_secret, smtp))
     except KeepwordError as exc:
         _unavailable(engine, mailbox, rows, f"cannot send: {exc}", result)
-    sender = SmtpSender(mailbox.smtp, secret)
+    drain = _Drain(engine, mailbox, rows, now, folder, result)
+    count = max(1, min(mailbox.smtp.connections, len(rows)))
+    senders = [SmtpSender(mailbox.smtp, secret) for _ in range(count)]
     try:
-        for index, row in enumerate(rows):
+        await asyncio.gather(
+            *(drain.work(sender, primary=index == 0) for index, sender in enumerate(senders))
+        )
+    finally:
+        await asyncio.gather(*(sender.close() for sender in senders))
+    if drain.crash is not None:
+        raise drain.crash  # a bug or a crash: what was not recorded is resolved next time
+    await drain.flush()
+    if drain.halted is not None:
+        error, waiting = drain.halted
+        _unavailable(engine, mailbox, waiting, error, result)
+
+
+@dataclass
+class _Accepted:
+    """A mail the relay took (its 250), not yet recorded: its copy comes first."""
+
+    row: outbox.OutboxRow
+    refused: dict[str, str]
+    resend: bool
+
+
+@dataclass
+class _Drain:
+    """One batch of rows shared by the relay connections; Sent copies made in batches."""
+
+    engine: Engine
+    mailbox: MailboxSettings
+    rows: list[outbox.OutboxRow]
+    now: datetime
+    folder: _SentFolder
+    result: DrainResult
+    queue: deque[outbox.OutboxRow] = field(init=False)
+    copies: list[_Accepted] = field(default_factory=list)
+    halted: tuple[str, list[outbox.OutboxRow]] | None = None  # why, and the rows left
+    crash: BaseException | None = None
+    primary_up: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: bool = False  # some connection of this drain has worked
+    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.queue = deque(self.rows)
+
+    @property
+    def copying(self) -> bool:
+        return self.mailbox.append_to_sent and self.folder.copy is not None
+
+    async def work(self, sender: SmtpSender, *, primary: bool) -> None:
+        """Send rows from the shared queue until it is empty or the drain halts.
+
+        Extra connections start once the first one has sent (or failed): a relay that
+        is down is asked once, and one that takes fewer connections keeps the drain going.
+        """
+        if not primary:
+            await self.primary_up.wait()
+        try:
+            await self._work(sender, primary)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.crash = self.crash or exc
+            self.halted = self.halted or (str(exc), [])
+        finally:
+            self.primary_up.set()
+
+    async def _work(self, sender: SmtpSender, primary: bool) -> None:
+        while self.queue and self.halted is None and self.crash is None:
+            row = self.queue.popleft()
             try:
-                await _deliver(engine, mailbox, row, now, sender, folder, result)
+                accepted = await _deliver(
+                    self.engine, self.mailbox, row, self.now, sender, self.folder, self.result
+                )
             except SmtpConnectError as exc:
-                _unavailable(engine, mailbox, rows[index:], str(exc), result)
+                if not primary and self.connected:  # the relay takes fewer connections
+                    self.queue.appendleft(row)
+                    log.info("mailbox %s: one SMTP connection fewer: %s", self.mailbox.name, exc)
+                    return
+                self._halt(str(exc), [row, *self.queue])
+                return
             except _RelaySilentError as exc:
                 # A relay that took a message and went silent: do not feed it more now.
-                _unavailable(engine, mailbox, rows[index + 1 :], str(exc), result)
-    finally:
-        await sender.close()
+                self._halt(str(exc), list(self.queue))
+                return
+            finally:
+                if primary:
+                    self.primary_up.set()
+            self.connected = self.connected or sender.connected
+            if accepted is not None:
+                await self.accepted(accepted)
+
+    def _halt(self, error: str, waiting: list[outbox.OutboxRow]) -> None:
+        if self.halted is None:
+            self.halted = (error, waiting)
+            self.queue.clear()
+
+    async def accepted(self, mail: _Accepted) -> None:
+        if not self.copying:
+            self._record([mail], copied=0)
+            return
+        self.copies.append(mail)
+        if len(self.copies) >= COPY_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Copy the accepted mails to Sent (one MULTIAPPEND), then record them sent."""
+        async with self._flushing:
+            batch, self.copies = self.copies, []
+            if not batch:
+                return
+            made = await self.folder.append_many([mail.row.raw for mail in batch])
+            self._record(batch, copied=made)
+
+    def _record(self, batch: list[_Accepted], *, copied: int) -> None:
+        """Mark sent in one transaction; the first `copied` of batch have their copy."""
+        mailbox, now = self.mailbox, self.now
+        with self.engine.begin() as conn:
+            for index, mail in enumerate(batch):
+                made = (index < copied) if self.copying else None
+                _record_sent(conn, mailbox, mail.row, now, made)
+                if mail.refused and mail.row.case_id is not None:
+                    refused = ", ".join(f"{a} ({e})" for a, e in mail.refused.items())
+                    detail = f"{mail.row.kind} refused for {refused}"
+                    event = Event(EventKind.DELIVERY_FAILED, now, None, detail)
+                    add_events(conn, mail.row.case_id, [event])
+        for mail in batch:
+            row = mail.row
+            self.result.sent += 1
+            self.result.resent += mail.resend
+            _count_sent(mailbox.name, row.kind)
+            log.info("mailbox %s: sent %s to %s", mailbox.name, row.kind, ", ".join(row.recipients))
 
 
 class _RelaySilentError(Exception):
@@ -366,11 +571,12 @@ async def _deliver(
     sender: SmtpSender,
     folder: _SentFolder,
     result: DrainResult,
-) -> None:
+) -> _Accepted | None:
+    """Send one row; the relay's acceptance, or None when the row was dealt with."""
     resend = False
     if row.sent_copy in outbox.UNKNOWN_OUTCOME:
         if await _resolve_unknown(engine, mailbox, row, now, folder, result):
-            return
+            return None
         resend = True
     if not sender.connected:
         await sender.connect()  # SmtpConnectError stops the drain before anything is counted
@@ -380,7 +586,7 @@ async def _deliver(
         refused = await sender.send(mailbox.address, row.recipients, row.raw)
     except SmtpPermanentError as exc:
         _fail(engine, mailbox, row, now, str(exc), result)
-        return
+        return None
     except SmtpConnectError as exc:
         with engine.begin() as conn:  # nothing went out: the row is due as it was
             outbox.mark_retry(
@@ -389,20 +595,11 @@ async def _deliver(
         raise
     except SmtpTemporaryError as exc:
         _retry(engine, mailbox, row, now, attempts, str(exc), result)
-        return
+        return None
     except SmtpOutcomeUnknownError as exc:
         _hold(engine, mailbox, row, now, str(exc), result)
         raise _RelaySilentError(str(exc)) from None
-    copied = await folder.append(row.raw) if mailbox.append_to_sent and folder.copy else None
-    with engine.begin() as conn:
-        _record_sent(conn, mailbox, row, now, copied)
-        if refused and row.case_id is not None:
-            detail = f"{row.kind} refused for {', '.join(f'{a} ({e})' for a, e in refused.items())}"
-            add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
-    result.sent += 1
-    result.resent += resend
-    _count_sent(mailbox.name, row.kind)
-    log.info("mailbox %s: sent %s to %s", mailbox.name, row.kind, ", ".join(row.recipients))
+    return _Accepted(row, refused, resend)
 
 
 def _record_sent(

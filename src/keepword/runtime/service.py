@@ -4,16 +4,21 @@ poll  = ingest new mail (IMAP) + triage it (cases, acknowledgements into the out
 chase = plan reminders, escalations and customer updates (into the outbox)
 drain = send the outbox (SMTP), checking the Sent folder after a crash
 
-Blocking work (imapclient, SQLAlchemy) runs in worker threads so the event loop, and
-with it the systemd watchdog, stays responsive.
+Blocking work (imapclient, SQLAlchemy) runs in a thread of the mailbox's own (one
+single-thread executor per mailbox), so the event loop, and with it the systemd
+watchdog, stays responsive and no mailbox's steps queue behind another's. The IDLE
+watchers have threads of their own (keepword.adapters.idle).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import Engine
 
@@ -37,6 +42,7 @@ from keepword.store.triage_state import triage_backlog
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -64,6 +70,22 @@ class Service:
             box.name: Renderer.for_mailbox(settings, box) for box in settings.mailbox
         }
         self._pollers: dict[str, MailboxPoller] = {}
+        self._threads: dict[str, ThreadPoolExecutor] = {}
+
+    def _thread(self, box: MailboxSettings) -> ThreadPoolExecutor:
+        """The mailbox's own worker thread: its steps never wait for another mailbox's."""
+        executor = self._threads.get(box.name)
+        if executor is None:
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"kw-{box.name}")
+            self._threads[box.name] = executor
+        return executor
+
+    async def _in_thread(self, box: MailboxSettings, call: Callable[[], T]) -> T:
+        # The caller's context (the mailbox's log context) goes along, as to_thread does.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread(box), lambda: context.run(call)
+        )
 
     def _poller(self, box: MailboxSettings) -> MailboxPoller:
         """One kept-open IMAP session per mailbox: an idle poll is one STATUS per folder."""
@@ -127,19 +149,20 @@ class Service:
                 self.clock(),
                 sent_copy=sent_copy,
                 dry_run=self.settings.keepword.dry_run,  # the one switch: `run --dry-run` sets it
+                executor=self._thread(box),
             )
         finally:
             if sent_copy is not None:
-                await asyncio.to_thread(sent_copy.close)
+                await self._in_thread(box, sent_copy.close)
 
     # -- daemon.Worker -------------------------------------------------------------------
 
     async def poll(self, mailbox: MailboxSettings) -> None:
-        await asyncio.to_thread(self.ingest, mailbox)
-        await asyncio.to_thread(self.triage, mailbox)
+        await self._in_thread(mailbox, lambda: self.ingest(mailbox))
+        await self._in_thread(mailbox, lambda: self.triage(mailbox))
 
     async def chase(self, mailbox: MailboxSettings) -> None:
-        await asyncio.to_thread(self.chase_now, mailbox)
+        await self._in_thread(mailbox, lambda: self.chase_now(mailbox))
 
     async def drain(self, mailbox: MailboxSettings) -> None:
         await self.drain_now(mailbox)
@@ -152,7 +175,11 @@ class Service:
 
     async def close(self) -> None:
         for poller in self._pollers.values():
+            # Not the mailbox's thread: a step abandoned at stop may still hold it.
             await asyncio.to_thread(poller.close)
+        for executor in self._threads.values():
+            executor.shutdown(wait=False)  # a step abandoned at stop ends on its own
+        self._threads.clear()
         if self._owns_engine:  # the daemon's engine outlives a worker replaced by a reload
             await asyncio.to_thread(self.engine.dispose)
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, tuple_, update
+from sqlalchemy import Connection, and_, insert, or_, select, tuple_, update
 
 from keepword.domain.model import Address, MessageFacts, Origin
 from keepword.mail.parse import ParsedMessage
@@ -353,13 +353,36 @@ def mark_history_done(conn: Connection, mailbox: str, folder: str, *, now: datet
     )
 
 
+# An idle poll writes its success at most this often: health ("keepword status") is at
+# most this stale, and a poll that finds nothing new costs no write.
+POLL_SUCCESS_REFRESH = timedelta(seconds=60)
+
+
+def poll_success_due(cursor: FolderCursor | None, now: datetime) -> bool:
+    """Does recording this poll's success change anything worth a write (and a commit)?"""
+    if cursor is None or cursor.last_error is not None or cursor.last_success_at is None:
+        return True
+    return now - cursor.last_success_at >= POLL_SUCCESS_REFRESH
+
+
 def record_poll_success(conn: Connection, mailbox: str, folder: str, *, now: datetime) -> None:
-    _ensure_row(conn, mailbox, folder)
-    conn.execute(
-        update(folder_state)
-        .where(_where(mailbox, folder))
-        .values(last_poll_at=now, last_success_at=now, last_error=None, last_error_at=None)
+    """Note a successful poll: clears the folder's error. One UPDATE, which changes no
+    row (and writes no page) while the success recorded is younger than
+    POLL_SUCCESS_REFRESH and no error is standing; callers holding the cursor skip the
+    transaction altogether with `poll_success_due`."""
+    stale = or_(
+        folder_state.c.last_success_at.is_(None),
+        folder_state.c.last_success_at <= now - POLL_SUCCESS_REFRESH,
+        folder_state.c.last_error.is_not(None),
     )
+    changed = conn.execute(
+        update(folder_state)
+        .where(and_(_where(mailbox, folder), stale))
+        .values(last_poll_at=now, last_success_at=now, last_error=None, last_error_at=None)
+    ).rowcount
+    if not changed and get_cursor(conn, mailbox, folder) is None:
+        _ensure_row(conn, mailbox, folder)
+        record_poll_success(conn, mailbox, folder, now=now)
 
 
 def record_poll_error(

@@ -19,7 +19,7 @@ Once sent: "done" (APPENDed to the Sent folder), "skipped" (not configured), "fa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes
@@ -27,6 +27,7 @@ from email.policy import compat32
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, type_coerce, update
+from sqlalchemy import case as when_kind
 
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import CaseStatus, OutboxState
@@ -181,6 +182,23 @@ def pending(
     if mailbox is not None:
         due = and_(due, outbox.c.mailbox == mailbox)
     query = select(outbox).where(due).order_by(outbox.c.id).limit(limit)
+    return [_to_row(r) for r in conn.execute(query)]
+
+
+def due_in_order(
+    conn: Connection, now: datetime, limit: int, *, mailbox: str, ranks: Mapping[str, int]
+) -> list[OutboxRow]:
+    """Pending rows of mailbox due now: lowest rank of their kind first, then oldest.
+
+    Kinds missing from `ranks` come last.
+    """
+    due = and_(
+        outbox.c.mailbox == mailbox,
+        outbox.c.state == OutboxState.PENDING.value,
+        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+    )
+    rank = when_kind(dict(ranks), value=outbox.c.kind, else_=max(ranks.values(), default=0) + 1)
+    query = select(outbox).where(due).order_by(rank, outbox.c.id).limit(limit)
     return [_to_row(r) for r in conn.execute(query)]
 
 

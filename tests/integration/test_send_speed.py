@@ -1,0 +1,162 @@
+"""The outbox at the relay's speed: priorities, no row cap, connections, batched copies."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import closing
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from keepword.adapters.credentials import Secret
+from keepword.domain.model import OutboxKind, OutboxState
+from keepword.pipeline.send import DRAIN_BATCH, ImapSentCopy
+from keepword.store import outbox
+from tests.fixtures.dovecot import Dovecot, load_mailserver
+from tests.fixtures.smtp import SmtpServer
+from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rig(tmp_path: Path, smtp_server: SmtpServer) -> Rig:
+    return make_rig(tmp_path, smtp_server)
+
+
+def record(rig: Rig, kind: OutboxKind, n: int, to: str | None = None) -> None:
+    mail = EmailMessage()
+    mail["From"] = "support@example.com"
+    mail["To"] = to or f"c{n}@example.org"
+    mail["Subject"] = f"{kind.value} {n}"
+    mail["Message-ID"] = make_msgid(domain="example.com")
+    mail.set_content(f"{kind.value} number {n}\n")
+    with rig.engine.begin() as conn:
+        outbox.enqueue(
+            conn,
+            rig.box.name,
+            None,
+            kind.value,
+            f"{kind.value}:{n}",
+            [str(mail["To"])],
+            str(mail["Subject"]),
+            mail.as_bytes(),
+            NOW - timedelta(minutes=1),
+        )
+
+
+def test_customer_mail_leaves_before_team_mail_and_digests(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    # One connection: the order in which the relay receives them is the drain's order.
+    smtp = smtp_server.settings(connections=1).model_dump()
+    rig = make_rig(tmp_path, smtp_server, smtp=smtp)
+    record(rig, OutboxKind.DIGEST, 1)
+    record(rig, OutboxKind.REMINDER, 2)
+    record(rig, OutboxKind.ACKNOWLEDGEMENT, 3)
+    record(rig, OutboxKind.ESCALATION, 4)
+    record(rig, OutboxKind.CUSTOMER_UPDATE, 5)
+    assert rig.drain().sent == 5
+    subjects = [m.parsed()["Subject"] for m in rig.server.messages]
+    assert subjects == [
+        "acknowledgement 3",
+        "customer_update 5",
+        "reminder 2",
+        "escalation 4",
+        "digest 1",
+    ]
+
+
+def test_one_drain_sends_everything_due(rig: Rig) -> None:
+    """Not 100 rows a drain: every due row goes, in bounded batches."""
+    due = DRAIN_BATCH * 2 + 17
+    for n in range(due):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    result = rig.drain(sent_copy=FakeSentCopy())
+    assert result.sent == due
+    assert len(rig.server.messages) == due
+    with rig.engine.connect() as conn:
+        assert outbox.depth(conn, rig.box.name) == 0
+
+
+def test_sent_copies_go_in_batches_with_multiappend(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer
+) -> None:
+    rig = make_rig(tmp_path, smtp_server)
+    mails = 120
+    for n in range(mails):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    imap, secret = dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])
+    with closing(ImapSentCopy(imap, "Sent", secret)) as copy:
+        assert rig.drain(sent_copy=copy).sent == mails
+        commands = copy.commands
+    assert len(dovecot.uids(mail_user, "Sent")) == mails  # every copy, once
+    assert commands < 12, commands  # login, capability, 3 MULTIAPPENDs: not one APPEND each
+    with rig.engine.connect() as conn:
+        rows = outbox.copies_due(conn, NOW + timedelta(days=1), 1000, mailbox=rig.box.name)
+        assert rows == []
+        assert all(outbox.get(conn, i + 1).sent_copy == "done" for i in range(mails))
+
+
+class PeerRecorder:
+    """Takes every mail and notes which connection (client port) brought it."""
+
+    def __init__(self) -> None:
+        self.peers: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.peers.append(session.peer)
+        await asyncio.sleep(0.002)  # a relay that takes a moment: connections overlap
+        return "250 2.0.0 accepted"
+
+
+@pytest.mark.parametrize("connections", [1, 2, 3])
+def test_the_drain_keeps_smtp_connections_in_flight(
+    tmp_path: Path, smtp_server: SmtpServer, connections: int
+) -> None:
+    handler = PeerRecorder()
+    port = load_mailserver().free_port()
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=lambda *_: AuthResult(success=True),
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        settings = smtp_server.settings(port=port, connections=connections).model_dump()
+        rig = make_rig(tmp_path, smtp_server, smtp=settings)  # this relay, not smtp_server
+        for n in range(40):
+            record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+        assert rig.drain().sent == 40
+    finally:
+        controller.stop()
+    assert len(handler.peers) == 40
+    assert len(set(handler.peers)) == connections
+
+
+def test_rows_stay_exactly_once_when_a_copy_batch_fails(rig: Rig) -> None:
+    """A failed batch of copies: every mail sent once, copies made later, once each."""
+
+    class Broken(FakeSentCopy):
+        def append(self, raw: bytes) -> None:
+            from keepword.errors import MailboxError
+
+            raise MailboxError("IMAP down")
+
+    for n in range(7):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    assert rig.drain(sent_copy=Broken()).sent == 7
+    copy = FakeSentCopy()
+    later = rig.drain(NOW + timedelta(minutes=2), sent_copy=copy)
+    assert later.copied == 7 and later.sent == 0
+    assert len(copy.raws) == 7 and len(rig.server.messages) == 7
+    with rig.engine.connect() as conn:
+        assert {outbox.get(conn, i + 1).state for i in range(7)} == {OutboxState.SENT}
