@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, func, select
 
 from keepword.cli.common import engine_from, settings_from
 from keepword.cli.common import now as clock_now
+from keepword.cli.instances import print_instances
 from keepword.config import MailboxSettings
 from keepword.domain.model import OutboxState, PromiseState
 from keepword.store import outbox as outbox_store
@@ -154,6 +155,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
     else:
         _print(report)
+        print_instances(engine)  # several instances on PostgreSQL: who works which mailbox
     return 0 if all(h.healthy for h in report) else 1
 
 
