@@ -89,7 +89,7 @@ def test_instances_share_the_mailboxes_and_a_newcomer_moves_only_its_share(
     b = keeper(engine, "b")
     settle([a, b])
     assert (len(a.held), len(b.held)) == (10, 10)
-    before = {**{m: "a" for m in a.held}, **{m: "b" for m in b.held}}
+    before = {**dict.fromkeys(a.held, "a"), **dict.fromkeys(b.held, "b")}
     c = keeper(engine, "c")
     settle([a, b, c])
     sizes = sorted(len(k.held) for k in (a, b, c))
