@@ -34,6 +34,7 @@ import logging
 import random
 import signal
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,7 +71,7 @@ from keepword.store.leases import (
     Round,
     install_fencing,
 )
-from keepword.store.lock import WriterLock, acquire_writer_lock, leased
+from keepword.store.lock import WriterLock, acquire_writer_lock, leased, migrations_serialized
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,8 @@ class Daemon:
         self._leases: LeaseKeeper | None = None  # PostgreSQL: the mailboxes are shared by lease
         self._handing_over: set[str] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        # Its own thread: with every worker thread busy in IMAP, renewals must not queue.
+        self._lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
         self._cycle_tasks: set[asyncio.Task[None]] = set()
         self._running: dict[asyncio.Task[None], Worker] = {}  # jobs in flight
         self._background: set[asyncio.Task[Any]] = set()
@@ -286,7 +289,8 @@ class Daemon:
         sharing = leased(url) and not self._once  # `run --once` works every mailbox: alone
         self._lock = acquire_writer_lock(url, shared=sharing)
         try:
-            self._engine = open_database(url)
+            with migrations_serialized(url):  # instances starting together
+                self._engine = open_database(url)
             if sharing:
                 install_fencing(self._engine)
                 names = [box.name for box in settings.mailbox]
@@ -297,6 +301,7 @@ class Daemon:
         return settings, self._engine
 
     def _release(self) -> None:
+        self._lease_thread.shutdown(wait=False)
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -429,8 +434,9 @@ class Daemon:
             self._end_cycle(name)
             METRICS.lease_change(keeper.holder, "lost")
         released = [name for name in self._handing_over if self._cycle_ended(name)]
+        loop = asyncio.get_running_loop()
         try:
-            result = await asyncio.to_thread(keeper.round, released)
+            result = await loop.run_in_executor(self._lease_thread, keeper.round, released)
         except SQLAlchemyError as exc:
             log.warning("leases not renewed (database unreachable?): %s", describe_error(exc))
             return
@@ -468,8 +474,9 @@ class Daemon:
         """A clean stop hands every lease back at once: the others take over in seconds."""
         if self._leases is None:
             return
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._leases.leave)
+            await loop.run_in_executor(self._lease_thread, self._leases.leave)
         except SQLAlchemyError as exc:
             log.warning("leases not handed back (they expire on their own): %s", exc)
         else:

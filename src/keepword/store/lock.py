@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -213,3 +214,32 @@ def acquire_writer_lock(url: str, *, shared: bool = False) -> WriterLock:
         lock = FileLock(path.with_name(path.name + ".lock"))
     lock.acquire()
     return lock
+
+
+MIGRATION_KEY: Final = 0x6B77_6D67  # "kwmg"
+
+
+@contextlib.contextmanager
+def migrations_serialized(url: str) -> Iterator[None]:
+    """Instances starting together on one PostgreSQL migrate one after the other.
+
+    A blocking session-level advisory lock on its own connection: the first instance
+    migrates, the others wait and then find nothing left to do. SQLite has one writer.
+    """
+    if not leased(url):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    store = make_url(url).render_as_string(hide_password=True)
+    try:
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot reach the database {store}: {_first_line(exc)}") from exc
+    try:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_KEY})
+        yield
+    finally:
+        with contextlib.suppress(SQLAlchemyError):
+            conn.close()  # ends the session, and with it the lock
+        engine.dispose()
