@@ -384,6 +384,7 @@ def test_three_instances_share_20_mailboxes_through_kill_stop_and_a_database_res
 
         since, lost = snapshot(cluster, a)
         a.proc.send_signal(signal.SIGKILL)  # no goodbye: its leases must expire
+        a.proc.wait(10)
         takeovers += cluster.worked_again(lost, since).values()
         cluster.wait_balanced([b, c])
 
