@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -188,6 +189,16 @@ class Cluster:
         node = Node(name, proc, log)
         self.nodes.append(node)
         return node
+
+    def status(self) -> str:
+        """`keepword status` as an operator runs it beside the instances."""
+        result = subprocess.run(
+            [sys.executable, "-m", "keepword", "--config", str(self.config), "status"],
+            capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "200"},
+        )  # fmt: skip
+        assert result.returncode in (0, 1), result.stderr
+        return result.stdout
 
     def live_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.alive()]
@@ -378,6 +389,9 @@ def test_three_instances_share_20_mailboxes_through_kill_stop_and_a_database_res
     a, b, c = (cluster.start(name) for name in ("a", "b", "c"))
     cluster.wait_balanced([a, b, c])
     wait_for(cluster.first_polls_done, 60, "every mailbox polled once")
+    status = cluster.status()
+    for node in (a, b, c):  # every instance, its mailboxes and its last heartbeat
+        assert re.search(rf"pid {node.pid} +│ alive +│ \d+ s ago +│ [67]: box", status), status
     takeovers: list[float] = []
     with Traffic(cluster, every=0.4) as traffic:
         wait_for(lambda: len(traffic.sent) >= 15, 30, "traffic flowing")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, insert, select, update
 
-from keepword.store import leases
+from keepword.store import leases, outbox
 from keepword.store.db import open_store
 from keepword.store.leases import (
     CURRENT_FENCE,
@@ -31,6 +32,7 @@ from keepword.store.tables import job_run, mailbox_lease
 pytestmark = pytest.mark.integration
 
 BOXES = [f"box{n:02d}" for n in range(20)]
+RAW = b"Message-ID: <ack-1@support.test>\r\nSubject: Re\r\n\r\nWe got it.\r\n"
 SHORT = 1.0  # seconds: the lease in these tests
 
 
@@ -194,3 +196,46 @@ def test_commits_without_a_fence_are_not_checked(engine: Engine) -> None:
         conn.execute(update(mailbox_lease).values(holder=None))
     assert CURRENT_FENCE.get() is None
     assert Fence("m", "h", 1).epoch == 1
+
+
+# -- the outbox is claimed, not read ------------------------------------------------------
+
+
+def test_an_outbox_row_is_claimed_by_one_sender_only(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        outbox.enqueue(
+            conn, "support", None, "acknowledgement", "ack:1", ["c@x.test"], "Re", RAW, now
+        )
+        [row] = outbox.pending(conn, now, mailbox="support")
+    first, second = engine.connect(), engine.connect()
+    try:
+        first.begin()
+        assert outbox.claim_attempt(first, row) == 1  # locked until this sender commits
+        second.begin()
+        assert outbox.claim_attempt(second, row) is None  # passed by, not waited for
+        second.rollback()
+        first.commit()
+        with second.begin():
+            assert outbox.claim_attempt(second, row) is None  # read before the claim: stale
+            [fresh] = outbox.pending(second, now, mailbox="support")
+            assert outbox.claim_attempt(second, fresh) == 2  # a fresh read may try again
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_draining_instance_takes_nothing_and_keeps_its_leases_until_it_leaves(
+    engine: Engine,
+) -> None:
+    a, b = keeper(engine, "a"), keeper(engine, "b")
+    settle([a, b])
+    a.drain()
+    with engine.connect() as conn:
+        seen = {i.instance_id: i.draining for i in leases.view(conn).instances}
+        assert seen == {"test-a": True, "test-b": False}
+        assert leases.live_instances(conn) == 1
+    assert b.round().won == {}  # a's jobs in flight still hold their leases
+    assert a.round().won == {} and len(a.held) == 10
+    a.leave()
+    assert len(b.round().won) == 10

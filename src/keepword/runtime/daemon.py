@@ -470,6 +470,15 @@ class Daemon:
         task = self._ending.get(name)
         return name not in self._cycles and (task is None or task.done())
 
+    async def _drain_leases(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Say so (`status`: draining; the others count one instance less), take nothing new."""
+        if self._leases is None:
+            return
+        try:
+            await loop.run_in_executor(self._lease_thread, self._leases.drain)
+        except SQLAlchemyError as exc:
+            log.warning("draining not recorded: %s", describe_error(exc))
+
     async def _leave(self) -> None:
         """A clean stop hands every lease back at once: the others take over in seconds."""
         if self._leases is None:
@@ -712,8 +721,8 @@ class Daemon:
         else:
             for name in (*added, *changed):
                 self._start_cycle(new[name])
-        for name in new.keys() & old.keys():  # unchanged mailboxes keep their cycle,
-            self._cycles[name].box = new[name]  # but see the new settings object
+        for name in new.keys() & old.keys() & self._cycles.keys():  # unchanged ones keep
+            self._cycles[name].box = new[name]  # their cycle, but see the new settings
         log.info(
             "config reloaded: added %s; removed %s; changed %s; %d unchanged",
             ", ".join(added) or "none",
@@ -726,10 +735,9 @@ class Daemon:
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         self._stopping = True
-        if self._leases is not None:
-            self._leases.draining = True  # a round during the stop takes nothing new
         if self._lease_task is not None:
             self._lease_task.cancel()
+        await self._drain_leases(loop)
         sdnotify.stopping(f"stopping: {len(self._running)} job(s) in flight")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -419,6 +419,14 @@ class LeaseKeeper:
             result.hand_over = sorted(self.held, reverse=True)[:excess]
         return result
 
+    def drain(self) -> None:
+        """Stopping: take nothing new, and let the others know (they count one less)."""
+        with self._turn, unfenced():
+            self.draining = True
+            if not self._left:
+                with self.engine.begin() as conn:
+                    heartbeat(conn, self.instance, self.lease_seconds, draining=True)
+
     def leave(self) -> None:
         with self._turn, unfenced():
             self._left = True
