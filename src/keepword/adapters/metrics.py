@@ -77,6 +77,26 @@ class Metrics:
         self._triage_backlog = Gauge(
             "keepword_triage_retrying", "Messages waiting for a triage retry", label, registry=r
         )
+        # Several instances on one PostgreSQL (keepword.store.leases): labelled by instance.
+        self._leases_held = Gauge(
+            "keepword_instance_leases", "Mailboxes this instance holds", ["instance"], registry=r
+        )
+        self._instances_live = Gauge(
+            "keepword_instances_live", "Live instances this one counted in its last lease round",
+            ["instance"], registry=r,
+        )  # fmt: skip
+        self._fair_share = Gauge(
+            "keepword_instance_share", "The most mailboxes this instance should hold",
+            ["instance"], registry=r,
+        )  # fmt: skip
+        self._heartbeat = Gauge(
+            "keepword_instance_heartbeat_timestamp_seconds",
+            "When this instance last renewed its leases (Unix time)", ["instance"], registry=r,
+        )  # fmt: skip
+        self._lease_changes = Counter(
+            "keepword_lease_changes", "Mailbox leases won, lost or handed over",
+            ["instance", "change"], registry=r,
+        )  # fmt: skip
 
     def ingested(self, mailbox: str, n: int = 1) -> None:
         self._ingested.labels(mailbox).inc(n)
@@ -117,6 +137,15 @@ class Metrics:
 
     def triage_retrying(self, mailbox: str, count: int) -> None:
         self._triage_backlog.labels(mailbox).set(count)
+
+    def lease_round(self, instance: str, held: int, live: int, share: int) -> None:
+        self._leases_held.labels(instance).set(held)
+        self._instances_live.labels(instance).set(live)
+        self._fair_share.labels(instance).set(share)
+        self._heartbeat.labels(instance).set(time.time())
+
+    def lease_change(self, instance: str, change: str, n: int = 1) -> None:
+        self._lease_changes.labels(instance, change).inc(n)
 
     def forget_mailbox(self, mailbox: str, jobs: tuple[str, ...]) -> None:
         """A mailbox removed by a reload: no stale "overdue" for it."""

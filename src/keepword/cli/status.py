@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 
 from keepword.cli.common import now as clock_now
 from keepword.cli.common import reader_from, settings_from
+from keepword.cli.instances import print_instances
 from keepword.config import MailboxSettings
 from keepword.store import outbox as outbox_store
 from keepword.store import reports
@@ -140,6 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
     else:
         _print(report, {b.name: zone_of(settings, b) for b in settings.mailbox})
+        print_instances(engine)  # several instances on PostgreSQL: who works which mailbox
     return 0 if all(h.healthy for h in report) else 1
 
 

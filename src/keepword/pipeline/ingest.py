@@ -147,8 +147,9 @@ def poll_folder(
         and cursor.uidvalidity == status.uidvalidity
         and status.uidnext - 1 <= cursor.last_uid
     ):
-        with engine.begin() as conn:
-            store.record_poll_success(conn, box.name, folder, now=now())
+        if store.poll_success_due(cursor, now()):  # nothing new: no commit either
+            with engine.begin() as conn:
+                store.record_poll_success(conn, box.name, folder, now=now())
         return PollResult(is_history=False)
 
     changed = cursor is not None and cursor.uidvalidity not in (None, status.uidvalidity)

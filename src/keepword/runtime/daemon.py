@@ -34,6 +34,7 @@ import logging
 import random
 import signal
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,7 +63,15 @@ from keepword.retry import MAILBOX_RETRY, RetryPolicy
 from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
 from keepword.store.db import open_store
-from keepword.store.lock import WriterLock, acquire_writer_lock
+from keepword.store.leases import (
+    CURRENT_FENCE,
+    RENEW_SECONDS,
+    Fence,
+    LeaseKeeper,
+    Round,
+    install_fencing,
+)
+from keepword.store.lock import WriterLock, acquire_writer_lock, leased, migrations_serialized
 from keepword.timefmt import clock_time
 
 log = logging.getLogger(__name__)
@@ -143,6 +152,7 @@ class MailboxCycle:
     ending: bool = False
     task: asyncio.Task[None] | None = None
     last_poll: datetime | None = None
+    fence: Fence | None = None  # the lease this cycle works under (PostgreSQL, several instances)
 
     @classmethod
     def of(cls, box: MailboxSettings, drain_interval: float, now: datetime) -> MailboxCycle:
@@ -242,6 +252,12 @@ class Daemon:
         self._engine: Engine | None = None
         self._lock: WriterLock | None = None
         self._cycles: dict[str, MailboxCycle] = {}
+        self._ending: dict[str, asyncio.Task[None]] = {}  # cycles ended, maybe still in a job
+        self._leases: LeaseKeeper | None = None  # PostgreSQL: the mailboxes are shared by lease
+        self._handing_over: set[str] = set()
+        self._lease_task: asyncio.Task[None] | None = None
+        # Its own thread: with every worker thread busy in IMAP, renewals must not queue.
+        self._lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
         self._cycle_tasks: set[asyncio.Task[None]] = set()
         self._running: dict[asyncio.Task[None], Worker] = {}  # jobs in flight
         self._background: set[asyncio.Task[Any]] = set()
@@ -271,15 +287,22 @@ class Daemon:
         require_mailboxes(settings, self.config_path)
         resolve_every_secret(settings)
         url = settings.keepword.effective_database_url()
-        self._lock = acquire_writer_lock(url)
+        sharing = leased(url) and not self._once  # `run --once` works every mailbox: alone
+        self._lock = acquire_writer_lock(url, shared=sharing)
         try:
-            self._engine = open_database(url)
+            with migrations_serialized(url):  # instances starting together
+                self._engine = open_database(url)
+            if sharing:
+                install_fencing(self._engine)
+                names = [box.name for box in settings.mailbox]
+                self._leases = LeaseKeeper(self._engine, names)
         except BaseException:
             self._release()
             raise
         return settings, self._engine
 
     def _release(self) -> None:
+        self._lease_thread.shutdown(wait=False)
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -306,8 +329,12 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._worker = self._factory(settings, engine, self._clock)
         self._settings = settings
-        for box in settings.mailbox:
-            self._start_cycle(box)
+        if self._leases is not None:
+            await self._lease_round()  # a lone instance starts working before READY
+            self._lease_task = asyncio.create_task(self._keep_leases(), name="leases")
+        else:
+            for box in settings.mailbox:
+                self._start_cycle(box)
         self._install_signals(loop)
         self._start_metrics(settings)
         interval = sdnotify.watchdog_interval()
@@ -391,17 +418,93 @@ class Daemon:
             else:
                 log.info("writer lock taken again: %s", lock.describe())
 
+    # -- leases (PostgreSQL: several instances share the mailboxes) ----------------
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)  # real time: leases expire on the database's
+            await self._lease_round()
+
+    async def _lease_round(self) -> None:
+        """Renew, take and hand over leases; start and end cycles to match."""
+        keeper = self._leases
+        if keeper is None:
+            return
+        for name in keeper.expire_local():
+            log.warning("mailbox %s: lease not renewed in time: stopping its work", name)
+            self._end_cycle(name)
+            METRICS.lease_change(keeper.holder, "lost")
+        released = [name for name in self._handing_over if self._cycle_ended(name)]
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._lease_thread, keeper.round, released)
+        except SQLAlchemyError as exc:
+            log.warning("leases not renewed (database unreachable?): %s", describe_error(exc))
+            return
+        self._handing_over.difference_update(released)
+        for name in released:
+            log.info("mailbox %s: handed over to another instance", name)
+        self._apply_round(keeper, result)
+        METRICS.lease_round(keeper.holder, len(keeper.held), result.instances, result.share)
+
+    def _apply_round(self, keeper: LeaseKeeper, result: Round) -> None:
+        for name in result.lost:
+            log.warning("mailbox %s: lease lost to another instance: stopping its work", name)
+            self._end_cycle(name)
+            METRICS.lease_change(keeper.holder, "lost")
+        for name in result.hand_over:
+            if name not in self._handing_over:
+                log.info("mailbox %s: beyond this instance's share: handing it over", name)
+                self._handing_over.add(name)
+                self._end_cycle(name)
+                METRICS.lease_change(keeper.holder, "handed_over")
+        boxes = {box.name: box for box in self._settings.mailbox} if self._settings else {}
+        for name, epoch in result.won.items():
+            box = boxes.get(name)
+            if box is None or self._stopping or name in self._handing_over:
+                continue
+            log.info("mailbox %s: lease won (epoch %d): working it", name, epoch)
+            self._start_cycle(box, Fence(name, keeper.holder, epoch))
+            METRICS.lease_change(keeper.holder, "won")
+
+    def _cycle_ended(self, name: str) -> bool:
+        task = self._ending.get(name)
+        return name not in self._cycles and (task is None or task.done())
+
+    async def _drain_leases(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Say so (`status`: draining; the others count one instance less), take nothing new."""
+        if self._leases is None:
+            return
+        try:
+            await loop.run_in_executor(self._lease_thread, self._leases.drain)
+        except SQLAlchemyError as exc:
+            log.warning("draining not recorded: %s", describe_error(exc))
+
+    async def _leave(self) -> None:
+        """A clean stop hands every lease back at once: the others take over in seconds."""
+        if self._leases is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._lease_thread, self._leases.leave)
+        except SQLAlchemyError as exc:
+            log.warning("leases not handed back (they expire on their own): %s", exc)
+        else:
+            log.info("leases handed back")
+
     # -- one sequential cycle per mailbox ------------------------------------------
 
-    def _start_cycle(self, box: MailboxSettings) -> None:
+    def _start_cycle(self, box: MailboxSettings, fence: Fence | None = None) -> None:
         previous = self._cycles.pop(box.name, None)
         if previous is not None:
             previous.end()
+        # An ended cycle may still be in its job: the new one waits for it (one IMAP session).
+        earlier = previous.task if previous else self._ending.get(box.name)
+        self._ending.pop(box.name, None)
         cycle = MailboxCycle.of(box, self._drain_interval, self._clock.now())
+        cycle.fence = fence
         self._cycles[box.name] = cycle
-        cycle.task = asyncio.create_task(
-            self._cycle(cycle, previous.task if previous else None), name=f"cycle {box.name}"
-        )
+        cycle.task = asyncio.create_task(self._cycle(cycle, earlier), name=f"cycle {box.name}")
         self._cycle_tasks.add(cycle.task)
         cycle.task.add_done_callback(self._cycle_tasks.discard)
         if self._worker is not None:
@@ -411,14 +514,17 @@ class Daemon:
         cycle = self._cycles.pop(name, None)
         if cycle is not None:
             cycle.end()
+            if cycle.task is not None and not cycle.task.done():
+                self._ending[name] = cycle.task
         self._watchers.stop(name)
         METRICS.forget_mailbox(name, JOBS)
 
     async def _cycle(self, cycle: MailboxCycle, previous: asyncio.Task[None] | None) -> None:
+        CURRENT_FENCE.set(cycle.fence)  # this task's commits (and its threads') are fenced
         with log_context(mailbox=cycle.box.name):
             if previous is not None:  # a changed mailbox: the old cycle's job ends first
                 await self._outlast(previous)
-            while not cycle.ending:
+            while not cycle.ending and self._lease_valid(cycle):
                 wait = cycle.seconds_left(self._clock.now(), self._clock.monotonic())
                 if wait > 0:
                     await self._nap(cycle, wait)
@@ -428,6 +534,10 @@ class Daemon:
                     due = job.seconds_left(self._clock.now(), self._clock.monotonic()) <= 0
                     if due and not cycle.ending and self._worker is not None:
                         await self._run_job(cycle, job, self._worker)
+
+    def _lease_valid(self, cycle: MailboxCycle) -> bool:
+        """No lease renewed in time (database unreachable): stop before another may start."""
+        return self._leases is None or self._leases.valid(cycle.box.name)
 
     async def _outlast(self, previous: asyncio.Task[None]) -> None:
         _, pending = await asyncio.wait({previous}, timeout=self._stop_timeout)
@@ -604,10 +714,16 @@ class Daemon:
         changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
         for name in removed:
             self._end_cycle(name)
-        for name in (*added, *changed):
-            self._start_cycle(new[name])
-        for name in new.keys() & old.keys():  # unchanged mailboxes keep their cycle,
-            self._cycles[name].box = new[name]  # but see the new settings object
+        if self._leases is not None:  # added mailboxes are taken by the next lease round
+            self._leases.mailboxes = sorted(new)
+            for name in changed:
+                if name in self._cycles:
+                    self._start_cycle(new[name], self._leases.fence(name))
+        else:
+            for name in (*added, *changed):
+                self._start_cycle(new[name])
+        for name in new.keys() & old.keys() & self._cycles.keys():  # unchanged ones keep
+            self._cycles[name].box = new[name]  # their cycle, but see the new settings
         log.info(
             "config reloaded: added %s; removed %s; changed %s; %d unchanged",
             ", ".join(added) or "none",
@@ -620,6 +736,9 @@ class Daemon:
 
     async def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         self._stopping = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        await self._drain_leases(loop)
         sdnotify.stopping(f"stopping: {len(self._running)} job(s) in flight")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -639,6 +758,7 @@ class Daemon:
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending, timeout=1.0)
+        await self._leave()
         if self._worker is not None:
             await self._close(self._worker)
         if self._metrics_server is not None:

@@ -79,6 +79,9 @@ def list_cases(
     return [_to_state(row) for row in conn.execute(query)]
 
 
+CASE_NUMBER_LOCK = 0x6B77  # pg_advisory_xact_lock(int, int): the key's first half
+
+
 def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     """The next case number: past every number of this mailbox and of this prefix.
 
@@ -86,6 +89,8 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     reference names one case everywhere; a mailbox whose prefix changed goes on
     counting where it was.
     """
+    if conn.dialect.name == "postgresql":  # instances sharing a prefix number one at a time
+        conn.execute(select(func.pg_advisory_xact_lock(CASE_NUMBER_LOCK, func.hashtext(prefix))))
     # Two indexed MAX lookups ((mailbox, number) and (prefix, number)), not a scan.
     by_mailbox = select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
     by_prefix = select(func.max(case.c.number)).where(case.c.prefix == prefix)

@@ -3,6 +3,10 @@
 SQLite: `fcntl.flock` on "<database>.lock" beside the database file, with the holder's
 pid written into it. PostgreSQL: a session-level `pg_try_advisory_lock` on a dedicated
 connection kept open for the life of the process, named by its `application_name`.
+On PostgreSQL the daemon (`keepword run`) takes the lock *shared*: any number of
+instances run side by side and share the mailboxes by lease (keepword.store.leases),
+while `run --once` and `import`, which work every mailbox without leases, still take it
+exclusively and are refused while any instance runs (and the other way round).
 Either way the kernel or the server drops the lock when the process dies, SIGKILL
 included, so there is no stale lock to clean up by hand, and a second writer (`run`,
 `run --once`, `import`) is refused at once instead of sending duplicates.
@@ -14,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -99,8 +104,9 @@ def _read_holder(fd: int) -> str:
 class AdvisoryLock:
     """pg_try_advisory_lock on its own connection, held until release or process death."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, shared: bool = False) -> None:
         self.url = url
+        self.shared = shared
         self.name = f"{APPLICATION_PREFIX} pid {os.getpid()} on {socket.gethostname()}"[:63]
         self._engine = create_engine(
             url, poolclass=NullPool, connect_args={"application_name": self.name}
@@ -114,7 +120,8 @@ class AdvisoryLock:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot reach the database {store}: {_first_line(exc)}") from exc
         try:
-            taken = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY})
+            function = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+            taken = conn.execute(text(f"SELECT {function}(:k)"), {"k": ADVISORY_KEY})
             if not taken.scalar():
                 holder = _advisory_holder(conn)
                 conn.close()
@@ -145,7 +152,8 @@ class AdvisoryLock:
         self._engine.dispose()
 
     def describe(self) -> str:
-        return f"PostgreSQL advisory lock {ADVISORY_KEY} ({self.name})"
+        mode = "shared " if self.shared else ""
+        return f"PostgreSQL {mode}advisory lock {ADVISORY_KEY} ({self.name})"
 
 
 def _advisory_holder(conn: Connection) -> str:
@@ -186,11 +194,19 @@ class NoLock:
         return "none (in-memory store)"
 
 
-def acquire_writer_lock(url: str) -> WriterLock:
-    """Take the store's writer lock or raise StoreBusyError naming the holder."""
-    backend = make_url(url).get_backend_name()
-    if backend == "postgresql":
-        lock: AdvisoryLock | FileLock = AdvisoryLock(url)
+def leased(url: str) -> bool:
+    """Does `keepword run` on this store share the mailboxes by lease (PostgreSQL)?"""
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def acquire_writer_lock(url: str, *, shared: bool = False) -> WriterLock:
+    """Take the store's writer lock or raise StoreBusyError naming the holder.
+
+    `shared` (PostgreSQL only: the leased daemon) admits other shared holders; SQLite
+    has one writer whatever is asked.
+    """
+    if leased(url):
+        lock: AdvisoryLock | FileLock = AdvisoryLock(url, shared=shared)
     else:
         path = sqlite_path(url)
         if path is None:
@@ -198,3 +214,32 @@ def acquire_writer_lock(url: str) -> WriterLock:
         lock = FileLock(path.with_name(path.name + ".lock"))
     lock.acquire()
     return lock
+
+
+MIGRATION_KEY: Final = 0x6B77_6D67  # "kwmg"
+
+
+@contextlib.contextmanager
+def migrations_serialized(url: str) -> Iterator[None]:
+    """Instances starting together on one PostgreSQL migrate one after the other.
+
+    A blocking session-level advisory lock on its own connection: the first instance
+    migrates, the others wait and then find nothing left to do. SQLite has one writer.
+    """
+    if not leased(url):
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    store = make_url(url).render_as_string(hide_password=True)
+    try:
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot reach the database {store}: {_first_line(exc)}") from exc
+    try:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_KEY})
+        yield
+    finally:
+        with contextlib.suppress(SQLAlchemyError):
+            conn.close()  # ends the session, and with it the lock
+        engine.dispose()

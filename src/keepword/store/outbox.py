@@ -251,6 +251,26 @@ def begin_attempt(conn: Connection, row_id: int) -> int:
     return int(conn.execute(select(outbox.c.attempts).where(outbox.c.id == row_id)).scalar_one())
 
 
+def claim_attempt(conn: Connection, row: OutboxRow) -> int | None:
+    """begin_attempt, only if the row is still as the sender read it; None if another has it.
+
+    Several senders may read the same due row (instances on one PostgreSQL beside each
+    other; the mailbox lease makes it rare, this makes it harmless): the row is locked
+    `FOR UPDATE SKIP LOCKED` (a sender claiming it this instant is passed by, never
+    waited for) and must still be pending with the attempt count that was read.
+    """
+    still = conn.execute(
+        select(outbox.c.id)
+        .where(
+            outbox.c.id == row.id,
+            outbox.c.state == OutboxState.PENDING.value,
+            outbox.c.attempts == row.attempts,
+        )
+        .with_for_update(skip_locked=True)
+    ).first()
+    return None if still is None else begin_attempt(conn, row.id)
+
+
 def mark_sent(
     conn: Connection,
     row_id: int,

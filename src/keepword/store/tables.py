@@ -279,3 +279,31 @@ job_run = Table(
     Column("failures", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("mailbox", "job", name="uq_job_run_mailbox_job"),
 )
+
+
+# Every running `keepword run` on a shared PostgreSQL store, with its last heartbeat
+# (the database's clock). An instance whose row expired is gone: its leases may be taken.
+keepword_instance = Table(
+    "keepword_instance",
+    metadata,
+    Column("instance_id", String(100), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    _ts("started_at", nullable=False),
+    _ts("heartbeat_at", nullable=False),
+    _ts("expires_at", nullable=False),
+    Column("draining", Boolean, nullable=False, default=False, server_default="0"),
+)
+
+# Which instance works each mailbox. `epoch` grows by one on every change of holder;
+# a write of a mailbox's work commits only while (holder, epoch) is still this row's
+# (keepword.store.leases, fencing). `expires_at` is renewed by the holder.
+mailbox_lease = Table(
+    "mailbox_lease",
+    metadata,
+    Column("mailbox", String(100), primary_key=True),
+    Column("holder", String(100), nullable=True),
+    Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),
+    _ts("acquired_at"),
+    _ts("expires_at"),
+)
