@@ -71,8 +71,21 @@ class Parsed:
 
     @property
     def only_commands(self) -> bool:
-        """Nothing but commands and notes: never forwarded to the customer."""
-        return bool(self.commands) and not self.reply_text.strip()
+        """Nothing but commands, notes and a signature: never forwarded to the customer."""
+        return bool(self.commands) and not without_signature(self.reply_text)
+
+
+_SIGNATURE_START = re.compile(r"^(?:--\s*|sent from my .*|von meinem .* gesendet)$", re.I)
+
+
+def without_signature(text: str) -> str:
+    """The text above a signature delimiter ("-- ") or a phone's "Sent from my ..." line."""
+    kept: list[str] = []
+    for line in text.split("\n"):
+        if _SIGNATURE_START.match(line.strip()):
+            break
+        kept.append(line)
+    return "\n".join(kept).strip()
 
 
 _COMMAND_LINE = re.compile(r"^\s*#([A-Za-z][A-Za-z-]{0,19})(?:[ \t:]+(.*))?\s*$")
@@ -265,7 +278,9 @@ def _close(command: Command, case: CaseState, actor: str, context: Context) -> O
 def _reopen(command: Command, case: CaseState, actor: str, context: Context) -> Outcome:
     why = f"#reopen by {actor}" + (f": {command.argument}" if command.argument else "")
     change = cases.reopen(case, at=context.now, actor=actor, why=why)
-    done = "is open again" if change.events else "was open"
+    if change.events:  # a person reopened it to work on it: it waits on the team
+        change = Change(replace(change.case, status=CaseStatus.WAITING_ON_TEAM), change.events)
+    done = "is open again and waits on the team" if change.events else "was open"
     return _accepted(command, f"{case.reference} {done}.", change, context)
 
 
