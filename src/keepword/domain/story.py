@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, tzinfo
 from enum import IntEnum
 
 from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped]
@@ -141,6 +141,20 @@ class Story:
     @property
     def customer_messages(self) -> int:
         return sum(1 for entry in self.entries if entry.part is Part.CUSTOMER)
+
+    def in_zone(self, zone: tzinfo) -> Story:
+        """The same story with every instant in `zone` (templates show instants in their
+        own zone: the mailbox's, for the team)."""
+        entries = tuple(
+            replace(
+                e,
+                at=e.at.astimezone(zone),
+                due_at=e.due_at.astimezone(zone) if e.due_at else None,
+            )
+            for e in self.entries
+        )
+        just = self.just_promised.astimezone(zone) if self.just_promised else None
+        return Story(self.reference, entries, just)
 
 
 _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
