@@ -525,3 +525,19 @@ def test_arc_sealed_mail(rsa_key: tuple[bytes, bytes]) -> None:
     assert team_member(facts(Address(ALICE)), only_arc, POLICY).proof is Proof.ARC
     broken = authentication.verify(sealed.replace(b"On it.", b"Off it."), dns)
     assert broken.arc is not None and not broken.arc.valid
+
+
+# -- identity of incoming mail ------------------------------------------------------------
+
+
+def test_same_message_id_and_body_from_another_sender_is_another_message() -> None:
+    from keepword.domain.message_ids import identity_digest, sender_digest
+
+    body = "ab" * 32
+    assert identity_digest(body, ANN.address, {}) == body  # first copy
+    assert identity_digest(body, "Ann@Customer.example", {body: ANN.address}) is None  # a copy
+    other = identity_digest(body, MALLORY.address, {body: ANN.address})
+    assert other == sender_digest(body, MALLORY.address) and other != body
+    stored = {body: ANN.address, other: MALLORY.address}
+    assert identity_digest(body, MALLORY.address, stored) is None  # Mallory's copy again
+    assert identity_digest(body, None, {body: ANN.address}) == sender_digest(body, None)

@@ -47,3 +47,32 @@ def is_keyed_message_id(secret: bytes, dedup_key: str, domain: str, message_id: 
     """Whether `message_id` is the one keepword makes for `dedup_key` (constant time)."""
     expected = keyed_message_id(secret, dedup_key, domain)
     return hmac.compare_digest(expected.encode(), message_id.strip().strip("<>").lower().encode())
+
+
+# -- identity of incoming mail -----------------------------------------------------------
+
+
+def sender_digest(body_digest: str, sender: str | None) -> str:
+    """The digest that tells a second sender's copy of a Message-ID and body apart."""
+    who = (sender or "").strip().lower()
+    return hashlib.sha256(f"{body_digest}\n{who}".encode()).hexdigest()
+
+
+def identity_digest(
+    body_digest: str, sender: str | None, stored: dict[str, str | None]
+) -> str | None:
+    """The content digest to store a message under, or None when it is already stored.
+
+    `stored` maps the digests already stored for this (mailbox, Message-ID) to their
+    sender. The same Message-ID and body from the same sender is the same message (a
+    copy in another folder); from a different sender it is a different message (a forger
+    reusing an id must not merge into, or vanish behind, the real one), stored under
+    `sender_digest`. Existing rows keep their digest: no migration is needed.
+    """
+    who = (sender or "").strip().lower()
+    if body_digest not in stored:
+        return body_digest
+    if (stored[body_digest] or "").strip().lower() == who:
+        return None
+    derived = sender_digest(body_digest, who)
+    return None if derived in stored else derived
