@@ -541,3 +541,17 @@ def test_same_message_id_and_body_from_another_sender_is_another_message() -> No
     stored = {body: ANN.address, other: MALLORY.address}
     assert identity_digest(body, MALLORY.address, stored) is None  # Mallory's copy again
     assert identity_digest(body, None, {body: ANN.address}) == sender_digest(body, None)
+
+
+def test_a_bounce_reaches_its_case_by_references_but_learns_nothing() -> None:
+    bounce = facts(Address("mailer-daemon@mx.customer.example"), subject="Undelivered")
+    match = choose_case(
+        bounce,
+        Kind.AUTOMATED,
+        Candidates(by_reference=(KW1,)),
+        now=NOW,
+        subject_window=timedelta(0),
+        correspondent=None,
+    )
+    decision = vet_join(bounce, match, judge(bounce, Kind.AUTOMATED), KW1_TARGET, now=NOW)
+    assert not decision.refused and decision.new_correspondents == ()

@@ -25,7 +25,8 @@ Three kinds of standing, strongest first:
 Which threading rules need which standing (`JOIN_NEEDS`):
 
   TAG, BODY_TAG  sender is a correspondent of the case, or TEAM/OWN
-  REFERENCES     sender is a correspondent or a participant of the referenced mail, or TEAM/OWN
+  REFERENCES     sender is a correspondent or a participant of the referenced mail, or TEAM/OWN;
+                 robots (bounces) may: their mail never changes a case or is answered
   SUBJECT        the sender itself (From, not Reply-To) is a correspondent
   (any join)     a Reply-To naming someone outside the case needs an authenticated From
 
@@ -397,6 +398,10 @@ def _refusal_reason(
         if address not in correspondents:
             claim = " (an unproven team address)" if sender.claimed_team else ""
             return f"{address}{claim} is not a correspondent of {target.reference}"
+    elif rule is ThreadRule.REFERENCES and sender.kind is Kind.AUTOMATED:
+        # A bounce must reach its case, and a robot's mail changes nothing there: it is
+        # never answered, never a correspondent, never in a story.
+        return None
     elif rule is ThreadRule.REFERENCES:
         participants = frozenset(a.lower() for a in target.participants)
         if address not in correspondents and address not in participants:
