@@ -41,6 +41,12 @@ class EventKind(StrEnum):
     NOT_ACKNOWLEDGED = "not_acknowledged"
     WITHDRAWN = "withdrawn"  # a queued mail that was no longer true when due: not sent
     DEFERRED = "deferred"  # an automatic mail waits for a rate limit: sent at its slot
+    # issue 12 (domain.trust, domain.commands, domain.owners): the team's work by mail
+    REFUSED = "refused"  # trust refused a join, a command or a claim: who, what, why
+    NOTE = "note"  # internal note by a team member: never mailed to the customer
+    COMMAND = "command"  # a command by mail was carried out (its confirmation)
+    WAITING = "waiting"  # waiting on a third party until a date, with the reason
+    AWAY = "away"  # a team member is away (out-of-office) until a date
 
 
 @dataclass(frozen=True, slots=True)
