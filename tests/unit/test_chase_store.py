@@ -299,3 +299,21 @@ def test_the_digest_lists_cases_that_tie_by_case_number(
     with desk.engine.connect() as conn:
         context = chasing.digest_context(conn, desk_state)
     assert [c.reference for c in context.open_by_urgency] == [f"KW-{i}" for i in ids]
+
+
+# -- the new time in an update is the residual time --------------------------------------
+
+
+def test_an_update_promises_the_residual_time_and_says_the_case_has_waited(
+    make_desk: Any,
+) -> None:
+    desk = make_desk()
+    case_id = acknowledged_case(desk)
+    result = desk.chase(at(16))  # 7 business hours waited, the update zone begins
+
+    assert result.updates == 1
+    _old, new = desk.promises(case_id)
+    assert new.basis.get("waited_minutes") == 7 * 60, "the case's own wait is evidence"
+    [update] = rows(desk, "customer_update")
+    text = " ".join(update.raw.decode("utf-8", "replace").split())
+    assert "Your case has already waited 7 business hours" in text

@@ -130,7 +130,6 @@ def test_old_threading_lets_a_forged_team_from_into_any_case_and_vet_join_refuse
         Candidates(by_tag=KW1),
         now=NOW,
         subject_window=timedelta(days=14),
-        correspondent=None,
         team=POLICY.team,
     )
     assert old.case_id == 1  # the old rule: "from the team"
@@ -266,7 +265,6 @@ def test_forged_customer_from_with_a_strangers_reply_to_is_refused() -> None:
         Candidates(by_tag=KW1),
         now=NOW,
         subject_window=timedelta(days=14),
-        correspondent=MALLORY,
         team=POLICY.team,
     )
     assert old.case_id == 1  # the old rule trusted the (forged) From
@@ -286,7 +284,6 @@ def test_authenticated_customer_with_another_reply_to_joins_but_reply_to_learns_
         Candidates(by_tag=KW1),
         now=NOW,
         subject_window=timedelta(0),
-        correspondent=None,
     )
     decision = vet_join(real, match, sender, KW1_TARGET, now=NOW)
     assert not decision.refused
@@ -302,7 +299,6 @@ def test_a_stranger_quoting_a_case_number_gets_a_case_of_their_own() -> None:
         Candidates(by_tag=KW1),
         now=NOW,
         subject_window=timedelta(0),
-        correspondent=MALLORY,
     )
     assert match.case_id is None  # domain.threads already refuses this one
     decision = vet_join(stranger, match, judge(stranger, Kind.CUSTOMER), None, now=NOW)
@@ -318,7 +314,6 @@ def test_in_reply_to_an_acknowledgement_needs_a_participant() -> None:
         Candidates(by_reference=(KW1,)),
         now=NOW,
         subject_window=timedelta(0),
-        correspondent=MALLORY,
     )
     assert old.case_id == 1 and old.rule is ThreadRule.REFERENCES  # the old hijack
     target = JoinTarget(1, "KW-1", frozenset({ANN.address}), frozenset({ANN.address, SHARED}))
@@ -341,7 +336,6 @@ def test_subject_rule_needs_the_sender_not_the_reply_to() -> None:
         Candidates(by_subject=(KW1,)),
         now=NOW,
         subject_window=timedelta(days=14),
-        correspondent=ANN,
     )
     assert old.case_id == 1 and old.rule is ThreadRule.SUBJECT
     decision = vet_join(stranger, old, judge(stranger, Kind.CUSTOMER), KW1_TARGET, now=NOW)
@@ -357,7 +351,6 @@ def test_proven_team_joins_any_case() -> None:
         Candidates(by_tag=KW1),
         now=NOW,
         subject_window=timedelta(0),
-        correspondent=None,
         team=POLICY.team,
     )
     decision = vet_join(reply, match, sender, KW1_TARGET, now=NOW)
@@ -551,7 +544,6 @@ def test_a_bounce_reaches_its_case_by_references_but_learns_nothing() -> None:
         Candidates(by_reference=(KW1,)),
         now=NOW,
         subject_window=timedelta(0),
-        correspondent=None,
     )
     decision = vet_join(bounce, match, judge(bounce, Kind.AUTOMATED), KW1_TARGET, now=NOW)
     assert not decision.refused and decision.new_correspondents == ()

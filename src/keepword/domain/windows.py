@@ -79,6 +79,10 @@ class Window:
 
     def explain(self) -> str:
         """One sentence for the timeline and the CLI."""
+        if "cases_ahead" in self.basis or "waited_minutes" in self.basis:
+            from keepword.domain.predict import explain  # the predictor's basis
+
+            return explain(self)
         b = self.basis
         promised = f"Promised {_duration_en(self.minutes)} (due {self.due_at:%Y-%m-%d %H:%M} UTC)"
         if self.is_default:

@@ -111,6 +111,7 @@ class CustomerUpdateContext:
     opening_hours: Sequence[str]
     team_name: str
     late: bool = False  # the promised time has already passed: say "we missed it"
+    waited_text: str = ""  # how long the case has waited (the new time is the residual)
 
 
 @dataclass(frozen=True, slots=True)

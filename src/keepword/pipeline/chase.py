@@ -57,7 +57,7 @@ from keepword.domain.model import (
     PromiseState,
 )
 from keepword.domain.outbox_keys import chase_key_ranges, digest_key
-from keepword.domain.promises import Promise, break_if_due, supersede, withdraw
+from keepword.domain.promises import Promise, WindowLike, break_if_due, supersede, withdraw
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS, customer_mail, team_mail
@@ -207,7 +207,7 @@ def _plan_case(
     assert state.id is not None
     with engine.connect() as conn:
         done = _done_keys(conn, state.id)
-        window = _update_window(conn, desk, open_now)
+        window = _update_window(conn, desk, state, open_now)
         refusal = _update_refusal(conn, desk, state) if window is not None else None
     if refusal is not None:
         # No update to a robot: its promise becomes the team's own target (same due
@@ -237,16 +237,18 @@ def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:
 
 
 def _update_window(
-    conn: Connection, desk: MailboxContext, open_now: list[Promise]
+    conn: Connection, desk: MailboxContext, state: cases.CaseState, open_now: list[Promise]
 ) -> Window | None:
-    """The honest window for a customer update, measured only when one may be planned."""
+    """The new time for a customer update (the case's residual time, given how long
+    it has waited already), measured only when an update may be planned."""
     for p in open_now:
         if not p.to_customer:
             continue
         total = desk.calendar.minutes_between(p.made_at, p.due_at)
         left = desk.calendar.minutes_between(desk.now, p.due_at)
         if desk.now > p.due_at or left <= update_lead_minutes(total, desk.box.chase):
-            return desk.honest_window(conn)
+            assert state.id is not None
+            return desk.residual_window(conn, state.id, state.opened_at)
     return None
 
 
@@ -443,6 +445,7 @@ def _send_update(
         opening_hours=desk.calendar.describe_hours(desk.box.language),
         team_name=desk.box.display_name or desk.box.address,
         late=action.late,
+        waited_text=_waited_text(desk, action.window),
     )
     in_reply_to = last.message_id if last else None
     references = (*last.references, last.message_id) if last and last.message_id else ()
@@ -619,3 +622,11 @@ def _resolved_yesterday(conn: Connection, desk: MailboxContext) -> tuple[int, in
     end = datetime.combine(today, datetime.min.time(), zone)
     states = promise_store.states_resolved_between(conn, desk.box.name, start, end)
     return states.count(PromiseState.KEPT.value), states.count(PromiseState.BROKEN.value)
+
+
+def _waited_text(desk: MailboxContext, window: WindowLike) -> str:
+    """How long the case has waited, when the new time was measured from that wait."""
+    waited = window.basis.get("waited_minutes")
+    if not isinstance(waited, int | float) or isinstance(waited, bool):
+        return ""
+    return window_duration_text(float(waited), desk.box.language)

@@ -10,15 +10,16 @@ store handle and the run's `now`. The honest window is measured at most once a r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
-from keepword.domain.windows import Window, measured_window
+from keepword.domain.predict import PromisePredictor
+from keepword.domain.windows import Window
 from keepword.mail.render import Renderer
-from keepword.store import cases as case_store
+from keepword.pipeline.promising import mailbox_predictor, update_window
 
 
 def calendar_for(settings: Settings, box: MailboxSettings) -> BusinessCalendar:
@@ -36,6 +37,7 @@ class MailboxContext:
     now: datetime
     calendar: BusinessCalendar = field(init=False)
     _window: Window | None = field(default=None, init=False)
+    _predictor: PromisePredictor | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -55,15 +57,18 @@ class MailboxContext:
         """
         if exclude_case is None and self._window is not None:
             return self._window
-        since = self.now - timedelta(days=self.box.promise.history_days * 2)  # older cases
-        history = case_store.first_response_history(  # sharpen the backlog count
-            conn,
-            self.box.name,
-            since,
-            exclude_case=exclude_case,
-            robot_cases_per_day=self.box.limits.per_sender_per_day,
+        predictor = mailbox_predictor(
+            conn, self.box, self.calendar, self.now, exclude_case=exclude_case
         )
-        window = measured_window(history, self.now, self.calendar, self.box.promise)
+        window = predictor.window(self.now)
         if exclude_case is None:
             self._window = window
         return window
+
+    def residual_window(self, conn: Connection, case_id: int, opened_at: datetime) -> Window:
+        """The new time for a customer update of a case open since `opened_at`: the
+        remaining time given it has already waited that long (its own wait is
+        evidence, not a fresh sample). The predictor is built once a run."""
+        if self._predictor is None:
+            self._predictor = mailbox_predictor(conn, self.box, self.calendar, self.now)
+        return update_window(self._predictor, self.now, case_id, opened_at)

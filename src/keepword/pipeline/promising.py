@@ -41,7 +41,11 @@ def mailbox_predictor(
     history_days for the calibration."""
     days = box.promise.history_days
     cases = history_store.response_history(
-        conn, box.name, now - timedelta(days=2 * days), exclude_case=exclude_case
+        conn,
+        box.name,
+        now - timedelta(days=2 * days),
+        exclude_case=exclude_case,
+        robot_cases_per_day=box.limits.per_sender_per_day,
     )
     outcomes = history_store.first_response_outcomes(conn, box.name, now - timedelta(days=days))
     return predictor_from_history(cases, now, calendar, box.promise, outcomes=outcomes)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, select
 
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.predict import HistoryCase, Outcome
+from keepword.domain.windows import writes_like_a_robot
 from keepword.store.tables import case, promise
 
 
@@ -23,12 +24,15 @@ def response_history(
     *,
     until: datetime | None = None,
     exclude_case: int | None = None,
+    robot_cases_per_day: int | None = None,
 ) -> list[HistoryCase]:
     """The mailbox's customer cases opened in [since, until), oldest first, keyed by id.
 
     Left out, as in `store.cases.first_response_history`: cases closed without a reply
     (nothing was owed) and imported cases never answered (they may have been answered
-    elsewhere; as endless waits they would inflate every promise).
+    elsewhere; as endless waits they would inflate every promise), and with
+    `robot_cases_per_day` the cases of an address that writes like a robot
+    (domain.windows.writes_like_a_robot: no queue a person waits in).
     """
     unanswered = case.c.first_response_at.is_(None)
     conditions = [
@@ -43,13 +47,18 @@ def response_history(
     if exclude_case is not None:
         conditions.append(case.c.id != exclude_case)
     query = (
-        select(case.c.id, case.c.opened_at, case.c.first_response_at)
+        select(case.c.id, case.c.customer, case.c.opened_at, case.c.first_response_at)
         .where(and_(*conditions))
         .order_by(case.c.opened_at, case.c.id)
     )
+    rows = conn.execute(query).all()
+    robots: frozenset[str] = frozenset()
+    if robot_cases_per_day is not None:
+        robots = writes_like_a_robot(((r.customer, r.opened_at) for r in rows), robot_cases_per_day)
     return [
         HistoryCase(row.opened_at, row.first_response_at, "new", row.id)
-        for row in conn.execute(query)
+        for row in rows
+        if row.customer not in robots
     ]
 
 
