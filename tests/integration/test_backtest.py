@@ -86,7 +86,7 @@ def history(seed: int = 5) -> list[tuple[datetime, datetime | None]]:
 def store(engine: Engine, cases: list[tuple[datetime, datetime | None]]) -> list[int]:
     ids = []
     with engine.begin() as conn:
-        for opened, answered in cases:
+        for n, (opened, answered) in enumerate(cases):
             saved = case_store.save_case(
                 conn,
                 CaseState(
@@ -96,7 +96,7 @@ def store(engine: Engine, cases: list[tuple[datetime, datetime | None]]) -> list
                     status=CaseStatus.WAITING_ON_CUSTOMER if answered else CaseStatus.NEW,
                     opened_at=opened,
                     updated_at=opened,
-                    customer="ann@example.org",
+                    customer=f"customer{n}@example.org",  # people, not one robot
                     first_response_at=answered,
                 ),
             )

@@ -13,9 +13,10 @@ announcements that condition on the state at arrival are much tighter than histo
    (`BusinessTimeline`: one cumulative count per local day, so a lookup is O(1) after
    the first), so nights, weekends and holidays cost nothing; the customer's wall-clock
    due time comes from `BusinessCalendar.add`.
-2. The queue at arrival: `ahead` = open cases not yet answered, and `pace` = business
-   minutes per first response over the team's last `PACE_RESPONSES` first responses,
-   counted up to now - so a team that stops answering (a vacation, an outage) slows
+2. The queue at arrival: `ahead` = open cases not yet answered, and `pace` = busy
+   business minutes (while some case waited) per first response over the team's last
+   `PACE_RESPONSES` first responses, counted up to now (idle time between two customers
+   of a quiet team is no slowness) - so a team that stops answering (a vacation, an outage) slows
    down *before* the cases it leaves are answered. With people marked away the pace is
    divided by the share still on duty. `expected` = ahead x pace x `order_share`, where
    `order_share` is how much of the queue the team really clears before a new case (1
@@ -273,6 +274,11 @@ class PromisePredictor:
     _recent: deque[_Tracked] = field(default_factory=deque)
     _responses: deque[float] = field(default_factory=lambda: deque(maxlen=PACE_RESPONSES + 1))
     _answered_count: int = 0
+    # Business minutes during which some case was waiting (the team had work), and the
+    # position up to which they are counted: the pace is measured in busy time only, so
+    # a quiet team's idle hours between two customers are not read as slowness.
+    _busy: float = 0.0
+    _busy_position: float | None = None
 
     @classmethod
     def start(
@@ -292,8 +298,19 @@ class PromisePredictor:
 
     # -- events ----------------------------------------------------------------------
 
+    def _advance(self, position: float) -> None:
+        """Count the busy time up to `position` (before the queue changes there)."""
+        if self._busy_position is not None and self._open:
+            self._busy += max(0.0, position - self._busy_position)
+        self._busy_position = position
+
+    def _busy_at(self, position: float) -> float:
+        pending = position - self._busy_position if self._busy_position is not None else 0.0
+        return self._busy + (max(0.0, pending) if self._open else 0.0)
+
     def arrive(self, key: Hashable, at: datetime, kind: str = "new") -> None:
         """A case opened at `at` (after every event fed so far)."""
+        self._advance(self.timeline.position(at))
         state = self.queue(at)
         tracked = _Tracked(at, state.position, state.pace, kind, state.ahead)
         tracked.overtaken_by = -self._answered_count  # + the count when it is answered
@@ -303,9 +320,10 @@ class PromisePredictor:
 
     def answer(self, key: Hashable, at: datetime) -> None:
         """The first response of case `key` went out at `at`."""
-        tracked = self._open.pop(key, None)
         position = self.timeline.position(at)
-        self._responses.append(position)
+        self._advance(position)
+        tracked = self._open.pop(key, None)
+        self._responses.append(self._busy)
         self._answered_count += 1
         if tracked is not None:
             tracked.response = max(0.0, position - tracked.opened_position)
@@ -335,7 +353,7 @@ class PromisePredictor:
         if len(self._responses) < 2:
             return 0.0
         oldest = self._responses[0]
-        return max(0.0, position - oldest) / (len(self._responses) - 1)
+        return max(0.0, self._busy_at(position) - oldest) / (len(self._responses) - 1)
 
     def _model(self, sample: Sequence[_Tracked]) -> QueueModel:
         """Order share: responses sent while recent cases waited, over the queue they met
