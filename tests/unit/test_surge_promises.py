@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
 from email.message import EmailMessage
+from email.policy import default
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy import Connection
 
 from keepword.domain.model import PromiseKind
 from keepword.domain.windows import Window
+from keepword.mail.render import window_duration_text
 from keepword.pipeline import context as context_module
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.context import MailboxContext
@@ -75,11 +78,15 @@ def _surge(tmp: Path, desk_type: type[MailboxContext], **box: Any) -> StoreDesk:
         if i == 5:  # a team member answers the sixth customer before the seventh writes
             answer = _mail(ALICE, "Re: Outage 5", at + timedelta(seconds=1), first["Message-ID"])
             desk.deliver(answer, NOW)
-    context = desk_type(desk.settings, desk.box, desk.engine, desk.renderer, NOW)
+    _triage(desk, desk_type, NOW, SURGE)
+    return desk
+
+
+def _triage(desk: StoreDesk, desk_type: type[MailboxContext], now: datetime, count: int) -> None:
+    context = desk_type(desk.settings, desk.box, desk.engine, desk.renderer, now)
     result = triage_pending(context, acknowledger=acknowledge_case)
     assert not result.errors
-    assert result.acknowledged == SURGE
-    return desk
+    assert result.acknowledged == count
 
 
 def _promises(desk: StoreDesk) -> list[tuple[datetime, dict[str, object]]]:
@@ -111,3 +118,45 @@ def test_a_pass_builds_the_predictor_once(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(context_module, "pass_predictor", counted)
     _surge(tmp_path, MailboxContext)
     assert len(builds) == 1
+
+
+def _more_customers(desk: StoreDesk, now: datetime, name: str, count: int = 3) -> None:
+    for i in range(count):
+        at = now - timedelta(seconds=30 - i)
+        desk.deliver(_mail(f"{name}{i}@example.org", f"Still down {i}", at), now)
+    _triage(desk, MailboxContext, now, count)
+
+
+def _lead_alerts(desk: StoreDesk) -> list[Any]:
+    return [row for row in desk.outbox() if row.kind == "lead_alert"]
+
+
+def test_one_lead_alert_per_episode_of_being_behind_with_the_figures(tmp_path: Path) -> None:
+    desk = _surge(tmp_path, MailboxContext)
+    minutes = [basis["minutes"] for _, basis in _promises(desk)]
+    behind = [m > desk.box.promise.maximum_window_minutes for m in minutes]
+    first_behind = behind.index(True)
+    assert first_behind > 0 and all(behind[first_behind:])  # the surge goes behind
+    [alert] = _lead_alerts(desk)
+    # The episode is keyed by the last promise within the maximum, and the alert names
+    # how many cases wait and the window of the case that started it.
+    [last_within] = desk.promises(106 + first_behind - 1)
+    assert alert.dedup_key == f"lead_alert:support:after:{last_within.id}"
+    body = message_from_bytes(alert.raw, policy=default).get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "We are behind: " in alert.subject and "cases waiting" in alert.subject
+    ahead = _promises(desk)[first_behind][1]["cases_ahead"]
+    assert f"{int(ahead) + 1} cases are waiting" in text  # type: ignore[call-overload]
+    assert f"window is now {window_duration_text(int(minutes[first_behind]), 'en')}" in text  # type: ignore[call-overload]
+
+    # The next run is still behind: the same episode, read back from the store.
+    later = NOW + timedelta(minutes=5)
+    _more_customers(desk, later, "later")
+    assert len(_lead_alerts(desk)) == 1
+
+    # A promise back under the maximum ends the episode; the next one above starts another.
+    desk.promise(106, later, later + timedelta(hours=1))
+    _more_customers(desk, later + timedelta(minutes=5), "again")
+    assert [a.dedup_key for a in _lead_alerts(desk)][1] != alert.dedup_key
+    assert len(_lead_alerts(desk)) == 2

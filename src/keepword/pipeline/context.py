@@ -56,6 +56,11 @@ class MailboxContext:
     # This run's openings, first responses and kept promises not yet fed to `_pass`.
     _pending: list[tuple[int, datetime, _Fed]] = field(default_factory=list, init=False)
     _predictor: PromisePredictor | None = field(default=None, init=False)
+    # The episode of promises above the maximum this run is in (pipeline.acknowledge):
+    # the last promise within it (None: not behind, or not known yet) and the lead
+    # alert already queued for it.
+    behind_after: int | None = field(default=None, init=False)
+    lead_alerted: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -128,6 +133,7 @@ class MailboxContext:
         """A transaction that fed the predictor rolled back: build it again when asked."""
         self._pass = None
         self._pending.clear()
+        self.behind_after = self.lead_alerted = None
 
     def _mark_stale(self) -> None:
         if self._pass is not None:
