@@ -103,11 +103,13 @@ class MailboxContext:
         next promise sees changes with it. Called inside the message's transaction;
         `forget_run_state` if that transaction fails."""
         assert after.id is not None
+        if after.is_history:  # a build keeps history only once answered: ask the store
+            self._mark_stale()
+            return
         if before is None and after.customer is not None:
-            if after.is_history:  # a build keeps history only once answered: ask the store
-                self._mark_stale()
-                return
             self._pending.append((after.id, after.opened_at, _Fed.OPENED))
+        if self._pass is None:  # the build will read the rest from the store
+            return
         responded = after.first_response_at
         if responded is not None and (before is None or before.first_response_at is None):
             if after.customer is not None:
