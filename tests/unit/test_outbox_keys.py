@@ -10,7 +10,7 @@ from keepword.domain import outbox_keys as keys
 def test_every_kind_of_key_is_spelled_once() -> None:
     assert keys.ack_key(42) == "ack:42"
     assert keys.note_key(42, datetime(2026, 11, 2, 23, 59, tzinfo=UTC)) == "note:42:2026-11-02"
-    assert keys.lead_alert_key(42) == "lead_alert:42"
+    assert keys.lead_alert_key("support", 42) == "lead_alert:support:after:42"
     assert keys.reminder_key(42, 7, 0.5) == "reminder:case:42:promise:7:50"
     assert keys.escalation_key(42, 7) == "escalation:case:42:promise:7"
     assert keys.escalation_key(42, None) == "escalation:case:42:unpromised"
@@ -34,7 +34,7 @@ def test_chase_ranges_hold_this_cases_chase_keys_and_nothing_else() -> None:
         keys.update_key(4, 7),
         keys.ack_key(42),
         keys.note_key(42, datetime(2026, 11, 2, tzinfo=UTC)),
-        keys.lead_alert_key(42),
+        keys.lead_alert_key("support", 42),
     ]
     assert all(inside(k) for k in mine)
     assert not any(inside(k) for k in others)

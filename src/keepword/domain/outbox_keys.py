@@ -5,7 +5,9 @@ step runs. The grammar:
 
     ack:<case>                                  the acknowledgement of a case
     note:<case>:<YYYY-MM-DD>                    a follow-up note, at most one a day
-    lead_alert:<case>                           "we are behind" to the lead
+    lead_alert:<mailbox>:after:<p>              "we are behind" to the lead, once an episode:
+                                                the promises above the maximum after the
+                                                mailbox's last promise p within it
     reminder:case:<case>:promise:<p>:<percent>  a reminder at a fraction of promise p
     escalation:case:<case>:promise:<p>          an escalation about promise p
     escalation:case:<case>:unpromised           an escalation about a case with none
@@ -32,8 +34,11 @@ def note_key(case_id: int, now: datetime) -> str:
     return f"note:{case_id}:{now:%Y-%m-%d}"
 
 
-def lead_alert_key(case_id: int) -> str:
-    return f"lead_alert:{case_id}"
+def lead_alert_key(mailbox: str, last_within_maximum: int) -> str:
+    """One "we are behind" alert per episode: an episode is the run of promises above
+    the maximum after the last one within it (promise id `last_within_maximum`, 0 for
+    none), so it ends when a promise is back under the maximum."""
+    return f"lead_alert:{mailbox}:after:{last_within_maximum}"
 
 
 def reminder_key(case_id: int, promise_id: int, fraction: float) -> str:

@@ -148,6 +148,7 @@ class LeadAlertContext:
     explanation: str  # Window.explain()
     mailbox_address: str
     team_name: str
+    cases_waiting: int = 1  # for a first response, this case included
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,8 +104,8 @@ def acknowledge_case(
         events.append(cases.Event(cases.EventKind.DEFERRED, now, None, held, facts.pk))
         log.info("mailbox %s: %s %s", box.name, case.reference, held)
     case_store.add_events(conn, case.id, events)
-    if first and window.behind:
-        _alert_lead(conn, desk, case, window)
+    if first:
+        _alert_if_behind(conn, desk, case, window)
 
 
 def _from(desk: MailboxContext, slot: datetime, window: Window) -> Window:
@@ -153,14 +153,33 @@ def _note(
     )
 
 
-def _alert_lead(
+def _alert_if_behind(
     conn: Connection, desk: MailboxContext, case: cases.CaseState, window: Window
+) -> None:
+    """One "we are behind" alert per episode (not per case: a surge would send the lead
+    one per customer). An episode starts with a promise above the maximum and ends with
+    one back under it; it is keyed by the last promise within the maximum before it,
+    read from the store once a run and then followed from the run's own promises."""
+    if not window.behind:
+        desk.behind_after = None
+        return
+    if desk.behind_after is None:
+        desk.behind_after = promise_store.last_within_maximum(conn, desk.box.name)
+    key = lead_alert_key(desk.box.name, desk.behind_after)
+    if key != desk.lead_alerted:
+        _alert_lead(conn, desk, case, window, key)
+        desk.lead_alerted = key
+
+
+def _alert_lead(
+    conn: Connection, desk: MailboxContext, case: cases.CaseState, window: Window, key: str
 ) -> None:
     assert case.id is not None
     box = desk.box
     to = [box.lead] if box.lead else sorted(box.team_addresses() - {box.address})
     if not to:
         return
+    ahead = window.basis.get("cases_ahead", 0)
     context = LeadAlertContext(
         reference=case.reference,
         customer=case.customer or "",
@@ -171,14 +190,15 @@ def _alert_lead(
         explanation=window.explain(),
         mailbox_address=box.address,
         team_name=box.display_name or box.address,
+        cases_waiting=int(ahead) + 1 if isinstance(ahead, int | float) else 1,
     )
     mail = team_mail(
         box,
         OutboxKind.LEAD_ALERT,
-        dedup_key=lead_alert_key(case.id),
+        dedup_key=key,
         to=to,
         reference=case.reference,
-        about=f"we are behind: {window_duration_text(window.minutes, 'en')}",
+        about=f"{context.cases_waiting} cases waiting, {context.window_text}",
         now=desk.now,
     )
     outbox_store.enqueue_mail(

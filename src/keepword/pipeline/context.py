@@ -3,23 +3,39 @@
 Triage, acknowledgement and the chase take this one object (Mailman passes
 `(mlist, msg, msgdata)`; keepword passes the mailbox context) instead of long parameter
 lists: the settings and the mailbox's own, its business calendar, its renderer, the
-store handle and the run's `now`. The honest window is measured at most once a run
-(the mailbox's history is the same for every case of it).
+store handle and the run's `now`. The promise predictor is built from the store once a
+run and then fed the run's own case changes (`note_case`), so acknowledging a surge costs
+O(1) in the mailbox's history per mail.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import Enum
 
 from sqlalchemy import Connection, Engine
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
+from keepword.domain.cases import CaseState
+from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
 from keepword.domain.predict import PromisePredictor
 from keepword.domain.windows import Window
 from keepword.mail.render import Renderer
-from keepword.pipeline.promising import mailbox_predictor, update_window
+from keepword.pipeline.promising import (
+    PassPredictor,
+    mailbox_predictor,
+    pass_predictor,
+    update_window,
+)
+from keepword.store import promises as promise_store
+
+
+class _Fed(Enum):
+    OPENED = "opened"
+    ANSWERED = "answered"
+    KEPT = "kept"  # a first-response promise the answer kept (the calibration's record)
 
 
 def calendar_for(settings: Settings, box: MailboxSettings) -> BusinessCalendar:
@@ -36,8 +52,15 @@ class MailboxContext:
     renderer: Renderer
     now: datetime
     calendar: BusinessCalendar = field(init=False)
-    _window: Window | None = field(default=None, init=False)
+    _pass: PassPredictor | None = field(default=None, init=False)
+    # This run's openings, first responses and kept promises not yet fed to `_pass`.
+    _pending: list[tuple[int, datetime, _Fed]] = field(default_factory=list, init=False)
     _predictor: PromisePredictor | None = field(default=None, init=False)
+    # The episode of promises above the maximum this run is in (pipeline.acknowledge):
+    # the last promise within it (None: not behind, or not known yet) and the lead
+    # alert already queued for it.
+    behind_after: int | None = field(default=None, init=False)
+    lead_alerted: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -49,21 +72,90 @@ class MailboxContext:
 
     def honest_window(self, conn: Connection, *, exclude_case: int | None = None) -> Window:
         """The window to promise now, from this mailbox's measured first responses and
-        backlog; measured once a run unless a case is excluded.
+        backlog, including the cases this run opened and answered before.
 
         `exclude_case`: the case being answered is already stored and unanswered; it is
-        not part of its own queue. Cases of addresses that write like robots are no
-        queue at all (store.cases.first_response_history).
+        not part of its own queue (its own opening joins the queue after its promise).
+        Cases of addresses that write like robots are no queue at all
+        (store.history.response_history).
         """
-        if exclude_case is None and self._window is not None:
-            return self._window
-        predictor = mailbox_predictor(
-            conn, self.box, self.calendar, self.now, exclude_case=exclude_case
+        if self._pass is None or self._pass.stale:
+            self._pass = pass_predictor(
+                conn, self.box, self.calendar, self.now, exclude_case=exclude_case
+            )
+            # The store already holds the earlier events; the excluded case's are news.
+            self._pending = [e for e in self._pending if e[0] == exclude_case]
+        if exclude_case is not None and exclude_case in self._pass.waiting:
+            # Already in the queue it was built with (rare: an open case promised
+            # again): the store's own answer without it.
+            once = pass_predictor(
+                conn, self.box, self.calendar, self.now, exclude_case=exclude_case
+            )
+            return once.window(self.now)
+        self._feed(keep=exclude_case)
+        if self._pass.stale:  # an event out of order: the store says it right
+            self._pass = None
+            return self.honest_window(conn, exclude_case=exclude_case)
+        return self._pass.window(self.now)
+
+    def note_case(self, conn: Connection, before: CaseState | None, after: CaseState) -> None:
+        """Triage changed case `after` (`before`: None if it opened it): the queue the
+        next promise sees changes with it. Called inside the message's transaction;
+        `forget_run_state` if that transaction fails."""
+        assert after.id is not None
+        if after.is_history:  # a build keeps history only once answered: ask the store
+            self._mark_stale()
+            return
+        if before is None and after.customer is not None:
+            self._pending.append((after.id, after.opened_at, _Fed.OPENED))
+        if self._pass is None:  # the build will read the rest from the store
+            return
+        responded = after.first_response_at
+        if responded is not None and (before is None or before.first_response_at is None):
+            if after.customer is not None:
+                self._pending.append((after.id, max(responded, after.opened_at), _Fed.ANSWERED))
+            self._pending += [(after.id, responded, _Fed.KEPT)] * self._kept(conn, after.id)
+        elif after.status is CaseStatus.CLOSED and after.first_response_at is None:
+            self._mark_stale()  # closed unanswered: a build leaves it out of the queue
+
+    def _kept(self, conn: Connection, case_id: int) -> int:
+        """How many of the case's first-response promises its first response keeps that
+        were not resolved when the predictor was built (due now or later)."""
+        since = self.now - timedelta(days=self.box.promise.history_days)
+        return sum(
+            1
+            for p in promise_store.open_promises(conn, case_id)
+            if p.kind is PromiseKind.FIRST_RESPONSE
+            and p.audience is PromiseAudience.CUSTOMER
+            and p.made_at >= since
+            and p.due_at >= self.now
         )
-        window = predictor.window(self.now)
-        if exclude_case is None:
-            self._window = window
-        return window
+
+    def forget_run_state(self) -> None:
+        """A transaction that fed the predictor rolled back: build it again when asked."""
+        self._pass = None
+        self._pending.clear()
+        self.behind_after = self.lead_alerted = None
+
+    def _mark_stale(self) -> None:
+        if self._pass is not None:
+            self._pass.stale = True
+
+    def _feed(self, *, keep: int | None) -> None:
+        """Feed the pending events in order, except those of case `keep` (the case being
+        promised): they wait for the next promise."""
+        assert self._pass is not None
+        kept: list[tuple[int, datetime, _Fed]] = []
+        for case_id, at, what in self._pending:
+            if case_id == keep:
+                kept.append((case_id, at, what))
+            elif what is _Fed.OPENED:
+                self._pass.arrive(case_id, at)
+            elif what is _Fed.ANSWERED:
+                self._pass.answer(case_id, at)
+            else:
+                self._pass.predictor.record_outcome(True)
+        self._pending = kept
 
     def residual_window(self, conn: Connection, case_id: int, opened_at: datetime) -> Window:
         """The new time for a customer update of a case open since `opened_at`: the

@@ -187,6 +187,7 @@ def _record_failure(run: _Run, item: Untriaged, exc: Exception) -> None:
     attempts = run.failing[item.message_id] = item.attempts + 1
     retry_at = run.desk.now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
     reason = f"{type(exc).__name__}: {exc}"
+    run.desk.forget_run_state()  # it may have fed the promise predictor a rolled-back case
     run.result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
     if attempts >= STUCK_AFTER:
         log.error(
@@ -242,6 +243,7 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     change = _fold(before, arrival, new_case)
     saved = case_store.save_case(conn, change.case)
     assert saved.id is not None
+    desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
     case_store.add_events(conn, saved.id, change.events)
     if correspondent is not None:
         case_store.add_correspondents(conn, saved.id, [correspondent.address])

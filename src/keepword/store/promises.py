@@ -196,3 +196,25 @@ def states_resolved_between(
         )
     )
     return list(conn.execute(query).scalars())
+
+
+def last_within_maximum(conn: Connection, mailbox: str) -> int:
+    """The id of the mailbox's latest customer first-response promise that was not above
+    the maximum (0: none yet): the promises after it are one episode of being behind
+    (the lead alert's key). Newest first: it reads back only over the episode."""
+    behind = promise.c.basis["behind"].as_boolean()
+    query = (
+        select(promise.c.id)
+        .join(case, case.c.id == promise.c.case_id)
+        .where(
+            and_(
+                case.c.mailbox == mailbox,
+                promise.c.kind == PromiseKind.FIRST_RESPONSE.value,
+                promise.c.audience == PromiseAudience.CUSTOMER.value,
+                func.coalesce(behind, False).is_(False),
+            )
+        )
+        .order_by(promise.c.id.desc())
+        .limit(1)
+    )
+    return conn.execute(query).scalar() or 0

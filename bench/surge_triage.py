@@ -1,0 +1,164 @@
+"""Acknowledging a surge against a long history: the per-mail cost of the promise.
+
+    .venv/bin/python bench/surge_triage.py [--history-cases 5200] [--surge 300]
+
+A mailbox with `--history-cases` customer cases over 180 days (about what a 20k-message
+history holds: ~5,200 cases), then `--surge` new customers writing within minutes,
+triaged and acknowledged in one pass (`triage_pending` with `acknowledge_case`, the
+production path on SQLite). Run twice on copies of the same store:
+
+* per mail: the predictor built from the store for every promise (the code before
+  issue 14: `mailbox_predictor(..., exclude_case=case)` per acknowledged mail);
+* per pass: `MailboxContext.honest_window` - built once, fed the pass's cases.
+
+Both must promise the same (checked: same due times in the same order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+
+from sqlalchemy import Connection, select
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
+from keepword.domain.cases import CaseState  # noqa: E402
+from keepword.domain.model import CaseStatus, Origin  # noqa: E402
+from keepword.domain.windows import Window  # noqa: E402
+from keepword.mail.parse import parse_message  # noqa: E402
+from keepword.mail.render import Renderer  # noqa: E402
+from keepword.pipeline.acknowledge import acknowledge_case  # noqa: E402
+from keepword.pipeline.context import MailboxContext  # noqa: E402
+from keepword.pipeline.promising import mailbox_predictor  # noqa: E402
+from keepword.pipeline.triage import triage_pending  # noqa: E402
+from keepword.store import cases as case_store  # noqa: E402
+from keepword.store.db import open_store  # noqa: E402
+from keepword.store.messages import Folder, StoreItem, store_batch  # noqa: E402
+from keepword.store.tables import promise  # noqa: E402
+
+NOW = datetime(2026, 3, 4, 11, 0, tzinfo=UTC)  # a Wednesday morning
+
+
+class PerMailDesk(MailboxContext):
+    """The old path: the predictor rebuilt from the store for every promise."""
+
+    def honest_window(self, conn: Connection, *, exclude_case: int | None = None) -> Window:
+        predictor = mailbox_predictor(
+            conn, self.box, self.calendar, self.now, exclude_case=exclude_case
+        )
+        return predictor.window(self.now)
+
+
+def settings_for(url: str, work: Path) -> tuple[Settings, MailboxSettings]:
+    box = MailboxSettings.model_validate(
+        {
+            "name": "support",
+            "address": "support@shop.example",
+            "team": ["alice@shop.example"],
+            "imap": {"host": "127.0.0.1", "tls": "plain", "username": "u", "password_env": "X"},
+        }
+    )
+    settings = Settings(keepword=KeepwordSettings(database_url=url, state_dir=work), mailbox=[box])
+    return settings, box
+
+
+def seed_history(url: str, box: MailboxSettings, count: int) -> None:
+    """`count` customer cases over 180 days, answered after 10 min to 5 h; the last 30
+    still waiting."""
+    engine = open_store(url)
+    step = timedelta(days=180) / count
+    with engine.begin() as conn:
+        for i in range(count):
+            opened = NOW - timedelta(days=180) + i * step
+            answered = None if i >= count - 30 else opened + timedelta(minutes=10 + (i * 37) % 290)
+            case_store.save_case(
+                conn,
+                CaseState(
+                    id=None,
+                    mailbox=box.name,
+                    reference=box.reference_prefix,
+                    status=CaseStatus.NEW,
+                    opened_at=opened,
+                    updated_at=opened,
+                    customer=f"customer{i % 2000}@example.org",
+                    subject=f"Order {i}",
+                    first_response_at=answered,
+                ),
+                prefix=box.reference_prefix,
+            )
+    engine.dispose()
+
+
+def deliver_surge(url: str, box: MailboxSettings, count: int) -> None:
+    engine = open_store(url)
+    start = NOW - timedelta(minutes=10)
+    items = []
+    for i in range(count):
+        msg = EmailMessage()
+        msg["From"] = f"surge{i}@example.net"
+        msg["To"] = box.address
+        msg["Subject"] = f"Is the shop down? ({i})"
+        msg["Date"] = format_datetime(start + i * timedelta(minutes=9) / count)
+        msg["Message-ID"] = f"<surge-{i}@example.net>"
+        msg.set_content("I cannot pay.")
+        raw = msg.as_bytes()
+        items.append(StoreItem(uid=i + 1, raw=raw, parsed=parse_message(raw)))
+    with engine.begin() as conn:
+        store_batch(
+            conn, Folder(box.name, "INBOX", Origin.INBOX, 1), items, is_history=False, now=NOW
+        )
+    engine.dispose()
+
+
+def triage_surge(
+    url: str, work: Path, desk_type: type[MailboxContext]
+) -> tuple[float, list[datetime]]:
+    engine = open_store(url)
+    settings, box = settings_for(url, work)
+    desk = desk_type(settings, box, engine, Renderer.for_mailbox(settings, box), NOW)
+    started = time.perf_counter()
+    result = triage_pending(desk, acknowledger=acknowledge_case)
+    seconds = time.perf_counter() - started
+    assert not result.errors, result.errors
+    with engine.connect() as conn:
+        dues = list(conn.execute(select(promise.c.due_at).order_by(promise.c.id)).scalars())
+    engine.dispose()
+    return seconds / max(result.acknowledged, 1), dues
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--history-cases", type=int, default=5200)
+    parser.add_argument("--surge", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kw-surge-triage-") as tmp:
+        work = Path(tmp)
+        seed = work / "seed.db"
+        _, box = settings_for(f"sqlite:///{seed}", work)
+        seed_history(f"sqlite:///{seed}", box, args.history_cases)
+        deliver_surge(f"sqlite:///{seed}", box, args.surge)
+        figures = {}
+        for name, desk_type in (("per mail", PerMailDesk), ("per pass", MailboxContext)):
+            copy = work / f"{name.replace(' ', '-')}.db"
+            shutil.copy(seed, copy)
+            figures[name] = triage_surge(f"sqlite:///{copy}", work, desk_type)
+    (old, old_dues), (new, new_dues) = figures["per mail"], figures["per pass"]
+    print(f"history {args.history_cases} cases, surge {args.surge} new customers (SQLite)")
+    print(f"  predictor built per mail: {old * 1000:7.1f} ms per acknowledged mail")
+    print(f"  predictor built per pass: {new * 1000:7.1f} ms per acknowledged mail")
+    print(f"  speed-up {old / new:.1f}x; same promises: {old_dues == new_dues}")
+    return 0 if old_dues == new_dues else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
