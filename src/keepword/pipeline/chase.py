@@ -75,6 +75,7 @@ from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store.messages import last_customer_message
+from keepword.timefmt import moment
 
 log = logging.getLogger(__name__)
 
@@ -401,8 +402,8 @@ def _hold_back(
     if promise_store.update_held_back(conn, state.id, old.id):
         return
     detail = (
-        f"{held_back_note(old.id)}: {slot.reason}; next slot {slot.at:%Y-%m-%d %H:%M} UTC "
-        f"is after due {old.due_at:%Y-%m-%d %H:%M} UTC, so the promise will break"
+        f"{held_back_note(old.id)}: {slot.reason}; next slot {moment(slot.at, desk.calendar.zone)} "
+        f"is after due {moment(old.due_at, desk.calendar.zone)}, so the promise will break"
     )
     _event(conn, state.id, cases.EventKind.CUSTOMER_UPDATE, desk.now, detail)
     log.warning("case %s: %s", state.reference, detail)
@@ -469,9 +470,11 @@ def _send_update(
     result.updates += 1
     new = action.new_promise(sent_at)
     new_id = promise_store.insert_promise(conn, new)
-    told = f"told {state.customer} a reply is due by {new_due:%Y-%m-%d %H:%M} UTC"
+    told = f"told {state.customer} a reply is due by {moment(new_due, desk.calendar.zone)}"
     if slot.deferred:
-        told += f" (held by the rate limit until {sent_at:%Y-%m-%d %H:%M} UTC: {slot.reason})"
+        told += (
+            f" (held by the rate limit until {moment(sent_at, desk.calendar.zone)}: {slot.reason})"
+        )
     _event(conn, state.id, cases.EventKind.CUSTOMER_UPDATE, desk.now, f"{action.reason}: {told}")
     _event(conn, state.id, cases.EventKind.PROMISE_MADE, desk.now, new.reason)
     if not action.late and sent_at < old.due_at:
