@@ -13,6 +13,7 @@ from keepword.domain.promises import (
     is_held_back,
     keep,
     make_promise,
+    never_told,
     on_case_paused,
     on_customer_follow_up,
     on_staff_reply,
@@ -211,3 +212,40 @@ def test_promises_are_immutable_values() -> None:
     assert replace(p, reason="x") != p
     with pytest.raises(AttributeError):
         p.state = PromiseState.KEPT  # type: ignore[misc]
+
+
+# -- an update withdrawn before it left: the customer never heard the new time -------------
+
+
+def untold_pair(at: datetime) -> tuple[Promise, Promise]:
+    new = replace(promise(pid=8), made_at=at, due_at=DUE + timedelta(hours=8))
+    return supersede(promise(), 8, at), new
+
+
+@pytest.mark.parametrize(
+    ("reply", "state"),
+    [(DUE - timedelta(minutes=10), "kept"), (DUE + timedelta(hours=1), "broken")],
+)
+def test_the_old_promise_of_an_untold_update_is_judged_by_the_reply(
+    reply: datetime, state: str
+) -> None:
+    old, new = untold_pair(DUE - timedelta(minutes=30))
+    judged, untold = never_told(old, keep(new, reply), reply, reply + timedelta(minutes=1))
+    assert (judged.state.value, judged.superseded_by, judged.resolved_at) == (state, None, reply)
+    assert untold.state is PromiseState.WITHDRAWN and "never told" in untold.reason
+
+
+def test_with_no_reply_the_old_promise_is_withdrawn_or_if_due_broken_but_held() -> None:
+    old, new = untold_pair(DUE - timedelta(minutes=30))
+    before, _ = never_told(old, new, None, DUE - timedelta(minutes=5))
+    after, _ = never_told(old, new, None, DUE + timedelta(minutes=5))
+    earlier_reply, _ = never_told(old, new, T0 - timedelta(days=1), DUE - timedelta(minutes=5))
+    assert before.state is PromiseState.WITHDRAWN
+    assert after.state is PromiseState.BROKEN and is_held_back(after)
+    assert earlier_reply.state is PromiseState.WITHDRAWN  # a reply to an earlier question
+
+
+def test_never_told_refuses_a_pair_that_is_not_old_and_its_revision() -> None:
+    old, new = untold_pair(DUE - timedelta(minutes=30))
+    with pytest.raises(ValueError, match="did not supersede"):
+        never_told(old, replace(new, id=9), None, DUE)

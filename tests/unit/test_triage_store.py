@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from keepword.domain.model import PromiseState
-from keepword.pipeline import triage
+from keepword.pipeline import chase as chasing
+from keepword.pipeline import send, triage
+from keepword.store import outbox as outbox_store
 from keepword.store.tables import case, message
 from tests.fixtures.chase_store import ALICE, StoreDesk
 from tests.fixtures.desk import SUPPORT, mail
@@ -126,3 +128,35 @@ def test_mail_to_the_mailbox_from_itself_opens_no_case(desk: StoreDesk) -> None:
     result = desk.triage(at(9))
     assert (result.triaged, result.opened) == (1, 0)
     assert desk.outbox() == []
+
+
+def test_an_update_withdrawn_unsent_leaves_the_old_promise_to_the_reply(desk: StoreDesk) -> None:
+    """The team replied while the customer update was still held: the update is not sent,
+    so the customer still holds the first promise - the reply keeps that one, and the new
+    time nobody told them is withdrawn, not counted as kept."""
+    question = desk.deliver(mail(ANN, "Charged twice", date=at(9)), at(9))
+    desk.triage(at(9))
+    [opened] = cases_of(desk)
+    [first] = desk.promises(opened.id)
+    for minute in (10, 20, 30):  # Ann had all the automatic mail an hour allows
+        desk.automatic_mail(None, ANN[1], first.due_at - timedelta(minutes=80 - minute))
+    update_zone = first.due_at - timedelta(minutes=60)
+    chasing.chase_mailbox(desk.desk_at(update_zone))
+    [held] = [row for row in desk.outbox() if row.kind == "customer_update"]
+    assert held.next_attempt_at > update_zone and held.sent_at is None
+
+    reply = mail(("Alice", ALICE), "Re: Charged twice", "Refunded.", to=ANN[1],
+                 date=update_zone + timedelta(minutes=5), reply_to=question)  # fmt: skip
+    desk.deliver(reply, update_zone + timedelta(minutes=5), folder="Sent")
+    desk.triage(update_zone + timedelta(minutes=5))
+    leaving = held.next_attempt_at
+    with desk.engine.connect() as conn:
+        due = outbox_store.pending(conn, leaving, mailbox=desk.box.name)
+    kept = send._withdraw_stale(desk.engine, desk.box, due, leaving, send.DrainResult())
+    assert [row.kind for row in kept if row.kind == "customer_update"] == []
+
+    old, new = desk.promises(opened.id)
+    assert old.state is PromiseState.KEPT and old.resolved_at == update_zone + timedelta(minutes=5)
+    assert old.superseded_by is None
+    assert new.state is PromiseState.WITHDRAWN and "never told" in new.reason
+    assert any("stands again" in detail for _, detail in desk.events(opened.id))

@@ -195,6 +195,36 @@ def supersede(old: Promise, new_id: int, at: datetime) -> Promise:
     )
 
 
+def never_told(
+    old: Promise, new: Promise, reply_at: datetime | None, at: datetime
+) -> tuple[Promise, Promise]:
+    """The update announcing `new` was withdrawn before it left: the customer still holds
+    `old`, and `new` was never theirs.
+
+    `old` is judged as if it had never been superseded: by the team's latest reply
+    (`keep`) if it came after `old` was made, or, with none (the case closed), broken if
+    already due - its update was held, not silent - and withdrawn otherwise. `new` is
+    withdrawn whatever became of it, so a time the customer never heard is never counted
+    as kept.
+    """
+    if old.state is not PromiseState.SUPERSEDED or old.superseded_by != new.id:
+        raise ValueError(f"promise {new.id} did not supersede promise {old.id}")
+    reopened = replace(old, state=PromiseState.OPEN, resolved_at=None, superseded_by=None)
+    if reply_at is not None and reply_at >= old.made_at:
+        judged = keep(reopened, reply_at)
+    else:
+        judged = break_if_due(reopened, at, held=True)
+        if judged.is_open:
+            judged = withdraw(reopened, at, "the case closed before its update left")
+    untold = replace(
+        new,
+        state=PromiseState.WITHDRAWN,
+        resolved_at=at,
+        reason=f"never told: its update was withdrawn before it left ({at:%Y-%m-%d %H:%M} UTC)",
+    )
+    return judged, untold
+
+
 def withdraw(promise: Promise, at: datetime, why: str) -> Promise:
     """No longer owed (case closed, waiting on the customer): WITHDRAWN with `why`."""
     _require_open(promise, "withdraw")

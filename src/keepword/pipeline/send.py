@@ -79,13 +79,15 @@ from keepword.adapters.smtp import (
 from keepword.config import ImapSettings, MailboxSettings, Settings
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
-from keepword.domain.outbox import withdrawal
+from keepword.domain.outbox import CaseNow, withdrawal
+from keepword.domain.outbox_keys import promise_id_of
 from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.mail.compose import OutgoingMail
 from keepword.mail.preview import preview
 from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
+from keepword.store import promises as promise_store
 from keepword.store.cases import add_events
 
 log = logging.getLogger(__name__)
@@ -338,11 +340,12 @@ def _withdraw_stale(
         current = states.get(row.case_id) if row in fresh and row.case_id else None
         queued = row.created_at or now
         reason = withdrawal(OutboxKind(row.kind), queued, current) if current else None
-        if reason is None:
+        if reason is None or current is None:
             keep.append(row)
             continue
         with engine.begin() as conn:
             outbox.mark_withdrawn(conn, row, now, reason)
+            _settle_untold(conn, row, current, now)
         result.withdrawn += 1
         log.info(
             "mailbox %s: %s to %s withdrawn: %s",
@@ -352,6 +355,14 @@ def _withdraw_stale(
             reason,
         )
     return keep
+
+
+def _settle_untold(conn: Connection, row: outbox.OutboxRow, case: CaseNow, now: datetime) -> None:
+    """A withdrawn customer update never told its new time: the old promise stands."""
+    old_id = promise_id_of(row.dedup_key)
+    if row.kind != OutboxKind.CUSTOMER_UPDATE or row.case_id is None or old_id is None:
+        return
+    promise_store.settle_untold_update(conn, row.case_id, old_id, case.last_response_at, now)
 
 
 async def _send_due(

@@ -9,11 +9,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
-from keepword.domain.cases import EventKind
+from keepword.domain.cases import Event, EventKind
 from keepword.domain.chase import held_back_note
 from keepword.domain.model import Kind, MessageFacts, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.outbox_keys import update_key
-from keepword.domain.promises import Promise
+from keepword.domain.promises import Promise, never_told
+from keepword.store.cases import add_events
 from keepword.store.messages import load_facts
 from keepword.store.tables import case, case_event, message, outbox, promise
 
@@ -86,6 +87,31 @@ def promises_of_case(conn: Connection, case_id: int) -> list[Promise]:
         .order_by(promise.c.made_at, promise.c.id)
     )
     return [to_promise(row) for row in conn.execute(query)]
+
+
+def settle_untold_update(
+    conn: Connection, case_id: int, old_id: int, reply_at: datetime | None, now: datetime
+) -> None:
+    """A customer update was withdrawn unsent: its old promise is judged as if never
+    superseded (by the team's latest reply, `reply_at`), and the new time it carried
+    (never told) is withdrawn (domain.promises.never_told)."""
+    by_id = {p.id: p for p in promises_of_case(conn, case_id)}
+    old = by_id.get(old_id)
+    new = by_id.get(old.superseded_by) if old is not None else None
+    if old is None or new is None:
+        return
+    judged, untold = never_told(old, new, reply_at, now)
+    update_state(conn, judged)
+    update_state(conn, untold)
+    detail = f"promise {old_id} stands again (its update never left): {judged.reason}"
+    add_events(conn, case_id, [Event(_EVENT_OF[judged.state], now, None, detail)])
+
+
+_EVENT_OF = {
+    PromiseState.KEPT: EventKind.PROMISE_KEPT,
+    PromiseState.BROKEN: EventKind.PROMISE_BROKEN,
+    PromiseState.WITHDRAWN: EventKind.PROMISE_WITHDRAWN,
+}
 
 
 def case_ids_with_open_promises(conn: Connection, mailbox: str) -> list[int]:
