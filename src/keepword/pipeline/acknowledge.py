@@ -37,6 +37,7 @@ from keepword.pipeline.context import calendar_for as calendar_for  # cli.stats 
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
+from keepword.timefmt import moment
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,12 @@ def acknowledge_case(
     if first:
         record_promise(conn, case.id, PromiseKind.FIRST_RESPONSE, window, now)
     kind = cases.EventKind.ACKNOWLEDGEMENT if first else cases.EventKind.FOLLOW_UP_NOTE
-    detail = (
-        f"{decision.reason}: told {recipient} a reply is due by {window.due_at:%Y-%m-%d %H:%M} UTC"
-    )
+    zone = desk.calendar.zone
+    detail = f"{decision.reason}: told {recipient} a reply is due by {moment(window.due_at, zone)}"
     events = [cases.Event(kind, now, box.address, detail, facts.pk)]
     if decision.held:
         what = "acknowledgement" if first else "follow-up note"
-        held = f"{what} deferred until {slot:%Y-%m-%d %H:%M} UTC: {decision.held}"
+        held = f"{what} deferred until {moment(slot, zone)}: {decision.held}"
         events.append(cases.Event(cases.EventKind.DEFERRED, now, None, held, facts.pk))
         log.info("mailbox %s: %s %s", box.name, case.reference, held)
     case_store.add_events(conn, case.id, events)
