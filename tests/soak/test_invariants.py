@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from tests.soak.driver import FaultWindow, JobSample, SoakRecord
+from tests.soak.driver import DaemonLife, FaultWindow, JobSample, SoakRecord
 from tests.soak.invariants import (
     _most_in,
     _promise_problem,
@@ -80,3 +80,27 @@ def test_a_job_that_stops_running_is_starved_unless_a_fault_explains_it() -> Non
     assert found.violations and found.violations[0].startswith("chase: not run for")
     made.faults = [FaultWindow("dovecot", T0, T0 + timedelta(hours=1))]
     assert not no_job_starved(made, None).violations  # type: ignore[arg-type]
+
+
+def test_a_restarted_daemon_must_poll_within_the_take_over_bound_not_two_intervals() -> None:
+    made = record()
+    first, restart = T0 - timedelta(hours=5), T0
+    made.lives = [DaemonLife(first, restart), DaemonLife(restart, restart + timedelta(hours=5))]
+    slow_start = restart + timedelta(minutes=40)  # 2.4 real s at speed 1000: start-up
+
+    def last_poll(at: datetime) -> datetime:  # every minute once started, before: the old life
+        return at.replace(second=0) if at >= slow_start else first
+
+    made.samples = [
+        JobSample(at, restart, (("poll", 60.0, last_poll(at)),))
+        for at in (restart + timedelta(minutes=m) for m in range(5, 120, 5))
+    ]
+    assert not no_job_starved(made, None).violations  # type: ignore[arg-type]
+    never = record()
+    never.lives = made.lives
+    never.samples = [
+        JobSample(restart + timedelta(hours=h), restart, (("poll", 60.0, first),))
+        for h in range(1, 5)
+    ]
+    found = no_job_starved(never, None).violations  # type: ignore[arg-type]
+    assert any("first poll never" in v for v in found)
