@@ -33,6 +33,12 @@ _PARSE_CHARS = 20_000
 # Languages whose "On ... wrote:" / "Am ... schrieb:" lines the reply parser knows.
 REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "pl", "cs")
 _QUOTED_LINE = re.compile(r"^\s*>")
+# How much of a long case a team mail tells: the first message (the question) and the
+# newest ones, the newest events and promises. A case with 500 messages must still make
+# a mail people can read (and an outbox row of kilobytes, not megabytes).
+STORY_MAX_MESSAGES = 25
+STORY_MAX_EVENTS = 200
+STORY_MAX_PROMISES = 50
 
 
 def trim_quoted(
@@ -130,6 +136,10 @@ class StoryEntry:
     due_at: datetime | None = None  # promises and waits
     is_new: bool = False  # the promise made together with the mail that shows the story
     order: int = 0  # the tiebreak within one instant and part: stored id
+    # What the entry is, stably (templates in other languages word the title from it):
+    # "customer", "team_reply", "promise:<audience>:<kind>" or the event kind's value.
+    key: str = ""
+    who: str = ""  # messages: "Name <address>" (or the address) of the sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,8 @@ class Story:
     reference: str
     entries: tuple[StoryEntry, ...]
     just_promised: datetime | None = None  # the new time told to the customer right now
+    # Messages of the case not in `entries` (a long case: the first and the newest are).
+    messages_left_out: int = 0
 
     @property
     def customer_messages(self) -> int:
@@ -154,7 +166,7 @@ class Story:
             for e in self.entries
         )
         just = self.just_promised.astimezone(zone) if self.just_promised else None
-        return Story(self.reference, entries, just)
+        return Story(self.reference, entries, just, self.messages_left_out)
 
 
 _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
@@ -174,6 +186,10 @@ _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
 }
 
 
+# The timeline events a story tells (the store loads only these).
+STORY_EVENT_KINDS = frozenset(_EVENT_PARTS)
+
+
 def build_story(
     reference: str,
     *,
@@ -182,10 +198,12 @@ def build_story(
     events: Sequence[Event],
     new_promise: StoryPromise | None = None,
     now: datetime,
+    messages_left_out: int = 0,
 ) -> Story:
     """The case's story in total order. `events` in stored order (their index is the
     tiebreak); `new_promise`: made in the same transaction as the mail showing the
-    story (an escalation with a customer update), flagged and named up front."""
+    story (an escalation with a customer update), flagged and named up front.
+    `messages_left_out`: how many messages of a long case the caller did not load."""
     entries = [_message_entry(m) for m in messages if m.kind in (Kind.CUSTOMER, Kind.STAFF)]
     known = {p.id for p in promises}
     every = list(promises)
@@ -196,20 +214,19 @@ def build_story(
     entries += [e for index, event in enumerate(events) if (e := _event_entry(event, index))]
     entries.sort(key=lambda e: (e.at, e.part, e.order, e.title))
     just = new_promise.due_at if new_promise is not None else None
-    return Story(reference, tuple(entries), just)
+    return Story(reference, tuple(entries), just, messages_left_out)
 
 
 def _message_entry(message: StoryMessage) -> StoryEntry:
     who = message.sender or "(no sender)"
     named = f"{message.sender_name} <{who}>" if message.sender_name else who
     if message.kind is Kind.CUSTOMER:
-        title = f"{named} wrote"
-        part = Part.CUSTOMER
+        title, part, key = f"{named} wrote", Part.CUSTOMER, "customer"
     else:
-        title = f"{named} replied"
-        part = Part.TEAM_REPLY
+        title, part, key = f"{named} replied", Part.TEAM_REPLY, "team_reply"
+    text = trim_quoted(message.body_text)
     return StoryEntry(
-        message.at, part, message.sender, title, trim_quoted(message.body_text), order=message.pk
+        message.at, part, message.sender, title, text, order=message.pk, key=key, who=named
     )
 
 
@@ -235,6 +252,8 @@ def _promise_entry(promise: StoryPromise, now: datetime, *, is_new: bool) -> Sto
         due_at=promise.due_at,
         is_new=is_new,
         order=promise.id,
+        key=f"promise:{promise.audience.value}:{promise.kind.value}",
+        who=promise.set_by or "",
     )
 
 
@@ -257,4 +276,6 @@ def _event_entry(event: Event, index: int) -> StoryEntry | None:
     if found is None:
         return None  # messages and promises tell those themselves
     part, title = found
-    return StoryEntry(event.at, part, event.actor, title, event.detail, order=index)
+    return StoryEntry(
+        event.at, part, event.actor, title, event.detail, order=index, key=event.kind.value
+    )
