@@ -122,6 +122,7 @@ def test_a_reminder_and_an_escalation_carry_the_whole_story(desk: Desk) -> None:
         "Promised the customer an update: by",
     )
     assert "[just now]" in story and "Update sent to the customer" in story
+    assert in_order(story, "> It is getting cold.", "Reminder sent", '> <script>alert("x")')
     assert in_order(html, "The heating in flat 4", "It is getting cold.", "still broken")
     assert "<script" not in html and "<img" not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html

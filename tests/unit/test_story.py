@@ -349,3 +349,27 @@ def test_a_long_story_says_how_many_messages_it_left_out() -> None:
     assert out.html is not None and "475 earlier messages" in out.html
     german = Renderer().render("reminder", "de", team_context(story))
     assert "475 frühere Nachrichten" in german.text
+
+
+def test_mail_that_was_not_simply_sent_is_in_the_story() -> None:
+    events = (
+        Event(EventKind.ACKNOWLEDGEMENT, T0, None, "told ann a reply is due by ..."),
+        Event(EventKind.DEFERRED, T0, None, "acknowledgement deferred until 10:00"),
+        Event(EventKind.REMINDER, T0 + timedelta(hours=4), None, "50%: to bob@shop.example"),
+        Event(EventKind.WITHDRAWN, T0 + timedelta(hours=5), None, "customer_update not sent"),
+        Event(EventKind.STAFF_REPLY, T0 + timedelta(hours=6), "bob@shop.example", "reply"),
+    )
+    story = build_story("KW-1", messages=[FIRST], promises=[], events=events, now=story_now())
+    assert [e.title for e in story.entries] == [
+        "Ann <ann@customer.example> wrote",
+        "Acknowledgement sent to the customer",
+        "Held back by a rate limit",
+        "Reminder sent",
+        "Queued mail not sent",  # the staff reply itself is told by its message
+    ]
+    german = (
+        Renderer()
+        ._env.get_template("de/_story.txt.j2")
+        .render(story=story.in_zone(BERLIN), language="de")
+    )
+    assert "Vorgemerkte E-Mail nicht gesendet" in german and "Erinnerung gesendet" in german

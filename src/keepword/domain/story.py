@@ -177,6 +177,10 @@ _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
     EventKind.ACKNOWLEDGEMENT: (Part.UPDATE, "Acknowledgement sent to the customer"),
     EventKind.FOLLOW_UP_NOTE: (Part.UPDATE, "Follow-up note sent to the customer"),
     EventKind.CUSTOMER_UPDATE: (Part.UPDATE, "Update sent to the customer"),
+    # What became of queued mail, where it was not simply sent: the story stays honest.
+    EventKind.DEFERRED: (Part.UPDATE, "Held back by a rate limit"),
+    EventKind.WITHDRAWN: (Part.UPDATE, "Queued mail not sent"),
+    EventKind.REMINDER: (Part.OTHER, "Reminder sent"),
     EventKind.CLOSED: (Part.STATUS, "Closed"),
     EventKind.REOPENED: (Part.STATUS, "Reopened"),
     EventKind.AWAY: (Part.ASSIGNMENT, "Team member away"),
