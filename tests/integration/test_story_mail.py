@@ -43,11 +43,18 @@ class Desk(ChasingDesk):
         return msg
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", "postgresql"])
 def desk(
-    dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
+    request: pytest.FixtureRequest,
+    dovecot: Dovecot,
+    mail_user: str,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
 ) -> Iterator[Desk]:
-    made = Desk(dovecot, mail_user, smtp_server, tmp_path, at(MONDAY, 8))
+    """The story's queries on both stores (SQLite in `tmp_path`, a fresh PostgreSQL)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    made = Desk(dovecot, mail_user, smtp_server, tmp_path, at(MONDAY, 8), database_url=url)
+    assert made.engine.dialect.name == request.param
     yield made
     made.close()
 
