@@ -64,40 +64,45 @@ def load_story(
 
 def _messages(conn: Connection, case_id: int, max_messages: int) -> tuple[list[StoryMessage], int]:
     """The case's first customer message and its newest messages, and how many of the
-    customer's and the team's messages are not among them."""
+    customer's and the team's messages are not among them.
+
+    Which messages is decided on ids and times alone; only the chosen ones' bodies are
+    read (a sort that carried bodies would read every body of a long case)."""
     of_case = and_(message.c.case_id == case_id, message.c.kind.in_(_STORY_KINDS))
     total = int(
         conn.execute(select(func.count()).select_from(message).where(of_case)).scalar() or 0
     )
     at = func.coalesce(message.c.received_at, message.c.date, message.c.stored_at)
-    columns = (
-        message.c.id,
-        message.c.kind,
-        message.c.from_addr,
-        message.c.from_name,
-        message.c.received_at,
-        message.c.date,
-        message.c.stored_at,
-        func.substr(message.c.body_text, 1, _BODY_CHARS).label("body"),
+    newest = (
+        select(message.c.id)
+        .where(of_case)
+        .order_by(at.desc(), message.c.id.desc())
+        .limit(max_messages)
     )
-    newest = conn.execute(
-        select(*columns).where(of_case).order_by(at.desc(), message.c.id.desc()).limit(max_messages)
-    ).all()
-    rows = {int(row.id): row for row in newest}
-    if total > len(rows):
+    chosen = [int(pk) for pk in conn.execute(newest).scalars()]
+    if total > len(chosen):
         # The question that opened the case stays: the lead must not start from nothing.
         first = conn.execute(
-            select(*columns)
+            select(message.c.id)
             .where(and_(of_case, message.c.kind == Kind.CUSTOMER.value))
             .order_by(at, message.c.id)
             .limit(1)
-        ).first()
-        if first is not None and int(first.id) not in rows:
-            oldest_kept = min(rows.values(), key=lambda r: (_at(r), r.id)) if rows else None
-            if oldest_kept is not None and len(rows) >= max_messages:
-                del rows[int(oldest_kept.id)]
-            rows[int(first.id)] = first
-    return [_story_message(row) for row in rows.values()], total - len(rows)
+        ).scalar()
+        if first is not None and first not in chosen:
+            chosen = [*chosen[: max_messages - 1], int(first)]
+    rows = conn.execute(
+        select(
+            message.c.id,
+            message.c.kind,
+            message.c.from_addr,
+            message.c.from_name,
+            message.c.received_at,
+            message.c.date,
+            message.c.stored_at,
+            func.substr(message.c.body_text, 1, _BODY_CHARS).label("body"),
+        ).where(message.c.id.in_(chosen))
+    ).all()
+    return [_story_message(row) for row in rows], total - len(rows)
 
 
 def _at(row: Any) -> datetime:
