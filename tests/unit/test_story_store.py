@@ -161,6 +161,25 @@ def test_an_escalation_with_a_late_update_names_the_new_time_up_front(desk: Stor
     assert "<strong>New:</strong>" in html and new_time in html
 
 
+def test_an_escalation_with_an_announced_update_names_the_new_time(desk: StoreDesk) -> None:
+    desk.deliver(mail(("Bob", "bob@example.org"), "Login", "I cannot log in.", date=at(8)), at(8))
+    desk.triage(at(8))
+    case_id = the_case(desk).id
+    assert desk.chase(at(12)).reminders == 1
+    result = desk.chase(at(15))  # an hour before 16:00: the update zone begins
+    assert (result.updates, result.escalations) == (1, 1)
+    old, new = desk.promises(case_id)
+    assert old.state is PromiseState.SUPERSEDED and old.superseded_by == new.id
+    [escalation] = [r for r in desk.outbox() if r.kind == "escalation"]
+    text, html = parts_of(escalation.raw)
+    assert "Escalation for case KW-1: the promise is about to break." in text
+    new_time = f"{new.due_at.astimezone(BERLIN):%H:%M} (Europe/Berlin)"
+    told = text.index("NEW: the customer was just told to expect us by")
+    assert new_time in text[told:].split("\n")[0]
+    assert "[replaced by a later promise, announced in time]" in text and "[just now]" in text
+    assert "Reminder sent" in text and new_time in html
+
+
 def test_a_reminder_is_not_told_of_a_new_time(desk: StoreDesk) -> None:
     a_case_told_three_times(desk)
     desk.chase(at(12))
