@@ -373,3 +373,38 @@ def test_mail_that_was_not_simply_sent_is_in_the_story() -> None:
         .render(story=story.in_zone(BERLIN), language="de")
     )
     assert "Vorgemerkte E-Mail nicht gesendet" in german and "Erinnerung gesendet" in german
+
+
+def test_text_that_would_reorder_or_hide_itself_is_shown_plainly() -> None:
+    sneaky = StoryMessage(
+        6,
+        T0,
+        Kind.CUSTOMER,
+        "eve@customer.example",
+        "Refund \u202eapproved\u202c by lead\x1b[2J\x00\r\nthanks\tEve",
+        "Eve\u2067 Lead\u2069\r\nX-Injected: 1",
+    )
+    refused = Event(EventKind.REFUSED, T0, "mallory@evil.test", "refused: subject \u202eKW-1\x07")
+    story = build_story("KW-1", messages=[sneaky], promises=[], events=(refused,), now=T0)
+    message, refusal = story.entries
+    assert message.text == "Refund approved by lead[2J\nthanks\tEve"
+    assert message.title == "Eve Lead X-Injected: 1 <eve@customer.example> wrote"
+    assert refusal.text == "refused: subject KW-1"
+
+
+def test_who_did_it_is_named_for_notes_owners_and_refusals() -> None:
+    story = build_story("KW-1", messages=[], promises=[], events=EVENTS, now=story_now())
+    text = (
+        Renderer()
+        ._env.get_template("en/_story.txt.j2")
+        .render(story=story.in_zone(BERLIN), language="en")
+    )
+    assert "Internal note (bob@shop.example)\n    asked accounting" in text
+    assert "Refused (mallory@evil.test)" in text
+    assert "Acknowledgement sent to the customer\n" in text  # keepword itself: no name
+    german = (
+        Renderer()
+        ._env.get_template("de/_story.txt.j2")
+        .render(story=story.in_zone(BERLIN), language="de")
+    )
+    assert "Interne Notiz (bob@shop.example)" in german

@@ -33,12 +33,23 @@ _PARSE_CHARS = 20_000
 # Languages whose "On ... wrote:" / "Am ... schrieb:" lines the reply parser knows.
 REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "pl", "cs")
 _QUOTED_LINE = re.compile(r"^\s*>")
+# Characters that change how the text around them is shown, not what it says: control
+# characters (but tab and newline) and the bidirectional overrides and isolates, with
+# which a customer could make their text read as something else ("Trojan Source").
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
 # How much of a long case a team mail tells: the first message (the question) and the
 # newest ones, the newest events and promises. A case with 500 messages must still make
 # a mail people can read (and an outbox row of kilobytes, not megabytes).
 STORY_MAX_MESSAGES = 25
 STORY_MAX_EVENTS = 200
 STORY_MAX_PROMISES = 50
+
+
+def shown(text: str) -> str:
+    """`text` as a team mail may show it: line ends made "\\n", and control characters and
+    bidirectional overrides removed (hostile input cannot reorder or hide what it says)."""
+    return _UNSHOWN.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def trim_quoted(
@@ -48,7 +59,7 @@ def trim_quoted(
     removed (mail-parser-reply finds the reply headers in many languages), then cut to
     `max_lines` / `max_chars` with a visible "[...]". A body that is nothing but a quote
     keeps its quote: better a quoted message than an empty one."""
-    body = text.replace("\r\n", "\n").replace("\r", "\n")[:_PARSE_CHARS]
+    body = shown(text[:_PARSE_CHARS])
     latest = EmailReplyParser(languages=list(REPLY_LANGUAGES)).parse_reply(body) or ""
     unquoted = "\n".join(line for line in latest.split("\n") if not _QUOTED_LINE.match(line))
     kept = _tidy(unquoted) or _tidy(latest) or _tidy(body)
@@ -139,7 +150,7 @@ class StoryEntry:
     # What the entry is, stably (templates in other languages word the title from it):
     # "customer", "team_reply", "promise:<audience>:<kind>" or the event kind's value.
     key: str = ""
-    who: str = ""  # messages: "Name <address>" (or the address) of the sender
+    who: str = ""  # messages: "Name <address>" of the sender; events: who did it
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +233,9 @@ def build_story(
 
 
 def _message_entry(message: StoryMessage) -> StoryEntry:
-    who = message.sender or "(no sender)"
-    named = f"{message.sender_name} <{who}>" if message.sender_name else who
+    who = shown(message.sender or "(no sender)")
+    name = " ".join(shown(message.sender_name).split())
+    named = f"{name} <{who}>" if name else who
     if message.kind is Kind.CUSTOMER:
         title, part, key = f"{named} wrote", Part.CUSTOMER, "customer"
     else:
@@ -280,6 +292,8 @@ def _event_entry(event: Event, index: int) -> StoryEntry | None:
     if found is None:
         return None  # messages and promises tell those themselves
     part, title = found
+    detail = shown(event.detail)  # a refusal quotes what a stranger sent
+    who = shown(event.actor or "")
     return StoryEntry(
-        event.at, part, event.actor, title, event.detail, order=index, key=event.kind.value
+        event.at, part, event.actor, title, detail, order=index, key=event.kind.value, who=who
     )
