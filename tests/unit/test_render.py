@@ -150,7 +150,7 @@ def test_html_alternative_is_escaped(renderer: Renderer) -> None:
 
 
 def test_language_without_template_falls_back_to_english(renderer: Renderer) -> None:
-    text = renderer.render("reminder", "de", team_case()).text
+    text = renderer.render("reminder", "fr", team_case()).text
     assert text.startswith("Reminder for case KW-42")
     fr = renderer.render("acknowledgement", "fr", ack()).text
     assert "automatic message" in fr

@@ -33,6 +33,23 @@ _PARSE_CHARS = 20_000
 # Languages whose "On ... wrote:" / "Am ... schrieb:" lines the reply parser knows.
 REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "sv", "da", "pl", "cs")
 _QUOTED_LINE = re.compile(r"^\s*>")
+# Characters that change how the text around them is shown, not what it says: control
+# characters (but tab and newline) and the bidirectional overrides and isolates, with
+# which a customer could make their text read as something else ("Trojan Source").
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+# How much of a long case a team mail tells: the first message (the question) and the
+# newest ones, the newest events and promises. A case with 500 messages must still make
+# a mail people can read (and an outbox row of kilobytes, not megabytes).
+STORY_MAX_MESSAGES = 25
+STORY_MAX_EVENTS = 200
+STORY_MAX_PROMISES = 50
+
+
+def shown(text: str) -> str:
+    """`text` as a team mail may show it: line ends made "\\n", and control characters and
+    bidirectional overrides removed (hostile input cannot reorder or hide what it says)."""
+    return _UNSHOWN.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def trim_quoted(
@@ -42,7 +59,7 @@ def trim_quoted(
     removed (mail-parser-reply finds the reply headers in many languages), then cut to
     `max_lines` / `max_chars` with a visible "[...]". A body that is nothing but a quote
     keeps its quote: better a quoted message than an empty one."""
-    body = text.replace("\r\n", "\n").replace("\r", "\n")[:_PARSE_CHARS]
+    body = shown(text[:_PARSE_CHARS])
     latest = EmailReplyParser(languages=list(REPLY_LANGUAGES)).parse_reply(body) or ""
     unquoted = "\n".join(line for line in latest.split("\n") if not _QUOTED_LINE.match(line))
     kept = _tidy(unquoted) or _tidy(latest) or _tidy(body)
@@ -130,6 +147,10 @@ class StoryEntry:
     due_at: datetime | None = None  # promises and waits
     is_new: bool = False  # the promise made together with the mail that shows the story
     order: int = 0  # the tiebreak within one instant and part: stored id
+    # What the entry is, stably (templates in other languages word the title from it):
+    # "customer", "team_reply", "promise:<audience>:<kind>" or the event kind's value.
+    key: str = ""
+    who: str = ""  # messages: "Name <address>" of the sender; events: who did it
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +158,8 @@ class Story:
     reference: str
     entries: tuple[StoryEntry, ...]
     just_promised: datetime | None = None  # the new time told to the customer right now
+    # Messages of the case not in `entries` (a long case: the first and the newest are).
+    messages_left_out: int = 0
 
     @property
     def customer_messages(self) -> int:
@@ -154,7 +177,7 @@ class Story:
             for e in self.entries
         )
         just = self.just_promised.astimezone(zone) if self.just_promised else None
-        return Story(self.reference, entries, just)
+        return Story(self.reference, entries, just, self.messages_left_out)
 
 
 _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
@@ -165,6 +188,10 @@ _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
     EventKind.ACKNOWLEDGEMENT: (Part.UPDATE, "Acknowledgement sent to the customer"),
     EventKind.FOLLOW_UP_NOTE: (Part.UPDATE, "Follow-up note sent to the customer"),
     EventKind.CUSTOMER_UPDATE: (Part.UPDATE, "Update sent to the customer"),
+    # What became of queued mail, where it was not simply sent: the story stays honest.
+    EventKind.DEFERRED: (Part.UPDATE, "Held back by a rate limit"),
+    EventKind.WITHDRAWN: (Part.UPDATE, "Queued mail not sent"),
+    EventKind.REMINDER: (Part.OTHER, "Reminder sent"),
     EventKind.CLOSED: (Part.STATUS, "Closed"),
     EventKind.REOPENED: (Part.STATUS, "Reopened"),
     EventKind.AWAY: (Part.ASSIGNMENT, "Team member away"),
@@ -172,6 +199,10 @@ _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
     EventKind.DELIVERY_FAILED: (Part.OTHER, "Delivery failed"),
     EventKind.ESCALATION: (Part.OTHER, "Escalated"),
 }
+
+
+# The timeline events a story tells (the store loads only these).
+STORY_EVENT_KINDS = frozenset(_EVENT_PARTS)
 
 
 def build_story(
@@ -182,10 +213,12 @@ def build_story(
     events: Sequence[Event],
     new_promise: StoryPromise | None = None,
     now: datetime,
+    messages_left_out: int = 0,
 ) -> Story:
     """The case's story in total order. `events` in stored order (their index is the
     tiebreak); `new_promise`: made in the same transaction as the mail showing the
-    story (an escalation with a customer update), flagged and named up front."""
+    story (an escalation with a customer update), flagged and named up front.
+    `messages_left_out`: how many messages of a long case the caller did not load."""
     entries = [_message_entry(m) for m in messages if m.kind in (Kind.CUSTOMER, Kind.STAFF)]
     known = {p.id for p in promises}
     every = list(promises)
@@ -196,20 +229,20 @@ def build_story(
     entries += [e for index, event in enumerate(events) if (e := _event_entry(event, index))]
     entries.sort(key=lambda e: (e.at, e.part, e.order, e.title))
     just = new_promise.due_at if new_promise is not None else None
-    return Story(reference, tuple(entries), just)
+    return Story(reference, tuple(entries), just, messages_left_out)
 
 
 def _message_entry(message: StoryMessage) -> StoryEntry:
-    who = message.sender or "(no sender)"
-    named = f"{message.sender_name} <{who}>" if message.sender_name else who
+    who = shown(message.sender or "(no sender)")
+    name = " ".join(shown(message.sender_name).split())
+    named = f"{name} <{who}>" if name else who
     if message.kind is Kind.CUSTOMER:
-        title = f"{named} wrote"
-        part = Part.CUSTOMER
+        title, part, key = f"{named} wrote", Part.CUSTOMER, "customer"
     else:
-        title = f"{named} replied"
-        part = Part.TEAM_REPLY
+        title, part, key = f"{named} replied", Part.TEAM_REPLY, "team_reply"
+    text = trim_quoted(message.body_text)
     return StoryEntry(
-        message.at, part, message.sender, title, trim_quoted(message.body_text), order=message.pk
+        message.at, part, message.sender, title, text, order=message.pk, key=key, who=named
     )
 
 
@@ -235,6 +268,8 @@ def _promise_entry(promise: StoryPromise, now: datetime, *, is_new: bool) -> Sto
         due_at=promise.due_at,
         is_new=is_new,
         order=promise.id,
+        key=f"promise:{promise.audience.value}:{promise.kind.value}",
+        who=promise.set_by or "",
     )
 
 
@@ -257,4 +292,8 @@ def _event_entry(event: Event, index: int) -> StoryEntry | None:
     if found is None:
         return None  # messages and promises tell those themselves
     part, title = found
-    return StoryEntry(event.at, part, event.actor, title, event.detail, order=index)
+    detail = shown(event.detail)  # a refusal quotes what a stranger sent
+    who = shown(event.actor or "")
+    return StoryEntry(
+        event.at, part, event.actor, title, detail, order=index, key=event.kind.value, who=who
+    )

@@ -5,7 +5,9 @@ templates_dir, keepword.templates_dir, the templates shipped in the package
 (keepword/templates in the wheel) and the repository's top-level templates/ (editable
 installs). A ChoiceLoader searches them in that order, so an override folder needs only
 the files it changes. A language without a template falls back to English: team mails
-(reminder, escalation, lead_alert, digest) exist in English only.
+(lead_alert, digest) exist in English only; reminders and escalations also in German,
+and their included partials fall back to English the same way (`language ~ "/..."`
+first, then "en/...").
 
 Templates get typed context objects (below) and format instants with the `when` filter,
 in the context's language and in the instant's own zone (the mailbox zone for
@@ -36,10 +38,12 @@ from jinja2 import (
 )
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.runtime import Context as JinjaContext
+from markupsafe import Markup, escape
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.model import MessageFacts
+from keepword.domain.story import Story
 from keepword.domain.windows import BUSINESS_DAY_MINUTES, Window
 from keepword.errors import KeepwordError
 
@@ -133,6 +137,8 @@ class TeamCaseContext:
     last_message_at: datetime | None
     mailbox_address: str
     done_folder: str | None
+    # The whole story of the case (in the mailbox's zone); None: only the last message.
+    story: Story | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +235,7 @@ class Renderer:
         self._env.filters["when"] = _when_filter
         self._env.filters["day"] = _day_filter
         self._env.filters["quote"] = quote
+        self._env.filters["lines"] = html_lines
 
     @classmethod
     def for_mailbox(cls, settings: Settings, mailbox: MailboxSettings) -> Renderer:
@@ -309,6 +316,13 @@ def quote(text: str, max_lines: int = QUOTE_MAX_LINES, max_chars: int = QUOTE_MA
     trimmed = len(kept) < len(lines)
     quoted = "\n".join(f"> {line}" if line else ">" for line in kept)
     return quoted + ("\n> [...]" if trimmed else "")
+
+
+def html_lines(text: str) -> Markup:
+    """Text as escaped HTML lines joined by <br>: clients that ignore `white-space: pre`
+    (Outlook) still show the line breaks, and no character of `text` becomes markup."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return Markup("<br>\n").join(escape(line) for line in lines)
 
 
 _UNITS = {

@@ -58,6 +58,7 @@ from keepword.domain.model import (
 )
 from keepword.domain.outbox_keys import chase_key_ranges, digest_key
 from keepword.domain.promises import Promise, WindowLike, break_if_due, supersede, withdraw
+from keepword.domain.story import Story
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS, customer_mail, team_mail
@@ -74,6 +75,7 @@ from keepword.pipeline.isolation import each_isolated, isolated
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
+from keepword.store import story as story_store
 from keepword.store.messages import last_customer_message
 from keepword.timefmt import moment
 
@@ -529,6 +531,7 @@ def _team_mail(
         last_message_at=last.at.astimezone(zone) if last and last.at else None,
         mailbox_address=desk.box.address,
         done_folder=desk.box.done_folder,
+        story=_story(conn, desk, state, action),
     )
     mail = team_mail(
         desk.box,
@@ -539,12 +542,28 @@ def _team_mail(
         about=state.subject,
         now=desk.now,
     )
-    body = desk.renderer.render(kind.value, "en", context)
+    body = desk.renderer.render(kind.value, desk.box.language, context)
     if not outbox_store.enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
         return False
     event = cases.EventKind.REMINDER if kind is OutboxKind.REMINDER else cases.EventKind.ESCALATION
     _event(conn, state.id, event, desk.now, f"{action.reason}: to {', '.join(recipients)}")
     return True
+
+
+def _story(
+    conn: Connection, desk: MailboxContext, state: cases.CaseState, action: Reminder | Escalation
+) -> Story:
+    """The whole story of the case, in the mailbox's zone: read only for the cases that
+    get a reminder or an escalation now. An escalation queued right after the customer
+    update for its promise names the new time that update just told the customer."""
+    assert state.id is not None
+    just = None
+    if isinstance(action, Escalation) and action.promise_id is not None:
+        just = story_store.promise_of_update(conn, state.id, action.promise_id)
+    story = story_store.load_story(
+        conn, state.id, state.reference, now=desk.now, just_promised=just
+    )
+    return story.in_zone(desk.calendar.zone)
 
 
 # -- daily digest ---------------------------------------------------------------------------
