@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from keepword.cli.status import away_today
 from keepword.config import AwayEntry, OwnersSettings
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus
@@ -162,6 +163,10 @@ def test_an_out_of_office_moves_the_cases_and_the_lead_hears_once(make_desk: Any
     with desk.engine.connect() as conn:
         [period] = away_store.recorded_away(conn, "support", date(2026, 11, 1))
     assert (period.start, period.back_on) == (date(2026, 11, 2), date(2026, 11, 7))
+    with desk.engine.connect() as conn:  # the line `keepword status` prints
+        assert away_today(conn, desk.box, at(0, 12)) == [
+            f"{ALICE} until 2026-11-07 (out-of-office auto-reply)"
+        ]
     # the out-of-office is never answered, and the lead hears once
     notices = [r for r in desk.outbox() if r.kind == "away_notice"]
     assert [n.recipients for n in notices] == [[CAROL]]
