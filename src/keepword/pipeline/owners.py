@@ -44,18 +44,20 @@ log = logging.getLogger(__name__)
 
 
 def owner_on_open(conn: Connection, desk: MailboxContext, case: cases.CaseState) -> cases.Change:
-    """The owner of a case just opened (saved), by the mailbox's policy (`none`: no
-    owner and no line, as before owners)."""
+    """The owner of a case just opened (saved), by the mailbox's policy (`none`, or no
+    `team` configured: no owner and no line, as before owners)."""
     box = desk.box
-    if policy_of(box) is OwnerPolicy.NONE:
+    policy = policy_of(box)
+    if policy is OwnerPolicy.NONE or not box.team:  # no members: nobody to choose
         return cases.Change(case, ())
+    least = policy is OwnerPolicy.LEAST_OPEN  # each policy reads only what it needs
     choice = choose_owner(
-        policy_of(box),
+        policy,
         desk.roster(conn),
         desk.calendar,
         desk.now,
-        open_counts=away_store.open_counts(conn, box.name),
-        last_assigned=away_store.last_assigned(conn, box.name),
+        open_counts=away_store.open_counts(conn, box.name) if least else {},
+        last_assigned=None if least else away_store.last_assigned(conn, box.name),
     )
     return assign_on_open(case, choice, desk.now)
 

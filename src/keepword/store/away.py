@@ -16,6 +16,9 @@ from keepword.domain.owners import AwayPeriod
 from keepword.store.cases import _to_state
 from keepword.store.tables import case, staff_away
 
+# Every status but closed, spelled out so the (mailbox, status) index serves the lookup.
+NOT_CLOSED = [s.value for s in CaseStatus if s is not CaseStatus.CLOSED]
+
 
 def recorded_away(conn: Connection, mailbox: str, since: date) -> list[AwayPeriod]:
     """The absences of the mailbox's staff that end after `since` (first day back later)."""
@@ -84,7 +87,7 @@ def open_counts(conn: Connection, mailbox: str) -> dict[str, int]:
             and_(
                 case.c.mailbox == mailbox,
                 case.c.owner.is_not(None),
-                case.c.status != CaseStatus.CLOSED.value,
+                case.c.status.in_(NOT_CLOSED),
                 case.c.is_history.is_(False),
             )
         )
@@ -94,7 +97,8 @@ def open_counts(conn: Connection, mailbox: str) -> dict[str, int]:
 
 
 def last_assigned(conn: Connection, mailbox: str) -> str | None:
-    """The owner of the mailbox's newest live case that has one (round robin's start)."""
+    """The owner of the mailbox's newest live case that has one (round robin's start;
+    a case opened later but dated earlier still counts as the newest)."""
     return conn.execute(
         select(case.c.owner)
         .where(
@@ -104,7 +108,7 @@ def last_assigned(conn: Connection, mailbox: str) -> str | None:
                 case.c.is_history.is_(False),
             )
         )
-        .order_by(case.c.opened_at.desc(), case.c.id.desc())
+        .order_by(case.c.id.desc())  # the primary key, walked from the end
         .limit(1)
     ).scalar()
 
@@ -119,7 +123,7 @@ def open_cases_of(conn: Connection, mailbox: str, owners: list[str]) -> list[Cas
             and_(
                 case.c.mailbox == mailbox,
                 case.c.owner.in_(owners),
-                case.c.status != CaseStatus.CLOSED.value,
+                case.c.status.in_(NOT_CLOSED),
                 case.c.is_history.is_(False),
             )
         )
