@@ -161,18 +161,39 @@ def roster_for(box: MailboxSettings, recorded: Iterable[AwayPeriod] = ()) -> Ros
     return Roster(tuple(box.team), (*planned, *recorded), days)
 
 
-def away_share(roster: Roster, calendar: BusinessCalendar, now: datetime) -> float:
-    """The share of the staff not working on the next open day from `now` (away or a day
-    off): the predictor's `away` input (domain.predict: the pace is divided by the share
-    still on duty). 0 without staff."""
+def away_share(
+    roster: Roster, calendar: BusinessCalendar, now: datetime, *, lookback_days: int = 7
+) -> float:
+    """The predictor's `away` input (domain.predict divides the measured pace by the
+    share still on duty): how much smaller the staff on the next open day is than on the
+    open days of the last `lookback_days`, over which the pace was measured.
+
+    The pace already carries an absence that started a while ago: counting it again
+    would promise twice its effect. So a vacation raises promises from its first day,
+    and stops adding to them once the measured pace has caught up; a return (more staff
+    than recently) gives 0: the pace shows it as soon as the answers come. 0 without
+    staff. Days off of part-timers count like absences.
+    """
     if not roster.staff:
         return 0.0
     try:
         day = calendar.next_open(now).astimezone(calendar.zone).date()
     except ValueError:
         return 0.0
-    working = sum(1 for a in roster.staff if roster.works_on(a, day))
-    return 1.0 - working / len(roster.staff)
+    today = now.astimezone(calendar.zone).date()
+    recent = [
+        _on_duty(roster, d)
+        for d in (today - timedelta(days=n) for n in range(1, lookback_days + 1))
+        if calendar.day_intervals(d)
+    ]
+    usual = sum(recent) / len(recent) if recent else 1.0
+    if usual <= 0:
+        return 0.0
+    return max(0.0, 1.0 - _on_duty(roster, day) / usual)
+
+
+def _on_duty(roster: Roster, day: date) -> float:
+    return sum(1 for a in roster.staff if roster.works_on(a, day)) / len(roster.staff)
 
 
 def away_now(roster: Roster, day: date) -> tuple[AwayPeriod, ...]:

@@ -33,6 +33,9 @@ from keepword.pipeline.promising import (
 from keepword.store import away as away_store
 from keepword.store import promises as promise_store
 
+# The predictor's pace reflects the staff of about the last week (domain.owners.away_share).
+AWAY_LOOKBACK_DAYS = 7
+
 
 class _Fed(Enum):
     OPENED = "opened"
@@ -147,7 +150,9 @@ class MailboxContext:
         `forget_roster` after recording one)."""
         if self._roster is None:
             today = self.now.astimezone(self.calendar.zone).date()
-            recorded = away_store.recorded_away(conn, self.box.name, today - timedelta(days=1))
+            # the last weeks too: the predictor compares today's staff with recent days
+            since = today - timedelta(days=AWAY_LOOKBACK_DAYS + 1)
+            recorded = away_store.recorded_away(conn, self.box.name, since)
             self._roster = roster_for(self.box, recorded)
         return self._roster
 
@@ -157,7 +162,9 @@ class MailboxContext:
     def away_share(self, conn: Connection) -> float:
         """The share of the staff not on duty on the next open day: the predictor's
         `away` input (issue 13: staff on duty = the calendar minus people away)."""
-        return away_share(self.roster(conn), self.calendar, self.now)
+        return away_share(
+            self.roster(conn), self.calendar, self.now, lookback_days=AWAY_LOOKBACK_DAYS
+        )
 
     def _mark_stale(self) -> None:
         if self._pass is not None:
