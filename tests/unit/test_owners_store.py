@@ -155,6 +155,7 @@ def test_an_out_of_office_moves_the_cases_and_the_lead_hears_once(make_desk: Any
     desk.triage(at(0, 12))
     assert load(desk, first.id).owner == BOB and load(desk, third.id).owner == BOB
     assert load(desk, second.id).owner == BOB
+    assert load(desk, first.id).owner_changes == 1, "an absence is no ping-pong"
     kinds = [k for k, _ in desk.events(first.id)]
     assert kinds[-3:] == ["away", "owner_changed", "automated_in"]  # it joined KW-1 too
     moved = dict(desk.events(third.id))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Connection
@@ -135,10 +136,14 @@ def settle_absences(
             open_counts=away_store.open_counts(conn, box.name),
             last_assigned=away_store.last_assigned(conn, box.name),
         )
+        before = {c.id: c.owner_changes for c in mine}
         for change in notice.moves:
             if change.case.owner == period.address:
                 continue  # nobody on duty to take it: said once to the lead, not each step
-            saved = case_store.save_case(conn, change.case)
+            # An absence is no ping-pong: the move does not count toward
+            # chase.escalate_after_owners.
+            kept = replace(change.case, owner_changes=before[change.case.id])
+            saved = case_store.save_case(conn, kept)
             assert saved.id is not None
             case_store.add_events(conn, saved.id, change.events)
             moved += 1
