@@ -68,6 +68,7 @@ class MailboxContext:
     lead_alerted: str | None = field(default=None, init=False)
     # Who may own cases now: the team with planned (config) and recorded absences.
     _roster: Roster | None = field(default=None, init=False)
+    _away: float | None = field(default=None, init=False)  # away_share at `now`
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -143,7 +144,7 @@ class MailboxContext:
         self._pass = None
         self._pending.clear()
         self.behind_after = self.lead_alerted = None
-        self._roster = None
+        self.forget_roster()
 
     def roster(self, conn: Connection) -> Roster:
         """The team with its planned and recorded absences (read once a run;
@@ -157,14 +158,16 @@ class MailboxContext:
         return self._roster
 
     def forget_roster(self) -> None:
-        self._roster = None
+        self._roster = self._away = None
 
     def away_share(self, conn: Connection) -> float:
         """The share of the staff not on duty on the next open day: the predictor's
         `away` input (issue 13: staff on duty = the calendar minus people away)."""
-        return away_share(
-            self.roster(conn), self.calendar, self.now, lookback_days=AWAY_LOOKBACK_DAYS
-        )
+        if self._away is None:
+            self._away = away_share(
+                self.roster(conn), self.calendar, self.now, lookback_days=AWAY_LOOKBACK_DAYS
+            )
+        return self._away
 
     def _mark_stale(self) -> None:
         if self._pass is not None:

@@ -287,15 +287,12 @@ def _open(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> cases.Ca
         customer=arrival.correspondent,
         why=match.explanation,
     )
+    if _customer_opened(arrival) and not facts.is_history:
+        owned = owners.owner_on_open(conn, desk, opened.case)  # one owner from the start
+        opened = cases.Change(owned.case, (*opened.events, *owned.events))
     saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
     assert saved.id is not None
-    opened_id = saved.id
-    case_store.add_events(conn, opened_id, opened.events)
-    if _customer_opened(arrival) and not facts.is_history:
-        owned = owners.owner_on_open(conn, desk, saved)  # one owner from the start
-        if owned.case != saved:
-            saved = case_store.save_case(conn, owned.case)
-        case_store.add_events(conn, opened_id, owned.events)
+    case_store.add_events(conn, saved.id, opened.events)
     # History is imported by the thousand: one line per case only for live mail.
     log.log(
         logging.DEBUG if facts.is_history else logging.INFO,
