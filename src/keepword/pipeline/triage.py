@@ -270,6 +270,8 @@ def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -
     """A member's own out-of-office marks them away (their cases move; it is never
     answered: robots are not); a member writing themselves is back."""
     facts, kind = arrival.facts, arrival.verdict.kind
+    # Wiring of domain.trust (issue 12 part 1): require the team standing here too
+    # (`trust.team_member(...)`), so a forged out-of-office cannot move cases.
     why = staff_out_of_office(facts, kind, desk.box.team)
     if why is not None:
         owners.out_of_office(conn, desk, facts, arrival.at, why)
