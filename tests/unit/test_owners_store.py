@@ -257,3 +257,16 @@ def test_a_vacation_raises_the_promise(make_desk: Any) -> None:
     assert not usual.is_default
     assert vacation.basis["on_duty"] == 0.5 and usual.basis["on_duty"] == 1.0
     assert vacation.minutes > usual.minutes
+
+
+def test_a_case_nobody_can_own_reminds_the_lead_not_the_team(make_desk: Any) -> None:
+    long_away = {"address": ALICE, "start": date(2026, 11, 1), "back_on": date(2026, 12, 14)}
+    desk = make_desk(team=[ALICE], owners={"away": [long_away]})
+    opened = customer_case(desk, at(0, 10), 0)
+    assert opened.owner is None
+    assert ("owner_changed", "no owner: nobody on the team is on duty in the next weeks") in (
+        desk.events(opened.id)
+    )
+    desk.chase(at(0, 14, 30))
+    [reminder] = [r for r in desk.outbox() if r.kind == "reminder"]
+    assert reminder.recipients == [CAROL]
