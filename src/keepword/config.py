@@ -242,6 +242,52 @@ class LimitSettings(_Strict):
     global_per_hour: int = Field(default=200, ge=1)
 
 
+class AwayEntry(_Strict):
+    """A planned absence: `address` is away from `start` up to (not including) `back_on`."""
+
+    address: str
+    start: date
+    back_on: date
+    why: str = "planned absence"
+
+    _address = field_validator("address")(classmethod(lambda cls, v: _check_address(v)))
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.back_on <= self.start:
+            raise ValueError(f"back_on {self.back_on} is not after start {self.start}")
+        return self
+
+
+class OwnersSettings(_Strict):
+    """`[mailbox.owners]`: who owns a case from the start (domain.owners).
+
+    `least_open` (default): the member on duty with the fewest open cases; `round_robin`:
+    the next member on duty in `team` order; `none`: nobody until someone replies or
+    takes it (reminders then go to the whole team, as before).
+    """
+
+    policy: Literal["least_open", "round_robin", "none"] = "least_open"
+    # Days off of part-timers: address -> the weekdays they work (absent: every open day).
+    working_days: dict[str, list[str]] = Field(default_factory=dict)
+    # Planned absences; an out-of-office auto-reply of a member adds its own.
+    away: list[AwayEntry] = Field(default_factory=list)
+    # How long an out-of-office that states no return date keeps its sender away (they
+    # are back sooner as soon as they write themselves).
+    away_default_days: int = Field(default=7, ge=1, le=90)
+
+    @field_validator("working_days")
+    @classmethod
+    def _days(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        checked: dict[str, list[str]] = {}
+        for address, days in value.items():
+            unknown = [d for d in days if d.lower() not in WEEKDAYS]
+            if unknown:
+                raise ValueError(f"unknown weekday(s) {unknown} for {address}")
+            checked[_check_address(address)] = [d.lower() for d in days]
+        return checked
+
+
 class MailboxSettings(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     address: str
@@ -263,6 +309,7 @@ class MailboxSettings(_Strict):
     promise: PromiseSettings = Field(default_factory=PromiseSettings)
     chase: ChaseSettings = Field(default_factory=ChaseSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    owners: OwnersSettings = Field(default_factory=OwnersSettings)
 
     _address = field_validator("address")(classmethod(lambda cls, v: _check_address(v)))
 
@@ -275,6 +322,14 @@ class MailboxSettings(_Strict):
     @classmethod
     def _lead(cls, value: str | None) -> str | None:
         return None if value is None else _check_address(value)
+
+    @model_validator(mode="after")
+    def _owners_on_team(self) -> Self:
+        named = {a.address for a in self.owners.away} | set(self.owners.working_days)
+        strangers = sorted(named - set(self.team))
+        if strangers:
+            raise ValueError(f"owners: {', '.join(strangers)} not in team (only members own cases)")
+        return self
 
     def team_addresses(self) -> frozenset[str]:
         """Everyone whose mail counts as the team's: members, lead and the shared address."""

@@ -211,7 +211,7 @@ def test_nobody_answers_reminders_escalation_and_an_update_before_the_deadline(
     assert reminder.header("Auto-Submitted") == "auto-generated"
     text = text_of(reminder)
     assert "> I was charged twice for order 1234." in text
-    assert "keepword assign KW-1" in text and "keepword close KW-1" in text
+    assert "keepword assign" not in text and "#take" in text and "#close" in text
     assert "ann@example.org" in text and "17:00" in text
 
     assert desk.chase(at(MONDAY, 15, 30)).reminders == 1  # 80% (15:24)

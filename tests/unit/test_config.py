@@ -126,3 +126,51 @@ def test_digest_is_on_by_default_and_can_be_switched_off() -> None:
     data = minimal()
     data["mailbox"][0]["chase"] = {"digest": False}  # type: ignore[index]
     assert not parse_config(data, Path("k.toml")).mailbox[0].chase.digest
+
+
+def test_owners_policy_and_planned_absences() -> None:
+    data = minimal()
+    box = data["mailbox"][0]  # type: ignore[index]
+    box["team"] = ["alice@example.com", "bob@example.com"]
+    box["owners"] = {
+        "policy": "round_robin",
+        "working_days": {"Bob@Example.com": ["mon", "tue"]},
+        "away": [{"address": "alice@example.com", "start": "2026-12-21", "back_on": "2027-01-04"}],
+    }
+    owners = parse_config(data, Path("k.toml")).mailbox[0].owners
+    assert owners.policy == "round_robin" and owners.working_days == {
+        "bob@example.com": ["mon", "tue"]
+    }
+    assert str(owners.away[0].back_on) == "2027-01-04"
+    assert parse_config(minimal(), Path("k.toml")).mailbox[0].owners.policy == "least_open"
+
+
+@pytest.mark.parametrize(
+    ("owners", "wrong"),
+    [
+        ({"policy": "random"}, "owners.policy"),
+        (
+            {
+                "away": [
+                    {"address": "eve@example.com", "start": "2026-12-21", "back_on": "2027-01-04"}
+                ]
+            },
+            "not in team",
+        ),
+        (
+            {
+                "away": [
+                    {"address": "alice@example.com", "start": "2026-12-21", "back_on": "2026-12-21"}
+                ]
+            },
+            "is not after start",
+        ),
+        ({"working_days": {"alice@example.com": ["someday"]}}, "unknown weekday"),
+    ],
+)
+def test_owners_mistakes_are_named(owners: dict[str, object], wrong: str) -> None:
+    data = minimal()
+    box = data["mailbox"][0]  # type: ignore[index]
+    box["team"] = ["alice@example.com"]
+    box["owners"] = owners
+    assert any(wrong in p for p in problems(data)), problems(data)

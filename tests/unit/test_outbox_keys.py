@@ -17,6 +17,8 @@ def test_every_kind_of_key_is_spelled_once() -> None:
     assert keys.update_key(42, 7) == "update:case:42:promise:7"
     assert keys.breach_key(42, 7) == "breach:case:42:promise:7"
     assert keys.digest_key("support", date(2026, 11, 2)) == "digest:support:2026-11-02"
+    away = keys.away_key("support", "Alice@Example.com", date(2026, 11, 2))
+    assert away == "away:support:alice@example.com:2026-11-02"
 
 
 def test_chase_ranges_hold_this_cases_chase_keys_and_nothing_else() -> None:
@@ -35,6 +37,7 @@ def test_chase_ranges_hold_this_cases_chase_keys_and_nothing_else() -> None:
         keys.ack_key(42),
         keys.note_key(42, datetime(2026, 11, 2, tzinfo=UTC)),
         keys.lead_alert_key("support", 42),
+        keys.away_key("support", "a@example.com", date(2026, 11, 2)),
     ]
     assert all(inside(k) for k in mine)
     assert not any(inside(k) for k in others)

@@ -237,3 +237,78 @@ def test_trust_settings_refuse_mistakes(bad: dict[str, object]) -> None:
 
 def test_clock_is_aware() -> None:
     assert at(21).astimezone(UTC) - at(21) == timedelta(0)
+
+
+# -- wiring helpers (issue 12 part 2, issue 13's `away`) --------------------------------
+
+
+def test_away_share_counts_an_absence_from_its_first_day_once() -> None:
+    from keepword.domain.owners import away_share
+
+    two = Roster((ANN, BOB))
+    away = Roster((ANN, BOB), (AwayPeriod(BOB, date(2026, 12, 14), date(2027, 1, 4)),))
+    assert away_share(two, CALENDAR, at(14)) == 0.0
+    assert away_share(away, CALENDAR, at(14)) == pytest.approx(0.5)  # first day: half
+    # a week on, the pace already shows it: not counted twice
+    assert away_share(away, CALENDAR, at(22)) == 0.0
+    back = Roster((ANN, BOB), (AwayPeriod(BOB, date(2026, 12, 7), date(2026, 12, 14)),))
+    assert away_share(back, CALENDAR, at(14)) == 0.0  # more staff than lately: never < 0
+    assert away_share(Roster(()), CALENDAR, at(14)) == 0.0
+
+
+def test_staff_out_of_office_needs_a_member_an_auto_reply_and_live_mail() -> None:
+    from keepword.domain.model import Address, Kind, MessageFacts
+    from keepword.domain.owners import staff_out_of_office
+
+    def facts(sender: str, headers: dict[str, tuple[str, ...]], **kw: object) -> MessageFacts:
+        return MessageFacts(
+            pk=1, mailbox="m", message_id="x", sender=Address(sender), headers=headers, **kw
+        )  # type: ignore[arg-type]
+
+    replied = {"auto-submitted": ("auto-replied",)}
+    assert staff_out_of_office(facts(BOB, replied), Kind.AUTOMATED, (ANN, BOB))
+    assert staff_out_of_office(facts("x@customer.example", replied), Kind.AUTOMATED, (BOB,)) is None
+    assert staff_out_of_office(facts(BOB, replied), Kind.STAFF, (BOB,)) is None
+    assert staff_out_of_office(facts(BOB, replied, is_history=True), Kind.AUTOMATED, (BOB,)) is None
+    generated = {"auto-submitted": ("auto-generated",)}  # a robot report, not a vacation
+    assert staff_out_of_office(facts(BOB, generated), Kind.AUTOMATED, (BOB,)) is None
+    vacation = facts(BOB, {}, subject="Out of office: Re: [KW-4] help")
+    assert staff_out_of_office(vacation, Kind.AUTOMATED, (BOB,))
+
+
+def test_one_absence_per_out_of_office_run_and_a_new_date_keeps_its_start() -> None:
+    from keepword.domain.owners import absence_from_auto_reply
+
+    first = absence_from_auto_reply(
+        BOB, "Back on 4 January 2027.", received=at(21), zone=BERLIN, recorded=(), default_days=7
+    )
+    assert first == AwayPeriod(
+        BOB, date(2026, 12, 21), date(2027, 1, 4), "out-of-office auto-reply"
+    )
+    again = absence_from_auto_reply(
+        BOB,
+        "Back on 4 January 2027.",
+        received=at(22),
+        zone=BERLIN,
+        recorded=(first,),
+        default_days=7,
+    )
+    assert again is None
+    later = absence_from_auto_reply(
+        BOB,
+        "Back on 11 January 2027.",
+        received=at(23),
+        zone=BERLIN,
+        recorded=(first,),
+        default_days=7,
+    )
+    assert later is not None and (later.start, later.back_on) == (
+        date(2026, 12, 21),
+        date(2027, 1, 11),
+    )
+    vague = absence_from_auto_reply(
+        BOB, "I am away.", received=at(21), zone=BERLIN, recorded=(), default_days=7
+    )
+    assert (
+        vague is not None and vague.back_on == date(2026, 12, 28) and "no return date" in vague.why
+    )

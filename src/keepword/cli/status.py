@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +18,8 @@ from keepword.cli.common import now as clock_now
 from keepword.cli.common import reader_from, settings_from
 from keepword.cli.instances import print_instances
 from keepword.config import MailboxSettings
+from keepword.domain.owners import away_now, roster_for
+from keepword.store import away as away_store
 from keepword.store import outbox as outbox_store
 from keepword.store import reports
 from keepword.store.jobs import job_runs
@@ -59,6 +61,7 @@ class MailboxHealth:
     overdue_promises: int
     outbox_unknown: int = 0  # may have gone out: held until the Sent folder tells
     sent_copies_missing: int = 0  # sent, copy to Sent failed: retried by the drain
+    away: list[str] = field(default_factory=list)  # "who until first day back (why)"
 
     @property
     def healthy(self) -> bool:
@@ -87,7 +90,22 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> MailboxHealth:
+def away_today(
+    conn: Connection, box: MailboxSettings, now: datetime, zone: ZoneInfo | None = None
+) -> list[str]:
+    """Who of the team is away today (planned or out-of-office), until when."""
+    today = now.astimezone(zone or ZoneInfo(box.calendar.timezone or "UTC")).date()
+    roster = roster_for(box, away_store.recorded_away(conn, box.name, today))
+    return [
+        f"{p.address} until {p.back_on.isoformat() if p.back_on else 'they write'}"
+        f" ({p.why or 'away'})"
+        for p in away_now(roster, today)
+    ]
+
+
+def mailbox_health(
+    conn: Connection, box: MailboxSettings, now: datetime, zone: ZoneInfo | None = None
+) -> MailboxHealth:
     folders = [
         FolderHealth(r.folder, _iso(r.last_success_at), r.last_error, _iso(r.last_error_at))
         for r in reports.folder_states(conn, box.name)
@@ -107,6 +125,7 @@ def mailbox_health(conn: Connection, box: MailboxSettings, now: datetime) -> Mai
         overdue_promises=counts.overdue_promises,
         outbox_unknown=outbox_store.unknown_outcomes(conn, box.name),
         sent_copies_missing=outbox_store.missing_sent_copies(conn, box.name),
+        away=away_today(conn, box, now, zone),
     )
 
 
@@ -132,7 +151,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = clock_now()  # the daemon's clock (KEEPWORD_CLOCK in a sped-up soak)
     try:
         with engine.connect() as conn:
-            report = [mailbox_health(conn, box, now) for box in settings.mailbox]
+            report = [
+                mailbox_health(conn, box, now, zone_of(settings, box)) for box in settings.mailbox
+            ]
     finally:
         engine.dispose()
     if args.json:
@@ -180,6 +201,8 @@ def _print(report: list[MailboxHealth], zones: dict[str, ZoneInfo]) -> None:
             f" · open promises {health.open_promises} (overdue {health.overdue_promises})"
             f", next due {_shown(health.next_due, zone, never='-')}"
         )
+        if health.away:
+            console.print(f"  away: {'; '.join(health.away)}")
 
 
 def _jobs_table(jobs: list[JobHealth], zone: ZoneInfo) -> Table:

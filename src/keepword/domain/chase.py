@@ -30,7 +30,8 @@ For each open promise of a case that waits on the team (oldest due first), with
    `escalate_after_owners` times (ping-pong). A case waiting on the team without any
    promise (e.g. its acknowledgement was rate-limited) is escalated once on the
    contact and owner triggers.
-5. `Reminder` to the owner (the whole team when nobody owns the case) at each
+5. `Reminder` to the owner (when nobody owns the case: `CaseSnapshot.team`, which the
+   shell sets to the lead under an owner policy, the members under policy none) at each
    configured fraction of `total` elapsed, only the latest fraction reached (earlier
    ones that were missed are stale), and none once the promise reached `escalate_at` or
    (a customer promise) the update zone: from there on the lead and the customer are

@@ -115,6 +115,7 @@ class OutboxKind(StrEnum):
     ESCALATION = "escalation"
     LEAD_ALERT = "lead_alert"
     DIGEST = "digest"
+    AWAY_NOTICE = "away_notice"  # a member is away, their cases moved: to the lead
 
 
 class OutboxState(StrEnum):

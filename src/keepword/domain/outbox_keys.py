@@ -14,6 +14,8 @@ step runs. The grammar:
     update:case:<case>:promise:<p>              the customer update revising promise p
     breach:case:<case>:promise:<p>              the breach of promise p (never mailed)
     digest:<mailbox>:<YYYY-MM-DD>               a mailbox's daily digest
+    away:<mailbox>:<address>:<YYYY-MM-DD>       "X is away, their cases moved" to the
+                                                lead, once per absence (by its start)
 
 The chase keys (`case:<case>:` after the kind) sort together per case and kind, so a
 case's chase keys are read as index ranges (`chase_key_ranges`).
@@ -62,6 +64,11 @@ def breach_key(case_id: int, promise_id: int) -> str:
 
 def digest_key(mailbox: str, day: date) -> str:
     return f"digest:{mailbox}:{day}"
+
+
+def away_key(mailbox: str, address: str, start: date) -> str:
+    """The lead hears once of each absence: keyed by who and the day it started."""
+    return f"away:{mailbox}:{address.lower()}:{start.isoformat()}"
 
 
 def chase_key_ranges(case_id: int) -> list[tuple[str, str]]:

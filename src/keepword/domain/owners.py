@@ -28,9 +28,12 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from keepword.config import WEEKDAYS, MailboxSettings
 from keepword.domain import cases
 from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.cases import CaseState, Change, Event, EventKind
+from keepword.domain.classify import out_of_office_reason
+from keepword.domain.model import Kind, MessageFacts
 
 # How far ahead `on_duty` looks for an open day with someone working.
 LOOKAHEAD_DAYS = 21
@@ -145,7 +148,119 @@ def assign_on_open(case: CaseState, choice: OwnerChoice, at: datetime) -> Change
     return cases.assign(case, choice.owner, at=at, actor=None, why=f"owner policy: {choice.reason}")
 
 
+def policy_of(box: MailboxSettings) -> OwnerPolicy:
+    return OwnerPolicy(box.owners.policy)
+
+
+def roster_for(box: MailboxSettings, recorded: Iterable[AwayPeriod] = ()) -> Roster:
+    """The mailbox's roster: `team` in its order, with the planned absences of
+    `[mailbox.owners]` and the `recorded` ones (out-of-office replies, from the store)."""
+    owners = box.owners
+    days = {a: frozenset(WEEKDAYS.index(d) for d in ds) for a, ds in owners.working_days.items()}
+    planned = tuple(AwayPeriod(a.address, a.start, a.back_on, a.why) for a in owners.away)
+    return Roster(tuple(box.team), (*planned, *recorded), days)
+
+
+def away_share(
+    roster: Roster, calendar: BusinessCalendar, now: datetime, *, lookback_days: int = 7
+) -> float:
+    """The predictor's `away` input (domain.predict divides the measured pace by the
+    share still on duty): how much smaller the staff on the next open day is than on the
+    open days of the last `lookback_days`, over which the pace was measured.
+
+    The pace already carries an absence that started a while ago: counting it again
+    would promise twice its effect. So a vacation raises promises from its first day,
+    and stops adding to them once the measured pace has caught up; a return (more staff
+    than recently) gives 0: the pace shows it as soon as the answers come. 0 without
+    staff. Days off of part-timers count like absences.
+    """
+    if not roster.staff:
+        return 0.0
+    try:
+        day = calendar.next_open(now).astimezone(calendar.zone).date()
+    except ValueError:
+        return 0.0
+    today = now.astimezone(calendar.zone).date()
+    recent = [
+        _on_duty(roster, d)
+        for d in (today - timedelta(days=n) for n in range(1, lookback_days + 1))
+        if calendar.day_intervals(d)
+    ]
+    usual = sum(recent) / len(recent) if recent else 1.0
+    if usual <= 0:
+        return 0.0
+    return max(0.0, 1.0 - _on_duty(roster, day) / usual)
+
+
+def _on_duty(roster: Roster, day: date) -> float:
+    return sum(1 for a in roster.staff if roster.works_on(a, day)) / len(roster.staff)
+
+
+def away_now(roster: Roster, day: date) -> tuple[AwayPeriod, ...]:
+    """The absences covering `day`, one per member (the one ending last), roster order."""
+    latest: dict[str, AwayPeriod] = {}
+    for p in roster.away:
+        if p.covers(day):
+            known = latest.get(p.address)
+            if known is None or _ends(p) > _ends(known):
+                latest[p.address] = p
+    return tuple(latest[a] for a in roster.staff if a in latest)
+
+
+def _ends(period: AwayPeriod) -> date:
+    return period.back_on or date.max
+
+
 # -- away -------------------------------------------------------------------------------
+
+
+def staff_out_of_office(facts: MessageFacts, kind: Kind, staff: Collection[str]) -> str | None:
+    """Why this message is a team member's own out-of-office reply (None: it is not).
+
+    Automatic mail (classify) from a member of `staff`, either marked as an RFC 3834
+    auto-reply (`Auto-Submitted: auto-replied`, what Sieve vacation and most
+    responders write) or carrying a vacation header or subject. History (mail from
+    before keepword watched the mailbox) states no current absence.
+    """
+    if kind is not Kind.AUTOMATED or facts.is_history or facts.sender is None:
+        return None
+    if facts.sender.address.lower() not in {a.lower() for a in staff}:
+        return None
+    for value in facts.header("auto-submitted"):
+        if value.split(";")[0].split("(")[0].strip().lower() == "auto-replied":
+            return f"Auto-Submitted: {value.strip()} from {facts.sender.address}"
+    reason = out_of_office_reason(facts)
+    return f"{reason} from {facts.sender.address}" if reason else None
+
+
+def absence_from_auto_reply(
+    address: str,
+    auto_reply_text: str,
+    *,
+    received: datetime,
+    zone: ZoneInfo,
+    recorded: Iterable[AwayPeriod],
+    default_days: int,
+) -> AwayPeriod | None:
+    """The absence an out-of-office of `address` states, to record; None when the one
+    already recorded says the same (so the lead is told once per absence).
+
+    No stated return date: away for `default_days` (or until they write themselves). An
+    absence already covering today keeps its start (the same absence, told once) and
+    takes a newly stated return date.
+    """
+    today = received.astimezone(zone).date()
+    stated = return_date(auto_reply_text, today)
+    why = "out-of-office auto-reply"
+    if stated is None:
+        why += f"; no return date stated: {default_days} days or until they write"
+    back = stated or today + timedelta(days=default_days)
+    for existing in recorded:
+        if existing.address == address and existing.covers(today):
+            if stated is None or existing.back_on == stated:
+                return None
+            return AwayPeriod(address, existing.start, stated, why)
+    return AwayPeriod(address, today, back, why)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ TEAM_LABELS = {
     OutboxKind.ESCALATION: "Escalation",
     OutboxKind.LEAD_ALERT: "We are behind",
     OutboxKind.DIGEST: "Daily digest",
+    OutboxKind.AWAY_NOTICE: "Away",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

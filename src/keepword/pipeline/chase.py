@@ -57,6 +57,7 @@ from keepword.domain.model import (
     PromiseState,
 )
 from keepword.domain.outbox_keys import chase_key_ranges, digest_key
+from keepword.domain.owners import OwnerPolicy, policy_of
 from keepword.domain.promises import Promise, WindowLike, break_if_due, supersede, withdraw
 from keepword.domain.story import Story
 from keepword.domain.windows import Window
@@ -70,6 +71,7 @@ from keepword.mail.render import (
     customer_due,
     window_duration_text,
 )
+from keepword.pipeline import owners
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import each_isolated, isolated
 from keepword.store import cases as case_store
@@ -117,6 +119,14 @@ def chase_mailbox(desk: MailboxContext) -> ChaseResult:
     """
     box, engine = desk.box, desk.engine
     result = ChaseResult()
+    # Absences first (a planned one starts today): reminders then go to the new owners.
+    moves = isolated(
+        partial(_absences_step, desk),
+        what=f"mailbox {box.name}: absences",
+        log=log,
+        expected=(StaleCaseError,),  # `keepword assign` meanwhile: moved next step
+    )
+    result.failed += int(moves.failed)
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
     outcome = each_isolated(
@@ -147,6 +157,11 @@ def chase_mailbox(desk: MailboxContext) -> ChaseResult:
             result.withdrawn,
         )
     return result
+
+
+def _absences_step(desk: MailboxContext) -> int:
+    with desk.engine.begin() as conn:
+        return owners.settle_absences(conn, desk)
 
 
 def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
@@ -219,18 +234,23 @@ def _plan_case(
         with engine.connect() as conn:
             open_now = promise_store.open_promises(conn, state.id)
         window = None
-    snapshot = CaseSnapshot.of(state, open_now, team=_team(desk.box), lead=desk.box.lead)
+    snapshot = CaseSnapshot.of(
+        state, open_now, team=unowned_recipients(desk.box), lead=desk.box.lead
+    )
     by_id = {p.id: p for p in open_now}
     actions = plan(snapshot, desk.now, desk.calendar, desk.box.chase, done=done, new_window=window)
     return [partial(_apply, desk, state, by_id, action) for action in actions]
 
 
-def _team(box: MailboxSettings) -> tuple[str, ...]:
-    """Who hears a reminder when nobody owns the case: the members, else the lead."""
-    members = tuple(box.team)
-    if members:
-        return members
-    return (box.lead,) if box.lead else ()
+def unowned_recipients(box: MailboxSettings) -> tuple[str, ...]:
+    """Who hears a reminder when nobody owns the case. With an owner policy a case has
+    one from the start, and a case without (nobody on duty for weeks) goes to the lead:
+    reminders never go to the whole team. Policy `none` keeps the old way: the members
+    (else the lead)."""
+    lead = (box.lead,) if box.lead else ()
+    if policy_of(box) is not OwnerPolicy.NONE and lead:
+        return lead
+    return tuple(box.team) or lead
 
 
 def _done_keys(conn: Connection, case_id: int) -> frozenset[str]:

@@ -20,6 +20,7 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
+from keepword.domain.owners import Roster, away_share, roster_for
 from keepword.domain.predict import PromisePredictor
 from keepword.domain.windows import Window
 from keepword.mail.render import Renderer
@@ -29,7 +30,11 @@ from keepword.pipeline.promising import (
     pass_predictor,
     update_window,
 )
+from keepword.store import away as away_store
 from keepword.store import promises as promise_store
+
+# The predictor's pace reflects the staff of about the last week (domain.owners.away_share).
+AWAY_LOOKBACK_DAYS = 7
 
 
 class _Fed(Enum):
@@ -61,6 +66,9 @@ class MailboxContext:
     # alert already queued for it.
     behind_after: int | None = field(default=None, init=False)
     lead_alerted: str | None = field(default=None, init=False)
+    # Who may own cases now: the team with planned (config) and recorded absences.
+    _roster: Roster | None = field(default=None, init=False)
+    _away: float | None = field(default=None, init=False)  # away_share at `now`
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -91,12 +99,12 @@ class MailboxContext:
             once = pass_predictor(
                 conn, self.box, self.calendar, self.now, exclude_case=exclude_case
             )
-            return once.window(self.now)
+            return once.window(self.now, away=self.away_share(conn))
         self._feed(keep=exclude_case)
         if self._pass.stale:  # an event out of order: the store says it right
             self._pass = None
             return self.honest_window(conn, exclude_case=exclude_case)
-        return self._pass.window(self.now)
+        return self._pass.window(self.now, away=self.away_share(conn))
 
     def note_case(self, conn: Connection, before: CaseState | None, after: CaseState) -> None:
         """Triage changed case `after` (`before`: None if it opened it): the queue the
@@ -136,6 +144,30 @@ class MailboxContext:
         self._pass = None
         self._pending.clear()
         self.behind_after = self.lead_alerted = None
+        self.forget_roster()
+
+    def roster(self, conn: Connection) -> Roster:
+        """The team with its planned and recorded absences (read once a run;
+        `forget_roster` after recording one)."""
+        if self._roster is None:
+            today = self.now.astimezone(self.calendar.zone).date()
+            # the last weeks too: the predictor compares today's staff with recent days
+            since = today - timedelta(days=AWAY_LOOKBACK_DAYS + 1)
+            recorded = away_store.recorded_away(conn, self.box.name, since)
+            self._roster = roster_for(self.box, recorded)
+        return self._roster
+
+    def forget_roster(self) -> None:
+        self._roster = self._away = None
+
+    def away_share(self, conn: Connection) -> float:
+        """The share of the staff not on duty on the next open day: the predictor's
+        `away` input (issue 13: staff on duty = the calendar minus people away)."""
+        if self._away is None:
+            self._away = away_share(
+                self.roster(conn), self.calendar, self.now, lookback_days=AWAY_LOOKBACK_DAYS
+            )
+        return self._away
 
     def _mark_stale(self) -> None:
         if self._pass is not None:
@@ -163,4 +195,6 @@ class MailboxContext:
         evidence, not a fresh sample). The predictor is built once a run."""
         if self._predictor is None:
             self._predictor = mailbox_predictor(conn, self.box, self.calendar, self.now)
-        return update_window(self._predictor, self.now, case_id, opened_at)
+        return update_window(
+            self._predictor, self.now, case_id, opened_at, away=self.away_share(conn)
+        )

@@ -90,8 +90,9 @@ class PassPredictor:
         self.latest = at
         self._last_was_arrival = False
 
-    def window(self, now: datetime) -> Window:
-        return self.predictor.window(now)
+    def window(self, now: datetime, *, away: float = 0.0) -> Window:
+        """`away`: the share of the staff not on duty (domain.owners.away_share)."""
+        return self.predictor.window(now, away=away)
 
 
 def pass_predictor(
@@ -148,8 +149,14 @@ def honest_window(
 
 
 def update_window(
-    predictor: PromisePredictor, now: datetime, case_id: int, opened_at: datetime
+    predictor: PromisePredictor,
+    now: datetime,
+    case_id: int,
+    opened_at: datetime,
+    *,
+    away: float = 0.0,
 ) -> Window:
     """The residual time to promise in a customer update for a case open since
-    `opened_at` (its own wait is evidence; `predict.explain` says so)."""
-    return predictor.residual_window(now, opened_at, key=case_id)
+    `opened_at` (its own wait is evidence; `predict.explain` says so). `away`: the share
+    of the staff not on duty."""
+    return predictor.residual_window(now, opened_at, key=case_id, away=away)

@@ -106,6 +106,7 @@ SEND_ORDER: Final[dict[str, int]] = {
     OutboxKind.REMINDER.value: 1,
     OutboxKind.ESCALATION.value: 1,
     OutboxKind.LEAD_ALERT.value: 1,
+    OutboxKind.AWAY_NOTICE.value: 1,
     OutboxKind.DIGEST.value: 2,
 }
 

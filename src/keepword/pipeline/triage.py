@@ -29,6 +29,7 @@ from keepword.domain.model import (
     PromiseState,
 )
 from keepword.domain.outbox_keys import ack_key, note_key
+from keepword.domain.owners import staff_out_of_office
 from keepword.domain.threads import (
     Candidates,
     ThreadMatch,
@@ -41,6 +42,7 @@ from keepword.domain.threads import (
 )
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
+from keepword.pipeline import owners
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
@@ -229,6 +231,7 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, now) if facts.date else now
     arrival = _Arrival(facts, verdict, match, correspondent, at)
+    _staff_presence(conn, desk, arrival)
     if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
         _record(conn, pk, arrival, None, now)
         return
@@ -236,7 +239,7 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     before = (
         case_store.load_case(conn, match.case_id)
         if match.case_id is not None
-        else _open(conn, box, arrival)
+        else _open(conn, desk, arrival)
     )
     if new_case:
         result.opened += 1
@@ -263,7 +266,21 @@ def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -
     return kind is Kind.CUSTOMER
 
 
-def _open(conn: Connection, box: MailboxSettings, arrival: _Arrival) -> cases.CaseState:
+def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> None:
+    """A member's own out-of-office marks them away (their cases move; it is never
+    answered: robots are not); a member writing themselves is back."""
+    facts, kind = arrival.facts, arrival.verdict.kind
+    # Wiring of domain.trust (issue 12 part 1): require the team standing here too
+    # (`trust.team_member(...)`), so a forged out-of-office cannot move cases.
+    why = staff_out_of_office(facts, kind, desk.box.team)
+    if why is not None:
+        owners.out_of_office(conn, desk, facts, arrival.at, why)
+    elif kind is Kind.STAFF and facts.sender is not None and not facts.is_history:
+        owners.staff_wrote(conn, desk, facts.sender.address)
+
+
+def _open(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> cases.CaseState:
+    box = desk.box
     facts, match = arrival.facts, arrival.match
     opened = cases.open_case(
         facts,
@@ -272,6 +289,9 @@ def _open(conn: Connection, box: MailboxSettings, arrival: _Arrival) -> cases.Ca
         customer=arrival.correspondent,
         why=match.explanation,
     )
+    if _customer_opened(arrival) and not facts.is_history:
+        owned = owners.owner_on_open(conn, desk, opened.case)  # one owner from the start
+        opened = cases.Change(owned.case, (*opened.events, *owned.events))
     saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
     assert saved.id is not None
     case_store.add_events(conn, saved.id, opened.events)
@@ -284,6 +304,12 @@ def _open(conn: Connection, box: MailboxSettings, arrival: _Arrival) -> cases.Ca
         match.explanation,
     )
     return saved
+
+
+def _customer_opened(arrival: _Arrival) -> bool:
+    """A customer's mail (or one a member forwarded in) opened the case: the policy
+    chooses its owner. A member writing out owns their own case by replying."""
+    return arrival.verdict.kind is Kind.CUSTOMER or arrival.match.rule is ThreadRule.FORWARD_NEW
 
 
 def _fold(before: cases.CaseState, arrival: _Arrival, new_case: bool) -> cases.Change:

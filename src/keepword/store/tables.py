@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -306,4 +307,24 @@ mailbox_lease = Table(
     Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),
     _ts("acquired_at"),
     _ts("expires_at"),
+)
+
+
+# Team members away (issue 12): recorded from their own out-of-office auto-replies
+# (planned absences live in the config). `back_on` is the first day back;
+# `until_they_write`: no return date was stated, so their own next mail ends it sooner.
+staff_away = Table(
+    "staff_away",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("start", Date, nullable=False),
+    Column("back_on", Date, nullable=False),
+    Column("why", Text, nullable=True),
+    Column("until_they_write", Boolean, nullable=False, default=False, server_default="0"),
+    Column("message_pk", Integer, ForeignKey("message.id"), nullable=True),
+    _ts("recorded_at", nullable=False),
+    UniqueConstraint("mailbox", "address", "start", name="uq_staff_away_mailbox_address_start"),
+    Index("ix_staff_away_mailbox_back_on", "mailbox", "back_on"),
 )
