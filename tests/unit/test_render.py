@@ -234,6 +234,18 @@ def test_team_mails_are_actionable(renderer: Renderer) -> None:
     assert "folder" not in no_done.split("To close it:")[1]
 
 
+@pytest.mark.parametrize("language", ["en", "de"])
+@pytest.mark.parametrize("name", ["reminder", "escalation"])
+def test_team_mails_name_mail_commands_in_both_parts_never_a_shell(
+    renderer: Renderer, name: str, language: str
+) -> None:
+    rendered = renderer.render(name, language, team_case())
+    assert rendered.html is not None
+    for part in (rendered.text, rendered.html):
+        assert "keepword assign" not in part and "keepword close" not in part
+        assert "#take" in part and "#close" in part
+
+
 def test_lead_alert_and_digest(renderer: Renderer) -> None:
     alert = LeadAlertContext(
         reference="KW-42",
