@@ -115,6 +115,7 @@ class OutboxKind(StrEnum):
     ESCALATION = "escalation"
     LEAD_ALERT = "lead_alert"
     DIGEST = "digest"
+    COMMAND_REPLY = "command_reply"  # the confirmation (or refusal) of commands by mail
 
 
 class OutboxState(StrEnum):

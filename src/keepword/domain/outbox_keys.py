@@ -14,6 +14,9 @@ step runs. The grammar:
     update:case:<case>:promise:<p>              the customer update revising promise p
     breach:case:<case>:promise:<p>              the breach of promise p (never mailed)
     digest:<mailbox>:<YYYY-MM-DD>               a mailbox's daily digest
+    command_reply:message:<m>                   the one confirmation of command mail m
+    update:case:<case>:message:<m>              the customer update a command in mail m
+                                                asked for (#waiting; a later #promise)
 
 The chase keys (`case:<case>:` after the kind) sort together per case and kind, so a
 case's chase keys are read as index ranges (`chase_key_ranges`).
@@ -62,6 +65,17 @@ def breach_key(case_id: int, promise_id: int) -> str:
 
 def digest_key(mailbox: str, day: date) -> str:
     return f"digest:{mailbox}:{day}"
+
+
+def command_reply_key(message_pk: int) -> str:
+    """One confirmation (or refusal) per command mail, however often it is triaged."""
+    return f"command_reply:message:{message_pk}"
+
+
+def command_update_key(case_id: int, message_pk: int) -> str:
+    """The customer update of a command mail (#waiting): in the case's update range, so
+    the chase reads it with its own keys, but about no promise (`promise_id_of` None)."""
+    return f"update:case:{case_id}:message:{message_pk}"
 
 
 def chase_key_ranges(case_id: int) -> list[tuple[str, str]]:

@@ -50,6 +50,7 @@ TEAM_LABELS = {
     OutboxKind.ESCALATION: "Escalation",
     OutboxKind.LEAD_ALERT: "We are behind",
     OutboxKind.DIGEST: "Daily digest",
+    OutboxKind.COMMAND_REPLY: "Commands",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

@@ -104,6 +104,7 @@ SEND_ORDER: Final[dict[str, int]] = {
     OutboxKind.REMINDER.value: 1,
     OutboxKind.ESCALATION.value: 1,
     OutboxKind.LEAD_ALERT.value: 1,
+    OutboxKind.COMMAND_REPLY.value: 1,
     OutboxKind.DIGEST.value: 2,
 }
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from keepword.config import MailboxSettings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
+from keepword.domain.commands import Outcome
 from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
@@ -39,8 +40,10 @@ from keepword.domain.threads import (
     referenced_ids,
     subject_key,
 )
+from keepword.domain.trust import Sender, Standing
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
+from keepword.pipeline import commands
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
@@ -229,8 +232,11 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, now) if facts.date else now
     arrival = _Arrival(facts, verdict, match, correspondent, at)
+    command = _command_mail(arrival, team)
     if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
         _record(conn, pk, arrival, None, now)
+        if command is not None:
+            commands.refuse_caseless(conn, desk, command)
         return
     new_case = match.case_id is None
     before = (
@@ -240,7 +246,15 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     )
     if new_case:
         result.opened += 1
-    change = _fold(before, arrival, new_case)
+    # A command mail is the team's answer only if it went to the customer with more in it.
+    answers = command is None or command.answers_customer
+    if command is not None and not command.answers_customer:
+        change = commands.received(command, before, at)
+    else:
+        change = _fold(before, arrival, new_case)
+    outcomes: tuple[Outcome, ...] = ()
+    if command is not None:
+        change, outcomes = commands.decide(command, change, desk)
     saved = case_store.save_case(conn, change.case)
     assert saved.id is not None
     desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
@@ -248,9 +262,33 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     if correspondent is not None:
         case_store.add_correspondents(conn, saved.id, [correspondent.address])
     _record(conn, pk, arrival, saved.id, now)
-    _settle_promises(conn, desk, before, saved, verdict.kind, at)
+    if answers:
+        _settle_promises(conn, desk, before, saved, verdict.kind, at)
+    if command is not None:
+        commands.carry_out(conn, desk, saved, command, outcomes)
     if _acknowledge_if_due(conn, run, saved, arrival, new_case):
         result.acknowledged += 1
+
+
+def _commands_allowed(arrival: _Arrival) -> bool:
+    """THE gate for commands by mail: who may steer a case from a mail client.
+
+    Today: a team address in From (domain.classify's STAFF). With the trust model wired
+    into triage this becomes `arrival.sender.standing is Standing.TEAM` (a team address
+    AND proof: Sent folder, DKIM, trusted Authentication-Results). Never imported mail:
+    a "#close" from last year's history is not an order for today.
+    """
+    return arrival.verdict.kind is Kind.STAFF and not arrival.facts.is_history
+
+
+def _command_mail(arrival: _Arrival, team: frozenset[str]) -> commands.CommandMail | None:
+    """The commands at the top of a mail that may command (`_commands_allowed`)."""
+    if not _commands_allowed(arrival):
+        return None
+    facts = arrival.facts
+    address = facts.sender.address.lower() if facts.sender else None
+    sender = Sender(Standing.TEAM, Kind.STAFF, arrival.verdict.reason, address, True)
+    return commands.read(facts, sender, team)
 
 
 def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:
