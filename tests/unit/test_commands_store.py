@@ -20,7 +20,13 @@ import pytest
 from sqlalchemy import select
 
 from keepword.cli import cases as cli_cases
-from keepword.domain.model import CaseStatus, Origin, PromiseAudience, PromiseState
+from keepword.domain.model import (
+    CaseStatus,
+    Origin,
+    PromiseAudience,
+    PromiseKind,
+    PromiseState,
+)
 from keepword.mail.parse import parse_message
 from keepword.pipeline import commands as command_use_case
 from keepword.store import cases as case_store
@@ -113,6 +119,7 @@ def test_take_note_promise_to_the_shared_address(desk: StoreDesk) -> None:
     assert old.id == ack.id and old.state is PromiseState.SUPERSEDED
     assert new.state is PromiseState.OPEN and new.due_at == at(12, day=1)
     assert new.audience is PromiseAudience.CUSTOMER  # later than told: the customer is told
+    assert new.kind is PromiseKind.UPDATE  # a person's time never calibrates the windows
     assert "the bank reverses it" not in customer_text(desk)
     assert "#take" not in customer_text(desk) and "#note" not in customer_text(desk)
     [update] = rows(desk, "customer_update")
@@ -134,6 +141,24 @@ def test_an_earlier_promise_keeps_the_customers_word_without_a_mail(desk: StoreD
     assert new.due_at == earlier and new.audience is PromiseAudience.CUSTOMER
     assert rows(desk, "customer_update") == []
     assert "keeps that word" in confirmation(desk)
+
+
+def test_a_promise_after_the_answer_is_the_teams_target_and_is_chased(desk: StoreDesk) -> None:
+    question = open_case(desk)
+    reply = mail(ALICE_FROM, "Re: Charged twice", "Refunded.", to=ANN[1], reply_to=question)
+    desk.deliver(reply, at(9, 30), folder="Sent")
+    desk.triage(at(9, 30))
+    assert the_case(desk).status == CaseStatus.WAITING_ON_CUSTOMER.value
+    command(desk, "#promise 2026-11-02 15:00\n#note I check the bank's answer\n", at(10))
+    assert the_case(desk).status == CaseStatus.WAITING_ON_TEAM.value  # it is owed again
+    kept, target = desk.promises(the_case(desk).id)
+    assert kept.state is PromiseState.KEPT
+    assert (target.kind, target.audience) == (PromiseKind.NEXT_RESPONSE, PromiseAudience.TEAM)
+    assert rows(desk, "customer_update") == []  # the customer was promised nothing new
+    desk.chase(at(13))
+    assert [r.dedup_key for r in rows(desk, "reminder")] == [
+        f"reminder:case:{the_case(desk).id}:promise:{target.id}:50"
+    ]
 
 
 def test_assign_only_to_the_team(desk: StoreDesk) -> None:

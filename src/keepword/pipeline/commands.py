@@ -191,15 +191,14 @@ def _set_promise(
     if tell and not case.customer:
         notices.append(f"{case.reference} has no customer address: nobody was told the new time.")
         tell = False
+    to_customer = tell or told_before is not None
     new = Promise(
         id=None,
         case_id=case.id,
-        kind=PromiseKind.FIRST_RESPONSE
-        if case.first_response_at is None
-        else PromiseKind.NEXT_RESPONSE,
-        audience=PromiseAudience.CUSTOMER
-        if tell or told_before is not None
-        else PromiseAudience.TEAM,
+        # Like the chase's updates (never a first-response promise: those calibrate the
+        # measured windows, and a person's time is no measurement); untold, a team target.
+        kind=PromiseKind.UPDATE if to_customer else PromiseKind.NEXT_RESPONSE,
+        audience=PromiseAudience.CUSTOMER if to_customer else PromiseAudience.TEAM,
         made_at=now,
         due_at=request.due_at,
         reason=request.reason,
