@@ -28,6 +28,7 @@ from keepword.domain.model import (
     PromiseState,
 )
 from keepword.mail.parse import parse_message
+from keepword.pipeline import chase
 from keepword.pipeline import commands as command_use_case
 from keepword.store import cases as case_store
 from keepword.store.messages import Folder, StoreItem, store_batch
@@ -364,3 +365,35 @@ def test_the_confirmation_goes_to_the_sender_only_once(desk: StoreDesk) -> None:
     desk.triage(at(10, 5))
     assert len(rows(desk, "command_reply")) == 1
     assert SUPPORT not in rows(desk, "command_reply")[0].recipients
+
+
+def test_a_command_between_the_chases_plan_and_its_mail_loses_nothing(
+    desk: StoreDesk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chase plans a reminder on the old promise; the command mail (#promise) commits
+    before the reminder is written: the chase step is refused (the case moved on) and
+    the next step reminds about the new promise only."""
+    open_case(desk)
+    [ack] = desk.promises(the_case(desk).id)
+    when = ack.made_at + (ack.due_at - ack.made_at) * 0.6
+    desk.deliver(mail(ALICE_FROM, "[KW-1] x", "#promise 2026-11-02 16:30\n", date=when), when)
+    real = chase.plan
+    raced: list[bool] = []
+
+    def plan_then_race(*args: Any, **kwargs: Any) -> Any:
+        planned = real(*args, **kwargs)
+        if not raced:
+            raced.append(True)
+            assert desk.triage(when).errors == []
+        return planned
+
+    monkeypatch.setattr(chase, "plan", plan_then_race)
+    first = desk.chase(when)
+    assert raced and first.reminders == 0  # planned on the old promise: refused
+    assert rows(desk, "reminder") == []
+    _, new = desk.promises(the_case(desk).id)
+    later = new.made_at + (new.due_at - new.made_at) * 0.6
+    desk.chase(later)
+    assert [r.dedup_key for r in rows(desk, "reminder")] == [
+        f"reminder:case:{the_case(desk).id}:promise:{new.id}:50"
+    ]
