@@ -258,6 +258,16 @@ def test_only_commands_to_the_customer_is_no_answer(desk: StoreDesk) -> None:
     assert "went to the customer too" in confirmation(desk)
 
 
+def test_a_reply_to_the_customer_starting_with_a_hash_word_is_just_a_reply(
+    desk: StoreDesk,
+) -> None:
+    question = open_case(desk)
+    body = "#Order 4711 shipped today.\n\nBest, Alice\n"
+    command(desk, body, at(10), subject="Re: Charged twice", to=ANN[1], reply_to=question)
+    assert the_case(desk).first_response_at == at(10)
+    assert rows(desk, "command_reply") == []
+
+
 def test_commands_about_no_case_are_refused(desk: StoreDesk) -> None:
     open_case(desk)
     command(desk, "#close\n", at(10), subject="[KW-99] something")

@@ -88,7 +88,10 @@ def read(facts: MessageFacts, sender: Sender, team: frozenset[str]) -> CommandMa
         return None
     members = {a.lower() for a in team}
     outside = any(a.address.lower() not in members for a in (*facts.to, *facts.cc))
-    return CommandMail(facts, parsed, sender, outside)
+    command = CommandMail(facts, parsed, sender, outside)
+    if outside and not command.knows_a_verb:
+        return None  # a reply to a customer that starts with "#Order 123 shipped": no command
+    return command
 
 
 def staff(desk: MailboxContext) -> frozenset[str]:
