@@ -68,6 +68,11 @@ def command(
     return sent
 
 
+def cases_of(desk: StoreDesk) -> list[Any]:
+    with desk.engine.connect() as conn:
+        return list(conn.execute(select(case).order_by(case.c.id)))
+
+
 def the_case(desk: StoreDesk) -> Any:
     with desk.engine.connect() as conn:
         return conn.execute(select(case).where(case.c.reference == "KW-1")).one()
@@ -266,6 +271,25 @@ def test_a_reply_to_the_customer_starting_with_a_hash_word_is_just_a_reply(
     command(desk, body, at(10), subject="Re: Charged twice", to=ANN[1], reply_to=question)
     assert the_case(desk).first_response_at == at(10)
     assert rows(desk, "command_reply") == []
+
+
+def test_a_forward_into_the_inbox_with_take_opens_a_case_owned_by_its_sender(
+    desk: StoreDesk,
+) -> None:
+    body = (
+        "#take\n\n"
+        "---------- Forwarded message ---------\n"
+        "From: Bo Ek <bo@example.net>\n"
+        "Date: Mon, 2 Nov 2026 08:30:00 +0000\n"
+        "Subject: Broken lid\n"
+        "To: alice@example.com\n\n"
+        "The lid arrived broken.\n"
+    )
+    command(desk, body, at(10), subject="Fwd: Broken lid")
+    [opened] = cases_of(desk)
+    assert (opened.customer, opened.owner) == ("bo@example.net", ALICE)
+    assert opened.customer_contacts == 1  # the forwarded mail is the customer's contact
+    assert "is yours now" in confirmation(desk)
 
 
 def test_commands_about_no_case_are_refused(desk: StoreDesk) -> None:

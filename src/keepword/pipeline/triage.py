@@ -246,12 +246,14 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     )
     if new_case:
         result.opened += 1
-    # A command mail is the team's answer only if it went to the customer with more in it.
-    answers = command is None or command.answers_customer
-    if command is not None and not command.answers_customer:
-        change = commands.received(command, before, at)
-    else:
+    # A command mail is the team's answer only if it went to the customer with more in it
+    # (a forward of a customer's mail into the inbox stays that customer's contact).
+    answers = command is None or command.answers_customer or match.rule is ThreadRule.FORWARD_NEW
+    if answers:
         change = _fold(before, arrival, new_case)
+    else:
+        assert command is not None
+        change = commands.received(command, before, at)
     outcomes: tuple[Outcome, ...] = ()
     if command is not None:
         change, outcomes = commands.decide(command, change, desk)
