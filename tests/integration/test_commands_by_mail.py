@@ -3,8 +3,10 @@
 A customer writes; keepword acknowledges and, later, reminds the team. Alice answers the
 reminder from mutt in batch mode (`mutt -F muttrc -H draft`): mutt sends through an SMTP
 relay (aiosmtpd) that delivers over LMTP into the shared mailbox on Dovecot, where
-keepword's poll finds it. Then: the owner changed, the note is on the timeline and in
-no customer mail, Alice got one confirmation, and the chase follows the new promise.
+keepword's poll finds it. keepword's own mail goes through a relay into Dovecot too, so
+what Alice and the customer receive is read back from their mailboxes over IMAP. Then:
+the owner changed, the note is on the timeline and in no customer mail, Alice got one
+confirmation, and the chase follows the new promise.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from keepword.pipeline.chase import chase_mailbox
 from keepword.pipeline.context import MailboxContext
 from keepword.store import promises as promise_store
 from keepword.store.tables import case, case_event, outbox
-from tests.fixtures.desk import ALICE, ANN, Desk, mail
+from tests.fixtures.desk import ALICE, Desk, mail
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import CapturedMail, SmtpServer
 from tests.fixtures.waiting import wait_until
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 NOTE = "called her, accounting fixes it today"
+CUSTOMER = ("Cu Stomer", "customer@example.org")  # a Dovecot account: mail really arrives
 
 
 def mutt_sends(home: Path, relay: SmtpServer, draft: str) -> None:
@@ -75,6 +78,32 @@ def relay(dovecot: Dovecot, smtp_server_factory: Callable[..., SmtpServer]) -> I
     yield smtp_server_factory(auth=False, lmtp=(dovecot.host, dovecot.lmtp_port))
 
 
+@pytest.fixture
+def outgoing(
+    dovecot: Dovecot, smtp_server_factory: Callable[..., SmtpServer]
+) -> Iterator[SmtpServer]:
+    """keepword's own relay (with AUTH): its mail lands in the recipients' Dovecot INBOX."""
+    yield smtp_server_factory(lmtp=(dovecot.host, dovecot.lmtp_port))
+
+
+def inbox_texts(dovecot: Dovecot, user: str, loop: str, kind: str | None = None) -> list[str]:
+    """The plain text of the mails in `user`'s INBOX that keepword (loop header `loop`)
+    sent, optionally of one kind: read back over IMAP, as the person reads them."""
+    criteria = ["HEADER", "X-Keepword-Loop", loop]
+    if kind is not None:
+        criteria += ["HEADER", "X-Keepword-Kind", kind]
+    with dovecot.client(user) as imap:
+        imap.select_folder("INBOX", readonly=True)
+        uids = imap.search(criteria)
+        fetched = imap.fetch(uids, ["RFC822"]) if uids else {}
+    texts = []
+    for data in fetched.values():
+        parsed = message_from_bytes(data[b"RFC822"], policy=policy.default)
+        part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
+        texts.append(str(part.get_content()) if part is not None else "")
+    return texts
+
+
 def chase(desk: Desk) -> None:
     """One chase step at the desk's clock, then the drain (as the daemon's jobs run)."""
     renderer = Renderer.for_mailbox(desk.settings, desk.box)
@@ -91,7 +120,7 @@ def plain(mail: CapturedMail) -> str:
 def test_a_reply_to_a_reminder_from_mutt_takes_notes_and_promises(
     dovecot: Dovecot,
     mail_user: str,
-    smtp_server: SmtpServer,
+    outgoing: SmtpServer,
     relay: SmtpServer,
     tmp_path: Path,
 ) -> None:
@@ -99,7 +128,7 @@ def test_a_reply_to_a_reminder_from_mutt_takes_notes_and_promises(
     desk = Desk(
         dovecot,
         mail_user,
-        smtp_server,
+        outgoing,
         tmp_path,
         start=start,
         address=mail_user,  # the shared address is the Dovecot account mutt writes to
@@ -107,7 +136,9 @@ def test_a_reply_to_a_reminder_from_mutt_takes_notes_and_promises(
         chase={"digest": False},
     )
     try:
-        desk.arrive(mail(ANN, "Charged twice", "I was charged twice.", to=mail_user, date=start))
+        desk.arrive(
+            mail(CUSTOMER, "Charged twice", "I was charged twice.", to=mail_user, date=start)
+        )
         desk.poll()
         with desk.engine.connect() as conn:
             case_id = conn.execute(select(case.c.id)).scalar_one()
@@ -157,18 +188,22 @@ def test_a_reply_to_a_reminder_from_mutt_takes_notes_and_promises(
         assert new.due_at == tomorrow_noon
 
         # Nothing of the commands or the note ever reached the customer.
-        to_customer = [plain(m) for m in desk.received(ANN[1])]
+        to_customer = [plain(m) for m in desk.received(CUSTOMER[1])]
         assert to_customer and all(NOTE not in text for text in to_customer)
         assert all("#take" not in text and "#promise" not in text for text in to_customer)
         # One confirmation, to Alice only.
         confirmations = [
-            m for m in smtp_server.messages if m.header("X-Keepword-Kind") == "command_reply"
+            m for m in outgoing.messages if m.header("X-Keepword-Kind") == "command_reply"
         ]
         assert len(confirmations) == 1 and confirmations[0].rcpt_tos == (ALICE,)
-        assert "is yours now" in plain(confirmations[0])
+        # ... and it is in Alice's mailbox; the customer's has keepword's mail, no note.
+        [received] = inbox_texts(dovecot, ALICE, mail_user, "command_reply")
+        assert "KW-1 is yours now" in received
+        in_customer_box = inbox_texts(dovecot, CUSTOMER[1], mail_user)
+        assert in_customer_box and all(NOTE not in text for text in in_customer_box)
 
         # The chase follows the new promise: its reminder is about promise `new`.
-        smtp_server.clear()
+        outgoing.clear()
         desk.clock.now = new.made_at + (new.due_at - new.made_at) * 0.6
         chase(desk)
         reminders = [m for m in desk.received(ALICE) if m.header("X-Keepword-Kind") == "reminder"]
