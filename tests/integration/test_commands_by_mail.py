@@ -99,7 +99,7 @@ def inbox_texts(dovecot: Dovecot, user: str, loop: str, kind: str | None = None)
     texts = []
     for data in fetched.values():
         parsed = message_from_bytes(data[b"RFC822"], policy=policy.default)
-        part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
+        part = parsed.get_body(("plain",))
         texts.append(str(part.get_content()) if part is not None else "")
     return texts
 
@@ -113,7 +113,7 @@ def chase(desk: Desk) -> None:
 
 def plain(mail: CapturedMail) -> str:
     parsed = message_from_bytes(mail.raw, policy=policy.default)
-    part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
+    part = parsed.get_body(("plain",))
     return str(part.get_content()) if part is not None else ""
 
 

@@ -84,7 +84,7 @@ def rows(desk: StoreDesk, kind: str) -> list[Any]:
 
 def text_of(row: Any) -> str:
     parsed = message_from_bytes(row.raw, policy=policy.default)
-    part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
+    part = parsed.get_body(("plain",))
     assert part is not None
     return str(part.get_content())
 
