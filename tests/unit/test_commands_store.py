@@ -431,3 +431,27 @@ def test_a_command_between_the_chases_plan_and_its_mail_loses_nothing(
     assert [r.dedup_key for r in rows(desk, "reminder")] == [
         f"reminder:case:{the_case(desk).id}:promise:{new.id}:50"
     ]
+
+
+def test_an_unproven_team_address_commands_nothing_and_the_member_is_told(
+    desk: StoreDesk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with the trust model wired in: a team From without proof (`claimed_team`)."""
+    from keepword.domain.model import Kind
+    from keepword.domain.trust import Sender, Standing
+    from keepword.pipeline import triage
+
+    forged = Sender(
+        Standing.PERSON, Kind.CUSTOMER, "claims team address without proof", ALICE, False, True
+    )
+    monkeypatch.setattr(triage, "_commands_allowed", lambda arrival: False)
+    monkeypatch.setattr(triage, "_command_sender", lambda arrival: forged)
+    open_case(desk)
+    command(desk, "#assign mallory@evil.test\n#close\n", at(10))
+    current = the_case(desk)
+    # (the mail itself goes on as what classify says; with trust wired, a person's mail)
+    assert current.owner != "mallory@evil.test" and current.status != CaseStatus.CLOSED.value
+    refused = [d for k, d in desk.events(current.id) if k == "refused"]
+    assert len(refused) == 2 and all("claims team address without proof" in d for d in refused)
+    text = confirmation(desk)  # to the address it claimed, never to the customer
+    assert "in your name without proof" in text and "Refused: #close" in text

@@ -51,7 +51,7 @@ from keepword.domain.model import (
 )
 from keepword.domain.outbox_keys import command_reply_key, command_update_key
 from keepword.domain.promises import Promise, break_if_due, supersede
-from keepword.domain.trust import Sender
+from keepword.domain.trust import Sender, Standing
 from keepword.mail.compose import OutgoingMail, customer_mail, team_mail
 from keepword.mail.render import CommandReplyContext, NewTimeContext, customer_due
 from keepword.pipeline.context import MailboxContext
@@ -155,6 +155,33 @@ def refuse_caseless(conn: Connection, desk: MailboxContext, command: CommandMail
     )
     refused = tuple(_bare_refusal(c.line, why) for c in command.parsed.commands)
     confirm(conn, desk, None, command, refused, [])
+
+
+def refuse_unproven(
+    conn: Connection, desk: MailboxContext, case: CaseState | None, command: CommandMail
+) -> None:
+    """Commands from a team address that did not prove it (domain.trust: `claimed_team`):
+    nothing is carried out; each refusal is on the timeline of the case it targeted, and
+    the team address it claimed is told (the real member learns someone used their name;
+    a stranger who merely wrote the address learns nothing of the case)."""
+    if command.sender.standing is Standing.TEAM or not command.knows_a_verb:
+        return
+    why = command.sender.reason or "no proof that the team sent it"
+    refused = tuple(_bare_refusal(c.line, why) for c in command.parsed.commands)
+    who = command.sender.address or "a sender without an address"
+    if case is not None and case.id is not None:
+        events = [
+            Event(EventKind.REFUSED, desk.now, command.sender.address,
+                  f"refused: {c.line} from {who}: {why}", command.facts.pk)
+            for c in command.parsed.commands
+        ]  # fmt: skip
+        case_store.add_events(conn, case.id, events)
+    notice = (
+        "Someone sent these commands in your name without proof that it was you, so "
+        "nothing was changed. If it was you: send commands from the shared mailbox, or "
+        "ask your administrator to set up dkim_domains (docs/trust.md)."
+    )
+    confirm(conn, desk, case, command, refused, [notice])
 
 
 def _bare_refusal(line: str, why: str) -> Outcome:

@@ -233,6 +233,10 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     at = min(facts.date, now) if facts.date else now
     arrival = _Arrival(facts, verdict, match, correspondent, at)
     command = _command_mail(arrival, team)
+    if command is not None and not _commands_allowed(arrival):
+        target = case_store.load_case(conn, match.case_id) if match.case_id else None
+        commands.refuse_unproven(conn, desk, target, command)
+        command = None  # the mail goes on as what it is: a person's
     if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
         _record(conn, pk, arrival, None, now)
         if command is not None:
@@ -277,20 +281,31 @@ def _commands_allowed(arrival: _Arrival) -> bool:
 
     Today: a team address in From (domain.classify's STAFF). With the trust model wired
     into triage this becomes `arrival.sender.standing is Standing.TEAM` (a team address
-    AND proof: Sent folder, DKIM, trusted Authentication-Results). Never imported mail:
-    a "#close" from last year's history is not an order for today.
+    AND proof: Sent folder, DKIM, trusted Authentication-Results).
     """
-    return arrival.verdict.kind is Kind.STAFF and not arrival.facts.is_history
+    return arrival.verdict.kind is Kind.STAFF
+
+
+def _command_sender(arrival: _Arrival) -> Sender:
+    """Who a command mail speaks for. Today from the classification; with the trust
+    model, `arrival.sender` (a team From without proof has `claimed_team`: its commands
+    are refused and the address it claimed is told)."""
+    facts = arrival.facts
+    address = facts.sender.address.lower() if facts.sender else None
+    if _commands_allowed(arrival):
+        return Sender(Standing.TEAM, Kind.STAFF, arrival.verdict.reason, address, True)
+    return Sender(Standing.PERSON, arrival.verdict.kind, arrival.verdict.reason, address)
 
 
 def _command_mail(arrival: _Arrival, team: frozenset[str]) -> commands.CommandMail | None:
-    """The commands at the top of a mail that may command (`_commands_allowed`)."""
-    if not _commands_allowed(arrival):
+    """The commands at the top of a live mail from the team, or from a team address that
+    could not prove it (refused). Never imported mail: last year's "#close" is no order."""
+    if arrival.facts.is_history:
         return None
-    facts = arrival.facts
-    address = facts.sender.address.lower() if facts.sender else None
-    sender = Sender(Standing.TEAM, Kind.STAFF, arrival.verdict.reason, address, True)
-    return commands.read(facts, sender, team)
+    sender = _command_sender(arrival)
+    if not _commands_allowed(arrival) and not sender.claimed_team:
+        return None
+    return commands.read(arrival.facts, sender, team)
 
 
 def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:
