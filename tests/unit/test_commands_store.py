@@ -227,6 +227,15 @@ def test_close_and_reopen(desk: StoreDesk) -> None:
     assert ("closed", ALICE) in events and ("reopened", ALICE) in events
 
 
+def test_a_promise_then_close_keeps_no_promise_open(desk: StoreDesk) -> None:
+    open_case(desk)
+    command(desk, "#waiting 2026-11-04 the courier\n#close\n", at(10))
+    assert the_case(desk).status == CaseStatus.CLOSED.value
+    assert [p.state for p in desk.promises(the_case(desk).id)] == [PromiseState.OPEN]
+    assert rows(desk, "customer_update") == []  # the chase withdraws the old one, as paused
+    assert "closed now: no promise was kept open" in confirmation(desk)
+
+
 # -- what the customer gets -----------------------------------------------------------------
 
 

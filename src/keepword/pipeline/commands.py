@@ -44,6 +44,7 @@ from keepword.domain.commands import (
     reply_recipient,
 )
 from keepword.domain.model import (
+    CaseStatus,
     MessageFacts,
     OutboxKind,
     PromiseAudience,
@@ -139,7 +140,9 @@ def carry_out(
     in the caller's (the message's) transaction."""
     notices: list[str] = []
     requests = [o.promise for o in outcomes if o.accepted and o.promise is not None]
-    if requests:
+    if requests and case.status is CaseStatus.CLOSED:  # "#promise ...", then "#close"
+        notices.append(f"{case.reference} is closed now: no promise was kept open for it.")
+    elif requests:
         notices += _set_promise(conn, desk, case, command, requests)
     notices += _what_the_customer_got(command)
     confirm(conn, desk, case, command, outcomes, notices)

@@ -232,7 +232,7 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, now) if facts.date else now
     arrival = _Arrival(facts, verdict, match, correspondent, at)
-    command = _command_mail(arrival, team)
+    command = _command_mail(arrival, team | desk.own_addresses)
     if command is not None and not _commands_allowed(arrival):
         target = case_store.load_case(conn, match.case_id) if match.case_id else None
         commands.refuse_unproven(conn, desk, target, command)
