@@ -263,3 +263,17 @@ def test_end_of_business_day_skips_closed_days() -> None:
 
 def test_now_is_utc_aware() -> None:
     assert NOW.tzinfo is UTC
+
+
+def test_a_promise_a_person_sets_makes_the_case_wait_on_the_team() -> None:
+    # A case waiting on the customer is never chased: the promise must be followed.
+    answered = CaseState(**{**_fields(CASE), "status": CaseStatus.WAITING_ON_CUSTOMER})
+    for command in (
+        Command(Verb.PROMISE, "tomorrow 12:00", "#promise tomorrow 12:00"),
+        Command(Verb.WAITING, "2026-11-26 the courier", "#waiting 2026-11-26 the courier"),
+    ):
+        outcome = decide(command, answered, TEAM, CONTEXT)
+        assert outcome.change is not None
+        assert outcome.change.case.status is CaseStatus.WAITING_ON_TEAM
+    kept = decide(Command(Verb.PROMISE, "+4h", "#promise +4h"), CASE, TEAM, CONTEXT)
+    assert kept.change is not None and kept.change.case.status is CaseStatus.WAITING_ON_TEAM

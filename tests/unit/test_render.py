@@ -288,6 +288,8 @@ def test_every_template_name_renders_in_english(renderer: Renderer) -> None:
         "escalation",
         "lead_alert",
         "digest",
+        "new_time",
+        "command_reply",
     }
 
 

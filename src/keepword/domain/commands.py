@@ -163,6 +163,7 @@ class PromiseRequest:
     reason: str
     set_by: str
     tell_customer: bool  # #waiting: an honest update with the reason and the new time
+    customer_reason: str = ""  # #waiting: what we wait for, as the customer reads it
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,12 +312,22 @@ def _waiting(command: Command, case: CaseState, actor: str, context: Context) ->
         return _refused_by_rule(command, actor, context, problem)
     detail = f"waiting until {day.isoformat()}: {reason}"
     event = Event(EventKind.WAITING, context.now, actor, detail, context.message_pk)
-    promise = PromiseRequest(due, context.now, f"#waiting by {actor}: {reason}", actor, True)
+    promise = PromiseRequest(
+        due, context.now, f"#waiting by {actor}: {reason}", actor, True, reason
+    )
     reply = (
         f"{case.reference}: the customer is told we wait for {reason} and will hear from us "
         f"by {_local(due, context.calendar.zone)}."
     )
-    return Outcome(command, True, reply, change=Change(case, (event,)), promise=promise)
+    return Outcome(command, True, reply, change=Change(_owed(case), (event,)), promise=promise)
+
+
+def _owed(case: CaseState) -> CaseState:
+    """A case with a promise a person set waits on the team (a case waiting on the
+    customer is never chased: its promises would be withdrawn, not followed)."""
+    if case.status is CaseStatus.WAITING_ON_CUSTOMER:
+        return replace(case, status=CaseStatus.WAITING_ON_TEAM)
+    return case
 
 
 def _promise(command: Command, case: CaseState, actor: str, context: Context) -> Outcome:
@@ -334,7 +345,7 @@ def _promise(command: Command, case: CaseState, actor: str, context: Context) ->
     )
     promise = PromiseRequest(due, context.now, f"#promise by {actor}", actor, False)
     reply = f"{case.reference}: promised by {when}; the chase follows this time."
-    return Outcome(command, True, reply, change=Change(case, (event,)), promise=promise)
+    return Outcome(command, True, reply, change=Change(_owed(case), (event,)), promise=promise)
 
 
 def _refused_by_rule(command: Command, actor: str, context: Context, why: str) -> Outcome:

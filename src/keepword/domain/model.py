@@ -116,6 +116,7 @@ class OutboxKind(StrEnum):
     LEAD_ALERT = "lead_alert"
     DIGEST = "digest"
     AWAY_NOTICE = "away_notice"  # a member is away, their cases moved: to the lead
+    COMMAND_REPLY = "command_reply"  # the confirmation (or refusal) of commands by mail
 
 
 class OutboxState(StrEnum):

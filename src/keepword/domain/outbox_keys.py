@@ -16,6 +16,9 @@ step runs. The grammar:
     digest:<mailbox>:<YYYY-MM-DD>               a mailbox's daily digest
     away:<mailbox>:<address>:<YYYY-MM-DD>       "X is away, their cases moved" to the
                                                 lead, once per absence (by its start)
+    command_reply:message:<m>                   the one confirmation of command mail m
+    update:case:<case>:message:<m>              the customer update a command in mail m
+                                                asked for (#waiting; a later #promise)
 
 The chase keys (`case:<case>:` after the kind) sort together per case and kind, so a
 case's chase keys are read as index ranges (`chase_key_ranges`).
@@ -69,6 +72,17 @@ def digest_key(mailbox: str, day: date) -> str:
 def away_key(mailbox: str, address: str, start: date) -> str:
     """The lead hears once of each absence: keyed by who and the day it started."""
     return f"away:{mailbox}:{address.lower()}:{start.isoformat()}"
+
+
+def command_reply_key(message_pk: int) -> str:
+    """One confirmation (or refusal) per command mail, however often it is triaged."""
+    return f"command_reply:message:{message_pk}"
+
+
+def command_update_key(case_id: int, message_pk: int) -> str:
+    """The customer update of a command mail (#waiting): in the case's update range, so
+    the chase reads it with its own keys, but about no promise (`promise_id_of` None)."""
+    return f"update:case:{case_id}:message:{message_pk}"
 
 
 def chase_key_ranges(case_id: int) -> list[tuple[str, str]]:

@@ -51,6 +51,7 @@ TEAM_LABELS = {
     OutboxKind.LEAD_ALERT: "We are behind",
     OutboxKind.DIGEST: "Daily digest",
     OutboxKind.AWAY_NOTICE: "Away",
+    OutboxKind.COMMAND_REPLY: "Commands",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

@@ -142,6 +142,33 @@ class TeamCaseContext:
 
 
 @dataclass(frozen=True, slots=True)
+class NewTimeContext:
+    """A new time a team member set by mail (#waiting, a later #promise): the customer
+    is told why (if a reason was given) and when they will hear from us."""
+
+    reference: str
+    customer_name: str
+    subject: str
+    reason: str  # what we wait for ("" for a #promise)
+    promised_local: datetime | None  # the time they were given before, if any
+    due_local: datetime
+    due_customer: datetime | None
+    team_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReplyContext:
+    """The one confirmation of a command mail, to its sender only (never the customer)."""
+
+    reference: str  # "" when the mail was about no case keepword knows
+    subject: str
+    refused: Sequence[str]  # one line per refused command
+    done: Sequence[str]  # one line per carried-out command
+    notices: Sequence[str]  # what else the sender must know (what the customer got)
+    mailbox_address: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeadAlertContext:
     """ "We are behind": the honest window is above the maximum."""
 
@@ -189,6 +216,8 @@ Context = (
     | TeamCaseContext
     | LeadAlertContext
     | DigestContext
+    | NewTimeContext
+    | CommandReplyContext
 )
 
 TEMPLATE_NAMES = {
@@ -199,6 +228,8 @@ TEMPLATE_NAMES = {
     "escalation": TeamCaseContext,
     "lead_alert": LeadAlertContext,
     "digest": DigestContext,
+    "new_time": NewTimeContext,
+    "command_reply": CommandReplyContext,
 }
 
 

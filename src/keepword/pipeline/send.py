@@ -107,6 +107,7 @@ SEND_ORDER: Final[dict[str, int]] = {
     OutboxKind.ESCALATION.value: 1,
     OutboxKind.LEAD_ALERT.value: 1,
     OutboxKind.AWAY_NOTICE.value: 1,
+    OutboxKind.COMMAND_REPLY.value: 1,
     OutboxKind.DIGEST.value: 2,
 }
 

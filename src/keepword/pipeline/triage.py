@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from keepword.config import MailboxSettings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
+from keepword.domain.commands import Outcome
 from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
@@ -40,9 +41,10 @@ from keepword.domain.threads import (
     referenced_ids,
     subject_key,
 )
+from keepword.domain.trust import Sender, Standing
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
-from keepword.pipeline import owners
+from keepword.pipeline import commands, owners
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
@@ -232,8 +234,15 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     at = min(facts.date, now) if facts.date else now
     arrival = _Arrival(facts, verdict, match, correspondent, at)
     _staff_presence(conn, desk, arrival)
+    command = _command_mail(arrival, team | desk.own_addresses)
+    if command is not None and not _commands_allowed(arrival):
+        target = case_store.load_case(conn, match.case_id) if match.case_id else None
+        commands.refuse_unproven(conn, desk, target, command)
+        command = None  # the mail goes on as what it is: a person's
     if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
         _record(conn, pk, arrival, None, now)
+        if command is not None:
+            commands.refuse_caseless(conn, desk, command)
         return
     new_case = match.case_id is None
     before = (
@@ -243,7 +252,17 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     )
     if new_case:
         result.opened += 1
-    change = _fold(before, arrival, new_case)
+    # A command mail is the team's answer only if it went to the customer with more in it
+    # (a forward of a customer's mail into the inbox stays that customer's contact).
+    answers = command is None or command.answers_customer or match.rule is ThreadRule.FORWARD_NEW
+    if answers:
+        change = _fold(before, arrival, new_case)
+    else:
+        assert command is not None
+        change = commands.received(command, before, at)
+    outcomes: tuple[Outcome, ...] = ()
+    if command is not None:
+        change, outcomes = commands.decide(command, change, desk)
     saved = case_store.save_case(conn, change.case)
     assert saved.id is not None
     desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
@@ -251,9 +270,44 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     if correspondent is not None:
         case_store.add_correspondents(conn, saved.id, [correspondent.address])
     _record(conn, pk, arrival, saved.id, now)
-    _settle_promises(conn, desk, before, saved, verdict.kind, at)
+    if answers:
+        _settle_promises(conn, desk, before, saved, verdict.kind, at)
+    if command is not None:
+        commands.carry_out(conn, desk, saved, command, outcomes)
     if _acknowledge_if_due(conn, run, saved, arrival, new_case):
         result.acknowledged += 1
+
+
+def _commands_allowed(arrival: _Arrival) -> bool:
+    """THE gate for commands by mail: who may steer a case from a mail client.
+
+    Today: a team address in From (domain.classify's STAFF). With the trust model wired
+    into triage this becomes `arrival.sender.standing is Standing.TEAM` (a team address
+    AND proof: Sent folder, DKIM, trusted Authentication-Results).
+    """
+    return arrival.verdict.kind is Kind.STAFF
+
+
+def _command_sender(arrival: _Arrival) -> Sender:
+    """Who a command mail speaks for. Today from the classification; with the trust
+    model, `arrival.sender` (a team From without proof has `claimed_team`: its commands
+    are refused and the address it claimed is told)."""
+    facts = arrival.facts
+    address = facts.sender.address.lower() if facts.sender else None
+    if _commands_allowed(arrival):
+        return Sender(Standing.TEAM, Kind.STAFF, arrival.verdict.reason, address, True)
+    return Sender(Standing.PERSON, arrival.verdict.kind, arrival.verdict.reason, address)
+
+
+def _command_mail(arrival: _Arrival, team: frozenset[str]) -> commands.CommandMail | None:
+    """The commands at the top of a live mail from the team, or from a team address that
+    could not prove it (refused). Never imported mail: last year's "#close" is no order."""
+    if arrival.facts.is_history:
+        return None
+    sender = _command_sender(arrival)
+    if not _commands_allowed(arrival) and not sender.claimed_team:
+        return None
+    return commands.read(arrival.facts, sender, team)
 
 
 def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:

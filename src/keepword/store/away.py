@@ -63,20 +63,20 @@ def record_away(
 
 
 def back_again(conn: Connection, mailbox: str, address: str, today: date) -> int:
-    """`address` wrote themselves: absences without a stated return date end today."""
-    return conn.execute(
-        update(staff_away)
-        .where(
-            and_(
-                staff_away.c.mailbox == mailbox,
-                staff_away.c.address == address,
-                staff_away.c.until_they_write.is_(True),
-                staff_away.c.start <= today,
-                staff_away.c.back_on > today,
-            )
-        )
-        .values(back_on=today)
-    ).rowcount
+    """`address` wrote themselves: absences without a stated return date end today.
+
+    Read first: most staff mail ends no absence, and an UPDATE that matches nothing still
+    takes SQLite's write lock for the rest of the message's transaction."""
+    ending = and_(
+        staff_away.c.mailbox == mailbox,
+        staff_away.c.address == address,
+        staff_away.c.until_they_write.is_(True),
+        staff_away.c.start <= today,
+        staff_away.c.back_on > today,
+    )
+    if conn.execute(select(staff_away.c.id).where(ending).limit(1)).first() is None:
+        return 0
+    return conn.execute(update(staff_away).where(ending).values(back_on=today)).rowcount
 
 
 def open_counts(conn: Connection, mailbox: str) -> dict[str, int]:
