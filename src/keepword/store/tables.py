@@ -307,3 +307,13 @@ mailbox_lease = Table(
     _ts("acquired_at"),
     _ts("expires_at"),
 )
+
+# The installation secret (one row, id 1): the key of keepword's outgoing Message-IDs
+# (domain.message_ids). Made by migration 0007 and never changed by keepword.
+installation_secret = Table(
+    "installation_secret",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("secret", LargeBinary, nullable=False),
+    _ts("created_at", nullable=False),
+)
