@@ -122,7 +122,17 @@ def test_a_failing_message_is_retried_later_and_never_stops_the_next(
 
 
 def test_mail_to_the_mailbox_from_itself_opens_no_case(desk: StoreDesk) -> None:
-    desk.deliver(mail(("Support", SUPPORT), "Weekly note", to=ALICE, date=at(9)), at(9))
+    # Proven by the mailbox's own Sent folder: the team's internal mail, nobody's case.
+    desk.deliver(mail(("Support", SUPPORT), "Weekly note", to=ALICE, date=at(9)), at(9), "Sent")
     result = desk.triage(at(9))
     assert (result.triaged, result.opened) == (1, 0)
+    assert desk.outbox() == []
+
+
+def test_the_shared_address_without_proof_is_a_person_never_answered(desk: StoreDesk) -> None:
+    # issue 12: a team From without proof (here: only in the inbox) is a claim, not the
+    # team; it opens a case the team sees, and nothing is mailed to the address it claims.
+    desk.deliver(mail(("Support", SUPPORT), "Weekly note", to=ALICE, date=at(9)), at(9))
+    result = desk.triage(at(9))
+    assert (result.triaged, result.opened, result.acknowledged) == (1, 1, 0)
     assert desk.outbox() == []

@@ -453,3 +453,20 @@ def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> froze
     """The dedup keys within any [low, high) range (read through the unique key index)."""
     bounds = [and_(outbox.c.dedup_key >= low, outbox.c.dedup_key < high) for low, high in ranges]
     return frozenset(conn.execute(select(outbox.c.dedup_key).where(or_(*bounds))).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class OwnMail:
+    """keepword's outbox row of a Message-ID: the case it was about, whom it went to."""
+
+    case_id: int | None
+    recipients: tuple[str, ...]
+
+
+def own_mail(conn: Connection, message_id: str) -> OwnMail | None:
+    """The outbox row that holds `message_id`, or None: keepword never sent it."""
+    query = select(outbox.c.case_id, outbox.c.recipients).where(outbox.c.message_id == message_id)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    return OwnMail(row.case_id, tuple(str(a).lower() for a in row.recipients or ()))
