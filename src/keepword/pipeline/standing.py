@@ -15,7 +15,7 @@ store and the raw bytes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection
 
@@ -39,6 +39,7 @@ from keepword.pipeline.context import MailboxContext
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store.messages import raw_message
+from keepword.trust_settings import TrustSettings
 
 _NOT_CHECKED = Verdict(False, "not checked: no Reply-To to vet")
 
@@ -53,7 +54,14 @@ class Judged:
 
 
 def policy_of(desk: MailboxContext) -> TrustPolicy:
-    return desk.box.trust.policy(desk.box.team_addresses(), desk.own_addresses)
+    """The mailbox's trust policy. The team's domains are `dkim_domains`, or, when none
+    are listed, the domain of the mailbox's own address: a trusted authserv-id vouches
+    for those. (DKIM itself is verified only when `dkim_domains` is set: `_authentication`.)"""
+    box = desk.box
+    policy = box.trust.policy(box.team_addresses(), desk.own_addresses)
+    if policy.dkim_domains:
+        return policy
+    return replace(policy, dkim_domains=frozenset({box.address.rpartition("@")[2].lower()}))
 
 
 def judge(
@@ -68,7 +76,8 @@ def judge(
         in_outbox=row is not None,
         policy=policy,
     )
-    auth = NOT_VERIFIED if own.proven else _authentication(conn, facts, policy)
+    trust = desk.box.trust
+    auth = NOT_VERIFIED if own.proven else _authentication(conn, facts, policy, trust)
     team = team_member(facts, auth, policy)
     from_auth = from_authenticated(facts, auth, policy) if facts.reply_to else _NOT_CHECKED
     sender = judge_sender(facts, classified.kind, policy, own=own, team=team, from_auth=from_auth)
@@ -79,10 +88,12 @@ def judge(
     return Judged(sender, Classification(sender.kind, reason), own_case)
 
 
-def _authentication(conn: Connection, facts: MessageFacts, policy: TrustPolicy) -> Authentication:
+def _authentication(
+    conn: Connection, facts: MessageFacts, policy: TrustPolicy, settings: TrustSettings
+) -> Authentication:
     """What can be verified of the raw message, only as far as the config asks for it and
     only when it can matter (a team From, or a Reply-To a join may have to vet)."""
-    if not (policy.dkim_domains or policy.trusted_authserv_ids):
+    if not (settings.dkim_domains or settings.trusted_authserv_ids):
         return NOT_VERIFIED
     address = facts.sender.address.lower() if facts.sender else None
     if address is None or (address not in policy.team and not facts.reply_to):
@@ -91,7 +102,7 @@ def _authentication(conn: Connection, facts: MessageFacts, policy: TrustPolicy) 
     if raw is None:
         return NOT_VERIFIED
     return verify_as_configured(
-        raw, dkim=bool(policy.dkim_domains), results=bool(policy.trusted_authserv_ids)
+        raw, dkim=bool(settings.dkim_domains), results=bool(settings.trusted_authserv_ids)
     )
 
 
