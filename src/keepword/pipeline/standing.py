@@ -16,6 +16,7 @@ store and the raw bytes:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy import Connection
 
@@ -25,6 +26,7 @@ from keepword.domain.trust import (
     NOT_VERIFIED,
     Authentication,
     JoinTarget,
+    Refusal,
     Sender,
     Standing,
     TrustPolicy,
@@ -33,6 +35,7 @@ from keepword.domain.trust import (
     judge_sender,
     own_mail,
     team_member,
+    vet_join,
 )
 from keepword.mail.authentication import verify_as_configured
 from keepword.pipeline.context import MailboxContext
@@ -132,3 +135,23 @@ def join_target(
     if match.rule is ThreadRule.REFERENCES:
         participants = case_store.participants(conn, match.case_id, referenced_ids(facts))
     return JoinTarget(found.case_id, found.reference, found.correspondents, participants)
+
+
+def ignored_tag(
+    facts: MessageFacts,
+    sender: Sender,
+    candidates: Candidates,
+    chosen: ThreadMatch,
+    *,
+    now: datetime,
+) -> Refusal | None:
+    """The refusal of a tag threading passed over (domain.threads ignores a stranger's
+    `[KW-1]`): the attempt still belongs on the timeline of the case it named."""
+    tagged = candidates.by_tag
+    if tagged is None or chosen.case_id == tagged.case_id:
+        return None
+    in_subject = tagged.reference.lower() in facts.subject.lower()
+    rule = ThreadRule.TAG if in_subject else ThreadRule.BODY_TAG
+    attempt = ThreadMatch(tagged.case_id, rule, f"{tagged.reference} named")
+    target = JoinTarget(tagged.case_id, tagged.reference, tagged.correspondents)
+    return vet_join(facts, attempt, sender, target, now=now).refusal

@@ -257,8 +257,11 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
         target = standing.join_target(conn, facts, chosen, candidates)
         decision = vet_join(facts, chosen, sender, target, now=now)
         match, learned = decision.match, decision.new_correspondents
-        if decision.refusal is not None:
-            _refuse(conn, box, decision.refusal)
+        refusal = decision.refusal or standing.ignored_tag(
+            facts, sender, candidates, chosen, now=now
+        )
+        if refusal is not None:
+            _refuse(conn, box, refusal)
     arrival = _Arrival(facts, verdict, match, correspondent, at, sender)
     if match.case_id is None:
         unusable = usable_sender(facts) if verdict.kind is Kind.CUSTOMER else None
@@ -289,15 +292,18 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
 
 
 def _correspondents(arrival: _Arrival, new_case: bool, learned: tuple[str, ...]) -> list[str]:
-    """Who the case learns as its correspondents from this message (domain.trust): the
-    From of a person's mail; on a new case also the address it opened for (a web form's
-    Reply-To); the outside recipient a proven team member wrote to. Never the Reply-To of
-    a later mail, never keepword's own recipients."""
-    found = list(learned)
+    """Who the case learns as its correspondents from this message (domain.trust).
+
+    A new case: the address it opened for (its customer: From, or a web form's Reply-To),
+    only that one (a form's shared From, or a forged From beside a stranger's Reply-To,
+    must not tie other customers' mail to it). A proven team member's mail: the outside
+    recipient they wrote to. A person's mail in an existing case: its own From, never
+    its Reply-To. keepword's own mail: nobody.
+    """
     who = arrival.correspondent.address if arrival.correspondent is not None else None
-    if who is not None and (new_case or arrival.sender.standing is Standing.TEAM):
-        found.append(who)
-    return list(dict.fromkeys(found))
+    if new_case or arrival.sender.standing is Standing.TEAM:
+        return [who] if who is not None else []
+    return list(learned)
 
 
 def _refuse(conn: Connection, box: MailboxSettings, refusal: Refusal) -> None:

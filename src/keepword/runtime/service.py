@@ -122,12 +122,13 @@ class Service:
         if result.triaged or result.closed:
             log.info(
                 "mailbox %s: triaged %d message(s), opened %d case(s), queued %d "
-                "acknowledgement(s), closed %d",
+                "acknowledgement(s), closed %d; %d without a usable sender",
                 box.name,
                 result.triaged,
                 result.opened,
                 result.acknowledged,
                 result.closed,
+                result.unusable,
             )
         with self.engine.connect() as conn:
             METRICS.triage_retrying(box.name, triage_backlog(conn, box.name).retrying)
