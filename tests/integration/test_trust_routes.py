@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from keepword.adapters.metrics import METRICS
 from keepword.domain.model import CaseStatus, PromiseState
 from keepword.store import cases as case_store
 from keepword.store import reports
@@ -282,9 +283,12 @@ def test_6_no_usable_sender_opens_no_case_and_an_undecodable_name_keeps_the_addr
     for raw in (GARBAGE, NO_DOMAIN, CRLF_NAME):
         desk.dovecot.append(desk.user, "INBOX", raw)
     desk.service.ingest(desk.box)
+    before = METRICS.value("keepword_messages_without_sender_total", mailbox="support") or 0
     result = desk.service.triage(desk.box)
     desk.drain()
     assert result.unusable == 2 and result.opened == 1
+    counted = METRICS.value("keepword_messages_without_sender_total", mailbox="support")
+    assert counted == before + 2
     for mid in ("garbage-1@spam.test", "garbage-2@spam.test"):
         [row] = desk.rows_of(mid)
         assert row.case_id is None and row.triaged_at is not None

@@ -130,6 +130,8 @@ class Service:
                 result.closed,
                 result.unusable,
             )
+        if result.unusable:
+            METRICS.without_sender(box.name, result.unusable)
         with self.engine.connect() as conn:
             METRICS.triage_retrying(box.name, triage_backlog(conn, box.name).retrying)
         return result
