@@ -240,3 +240,34 @@ def test_an_undecodable_display_name_never_costs_the_address(raw_from: bytes) ->
     ):
         assert parsed.sender is not None and parsed.sender.address == "ann@example.org"
         assert "\r" not in parsed.sender.name and "\n" not in parsed.sender.name
+
+
+def test_a_bounce_with_the_tag_reaches_its_case_by_the_reference(desk: StoreDesk) -> None:
+    desk.deliver(mail(ANN, "Invoice", date=at(0)), at(0))
+    desk.triage(at(0))
+    with desk.engine.connect() as conn:
+        ack_id = conn.execute(select(outbox.c.message_id)).scalar_one()
+    bounce = mail(
+        ("Mail Delivery System", "mailer-daemon@mx.example.org"),
+        "Undelivered Mail Returned to Sender: Re: Invoice [KW-1]",
+        "The mail could not be delivered.",
+        date=at(1),
+        headers={"Auto-Submitted": "auto-replied", "In-Reply-To": f"<{ack_id}>"},
+    )
+    desk.deliver(bounce, at(1))
+    desk.triage(at(1))
+    [row] = _rows(desk, bounce["Message-ID"])
+    assert row.kind == "automated" and row.case_id is not None
+    assert [k for k, _ in _events(desk, "KW-1") if k == "refused"] == []
+    # the same robot naming the tag without referencing the case gets nowhere
+    stray = mail(
+        ("Mail Delivery System", "mailer-daemon@mx.example.org"),
+        "Undelivered Mail Returned to Sender: Re: Invoice [KW-1]",
+        "The mail could not be delivered.",
+        date=at(2),
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    desk.deliver(stray, at(2))
+    desk.triage(at(2))
+    [row] = _rows(desk, stray["Message-ID"])
+    assert row.case_id is None

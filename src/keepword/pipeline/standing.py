@@ -20,7 +20,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from keepword.domain.model import Classification, MessageFacts
+from keepword.domain.model import Classification, Kind, MessageFacts
 from keepword.domain.threads import Candidates, ThreadMatch, ThreadRule, referenced_ids
 from keepword.domain.trust import (
     NOT_VERIFIED,
@@ -118,6 +118,18 @@ def own_match(judged: Judged, reference: str | None) -> ThreadMatch:
         ThreadRule.REFERENCES,
         f"keepword's own mail of {reference or 'its case'}, filed by its outbox row",
     )
+
+
+def as_vetted(chosen: ThreadMatch, sender: Sender, candidates: Candidates) -> ThreadMatch:
+    """The rule a join is vetted under. A robot's mail (a bounce, an auto-reply) that
+    names a case's tag AND references a mail of that case reaches it by the reference:
+    a robot's mail never changes a case (domain.trust.JOIN_NEEDS)."""
+    tagged = chosen.rule in (ThreadRule.TAG, ThreadRule.BODY_TAG)
+    if not tagged or sender.kind is not Kind.AUTOMATED or chosen.case_id is None:
+        return chosen
+    if any(c.case_id == chosen.case_id for c in candidates.by_reference):
+        return replace(chosen, rule=ThreadRule.REFERENCES)
+    return chosen
 
 
 def join_target(

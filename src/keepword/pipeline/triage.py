@@ -254,6 +254,7 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
             subject_window=timedelta(days=box.subject_threading_days),
             team=team,
         )
+        chosen = standing.as_vetted(chosen, sender, candidates)
         target = standing.join_target(conn, facts, chosen, candidates)
         decision = vet_join(facts, chosen, sender, target, now=now)
         match, learned = decision.match, decision.new_correspondents
