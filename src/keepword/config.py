@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from keepword.errors import ConfigError
+from keepword.trust_settings import TrustSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/keepword/keepword.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/keepword")
@@ -310,6 +311,9 @@ class MailboxSettings(_Strict):
     chase: ChaseSettings = Field(default_factory=ChaseSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     owners: OwnersSettings = Field(default_factory=OwnersSettings)
+    # [mailbox.trust]: which proofs make mail the team's (docs/trust.md). Default: only
+    # the mailbox's own Sent folder proves team mail; DKIM/Authentication-Results when set.
+    trust: TrustSettings = Field(default_factory=TrustSettings)
 
     _address = field_validator("address")(classmethod(lambda cls, v: _check_address(v)))
 

@@ -22,7 +22,7 @@ from keepword.domain import cases as case_rules
 from keepword.domain.model import LOOP_HEADER, CaseStatus, PromiseState
 from keepword.store import cases as case_store
 from keepword.store.tables import case, message, outbox, promise
-from tests.fixtures.desk import ALICE, ANN, SUPPORT, mail
+from tests.fixtures.desk import ALICE, ANN, SUPPORT, TEAM_PROOF, mail
 from tests.fixtures.desk import Desk as BaseDesk
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
@@ -63,6 +63,19 @@ class Desk(BaseDesk):
 
     def sent_to(self, address: str) -> list[Any]:
         return self.received(address)
+
+
+def _cli_config(desk: Desk, tmp_path: Path) -> str:
+    """A config for the CLI on the desk's store, with its mailbox and team."""
+    imap = desk.box.imap
+    team = ", ".join(f'"{a}"' for a in desk.box.team)
+    return (
+        f'[keepword]\ndatabase_url = "{desk.engine.url}"\nstate_dir = "{tmp_path}"\n'
+        "allow_inline_passwords = true\n"
+        f'[[mailbox]]\nname = "support"\naddress = "{SUPPORT}"\nteam = [{team}]\n'
+        f'[mailbox.imap]\nhost = "{imap.host}"\nport = {imap.port}\ntls = "plain"\n'
+        f'username = "{imap.username}"\npassword = "{imap.password}"\n'
+    )
 
 
 @pytest.fixture
@@ -123,7 +136,14 @@ def test_customer_gets_one_honest_acknowledgement_and_staff_reply_from_sent_keep
 def test_staff_reply_with_shared_address_in_cc_counts(desk: Desk) -> None:
     question = desk.arrive(mail(ANN, "Login broken"))
     desk.cycle()
-    reply = mail(("Alice", ALICE), "Re: Login broken", to=ANN[1], cc=SUPPORT, reply_to=question)
+    reply = mail(
+        ("Alice", ALICE),
+        "Re: Login broken",
+        to=ANN[1],
+        cc=SUPPORT,
+        reply_to=question,
+        headers=TEAM_PROOF,
+    )
     desk.arrive(reply)
     desk.cycle()
     assert desk.kind_of(reply) == "staff"
@@ -202,7 +222,7 @@ def test_forward_by_team_member_opens_case_for_original_sender(desk: Desk) -> No
         "To: alice@example.com\n\n"
         "The CSV export is empty.\n"
     )
-    forward = desk.arrive(mail(("Alice", ALICE), "Fwd: Broken export", body))
+    forward = desk.arrive(mail(("Alice", ALICE), "Fwd: Broken export", body, headers=TEAM_PROOF))
     desk.cycle()
     opened = desk.case_of(forward)
     assert opened is not None and opened.customer == BOB[1]
@@ -231,13 +251,16 @@ def test_case_cli_shows_the_whole_story(
     question = desk.arrive(mail(ANN, "Need an invoice copy"))
     desk.cycle()
     config = tmp_path / "kw.toml"
-    config.write_text(f'[keepword]\ndatabase_url = "{desk.engine.url}"\nstate_dir = "{tmp_path}"\n')
+    config.write_text(_cli_config(desk, tmp_path))
     assert main(["--config", str(config), "case", "KW-1", "--json"]) == 0
     story = json.loads(capsys.readouterr().out)
     assert story["case"]["customer"] == ANN[1]
     assert [m["from"] for m in story["messages"]] == [ANN[1]]
     assert story["promises"][0]["state"] == "open"
     assert "acknowledgement" in [e["kind"] for e in story["timeline"]]
+    # issue 12: an outsider as owner would be sent the case's reminders
+    assert main(["--config", str(config), "assign", "KW-1", "mallory@evil.test"]) == 2
+    assert "mallory@evil.test is not on the team" in capsys.readouterr().err
     assert main(["--config", str(config), "assign", "KW-1", "bob@example.com"]) == 0
     assert main(["--config", str(config), "close", "KW-1"]) == 0
     assert main(["--config", str(config), "cases", "--status", "closed", "--json"]) == 0
@@ -372,7 +395,7 @@ def test_cli_decides_again_when_the_daemon_changed_the_case_meanwhile(
     desk.arrive(mail(ANN, "Charged twice"))
     desk.cycle()
     config = tmp_path / "kw.toml"
-    config.write_text(f'[keepword]\ndatabase_url = "{desk.engine.url}"\nstate_dir = "{tmp_path}"\n')
+    config.write_text(_cli_config(desk, tmp_path))
     real_save = case_store.save_case
     raced: list[int] = []
 

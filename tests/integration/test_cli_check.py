@@ -104,6 +104,19 @@ def test_all_ok(
     assert f"ok   support: IMAP {mail_user} at 127.0.0.1:{dovecot.imap_port}: logged in" in out
     assert "INBOX, Sent, Done" in out
     assert dovecot.users[mail_user] not in out
+    # issue 12: only the Sent folder proves team mail by default; check says so (a warning)
+    assert f"warn support: trust: only the Sent folder of {mail_user} proves team mail" in out
+    assert "dkim_domains" in out and "trusted_authserv_ids" in out
+
+
+def test_trust_configured_no_warning(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trust = '\n[mailbox.trust]\ntrusted_authserv_ids = ["mx.example.com"]\n'
+    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]', smtp=trust)
+    code, out = run_check(config, capsys)
+    assert code == 0, out
+    assert "warn support: trust" not in out
 
 
 def test_wrong_password_fails_without_showing_it(

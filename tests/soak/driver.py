@@ -151,6 +151,9 @@ address = "{self.user}"
 team = [{team}]
 lead = "{traffic.LEAD}"
 
+[mailbox.trust]
+trusted_authserv_ids = ["{traffic.TEAM_MX}"]
+
 [mailbox.imap]
 host = "{self.dovecot.host}"
 port = {self.dovecot.imap_port}

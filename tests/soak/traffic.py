@@ -246,6 +246,16 @@ def follow_up_mail(
     return bytes(msg)
 
 
+# The team's mail server: the soak config trusts its Authentication-Results.
+TEAM_MX = "mx.example.com"
+
+
+def team_proof(staff: str) -> str:
+    """What the team's server writes on mail a team member sends from their own client."""
+    domain = staff.rpartition("@")[2]
+    return f"{TEAM_MX}; dkim=pass header.d={domain}; dmarc=pass header.from={domain}"
+
+
 def staff_mail(
     staff: str,
     customer: Customer,
@@ -259,6 +269,9 @@ def staff_mail(
     msg = _base(staff, staff.split("@")[0].title(), customer.address, _re(subject), message_id)
     if cc_support:
         msg["Cc"] = SUPPORT
+        # From the staff member's own client: only the team's server vouches for it
+        # (the soak config trusts TEAM_MX; docs/trust.md). A Sent copy needs no proof.
+        msg["Authentication-Results"] = team_proof(staff)
     _dated(msg, at, ZONE)
     msg["In-Reply-To"] = f"<{parent}>"
     msg["References"] = f"<{parent}>"

@@ -34,7 +34,7 @@ from keepword.store import cases as case_store
 from keepword.store.messages import Folder, StoreItem, store_batch
 from keepword.store.tables import case
 from tests.fixtures.chase_store import ALICE, CAROL, StoreDesk
-from tests.fixtures.desk import SUPPORT, mail
+from tests.fixtures.desk import SUPPORT, TEAM_PROOF, mail
 
 MONDAY = datetime(2026, 11, 2, 8, tzinfo=UTC)  # business hours Mon-Fri 09-17 UTC
 ANN = ("Ann Lee", "ann@example.org")
@@ -61,9 +61,18 @@ def open_case(desk: StoreDesk) -> EmailMessage:
 
 
 def command(
-    desk: StoreDesk, body: str, when: datetime, *, subject: str = "[KW-1] Charged twice", **kw: Any
+    desk: StoreDesk,
+    body: str,
+    when: datetime,
+    *,
+    subject: str = "[KW-1] Charged twice",
+    proof: bool = True,
+    **kw: Any,
 ) -> EmailMessage:
-    sent = desk.deliver(mail(ALICE_FROM, subject, body, date=when, **kw), when)
+    """Alice's command mail in the inbox, with her server's proof (or, `proof=False`, a
+    forgery of her address)."""
+    headers = TEAM_PROOF if proof else None
+    sent = desk.deliver(mail(ALICE_FROM, subject, body, date=when, headers=headers, **kw), when)
     result = desk.triage(when)
     assert result.errors == []
     return sent
@@ -322,7 +331,7 @@ def test_a_customers_hash_lines_are_no_commands(desk: StoreDesk) -> None:
 
 def test_imported_history_commands_nothing(desk: StoreDesk) -> None:
     open_case(desk)
-    old = mail(ALICE_FROM, "[KW-1] Charged twice", "#close\n", date=at(10))
+    old = mail(ALICE_FROM, "[KW-1] Charged twice", "#close\n", date=at(10), headers=TEAM_PROOF)
     item = StoreItem(uid=99, raw=old.as_bytes(), parsed=parse_message(old.as_bytes()))
     with desk.engine.begin() as conn:
         inbox = Folder(desk.box.name, "INBOX", Origin.INBOX, 1)
@@ -362,7 +371,10 @@ def test_cli_assign_between_the_commands_read_and_write_loses_nothing(
         return real(*args)
 
     monkeypatch.setattr(command_use_case, "decide", decide_with_a_race)
-    desk.deliver(mail(ALICE_FROM, "[KW-1] x", "#note keep it\n#close\n", date=at(10)), at(10))
+    desk.deliver(
+        mail(ALICE_FROM, "[KW-1] x", "#note keep it\n#close\n", date=at(10), headers=TEAM_PROOF),
+        at(10),
+    )
     first = desk.triage(at(10))
     assert len(first.errors) == 1 and "changed meanwhile" in first.errors[0]
     assert the_case(desk).owner == CAROL and rows(desk, "command_reply") == []
@@ -382,7 +394,9 @@ def test_a_command_between_the_clis_read_and_write_loses_nothing(
     """`keepword close` reads the case, the command mail (#take, #note) is triaged and
     commits, then the CLI writes: it decides again on the new version (no lost update)."""
     open_case(desk)
-    desk.deliver(mail(ALICE_FROM, "[KW-1] x", "#take\n#note mine\n", date=at(10)), at(10))
+    desk.deliver(
+        mail(ALICE_FROM, "[KW-1] x", "#take\n#note mine\n", date=at(10), headers=TEAM_PROOF), at(10)
+    )
     real = cli_cases._case_or_fail
     raced: list[bool] = []
 
@@ -420,7 +434,10 @@ def test_a_command_between_the_chases_plan_and_its_mail_loses_nothing(
     open_case(desk)
     [ack] = desk.promises(the_case(desk).id)
     when = ack.made_at + (ack.due_at - ack.made_at) * 0.6
-    desk.deliver(mail(ALICE_FROM, "[KW-1] x", "#promise 2026-11-02 16:30\n", date=when), when)
+    desk.deliver(
+        mail(ALICE_FROM, "[KW-1] x", "#promise 2026-11-02 16:30\n", date=when, headers=TEAM_PROOF),
+        when,
+    )
     real = chase.plan
     raced: list[bool] = []
 
@@ -444,24 +461,17 @@ def test_a_command_between_the_chases_plan_and_its_mail_loses_nothing(
 
 
 def test_an_unproven_team_address_commands_nothing_and_the_member_is_told(
-    desk: StoreDesk, monkeypatch: pytest.MonkeyPatch
+    desk: StoreDesk,
 ) -> None:
-    """As with the trust model wired in: a team From without proof (`claimed_team`)."""
-    from keepword.domain.model import Kind
-    from keepword.domain.trust import Sender, Standing
-    from keepword.pipeline import triage
-
-    forged = Sender(
-        Standing.PERSON, Kind.CUSTOMER, "claims team address without proof", ALICE, False, True
-    )
-    monkeypatch.setattr(triage, "_commands_allowed", lambda arrival: False)
-    monkeypatch.setattr(triage, "_command_sender", lambda arrival: forged)
+    """Alice's address without her server's proof (pipeline.standing): a claim, not the
+    team. Nothing changes on KW-1, the refusal is on its timeline, and the address it
+    claimed is told - never the customer."""
     open_case(desk)
-    command(desk, "#assign mallory@evil.test\n#close\n", at(10))
-    current = the_case(desk)
-    # (the mail itself goes on as what classify says; with trust wired, a person's mail)
+    command(desk, "#assign mallory@evil.test\n#close\n", at(10), proof=False)
+    [current, *_] = cases_of(desk)
     assert current.owner != "mallory@evil.test" and current.status != CaseStatus.CLOSED.value
     refused = [d for k, d in desk.events(current.id) if k == "refused"]
-    assert len(refused) == 2 and all("claims team address without proof" in d for d in refused)
+    assert refused and all("proof" in d or "team address" in d for d in refused), refused
     text = confirmation(desk)  # to the address it claimed, never to the customer
     assert "in your name without proof" in text and "Refused: #close" in text
+    assert all(row.recipients != [ANN[1]] for row in rows(desk, "command_reply"))

@@ -108,10 +108,12 @@ def test_same_decision_composes_the_same_message_id() -> None:
         ("Printer on fire", "Re: Printer on fire [KW-42]"),
         ("Re: Printer on fire", "Re: Printer on fire [KW-42]"),
         ("RE: Printer on fire [KW-42]", "RE: Printer on fire [KW-42]"),
-        ("AW: Drucker [kw-42]", "AW: Drucker [kw-42]"),
-        ("Printer [KW-42] on fire", "Re: Printer [KW-42] on fire"),
+        ("AW: Drucker [kw-42]", "AW: Drucker [KW-42]"),
+        ("Printer [KW-42] on fire", "Re: Printer on fire [KW-42]"),
         ("", "Re: (no subject) [KW-42]"),
-        ("Invoice [KW-7]", "Re: Invoice [KW-7] [KW-42]"),
+        # issue 12: another case's tag is never echoed (it would read as a claim)
+        ("Invoice [KW-7]", "Re: Invoice [KW-42]"),
+        ("[KW-1] hello", "Re: hello [KW-42]"),
     ],
 )
 def test_reply_subject_never_doubles(original: str, expected: str) -> None:

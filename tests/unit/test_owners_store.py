@@ -25,7 +25,7 @@ from keepword.store import away as away_store
 from keepword.store import cases as case_store
 from keepword.store.tables import case
 from tests.fixtures.chase_store import ALICE, CAROL, StoreDesk
-from tests.fixtures.desk import mail
+from tests.fixtures.desk import TEAM_PROOF, mail
 
 BOB = "bob@example.com"
 DAVE = "dave@example.com"
@@ -79,14 +79,12 @@ def load(desk: StoreDesk, case_id: int | None) -> CaseState:
         return case_store.load_case(conn, case_id)
 
 
-def out_of_office(sender: str, when: datetime, body: str, subject: str) -> Any:
-    return mail(
-        ("Away", sender),
-        subject,
-        body,
-        date=when,
-        headers={"Auto-Submitted": "auto-replied"},
-    )
+def out_of_office(
+    sender: str, when: datetime, body: str, subject: str, *, proof: bool = True
+) -> Any:
+    """A member's auto-reply, with her server's proof (docs/trust.md) or forged."""
+    headers = {"Auto-Submitted": "auto-replied", **(TEAM_PROOF if proof else {})}
+    return mail(("Away", sender), subject, body, date=when, headers=headers)
 
 
 def test_round_robin_through_a_week_with_a_holiday_and_a_vacation(make_desk: Any) -> None:
@@ -199,10 +197,24 @@ def test_an_out_of_office_without_a_date_ends_when_she_writes(make_desk: Any) ->
         [period] = away_store.recorded_away(conn, "support", date(2026, 11, 1))
     assert period.back_on == date(2026, 11, 9)  # the default: a week
     assert customer_case(desk, at(1, 9), 1).owner == BOB
-    note = mail(("Alice", ALICE), "Lunch?", "Back early.", to=BOB, date=at(1, 10))
+    note = mail(("Alice", ALICE), "Lunch?", "Back early.", to=BOB, date=at(1, 10),
+                headers=TEAM_PROOF)  # fmt: skip
     desk.deliver(note, at(1, 10))
     desk.triage(at(1, 10))
     assert customer_case(desk, at(1, 11), 2).owner == ALICE
+
+
+def test_a_forged_out_of_office_moves_nothing(make_desk: Any) -> None:
+    """An auto-reply in Alice's name without her server's proof is no absence of hers."""
+    desk = make_desk(team=[ALICE, BOB])
+    mine = customer_case(desk, at(0, 9), 0)
+    forged = out_of_office(ALICE, at(0, 10), "Away until 2026-11-20.", "Out of office", proof=False)
+    desk.deliver(forged, at(0, 10))
+    desk.triage(at(0, 10))
+    with desk.engine.connect() as conn:
+        assert away_store.recorded_away(conn, "support", date(2026, 11, 1)) == []
+    assert load(desk, mine.id).owner == mine.owner
+    assert [r for r in desk.outbox() if r.kind == "away_notice"] == []
 
 
 def test_a_planned_absence_moves_the_cases_on_its_first_day(make_desk: Any) -> None:

@@ -77,7 +77,7 @@ def _surge(tmp: Path, desk_type: type[MailboxContext], **box: Any) -> StoreDesk:
         first = desk.deliver(_mail(f"c{i}@example.org", f"Outage {i}", at), NOW)
         if i == 5:  # a team member answers the sixth customer before the seventh writes
             answer = _mail(ALICE, "Re: Outage 5", at + timedelta(seconds=1), first["Message-ID"])
-            desk.deliver(answer, NOW)
+            desk.deliver(answer, NOW, "Sent")  # the Sent folder proves it the team's
     _triage(desk, desk_type, NOW, SURGE)
     return desk
 

@@ -124,7 +124,8 @@ def test_a_failing_message_is_retried_later_and_never_stops_the_next(
 
 
 def test_mail_to_the_mailbox_from_itself_opens_no_case(desk: StoreDesk) -> None:
-    desk.deliver(mail(("Support", SUPPORT), "Weekly note", to=ALICE, date=at(9)), at(9))
+    # Proven by the mailbox's own Sent folder: the team's internal mail, nobody's case.
+    desk.deliver(mail(("Support", SUPPORT), "Weekly note", to=ALICE, date=at(9)), at(9), "Sent")
     result = desk.triage(at(9))
     assert (result.triaged, result.opened) == (1, 0)
     assert desk.outbox() == []
@@ -160,3 +161,12 @@ def test_an_update_withdrawn_unsent_leaves_the_old_promise_to_the_reply(desk: St
     assert old.superseded_by is None
     assert new.state is PromiseState.WITHDRAWN and "never told" in new.reason
     assert any("stands again" in detail for _, detail in desk.events(opened.id))
+
+
+def test_the_shared_address_without_proof_is_a_person_never_answered(desk: StoreDesk) -> None:
+    # issue 12: a team From without proof (here: only in the inbox) is a claim, not the
+    # team; it opens a case the team sees, and nothing is mailed to the address it claims.
+    desk.deliver(mail(("Support", SUPPORT), "Weekly note", to=ALICE, date=at(9)), at(9))
+    result = desk.triage(at(9))
+    assert (result.triaged, result.opened, result.acknowledged) == (1, 1, 0)
+    assert desk.outbox() == []

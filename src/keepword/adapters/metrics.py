@@ -42,6 +42,12 @@ class Metrics:
         self._quarantined = Counter(
             "keepword_messages_quarantined", "Messages that could not be handled", label, registry=r
         )
+        self._no_sender = Counter(
+            "keepword_messages_without_sender",
+            "Messages without a usable sender address: kept, no case opened",
+            label,
+            registry=r,
+        )
         self._acks = Counter(
             "keepword_acknowledgements_sent",
             "Acknowledgements sent to customers",
@@ -103,6 +109,9 @@ class Metrics:
 
     def quarantined(self, mailbox: str, n: int = 1) -> None:
         self._quarantined.labels(mailbox).inc(n)
+
+    def without_sender(self, mailbox: str, n: int = 1) -> None:
+        self._no_sender.labels(mailbox).inc(n)
 
     def acknowledgement_sent(self, mailbox: str, n: int = 1) -> None:
         self._acks.labels(mailbox).inc(n)

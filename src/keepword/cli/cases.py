@@ -19,6 +19,7 @@ from keepword.cli.common import engine_from, reader_from, settings_from
 from keepword.cli.common import now as clock_now
 from keepword.config import Settings
 from keepword.domain import cases as case_rules
+from keepword.domain.commands import Refused, assign_target
 from keepword.domain.model import CaseStatus
 from keepword.errors import KeepwordError, StaleCaseError
 from keepword.store import cases as case_store
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     assign.add_argument("reference")
     assign.add_argument("address")
     assign.add_argument("--by", help="who is assigning (for the timeline)")
-    assign.set_defaults(handler=_mutation(_assign))
+    assign.set_defaults(handler=_assign_to_team)
 
     close = sub.add_parser("close", help="close a case")
     close.add_argument("reference")
@@ -307,6 +308,31 @@ def _apply(engine: Engine, step: Mutation, args: argparse.Namespace) -> int:
         case_store.add_events(conn, current.id, change.events)
     print(f"{current.reference}: {change.events[-1].detail}")
     return 0
+
+
+def _assign_to_team(args: argparse.Namespace) -> int:
+    """`keepword assign`: only to someone on the case's team (exit 2 otherwise): an
+    outsider as owner would be sent the case's reminders (issue 12)."""
+    settings = settings_from(args)
+    engine = reader_from(settings)
+    try:
+        with engine.connect() as conn:
+            current = _case_or_fail(conn, args.reference)
+    finally:
+        engine.dispose()
+    box = next((b for b in settings.mailbox if b.name == current.mailbox), None)
+    staff = [*box.team, *([box.lead] if box.lead else [])] if box is not None else []
+    target = assign_target(args.address, staff)
+    if isinstance(target, Refused):
+        team = ", ".join(staff) or "nobody (set team in the mailbox's config)"
+        print(
+            f"keepword: {current.reference}: not assigned: {target.reason} "
+            f"(the team of mailbox {current.mailbox}: {team})",
+            file=sys.stderr,
+        )
+        return 2
+    args.address = target
+    return _mutation(_assign)(args)
 
 
 def _assign(

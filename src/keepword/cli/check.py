@@ -62,7 +62,31 @@ def cmd_check(args: argparse.Namespace) -> int:
         for result in check_mailbox(box):
             print(result.line(), flush=True)
             results.append(result)
+        for warning in trust_warnings(box):  # advice: never changes the exit code
+            print(f"warn {box.name}: trust: {warning}", flush=True)
     return 0 if all(r.ok for r in results) else 1
+
+
+def trust_warnings(box: MailboxSettings) -> list[str]:
+    """What the trust configuration cannot prove (docs/trust.md): team mail that would
+    count as a customer's."""
+    trust = box.trust
+    if trust.dkim_domains or trust.trusted_authserv_ids:
+        return []
+    domain = box.address.rpartition("@")[2]
+    if box.sent_folder is None:
+        proof = "nothing proves team mail (no sent_folder): every reply counts as a customer's"
+    else:
+        proof = (
+            f"only the {box.sent_folder} folder of {box.address} proves team mail: a reply "
+            f"a team member sends from their own mailbox with {box.address} in Cc counts "
+            "as a customer's mail (it keeps no promise and carries no command)"
+        )
+    return [
+        f'{proof}; set [mailbox.trust] dkim_domains = ["{domain}"] (their DKIM '
+        'signatures) or trusted_authserv_ids = ["<your mail server\'s authserv-id>"] '
+        "(its Authentication-Results), see docs/trust.md"
+    ]
 
 
 def check_database(settings: Settings) -> CheckResult:

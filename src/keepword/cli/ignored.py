@@ -3,7 +3,8 @@
 Robots, mailing lists and bounces (RFC 3834: never answer a robot); quarantined mail
 it could not read; mail whose triage failed and waits for a retry; customer mail it
 did not acknowledge, or acknowledged later because a rate limit deferred it; mail
-withdrawn from the outbox because it was no longer true. For the team lead's question
+withdrawn from the outbox because it was no longer true; mail without a usable sender
+address, which opens no case ("no sender"). For the team lead's question
 "did we ignore a customer?".
 """
 

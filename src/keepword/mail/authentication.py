@@ -47,6 +47,22 @@ def verify(raw: bytes, dns: DnsLookup | None = None) -> Authentication:
     )
 
 
+def verify_as_configured(
+    raw: bytes, *, dkim: bool, results: bool, dns: DnsLookup | None = None
+) -> Authentication:
+    """Only what the configuration can use: DKIM signatures when team domains are set
+    (`dkim`), Authentication-Results and ARC when authserv-ids are trusted (`results`).
+    Each check costs CPU and DNS; one nobody listens to is not run."""
+    if not results:
+        return Authentication(dkim=verify_dkim(raw, dns) if dkim else ())
+    headers = _headers(raw)
+    return Authentication(
+        dkim=verify_dkim(raw, dns) if dkim else (),
+        results=parse_results(headers.get_all(AUTHENTICATION_RESULTS) or ()),
+        arc=verify_arc(raw, headers.get_all(ARC_AUTHENTICATION_RESULTS) or (), dns),
+    )
+
+
 def verify_dkim(raw: bytes, dns: DnsLookup | None = None) -> tuple[DkimSignature, ...]:
     """Each DKIM-Signature (top first, at most MAX_SIGNATURES) and whether it verifies."""
     try:

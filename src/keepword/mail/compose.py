@@ -34,7 +34,9 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from keepword.config import MailboxSettings
+from keepword.domain.message_ids import keyed_message_id
 from keepword.domain.model import LOOP_HEADER, OutboxKind
+from keepword.domain.trust import own_subject
 from keepword.mail.render import Rendered
 
 CASE_HEADER = "X-Keepword-Case"
@@ -83,11 +85,13 @@ def mailbox_domain(box: MailboxSettings) -> str:
 
 
 def reply_subject(original: str, reference: str) -> str:
-    """`Re: <original> [KW-42]`: keep the original subject, never double Re: or the tag."""
-    subject = clean_header(original) or "(no subject)"
-    tag = f"[{reference}]"
-    if tag.lower() not in subject.lower():
-        subject = f"{subject} {tag}"
+    """`Re: <original> [KW-42]`: keep the original subject, never double Re: or the tag.
+
+    Every other tag of ours is taken out of the original (domain.trust.own_subject): a
+    stranger's "[KW-1] hello" is answered as "Re: hello [KW-2]", never with a KW-1 claim.
+    """
+    prefix = reference.rpartition("-")[0] or reference
+    subject = own_subject(clean_header(original), reference, [prefix])
     if not _REPLY_PREFIX.match(subject):
         subject = f"Re: {subject}"
     return subject
@@ -114,10 +118,16 @@ class OutgoingMail:
     date: datetime
     in_reply_to: str | None = None
     references: Sequence[str] = ()
+    # The installation secret (store.secret): keys the Message-ID so nobody outside can
+    # compute it. Without it (tests, previews) the old plain hash.
+    id_secret: bytes | None = None
 
     @property
     def message_id(self) -> str:
-        return deterministic_message_id(self.dedup_key, self.from_address.rpartition("@")[2])
+        domain = self.from_address.rpartition("@")[2]
+        if self.id_secret is not None:
+            return keyed_message_id(self.id_secret, self.dedup_key, domain)
+        return deterministic_message_id(self.dedup_key, domain)
 
     @property
     def auto_submitted(self) -> str:

@@ -40,6 +40,7 @@ from typing import Any
 import mailparser
 
 from keepword.domain.model import LOOP_HEADER, MAX_ADDRESS_CHARS, Address
+from keepword.domain.trust import salvage_sender
 
 # mail-parser logs a warning for every multipart it does not render and every odd
 # header; keepword reports problems itself (quarantine reasons), so keep it quiet.
@@ -305,7 +306,7 @@ def _from_message(
             return _known_addresses(split[name])
         return _addresses(msg, name)
 
-    senders = addresses("from") or _addresses(msg, "sender")
+    senders = addresses("from") or _addresses(msg, "sender") or _salvaged_sender(msg)
     return ParsedMessage(
         message_id=message_id,
         message_id_derived=found_id is None,
@@ -329,6 +330,18 @@ def _from_message(
         ],
         quarantine_reason=reason,
     )
+
+
+def _salvaged_sender(msg: Message) -> tuple[Address, ...]:
+    """The From address when its display name cannot be decoded (an encoded word that
+    hides CR/LF, an unknown charset): the name is dropped, never the address."""
+    for name, value in _items(msg):
+        text = _raw_text(value)
+        if name.lower() == "from" and ("=?" in text or "\r" in text or "\n" in text.strip()):
+            found = salvage_sender(text)
+            if found is not None and _usable(found.address):
+                return (found,)
+    return ()
 
 
 def _unreadable(raw: bytes, reason: str) -> ParsedMessage:

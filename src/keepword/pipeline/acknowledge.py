@@ -22,6 +22,7 @@ from keepword.domain.model import (
 )
 from keepword.domain.outbox_keys import ack_key, lead_alert_key, note_key
 from keepword.domain.promises import make_promise
+from keepword.domain.trust import customer_recipient
 from keepword.domain.windows import Window
 from keepword.mail.compose import customer_mail, team_mail
 from keepword.mail.render import (
@@ -53,9 +54,13 @@ def acknowledge_case(
     and case events; called by triage inside the message's transaction."""
     assert case.id is not None and decision.send is not None
     box, now = desk.box, desk.now
-    recipient = acknowledge.reply_address(facts)
-    assert recipient is not None
     first = decision.send is OutboxKind.ACKNOWLEDGEMENT
+    # The first answer goes where the opening mail asked (Reply-To: web forms); every
+    # later one to the case's customer of record only, never to the Reply-To of a mail
+    # that may have forged the customer's From (domain.trust.customer_recipient).
+    recipient = acknowledge.reply_address(facts) if first else customer_recipient(case.customer, ())
+    if recipient is None:
+        return
     slot = decision.slot.at if decision.slot is not None else now
     # A follow-up note repeats the time already promised; only without one is the
     # (costly) measured window computed.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -41,10 +41,18 @@ from keepword.domain.threads import (
     referenced_ids,
     subject_key,
 )
-from keepword.domain.trust import Sender, Standing
+from keepword.domain.trust import (
+    Refusal,
+    Sender,
+    Standing,
+    subject_claim,
+    tags_in,
+    usable_sender,
+    vet_join,
+)
 from keepword.errors import StaleCaseError
 from keepword.mail.compose import CUSTOMER_KINDS
-from keepword.pipeline import commands, owners
+from keepword.pipeline import commands, owners, standing
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
@@ -85,6 +93,7 @@ class TriageResult:
     opened: int = 0
     acknowledged: int = 0
     closed: int = 0
+    unusable: int = 0  # mail without a usable sender: kept, no case (domain.trust)
     errors: list[str] = field(default_factory=list)
 
 
@@ -114,6 +123,9 @@ class _Arrival:
     match: ThreadMatch
     correspondent: Address | None
     at: datetime  # when it counts as written: its Date, never in our future
+    # Who the sender is (pipeline.standing): `sender.standing is Standing.TEAM` is the
+    # only proof that a message is the team's.
+    sender: Sender
 
 
 def triage_pending(
@@ -183,6 +195,7 @@ def _try_one(run: _Run, item: Untriaged) -> Exception | None:
     run.result.triaged += 1
     run.result.opened += done.opened
     run.result.acknowledged += done.acknowledged
+    run.result.unusable += done.unusable
     return None
 
 
@@ -220,30 +233,55 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     box, now = desk.box, desk.now
     [facts] = load_facts(conn, [pk])
     team = box.team_addresses()
-    verdict = classify(facts, team=team, own_addresses=desk.own_addresses)
-    correspondent = external_correspondent(facts, verdict.kind, team)
-    match = choose_case(
-        facts,
-        verdict.kind,
-        _candidates(conn, box, facts),
-        now=now,
-        subject_window=timedelta(days=box.subject_threading_days),
-        team=team,
-    )
+    classified = classify(facts, team=team, own_addresses=desk.own_addresses)
+    # Who the sender is, decided once (pipeline.standing, docs/trust.md): a team address
+    # without proof is a person; keepword's own mail is the outbox row's.
+    judged = standing.judge(conn, desk, facts, classified)
+    sender, verdict = judged.sender, judged.verdict
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, now) if facts.date else now
-    arrival = _Arrival(facts, verdict, match, correspondent, at)
+    learned: tuple[str, ...] = ()
+    if sender.standing is Standing.OWN:
+        correspondent = None
+        reference = _reference_of(conn, judged.own_case)
+        match = standing.own_match(judged, reference)
+    else:
+        correspondent = external_correspondent(facts, verdict.kind, team)
+        candidates = _candidates(conn, box, facts, sender)
+        chosen = choose_case(
+            facts,
+            verdict.kind,
+            candidates,
+            now=now,
+            subject_window=timedelta(days=box.subject_threading_days),
+            team=team,
+        )
+        chosen = standing.as_vetted(chosen, sender, candidates)
+        target = standing.join_target(conn, facts, chosen, candidates)
+        decision = vet_join(facts, chosen, sender, target, now=now)
+        match, learned = decision.match, decision.new_correspondents
+        refusal = decision.refusal or standing.ignored_tag(
+            facts, sender, candidates, chosen, now=now
+        )
+        if refusal is not None:
+            _refuse(conn, box, refusal)
+    arrival = _Arrival(facts, verdict, match, correspondent, at, sender)
     _staff_presence(conn, desk, arrival)
     command = _command_mail(arrival, team | desk.own_addresses)
     if command is not None and not _commands_allowed(arrival):
-        target = case_store.load_case(conn, match.case_id) if match.case_id else None
-        commands.refuse_unproven(conn, desk, target, command)
+        steered = case_store.load_case(conn, match.case_id) if match.case_id else None
+        commands.refuse_unproven(conn, desk, steered, command)
         command = None  # the mail goes on as what it is: a person's
-    if match.case_id is None and not _opens_case(verdict.kind, match, correspondent):
-        _record(conn, pk, arrival, None, now)
-        if command is not None:
-            commands.refuse_caseless(conn, desk, command)
-        return
+    if match.case_id is None:
+        unusable = usable_sender(facts) if verdict.kind is Kind.CUSTOMER else None
+        if unusable is not None:
+            _record_unusable(conn, arrival, unusable, result, box.name)
+            return
+        if not _opens_case(verdict.kind, match, correspondent):
+            _record(conn, pk, arrival, None, now)
+            if command is not None:
+                commands.refuse_caseless(conn, desk, command)
+            return
     new_case = match.case_id is None
     before = (
         case_store.load_case(conn, match.case_id)
@@ -267,8 +305,7 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     assert saved.id is not None
     desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
     case_store.add_events(conn, saved.id, change.events)
-    if correspondent is not None:
-        case_store.add_correspondents(conn, saved.id, [correspondent.address])
+    case_store.add_correspondents(conn, saved.id, _correspondents(arrival, new_case, learned))
     _record(conn, pk, arrival, saved.id, now)
     if answers:
         _settle_promises(conn, desk, before, saved, verdict.kind, at)
@@ -279,24 +316,15 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
 
 
 def _commands_allowed(arrival: _Arrival) -> bool:
-    """THE gate for commands by mail: who may steer a case from a mail client.
-
-    Today: a team address in From (domain.classify's STAFF). With the trust model wired
-    into triage this becomes `arrival.sender.standing is Standing.TEAM` (a team address
-    AND proof: Sent folder, DKIM, trusted Authentication-Results).
-    """
-    return arrival.verdict.kind is Kind.STAFF
+    """THE gate for commands by mail: who may steer a case from a mail client - the team,
+    proven (pipeline.standing: Sent folder, DKIM, trusted Authentication-Results)."""
+    return arrival.sender.standing is Standing.TEAM
 
 
 def _command_sender(arrival: _Arrival) -> Sender:
-    """Who a command mail speaks for. Today from the classification; with the trust
-    model, `arrival.sender` (a team From without proof has `claimed_team`: its commands
-    are refused and the address it claimed is told)."""
-    facts = arrival.facts
-    address = facts.sender.address.lower() if facts.sender else None
-    if _commands_allowed(arrival):
-        return Sender(Standing.TEAM, Kind.STAFF, arrival.verdict.reason, address, True)
-    return Sender(Standing.PERSON, arrival.verdict.kind, arrival.verdict.reason, address)
+    """Who a command mail speaks for: the judged sender (a team From without proof has
+    `claimed_team`: its commands are refused and the address it claimed is told)."""
+    return arrival.sender
 
 
 def _command_mail(arrival: _Arrival, team: frozenset[str]) -> commands.CommandMail | None:
@@ -308,6 +336,42 @@ def _command_mail(arrival: _Arrival, team: frozenset[str]) -> commands.CommandMa
     if not _commands_allowed(arrival) and not sender.claimed_team:
         return None
     return commands.read(arrival.facts, sender, team)
+
+
+def _correspondents(arrival: _Arrival, new_case: bool, learned: tuple[str, ...]) -> list[str]:
+    """Who the case learns as its correspondents from this message (domain.trust).
+
+    A new case: the address it opened for (its customer: From, or a web form's Reply-To),
+    only that one (a form's shared From, or a forged From beside a stranger's Reply-To,
+    must not tie other customers' mail to it). A proven team member's mail: the outside
+    recipient they wrote to. A person's mail in an existing case: its own From, never
+    its Reply-To. keepword's own mail: nobody.
+    """
+    who = arrival.correspondent.address if arrival.correspondent is not None else None
+    if new_case or arrival.sender.standing is Standing.TEAM:
+        return [who] if who is not None else []
+    return list(learned)
+
+
+def _refuse(conn: Connection, box: MailboxSettings, refusal: Refusal) -> None:
+    """A join trust refused goes on the timeline of the case it targeted."""
+    case_store.add_events(conn, refusal.case_id, [refusal.event])
+    log.warning("mailbox %s: %s", box.name, refusal.event.detail)
+
+
+def _record_unusable(
+    conn: Connection, arrival: _Arrival, why: str, result: TriageResult, mailbox: str
+) -> None:
+    """Mail without a usable sender opens no case: kept, shown by `keepword ignored`."""
+    verdict = Classification(arrival.verdict.kind, f"opens no case: {why}")
+    done = replace(arrival, verdict=verdict)
+    _record(conn, arrival.facts.pk, done, None, arrival.at)
+    result.unusable += 1
+    log.info("mailbox %s: message %s opens no case: %s", mailbox, arrival.facts.pk, why)
+
+
+def _reference_of(conn: Connection, case_id: int | None) -> str | None:
+    return case_store.load_case(conn, case_id).reference if case_id is not None else None
 
 
 def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -> bool:
@@ -324,8 +388,8 @@ def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -
     """A member's own out-of-office marks them away (their cases move; it is never
     answered: robots are not); a member writing themselves is back."""
     facts, kind = arrival.facts, arrival.verdict.kind
-    # Wiring of domain.trust (issue 12 part 1): require the team standing here too
-    # (`trust.team_member(...)`), so a forged out-of-office cannot move cases.
+    if arrival.sender.standing is not Standing.TEAM:
+        return  # a forged out-of-office (a team From without proof) moves no case
     why = staff_out_of_office(facts, kind, desk.box.team)
     if why is not None:
         owners.out_of_office(conn, desk, facts, arrival.at, why)
@@ -385,8 +449,15 @@ def _record(
     triage_state.record_triage(conn, pk, arrival.verdict, case_id, arrival.match.rule, now)
 
 
-def _candidates(conn: Connection, box: MailboxSettings, facts: MessageFacts) -> Candidates:
-    tag = find_case_reference(facts, [box.reference_prefix])
+def _candidates(
+    conn: Connection, box: MailboxSettings, facts: MessageFacts, sender: Sender
+) -> Candidates:
+    prefixes = [box.reference_prefix]
+    # A subject with two different tags claims nothing (domain.trust.subject_claim).
+    if tags_in(facts.subject, prefixes):
+        tag = subject_claim(facts.subject, prefixes, sender)
+    else:
+        tag = find_case_reference(facts, prefixes)
     tag_ids = case_store.cases_by_reference_tag(conn, box.name, tag) if tag else []
     ref_ids = case_store.cases_by_message_ids(conn, box.name, referenced_ids(facts))
     subject_ids: list[int] = []
@@ -415,7 +486,7 @@ def _acknowledge_if_due(
     box, now, facts, kind = run.desk.box, run.desk.now, arrival.facts, arrival.verdict.kind
     if kind is not Kind.CUSTOMER or facts.is_history:
         return False  # nothing to decide: only live customer mail is ever answered
-    recipient = acknowledge.reply_address(facts)
+    recipient = acknowledge.reply_address(facts) if new_case else current.customer
     sent = acknowledge.Sent(
         new_case=new_case,
         acknowledged=outbox_store.exists(conn, ack_key(current.id)),

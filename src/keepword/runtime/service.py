@@ -122,13 +122,16 @@ class Service:
         if result.triaged or result.closed:
             log.info(
                 "mailbox %s: triaged %d message(s), opened %d case(s), queued %d "
-                "acknowledgement(s), closed %d",
+                "acknowledgement(s), closed %d; %d without a usable sender",
                 box.name,
                 result.triaged,
                 result.opened,
                 result.acknowledged,
                 result.closed,
+                result.unusable,
             )
+        if result.unusable:
+            METRICS.without_sender(box.name, result.unusable)
         with self.engine.connect() as conn:
             METRICS.triage_retrying(box.name, triage_backlog(conn, box.name).retrying)
         return result

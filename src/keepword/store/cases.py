@@ -321,3 +321,27 @@ def live_case_ids(conn: Connection, mailbox: str, statuses: Sequence[CaseStatus]
         )
     )
     return set(conn.execute(query).scalars())
+
+
+def participants(conn: Connection, case_id: int, message_ids: Sequence[str]) -> frozenset[str]:
+    """Everyone the case's mails with these Message-IDs were from or sent to: From, To
+    and Cc of stored mail, the recipients of keepword's own (domain.trust.JoinTarget)."""
+    if not message_ids:
+        return frozenset()
+    ids = list(message_ids)
+    found: set[str] = set()
+    stored = select(message.c.from_addr, message.c.to_addrs, message.c.cc_addrs).where(
+        and_(message.c.case_id == case_id, message.c.message_id.in_(ids))
+    )
+    for row in conn.execute(stored):
+        if row.from_addr:
+            found.add(str(row.from_addr).lower())
+        for item in [*(row.to_addrs or []), *(row.cc_addrs or [])]:
+            if isinstance(item, dict) and item.get("address"):
+                found.add(str(item["address"]).lower())
+    sent = select(outbox.c.recipients).where(
+        and_(outbox.c.case_id == case_id, outbox.c.message_id.in_(ids))
+    )
+    for recipients in conn.execute(sent).scalars():
+        found.update(str(a).lower() for a in recipients or ())
+    return frozenset(found)

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, tuple_, update
 
+from keepword.domain.message_ids import identity_digest, sender_digest
 from keepword.domain.model import Address, MessageFacts, Origin
 from keepword.mail.parse import ParsedMessage
 from keepword.store.tables import folder_state, message, message_location
@@ -91,17 +92,19 @@ def store_batch(
     mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
     fresh = [item for item in items if item.uid not in known_uids]
-    existing = _existing_identities(conn, mailbox, fresh)
+    stored = _stored_by_message_id(conn, mailbox, fresh)
+    keys = {item.uid: _identity(item, stored) for item in fresh}
+    existing = _existing_identities(conn, mailbox, list(keys.values()))
     to_insert: dict[tuple[str, str], StoreItem] = {}
     for item in fresh:
-        key = _identity(item.parsed)
+        key = keys[item.uid]
         if key not in existing and key not in to_insert:
             to_insert[key] = item
     inserted = _insert_messages(conn, mailbox, role, to_insert, is_history=is_history, now=now)
     pks = existing | inserted
     locations = [
         {
-            "message_pk": pks[_identity(item.parsed)],
+            "message_pk": pks[keys[item.uid]],
             "mailbox": mailbox,
             "folder": folder,
             "role": role.value,
@@ -124,8 +127,36 @@ def store_batch(
     )
 
 
-def _identity(parsed: ParsedMessage) -> tuple[str, str]:
-    return parsed.message_id, parsed.content_digest
+# (mailbox's) Message-ID -> {content digest: sender} of the rows stored under it.
+_Stored = dict[str, dict[str, str | None]]
+
+
+def _identity(item: StoreItem, stored: _Stored) -> tuple[str, str]:
+    """(Message-ID, content digest) a message is stored under: the same Message-ID and
+    body from another sender is another message (domain.message_ids.identity_digest).
+    Updates `stored` with it, so a second copy in the same batch finds it."""
+    parsed = item.parsed
+    sender = parsed.sender.address if parsed.sender else None
+    known = stored.setdefault(parsed.message_id, {})
+    body = parsed.content_digest
+    digest = identity_digest(body, sender, known)
+    if digest is None:  # already stored: under the body's digest or the derived one
+        same = (known[body] or "").strip().lower() == (sender or "").strip().lower()
+        digest = body if same else sender_digest(body, sender)
+    known.setdefault(digest, sender)
+    return parsed.message_id, digest
+
+
+def _stored_by_message_id(conn: Connection, mailbox: str, items: Sequence[StoreItem]) -> _Stored:
+    ids = sorted({item.parsed.message_id for item in items})
+    found: _Stored = {}
+    for chunk in _chunks(ids):
+        query = select(message.c.message_id, message.c.content_digest, message.c.from_addr).where(
+            and_(message.c.mailbox == mailbox, message.c.message_id.in_(chunk))
+        )
+        for message_id, digest, sender in conn.execute(query):
+            found.setdefault(message_id, {})[digest] = sender
+    return found
 
 
 def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -151,9 +182,9 @@ def _known_uids(
 
 
 def _existing_identities(
-    conn: Connection, mailbox: str, items: Sequence[StoreItem]
+    conn: Connection, mailbox: str, identities: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], int]:
-    keys = sorted({_identity(item.parsed) for item in items})
+    keys = sorted(set(identities))
     found: dict[tuple[str, str], int] = {}
     for chunk in _chunks(keys):
         query = select(message.c.message_id, message.c.content_digest, message.c.id).where(
@@ -178,11 +209,14 @@ def _insert_messages(
 ) -> dict[tuple[str, str], int]:
     if not items:
         return {}
-    rows = [_message_row(mailbox, role, item, is_history, now) for item in items.values()]
+    rows = [
+        _message_row(mailbox, role, item, is_history, now) | {"content_digest": key[1]}
+        for key, item in items.items()
+    ]
     # Plain executemany, then read the new ids back by identity: INSERT .. RETURNING with
     # guaranteed order degrades to one statement per row on SQLite.
     conn.execute(insert(message), rows)
-    return _existing_identities(conn, mailbox, list(items.values()))
+    return _existing_identities(conn, mailbox, list(items))
 
 
 def _message_row(
@@ -517,3 +551,9 @@ def last_customer_message(conn: Connection, case_id: int) -> LastMessage | None:
         offset_minutes=row.date_offset_minutes,
         name=row.from_name or "",
     )
+
+
+def raw_message(conn: Connection, pk: int) -> bytes | None:
+    """The stored bytes of one message (for checks that need them: DKIM, ARC)."""
+    found = conn.execute(select(message.c.raw).where(message.c.id == pk)).scalar_one_or_none()
+    return bytes(found) if found is not None else None

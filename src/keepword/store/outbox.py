@@ -20,7 +20,7 @@ Once sent: "done" (APPENDed to the Sent folder), "skipped" (not configured), "fa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email import message_from_bytes
 from email.policy import compat32
@@ -35,6 +35,7 @@ from keepword.domain.outbox import CaseNow
 from keepword.mail.compose import OutgoingMail, compose_bytes
 from keepword.mail.render import Rendered
 from keepword.store.cases import add_events
+from keepword.store.secret import message_id_secret
 from keepword.store.tables import UtcDateTime, case, outbox
 
 MAX_ERROR_CHARS = 2000
@@ -146,6 +147,8 @@ def enqueue_mail(
     store write: the use cases that decide on mail never touch SMTP or IMAP). `not_before`:
     a rate limit holds it back until then.
     """
+    if mail.id_secret is None:
+        mail = replace(mail, id_secret=message_id_secret(conn))
     return enqueue(
         conn,
         mailbox,
@@ -450,3 +453,20 @@ def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> froze
     """The dedup keys within any [low, high) range (read through the unique key index)."""
     bounds = [and_(outbox.c.dedup_key >= low, outbox.c.dedup_key < high) for low, high in ranges]
     return frozenset(conn.execute(select(outbox.c.dedup_key).where(or_(*bounds))).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class OwnMail:
+    """keepword's outbox row of a Message-ID: the case it was about, whom it went to."""
+
+    case_id: int | None
+    recipients: tuple[str, ...]
+
+
+def own_mail(conn: Connection, message_id: str) -> OwnMail | None:
+    """The outbox row that holds `message_id`, or None: keepword never sent it."""
+    query = select(outbox.c.case_id, outbox.c.recipients).where(outbox.c.message_id == message_id)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    return OwnMail(row.case_id, tuple(str(a).lower() for a in row.recipients or ()))

@@ -231,6 +231,13 @@ def _unanswered_messages(
 ) -> list[NotAnswered]:
     when = func.coalesce(message.c.date, message.c.received_at, message.c.stored_at)
     retrying = and_(message.c.triaged_at.is_(None), message.c.triage_attempts > 0)
+    # Customer mail triaged into no case: it had no usable sender (domain.trust).
+    no_case = and_(
+        message.c.kind == Kind.CUSTOMER.value,
+        message.c.triaged_at.is_not(None),
+        message.c.case_id.is_(None),
+        message.c.quarantined.is_(False),
+    )
     query = (
         select(
             when.label("at"),
@@ -249,7 +256,12 @@ def _unanswered_messages(
         .where(
             and_(
                 message.c.is_history.is_(False),
-                or_(message.c.kind == Kind.AUTOMATED.value, message.c.quarantined, retrying),
+                or_(
+                    message.c.kind == Kind.AUTOMATED.value,
+                    message.c.quarantined,
+                    retrying,
+                    no_case,
+                ),
                 when >= since,
             )
         )
@@ -264,6 +276,8 @@ def _message_item(row: Any) -> NotAnswered:
         what, reason = "quarantined", row.quarantine_reason or "could not be read"
     elif row.kind == Kind.AUTOMATED.value:
         what, reason = "automated", row.kind_reason or "sent by a robot"
+    elif row.kind == Kind.CUSTOMER.value and row.kind_reason:
+        what, reason = "no sender", row.kind_reason
     else:
         what, reason = "triage retry", row.triage_error or "triage failed"
     return NotAnswered(

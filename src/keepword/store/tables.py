@@ -328,3 +328,14 @@ staff_away = Table(
     UniqueConstraint("mailbox", "address", "start", name="uq_staff_away_mailbox_address_start"),
     Index("ix_staff_away_mailbox_back_on", "mailbox", "back_on"),
 )
+
+
+# The installation secret (one row, id 1): the key of keepword's outgoing Message-IDs
+# (domain.message_ids). Made by migration 0008 and never changed by keepword.
+installation_secret = Table(
+    "installation_secret",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("secret", LargeBinary, nullable=False),
+    _ts("created_at", nullable=False),
+)

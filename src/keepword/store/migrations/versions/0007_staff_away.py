@@ -4,7 +4,7 @@
   owners), so new cases skip them, their open cases move and the predictor counts
   only the staff on duty.
 
-Revision ID: 0007_away
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-01 11:00:00
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_away"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
