@@ -15,7 +15,7 @@ import pytest
 import tomli_w
 
 from keepword.adapters.credentials import resolve_secret
-from keepword.adapters.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbox
+from keepword.adapters.idle import IDLE_SLICE, IdleSession, MailboxWatchers, Waits, watch_mailbox
 from keepword.adapters.imap import ImapSession
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.retry import RetryPolicy
@@ -196,7 +196,7 @@ def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: 
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After"))
         assert await changes.next(timeout=10) - sent < 6.0
 
-    asyncio.run(watching(box, body, retry=RetryPolicy(first=1.0, cap=2.0)))
+    asyncio.run(watching(box, body, waits=Waits(retry=RetryPolicy(first=1.0, cap=2.0))))
 
 
 def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str) -> None:
@@ -205,7 +205,9 @@ def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str
     async def run() -> float:
         stop, watch = asyncio.Event(), Watch()
         task = asyncio.create_task(
-            watch_mailbox(box, Changes(), stop=stop, idle_slice=2.0, session_factory=watch.factory)
+            watch_mailbox(
+                box, Changes(), stop=stop, session_factory=watch.factory, waits=Waits(idle=2.0)
+            )
         )
         await watch.waiting()
         asked = time.monotonic()
@@ -224,7 +226,9 @@ def test_stop_while_the_server_is_down_ends_the_backoff(dovecot: Dovecot, mail_u
         async def run() -> float:
             stop = asyncio.Event()
             task = asyncio.create_task(
-                watch_mailbox(box, Changes(), stop=stop, retry=RetryPolicy(first=60.0, cap=60.0))
+                watch_mailbox(
+                    box, Changes(), stop=stop, waits=Waits(retry=RetryPolicy(first=60.0, cap=60.0))
+                )
             )
             await asyncio.sleep(0.5)
             assert not task.done()  # it keeps trying
@@ -410,7 +414,7 @@ def test_missing_password_file_then_created_idle_delivers_the_next_mail(
         assert watch.pushed(sent), "IDLE itself saw the mail"
 
     caplog.set_level("WARNING", logger="keepword.adapters.idle")
-    asyncio.run(watching_task(box, body, retry=fast))
+    asyncio.run(watching_task(box, body, waits=Waits(retry=fast)))
     failures = failures_logged(caplog)
     assert f"{password_file} does not exist" in failures[0]
     counts = [int(m.split("(")[1].split(" ")[0]) for m in failures]
@@ -445,7 +449,9 @@ def test_any_error_restarts_the_watcher(
         assert await changes.next(timeout=IDLE_SLICE + 10) > sent
 
     caplog.set_level("WARNING", logger="keepword.adapters.idle")
-    asyncio.run(watching_task(box, body, retry=RetryPolicy(first=0.2, cap=0.4), flaky=True))
+    asyncio.run(
+        watching_task(box, body, waits=Waits(retry=RetryPolicy(first=0.2, cap=0.4)), flaky=True)
+    )
     [failure] = [r for r in caplog.records if "IDLE watcher failed" in r.getMessage()]
     assert "a bug in the session's setup" in failure.getMessage()
     assert failure.exc_info is not None  # not ours: logged with its traceback

@@ -32,7 +32,13 @@ from keepword.domain.model import Origin
 from keepword.errors import MailboxError
 from keepword.mail.parse import parse_message
 from keepword.pipeline import ingest
-from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory, poll_folder
+from keepword.pipeline.ingest import (
+    Folder,
+    MailboxPoller,
+    MailboxPollResult,
+    SessionFactory,
+    poll_folder,
+)
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
@@ -170,7 +176,7 @@ def test_every_corpus_file_is_stored_exactly_once(
 
     box = mailbox_for(dovecot, mail_user, fetch_batch=100)
     session = session_for(box)
-    result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert result.is_history
 
     stored = locations(engine)
@@ -193,7 +199,7 @@ def test_every_corpus_file_is_stored_exactly_once(
 
     # Polling again finds nothing and costs exactly one IMAP command (STATUS).
     before = session.commands
-    again = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    again = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (again.new, again.known) == (0, 0)
     assert session.commands - before == 1
     assert count(engine, message_location) == len(on_server)
@@ -282,13 +288,13 @@ def test_kept_session_sees_mail_appended_by_others(
     box = mailbox_for(dovecot, mail_user)
     session = session_for(box)
     dovecot.append(mail_user, "INBOX", mail(1))
-    assert poll_folder(engine, session, box, "INBOX", Origin.INBOX, now).new == 1
+    assert poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now)).new == 1
     for number in range(2, 5):
         dovecot.append(mail_user, "INBOX", mail(number))
-        result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        result = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
         assert (result.new, result.is_history) == (1, False)
         before = session.commands
-        idle = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        idle = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
         assert idle.new == 0
         assert session.commands - before == 1
 
@@ -321,7 +327,7 @@ def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
 
     monkeypatch.setattr(store, "store_batch", store_then_crash)
     with pytest.raises(RuntimeError, match="power cut"):
-        poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+        poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     # Batches 1-2 committed with their cursor; batch 3 rolled back as a whole.
     assert count(engine, message_location) == 100
     assert count(engine, message) == 100
@@ -329,7 +335,7 @@ def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
     assert not cursor(engine).history_done
 
     monkeypatch.setattr(store, "store_batch", real_store)
-    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (result.new, result.known) == (150, 0)
     rows = locations(engine)
     assert [row.uid for row in rows] == dovecot.uids(mail_user)
@@ -354,13 +360,13 @@ def test_first_import_commits_its_cutoff_before_fetching_anything(
 
     session.fetch = no_fetch
     with pytest.raises(FetchFailedError):
-        poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     state = cursor(engine)
     assert state.history_below_uid == uidnext
     assert (state.last_uid, state.history_done) == (0, False)
 
     dovecot.append(mail_user, "INBOX", mail(5))  # arrives before the restart
-    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (result.new, result.is_history) == (6, True)
     assert [row.is_history for row in locations(engine)] == [True] * 5 + [False]
     assert cursor(engine).history_done
@@ -383,11 +389,11 @@ def test_uidvalidity_change_during_the_first_import_recuts_in_the_new_uid_space(
 
     monkeypatch.setattr(store, "store_batch", crash_on_second)
     with pytest.raises(RuntimeError, match="power cut"):
-        poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+        poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     monkeypatch.setattr(store, "store_batch", real_store)
     new_validity = dovecot.set_uidvalidity_change(mail_user)
 
-    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert result.uidvalidity_changed
     assert count(engine, message) == 30
     rows = [row for row in locations(engine) if row.uidvalidity == new_validity]
@@ -399,7 +405,7 @@ def test_uidvalidity_change_during_the_first_import_recuts_in_the_new_uid_space(
     assert state.history_below_uid == max(row.uid for row in rows) + 1
 
     dovecot.append(mail_user, "INBOX", mail(30))
-    later = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    later = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (later.new, later.is_history) == (1, False)
 
 
@@ -589,13 +595,13 @@ def test_uidvalidity_change_rescans_without_duplicates(
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(20)])
     box = mailbox_for(dovecot, mail_user, fetch_batch=7)
     session = session_for(box)
-    first = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    first = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert first.new == 20
     old_validity = cursor(engine).uidvalidity
 
     new_validity = dovecot.set_uidvalidity_change(mail_user)
     dovecot.append(mail_user, "INBOX", mail(20))
-    again = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    again = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
 
     assert again.uidvalidity_changed
     assert (again.new, again.known) == (1, 20)

@@ -23,7 +23,7 @@ from keepword.adapters.idle import OnChange
 from keepword.clock import Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import DeliveryUnavailable
-from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon
+from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon, Pacing
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
 
@@ -131,7 +131,9 @@ def run_daemon(
         return FakeWorker(recorder)
 
     async def run() -> tuple[datetime, datetime]:
-        daemon = Daemon(write_config(tmp, boxes), factory, clock=clock, draw=lambda: 1.0)
+        daemon = Daemon(
+            write_config(tmp, boxes), factory, clock=clock, pacing=Pacing(draw=lambda: 1.0)
+        )
         running = asyncio.create_task(daemon.run())
         began = clock.now()
         while clock.now() < began + SPAN:  # the condition: 30 virtual minutes passed

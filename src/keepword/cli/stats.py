@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from keepword.cli.common import now, reader_from, settings_from
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.chase import BusinessClock
-from keepword.domain.ledger import Ledger, compute_ledger
+from keepword.domain.ledger import Ledger, Period, compute_ledger
 from keepword.errors import KeepwordError
 from keepword.pipeline.acknowledge import calendar_for
 from keepword.store import promises as promise_store
@@ -54,8 +54,7 @@ def ledgers(
         reports.case_records(conn, names),
         made,
         reports.sent_actions(conn, names, since),
-        since=since,
-        until=until,
+        period=Period(since, until),
         now=now,
         clocks=clocks,
     )
