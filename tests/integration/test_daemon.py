@@ -34,6 +34,7 @@ from keepword.config import MailboxSettings, Settings
 from keepword.errors import DeliveryUnavailable, MailboxError
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
+from tests.fixtures.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +74,7 @@ class FakeWorker:
         if mailbox.name.startswith("frozen"):
             time.sleep(2.5)  # a bug that blocks the event loop itself
         if mailbox.name.startswith("slow"):
+            self._record("poll-blocked", mailbox)  # its thread starts in this same loop step
             await asyncio.to_thread(time.sleep, 60)  # a blocking call nobody can cancel
         METRICS.ingested(mailbox.name, 2)
         self._record("poll", mailbox)
@@ -216,12 +218,15 @@ class DaemonProcess:
         return self._wait_file(self.calls, pattern, timeout)
 
     def _wait_file(self, path: Path, pattern: str, timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if match := re.search(pattern, path.read_text(), re.MULTILINE):
-                return match
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not in {path.name}: {path.read_text()}")
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            match = re.search(pattern, path.read_text(), re.MULTILINE)
+            found.extend([match] if match else [])
+            return match is not None
+
+        assert wait_until(seen, timeout), f"{pattern!r} not in {path.name}: {path.read_text()}"
+        return found[0]
 
     def log(self) -> str:
         return self.stderr.read_text()
@@ -340,8 +345,9 @@ def test_reload_with_changed_config_reschedules(
     status = kw.wait_notify(ready)
     assert "STATUS=2 mailboxes" in status
     sales_polls = kw.calls.read_text().count("poll sales")
-    time.sleep(0.5)
-    assert kw.calls.read_text().count("poll sales") == sales_polls
+    kw.wait_call(r"^drain billing interval=60")  # both new cycles went round once ...
+    kw.wait_call(r"^drain support interval=30")
+    assert kw.calls.read_text().count("poll sales") == sales_polls  # ... the removed one not
     code, _ = kw.stop(timeout=10)
     assert code == 0
 
@@ -392,8 +398,7 @@ def test_stop_abandons_a_stuck_job_after_the_bound(
     kw.config.write_text(config_text(tmp_path, imap_port, {"slow": 60}))
     kw.start()
     kw.wait_notify(ready)
-    kw.wait_call(r"^poll-start slow")
-    time.sleep(0.3)  # inside the blocking call now
+    kw.wait_call(r"^poll-blocked slow")  # inside the blocking call now
     code, took = kw.stop(timeout=15)
     assert code == 0, kw.log()
     assert 2.0 <= took < 8.0

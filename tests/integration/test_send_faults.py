@@ -5,8 +5,6 @@ real Dovecot Sent folder: slow or silent answers to the final dot, dropped conne
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,19 +22,11 @@ from keepword.store import outbox
 from keepword.store.tables import case_event
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.waiting import wait_until
 from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
 from tests.integration.test_send import rig as rig  # the fixture
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def rig_with(tmp_path: Path, server: SmtpServer, smtp: dict[str, Any], **box: Any) -> Rig:
