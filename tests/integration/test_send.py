@@ -29,7 +29,6 @@ from keepword.pipeline.send import (
     SentCopy,
     Servers,
     drain_outbox,
-    enqueue_mail,
 )
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
@@ -99,8 +98,11 @@ class Rig:
         )
         body = Rendered("Hello.\nCase reference: KW-1\n")
         with self.engine.begin() as conn:
-            assert enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
-            assert not enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
+            queued = [
+                outbox.enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
+                for _ in range(2)
+            ]
+            assert queued == [True, False]  # recorded once
             rows = outbox.pending(conn, NOW, 10_000, mailbox=self.box.name)
         return next(r for r in rows if r.dedup_key == dedup_key)
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, Engine
 
-from keepword.cli.common import engine_from, reader_from, settings_from
+from keepword.cli.common import engine_from, reading, settings_from
 from keepword.cli.common import now as clock_now
 from keepword.config import Settings
 from keepword.domain import cases as case_rules
@@ -83,20 +83,16 @@ LEGEND = "status: team = waiting on the team, cust = waiting on the customer"
 
 def cmd_cases(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = reader_from(settings)
     now = _now()
-    try:
-        with engine.connect() as conn:
-            found = case_store.list_cases(
-                conn,
-                mailbox=args.mailbox,
-                statuses=_statuses(args.status),
-                owner=args.owner,
-                limit=args.limit,
-            )
-            due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        found = case_store.list_cases(
+            conn,
+            mailbox=args.mailbox,
+            statuses=_statuses(args.status),
+            owner=args.owner,
+            limit=args.limit,
+        )
+        due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
     if args.overdue:
         found = [c for c in found if c.id in due and due[c.id] < now]
     if args.json:
@@ -168,14 +164,10 @@ def _case_or_fail(conn: Connection, reference: str) -> case_rules.CaseState:
 
 def cmd_case(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = reader_from(settings)
-    try:
-        with engine.connect() as conn:
-            current = _case_or_fail(conn, args.reference)
-            assert current.id is not None
-            story = _story(conn, current.id)
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        current = _case_or_fail(conn, args.reference)
+        assert current.id is not None
+        story = _story(conn, current.id)
     if args.json:
         summary = _case_summary(current, None, _now())
         json.dump({"case": summary, **story}, sys.stdout, indent=2, default=str)

@@ -81,9 +81,7 @@ from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import withdrawal
 from keepword.errors import DeliveryUnavailable, KeepwordError
-from keepword.mail.compose import OutgoingMail
 from keepword.mail.preview import preview
-from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
 from keepword.store.cases import add_events
@@ -247,25 +245,6 @@ def _append_all(copy: SentCopy, raws: Sequence[bytes]) -> int:
     for raw in raws:
         copy.append(raw)
     return len(raws)
-
-
-def enqueue_mail(
-    conn: Connection,
-    mail: OutgoingMail,
-    body: Rendered,
-    *,
-    mailbox: str,
-    case_id: int | None,
-    not_before: datetime | None = None,
-) -> bool:
-    """Compose and record one mail in the caller's transaction; False if already recorded.
-
-    Call it in the same transaction as the decision that causes the mail. `not_before`:
-    a rate limit holds it back until then.
-    """
-    return outbox.enqueue_mail(
-        conn, mail, body, mailbox=mailbox, case_id=case_id, not_before=not_before
-    )
 
 
 @dataclass(frozen=True, slots=True)
