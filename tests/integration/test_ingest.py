@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,10 @@ from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
 from tests.corpora import CORPORA, PRESENT
+from tests.fixtures.configs import run_keepword, secret_file
+from tests.fixtures.configs import write_config as write_config_file
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.installations import customer_question
 from tests.fixtures.smtp import SmtpServer
 from tests.fixtures.waiting import wait_until
 
@@ -433,14 +434,7 @@ def test_sigkill_of_keepword_import_then_rerun_is_exact(
     assert 0 < at_kill < total
     assert at_kill % 100 == 0  # only whole batches were committed
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        check=False,
-        timeout=240,
-    )
+    rerun = keepword(config, "import", "--quiet")
     assert rerun.returncode == 0, rerun.stderr
     assert "INBOX" in rerun.stdout
     rows = locations(engine)
@@ -468,59 +462,24 @@ def write_config(
     smtp: SmtpServer | None = None,
     fetch_batch_bytes: int | None = None,
 ) -> Path:
-    secret = directory / "imap.password"
-    secret.write_text(dovecot.users[user])
-    secret.chmod(0o600)
-    config = directory / "keepword.toml"
-    config.write_text(
-        f"""[keepword]
-state_dir = "{directory / "state"}"
-
-[[mailbox]]
-name = "support"
-address = "support@example.com"
-sent_folder = "Sent"
-
-[mailbox.imap]
-host = "{dovecot.host}"
-port = {dovecot.imap_port}
-tls = "plain"
-username = "{user}"
-password_file = "{secret}"
-fetch_batch = {fetch_batch}
-"""
-        + (f"fetch_batch_bytes = {fetch_batch_bytes}\n" if fetch_batch_bytes else "")
-        + (_smtp_section(smtp, directory) if smtp is not None else "")
+    imap = dovecot.imap_settings(
+        user,
+        password_file=secret_file(directory, "imap.password", dovecot.users[user]),
+        timeout=30.0,  # keepword's own default, not the rig's
+        fetch_batch=fetch_batch,
+        **({"fetch_batch_bytes": fetch_batch_bytes} if fetch_batch_bytes else {}),
     )
-    return config
-
-
-def _smtp_section(smtp: SmtpServer, directory: Path) -> str:
-    secret = directory / "smtp.password"
-    secret.write_text(smtp.password)
-    secret.chmod(0o600)
-    return f"""
-[mailbox.smtp]
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "plain"
-username = "{smtp.user}"
-password_file = "{secret}"
-
-[mailbox.chase]
-digest = false  # the mail under test is the acknowledgement, whatever the hour
-"""
+    sending: dict[str, Any] = {}
+    if smtp is not None:
+        password = secret_file(directory, "smtp.password", smtp.password)
+        # The mail under test is the acknowledgement, whatever the hour: no digest.
+        sending = {"smtp": smtp.settings(password_file=password), "chase": {"digest": False}}
+    box = MailboxSettings(name="support", address="support@example.com", imap=imap, **sending)
+    return write_config_file(directory / "keepword.toml", {"state_dir": directory / "state"}, box)
 
 
 def keepword(config: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keepword", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        check=False,
-        timeout=timeout,
-    )
+    return run_keepword(config, *args, timeout=timeout)
 
 
 def import_killed_after(config: Path, database: Path, at_least: int) -> int:
@@ -541,17 +500,6 @@ def import_killed_after(config: Path, database: Path, at_least: int) -> int:
         return count(engine, message_location)
     finally:
         engine.dispose()
-
-
-def customer_question(address: str) -> bytes:
-    question = EmailMessage()
-    question["From"] = f"Ann Lee <{address}>"
-    question["To"] = "support@example.com"
-    question["Subject"] = "Charged twice"
-    question["Date"] = format_datetime(datetime.now(UTC))
-    question["Message-ID"] = make_msgid(domain="example.org")
-    question.set_content("Please refund one of them.")
-    return question.as_bytes()
 
 
 def test_sigkill_during_first_import_keeps_its_cutoff_so_new_mail_is_answered(

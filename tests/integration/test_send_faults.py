@@ -22,7 +22,7 @@ from keepword.store import outbox
 from keepword.store.tables import case_event
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
-from tests.fixtures.waiting import wait_until
+from tests.fixtures.waiting import COSTLY, wait_until
 from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
 from tests.integration.test_send import rig as rig  # the fixture
 
@@ -89,7 +89,7 @@ def test_unknown_outcome_is_held_and_resolved_from_the_relays_sent_copy(
         # and the row behind it goes out.
         soon = rig.drain(NOW + timedelta(minutes=2), sent_copy=copy)
         assert (soon.sent, soon.held, soon.already_sent) == (1, 0, 0)
-        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 2)
+        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 2, poll=COSTLY)
 
         later = rig.drain(NOW + timedelta(minutes=11), sent_copy=copy)
     assert (later.already_sent, later.sent) == (1, 0)
