@@ -384,7 +384,7 @@ def idle_poll(config: Path) -> tuple[float, int]:
     """Median ms and IMAP commands of a poll that finds nothing (connection kept open)."""
     from keepword.config import load_config
     from keepword.domain.model import Origin
-    from keepword.pipeline.ingest import default_session_factory, poll_folder
+    from keepword.pipeline.ingest import Folder, default_session_factory, poll_folder
     from keepword.store.db import open_store
 
     settings = load_config(config)
@@ -397,9 +397,8 @@ def idle_poll(config: Path) -> tuple[float, int]:
         for _ in range(21):
             before = int(getattr(session, "commands", 0))
             started = time.perf_counter()
-            result = poll_folder(
-                engine, session, box, "INBOX", Origin.INBOX, lambda: datetime.now(UTC)
-            )
+            inbox = Folder(engine, box, "INBOX", Origin.INBOX, lambda: datetime.now(UTC))
+            result = poll_folder(session, inbox)
             timings.append((time.perf_counter() - started) * 1000)
             commands.append(int(getattr(session, "commands", 0)) - before)
             assert result.new == 0, result

@@ -34,7 +34,7 @@ from keepword.adapters.credentials import Secret  # noqa: E402
 from keepword.adapters.imap import ImapSession  # noqa: E402
 from keepword.config import Settings  # noqa: E402
 from keepword.domain.model import OutboxKind  # noqa: E402
-from keepword.pipeline.send import ImapSentCopy, drain_outbox  # noqa: E402
+from keepword.pipeline.send import ImapSentCopy, Servers, drain_outbox  # noqa: E402
 from keepword.store import outbox  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
 
@@ -132,9 +132,7 @@ async def run(count: int, connections: int, work: Path, instance: Any) -> None:
                 )  # fmt: skip
         copy = ImapSentCopy(box.imap, "Sent", Secret(instance.users[SUPPORT]))
         started = time.monotonic()
-        result = await drain_outbox(
-            engine, settings, box, datetime.now(UTC), sent_copy=copy, dry_run=False, secret=None
-        )
+        result = await drain_outbox(engine, settings, box, datetime.now(UTC), Servers(copy))
         done = time.monotonic() - started
         copy.close()
         first, last = sink.accepted[0] - started, sink.accepted[-1] - started

@@ -11,7 +11,6 @@ import csv
 import json
 import random
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,40 +21,21 @@ from sqlalchemy import Engine
 
 from keepword.cli import main
 from keepword.domain.business_calendar import BusinessCalendar
-from keepword.domain.cases import CaseState
-from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
+from keepword.domain.model import PromiseAudience, PromiseKind
 from keepword.domain.predict import predict_window
 from keepword.domain.promises import Promise
-from keepword.store import cases as case_store
 from keepword.store import history as history_store
 from keepword.store import promises as promise_store
-from keepword.store.db import open_store
+from tests.fixtures.reports import engine as engine  # the fixture
+from tests.fixtures.reports import report_config, stored_case
 
 BERLIN = ZoneInfo("Europe/Berlin")
 FIRST = datetime(2026, 6, 1, 7, tzinfo=UTC)  # Monday 09:00 Berlin
 DAYS = 100
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = open_store(f"sqlite:///{tmp_path / 'kw.db'}")
-    yield engine
-    engine.dispose()
-
-
 def config(tmp_path: Path, engine: Engine) -> Path:
-    pw = tmp_path / "imap.pw"
-    pw.write_text("secret\n")
-    pw.chmod(0o600)
-    path = tmp_path / "keepword.toml"
-    path.write_text(
-        f'[keepword]\nstate_dir = "{tmp_path}"\ndatabase_url = "{engine.url}"\n'
-        'timezone = "Europe/Berlin"\n'
-        '[[mailbox]]\nname = "support"\naddress = "support@example.com"\n'
-        '[mailbox.imap]\nhost = "127.0.0.1"\nusername = "support"\n'
-        f'password_file = "{pw}"\n'
-    )
-    return path
+    return report_config(tmp_path, engine, timezone="Europe/Berlin")
 
 
 def calendar() -> BusinessCalendar:
@@ -87,21 +67,8 @@ def store(engine: Engine, cases: list[tuple[datetime, datetime | None]]) -> list
     ids = []
     with engine.begin() as conn:
         for n, (opened, answered) in enumerate(cases):
-            saved = case_store.save_case(
-                conn,
-                CaseState(
-                    id=None,
-                    mailbox="support",
-                    reference="KW",
-                    status=CaseStatus.WAITING_ON_CUSTOMER if answered else CaseStatus.NEW,
-                    opened_at=opened,
-                    updated_at=opened,
-                    customer=f"customer{n}@example.org",  # people, not one robot
-                    first_response_at=answered,
-                ),
-            )
-            assert saved.id is not None
-            ids.append(saved.id)
+            customer = f"customer{n}@example.org"  # people, not one robot
+            ids.append(stored_case(conn, "support", opened, answered, customer=customer))
     return ids
 
 

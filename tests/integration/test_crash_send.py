@@ -21,10 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +30,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine, select
 
+from keepword.config import MailboxSettings
 from keepword.store.tables import outbox
+from tests.fixtures import configs
 from tests.fixtures.dovecot import Dovecot, load_mailserver
+from tests.fixtures.installations import customer_question
+from tests.fixtures.waiting import COSTLY, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,40 +72,34 @@ def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth:
 
 
 def write_config(
-    path: Path, dovecot: Dovecot, user: str, smtp_port: int, *, mailbox: str = "", smtp: str = ""
+    path: Path,
+    dovecot: Dovecot,
+    user: str,
+    smtp_port: int,
+    *,
+    smtp: dict[str, Any] | None = None,
+    **mailbox: Any,
 ) -> None:
-    path.write_text(
-        f"""
-[keepword]
-state_dir = "{path.parent}"
-database_url = "sqlite:///{path.parent / "kw.db"}"
-
-[[mailbox]]
-name = "support"
-address = "support@example.com"
-team = ["alice@example.com"]
-sent_folder = "Sent"
-{mailbox}
-
-[mailbox.imap]
-host = "{dovecot.host}"
-port = {dovecot.imap_port}
-tls = "plain"
-username = "{user}"
-password_env = "KW_TEST_IMAP_PASSWORD"
-
-[mailbox.smtp]
-host = "127.0.0.1"
-port = {smtp_port}
-tls = "plain"
-username = "{SMTP_USER}"
-password_env = "KW_TEST_SMTP_PASSWORD"
-{smtp}
-
-[mailbox.chase]
-digest = false  # the one mail under test is the acknowledgement, whatever the hour
-"""
+    """Secrets from the environment (KW_TEST_IMAP_PASSWORD, KW_TEST_SMTP_PASSWORD)."""
+    box = MailboxSettings(
+        name="support",
+        address="support@example.com",
+        team=["alice@example.com"],
+        imap=dovecot.imap_settings(user, password_env="KW_TEST_IMAP_PASSWORD"),
+        smtp={
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "tls": "plain",
+            "username": SMTP_USER,
+            "password_env": "KW_TEST_SMTP_PASSWORD",
+            **(smtp or {}),
+        },
+        # The one mail under test is the acknowledgement, whatever the hour: no digest.
+        chase={"digest": False},
+        **mailbox,
     )
+    keepword = {"state_dir": path.parent, "database_url": f"sqlite:///{path.parent / 'kw.db'}"}
+    configs.write_config(path, keepword, box)
 
 
 def keepword(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -114,15 +109,6 @@ def keepword(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-
-
-def wait_until(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sigkill_after_send_before_record_sends_exactly_once(
@@ -149,20 +135,13 @@ def test_sigkill_after_send_before_record_sends_exactly_once(
         first = keepword(config, env)  # first contact: empty mailbox, nothing to answer
         assert first.wait(60) == 0, first.stdout.read() if first.stdout else ""
 
-        question = EmailMessage()
-        question["From"] = "Ann Lee <ann@example.org>"
-        question["To"] = "support@example.com"
-        question["Subject"] = "Charged twice"
-        question["Date"] = format_datetime(datetime.now(UTC))
-        question["Message-ID"] = make_msgid(domain="example.org")
-        question.set_content("Please refund one of them.")
-        dovecot.append(mail_user, "INBOX", question.as_bytes())
+        dovecot.append(mail_user, "INBOX", customer_question())
 
         doomed = keepword(config, env)
         assert handler.locked.wait(60), "keepword never sent the acknowledgement"
-        # The copy lands in Sent, then keepword blocks on the database lock: kill it there.
-        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 1)
-        time.sleep(0.3)
+        # The copy lands in Sent, then keepword cannot record (the database is locked):
+        # kill it there. Whether it already waits on the lock or not, nothing is recorded.
+        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 1, poll=COSTLY)
         assert doomed.poll() is None, "keepword finished although it could not record"
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
@@ -218,17 +197,6 @@ class WithholdingRelay:
             self.file_copy(raw)
 
 
-def customer_question() -> bytes:
-    question = EmailMessage()
-    question["From"] = "Ann Lee <ann@example.org>"
-    question["To"] = "support@example.com"
-    question["Subject"] = "Charged twice"
-    question["Date"] = format_datetime(datetime.now(UTC))
-    question["Message-ID"] = make_msgid(domain="example.org")
-    question.set_content("Please refund one of them.")
-    return question.as_bytes()
-
-
 def test_sigkill_before_the_relay_answers_sends_exactly_once(
     dovecot: Dovecot, mail_user: str, tmp_path: Path
 ) -> None:
@@ -245,8 +213,8 @@ def test_sigkill_before_the_relay_answers_sends_exactly_once(
             dovecot,
             mail_user,
             port,
-            mailbox="append_to_sent = false  # the relay files the copy",
-            smtp="unknown_outcome_wait = 1",
+            append_to_sent=False,  # the relay files the copy
+            smtp={"unknown_outcome_wait": 1},
         )
         env = {
             **os.environ,
@@ -275,7 +243,7 @@ def test_sigkill_before_the_relay_answers_sends_exactly_once(
         assert state == "held"
 
         relay.released.set()  # the relay finishes and files its copy
-        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 1)
+        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 1, poll=COSTLY)
         assert wait_until(lambda: datetime.now(UTC) > held_until.replace(tzinfo=UTC))
         again = keepword(config, env)
         output = again.communicate(timeout=60)[0].decode()

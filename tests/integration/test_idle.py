@@ -13,15 +13,19 @@ from typing import Any
 
 import pytest
 import tomli_w
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
 from keepword.adapters.credentials import resolve_secret
-from keepword.adapters.idle import IDLE_SLICE, IdleSession, MailboxWatchers, watch_mailbox
+from keepword.adapters.idle import IDLE_SLICE, IdleSession, MailboxWatchers, Waits, watch_mailbox
 from keepword.adapters.imap import ImapSession
 from keepword.config import KeepwordSettings, MailboxSettings, Settings
 from keepword.retry import RetryPolicy
 from keepword.runtime.daemon import Daemon
+from keepword.store.jobs import job_runs
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.waiting import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -84,24 +88,30 @@ class IdlingSession(ImapSession):
 
     def wait_for_change(self, folder: str, timeout: float, known_uidnext: int = 0) -> bool:
         started = time.monotonic()
-        self.watch.entered.set()
+        self.watch.entered.clear()  # a new wait: only its own IDLE counts
         changed = super().wait_for_change(folder, timeout, known_uidnext)
         self.watch.calls.append((started, changed))
         return changed
+
+    def _readable(self, client: Any, wake: int, timeout: float) -> bool:
+        self.watch.entered.set()  # the server said "+ idling": it pushes changes from now on
+        return super()._readable(client, wake, timeout)
 
 
 class Watch:
     """The watcher's sessions, seen from the test: when it waits, and what woke it."""
 
     def __init__(self) -> None:
-        self.entered = threading.Event()
+        self.entered = threading.Event()  # set while the watcher is in IDLE itself
         self.calls: list[tuple[float, bool]] = []  # (when a wait began, did it see a change)
+        self.sessions = 0  # sessions the watcher asked for (a reconnect asks again)
 
     def factory(self, box: MailboxSettings) -> IdleSession:
+        self.sessions += 1
         return IdlingSession(box, self)
 
     async def waiting(self, timeout: float = 20.0) -> None:
-        """Until the watcher (re)enters its wait: mail from now on cannot be missed.
+        """Until the watcher (re)enters IDLE itself: mail from now on is pushed by it.
 
         Before that, the watcher's first STATUS may already count a new message as
         known; a fixed sleep raced with a slow login.
@@ -109,7 +119,6 @@ class Watch:
         entered = await asyncio.to_thread(self.entered.wait, timeout)
         assert entered, "the watcher never started waiting"
         self.entered.clear()
-        await asyncio.sleep(0.2)  # past its EXAMINE, into IDLE itself
 
     def pushed(self, sent: float) -> bool:
         """Did a wait that began before `sent` end with a change: IDLE, not a later poll?"""
@@ -160,7 +169,7 @@ def test_mail_arriving_during_on_change_is_not_lost(dovecot: Dovecot, mail_user:
         calls.append(time.monotonic())
         if len(calls) == 1:  # while "polling", a second mail arrives (no IDLE running)
             await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("Two"))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # a slow poll: the thing under test, not a wait
 
     async def run() -> None:
         stop, watch = asyncio.Event(), Watch()
@@ -169,9 +178,7 @@ def test_mail_arriving_during_on_change_is_not_lost(dovecot: Dovecot, mail_user:
         )
         await watch.waiting()
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("One"))
-        deadline = time.monotonic() + 8
-        while len(calls) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await wait_until_async(lambda: len(calls) >= 2, timeout=8)
         stop.set()
         await asyncio.wait_for(task, timeout=10)
 
@@ -185,8 +192,8 @@ def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: 
     async def body(changes: Changes, watch: Watch) -> None:
         await watch.waiting()
         await asyncio.to_thread(dovecot.stop)
-        try:
-            await asyncio.sleep(2.0)  # the watcher notices and backs off
+        try:  # the watcher notices, backs off and tries again while the server is down
+            assert await wait_until_async(lambda: watch.sessions >= 2, timeout=10)
         finally:
             await asyncio.to_thread(dovecot.start)
         watch.entered.clear()  # any wait before the restart does not count
@@ -196,7 +203,7 @@ def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: 
         await asyncio.to_thread(dovecot.append, mail_user, "INBOX", customer_mail("After"))
         assert await changes.next(timeout=10) - sent < 6.0
 
-    asyncio.run(watching(box, body, retry=RetryPolicy(first=1.0, cap=2.0)))
+    asyncio.run(watching(box, body, waits=Waits(retry=RetryPolicy(first=1.0, cap=2.0))))
 
 
 def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str) -> None:
@@ -205,7 +212,9 @@ def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str
     async def run() -> float:
         stop, watch = asyncio.Event(), Watch()
         task = asyncio.create_task(
-            watch_mailbox(box, Changes(), stop=stop, idle_slice=2.0, session_factory=watch.factory)
+            watch_mailbox(
+                box, Changes(), stop=stop, session_factory=watch.factory, waits=Waits(idle=2.0)
+            )
         )
         await watch.waiting()
         asked = time.monotonic()
@@ -216,17 +225,20 @@ def test_stop_ends_the_watcher_within_one_slice(dovecot: Dovecot, mail_user: str
     assert asyncio.run(run()) < 3.0
 
 
-def test_stop_while_the_server_is_down_ends_the_backoff(dovecot: Dovecot, mail_user: str) -> None:
+def test_stop_while_the_server_is_down_ends_the_backoff(
+    dovecot: Dovecot, mail_user: str, caplog: pytest.LogCaptureFixture
+) -> None:
     box = mailbox(dovecot, mail_user)
+    caplog.set_level("WARNING", logger="keepword.adapters.idle")
     dovecot.stop()
     try:
 
         async def run() -> float:
             stop = asyncio.Event()
-            task = asyncio.create_task(
-                watch_mailbox(box, Changes(), stop=stop, retry=RetryPolicy(first=60.0, cap=60.0))
-            )
-            await asyncio.sleep(0.5)
+            waits = Waits(retry=RetryPolicy(first=60.0, cap=60.0))
+            task = asyncio.create_task(watch_mailbox(box, Changes(), stop=stop, waits=waits))
+            # The first connection failed: the watcher is in its backoff now.
+            assert await wait_until_async(lambda: bool(failures_logged(caplog)), timeout=10)
             assert not task.done()  # it keeps trying
             asked = time.monotonic()
             stop.set()
@@ -285,6 +297,7 @@ def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
     smtp_server_factory: Callable[..., SmtpServer],
     tmp_path: Path,
     idle: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     smtp = smtp_server_factory()
     box = MailboxSettings(
@@ -304,31 +317,43 @@ def test_daemon_acknowledges_new_mail_at_once_only_with_idle(
     )
     config = tmp_path / "keepword.toml"
     config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
+    store = create_engine(settings.keepword.effective_database_url())
+    caplog.set_level("DEBUG", logger="keepword.adapters.idle")
+
+    def first_poll_done() -> bool:  # what was there is history now: new mail is news
+        try:
+            with store.connect() as conn:
+                return any(r.job == "poll" and r.last_ok_at for r in job_runs(conn, "support"))
+        except OperationalError:
+            return False  # no tables yet
+
+    def watching() -> bool:  # the watcher's STATUS: a later mail is a change to it
+        return not idle or "IDLE on INBOX from UIDNEXT" in caplog.text
+
+    def acknowledged() -> bool:
+        return any("ann@example.org" in m.rcpt_tos for m in smtp.messages)
 
     async def run() -> tuple[float | None, float]:
         daemon = Daemon(config)  # keepword.runtime.service.make_worker, wired statically
         running = asyncio.create_task(daemon.run())
-        await asyncio.sleep(1.5)  # first poll done, watcher in IDLE
+        assert await wait_until_async(lambda: first_poll_done() and watching(), timeout=20)
         sent = time.monotonic()
         await asyncio.to_thread(
             dovecot.deliver, "ann@example.org", [mail_user], customer_mail("Broken printer")
         )
-        acknowledged: float | None = None
-        while time.monotonic() - sent < 4.0:
-            if any("ann@example.org" in m.rcpt_tos for m in smtp.messages):
-                acknowledged = time.monotonic() - sent
-                break
-            await asyncio.sleep(0.02)
+        # Without IDLE nothing may come within the 4 s: a window, not a synchronisation.
+        took = time.monotonic() - sent if await wait_until_async(acknowledged, 4.0) else None
         asked = time.monotonic()
         daemon.request_stop()
         await asyncio.wait_for(running, timeout=15)
-        return acknowledged, time.monotonic() - asked
+        return took, time.monotonic() - asked
 
-    acknowledged, stopping = asyncio.run(run())
+    took, stopping = asyncio.run(run())
+    store.dispose()
     if idle:
-        assert acknowledged is not None and acknowledged < 2.0
+        assert took is not None and took < 2.0
     else:
-        assert acknowledged is None  # only the next poll (in an hour) would see it
+        assert took is None  # only the next poll (in an hour) would see it
     assert stopping < IDLE_SLICE + 2.0  # the watcher ends with the daemon
 
 
@@ -361,11 +386,10 @@ def test_watchers_start_per_idle_mailbox_and_stop(dovecot: Dovecot, mail_user: s
         )
         watchers.start(on, worker.watch)
         watchers.start(off, worker.watch)  # IDLE off: no watcher
-        await asyncio.sleep(0.1)
+        assert await wait_until_async(lambda: changed == ["support"], timeout=5)
         watchers.start(on, worker.watch)  # a restart stops the first watcher
-        await asyncio.sleep(0.1)
-        assert worker.stopped == ["support"]
-        await asyncio.sleep(0.1)
+        restarted = lambda: len(changed) == 2 and worker.stopped == ["support"]  # noqa: E731
+        assert await wait_until_async(restarted, timeout=5), (changed, worker.stopped)
         await watchers.stop_all(timeout=2.0)
         return worker
 
@@ -382,13 +406,6 @@ def failures_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "IDLE watcher failed" in r.getMessage()]
 
 
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def test_missing_password_file_then_created_idle_delivers_the_next_mail(
     dovecot: Dovecot, mail_user: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -399,7 +416,7 @@ def test_missing_password_file_then_created_idle_delivers_the_next_mail(
     fast = RetryPolicy(first=0.2, cap=0.4)
 
     async def body(changes: Changes, watch: Watch, task: asyncio.Task[None]) -> None:
-        await until(lambda: len(failures_logged(caplog)) >= 2, 10, "two failures")
+        assert await wait_until_async(lambda: len(failures_logged(caplog)) >= 2, 10), "two failures"
         assert not task.done(), "the watcher ended for good"
         password_file.write_text(dovecot.users[mail_user] + "\n")
         await watch.waiting()  # logged in, IDLE running
@@ -410,7 +427,7 @@ def test_missing_password_file_then_created_idle_delivers_the_next_mail(
         assert watch.pushed(sent), "IDLE itself saw the mail"
 
     caplog.set_level("WARNING", logger="keepword.adapters.idle")
-    asyncio.run(watching_task(box, body, retry=fast))
+    asyncio.run(watching_task(box, body, waits=Waits(retry=fast)))
     failures = failures_logged(caplog)
     assert f"{password_file} does not exist" in failures[0]
     counts = [int(m.split("(")[1].split(" ")[0]) for m in failures]
@@ -445,7 +462,9 @@ def test_any_error_restarts_the_watcher(
         assert await changes.next(timeout=IDLE_SLICE + 10) > sent
 
     caplog.set_level("WARNING", logger="keepword.adapters.idle")
-    asyncio.run(watching_task(box, body, retry=RetryPolicy(first=0.2, cap=0.4), flaky=True))
+    asyncio.run(
+        watching_task(box, body, waits=Waits(retry=RetryPolicy(first=0.2, cap=0.4)), flaky=True)
+    )
     [failure] = [r for r in caplog.records if "IDLE watcher failed" in r.getMessage()]
     assert "a bug in the session's setup" in failure.getMessage()
     assert failure.exc_info is not None  # not ours: logged with its traceback

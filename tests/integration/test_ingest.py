@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +31,21 @@ from keepword.domain.model import Origin
 from keepword.errors import MailboxError
 from keepword.mail.parse import parse_message
 from keepword.pipeline import ingest
-from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory, poll_folder
+from keepword.pipeline.ingest import (
+    Folder,
+    MailboxPoller,
+    MailboxPollResult,
+    SessionFactory,
+    poll_folder,
+)
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_location
 from tests.corpora import CORPORA, PRESENT
+from tests.fixtures.configs import run_keepword, secret_file
+from tests.fixtures.configs import write_config as write_config_file
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.installations import customer_question
 from tests.fixtures.smtp import SmtpServer
 from tests.fixtures.waiting import wait_until
 
@@ -171,7 +178,7 @@ def test_every_corpus_file_is_stored_exactly_once(
 
     box = mailbox_for(dovecot, mail_user, fetch_batch=100)
     session = session_for(box)
-    result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert result.is_history
 
     stored = locations(engine)
@@ -202,7 +209,7 @@ def test_every_corpus_file_is_stored_exactly_once(
 
     # Polling again finds nothing and costs exactly one IMAP command (STATUS).
     before = session.commands
-    again = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    again = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (again.new, again.known) == (0, 0)
     assert session.commands - before == 1
     assert count(engine, message_location) == len(on_server)
@@ -291,13 +298,13 @@ def test_kept_session_sees_mail_appended_by_others(
     box = mailbox_for(dovecot, mail_user)
     session = session_for(box)
     dovecot.append(mail_user, "INBOX", mail(1))
-    assert poll_folder(engine, session, box, "INBOX", Origin.INBOX, now).new == 1
+    assert poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now)).new == 1
     for number in range(2, 5):
         dovecot.append(mail_user, "INBOX", mail(number))
-        result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        result = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
         assert (result.new, result.is_history) == (1, False)
         before = session.commands
-        idle = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        idle = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
         assert idle.new == 0
         assert session.commands - before == 1
 
@@ -330,7 +337,7 @@ def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
 
     monkeypatch.setattr(store, "store_batch", store_then_crash)
     with pytest.raises(RuntimeError, match="power cut"):
-        poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+        poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     # Batches 1-2 committed with their cursor; batch 3 rolled back as a whole.
     assert count(engine, message_location) == 100
     assert count(engine, message) == 100
@@ -338,7 +345,7 @@ def test_crash_mid_batch_loses_nothing_and_doubles_nothing(
     assert not cursor(engine).history_done
 
     monkeypatch.setattr(store, "store_batch", real_store)
-    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (result.new, result.known) == (150, 0)
     rows = locations(engine)
     assert [row.uid for row in rows] == dovecot.uids(mail_user)
@@ -363,13 +370,13 @@ def test_first_import_commits_its_cutoff_before_fetching_anything(
 
     session.fetch = no_fetch
     with pytest.raises(FetchFailedError):
-        poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+        poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     state = cursor(engine)
     assert state.history_below_uid == uidnext
     assert (state.last_uid, state.history_done) == (0, False)
 
     dovecot.append(mail_user, "INBOX", mail(5))  # arrives before the restart
-    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (result.new, result.is_history) == (6, True)
     assert [row.is_history for row in locations(engine)] == [True] * 5 + [False]
     assert cursor(engine).history_done
@@ -392,11 +399,11 @@ def test_uidvalidity_change_during_the_first_import_recuts_in_the_new_uid_space(
 
     monkeypatch.setattr(store, "store_batch", crash_on_second)
     with pytest.raises(RuntimeError, match="power cut"):
-        poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+        poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     monkeypatch.setattr(store, "store_batch", real_store)
     new_validity = dovecot.set_uidvalidity_change(mail_user)
 
-    result = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert result.uidvalidity_changed
     assert count(engine, message) == 30
     rows = [row for row in locations(engine) if row.uidvalidity == new_validity]
@@ -408,7 +415,7 @@ def test_uidvalidity_change_during_the_first_import_recuts_in_the_new_uid_space(
     assert state.history_below_uid == max(row.uid for row in rows) + 1
 
     dovecot.append(mail_user, "INBOX", mail(30))
-    later = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    later = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert (later.new, later.is_history) == (1, False)
 
 
@@ -436,14 +443,7 @@ def test_sigkill_of_keepword_import_then_rerun_is_exact(
     assert 0 < at_kill < total
     assert at_kill % 100 == 0  # only whole batches were committed
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        check=False,
-        timeout=240,
-    )
+    rerun = keepword(config, "import", "--quiet")
     assert rerun.returncode == 0, rerun.stderr
     assert "INBOX" in rerun.stdout
     rows = locations(engine)
@@ -471,59 +471,24 @@ def write_config(
     smtp: SmtpServer | None = None,
     fetch_batch_bytes: int | None = None,
 ) -> Path:
-    secret = directory / "imap.password"
-    secret.write_text(dovecot.users[user])
-    secret.chmod(0o600)
-    config = directory / "keepword.toml"
-    config.write_text(
-        f"""[keepword]
-state_dir = "{directory / "state"}"
-
-[[mailbox]]
-name = "support"
-address = "support@example.com"
-sent_folder = "Sent"
-
-[mailbox.imap]
-host = "{dovecot.host}"
-port = {dovecot.imap_port}
-tls = "plain"
-username = "{user}"
-password_file = "{secret}"
-fetch_batch = {fetch_batch}
-"""
-        + (f"fetch_batch_bytes = {fetch_batch_bytes}\n" if fetch_batch_bytes else "")
-        + (_smtp_section(smtp, directory) if smtp is not None else "")
+    imap = dovecot.imap_settings(
+        user,
+        password_file=secret_file(directory, "imap.password", dovecot.users[user]),
+        timeout=30.0,  # keepword's own default, not the rig's
+        fetch_batch=fetch_batch,
+        **({"fetch_batch_bytes": fetch_batch_bytes} if fetch_batch_bytes else {}),
     )
-    return config
-
-
-def _smtp_section(smtp: SmtpServer, directory: Path) -> str:
-    secret = directory / "smtp.password"
-    secret.write_text(smtp.password)
-    secret.chmod(0o600)
-    return f"""
-[mailbox.smtp]
-host = "{smtp.host}"
-port = {smtp.port}
-tls = "plain"
-username = "{smtp.user}"
-password_file = "{secret}"
-
-[mailbox.chase]
-digest = false  # the mail under test is the acknowledgement, whatever the hour
-"""
+    sending: dict[str, Any] = {}
+    if smtp is not None:
+        password = secret_file(directory, "smtp.password", smtp.password)
+        # The mail under test is the acknowledgement, whatever the hour: no digest.
+        sending = {"smtp": smtp.settings(password_file=password), "chase": {"digest": False}}
+    box = MailboxSettings(name="support", address="support@example.com", imap=imap, **sending)
+    return write_config_file(directory / "keepword.toml", {"state_dir": directory / "state"}, box)
 
 
 def keepword(config: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keepword", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        check=False,
-        timeout=timeout,
-    )
+    return run_keepword(config, *args, timeout=timeout)
 
 
 def import_killed_after(config: Path, database: Path, at_least: int) -> int:
@@ -544,17 +509,6 @@ def import_killed_after(config: Path, database: Path, at_least: int) -> int:
         return count(engine, message_location)
     finally:
         engine.dispose()
-
-
-def customer_question(address: str) -> bytes:
-    question = EmailMessage()
-    question["From"] = f"Ann Lee <{address}>"
-    question["To"] = "support@example.com"
-    question["Subject"] = "Charged twice"
-    question["Date"] = format_datetime(datetime.now(UTC))
-    question["Message-ID"] = make_msgid(domain="example.org")
-    question.set_content("Please refund one of them.")
-    return question.as_bytes()
 
 
 def test_sigkill_during_first_import_keeps_its_cutoff_so_new_mail_is_answered(
@@ -598,13 +552,13 @@ def test_uidvalidity_change_rescans_without_duplicates(
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(20)])
     box = mailbox_for(dovecot, mail_user, fetch_batch=7)
     session = session_for(box)
-    first = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    first = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
     assert first.new == 20
     old_validity = cursor(engine).uidvalidity
 
     new_validity = dovecot.set_uidvalidity_change(mail_user)
     dovecot.append(mail_user, "INBOX", mail(20))
-    again = poll_folder(engine, session_for(box), box, "INBOX", Origin.INBOX, now)
+    again = poll_folder(session_for(box), Folder(engine, box, "INBOX", Origin.INBOX, now))
 
     assert again.uidvalidity_changed
     assert (again.new, again.known) == (1, 20)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from keepword.adapters.imap import FetchedMessage
 from keepword.domain.model import Origin
-from keepword.pipeline.ingest import poll_folder
+from keepword.pipeline.ingest import Folder, poll_folder
 from keepword.store.db import open_store
 from tests.fixtures.dovecot import Dovecot
 from tests.integration.test_ingest import mail, mailbox_for, now, write_config
@@ -77,7 +77,7 @@ def test_fetch_batches_are_capped_in_bytes_and_a_bigger_mail_comes_alone(
         return found
 
     session.fetch = counting_fetch
-    result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session, Folder(engine, box, "INBOX", Origin.INBOX, now))
 
     assert result.new == 41
     assert sorted(len(sizes) for sizes in fetched_at_once)[-1] < 10  # not one batch of 41

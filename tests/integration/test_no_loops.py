@@ -8,88 +8,22 @@ several poll + drain cycles of every party and count what was sent.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
 
-from keepword.config import KeepwordSettings, MailboxSettings, Settings
-from keepword.runtime.service import Service
-from tests.fixtures.dovecot import Dovecot, _pool_user, _user_numbers
+from tests.fixtures.dovecot import Dovecot, fresh_user
+from tests.fixtures.installations import Installation, customer_mail, write
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
 CYCLES = 6
-ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 PER_SENDER_PER_HOUR = 3
-
-
-def fresh_user(dovecot: Dovecot) -> str:
-    """Another empty pool user (as the mail_user fixture hands out)."""
-    number = next(_user_numbers)
-    name = _pool_user(number)
-    if name not in dovecot.users:
-        dovecot.add_user(name, f"pw-{number}")
-    return name
-
-
-def customer_mail(sender: str, to: str, subject: str, **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = make_msgid(domain=sender.split("@")[1])
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content("Hello, my order has not arrived. Can you help?")
-    return msg.as_bytes()
-
-
-class Keepword:
-    """One keepword instance: its own database, shared inbox and SMTP server."""
-
-    def __init__(self, name: str, dovecot: Dovecot, smtp: SmtpServer, tmp: Path) -> None:
-        self.address = fresh_user(dovecot)
-        self.smtp = smtp
-        self.box = MailboxSettings(
-            name=name,
-            address=self.address,
-            reference_prefix=name.upper(),  # two organisations: no shared reference space
-            sent_folder=None,
-            imap=dovecot.imap_settings(self.address),
-            smtp=smtp.settings(),
-            calendar={"hours": ALL_WEEK},
-            limits={"per_sender_per_hour": PER_SENDER_PER_HOUR},
-        )
-        state = tmp / name
-        state.mkdir()
-        settings = Settings(
-            keepword=KeepwordSettings(
-                database_url=f"sqlite:///{state / 'kw.db'}",
-                allow_inline_passwords=True,
-                state_dir=state,
-            ),
-            mailbox=[self.box],
-        )
-        self.service = Service(settings)
-
-    def cycle(self) -> None:
-        """The daemon's poll job: ingest + triage, then drain."""
-        self.service.ingest(self.box)
-        self.service.triage(self.box)
-        asyncio.run(self.service.drain_now(self.box))
-
-    def sent_to(self, address: str) -> int:
-        return sum(1 for m in self.smtp.messages if address in m.rcpt_tos)
-
-    def close(self) -> None:
-        asyncio.run(self.service.close())
 
 
 class Responder:
@@ -132,16 +66,17 @@ class Responder:
 @pytest.fixture
 def keepword_factory(
     dovecot: Dovecot, smtp_server_factory: Callable[..., SmtpServer], tmp_path: Path
-) -> Iterator[Callable[[str], Keepword]]:
+) -> Iterator[Callable[[str], Installation]]:
     if not dovecot.is_running():
         dovecot.start()
-    started: list[Keepword] = []
+    started: list[Installation] = []
 
-    def make(name: str) -> Keepword:
+    def make(name: str) -> Installation:
         smtp = smtp_server_factory(lmtp=(dovecot.host, dovecot.lmtp_port))
-        instance = Keepword(name, dovecot, smtp, tmp_path)
+        limits = {"per_sender_per_hour": PER_SENDER_PER_HOUR}
+        instance = Installation(name, dovecot, smtp, tmp_path, limits=limits)
         started.append(instance)
-        instance.cycle()  # first poll: what is there now is history, never acknowledged
+        instance.poll()  # first poll: what is there now is history, never acknowledged
         return instance
 
     yield make
@@ -150,22 +85,14 @@ def keepword_factory(
 
 
 def test_two_keepwords_acknowledge_each_other_once(
-    dovecot: Dovecot, keepword_factory: Callable[[str], Keepword]
+    dovecot: Dovecot, keepword_factory: Callable[[str], Installation]
 ) -> None:
     alpha, beta = keepword_factory("alpha"), keepword_factory("beta")
-    dovecot.deliver(
-        alpha.address,
-        [beta.address],
-        customer_mail(alpha.address, beta.address, "Question from alpha"),
-    )
-    dovecot.deliver(
-        beta.address,
-        [alpha.address],
-        customer_mail(beta.address, alpha.address, "Question from beta"),
-    )
+    write(dovecot, alpha.address, beta.address, "Question from alpha")
+    write(dovecot, beta.address, alpha.address, "Question from beta")
     for _ in range(CYCLES):
-        alpha.cycle()
-        beta.cycle()
+        alpha.poll()
+        beta.poll()
 
     # Each plain mail earns its one acknowledgement; the acknowledgements (Auto-Submitted,
     # X-Keepword-Loop of the other instance) earn nothing.
@@ -180,24 +107,21 @@ def test_two_keepwords_acknowledge_each_other_once(
     assert len(dovecot.uids(beta.address)) == 2
 
 
-def converse(dovecot: Dovecot, alpha: Keepword, responder: Responder) -> None:
-    """The responder asks alpha once; then both run CYCLES rounds, answering what came."""
-    dovecot.deliver(
-        responder.address,
-        [alpha.address],
-        customer_mail(responder.address, alpha.address, "Where is my parcel?"),
-    )
+def converse(dovecot: Dovecot, alpha: Installation, *, auto_submitted: bool) -> Responder:
+    """A responder asks alpha once; then both run CYCLES rounds, answering what came."""
+    responder = Responder(dovecot, auto_submitted=auto_submitted)
+    write(dovecot, responder.address, alpha.address, "Where is my parcel?")
     for _ in range(CYCLES):
-        alpha.cycle()
+        alpha.poll()
         responder.step()
+    return responder
 
 
 def test_auto_responder_gets_one_acknowledgement(
-    dovecot: Dovecot, keepword_factory: Callable[[str], Keepword]
+    dovecot: Dovecot, keepword_factory: Callable[[str], Installation]
 ) -> None:
     alpha = keepword_factory("alpha")
-    robot = Responder(dovecot, auto_submitted=True)
-    converse(dovecot, alpha, robot)
+    robot = converse(dovecot, alpha, auto_submitted=True)
 
     assert alpha.sent_to(robot.address) == 1
     assert robot.replies == 1  # it answered the acknowledgement...
@@ -205,17 +129,16 @@ def test_auto_responder_gets_one_acknowledgement(
 
 
 def test_naive_responder_is_stopped_by_the_rate_limit(
-    dovecot: Dovecot, keepword_factory: Callable[[str], Keepword]
+    dovecot: Dovecot, keepword_factory: Callable[[str], Installation]
 ) -> None:
     alpha = keepword_factory("alpha")
-    naive = Responder(dovecot, auto_submitted=False)
-    converse(dovecot, alpha, naive)
+    naive = converse(dovecot, alpha, auto_submitted=False)
 
     sent = alpha.sent_to(naive.address)
     # Every naive answer looks like a new question, so only the limit stops the loop.
     assert sent == PER_SENDER_PER_HOUR
     assert naive.replies == PER_SENDER_PER_HOUR
     for _ in range(2):  # and it stays stopped
-        alpha.cycle()
+        alpha.poll()
         naive.step()
     assert alpha.sent_to(naive.address) == PER_SENDER_PER_HOUR

@@ -9,9 +9,6 @@ engine on PostgreSQL instead of SQLite.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -32,6 +29,7 @@ from keepword.pipeline.triage import triage_pending
 from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
+from tests.fixtures.configs import run_keepword, write_config
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
@@ -300,48 +298,22 @@ def test_a_database_restart_costs_no_failed_job(
 # -- the command line, in its own process, with database_url on PostgreSQL ---------------
 
 
-def run_keepword(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "keepword", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ingesting.ROOT / "src")},
-        check=False,
-        timeout=120,
-    )
-
-
 def test_keepword_run_once_and_cases_on_a_postgres_database_url(
     dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path, postgres_url: str
 ) -> None:
-    config = tmp_path / "keepword.toml"
-    config.write_text(
-        f"""[keepword]
-state_dir = "{tmp_path / "state"}"
-database_url = "{postgres_url}"
-allow_inline_passwords = true
-
-[[mailbox]]
-name = "support"
-address = "support@example.com"
-sent_folder = "Sent"
-team = ["{ALICE}"]
-
-[mailbox.imap]
-host = "{dovecot.host}"
-port = {dovecot.imap_port}
-tls = "plain"
-username = "{mail_user}"
-password = "{dovecot.users[mail_user]}"
-
-[mailbox.smtp]
-host = "{smtp_server.host}"
-port = {smtp_server.port}
-tls = "plain"
-username = "{smtp_server.user}"
-password = "{smtp_server.password}"
-"""
+    box = MailboxSettings(
+        name="support",
+        address="support@example.com",
+        team=[ALICE],
+        imap=dovecot.imap_settings(mail_user),
+        smtp=smtp_server.settings(),
     )
+    keepword = {
+        "state_dir": tmp_path / "state",
+        "database_url": postgres_url,
+        "allow_inline_passwords": True,
+    }
+    config = write_config(tmp_path / "keepword.toml", keepword, box)
     first = run_keepword(config, "run", "--once")  # creates the schema; the empty inbox
     assert first.returncode == 0, first.stderr
     dovecot.append(mail_user, "INBOX", customer_mail(7, subject="Broken parcel"))

@@ -27,8 +27,8 @@ from keepword.pipeline.send import (
     DrainResult,
     ImapSentCopy,
     SentCopy,
+    Servers,
     drain_outbox,
-    enqueue_mail,
 )
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
@@ -98,18 +98,17 @@ class Rig:
         )
         body = Rendered("Hello.\nCase reference: KW-1\n")
         with self.engine.begin() as conn:
-            assert enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
-            assert not enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
+            queued = [
+                outbox.enqueue_mail(conn, mail, body, mailbox=self.box.name, case_id=self.case_id)
+                for _ in range(2)
+            ]
+            assert queued == [True, False]  # recorded once
             rows = outbox.pending(conn, NOW, 10_000, mailbox=self.box.name)
         return next(r for r in rows if r.dedup_key == dedup_key)
 
-    def drain(
-        self, at: datetime = NOW, *, sent_copy: SentCopy | None = None, dry_run: bool = False
-    ) -> DrainResult:
+    def drain(self, at: datetime = NOW, *, sent_copy: SentCopy | None = None) -> DrainResult:
         return asyncio.run(
-            drain_outbox(
-                self.engine, self.settings, self.box, at, sent_copy=sent_copy, dry_run=dry_run
-            )
+            drain_outbox(self.engine, self.settings, self.box, at, Servers(sent_copy))
         )
 
     def row(self, row_id: int) -> outbox.OutboxRow:
@@ -243,23 +242,17 @@ def test_permanent_failure_is_recorded_on_the_case(rig: Rig) -> None:
 
 
 def test_dry_run_sends_nothing(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """The one switch, settings.keepword.dry_run (`keepword run --dry-run` sets it)."""
+    rig.settings = rig.settings.model_copy(
+        update={"keepword": rig.settings.keepword.model_copy(update={"dry_run": True})}
+    )
     row = rig.enqueue_ack()
     caplog.set_level("INFO", logger="keepword.pipeline.send")
-    result = rig.drain(dry_run=True)
+    result = rig.drain()
     assert result.dry_run == 1 and result.sent == 0
     assert rig.server.messages == []
     assert rig.row(row.id).state is OutboxState.DRY_RUN
     assert "Re: Printer on fire [KW-1]" in caplog.text  # the whole mail is logged
-
-
-def test_dry_run_from_config(tmp_path: Path, smtp_server: SmtpServer) -> None:
-    rig = make_rig(tmp_path, smtp_server)
-    rig.settings = rig.settings.model_copy(
-        update={"keepword": rig.settings.keepword.model_copy(update={"dry_run": True})}
-    )
-    rig.enqueue_ack()
-    assert rig.drain().dry_run == 1
-    assert smtp_server.messages == []
 
 
 def test_unreachable_server_leaves_everything_pending(rig: Rig) -> None:

@@ -5,8 +5,6 @@ real Dovecot Sent folder: slow or silent answers to the final dot, dropped conne
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,24 +17,16 @@ from keepword.adapters.credentials import Secret
 from keepword.cli.status import MailboxHealth, mailbox_health
 from keepword.domain.model import OutboxState
 from keepword.errors import DeliveryUnavailable, MailboxError
-from keepword.pipeline.send import DrainResult, ImapSentCopy, drain_outbox
+from keepword.pipeline.send import DrainResult, ImapSentCopy, Servers, drain_outbox
 from keepword.store import outbox
 from keepword.store.tables import case_event
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.waiting import COSTLY, wait_until
 from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
 from tests.integration.test_send import rig as rig  # the fixture
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def rig_with(tmp_path: Path, server: SmtpServer, smtp: dict[str, Any], **box: Any) -> Rig:
@@ -99,7 +89,7 @@ def test_unknown_outcome_is_held_and_resolved_from_the_relays_sent_copy(
         # and the row behind it goes out.
         soon = rig.drain(NOW + timedelta(minutes=2), sent_copy=copy)
         assert (soon.sent, soon.held, soon.already_sent) == (1, 0, 0)
-        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 2)
+        assert wait_until(lambda: len(dovecot.uids(mail_user, "Sent")) == 2, poll=COSTLY)
 
         later = rig.drain(NOW + timedelta(minutes=11), sent_copy=copy)
     assert (later.already_sent, later.sent) == (1, 0)
@@ -240,7 +230,5 @@ def test_rows_that_cannot_be_resolved_never_block_the_rows_behind_them(rig: Rig)
 
 def asyncio_drain(rig: Rig, at: datetime, copy: FakeSentCopy, *, limit: int) -> DrainResult:
     return asyncio.run(
-        drain_outbox(
-            rig.engine, rig.settings, rig.box, at, sent_copy=copy, dry_run=False, limit=limit
-        )
+        drain_outbox(rig.engine, rig.settings, rig.box, at, Servers(copy), limit=limit)
     )

@@ -8,7 +8,6 @@ are checked against rows whose outcome is known.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,67 +18,28 @@ import time_machine
 from sqlalchemy import Engine
 
 from keepword.cli import main
-from keepword.domain.cases import CaseState
-from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.model import PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.outbox_keys import update_key
 from keepword.domain.promises import Promise, break_if_due, keep, supersede, withdraw
-from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
-from keepword.store.db import open_store
+from tests.fixtures import reports
+from tests.fixtures.reports import engine as engine  # the fixture
+from tests.fixtures.reports import report_config
 
 MONDAY = datetime(2026, 11, 2, 9, tzinfo=UTC)  # business hours Mon-Fri 09-17 UTC
 NOW = MONDAY + timedelta(days=4)  # Friday 09:00
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = open_store(f"sqlite:///{tmp_path / 'kw.db'}")
-    yield engine
-    engine.dispose()
-
-
 def config(tmp_path: Path, engine: Engine) -> Path:
-    pw = tmp_path / "imap.pw"
-    pw.write_text("secret\n")
-    pw.chmod(0o600)
-    path = tmp_path / "keepword.toml"
-    boxes = ""
-    for name, address in (("support", "support@example.com"), ("sales", "sales@example.com")):
-        boxes += f"""
-[[mailbox]]
-name = "{name}"
-address = "{address}"
-reference_prefix = "{name[:2].upper()}"
-
-[mailbox.imap]
-host = "127.0.0.1"
-username = "{name}"
-password_file = "{pw}"
-"""
-    path.write_text(f'[keepword]\nstate_dir = "{tmp_path}"\ndatabase_url = "{engine.url}"\n{boxes}')
-    return path
+    return report_config(tmp_path, engine, ("support", "sales"))
 
 
 def stored_case(
     engine: Engine, mailbox: str, opened: datetime, answered: datetime | None = None
 ) -> int:
     with engine.begin() as conn:
-        saved = case_store.save_case(
-            conn,
-            CaseState(
-                id=None,
-                mailbox=mailbox,
-                reference=mailbox[:2].upper(),
-                status=CaseStatus.WAITING_ON_CUSTOMER if answered else CaseStatus.NEW,
-                opened_at=opened,
-                updated_at=opened,
-                customer="ann@example.org",
-                first_response_at=answered,
-            ),
-        )
-    assert saved.id is not None
-    return saved.id
+        return reports.stored_case(conn, mailbox, opened, answered, reference=mailbox[:2].upper())
 
 
 def stored_promise(

@@ -224,6 +224,7 @@ def test_a_case_nobody_answers_is_chased_then_the_customer_is_told_before_due() 
         PromiseAudience.CUSTOMER,
         PromiseState.OPEN,
     )
+    assert new.due_at == update.new_due_at  # the update's time, not its window's
     resolved = shell.reply(at(1010))
     assert [(p.id, p.state) for p in resolved] == [(new.id, PromiseState.KEPT)]
     assert all(p.state is not PromiseState.BROKEN for p in shell.snapshot.promises)

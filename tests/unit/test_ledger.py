@@ -9,12 +9,13 @@ import pytest
 
 from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.chase import update_key
-from keepword.domain.ledger import CaseRecord, Ledger, SentAction, compute_ledger
+from keepword.domain.ledger import CaseRecord, Ledger, Period, SentAction, compute_ledger
 from keepword.domain.model import OutboxKind, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import Promise, break_if_due, keep, supersede, withdraw
 
 T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 SINCE, UNTIL = T0, T0 + timedelta(days=7)
+PERIOD = Period(SINCE, UNTIL)
 NOW = UNTIL
 
 
@@ -69,9 +70,7 @@ def test_first_response_statistics_in_business_time() -> None:
     cases = [customer_case(i, 1, 1 + i) for i in range(1, 11)]  # 1..10 hours
     cases.append(customer_case(11, 2, None))  # unanswered
     cases.append(customer_case(12, -48, -47))  # opened before the period
-    [billing, support] = compute_ledger(
-        cases, [], [], since=SINCE, until=UNTIL, now=NOW, clocks=CLOCKS
-    )
+    [billing, support] = compute_ledger(cases, [], [], period=PERIOD, now=NOW, clocks=CLOCKS)
     assert billing.mailbox == "billing" and billing.cases == 0
     assert billing.median_first_response_minutes is None
     assert (support.cases, support.answered) == (11, 10)
@@ -89,8 +88,7 @@ def test_business_calendar_leaves_out_the_weekend() -> None:
         [case],
         [],
         [],
-        since=opened - timedelta(days=1),
-        until=answered,
+        period=Period(opened - timedelta(days=1), answered),
         now=answered,
         clocks={"support": cal},
     )
@@ -132,8 +130,7 @@ def test_promise_outcomes_and_silent_breaches() -> None:
             before_period,
         ],
         actions=actions,
-        since=SINCE,
-        until=UNTIL,
+        period=PERIOD,
         now=NOW,
         clocks=CLOCKS,
     )
@@ -156,8 +153,7 @@ def test_an_update_sent_after_due_does_not_make_a_breach_announced() -> None:
         cases,
         [broken],
         actions,
-        since=SINCE,
-        until=UNTIL,
+        period=PERIOD,
         now=NOW,
         clocks={"support": AlwaysOpen()},
     )
@@ -168,7 +164,7 @@ def test_a_running_promise_is_open_not_broken() -> None:
     cases = [customer_case(1, 0, None)]
     running = promise(1, 1, 0, 8)
     [ledger] = compute_ledger(
-        cases, [running], [], since=SINCE, until=UNTIL, now=h(4), clocks={"support": AlwaysOpen()}
+        cases, [running], [], period=PERIOD, now=h(4), clocks={"support": AlwaysOpen()}
     )
     assert (ledger.promises_open, ledger.promises_broken, ledger.silent_breaches) == (1, 0, 0)
 
@@ -183,9 +179,7 @@ def test_sent_mail_is_counted_per_kind_mailbox_and_period() -> None:
         sent(OutboxKind.ESCALATION, "escalation:case:1:unpromised", 3, box="billing"),
         sent(OutboxKind.ACKNOWLEDGEMENT, "ack:case:1", 0),
     ]
-    [billing, support] = compute_ledger(
-        [], [], actions, since=SINCE, until=UNTIL, now=NOW, clocks=CLOCKS
-    )
+    [billing, support] = compute_ledger([], [], actions, period=PERIOD, now=NOW, clocks=CLOCKS)
     assert (support.reminders_sent, support.escalations_sent) == (2, 1)
     assert (billing.reminders_sent, billing.escalations_sent) == (0, 1)
     assert support.customer_updates_sent == 0
@@ -197,8 +191,7 @@ def test_a_mailbox_without_a_calendar_is_an_error() -> None:
             [customer_case(1, 0, 1, box="unknown")],
             [],
             [],
-            since=SINCE,
-            until=UNTIL,
+            period=PERIOD,
             now=NOW,
             clocks=CLOCKS,
         )
@@ -214,8 +207,7 @@ def test_a_breach_whose_update_the_rate_limit_held_back_is_broken_but_not_silent
         cases=[customer_case(1, 0, None), customer_case(2, 0, None)],
         promises=[held, silent],
         actions=[sent(OutboxKind.CUSTOMER_UPDATE, update_key(1, 1), 20)],  # the late update
-        since=SINCE,
-        until=UNTIL,
+        period=PERIOD,
         now=NOW,
         clocks=CLOCKS,
     )

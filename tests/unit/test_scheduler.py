@@ -23,9 +23,10 @@ from keepword.adapters.idle import OnChange
 from keepword.clock import Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import DeliveryUnavailable
-from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon
+from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon, Pacing
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
+from tests.fixtures import configs
 
 SPEED = 300.0
 SPAN = timedelta(minutes=30)
@@ -100,24 +101,20 @@ class FakeWorker:
 
 
 def write_config(tmp: Path, boxes: dict[str, int], chase: int = 60) -> Path:
-    lines = ["[keepword]", f'state_dir = "{tmp}"', "allow_inline_passwords = true"]
-    for name, poll in boxes.items():
-        lines += [
-            "[[mailbox]]",
-            f'name = "{name}"',
-            f'address = "{name}@example.com"',
-            f"poll_interval = {poll}",
-            "[mailbox.chase]",
-            f"interval_seconds = {chase}",
-            "[mailbox.imap]",
-            'host = "127.0.0.1"',
-            'tls = "plain"',
-            f'username = "{name}@example.com"',
-            'password = "not-used"',
-        ]
-    config = tmp / "keepword.toml"
-    config.write_text("\n".join(lines) + "\n")
-    return config
+    """A mailbox per name polled every `boxes[name]` seconds, chased every `chase`."""
+    imap = {"host": "127.0.0.1", "tls": "plain", "password": "not-used"}
+    mailboxes = [
+        MailboxSettings(
+            name=name,
+            address=f"{name}@example.com",
+            poll_interval=poll,
+            chase={"interval_seconds": chase},
+            imap={**imap, "username": f"{name}@example.com"},
+        )
+        for name, poll in boxes.items()
+    ]
+    keepword = {"state_dir": tmp, "allow_inline_passwords": True}
+    return configs.write_config(tmp / "keepword.toml", keepword, *mailboxes)
 
 
 def run_daemon(
@@ -131,12 +128,14 @@ def run_daemon(
         return FakeWorker(recorder)
 
     async def run() -> tuple[datetime, datetime]:
-        daemon = Daemon(write_config(tmp, boxes), factory, clock=clock, draw=lambda: 1.0)
+        daemon = Daemon(
+            write_config(tmp, boxes), factory, clock=clock, pacing=Pacing(draw=lambda: 1.0)
+        )
         running = asyncio.create_task(daemon.run())
         began = clock.now()
-        while clock.now() < began + SPAN:  # the condition: 30 virtual minutes passed
-            assert not running.done(), running
-            await asyncio.sleep(0.05)
+        span = asyncio.create_task(clock.sleep(SPAN.total_seconds()))  # on the daemon's clock
+        await asyncio.wait({running, span}, return_when=asyncio.FIRST_COMPLETED)
+        assert not running.done(), running  # it ran the whole span
         ended = clock.now()
         daemon.request_stop()
         assert await asyncio.wait_for(running, timeout=15) == 0

@@ -2,52 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, insert
 
-from keepword.domain.cases import CaseState, Event, EventKind
+from keepword.domain.cases import Event, EventKind
 from keepword.domain.chase import held_back_note, update_key
-from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.model import PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.promises import Promise, break_if_due, supersede
 from keepword.errors import StaleCaseError
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as store
-from keepword.store.db import open_store
 from keepword.store.tables import message
+from tests.fixtures.reports import engine as engine  # the fixture
+from tests.fixtures.reports import stored_case
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = open_store(f"sqlite:///{tmp_path / 'kw.db'}")
-    yield engine
-    engine.dispose()
-
-
 def new_case(engine: Engine, mailbox: str = "support", prefix: str = "KW") -> int:
     with engine.begin() as conn:
-        saved = case_store.save_case(
-            conn,
-            CaseState(
-                id=None,
-                mailbox=mailbox,
-                reference=prefix,
-                status=CaseStatus.NEW,
-                opened_at=T0,
-                updated_at=T0,
-                customer="ann@example.org",
-                subject="Charged twice",
-            ),
-        )
-    assert saved.id is not None
-    return saved.id
+        return stored_case(conn, mailbox, T0, reference=prefix)
 
 
 def promise_for(case_id: int, made: datetime, hours: int = 8, **kw: object) -> Promise:

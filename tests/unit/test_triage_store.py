@@ -153,7 +153,9 @@ def test_an_update_withdrawn_unsent_leaves_the_old_promise_to_the_reply(desk: St
     leaving = held.next_attempt_at
     with desk.engine.connect() as conn:
         due = outbox_store.pending(conn, leaving, mailbox=desk.box.name)
-    kept = send._withdraw_stale(desk.engine, desk.box, due, leaving, send.DrainResult())
+    folder = send._SentFolder(None, None)  # nothing is sent: the withdrawal comes first
+    run = send._Run(desk.engine, desk.box, leaving, folder, send.DrainResult())
+    kept = send._withdraw_stale(run, due)
     assert [row.kind for row in kept if row.kind == "customer_update"] == []
 
     old, new = desk.promises(opened.id)

@@ -23,7 +23,13 @@ from keepword.domain.message_ids import (
     keyed_message_id,
 )
 from keepword.domain.model import LOOP_HEADER, Address, Kind, MessageFacts, Origin
-from keepword.domain.threads import Candidates, CaseCandidate, ThreadRule, choose_case
+from keepword.domain.threads import (
+    Candidates,
+    CaseCandidate,
+    ThreadMatch,
+    ThreadRule,
+    choose_case,
+)
 from keepword.domain.trust import (
     NOT_VERIFIED,
     ArcChain,
@@ -63,6 +69,28 @@ POLICY = TrustPolicy.of(
 )
 KW1 = CaseCandidate(1, "KW-1", frozenset({ANN.address}), "hello", NOW - timedelta(hours=1), False)
 KW1_TARGET = JoinTarget(1, "KW-1", frozenset({ANN.address}))
+
+
+def threads_choice(
+    facts: MessageFacts,
+    kind: Kind,
+    candidates: Candidates,
+    *,
+    subject_days: int = 0,
+    team: bool = False,
+) -> ThreadMatch:
+    """domain.threads' choice for `facts` at NOW, before vet_join: the old rule alone.
+
+    `subject_days`: how long a subject match counts; `team`: POLICY's team is known.
+    """
+    return choose_case(
+        facts,
+        kind,
+        candidates,
+        now=NOW,
+        subject_window=timedelta(days=subject_days),
+        team=POLICY.team if team else frozenset(),
+    )
 
 
 def facts(
@@ -124,14 +152,7 @@ def test_a_forged_team_from_without_proof_is_not_the_team() -> None:
 
 def test_old_threading_lets_a_forged_team_from_into_any_case_and_vet_join_refuses() -> None:
     forged = facts(Address(ALICE))
-    old = choose_case(
-        forged,
-        Kind.STAFF,
-        Candidates(by_tag=KW1),
-        now=NOW,
-        subject_window=timedelta(days=14),
-        team=POLICY.team,
-    )
+    old = threads_choice(forged, Kind.STAFF, Candidates(by_tag=KW1), subject_days=14, team=True)
     assert old.case_id == 1  # the old rule: "from the team"
     decision = vet_join(forged, old, judge(forged, Kind.STAFF), KW1_TARGET, now=NOW)
     assert decision.refused
@@ -259,14 +280,7 @@ def test_own_subject_takes_foreign_tags_out() -> None:
 
 def test_forged_customer_from_with_a_strangers_reply_to_is_refused() -> None:
     forged = facts(ANN, reply_to=(MALLORY,))
-    old = choose_case(
-        forged,
-        Kind.CUSTOMER,
-        Candidates(by_tag=KW1),
-        now=NOW,
-        subject_window=timedelta(days=14),
-        team=POLICY.team,
-    )
+    old = threads_choice(forged, Kind.CUSTOMER, Candidates(by_tag=KW1), subject_days=14, team=True)
     assert old.case_id == 1  # the old rule trusted the (forged) From
     decision = vet_join(forged, old, judge(forged, Kind.CUSTOMER), KW1_TARGET, now=NOW)
     assert decision.refused and decision.match.case_id is None
@@ -278,13 +292,7 @@ def test_authenticated_customer_with_another_reply_to_joins_but_reply_to_learns_
     real = facts(ANN, reply_to=(Address("ann.private@home.example"),))
     sender = judge(real, Kind.CUSTOMER, dkim_pass("customer.example"))
     assert sender.authenticated
-    match = choose_case(
-        real,
-        Kind.CUSTOMER,
-        Candidates(by_tag=KW1),
-        now=NOW,
-        subject_window=timedelta(0),
-    )
+    match = threads_choice(real, Kind.CUSTOMER, Candidates(by_tag=KW1))
     decision = vet_join(real, match, sender, KW1_TARGET, now=NOW)
     assert not decision.refused
     assert decision.new_correspondents == ()  # Ann is known; the Reply-To never joins
@@ -293,13 +301,7 @@ def test_authenticated_customer_with_another_reply_to_joins_but_reply_to_learns_
 
 def test_a_stranger_quoting_a_case_number_gets_a_case_of_their_own() -> None:
     stranger = facts(MALLORY)
-    match = choose_case(
-        stranger,
-        Kind.CUSTOMER,
-        Candidates(by_tag=KW1),
-        now=NOW,
-        subject_window=timedelta(0),
-    )
+    match = threads_choice(stranger, Kind.CUSTOMER, Candidates(by_tag=KW1))
     assert match.case_id is None  # domain.threads already refuses this one
     decision = vet_join(stranger, match, judge(stranger, Kind.CUSTOMER), None, now=NOW)
     assert not decision.refused and decision.new_correspondents == (MALLORY.address,)
@@ -308,13 +310,7 @@ def test_a_stranger_quoting_a_case_number_gets_a_case_of_their_own() -> None:
 def test_in_reply_to_an_acknowledgement_needs_a_participant() -> None:
     computed = deterministic_message_id("ack:1", "shop.example")  # anyone can compute it
     stranger = facts(MALLORY, subject="hi", in_reply_to=(computed,))
-    old = choose_case(
-        stranger,
-        Kind.CUSTOMER,
-        Candidates(by_reference=(KW1,)),
-        now=NOW,
-        subject_window=timedelta(0),
-    )
+    old = threads_choice(stranger, Kind.CUSTOMER, Candidates(by_reference=(KW1,)))
     assert old.case_id == 1 and old.rule is ThreadRule.REFERENCES  # the old hijack
     target = JoinTarget(1, "KW-1", frozenset({ANN.address}), frozenset({ANN.address, SHARED}))
     decision = vet_join(stranger, old, judge(stranger, Kind.CUSTOMER), target, now=NOW)
@@ -330,13 +326,7 @@ def test_in_reply_to_an_acknowledgement_needs_a_participant() -> None:
 
 def test_subject_rule_needs_the_sender_not_the_reply_to() -> None:
     stranger = facts(MALLORY, subject="hello", reply_to=(ANN,))
-    old = choose_case(
-        stranger,
-        Kind.CUSTOMER,
-        Candidates(by_subject=(KW1,)),
-        now=NOW,
-        subject_window=timedelta(days=14),
-    )
+    old = threads_choice(stranger, Kind.CUSTOMER, Candidates(by_subject=(KW1,)), subject_days=14)
     assert old.case_id == 1 and old.rule is ThreadRule.SUBJECT
     decision = vet_join(stranger, old, judge(stranger, Kind.CUSTOMER), KW1_TARGET, now=NOW)
     assert decision.refused
@@ -345,14 +335,7 @@ def test_subject_rule_needs_the_sender_not_the_reply_to() -> None:
 def test_proven_team_joins_any_case() -> None:
     reply = facts(Address(ALICE), subject="Re: hello [KW-1]")
     sender = judge(reply, Kind.STAFF, dkim_pass("shop.example"))
-    match = choose_case(
-        reply,
-        Kind.STAFF,
-        Candidates(by_tag=KW1),
-        now=NOW,
-        subject_window=timedelta(0),
-        team=POLICY.team,
-    )
+    match = threads_choice(reply, Kind.STAFF, Candidates(by_tag=KW1), team=True)
     decision = vet_join(reply, match, sender, KW1_TARGET, now=NOW)
     assert not decision.refused and decision.new_correspondents == ()
 
@@ -538,12 +521,6 @@ def test_same_message_id_and_body_from_another_sender_is_another_message() -> No
 
 def test_a_bounce_reaches_its_case_by_references_but_learns_nothing() -> None:
     bounce = facts(Address("mailer-daemon@mx.customer.example"), subject="Undelivered")
-    match = choose_case(
-        bounce,
-        Kind.AUTOMATED,
-        Candidates(by_reference=(KW1,)),
-        now=NOW,
-        subject_window=timedelta(0),
-    )
+    match = threads_choice(bounce, Kind.AUTOMATED, Candidates(by_reference=(KW1,)))
     decision = vet_join(bounce, match, judge(bounce, Kind.AUTOMATED), KW1_TARGET, now=NOW)
     assert not decision.refused and decision.new_correspondents == ()

@@ -22,6 +22,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Final, ParamSpec, Protocol, TypeVar
 
 from keepword.adapters.credentials import resolve_secret
@@ -61,62 +62,56 @@ def imap_session(box: MailboxSettings) -> IdleSession:
     return ImapSession(box.imap, resolve_secret(box.imap))
 
 
+@dataclass(frozen=True, slots=True)
+class Waits:
+    """How the watcher waits: one IDLE at most `idle` seconds (RFC 2177's re-IDLE; tests
+    shorten it, a stop never waits for it), after a failure `retry`'s backoff, on `clock`."""
+
+    idle: float = IDLE_TIMEOUT
+    retry: RetryPolicy = MAILBOX_RETRY
+    clock: Clock = SYSTEM_CLOCK
+
+
 async def watch_mailbox(
     box: MailboxSettings,
     on_change: OnChange,
     *,
     stop: asyncio.Event,
     session_factory: IdleSessionFactory = imap_session,
-    idle_timeout: float = IDLE_TIMEOUT,
-    idle_slice: float | None = None,
-    retry: RetryPolicy = MAILBOX_RETRY,
-    clock: Clock = SYSTEM_CLOCK,
+    waits: Waits = Waits(),
 ) -> None:
     """Call `on_change` whenever the first folder of box changes, until `stop` is set.
 
     Returns at once if IDLE is disabled for the mailbox, and after the first login if
     the server does not offer it. No error ends the watcher: a missing secret, a lost
     connection, a refused login or a bug in a round all restart it after the same
-    capped exponential backoff as the mailbox's jobs (waited on `clock`), logged once
-    per failure. An `on_change` that raises is logged; the next change calls it again.
-    Each (re)connect calls it once: mail that came before the watcher's first STATUS
-    would never show as a change. `idle_slice` caps one IDLE below `idle_timeout`
-    (tests); a stop never waits for it.
+    capped exponential backoff as the mailbox's jobs (waited on `waits.clock`), logged
+    once per failure. An `on_change` that raises is logged; the next change calls it
+    again. Each (re)connect calls it once: mail that came before the watcher's first
+    STATUS would never show as a change.
     """
     if not box.imap.idle:
         log.info("mailbox %s: IDLE disabled, polling every %d s", box.name, box.poll_interval)
         return
-    wait = min(idle_slice or idle_timeout, idle_timeout)
-    failures = 0
-    thread = _Thread(box.name)
-
-    def healthy() -> None:  # a session came up: the next failure starts over
-        nonlocal failures
-        if failures:
-            log.info("mailbox %s: IDLE watcher works again after %d failure(s)", box.name,
-                     failures)  # fmt: skip
-        failures = 0
-
-    with log_context(mailbox=box.name), thread:
+    watcher = _Watcher(box, on_change, stop, _Thread(box.name), min(waits.idle, IDLE_TIMEOUT))
+    with log_context(mailbox=box.name), watcher.thread:
         while not stop.is_set():
             try:
-                if not await _session_round(
-                    box, on_change, stop, session_factory, wait, healthy, thread
-                ):
+                if not await _session_round(watcher, session_factory):
                     return  # the server offers no IDLE
             except Exception as exc:
-                failures += 1
-                delay = retry.delay(failures)
+                watcher.failures += 1
+                delay = waits.retry.delay(watcher.failures)
                 log.warning(
                     "mailbox %s: IDLE watcher failed (%d in a row): %s; restarting in %.1f s",
                     box.name,
-                    failures,
+                    watcher.failures,
                     str(exc) or type(exc).__name__,
                     delay,
                     # Our own errors explain themselves; anything else is a bug worth a trace.
                     exc_info=None if isinstance(exc, KeepwordError) else exc,
                 )
-                await _sleep_unless_stopped(stop, delay, clock)
+                await _sleep_unless_stopped(stop, delay, waits.clock)
 
 
 class _Thread:
@@ -139,29 +134,41 @@ class _Thread:
         )
 
 
-async def _session_round(
-    box: MailboxSettings,
-    on_change: OnChange,
-    stop: asyncio.Event,
-    session_factory: IdleSessionFactory,
-    wait: float,
-    healthy: Callable[[], None],
-    thread: _Thread,
-) -> bool:
+@dataclass(slots=True)
+class _Watcher:
+    """One mailbox's watcher: what each of its connections shares."""
+
+    box: MailboxSettings
+    on_change: OnChange
+    stop: asyncio.Event
+    thread: _Thread
+    wait: float  # the longest one IDLE lasts (seconds)
+    failures: int = 0  # in a row
+
+    def healthy(self) -> None:
+        """A session came up: the next failure starts over."""
+        if self.failures:
+            log.info("mailbox %s: IDLE watcher works again after %d failure(s)",
+                     self.box.name, self.failures)  # fmt: skip
+        self.failures = 0
+
+
+async def _session_round(watcher: _Watcher, session_factory: IdleSessionFactory) -> bool:
     """One connection's life: False if the server has no IDLE, else True when stopped.
 
     Everything that can fail, the secret and the session's creation included, is in here,
     so the caller's retry covers it.
     """
-    session = session_factory(box)
+    thread = watcher.thread
+    session = session_factory(watcher.box)
     # A stop interrupts the IDLE from the event loop: the thread sends DONE at once.
-    stopper = asyncio.ensure_future(_interrupt_on(stop, session))
+    stopper = asyncio.ensure_future(_interrupt_on(watcher.stop, session))
     try:
         await thread.run(session.connect)
         if "IDLE" not in await thread.run(session.capabilities):
-            log.info("mailbox %s: server offers no IDLE, polling only", box.name)
+            log.info("mailbox %s: server offers no IDLE, polling only", watcher.box.name)
             return False
-        await _watch(session, box.folders[0], on_change, stop, wait, healthy, thread)
+        await _watch(watcher, session)
         return True
     finally:
         stopper.cancel()
@@ -174,15 +181,8 @@ async def _interrupt_on(stop: asyncio.Event, session: IdleSession) -> None:
     session.interrupt()
 
 
-async def _watch(
-    session: IdleSession,
-    folder: str,
-    on_change: OnChange,
-    stop: asyncio.Event,
-    wait: float,
-    healthy: Callable[[], None],
-    thread: _Thread,
-) -> None:
+async def _watch(watcher: _Watcher, session: IdleSession) -> None:
+    folder, thread, stop = watcher.box.folders[0], watcher.thread, watcher.stop
     # UIDNEXT seen before each poll: anything delivered later shows as a higher UIDNEXT
     # when the next wait EXAMINEs the folder, even if IDLE was not running then.
     known = (await thread.run(session.status, folder)).uidnext
@@ -190,14 +190,14 @@ async def _watch(
     # Resync: what arrived between the last poll (or the lost connection) and this
     # STATUS is already counted in `known`; one poll now takes it in (an idle poll is
     # one STATUS per folder).
-    await _notify(on_change)
-    healthy()  # connected, logged in, STATUS answered
+    await _notify(watcher.on_change)
+    watcher.healthy()  # connected, logged in, STATUS answered
     while not stop.is_set():
-        changed = await thread.run(session.wait_for_change, folder, wait, known)
+        changed = await thread.run(session.wait_for_change, folder, watcher.wait, known)
         if not changed or stop.is_set():
             continue
         known = (await thread.run(session.status, folder)).uidnext
-        await _notify(on_change)
+        await _notify(watcher.on_change)
 
 
 async def _notify(on_change: OnChange) -> None:

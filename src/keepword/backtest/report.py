@@ -58,9 +58,11 @@ def require_matplotlib() -> None:
     _pyplot()
 
 
-def _svg(figure: Any, name: str) -> str:
+def _svg(plt: Any, figure: Any, name: str) -> str:
+    """The figure as inline SVG named `name`; the figure is closed."""
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None}, dpi=110)
+    plt.close(figure)
     text = buffer.getvalue()
     svg = text[text.index("<svg") :]
     return svg.replace("<svg ", f'<svg role="img" aria-label="{name}" class="chart-{name}" ', 1)
@@ -99,9 +101,7 @@ def calibration_chart(plt: Any, result: Replay) -> str:
     ax.set_title("Calibration: stated quantile vs share kept, per week")
     ax.legend(loc="lower right", fontsize=8)
     fig.autofmt_xdate()
-    svg = _svg(fig, "calibration")
-    plt.close(fig)
-    return svg
+    return _svg(plt, fig, "calibration")
 
 
 def promise_chart(plt: Any, result: Replay) -> str:
@@ -137,9 +137,7 @@ def promise_chart(plt: Any, result: Replay) -> str:
     ax.set_title("Promise vs actual first response, per case")
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
-    svg = _svg(fig, "promise-vs-actual")
-    plt.close(fig)
-    return svg
+    return _svg(plt, fig, "promise-vs-actual")
 
 
 def distribution_chart(plt: Any, result: Replay, overall: Figures) -> str:
@@ -164,9 +162,7 @@ def distribution_chart(plt: Any, result: Replay, overall: Figures) -> str:
     ax.set_xlabel("business minutes to first response")
     ax.set_title("Response-time distribution")
     ax.legend(fontsize=8)
-    svg = _svg(fig, "distribution")
-    plt.close(fig)
-    return svg
+    return _svg(plt, fig, "distribution")
 
 
 def backlog_chart(plt: Any, result: Replay) -> str:
@@ -183,9 +179,7 @@ def backlog_chart(plt: Any, result: Replay) -> str:
     ax.set_ylabel("unanswered cases")
     ax.set_title("Backlog met by each arrival (dotted: first promise)")
     fig.autofmt_xdate()
-    svg = _svg(fig, "backlog")
-    plt.close(fig)
-    return svg
+    return _svg(plt, fig, "backlog")
 
 
 def verdict(overall: Figures, fixed: Sequence[FixedPromise]) -> str:

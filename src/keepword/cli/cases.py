@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, Engine
 
-from keepword.cli.common import engine_from, reader_from, settings_from
+from keepword.cli.common import engine_from, reading, settings_from
 from keepword.cli.common import now as clock_now
 from keepword.config import Settings
 from keepword.domain import cases as case_rules
@@ -84,20 +84,16 @@ LEGEND = "status: team = waiting on the team, cust = waiting on the customer"
 
 def cmd_cases(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = reader_from(settings)
     now = _now()
-    try:
-        with engine.connect() as conn:
-            found = case_store.list_cases(
-                conn,
-                mailbox=args.mailbox,
-                statuses=_statuses(args.status),
-                owner=args.owner,
-                limit=args.limit,
-            )
-            due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        found = case_store.list_cases(
+            conn,
+            mailbox=args.mailbox,
+            statuses=_statuses(args.status),
+            owner=args.owner,
+            limit=args.limit,
+        )
+        due = promise_store.next_due_by_case(conn, [c.id for c in found if c.id is not None])
     if args.overdue:
         found = [c for c in found if c.id in due and due[c.id] < now]
     if args.json:
@@ -169,14 +165,10 @@ def _case_or_fail(conn: Connection, reference: str) -> case_rules.CaseState:
 
 def cmd_case(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = reader_from(settings)
-    try:
-        with engine.connect() as conn:
-            current = _case_or_fail(conn, args.reference)
-            assert current.id is not None
-            story = _story(conn, current.id)
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        current = _case_or_fail(conn, args.reference)
+        assert current.id is not None
+        story = _story(conn, current.id)
     if args.json:
         summary = _case_summary(current, None, _now())
         json.dump({"case": summary, **story}, sys.stdout, indent=2, default=str)
@@ -314,12 +306,8 @@ def _assign_to_team(args: argparse.Namespace) -> int:
     """`keepword assign`: only to someone on the case's team (exit 2 otherwise): an
     outsider as owner would be sent the case's reminders (issue 12)."""
     settings = settings_from(args)
-    engine = reader_from(settings)
-    try:
-        with engine.connect() as conn:
-            current = _case_or_fail(conn, args.reference)
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        current = _case_or_fail(conn, args.reference)
     box = next((b for b in settings.mailbox if b.name == current.mailbox), None)
     staff = [*box.team, *([box.lead] if box.lead else [])] if box is not None else []
     target = assign_target(args.address, staff)

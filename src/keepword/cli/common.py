@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from keepword.clock import clock_from_environment
 from keepword.config import Settings, load_config, resolve_config_path
@@ -32,9 +32,16 @@ def engine_from(settings: Settings) -> Engine:
     return open_store(settings.keepword.effective_database_url())
 
 
-def reader_from(settings: Settings) -> Engine:
-    """The store for a command that only reads; StoreError says why it cannot be read."""
-    return open_for_reading(settings.keepword.effective_database_url())
+@contextmanager
+def reading(settings: Settings) -> Iterator[Connection]:
+    """The store for a command that only reads, let go after; StoreError says why it
+    cannot be read."""
+    engine = open_for_reading(settings.keepword.effective_database_url())
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def now() -> datetime:

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from keepword.cli.common import now, reader_from, settings_from
+from keepword.cli.common import now, reading, settings_from
 from keepword.store import reports
 from keepword.timefmt import moment, short_moment, zone_name, zone_of
 
@@ -41,15 +41,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_ignored(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = reader_from(settings)
     at = now()
-    try:
-        with engine.connect() as conn:
-            found = reports.not_answered(
-                conn, args.mailbox, at - timedelta(days=args.days), args.limit
-            )
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        found = reports.not_answered(conn, args.mailbox, at - timedelta(days=args.days), args.limit)
     if args.json:
         json.dump([_as_json(item) for item in found], sys.stdout, indent=2)
         print()

@@ -28,7 +28,7 @@ from rich.table import Table
 from keepword.cli.common import engine_from, local_failure_exit, now, settings_from, store_writer
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import ConfigError, KeepwordError, MailboxError
-from keepword.pipeline.ingest import MailboxPollResult, poll_folder, watched_folders
+from keepword.pipeline.ingest import Folder, MailboxPollResult, poll_folder, watched_folders
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -98,12 +98,8 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
                     task = bar.add_task(f"{box.name}/{folder}", total=None)
                     try:
                         result.folders[folder] = poll_folder(
-                            engine,
                             session,
-                            box,
-                            folder,
-                            role,
-                            _now,
+                            Folder(engine, box, folder, role, _now),
                             progress=_advance(bar, task),
                             plan=_total(bar, task),
                         )

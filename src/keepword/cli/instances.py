@@ -39,10 +39,9 @@ def instances_payload(engine: Engine) -> dict[str, Any]:
     }
 
 
-def print_instances(engine: Engine, console: Console | None = None) -> None:
-    """Print the instances table; nothing at all for a store no instance shares."""
-    with engine.connect() as conn:
-        seen = leases.view(conn)
+def print_instances(seen: leases.LeaseView, console: Console | None = None) -> None:
+    """Print the instances table (`leases.view`); nothing at all for a store no instance
+    shares."""
     if not seen.instances:
         return
     console = console or Console()

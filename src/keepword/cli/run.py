@@ -14,7 +14,7 @@ from keepword.adapters.logs import set_log_zone, setup_logging
 from keepword.cli.common import EXIT_BUSY, EXIT_LOCAL, local_failure_exit
 from keepword.config import load_config, resolve_config_path
 from keepword.errors import KeepwordError
-from keepword.runtime.daemon import STOP_TIMEOUT, Daemon, WorkerFactory
+from keepword.runtime.daemon import STOP_TIMEOUT, Daemon, Pacing, WorkerFactory
 from keepword.runtime.service import make_worker
 
 EXIT_CODES: Final = f"""\
@@ -73,7 +73,7 @@ def run_daemon(args: argparse.Namespace, worker_factory: WorkerFactory) -> int:
         resolve_config_path(getattr(args, "config", None)),
         worker_factory,
         dry_run=args.dry_run,
-        stop_timeout=args.stop_timeout,
+        pacing=Pacing(stop_timeout=args.stop_timeout),
     )
     loop = asyncio.new_event_loop()
     try:

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection
 
-from keepword.cli.common import now, reader_from, settings_from
+from keepword.cli.common import now, reading, settings_from
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.chase import BusinessClock
-from keepword.domain.ledger import Ledger, compute_ledger
+from keepword.domain.ledger import Ledger, Period, compute_ledger
 from keepword.errors import KeepwordError
 from keepword.pipeline.acknowledge import calendar_for
 from keepword.store import promises as promise_store
@@ -54,8 +54,7 @@ def ledgers(
         reports.case_records(conn, names),
         made,
         reports.sent_actions(conn, names, since),
-        since=since,
-        until=until,
+        period=Period(since, until),
         now=now,
         clocks=clocks,
     )
@@ -69,14 +68,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.days < 1:
         raise KeepwordError("--days must be at least 1")
     now = _now()
-    engine = reader_from(settings)
-    try:
-        with engine.connect() as conn:
-            found = ledgers(
-                conn, settings, boxes, since=now - timedelta(days=args.days), until=now, now=now
-            )
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        found = ledgers(
+            conn, settings, boxes, since=now - timedelta(days=args.days), until=now, now=now
+        )
     if args.json:
         print(json.dumps([_as_json(ledger) for ledger in found], indent=2))
     else:

@@ -15,13 +15,13 @@ from rich.table import Table
 from sqlalchemy import Connection
 
 from keepword.cli.common import now as clock_now
-from keepword.cli.common import reader_from, settings_from
+from keepword.cli.common import reading, settings_from
 from keepword.cli.instances import print_instances
 from keepword.config import MailboxSettings
 from keepword.domain.owners import away_now, roster_for
 from keepword.store import away as away_store
+from keepword.store import leases, reports
 from keepword.store import outbox as outbox_store
-from keepword.store import reports
 from keepword.store.jobs import job_runs
 from keepword.store.triage_state import TriageBacklog, triage_backlog
 from keepword.timefmt import moment, zone_of
@@ -147,22 +147,19 @@ def job_health(conn: Connection, mailbox: str, now: datetime) -> list[JobHealth]
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    engine = reader_from(settings)
     now = clock_now()  # the daemon's clock (KEEPWORD_CLOCK in a sped-up soak)
-    try:
-        with engine.connect() as conn:
-            report = [
-                mailbox_health(conn, box, now, zone_of(settings, box)) for box in settings.mailbox
-            ]
-    finally:
-        engine.dispose()
+    with reading(settings) as conn:
+        report = [
+            mailbox_health(conn, box, now, zone_of(settings, box)) for box in settings.mailbox
+        ]
+        instances = leases.view(conn)
     if args.json:
         payload = [{**asdict(h), "healthy": h.healthy} for h in report]
         json.dump(payload, sys.stdout, indent=2)
         print()
     else:
         _print(report, {b.name: zone_of(settings, b) for b in settings.mailbox})
-        print_instances(engine)  # several instances on PostgreSQL: who works which mailbox
+        print_instances(instances)  # several instances on PostgreSQL: who works which mailbox
     return 0 if all(h.healthy for h in report) else 1
 
 

@@ -49,7 +49,7 @@ passes its due time only after a team reply or a planned customer update.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -181,15 +181,10 @@ class CustomerUpdate:
             if self.late
             else f"announced revision of promise {self.promise_id} before it broke"
         )
-        return make_promise(
-            self.case_id,
-            PromiseKind.UPDATE,
-            PromiseAudience.CUSTOMER,
-            at,
-            self.window,
-            why,
-            due_at=self.new_due_at,
+        made = make_promise(
+            self.case_id, PromiseKind.UPDATE, PromiseAudience.CUSTOMER, at, self.window, why
         )
+        return replace(made, due_at=self.new_due_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +270,9 @@ def plan(
     actions: list[ChaseAction] = []
     if not promises:
         actions.extend(_unpromised_escalation(snapshot, settings))
+    case = _CaseAt(snapshot, now, clock, settings, done, new_window)
     for promise in promises:
-        actions.extend(_plan_promise(snapshot, promise, now, clock, settings, done, new_window))
+        actions.extend(_plan_promise(case, promise))
     return [a for a in actions if a.key not in done]
 
 
@@ -306,15 +302,21 @@ def _unpromised_escalation(snapshot: CaseSnapshot, settings: ChaseSettings) -> l
     return [Escalation(snapshot.id, None, name, _lead_recipients(snapshot), why + " (no promise)")]
 
 
-def _plan_promise(
-    snapshot: CaseSnapshot,
-    promise: Promise,
-    now: datetime,
-    clock: BusinessClock,
-    settings: ChaseSettings,
-    done: frozenset[str],
-    new_window: WindowLike | None,
-) -> list[ChaseAction]:
+@dataclass(frozen=True, slots=True)
+class _CaseAt:
+    """One case planned at `now` (plan's arguments): what each of its promises shares."""
+
+    snapshot: CaseSnapshot
+    now: datetime
+    clock: BusinessClock
+    settings: ChaseSettings
+    done: frozenset[str]
+    new_window: WindowLike | None
+
+
+def _plan_promise(case: _CaseAt, promise: Promise) -> list[ChaseAction]:
+    snapshot, now, clock, settings = case.snapshot, case.now, case.clock, case.settings
+    done, new_window = case.done, case.new_window
     if now > promise.due_at:
         return _past_due(snapshot, promise, clock, done, new_window)
     total = clock.minutes_between(promise.made_at, promise.due_at)

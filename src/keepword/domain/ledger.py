@@ -38,6 +38,17 @@ from keepword.domain.windows import nearest_rank
 
 
 @dataclass(frozen=True, slots=True)
+class Period:
+    """The ledger's period: from `since` up to, not including, `until`."""
+
+    since: datetime
+    until: datetime
+
+    def __contains__(self, at: datetime | None) -> bool:
+        return at is not None and self.since <= at < self.until
+
+
+@dataclass(frozen=True, slots=True)
 class CaseRecord:
     mailbox: str
     case_id: int
@@ -85,8 +96,7 @@ def compute_ledger(
     promises: Iterable[Promise],
     actions: Iterable[SentAction],
     *,
-    since: datetime,
-    until: datetime,
+    period: Period,
     now: datetime,
     clocks: Mapping[str, BusinessClock],
 ) -> list[Ledger]:
@@ -99,30 +109,30 @@ def compute_ledger(
     mailbox_of = {c.case_id: c.mailbox for c in known}
     sent = [a for a in actions if a.sent_at is not None]
     updates_before = _updates_sent(sent)
-    made = [p for p in promises if since <= p.made_at < until]
+    made = [p for p in promises if p.made_at in period]
     ledgers: list[Ledger] = []
     for mailbox in sorted(set(clocks) | {c.mailbox for c in known}):
         clock = clocks.get(mailbox)
         if clock is None:
             raise ValueError(f"no business calendar for mailbox {mailbox!r}")
-        ledgers.append(
-            _ledger(
-                mailbox,
-                since,
-                until,
-                now,
-                clock,
-                [c for c in known if c.mailbox == mailbox and since <= c.opened_at < until],
-                [p for p in made if mailbox_of.get(p.case_id) == mailbox],
-                [a for a in sent if a.mailbox == mailbox and _within(a.sent_at, since, until)],
-                updates_before,
-            )
+        books = _Books(
+            [c for c in known if c.mailbox == mailbox and c.opened_at in period],
+            [p for p in made if mailbox_of.get(p.case_id) == mailbox],
+            [a for a in sent if a.mailbox == mailbox and a.sent_at in period],
+            updates_before,
         )
+        ledgers.append(_ledger(mailbox, period, now, clock, books))
     return ledgers
 
 
-def _within(at: datetime | None, since: datetime, until: datetime) -> bool:
-    return at is not None and since <= at < until
+@dataclass(frozen=True, slots=True)
+class _Books:
+    """One mailbox's records of the period."""
+
+    cases: list[CaseRecord]  # opened in the period
+    promises: list[Promise]  # made in the period
+    sent: list[SentAction]  # sent in the period
+    updates_before: Mapping[int, datetime]  # promise id -> its first update sent (ever)
 
 
 def _updates_sent(sent: Iterable[SentAction]) -> dict[int, datetime]:
@@ -138,16 +148,9 @@ def _updates_sent(sent: Iterable[SentAction]) -> dict[int, datetime]:
 
 
 def _ledger(
-    mailbox: str,
-    since: datetime,
-    until: datetime,
-    now: datetime,
-    clock: BusinessClock,
-    cases: list[CaseRecord],
-    promises: list[Promise],
-    sent: list[SentAction],
-    updates_before: Mapping[int, datetime],
+    mailbox: str, period: Period, now: datetime, clock: BusinessClock, books: _Books
 ) -> Ledger:
+    cases, promises, updates_before = books.cases, books.promises, books.updates_before
     durations = [
         clock.minutes_between(c.opened_at, c.first_response_at)
         for c in cases
@@ -158,8 +161,8 @@ def _ledger(
     states = [p.state for p in customer]
     return Ledger(
         mailbox=mailbox,
-        since=since,
-        until=until,
+        since=period.since,
+        until=period.until,
         cases=len(cases),
         answered=len(durations),
         median_first_response_minutes=statistics.median(durations) if durations else None,
@@ -174,9 +177,9 @@ def _ledger(
         breaches_held_back=sum(1 for p in customer if is_held_back(p)),
         team_targets_made=len(team),
         team_targets_missed=sum(1 for p in team if p.state is PromiseState.BROKEN),
-        customer_updates_sent=_count(sent, OutboxKind.CUSTOMER_UPDATE),
-        reminders_sent=_count(sent, OutboxKind.REMINDER),
-        escalations_sent=_count(sent, OutboxKind.ESCALATION),
+        customer_updates_sent=_count(books.sent, OutboxKind.CUSTOMER_UPDATE),
+        reminders_sent=_count(books.sent, OutboxKind.REMINDER),
+        escalations_sent=_count(books.sent, OutboxKind.ESCALATION),
     )
 
 

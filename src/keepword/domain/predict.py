@@ -497,13 +497,7 @@ class PromisePredictor:
     def _default(self, now: datetime, basis: dict[str, float | int | str | bool]) -> Window:
         minutes = self.settings.default_window_minutes
         basis.update(default_minutes=minutes, minutes=minutes, behind=False)
-        return Window(
-            minutes=minutes,
-            due_at=self.calendar.add(now, minutes),
-            is_default=True,
-            behind=False,
-            basis=MappingProxyType(basis),
-        )
+        return self._window(now, minutes, basis, is_default=True)
 
     def _measured(
         self, now: datetime, raw: float, basis: dict[str, float | int | str | bool]
@@ -511,10 +505,22 @@ class PromisePredictor:
         minutes = round_up_minutes(max(raw, 0.0))
         behind = minutes > self.settings.maximum_window_minutes
         basis.update(raw_minutes=round(raw, 2), minutes=minutes, behind=behind)
+        return self._window(now, minutes, basis, behind=behind)
+
+    def _window(
+        self,
+        now: datetime,
+        minutes: int,
+        basis: dict[str, float | int | str | bool],
+        *,
+        is_default: bool = False,
+        behind: bool = False,
+    ) -> Window:
+        """`minutes` of business time from `now`, and why (`basis`)."""
         return Window(
             minutes=minutes,
             due_at=self.calendar.add(now, minutes),
-            is_default=False,
+            is_default=is_default,
             behind=behind,
             basis=MappingProxyType(basis),
         )

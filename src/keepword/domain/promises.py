@@ -95,17 +95,15 @@ def make_promise(
     at: datetime,
     window: WindowLike,
     why: str,
-    *,
-    due_at: datetime | None = None,
 ) -> Promise:
-    """A new open promise from a computed window (`due_at` overrides the window's)."""
+    """A new open promise from a computed window."""
     return Promise(
         id=None,
         case_id=case_id,
         kind=kind,
         audience=audience,
         made_at=at,
-        due_at=window.due_at if due_at is None else due_at,
+        due_at=window.due_at,
         reason=why,
         basis=MappingProxyType(dict(window.basis)),
         is_default=window.is_default,

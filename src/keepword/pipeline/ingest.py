@@ -116,7 +116,7 @@ def watched_folders(box: MailboxSettings) -> list[tuple[str, Origin]]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Folder:
+class Folder:
     """The folder being polled: where its mail is stored, and as what."""
 
     engine: Engine
@@ -127,17 +127,17 @@ class _Folder:
 
 
 def poll_folder(
-    engine: Engine,
     session: MailSession,
-    box: MailboxSettings,
-    folder: str,
-    role: Origin,
-    now: Clock,
+    where: Folder,
     *,
     progress: Progress | None = None,
     plan: Progress | None = None,
 ) -> PollResult:
-    """Take in whatever is new in one folder. The idle case costs one STATUS command."""
+    """Take in whatever is new in one folder. The idle case costs one STATUS command.
+
+    `plan` hears how many messages are new, `progress` how many each stored batch held.
+    """
+    engine, box, folder, now = where.engine, where.box, where.name, where.now
     status = session.status(folder)
     with engine.connect() as conn:
         cursor = store.get_cursor(conn, box.name, folder)
@@ -155,7 +155,6 @@ def poll_folder(
     changed = cursor is not None and cursor.uidvalidity not in (None, status.uidvalidity)
     after_uid = cursor.last_uid if cursor is not None and not changed else 0
     history_done = cursor is not None and cursor.history_done
-    where = _Folder(engine, box, folder, role, now)
     if changed:
         _rescan(where, cursor, status)
         with engine.connect() as conn:
@@ -202,7 +201,7 @@ def poll_folder(
     )
 
 
-def _rescan(where: _Folder, cursor: store.FolderCursor | None, status: FolderStatusLike) -> None:
+def _rescan(where: Folder, cursor: store.FolderCursor | None, status: FolderStatusLike) -> None:
     """A new UIDVALIDITY: every UID is void, take the folder in again from UID 0.
 
     After the first import a re-scan is no import: nothing is history by UID (known mail
@@ -232,7 +231,7 @@ def _rescan(where: _Folder, cursor: store.FolderCursor | None, status: FolderSta
 
 
 def _history_cutoff(
-    where: _Folder, cursor: store.FolderCursor | None, status: FolderStatusLike
+    where: Folder, cursor: store.FolderCursor | None, status: FolderStatusLike
 ) -> int:
     """UIDs below this are history: the folder's UIDNEXT when keepword first met it.
 
@@ -250,7 +249,7 @@ def _history_cutoff(
 
 
 def _store_parsed(
-    where: _Folder, uidvalidity: int, batch: list[int], items: list[StoreItem], history_below: int
+    where: Folder, uidvalidity: int, batch: list[int], items: list[StoreItem], history_below: int
 ) -> tuple[int, int, int]:
     """Store one batch (and move the cursor past it) in one transaction: (new, known, q)."""
     box, folder, role, now = where.box, where.name, where.role, where.now
@@ -519,9 +518,8 @@ def _poll_folders(
     for folder, role in wanted:
         step = None if progress is None else _bind(progress, folder)
         try:
-            result.folders[folder] = poll_folder(
-                engine, session, box, folder, role, clock, progress=step
-            )
+            where = Folder(engine, box, folder, role, clock)
+            result.folders[folder] = poll_folder(session, where, progress=step)
         except Exception as exc:  # isolate the folder; report loudly
             message = _describe(exc)
             log.warning("mailbox %s folder %s: poll failed: %s", box.name, folder, message)

@@ -82,9 +82,7 @@ from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import CaseNow, withdrawal
 from keepword.domain.outbox_keys import promise_id_of
 from keepword.errors import DeliveryUnavailable, KeepwordError
-from keepword.mail.compose import OutgoingMail
 from keepword.mail.preview import preview
-from keepword.mail.render import Rendered
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
 from keepword.store import promises as promise_store
@@ -253,23 +251,29 @@ def _append_all(copy: SentCopy, raws: Sequence[bytes]) -> int:
     return len(raws)
 
 
-def enqueue_mail(
-    conn: Connection,
-    mail: OutgoingMail,
-    body: Rendered,
-    *,
-    mailbox: str,
-    case_id: int | None,
-    not_before: datetime | None = None,
-) -> bool:
-    """Compose and record one mail in the caller's transaction; False if already recorded.
+@dataclass(frozen=True, slots=True)
+class Servers:
+    """How a drain reaches the mail servers.
 
-    Call it in the same transaction as the decision that causes the mail. `not_before`:
-    a rate limit holds it back until then.
+    `sent_copy`: the Sent folder (None: no copies, and nothing to look in after an
+    unknown outcome). `secret`: the relay's (None: the configured source). `executor`:
+    where blocking calls run (the mailbox's thread; None: asyncio's default).
     """
-    return outbox.enqueue_mail(
-        conn, mail, body, mailbox=mailbox, case_id=case_id, not_before=not_before
-    )
+
+    sent_copy: SentCopy | None = None
+    secret: Secret | str | None = None
+    executor: Executor | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    """One drain of one mailbox's outbox at `now`: what every step of it shares."""
+
+    engine: Engine
+    mailbox: MailboxSettings
+    now: datetime
+    folder: _SentFolder
+    result: DrainResult
 
 
 async def drain_outbox(
@@ -277,29 +281,26 @@ async def drain_outbox(
     settings: Settings,
     mailbox: MailboxSettings,
     now: datetime,
+    servers: Servers = Servers(),
     *,
-    sent_copy: SentCopy | None,
-    dry_run: bool,
-    secret: Secret | str | None = None,
     limit: int | None = None,
-    executor: Executor | None = None,
 ) -> DrainResult:
     """Send this mailbox's due outbox rows, then retry due Sent copies.
 
     Every row due at `now` goes, in batches of DRAIN_BATCH (`limit`: at most that many
-    rows, in one batch). `secret` defaults to the configured source; blocking IMAP calls
-    run in `executor` (the mailbox's thread; None: asyncio's default). Raises
-    DeliveryUnavailable (after leaving every row pending) when the relay cannot be
-    reached or refuses the login.
+    rows, in one batch). With `settings.keepword.dry_run` (the one switch) nothing is
+    sent: each due mail is logged and marked dry run. Raises DeliveryUnavailable (after
+    leaving every row pending) when the relay cannot be reached or refuses the login.
     """
-    result = DrainResult()
+    run = _Run(
+        engine, mailbox, now, _SentFolder(servers.sent_copy, servers.executor), DrainResult()
+    )
     batch = limit or DRAIN_BATCH
-    if dry_run or settings.keepword.dry_run:
+    if settings.keepword.dry_run:
         with engine.connect() as conn:
             rows = outbox.pending(conn, now, batch, mailbox=mailbox.name)
-        _dry_run(engine, mailbox, rows, now, result)
-        return result
-    folder = _SentFolder(sent_copy, executor)
+        _dry_run(run, rows)
+        return run.result
     unavailable: DeliveryUnavailable | None = None
     seen: set[int] = set()
     for _ in range(1 if limit else MAX_DRAIN_BATCHES):
@@ -309,29 +310,24 @@ async def drain_outbox(
         if not rows:
             break
         seen.update(r.id for r in rows)
-        rows = _withdraw_stale(engine, mailbox, rows, now, result)
+        rows = _withdraw_stale(run, rows)
         try:
-            await _send_due(engine, mailbox, rows, now, folder, secret, result, executor)
+            await _send_due(run, rows, servers)
         except DeliveryUnavailable as exc:
             unavailable = exc
             break
     if mailbox.append_to_sent:
-        await _retry_copies(engine, mailbox, now, folder, batch, result)
+        await _retry_copies(run, batch)
     with engine.connect() as conn:
         METRICS.outbox_depth(mailbox.name, outbox.depth(conn, mailbox.name))
     if unavailable is not None:
         raise unavailable
-    return result
+    return run.result
 
 
-def _withdraw_stale(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    rows: list[outbox.OutboxRow],
-    now: datetime,
-    result: DrainResult,
-) -> list[outbox.OutboxRow]:
+def _withdraw_stale(run: _Run, rows: list[outbox.OutboxRow]) -> list[outbox.OutboxRow]:
     """Drop never-attempted mail that is no longer true (domain.outbox); keep the rest."""
+    engine, mailbox, now, result = run.engine, run.mailbox, run.now, run.result
     fresh = [r for r in rows if r.attempts == 0 and r.case_id is not None]
     if not fresh:
         return rows
@@ -367,18 +363,10 @@ def _settle_untold(conn: Connection, row: outbox.OutboxRow, case: CaseNow, now: 
     promise_store.settle_untold_update(conn, row.case_id, old_id, case.last_response_at, now)
 
 
-async def _send_due(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    rows: list[outbox.OutboxRow],
-    now: datetime,
-    folder: _SentFolder,
-    secret: Secret | str | None,
-    result: DrainResult,
-    executor: Executor | None = None,
-) -> None:
+async def _send_due(run: _Run, rows: list[outbox.OutboxRow], servers: Servers) -> None:
     if not rows:
         return
+    mailbox, result, secret = run.mailbox, run.result, servers.secret
     if mailbox.smtp is None:
         result.skipped += len(rows)
         result.error = f"mailbox {mailbox.name}: no [smtp] configured; {len(rows)} mails wait"
@@ -389,10 +377,12 @@ async def _send_due(
             smtp = mailbox.smtp
             loop = asyncio.get_running_loop()
             context = contextvars.copy_context()
-            secret = await loop.run_in_executor(executor, lambda: context.run(resolve_secret, smtp))
+            secret = await loop.run_in_executor(
+                servers.executor, lambda: context.run(resolve_secret, smtp)
+            )
     except KeepwordError as exc:
-        _unavailable(engine, mailbox, rows, f"cannot send: {exc}", result)
-    drain = _Drain(engine, mailbox, rows, now, folder, result)
+        _unavailable(run, rows, f"cannot send: {exc}")
+    drain = _Drain(run, rows)
     count = max(1, min(mailbox.smtp.connections, len(rows)))
     senders = [SmtpSender(mailbox.smtp, secret) for _ in range(count)]
     try:
@@ -406,7 +396,7 @@ async def _send_due(
     await drain.flush()
     if drain.halted is not None:
         error, waiting = drain.halted
-        _unavailable(engine, mailbox, waiting, error, result)
+        _unavailable(run, waiting, error)
 
 
 @dataclass
@@ -422,12 +412,8 @@ class _Accepted:
 class _Drain:
     """One batch of rows shared by the relay connections; Sent copies made in batches."""
 
-    engine: Engine
-    mailbox: MailboxSettings
+    run: _Run
     rows: list[outbox.OutboxRow]
-    now: datetime
-    folder: _SentFolder
-    result: DrainResult
     queue: deque[outbox.OutboxRow] = field(init=False)
     copies: list[_Accepted] = field(default_factory=list)
     halted: tuple[str, list[outbox.OutboxRow]] | None = None  # why, and the rows left
@@ -441,7 +427,7 @@ class _Drain:
 
     @property
     def copying(self) -> bool:
-        return self.mailbox.append_to_sent and self.folder.copy is not None
+        return self.run.mailbox.append_to_sent and self.run.folder.copy is not None
 
     async def work(self, sender: SmtpSender, *, primary: bool) -> None:
         """Send rows from the shared queue until it is empty or the drain halts.
@@ -465,13 +451,13 @@ class _Drain:
         while self.queue and self.halted is None and self.crash is None:
             row = self.queue.popleft()
             try:
-                accepted = await _deliver(
-                    self.engine, self.mailbox, row, self.now, sender, self.folder, self.result
-                )
+                accepted = await _deliver(self.run, row, sender)
             except SmtpConnectError as exc:
                 if not primary and self.connected:  # the relay takes fewer connections
                     self.queue.appendleft(row)
-                    log.info("mailbox %s: one SMTP connection fewer: %s", self.mailbox.name, exc)
+                    log.info(
+                        "mailbox %s: one SMTP connection fewer: %s", self.run.mailbox.name, exc
+                    )
                     return
                 self._halt(str(exc), [row, *self.queue])
                 return
@@ -505,13 +491,13 @@ class _Drain:
             batch, self.copies = self.copies, []
             if not batch:
                 return
-            made = await self.folder.append_many([mail.row.raw for mail in batch])
+            made = await self.run.folder.append_many([mail.row.raw for mail in batch])
             self._record(batch, copied=made)
 
     def _record(self, batch: list[_Accepted], *, copied: int) -> None:
         """Mark sent in one transaction; the first `copied` of batch have their copy."""
-        mailbox, now = self.mailbox, self.now
-        with self.engine.begin() as conn:
+        mailbox, now, result = self.run.mailbox, self.run.now, self.run.result
+        with self.run.engine.begin() as conn:
             for index, mail in enumerate(batch):
                 made = (index < copied) if self.copying else None
                 _record_sent(conn, mailbox, mail.row, now, made)
@@ -522,8 +508,8 @@ class _Drain:
                     add_events(conn, mail.row.case_id, [event])
         for mail in batch:
             row = mail.row
-            self.result.sent += 1
-            self.result.resent += mail.resend
+            result.sent += 1
+            result.resent += mail.resend
             _count_sent(mailbox.name, row.kind)
             log.info("mailbox %s: sent %s to %s", mailbox.name, row.kind, ", ".join(row.recipients))
 
@@ -532,18 +518,13 @@ class _RelaySilentError(Exception):
     """The relay did not answer the DATA phase: stop this drain."""
 
 
-def _unavailable(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    rows: list[outbox.OutboxRow],
-    error: str,
-    result: DrainResult,
-) -> NoReturn:
+def _unavailable(run: _Run, rows: list[outbox.OutboxRow], error: str) -> NoReturn:
+    mailbox, result = run.mailbox, run.result
     METRICS.smtp_error(mailbox.name)
     result.skipped += len(rows)
     result.error = error
     waiting = [r.id for r in rows if r.sent_copy not in outbox.UNKNOWN_OUTCOME]
-    with engine.begin() as conn:
+    with run.engine.begin() as conn:
         outbox.note_error(conn, waiting, error)
     log.warning("mailbox %s: outbox waits (%d mails): %s", mailbox.name, len(rows), error)
     raise DeliveryUnavailable(f"mailbox {mailbox.name}: {error}")
@@ -556,13 +537,8 @@ def _count_sent(mailbox: str, kind: str) -> None:
         METRICS.update_sent(mailbox)
 
 
-def _dry_run(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    rows: list[outbox.OutboxRow],
-    now: datetime,
-    result: DrainResult,
-) -> None:
+def _dry_run(run: _Run, rows: list[outbox.OutboxRow]) -> None:
+    mailbox = run.mailbox
     for row in rows:
         log.info(
             "mailbox %s: [dry run] %s to %s not sent:\n%s",
@@ -571,24 +547,17 @@ def _dry_run(
             ", ".join(row.recipients),
             preview(row.raw, indent="    "),  # as the recipient reads it, not MIME
         )
-        with engine.begin() as conn:
-            outbox.mark_dry_run(conn, row.id, now)
-        result.dry_run += 1
+        with run.engine.begin() as conn:
+            outbox.mark_dry_run(conn, row.id, run.now)
+        run.result.dry_run += 1
 
 
-async def _deliver(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    sender: SmtpSender,
-    folder: _SentFolder,
-    result: DrainResult,
-) -> _Accepted | None:
+async def _deliver(run: _Run, row: outbox.OutboxRow, sender: SmtpSender) -> _Accepted | None:
     """Send one row; the relay's acceptance, or None when the row was dealt with."""
+    engine, mailbox, now = run.engine, run.mailbox, run.now
     resend = False
     if row.sent_copy in outbox.UNKNOWN_OUTCOME:
-        if await _resolve_unknown(engine, mailbox, row, now, folder, result):
+        if await _resolve_unknown(run, row):
             return None
         resend = True
     if not sender.connected:
@@ -598,7 +567,7 @@ async def _deliver(
     try:
         refused = await sender.send(mailbox.address, row.recipients, row.raw)
     except SmtpPermanentError as exc:
-        _fail(engine, mailbox, row, now, str(exc), result)
+        _fail(run, row, str(exc))
         return None
     except SmtpConnectError as exc:
         with engine.begin() as conn:  # nothing went out: the row is due as it was
@@ -607,10 +576,10 @@ async def _deliver(
             )
         raise
     except SmtpTemporaryError as exc:
-        _retry(engine, mailbox, row, now, attempts, str(exc), result)
+        _retry(run, row, attempts, str(exc))
         return None
     except SmtpOutcomeUnknownError as exc:
-        _hold(engine, mailbox, row, now, str(exc), result)
+        _hold(run, row, str(exc))
         raise _RelaySilentError(str(exc)) from None
     return _Accepted(row, refused, resend)
 
@@ -638,46 +607,32 @@ def _record_sent(
         )
 
 
-async def _resolve_unknown(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    folder: _SentFolder,
-    result: DrainResult,
-) -> bool:
+async def _resolve_unknown(run: _Run, row: outbox.OutboxRow) -> bool:
     """Did an earlier attempt go out? True when the row is dealt with (found, held or
     waiting for the Sent folder); False when it is to be sent again."""
+    mailbox, folder = run.mailbox, run.folder
     found = await folder.has(row.message_id) if folder.copy is not None else False
     if found is None:
-        _wait_for_sent_folder(engine, mailbox, row, now, folder.error or "", result)
+        _wait_for_sent_folder(run, row, folder.error or "")
         return True
     if found:
-        with engine.begin() as conn:
-            outbox.mark_sent(conn, row.id, now, sent_copy="found")
-        result.already_sent += 1
+        with run.engine.begin() as conn:
+            outbox.mark_sent(conn, row.id, run.now, sent_copy="found")
+        run.result.already_sent += 1
         _count_sent(mailbox.name, row.kind)
         log.info(
             "mailbox %s: %s %s had gone out: found in Sent", mailbox.name, row.kind, row.message_id
         )
         return True
     if row.sent_copy == "unknown":
-        _hold(
-            engine, mailbox, row, now, "an earlier attempt was interrupted; outcome unknown", result
-        )
+        _hold(run, row, "an earlier attempt was interrupted; outcome unknown")
         return True
-    _record_resend(engine, mailbox, row, now, folder.copy is not None)
+    _record_resend(run, row, looked=folder.copy is not None)
     return False
 
 
-def _hold(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    error: str,
-    result: DrainResult,
-) -> None:
+def _hold(run: _Run, row: outbox.OutboxRow, error: str) -> None:
+    mailbox, now = run.mailbox, run.now
     assert mailbox.smtp is not None
     wait = timedelta(seconds=mailbox.smtp.unknown_outcome_wait)
     log.warning(
@@ -690,58 +645,45 @@ def _hold(
         error,
         (now + wait).isoformat(timespec="seconds"),
     )
-    with engine.begin() as conn:
+    with run.engine.begin() as conn:
         outbox.mark_held(conn, row.id, until=now + wait, error=f"outcome unknown: {error}")
     METRICS.smtp_error(mailbox.name)
-    result.held += 1
+    run.result.held += 1
 
 
-def _record_resend(
-    engine: Engine, mailbox: MailboxSettings, row: outbox.OutboxRow, now: datetime, looked: bool
-) -> None:
+def _record_resend(run: _Run, row: outbox.OutboxRow, *, looked: bool) -> None:
     """The outcome stays unknown: say so everywhere before sending again."""
     why = "not found in the Sent folder after the wait" if looked else "no Sent folder to look in"
     detail = (
         f"{row.kind} to {', '.join(row.recipients)}: an earlier attempt may have gone out "
         f"({why}); sent again, the customer may receive it twice"
     )
-    log.warning("mailbox %s: %s", mailbox.name, detail)
+    log.warning("mailbox %s: %s", run.mailbox.name, detail)
     if row.case_id is not None:
-        with engine.begin() as conn:
-            add_events(conn, row.case_id, [Event(EventKind.DELIVERY_FAILED, now, None, detail)])
+        event = Event(EventKind.DELIVERY_FAILED, run.now, None, detail)
+        with run.engine.begin() as conn:
+            add_events(conn, row.case_id, [event])
 
 
-def _wait_for_sent_folder(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    error: str,
-    result: DrainResult,
-) -> None:
+def _wait_for_sent_folder(run: _Run, row: outbox.OutboxRow, error: str) -> None:
     """Cannot look now: try later, moving this row's time so it blocks no other row."""
     delay = timedelta(seconds=round(OUTBOX_RETRY.delay(max(row.attempts, 1))))
     log.warning(
         "mailbox %s: cannot check the Sent folder for %s, it waits %s: %s",
-        mailbox.name,
+        run.mailbox.name,
         row.message_id,
         delay,
         error,
     )
-    with engine.begin() as conn:
-        outbox.postpone(conn, row.id, until=now + delay, error=f"Sent folder unreachable: {error}")
-    result.skipped += 1
+    until, why = run.now + delay, f"Sent folder unreachable: {error}"
+    with run.engine.begin() as conn:
+        outbox.postpone(conn, row.id, until=until, error=why)
+    run.result.skipped += 1
 
 
-async def _retry_copies(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    now: datetime,
-    folder: _SentFolder,
-    limit: int,
-    result: DrainResult,
-) -> None:
+async def _retry_copies(run: _Run, limit: int) -> None:
     """Make the Sent copies that failed, once each: look first, APPEND only if missing."""
+    engine, mailbox, now, folder = run.engine, run.mailbox, run.now, run.folder
     if folder.copy is None:
         return
     with engine.connect() as conn:
@@ -759,7 +701,7 @@ async def _retry_copies(
         if not done:
             log.warning("mailbox %s: Sent copies wait: %s", mailbox.name, folder.error)
             return  # the folder is unreachable: the other copies wait too
-        result.copied += 1
+        run.result.copied += 1
 
 
 def _copy_retry_at(row: outbox.OutboxRow, now: datetime) -> datetime:
@@ -768,35 +710,22 @@ def _copy_retry_at(row: outbox.OutboxRow, now: datetime) -> datetime:
     return now + min(COPY_RETRY_CAP, max(COPY_RETRY_FIRST, age))
 
 
-def _fail(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    error: str,
-    result: DrainResult,
-) -> None:
+def _fail(run: _Run, row: outbox.OutboxRow, error: str) -> None:
+    mailbox = run.mailbox
     log.error(
         "mailbox %s: %s to %s failed for good: %s", mailbox.name, row.kind, row.recipients, error
     )
-    with engine.begin() as conn:
-        outbox.mark_failed(conn, row, now, error)
+    with run.engine.begin() as conn:
+        outbox.mark_failed(conn, row, run.now, error)
     METRICS.smtp_error(mailbox.name)
-    result.failed += 1
+    run.result.failed += 1
 
 
-def _retry(
-    engine: Engine,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    attempts: int,
-    error: str,
-    result: DrainResult,
-) -> None:
+def _retry(run: _Run, row: outbox.OutboxRow, attempts: int, error: str) -> None:
+    mailbox, now = run.mailbox, run.now
     METRICS.smtp_error(mailbox.name)
     if attempts >= MAX_ATTEMPTS:
-        _fail(engine, mailbox, row, now, f"gave up after {attempts} attempts: {error}", result)
+        _fail(run, row, f"gave up after {attempts} attempts: {error}")
         return
     delay = timedelta(seconds=round(OUTBOX_RETRY.delay(attempts)))
     log.warning(
@@ -807,6 +736,6 @@ def _retry(
         delay,
         error,
     )
-    with engine.begin() as conn:
+    with run.engine.begin() as conn:
         outbox.mark_retry(conn, row.id, attempts=attempts, next_attempt_at=now + delay, error=error)
-    result.retried += 1
+    run.result.retried += 1

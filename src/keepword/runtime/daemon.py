@@ -226,6 +226,17 @@ def open_database(url: str) -> Engine:
         raise StoreError(f"cannot open the database {url}: {describe_error(exc)}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How the daemon paces its jobs: how long a stop waits for jobs in flight, how often
+    the outbox is drained, and how a failing mailbox backs off (`draw`: the jitter)."""
+
+    stop_timeout: float = STOP_TIMEOUT
+    drain_interval: float = DRAIN_INTERVAL
+    retry: RetryPolicy = MAILBOX_RETRY
+    draw: Callable[[], float] = random.random
+
+
 class Daemon:
     def __init__(
         self,
@@ -233,19 +244,16 @@ class Daemon:
         worker_factory: WorkerFactory = make_worker,
         *,
         dry_run: bool = False,
-        stop_timeout: float = STOP_TIMEOUT,
-        drain_interval: float = DRAIN_INTERVAL,
-        retry: RetryPolicy = MAILBOX_RETRY,
-        draw: Callable[[], float] = random.random,
+        pacing: Pacing = Pacing(),
         clock: Clock | None = None,
     ) -> None:
         self.config_path = config_path
         self._factory = worker_factory
         self._dry_run = dry_run
-        self._stop_timeout = stop_timeout
-        self._drain_interval = drain_interval
-        self._retry = retry
-        self._draw = draw
+        self._stop_timeout = pacing.stop_timeout
+        self._drain_interval = pacing.drain_interval
+        self._retry = pacing.retry
+        self._draw = pacing.draw
         self._clock = clock if clock is not None else clock_from_environment()
         self._settings: Settings | None = None
         self._worker: Worker | None = None

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from sqlalchemy import Engine
 
-from keepword.adapters.idle import OnChange, watch_mailbox
+from keepword.adapters.idle import OnChange, Waits, watch_mailbox
 from keepword.adapters.metrics import METRICS
 from keepword.clock import SYSTEM_CLOCK
 from keepword.clock import Clock as WaitClock
@@ -33,7 +33,7 @@ from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.chase import ChaseResult, chase_mailbox
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory
-from keepword.pipeline.send import DrainResult, ImapSentCopy, drain_outbox
+from keepword.pipeline.send import DrainResult, ImapSentCopy, Servers, drain_outbox
 from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import outbox
 from keepword.store.db import open_store
@@ -145,15 +145,9 @@ class Service:
                 return DrainResult()
         sent_copy = ImapSentCopy(box.imap, box.sent_folder) if box.sent_folder else None
         try:
-            return await drain_outbox(
-                self.engine,
-                self.settings,
-                box,
-                self.clock(),
-                sent_copy=sent_copy,
-                dry_run=self.settings.keepword.dry_run,  # the one switch: `run --dry-run` sets it
-                executor=self._thread(box),
-            )
+            # The one dry-run switch, settings.keepword.dry_run (`run --dry-run` sets it).
+            servers = Servers(sent_copy, executor=self._thread(box))
+            return await drain_outbox(self.engine, self.settings, box, self.clock(), servers)
         finally:
             if sent_copy is not None:
                 await self._in_thread(box, sent_copy.close)
@@ -174,7 +168,7 @@ class Service:
         self, mailbox: MailboxSettings, on_change: OnChange, stop: asyncio.Event
     ) -> None:
         """IMAP IDLE on the mailbox; on_change (the daemon's poll + drain) on new mail."""
-        await watch_mailbox(mailbox, on_change, stop=stop, clock=self.waits)
+        await watch_mailbox(mailbox, on_change, stop=stop, waits=Waits(clock=self.waits))
 
     async def close(self) -> None:
         for poller in self._pollers.values():
