@@ -126,10 +126,11 @@ async def run(count: int, connections: int, work: Path, instance: Any) -> None:
         now = datetime.now(UTC)
         with engine.begin() as conn:
             for n, raw in enumerate(raws):
-                outbox.enqueue(
-                    conn, "support", None, OutboxKind.ACKNOWLEDGEMENT.value, f"ack:{n}",
-                    [f"c{n}@example.org"], "s", raw, now,
+                entry = outbox.OutboxEntry(
+                    "support", None, OutboxKind.ACKNOWLEDGEMENT.value, f"ack:{n}",
+                    [f"c{n}@example.org"], "s", raw,
                 )  # fmt: skip
+                outbox.enqueue(conn, entry, now)
         copy = ImapSentCopy(box.imap, "Sent", Secret(instance.users[SUPPORT]))
         started = time.monotonic()
         result = await drain_outbox(engine, settings, box, datetime.now(UTC), Servers(copy))

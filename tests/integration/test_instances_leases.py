@@ -204,9 +204,10 @@ def test_commits_without_a_fence_are_not_checked(engine: Engine) -> None:
 def test_an_outbox_row_is_claimed_by_one_sender_only(engine: Engine) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        outbox.enqueue(
-            conn, "support", None, "acknowledgement", "ack:1", ["c@x.test"], "Re", RAW, now
+        entry = outbox.OutboxEntry(
+            "support", None, "acknowledgement", "ack:1", ["c@x.test"], "Re", RAW
         )
+        outbox.enqueue(conn, entry, now)
         [row] = outbox.pending(conn, now, mailbox="support")
     first, second = engine.connect(), engine.connect()
     try:

@@ -155,9 +155,10 @@ def rig(tmp_path: Path, smtp_server: SmtpServer) -> Rig:
 def test_enqueue_is_idempotent(rig: Rig) -> None:
     rig.enqueue_ack()
     with rig.engine.begin() as conn:
-        again = outbox.enqueue(
-            conn, "support", rig.case_id, "acknowledgement", "ack:1", [CUSTOMER], "s", b"x", NOW
+        entry = outbox.OutboxEntry(
+            "support", rig.case_id, "acknowledgement", "ack:1", [CUSTOMER], "s", b"x"
         )
+        again = outbox.enqueue(conn, entry, NOW)
         assert again is False
         assert outbox.depth(conn, "support") == 1
 
@@ -394,17 +395,10 @@ def test_team_mail_goes_to_every_recipient(rig: Rig) -> None:
     )
     raw = compose_bytes(mail, Rendered("Reminder\nCase reference: KW-1\n"))
     with rig.engine.begin() as conn:
-        outbox.enqueue(
-            conn,
-            "support",
-            rig.case_id,
-            "reminder",
-            mail.dedup_key,
-            mail.to,
-            mail.subject,
-            raw,
-            NOW,
+        entry = outbox.OutboxEntry(
+            "support", rig.case_id, "reminder", mail.dedup_key, mail.to, mail.subject, raw
         )
+        outbox.enqueue(conn, entry, NOW)
     assert rig.drain().sent == 1
     [captured] = rig.server.messages
     assert captured.rcpt_tos == ("alice@example.com", "bob@example.com")

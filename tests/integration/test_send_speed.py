@@ -38,8 +38,7 @@ def record(rig: Rig, kind: OutboxKind, n: int, to: str | None = None) -> None:
     mail["Message-ID"] = make_msgid(domain="example.com")
     mail.set_content(f"{kind.value} number {n}\n")
     with rig.engine.begin() as conn:
-        outbox.enqueue(
-            conn,
+        entry = outbox.OutboxEntry(
             rig.box.name,
             None,
             kind.value,
@@ -47,8 +46,8 @@ def record(rig: Rig, kind: OutboxKind, n: int, to: str | None = None) -> None:
             [str(mail["To"])],
             str(mail["Subject"]),
             mail.as_bytes(),
-            NOW - timedelta(minutes=1),
         )
+        outbox.enqueue(conn, entry, NOW - timedelta(minutes=1))
 
 
 def test_customer_mail_leaves_before_team_mail_and_digests(

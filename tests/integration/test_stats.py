@@ -64,10 +64,11 @@ def resolve(engine: Engine, value: Promise) -> None:
 
 def sent(engine: Engine, case_id: int, kind: str, key: str, at: datetime) -> None:
     with engine.begin() as conn:
-        outbox_store.enqueue(
-            conn, "support", case_id, kind, key, ["x@example.com"], kind, b"x", at,
+        entry = outbox_store.OutboxEntry(
+            "support", case_id, kind, key, ["x@example.com"], kind, b"x",
             message_id=f"<{key}@example.com>",
         )  # fmt: skip
+        outbox_store.enqueue(conn, entry, at)
         row_id = max(r.id for r in outbox_store.pending(conn, at + timedelta(days=30), 1000))
         outbox_store.mark_sent(conn, row_id, at)
 

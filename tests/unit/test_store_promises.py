@@ -94,8 +94,7 @@ def test_update_queued_at_reads_the_update_key_only(engine: Engine) -> None:
         pid = store.insert_promise(conn, promise_for(case_id, T0))
         [value] = store.open_promises(conn, case_id)
         assert store.update_queued_at(conn, value) is None
-        outbox_store.enqueue(
-            conn,
+        reminder = outbox_store.OutboxEntry(
             "support",
             case_id,
             "reminder",
@@ -103,13 +102,12 @@ def test_update_queued_at_reads_the_update_key_only(engine: Engine) -> None:
             ["alice@example.com"],
             "reminder",
             b"x",
-            T0 + timedelta(hours=4),
             message_id="<r@example.com>",
         )
+        outbox_store.enqueue(conn, reminder, T0 + timedelta(hours=4))
         assert store.update_queued_at(conn, value) is None
         queued = T0 + timedelta(hours=7, minutes=30)
-        outbox_store.enqueue(
-            conn,
+        update = outbox_store.OutboxEntry(
             "support",
             case_id,
             "customer_update",
@@ -117,9 +115,9 @@ def test_update_queued_at_reads_the_update_key_only(engine: Engine) -> None:
             ["ann@example.org"],
             "update",
             b"x",
-            queued,
             message_id="<u@example.com>",
         )
+        outbox_store.enqueue(conn, update, queued)
         assert store.update_queued_at(conn, value) == queued
 
 

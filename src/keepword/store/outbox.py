@@ -91,40 +91,42 @@ def message_id_of(raw: bytes) -> str:
     return bare
 
 
-def enqueue(
-    conn: Connection,
-    mailbox: str,
-    case_id: int | None,
-    kind: str,
-    dedup_key: str,
-    recipients: Sequence[str],
-    subject: str,
-    raw: bytes,
-    now: datetime,
-    *,
-    message_id: str | None = None,
-    not_before: datetime | None = None,
-) -> bool:
-    """Record a mail to send; False when this decision was already recorded.
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An outbox row to write: one composed mail of `mailbox` and the decision it records.
 
     `message_id` defaults to the Message-ID header of `raw` (compose puts the
     deterministic one there). `not_before`: a rate limit holds it back until then.
     """
-    if exists(conn, dedup_key):
+
+    mailbox: str
+    case_id: int | None
+    kind: str
+    dedup_key: str
+    recipients: Sequence[str]
+    subject: str
+    raw: bytes
+    message_id: str | None = None
+    not_before: datetime | None = None
+
+
+def enqueue(conn: Connection, entry: OutboxEntry, now: datetime) -> bool:
+    """Record a mail to send (created `now`); False when its decision was already recorded."""
+    if exists(conn, entry.dedup_key):
         return False
     conn.execute(
         insert(outbox).values(
-            mailbox=mailbox,
-            case_id=case_id,
-            kind=str(kind),
-            dedup_key=dedup_key,
-            message_id=message_id or message_id_of(raw),
-            recipients=list(recipients),
-            subject=subject,
-            raw=raw,
+            mailbox=entry.mailbox,
+            case_id=entry.case_id,
+            kind=str(entry.kind),
+            dedup_key=entry.dedup_key,
+            message_id=entry.message_id or message_id_of(entry.raw),
+            recipients=list(entry.recipients),
+            subject=entry.subject,
+            raw=entry.raw,
             state=OutboxState.PENDING.value,
             attempts=0,
-            next_attempt_at=not_before or now,
+            next_attempt_at=entry.not_before or now,
             created_at=now,
             sent_copy="pending",
         )
@@ -149,8 +151,7 @@ def enqueue_mail(
     """
     if mail.id_secret is None:
         mail = replace(mail, id_secret=message_id_secret(conn))
-    return enqueue(
-        conn,
+    entry = OutboxEntry(
         mailbox,
         case_id,
         mail.kind.value,
@@ -158,10 +159,10 @@ def enqueue_mail(
         list(mail.to),
         mail.subject,
         compose_bytes(mail, body),
-        mail.date,
         message_id=mail.message_id,
         not_before=not_before,
     )
+    return enqueue(conn, entry, mail.date)
 
 
 def exists(conn: Connection, dedup_key: str) -> bool:
