@@ -21,7 +21,7 @@ from keepword.config import MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus, OutboxKind, OutboxState
 from keepword.errors import DeliveryUnavailable
-from keepword.mail.compose import compose_bytes, customer_mail, team_mail
+from keepword.mail.compose import About, Answering, compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
 from keepword.pipeline.send import (
     DrainResult,
@@ -90,11 +90,9 @@ class Rig:
             self.box,
             OutboxKind.ACKNOWLEDGEMENT,
             dedup_key=dedup_key,
-            to=to,
-            original_subject="Printer on fire",
-            reference="KW-1",
+            about=About("KW-1", "Printer on fire"),
             now=NOW,
-            in_reply_to="orig@example.org",
+            answering=Answering(to, "orig@example.org"),
         )
         body = Rendered("Hello.\nCase reference: KW-1\n")
         with self.engine.begin() as conn:
@@ -389,8 +387,7 @@ def test_team_mail_goes_to_every_recipient(rig: Rig) -> None:
         OutboxKind.REMINDER,
         dedup_key="reminder:1:0.5",
         to=["alice@example.com", "bob@example.com"],
-        reference="KW-1",
-        about="Printer on fire",
+        about=About("KW-1", "Printer on fire"),
         now=NOW,
     )
     raw = compose_bytes(mail, Rendered("Reminder\nCase reference: KW-1\n"))

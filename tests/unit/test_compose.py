@@ -17,6 +17,8 @@ from keepword.config import MailboxSettings
 from keepword.domain.model import LOOP_HEADER, OutboxKind
 from keepword.mail.compose import (
     MAX_REFERENCES,
+    About,
+    Answering,
     clean_header,
     compose,
     compose_bytes,
@@ -49,18 +51,22 @@ def parse(raw: bytes) -> EmailMessage:
     return msg
 
 
-def ack_raw(subject: str = "Printer on fire", **changes: Any) -> bytes:
-    args: dict[str, Any] = {
-        "dedup_key": "ack:1",
-        "to": "ann@example.org",
-        "original_subject": subject,
-        "reference": "KW-42",
-        "now": NOW,
-        "in_reply_to": "orig-1@example.org",
-        "references": ("root@example.org",),
-    }
-    args.update(changes)
-    mail = customer_mail(box(), OutboxKind.ACKNOWLEDGEMENT, **args)
+def ack_raw(
+    subject: str = "Printer on fire",
+    *,
+    dedup_key: str = "ack:1",
+    now: datetime = NOW,
+    in_reply_to: str = "orig-1@example.org",
+    references: tuple[str, ...] = ("root@example.org",),
+) -> bytes:
+    mail = customer_mail(
+        box(),
+        OutboxKind.ACKNOWLEDGEMENT,
+        dedup_key=dedup_key,
+        about=About("KW-42", subject),
+        now=now,
+        answering=Answering("ann@example.org", in_reply_to, references),
+    )
     return compose_bytes(mail, Rendered("Hello.\n\nCase reference: KW-42\n"))
 
 
@@ -161,8 +167,7 @@ def test_team_mail_headers_and_subject() -> None:
         OutboxKind.REMINDER,
         dedup_key="reminder:1:0.5",
         to=["alice@example.com"],
-        reference="KW-42",
-        about="Printer on fire\r\nBcc: x@y",
+        about=About("KW-42", "Printer on fire\r\nBcc: x@y"),
         now=NOW,
     )
     msg = parse(compose_bytes(mail, Rendered("Remind\n")))
@@ -182,11 +187,9 @@ def test_html_makes_multipart_alternative() -> None:
         box(),
         OutboxKind.ACKNOWLEDGEMENT,
         dedup_key="ack:9",
-        to="ann@example.org",
-        original_subject="Hi",
-        reference="KW-9",
+        about=About("KW-9", "Hi"),
         now=NOW,
-        in_reply_to=None,
+        answering=Answering("ann@example.org"),
     )
     msg = compose(mail, Rendered("text\nCase reference: KW-9\n", "<p>html</p>"))
     assert msg.get_content_type() == "multipart/alternative"

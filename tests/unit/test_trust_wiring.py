@@ -17,7 +17,7 @@ from sqlalchemy import select
 from keepword.domain.model import Kind, OutboxKind
 from keepword.domain.trust import Standing
 from keepword.mail import authentication, parse
-from keepword.mail.compose import customer_mail
+from keepword.mail.compose import About, Answering, customer_mail
 from keepword.mail.render import Rendered
 from keepword.pipeline import standing
 from keepword.store import cases as case_store
@@ -178,11 +178,9 @@ def test_outgoing_message_ids_are_keyed_with_the_stores_secret(tmp_path: Path) -
             desk.box,
             OutboxKind.ACKNOWLEDGEMENT,
             dedup_key="ack:1",
-            to=ANN[1],
-            original_subject="Invoice",
-            reference="KW-1",
+            about=About("KW-1", "Invoice"),
             now=NOW,
-            in_reply_to=None,
+            answering=Answering(ANN[1]),
         )
         with desk.engine.begin() as conn:
             secret = message_id_secret(conn)

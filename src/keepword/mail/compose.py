@@ -26,12 +26,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from typing import Protocol
 
 from keepword.config import MailboxSettings
 from keepword.domain.message_ids import keyed_message_id
@@ -134,30 +135,70 @@ class OutgoingMail:
         return "auto-replied" if self.kind in CUSTOMER_KINDS else "auto-generated"
 
 
+@dataclass(frozen=True, slots=True)
+class About:
+    """What a mail is about, as its subject line names it: the case's reference (its
+    [KW-42] tag; None for a mail about no case) and a subject."""
+
+    reference: str | None
+    subject: str
+
+
+class _Threaded(Protocol):
+    """A stored message that can be answered: its Message-ID and References."""
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def references(self) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answering:
+    """The customer's message a mail answers: the address the answer goes to and the
+    threading headers (In-Reply-To, References) that keep it in their thread."""
+
+    to: str
+    in_reply_to: str | None = None
+    references: Sequence[str] = ()
+
+    @classmethod
+    def last(cls, to: str, message: _Threaded | None) -> Answering:
+        """An answer to `message` (None: the case's thread is not known)."""
+        if message is None or not message.message_id:
+            return cls(to, message.message_id if message else None)
+        return cls(to, message.message_id, (*message.references, message.message_id))
+
+
+def _from_box(
+    box: MailboxSettings, kind: OutboxKind, dedup_key: str, now: datetime
+) -> OutgoingMail:
+    """A mail of `kind` from the shared address, to nobody yet."""
+    return OutgoingMail(
+        kind, dedup_key, box.address, box.display_name, to=(), subject="", reference=None, date=now
+    )
+
+
 def customer_mail(
     box: MailboxSettings,
     kind: OutboxKind,
     *,
     dedup_key: str,
-    to: str,
-    original_subject: str,
-    reference: str,
+    about: About,
     now: datetime,
-    in_reply_to: str | None,
-    references: Sequence[str] = (),
+    answering: Answering,
 ) -> OutgoingMail:
     """A mail to the customer in the thread of their message."""
-    return OutgoingMail(
-        kind=kind,
-        dedup_key=dedup_key,
-        from_address=box.address,
-        from_name=box.display_name,
-        to=(to,),
-        subject=reply_subject(original_subject, reference),
-        reference=reference,
-        date=now,
-        in_reply_to=in_reply_to,
-        references=references,
+    if about.reference is None:
+        raise ValueError("a mail to a customer names its case")
+    return replace(
+        _from_box(box, kind, dedup_key, now),
+        to=(answering.to,),
+        subject=reply_subject(about.subject, about.reference),
+        reference=about.reference,
+        in_reply_to=answering.in_reply_to,
+        references=answering.references,
     )
 
 
@@ -167,20 +208,16 @@ def team_mail(
     *,
     dedup_key: str,
     to: Sequence[str],
-    reference: str | None,
-    about: str,
+    about: About,
     now: datetime,
 ) -> OutgoingMail:
     """A reminder, escalation, lead alert or digest, from the shared address to people."""
-    return OutgoingMail(
-        kind=kind,
-        dedup_key=dedup_key,
-        from_address=box.address,
-        from_name=box.display_name,
+    subject = team_subject(kind, about.reference, about.subject)
+    return replace(
+        _from_box(box, kind, dedup_key, now),
         to=tuple(to),
-        subject=team_subject(kind, reference, about),
-        reference=reference,
-        date=now,
+        subject=subject,
+        reference=about.reference,
     )
 
 

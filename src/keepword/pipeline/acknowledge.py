@@ -24,7 +24,7 @@ from keepword.domain.outbox_keys import ack_key, lead_alert_key, note_key
 from keepword.domain.promises import make_promise
 from keepword.domain.trust import customer_recipient
 from keepword.domain.windows import Window
-from keepword.mail.compose import customer_mail, team_mail
+from keepword.mail.compose import About, Answering, customer_mail, team_mail
 from keepword.mail.render import (
     AcknowledgementContext,
     FollowUpNoteContext,
@@ -80,12 +80,9 @@ def acknowledge_case(
         box,
         decision.send,
         dedup_key=dedup,
-        to=recipient,
-        original_subject=case.subject or facts.subject,
-        reference=case.reference,
+        about=About(case.reference, case.subject or facts.subject),
         now=now,
-        in_reply_to=facts.message_id,
-        references=facts.references,
+        answering=Answering(recipient, facts.message_id, facts.references),
     )
     queued = outbox_store.enqueue_mail(
         conn,
@@ -202,8 +199,9 @@ def _alert_lead(
         OutboxKind.LEAD_ALERT,
         dedup_key=key,
         to=to,
-        reference=case.reference,
-        about=f"{context.cases_waiting} cases waiting, {context.window_text}",
+        about=About(
+            case.reference, f"{context.cases_waiting} cases waiting, {context.window_text}"
+        ),
         now=desk.now,
     )
     outbox_store.enqueue_mail(

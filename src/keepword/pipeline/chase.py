@@ -62,7 +62,7 @@ from keepword.domain.promises import Promise, WindowLike, break_if_due, supersed
 from keepword.domain.story import Story
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
-from keepword.mail.compose import CUSTOMER_KINDS, customer_mail, team_mail
+from keepword.mail.compose import CUSTOMER_KINDS, About, Answering, customer_mail, team_mail
 from keepword.mail.render import (
     CustomerUpdateContext,
     DigestCase,
@@ -470,18 +470,13 @@ def _send_update(
         late=action.late,
         waited_text=_waited_text(desk, action.window),
     )
-    in_reply_to = last.message_id if last else None
-    references = (*last.references, last.message_id) if last and last.message_id else ()
     mail = customer_mail(
         desk.box,
         OutboxKind.CUSTOMER_UPDATE,
         dedup_key=action.key,
-        to=state.customer,
-        original_subject=state.subject,
-        reference=state.reference,
+        about=About(state.reference, state.subject),
         now=sent_at,
-        in_reply_to=in_reply_to,
-        references=references,
+        answering=Answering.last(state.customer, last),
     )
     body = desk.renderer.render("customer_update", desk.box.language, context)
     not_before = slot.at if slot.deferred else None
@@ -558,8 +553,7 @@ def _team_mail(
         kind,
         dedup_key=action.key,
         to=recipients,
-        reference=state.reference,
-        about=state.subject,
+        about=About(state.reference, state.subject),
         now=desk.now,
     )
     body = desk.renderer.render(kind.value, desk.box.language, context)
@@ -610,7 +604,7 @@ def _digest(conn: Connection, desk: MailboxContext) -> int:
         return 0
     context = digest_context(conn, desk)
     mail = team_mail(
-        box, OutboxKind.DIGEST, dedup_key=key, to=recipients, reference=None, about="", now=desk.now
+        box, OutboxKind.DIGEST, dedup_key=key, to=recipients, about=About(None, ""), now=desk.now
     )
     body = desk.renderer.render("digest", "en", context)
     return int(outbox_store.enqueue_mail(conn, mail, body, mailbox=box.name, case_id=None))

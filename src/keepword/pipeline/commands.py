@@ -53,7 +53,7 @@ from keepword.domain.model import (
 from keepword.domain.outbox_keys import command_reply_key, command_update_key
 from keepword.domain.promises import Promise, break_if_due, supersede
 from keepword.domain.trust import Sender, Standing
-from keepword.mail.compose import OutgoingMail, customer_mail, team_mail
+from keepword.mail.compose import About, Answering, OutgoingMail, customer_mail, team_mail
 from keepword.mail.render import CommandReplyContext, NewTimeContext, customer_due
 from keepword.pipeline.context import MailboxContext
 from keepword.store import cases as case_store
@@ -313,12 +313,9 @@ def _tell_customer(
         desk.box,
         OutboxKind.CUSTOMER_UPDATE,
         dedup_key=command_update_key(case.id, command.facts.pk),
-        to=case.customer,
-        original_subject=case.subject,
-        reference=case.reference,
+        about=About(case.reference, case.subject),
         now=desk.now,
-        in_reply_to=last.message_id if last else None,
-        references=(*last.references, last.message_id) if last and last.message_id else (),
+        answering=Answering.last(case.customer, last),
     )
     body = desk.renderer.render("new_time", desk.box.language, context)
     if not outbox_store.enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=case.id):
@@ -383,8 +380,7 @@ def confirm(
         OutboxKind.COMMAND_REPLY,
         dedup_key=command_reply_key(facts.pk),
         to=(to,),
-        reference=reference or None,
-        about=subject,
+        about=About(reference or None, subject),
         now=desk.now,
     )
     if facts.message_id:

@@ -34,7 +34,7 @@ from keepword.domain.owners import (
     move_cases,
     policy_of,
 )
-from keepword.mail.compose import team_mail
+from keepword.mail.compose import About, team_mail
 from keepword.mail.render import Rendered
 from keepword.pipeline.context import MailboxContext
 from keepword.store import away as away_store
@@ -173,8 +173,7 @@ def _tell_lead(conn: Connection, desk: MailboxContext, period: AwayPeriod, text:
         OutboxKind.AWAY_NOTICE,
         dedup_key=key,
         to=to,
-        reference=None,
-        about=f"{period.address} until {_until(period)}",
+        about=About(None, f"{period.address} until {_until(period)}"),
         now=desk.now,
     )
     body = Rendered(
