@@ -15,6 +15,7 @@ from keepword.domain.owners import (
     OwnerChoice,
     OwnerPolicy,
     Roster,
+    Sharing,
     assign_on_open,
     back_again,
     choose_owner,
@@ -58,9 +59,7 @@ def test_round_robin_skips_people_not_on_duty() -> None:
     choices = []
     last = None
     for day in (21, 21, 21, 22, 24, 24):
-        choice = choose_owner(
-            OwnerPolicy.ROUND_ROBIN, ROSTER, CALENDAR, at(day), open_counts={}, last_assigned=last
-        )
+        choice = choose_owner(Sharing(OwnerPolicy.ROUND_ROBIN, {}, last), ROSTER, CALENDAR, at(day))
         choices.append(choice.owner)
         last = choice.owner
     assert choices == [ANN, BOB, CAT, ANN, BOB, ANN]
@@ -68,26 +67,19 @@ def test_round_robin_skips_people_not_on_duty() -> None:
 
 def test_least_open_picks_the_fewest_open_cases_ties_in_roster_order() -> None:
     counts = {ANN: 3, BOB: 1, CAT: 1}
-    choice = choose_owner(
-        OwnerPolicy.LEAST_OPEN, ROSTER, CALENDAR, at(21), open_counts=counts, last_assigned=None
-    )
+    least = Sharing(OwnerPolicy.LEAST_OPEN, counts)
+    choice = choose_owner(least, ROSTER, CALENDAR, at(21))
     assert choice.owner == BOB and "fewest open cases (1)" in choice.reason
     # Tuesday only Ann works: she gets it however many she has.
-    tuesday = choose_owner(
-        OwnerPolicy.LEAST_OPEN, ROSTER, CALENDAR, at(22), open_counts=counts, last_assigned=None
-    )
+    tuesday = choose_owner(least, ROSTER, CALENDAR, at(22))
     assert tuesday.owner == ANN
 
 
 def test_policy_none_and_nobody_on_duty() -> None:
-    none = choose_owner(
-        OwnerPolicy.NONE, ROSTER, CALENDAR, at(21), open_counts={}, last_assigned=None
-    )
+    none = choose_owner(Sharing(OwnerPolicy.NONE), ROSTER, CALENDAR, at(21))
     assert none.owner is None
     everyone_away = Roster((ANN,), (AwayPeriod(ANN, date(2026, 12, 1), None),))
-    nobody = choose_owner(
-        OwnerPolicy.LEAST_OPEN, everyone_away, CALENDAR, at(21), open_counts={}, last_assigned=None
-    )
+    nobody = choose_owner(Sharing(OwnerPolicy.LEAST_OPEN), everyone_away, CALENDAR, at(21))
     assert nobody.owner is None and "nobody" in nobody.reason
 
 
@@ -119,16 +111,8 @@ def test_out_of_office_moves_open_cases_and_tells_the_lead_once() -> None:
         ANN, date(2026, 12, 21), date(2026, 12, 31), "out-of-office auto-reply"
     )
     open_cases = [case(1, ANN), case(2, ANN), case(3, BOB)]
-    notice = move_cases(
-        period,
-        open_cases,
-        OwnerPolicy.ROUND_ROBIN,
-        ROSTER,
-        CALENDAR,
-        at(21, 11),
-        open_counts={ANN: 2, BOB: 1},
-        last_assigned=ANN,
-    )
+    sharing = Sharing(OwnerPolicy.ROUND_ROBIN, {ANN: 2, BOB: 1}, last_assigned=ANN)
+    notice = move_cases(period, open_cases, sharing, ROSTER, CALENDAR, at(21, 11))
     owners = [m.case.owner for m in notice.moves]
     assert owners == [BOB, CAT]  # Monday: Bob and Cat on duty; round robin after Ann
     for move in notice.moves:
@@ -143,16 +127,7 @@ def test_out_of_office_moves_open_cases_and_tells_the_lead_once() -> None:
 def test_nobody_to_take_the_cases() -> None:
     alone = Roster((ANN,))
     period = AwayPeriod(ANN, date(2026, 12, 21), None)
-    notice = move_cases(
-        period,
-        [case(1, ANN)],
-        OwnerPolicy.NONE,
-        alone,
-        CALENDAR,
-        at(21),
-        open_counts={},
-        last_assigned=None,
-    )
+    notice = move_cases(period, [case(1, ANN)], Sharing(OwnerPolicy.NONE), alone, CALENDAR, at(21))
     assert notice.moves[0].case.owner == ANN
     assert notice.lead_message is not None and "Nobody on duty to take: KW-1" in notice.lead_message
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -78,6 +78,21 @@ class Roster:
 
 
 @dataclass(frozen=True, slots=True)
+class Sharing:
+    """How new cases are shared out: the policy and what it goes by (each member's open
+    cases for `least_open`, who got the last case for `round_robin`)."""
+
+    policy: OwnerPolicy
+    open_counts: Mapping[str, int] = field(default_factory=dict)
+    last_assigned: str | None = None
+
+    def gave(self, owner: str) -> Sharing:
+        """The sharing after `owner` got one more case."""
+        counts = {**self.open_counts, owner: self.open_counts.get(owner, 0) + 1}
+        return Sharing(self.policy, counts, owner)
+
+
+@dataclass(frozen=True, slots=True)
 class OwnerChoice:
     owner: str | None
     reason: str
@@ -106,16 +121,15 @@ def on_duty(
 
 
 def choose_owner(
-    policy: OwnerPolicy,
+    sharing: Sharing,
     roster: Roster,
     calendar: BusinessCalendar,
     now: datetime,
     *,
-    open_counts: Mapping[str, int],
-    last_assigned: str | None,
     exclude: Collection[str] = (),
 ) -> OwnerChoice:
     """The owner of a case opened at `now` (or moved away from someone in `exclude`)."""
+    policy, open_counts, last_assigned = sharing.policy, sharing.open_counts, sharing.last_assigned
     if policy is OwnerPolicy.NONE:
         return OwnerChoice(None, "owner policy none: the first to take it owns it")
     day, working = on_duty(roster, calendar, now)
@@ -295,33 +309,22 @@ def mark_away(
 def move_cases(
     period: AwayPeriod,
     open_cases: Sequence[CaseState],
-    policy: OwnerPolicy,
+    sharing: Sharing,
     roster: Roster,
     calendar: BusinessCalendar,
     now: datetime,
-    *,
-    open_counts: Mapping[str, int],
-    last_assigned: str | None,
 ) -> AwayNotice:
-    """Move the away member's open cases to others on duty, one timeline line each."""
+    """Move the away member's open cases to others on duty, one timeline line each
+    (by the sharing's policy; `none`: to the one with the fewest open cases)."""
     away_roster = Roster(roster.staff, (*roster.away, period), roster.working_days)
-    counts = dict(open_counts)
-    last = last_assigned
+    if sharing.policy is OwnerPolicy.NONE:
+        sharing = replace(sharing, policy=OwnerPolicy.LEAST_OPEN)
     moves: list[Change] = []
     until = period.back_on.isoformat() if period.back_on else "they write again"
     for case in open_cases:
         if case.owner != period.address:
             continue
-        effective = policy if policy is not OwnerPolicy.NONE else OwnerPolicy.LEAST_OPEN
-        choice = choose_owner(
-            effective,
-            away_roster,
-            calendar,
-            now,
-            open_counts=counts,
-            last_assigned=last,
-            exclude=(period.address,),
-        )
+        choice = choose_owner(sharing, away_roster, calendar, now, exclude=(period.address,))
         note = Event(EventKind.AWAY, now, period.address, f"{period.address} is away until {until}")
         if choice.owner is None:
             moves.append(Change(case, (note,)))
@@ -330,8 +333,7 @@ def move_cases(
             case, choice.owner, at=now, actor=None, why=f"{period.address} is away; {choice.reason}"
         )
         moves.append(Change(change.case, (note, *change.events)))
-        counts[choice.owner] = counts.get(choice.owner, 0) + 1
-        last = choice.owner
+        sharing = sharing.gave(choice.owner)
     lead = _lead_line(period, moves, until) if moves else None
     return AwayNotice(period, tuple(moves), lead)
 

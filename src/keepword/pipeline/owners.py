@@ -27,6 +27,7 @@ from keepword.domain.outbox_keys import away_key
 from keepword.domain.owners import (
     AwayPeriod,
     OwnerPolicy,
+    Sharing,
     absence_from_auto_reply,
     assign_on_open,
     away_now,
@@ -52,14 +53,12 @@ def owner_on_open(conn: Connection, desk: MailboxContext, case: cases.CaseState)
     if policy is OwnerPolicy.NONE or not box.team:  # no members: nobody to choose
         return cases.Change(case, ())
     least = policy is OwnerPolicy.LEAST_OPEN  # each policy reads only what it needs
-    choice = choose_owner(
+    sharing = Sharing(
         policy,
-        desk.roster(conn),
-        desk.calendar,
-        desk.now,
         open_counts=away_store.open_counts(conn, box.name) if least else {},
         last_assigned=None if least else away_store.last_assigned(conn, box.name),
     )
+    choice = choose_owner(sharing, desk.roster(conn), desk.calendar, desk.now)
     return assign_on_open(case, choice, desk.now)
 
 
@@ -126,16 +125,12 @@ def settle_absences(
         mine = [c for c in owned if c.owner == period.address]
         if not mine and period.address not in told_anyway:
             continue
-        notice = move_cases(
-            period,
-            mine,
-            policy if policy is not OwnerPolicy.NONE else OwnerPolicy.LEAST_OPEN,
-            roster,
-            desk.calendar,
-            desk.now,
+        sharing = Sharing(
+            policy,
             open_counts=away_store.open_counts(conn, box.name),
             last_assigned=away_store.last_assigned(conn, box.name),
         )
+        notice = move_cases(period, mine, sharing, roster, desk.calendar, desk.now)
         before = {c.id: c.owner_changes for c in mine}
         for change in notice.moves:
             if change.case.owner == period.address:
