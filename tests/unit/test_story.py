@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import Kind, PromiseAudience, PromiseKind, PromiseState
 from keepword.domain.story import (
+    CaseRecord,
     Part,
     Story,
     StoryMessage,
@@ -85,13 +86,8 @@ def story_now() -> datetime:
 
 
 def test_the_story_is_complete_and_in_order() -> None:
-    story = build_story(
-        "KW-1",
-        messages=[REPLY, SECOND, ROBOT, FIRST],
-        promises=[UPDATED, FIRST_PROMISE],
-        events=EVENTS,
-        now=story_now(),
-    )
+    record = CaseRecord([REPLY, SECOND, ROBOT, FIRST], [UPDATED, FIRST_PROMISE], EVENTS)
+    story = build_story("KW-1", record, now=story_now())
     parts = [entry.part for entry in story.entries]
     assert parts == [
         Part.CUSTOMER,  # T0: the customer's message first at its instant
@@ -118,10 +114,8 @@ def test_the_story_is_complete_and_in_order() -> None:
 def test_the_order_is_total_whatever_order_the_store_returns(
     messages: list[StoryMessage], events: list[Event]
 ) -> None:
-    reference = build_story(
-        "KW-1", messages=[FIRST, SECOND, REPLY], promises=[], events=EVENTS, now=story_now()
-    )
-    shuffled = build_story("KW-1", messages=messages, promises=[], events=events, now=story_now())
+    reference = build_story("KW-1", CaseRecord([FIRST, SECOND, REPLY], [], EVENTS), now=story_now())
+    shuffled = build_story("KW-1", CaseRecord(messages, [], events), now=story_now())
     assert [(e.at, e.part, e.title, e.text) for e in shuffled.entries] == [
         (e.at, e.part, e.title, e.text) for e in reference.entries
     ]
@@ -137,10 +131,8 @@ def test_the_promise_just_made_is_flagged() -> None:
         PromiseState.OPEN,
         set_by="bob@shop.example",
     )
-    story = build_story(
-        "KW-1", messages=[FIRST], promises=[FIRST_PROMISE], events=(), new_promise=new,
-        now=story_now(),
-    )  # fmt: skip
+    record = CaseRecord([FIRST], [FIRST_PROMISE], ())
+    story = build_story("KW-1", record, now=story_now(), new_promise=new)
     assert story.just_promised == new.due_at
     last = story.entries[-1]
     assert last.is_new and last.fate == "open" and "(set by bob@shop.example)" in last.title
@@ -177,14 +169,8 @@ def test_trim_quoted() -> None:
 
 
 def test_story_templates_render_text_and_html() -> None:
-    story = build_story(
-        "KW-1",
-        messages=[FIRST, SECOND, REPLY],
-        promises=[FIRST_PROMISE, UPDATED],
-        events=EVENTS,
-        new_promise=None,
-        now=story_now(),
-    ).in_zone(BERLIN)
+    record = CaseRecord([FIRST, SECOND, REPLY], [FIRST_PROMISE, UPDATED], EVENTS)
+    story = build_story("KW-1", record, now=story_now()).in_zone(BERLIN)
     renderer = Renderer()
     text = renderer._env.get_template("en/_story.txt.j2").render(story=story, language="en")
     assert "The whole story of KW-1" in text
@@ -203,9 +189,8 @@ def test_escalation_with_a_new_promise_names_it_up_front() -> None:
         12, story_now(), story_now() + timedelta(hours=5), PromiseKind.UPDATE,
         PromiseAudience.CUSTOMER, PromiseState.OPEN,
     )  # fmt: skip
-    story = build_story(
-        "KW-1", messages=[FIRST], promises=[], events=(), new_promise=new, now=story_now()
-    ).in_zone(BERLIN)
+    record = CaseRecord([FIRST], [], ())
+    story = build_story("KW-1", record, now=story_now(), new_promise=new).in_zone(BERLIN)
     text = Renderer()._env.get_template("en/_story.txt.j2").render(story=story, language="en")
     assert text.index("NEW: the customer was just told") < text.index("My invoice")
     assert "[just now]" in text
@@ -246,14 +231,8 @@ def team_context(story: Story | None) -> TeamCaseContext:
 
 
 def hostile_story(new_promise: StoryPromise | None = None) -> Story:
-    return build_story(
-        "KW-1",
-        messages=[FIRST, SECOND, REPLY, EVE],
-        promises=[FIRST_PROMISE, UPDATED],
-        events=EVENTS,
-        new_promise=new_promise,
-        now=story_now(),
-    ).in_zone(BERLIN)
+    record = CaseRecord([FIRST, SECOND, REPLY, EVE], [FIRST_PROMISE, UPDATED], EVENTS)
+    return build_story("KW-1", record, now=story_now(), new_promise=new_promise).in_zone(BERLIN)
 
 
 def test_a_team_mail_tells_the_story_in_order_as_text_and_html() -> None:
@@ -359,7 +338,7 @@ def test_mail_that_was_not_simply_sent_is_in_the_story() -> None:
         Event(EventKind.WITHDRAWN, T0 + timedelta(hours=5), None, "customer_update not sent"),
         Event(EventKind.STAFF_REPLY, T0 + timedelta(hours=6), "bob@shop.example", "reply"),
     )
-    story = build_story("KW-1", messages=[FIRST], promises=[], events=events, now=story_now())
+    story = build_story("KW-1", CaseRecord([FIRST], [], events), now=story_now())
     assert [e.title for e in story.entries] == [
         "Ann <ann@customer.example> wrote",
         "Acknowledgement sent to the customer",
@@ -385,7 +364,7 @@ def test_text_that_would_reorder_or_hide_itself_is_shown_plainly() -> None:
         "Eve\u2067 Lead\u2069\r\nX-Injected: 1",
     )
     refused = Event(EventKind.REFUSED, T0, "mallory@evil.test", "refused: subject \u202eKW-1\x07")
-    story = build_story("KW-1", messages=[sneaky], promises=[], events=(refused,), now=T0)
+    story = build_story("KW-1", CaseRecord([sneaky], [], (refused,)), now=T0)
     message, refusal = story.entries
     assert message.text == "Refund approved by lead[2J\nthanks\tEve"
     assert message.title == "Eve Lead X-Injected: 1 <eve@customer.example> wrote"
@@ -393,7 +372,7 @@ def test_text_that_would_reorder_or_hide_itself_is_shown_plainly() -> None:
 
 
 def test_who_did_it_is_named_for_notes_owners_and_refusals() -> None:
-    story = build_story("KW-1", messages=[], promises=[], events=EVENTS, now=story_now())
+    story = build_story("KW-1", CaseRecord([], [], EVENTS), now=story_now())
     text = (
         Renderer()
         ._env.get_template("en/_story.txt.j2")

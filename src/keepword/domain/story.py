@@ -14,7 +14,7 @@ result with templates/en/_story.txt.j2 and _story.html.j2.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from enum import IntEnum
@@ -205,31 +205,41 @@ _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
 STORY_EVENT_KINDS = frozenset(_EVENT_PARTS)
 
 
+@dataclass(frozen=True, slots=True)
+class CaseRecord:
+    """What the store holds of a case for its story: the messages it loaded (and how many
+    of a long case it left out), the promises, and the timeline events in stored order
+    (their index is the tiebreak)."""
+
+    messages: Sequence[StoryMessage]
+    promises: Sequence[StoryPromise]
+    events: Sequence[Event]
+    messages_left_out: int = 0
+
+
 def build_story(
     reference: str,
+    record: CaseRecord,
     *,
-    messages: Iterable[StoryMessage],
-    promises: Iterable[StoryPromise],
-    events: Sequence[Event],
-    new_promise: StoryPromise | None = None,
     now: datetime,
-    messages_left_out: int = 0,
+    new_promise: StoryPromise | None = None,
 ) -> Story:
-    """The case's story in total order. `events` in stored order (their index is the
-    tiebreak); `new_promise`: made in the same transaction as the mail showing the
-    story (an escalation with a customer update), flagged and named up front.
-    `messages_left_out`: how many messages of a long case the caller did not load."""
-    entries = [_message_entry(m) for m in messages if m.kind in (Kind.CUSTOMER, Kind.STAFF)]
-    known = {p.id for p in promises}
-    every = list(promises)
+    """The case's story in total order. `new_promise`: made in the same transaction as
+    the mail showing the story (an escalation with a customer update), flagged and named
+    up front."""
+    kinds = (Kind.CUSTOMER, Kind.STAFF)
+    entries = [_message_entry(m) for m in record.messages if m.kind in kinds]
+    known = {p.id for p in record.promises}
+    every = list(record.promises)
     if new_promise is not None and new_promise.id not in known:
         every.append(new_promise)
     new_id = new_promise.id if new_promise is not None else None
     entries += [_promise_entry(p, now, is_new=p.id == new_id) for p in every]
-    entries += [e for index, event in enumerate(events) if (e := _event_entry(event, index))]
+    events = enumerate(record.events)
+    entries += [e for index, event in events if (e := _event_entry(event, index))]
     entries.sort(key=lambda e: (e.at, e.part, e.order, e.title))
     just = new_promise.due_at if new_promise is not None else None
-    return Story(reference, tuple(entries), just, messages_left_out)
+    return Story(reference, tuple(entries), just, record.messages_left_out)
 
 
 def _message_entry(message: StoryMessage) -> StoryEntry:

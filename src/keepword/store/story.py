@@ -22,6 +22,7 @@ from keepword.domain.story import (
     STORY_MAX_EVENTS,
     STORY_MAX_MESSAGES,
     STORY_MAX_PROMISES,
+    CaseRecord,
     Story,
     StoryMessage,
     StoryPromise,
@@ -51,15 +52,8 @@ def load_story(
     messages, left_out = _messages(conn, case_id, max_messages)
     promises = _promises(conn, case_id)
     new = next((p for p in promises if p.id == just_promised), None)
-    return build_story(
-        reference,
-        messages=messages,
-        promises=promises,
-        events=_events(conn, case_id),
-        new_promise=new,
-        now=now,
-        messages_left_out=left_out,
-    )
+    record = CaseRecord(messages, promises, _events(conn, case_id), left_out)
+    return build_story(reference, record, now=now, new_promise=new)
 
 
 def _messages(conn: Connection, case_id: int, max_messages: int) -> tuple[list[StoryMessage], int]:
