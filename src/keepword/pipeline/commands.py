@@ -252,7 +252,7 @@ def _set_promise(
         events.append(_replace_old(conn, old, new_id, request, now))
     case_store.add_events(conn, case.id, events)
     if tell and case.customer:
-        if _tell_customer(conn, desk, case, command, new, told_before, reason):
+        if _tell_customer(conn, desk, case, command, _NewTime(new, told_before, reason)):
             notices.append(
                 f"The customer ({case.customer}) gets an update: "
                 + (f"we wait for {reason}; " if reason else "")
@@ -285,18 +285,23 @@ def _replace_old(
     return Event(kind, now, request.set_by, f"promise {old.id}: {settled.reason}")
 
 
+@dataclass(frozen=True, slots=True)
+class _NewTime:
+    """A time a person set that the customer is told: the new promise, the time they were
+    told before (None: never) and what we wait for ("": nothing named)."""
+
+    promise: Promise
+    told_before: datetime | None
+    reason: str
+
+
 def _tell_customer(
-    conn: Connection,
-    desk: MailboxContext,
-    case: CaseState,
-    command: CommandMail,
-    new: Promise,
-    told_before: datetime | None,
-    reason: str,
+    conn: Connection, desk: MailboxContext, case: CaseState, command: CommandMail, time: _NewTime
 ) -> bool:
     """The honest update a person's new time owes the customer (a person decided it:
     no rate limit holds it back, but it counts for the limits of later automatic mail)."""
     assert case.id is not None and case.customer is not None
+    new, told_before, reason = time.promise, time.told_before, time.reason
     zone = desk.calendar.zone
     last = last_customer_message(conn, case.id)
     context = NewTimeContext(
