@@ -46,18 +46,15 @@ class Address:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class MessageFacts:
-    """What the pure core may know about one stored message.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailFields:
+    """What a mail says of itself, as the parser reads it and the store keeps it (the
+    parser's `ParsedMessage` and the core's `MessageFacts` both carry these).
 
     `headers` maps lower-cased header names to all their (decoded) values, for the
     headers classification needs (Auto-Submitted, Precedence, List-Id, Return-Path ...).
     """
 
-    pk: int
-    mailbox: str
-    message_id: str
-    sender: Address | None
     to: tuple[Address, ...] = ()
     cc: tuple[Address, ...] = ()
     reply_to: tuple[Address, ...] = ()
@@ -69,6 +66,16 @@ class MessageFacts:
     headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     content_type: str = ""
     body_text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageFacts(MailFields):
+    """What the pure core may know about one stored message."""
+
+    pk: int
+    mailbox: str
+    message_id: str
+    sender: Address | None
     origin: Origin = Origin.INBOX
     is_history: bool = False
     quarantined: bool = False

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parsedate_tz
@@ -39,7 +39,7 @@ from typing import Any
 
 import mailparser
 
-from keepword.domain.model import LOOP_HEADER, MAX_ADDRESS_CHARS, Address
+from keepword.domain.model import LOOP_HEADER, MAX_ADDRESS_CHARS, Address, MailFields
 from keepword.domain.trust import salvage_sender
 
 # mail-parser logs a warning for every multipart it does not render and every odd
@@ -100,23 +100,12 @@ _HEADER_END_RE = re.compile(rb"\r\n\r\n|\n\n|\r\r|\n\r\n")
 _SPACES_RE = re.compile(r"\s+")
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedMessage:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedMessage(MailFields):
     message_id: str
     message_id_derived: bool
     content_digest: str
     sender: Address | None = None
-    to: tuple[Address, ...] = ()
-    cc: tuple[Address, ...] = ()
-    reply_to: tuple[Address, ...] = ()
-    subject: str = ""
-    date: datetime | None = None
-    date_offset_minutes: int | None = None
-    in_reply_to: tuple[str, ...] = ()
-    references: tuple[str, ...] = ()
-    body_text: str = ""
-    headers: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    content_type: str = ""
     quarantine_reason: str | None = None
 
     @property
