@@ -27,7 +27,7 @@ from rich.table import Table
 from keepword.backtest.csvfile import read_history
 from keepword.backtest.replay import Replay, replay
 from keepword.backtest.summary import Figures, FixedPromise, duration_text, monthly, parse_fixed
-from keepword.cli.common import engine_from, settings_from
+from keepword.cli.common import add_command, engine_from, settings_from
 from keepword.config import (
     CalendarSettings,
     ChaseSettings,
@@ -45,11 +45,11 @@ PROGRESS_FROM = 2000
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "backtest",
         help="replay your history: what keepword would have promised, and kept",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mailbox", help="the mailbox (default: the first configured)")
     p.add_argument("--csv", type=Path, help="read the history from this CSV instead of the store")

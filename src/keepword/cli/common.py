@@ -23,6 +23,24 @@ EXIT_LOCAL: Final = 3  # a local resource is missing: a secret, the database
 EXIT_BUSY: Final = 4  # another keepword writes this store (the writer lock is held)
 
 
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    help: str,
+    description: str | None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand whose description and epilog are printed as written (line breaks kept)."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     return load_config(resolve_config_path(getattr(args, "config", None)))
 

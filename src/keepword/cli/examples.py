@@ -24,21 +24,26 @@ SHIPPED = {
 }
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    config = sub.add_parser(
-        "example-config",
-        help="print the example configuration (every key documented)",
-        description="Print the example configuration: "
+#: command -> (the shipped file it prints, its help, its description)
+COMMANDS = {
+    "example-config": (
+        "keepword.example.toml",
+        "print the example configuration (every key documented)",
+        "Print the example configuration: "
         "`keepword example-config > /etc/keepword/keepword.toml`, then edit it.",
-    )
-    config.set_defaults(handler=_printer("keepword.example.toml"))
-    unit = sub.add_parser(
-        "example-unit",
-        help="print the systemd unit",
-        description="Print the systemd unit: "
-        "`keepword example-unit > /etc/systemd/system/keepword.service`.",
-    )
-    unit.set_defaults(handler=_printer("keepword.service"))
+    ),
+    "example-unit": (
+        "keepword.service",
+        "print the systemd unit",
+        "Print the systemd unit: `keepword example-unit > /etc/systemd/system/keepword.service`.",
+    ),
+}
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    for command, (name, help_text, description) in COMMANDS.items():
+        parser = sub.add_parser(command, help=help_text, description=description)
+        parser.set_defaults(handler=_printer(name))
 
 
 def shipped_text(name: str) -> str:

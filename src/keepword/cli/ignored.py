@@ -20,17 +20,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from keepword.cli.common import now, reading, settings_from
+from keepword.cli.common import add_command, now, reading, settings_from
 from keepword.store import reports
 from keepword.timefmt import moment, short_moment, zone_name, zone_of
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "ignored",
         help="mail keepword did not answer (robots, lists, quarantine, deferred), and why",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--mailbox", help="only this mailbox")
     parser.add_argument("--days", type=int, default=30, help="the last N days (30)")

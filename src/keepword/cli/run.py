@@ -11,7 +11,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from keepword.adapters.logs import set_log_zone, setup_logging
-from keepword.cli.common import EXIT_BUSY, EXIT_LOCAL, local_failure_exit
+from keepword.cli.common import EXIT_BUSY, EXIT_LOCAL, add_command, local_failure_exit
 from keepword.config import load_config, resolve_config_path
 from keepword.errors import KeepwordError
 from keepword.runtime.daemon import STOP_TIMEOUT, Daemon, Pacing, WorkerFactory
@@ -31,13 +31,13 @@ exit codes:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "run",
         help="run the daemon in the foreground (systemd starts this)",
         description="Poll, triage, acknowledge and chase every configured mailbox until "
         "SIGTERM; SIGHUP reloads the configuration.",
         epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--dry-run",
