@@ -185,53 +185,35 @@ def _zone_of_case(settings: Settings, mailbox: str) -> ZoneInfo:
         return zone_of(settings)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+#: JSON key -> attribute of the report's row, for each part of `keepword case --json`
+_TIMELINE_KEYS = {k: k for k in ("at", "kind", "actor", "detail")} | {"message": "message_pk"}
+_MESSAGE_KEYS = {
+    "id": "id",
+    "date": "date",
+    "from": "from_addr",
+    "kind": "kind",
+    "subject": "subject",
+}
+_PROMISE_KEYS = {
+    k: k for k in ("kind", "audience", "made_at", "due_at", "state", "reason", "basis")
+}
+_OUTGOING_KEYS = {"kind": "kind", "state": "state", "to": "recipients", "created_at": "created_at"}
+
+
+def _as_json(row: Any, keys: dict[str, str]) -> dict[str, Any]:
+    """The row's attributes under their JSON keys, instants as ISO text."""
+    values = {key: getattr(row, attribute) for key, attribute in keys.items()}
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
 
 
 def _story(conn: Connection, case_id: int) -> dict[str, list[dict[str, Any]]]:
-    events = [
-        {
-            "at": e.at.isoformat(),
-            "kind": e.kind,
-            "actor": e.actor,
-            "detail": e.detail,
-            "message": e.message_pk,
-        }
-        for e in reports.case_timeline(conn, case_id)
-    ]
+    events = [_as_json(e, _TIMELINE_KEYS) for e in reports.case_timeline(conn, case_id)]
     messages = [
-        {
-            "id": m.id,
-            "date": _iso(m.date),
-            "from": m.from_addr,
-            "kind": m.kind,
-            "subject": m.subject,
-            "excerpt": (m.body_text or "").strip()[:400],
-        }
+        _as_json(m, _MESSAGE_KEYS) | {"excerpt": (m.body_text or "").strip()[:400]}
         for m in reports.case_messages(conn, case_id)
     ]
-    promises = [
-        {
-            "kind": p.kind,
-            "audience": p.audience,
-            "made_at": p.made_at.isoformat(),
-            "due_at": p.due_at.isoformat(),
-            "state": p.state,
-            "reason": p.reason,
-            "basis": p.basis,
-        }
-        for p in reports.case_promises(conn, case_id)
-    ]
-    sent = [
-        {
-            "kind": o.kind,
-            "state": o.state,
-            "to": o.recipients,
-            "created_at": o.created_at.isoformat(),
-        }
-        for o in reports.case_outgoing(conn, case_id)
-    ]
+    promises = [_as_json(p, _PROMISE_KEYS) for p in reports.case_promises(conn, case_id)]
+    sent = [_as_json(o, _OUTGOING_KEYS) for o in reports.case_outgoing(conn, case_id)]
     return {"timeline": events, "messages": messages, "promises": promises, "outgoing": sent}
 
 

@@ -11,9 +11,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, select
 
-from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind, PromiseState
+from keepword.domain.model import CaseStatus, PromiseState
 from keepword.domain.predict import HistoryCase, Outcome
 from keepword.domain.windows import writes_like_a_robot
+from keepword.store.promises import first_customer_promise_of
 from keepword.store.tables import case, promise
 
 
@@ -71,9 +72,7 @@ def first_response_outcomes(conn: Connection, mailbox: str, since: datetime) -> 
         .join(case, case.c.id == promise.c.case_id)
         .where(
             and_(
-                case.c.mailbox == mailbox,
-                promise.c.kind == PromiseKind.FIRST_RESPONSE.value,
-                promise.c.audience == PromiseAudience.CUSTOMER.value,
+                first_customer_promise_of(mailbox),
                 promise.c.made_at >= since,
                 # Withdrawn unanswered: the case closed or turned to the customer before a
                 # reply was owed (nothing to keep or miss).

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, func, insert, select, update
 
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.chase import held_back_note
@@ -224,6 +224,15 @@ def states_resolved_between(
     return list(conn.execute(query).scalars())
 
 
+def first_customer_promise_of(mailbox: str) -> ColumnElement[bool]:
+    """A customer first-response promise of a case of `mailbox` (the query joins case)."""
+    return and_(
+        case.c.mailbox == mailbox,
+        promise.c.kind == PromiseKind.FIRST_RESPONSE.value,
+        promise.c.audience == PromiseAudience.CUSTOMER.value,
+    )
+
+
 def last_within_maximum(conn: Connection, mailbox: str) -> int:
     """The id of the mailbox's latest customer first-response promise that was not above
     the maximum (0: none yet): the promises after it are one episode of being behind
@@ -232,14 +241,7 @@ def last_within_maximum(conn: Connection, mailbox: str) -> int:
     query = (
         select(promise.c.id)
         .join(case, case.c.id == promise.c.case_id)
-        .where(
-            and_(
-                case.c.mailbox == mailbox,
-                promise.c.kind == PromiseKind.FIRST_RESPONSE.value,
-                promise.c.audience == PromiseAudience.CUSTOMER.value,
-                func.coalesce(behind, False).is_(False),
-            )
-        )
+        .where(first_customer_promise_of(mailbox), func.coalesce(behind, False).is_(False))
         .order_by(promise.c.id.desc())
         .limit(1)
     )
