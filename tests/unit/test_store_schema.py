@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -8,7 +9,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keepword.store.db import make_engine, open_store, table_names
-from keepword.store.tables import folder_state, metadata
+from keepword.store.outbox import OutboxRow
+from keepword.store.tables import folder_state, metadata, outbox
 from tests.fixtures.schema import schema_drift, upgrade_from_0001
 
 
@@ -19,6 +21,10 @@ def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None
     open_store(url)  # second run: nothing to do, no error
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_every_field_of_an_outbox_row_is_read_from_its_column() -> None:
+    assert {f.name for f in fields(OutboxRow)} <= set(outbox.c.keys())
 
 
 def test_datetimes_round_trip_as_aware_utc(tmp_path: Path) -> None:

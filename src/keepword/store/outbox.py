@@ -20,7 +20,7 @@ Once sent: "done" (APPENDed to the Sent folder), "skipped" (not configured), "fa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email import message_from_bytes
 from email.policy import compat32
@@ -61,25 +61,18 @@ class OutboxRow:
     created_at: datetime | None = None
 
 
+_FIELDS = tuple(f.name for f in fields(OutboxRow))  # each one a column of the same name
+
+
 def _to_row(r: Row[Any]) -> OutboxRow:
-    return OutboxRow(
-        id=r.id,
-        mailbox=r.mailbox,
-        case_id=r.case_id,
-        kind=r.kind,
-        dedup_key=r.dedup_key,
-        message_id=r.message_id,
+    values = {name: getattr(r, name) for name in _FIELDS}
+    values.update(
         recipients=tuple(r.recipients or ()),
         subject=r.subject or "",
         raw=r.raw or b"",
         state=OutboxState(r.state),
-        attempts=r.attempts,
-        next_attempt_at=r.next_attempt_at,
-        last_error=r.last_error,
-        sent_copy=r.sent_copy,
-        sent_at=r.sent_at,
-        created_at=r.created_at,
     )
+    return OutboxRow(**values)
 
 
 def message_id_of(raw: bytes) -> str:
