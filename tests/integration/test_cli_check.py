@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,58 +96,71 @@ def run_check(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, st
     return code, captured.out + captured.err
 
 
-def test_all_ok(
+@dataclass
+class Checker:
+    """`keepword check` on a configuration written for the test's Dovecot account."""
+
+    tmp: Path
+    dovecot: Dovecot
+    user: str
+    capsys: pytest.CaptureFixture[str]
+
+    def config(self, **options: str) -> Path:
+        """The configuration file (`write_config`'s options)."""
+        return write_config(self.tmp, self.dovecot, self.user, **options)
+
+    def run(self, config: Path | None = None, **options: str) -> tuple[int, str]:
+        """The exit code and output of `check` on `config` (default: one with `options`)."""
+        return run_check(config or self.config(**options), self.capsys)
+
+
+@pytest.fixture
+def check(
     tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
-    code, out = run_check(config, capsys)
+) -> Checker:
+    return Checker(tmp_path, dovecot, mail_user, capsys)
+
+
+def test_all_ok(check: Checker) -> None:
+    code, out = check.run(folders='["INBOX", "Sent"]')
     assert code == 0, out
-    assert f"ok   support: IMAP {mail_user} at 127.0.0.1:{dovecot.imap_port}: logged in" in out
+    assert (
+        f"ok   support: IMAP {check.user} at 127.0.0.1:{check.dovecot.imap_port}: logged in" in out
+    )
     assert "INBOX, Sent, Done" in out
-    assert dovecot.users[mail_user] not in out
+    assert check.dovecot.users[check.user] not in out
     # issue 12: only the Sent folder proves team mail by default; check says so (a warning)
-    assert f"warn support: trust: only the Sent folder of {mail_user} proves team mail" in out
+    assert f"warn support: trust: only the Sent folder of {check.user} proves team mail" in out
     assert "dkim_domains" in out and "trusted_authserv_ids" in out
 
 
-def test_trust_configured_no_warning(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_trust_configured_no_warning(check: Checker) -> None:
     trust = '\n[mailbox.trust]\ntrusted_authserv_ids = ["mx.example.com"]\n'
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]', smtp=trust)
-    code, out = run_check(config, capsys)
+    code, out = check.run(folders='["INBOX", "Sent"]', smtp=trust)
     assert code == 0, out
     assert "warn support: trust" not in out
 
 
-def test_wrong_password_fails_without_showing_it(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user, password="Not-The-Password-77")
-    code, out = run_check(config, capsys)
+def test_wrong_password_fails_without_showing_it(check: Checker) -> None:
+    code, out = check.run(password="Not-The-Password-77")
     assert code == 1
     assert "FAIL support: IMAP" in out
     assert "refused" in out
     assert "Not-The-Password-77" not in out
 
 
-def test_missing_folder_fails(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Support/Billing"]')
-    code, out = run_check(config, capsys)
+def test_missing_folder_fails(check: Checker) -> None:
+    code, out = check.run(folders='["INBOX", "Support/Billing"]')
     assert code == 1
     assert "folder(s) missing: Support/Billing" in out
 
 
-def test_missing_password_file_fails(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user)
-    (tmp_path / "imap.pw").unlink()
-    code, out = run_check(config, capsys)
+def test_missing_password_file_fails(check: Checker) -> None:
+    config = check.config()
+    (check.tmp / "imap.pw").unlink()
+    code, out = check.run(config)
     assert code == 1
-    assert f"{tmp_path / 'imap.pw'} does not exist" in out
+    assert f"{check.tmp / 'imap.pw'} does not exist" in out
 
 
 def test_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,15 +171,13 @@ def test_invalid_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "is not an e-mail address" in out
 
 
-def test_server_down_fails(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user)
-    dovecot.stop()
+def test_server_down_fails(check: Checker) -> None:
+    config = check.config()
+    check.dovecot.stop()
     try:
-        code, out = run_check(config, capsys)
+        code, out = check.run(config)
     finally:
-        dovecot.start()
+        check.dovecot.start()
     assert code == 1
     assert "connect failed" in out
 
@@ -184,29 +196,17 @@ timeout = 5
 """
 
 
-def test_smtp_login_ok(
-    tmp_path: Path,
-    dovecot: Dovecot,
-    mail_user: str,
-    smtp_port: int,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    smtp = _smtp_table(tmp_path, smtp_port, SMTP_PASSWORD)
-    code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
+def test_smtp_login_ok(check: Checker, smtp_port: int) -> None:
+    smtp = _smtp_table(check.tmp, smtp_port, SMTP_PASSWORD)
+    code, out = check.run(smtp=smtp)
     assert code == 0, out
     assert f"ok   support: SMTP {SMTP_USER} at 127.0.0.1:{smtp_port}: connected, EHLO" in out
     assert SMTP_PASSWORD not in out
 
 
-def test_smtp_wrong_password(
-    tmp_path: Path,
-    dovecot: Dovecot,
-    mail_user: str,
-    smtp_port: int,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    smtp = _smtp_table(tmp_path, smtp_port, "wrong-smtp-pw-99")
-    code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
+def test_smtp_wrong_password(check: Checker, smtp_port: int) -> None:
+    smtp = _smtp_table(check.tmp, smtp_port, "wrong-smtp-pw-99")
+    code, out = check.run(smtp=smtp)
     assert code == 1
     assert f"FAIL support: SMTP {SMTP_USER}" in out
     assert "login as support@example.com refused: 535" in out
@@ -214,11 +214,9 @@ def test_smtp_wrong_password(
     assert "ok   support: IMAP" in out  # one broken server does not hide the others
 
 
-def test_smtp_server_down(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    smtp = _smtp_table(tmp_path, dovecot.mailserver.free_port(), SMTP_PASSWORD)
-    code, out = run_check(write_config(tmp_path, dovecot, mail_user, smtp=smtp), capsys)
+def test_smtp_server_down(check: Checker) -> None:
+    smtp = _smtp_table(check.tmp, check.dovecot.mailserver.free_port(), SMTP_PASSWORD)
+    code, out = check.run(smtp=smtp)
     assert code == 1
     assert "FAIL support: SMTP" in out
 
@@ -226,55 +224,47 @@ def test_smtp_server_down(
 # -- the store and an empty config (issue 10, item 9) ---------------------------------
 
 
-def test_reports_the_database(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
-    code, out = run_check(config, capsys)
+def test_reports_the_database(check: Checker) -> None:
+    config = check.config(folders='["INBOX", "Sent"]')
+    code, out = check.run(config)
     assert code == 0, out
-    database = tmp_path / "keepword.db"
+    database = check.tmp / "keepword.db"
     assert f"ok   store: database sqlite:///{database}: {database} does not exist yet" in out
     assert not database.exists()  # check changes nothing
     open_store(f"sqlite:///{database}").dispose()
-    code, out = run_check(config, capsys)
+    code, out = check.run(config)
     assert code == 0, out
     assert "ok   store: database" in out and "schema up to date" in out
 
 
-def test_an_old_schema_is_migratable(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
-    migrate(make_engine(f"sqlite:///{tmp_path / 'keepword.db'}"), "0003")
-    code, out = run_check(config, capsys)
+def test_an_old_schema_is_migratable(check: Checker) -> None:
+    config = check.config(folders='["INBOX", "Sent"]')
+    migrate(make_engine(f"sqlite:///{check.tmp / 'keepword.db'}"), "0003")
+    code, out = check.run(config)
     assert code == 0, out
     assert "schema 0003, migrated to" in out
 
 
-def test_a_read_only_database_fails(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_read_only_database_fails(check: Checker) -> None:
     if os.geteuid() == 0:
         pytest.skip("root writes read-only files")
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
-    database = tmp_path / "keepword.db"
+    config = check.config(folders='["INBOX", "Sent"]')
+    database = check.tmp / "keepword.db"
     open_store(f"sqlite:///{database}").dispose()
     database.chmod(0o444)
-    code, out = run_check(config, capsys)
+    code, out = check.run(config)
     assert code == 1
     assert "FAIL store" in out and "read-only" in out
 
 
-def test_an_unreachable_database_fails(
-    tmp_path: Path, dovecot: Dovecot, mail_user: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = write_config(tmp_path, dovecot, mail_user, folders='["INBOX", "Sent"]')
-    port = dovecot.mailserver.free_port()
+def test_an_unreachable_database_fails(check: Checker) -> None:
+    config = check.config(folders='["INBOX", "Sent"]')
+    port = check.dovecot.mailserver.free_port()
     url = f"postgresql+psycopg://keepword@127.0.0.1:{port}/keepword"
     config.write_text(
         config.read_text().replace("[keepword]\n", f'[keepword]\ndatabase_url = "{url}"\n', 1)
     )
-    code, out = run_check(config, capsys)
+    code, out = check.run(config)
     assert code == 1
     assert f"FAIL store: database {url}: cannot connect" in out
     assert "ok   support: IMAP" in out  # the servers are still checked
