@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -25,7 +26,8 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import PromiseState
 from keepword.mail.render import Renderer
 from keepword.pipeline.context import MailboxContext
-from keepword.pipeline.triage import triage_pending
+from keepword.pipeline.ingest import MailboxPollResult
+from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import messages as store
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
@@ -167,20 +169,45 @@ def customer_mail(number: int, subject: str = "Order question") -> bytes:
     return raw.replace(old_date, format_datetime(datetime.now(UTC)).encode())
 
 
-def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
+@dataclass
+class Inbox:
+    """test_ingest's mailbox on the Dovecot account, stored in PostgreSQL."""
+
+    dovecot: Dovecot
+    user: str
+    engine: Engine
+    session_for: Callable[[MailboxSettings], ImapSession]
+
+    def __post_init__(self) -> None:
+        self.box = ingesting.mailbox_for(self.dovecot, self.user)
+
+    def poll(self) -> MailboxPollResult:
+        return ingesting.poll_mailbox(self.engine, self.box, self.session_for)
+
+    def triage(self) -> TriageResult:
+        settings = ingesting.settings_for(self.box, self.engine)
+        return triage_pending(desk_at(self.engine, settings, self.box))
+
+
+@pytest.fixture
+def inbox(
     dovecot: Dovecot,
     mail_user: str,
     engine: Engine,
     session_for: Callable[[MailboxSettings], ImapSession],
+) -> Inbox:
+    return Inbox(dovecot, mail_user, engine, session_for)
+
+
+def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
+    inbox: Inbox, dovecot: Dovecot, mail_user: str, engine: Engine
 ) -> None:
-    box = ingesting.mailbox_for(dovecot, mail_user)
-    settings = ingesting.settings_for(box, engine)
-    first = ingesting.poll_mailbox(engine, box, session_for)
+    first = inbox.poll()
     assert first.ok and first.new == 0  # first contact: the empty mailbox is history
 
     dovecot.multiappend(mail_user, "INBOX", [customer_mail(n) for n in range(3)])
     dovecot.append(mail_user, "Sent", customer_mail(100, subject="Re: Order question"))
-    second = ingesting.poll_mailbox(engine, box, session_for)
+    second = inbox.poll()
     assert second.ok
     assert second.folders["INBOX"].new == 3 and not second.folders["INBOX"].is_history
     assert second.folders["Sent"].new == 1
@@ -190,7 +217,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     on_server = ingesting.server_messages(dovecot, mail_user)
     assert [row.raw for row in stored] == [on_server[row.uid] for row in stored]
 
-    third = ingesting.poll_mailbox(engine, box, session_for)
+    third = inbox.poll()
     assert third.ok and third.new == 0
     assert ingesting.count(engine, message) == 4
     assert ingesting.count(engine, message_location) == 4
@@ -202,7 +229,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     ]
     assert all(f.date is not None and f.date.tzinfo is not None for f in facts)
 
-    triaged = triage_pending(desk_at(engine, settings, box))
+    triaged = inbox.triage()
     assert (triaged.opened, triaged.errors) == (3, [])
     with engine.connect() as conn:
         cases = conn.execute(select(case.c.reference, case.c.customer).order_by(case.c.id)).all()
@@ -210,7 +237,7 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     assert [row.customer for row in cases] == [f"c{n}@customer.test" for n in range(3)]
     assert [row.reference for row in cases] == ["KW-1", "KW-2", "KW-3"]
     assert pending == []
-    assert triage_pending(desk_at(engine, settings, box)).triaged == 0
+    assert inbox.triage().triaged == 0
 
 
 @pytest.mark.skipif(not ingesting.PRESENT, reason="shared corpora not present")
@@ -247,20 +274,15 @@ def hostile_mail(long_address: str) -> bytes:
 
 
 def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
-    dovecot: Dovecot,
-    mail_user: str,
-    engine: Engine,
-    session_for: Callable[[MailboxSettings], ImapSession],
+    inbox: Inbox, dovecot: Dovecot, mail_user: str, engine: Engine
 ) -> None:
-    box = ingesting.mailbox_for(dovecot, mail_user)
-    settings = ingesting.settings_for(box, engine)
-    ingesting.poll_mailbox(engine, box, session_for)
+    inbox.poll()
     long_address = "x" * 330 + "@example.org"
     dovecot.append(mail_user, "INBOX", hostile_mail(long_address))
-    polled = ingesting.poll_mailbox(engine, box, session_for)
+    polled = inbox.poll()
     assert (polled.ok, polled.new) == (True, 1)
 
-    triaged = triage_pending(desk_at(engine, settings, box))
+    triaged = inbox.triage()
     assert (triaged.opened, triaged.errors) == (1, [])
     with engine.connect() as conn:
         stored = conn.execute(select(message)).one()
@@ -278,21 +300,15 @@ def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
 
 
 def test_a_database_restart_costs_no_failed_job(
-    postgres: Postgres,
-    dovecot: Dovecot,
-    mail_user: str,
-    engine: Engine,
-    session_for: Callable[[MailboxSettings], ImapSession],
+    postgres: Postgres, inbox: Inbox, dovecot: Dovecot, mail_user: str
 ) -> None:
     """After a restart every pooled connection is dead; the next poll must not fail."""
-    box = ingesting.mailbox_for(dovecot, mail_user)
-    settings = ingesting.settings_for(box, engine)
-    assert ingesting.poll_mailbox(engine, box, session_for).ok
+    assert inbox.poll().ok
     postgres.restart()
     dovecot.append(mail_user, "INBOX", customer_mail(1))
-    polled = ingesting.poll_mailbox(engine, box, session_for)
+    polled = inbox.poll()
     assert (polled.ok, polled.new) == (True, 1)
-    assert triage_pending(desk_at(engine, settings, box)).opened == 1
+    assert inbox.triage().opened == 1
 
 
 # -- the command line, in its own process, with database_url on PostgreSQL ---------------
