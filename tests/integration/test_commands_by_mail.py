@@ -11,9 +11,6 @@ confirmation, and the chase follows the new promise.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -28,8 +25,9 @@ from keepword.pipeline.chase import chase_mailbox
 from keepword.pipeline.context import MailboxContext
 from keepword.store import promises as promise_store
 from keepword.store.tables import case, case_event, outbox
-from tests.fixtures.desk import ALICE, Desk, mail
+from tests.fixtures.desk import ALICE, TEAM_STAMP, Desk, mail
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.mutt import mutt_sends
 from tests.fixtures.smtp import CapturedMail, SmtpServer
 from tests.fixtures.waiting import wait_until
 
@@ -40,42 +38,11 @@ NOTE = "called her, accounting fixes it today"
 CUSTOMER = ("Cu Stomer", "customer@example.org")  # a Dovecot account: mail really arrives
 
 
-def mutt_sends(home: Path, relay: SmtpServer, draft: str) -> None:
-    """mutt in batch mode sends `draft` (headers + body) through `relay`."""
-    mutt = shutil.which("mutt")
-    if mutt is None:
-        pytest.fail("mutt is missing: run `scripts/mailserver install`")
-    (home / "muttrc").write_text(
-        f'set smtp_url = "smtp://{relay.host}:{relay.port}/"\n'
-        'set from = "alice@example.com"\n'
-        'set realname = "Alice"\n'
-        "set use_from = yes\n"
-        'set hostname = "example.com"\n'
-        'set record = ""\n'
-        "set copy = no\n"
-        'set charset = "utf-8"\n'
-        'set send_charset = "utf-8"\n'
-        "set ssl_starttls = no\n"  # the loopback relay has no TLS
-        "set ssl_force_tls = no\n"
-        f'set folder = "{home}"\n'
-        'set spoolfile = "/dev/null"\n'
-    )
-    (home / "draft").write_text(draft)
-    done = subprocess.run(
-        [mutt, "-n", "-F", str(home / "muttrc"), "-H", str(home / "draft")],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env={**os.environ, "HOME": str(home)},
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-
-
 @pytest.fixture
 def relay(dovecot: Dovecot, smtp_server_factory: Callable[..., SmtpServer]) -> Iterator[SmtpServer]:
-    """The relay a mail client submits to: it delivers into Dovecot over LMTP."""
-    yield smtp_server_factory(auth=False, lmtp=(dovecot.host, dovecot.lmtp_port))
+    """The team's relay a mail client submits to: it vouches for its user's mail (the
+    Authentication-Results keepword trusts) and delivers into Dovecot over LMTP."""
+    yield smtp_server_factory(auth=False, lmtp=(dovecot.host, dovecot.lmtp_port), stamp=TEAM_STAMP)
 
 
 @pytest.fixture
@@ -150,12 +117,11 @@ def test_a_reply_to_a_reminder_from_mutt_takes_notes_and_promises(
         [reminder] = [m for m in desk.received(ALICE) if m.header("X-Keepword-Kind") == "reminder"]
 
         home = tmp_path / "mutt"
-        home.mkdir()
         reminder_id = reminder.header("Message-ID")
         quoted = "\n".join(f"> {line}" for line in plain(reminder).splitlines())
         mutt_sends(
-            home,
             relay,
+            home,
             f"From: Alice <{ALICE}>\n"
             f"To: {mail_user}\n"
             f"Subject: Re: {reminder.header('Subject')}\n"

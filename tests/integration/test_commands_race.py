@@ -21,7 +21,7 @@ from keepword.errors import StaleCaseError
 from keepword.store.db import open_store
 from keepword.store.tables import case, case_event, message
 from tests.fixtures.chase_store import ALICE, CAROL, StoreDesk
-from tests.fixtures.desk import mail
+from tests.fixtures.desk import TEAM_PROOF, mail
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_command_mails_and_cli_assigns_at_once_lose_no_update(desk: StoreDesk) -
     for n in range(MAILS):
         at = MONDAY + timedelta(seconds=n + 1)
         body = f"#note note {n}\n#{'close' if n % 2 else 'reopen'}\n"
-        desk.deliver(mail(("Alice", ALICE), "[KW-1] x", body, date=at), at)
+        desk.deliver(mail(("Alice", ALICE), "[KW-1] x", body, date=at, headers=TEAM_PROOF), at)
     start = threading.Barrier(2)
     failures: list[BaseException] = []
     raced: list[str] = []  # the lost races, each decided again: how often it happened

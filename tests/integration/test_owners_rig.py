@@ -8,8 +8,6 @@ lead once, never answers the auto-reply, and the next reminders go to the new ow
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,14 +19,12 @@ from keepword.mail.render import Renderer
 from keepword.pipeline.chase import ChaseResult, chase_mailbox
 from keepword.pipeline.context import MailboxContext
 from keepword.store.tables import case, case_event
-from tests.fixtures.desk import ALICE, CAROL, Desk, mail
+from tests.fixtures.desk import ALICE, CAROL, TEAM_STAMP, Desk, mail
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.mutt import mutt_sends
 from tests.fixtures.smtp import SmtpServer
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("mutt") is None, reason="needs mutt"),
-]
+pytestmark = pytest.mark.integration  # mutt: `scripts/mailserver install` (never skipped)
 
 BOB = "bob@example.com"
 MONDAY = datetime(2026, 11, 2, tzinfo=UTC)  # business hours Mon-Fri 09:00-17:00 UTC
@@ -36,27 +32,6 @@ MONDAY = datetime(2026, 11, 2, tzinfo=UTC)  # business hours Mon-Fri 09:00-17:00
 
 def at(hour: int, minute: int = 0) -> datetime:
     return MONDAY.replace(hour=hour, minute=minute)
-
-
-def mutt_sends(relay: SmtpServer, home: Path, draft: str) -> None:
-    """Send `draft` (headers + body) as mutt in batch mode does, through `relay`."""
-    home.mkdir(exist_ok=True)
-    path = home / "draft.eml"
-    path.write_text(draft)
-    subprocess.run(
-        [
-            "mutt", "-n", "-F", "/dev/null",
-            "-e", f'set smtp_url="smtp://{relay.host}:{relay.port}/"',
-            "-e", "set ssl_starttls=no", "-e", "set ssl_force_tls=no",
-            "-e", 'set record=""', "-e", "set use_from=yes",
-            "-H", str(path),
-        ],
-        stdin=subprocess.DEVNULL,
-        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
 
 
 def out_of_office(to: str, subject: str, in_reply_to: str) -> str:
@@ -92,7 +67,9 @@ def test_an_out_of_office_from_mutt_moves_the_cases_and_the_lead_hears_once(
     smtp_server_factory: Callable[..., SmtpServer],
     tmp_path: Path,
 ) -> None:
-    relay = smtp_server_factory(auth=False, lmtp=(dovecot.host, dovecot.lmtp_port))
+    relay = smtp_server_factory(
+        auth=False, lmtp=(dovecot.host, dovecot.lmtp_port), stamp=TEAM_STAMP
+    )
     desk = Desk(
         dovecot,
         mail_user,

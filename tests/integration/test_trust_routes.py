@@ -197,6 +197,7 @@ def test_4_a_team_from_without_proof_is_a_customer_and_cannot_answer_the_case(
     desk: TrustDesk,
 ) -> None:
     question = _ann_opens(desk)
+    owner_at_open = desk.case_by_ref("KW-1").owner  # the owner policy's choice
     untrusted = {
         "Authentication-Results": (
             "mx.evil.test; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
@@ -220,7 +221,7 @@ def test_4_a_team_from_without_proof_is_a_customer_and_cannot_answer_the_case(
     refused = desk.refusals("KW-1")
     assert len(refused) == 2 and all("an unproven team address" in r for r in refused)
     kw1 = desk.case_by_ref("KW-1")
-    assert kw1.first_response_at is None and kw1.owner is None
+    assert kw1.first_response_at is None and kw1.owner == owner_at_open
     assert kw1.status == CaseStatus.NEW.value
     with desk.engine.connect() as conn:
         assert conn.execute(select(promise.c.state)).scalar_one() == PromiseState.OPEN.value
