@@ -128,7 +128,7 @@ def judge(
         message,
         classified,
         POLICY,
-        own=own_mail(message, outbox_case_id=None, in_outbox=in_outbox, policy=POLICY),
+        own=own_mail(message, in_outbox=in_outbox, policy=POLICY),
         team=team_member(message, auth, POLICY),
         from_auth=from_authenticated(message, auth, POLICY),
     )
@@ -235,7 +235,7 @@ def test_team_out_of_office_stays_automated_but_proven() -> None:
 
 def test_a_forged_loop_header_is_not_own_mail() -> None:
     forged = facts(MALLORY, headers={LOOP_HEADER.lower(): (SHARED,)})
-    verdict = own_mail(forged, outbox_case_id=None, in_outbox=False, policy=POLICY)
+    verdict = own_mail(forged, in_outbox=False, policy=POLICY)
     assert not verdict.proven
     sender = judge(forged, Kind.OWN)
     assert sender.kind is Kind.AUTOMATED and sender.standing is Standing.PERSON
@@ -243,7 +243,7 @@ def test_a_forged_loop_header_is_not_own_mail() -> None:
 
 def test_own_mail_needs_the_outbox() -> None:
     ours = facts(Address(SHARED), headers={LOOP_HEADER.lower(): (SHARED,)})
-    verdict = own_mail(ours, outbox_case_id=2, in_outbox=True, policy=POLICY)
+    verdict = own_mail(ours, in_outbox=True, policy=POLICY)
     assert verdict.proven and verdict.proof is Proof.OUTBOX
     assert judge(ours, Kind.OWN, in_outbox=True).standing is Standing.OWN
 

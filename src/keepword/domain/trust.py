@@ -220,13 +220,11 @@ def from_authenticated(facts: MessageFacts, auth: Authentication, policy: TrustP
     return _domain_proof(facts.sender.address, auth, policy, None)
 
 
-def own_mail(
-    facts: MessageFacts, *, outbox_case_id: int | None, in_outbox: bool, policy: TrustPolicy
-) -> Verdict:
+def own_mail(facts: MessageFacts, *, in_outbox: bool, policy: TrustPolicy) -> Verdict:
     """keepword's own mail: the loop header naming us AND a Message-ID from our outbox.
 
-    `in_outbox`: the store found `facts.message_id` in the outbox (its case, if any, is
-    `outbox_case_id`). A loop header on a mail keepword never sent is a forgery or a
+    `in_outbox`: the store found `facts.message_id` in the outbox (the shell files the
+    mail in that row's case). A loop header on a mail keepword never sent is a forgery or a
     robot quoting us: not own mail, never a claim on any case.
     """
     named = _addresses_in(facts.header(LOOP_HEADER))
@@ -236,8 +234,7 @@ def own_mail(
         return Verdict(False, f"loop header of another keepword ({', '.join(sorted(named))})")
     if not in_outbox:
         return Verdict(False, "keepword's loop header on a mail keepword never sent")
-    case = f" of case {outbox_case_id}" if outbox_case_id is not None else ""
-    return Verdict(True, f"keepword's own mail{case} (Message-ID in the outbox)", Proof.OUTBOX)
+    return Verdict(True, "keepword's own mail (Message-ID in its outbox)", Proof.OUTBOX)
 
 
 def team_member(facts: MessageFacts, auth: Authentication, policy: TrustPolicy) -> Verdict:

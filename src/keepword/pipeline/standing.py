@@ -75,7 +75,6 @@ def judge(
     row = outbox_store.own_mail(conn, facts.message_id)
     own = own_mail(
         facts,
-        outbox_case_id=row.case_id if row is not None else None,
         in_outbox=row is not None,
         policy=policy,
     )
@@ -85,7 +84,9 @@ def judge(
     from_auth = from_authenticated(facts, auth, policy) if facts.reply_to else _NOT_CHECKED
     sender = judge_sender(facts, classified.kind, policy, own=own, team=team, from_auth=from_auth)
     reason = classified.reason
-    if sender.kind is not classified.kind or sender.standing is not Standing.PERSON:
+    if sender.standing in (Standing.TEAM, Standing.OWN):
+        reason = sender.reason  # the proof says it all (no "found in the Sent folder" twice)
+    elif sender.kind is not classified.kind:
         reason = f"{classified.reason}; {sender.reason}"
     own_case = row.case_id if row is not None and sender.standing is Standing.OWN else None
     return Judged(sender, Classification(sender.kind, reason), own_case)
@@ -116,7 +117,7 @@ def own_match(judged: Judged, reference: str | None) -> ThreadMatch:
     return ThreadMatch(
         judged.own_case,
         ThreadRule.REFERENCES,
-        f"keepword's own mail of {reference or 'its case'}, filed by its outbox row",
+        f"filed in {reference or 'its case'} by its outbox row",
     )
 
 
