@@ -20,7 +20,6 @@ from sqlalchemy.exc import OperationalError
 from keepword.config import MailboxSettings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
-from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
     Classification,
@@ -40,7 +39,6 @@ from keepword.domain.threads import (
     subject_key,
 )
 from keepword.errors import StaleCaseError
-from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
@@ -341,7 +339,7 @@ def _acknowledge_if_due(
         acknowledged=outbox_store.exists(conn, ack_key(current.id)),
         note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
         cutoff=_cutoff(conn, box.name),
-        planned=_planned_mail(conn, box.name, recipient, now),
+        planned=run.desk.planned_mail(conn, recipient),
     )
     policy = acknowledge.Policy(box.team_addresses(), box.promise.follow_up_notes, box.limits)
     decision = acknowledge.decide(facts, kind, sent, policy, now)
@@ -362,20 +360,6 @@ def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
     """When keepword first saw this mailbox (its oldest location row), less the grace."""
     first = first_seen_at(conn, mailbox)
     return None if first is None else first - DELIVERY_GRACE
-
-
-CUSTOMER_FACING = sorted(kind.value for kind in CUSTOMER_KINDS)
-
-
-def _planned_mail(
-    conn: Connection, mailbox: str, recipient: str | None, now: datetime
-) -> PlannedMail:
-    """Automatic customer mail (acknowledgements, notes, updates) the limits must count:
-    sent in the last day or planned for later, to `recipient` and from this mailbox."""
-    to_address, from_mailbox = outbox_store.automatic_mail_times(
-        conn, mailbox, recipient, CUSTOMER_FACING, since=now - timedelta(days=1)
-    )
-    return PlannedMail(tuple(to_address), tuple(from_mailbox))
 
 
 def _close_done(desk: MailboxContext, result: TriageResult) -> None:
