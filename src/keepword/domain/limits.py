@@ -2,9 +2,10 @@
 
 Every automatic mail to a customer's address (acknowledgement, follow-up note, customer
 update) counts against the same per-address limits, and all of them against the
-mailbox's global limit. A mail that would exceed a limit is not dropped: it is planned
-for the earliest moment at which it fits every limit, and the limits hold in every
-sliding window, including windows that contain mails already planned for later.
+mailbox's global limits (an hour and a day). A mail that would exceed a limit is not
+dropped: it is planned for the earliest moment at which it fits every limit, and the
+limits hold in every sliding window, including windows that contain mails already
+planned for later.
 
 Pure: the shell passes the planned send times (sent, or due to be sent) it knows of.
 A triage pass reads them once into a `Book` and adds what it queues itself, so a surge
@@ -129,6 +130,7 @@ def next_slot(
         _Limit(to, HOUR, limits.per_sender_per_hour, "to this address an hour"),
         _Limit(to, DAY, limits.per_sender_per_day, "to this address a day"),
         _Limit(own, HOUR, limits.global_per_hour, "from this mailbox an hour"),
+        _Limit(own, DAY, limits.global_per_day, "from this mailbox a day"),
     ]
     if all(c.fits(now) for c in checks):  # the usual case: O(log n), no candidates
         return Slot(now, None)
