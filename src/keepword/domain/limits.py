@@ -110,7 +110,7 @@ class _Limit:
             if later >= len(times) or times[later] >= horizon:
                 return True
             end = times[later]
-            later += 1
+            later = bisect.bisect_right(times, end)  # mails at the same instant: one end
 
 
 def next_slot(
