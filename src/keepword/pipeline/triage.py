@@ -80,6 +80,9 @@ class TriageResult:
     acknowledged: int = 0
     closed: int = 0
     errors: list[str] = field(default_factory=list)
+    # The run stopped at its `limit` with more mail due: a caller that triages in slices
+    # (runtime.service: the drain goes between slices) runs again at once.
+    more: bool = False
 
 
 # Called inside the message's transaction when a case earns an acknowledgement or note.
@@ -123,6 +126,7 @@ def triage_pending(
     with desk.engine.connect() as conn:
         queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
         run.failing = triage_state.failed_attempts(conn, box.name)
+    run.result.more = len(queue) >= limit
     held: list[Untriaged] = []
     store_errors = 0
     for item in queue:
@@ -133,6 +137,7 @@ def triage_pending(
         store_errors = store_errors + 1 if isinstance(error, OperationalError) else 0
         if store_errors >= STORE_ERRORS_TO_STOP:
             log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
+            run.result.more = False  # not at once: the next poll, when the store is back
             break
     else:
         # Follow-ups whose first mail got through in this run go now, not a poll later.
