@@ -163,11 +163,12 @@ class Service:
     # -- daemon.Worker -------------------------------------------------------------------
 
     async def poll(self, mailbox: MailboxSettings) -> bool:
-        """Ingest, then triage up to TRIAGE_SLICE messages; True if more wait for triage
-        (the daemon drains what this slice queued and polls again at once)."""
-        await self._in_thread(mailbox, lambda: self.ingest(mailbox))
+        """Ingest (live mail: one fetch batch), then triage up to TRIAGE_SLICE messages;
+        True if more waits on the server or for triage (the daemon drains what this
+        slice queued and polls again at once)."""
+        taken = await self._in_thread(mailbox, lambda: self.ingest(mailbox))
         result = await self._in_thread(mailbox, lambda: self.triage(mailbox, TRIAGE_SLICE))
-        return result.more
+        return taken.more or result.more
 
     async def chase(self, mailbox: MailboxSettings) -> None:
         await self._in_thread(mailbox, lambda: self.chase_now(mailbox))
