@@ -12,6 +12,12 @@ production path on SQLite). Run twice on copies of the same store:
 * per pass: `MailboxContext.honest_window` - built once, fed the pass's cases.
 
 Both must promise the same (checked: same due times in the same order).
+
+`--limits`: instead, compare the rate limits' lookup (issue 14, item 1) with the
+predictor per pass in both: the automatic mail the limits count read from the store for
+every mail (`outbox.automatic_mail_times`, the code before) against once a run
+(`MailboxContext.planned_mail`); same slots checked (`next_attempt_at` of every row).
+`--global-per-hour` sets the mailbox's global limit (default: the shipped one).
 """
 
 from __future__ import annotations
@@ -33,18 +39,20 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.domain.cases import CaseState  # noqa: E402
+from keepword.domain.limits import DAY, PlannedMail  # noqa: E402
 from keepword.domain.model import CaseStatus, Origin  # noqa: E402
 from keepword.domain.windows import Window  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
 from keepword.mail.render import Renderer  # noqa: E402
 from keepword.pipeline.acknowledge import acknowledge_case  # noqa: E402
-from keepword.pipeline.context import MailboxContext  # noqa: E402
+from keepword.pipeline.context import CUSTOMER_FACING, MailboxContext  # noqa: E402
 from keepword.pipeline.promising import mailbox_predictor  # noqa: E402
 from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store import cases as case_store  # noqa: E402
+from keepword.store import outbox as outbox_store  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
 from keepword.store.messages import Folder, StoreItem, store_batch  # noqa: E402
-from keepword.store.tables import promise  # noqa: E402
+from keepword.store.tables import outbox, promise  # noqa: E402
 
 NOW = datetime(2026, 3, 4, 11, 0, tzinfo=UTC)  # a Wednesday morning
 
@@ -59,9 +67,24 @@ class PerMailDesk(MailboxContext):
         return predictor.window(self.now)
 
 
+class LimitsPerMailDesk(MailboxContext):
+    """The old limits lookup: every automatic mail of the last day read per mail."""
+
+    def planned_mail(self, conn: Connection, recipient: str | None) -> PlannedMail:
+        to_address, from_mailbox = outbox_store.automatic_mail_times(
+            conn, self.box.name, recipient, CUSTOMER_FACING, since=self.now - DAY
+        )
+        return PlannedMail(tuple(to_address), tuple(from_mailbox))
+
+
+GLOBAL_PER_HOUR: int | None = None
+
+
 def settings_for(url: str, work: Path) -> tuple[Settings, MailboxSettings]:
+    limits = {} if GLOBAL_PER_HOUR is None else {"limits": {"global_per_hour": GLOBAL_PER_HOUR}}
     box = MailboxSettings.model_validate(
         {
+            **limits,
             "name": "support",
             "address": "support@shop.example",
             "team": ["alice@shop.example"],
@@ -132,6 +155,7 @@ def triage_surge(
     assert not result.errors, result.errors
     with engine.connect() as conn:
         dues = list(conn.execute(select(promise.c.due_at).order_by(promise.c.id)).scalars())
+        dues += conn.execute(select(outbox.c.next_attempt_at).order_by(outbox.c.id)).scalars()
     engine.dispose()
     return seconds / max(result.acknowledged, 1), dues
 
@@ -140,7 +164,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--history-cases", type=int, default=5200)
     parser.add_argument("--surge", type=int, default=300)
+    parser.add_argument("--limits", action="store_true")
+    parser.add_argument("--global-per-hour", type=int, default=None)
     args = parser.parse_args()
+    global GLOBAL_PER_HOUR
+    GLOBAL_PER_HOUR = args.global_per_hour
+    old_desk, what = (LimitsPerMailDesk, "limits") if args.limits else (PerMailDesk, "predictor")
     with tempfile.TemporaryDirectory(prefix="kw-surge-triage-") as tmp:
         work = Path(tmp)
         seed = work / "seed.db"
@@ -148,14 +177,18 @@ def main() -> int:
         seed_history(f"sqlite:///{seed}", box, args.history_cases)
         deliver_surge(f"sqlite:///{seed}", box, args.surge)
         figures = {}
-        for name, desk_type in (("per mail", PerMailDesk), ("per pass", MailboxContext)):
+        for name, desk_type in (("per mail", old_desk), ("per pass", MailboxContext)):
             copy = work / f"{name.replace(' ', '-')}.db"
             shutil.copy(seed, copy)
             figures[name] = triage_surge(f"sqlite:///{copy}", work, desk_type)
     (old, old_dues), (new, new_dues) = figures["per mail"], figures["per pass"]
-    print(f"history {args.history_cases} cases, surge {args.surge} new customers (SQLite)")
-    print(f"  predictor built per mail: {old * 1000:7.1f} ms per acknowledged mail")
-    print(f"  predictor built per pass: {new * 1000:7.1f} ms per acknowledged mail")
+    _, box = settings_for("sqlite://", Path())
+    print(
+        f"history {args.history_cases} cases, surge {args.surge} new customers (SQLite), "
+        f"global limit {box.limits.global_per_hour}/h"
+    )
+    print(f"  {what} per mail: {old * 1000:7.1f} ms per acknowledged mail")
+    print(f"  {what} per pass: {new * 1000:7.1f} ms per acknowledged mail")
     print(f"  speed-up {old / new:.1f}x; same promises: {old_dues == new_dues}")
     return 0 if old_dues == new_dues else 1
 

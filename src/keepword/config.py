@@ -240,7 +240,12 @@ class LimitSettings(_Strict):
 
     per_sender_per_hour: int = Field(default=3, ge=1)
     per_sender_per_day: int = Field(default=10, ge=1)
-    global_per_hour: int = Field(default=200, ge=1)
+    # The mailbox's automatic customer mail (acknowledgements, notes, updates) to every
+    # address together: a burst of an outage day goes out at once (2,000 customers in
+    # minutes), a flood of forged senders is held to about what 200 an hour allowed a
+    # day (docs/operations.md, "Rate limits").
+    global_per_hour: int = Field(default=2500, ge=1)
+    global_per_day: int = Field(default=5000, ge=1)
 
 
 class AwayEntry(_Strict):

@@ -87,8 +87,11 @@ def minutes_ago(*minutes: int) -> tuple[datetime, ...]:
             PlannedMail(to_address=minutes_ago(23 * 60, *range(20 * 60, 11 * 60, -60))),
             NOW + timedelta(hours=1),
         ),
-        # 200 from this mailbox in the last hour (200 forged senders)
-        (PlannedMail(from_mailbox=minutes_ago(*[30] * 200)), NOW + timedelta(minutes=30)),
+        # the global hourly limit from this mailbox in the last hour (forged senders)
+        (
+            PlannedMail(from_mailbox=minutes_ago(*[30] * LimitSettings().global_per_hour)),
+            NOW + timedelta(minutes=30),
+        ),
     ],
 )
 def test_rate_limits_defer_the_acknowledgement_never_drop_it(

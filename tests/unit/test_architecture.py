@@ -126,10 +126,10 @@ def test_the_rules_see_every_layer() -> None:
     assert packages == set(ALLOWED)
 
 
-# Functions in src that may take 7 or more parameters (issue 11: at most 5). A use case
+# Functions in src that may take 7 or more parameters (issue 11: at most 5; today none). A use case
 # takes a MailboxContext; a step of the drain, the IDLE watcher or the chase plan takes
 # its own context object. Lower it when one of them goes; never raise it.
-MAX_WIDE_FUNCTIONS = 5
+MAX_WIDE_FUNCTIONS = 0  # was 28, then 5 (issue 11); now none
 WIDE = 7
 
 

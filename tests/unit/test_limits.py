@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keepword.config import LimitSettings
-from keepword.domain.limits import DAY, HOUR, next_slot
+from keepword.domain.limits import DAY, HOUR, Book, next_slot
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 LIMITS = LimitSettings(per_sender_per_hour=3, per_sender_per_day=10, global_per_hour=200)
@@ -68,9 +68,10 @@ def _windows_hold(times: list[datetime], window: timedelta, most: int) -> bool:
     st.integers(min_value=1, max_value=4),
     st.integers(min_value=1, max_value=8),
     st.integers(min_value=1, max_value=10),
+    st.integers(min_value=1, max_value=30),
 )
 def test_mails_placed_one_by_one_at_their_slots_never_exceed_a_limit(
-    arrivals: list[int], per_hour: int, per_day: int, global_per_hour: int
+    arrivals: list[int], per_hour: int, per_day: int, global_per_hour: int, global_per_day: int
 ) -> None:
     """Mails that want out at arbitrary moments (ties included) are each placed at
     next_slot over those placed before: every sliding hour and day stays within limits,
@@ -79,6 +80,7 @@ def test_mails_placed_one_by_one_at_their_slots_never_exceed_a_limit(
         per_sender_per_hour=per_hour,
         per_sender_per_day=per_day,
         global_per_hour=global_per_hour,
+        global_per_day=global_per_day,
     )
     placed_to_one: list[datetime] = []
     placed_all: list[datetime] = []
@@ -99,3 +101,45 @@ def test_mails_placed_one_by_one_at_their_slots_never_exceed_a_limit(
     assert _windows_hold(placed_to_one, HOUR, per_hour)
     assert _windows_hold(placed_to_one, DAY, per_day)
     assert _windows_hold(placed_all, HOUR, global_per_hour)
+    assert _windows_hold(placed_all, DAY, global_per_day)
+
+
+def test_the_global_daily_limit_defers() -> None:
+    limits = LimitSettings(global_per_hour=10, global_per_day=12)
+    earlier = [ago(60 * 20)] * 6 + [ago(60 * 3)] * 6  # 12 within the day, none this hour
+    slot = next_slot(NOW, to_address=[], from_mailbox=earlier, limits=limits)
+    assert slot.at == ago(60 * 20) + DAY
+    assert slot.reason == "rate limit: at most 12 automatic mails from this mailbox a day"
+
+
+def test_the_shipped_limits_acknowledge_an_outage_surge_at_once() -> None:
+    """2,000 customers (each a new address) within minutes, on top of an ordinary day's
+    automatic mail: every acknowledgement goes out now, none deferred."""
+    shipped = LimitSettings()
+    book = Book.of("support", [("support", ("x@example.org",), ago(m)) for m in range(600)], NOW)
+    for n in range(2000):
+        now = NOW + timedelta(seconds=n / 10)
+        slot = next_slot(now, to_address=(), from_mailbox=book.from_mailbox, limits=shipped)
+        assert not slot.deferred, n
+        book.add(f"c{n}@example.org", slot.at)
+
+
+def test_the_shipped_limits_hold_a_flood_of_forged_senders_to_a_day_of_200_an_hour() -> None:
+    """Forged senders without end: the day gets no more than 200 an hour used to allow
+    (4,800) plus a few percent, the burst at most an hour's cap. Simulated at 1/100 of
+    the shipped figures (a deferred mail's slot costs O(n): 12,000 would take minutes)."""
+    shipped = LimitSettings()
+    assert shipped.global_per_day <= 1.05 * 200 * 24
+    scaled = LimitSettings(
+        global_per_hour=shipped.global_per_hour // 100,
+        global_per_day=shipped.global_per_day // 100,
+    )
+    book = Book()
+    for n in range(150):
+        now = NOW + timedelta(minutes=n)
+        slot = next_slot(now, to_address=(), from_mailbox=book.from_mailbox, limits=scaled)
+        book.add(f"forged{n}@example.org", slot.at)
+    first_hour = [t for t in book.from_mailbox if t < NOW + HOUR]
+    first_day = [t for t in book.from_mailbox if t < NOW + DAY]
+    assert len(first_hour) == scaled.global_per_hour
+    assert len(first_day) == scaled.global_per_day

@@ -56,6 +56,7 @@ class Recorder:
     slow_poll: dict[str, float] = field(default_factory=dict)  # mailbox -> virtual seconds
     failing_drain: set[str] = field(default_factory=set)
     new_mail_at: dict[str, datetime] = field(default_factory=dict)
+    slices: dict[str, int] = field(default_factory=dict)  # polls that leave more to triage
 
     def of(self, mailbox: str, job: str) -> list[Run]:
         return [r for r in self.runs if r.mailbox == mailbox and r.job == job]
@@ -78,8 +79,11 @@ class FakeWorker:
             rec.active[box.name] -= 1
             run.end = self.clock.now()
 
-    async def poll(self, mailbox: MailboxSettings) -> None:
+    async def poll(self, mailbox: MailboxSettings) -> bool:
         await self._job("poll", mailbox, self.recorder.slow_poll.get(mailbox.name, 1.0))
+        left = self.recorder.slices.get(mailbox.name, 0)
+        self.recorder.slices[mailbox.name] = max(0, left - 1)
+        return left > 0
 
     async def chase(self, mailbox: MailboxSettings) -> None:
         await self._job("chase", mailbox)
@@ -240,6 +244,28 @@ def test_new_mail_during_a_poll_polls_again_right_after(tmp_path: Path) -> None:
     first, second = recorder.of("support", "poll")[:2]
     assert first.end is not None and first.start < START + timedelta(minutes=1) < first.end
     assert 0 <= (second.start - first.end).total_seconds() <= SLACK  # not an hour later
+
+
+def test_a_poll_that_left_mail_to_triage_drains_then_polls_again_at_once(
+    tmp_path: Path,
+) -> None:
+    """A surge is triaged in slices (runtime.service.TRIAGE_SLICE): after each slice the
+    drain sends what it queued, and the next slice follows at once, not a poll later."""
+
+    def surge(recorder: Recorder) -> None:
+        recorder.slices["support"] = 3
+        recorder.new_mail_at["support"] = START + timedelta(minutes=5)
+
+    recorder, _, _ = run_daemon(tmp_path, {"support": 3600}, surge)
+    runs = [r for r in recorder.runs if r.mailbox == "support"]
+    kinds = [r.job for r in runs]
+    assert kinds[:9] == [
+        "poll", "chase", "drain", "poll", "drain", "poll", "drain", "poll", "drain"
+    ]  # fmt: skip
+    assert (runs[8].start - runs[0].start).total_seconds() <= 4 * SLACK  # not hours
+    polls = recorder.of("support", "poll")
+    assert len(polls) == 5  # the 4 slices, then the poll IDLE asked for (not one more)
+    assert_no_overlap(runs)
 
 
 @pytest.mark.parametrize("previous", [None, "first"])

@@ -94,6 +94,7 @@ def acknowledge_case(
     )
     if not queued:
         return
+    desk.note_planned(recipient, slot)  # the limits count it for the rest of the run
     if first:
         record_promise(conn, case.id, PromiseKind.FIRST_RESPONSE, window, now)
     kind = cases.EventKind.ACKNOWLEDGEMENT if first else cases.EventKind.FOLLOW_UP_NOTE

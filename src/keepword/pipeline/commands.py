@@ -325,6 +325,7 @@ def _tell_customer(
     body = desk.renderer.render("new_time", desk.box.language, context)
     if not outbox_store.enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=case.id):
         return False
+    desk.note_planned(case.customer, desk.now)  # later mail of this run counts it
     detail = (
         f"told {case.customer} by {command.sender.address}'s command: "
         + (f"waiting for {reason}, " if reason else "")

@@ -5,7 +5,8 @@ Triage, acknowledgement and the chase take this one object (Mailman passes
 lists: the settings and the mailbox's own, its business calendar, its renderer, the
 store handle and the run's `now`. The promise predictor is built from the store once a
 run and then fed the run's own case changes (`note_case`), so acknowledging a surge costs
-O(1) in the mailbox's history per mail.
+O(1) in the mailbox's history per mail; the automatic mail the rate limits count is read
+once a run too (`planned_mail`) and followed from the run's own queued mail.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from sqlalchemy import Connection, Engine
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
 from keepword.domain.cases import CaseState
+from keepword.domain.limits import DAY, Book, PlannedMail
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
 from keepword.domain.owners import Roster, away_share, roster_for
 from keepword.domain.predict import PromisePredictor
 from keepword.domain.windows import Window
+from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.render import Renderer
 from keepword.pipeline.promising import (
     PassPredictor,
@@ -31,10 +34,12 @@ from keepword.pipeline.promising import (
     update_window,
 )
 from keepword.store import away as away_store
+from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 
 # The predictor's pace reflects the staff of about the last week (domain.owners.away_share).
 AWAY_LOOKBACK_DAYS = 7
+CUSTOMER_FACING = sorted(kind.value for kind in CUSTOMER_KINDS)
 
 
 class _Fed(Enum):
@@ -69,6 +74,8 @@ class MailboxContext:
     # Who may own cases now: the team with planned (config) and recorded absences.
     _roster: Roster | None = field(default=None, init=False)
     _away: float | None = field(default=None, init=False)  # away_share at `now`
+    # Automatic customer mail the rate limits count, read once a run (`planned_mail`).
+    _book: Book | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -144,6 +151,7 @@ class MailboxContext:
         self._pass = None
         self._pending.clear()
         self.behind_after = self.lead_alerted = None
+        self._book = None
         self.forget_roster()
 
     def roster(self, conn: Connection) -> Roster:
@@ -168,6 +176,24 @@ class MailboxContext:
                 self.roster(conn), self.calendar, self.now, lookback_days=AWAY_LOOKBACK_DAYS
             )
         return self._away
+
+    def planned_mail(self, conn: Connection, recipient: str | None) -> PlannedMail:
+        """Automatic customer mail (acknowledgements, notes, updates) the limits must
+        count: sent in the last day or planned for later, to `recipient` (from any
+        mailbox) and from this mailbox. Read from the store once a run; the run's own
+        mail joins it through `note_planned` (another mailbox's mail to the same address
+        queued meanwhile counts from the next run on)."""
+        if self._book is None:
+            since = self.now - DAY
+            rows = outbox_store.automatic_mail_rows(conn, CUSTOMER_FACING, since)
+            self._book = Book.of(self.box.name, rows, since)
+        return self._book.planned(recipient)
+
+    def note_planned(self, recipient: str, at: datetime) -> None:
+        """This run queued an automatic customer mail to `recipient` planned for `at`
+        (inside the transaction: `forget_run_state` if it rolls back)."""
+        if self._book is not None:
+            self._book.add(recipient, at)
 
     def _mark_stale(self) -> None:
         if self._pass is not None:

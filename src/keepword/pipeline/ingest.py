@@ -88,6 +88,9 @@ class PollResult:
     uidvalidity_changed: bool = False
     is_history: bool = False
     largest_batch_bytes: int = 0  # raw bytes of the biggest batch fetched at once
+    # Live mail beyond one fetch batch is left for the next poll (the cursor stops at the
+    # last UID taken in): triage and the drain get the first batch at once.
+    more: bool = False
 
 
 @dataclass
@@ -103,6 +106,11 @@ class MailboxPollResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def more(self) -> bool:
+        """Live mail is left on the server for the next poll (see PollResult.more)."""
+        return any(r.more for r in self.folders.values())
 
 
 def watched_folders(box: MailboxSettings) -> list[tuple[str, Origin]]:
@@ -132,10 +140,14 @@ def poll_folder(
     *,
     progress: Progress | None = None,
     plan: Progress | None = None,
+    live_batch: int | None = None,
 ) -> PollResult:
     """Take in whatever is new in one folder. The idle case costs one STATUS command.
 
     `plan` hears how many messages are new, `progress` how many each stored batch held.
+    `live_batch`: take in at most so many messages of live mail (after the first
+    import); the rest is left for the next poll (`PollResult.more`). The daemon's poll
+    sets it, so a surge is triaged and answered batch by batch.
     """
     engine, box, folder, now = where.engine, where.box, where.name, where.now
     status = session.status(folder)
@@ -162,6 +174,9 @@ def poll_folder(
     history_below = 0 if history_done else _history_cutoff(where, cursor, status)
     new = known = quarantined = 0
     uids = session.new_uids(folder, after_uid)
+    more = live_batch is not None and history_done and len(uids) > live_batch
+    if more:  # a surge of live mail: one batch a poll, triaged and answered before the next
+        uids = uids[:live_batch]
     if plan is not None:
         plan(len(uids))
     max_bytes = box.imap.fetch_batch_bytes
@@ -185,9 +200,9 @@ def poll_folder(
     with engine.begin() as conn:
         # Every UID below this STATUS's UIDNEXT has been searched for and taken in (or
         # was expunged): moving the cursor there keeps the next idle poll at one command.
-        store.advance_cursor(
-            conn, box.name, folder, status.uidvalidity, status.uidnext - 1, now=now()
-        )
+        # (Unless `more`: then every UID up to the last taken in.)
+        last = uids[-1] if more else status.uidnext - 1  # the rest: the next poll
+        store.advance_cursor(conn, box.name, folder, status.uidvalidity, last, now=now())
         if not history_done:
             store.mark_history_done(conn, box.name, folder, now=now())
         store.record_poll_success(conn, box.name, folder, now=now())
@@ -198,6 +213,7 @@ def poll_folder(
         uidvalidity_changed=changed,
         is_history=not history_done,
         largest_batch_bytes=largest,
+        more=more,
     )
 
 
@@ -519,7 +535,9 @@ def _poll_folders(
         step = None if progress is None else _bind(progress, folder)
         try:
             where = Folder(engine, box, folder, role, clock)
-            result.folders[folder] = poll_folder(session, where, progress=step)
+            result.folders[folder] = poll_folder(
+                session, where, progress=step, live_batch=box.imap.fetch_batch
+            )
         except Exception as exc:  # isolate the folder; report loudly
             message = _describe(exc)
             log.warning("mailbox %s folder %s: poll failed: %s", box.name, folder, message)

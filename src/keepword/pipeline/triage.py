@@ -21,7 +21,6 @@ from keepword.config import MailboxSettings
 from keepword.domain import acknowledge, cases, promises
 from keepword.domain.classify import classify
 from keepword.domain.commands import Outcome
-from keepword.domain.limits import PlannedMail
 from keepword.domain.model import (
     Address,
     Classification,
@@ -51,7 +50,6 @@ from keepword.domain.trust import (
     vet_join,
 )
 from keepword.errors import StaleCaseError
-from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.pipeline import commands, owners, standing
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
@@ -95,6 +93,9 @@ class TriageResult:
     closed: int = 0
     unusable: int = 0  # mail without a usable sender: kept, no case (domain.trust)
     errors: list[str] = field(default_factory=list)
+    # The run stopped at its `limit` with more mail due: a caller that triages in slices
+    # (runtime.service: the drain goes between slices) runs again at once.
+    more: bool = False
 
 
 # Called inside the message's transaction when a case earns an acknowledgement or note.
@@ -141,6 +142,7 @@ def triage_pending(
     with desk.engine.connect() as conn:
         queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
         run.failing = triage_state.failed_attempts(conn, box.name)
+    run.result.more = len(queue) >= limit
     held: list[Untriaged] = []
     store_errors = 0
     for item in queue:
@@ -151,6 +153,7 @@ def triage_pending(
         store_errors = store_errors + 1 if isinstance(error, OperationalError) else 0
         if store_errors >= STORE_ERRORS_TO_STOP:
             log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
+            run.result.more = False  # not at once: the next poll, when the store is back
             break
     else:
         # Follow-ups whose first mail got through in this run go now, not a poll later.
@@ -492,7 +495,7 @@ def _acknowledge_if_due(
         acknowledged=outbox_store.exists(conn, ack_key(current.id)),
         note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
         cutoff=_cutoff(conn, box.name),
-        planned=_planned_mail(conn, box.name, recipient, now),
+        planned=run.desk.planned_mail(conn, recipient),
     )
     policy = acknowledge.Policy(box.team_addresses(), box.promise.follow_up_notes, box.limits)
     decision = acknowledge.decide(facts, kind, sent, policy, now)
@@ -513,20 +516,6 @@ def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
     """When keepword first saw this mailbox (its oldest location row), less the grace."""
     first = first_seen_at(conn, mailbox)
     return None if first is None else first - DELIVERY_GRACE
-
-
-CUSTOMER_FACING = sorted(kind.value for kind in CUSTOMER_KINDS)
-
-
-def _planned_mail(
-    conn: Connection, mailbox: str, recipient: str | None, now: datetime
-) -> PlannedMail:
-    """Automatic customer mail (acknowledgements, notes, updates) the limits must count:
-    sent in the last day or planned for later, to `recipient` and from this mailbox."""
-    to_address, from_mailbox = outbox_store.automatic_mail_times(
-        conn, mailbox, recipient, CUSTOMER_FACING, since=now - timedelta(days=1)
-    )
-    return PlannedMail(tuple(to_address), tuple(from_mailbox))
 
 
 def _close_done(desk: MailboxContext, result: TriageResult) -> None:

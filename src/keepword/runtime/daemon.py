@@ -87,7 +87,8 @@ JOBS: Final = ("poll", "chase", "drain")
 class Worker(Protocol):
     """The use cases for one configuration (keepword.runtime.service.Service implements it)."""
 
-    async def poll(self, mailbox: MailboxSettings) -> None: ...  # ingest + triage
+    # ingest + triage; True: it triaged one slice and more waits (drain, then poll again)
+    async def poll(self, mailbox: MailboxSettings) -> bool | None: ...
     async def chase(self, mailbox: MailboxSettings) -> None: ...  # plan + enqueue chase actions
     async def drain(self, mailbox: MailboxSettings) -> None: ...  # send the outbox
     async def watch(
@@ -153,6 +154,7 @@ class MailboxCycle:
     task: asyncio.Task[None] | None = None
     last_poll: datetime | None = None
     fence: Fence | None = None  # the lease this cycle works under (PostgreSQL, several instances)
+    triage_left: bool = False  # the last poll triaged one slice of more
 
     @classmethod
     def of(cls, box: MailboxSettings, drain_interval: float, now: datetime) -> MailboxCycle:
@@ -603,8 +605,11 @@ class Daemon:
     ) -> None:
         if kind == "poll":
             with METRICS.timed_poll(box.name):
-                await worker.poll(box)
+                more = await worker.poll(box)
             cycle.last_poll = self._clock.now()
+            cycle.triage_left = bool(more)
+            if more:  # a slice of a surge: the drain sends it, then the poll goes on
+                cycle.jobs["poll"].requested_at = cycle.last_poll
         elif kind == "chase":
             await worker.chase(box)
         else:
@@ -805,4 +810,6 @@ class Daemon:
         with log_context(mailbox=box.name):
             for kind in JOBS:  # a failed step skips nothing else
                 ok = await self._run_job(cycle, cycle.jobs[kind], worker) and ok
+                while kind == "poll" and ok and cycle.triage_left:  # every slice, once
+                    ok = await self._run_job(cycle, cycle.jobs[kind], worker)
         return ok

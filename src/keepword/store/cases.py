@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, false, func, insert, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
@@ -91,6 +91,12 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     """
     if conn.dialect.name == "postgresql":  # instances sharing a prefix number one at a time
         conn.execute(select(func.pg_advisory_xact_lock(CASE_NUMBER_LOCK, func.hashtext(prefix))))
+    elif conn.dialect.name == "sqlite":
+        # The write lock before the read: mailboxes triage in threads of their own, and
+        # two that read the same MAX before either inserts would take the same number
+        # (the second fails on the unique reference and its customer waits for a retry).
+        # A no-op write takes it (SQLite has one writer); it is held to the commit.
+        conn.execute(update(case).where(false()).values(number=case.c.number))
     # Two indexed MAX lookups ((mailbox, number) and (prefix, number)), not a scan.
     by_mailbox = select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
     by_prefix = select(func.max(case.c.number)).where(case.c.prefix == prefix)

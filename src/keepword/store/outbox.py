@@ -26,7 +26,18 @@ from email import message_from_bytes
 from email.policy import compat32
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    Result,
+    Row,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy import case as when_kind
 
 from keepword.domain.cases import Event, EventKind
@@ -423,16 +434,9 @@ def automatic_mail_times(
     when it went out, else when it is due to go out (a deferred row counts where it is
     planned), else when it was recorded.
     """
-    at = type_coerce(
-        func.coalesce(outbox.c.sent_at, outbox.c.next_attempt_at, outbox.c.created_at),
-        UtcDateTime(),
-    )
-    query = select(outbox.c.mailbox, outbox.c.recipients, at.label("at")).where(
-        and_(outbox.c.kind.in_(list(kinds)), or_(outbox.c.created_at >= since, at >= since))
-    )
     to_address: list[datetime] = []
     from_mailbox: list[datetime] = []
-    for row in conn.execute(query):
+    for row in _automatic_mail(conn, kinds, since):
         when: datetime = row.at
         if when < since:
             continue
@@ -441,6 +445,30 @@ def automatic_mail_times(
         if address is not None and address in (row.recipients or ()):
             to_address.append(when)
     return to_address, from_mailbox
+
+
+def automatic_mail_rows(
+    conn: Connection, kinds: Sequence[str], since: datetime
+) -> list[tuple[str, tuple[str, ...], datetime]]:
+    """(mailbox, recipients, planned time) of every automatic mail of `kinds` planned
+    since `since`, from every mailbox, in one read (domain.limits.Book; the planned time
+    as in `automatic_mail_times`)."""
+    return [
+        (row.mailbox, tuple(row.recipients or ()), row.at)
+        for row in _automatic_mail(conn, kinds, since)
+        if row.at >= since
+    ]
+
+
+def _automatic_mail(conn: Connection, kinds: Sequence[str], since: datetime) -> Result[Any]:
+    at = type_coerce(
+        func.coalesce(outbox.c.sent_at, outbox.c.next_attempt_at, outbox.c.created_at),
+        UtcDateTime(),
+    )
+    query = select(outbox.c.mailbox, outbox.c.recipients, at.label("at")).where(
+        and_(outbox.c.kind.in_(list(kinds)), or_(outbox.c.created_at >= since, at >= since))
+    )
+    return conn.execute(query)
 
 
 def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> frozenset[str]:

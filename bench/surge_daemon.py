@@ -1,0 +1,225 @@
+"""Surge end to end: 2,000 new customer mails land at once; the real daemon answers them.
+
+    .venv/bin/python bench/surge_daemon.py [--count 2000] [--database sqlite|postgres]
+
+Starts a private Dovecot (scripts/mailserver) and an aiosmtpd sink that records when it
+accepted each mail, writes a config file with the shipped defaults (only the servers,
+the credentials and an all-week calendar are set) and runs the real daemon
+(`keepword.runtime.daemon.Daemon` with `keepword.runtime.service.Service`) in this
+process, like bench/latency.py. Once the daemon has polled the empty inbox and its
+watcher is in IDLE, `--count` customer mails (each from its own address) are put into
+the inbox with MULTIAPPEND, as fast as Dovecot takes them. Measured from the end of
+that append: when the sink accepted the first and the last acknowledgement.
+
+The limit, measured in the same run over the same mails: fetch them (BODY.PEEK[] in
+the shipped batch size) and parse them (`keepword.mail.parse.parse_message`), then send
+as many acknowledgements of the same size over one reused SMTP connection (aiosmtplib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+import aiosmtplib  # noqa: E402
+from aiosmtpd.controller import Controller  # noqa: E402
+from aiosmtpd.smtp import AuthResult  # noqa: E402
+from tests.fixtures.dovecot import load_mailserver  # noqa: E402
+
+from keepword.adapters.credentials import Secret  # noqa: E402
+from keepword.adapters.imap import ImapSession  # noqa: E402
+from keepword.config import ImapSettings, Settings  # noqa: E402
+from keepword.mail.parse import parse_message  # noqa: E402
+from keepword.runtime.daemon import Daemon  # noqa: E402
+
+SUPPORT = "support@example.com"
+ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+
+
+class Sink:
+    """Accepts every mail; records when, and to whom."""
+
+    def __init__(self) -> None:
+        self.accepted: list[tuple[float, tuple[str, ...]]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.accepted.append((time.monotonic(), tuple(envelope.rcpt_tos)))
+        return "250 2.0.0 accepted"
+
+
+def customer_mail(n: int) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Customer {n} <c{n}@example.org>"
+    msg["To"] = SUPPORT
+    msg["Subject"] = f"Order {10000 + n}: the shop is down, I cannot pay"
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = make_msgid(domain="example.org")
+    msg.set_content(
+        f"Hello,\n\nyour shop shows an error when I pay for order {10000 + n}.\n"
+        + "Is it down? I need the order by Friday.\n" * 5
+        + "\nThanks\nCustomer"
+    )
+    return msg.as_bytes()
+
+
+def imap_settings(instance: Any) -> ImapSettings:
+    return ImapSettings(
+        host=instance.host,
+        port=instance.imap_port,
+        tls="plain",
+        username=SUPPORT,
+        password=instance.users[SUPPORT],
+    )
+
+
+def config_for(work: Path, instance: Any, smtp_port: int, database: str | None) -> Path:
+    keepword: dict[str, Any] = {
+        "state_dir": str(work),
+        "allow_inline_passwords": True,
+        "log_level": "WARNING",
+    }
+    if database:
+        keepword["database_url"] = database
+    settings = Settings.model_validate(
+        {
+            "keepword": keepword,
+            "mailbox": [
+                {
+                    "name": "support",
+                    "address": SUPPORT,
+                    "display_name": "Example Support",
+                    "team": ["alice@example.com"],
+                    "imap": imap_settings(instance).model_dump(mode="json", exclude_none=True),
+                    "smtp": {
+                        "host": "127.0.0.1",
+                        "port": smtp_port,
+                        "tls": "plain",
+                        "username": SUPPORT,
+                        "password": "relay-pw",
+                    },
+                    "calendar": {"hours": ALL_WEEK},
+                }
+            ],
+        }
+    )
+    config = work / "keepword.toml"
+    config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
+    return config
+
+
+def fetch_and_parse(instance: Any, count: int) -> float:
+    settings = imap_settings(instance)
+    started = time.monotonic()
+    with ImapSession(settings, Secret(instance.users[SUPPORT])) as session:
+        uids = session.new_uids("INBOX", 0)
+        fetched = session.fetch(uids)
+    parsed = [parse_message(m.raw) for m in fetched]
+    assert len(parsed) >= count, (len(parsed), count)
+    return time.monotonic() - started
+
+
+async def send_limit(port: int, raws: list[bytes]) -> float:
+    started = time.monotonic()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
+    await client.connect()
+    await client.login(SUPPORT, "relay-pw")
+    for n, raw in enumerate(raws):
+        await client.sendmail(SUPPORT, [f"limit{n}@example.org"], raw)
+    await client.quit()
+    return time.monotonic() - started
+
+
+async def surge(work: Path, instance: Any, count: int, database: str | None) -> dict[str, float]:
+    sink = Sink()
+    port = load_mailserver().free_port()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=lambda *_: AuthResult(success=True),
+        auth_require_tls=False,
+    )
+    controller.start()
+    raws = [customer_mail(n) for n in range(count)]
+    daemon = Daemon(config_for(work, instance, port, database))
+    running = asyncio.create_task(daemon.run())
+    figures: dict[str, float] = {}
+    try:
+        await asyncio.sleep(3.0)  # first poll of the empty inbox done, watcher in IDLE
+        with ImapSession(imap_settings(instance), Secret(instance.users[SUPPORT])) as session:
+            started = time.monotonic()
+            await asyncio.to_thread(session.append_many, "INBOX", raws, ())
+            landed = time.monotonic()
+        customers = {f"c{n}@example.org" for n in range(count)}
+        deadline = landed + 600
+        while True:
+            answered = {r for _, rcpts in sink.accepted for r in rcpts} & customers
+            if len(answered) == count:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(answered)} of {count} acknowledged in 600 s")
+            await asyncio.sleep(0.01)
+        times = [t for t, rcpts in sink.accepted if set(rcpts) & customers]
+        figures = {
+            "append": landed - started,
+            "first": min(times) - landed,
+            "last": max(times) - landed,
+            "other_mail": float(len(sink.accepted) - len(times)),
+        }
+    finally:
+        daemon.request_stop()
+        await running
+    figures["fetch_parse"] = await asyncio.to_thread(fetch_and_parse, instance, count)
+    sample = raws[0]  # an acknowledgement is about the size of a customer mail
+    figures["send"] = await send_limit(port, [sample] * count)
+    controller.stop()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--database", default=None, help="database_url (default: SQLite)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    mailserver = load_mailserver()
+    mailserver.install()
+    work = Path(tempfile.mkdtemp(prefix="kw-sd-", dir="/tmp"))
+    work.chmod(0o755)  # Dovecot's mail processes must traverse it
+    instance = mailserver.start(work / "dc", users={SUPPORT: "support-pw"})
+    try:
+        f = asyncio.run(surge(work, instance, args.count, args.database))
+    finally:
+        mailserver.stop(work / "dc")
+        shutil.rmtree(work, ignore_errors=True)
+    limit = f["fetch_parse"] + f["send"]
+    print(f"{args.count} customer mails appended in {f['append']:.2f} s (MULTIAPPEND)")
+    print("| mails | first ack | last ack | limit: fetch+parse + send | last / limit |")
+    print("|---:|---:|---:|---:|---:|")
+    print(
+        f"| {args.count} | {f['first']:.2f} s | {f['last']:.2f} s "
+        f"| {limit:.2f} s ({f['fetch_parse']:.2f} + {f['send']:.2f}) | {f['last'] / limit:.2f} |"
+    )
+    print(f"other mail accepted meanwhile (team, lead): {int(f['other_mail'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
