@@ -319,7 +319,6 @@ def run(messages: list[Generated]) -> tuple[float, Outcome]:
             candidates,
             now=facts.date,
             subject_window=WINDOW,
-            correspondent=correspondent,
             team=TEAM,
         )
         case_id = match.case_id

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from keepword.domain.model import Origin
-from keepword.pipeline.ingest import MailboxPoller, poll_folder
+from keepword.pipeline.ingest import Folder, MailboxPoller, poll_folder
 from keepword.store.tables import message
 from tests.fixtures.dovecot import Dovecot
 from tests.integration.test_ingest import (
@@ -62,7 +62,8 @@ def test_import_takes_every_live_mail_in_one_poll(
 ) -> None:
     box = mailbox_for(dovecot, mail_user, fetch_batch=3)
     session = session_for(box)
-    assert not poll_folder(engine, session, box, "INBOX", Origin.INBOX, now).more
+    inbox = Folder(engine, box, "INBOX", Origin.INBOX, now)
+    assert not poll_folder(session, inbox).more
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(7)])
-    result = poll_folder(engine, session, box, "INBOX", Origin.INBOX, now)
+    result = poll_folder(session, inbox)
     assert (result.new, result.more) == (7, False)
