@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-import aiosmtplib  # noqa: E402
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import AuthResult  # noqa: E402
+from bench.relay_sink import sending_limit, start_sink  # noqa: E402
 from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 from keepword.adapters.credentials import Secret  # noqa: E402
@@ -39,15 +37,6 @@ from keepword.store import outbox  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
 
 SUPPORT = "support@example.com"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.accepted: list[float] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.accepted.append(time.monotonic())
-        return "250 2.0.0 accepted"
 
 
 def ack(n: int) -> bytes:
@@ -92,13 +81,9 @@ def settings_for(work: Path, instance: Any, port: int, connections: int) -> Sett
 
 
 async def limit(raws: list[bytes], port: int, instance: Any) -> float:
+    """Sending over one connection plus one MULTIAPPEND of the Sent copies."""
     started = time.monotonic()
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
-    await client.connect()
-    await client.login(SUPPORT, "relay-pw")
-    for n, raw in enumerate(raws):
-        await client.sendmail(SUPPORT, [f"c{n}@example.org"], raw)
-    await client.quit()
+    await sending_limit(port, raws)
     imap = settings_for(Path("/tmp"), instance, port, 1).mailbox[0].imap
     with ImapSession(imap, Secret(instance.users[SUPPORT])) as session:
         session.append_many("Sent", raws)
@@ -106,16 +91,8 @@ async def limit(raws: list[bytes], port: int, instance: Any) -> float:
 
 
 async def run(count: int, connections: int, work: Path, instance: Any) -> None:
-    sink = Sink()
     port = load_mailserver().free_port()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=lambda *_: AuthResult(success=True),
-        auth_require_tls=False,
-    )
-    controller.start()
+    sink, controller = start_sink(port)
     try:
         raws = [ack(n) for n in range(count)]
         floor = await limit(raws, port, instance)
@@ -136,7 +113,7 @@ async def run(count: int, connections: int, work: Path, instance: Any) -> None:
         result = await drain_outbox(engine, settings, box, datetime.now(UTC), Servers(copy))
         done = time.monotonic() - started
         copy.close()
-        first, last = sink.accepted[0] - started, sink.accepted[-1] - started
+        first, last = sink.times()[0] - started, sink.times()[-1] - started
         print(
             f"| {count} | {connections} | {result.sent} | {first:.3f} s | {last:.2f} s "
             f"| {done:.2f} s | {floor:.2f} s | {done / floor:.2f} |",

@@ -37,9 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-import aiosmtplib  # noqa: E402
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import AuthResult  # noqa: E402
+from bench.relay_sink import sending_limit, start_sink  # noqa: E402
 from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 from keepword.adapters.credentials import Secret  # noqa: E402
@@ -50,17 +48,6 @@ from keepword.runtime.daemon import Daemon  # noqa: E402
 
 SUPPORT = "support@example.com"
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-
-
-class Sink:
-    """Accepts every mail; records when, and to whom."""
-
-    def __init__(self) -> None:
-        self.accepted: list[tuple[float, tuple[str, ...]]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.accepted.append((time.monotonic(), tuple(envelope.rcpt_tos)))
-        return "250 2.0.0 accepted"
 
 
 def customer_mail(n: int) -> bytes:
@@ -134,28 +121,9 @@ def fetch_and_parse(instance: Any, count: int) -> float:
     return time.monotonic() - started
 
 
-async def send_limit(port: int, raws: list[bytes]) -> float:
-    started = time.monotonic()
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
-    await client.connect()
-    await client.login(SUPPORT, "relay-pw")
-    for n, raw in enumerate(raws):
-        await client.sendmail(SUPPORT, [f"limit{n}@example.org"], raw)
-    await client.quit()
-    return time.monotonic() - started
-
-
 async def surge(work: Path, instance: Any, count: int, database: str | None) -> dict[str, float]:
-    sink = Sink()
     port = load_mailserver().free_port()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=lambda *_: AuthResult(success=True),
-        auth_require_tls=False,
-    )
-    controller.start()
+    sink, controller = start_sink(port)
     raws = [customer_mail(n) for n in range(count)]
     daemon = Daemon(config_for(work, instance, port, database))
     running = asyncio.create_task(daemon.run())
@@ -187,7 +155,7 @@ async def surge(work: Path, instance: Any, count: int, database: str | None) -> 
         await running
     figures["fetch_parse"] = await asyncio.to_thread(fetch_and_parse, instance, count)
     sample = raws[0]  # an acknowledgement is about the size of a customer mail
-    figures["send"] = await send_limit(port, [sample] * count)
+    figures["send"] = await sending_limit(port, [sample] * count, "limit{}@example.org".format)
     controller.stop()
     return figures
 
