@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -23,7 +24,9 @@ from keepword.adapters.idle import OnChange
 from keepword.clock import Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
 from keepword.errors import DeliveryUnavailable
+from keepword.runtime import daemon as daemon_module
 from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon, Pacing
+from keepword.store import jobs
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
 from tests.fixtures import configs
@@ -280,3 +283,47 @@ def test_next_fire_skips_missed_times(previous: str | None) -> None:
     assert next_fire(trigger, prior, late) == START + timedelta(seconds=300)
     on_grid = START + timedelta(seconds=120)
     assert next_fire(trigger, prior, on_grid) == START + timedelta(seconds=180)
+
+
+class DriverError(Exception):
+    """What psycopg raises when PostgreSQL restarts under a write (not SQLAlchemy's)."""
+
+
+def failing_for_a_while(write: Callable[..., None], calls: list[int]) -> Callable[..., None]:
+    def wrapped(conn: Any, *args: Any) -> None:
+        calls.append(1)
+        if 10 <= len(calls) < 20:
+            raise DriverError("consuming input failed: server closed the connection")
+        write(conn, *args)
+
+    return wrapped
+
+
+def test_a_job_record_the_database_cannot_take_ends_no_cycle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart under a job_run write once ended a mailbox's cycle for good
+    (three instances: the mailbox, still leased, was never worked again)."""
+    calls: list[int] = []
+    monkeypatch.setattr(jobs, "job_started", failing_for_a_while(jobs.job_started, calls))
+    monkeypatch.setattr(jobs, "job_finished", failing_for_a_while(jobs.job_finished, calls))
+    recorder, began, ended = run_daemon(tmp_path, {"support": 60})
+    assert len(calls) > 40
+    for job, interval in (("poll", 60), ("chase", 60), ("drain", DRAIN_INTERVAL)):
+        assert_runs_every(recorder.of("support", job), interval, began, ended)
+
+
+def test_whatever_escapes_a_jobs_bookkeeping_is_that_jobs_failure_not_the_cycles_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken: list[int] = []
+
+    def status(text: str) -> None:
+        broken.append(1)
+        if len(broken) in (3, 4, 5):
+            raise OSError("the notify socket went away")
+
+    monkeypatch.setattr(daemon_module.sdnotify, "status", status)
+    recorder, began, ended = run_daemon(tmp_path, {"support": 60})
+    assert len(broken) > 10
+    assert_runs_every(recorder.of("support", "poll"), 60, began, ended)

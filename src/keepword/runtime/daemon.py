@@ -413,7 +413,11 @@ class Daemon:
         while True:
             await asyncio.sleep(LOCK_CHECK)  # real time: the database's, not the daemon's
             lock = self._lock
-            if lock is None or await asyncio.to_thread(lock.alive):
+            try:
+                if lock is None or await asyncio.to_thread(lock.alive):
+                    continue
+            except Exception as exc:  # the check itself failed: look again next time
+                log.warning("writer lock not checked: %s", describe_error(exc))
                 continue
             log.warning("writer lock lost (the database connection dropped): taking it again")
             try:
@@ -433,7 +437,10 @@ class Daemon:
     async def _keep_leases(self) -> None:
         while True:
             await asyncio.sleep(RENEW_SECONDS)  # real time: leases expire on the database's
-            await self._lease_round()
+            try:
+                await self._lease_round()
+            except Exception:  # never end the loop: without it every lease lapses for good
+                log.exception("lease round failed; the next in %.0f s", RENEW_SECONDS)
 
     async def _lease_round(self) -> None:
         """Renew, take and hand over leases; start and end cycles to match."""
@@ -543,7 +550,18 @@ class Daemon:
                     job = cycle.jobs[kind]
                     due = job.seconds_left(self._clock.now(), self._clock.monotonic()) <= 0
                     if due and not cycle.ending and self._worker is not None:
-                        await self._run_job(cycle, job, self._worker)
+                        await self._run_job_kept(cycle, job, self._worker)
+
+    async def _run_job_kept(self, cycle: MailboxCycle, job: Job, worker: Worker) -> None:
+        """`_run_job`, and whatever escapes its bookkeeping is the job's failure (retried
+        with backoff): a mailbox's cycle never ends while its lease is held, or its mail
+        would wait for nobody until the process restarts."""
+        try:
+            await self._run_job(cycle, job, worker)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(cycle, job, exc)
 
     def _lease_valid(self, cycle: MailboxCycle) -> bool:
         """No lease renewed in time (database unreachable): stop before another may start."""
@@ -656,7 +674,9 @@ class Daemon:
 
         try:
             await asyncio.to_thread(transaction)
-        except SQLAlchemyError as exc:
+        except Exception as exc:  # a record is best effort
+            # A database restarting under the write may surface the driver's own error
+            # (psycopg.OperationalError from a connection reset), not SQLAlchemy's.
             log.warning("job run not recorded: %s", describe_error(exc))
 
     def status_text(self) -> str:
