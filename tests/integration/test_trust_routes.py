@@ -9,6 +9,7 @@ and nothing the stranger receives names or describes the targeted case.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
@@ -30,6 +31,7 @@ from tests.fixtures.smtp import SmtpServer
 pytestmark = pytest.mark.integration
 
 MALLORY = ("Mallory", "mallory@evil.test")
+RANDOM_HEADERS = ("message-id", "in-reply-to", "references", "content-type")
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 
@@ -67,9 +69,20 @@ class TrustDesk(Desk):
         with self.engine.connect() as conn:
             return case_store.correspondents(conn, [found.id])[found.id]
 
-    def learned_of(self, address: str) -> bytes:
-        """Everything the relay delivered to `address`, as one blob of bytes."""
-        return b"\n".join(m.raw for m in self.received(address))
+    def learned_of(self, address: str) -> str:
+        """What `address` can read in everything the relay delivered to it: the headers
+        and every decoded text part. Message-IDs and MIME boundaries are left out: they
+        are random, and "4711" turns up in one now and then."""
+        seen: list[str] = []
+        for delivered in self.received(address):
+            msg = delivered.parsed()
+            seen += [f"{k}: {v}" for k, v in msg.items() if k.lower() not in RANDOM_HEADERS]
+            seen += [
+                str(part.get_content())  # type: ignore[attr-defined]
+                for part in msg.walk()
+                if part.get_content_maintype() == "text"
+            ]
+        return "\n".join(seen)
 
 
 @pytest.fixture
@@ -99,7 +112,8 @@ def _ann_opens(desk: TrustDesk) -> EmailMessage:
 def _learned_nothing(desk: TrustDesk, stranger: str) -> None:
     """Nothing the stranger received names Ann's case, Ann, or what Ann wrote."""
     seen = desk.learned_of(stranger)
-    assert b"KW-1" not in seen and b"4711" not in seen and ANN[1].encode() not in seen
+    assert seen, "the stranger got their own acknowledgement"
+    assert not re.search(r"KW-1\b", seen) and "4711" not in seen and ANN[1] not in seen
 
 
 def test_1_a_strangers_tag_opens_their_own_case_and_the_sent_copy_is_not_a_claim(
@@ -116,7 +130,7 @@ def test_1_a_strangers_tag_opens_their_own_case_and_the_sent_copy_is_not_a_claim
     [ack] = desk.received(MALLORY[1])
     assert ack.header("Subject") == "Re: hello [KW-2]", "no readable KW-1 claim"
     _learned_nothing(desk, MALLORY[1])
-    assert b"Password reset" not in desk.learned_of(MALLORY[1])
+    assert "Password reset" not in desk.learned_of(MALLORY[1])
     # The Sent copy of that acknowledgement is keepword's own mail: filed by its outbox
     # row, even when its subject carries the other tag first (the old "Re: [KW-1] hello
     # [KW-2]"), and its recipient never becomes a correspondent of KW-1.
