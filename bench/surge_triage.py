@@ -36,8 +36,11 @@ from sqlalchemy import Connection, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
 
-from keepword.config import KeepwordSettings, MailboxSettings, Settings  # noqa: E402
+from bench import triage as triage_bench  # noqa: E402
+
+from keepword.config import MailboxSettings, Settings  # noqa: E402
 from keepword.domain.cases import CaseState  # noqa: E402
 from keepword.domain.limits import DAY, PlannedMail  # noqa: E402
 from keepword.domain.model import CaseStatus, Origin  # noqa: E402
@@ -81,18 +84,9 @@ GLOBAL_PER_HOUR: int | None = None
 
 
 def settings_for(url: str, work: Path) -> tuple[Settings, MailboxSettings]:
+    """bench/triage.py's mailbox, with --global-per-hour when given."""
     limits = {} if GLOBAL_PER_HOUR is None else {"limits": {"global_per_hour": GLOBAL_PER_HOUR}}
-    box = MailboxSettings.model_validate(
-        {
-            **limits,
-            "name": "support",
-            "address": "support@shop.example",
-            "team": ["alice@shop.example"],
-            "imap": {"host": "127.0.0.1", "tls": "plain", "username": "u", "password_env": "X"},
-        }
-    )
-    settings = Settings(keepword=KeepwordSettings(database_url=url, state_dir=work), mailbox=[box])
-    return settings, box
+    return triage_bench.settings_for(url, work, **limits)
 
 
 def seed_history(url: str, box: MailboxSettings, count: int) -> None:

@@ -50,9 +50,11 @@ def load_import_bench() -> ModuleType:
     return module
 
 
-def settings_for(url: str, work: Path) -> tuple[Settings, MailboxSettings]:
+def settings_for(url: str, work: Path, **mailbox: object) -> tuple[Settings, MailboxSettings]:
+    """One mailbox on `url` (`mailbox`: more of its settings, e.g. limits)."""
     box = MailboxSettings.model_validate(
         {
+            **mailbox,
             "name": "support",
             "address": "support@shop.example",
             "team": ["alice@shop.example"],
