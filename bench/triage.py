@@ -34,6 +34,7 @@ from keepword.domain.model import Origin  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
 from keepword.mail.render import Renderer  # noqa: E402
 from keepword.pipeline.context import MailboxContext  # noqa: E402
+from keepword.pipeline.triage import BATCH as TRIAGE_BATCH  # noqa: E402
 from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
 from keepword.store.messages import Folder, StoreItem, store_batch  # noqa: E402
@@ -65,8 +66,11 @@ def settings_for(url: str, work: Path, **mailbox: object) -> tuple[Settings, Mai
     return settings, box
 
 
-def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]:
-    """(store seconds, triage seconds, cases opened) for these messages in a fresh DB."""
+def run(
+    messages: list[bytes], work: Path, url: str, batch: int = TRIAGE_BATCH
+) -> tuple[float, float, int]:
+    """(store seconds, triage seconds, cases opened) for these messages in a fresh DB,
+    triaged `batch` messages a transaction."""
     engine = open_store(url)
     settings, box = settings_for(url, work)
     now = datetime.now(UTC)
@@ -85,7 +89,7 @@ def run(messages: list[bytes], work: Path, url: str) -> tuple[float, float, int]
     started = time.perf_counter()
     opened = 0
     while True:
-        result = triage_pending(desk, limit=BATCH * 4)
+        result = triage_pending(desk, limit=BATCH * 4, batch=batch)
         opened += result.opened
         if result.triaged == 0:
             break
@@ -127,9 +131,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--postgres", action="store_true", help="a private PostgreSQL")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="--messages one transaction a message and in batches, on SQLite and (with"
+        " --postgres) on PostgreSQL, in the same run",
+    )
     args = parser.parse_args()
     generate = load_import_bench().generate
     full = list(generate(args.messages))
+    if args.compare:
+        return compare(full, args.postgres)
     half = full[: args.messages // 2]
     with (
         tempfile.TemporaryDirectory(prefix="kw-triage-") as tmp,
@@ -143,6 +155,34 @@ def main() -> int:
         rate = count / seconds
         print(f"{count:>6} messages: triage {seconds:6.1f} s, {rate:7.0f} msgs/s, {cases} cases")
     print(f"time({len(full)}) / time({len(half)}) = {t_full / t_half:.2f} (linear: 2.00)")
+    return 0
+
+
+def compare(messages: list[bytes], postgres: bool) -> int:
+    """Messages a transaction: 1 (before) against the shipped batch, per database."""
+    rates: dict[tuple[str, int], float] = {}
+    cases: set[int] = set()
+    backends = [False, True] if postgres else [False]
+    with tempfile.TemporaryDirectory(prefix="kw-triage-") as tmp:
+        for on_postgres in backends:
+            name = "PostgreSQL" if on_postgres else "SQLite"
+            with databases(Path(tmp), on_postgres) as url_for:
+                for n, batch in enumerate((1, TRIAGE_BATCH)):
+                    _, seconds, opened = run(messages, Path(tmp), url_for(n), batch)
+                    rates[name, batch] = len(messages) / seconds
+                    cases.add(opened)
+                    print(
+                        f"{name:<10} batch {batch:>3}: {seconds:6.1f} s, "
+                        f"{rates[name, batch]:6.0f} msgs/s, {opened} cases",
+                        flush=True,
+                    )
+    print(f"same cases opened in every run: {len(cases) == 1}")
+    for name in sorted({name for name, _ in rates}):
+        gain = rates[name, TRIAGE_BATCH] / rates[name, 1]
+        print(f"{name}: batches {gain:.2f}x the speed of a transaction a message")
+    if postgres:
+        slower = rates["SQLite", TRIAGE_BATCH] / rates["PostgreSQL", TRIAGE_BATCH]
+        print(f"PostgreSQL in batches takes {slower:.2f}x SQLite's time (target <= 1.5)")
     return 0
 
 

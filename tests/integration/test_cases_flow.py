@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from keepword.domain import cases as case_rules
 from keepword.domain.model import LOOP_HEADER, CaseStatus, PromiseState
+from keepword.pipeline import triage as triage_module
 from keepword.store import cases as case_store
 from keepword.store.tables import case, message, outbox, promise
 from tests.fixtures.desk import ALICE, ANN, SUPPORT, TEAM_PROOF, mail
@@ -348,7 +349,11 @@ def test_a_close_from_the_cli_during_triage_is_not_overwritten(
     desk: Desk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`keepword close` lands between triage reading the case and saving it: triage must
-    decide again on the closed case (the follow-up reopens it), not undo the close."""
+    decide again on the closed case (the follow-up reopens it), not undo the close.
+    (One transaction a message: the path after a failed batch, and PostgreSQL's race. A
+    batch on SQLite holds the write lock from its start, so there the CLI waits for it:
+    tests/unit/test_commands_store.py.)"""
+    monkeypatch.setattr(triage_module, "BATCH", 1)
     question = desk.arrive(mail(ANN, "Charged twice"))
     desk.cycle()
     real_save = case_store.save_case

@@ -156,7 +156,9 @@ def test_a_message_whose_triage_fails_is_retried_and_never_blocks_the_mail_behin
     behind = desk.write(BOB, "Login broken")
     desk.poll()
 
-    assert calls, "the fault was injected"
+    # a database error ends its batch's transaction: tried again alone in the same run
+    assert 1 <= len(calls) <= 2, "the fault was injected"
+    tried = len(calls)
     assert desk.case_of(behind) is not None and desk.acks_to(BOB[1]) == 1, "not blocked"
     waiting = desk.stored(poison)
     assert waiting.triaged_at is None and not waiting.quarantined
@@ -167,7 +169,7 @@ def test_a_message_whose_triage_fails_is_retried_and_never_blocks_the_mail_behin
     assert backlog.last_error is not None and type(fault).__name__ in backlog.last_error
 
     desk.poll()  # not due yet: not tried again at once
-    assert len(calls) == 1
+    assert len(calls) == tried
 
     monkeypatch.undo()  # the fault is gone
     desk.later(minutes=1)

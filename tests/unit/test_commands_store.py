@@ -9,6 +9,8 @@ one confirmation to the sender, never anything of the commands to the customer.
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -359,7 +361,9 @@ def test_cli_assign_between_the_commands_read_and_write_loses_nothing(
     desk: StoreDesk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The command mail reads the case, `keepword assign` commits, then the command
-    mail writes: its save fails on the version, the message is retried, both land."""
+    mail writes: its save fails on the version, the message is retried, both land.
+    (One transaction a message: the path after a failed batch, and PostgreSQL's race. A
+    batch on SQLite holds the write lock from its start: the CLI waits, next test.)"""
     open_case(desk)
     real = command_use_case.decide
     raced: list[bool] = []
@@ -375,10 +379,10 @@ def test_cli_assign_between_the_commands_read_and_write_loses_nothing(
         mail(ALICE_FROM, "[KW-1] x", "#note keep it\n#close\n", date=at(10), headers=TEAM_PROOF),
         at(10),
     )
-    first = desk.triage(at(10))
+    first = desk.triage(at(10), batch=1)
     assert len(first.errors) == 1 and "changed meanwhile" in first.errors[0]
     assert the_case(desk).owner == CAROL and rows(desk, "command_reply") == []
-    later = desk.triage(at(10, 2))  # the triage retry, a minute or so later
+    later = desk.triage(at(10, 2), batch=1)  # the triage retry, a minute or so later
     assert later.errors == [] and later.triaged == 1
     current = the_case(desk)
     assert current.owner == CAROL and current.status == CaseStatus.CLOSED.value
@@ -386,6 +390,43 @@ def test_cli_assign_between_the_commands_read_and_write_loses_nothing(
     assert events.count(("owner_changed", CAROL)) == 1
     assert events.count(("note", ALICE)) == 1 and events.count(("closed", ALICE)) == 1
     assert len(rows(desk, "command_reply")) == 1
+
+
+def test_cli_assign_during_a_batch_waits_for_it_and_both_land(
+    desk: StoreDesk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's transaction holds SQLite's write lock from its start: `keepword assign`
+    run meanwhile (another thread: another process in life) waits for its commit, then
+    decides on the case the command mail left - nothing lost, nothing retried."""
+    open_case(desk)
+    real = command_use_case.decide
+    cli: list[threading.Thread] = []
+
+    def decide_with_a_race(*args: Any) -> Any:
+        if not cli:
+            cli.append(
+                threading.Thread(
+                    target=_cli, args=(desk, cli_cases._assign), kwargs={"address": CAROL}
+                )
+            )
+            cli[0].start()
+            time.sleep(0.3)  # the CLI is waiting on the lock now
+        return real(*args)
+
+    monkeypatch.setattr(command_use_case, "decide", decide_with_a_race)
+    desk.deliver(
+        mail(ALICE_FROM, "[KW-1] x", "#note keep it\n#take\n", date=at(10), headers=TEAM_PROOF),
+        at(10),
+    )
+    first = desk.triage(at(10))
+    cli[0].join(timeout=30)
+    assert first.errors == [] and first.triaged == 1 and not cli[0].is_alive()
+    current = the_case(desk)
+    events = kinds_with_actor(desk, current.id)
+    assert events.count(("note", ALICE)) == 1
+    # the mail's #take first (it held the lock), then the CLI's assign on top of it
+    assert events.count(("owner_changed", ALICE)) == 1 and current.owner == CAROL
+    assert events.index(("owner_changed", ALICE)) < events.index(("owner_changed", CAROL))
 
 
 def test_a_command_between_the_clis_read_and_write_loses_nothing(

@@ -1,9 +1,11 @@
 """The triage use case: every stored message, once, into a case; then acknowledge.
 
-Each message is handled in its own transaction (the Mailman model): classification,
-threading, the case change, its timeline, promises and the outbox row for an
-acknowledgement are written together, so a crash at any instant leaves the message
-either untouched (and triaged again) or fully triaged.
+Each message is handled atomically (the Mailman model): classification, threading, the
+case change, its timeline, promises and the outbox row for an acknowledgement are
+written together, so a crash at any instant leaves the message either untouched (and
+triaged again) or fully triaged. Messages go in batches: one transaction, a savepoint
+per message (a message that fails rolls back alone); if the transaction itself fails
+(the store is busy or gone), its messages go again one transaction each.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store import triage_state
+from keepword.store.db import write_transaction
 from keepword.store.messages import first_seen_at, load_facts
 from keepword.store.triage_state import Untriaged
 
@@ -83,6 +86,10 @@ FOLLOW_UP_WAITS_FOR = 3
 # So many database errors in a row: the store itself fails, not the messages; the run
 # ends (each try could wait out a busy timeout) and the next run starts with new mail.
 STORE_ERRORS_TO_STOP = 3
+# Messages a transaction triages (a savepoint each): the transaction's set-up and commit
+# are paid once a batch, and SQLite's write lock is held at most one batch long (tens of
+# milliseconds to a few hundred), so other mailboxes and the drain wait no longer.
+BATCH = 50
 
 
 @dataclass
@@ -130,13 +137,19 @@ class _Arrival:
 
 
 def triage_pending(
-    desk: MailboxContext, *, acknowledger: Acknowledger | None = None, limit: int = 5000
+    desk: MailboxContext,
+    *,
+    acknowledger: Acknowledger | None = None,
+    limit: int = 5000,
+    batch: int | None = None,
 ) -> TriageResult:
     """Triage what is due: new mail in the order it was written, then due retries.
 
-    One transaction per message; a message whose triage fails stays pending for a later
-    retry and never stops the messages behind it.
+    Batches of `batch` messages (BATCH unless given), a savepoint each (`batch=1`: a
+    transaction each); a message whose triage fails stays pending for a later retry and
+    never stops the messages behind it.
     """
+    batch = batch or BATCH
     run = _Run(desk, acknowledger)
     box = desk.box
     with desk.engine.connect() as conn:
@@ -144,24 +157,112 @@ def triage_pending(
         run.failing = triage_state.failed_attempts(conn, box.name)
     run.result.more = len(queue) >= limit
     held: list[Untriaged] = []
+    for start in range(0, len(queue), batch):
+        chunk = queue[start : start + batch]
+        left = chunk if batch == 1 else _try_batch(run, chunk, held)
+        if left and not _one_by_one(run, left, held):
+            log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
+            run.result.more = False  # not at once: the next poll, when the store is back
+            break
+    else:
+        # Follow-ups whose first mail got through in this run go now, not a poll later.
+        freed = [item for item in held if not _waits_for_first_mail(item, run.failing)]
+        _one_by_one(run, freed if batch == 1 else _try_batch(run, freed, []), [])
+    _close_done(desk, run.result)
+    return run.result
+
+
+def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list[Untriaged]:
+    """Triage `batch` in one transaction, each message in a savepoint of its own: one that
+    fails rolls back alone and its retry is recorded in the same transaction. Follow-ups
+    that must wait go to `held`. Returns what is left to do one transaction a message:
+    nothing, or the whole batch when the transaction itself failed."""
+    failing_before = dict(run.failing)
+    waiting: list[Untriaged] = []
+    outcomes: list[tuple[Untriaged, TriageResult | _Failure]] = []
+    try:
+        with write_transaction(run.desk.engine) as conn:
+            # One read for the batch: what a message says never changes while it waits.
+            facts = {f.pk: f for f in load_facts(conn, [item.pk for item in batch])}
+            for item in batch:
+                if _waits_for_first_mail(item, run.failing):
+                    waiting.append(item)
+                else:
+                    outcomes.append((item, _in_savepoint(conn, run, item, facts[item.pk])))
+    except Exception as exc:  # the store is busy or gone: nothing of the batch was written
+        run.failing = failing_before
+        run.desk.forget_run_state()
+        log.warning(
+            "mailbox %s: a batch of %d messages rolled back (%s: %s); one at a time",
+            run.desk.box.name,
+            len(batch),
+            type(exc).__name__,
+            exc,
+        )
+        return batch
+    held.extend(waiting)
+    for item, outcome in outcomes:
+        if isinstance(outcome, _Failure):
+            _report_failure(run, item, outcome)
+        else:
+            _count(run.result, outcome)
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A message's triage failed: when it is tried again, and why."""
+
+    error: Exception
+    attempts: int
+    retry_at: datetime
+
+
+def _in_savepoint(
+    conn: Connection, run: _Run, item: Untriaged, facts: MessageFacts
+) -> TriageResult | _Failure:
+    """One message of a batch. A database error is the store's, not the message's: it
+    ends the batch (raised); anything else rolls back this message alone."""
+    done = TriageResult()
+    try:
+        with conn.begin_nested():
+            _triage_one(conn, run, facts, done)
+    except OperationalError:
+        raise
+    except Exception as exc:
+        failure = _failure(run, item, exc)
+        triage_state.record_failure(
+            conn,
+            item.pk,
+            attempts=failure.attempts,
+            retry_at=failure.retry_at,
+            error=_reason(exc),
+        )
+        return failure
+    run.failing.pop(item.message_id, None)
+    return done
+
+
+def _one_by_one(run: _Run, items: list[Untriaged], held: list[Untriaged]) -> bool:
+    """Triage `items` one transaction each (after a batch's transaction failed); False when
+    the store keeps failing (STORE_ERRORS_TO_STOP database errors in a row)."""
     store_errors = 0
-    for item in queue:
+    for item in items:
         if _waits_for_first_mail(item, run.failing):
             held.append(item)
             continue
         error = _try_one(run, item)
         store_errors = store_errors + 1 if isinstance(error, OperationalError) else 0
         if store_errors >= STORE_ERRORS_TO_STOP:
-            log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
-            run.result.more = False  # not at once: the next poll, when the store is back
-            break
-    else:
-        # Follow-ups whose first mail got through in this run go now, not a poll later.
-        for item in held:
-            if not _waits_for_first_mail(item, run.failing):
-                _try_one(run, item)
-    _close_done(desk, run.result)
-    return run.result
+            return False
+    return True
+
+
+def _count(result: TriageResult, done: TriageResult) -> None:
+    result.triaged += 1
+    result.opened += done.opened
+    result.acknowledged += done.acknowledged
+    result.unusable += done.unusable
 
 
 def _waits_for_first_mail(item: Untriaged, failing: dict[str, int]) -> bool:
@@ -184,7 +285,8 @@ def _try_one(run: _Run, item: Untriaged) -> Exception | None:
 
     def triage_it() -> None:
         with run.desk.engine.begin() as conn:
-            _triage_one(conn, run, item.pk, done)
+            [facts] = load_facts(conn, [item.pk])
+            _triage_one(conn, run, facts, done)
 
     attempt = isolated(
         triage_it,
@@ -195,46 +297,67 @@ def _try_one(run: _Run, item: Untriaged) -> Exception | None:
     if not attempt.ok:
         return attempt.error
     run.failing.pop(item.message_id, None)
-    run.result.triaged += 1
-    run.result.opened += done.opened
-    run.result.acknowledged += done.acknowledged
-    run.result.unusable += done.unusable
+    _count(run.result, done)
     return None
 
 
-def _record_failure(run: _Run, item: Untriaged, exc: Exception) -> None:
-    box, pk = run.desk.box, item.pk
+def _failure(run: _Run, item: Untriaged, exc: Exception) -> _Failure:
+    """Count a failed attempt: the predictor and limits forget what it fed them."""
     attempts = run.failing[item.message_id] = item.attempts + 1
     retry_at = run.desk.now + timedelta(seconds=TRIAGE_RETRY.delay(attempts))
-    reason = f"{type(exc).__name__}: {exc}"
     run.desk.forget_run_state()  # it may have fed the promise predictor a rolled-back case
-    run.result.errors.append(f"message {pk} (attempt {attempts}): {reason}")
-    if attempts >= STUCK_AFTER:
-        log.error(
-            "mailbox %s: triage of message %s failed %d times, next try %s: %s",
-            box.name,
-            pk,
-            attempts,
-            f"{retry_at:%Y-%m-%d %H:%M:%S}",
-            reason,
-        )
-    elif isinstance(exc, DEFERRABLE):
-        log.warning("mailbox %s: triage of message %s deferred: %s", box.name, pk, reason)
-    else:
-        log.exception("mailbox %s: triage of message %s failed", box.name, pk)
+    return _Failure(exc, attempts, retry_at)
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _record_failure(run: _Run, item: Untriaged, exc: Exception) -> None:
+    """A message's own transaction failed: record its retry in a new one."""
+    failure = _failure(run, item, exc)
+    _report_failure(run, item, failure)
+    box, pk = run.desk.box, item.pk
     try:
         with run.desk.engine.begin() as conn:
             triage_state.record_failure(
-                conn, pk, attempts=attempts, retry_at=retry_at, error=reason
+                conn,
+                pk,
+                attempts=failure.attempts,
+                retry_at=failure.retry_at,
+                error=_reason(exc),
             )
     except Exception:  # the store is gone too: the message stays as it was, tried next run
         log.exception("mailbox %s: cannot record the triage failure of message %s", box.name, pk)
 
 
-def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> None:
+def _report_failure(run: _Run, item: Untriaged, failure: _Failure) -> None:
+    box, pk, exc = run.desk.box, item.pk, failure.error
+    reason = _reason(exc)
+    run.result.errors.append(f"message {pk} (attempt {failure.attempts}): {reason}")
+    if failure.attempts >= STUCK_AFTER:
+        log.error(
+            "mailbox %s: triage of message %s failed %d times, next try %s: %s",
+            box.name,
+            pk,
+            failure.attempts,
+            f"{failure.retry_at:%Y-%m-%d %H:%M:%S}",
+            reason,
+        )
+    elif isinstance(exc, DEFERRABLE):
+        log.warning("mailbox %s: triage of message %s deferred: %s", box.name, pk, reason)
+    else:
+        log.error(
+            "mailbox %s: triage of message %s failed",
+            box.name,
+            pk,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
+
+def _triage_one(conn: Connection, run: _Run, facts: MessageFacts, result: TriageResult) -> None:
     desk = run.desk
-    box, now = desk.box, desk.now
-    [facts] = load_facts(conn, [pk])
+    box, now, pk = desk.box, desk.now, facts.pk
     team = box.team_addresses()
     classified = classify(facts, team=team, own_addresses=desk.own_addresses)
     # Who the sender is, decided once (pipeline.standing, docs/trust.md): a team address
@@ -286,12 +409,11 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
                 commands.refuse_caseless(conn, desk, command)
             return
     new_case = match.case_id is None
-    before = (
-        case_store.load_case(conn, match.case_id)
-        if match.case_id is not None
-        else _open(conn, desk, arrival)
-    )
-    if new_case:
+    opening: tuple[cases.Event, ...] = ()  # a new case's own events: written with the rest
+    if match.case_id is not None:
+        before = case_store.load_case(conn, match.case_id)
+    else:
+        before, opening = _open(conn, desk, arrival)
         result.opened += 1
     # A command mail is the team's answer only if it went to the customer with more in it
     # (a forward of a customer's mail into the inbox stays that customer's contact).
@@ -307,8 +429,10 @@ def _triage_one(conn: Connection, run: _Run, pk: int, result: TriageResult) -> N
     saved = case_store.save_case(conn, change.case)
     assert saved.id is not None
     desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
-    case_store.add_events(conn, saved.id, change.events)
-    case_store.add_correspondents(conn, saved.id, _correspondents(arrival, new_case, learned))
+    case_store.add_events(conn, saved.id, (*opening, *change.events))
+    case_store.add_correspondents(
+        conn, saved.id, _correspondents(arrival, new_case, learned), new_case=new_case
+    )
     _record(conn, pk, arrival, saved.id, now)
     if answers:
         _settle_promises(conn, desk, before, saved, verdict.kind, at)
@@ -400,7 +524,11 @@ def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -
         owners.staff_wrote(conn, desk, facts.sender.address)
 
 
-def _open(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> cases.CaseState:
+def _open(
+    conn: Connection, desk: MailboxContext, arrival: _Arrival
+) -> tuple[cases.CaseState, tuple[cases.Event, ...]]:
+    """The case this message opens, saved, and its opening events (for the caller to
+    write with the message's own)."""
     box = desk.box
     facts, match = arrival.facts, arrival.match
     opened = cases.open_case(
@@ -414,8 +542,6 @@ def _open(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> cases.Ca
         owned = owners.owner_on_open(conn, desk, opened.case)  # one owner from the start
         opened = cases.Change(owned.case, (*opened.events, *owned.events))
     saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
-    assert saved.id is not None
-    case_store.add_events(conn, saved.id, opened.events)
     # History is imported by the thousand: one line per case only for live mail.
     log.log(
         logging.DEBUG if facts.is_history else logging.INFO,
@@ -424,7 +550,7 @@ def _open(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> cases.Ca
         saved.reference,
         match.explanation,
     )
-    return saved
+    return saved, opened.events
 
 
 def _customer_opened(arrival: _Arrival) -> bool:

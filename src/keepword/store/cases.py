@@ -91,7 +91,7 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     """
     if conn.dialect.name == "postgresql":  # instances sharing a prefix number one at a time
         conn.execute(select(func.pg_advisory_xact_lock(CASE_NUMBER_LOCK, func.hashtext(prefix))))
-    elif conn.dialect.name == "sqlite":
+    elif conn.dialect.name == "sqlite" and not _holds_sqlite_write_lock(conn):
         # The write lock before the read: mailboxes triage in threads of their own, and
         # two that read the same MAX before either inserts would take the same number
         # (the second fails on the unique reference and its customer waits for a retry).
@@ -100,8 +100,14 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     # Two indexed MAX lookups ((mailbox, number) and (prefix, number)), not a scan.
     by_mailbox = select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
     by_prefix = select(func.max(case.c.number)).where(case.c.prefix == prefix)
-    current = [conn.execute(query).scalar() or 0 for query in (by_mailbox, by_prefix)]
-    return max(current) + 1
+    current = conn.execute(select(by_mailbox.scalar_subquery(), by_prefix.scalar_subquery()))
+    return max(number or 0 for number in current.one()) + 1
+
+
+def _holds_sqlite_write_lock(conn: Connection) -> bool:
+    """pysqlite is inside a transaction only after BEGIN IMMEDIATE (store.db's
+    write_transaction) or a first write: either way this connection is SQLite's writer."""
+    return bool(conn.connection.driver_connection.in_transaction)  # type: ignore[union-attr]
 
 
 def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) -> CaseState:
@@ -162,14 +168,22 @@ def add_events(conn: Connection, case_id: int, events: Iterable[Event]) -> None:
         conn.execute(insert(case_event), rows)
 
 
-def add_correspondents(conn: Connection, case_id: int, addresses: Iterable[str]) -> None:
+def add_correspondents(
+    conn: Connection, case_id: int, addresses: Iterable[str], *, new_case: bool = False
+) -> None:
+    """Add the addresses the case does not know yet (a case saved in this transaction
+    knows none: `new_case` spares the read)."""
     wanted = {a.lower() for a in addresses if a}
     if not wanted:
         return
-    known = set(
-        conn.execute(
-            select(case_correspondent.c.address).where(case_correspondent.c.case_id == case_id)
-        ).scalars()
+    known = (
+        set()
+        if new_case
+        else set(
+            conn.execute(
+                select(case_correspondent.c.address).where(case_correspondent.c.case_id == case_id)
+            ).scalars()
+        )
     )
     rows = [{"case_id": case_id, "address": a} for a in sorted(wanted - known)]
     if rows:

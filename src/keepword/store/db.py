@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from keepword.errors import StoreError
@@ -35,6 +37,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction that savepoints (`conn.begin_nested()`) work in; committed
+    when the block ends, rolled back if it raises.
+
+    pysqlite's own transaction handling emits BEGIN only before the first INSERT/UPDATE
+    and so breaks SAVEPOINT (SQLAlchemy's documented caveat): on SQLite this connection
+    runs in the driver's autocommit mode and the transaction is begun here, IMMEDIATE -
+    the write lock is taken at once (waiting out busy_timeout like any write), so what
+    the block reads cannot go stale before it writes. The pool restores the driver's mode
+    when the connection goes back.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            with conn.begin():
+                yield conn
+            return
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
