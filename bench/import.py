@@ -182,6 +182,7 @@ def generate(count: int, seed: int = 7) -> Iterator[bytes]:
         (f"{rng.choice(FIRST)} {rng.choice(LAST)}", f"user{n}@customer{n % 97}.example")
         for n in range(800)
     ]
+    names = {address: name for name, address in people}
     threads: list[tuple[str, list[str], str]] = []  # (subject, message ids, customer)
     start = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
     for number in range(count):
@@ -198,7 +199,9 @@ def generate(count: int, seed: int = 7) -> Iterator[bytes]:
             f"Message-ID: {message_id}",
         ]
         if threads and rng.random() < 0.4:
-            subject, ids, _ = rng.choice(threads[-300:])
+            subject, ids, customer = rng.choice(threads[-300:])
+            # the thread's own customer writes again (a stranger's reply is refused a join)
+            headers[0] = f"From: {names[customer]} <{customer}>"
             headers.append(f"Subject: Re: {subject}")
             headers.append(f"In-Reply-To: {ids[-1]}")
             headers.append("References: " + " ".join(ids[-10:]))
