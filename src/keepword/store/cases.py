@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, false, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, false, func, insert, select, update
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
@@ -38,6 +38,29 @@ _CASE_FIELDS = (
 )
 
 
+# The statements triage runs for every message, built once: building a statement and its
+# cache key costs more than SQLite takes to run it (issue 14's profile).
+_LOAD = select(case).where(case.c.id == bindparam("case_id"))
+_UPDATE = (
+    update(case)
+    .where(and_(case.c.id == bindparam("b_id"), case.c.version == bindparam("b_version")))
+    .values({**{f: bindparam(f"v_{f}") for f in _CASE_FIELDS}, "version": bindparam("v_version")})
+)
+_ADD_EVENTS = insert(case_event)
+_BY_CORRESPONDENT_SUBJECT = (
+    select(case.c.id)
+    .join(case_correspondent, case_correspondent.c.case_id == case.c.id)
+    .where(
+        and_(
+            case.c.mailbox == bindparam("mailbox"),
+            case.c.subject_key == bindparam("subject_key"),
+            case_correspondent.c.address == bindparam("address"),
+        )
+    )
+    .order_by(case.c.updated_at.desc(), case.c.id.desc())
+)
+
+
 def _to_state(row: Row[Any]) -> CaseState:
     values = row._mapping
     return CaseState(
@@ -51,7 +74,7 @@ def _to_state(row: Row[Any]) -> CaseState:
 
 
 def load_case(conn: Connection, case_id: int) -> CaseState:
-    return _to_state(conn.execute(select(case).where(case.c.id == case_id)).one())
+    return _to_state(conn.execute(_LOAD, {"case_id": case_id}).one())
 
 
 def find_case(conn: Connection, reference: str) -> CaseState | None:
@@ -119,11 +142,9 @@ def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) 
     values = {k: getattr(state, k) for k in _CASE_FIELDS}
     values["status"] = state.status.value
     if state.id is not None:
-        saved = conn.execute(
-            update(case)
-            .where(and_(case.c.id == state.id, case.c.version == state.version))
-            .values(**values, version=state.version + 1)
-        )
+        params = {f"v_{k}": v for k, v in values.items()}
+        params.update(b_id=state.id, b_version=state.version, v_version=state.version + 1)
+        saved = conn.execute(_UPDATE, params)
         if saved.rowcount != 1:
             raise StaleCaseError(f"case {state.reference} changed meanwhile")
         return replace(state, version=state.version + 1)
@@ -131,9 +152,8 @@ def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) 
     number = next_number(conn, state.mailbox, prefix)
     reference = format_reference(prefix, number)
     values.update(number=number, reference=reference, prefix=prefix)
-    key = conn.execute(insert(case).values(**values)).inserted_primary_key
-    assert key is not None
-    return load_case(conn, int(key[0]))
+    # RETURNING: the row as stored (defaults and all) without a second statement.
+    return _to_state(conn.execute(insert(case).values(**values).returning(*case.c)).one())
 
 
 def confirm_unchanged(conn: Connection, state: CaseState) -> None:
@@ -165,7 +185,7 @@ def add_events(conn: Connection, case_id: int, events: Iterable[Event]) -> None:
         for e in events
     ]
     if rows:
-        conn.execute(insert(case_event), rows)
+        conn.execute(_ADD_EVENTS, rows)
 
 
 def add_correspondents(
@@ -240,19 +260,8 @@ def cases_by_correspondent_subject(
 ) -> list[int]:
     if not subject_key:
         return []
-    query = (
-        select(case.c.id)
-        .join(case_correspondent, case_correspondent.c.case_id == case.c.id)
-        .where(
-            and_(
-                case.c.mailbox == mailbox,
-                case.c.subject_key == subject_key,
-                case_correspondent.c.address == address.lower(),
-            )
-        )
-        .order_by(case.c.updated_at.desc(), case.c.id.desc())
-    )
-    return list(dict.fromkeys(conn.execute(query).scalars()))
+    params = {"mailbox": mailbox, "subject_key": subject_key, "address": address.lower()}
+    return list(dict.fromkeys(conn.execute(_BY_CORRESPONDENT_SUBJECT, params).scalars()))
 
 
 def timeline(conn: Connection, case_id: int) -> list[Row[Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
 from keepword.domain.model import Classification
 from keepword.domain.threads import ThreadRule
@@ -122,16 +122,30 @@ def record_triage(
 ) -> None:
     """The message is triaged: its kind and why, its case (if any), the threading rule."""
     conn.execute(
-        update(message)
-        .where(message.c.id == pk)
-        .values(
-            kind=verdict.kind.value,
-            kind_reason=verdict.reason[:MAX_ERROR_CHARS],
-            case_id=case_id,
-            thread_rule=rule.value,
-            triaged_at=now,
-        )
+        _TRIAGED,
+        {
+            "pk": pk,
+            "v_kind": verdict.kind.value,
+            "v_reason": verdict.reason[:MAX_ERROR_CHARS],
+            "v_case": case_id,
+            "v_rule": rule.value,
+            "v_at": now,
+        },
     )
+
+
+# Run for every message: built once (construction costs more than the indexed UPDATE).
+_TRIAGED = (
+    update(message)
+    .where(message.c.id == bindparam("pk"))
+    .values(
+        kind=bindparam("v_kind"),
+        kind_reason=bindparam("v_reason"),
+        case_id=bindparam("v_case"),
+        thread_rule=bindparam("v_rule"),
+        triaged_at=bindparam("v_at"),
+    )
+)
 
 
 def unhandled_done(conn: Connection, mailbox: str) -> list[tuple[int, int | None]]:
