@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -16,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import OperationalError
 
 from keepword.domain.model import MessageFacts
 from keepword.pipeline import triage as triage_module
 from keepword.pipeline.acknowledge import acknowledge_case
+from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.triage import triage_pending
+from keepword.store import away as away_store
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox, promise
 from tests.corpora import CORPORA, needs_corpora
 from tests.fixtures.chase_store import ALICE, SUPPORT, StoreDesk
@@ -56,16 +59,24 @@ def _snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     return dumped
 
 
-def _run(tmp: Path, deliveries: list[Delivery], passes: list[datetime], batch: int) -> StoreDesk:
+def _run(
+    tmp: Path,
+    deliveries: list[Delivery],
+    passes: list[datetime],
+    batch: int,
+    *,
+    policy: str = "round_robin",
+    context_type: type[MailboxContext] = MailboxContext,
+) -> StoreDesk:
     """Deliver the mail in order, triaging at each of `passes` once what arrived by then."""
     random.seed(0)  # a failed message's retry time has jitter: the same draws for both
-    desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": "round_robin"})
+    desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": policy})
     left = list(deliveries)
     for now in passes:
         while left and left[0][1] <= now:
             raw, at, folder = left.pop(0)
             desk.deliver_raw(raw, at, folder)
-        context = desk.desk_at(now)
+        context = context_type(desk.settings, desk.box, desk.engine, desk.renderer, now)
         triage_pending(context, acknowledger=acknowledge_case, batch=batch, limit=500)
         desk.drain(now)
     return desk
@@ -168,6 +179,33 @@ def test_batches_decide_what_one_transaction_a_message_decides(tmp_path: Path, s
     batched = _same_in_batches(tmp_path, deliveries, passes)
     dumped = _snapshot(batched.engine)
     assert len(dumped["case"]) >= 10 and dumped["outbox"], "the inbox opened and answered cases"
+
+
+class StoreCountsDesk(MailboxContext):
+    """Before: the least_open policy counted every open case again for every case opened."""
+
+    def open_counts(self, conn: Connection) -> Mapping[str, int]:
+        return away_store.open_counts(conn, self.box.name)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_open_cases_followed_through_a_run_choose_the_owners_the_store_would(
+    tmp_path: Path, seed: int
+) -> None:
+    deliveries, passes = _inbox(200 + seed)
+    runs = [
+        _run(tmp_path / name, deliveries, passes, 7, policy="least_open", context_type=kind)
+        for name, kind in (("store", StoreCountsDesk), ("followed", MailboxContext))
+    ]
+    expected, got = (_snapshot(run.engine) for run in runs)
+    assert got == expected
+    owners = {row.owner for row in _rows(runs[1].engine, case)}
+    assert {ALICE, BOB} <= owners, "both members got cases"
+
+
+def _rows(engine: Engine, table: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(table)))
 
 
 def _fail_for(subject: str, exc: Exception, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -11,6 +11,7 @@ once a run too (`planned_mail`) and followed from the run's own queued mail.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -76,6 +77,8 @@ class MailboxContext:
     _away: float | None = field(default=None, init=False)  # away_share at `now`
     # Automatic customer mail the rate limits count, read once a run (`planned_mail`).
     _book: Book | None = field(default=None, init=False)
+    # Open live cases per owner (the least_open policy), read once a run (`open_counts`).
+    _open: dict[str, int] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)
@@ -118,6 +121,8 @@ class MailboxContext:
         next promise sees changes with it. Called inside the message's transaction;
         `forget_run_state` if that transaction fails."""
         assert after.id is not None
+        self._count_open(before, -1)
+        self._count_open(after, +1)
         if after.is_history:  # a build keeps history only once answered: ask the store
             self._mark_stale()
             return
@@ -132,6 +137,26 @@ class MailboxContext:
             self._pending += [(after.id, responded, _Fed.KEPT)] * self._kept(conn, after.id)
         elif after.status is CaseStatus.CLOSED and after.first_response_at is None:
             self._mark_stale()  # closed unanswered: a build leaves it out of the queue
+
+    def open_counts(self, conn: Connection) -> Mapping[str, int]:
+        """Open (not closed) live cases per owner: read from the store once a run, then
+        followed through the run's own case changes (`note_case`) - a surge no longer
+        counts every open case again for every case it opens."""
+        if self._open is None:
+            self._open = away_store.open_counts(conn, self.box.name)
+        return self._open
+
+    def _count_open(self, state: CaseState | None, step: int) -> None:
+        """What `away_store.open_counts` would count of `state`, added (`step`)."""
+        if self._open is None or state is None or state.owner is None or state.is_history:
+            return
+        if state.status is CaseStatus.CLOSED:
+            return
+        count = self._open.get(state.owner, 0) + step
+        if count:
+            self._open[state.owner] = count
+        else:  # the store's GROUP BY names no owner without an open case
+            self._open.pop(state.owner, None)
 
     def _kept(self, conn: Connection, case_id: int) -> int:
         """How many of the case's first-response promises its first response keeps that
@@ -166,7 +191,9 @@ class MailboxContext:
         return self._roster
 
     def forget_roster(self) -> None:
+        """An absence was recorded or ended (its cases may have moved): read again."""
         self._roster = self._away = None
+        self._open = None
 
     def away_share(self, conn: Connection) -> float:
         """The share of the staff not on duty on the next open day: the predictor's

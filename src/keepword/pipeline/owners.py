@@ -55,7 +55,7 @@ def owner_on_open(conn: Connection, desk: MailboxContext, case: cases.CaseState)
     least = policy is OwnerPolicy.LEAST_OPEN  # each policy reads only what it needs
     sharing = Sharing(
         policy,
-        open_counts=away_store.open_counts(conn, box.name) if least else {},
+        open_counts=desk.open_counts(conn) if least else {},
         last_assigned=None if least else away_store.last_assigned(conn, box.name),
     )
     choice = choose_owner(sharing, desk.roster(conn), desk.calendar, desk.now)
