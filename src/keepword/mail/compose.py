@@ -230,14 +230,14 @@ def compose(mail: OutgoingMail, body: Rendered) -> EmailMessage:
     msg["To"] = ", ".join(clean_header(a) for a in mail.to)
     msg["Subject"] = clean_header(mail.subject)
     msg["Date"] = format_datetime(mail.date)
-    msg["Message-ID"] = f"<{mail.message_id}>"
+    _put(msg, "Message-ID", f"<{mail.message_id}>")
     _thread_headers(msg, mail.in_reply_to, mail.references)
-    msg["Auto-Submitted"] = mail.auto_submitted
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg[LOOP_HEADER] = mail.from_address
+    _put(msg, "Auto-Submitted", mail.auto_submitted)
+    _put(msg, "X-Auto-Response-Suppress", "All")
+    _put(msg, LOOP_HEADER, mail.from_address)
     if mail.reference:
-        msg[CASE_HEADER] = clean_header(mail.reference)
-    msg[KIND_HEADER] = mail.kind.value
+        _put(msg, CASE_HEADER, clean_header(mail.reference))
+    _put(msg, KIND_HEADER, mail.kind.value)
     msg.set_content(with_marker(body.text, mail.reference))
     if body.html:
         msg.add_alternative(body.html, subtype="html")
@@ -246,6 +246,25 @@ def compose(mail: OutgoingMail, body: Rendered) -> EmailMessage:
 
 def compose_bytes(mail: OutgoingMail, body: Rendered) -> bytes:
     return compose(mail, body).as_bytes()
+
+
+def _put(msg: EmailMessage, name: str, value: str) -> None:
+    """`msg[name] = value`, without the header registry's parse where it would hand back
+    the same line: a short single line of plain ASCII tokens (ids, keywords, an address)
+    goes out as it is (`set_raw`; policy SMTP refolds only long lines). Parsing and
+    folding every header was a third of composing an acknowledgement (issue 14)."""
+    short = len(name) + 2 + len(value) <= _FOLD_AT
+    if short and _PLAIN.fullmatch(value) and "=?" not in value:
+        msg.set_raw(name, value)
+    else:
+        msg[name] = value
+
+
+# What the registry leaves as it is on a line of its own: printable ASCII without
+# spaces, quotes, parentheses, commas, semicolons or backslashes (RFC 5322 specials that
+# it may re-quote or fold at) and nothing that could start an encoded word.
+_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@<>\[\]:]+")
+_FOLD_AT = 78
 
 
 def with_marker(text: str, reference: str | None) -> str:
@@ -264,8 +283,8 @@ def _thread_headers(msg: EmailMessage, in_reply_to: str | None, references: Sequ
     chain = list(dict.fromkeys(r for r in chain if r and r != parent))
     if parent:
         chain.append(parent)
-        msg["In-Reply-To"] = f"<{parent}>"
+        _put(msg, "In-Reply-To", f"<{parent}>")
     if len(chain) > MAX_REFERENCES:  # keep the thread's root and the newest ones
         chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
     if chain:
-        msg["References"] = " ".join(f"<{r}>" for r in chain)
+        _put(msg, "References", " ".join(f"<{r}>" for r in chain))
