@@ -357,57 +357,106 @@ def _report_failure(run: _Run, item: Untriaged, failure: _Failure) -> None:
 
 def _triage_one(conn: Connection, run: _Run, facts: MessageFacts, result: TriageResult) -> None:
     desk = run.desk
-    box, now, pk = desk.box, desk.now, facts.pk
-    team = box.team_addresses()
+    arrival, learned = _arrive(conn, desk, facts)
+    _staff_presence(conn, desk, arrival)
+    command = _steering(conn, desk, arrival)
+    if arrival.match.case_id is None and _stays_caseless(conn, desk, arrival, command, result):
+        return
+    _into_case(conn, run, arrival, command, learned, result)
+
+
+def _arrive(
+    conn: Connection, desk: MailboxContext, facts: MessageFacts
+) -> tuple[_Arrival, tuple[str, ...]]:
+    """Who wrote the message, who it speaks for and which case it joins (None: none yet);
+    with the correspondents a vetted join teaches its case."""
+    team = desk.box.team_addresses()
     classified = classify(facts, team=team, own_addresses=desk.own_addresses)
     # Who the sender is, decided once (pipeline.standing, docs/trust.md): a team address
     # without proof is a person; keepword's own mail is the outbox row's.
     judged = standing.judge(conn, desk, facts, classified)
     sender, verdict = judged.sender, judged.verdict
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
-    at = min(facts.date, now) if facts.date else now
-    learned: tuple[str, ...] = ()
+    at = min(facts.date, desk.now) if facts.date else desk.now
     if sender.standing is Standing.OWN:
-        correspondent = None
-        reference = _reference_of(conn, judged.own_case)
-        match = standing.own_match(judged, reference)
-    else:
-        correspondent = external_correspondent(facts, verdict.kind, team)
-        candidates = _candidates(conn, box, facts, sender)
-        chosen = choose_case(
-            facts,
-            verdict.kind,
-            candidates,
-            now=now,
-            subject_window=timedelta(days=box.subject_threading_days),
-            team=team,
-        )
-        chosen = standing.as_vetted(chosen, sender, candidates)
-        target = standing.join_target(conn, facts, chosen, candidates)
-        decision = vet_join(facts, chosen, sender, target, now=now)
-        match, learned = decision.match, decision.new_correspondents
-        refusal = decision.refusal or standing.ignored_tag(
-            facts, sender, candidates, chosen, now=now
-        )
-        if refusal is not None:
-            _refuse(conn, box, refusal)
-    arrival = _Arrival(facts, verdict, match, correspondent, at, sender)
-    _staff_presence(conn, desk, arrival)
-    command = _command_mail(arrival, team | desk.own_addresses)
-    if command is not None and not _commands_allowed(arrival):
-        steered = case_store.load_case(conn, match.case_id) if match.case_id else None
-        commands.refuse_unproven(conn, desk, steered, command)
-        command = None  # the mail goes on as what it is: a person's
-    if match.case_id is None:
-        unusable = usable_sender(facts) if verdict.kind is Kind.CUSTOMER else None
-        if unusable is not None:
-            _record_unusable(conn, arrival, unusable, result, box.name)
-            return
-        if not _opens_case(verdict.kind, match, correspondent):
-            _record(conn, pk, arrival, None, now)
-            if command is not None:
-                commands.refuse_caseless(conn, desk, command)
-            return
+        match = standing.own_match(judged, _reference_of(conn, judged.own_case))
+        return _Arrival(facts, verdict, match, None, at, sender), ()
+    match, learned = _thread(conn, desk, facts, verdict.kind, sender)
+    correspondent = external_correspondent(facts, verdict.kind, team)
+    return _Arrival(facts, verdict, match, correspondent, at, sender), learned
+
+
+def _thread(
+    conn: Connection, desk: MailboxContext, facts: MessageFacts, kind: Kind, sender: Sender
+) -> tuple[ThreadMatch, tuple[str, ...]]:
+    """The case a person's message joins, as trust vets it (domain.trust); a refused join
+    goes on the timeline of the case it targeted."""
+    box, now = desk.box, desk.now
+    candidates = _candidates(conn, box, facts, sender)
+    chosen = choose_case(
+        facts,
+        kind,
+        candidates,
+        now=now,
+        subject_window=timedelta(days=box.subject_threading_days),
+        team=box.team_addresses(),
+    )
+    chosen = standing.as_vetted(chosen, sender, candidates)
+    target = standing.join_target(conn, facts, chosen, candidates)
+    decision = vet_join(facts, chosen, sender, target, now=now)
+    refusal = decision.refusal or standing.ignored_tag(facts, sender, candidates, chosen, now=now)
+    if refusal is not None:
+        _refuse(conn, box, refusal)
+    return decision.match, decision.new_correspondents
+
+
+def _steering(
+    conn: Connection, desk: MailboxContext, arrival: _Arrival
+) -> commands.CommandMail | None:
+    """The commands to carry out from this mail; a team address's without proof are
+    refused (told to the address it claimed) and the mail goes on as a person's."""
+    command = _command_mail(arrival, desk.box.team_addresses() | desk.own_addresses)
+    if command is None or _commands_allowed(arrival):
+        return command
+    case_id = arrival.match.case_id
+    steered = case_store.load_case(conn, case_id) if case_id else None
+    commands.refuse_unproven(conn, desk, steered, command)
+    return None
+
+
+def _stays_caseless(
+    conn: Connection,
+    desk: MailboxContext,
+    arrival: _Arrival,
+    command: commands.CommandMail | None,
+    result: TriageResult,
+) -> bool:
+    """A message that joins no case opens one, unless it has no usable sender or is
+    nobody's case (robots, mail between colleagues): that is recorded here, True."""
+    kind = arrival.verdict.kind
+    unusable = usable_sender(arrival.facts) if kind is Kind.CUSTOMER else None
+    if unusable is not None:
+        _record_unusable(conn, arrival, unusable, result, desk.box.name)
+        return True
+    if _opens_case(kind, arrival.match, arrival.correspondent):
+        return False
+    _record(conn, arrival.facts.pk, arrival, None, desk.now)
+    if command is not None:
+        commands.refuse_caseless(conn, desk, command)
+    return True
+
+
+def _into_case(
+    conn: Connection,
+    run: _Run,
+    arrival: _Arrival,
+    command: commands.CommandMail | None,
+    learned: tuple[str, ...],
+    result: TriageResult,
+) -> None:
+    """The message joins (or opens) its case: the case's change, its timeline and
+    correspondents, the promises it settles, its commands, an acknowledgement if due."""
+    desk, match, verdict, at = run.desk, arrival.match, arrival.verdict, arrival.at
     new_case = match.case_id is None
     opening: tuple[cases.Event, ...] = ()  # a new case's own events: written with the rest
     if match.case_id is not None:
@@ -433,7 +482,7 @@ def _triage_one(conn: Connection, run: _Run, facts: MessageFacts, result: Triage
     case_store.add_correspondents(
         conn, saved.id, _correspondents(arrival, new_case, learned), new_case=new_case
     )
-    _record(conn, pk, arrival, saved.id, now)
+    _record(conn, arrival.facts.pk, arrival, saved.id, desk.now)
     if answers:
         _settle_promises(conn, desk, before, saved, verdict.kind, at)
     if command is not None:
