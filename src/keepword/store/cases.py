@@ -46,6 +46,7 @@ _UPDATE = (
     .where(and_(case.c.id == bindparam("b_id"), case.c.version == bindparam("b_version")))
     .values({**{f: bindparam(f"v_{f}") for f in _CASE_FIELDS}, "version": bindparam("v_version")})
 )
+_INSERT = insert(case).returning(*case.c)
 _ADD_EVENTS = insert(case_event)
 _BY_CORRESPONDENT_SUBJECT = (
     select(case.c.id)
@@ -153,7 +154,7 @@ def save_case(conn: Connection, state: CaseState, *, prefix: str | None = None) 
     reference = format_reference(prefix, number)
     values.update(number=number, reference=reference, prefix=prefix)
     # RETURNING: the row as stored (defaults and all) without a second statement.
-    return _to_state(conn.execute(insert(case).values(**values).returning(*case.c)).one())
+    return _to_state(conn.execute(_INSERT, values).one())
 
 
 def confirm_unchanged(conn: Connection, state: CaseState) -> None:

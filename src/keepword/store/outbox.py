@@ -115,27 +115,35 @@ class OutboxEntry:
     not_before: datetime | None = None
 
 
+# Run for every message triage sees or every mail it queues: built once (building a
+# statement costs more than the indexed lookup or insert it runs).
+_OWN_MAIL = select(outbox.c.case_id, outbox.c.recipients).where(
+    outbox.c.message_id == bindparam("message_id")
+)
+_EXISTS = select(outbox.c.id).where(outbox.c.dedup_key == bindparam("dedup_key"))
+_ENQUEUE = insert(outbox)
+
+
 def enqueue(conn: Connection, entry: OutboxEntry, now: datetime) -> bool:
     """Record a mail to send (created `now`); False when its decision was already recorded."""
     if exists(conn, entry.dedup_key):
         return False
-    conn.execute(
-        insert(outbox).values(
-            mailbox=entry.mailbox,
-            case_id=entry.case_id,
-            kind=str(entry.kind),
-            dedup_key=entry.dedup_key,
-            message_id=entry.message_id or message_id_of(entry.raw),
-            recipients=list(entry.recipients),
-            subject=entry.subject,
-            raw=entry.raw,
-            state=OutboxState.PENDING.value,
-            attempts=0,
-            next_attempt_at=entry.not_before or now,
-            created_at=now,
-            sent_copy="pending",
-        )
-    )
+    row = {
+        "mailbox": entry.mailbox,
+        "case_id": entry.case_id,
+        "kind": str(entry.kind),
+        "dedup_key": entry.dedup_key,
+        "message_id": entry.message_id or message_id_of(entry.raw),
+        "recipients": list(entry.recipients),
+        "subject": entry.subject,
+        "raw": entry.raw,
+        "state": OutboxState.PENDING.value,
+        "attempts": 0,
+        "next_attempt_at": entry.not_before or now,
+        "created_at": now,
+        "sent_copy": "pending",
+    }
+    conn.execute(_ENQUEUE, row)
     return True
 
 
@@ -171,8 +179,7 @@ def enqueue_mail(
 
 
 def exists(conn: Connection, dedup_key: str) -> bool:
-    query = select(outbox.c.id).where(outbox.c.dedup_key == dedup_key)
-    return conn.execute(query).first() is not None
+    return conn.execute(_EXISTS, {"dedup_key": dedup_key}).first() is not None
 
 
 def get(conn: Connection, row_id: int) -> OutboxRow:
@@ -484,13 +491,6 @@ class OwnMail:
 
     case_id: int | None
     recipients: tuple[str, ...]
-
-
-# Asked for every message triage sees: built once (a statement's construction costs more
-# than the indexed lookup).
-_OWN_MAIL = select(outbox.c.case_id, outbox.c.recipients).where(
-    outbox.c.message_id == bindparam("message_id")
-)
 
 
 def own_mail(conn: Connection, message_id: str) -> OwnMail | None:

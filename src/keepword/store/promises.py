@@ -45,22 +45,24 @@ def open_promises(conn: Connection, case_id: int) -> list[Promise]:
     return [to_promise(row) for row in conn.execute(query)]
 
 
+_INSERT = insert(promise)  # built once: every acknowledgement inserts a promise
+
+
 def insert_promise(conn: Connection, value: Promise) -> int:
-    key = conn.execute(
-        insert(promise).values(
-            case_id=value.case_id,
-            kind=value.kind.value,
-            audience=value.audience.value,
-            made_at=value.made_at,
-            due_at=value.due_at,
-            state=value.state.value,
-            resolved_at=value.resolved_at,
-            reason=value.reason,
-            basis=dict(value.basis),
-            is_default=value.is_default,
-            superseded_by=value.superseded_by,
-        )
-    ).inserted_primary_key
+    row = {
+        "case_id": value.case_id,
+        "kind": value.kind.value,
+        "audience": value.audience.value,
+        "made_at": value.made_at,
+        "due_at": value.due_at,
+        "state": value.state.value,
+        "resolved_at": value.resolved_at,
+        "reason": value.reason,
+        "basis": dict(value.basis),
+        "is_default": value.is_default,
+        "superseded_by": value.superseded_by,
+    }
+    key = conn.execute(_INSERT, row).inserted_primary_key
     assert key is not None
     return int(key[0])
 
