@@ -295,3 +295,17 @@ def test_the_corpus_is_triaged_the_same_in_batches(tmp_path: Path) -> None:
     batched = _same_in_batches(tmp_path, deliveries, [middle, middle + timedelta(hours=2)])
     dumped = _snapshot(batched.engine)
     assert len(dumped["message"]) > 500 and len(dumped["case"]) > 100
+
+
+def test_a_run_with_nothing_to_triage_never_waits_for_the_write_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fifty mailboxes on one SQLite file poll all the time: a run that has nothing to do
+    (no mail, or only follow-ups still waiting) takes no write transaction at all."""
+    desk = StoreDesk(tmp_path)
+    with desk.engine.connect() as other:  # another mailbox's batch holds the lock
+        other.exec_driver_sql("BEGIN IMMEDIATE")
+        result = triage_pending(desk.desk_at(START))
+        other.exec_driver_sql("ROLLBACK")
+    assert (result.triaged, result.errors) == (0, [])
+    assert "rolled back" not in caplog.text

@@ -177,6 +177,8 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
     fails rolls back alone and its retry is recorded in the same transaction. Follow-ups
     that must wait go to `held`. Returns what is left to do one transaction a message:
     nothing, or the whole batch when the transaction itself failed."""
+    if not batch:
+        return []  # no transaction (on SQLite it would wait for the write lock for nothing)
     failing_before = dict(run.failing)
     waiting: list[Untriaged] = []
     outcomes: list[tuple[Untriaged, TriageResult | _Failure]] = []
