@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import gzip
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -26,6 +27,7 @@ from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.triage import triage_pending
 from keepword.store import away as away_store
+from keepword.store.leases import LeaseLostError
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox, promise
 from tests.corpora import CORPORA, needs_corpora
 from tests.fixtures.chase_store import ALICE, SUPPORT, StoreDesk
@@ -309,3 +311,31 @@ def test_a_run_with_nothing_to_triage_never_waits_for_the_write_lock(
         other.exec_driver_sql("ROLLBACK")
     assert (result.triaged, result.errors) == (0, [])
     assert "rolled back" not in caplog.text
+
+
+def test_a_lost_lease_ends_the_run_without_replaying_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance took the mailbox (PostgreSQL's fence refused the commit): nothing
+    of it may commit any more, so the batch is not replayed one message at a time and no
+    later batch is tried."""
+    desk = StoreDesk(tmp_path)
+    for n in range(triage_module.BATCH + 5):
+        at = START + timedelta(seconds=n)
+        desk.deliver(_mail(f"c{n}@example.org", SUPPORT, f"Order {n}", at, f"lease-{n}"), at)
+    commits: list[int] = []
+    real = triage_module.write_transaction
+
+    @contextmanager
+    def fenced(engine: Engine) -> Iterator[Connection]:
+        with real(engine) as conn:
+            yield conn
+            commits.append(1)
+            raise LeaseLostError("mailbox support: lease epoch 3 lost: nothing committed")
+
+    monkeypatch.setattr(triage_module, "write_transaction", fenced)
+    monkeypatch.setattr(triage_module, "_try_one", lambda *a: pytest.fail("replayed"))
+    result = triage_pending(desk.desk_at(START + timedelta(minutes=1)))
+    assert (len(commits), result.triaged, result.more) == (1, 0, False)
+    with desk.engine.connect() as conn:
+        assert conn.execute(select(case.c.id)).first() is None, "nothing committed"

@@ -61,6 +61,7 @@ from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store import triage_state
 from keepword.store.db import write_transaction
+from keepword.store.leases import LeaseLostError
 from keepword.store.messages import first_seen_at, load_facts
 from keepword.store.triage_state import Untriaged
 
@@ -159,7 +160,12 @@ def triage_pending(
     held: list[Untriaged] = []
     for start in range(0, len(queue), batch):
         chunk = queue[start : start + batch]
-        left = chunk if batch == 1 else _try_batch(run, chunk, held)
+        try:
+            left = chunk if batch == 1 else _try_batch(run, chunk, held)
+        except LeaseLostError as lost:  # another instance works the mailbox now
+            log.warning("%s; triage stops", lost)
+            run.result.more = False
+            break
         if left and not _one_by_one(run, left, held):
             log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
             run.result.more = False  # not at once: the next poll, when the store is back
@@ -194,6 +200,8 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
     except Exception as exc:  # the store is busy or gone: nothing of the batch was written
         run.failing = failing_before
         run.desk.forget_run_state()
+        if isinstance(exc, LeaseLostError):
+            raise  # nothing of this mailbox may commit any more: no replay
         log.warning(
             "mailbox %s: a batch of %d messages rolled back (%s: %s); one at a time",
             run.desk.box.name,
