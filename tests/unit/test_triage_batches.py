@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.exc import OperationalError
 
 from keepword.domain.model import MessageFacts
@@ -339,3 +339,30 @@ def test_a_lost_lease_ends_the_run_without_replaying_the_batch(
     assert (len(commits), result.triaged, result.more) == (1, 0, False)
     with desk.engine.connect() as conn:
         assert conn.execute(select(case.c.id)).first() is None, "nothing committed"
+
+
+def test_a_store_busy_beyond_busy_timeout_ends_the_run_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fifty mailboxes importing their history into one SQLite file: a batch that cannot
+    get the write lock within busy_timeout has written nothing; its messages are not tried
+    one by one (each would wait out busy_timeout again): the run ends, the next poll
+    triages them."""
+    desk = StoreDesk(tmp_path)
+    for n in range(3):
+        at = START + timedelta(seconds=n)
+        desk.deliver(_mail(f"c{n}@example.org", SUPPORT, f"Order {n}", at, f"busy-{n}"), at)
+    desk.engine.dispose()
+    event.listen(desk.engine, "connect", _short_busy_timeout)
+    with desk.engine.connect() as other:  # another mailbox's writer holds the lock
+        other.exec_driver_sql("BEGIN IMMEDIATE")
+        busy = triage_pending(desk.desk_at(START + timedelta(minutes=1)))
+        other.exec_driver_sql("ROLLBACK")
+    assert (busy.triaged, busy.errors, busy.more) == (0, [], False)
+    assert "the store is busy" in caplog.text
+    later = triage_pending(desk.desk_at(START + timedelta(minutes=2)))
+    assert (later.triaged, later.opened) == (3, 3)
+
+
+def _short_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA busy_timeout=50")

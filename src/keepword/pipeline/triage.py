@@ -158,24 +158,29 @@ def triage_pending(
         run.failing = triage_state.failed_attempts(conn, box.name)
     run.result.more = len(queue) >= limit
     held: list[Untriaged] = []
-    for start in range(0, len(queue), batch):
-        chunk = queue[start : start + batch]
-        try:
-            left = chunk if batch == 1 else _try_batch(run, chunk, held)
-        except LeaseLostError as lost:  # another instance works the mailbox now
-            log.warning("%s; triage stops", lost)
-            run.result.more = False
-            break
-        if left and not _one_by_one(run, left, held):
-            log.warning("mailbox %s: the store keeps failing; triage goes on next run", box.name)
-            run.result.more = False  # not at once: the next poll, when the store is back
-            break
-    else:
-        # Follow-ups whose first mail got through in this run go now, not a poll later.
-        freed = [item for item in held if not _waits_for_first_mail(item, run.failing)]
-        _one_by_one(run, freed if batch == 1 else _try_batch(run, freed, []), [])
+    try:
+        _triage_queue(run, queue, held, batch)
+    except _StopTriageError as stop:
+        log.warning("%s; triage goes on next run", stop)
+        run.result.more = False  # not at once: the next poll, when the store is back
+        return run.result
     _close_done(desk, run.result)
     return run.result
+
+
+class _StopTriageError(Exception):
+    """The run ends here: the store keeps failing or is busy, or the lease is lost."""
+
+
+def _triage_queue(run: _Run, queue: list[Untriaged], held: list[Untriaged], batch: int) -> None:
+    for start in range(0, len(queue), batch):
+        chunk = queue[start : start + batch]
+        left = chunk if batch == 1 else _try_batch(run, chunk, held)
+        if left and not _one_by_one(run, left, held):
+            raise _StopTriageError(f"mailbox {run.desk.box.name}: the store keeps failing")
+    # Follow-ups whose first mail got through in this run go now, not a poll later.
+    freed = [item for item in held if not _waits_for_first_mail(item, run.failing)]
+    _one_by_one(run, freed if batch == 1 else _try_batch(run, freed, []), [])
 
 
 def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list[Untriaged]:
@@ -188,8 +193,10 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
     failing_before = dict(run.failing)
     waiting: list[Untriaged] = []
     outcomes: list[tuple[Untriaged, TriageResult | _Failure]] = []
+    began = False
     try:
         with write_transaction(run.desk.engine) as conn:
+            began = True
             # One read for the batch: what a message says never changes while it waits.
             facts = {f.pk: f for f in load_facts(conn, [item.pk for item in batch])}
             for item in batch:
@@ -200,8 +207,11 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
     except Exception as exc:  # the store is busy or gone: nothing of the batch was written
         run.failing = failing_before
         run.desk.forget_run_state()
-        if isinstance(exc, LeaseLostError):
-            raise  # nothing of this mailbox may commit any more: no replay
+        if isinstance(exc, LeaseLostError):  # nothing of this mailbox may commit any more
+            raise _StopTriageError(str(exc)) from exc
+        if isinstance(exc, OperationalError) and not began:  # no write lock in busy_timeout
+            busy = f"mailbox {run.desk.box.name}: the store is busy ({exc})"
+            raise _StopTriageError(busy) from exc
         log.warning(
             "mailbox %s: a batch of %d messages rolled back (%s: %s); one at a time",
             run.desk.box.name,
