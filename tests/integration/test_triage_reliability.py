@@ -21,13 +21,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-import keepword.pipeline.triage as triage_module
-from keepword.domain.model import MessageFacts
 from keepword.store import triage_state
 from keepword.store.tables import case, case_event, message, outbox, promise
 from tests.fixtures.desk import ALICE, ANN, mail
 from tests.fixtures.desk import Desk as BaseDesk
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.faults import fail_for
 from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
@@ -124,21 +123,6 @@ def test_two_mails_without_a_date_in_one_poll_then_more_mail_all_get_their_answe
 
 
 # -- failure policy --------------------------------------------------------------------------
-
-
-def fail_for(subject: str, exc: Exception, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Make triage raise `exc` for mail with this subject (a bug, a busy database)."""
-    real = triage_module.classify
-    calls: list[int] = []
-
-    def classify(facts: MessageFacts, **kw: Any) -> Any:
-        if facts.subject == subject:
-            calls.append(facts.pk)
-            raise exc.with_traceback(None)
-        return real(facts, **kw)
-
-    monkeypatch.setattr(triage_module, "classify", classify)
-    return calls
 
 
 @pytest.mark.parametrize(

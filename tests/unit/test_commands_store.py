@@ -9,6 +9,7 @@ one confirmation to the sender, never anything of the commands to the customer.
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -410,7 +411,7 @@ def test_cli_assign_during_a_batch_waits_for_it_and_both_land(
                 )
             )
             cli[0].start()
-            time.sleep(0.3)  # the CLI is waiting on the lock now
+            _wait_until_in_sql(cli[0])  # reading, or waiting for the batch's write lock
         return real(*args)
 
     monkeypatch.setattr(command_use_case, "decide", decide_with_a_race)
@@ -427,6 +428,19 @@ def test_cli_assign_during_a_batch_waits_for_it_and_both_land(
     # the mail's #take first (it held the lock), then the CLI's assign on top of it
     assert events.count(("owner_changed", ALICE)) == 1 and current.owner == CAROL
     assert events.index(("owner_changed", ALICE)) < events.index(("owner_changed", CAROL))
+
+
+def _wait_until_in_sql(thread: threading.Thread) -> None:
+    """Until `thread` runs a statement (SQLAlchemy's `do_execute` on its stack): either
+    order of the CLI and the batch ends the same, this makes the wait the likely one."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None and frame.f_code.co_name != "do_execute":
+            frame = frame.f_back
+        if frame is not None:
+            return
+        time.sleep(0.005)
 
 
 def test_a_command_between_the_clis_read_and_write_loses_nothing(

@@ -21,7 +21,6 @@ import pytest
 from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.exc import OperationalError
 
-from keepword.domain.model import MessageFacts
 from keepword.pipeline import triage as triage_module
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.context import MailboxContext
@@ -32,6 +31,7 @@ from keepword.store.tables import case, case_correspondent, case_event, message,
 from tests.corpora import CORPORA, needs_corpora
 from tests.fixtures.chase_store import ALICE, SUPPORT, StoreDesk
 from tests.fixtures.desk import TEAM_PROOF
+from tests.fixtures.faults import fail_for, fail_late_for
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 BOB = "bob@example.com"
@@ -210,40 +210,11 @@ def _rows(engine: Engine, table: Any) -> list[Any]:
         return list(conn.execute(select(table)))
 
 
-def _fail_for(subject: str, exc: Exception, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    real = triage_module.classify
-    calls: list[int] = []
-
-    def classify(facts: MessageFacts, **kw: Any) -> Any:
-        if facts.subject == subject:
-            calls.append(facts.pk)
-            raise exc
-        return real(facts, **kw)
-
-    monkeypatch.setattr(triage_module, "classify", classify)
-    return calls
-
-
-def _fail_late_for(subject: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Fail at the message's last write: its case, timeline and owner are written by then."""
-    real = triage_module._record
-    calls: list[int] = []
-
-    def record(conn: Any, pk: int, arrival: Any, *args: Any) -> None:
-        if arrival.facts.subject == subject:
-            calls.append(pk)
-            raise RuntimeError("a bug")
-        real(conn, pk, arrival, *args)
-
-    monkeypatch.setattr(triage_module, "_record", record)
-    return calls
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_a_failing_message_in_a_batch_rolls_back_alone(
     tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _fail_late_for("Poison", monkeypatch)
+    calls = fail_late_for("Poison", monkeypatch)
     deliveries, passes = _inbox(100 + seed)
     batched = _same_in_batches(tmp_path, deliveries, passes)
     assert calls, "a Poison mail was generated"
@@ -264,7 +235,7 @@ def test_a_database_error_replays_the_batch_one_message_at_a_time(
 ) -> None:
     """A database error is the store's, not the message's: the batch's transaction rolls
     back whole, and its messages go again one transaction each - the good ones land."""
-    _fail_for("Poison", OperationalError("UPDATE", {}, Exception("disk I/O error")), monkeypatch)
+    fail_for("Poison", OperationalError("UPDATE", {}, Exception("disk I/O error")), monkeypatch)
     desk = StoreDesk(tmp_path)
     for n, subject in enumerate(["Order late", "Poison", "Refund", "Login broken"]):
         at = START + timedelta(seconds=n)
