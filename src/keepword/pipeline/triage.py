@@ -121,6 +121,16 @@ class _Run:
     result: TriageResult = field(default_factory=TriageResult)
     # Message-ID -> failed attempts of the mailbox's untriaged messages.
     failing: dict[str, int] = field(default_factory=dict)
+    # When keepword first saw the mailbox, less the grace (`cutoff`): read once a run.
+    first_seen: tuple[datetime | None] | None = None
+
+    def cutoff(self, conn: Connection) -> datetime | None:
+        """Mail dated before this is history whenever it shows up (DELIVERY_GRACE): the
+        mailbox's oldest location row, which no run changes (none is ever deleted)."""
+        if self.first_seen is None:
+            first = first_seen_at(conn, self.desk.box.name)
+            self.first_seen = (None if first is None else first - DELIVERY_GRACE,)
+        return self.first_seen[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,11 +695,12 @@ def _acknowledge_if_due(
     if kind is not Kind.CUSTOMER or facts.is_history:
         return False  # nothing to decide: only live customer mail is ever answered
     recipient = acknowledge.reply_address(facts) if new_case else current.customer
+    # A case opened by this message has no mail yet (no outbox row is ever deleted).
     sent = acknowledge.Sent(
         new_case=new_case,
-        acknowledged=outbox_store.exists(conn, ack_key(current.id)),
-        note_sent_today=outbox_store.exists(conn, note_key(current.id, now)),
-        cutoff=_cutoff(conn, box.name),
+        acknowledged=not new_case and outbox_store.exists(conn, ack_key(current.id)),
+        note_sent_today=not new_case and outbox_store.exists(conn, note_key(current.id, now)),
+        cutoff=run.cutoff(conn),
         planned=run.desk.planned_mail(conn, recipient),
     )
     policy = acknowledge.Policy(box.team_addresses(), box.promise.follow_up_notes, box.limits)
@@ -705,12 +716,6 @@ def _acknowledge_if_due(
         return False
     run.acknowledger(conn, run.desk, current, facts, decision)
     return True
-
-
-def _cutoff(conn: Connection, mailbox: str) -> datetime | None:
-    """When keepword first saw this mailbox (its oldest location row), less the grace."""
-    first = first_seen_at(conn, mailbox)
-    return None if first is None else first - DELIVERY_GRACE
 
 
 def _close_done(desk: MailboxContext, result: TriageResult) -> None:
