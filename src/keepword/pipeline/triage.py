@@ -491,8 +491,8 @@ def _into_case(
     opening: tuple[cases.Event, ...] = ()  # a new case's own events: written with the rest
     if match.case_id is not None:
         before = case_store.load_case(conn, match.case_id)
-    else:
-        before, opening = _open(conn, desk, arrival)
+    else:  # written below with the message folded in: one INSERT (commands name it: now)
+        before, opening = _open(conn, desk, arrival, save=command is not None)
         result.opened += 1
     # A command mail is the team's answer only if it went to the customer with more in it
     # (a forward of a customer's mail into the inbox stays that customer's contact).
@@ -505,8 +505,10 @@ def _into_case(
     outcomes: tuple[Outcome, ...] = ()
     if command is not None:
         change, outcomes = commands.decide(command, change, desk)
-    saved = case_store.save_case(conn, change.case)
+    saved = case_store.save_case(conn, change.case, prefix=desk.box.reference_prefix)
     assert saved.id is not None
+    if new_case:
+        _log_opened(desk, arrival, saved)
     desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
     case_store.add_events(conn, saved.id, (*opening, *change.events))
     case_store.add_correspondents(
@@ -604,10 +606,11 @@ def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -
 
 
 def _open(
-    conn: Connection, desk: MailboxContext, arrival: _Arrival
+    conn: Connection, desk: MailboxContext, arrival: _Arrival, *, save: bool
 ) -> tuple[cases.CaseState, tuple[cases.Event, ...]]:
-    """The case this message opens, saved, and its opening events (for the caller to
-    write with the message's own)."""
+    """The case this message opens and its opening events (for the caller to write with
+    the message's own); saved here only if `save` (a command's answer names the case's
+    reference), else the caller's save inserts it with the message folded in."""
     box = desk.box
     facts, match = arrival.facts, arrival.match
     opened = cases.open_case(
@@ -620,16 +623,20 @@ def _open(
     if _customer_opened(arrival) and not facts.is_history:
         owned = owners.owner_on_open(conn, desk, opened.case)  # one owner from the start
         opened = cases.Change(owned.case, (*opened.events, *owned.events))
-    saved = case_store.save_case(conn, opened.case, prefix=box.reference_prefix)
+    if save:
+        return case_store.save_case(conn, opened.case, prefix=box.reference_prefix), opened.events
+    return opened.case, opened.events
+
+
+def _log_opened(desk: MailboxContext, arrival: _Arrival, saved: cases.CaseState) -> None:
     # History is imported by the thousand: one line per case only for live mail.
     log.log(
-        logging.DEBUG if facts.is_history else logging.INFO,
+        logging.DEBUG if arrival.facts.is_history else logging.INFO,
         "mailbox %s: opened %s (%s)",
-        box.name,
+        desk.box.name,
         saved.reference,
-        match.explanation,
+        arrival.match.explanation,
     )
-    return saved, opened.events
 
 
 def _customer_opened(arrival: _Arrival) -> bool:
