@@ -220,7 +220,7 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
         if isinstance(exc, LeaseLostError):  # nothing of this mailbox may commit any more
             raise _StopTriageError(str(exc)) from exc
         if isinstance(exc, OperationalError) and not began:  # no write lock in busy_timeout
-            busy = f"mailbox {run.desk.box.name}: the store is busy ({exc})"
+            busy = f"mailbox {run.desk.box.name}: the store is busy or unreachable ({exc})"
             raise _StopTriageError(busy) from exc
         log.warning(
             "mailbox %s: a batch of %d messages rolled back (%s: %s); one at a time",
