@@ -13,7 +13,7 @@ from typing import Any
 
 import aiosmtplib
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
+from tests.fixtures.smtp import open_relay
 
 SENDER = "support@example.com"
 RELAY_PASSWORD = "relay-pw"  # the sink accepts any login
@@ -36,15 +36,7 @@ class Sink:
 def start_sink(port: int) -> tuple[Sink, Controller]:
     """A running sink on 127.0.0.1:`port` with AUTH (any login) and no TLS."""
     sink = Sink()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=lambda *_: AuthResult(success=True),
-        auth_require_tls=False,
-    )
-    controller.start()
-    return sink, controller
+    return sink, open_relay(sink, port)
 
 
 async def sending_limit(

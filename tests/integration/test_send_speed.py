@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 
 from keepword.adapters.credentials import Secret
 from keepword.domain.model import OutboxKind, OutboxState
 from keepword.pipeline.send import DRAIN_BATCH, ImapSentCopy
 from keepword.store import outbox
 from tests.fixtures.dovecot import Dovecot, load_mailserver
-from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.smtp import SmtpServer, open_relay
 from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
 
 pytestmark = pytest.mark.integration
@@ -121,14 +119,7 @@ def test_the_drain_keeps_smtp_connections_in_flight(
 ) -> None:
     handler = PeerRecorder()
     port = load_mailserver().free_port()
-    controller = Controller(
-        handler,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=lambda *_: AuthResult(success=True),
-        auth_require_tls=False,
-    )
-    controller.start()
+    controller = open_relay(handler, port)
     try:
         settings = smtp_server.settings(port=port, connections=connections).model_dump()
         rig = make_rig(tmp_path, smtp_server, smtp=settings)  # this relay, not smtp_server
