@@ -261,13 +261,7 @@ def _in_savepoint(
         raise
     except Exception as exc:
         failure = _failure(run, item, exc)
-        triage_state.record_failure(
-            conn,
-            item.pk,
-            attempts=failure.attempts,
-            retry_at=failure.retry_at,
-            error=_reason(exc),
-        )
+        _write_failure(conn, item, failure)
         return failure
     run.failing.pop(item.message_id, None)
     return done
@@ -339,6 +333,17 @@ def _failure(run: _Run, item: Untriaged, exc: Exception) -> _Failure:
     return _Failure(exc, attempts, retry_at)
 
 
+def _write_failure(conn: Connection, item: Untriaged, failure: _Failure) -> None:
+    """The message stays untriaged, tried again from `failure.retry_at`."""
+    triage_state.record_failure(
+        conn,
+        item.pk,
+        attempts=failure.attempts,
+        retry_at=failure.retry_at,
+        error=_reason(failure.error),
+    )
+
+
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -350,13 +355,7 @@ def _record_failure(run: _Run, item: Untriaged, exc: Exception) -> None:
     box, pk = run.desk.box, item.pk
     try:
         with run.desk.engine.begin() as conn:
-            triage_state.record_failure(
-                conn,
-                pk,
-                attempts=failure.attempts,
-                retry_at=failure.retry_at,
-                error=_reason(exc),
-            )
+            _write_failure(conn, item, failure)
     except Exception:  # the store is gone too: the message stays as it was, tried next run
         log.exception("mailbox %s: cannot record the triage failure of message %s", box.name, pk)
 
