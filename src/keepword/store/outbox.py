@@ -253,18 +253,33 @@ def depth(conn: Connection, mailbox: str) -> int:
 UNKNOWN_OUTCOME = ("unknown", "held")  # sent_copy of a pending row that may have gone out
 
 
+# The drain runs these for every mail: built once (issue 14; see store.cases._LOAD).
+_BEGIN_ATTEMPT = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("row_id"))
+    .values(attempts=outbox.c.attempts + 1, sent_copy="unknown")
+    .returning(outbox.c.attempts)
+)
+_MARK_SENT = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("row_id"))
+    .values(
+        state=OutboxState.SENT.value,
+        sent_at=bindparam("now"),
+        next_attempt_at=bindparam("copy_retry_at"),
+        last_error=None,
+        sent_copy=bindparam("sent_copy"),
+    )
+)
+
+
 def begin_attempt(conn: Connection, row_id: int) -> int:
     """Count an attempt before sending; returns the new count. Commit before SMTP.
 
     Until its outcome is recorded the attempt may have gone out: a crash leaves the row
     "unknown", and the next drain looks for it before sending again.
     """
-    conn.execute(
-        update(outbox)
-        .where(outbox.c.id == row_id)
-        .values(attempts=outbox.c.attempts + 1, sent_copy="unknown")
-    )
-    return int(conn.execute(select(outbox.c.attempts).where(outbox.c.id == row_id)).scalar_one())
+    return int(conn.execute(_BEGIN_ATTEMPT, {"row_id": row_id}).scalar_one())
 
 
 def claim_attempt(conn: Connection, row: OutboxRow) -> int | None:
@@ -297,15 +312,8 @@ def mark_sent(
 ) -> None:
     """Sent; `copy_retry_at` is when a failed copy to Sent is tried again."""
     conn.execute(
-        update(outbox)
-        .where(outbox.c.id == row_id)
-        .values(
-            state=OutboxState.SENT.value,
-            sent_at=now,
-            next_attempt_at=copy_retry_at,
-            last_error=None,
-            sent_copy=sent_copy,
-        )
+        _MARK_SENT,
+        {"row_id": row_id, "now": now, "copy_retry_at": copy_retry_at, "sent_copy": sent_copy},
     )
 
 
