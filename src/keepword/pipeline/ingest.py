@@ -582,9 +582,16 @@ class MailboxPoller:
         self._lock = threading.Lock()
 
     def poll(
-        self, clock: Clock, *, progress: Callable[[str, int], None] | None = None
+        self,
+        clock: Clock,
+        *,
+        progress: Callable[[str, int], None] | None = None,
+        inbox_only: bool = False,
     ) -> MailboxPollResult:
+        """Every folder's new mail; `inbox_only`: the customers' folders alone (the
+        Sent and Done folders wait: see runtime.service, "the inbox first")."""
         wanted = watched_folders(self.box)
+        polled = [f for f in wanted if f[1] is Origin.INBOX] if inbox_only else wanted
         with self._lock:
             try:
                 if self._session is None:
@@ -592,7 +599,7 @@ class MailboxPoller:
                         self.engine, self.box, self._factory, wanted, clock
                     )
                 result = _poll_folders(
-                    self.engine, self._session, self.box, wanted, clock, progress
+                    self.engine, self._session, self.box, polled, clock, progress
                 )
             except MailboxError:
                 self._drop()

@@ -17,7 +17,7 @@ import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 # the poll goes on: in a surge of 2,000 the first acknowledgements leave after the first
 # slice, not after the last (docs/benchmarks.md, "Speed: the surge end to end").
 TRIAGE_SLICE = 200
+# The inbox first: while a surge is being taken in and acknowledged, the Sent and Done
+# folders wait (each slice's acknowledgements would otherwise come back through Sent
+# and be fetched, parsed and triaged before the next customer's mail), but never longer
+# than this: a staff reply in Sent stops the chase of its case.
+OTHER_FOLDERS_WAIT = timedelta(seconds=30)
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -76,6 +81,10 @@ class Service:
         }
         self._pollers: dict[str, MailboxPoller] = {}
         self._threads: dict[str, ThreadPoolExecutor] = {}
+        # Per mailbox: a surge is being acknowledged (the last poll left more), and when
+        # its Sent and Done folders were last polled.
+        self._surging: dict[str, bool] = {}
+        self._others_polled: dict[str, datetime] = {}
 
     def _thread(self, box: MailboxSettings) -> ThreadPoolExecutor:
         """The mailbox's own worker thread: its steps never wait for another mailbox's."""
@@ -104,9 +113,9 @@ class Service:
 
     # -- blocking steps (also used directly by tests and `keepword run --once`) ----------
 
-    def ingest(self, box: MailboxSettings) -> MailboxPollResult:
+    def ingest(self, box: MailboxSettings, *, inbox_only: bool = False) -> MailboxPollResult:
         try:
-            result = self._poller(box).poll(self.clock)
+            result = self._poller(box).poll(self.clock, inbox_only=inbox_only)
         except MailboxError:
             METRICS.imap_error(box.name)
             raise
@@ -163,9 +172,22 @@ class Service:
         """Ingest (live mail: one fetch batch), then triage up to TRIAGE_SLICE messages;
         True if more waits on the server or for triage (the daemon drains what this
         slice queued and polls again at once)."""
-        taken = await self._in_thread(mailbox, lambda: self.ingest(mailbox))
+        inbox_only = self._inbox_first(mailbox)
+        taken = await self._in_thread(mailbox, lambda: self.ingest(mailbox, inbox_only=inbox_only))
         result = await self._in_thread(mailbox, lambda: self.triage(mailbox, TRIAGE_SLICE))
-        return taken.more or result.more
+        more = taken.more or result.more
+        self._surging[mailbox.name] = more
+        return more
+
+    def _inbox_first(self, box: MailboxSettings) -> bool:
+        """Poll the customers' folders alone this time (a surge is being acknowledged and
+        the other folders were polled less than OTHER_FOLDERS_WAIT ago)?"""
+        now = self.clock()
+        last = self._others_polled.get(box.name)
+        if self._surging.get(box.name) and last is not None and now - last < OTHER_FOLDERS_WAIT:
+            return True
+        self._others_polled[box.name] = now
+        return False
 
     async def chase(self, mailbox: MailboxSettings) -> None:
         await self._in_thread(mailbox, lambda: self.chase_now(mailbox))
