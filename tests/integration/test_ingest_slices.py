@@ -4,6 +4,8 @@ the cursor at the last UID taken in; history and `keepword import` take everythi
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from sqlalchemy import Engine
 
 from keepword.domain.model import Origin
 from keepword.pipeline.ingest import Folder, MailboxPoller, poll_folder
+from keepword.runtime.service import OTHER_FOLDERS_WAIT, Service
 from keepword.store.tables import message
 from tests.fixtures.dovecot import Dovecot
 from tests.integration.test_ingest import (
@@ -67,3 +70,64 @@ def test_import_takes_every_live_mail_in_one_poll(
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(7)])
     result = poll_folder(session, inbox)
     assert (result.new, result.more) == (7, False)
+
+
+def test_a_surge_is_taken_in_before_the_sent_and_done_folders_but_they_wait_30_s_at_most(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+    session_for: Any,
+) -> None:
+    """While the daemon's poll leaves more live mail (a surge), the next poll takes in the
+    inbox alone: the acknowledgements it sends come back through Sent, and fetching and
+    triaging them slice by slice made the last customer wait (issue 14). A staff reply
+    in Sent stops its case's chase, so the other folders wait OTHER_FOLDERS_WAIT at most,
+    and are polled again as soon as the surge is in."""
+    box = mailbox_for(dovecot, mail_user, fetch_batch=3)
+    clock = [now()]
+    service = Service(
+        settings_for(box, engine), clock=lambda: clock[0], engine=engine,
+        session_factory=session_for,
+    )  # fmt: skip
+    seen: list[dict[str, int]] = []
+    ingest = service.ingest
+
+    def recording(box: Any, *, inbox_only: bool = False) -> Any:
+        result = ingest(box, inbox_only=inbox_only)
+        seen.append({name: polled.new for name, polled in result.folders.items()})
+        return result
+
+    service.ingest = recording  # type: ignore[method-assign]
+
+    async def polls(count: int) -> None:
+        for _ in range(count):
+            await service.poll(box)
+            clock[0] += timedelta(seconds=1)
+
+    async def run() -> None:
+        try:
+            await polls(1)  # the empty folders: nothing is history any more
+            dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(7)])
+            dovecot.multiappend(mail_user, "Sent", [mail(n) for n in range(20, 22)])
+            await polls(2)
+            dovecot.multiappend(mail_user, "Sent", [mail(30)])
+            await polls(2)
+            dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(40, 44)])
+            await polls(1)  # one batch of 3 of the 4: a surge again
+            clock[0] += OTHER_FOLDERS_WAIT
+            dovecot.multiappend(mail_user, "Sent", [mail(50)])
+            await polls(1)  # still in it, but the other folders waited long enough
+        finally:
+            await service.close()
+
+    asyncio.run(run())
+    both, inbox = {"INBOX": 0, "Sent": 0, "Done": 0}, {"INBOX": 0}
+    assert seen == [
+        both,
+        {**both, "INBOX": 3, "Sent": 2},  # not yet known to be a surge: every folder
+        {**inbox, "INBOX": 3},  # more was left: the inbox alone
+        {**inbox, "INBOX": 1},  # the last of it; then the rest waits no more
+        {**both, "Sent": 1},
+        {**both, "INBOX": 3},
+        {**both, "INBOX": 1, "Sent": 1},
+    ]
