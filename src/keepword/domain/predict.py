@@ -389,15 +389,19 @@ class PromisePredictor:
         nearest to it (at least min_history_cases): the queue explains the middle of the
         range better than its ends, so a quiet morning is not promised a surge's error.
         """
-        expected_of = [model.expected(t.ahead, t.pace) for t in sample]
-        pairs = list(zip(sample, expected_of, strict=True))
+        # Once per mail over the whole sample (a surge's own cases join it): written out
+        # rather than through model.expected and a key function, the same arithmetic.
+        share = model.order_share
+        expected_of = [t.ahead * share * t.pace for t in sample]
+        chosen: Iterable[int] = range(len(sample))
         if matched_to is not None and MATCHED_SHARE < 1:
-            count = max(self.settings.min_history_cases, math.ceil(MATCHED_SHARE * len(pairs)))
-            pairs.sort(key=lambda pair: abs(pair[1] - matched_to))
-            pairs = pairs[:count]
+            count = max(self.settings.min_history_cases, math.ceil(MATCHED_SHARE * len(sample)))
+            distance = [abs(expected - matched_to) for expected in expected_of]
+            chosen = sorted(chosen, key=distance.__getitem__)[:count]  # stable, as before
         events: list[float] = []
         censored: list[float] = []
-        for tracked, expected in pairs:
+        for index in chosen:
+            tracked, expected = sample[index], expected_of[index]
             if tracked.response is not None:
                 events.append(tracked.response - expected)
             else:

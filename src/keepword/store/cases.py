@@ -114,18 +114,27 @@ def next_number(conn: Connection, mailbox: str, prefix: str) -> int:
     counting where it was.
     """
     if conn.dialect.name == "postgresql":  # instances sharing a prefix number one at a time
-        conn.execute(select(func.pg_advisory_xact_lock(CASE_NUMBER_LOCK, func.hashtext(prefix))))
+        conn.execute(_NUMBER_LOCK, {"prefix": prefix})
     elif conn.dialect.name == "sqlite" and not _holds_sqlite_write_lock(conn):
         # The write lock before the read: mailboxes triage in threads of their own, and
         # two that read the same MAX before either inserts would take the same number
         # (the second fails on the unique reference and its customer waits for a retry).
         # A no-op write takes it (SQLite has one writer); it is held to the commit.
-        conn.execute(update(case).where(false()).values(number=case.c.number))
-    # Two indexed MAX lookups ((mailbox, number) and (prefix, number)), not a scan.
-    by_mailbox = select(func.max(case.c.number)).where(case.c.mailbox == mailbox)
-    by_prefix = select(func.max(case.c.number)).where(case.c.prefix == prefix)
-    current = conn.execute(select(by_mailbox.scalar_subquery(), by_prefix.scalar_subquery()))
+        conn.execute(_WRITE_LOCK)
+    current = conn.execute(_LAST_NUMBERS, {"mailbox": mailbox, "prefix": prefix})
     return max(number or 0 for number in current.one()) + 1
+
+
+# Built once: every case opened runs them (see _LOAD).
+_NUMBER_LOCK = select(
+    func.pg_advisory_xact_lock(CASE_NUMBER_LOCK, func.hashtext(bindparam("prefix")))
+)
+_WRITE_LOCK = update(case).where(false()).values(number=case.c.number)
+# Two indexed MAX lookups ((mailbox, number) and (prefix, number)), not a scan.
+_LAST_NUMBERS = select(
+    select(func.max(case.c.number)).where(case.c.mailbox == bindparam("mailbox")).scalar_subquery(),
+    select(func.max(case.c.number)).where(case.c.prefix == bindparam("prefix")).scalar_subquery(),
+)
 
 
 def _holds_sqlite_write_lock(conn: Connection) -> bool:
