@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import MailboxPollResult
 from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import messages as store
+from keepword.store import outbox as outbox_store
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
 from tests.fixtures.configs import run_keepword, write_config
@@ -352,3 +353,30 @@ def test_keepword_run_once_and_cases_on_a_postgres_database_url(
     # (a team digest may go out too, depending on the wall-clock time of day)
     assert ("acknowledgement", "sent", ["c7@customer.test"]) in sent
     assert {state for _, state, _ in sent} == {"sent"}
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_decision_already_recorded_queues_no_second_mail(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The outbox passes over a dedup key it holds in the insert itself (one statement a
+    queued mail): False the second time, one row, on both databases."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if database == "postgresql"
+        else f"sqlite:///{tmp_path / 'kw.db'}"
+    )
+    engine = open_store(url)
+    now = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    entry = outbox_store.OutboxEntry(
+        "support", None, "acknowledgement", "ack:1", ["ann@example.org"], "Re: x", b"raw",
+        message_id="m1@example.com",
+    )  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            assert outbox_store.enqueue(conn, entry, now)
+            assert not outbox_store.enqueue(conn, replace(entry, raw=b"other"), now)
+        with engine.connect() as conn:
+            assert conn.execute(select(outbox.c.raw)).scalars().all() == [b"raw"]
+    finally:
+        engine.dispose()

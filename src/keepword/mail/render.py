@@ -17,10 +17,11 @@ in the context's language and in the instant's own zone (the mailbox zone for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,14 @@ def format_when(at: datetime, language: str) -> str:
     """
     if at.tzinfo is None:
         raise TemplateError(f"naive datetime {at!r} in a mail template")
+    return _format_when(at, at.tzinfo, language)
+
+
+@functools.lru_cache(maxsize=256)
+def _format_when(at: datetime, zone: tzinfo, language: str) -> str:
+    """Cached: a surge's acknowledgements promise a handful of times, and Babel's full
+    date format was a tenth of an acknowledgement. The zone is part of the key (equal
+    instants in two zones compare equal but read differently)."""
     day = format_date(at, format="full", locale=language)
     clock = format_time(at, "HH:mm", locale=language)
     return f"{day}, {clock} ({zone_label(at)})"

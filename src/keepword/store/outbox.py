@@ -33,13 +33,14 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    insert,
     or_,
     select,
     type_coerce,
     update,
 )
 from sqlalchemy import case as when_kind
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import CaseStatus, OutboxState
@@ -121,13 +122,19 @@ _OWN_MAIL = select(outbox.c.case_id, outbox.c.recipients).where(
     outbox.c.message_id == bindparam("message_id")
 )
 _EXISTS = select(outbox.c.id).where(outbox.c.dedup_key == bindparam("dedup_key"))
-_ENQUEUE = insert(outbox)
+# A decision already recorded (its dedup key) is passed over by the insert itself: one
+# statement a queued mail, not a lookup and then an insert.
+# (RETURNING says whether it did, the same way on both databases.)
+_ENQUEUE = {
+    dialect: insert(outbox)
+    .on_conflict_do_nothing(index_elements=["dedup_key"])
+    .returning(outbox.c.id)
+    for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
 
 
 def enqueue(conn: Connection, entry: OutboxEntry, now: datetime) -> bool:
     """Record a mail to send (created `now`); False when its decision was already recorded."""
-    if exists(conn, entry.dedup_key):
-        return False
     row = {
         "mailbox": entry.mailbox,
         "case_id": entry.case_id,
@@ -143,8 +150,7 @@ def enqueue(conn: Connection, entry: OutboxEntry, now: datetime) -> bool:
         "created_at": now,
         "sent_copy": "pending",
     }
-    conn.execute(_ENQUEUE, row)
-    return True
+    return conn.execute(_ENQUEUE[conn.dialect.name], row).first() is not None
 
 
 def enqueue_mail(
