@@ -154,8 +154,9 @@ def test_enqueue_is_idempotent(rig: Rig) -> None:
     rig.enqueue_ack()
     with rig.engine.begin() as conn:
         entry = outbox.OutboxEntry(
-            "support", rig.case_id, "acknowledgement", "ack:1", [CUSTOMER], "s", b"x"
-        )
+            "support", rig.case_id, "acknowledgement", "ack:1", [CUSTOMER], "s", b"x",
+            message_id="again@example.com",
+        )  # fmt: skip
         again = outbox.enqueue(conn, entry, NOW)
         assert again is False
         assert outbox.depth(conn, "support") == 1
