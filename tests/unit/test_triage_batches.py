@@ -337,3 +337,26 @@ def test_a_store_busy_beyond_busy_timeout_ends_the_run_at_once(
 
 def _short_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA busy_timeout=50")
+
+
+def test_a_surge_of_new_customers_costs_a_dozen_statements_a_mail(tmp_path: Path) -> None:
+    """The statements triage runs for a new customer's mail (case, owner, timeline,
+    correspondent, triage record, acknowledgement, promise, the savepoint) are what a
+    surge pays per customer: a budget, so that a lookup creeping back in (the outbox's
+    dedup check before its insert, a second event insert) shows here, not in a bench."""
+    desk = StoreDesk(tmp_path, team=[ALICE, BOB])
+    surge = 100
+    for n in range(surge):
+        at = START + timedelta(seconds=n)
+        desk.deliver(_mail(f"c{n}@example.org", SUPPORT, f"Down? {n}", at, f"s{n}"), at)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(desk.engine, "before_cursor_execute", count)
+    result = desk.triage(START + timedelta(minutes=5))
+    event.remove(desk.engine, "before_cursor_execute", count)
+    assert (result.opened, result.acknowledged) == (surge, surge)
+    per_mail = len(statements) / surge
+    assert per_mail <= 13.5, sorted(set(statements))  # 13.2 (14.2 with the dedup lookup)
