@@ -22,7 +22,7 @@ from keepword.mail.render import Rendered
 from keepword.pipeline import standing
 from keepword.store import cases as case_store
 from keepword.store.messages import load_facts
-from keepword.store.outbox import enqueue_mail
+from keepword.store.outbox import enqueue_mail, own_mail
 from keepword.store.secret import message_id_secret
 from keepword.store.tables import case, case_event, message, outbox
 from tests.fixtures.chase_store import ALICE, StoreDesk
@@ -57,7 +57,7 @@ def _judge(desk: StoreDesk, msg: EmailMessage, folder: str = "INBOX") -> standin
 
         ctx = desk.desk_at(NOW)
         verdict = classify(facts, team=desk.box.team_addresses(), own_addresses=ctx.own_addresses)
-        return standing.judge(conn, ctx, facts, verdict)
+        return standing.judge(conn, ctx, facts, verdict, own_mail(conn, facts.message_id))
 
 
 # -- standing ------------------------------------------------------------------------------

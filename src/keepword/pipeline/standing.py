@@ -40,8 +40,8 @@ from keepword.domain.trust import (
 from keepword.mail.authentication import verify_as_configured
 from keepword.pipeline.context import MailboxContext
 from keepword.store import cases as case_store
-from keepword.store import outbox as outbox_store
 from keepword.store.messages import raw_message
+from keepword.store.outbox import OwnMail
 from keepword.trust_settings import TrustSettings
 
 _NOT_CHECKED = Verdict(False, "not checked: no Reply-To to vet")
@@ -68,11 +68,15 @@ def policy_of(desk: MailboxContext) -> TrustPolicy:
 
 
 def judge(
-    conn: Connection, desk: MailboxContext, facts: MessageFacts, classified: Classification
+    conn: Connection,
+    desk: MailboxContext,
+    facts: MessageFacts,
+    classified: Classification,
+    row: OwnMail | None,
 ) -> Judged:
-    """The standing of `facts`' sender, once per message (`classified`: domain.classify)."""
+    """The standing of `facts`' sender, once per message (`classified`: domain.classify;
+    `row`: the outbox row of its Message-ID, store.outbox.own_mail, if keepword sent it)."""
     policy = policy_of(desk)
-    row = outbox_store.own_mail(conn, facts.message_id)
     own = own_mail(
         facts,
         in_outbox=row is not None,

@@ -63,6 +63,7 @@ from keepword.store import triage_state
 from keepword.store.db import write_transaction
 from keepword.store.leases import LeaseLostError
 from keepword.store.messages import first_seen_at, load_facts
+from keepword.store.outbox import OwnMail
 from keepword.store.triage_state import Untriaged
 
 log = logging.getLogger(__name__)
@@ -207,13 +208,18 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
     try:
         with write_transaction(run.desk.engine) as conn:
             began = True
-            # One read for the batch: what a message says never changes while it waits.
+            # One read for the batch: what a message says never changes while it waits, and
+            # which of them keepword sent (its outbox rows); the batch adds none a later
+            # message of it could be: its own mail comes back only once sent.
             facts = {f.pk: f for f in load_facts(conn, [item.pk for item in batch])}
+            sent = outbox_store.own_mails(conn, [f.message_id for f in facts.values()])
             for item in batch:
                 if _waits_for_first_mail(item, run.failing):
                     waiting.append(item)
                 else:
-                    outcomes.append((item, _in_savepoint(conn, run, item, facts[item.pk])))
+                    read = facts[item.pk]
+                    done = _in_savepoint(conn, run, item, read, sent.get(read.message_id))
+                    outcomes.append((item, done))
     except Exception as exc:  # the store is busy or gone: nothing of the batch was written
         run.failing = failing_before
         run.desk.forget_run_state()
@@ -249,14 +255,14 @@ class _Failure:
 
 
 def _in_savepoint(
-    conn: Connection, run: _Run, item: Untriaged, facts: MessageFacts
+    conn: Connection, run: _Run, item: Untriaged, facts: MessageFacts, sent: OwnMail | None
 ) -> TriageResult | _Failure:
     """One message of a batch. A database error is the store's, not the message's: it
     ends the batch (raised); anything else rolls back this message alone."""
     done = TriageResult()
     try:
         with conn.begin_nested():
-            _triage_one(conn, run, facts, done)
+            _triage_one(conn, run, facts, sent, done)
     except OperationalError:
         raise
     except Exception as exc:
@@ -310,7 +316,7 @@ def _try_one(run: _Run, item: Untriaged) -> Exception | None:
     def triage_it() -> None:
         with run.desk.engine.begin() as conn:
             [facts] = load_facts(conn, [item.pk])
-            _triage_one(conn, run, facts, done)
+            _triage_one(conn, run, facts, outbox_store.own_mail(conn, facts.message_id), done)
 
     attempt = isolated(
         triage_it,
@@ -384,9 +390,16 @@ def _report_failure(run: _Run, item: Untriaged, failure: _Failure) -> None:
         )
 
 
-def _triage_one(conn: Connection, run: _Run, facts: MessageFacts, result: TriageResult) -> None:
+def _triage_one(
+    conn: Connection,
+    run: _Run,
+    facts: MessageFacts,
+    sent: OwnMail | None,
+    result: TriageResult,
+) -> None:
+    """`sent`: the outbox row of the message's Message-ID, if keepword sent it."""
     desk = run.desk
-    arrival, learned = _arrive(conn, desk, facts)
+    arrival, learned = _arrive(conn, desk, facts, sent)
     _staff_presence(conn, desk, arrival)
     command = _steering(conn, desk, arrival)
     if arrival.match.case_id is None and _stays_caseless(conn, desk, arrival, command, result):
@@ -395,7 +408,7 @@ def _triage_one(conn: Connection, run: _Run, facts: MessageFacts, result: Triage
 
 
 def _arrive(
-    conn: Connection, desk: MailboxContext, facts: MessageFacts
+    conn: Connection, desk: MailboxContext, facts: MessageFacts, sent: OwnMail | None
 ) -> tuple[_Arrival, tuple[str, ...]]:
     """Who wrote the message, who it speaks for and which case it joins (None: none yet);
     with the correspondents a vetted join teaches its case."""
@@ -403,7 +416,7 @@ def _arrive(
     classified = classify(facts, team=team, own_addresses=desk.own_addresses)
     # Who the sender is, decided once (pipeline.standing, docs/trust.md): a team address
     # without proof is a person; keepword's own mail is the outbox row's.
-    judged = standing.judge(conn, desk, facts, classified)
+    judged = standing.judge(conn, desk, facts, classified, sent)
     sender, verdict = judged.sender, judged.verdict
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, desk.now) if facts.date else desk.now

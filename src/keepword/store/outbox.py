@@ -118,8 +118,8 @@ class OutboxEntry:
 
 # Run for every message triage sees or every mail it queues: built once (building a
 # statement costs more than the indexed lookup or insert it runs).
-_OWN_MAIL = select(outbox.c.case_id, outbox.c.recipients).where(
-    outbox.c.message_id == bindparam("message_id")
+_OWN_MAILS = select(outbox.c.message_id, outbox.c.case_id, outbox.c.recipients).where(
+    outbox.c.message_id.in_(bindparam("message_ids", expanding=True))
 )
 _EXISTS = select(outbox.c.id).where(outbox.c.dedup_key == bindparam("dedup_key"))
 # A decision already recorded (its dedup key) is passed over by the insert itself: one
@@ -509,7 +509,14 @@ class OwnMail:
 
 def own_mail(conn: Connection, message_id: str) -> OwnMail | None:
     """The outbox row that holds `message_id`, or None: keepword never sent it."""
-    row = conn.execute(_OWN_MAIL, {"message_id": message_id}).first()
-    if row is None:
-        return None
-    return OwnMail(row.case_id, tuple(str(a).lower() for a in row.recipients or ()))
+    return own_mails(conn, [message_id]).get(message_id)
+
+
+def own_mails(conn: Connection, message_ids: Sequence[str]) -> dict[str, OwnMail]:
+    """own_mail of each of `message_ids` in one read (a triage batch's messages): the
+    ones keepword sent."""
+    rows = conn.execute(_OWN_MAILS, {"message_ids": list(message_ids)})
+    return {
+        row.message_id: OwnMail(row.case_id, tuple(str(a).lower() for a in row.recipients or ()))
+        for row in rows
+    }
