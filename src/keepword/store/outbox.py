@@ -122,9 +122,9 @@ _OWN_MAILS = select(outbox.c.message_id, outbox.c.case_id, outbox.c.recipients).
     outbox.c.message_id.in_(bindparam("message_ids", expanding=True))
 )
 _EXISTS = select(outbox.c.id).where(outbox.c.dedup_key == bindparam("dedup_key"))
-# A decision already recorded (its dedup key) is passed over by the insert itself: one
-# statement a queued mail, not a lookup and then an insert.
-# (RETURNING says whether it did, the same way on both databases.)
+# A decision already recorded (its dedup key) is passed over by the insert itself, and
+# RETURNING says whether the row went in: one statement a queued mail, not a lookup and
+# then an insert.
 _ENQUEUE = {
     dialect: insert(outbox)
     .on_conflict_do_nothing(index_elements=["dedup_key"])
