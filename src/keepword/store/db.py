@@ -23,7 +23,11 @@ def make_engine(url: str) -> Engine:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # A server restart kills every pooled connection: test each one before use, so the
     # next job reconnects instead of failing (SQLite has no server to lose).
-    engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+    # hide_parameters: a failed statement's error names the SQL, never the values bound
+    # to it. They are customers' mail (a batch of 500 bodies once filled a warning line).
+    engine = create_engine(
+        url, future=True, pool_pre_ping=not url.startswith("sqlite"), hide_parameters=True
+    )
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
