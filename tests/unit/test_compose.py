@@ -53,6 +53,28 @@ def parse(raw: bytes) -> EmailMessage:
     return msg
 
 
+ANN_ANSWERED = Answering("ann@example.org")
+
+
+def ack_mail(
+    about: About,
+    answering: Answering = ANN_ANSWERED,
+    *,
+    dedup_key: str = "ack:9",
+    now: datetime = NOW,
+    mailbox: MailboxSettings | None = None,
+) -> compose_module.OutgoingMail:
+    """An acknowledgement from the test mailbox, as triage queues one."""
+    return customer_mail(
+        mailbox or box(),
+        OutboxKind.ACKNOWLEDGEMENT,
+        dedup_key=dedup_key,
+        about=about,
+        now=now,
+        answering=answering,
+    )
+
+
 def ack_raw(
     subject: str = "Printer on fire",
     *,
@@ -61,14 +83,8 @@ def ack_raw(
     in_reply_to: str = "orig-1@example.org",
     references: tuple[str, ...] = ("root@example.org",),
 ) -> bytes:
-    mail = customer_mail(
-        box(),
-        OutboxKind.ACKNOWLEDGEMENT,
-        dedup_key=dedup_key,
-        about=About("KW-42", subject),
-        now=now,
-        answering=Answering("ann@example.org", in_reply_to, references),
-    )
+    answering = Answering("ann@example.org", in_reply_to, references)
+    mail = ack_mail(About("KW-42", subject), answering, dedup_key=dedup_key, now=now)
     return compose_bytes(mail, Rendered("Hello.\n\nCase reference: KW-42\n"))
 
 
@@ -185,14 +201,7 @@ def test_team_mail_headers_and_subject() -> None:
 
 
 def test_html_makes_multipart_alternative() -> None:
-    mail = customer_mail(
-        box(),
-        OutboxKind.ACKNOWLEDGEMENT,
-        dedup_key="ack:9",
-        about=About("KW-9", "Hi"),
-        now=NOW,
-        answering=Answering("ann@example.org"),
-    )
+    mail = ack_mail(About("KW-9", "Hi"))
     msg = compose(mail, Rendered("text\nCase reference: KW-9\n", "<p>html</p>"))
     assert msg.get_content_type() == "multipart/alternative"
     parts = [p.get_content_type() for p in msg.iter_parts()]
@@ -217,13 +226,11 @@ def test_headers_written_as_they_are_come_out_as_the_registry_writes_them(
 ) -> None:
     """`_put` skips the header registry's parse for plain short lines: the bytes are the
     same as parsing every header (the way before), whatever the ids, tag and address."""
-    mail = customer_mail(
-        box(address=f"{local}@example.com"),
-        OutboxKind.ACKNOWLEDGEMENT,
+    mail = ack_mail(
+        About(reference.strip() or "KW-1", "Printer on fire"),
+        Answering("ann@example.org", ids[0] if ids else None, tuple(ids)),
         dedup_key="ack:7",
-        about=About(reference.strip() or "KW-1", "Printer on fire"),
-        now=NOW,
-        answering=Answering("ann@example.org", ids[0] if ids else None, tuple(ids)),
+        mailbox=box(address=f"{local}@example.com"),
     )
     body = Rendered("Thanks.\n", "<p>Thanks.</p>")
     random.seed(4)  # the MIME boundary is drawn at random: the same for both
@@ -303,13 +310,8 @@ def test_headers_written_straight_are_the_email_packages(
 @given(text=_TEXT, html=st.one_of(st.none(), _TEXT))
 def test_bodies_written_straight_are_the_email_packages(text: str, html: str | None) -> None:
     """The same on any text and HTML body (7bit, 8bit, quoted-printable, base64)."""
-    mail = customer_mail(
-        box(),
-        OutboxKind.ACKNOWLEDGEMENT,
-        dedup_key="ack:9",
-        about=About("KW-9", "Is the shop down?"),
-        now=NOW,
-        answering=Answering("ann@example.org", "m1@example.org"),
+    mail = ack_mail(
+        About("KW-9", "Is the shop down?"), Answering("ann@example.org", "m1@example.org")
     )
     _assert_written_as_the_email_package_writes(mail, Rendered(text, html))
 
@@ -344,14 +346,8 @@ def _written_straight(mail: compose_module.OutgoingMail, body: Rendered) -> bool
 def test_an_acknowledgement_is_written_straight(monkeypatch: pytest.MonkeyPatch) -> None:
     """The usual acknowledgement (ASCII headers, a text and an HTML part with long lines)
     never takes the email package's path: that path is 30 times slower (issue 14)."""
-    mail = customer_mail(
-        box(),
-        OutboxKind.ACKNOWLEDGEMENT,
-        dedup_key="ack:7",
-        about=About("KW-7", "Is the shop down?"),
-        now=NOW,
-        answering=Answering("ann@example.org", "m1@example.org", ("m0@example.org",)),
-    )
+    answering = Answering("ann@example.org", "m1@example.org", ("m0@example.org",))
+    mail = ack_mail(About("KW-7", "Is the shop down?"), answering)
     html = "<p>" + "We will answer by Tuesday 3 December, 14:00 (Europe/Berlin). " * 4 + "</p>"
     body = Rendered("Hello Ann,\n\nwe have your message.\n", html)
 
