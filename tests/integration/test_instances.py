@@ -9,7 +9,7 @@ of losing its instance. `Cluster` is also the rig of scripts/instances (the long
 The relay files a copy of every mail it takes in the sender's Sent folder (as Gmail
 and Microsoft 365 do), so an instance killed between the relay's 250 and its own
 record leaves evidence the next holder finds (pipeline.send); `unknown_outcome_wait`
-is short so that such a mail is settled within the test.
+is short so that such a mail is settled within the test, yet longer than the pause.
 """
 
 from __future__ import annotations
@@ -162,7 +162,11 @@ class Cluster:
                 'tls = "plain"',
                 f'username = "{self.smtp.user}"',
                 f'password = "{self.smtp.password}"',
-                "unknown_outcome_wait = 5",
+                # Longer than the SIGSTOP below (~25 s): an instance frozen in the middle
+                # of DATA finishes it when it wakes, and the relay files its copy then
+                # (in production the 15 min default outlasts a relay's 10 min DATA
+                # timeout). Shorter, the new holder found no copy and sent again.
+                "unknown_outcome_wait = 60",
                 "[mailbox.chase]",
                 "digest = false",
                 "interval_seconds = 30",
