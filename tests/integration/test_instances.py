@@ -164,8 +164,9 @@ class Cluster:
                 f'password = "{self.smtp.password}"',
                 # Longer than the SIGSTOP below (~25 s): an instance frozen in the middle
                 # of DATA finishes it when it wakes, and the relay files its copy then
-                # (in production the 15 min default outlasts a relay's 10 min DATA
-                # timeout). Shorter, the new holder found no copy and sent again.
+                # (in production the 15 min default outlasts the minutes a relay waits
+                # on a silent client). Shorter, the new holder found no copy and sent
+                # again.
                 "unknown_outcome_wait = 60",
                 "[mailbox.chase]",
                 "digest = false",
