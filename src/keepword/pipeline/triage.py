@@ -212,13 +212,13 @@ def _try_batch(run: _Run, batch: list[Untriaged], held: list[Untriaged]) -> list
             # which of them keepword sent (its outbox rows); the batch adds none a later
             # message of it could be: its own mail comes back only once sent.
             facts = {f.pk: f for f in load_facts(conn, [item.pk for item in batch])}
-            sent = outbox_store.own_mails(conn, [f.message_id for f in facts.values()])
+            own_rows = outbox_store.own_mails(conn, [f.message_id for f in facts.values()])
             for item in batch:
                 if _waits_for_first_mail(item, run.failing):
                     waiting.append(item)
                 else:
                     read = facts[item.pk]
-                    done = _in_savepoint(conn, run, item, read, sent.get(read.message_id))
+                    done = _in_savepoint(conn, run, item, read, own_rows.get(read.message_id))
                     outcomes.append((item, done))
     except Exception as exc:  # the store is busy or gone: nothing of the batch was written
         run.failing = failing_before
@@ -255,14 +255,14 @@ class _Failure:
 
 
 def _in_savepoint(
-    conn: Connection, run: _Run, item: Untriaged, facts: MessageFacts, sent: OwnMail | None
+    conn: Connection, run: _Run, item: Untriaged, facts: MessageFacts, own_row: OwnMail | None
 ) -> TriageResult | _Failure:
     """One message of a batch. A database error is the store's, not the message's: it
     ends the batch (raised); anything else rolls back this message alone."""
     done = TriageResult()
     try:
         with conn.begin_nested():
-            _triage_one(conn, run, facts, sent, done)
+            _triage_one(conn, run, facts, own_row, done)
     except OperationalError:
         raise
     except Exception as exc:
@@ -394,12 +394,12 @@ def _triage_one(
     conn: Connection,
     run: _Run,
     facts: MessageFacts,
-    sent: OwnMail | None,
+    own_row: OwnMail | None,
     result: TriageResult,
 ) -> None:
-    """`sent`: the outbox row of the message's Message-ID, if keepword sent it."""
+    """`own_row`: the outbox row of the message's Message-ID, if keepword sent it."""
     desk = run.desk
-    arrival, learned = _arrive(conn, desk, facts, sent)
+    arrival, learned = _arrive(conn, desk, facts, own_row)
     _staff_presence(conn, desk, arrival)
     command = _steering(conn, desk, arrival)
     if arrival.match.case_id is None and _stays_caseless(conn, desk, arrival, command, result):
@@ -408,7 +408,7 @@ def _triage_one(
 
 
 def _arrive(
-    conn: Connection, desk: MailboxContext, facts: MessageFacts, sent: OwnMail | None
+    conn: Connection, desk: MailboxContext, facts: MessageFacts, own_row: OwnMail | None
 ) -> tuple[_Arrival, tuple[str, ...]]:
     """Who wrote the message, who it speaks for and which case it joins (None: none yet);
     with the correspondents a vetted join teaches its case."""
@@ -416,7 +416,7 @@ def _arrive(
     classified = classify(facts, team=team, own_addresses=desk.own_addresses)
     # Who the sender is, decided once (pipeline.standing, docs/trust.md): a team address
     # without proof is a person; keepword's own mail is the outbox row's.
-    judged = standing.judge(conn, desk, facts, classified, sent)
+    judged = standing.judge(conn, desk, facts, classified, own_row)
     sender, verdict = judged.sender, judged.verdict
     # The Date header is the sender's word: never in our future (wrong clocks, forgeries).
     at = min(facts.date, desk.now) if facts.date else desk.now
