@@ -120,6 +120,42 @@ def test_a_pass_builds_the_predictor_once(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(builds) == 1
 
 
+def _new_customers_promises(tmp: Path, desk_type: type[MailboxContext]) -> list[Any]:
+    """A run whose first promise is a follow-up's (a customer writing again on a case the
+    team answered), then three new customers: their promises."""
+    desk = StoreDesk(tmp)
+    _history(desk)
+    asked = NOW - timedelta(hours=2)
+    first = desk.deliver(_mail("x@example.org", "Refund", asked), asked)
+    answered = asked + timedelta(minutes=30)
+    answer = _mail(ALICE, "Re: Refund", answered, first["Message-ID"])
+    desk.deliver(answer, answered, "Sent")
+    _triage(desk, desk_type, answered + timedelta(minutes=1), 1)
+    again = _mail("x@example.org", "Re: Refund", NOW - timedelta(minutes=5), answer["Message-ID"])
+    desk.deliver(again, NOW)
+    for i in range(3):
+        desk.deliver(_mail(f"n{i}@example.org", f"Order {i}", NOW - timedelta(minutes=4 - i)), NOW)
+    context = desk_type(desk.settings, desk.box, desk.engine, desk.renderer, NOW)
+    result = triage_pending(context, acknowledger=acknowledge_case)
+    assert (result.errors, result.opened) == ([], 3)
+    with desk.engine.connect() as conn:
+        new = [c.id for c in case_store.list_cases(conn) if (c.customer or "").startswith("n")]
+    assert len(new) == 3
+    return [(p.due_at, dict(p.basis)) for case_id in sorted(new) for p in desk.promises(case_id)]
+
+
+def test_a_follow_up_that_builds_the_predictor_leaves_its_answered_case_in(
+    tmp_path: Path,
+) -> None:
+    """The predictor a run builds for its first promise serves the whole run: what it
+    holds must not depend on which mail asked first. A follow-up's own case, answered
+    before, once stayed out of it for every customer after (one sample short)."""
+    fed = _new_customers_promises(tmp_path / "fed", MailboxContext)
+    fresh = _new_customers_promises(tmp_path / "fresh", FreshDesk)
+    assert len(fed) == 3
+    assert fed == fresh
+
+
 def _more_customers(desk: StoreDesk, now: datetime, name: str, count: int = 3) -> None:
     for i in range(count):
         at = now - timedelta(seconds=30 - i)

@@ -98,23 +98,35 @@ class MailboxContext:
         (store.history.response_history).
         """
         if self._pass is None or self._pass.stale:
-            self._pass = pass_predictor(
-                conn, self.box, self.calendar, self.now, exclude_case=exclude_case
-            )
+            # Left out of the build: only a case this run opened and has not fed yet (the
+            # case being acknowledged). Any other stays in, as in every later window of
+            # the run: what the predictor holds must not depend on which mail built it.
+            fresh = self._unfed_opening(exclude_case)
+            self._pass = pass_predictor(conn, self.box, self.calendar, self.now, exclude_case=fresh)
             # The store already holds the earlier events; the excluded case's are news.
-            self._pending = [e for e in self._pending if e[0] == exclude_case]
+            self._pending = [e for e in self._pending if e[0] == fresh]
+        # Only a new case's own events wait for its promise; a case answered before (a
+        # follow-up) is history: its answer counts now, as a build would count it.
+        self._feed(keep=self._unfed_opening(exclude_case))
+        if self._pass.stale:  # an event out of order: the store says it right
+            self._pass = None
+            return self.honest_window(conn, exclude_case=exclude_case)
         if exclude_case is not None and exclude_case in self._pass.waiting:
-            # Already in the queue it was built with (rare: an open case promised
-            # again): the store's own answer without it.
+            # Open and already in the queue (rare: an open case promised again): the
+            # store's own answer without it.
             once = pass_predictor(
                 conn, self.box, self.calendar, self.now, exclude_case=exclude_case
             )
             return once.window(self.now, away=self.away_share(conn))
-        self._feed(keep=exclude_case)
-        if self._pass.stale:  # an event out of order: the store says it right
-            self._pass = None
-            return self.honest_window(conn, exclude_case=exclude_case)
         return self._pass.window(self.now, away=self.away_share(conn))
+
+    def _unfed_opening(self, case_id: int | None) -> int | None:
+        """`case_id` if it is a case this run opened, not yet fed and not answered (the
+        case being acknowledged: not part of its own queue), else None."""
+        if case_id is None:
+            return None
+        events = {what for key, _, what in self._pending if key == case_id}
+        return case_id if _Fed.OPENED in events and _Fed.ANSWERED not in events else None
 
     def note_case(self, conn: Connection, before: CaseState | None, after: CaseState) -> None:
         """Triage changed case `after` (`before`: None if it opened it): the queue the
