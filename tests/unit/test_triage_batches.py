@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -25,6 +25,7 @@ from keepword.pipeline import triage as triage_module
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.triage import triage_pending
+from keepword.retry import RetryPolicy
 from keepword.store import away as away_store
 from keepword.store.leases import LeaseLostError
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox, promise
@@ -61,6 +62,21 @@ def _snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     return dumped
 
 
+class _MidwayRetry(RetryPolicy):
+    """TRIAGE_RETRY without its jitter: a batch that meets a failing message goes again
+    with savepoints, and the acknowledgements it composed first drew from the same
+    random source (their Message-IDs), so the retry times would differ by chance."""
+
+    def delay(self, failures: int, draw: Callable[[], float] = lambda: 0.5) -> float:
+        return RetryPolicy.delay(self, failures, lambda: 0.5)
+
+
+@pytest.fixture(autouse=True)
+def _retry_without_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = triage_module.TRIAGE_RETRY
+    monkeypatch.setattr(triage_module, "TRIAGE_RETRY", _MidwayRetry(policy.first, policy.cap))
+
+
 def _run(
     tmp: Path,
     deliveries: list[Delivery],
@@ -71,7 +87,6 @@ def _run(
     context_type: type[MailboxContext] = MailboxContext,
 ) -> StoreDesk:
     """Deliver the mail in order, triaging at each of `passes` once what arrived by then."""
-    random.seed(0)  # a failed message's retry time has jitter: the same draws for both
     desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": policy})
     left = list(deliveries)
     for now in passes:
@@ -339,7 +354,7 @@ def _short_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA busy_timeout=50")
 
 
-def test_a_surge_of_new_customers_costs_a_dozen_statements_a_mail(tmp_path: Path) -> None:
+def test_a_surge_of_new_customers_costs_fewer_than_ten_statements_a_mail(tmp_path: Path) -> None:
     """The statements triage runs for a new customer's mail (case, owner, timeline,
     correspondent, triage record, acknowledgement, promise, the savepoint) are what a
     surge pays per customer: a budget, so that a lookup creeping back in (the outbox's
@@ -359,7 +374,10 @@ def test_a_surge_of_new_customers_costs_a_dozen_statements_a_mail(tmp_path: Path
     event.remove(desk.engine, "before_cursor_execute", count)
     assert (result.opened, result.acknowledged) == (surge, surge)
     per_mail = len(statements) / surge
-    assert per_mail <= 12.5, sorted(set(statements))  # 12.2; 13.2 with a read a message for
+    print(f"{per_mail:.2f} statements a new customer's mail")
+    assert not [s for s in statements if "SAVEPOINT" in s], "no message failed: no savepoint"
+    assert per_mail <= 9.5, sorted(set(statements))  # 9.2; 10.2 numbering each case with
+    # its own MAX lookup, 12.2 with a savepoint a message, 13.2 with a read a message for
     # whether keepword sent it, 14.2 with the dedup lookup too
 
 
