@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from keepword.domain.model import Classification, Kind, MessageFacts
-from keepword.domain.threads import Candidates, ThreadMatch, ThreadRule, referenced_ids
+from keepword.domain.threads import Candidates, ThreadMatch, ThreadRule
 from keepword.domain.trust import (
     NOT_VERIFIED,
     Authentication,
@@ -138,9 +138,13 @@ def as_vetted(chosen: ThreadMatch, sender: Sender, candidates: Candidates) -> Th
 
 
 def join_target(
-    conn: Connection, facts: MessageFacts, match: ThreadMatch, candidates: Candidates
+    conn: Connection,
+    match: ThreadMatch,
+    candidates: Candidates,
+    referenced: case_store.ReferencedMail,
 ) -> JoinTarget | None:
-    """The case `match` picked, as domain.trust.vet_join weighs it (None: a new case)."""
+    """The case `match` picked, as domain.trust.vet_join weighs it (None: a new case);
+    `referenced`: the stored mail the message's References name."""
     if match.case_id is None:
         return None
     every = [candidates.by_tag, *candidates.by_reference, *candidates.by_subject]
@@ -150,7 +154,7 @@ def join_target(
         found = loaded[match.case_id]
     participants: frozenset[str] = frozenset()
     if match.rule is ThreadRule.REFERENCES:
-        participants = case_store.participants(conn, match.case_id, referenced_ids(facts))
+        participants = referenced.participants(match.case_id)
     return JoinTarget(found.case_id, found.reference, found.correspondents, participants)
 
 

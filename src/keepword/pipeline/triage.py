@@ -11,7 +11,7 @@ per message (a message that fails rolls back alone); if the transaction itself f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -148,6 +148,8 @@ class _Arrival:
     # Who the sender is (pipeline.standing): `sender.standing is Standing.TEAM` is the
     # only proof that a message is the team's.
     sender: Sender
+    # The candidate cases as threading read them (the joined one is changed from this).
+    read: Mapping[int, cases.CaseState] = field(default_factory=dict)
 
 
 def triage_pending(
@@ -457,7 +459,8 @@ def _triage_one(
     """`own_row`: the outbox row of the message's Message-ID, if keepword sent it."""
     desk = run.desk
     arrival, learned = _arrive(conn, desk, facts, own_row)
-    _staff_presence(conn, desk, arrival)
+    if _staff_presence(conn, desk, arrival):  # cases may have moved: read them again
+        arrival = replace(arrival, read={})
     command = _steering(conn, desk, arrival)
     if arrival.match.case_id is None and _stays_caseless(conn, desk, arrival, command, result):
         return
@@ -480,18 +483,19 @@ def _arrive(
     if sender.standing is Standing.OWN:
         match = standing.own_match(judged, _reference_of(conn, judged.own_case))
         return _Arrival(facts, verdict, match, None, at, sender), ()
-    match, learned = _thread(conn, desk, facts, verdict.kind, sender)
+    match, learned, read = _thread(conn, desk, facts, verdict.kind, sender)
     correspondent = external_correspondent(facts, verdict.kind, team)
-    return _Arrival(facts, verdict, match, correspondent, at, sender), learned
+    return _Arrival(facts, verdict, match, correspondent, at, sender, read), learned
 
 
 def _thread(
     conn: Connection, desk: MailboxContext, facts: MessageFacts, kind: Kind, sender: Sender
-) -> tuple[ThreadMatch, tuple[str, ...]]:
+) -> tuple[ThreadMatch, tuple[str, ...], Mapping[int, cases.CaseState]]:
     """The case a person's message joins, as trust vets it (domain.trust); a refused join
-    goes on the timeline of the case it targeted."""
+    goes on the timeline of the case it targeted. With the candidate cases as read."""
     box, now = desk.box, desk.now
-    candidates = _candidates(conn, box, facts, sender)
+    found = _candidates(conn, box, facts, sender)
+    candidates = found.candidates
     chosen = choose_case(
         facts,
         kind,
@@ -501,12 +505,12 @@ def _thread(
         team=box.team_addresses(),
     )
     chosen = standing.as_vetted(chosen, sender, candidates)
-    target = standing.join_target(conn, facts, chosen, candidates)
+    target = standing.join_target(conn, chosen, candidates, found.referenced)
     decision = vet_join(facts, chosen, sender, target, now=now)
     refusal = decision.refusal or standing.ignored_tag(facts, sender, candidates, chosen, now=now)
     if refusal is not None:
         _refuse(conn, box, refusal)
-    return decision.match, decision.new_correspondents
+    return decision.match, decision.new_correspondents, found.read
 
 
 def _steering(
@@ -559,7 +563,7 @@ def _into_case(
     new_case = match.case_id is None
     opening: tuple[cases.Event, ...] = ()  # a new case's own events: written with the rest
     if match.case_id is not None:
-        before = case_store.load_case(conn, match.case_id)
+        before = arrival.read.get(match.case_id) or case_store.load_case(conn, match.case_id)
     else:  # written below with the message folded in: one INSERT (commands name it: now)
         before, opening = _open(conn, desk, arrival, save=command is not None, numbers=run.numbers)
         result.opened += 1
@@ -663,17 +667,20 @@ def _opens_case(kind: Kind, match: ThreadMatch, correspondent: Address | None) -
     return kind is Kind.CUSTOMER
 
 
-def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> None:
+def _staff_presence(conn: Connection, desk: MailboxContext, arrival: _Arrival) -> bool:
     """A member's own out-of-office marks them away (their cases move; it is never
-    answered: robots are not); a member writing themselves is back."""
+    answered: robots are not); a member writing themselves is back. True if either."""
     facts, kind = arrival.facts, arrival.verdict.kind
     if arrival.sender.standing is not Standing.TEAM:
-        return  # a forged out-of-office (a team From without proof) moves no case
+        return False  # a forged out-of-office (a team From without proof) moves no case
     why = staff_out_of_office(facts, kind, desk.box.team)
     if why is not None:
         owners.out_of_office(conn, desk, facts, arrival.at, why)
-    elif kind is Kind.STAFF and facts.sender is not None and not facts.is_history:
+        return True
+    if kind is Kind.STAFF and facts.sender is not None and not facts.is_history:
         owners.staff_wrote(conn, desk, facts.sender.address)
+        return True
+    return False
 
 
 def _open(
@@ -743,33 +750,43 @@ def _record(
     triage_state.record_triage(conn, pk, arrival.verdict, case_id, arrival.match.rule, now)
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What threading read for a message: its candidates, the stored mail its References
+    name, and the candidate cases as stored."""
+
+    candidates: Candidates
+    referenced: case_store.ReferencedMail
+    read: Mapping[int, cases.CaseState]
+
+
 def _candidates(
     conn: Connection, box: MailboxSettings, facts: MessageFacts, sender: Sender
-) -> Candidates:
+) -> _Found:
     prefixes = [box.reference_prefix]
     # A subject with two different tags claims nothing (domain.trust.subject_claim).
     if tags_in(facts.subject, prefixes):
         tag = subject_claim(facts.subject, prefixes, sender)
     else:
         tag = find_case_reference(facts, prefixes)
-    tag_ids = case_store.cases_by_reference_tag(conn, box.name, tag) if tag else []
-    ref_ids = case_store.cases_by_message_ids(conn, box.name, referenced_ids(facts))
-    subject_ids: list[int] = []
+    referenced = case_store.referenced_mail(conn, box.name, referenced_ids(facts))
     team = box.team_addresses()
-    for kind in (Kind.CUSTOMER, Kind.STAFF):
-        who = external_correspondent(facts, kind, team)
-        if who is not None:
-            key = subject_key(facts.subject)
-            subject_ids += case_store.cases_by_correspondent_subject(
-                conn, box.name, who.address, key
-            )
-    every = list(dict.fromkeys([*tag_ids, *ref_ids, *subject_ids]))
-    loaded = case_store.case_candidates(conn, every)
-    return Candidates(
-        by_tag=loaded[tag_ids[0]] if tag_ids else None,
-        by_reference=tuple(loaded[i] for i in ref_ids),
-        by_subject=tuple(loaded[i] for i in dict.fromkeys(subject_ids)),
+    people = (external_correspondent(facts, kind, team) for kind in (Kind.CUSTOMER, Kind.STAFF))
+    read = case_store.read_candidates(
+        conn,
+        box.name,
+        case_ids=referenced.case_ids,
+        tag=tag,
+        subject_key=subject_key(facts.subject),
+        addresses=[who.address for who in people if who is not None],
     )
+    loaded = read.candidates
+    candidates = Candidates(
+        by_tag=loaded[read.tagged] if read.tagged is not None else None,
+        by_reference=tuple(loaded[i] for i in referenced.case_ids),
+        by_subject=tuple(loaded[i] for i in dict.fromkeys(read.by_subject)),
+    )
+    return _Found(candidates, referenced, read.states)
 
 
 def _acknowledge_if_due(

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, false, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    BindParameter,
+    Connection,
+    Integer,
+    Row,
+    String,
+    and_,
+    bindparam,
+    cast,
+    false,
+    func,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 
 from keepword.domain.cases import CaseState, Event, format_reference
 from keepword.domain.model import CaseStatus
@@ -48,18 +67,6 @@ _UPDATE = (
 )
 _INSERT = insert(case).returning(*case.c)
 _ADD_EVENTS = insert(case_event)
-_BY_CORRESPONDENT_SUBJECT = (
-    select(case.c.id)
-    .join(case_correspondent, case_correspondent.c.case_id == case.c.id)
-    .where(
-        and_(
-            case.c.mailbox == bindparam("mailbox"),
-            case.c.subject_key == bindparam("subject_key"),
-            case_correspondent.c.address == bindparam("address"),
-        )
-    )
-    .order_by(case.c.updated_at.desc(), case.c.id.desc())
-)
 
 
 def _to_state(row: Row[Any]) -> CaseState:
@@ -259,47 +266,73 @@ def correspondents(conn: Connection, case_ids: Sequence[int]) -> dict[int, froze
     return {k: frozenset(v) for k, v in result.items()}
 
 
-def cases_by_reference_tag(conn: Connection, mailbox: str, reference: str) -> list[int]:
-    query = select(case.c.id).where(
-        and_(case.c.mailbox == mailbox, func.upper(case.c.reference) == reference.upper())
-    )
-    return list(conn.execute(query).scalars())
+@dataclass(frozen=True, slots=True)
+class ReferencedMail:
+    """The mail a message's References name, as stored: the cases that saw it (stored
+    mail first, then keepword's own outgoing mail; each in the order the ids were
+    given) and, per case, everyone that mail was from or sent to (domain.trust.JoinTarget:
+    From, To and Cc of stored mail, the recipients of keepword's own)."""
+
+    case_ids: tuple[int, ...] = ()
+    addresses: Mapping[int, frozenset[str]] = field(default_factory=dict)
+
+    def participants(self, case_id: int) -> frozenset[str]:
+        return self.addresses.get(case_id, frozenset())
 
 
-def cases_by_message_ids(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> list[int]:
-    """Cases that saw any of these Message-IDs: stored mail first, then keepword's own
-    outgoing mail; each in the order the ids were given."""
-    if not message_ids:
-        return []
-    ids = list(message_ids)
-    stored = select(message.c.message_id, message.c.case_id).where(
+# One statement for both kinds of mail (were four: the cases, then the participants).
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+_REFERENCED = union_all(
+    select(
+        literal_column("0", Integer).label("own"),
+        message.c.message_id,
+        message.c.case_id,
+        message.c.from_addr,
+        message.c.to_addrs,
+        message.c.cc_addrs,
+    ).where(
         and_(
-            message.c.mailbox == mailbox,
-            message.c.message_id.in_(ids),
+            message.c.mailbox == bindparam("mailbox"),
+            message.c.message_id.in_(_IDS),
             message.c.case_id.is_not(None),
         )
-    )
-    sent = select(outbox.c.message_id, outbox.c.case_id).where(
-        and_(outbox.c.message_id.in_(ids), outbox.c.case_id.is_not(None))
-    )
+    ),
+    select(
+        literal_column("1", Integer),
+        outbox.c.message_id,
+        outbox.c.case_id,
+        cast(null(), String),
+        outbox.c.recipients,
+        cast(null(), JSON),
+    ).where(and_(outbox.c.message_id.in_(_IDS), outbox.c.case_id.is_not(None))),
+)
+
+
+def referenced_mail(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> ReferencedMail:
+    """What the mailbox holds of the mail with these Message-IDs (ReferencedMail)."""
+    if not message_ids:
+        return ReferencedMail()
+    ids = list(message_ids)
+    # Stored mail's and keepword's own, each Message-ID -> case.
+    by_id: tuple[dict[str, int], dict[str, int]] = ({}, {})
+    found: dict[int, set[str]] = {}
+    for row in conn.execute(_REFERENCED, {"mailbox": mailbox, "ids": ids}):
+        by_id[row.own][row.message_id] = row.case_id
+        people = found.setdefault(row.case_id, set())
+        if row.from_addr:
+            people.add(str(row.from_addr).lower())
+        for item in [*(row.to_addrs or []), *(row.cc_addrs or [])]:
+            if isinstance(item, dict) and item.get("address"):
+                people.add(str(item["address"]).lower())
+            elif isinstance(item, str):  # an outbox row's recipients: plain addresses
+                people.add(item.lower())
     ordered: list[int] = []
-    for query in (stored, sent):
-        # Result has .keys(), so dict(result) would take it for a mapping: build it by hand.
-        by_id: dict[str, int] = {row[0]: row[1] for row in conn.execute(query)}
+    for source in by_id:
         for mid in ids:
-            cid = by_id.get(mid)
+            cid = source.get(mid)
             if cid is not None and cid not in ordered:
                 ordered.append(cid)
-    return ordered
-
-
-def cases_by_correspondent_subject(
-    conn: Connection, mailbox: str, address: str, subject_key: str
-) -> list[int]:
-    if not subject_key:
-        return []
-    params = {"mailbox": mailbox, "subject_key": subject_key, "address": address.lower()}
-    return list(dict.fromkeys(conn.execute(_BY_CORRESPONDENT_SUBJECT, params).scalars()))
+    return ReferencedMail(tuple(ordered), {k: frozenset(v) for k, v in found.items()})
 
 
 def timeline(conn: Connection, case_id: int) -> list[Row[Any]]:
@@ -359,23 +392,104 @@ def unanswered_backlog(conn: Connection, mailbox: str, since: datetime) -> int:
     return int(conn.execute(query).scalar() or 0)
 
 
+_TAGGED = and_(case.c.mailbox == bindparam("mailbox"), case.c.reference == bindparam("tag"))
+_SAME_SUBJECT = (
+    select(case_correspondent.c.case_id)
+    .join(case, case.c.id == case_correspondent.c.case_id)
+    .where(
+        and_(
+            case.c.mailbox == bindparam("mailbox"),
+            case.c.subject_key == bindparam("subject_key"),
+            case_correspondent.c.address.in_(bindparam("addresses", expanding=True)),
+        )
+    )
+)
+# Every case a message could join, with its correspondents, in one statement (each
+# branch of the OR on an index: the primary key, the unique reference, the subject).
+_CANDIDATES = (
+    select(case, case_correspondent.c.address.label("known_address"))
+    .outerjoin(case_correspondent, case_correspondent.c.case_id == case.c.id)
+    .where(
+        or_(
+            case.c.id.in_(bindparam("ids", expanding=True)),
+            _TAGGED,
+            case.c.id.in_(_SAME_SUBJECT),
+        )
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRead:
+    """The cases a message could join, as read: what threading weighs of each
+    (`candidates`), the cases as stored (`states`: the message's triage changes the one
+    it joins without reading it again), the one its tag names and those of its subject
+    and correspondents (each address in turn, the latest first)."""
+
+    candidates: Mapping[int, CaseCandidate]
+    states: Mapping[int, CaseState]
+    tagged: int | None
+    by_subject: tuple[int, ...]
+
+
+def read_candidates(
+    conn: Connection,
+    mailbox: str,
+    *,
+    case_ids: Sequence[int] = (),
+    tag: str | None = None,
+    subject_key: str = "",
+    addresses: Sequence[str] = (),
+) -> CandidateRead:
+    """The cases `case_ids`, the mailbox's case tagged `tag` and its cases of this
+    subject key with one of these correspondents; one statement, a case's row once per
+    correspondent. References are stored upper-case (the prefix's pattern, config):
+    the tag is looked up upper-cased, on the unique index."""
+    wanted = [a.lower() for a in addresses] if subject_key else []
+    if not case_ids and tag is None and not wanted:
+        return CandidateRead({}, {}, None, ())
+    params = {
+        "ids": list(case_ids),
+        "mailbox": mailbox,
+        "tag": tag.upper() if tag else None,
+        "subject_key": subject_key,
+        "addresses": wanted,
+    }
+    states: dict[int, CaseState] = {}
+    people: dict[int, set[str]] = {}
+    for row in conn.execute(_CANDIDATES, params):
+        if row.id not in states:
+            states[row.id] = _to_state(row)
+            people[row.id] = set()
+        if row.known_address is not None:
+            people[row.id].add(row.known_address)
+    tagged = next(
+        (i for i, s in states.items() if s.mailbox == mailbox and s.reference == params["tag"]),
+        None,
+    )
+    same_subject = sorted(
+        (i for i, s in states.items() if s.mailbox == mailbox and s.subject_key == subject_key),
+        key=lambda i: (states[i].updated_at, i),
+        reverse=True,
+    )
+    by_subject = [i for who in wanted for i in same_subject if who in people[i]]
+    candidates = {
+        case_id: CaseCandidate(
+            case_id=case_id,
+            reference=state.reference,
+            correspondents=frozenset(people[case_id]),
+            subject_key=state.subject_key,
+            last_activity=state.updated_at,
+            closed=state.status is CaseStatus.CLOSED,
+        )
+        for case_id, state in states.items()
+    }
+    return CandidateRead(candidates, states, tagged, tuple(by_subject))
+
+
 def case_candidates(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseCandidate]:
     """What threading weighs of each case a new message could join."""
-    if not case_ids:
-        return {}
-    people = correspondents(conn, case_ids)
-    rows = conn.execute(select(case).where(case.c.id.in_(list(case_ids))))
-    return {
-        row.id: CaseCandidate(
-            case_id=row.id,
-            reference=row.reference,
-            correspondents=people.get(row.id, frozenset()),
-            subject_key=row.subject_key or "",
-            last_activity=row.updated_at,
-            closed=row.status == CaseStatus.CLOSED.value,
-        )
-        for row in rows
-    }
+    return dict(read_candidates(conn, "", case_ids=case_ids).candidates)
 
 
 def live_case_ids(conn: Connection, mailbox: str, statuses: Sequence[CaseStatus]) -> set[int]:
@@ -388,27 +502,3 @@ def live_case_ids(conn: Connection, mailbox: str, statuses: Sequence[CaseStatus]
         )
     )
     return set(conn.execute(query).scalars())
-
-
-def participants(conn: Connection, case_id: int, message_ids: Sequence[str]) -> frozenset[str]:
-    """Everyone the case's mails with these Message-IDs were from or sent to: From, To
-    and Cc of stored mail, the recipients of keepword's own (domain.trust.JoinTarget)."""
-    if not message_ids:
-        return frozenset()
-    ids = list(message_ids)
-    found: set[str] = set()
-    stored = select(message.c.from_addr, message.c.to_addrs, message.c.cc_addrs).where(
-        and_(message.c.case_id == case_id, message.c.message_id.in_(ids))
-    )
-    for row in conn.execute(stored):
-        if row.from_addr:
-            found.add(str(row.from_addr).lower())
-        for item in [*(row.to_addrs or []), *(row.cc_addrs or [])]:
-            if isinstance(item, dict) and item.get("address"):
-                found.add(str(item["address"]).lower())
-    sent = select(outbox.c.recipients).where(
-        and_(outbox.c.case_id == case_id, outbox.c.message_id.in_(ids))
-    )
-    for recipients in conn.execute(sent).scalars():
-        found.update(str(a).lower() for a in recipients or ())
-    return frozenset(found)

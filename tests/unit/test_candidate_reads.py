@@ -1,0 +1,126 @@
+"""What threading reads of the store for a message, in one or two statements
+(store.cases.read_candidates, store.cases.referenced_mail): the same cases, in the same
+order, as one lookup per rule would find."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, insert, update
+
+from keepword.domain.cases import CaseState
+from keepword.domain.model import CaseStatus
+from keepword.store import cases as case_store
+from keepword.store.tables import message, outbox
+from tests.fixtures.chase_store import SUPPORT, StoreDesk
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def _case(
+    engine: Engine, mailbox: str, subject_key: str, people: list[str], updated: datetime
+) -> int:
+    with engine.begin() as conn:
+        saved = case_store.save_case(
+            conn,
+            CaseState(
+                id=None,
+                mailbox=mailbox,
+                reference="KW",
+                status=CaseStatus.NEW,
+                opened_at=START,
+                updated_at=updated,
+                customer=people[0],
+                subject=subject_key,
+                subject_key=subject_key,
+            ),
+            prefix="KW",
+        )
+        assert saved.id is not None
+        case_store.add_correspondents(conn, saved.id, people, new_case=True)
+    return saved.id
+
+
+def test_one_read_finds_the_tagged_case_the_referenced_ones_and_the_subjects(
+    tmp_path: Path,
+) -> None:
+    desk = StoreDesk(tmp_path)
+    box = desk.box.name
+    at = [START + timedelta(hours=h) for h in range(6)]
+    old_ann = _case(desk.engine, box, "refund", ["ann@example.org"], at[1])
+    new_ann = _case(desk.engine, box, "refund", ["ann@example.org", "bob@example.org"], at[3])
+    bob = _case(desk.engine, box, "refund", ["bob@example.org"], at[2])
+    other_box = _case(desk.engine, "sales", "refund", ["ann@example.org"], at[4])
+    other_subject = _case(desk.engine, box, "invoice", ["ann@example.org"], at[5])
+    tagged = _case(desk.engine, box, "hello", ["zed@example.org"], at[0])
+    with desk.engine.connect() as conn:
+        reference = case_store.load_case(conn, tagged).reference
+        read = case_store.read_candidates(
+            conn,
+            box,
+            case_ids=[other_subject],
+            tag=reference.lower(),  # as a customer may type it
+            subject_key="refund",
+            addresses=["Bob@Example.org", "ann@example.org"],
+        )
+        nothing = case_store.read_candidates(conn, box, subject_key="", addresses=["a@b.c"])
+    assert read.tagged == tagged
+    # each address in turn, the latest case first; a case of both addresses twice
+    assert read.by_subject == (new_ann, bob, new_ann, old_ann)
+    assert set(read.candidates) == {tagged, other_subject, new_ann, bob, old_ann}
+    assert other_box not in read.states, "another mailbox's case is no subject match"
+    # the correspondents are the case's all, not only the one that matched
+    assert read.candidates[new_ann].correspondents == {"ann@example.org", "bob@example.org"}
+    assert read.states[bob].subject_key == "refund" and read.states[bob].id == bob
+    assert (nothing.candidates, nothing.tagged, nothing.by_subject) == ({}, None, ())
+
+
+def _stored(desk: StoreDesk, mid: str, sender: str, to: str, cc: str | None = None) -> None:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, to, "Order"
+    msg["Date"], msg["Message-ID"] = format_datetime(START), f"<{mid}>"
+    if cc:
+        msg["Cc"] = cc
+    msg.set_content("Where is it?")
+    desk.deliver(msg, START)
+
+
+def test_the_referenced_mail_names_its_cases_and_everyone_it_went_between(
+    tmp_path: Path,
+) -> None:
+    desk = StoreDesk(tmp_path)
+    box = desk.box.name
+    first = _case(desk.engine, box, "order", ["ann@example.org"], START)
+    second = _case(desk.engine, box, "order", ["cy@example.org"], START)
+    _stored(desk, "a@x", "Ann@Example.org", SUPPORT, cc="Dee@example.org")
+    _stored(desk, "b@x", "cy@example.org", SUPPORT)
+    _stored(desk, "untriaged@x", "eve@example.org", SUPPORT)
+    with desk.engine.begin() as conn:
+        for mid, case_id in (("a@x", first), ("b@x", second)):
+            conn.execute(update(message).where(message.c.message_id == mid).values(case_id=case_id))
+        conn.execute(
+            insert(outbox).values(
+                mailbox=box,
+                case_id=first,
+                kind="ack",
+                dedup_key="ack:1",
+                message_id="ack1@kw",
+                recipients=["Gus@example.org"],
+                state="sent",
+                created_at=START,
+            )
+        )
+    with desk.engine.connect() as conn:
+        ids = ["ack1@kw", "untriaged@x", "b@x", "a@x", "unknown@x"]
+        found = case_store.referenced_mail(conn, box, ids)
+        none = case_store.referenced_mail(conn, box, [])
+    # stored mail first, in the order of the ids, then keepword's own
+    assert found.case_ids == (second, first)
+    people = {"ann@example.org", "dee@example.org", SUPPORT, "gus@example.org"}
+    assert found.participants(first) == people
+    assert found.participants(second) == {"cy@example.org", SUPPORT}
+    assert found.participants(999) == frozenset()
+    assert none.case_ids == ()
