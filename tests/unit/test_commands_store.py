@@ -229,6 +229,21 @@ def test_waiting_tells_the_customer_the_reason_and_the_new_time(desk: StoreDesk)
     assert "The customer (ann@example.org) gets an update" in confirmation(desk)
 
 
+def test_a_command_triaged_with_the_mail_it_answers_answers_that_mail(desk: StoreDesk) -> None:
+    """The customer's mail and a member's command on it triaged in one batch (it writes
+    its timeline and triage records at its end): the command still finds the customer's
+    mail, and the update to the customer answers it, as in two passes."""
+    question = desk.deliver(mail(ANN, "Charged twice", "I was charged twice.", date=at(9)), at(9))
+    body = "#waiting 2026-11-04 the courier's damage report\n"
+    order = mail(ALICE_FROM, "[KW-1] Charged twice", body, date=at(10), headers=TEAM_PROOF)
+    desk.deliver(order, at(10))
+    assert desk.triage(at(10)).errors == []
+    [update] = rows(desk, "customer_update")
+    answered = message_from_bytes(update.raw, policy=policy.default)
+    assert answered["In-Reply-To"] == question["Message-ID"]
+    assert "Ann Lee" in text_of(update)
+
+
 def test_close_and_reopen(desk: StoreDesk) -> None:
     open_case(desk)
     command(desk, "#close\n", at(10))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -61,6 +62,8 @@ from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
 from keepword.store import triage_state
 from keepword.store.db import write_transaction
+from keepword.store.deferred import deferring
+from keepword.store.deferred import flush as flush_deferred
 from keepword.store.leases import LeaseLostError
 from keepword.store.messages import first_seen_at, load_facts
 from keepword.store.outbox import OwnMail
@@ -247,16 +250,19 @@ def _batch_transaction(
             # message of it could be: its own mail comes back only once sent.
             facts = {f.pk: f for f in load_facts(conn, [item.pk for item in batch])}
             own_rows = outbox_store.own_mails(conn, [f.message_id for f in facts.values()])
-            for item in batch:
-                if _waits_for_first_mail(item, run.failing):
-                    waiting.append(item)
-                    continue
-                read = facts[item.pk]
-                own_row = own_rows.get(read.message_id)
-                if isolate:
-                    outcomes.append((item, _in_savepoint(conn, run, item, read, own_row)))
-                else:
-                    outcomes.append((item, _unguarded(conn, run, item, read, own_row)))
+            # Without savepoints, the batch's events and triage records are written at its
+            # end, a statement each (store.deferred).
+            with nullcontext() if isolate else deferring(conn):
+                for item in batch:
+                    if _waits_for_first_mail(item, run.failing):
+                        waiting.append(item)
+                        continue
+                    read = facts[item.pk]
+                    own_row = own_rows.get(read.message_id)
+                    if isolate:
+                        outcomes.append((item, _in_savepoint(conn, run, item, read, own_row)))
+                    else:
+                        outcomes.append((item, _unguarded(conn, run, item, read, own_row)))
     except Exception as exc:  # the store is busy or gone: nothing of the batch was written
         run.failing = failing_before
         run.desk.forget_run_state()
@@ -459,6 +465,8 @@ def _triage_one(
     """`own_row`: the outbox row of the message's Message-ID, if keepword sent it."""
     desk = run.desk
     arrival, learned = _arrive(conn, desk, facts, own_row)
+    if arrival.sender.standing is Standing.TEAM or arrival.sender.claimed_team:
+        flush_deferred(conn)  # commands and absences read what the batch wrote so far
     if _staff_presence(conn, desk, arrival):  # cases may have moved: read them again
         arrival = replace(arrival, read={})
     command = _steering(conn, desk, arrival)
@@ -543,7 +551,7 @@ def _stays_caseless(
         return True
     if _opens_case(kind, arrival.match, arrival.correspondent):
         return False
-    _record(conn, arrival.facts.pk, arrival, None, desk.now)
+    _record(conn, arrival, None, desk.now)
     if command is not None:
         commands.refuse_caseless(conn, desk, command)
     return True
@@ -589,7 +597,7 @@ def _into_case(
     case_store.add_correspondents(
         conn, saved.id, _correspondents(arrival, new_case, learned), new_case=new_case
     )
-    _record(conn, arrival.facts.pk, arrival, saved.id, desk.now)
+    _record(conn, arrival, saved.id, desk.now)
     if answers:
         _settle_promises(conn, desk, before, saved, verdict.kind, at)
     if command is not None:
@@ -648,7 +656,7 @@ def _record_unusable(
     """Mail without a usable sender opens no case: kept, shown by `keepword ignored`."""
     verdict = Classification(arrival.verdict.kind, f"opens no case: {why}")
     done = replace(arrival, verdict=verdict)
-    _record(conn, arrival.facts.pk, done, None, arrival.at)
+    _record(conn, done, None, arrival.at)
     result.unusable += 1
     log.info("mailbox %s: message %s opens no case: %s", mailbox, arrival.facts.pk, why)
 
@@ -744,10 +752,9 @@ def _fold(before: cases.CaseState, arrival: _Arrival, new_case: bool) -> cases.C
     )
 
 
-def _record(
-    conn: Connection, pk: int, arrival: _Arrival, case_id: int | None, now: datetime
-) -> None:
-    triage_state.record_triage(conn, pk, arrival.verdict, case_id, arrival.match.rule, now)
+def _record(conn: Connection, arrival: _Arrival, case_id: int | None, now: datetime) -> None:
+    rule = arrival.match.rule
+    triage_state.record_triage(conn, arrival.facts, arrival.verdict, case_id, rule, now)
 
 
 @dataclass(frozen=True, slots=True)

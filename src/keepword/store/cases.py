@@ -33,6 +33,7 @@ from keepword.domain.model import CaseStatus
 from keepword.domain.threads import CaseCandidate
 from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
+from keepword.store.deferred import deferred
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox
 
 _CASE_FIELDS = (
@@ -229,7 +230,12 @@ def add_events(conn: Connection, case_id: int, events: Iterable[Event]) -> None:
         }
         for e in events
     ]
-    if rows:
+    if not rows:
+        return
+    waiting = deferred(conn)
+    if waiting is not None:
+        waiting.add(_ADD_EVENTS, rows)
+    else:
         conn.execute(_ADD_EVENTS, rows)
 
 
@@ -326,6 +332,13 @@ def referenced_mail(conn: Connection, mailbox: str, message_ids: Sequence[str]) 
                 people.add(str(item["address"]).lower())
             elif isinstance(item, str):  # an outbox row's recipients: plain addresses
                 people.add(item.lower())
+    waiting = deferred(conn)  # this batch's mail, triaged but not written yet
+    pending = waiting.references if waiting is not None else {}
+    for mid in ids:
+        if mid in pending:
+            case_id, people_of_mail = pending[mid]
+            by_id[0][mid] = case_id
+            found.setdefault(case_id, set()).update(people_of_mail)
     ordered: list[int] = []
     for source in by_id:
         for mid in ids:

@@ -14,8 +14,9 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, func, or_, select, update
 
-from keepword.domain.model import Classification
+from keepword.domain.model import Classification, MessageFacts
 from keepword.domain.threads import ThreadRule
+from keepword.store.deferred import deferred
 from keepword.store.tables import message, message_location
 
 MAX_ERROR_CHARS = 2000
@@ -114,24 +115,37 @@ def triage_backlog(conn: Connection, mailbox: str) -> TriageBacklog:
 
 def record_triage(
     conn: Connection,
-    pk: int,
+    facts: MessageFacts,
     verdict: Classification,
     case_id: int | None,
     rule: ThreadRule,
     now: datetime,
 ) -> None:
-    """The message is triaged: its kind and why, its case (if any), the threading rule."""
-    conn.execute(
-        _TRIAGED,
-        {
-            "pk": pk,
-            "v_kind": verdict.kind.value,
-            "v_reason": verdict.reason[:MAX_ERROR_CHARS],
-            "v_case": case_id,
-            "v_rule": rule.value,
-            "v_at": now,
-        },
-    )
+    """The message is triaged: its kind and why, its case (if any), the threading rule.
+    (Deferred in a batch that defers: store.deferred; later mail of the batch that
+    references it finds its case there.)"""
+    row = {
+        "pk": facts.pk,
+        "v_kind": verdict.kind.value,
+        "v_reason": verdict.reason[:MAX_ERROR_CHARS],
+        "v_case": case_id,
+        "v_rule": rule.value,
+        "v_at": now,
+    }
+    waiting = deferred(conn)
+    if waiting is None:
+        conn.execute(_TRIAGED, row)
+        return
+    waiting.add(_TRIAGED, [row])
+    if case_id is not None:
+        waiting.references[facts.message_id] = (case_id, _participants(facts))
+
+
+def _participants(facts: MessageFacts) -> frozenset[str]:
+    """Everyone the mail was from or sent to, as store.cases.referenced_mail reads them
+    from its stored row (From, To, Cc; lower-cased)."""
+    sender = [facts.sender.address] if facts.sender is not None else []
+    return frozenset(a.lower() for a in [*sender, *(x.address for x in (*facts.to, *facts.cc))])
 
 
 # Run for every message: built once (construction costs more than the indexed UPDATE).

@@ -1,0 +1,65 @@
+"""Rows a triage batch writes once, at its end, instead of one statement a message.
+
+On PostgreSQL every statement is a round trip; a batch's timeline events and the triage
+records of its messages are only read back within the batch in one place: the mail a
+later message of the batch references (store.cases.referenced_mail answers from
+`DeferredWrites.references` what the store does not hold yet). Anything else that might
+read them (a team member's mail: commands, absences) flushes first (`flush`).
+
+Used only by a batch without savepoints (pipeline.triage): a failing message rolls the
+whole batch back, so nothing written here can outlive the message that wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Executable
+
+_KEY = "keepword.deferred_writes"
+
+
+@dataclass(slots=True)
+class DeferredWrites:
+    """The rows waiting, by statement (in the order first used: a statement's rows go in
+    one executemany), and the triaged mail later messages may reference."""
+
+    rows: dict[Executable, list[dict[str, Any]]] = field(default_factory=dict)
+    # Message-ID -> (case, everyone the mail was from or sent to), lower-cased.
+    references: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+
+    def add(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
+        self.rows.setdefault(statement, []).extend(rows)
+
+
+@contextmanager
+def deferring(conn: Connection) -> Iterator[DeferredWrites]:
+    """Defer this connection's batchable writes until the block ends (then written, in
+    the same transaction); on an error they are dropped with the transaction."""
+    writes = DeferredWrites()
+    conn.info[_KEY] = writes
+    try:
+        yield writes
+        flush(conn)
+    finally:
+        conn.info.pop(_KEY, None)
+
+
+def deferred(conn: Connection) -> DeferredWrites | None:
+    """The writes waiting on this connection, if it defers."""
+    found: DeferredWrites | None = conn.info.get(_KEY)
+    return found
+
+
+def flush(conn: Connection) -> None:
+    """Write what waits now (before a read that must see it)."""
+    writes = deferred(conn)
+    if writes is None:
+        return
+    for statement, rows in writes.rows.items():
+        conn.execute(statement, rows)
+    writes.rows.clear()
+    writes.references.clear()
