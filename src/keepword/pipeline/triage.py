@@ -465,8 +465,6 @@ def _triage_one(
     """`own_row`: the outbox row of the message's Message-ID, if keepword sent it."""
     desk = run.desk
     arrival, learned = _arrive(conn, desk, facts, own_row)
-    if arrival.sender.standing is Standing.TEAM or arrival.sender.claimed_team:
-        flush_deferred(conn)  # commands and absences read what the batch wrote so far
     if _staff_presence(conn, desk, arrival):  # cases may have moved: read them again
         arrival = replace(arrival, read={})
     command = _steering(conn, desk, arrival)
@@ -527,7 +525,10 @@ def _steering(
     """The commands to carry out from this mail; a team address's without proof are
     refused (told to the address it claimed) and the mail goes on as a person's."""
     command = _command_mail(arrival, desk.box.team_addresses() | desk.own_addresses)
-    if command is None or _commands_allowed(arrival):
+    if command is None:
+        return None
+    flush_deferred(conn)  # a command reads the case's mail: the batch's too (store.deferred)
+    if _commands_allowed(arrival):
         return command
     case_id = arrival.match.case_id
     steered = case_store.load_case(conn, case_id) if case_id else None

@@ -3,8 +3,8 @@
 On PostgreSQL every statement is a round trip; a batch's timeline events and the triage
 records of its messages are only read back within the batch in one place: the mail a
 later message of the batch references (store.cases.referenced_mail answers from
-`DeferredWrites.references` what the store does not hold yet). Anything else that might
-read them (a team member's mail: commands, absences) flushes first (`flush`).
+`DeferredWrites.references` what the store does not hold yet). A command mail, whose
+update answers the customer's last mail, flushes first (`flush`).
 
 Used only by a batch without savepoints (pipeline.triage): a failing message rolls the
 whole batch back, so nothing written here can outlive the message that wrote it.
