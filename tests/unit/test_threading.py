@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keepword.domain.model import Address, Kind, MessageFacts, Origin
+from keepword.domain import threads
+from keepword.domain.model import MAX_ADDRESS_CHARS, Address, Kind, MessageFacts, Origin
 from keepword.domain.threads import (
     MAX_SUBJECT_KEY_CHARS,
     Candidates,
@@ -331,6 +332,62 @@ def test_outlook_from_line_keeps_the_name() -> None:
 def test_forwarded_from_line_shapes(line: str, address: str, name: str) -> None:
     found = forwarded_original_sender(f"Begin forwarded message:\n\nFrom: {line}\nTo: x\n")
     assert found == Address(address, name)
+
+
+def _senders_line_by_line(body_text: str) -> tuple[Address, ...]:
+    """forwarded_senders as it read a body before: each line matched on its own."""
+    text = body_text[: threads._SCAN_CHARS]
+    lines = text.split("\n")
+    marker = threads._FORWARD_MARKERS.search(text)
+    marker_line = text.count("\n", 0, marker.start()) if marker else len(lines)
+    found: dict[str, Address] = {}
+    for number, line in enumerate(lines):
+        match = threads._FROM_LINE.match(line)
+        if match is None:
+            continue
+        after_marker = marker_line <= number <= marker_line + 12
+        if not (after_marker or threads._in_header_block(lines, number)):
+            continue
+        address = threads._parse_from_line(match.group(1).strip())
+        if address is not None and len(address.address) <= MAX_ADDRESS_CHARS:
+            found.setdefault(address.address, address)
+    return tuple(found.values())
+
+
+_BODY_LINES = st.sampled_from(
+    [
+        "",
+        " ",
+        "  \t",
+        ">",
+        "> ",
+        "*",
+        "From: Ann <ann@customer.example>",
+        "from:",
+        "From:   ",
+        "> From: bob@x.example",
+        "**From:** Jane Doe <jane@x.example>",
+        "Von: Kurt <kurt@x.de>\r",
+        "From",
+        ": carl@y.example",
+        "Sent: Monday",
+        "To: support@shop.example",
+        "Subject: Invoice",
+        "---------- Forwarded message ---------",
+        "-----Original Message-----",
+        "Begin forwarded message:",
+        "Hello, my order has not arrived.",
+        "De : Marie <marie@z.fr>",
+    ]
+)
+
+
+@given(st.lists(_BODY_LINES, max_size=30))
+def test_forwarded_senders_reads_every_line_as_line_by_line(lines: list[str]) -> None:
+    """One pass over the body for its "From:" lines finds what a match per line found,
+    blank and quoted lines around them included (a match may start lines earlier)."""
+    body = "\n".join(lines)
+    assert forwarded_senders(body) == _senders_line_by_line(body)
 
 
 @pytest.mark.parametrize(

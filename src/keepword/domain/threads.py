@@ -242,12 +242,19 @@ def forwarded_senders(body_text: str) -> tuple[Address, ...]:
     "Sent: ...", "To: ...", "Subject: ..." lines together).
     """
     text = body_text[:_SCAN_CHARS]
+    # Triage asks this of every mail and most have no "From:" line: find those lines in
+    # one pass over the text (not a match per line), and the rest only if there is one.
+    # A match found so may start lines earlier (blank lines before it); each is judged
+    # as the one line its address is on, as a line-by-line reading would judge it.
+    starts = [text.count("\n", 0, m.start(1)) for m in _FROM_LINE.finditer(text)]
+    if not starts:
+        return ()
     lines = text.split("\n")
     marker = _FORWARD_MARKERS.search(text)
     marker_line = text.count("\n", 0, marker.start()) if marker else len(lines)
     found: dict[str, Address] = {}
-    for number, line in enumerate(lines):
-        match = _FROM_LINE.match(line)
+    for number in starts:
+        match = _FROM_LINE.match(lines[number])
         if match is None:
             continue
         after_marker = marker_line <= number <= marker_line + 12
