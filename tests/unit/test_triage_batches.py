@@ -24,9 +24,11 @@ from sqlalchemy.exc import OperationalError
 from keepword.pipeline import triage as triage_module
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.context import MailboxContext
+from keepword.pipeline.promising import mailbox_predictor
 from keepword.pipeline.triage import triage_pending
 from keepword.retry import RetryPolicy
 from keepword.store import away as away_store
+from keepword.store import cases as case_store
 from keepword.store.leases import LeaseLostError
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox, promise
 from tests.corpora import CORPORA, needs_corpora
@@ -218,6 +220,34 @@ def test_open_cases_followed_through_a_run_choose_the_owners_the_store_would(
     assert got == expected
     owners = {row.owner for row in _rows(runs[1].engine, case)}
     assert {ALICE, BOB} <= owners, "both members got cases"
+
+
+@pytest.mark.parametrize("seed", range(100, 110))
+def test_a_runs_predictor_promises_what_a_fresh_build_promises(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A triage run builds the promise predictor once and feeds it its own cases; every
+    window it gives is the one a build from the store would give at that moment (the
+    case being promised left out while unanswered), whatever the inbox did before:
+    cases answered, closed unanswered, reopened, answered while closed."""
+    real = MailboxContext.honest_window
+    windows: list[tuple[Any, Any]] = []
+
+    def checked(desk: MailboxContext, conn: Connection, *, exclude_case: int | None = None) -> Any:
+        fed = real(desk, conn, exclude_case=exclude_case)
+        answered = exclude_case is not None and (
+            case_store.load_case(conn, exclude_case).first_response_at is not None
+        )
+        left_out = None if answered else exclude_case
+        build = mailbox_predictor(conn, desk.box, desk.calendar, desk.now, exclude_case=left_out)
+        windows.append((fed, build.window(desk.now, away=desk.away_share(conn))))
+        return fed
+
+    monkeypatch.setattr(MailboxContext, "honest_window", checked)
+    deliveries, passes = _inbox(seed)
+    _run(tmp_path, deliveries, passes, batch=triage_module.BATCH)
+    assert len(windows) > 10
+    assert [fed for fed, _ in windows] == [built for _, built in windows]
 
 
 def _rows(engine: Engine, table: Any) -> list[Any]:

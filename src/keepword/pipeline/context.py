@@ -49,6 +49,14 @@ class _Fed(Enum):
     KEPT = "kept"  # a first-response promise the answer kept (the calibration's record)
 
 
+def _in_a_build(state: CaseState) -> bool:
+    """Whether a build of the predictor (store.history.response_history) holds the case:
+    a customer's, unless closed or imported and never answered."""
+    unanswered = state.first_response_at is None
+    left_out = unanswered and (state.status is CaseStatus.CLOSED or state.is_history)
+    return state.customer is not None and not left_out
+
+
 def calendar_for(settings: Settings, box: MailboxSettings) -> BusinessCalendar:
     return BusinessCalendar.from_settings(box.calendar, settings.keepword.timezone)
 
@@ -144,11 +152,24 @@ class MailboxContext:
             return
         responded = after.first_response_at
         if responded is not None and (before is None or before.first_response_at is None):
-            if after.customer is not None:
+            if after.customer is not None and self._holds(after.id):
                 self._pending.append((after.id, max(responded, after.opened_at), _Fed.ANSWERED))
+            elif after.customer is not None:
+                # A case the build left out (closed unanswered) counts once answered: only
+                # a build can place its opening in the past of the queue.
+                self._mark_stale()
             self._pending += [(after.id, responded, _Fed.KEPT)] * self._kept(conn, after.id)
-        elif after.status is CaseStatus.CLOSED and after.first_response_at is None:
-            self._mark_stale()  # closed unanswered: a build leaves it out of the queue
+        elif _in_a_build(after) != (_in_a_build(before) if before else after.customer is not None):
+            # Closed unanswered (a build leaves it out of the queue) or reopened unanswered
+            # (a build takes it in again).
+            self._mark_stale()
+
+    def _holds(self, case_id: int) -> bool:
+        """The run's predictor has the case as waiting, or will (its opening is pending)."""
+        assert self._pass is not None
+        if case_id in self._pass.waiting:
+            return True
+        return any(key == case_id and what is _Fed.OPENED for key, _, what in self._pending)
 
     def open_counts(self, conn: Connection) -> Mapping[str, int]:
         """Open (not closed) live cases per owner: read from the store once a run, then
