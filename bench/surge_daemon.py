@@ -1,6 +1,6 @@
 """Surge end to end: 2,000 new customer mails land at once; the real daemon answers them.
 
-    .venv/bin/python bench/surge_daemon.py [--count 2000] [--database sqlite|postgres]
+    .venv/bin/python bench/surge_daemon.py [--count 2000] [--history 0] [--database URL]
 
 Starts a private Dovecot (scripts/mailserver) and an aiosmtpd sink that records when it
 accepted each mail, writes a config file with the shipped defaults (only the servers,
@@ -10,6 +10,12 @@ process, like bench/latency.py. Once the daemon has polled the empty inbox and i
 watcher is in IDLE, `--count` customer mails (each from its own address) are put into
 the inbox with MULTIAPPEND, as fast as Dovecot takes them. Measured from the end of
 that append: when the sink accepted the first and the last acknowledgement.
+
+`--history H`: before the daemon starts, the mailbox holds H/2 customer mails of the
+last months (one every 20 minutes, the newest a day old) in the inbox and the team's
+answer to each in Sent; the daemon imports and triages them first, so every promise of
+the surge is computed over a real sample of answered cases (on an empty store the
+window is over the surge's own, unanswered cases only, which flatters it).
 
 The limit, measured in the same run over the same mails: fetch them (BODY.PEEK[] in
 the shipped batch size) and parse them (`keepword.mail.parse.parse_message`), then send
@@ -25,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -63,6 +69,59 @@ def customer_mail(n: int) -> bytes:
         + "\nThanks\nCustomer"
     )
     return msg.as_bytes()
+
+
+def history_mails(count: int) -> tuple[list[bytes], list[bytes]]:
+    """`count` mails of history: half customers' questions, half the team's answers."""
+    now = datetime.now(UTC)
+    asks, answers = [], []
+    for j in range(count // 2):
+        at = now - timedelta(days=1, minutes=20 * j)
+        ask = EmailMessage()
+        ask["From"] = f"Old customer {j} <old{j % 997}@example.net>"
+        ask["To"] = SUPPORT
+        ask["Subject"] = f"Order {j} question"
+        ask["Date"] = format_datetime(at)
+        ask["Message-ID"] = f"<h{j}@example.net>"
+        ask.set_content(f"Hello,\n\nwhere is order {j}?\n" + "Some more words here. " * 20)
+        answer = EmailMessage()
+        answer["From"] = SUPPORT
+        answer["To"] = f"old{j % 997}@example.net"
+        answer["Subject"] = f"Re: Order {j} question"
+        answer["Date"] = format_datetime(at + timedelta(minutes=17 + 61 * (j % 7)))
+        answer["Message-ID"] = f"<r{j}@example.com>"
+        answer["In-Reply-To"] = f"<h{j}@example.net>"
+        answer.set_content("It is on its way.\n" + "Some more words here. " * 10)
+        asks.append(ask.as_bytes())
+        answers.append(answer.as_bytes())
+    return asks, answers
+
+
+def seed_history(instance: Any, count: int) -> None:
+    asks, answers = history_mails(count)
+    with ImapSession(imap_settings(instance), Secret(instance.users[SUPPORT])) as session:
+        session.ensure_folder("Sent")
+        for folder, mails in (("INBOX", asks), ("Sent", answers)):
+            for start in range(0, len(mails), 500):
+                session.append_many(folder, mails[start : start + 500])
+
+
+def history_cased(database_url: str) -> bool:
+    """Every folder's history imported and every stored message triaged."""
+    from keepword.store.db import open_store
+    from keepword.store.messages import get_cursor
+    from keepword.store.triage_state import triage_backlog
+
+    engine = open_store(database_url)
+    try:
+        with engine.connect() as conn:
+            for folder in ("INBOX", "Sent"):
+                cursor = get_cursor(conn, "support", folder)
+                if cursor is None or not cursor.history_done:
+                    return False
+            return not triage_backlog(conn, "support").pending
+    finally:
+        engine.dispose()
 
 
 def imap_settings(instance: Any) -> ImapSettings:
@@ -121,7 +180,9 @@ def fetch_and_parse(instance: Any, count: int) -> float:
     return time.monotonic() - started
 
 
-async def surge(work: Path, instance: Any, count: int, database: str | None) -> dict[str, float]:
+async def surge(
+    work: Path, instance: Any, count: int, database: str | None, history: int
+) -> dict[str, float]:
     port = load_mailserver().free_port()
     sink, controller = start_sink(port)
     raws = [customer_mail(n) for n in range(count)]
@@ -130,6 +191,13 @@ async def surge(work: Path, instance: Any, count: int, database: str | None) -> 
     figures: dict[str, float] = {}
     try:
         await asyncio.sleep(3.0)  # first poll of the empty inbox done, watcher in IDLE
+        if history:
+            database_url = database or f"sqlite:///{work / 'keepword.db'}"  # the state dir's
+            began = time.monotonic()
+            while not await asyncio.to_thread(history_cased, database_url):
+                await asyncio.sleep(1.0)
+            figures["history"] = time.monotonic() - began + 3.0
+            await asyncio.sleep(3.0)  # the watchers back in IDLE
         with ImapSession(imap_settings(instance), Secret(instance.users[SUPPORT])) as session:
             started = time.monotonic()
             await asyncio.to_thread(session.append_many, "INBOX", raws, ())
@@ -164,6 +232,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--database", default=None, help="database_url (default: SQLite)")
+    parser.add_argument("--history", type=int, default=0, help="history mails (half in Sent)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
@@ -173,11 +242,15 @@ def main() -> int:
     work.chmod(0o755)  # Dovecot's mail processes must traverse it
     instance = mailserver.start(work / "dc", users={SUPPORT: "support-pw"})
     try:
-        f = asyncio.run(surge(work, instance, args.count, args.database))
+        if args.history:
+            seed_history(instance, args.history)
+        f = asyncio.run(surge(work, instance, args.count, args.database, args.history))
     finally:
         mailserver.stop(work / "dc")
         shutil.rmtree(work, ignore_errors=True)
     limit = f["fetch_parse"] + f["send"]
+    if args.history:
+        print(f"{args.history} history mails imported and triaged in {f['history']:.0f} s")
     print(f"{args.count} customer mails appended in {f['append']:.2f} s (MULTIAPPEND)")
     print("| mails | first ack | last ack | limit: fetch+parse + send | last / limit |")
     print("|---:|---:|---:|---:|---:|")
