@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -71,11 +72,12 @@ def address_of(i: int) -> str:
     return SUPPORT if i == 0 else f"support{i}@example.com"
 
 
-def history_mail(box: str, j: int) -> tuple[bytes, bytes]:
-    """A customer's old mail and the team's reply to it (for Sent)."""
-    from datetime import UTC, datetime, timedelta
-
-    at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC) - timedelta(minutes=13 * j)
+def history_mail(
+    box: str, j: int, at: datetime | None = None, answered_after: timedelta | None = None
+) -> tuple[bytes, bytes]:
+    """A customer's old mail (at `at`: by default one every 13 minutes back from
+    1 November 2026) and the team's reply to it `answered_after` later (for Sent)."""
+    at = at or datetime(2026, 11, 1, 9, 0, tzinfo=UTC) - timedelta(minutes=13 * j)
     ask = EmailMessage()
     ask["From"] = f"Old customer {j} <old{j % 997}@example.net>"
     ask["To"] = box
@@ -87,7 +89,7 @@ def history_mail(box: str, j: int) -> tuple[bytes, bytes]:
     reply["From"] = box
     reply["To"] = f"old{j % 997}@example.net"
     reply["Subject"] = f"Re: Order {j} question"
-    reply["Date"] = format_datetime(at + timedelta(minutes=47))
+    reply["Date"] = format_datetime(at + (answered_after or timedelta(minutes=47)))
     reply["Message-ID"] = f"<r{j}-{box}>"
     reply["In-Reply-To"] = f"<h{j}-{box}>"
     reply.set_content("It is on its way.\n" + "Some more words here. " * 10)

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from bench.latency import history_mail  # noqa: E402
 from bench.relay_sink import sending_limit, start_sink  # noqa: E402
 from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
@@ -72,28 +73,15 @@ def customer_mail(n: int) -> bytes:
 
 
 def history_mails(count: int) -> tuple[list[bytes], list[bytes]]:
-    """`count` mails of history: half customers' questions, half the team's answers."""
+    """`count` mails of history: customers' questions, one every 20 minutes back from a
+    day ago, and the team's answer to each 17 minutes to 7 hours later."""
     now = datetime.now(UTC)
     asks, answers = [], []
     for j in range(count // 2):
         at = now - timedelta(days=1, minutes=20 * j)
-        ask = EmailMessage()
-        ask["From"] = f"Old customer {j} <old{j % 997}@example.net>"
-        ask["To"] = SUPPORT
-        ask["Subject"] = f"Order {j} question"
-        ask["Date"] = format_datetime(at)
-        ask["Message-ID"] = f"<h{j}@example.net>"
-        ask.set_content(f"Hello,\n\nwhere is order {j}?\n" + "Some more words here. " * 20)
-        answer = EmailMessage()
-        answer["From"] = SUPPORT
-        answer["To"] = f"old{j % 997}@example.net"
-        answer["Subject"] = f"Re: Order {j} question"
-        answer["Date"] = format_datetime(at + timedelta(minutes=17 + 61 * (j % 7)))
-        answer["Message-ID"] = f"<r{j}@example.com>"
-        answer["In-Reply-To"] = f"<h{j}@example.net>"
-        answer.set_content("It is on its way.\n" + "Some more words here. " * 10)
-        asks.append(ask.as_bytes())
-        answers.append(answer.as_bytes())
+        ask, answer = history_mail(SUPPORT, j, at, timedelta(minutes=17 + 61 * (j % 7)))
+        asks.append(ask)
+        answers.append(answer)
     return asks, answers
 
 

@@ -9,10 +9,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import insert, update
 
-from keepword.domain.cases import CaseState
-from keepword.domain.model import CaseStatus
 from keepword.store import cases as case_store
 from keepword.store.tables import message, outbox
 from tests.fixtures.chase_store import SUPPORT, StoreDesk
@@ -20,28 +18,16 @@ from tests.fixtures.chase_store import SUPPORT, StoreDesk
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
-def _case(
-    engine: Engine, mailbox: str, subject_key: str, people: list[str], updated: datetime
-) -> int:
-    with engine.begin() as conn:
-        saved = case_store.save_case(
-            conn,
-            CaseState(
-                id=None,
-                mailbox=mailbox,
-                reference="KW",
-                status=CaseStatus.NEW,
-                opened_at=START,
-                updated_at=updated,
-                customer=people[0],
-                subject=subject_key,
-                subject_key=subject_key,
-            ),
-            prefix="KW",
-        )
-        assert saved.id is not None
-        case_store.add_correspondents(conn, saved.id, people, new_case=True)
-    return saved.id
+def _case(desk: StoreDesk, mailbox: str, key: str, people: list[str], updated: datetime) -> int:
+    return desk.new_case(
+        START,
+        people[0],
+        key,
+        mailbox=mailbox,
+        subject_key=key,
+        updated=updated,
+        correspondents=tuple(people),
+    )
 
 
 def test_one_read_finds_the_tagged_case_the_referenced_ones_and_the_subjects(
@@ -50,12 +36,12 @@ def test_one_read_finds_the_tagged_case_the_referenced_ones_and_the_subjects(
     desk = StoreDesk(tmp_path)
     box = desk.box.name
     at = [START + timedelta(hours=h) for h in range(6)]
-    old_ann = _case(desk.engine, box, "refund", ["ann@example.org"], at[1])
-    new_ann = _case(desk.engine, box, "refund", ["ann@example.org", "bob@example.org"], at[3])
-    bob = _case(desk.engine, box, "refund", ["bob@example.org"], at[2])
-    other_box = _case(desk.engine, "sales", "refund", ["ann@example.org"], at[4])
-    other_subject = _case(desk.engine, box, "invoice", ["ann@example.org"], at[5])
-    tagged = _case(desk.engine, box, "hello", ["zed@example.org"], at[0])
+    old_ann = _case(desk, box, "refund", ["ann@example.org"], at[1])
+    new_ann = _case(desk, box, "refund", ["ann@example.org", "bob@example.org"], at[3])
+    bob = _case(desk, box, "refund", ["bob@example.org"], at[2])
+    other_box = _case(desk, "sales", "refund", ["ann@example.org"], at[4])
+    other_subject = _case(desk, box, "invoice", ["ann@example.org"], at[5])
+    tagged = _case(desk, box, "hello", ["zed@example.org"], at[0])
     with desk.engine.connect() as conn:
         reference = case_store.load_case(conn, tagged).reference
         read = case_store.read_candidates(
@@ -93,8 +79,8 @@ def test_the_referenced_mail_names_its_cases_and_everyone_it_went_between(
 ) -> None:
     desk = StoreDesk(tmp_path)
     box = desk.box.name
-    first = _case(desk.engine, box, "order", ["ann@example.org"], START)
-    second = _case(desk.engine, box, "order", ["cy@example.org"], START)
+    first = _case(desk, box, "order", ["ann@example.org"], START)
+    second = _case(desk, box, "order", ["cy@example.org"], START)
     _stored(desk, "a@x", "Ann@Example.org", SUPPORT, cc="Dee@example.org")
     _stored(desk, "b@x", "cy@example.org", SUPPORT)
     _stored(desk, "untriaged@x", "eve@example.org", SUPPORT)
