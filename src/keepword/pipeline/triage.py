@@ -3,9 +3,11 @@
 Each message is handled atomically (the Mailman model): classification, threading, the
 case change, its timeline, promises and the outbox row for an acknowledgement are
 written together, so a crash at any instant leaves the message either untouched (and
-triaged again) or fully triaged. Messages go in batches: one transaction, a savepoint
-per message (a message that fails rolls back alone); if the transaction itself fails
-(the store is busy or gone), its messages go again one transaction each.
+triaged again) or fully triaged. Messages go in batches: one transaction without
+savepoints, its timeline events and triage records written at its end (store.deferred);
+if a message fails, the batch goes again with a savepoint per message (that message
+rolls back alone); if the transaction itself fails (the store is busy or gone), its
+messages go again one transaction each.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ FOLLOW_UP_WAITS_FOR = 3
 # So many database errors in a row: the store itself fails, not the messages; the run
 # ends (each try could wait out a busy timeout) and the next run starts with new mail.
 STORE_ERRORS_TO_STOP = 3
-# Messages a transaction triages (a savepoint each): the transaction's set-up and commit
+# Messages a transaction triages: the transaction's set-up and commit
 # are paid once a batch, and SQLite's write lock is held at most one batch long (tens of
 # milliseconds to a few hundred), so other mailboxes and the drain wait no longer.
 BATCH = 50
@@ -164,9 +166,9 @@ def triage_pending(
 ) -> TriageResult:
     """Triage what is due: new mail in the order it was written, then due retries.
 
-    Batches of `batch` messages (BATCH unless given), a savepoint each (`batch=1`: a
-    transaction each); a message whose triage fails stays pending for a later retry and
-    never stops the messages behind it.
+    Batches of `batch` messages (BATCH unless given; `batch=1`: a transaction each); a
+    message whose triage fails stays pending for a later retry and never stops the
+    messages behind it.
     """
     batch = batch or BATCH
     run = _Run(desk, acknowledger)
