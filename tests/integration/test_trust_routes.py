@@ -67,7 +67,7 @@ class TrustDesk(Desk):
     def correspondents(self, reference: str) -> frozenset[str]:
         found = self.case_by_ref(reference)
         with self.engine.connect() as conn:
-            return case_store.correspondents(conn, [found.id])[found.id]
+            return case_store.case_candidates(conn, [found.id])[found.id].correspondents
 
     def learned_of(self, address: str) -> str:
         """What `address` can read in everything the relay delivered to it: the headers

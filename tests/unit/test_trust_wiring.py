@@ -149,7 +149,7 @@ def test_a_reply_to_never_becomes_a_correspondent_nor_a_recipient(tmp_path: Path
     desk.triage(at(9))
     with desk.engine.connect() as conn:
         kw1 = conn.execute(select(case).where(case.c.reference == "KW-1")).one()
-        people = case_store.correspondents(conn, [kw1.id])[kw1.id]
+        people = case_store.case_candidates(conn, [kw1.id])[kw1.id].correspondents
         query = select(outbox.c.kind, outbox.c.recipients).where(outbox.c.case_id == kw1.id)
         about_kw1 = [(kind, list(to)) for kind, to in conn.execute(query)]
     assert people == frozenset({ANN[1]}) and kw1.customer == ANN[1]

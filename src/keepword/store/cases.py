@@ -260,17 +260,6 @@ def add_correspondents(
         conn.execute(insert(case_correspondent), rows)
 
 
-def correspondents(conn: Connection, case_ids: Sequence[int]) -> dict[int, frozenset[str]]:
-    result: dict[int, set[str]] = {i: set() for i in case_ids}
-    if case_ids:
-        query = select(case_correspondent.c.case_id, case_correspondent.c.address).where(
-            case_correspondent.c.case_id.in_(case_ids)
-        )
-        for case_id, address in conn.execute(query):
-            result[case_id].add(address)
-    return {k: frozenset(v) for k, v in result.items()}
-
-
 @dataclass(frozen=True, slots=True)
 class ReferencedMail:
     """The mail a message's References name, as stored: the cases that saw it (stored
