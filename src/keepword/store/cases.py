@@ -302,6 +302,15 @@ _REFERENCED = union_all(
 )
 
 
+def _went_between(
+    found: dict[int, set[str]], case_id: int, sender: Any, recipients: Iterable[Any]
+) -> None:
+    """Case `case_id`'s mail went from `sender` to `recipients`: each address, lower-cased,
+    joins its participants (empty ones do not)."""
+    people = found.setdefault(case_id, set())
+    people.update(str(a).lower() for a in (sender, *recipients) if a)
+
+
 def referenced_mail(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> ReferencedMail:
     """What the mailbox holds of the mail with these Message-IDs (ReferencedMail)."""
     if not message_ids:
@@ -312,21 +321,18 @@ def referenced_mail(conn: Connection, mailbox: str, message_ids: Sequence[str]) 
     found: dict[int, set[str]] = {}
     for row in conn.execute(_REFERENCED, {"mailbox": mailbox, "ids": ids}):
         by_id[row.own][row.message_id] = row.case_id
-        people = found.setdefault(row.case_id, set())
-        if row.from_addr:
-            people.add(str(row.from_addr).lower())
-        for item in [*(row.to_addrs or []), *(row.cc_addrs or [])]:
-            if isinstance(item, dict) and item.get("address"):
-                people.add(str(item["address"]).lower())
-            elif isinstance(item, str):  # an outbox row's recipients: plain addresses
-                people.add(item.lower())
+        # JSON lists: stored mail's {"address": ...} entries, an outbox row's addresses.
+        listed = [*(row.to_addrs or []), *(row.cc_addrs or [])]
+        named = (item.get("address") if isinstance(item, dict) else item for item in listed)
+        _went_between(found, row.case_id, row.from_addr, named)
     waiting = deferred(conn)  # this batch's mail, triaged but not written yet
     pending = waiting.references if waiting is not None else {}
     for mid in ids:
-        if mid in pending:
-            case_id, people_of_mail = pending[mid]
+        if mid in pending:  # as its stored row will read once written
+            case_id, facts = pending[mid]
             by_id[0][mid] = case_id
-            found.setdefault(case_id, set()).update(people_of_mail)
+            sender = facts.sender.address if facts.sender is not None else None
+            _went_between(found, case_id, sender, (a.address for a in (*facts.to, *facts.cc)))
     ordered: list[int] = []
     for source in by_id:
         for mid in ids:

@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Executable
 
+from keepword.domain.model import MessageFacts
+
 _KEY = "keepword.deferred_writes"
 
 
@@ -28,8 +30,8 @@ class DeferredWrites:
     one executemany), and the triaged mail later messages may reference."""
 
     rows: dict[Executable, list[dict[str, Any]]] = field(default_factory=dict)
-    # Message-ID -> (case, everyone the mail was from or sent to), lower-cased.
-    references: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    # Message-ID -> (its case, the mail): what its stored row will say once written.
+    references: dict[str, tuple[int, MessageFacts]] = field(default_factory=dict)
 
     def add(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
         self.rows.setdefault(statement, []).extend(rows)

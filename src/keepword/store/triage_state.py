@@ -138,14 +138,7 @@ def record_triage(
         return
     waiting.add(_TRIAGED, [row])
     if case_id is not None:
-        waiting.references[facts.message_id] = (case_id, _participants(facts))
-
-
-def _participants(facts: MessageFacts) -> frozenset[str]:
-    """Everyone the mail was from or sent to, as store.cases.referenced_mail reads them
-    from its stored row (From, To, Cc; lower-cased)."""
-    sender = [facts.sender.address] if facts.sender is not None else []
-    return frozenset(a.lower() for a in [*sender, *(x.address for x in (*facts.to, *facts.cc))])
+        waiting.references[facts.message_id] = (case_id, facts)
 
 
 # Run for every message: built once (construction costs more than the indexed UPDATE).
