@@ -128,13 +128,17 @@ class MailboxContext:
             return once.window(self.now, away=self.away_share(conn))
         return self._pass.window(self.now, away=self.away_share(conn))
 
+    def _unfed(self, case_id: int) -> set[_Fed]:
+        """What the run noted of case `case_id` that the predictor has not been fed yet."""
+        return {what for key, _, what in self._pending if key == case_id}
+
     def _unfed_opening(self, case_id: int | None) -> int | None:
         """`case_id` if it is a case this run opened, not yet fed and not answered (the
         case being acknowledged: not part of its own queue), else None."""
         if case_id is None:
             return None
-        events = {what for key, _, what in self._pending if key == case_id}
-        return case_id if _Fed.OPENED in events and _Fed.ANSWERED not in events else None
+        unfed = self._unfed(case_id)
+        return case_id if _Fed.OPENED in unfed and _Fed.ANSWERED not in unfed else None
 
     def note_case(self, conn: Connection, before: CaseState | None, after: CaseState) -> None:
         """Triage changed case `after` (`before`: None if it opened it): the queue the
@@ -167,9 +171,7 @@ class MailboxContext:
     def _holds(self, case_id: int) -> bool:
         """The run's predictor has the case as waiting, or will (its opening is pending)."""
         assert self._pass is not None
-        if case_id in self._pass.waiting:
-            return True
-        return any(key == case_id and what is _Fed.OPENED for key, _, what in self._pending)
+        return case_id in self._pass.waiting or _Fed.OPENED in self._unfed(case_id)
 
     def open_counts(self, conn: Connection) -> Mapping[str, int]:
         """Open (not closed) live cases per owner: read from the store once a run, then

@@ -254,6 +254,7 @@ def _batch_transaction(
             own_rows = outbox_store.own_mails(conn, [f.message_id for f in facts.values()])
             # Without savepoints, the batch's events and triage records are written at its
             # end, a statement each (store.deferred).
+            triage = _in_savepoint if isolate else _unguarded
             with nullcontext() if isolate else deferring(conn):
                 for item in batch:
                     if _waits_for_first_mail(item, run.failing):
@@ -261,10 +262,7 @@ def _batch_transaction(
                         continue
                     read = facts[item.pk]
                     own_row = own_rows.get(read.message_id)
-                    if isolate:
-                        outcomes.append((item, _in_savepoint(conn, run, item, read, own_row)))
-                    else:
-                        outcomes.append((item, _unguarded(conn, run, item, read, own_row)))
+                    outcomes.append((item, triage(conn, run, item, read, own_row)))
     except Exception as exc:  # the store is busy or gone: nothing of the batch was written
         run.failing = failing_before
         run.desk.forget_run_state()
