@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from bench.latency import history_mail  # noqa: E402
+from bench.latency import history_mail, imported  # noqa: E402
 from bench.relay_sink import sending_limit, start_sink  # noqa: E402
 from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
@@ -92,24 +92,6 @@ def seed_history(instance: Any, count: int) -> None:
         for folder, mails in (("INBOX", asks), ("Sent", answers)):
             for start in range(0, len(mails), 500):
                 session.append_many(folder, mails[start : start + 500])
-
-
-def history_cased(database_url: str) -> bool:
-    """Every folder's history imported and every stored message triaged."""
-    from keepword.store.db import open_store
-    from keepword.store.messages import get_cursor
-    from keepword.store.triage_state import triage_backlog
-
-    engine = open_store(database_url)
-    try:
-        with engine.connect() as conn:
-            for folder in ("INBOX", "Sent"):
-                cursor = get_cursor(conn, "support", folder)
-                if cursor is None or not cursor.history_done:
-                    return False
-            return not triage_backlog(conn, "support").pending
-    finally:
-        engine.dispose()
 
 
 def imap_settings(instance: Any) -> ImapSettings:
@@ -181,8 +163,9 @@ async def surge(
         await asyncio.sleep(3.0)  # first poll of the empty inbox done, watcher in IDLE
         if history:
             database_url = database or f"sqlite:///{work / 'keepword.db'}"  # the state dir's
+            folders = ("INBOX", "Sent")
             began = time.monotonic()
-            while not await asyncio.to_thread(history_cased, database_url):
+            while not await asyncio.to_thread(imported, database_url, ["support"], folders):
                 await asyncio.sleep(1.0)
             figures["history"] = time.monotonic() - began + 3.0
             await asyncio.sleep(3.0)  # the watchers back in IDLE
