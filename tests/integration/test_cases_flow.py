@@ -319,20 +319,27 @@ def test_internal_team_mail_opens_no_case_and_future_dates_are_clamped(desk: Des
 def test_follow_up_note_repeats_the_promised_time_once_a_day(
     dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
+    # The morning of today (UTC): the two hours below stay on one day of the note's key
+    # (started at the wall clock, the test failed when run after 22:00 UTC).
+    morning = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
     desk = Desk(
         dovecot,
         mail_user,
         smtp_server,
         tmp_path,
+        start=morning,
         calendar={"hours": ALL_WEEK},
         promise={"follow_up_notes": True},
     )
     try:
-        question = desk.arrive(mail(ANN, "Broken zipper"))
+        question = desk.arrive(mail(ANN, "Broken zipper", date=desk.clock.now))
         desk.cycle()
         for extra in ("Photo attached", "Any news?"):
             desk.clock.now += timedelta(hours=1)  # a new window would now end later
-            desk.arrive(mail(ANN, "Re: Broken zipper [KW-1]", extra, reply_to=question))
+            follow_up = mail(
+                ANN, "Re: Broken zipper [KW-1]", extra, date=desk.clock.now, reply_to=question
+            )
+            desk.arrive(follow_up)
             desk.cycle()
         ack, note = desk.sent_to(ANN[1])  # the second follow-up that day gets nothing
         assert ack.header("X-Keepword-Kind") == "acknowledgement"
