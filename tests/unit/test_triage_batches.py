@@ -11,6 +11,7 @@ import gzip
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -21,10 +22,12 @@ import pytest
 from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.exc import OperationalError
 
+from keepword.domain import cases as case_rules
+from keepword.pipeline import promising
 from keepword.pipeline import triage as triage_module
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.context import MailboxContext
-from keepword.pipeline.promising import mailbox_predictor
+from keepword.pipeline.promising import PredictorKeeper, mailbox_predictor
 from keepword.pipeline.triage import triage_pending
 from keepword.retry import RetryPolicy
 from keepword.store import away as away_store
@@ -87,16 +90,27 @@ def _run(
     *,
     policy: str = "round_robin",
     context_type: type[MailboxContext] = MailboxContext,
+    keeper: PredictorKeeper | None = None,
+    limit: int = 500,
+    between: Callable[[StoreDesk, datetime], None] = lambda desk, now: None,
+    **mailbox: Any,
 ) -> StoreDesk:
-    """Deliver the mail in order, triaging at each of `passes` once what arrived by then."""
-    desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": policy})
+    """Deliver the mail in order, triaging at each of `passes` what arrived by then, in
+    runs of `limit` (a run each, as the daemon's slices, with `keeper` between them);
+    `between` acts on the store before each pass."""
+    desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": policy}, **mailbox)
     left = list(deliveries)
     for now in passes:
+        between(desk, now)
         while left and left[0][1] <= now:
             raw, at, folder = left.pop(0)
             desk.deliver_raw(raw, at, folder)
-        context = context_type(desk.settings, desk.box, desk.engine, desk.renderer, now)
-        triage_pending(context, acknowledger=acknowledge_case, batch=batch, limit=500)
+        more = True
+        while more:
+            context = context_type(desk.settings, desk.box, desk.engine, desk.renderer, now)
+            context.keeper = keeper
+            run = triage_pending(context, acknowledger=acknowledge_case, batch=batch, limit=limit)
+            more = run.more
         desk.drain(now)
     return desk
 
@@ -222,14 +236,9 @@ def test_open_cases_followed_through_a_run_choose_the_owners_the_store_would(
     assert {ALICE, BOB} <= owners, "both members got cases"
 
 
-@pytest.mark.parametrize("seed", range(100, 110))
-def test_a_runs_predictor_promises_what_a_fresh_build_promises(
-    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A triage run builds the promise predictor once and feeds it its own cases; every
-    window it gives is the one a build from the store would give at that moment (the
-    case being promised left out while unanswered), whatever the inbox did before:
-    cases answered, closed unanswered, reopened, answered while closed."""
+def _windows_beside_fresh_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
+    """Every window the runs promise, each beside the one a build from the store gives at
+    that moment (the case being promised left out while unanswered)."""
     real = MailboxContext.honest_window
     windows: list[tuple[Any, Any]] = []
 
@@ -244,10 +253,113 @@ def test_a_runs_predictor_promises_what_a_fresh_build_promises(
         return fed
 
     monkeypatch.setattr(MailboxContext, "honest_window", checked)
+    return windows
+
+
+@pytest.mark.parametrize("seed", range(100, 110))
+def test_a_runs_predictor_promises_what_a_fresh_build_promises(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A triage run builds the promise predictor once and feeds it its own cases; every
+    window it gives is the one a build from the store would give at that moment (the
+    case being promised left out while unanswered), whatever the inbox did before:
+    cases answered, closed unanswered, reopened, answered while closed."""
+    windows = _windows_beside_fresh_builds(monkeypatch)
     deliveries, passes = _inbox(seed)
     _run(tmp_path, deliveries, passes, batch=triage_module.BATCH)
     assert len(windows) > 10
     assert [fed for fed, _ in windows] == [built for _, built in windows]
+
+
+@pytest.mark.parametrize("seed", range(100, 110))
+def test_a_predictor_kept_from_run_to_run_promises_what_a_fresh_build_promises(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's runs hand the predictor on (a surge in slices, a busy hour): every
+    window is still a fresh build's, though between the runs members answer, close and
+    reopen cases by mail, the Done folder closes them and promises fall due. Kept for a
+    day here, so it crosses all of that; the fingerprint and the clock send it back."""
+    monkeypatch.setattr(promising, "KEEP_FOR", timedelta(days=1))
+    keeper = PredictorKeeper()
+    windows = _windows_beside_fresh_builds(monkeypatch)
+    deliveries, passes = _inbox(seed)
+    rng = random.Random(seed)
+
+    def a_member_closes_a_case(desk: StoreDesk, now: datetime) -> None:
+        """As `keepword close` does, outside the daemon's runs (before the first run: a
+        month of answered cases, so the windows are measured)."""
+        if now == passes[0]:
+            _answered_history(desk, rng, now)
+        with desk.engine.begin() as conn:
+            open_ids = conn.execute(select(case.c.id).where(case.c.status != "closed")).all()
+            if open_ids and rng.random() < 0.7:
+                current = case_store.load_case(conn, rng.choice(open_ids).id)
+                change = case_rules.close(current, at=now, actor=ALICE, why="closed from the CLI")
+                case_store.save_case(conn, change.case)
+
+    _run(
+        tmp_path,
+        deliveries,
+        [p + timedelta(seconds=s) for p in passes for s in (0, 30)],
+        batch=triage_module.BATCH,
+        keeper=keeper,
+        limit=4,
+        between=a_member_closes_a_case,
+        promise={"min_history_cases": 3, "default_window_minutes": 60},
+    )
+    assert len(windows) > 10 and not all(fed.is_default for fed, _ in windows)
+    assert keeper.taken >= 3, "runs took the predictor over"
+    assert [fed for fed, _ in windows] == [built for _, built in windows]
+
+
+def test_the_next_run_takes_the_predictor_over_only_while_a_build_would_give_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken over: the next run, nothing written meanwhile. Built again: a promise fell
+    due since (a build counts it missed), a member closed a case, KEEP_FOR passed; a
+    write to another mailbox changes nothing."""
+    monkeypatch.setattr(promising, "KEEP_FOR", timedelta(days=5))
+    windows = _windows_beside_fresh_builds(monkeypatch)
+    desk = StoreDesk(tmp_path)
+    _answered_history(desk, random.Random(7), START)
+    keeper = PredictorKeeper()
+    taken: list[int] = []
+
+    def customer_writes(n: int, at: datetime) -> None:
+        desk.deliver(_mail(f"k{n}@example.org", SUPPORT, "Where is it?", at, f"k-{n}"), at)
+        context = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, at)
+        context.keeper = keeper
+        triage_pending(context, acknowledger=acknowledge_case)
+        taken.append(keeper.taken)
+
+    customer_writes(0, START)
+    due = windows[-1][0].due_at
+    customer_writes(1, START + timedelta(minutes=1))  # taken over
+    desk.new_case(START, "elsewhere@example.org", mailbox="sales")
+    customer_writes(2, START + timedelta(minutes=2))  # another mailbox's case: taken
+    customer_writes(3, due + timedelta(minutes=1))  # the first promise is due: built
+    customer_writes(4, due + timedelta(minutes=2))  # taken
+    with desk.engine.begin() as conn:
+        current = case_store.load_case(conn, 1)
+        change = case_rules.close(current, at=due, actor=ALICE, why="closed from the CLI")
+        case_store.save_case(conn, change.case)
+    customer_writes(5, due + timedelta(minutes=3))  # a member closed a case: built
+    customer_writes(6, due + timedelta(minutes=4))  # taken
+    customer_writes(7, due + timedelta(days=6))  # after KEEP_FOR: built
+    assert taken == [0, 1, 2, 2, 3, 3, 4, 4]
+    assert [fed for fed, _ in windows] == [built for _, built in windows]
+    assert not windows[-1][0].is_default
+
+
+def _answered_history(desk: StoreDesk, rng: random.Random, now: datetime) -> None:
+    """Sixty customers of the last month, each answered within minutes to hours."""
+    for n in range(60):
+        opened = now - timedelta(days=30) + timedelta(hours=12 * n)
+        case_id = desk.new_case(opened, f"h{n}@example.org", "Earlier question")
+        with desk.engine.begin() as conn:
+            current = case_store.load_case(conn, case_id)
+            response = opened + timedelta(minutes=rng.randint(5, 600))
+            case_store.save_case(conn, replace(current, first_response_at=response))
 
 
 def _rows(engine: Engine, table: Any) -> list[Any]:

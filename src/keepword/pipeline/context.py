@@ -5,7 +5,8 @@ Triage, acknowledgement and the chase take this one object (Mailman passes
 lists: the settings and the mailbox's own, its business calendar, its renderer, the
 store handle and the run's `now`. The promise predictor is built from the store once a
 run and then fed the run's own case changes (`note_case`), so acknowledging a surge costs
-O(1) in the mailbox's history per mail; the automatic mail the rate limits count is read
+O(1) in the mailbox's history per mail, and handed to the next run when nothing else
+changed the store meanwhile (`keeper`); the automatic mail the rate limits count is read
 once a run too (`planned_mail`) and followed from the run's own queued mail.
 """
 
@@ -30,6 +31,7 @@ from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.render import Renderer
 from keepword.pipeline.promising import (
     PassPredictor,
+    PredictorKeeper,
     mailbox_predictor,
     pass_predictor,
     update_window,
@@ -70,6 +72,8 @@ class MailboxContext:
     engine: Engine
     renderer: Renderer
     now: datetime
+    # Carries the pass predictor from one triage run to the next (runtime.service).
+    keeper: PredictorKeeper | None = None
     calendar: BusinessCalendar = field(init=False)
     _pass: PassPredictor | None = field(default=None, init=False)
     # This run's openings, first responses and kept promises not yet fed to `_pass`.
@@ -125,8 +129,28 @@ class MailboxContext:
             once = pass_predictor(
                 conn, self.box, self.calendar, self.now, exclude_case=exclude_case
             )
-            return once.window(self.now, away=self.away_share(conn))
-        return self._pass.window(self.now, away=self.away_share(conn))
+            window = once.window(self.now, away=self.away_share(conn))
+        else:
+            window = self._pass.window(self.now, away=self.away_share(conn))
+        # Promised now, due then: a build after that counts it kept or missed.
+        self._pass.valid_until = min(self._pass.valid_until, window.due_at)
+        return window
+
+    def resume_predictor(self, conn: Connection) -> None:
+        """At the start of a triage run, before it writes: take over the last run's
+        predictor if the store still gives the same (`PredictorKeeper.take`)."""
+        if self.keeper is not None and self._pass is None:
+            self._pass = self.keeper.take(conn, self.box, self.now)
+
+    def keep_predictor(self) -> None:
+        """At the end of a triage run, after its last commit: hand the predictor, fed
+        every event of the run, to the next run."""
+        if self.keeper is None or self._pass is None or self._pass.stale:
+            return
+        self._feed(keep=None)
+        if not self._pass.stale:
+            with self.engine.connect() as conn:
+                self.keeper.keep(conn, self.box, self._pass, self.now)
 
     def _unfed(self, case_id: int) -> set[_Fed]:
         """What the run noted of case `case_id` that the predictor has not been fed yet."""

@@ -13,19 +13,27 @@ The predictor's state is built in one pass over the stored history (O(n log n), 
 for 180 days of a busy mailbox); a promise on a built state costs well under a
 millisecond. A triage pass builds it once (`pass_predictor`) and feeds it the pass's
 openings and first responses (`PassPredictor.arrive` / `answer`), so each mail sees the
-queue including the ones before it (`MailboxContext.honest_window`).
+queue including the ones before it (`MailboxContext.honest_window`). The next pass takes
+it over while nothing else wrote to the mailbox's cases and promises (`PredictorKeeper`):
+a surge triaged in slices builds it once, not once a slice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
 
 from keepword.config import MailboxSettings
 from keepword.domain.business_calendar import BusinessCalendar
-from keepword.domain.predict import HistoryCase, PromisePredictor, predictor_from_history
+from keepword.domain.predict import (
+    HistoryCase,
+    Outcome,
+    PromisePredictor,
+    predictor_from_history,
+)
 from keepword.domain.windows import Window
 from keepword.store import history as history_store
 
@@ -48,6 +56,9 @@ def mailbox_predictor(
     return predictor_from_history(cases, now, calendar, box.promise, outcomes=outcomes)
 
 
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
 @dataclass(slots=True)
 class PassPredictor:
     """The predictor of one triage pass: built once from the store, then fed the pass's
@@ -64,6 +75,9 @@ class PassPredictor:
     predictor: PromisePredictor
     waiting: set[int]  # cases it holds as open: only their first response is news to it
     latest: datetime  # the time of the last event it was fed
+    # A build at this time or later reads something else from the same store: a case or
+    # promise leaves the history's span, a promise is due, a future-dated event is known.
+    valid_until: datetime = NEVER
     stale: bool = False
     _last_was_arrival: bool = True  # at equal times, a build replays answers first
 
@@ -95,6 +109,56 @@ class PassPredictor:
         return self.predictor.window(now, away=away)
 
 
+#: How long a triage run's predictor may serve the runs after it, the store unchanged
+#: meanwhile (`PredictorKeeper`): the slices of a surge and the mail of a busy hour take
+#: it over; a quiet mailbox builds it again, so a write the fingerprint cannot see (one
+#: committed between a run's end and its fingerprint) is forgotten within this time.
+KEEP_FOR = timedelta(minutes=1)
+
+
+@dataclass(slots=True)
+class _Kept:
+    predictor: PassPredictor
+    fed_at: datetime  # the `now` of the run that fed it last
+    fingerprint: tuple[int, ...]  # history_store.predictor_fingerprint after that run
+
+
+@dataclass(slots=True)
+class PredictorKeeper:
+    """A mailbox's pass predictor from one triage run to the next (the daemon's worker
+    holds one per mailbox; only the mailbox's own thread uses it).
+
+    The next run takes it over only if a build from the store would give the same: no
+    write to the mailbox's cases or customer first-response promises since (the
+    fingerprint read when it was kept, read again), nothing a build reads changes with
+    the clock in between (`PassPredictor.valid_until`), and not older than `KEEP_FOR`.
+    """
+
+    _kept: _Kept | None = None
+    taken: int = 0  # runs that took it over (benchmarks and tests read it)
+
+    def keep(
+        self, conn: Connection, box: MailboxSettings, predictor: PassPredictor, now: datetime
+    ) -> None:
+        """After a run, its predictor fed every event of the run."""
+        fingerprint = history_store.predictor_fingerprint(conn, box.name)
+        self._kept = _Kept(predictor, now, fingerprint)
+
+    def take(self, conn: Connection, box: MailboxSettings, now: datetime) -> PassPredictor | None:
+        """The kept predictor, if it still is what a build at `now` gives (the caller
+        feeds it; it is kept once: a run that fails leaves nothing behind)."""
+        kept, self._kept = self._kept, None
+        if kept is None or kept.predictor.stale:
+            return None
+        horizon = min(kept.fed_at + KEEP_FOR, kept.predictor.valid_until)
+        if not kept.fed_at <= now < horizon:
+            return None
+        if history_store.predictor_fingerprint(conn, box.name) != kept.fingerprint:
+            return None
+        self.taken += 1
+        return kept.predictor
+
+
 def pass_predictor(
     conn: Connection,
     box: MailboxSettings,
@@ -104,10 +168,15 @@ def pass_predictor(
     exclude_case: int | None = None,
 ) -> PassPredictor:
     """The store's predictor at `now` (as `mailbox_predictor`), ready to be fed."""
-    cases = _history(conn, box, now, exclude_case)
-    outcomes = history_store.first_response_outcomes(
-        conn, box.name, now - timedelta(days=box.promise.history_days)
+    history = history_store.read_response_history(
+        conn,
+        box.name,
+        now - 2 * _span(box),
+        exclude_case=exclude_case,
+        robot_cases_per_day=box.limits.per_sender_per_day,
     )
+    cases = history.cases
+    outcomes = history_store.first_response_outcomes(conn, box.name, now - _span(box))
     predictor = predictor_from_history(cases, now, calendar, box.promise, outcomes=outcomes)
     waiting: set[int] = set()
     latest = datetime.min.replace(tzinfo=now.tzinfo)
@@ -119,7 +188,38 @@ def pass_predictor(
             latest = max(latest, c.first_response_at)
         elif isinstance(c.key, int):
             waiting.add(c.key)
-    return PassPredictor(predictor, waiting, latest)
+    until = _valid_until(box, now, history.first_opened, cases, outcomes)
+    return PassPredictor(predictor, waiting, latest, until)
+
+
+def _span(box: MailboxSettings) -> timedelta:
+    return timedelta(days=box.promise.history_days)
+
+
+def _valid_until(
+    box: MailboxSettings,
+    now: datetime,
+    first_opened: datetime | None,
+    cases: Sequence[HistoryCase],
+    outcomes: Sequence[Outcome],
+) -> datetime:
+    """The first time a build from the same store would read something else than a
+    build at `now`: the oldest case leaves the span (2 x history_days) or the oldest
+    promise the calibration's (history_days), a promise open at `now` is due or answered,
+    a case dated after `now` opens or is answered."""
+    times = [first_opened + 2 * _span(box)] if first_opened is not None else []
+    if outcomes:
+        times.append(min(o.made_at for o in outcomes) + _span(box))
+    for _, due_at, answered_at in outcomes:
+        kept = answered_at is not None and answered_at <= min(due_at, now)
+        if not kept and due_at >= now:  # open at `now` (resolved_outcomes' rules)
+            times += [due_at] if answered_at is None else [due_at, answered_at]
+    for c in cases:
+        if c.opened_at > now:
+            times.append(c.opened_at)
+        elif c.first_response_at is not None and c.first_response_at > now:
+            times.append(c.first_response_at)
+    return min(times, default=NEVER)
 
 
 def _history(
@@ -128,7 +228,7 @@ def _history(
     return history_store.response_history(
         conn,
         box.name,
-        now - timedelta(days=2 * box.promise.history_days),
+        now - 2 * _span(box),
         exclude_case=exclude_case,
         robot_cases_per_day=box.limits.per_sender_per_day,
     )

@@ -176,6 +176,7 @@ def triage_pending(
     with desk.engine.connect() as conn:
         queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
         run.failing = triage_state.failed_attempts(conn, box.name)
+        desk.resume_predictor(conn)
     run.result.more = len(queue) >= limit
     held: list[Untriaged] = []
     try:
@@ -184,6 +185,7 @@ def triage_pending(
         log.warning("%s; triage goes on next run", stop)
         run.result.more = False  # not at once: the next poll, when the store is back
         return run.result
+    desk.keep_predictor()
     _close_done(desk, run.result)
     return run.result
 

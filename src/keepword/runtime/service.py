@@ -33,6 +33,7 @@ from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.chase import ChaseResult, chase_mailbox
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory
+from keepword.pipeline.promising import PredictorKeeper
 from keepword.pipeline.send import DrainResult, ImapSentCopy, Servers, drain_outbox
 from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import outbox
@@ -80,6 +81,8 @@ class Service:
             box.name: Renderer.for_mailbox(settings, box) for box in settings.mailbox
         }
         self._pollers: dict[str, MailboxPoller] = {}
+        # The promise predictor of a mailbox's last triage run, for its next run.
+        self.keepers = {box.name: PredictorKeeper() for box in settings.mailbox}
         self._threads: dict[str, ThreadPoolExecutor] = {}
         # Per mailbox: a surge is being acknowledged (the last poll left more), and when
         # its Sent and Done folders were last polled.
@@ -132,7 +135,9 @@ class Service:
         )
 
     def triage(self, box: MailboxSettings, limit: int = 5000) -> TriageResult:
-        result = triage_pending(self._desk(box), acknowledger=acknowledge_case, limit=limit)
+        desk = self._desk(box)
+        desk.keeper = self.keepers[box.name]
+        result = triage_pending(desk, acknowledger=acknowledge_case, limit=limit)
         if result.triaged or result.closed:
             log.info(
                 "mailbox %s: triaged %d message(s), opened %d case(s), queued %d "

@@ -8,14 +8,23 @@ record of promises its calibration corrects from.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, func, select
 
 from keepword.domain.model import CaseStatus, PromiseState
 from keepword.domain.predict import HistoryCase, Outcome
 from keepword.domain.windows import writes_like_a_robot
 from keepword.store.promises import first_customer_promise_of
 from keepword.store.tables import case, promise
+
+
+class ResponseHistory(NamedTuple):
+    """`response_history` with the oldest case it read, left-out robots' included (a
+    build later than `first_opened + (now - since)` reads other rows)."""
+
+    cases: list[HistoryCase]
+    first_opened: datetime | None
 
 
 def response_history(
@@ -27,6 +36,27 @@ def response_history(
     exclude_case: int | None = None,
     robot_cases_per_day: int | None = None,
 ) -> list[HistoryCase]:
+    """The mailbox's customer cases opened in [since, until), oldest first, keyed by id
+    (`read_response_history` for its arguments)."""
+    return read_response_history(
+        conn,
+        mailbox,
+        since,
+        until=until,
+        exclude_case=exclude_case,
+        robot_cases_per_day=robot_cases_per_day,
+    ).cases
+
+
+def read_response_history(
+    conn: Connection,
+    mailbox: str,
+    since: datetime,
+    *,
+    until: datetime | None = None,
+    exclude_case: int | None = None,
+    robot_cases_per_day: int | None = None,
+) -> ResponseHistory:
     """The mailbox's customer cases opened in [since, until), oldest first, keyed by id.
 
     Left out, as in `store.cases.first_response_history`: cases closed without a reply
@@ -56,11 +86,12 @@ def response_history(
     robots: frozenset[str] = frozenset()
     if robot_cases_per_day is not None:
         robots = writes_like_a_robot(((r.customer, r.opened_at) for r in rows), robot_cases_per_day)
-    return [
+    cases = [
         HistoryCase(row.opened_at, row.first_response_at, "new", row.id)
         for row in rows
         if row.customer not in robots
     ]
+    return ResponseHistory(cases, rows[0].opened_at if rows else None)
 
 
 def first_response_outcomes(conn: Connection, mailbox: str, since: datetime) -> list[Outcome]:
@@ -85,3 +116,25 @@ def first_response_outcomes(conn: Connection, mailbox: str, since: datetime) -> 
         .order_by(promise.c.made_at, promise.c.id)
     )
     return [Outcome(row.made_at, row.due_at, row.first_response_at) for row in conn.execute(query)]
+
+
+def predictor_fingerprint(conn: Connection, mailbox: str) -> tuple[int, ...]:
+    """What any write to the mailbox's cases or customer first-response promises changes
+    (every case write raises its version; a promise is inserted or withdrawn): equal
+    before and after, no build of the predictor could tell the two apart."""
+    cases = select(
+        func.count(),
+        func.coalesce(func.sum(case.c.version), 0),
+        func.coalesce(func.max(case.c.id), 0),
+    ).where(case.c.mailbox == mailbox)
+    withdrawn = promise.c.state == PromiseState.WITHDRAWN.value
+    promises = (
+        select(
+            func.count(),
+            func.coalesce(func.max(promise.c.id), 0),
+            func.count().filter(withdrawn),
+        )
+        .join(case, case.c.id == promise.c.case_id)
+        .where(first_customer_promise_of(mailbox))
+    )
+    return (*conn.execute(cases).one(), *conn.execute(promises).one())
