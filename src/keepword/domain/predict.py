@@ -58,6 +58,7 @@ from typing import NamedTuple
 
 from keepword.config import PromiseSettings
 from keepword.domain.business_calendar import BusinessCalendar
+from keepword.domain.recent import RecentCases, Sample, km_quantile_of
 from keepword.domain.windows import Window, round_up_minutes
 
 #: First responses the team's current pace is measured over.
@@ -229,17 +230,16 @@ def resolved_outcomes(outcomes: Iterable[Outcome], now: datetime) -> list[bool]:
 # -- the predictor -------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Tracked:
-    """One case of the recent sample."""
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A case not answered yet: what its first response needs (its row of the recent
+    sample, `RecentCases`, holds the rest)."""
 
-    opened_at: datetime
+    row: int
     opened_position: float
-    pace: float  # business minutes per first response at arrival (staff away included)
-    kind: str
     ahead: int
-    response: float | None = None  # business minutes to first response, once answered
-    overtaken_by: int = 0  # cases answered between its arrival and its response
+    pace: float
+    overtaken_from: int  # answers counted before it arrived
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +270,8 @@ class PromisePredictor:
     settings: PromiseSettings
     timeline: BusinessTimeline
     calibration: Calibration
-    _open: dict[Hashable, _Tracked] = field(default_factory=dict)
-    _recent: deque[_Tracked] = field(default_factory=deque)
+    _open: dict[Hashable, _Waiting] = field(default_factory=dict)
+    _recent: RecentCases = field(default_factory=RecentCases)
     _responses: deque[float] = field(default_factory=lambda: deque(maxlen=PACE_RESPONSES + 1))
     _answered_count: int = 0
     # Business minutes during which some case was waiting (the team had work), and the
@@ -312,30 +312,28 @@ class PromisePredictor:
         """A case opened at `at` (after every event fed so far)."""
         self._advance(self.timeline.position(at))
         state = self.queue(at)
-        tracked = _Tracked(at, state.position, state.pace, kind, state.ahead)
-        tracked.overtaken_by = -self._answered_count  # + the count when it is answered
-        self._open[key] = tracked
-        self._recent.append(tracked)
+        overtaken = -self._answered_count  # + the count when it is answered
+        row = self._recent.add(at, state.position, state.pace, state.ahead, overtaken)
+        self._open[key] = _Waiting(row, state.position, state.ahead, state.pace, overtaken)
         self._forget(at)
 
     def answer(self, key: Hashable, at: datetime) -> None:
         """The first response of case `key` went out at `at`."""
         position = self.timeline.position(at)
         self._advance(position)
-        tracked = self._open.pop(key, None)
+        waiting = self._open.pop(key, None)
         self._responses.append(self._busy)
         self._answered_count += 1
-        if tracked is not None:
-            tracked.response = max(0.0, position - tracked.opened_position)
-            tracked.overtaken_by += self._answered_count - 1
+        if waiting is not None:
+            response = max(0.0, position - waiting.opened_position)
+            overtaken = waiting.overtaken_from + self._answered_count - 1
+            self._recent.answered(waiting.row, response, overtaken)
 
     def record_outcome(self, kept: bool) -> None:
         self.calibration.record(kept)
 
     def _forget(self, now: datetime) -> None:
-        horizon = now - timedelta(days=self.settings.history_days)
-        while self._recent and self._recent[0].opened_at < horizon:
-            self._recent.popleft()
+        self._recent.forget_before(now - timedelta(days=self.settings.history_days))
 
     # -- state -----------------------------------------------------------------------
 
@@ -355,58 +353,20 @@ class PromisePredictor:
         oldest = self._responses[0]
         return max(0.0, self._busy_at(position) - oldest) / (len(self._responses) - 1)
 
-    def _model(self, sample: Sequence[_Tracked]) -> QueueModel:
-        """Order share: responses sent while recent cases waited, over the queue they met
-        (1 = first come, first served)."""
-        overtaken = ahead = 0
-        for tracked in sample:
-            if tracked.response is not None:
-                overtaken += tracked.overtaken_by
-                ahead += tracked.ahead
-        return QueueModel(1.0 if ahead < 50 else min(1.5, max(0.1, overtaken / ahead)))
+    def _sample(self) -> Sample:
+        """The cases of the last SAMPLE_DAYS before the newest, at least
+        SAMPLE_MIN_CASES of the history window, newest first."""
+        return self._recent.newest_first(SAMPLE_DAYS, SAMPLE_MIN_CASES)
 
-    def _sample(self) -> list[_Tracked]:
-        if not self._recent:
-            return []
-        since = self._recent[-1].opened_at - timedelta(days=SAMPLE_DAYS)
-        out: list[_Tracked] = []
-        for tracked in reversed(self._recent):
-            if tracked.opened_at < since and len(out) >= SAMPLE_MIN_CASES:
-                break
-            out.append(tracked)
-        return out
-
-    def _residuals(
-        self,
-        position: float,
-        sample: Sequence[_Tracked],
-        model: QueueModel,
-        matched_to: float | None = None,
-    ) -> tuple[list[float], list[float]]:
-        """Residuals of the sample: answered (events) and still waiting (censored).
-
-        With `matched_to`, only the `MATCHED_SHARE` of cases whose expected queue was
-        nearest to it (at least min_history_cases): the queue explains the middle of the
-        range better than its ends, so a quiet morning is not promised a surge's error.
-        """
-        # Once per mail over the whole sample (a surge's own cases join it): written out
-        # rather than through model.expected and a key function, the same arithmetic.
-        share = model.order_share
-        expected_of = [t.ahead * share * t.pace for t in sample]
-        chosen: Iterable[int] = range(len(sample))
-        if matched_to is not None and MATCHED_SHARE < 1:
-            count = max(self.settings.min_history_cases, math.ceil(MATCHED_SHARE * len(sample)))
-            distance = [abs(expected - matched_to) for expected in expected_of]
-            chosen = sorted(chosen, key=distance.__getitem__)[:count]  # stable, as before
-        events: list[float] = []
-        censored: list[float] = []
-        for index in chosen:
-            tracked, expected = sample[index], expected_of[index]
-            if tracked.response is not None:
-                events.append(tracked.response - expected)
-            else:
-                censored.append(position - tracked.opened_position - expected)
-        return events, censored
+    def _matched(self, sample: Sample, expected: float) -> tuple[float, int] | None:
+        """Residuals from the `MATCHED_SHARE` of the sample whose expected queue was
+        nearest `expected` (at least min_history_cases): the queue explains the middle of
+        the range better than its ends, so a quiet morning is not promised a surge's
+        error."""
+        if MATCHED_SHARE >= 1:
+            return None
+        count = max(self.settings.min_history_cases, math.ceil(MATCHED_SHARE * len(sample)))
+        return expected, count
 
     # -- promises --------------------------------------------------------------------
 
@@ -415,15 +375,16 @@ class PromisePredictor:
         state = self.queue(now, away=away)
         level = self.calibration.level
         sample = self._sample()
-        model = self._model(sample)
+        model = QueueModel(sample.order_share())
         expected = model.expected(state.ahead, state.pace)
-        events, censored = self._residuals(state.position, sample, model, expected)
+        matched = self._matched(sample, expected)
+        events, censored = sample.residuals(state.position, model.order_share, matched)
         basis = self._basis(now, state, model, level, len(events), len(censored))
         if len(events) < self.settings.min_history_cases:
             return self._default(now, basis)
-        residual = km_quantile(events, censored, level)
+        residual = km_quantile_of(events, censored, level)
         if residual is None:  # the tail is still waiting: at least the longest wait so far
-            residual = max(events + censored)
+            residual = float(max(events.max(), censored.max(initial=-math.inf)))
             basis["tail_still_waiting"] = True
         basis["residual_minutes"] = round(residual, 2)
         return self._measured(now, expected + residual, basis)
@@ -444,12 +405,13 @@ class PromisePredictor:
         """
         state = self.queue(now, away=away)
         level = max(self.calibration.level, self.settings.quantile)
-        sample = list(self._recent)  # the whole history window: the tail is rare
-        model = self._model(sample)
-        tracked = self._open.get(key) if key is not None else None
-        expected = model.expected(tracked.ahead, tracked.pace) if tracked is not None else 0.0
+        sample = self._recent.newest_first()  # the whole history window: the tail is rare
+        model = QueueModel(sample.order_share())
+        waiting = self._open.get(key) if key is not None else None
+        expected = model.expected(waiting.ahead, waiting.pace) if waiting is not None else 0.0
         waited = max(0.0, state.position - self.timeline.position(opened_at))
-        events, censored = self._residuals(state.position, sample, model)
+        arrays = sample.residuals(state.position, model.order_share)
+        events, censored = (values.tolist() for values in arrays)
         basis = self._basis(now, state, model, level, len(events), len(censored))
         basis["waited_minutes"] = round(waited, 2)
         basis["expected_at_arrival_minutes"] = round(expected, 2)
