@@ -151,6 +151,7 @@ class RecentCases:
             held = self._opened[self._start : self._end]
             within = len(held) - int(np.searchsorted(held, since, side="left"))
             start = self._end - max(within, min(at_least, len(held)))
+
         def rows(column: npt.NDArray[Any]) -> npt.NDArray[Any]:
             return column[start : self._end][::-1]
 
