@@ -271,6 +271,27 @@ def test_a_runs_predictor_promises_what_a_fresh_build_promises(
     assert [fed for fed, _ in windows] == [built for _, built in windows]
 
 
+@pytest.mark.parametrize("seed", range(100, 106))
+def test_a_runs_predictor_leaves_out_who_writes_like_a_robot_as_a_build_does(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three cases a day make an address a robot here (per_sender_per_day): a build
+    leaves out all its cases, so the run must not feed the openings of such an address,
+    nor keep feeding one that becomes a robot during the run."""
+    windows = _windows_beside_fresh_builds(monkeypatch)
+    deliveries, passes = _inbox(seed)
+    _run(
+        tmp_path,
+        deliveries,
+        passes,
+        batch=triage_module.BATCH,
+        limits={"per_sender_per_day": 3},
+        promise={"min_history_cases": 3},
+    )
+    assert len(windows) > 10
+    assert [fed for fed, _ in windows] == [built for _, built in windows]
+
+
 @pytest.mark.parametrize("seed", range(100, 110))
 def test_a_predictor_kept_from_run_to_run_promises_what_a_fresh_build_promises(
     tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine
 
@@ -51,6 +52,15 @@ class _Fed(Enum):
     KEPT = "kept"  # a first-response promise the answer kept (the calibration's record)
 
 
+class _Event(NamedTuple):
+    """A case change of this run, waiting to be fed to the pass predictor."""
+
+    case_id: int
+    at: datetime
+    what: _Fed
+    customer: str = ""  # of an opening: a build leaves out who writes like a robot
+
+
 def _in_a_build(state: CaseState) -> bool:
     """Whether a build of the predictor (store.history.response_history) holds the case:
     a customer's, unless closed or imported and never answered."""
@@ -77,7 +87,7 @@ class MailboxContext:
     calendar: BusinessCalendar = field(init=False)
     _pass: PassPredictor | None = field(default=None, init=False)
     # This run's openings, first responses and kept promises not yet fed to `_pass`.
-    _pending: list[tuple[int, datetime, _Fed]] = field(default_factory=list, init=False)
+    _pending: list[_Event] = field(default_factory=list, init=False)
     _predictor: PromisePredictor | None = field(default=None, init=False)
     # The episode of promises above the maximum this run is in (pipeline.acknowledge):
     # the last promise within it (None: not behind, or not known yet) and the lead
@@ -116,7 +126,7 @@ class MailboxContext:
             fresh = self._unfed_opening(exclude_case)
             self._pass = pass_predictor(conn, self.box, self.calendar, self.now, exclude_case=fresh)
             # The store already holds the earlier events; the excluded case's are news.
-            self._pending = [e for e in self._pending if e[0] == fresh]
+            self._pending = [e for e in self._pending if e.case_id == fresh]
         # Only a new case's own events wait for its promise; a case answered before (a
         # follow-up) is history: its answer counts now, as a build would count it.
         self._feed(keep=self._unfed_opening(exclude_case))
@@ -154,7 +164,7 @@ class MailboxContext:
 
     def _unfed(self, case_id: int) -> set[_Fed]:
         """What the run noted of case `case_id` that the predictor has not been fed yet."""
-        return {what for key, _, what in self._pending if key == case_id}
+        return {event.what for event in self._pending if event.case_id == case_id}
 
     def _unfed_opening(self, case_id: int | None) -> int | None:
         """`case_id` if it is a case this run opened, not yet fed and not answered (the
@@ -175,18 +185,19 @@ class MailboxContext:
             self._mark_stale()
             return
         if before is None and after.customer is not None:
-            self._pending.append((after.id, after.opened_at, _Fed.OPENED))
+            self._pending.append(_Event(after.id, after.opened_at, _Fed.OPENED, after.customer))
         if self._pass is None:  # the build will read the rest from the store
             return
         responded = after.first_response_at
         if responded is not None and (before is None or before.first_response_at is None):
             if after.customer is not None and self._holds(after.id):
-                self._pending.append((after.id, max(responded, after.opened_at), _Fed.ANSWERED))
+                answered = max(responded, after.opened_at)
+                self._pending.append(_Event(after.id, answered, _Fed.ANSWERED))
             elif after.customer is not None:
                 # A case the build left out (closed unanswered) counts once answered: only
                 # a build can place its opening in the past of the queue.
                 self._mark_stale()
-            self._pending += [(after.id, responded, _Fed.KEPT)] * self._kept(conn, after.id)
+            self._pending += [_Event(after.id, responded, _Fed.KEPT)] * self._kept(conn, after.id)
         elif _in_a_build(after) != (_in_a_build(before) if before else after.customer is not None):
             # Closed unanswered (a build leaves it out of the queue) or reopened unanswered
             # (a build takes it in again).
@@ -289,14 +300,14 @@ class MailboxContext:
         """Feed the pending events in order, except those of case `keep` (the case being
         promised): they wait for the next promise."""
         assert self._pass is not None
-        kept: list[tuple[int, datetime, _Fed]] = []
-        for case_id, at, what in self._pending:
-            if case_id == keep:
-                kept.append((case_id, at, what))
-            elif what is _Fed.OPENED:
-                self._pass.arrive(case_id, at)
-            elif what is _Fed.ANSWERED:
-                self._pass.answer(case_id, at)
+        kept: list[_Event] = []
+        for event in self._pending:
+            if event.case_id == keep:
+                kept.append(event)
+            elif event.what is _Fed.OPENED:
+                self._pass.arrive(event.case_id, event.at, event.customer)
+            elif event.what is _Fed.ANSWERED:
+                self._pass.answer(event.case_id, event.at)
             else:
                 self._pass.predictor.record_outcome(True)
         self._pending = kept

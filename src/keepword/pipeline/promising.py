@@ -20,8 +20,9 @@ a surge triaged in slices builds it once, not once a slice.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection
@@ -34,7 +35,7 @@ from keepword.domain.predict import (
     PromisePredictor,
     predictor_from_history,
 )
-from keepword.domain.windows import Window
+from keepword.domain.windows import Window, writes_like_a_robot
 from keepword.store import history as history_store
 
 
@@ -75,14 +76,28 @@ class PassPredictor:
     predictor: PromisePredictor
     waiting: set[int]  # cases it holds as open: only their first response is news to it
     latest: datetime  # the time of the last event it was fed
+    # Who writes like a robot (a build leaves their cases out), every customer's
+    # openings so far, and the threshold (LimitSettings.per_sender_per_day; None: none).
+    robots: set[str] = field(default_factory=set)
+    openings: dict[str, list[datetime]] = field(default_factory=dict)
+    cases_per_day: int | None = None
     # A build at this time or later reads something else from the same store: a case or
     # promise leaves the history's span, a promise is due, a future-dated event is known.
     valid_until: datetime = NEVER
     stale: bool = False
     _last_was_arrival: bool = True  # at equal times, a build replays answers first
 
-    def arrive(self, case_id: int, at: datetime) -> None:
-        """Case `case_id` opened at `at` (a customer's case the store's history holds)."""
+    def arrive(self, case_id: int, at: datetime, customer: str) -> None:
+        """Case `case_id` of `customer` opened at `at` (a customer's case the store's
+        history holds)."""
+        if customer in self.robots:
+            return  # a build leaves out every case of theirs
+        if self.cases_per_day is not None:
+            times = self.openings.setdefault(customer, [])
+            bisect.insort(times, at)
+            if writes_like_a_robot(((customer, t) for t in times), self.cases_per_day):
+                self.stale = True  # a build now leaves out their earlier cases too
+                return
         if at < self.latest:
             self.stale = True
             return
@@ -189,7 +204,15 @@ def pass_predictor(
         elif isinstance(c.key, int):
             waiting.add(c.key)
     until = _valid_until(box, now, history.first_opened, cases, outcomes)
-    return PassPredictor(predictor, waiting, latest, until)
+    return PassPredictor(
+        predictor,
+        waiting,
+        latest,
+        valid_until=until,
+        robots=set(history.robots),
+        openings=history.openings,
+        cases_per_day=box.limits.per_sender_per_day,
+    )
 
 
 def _span(box: MailboxSettings) -> timedelta:

@@ -20,11 +20,14 @@ from keepword.store.tables import case, promise
 
 
 class ResponseHistory(NamedTuple):
-    """`response_history` with the oldest case it read, left-out robots' included (a
-    build later than `first_opened + (now - since)` reads other rows)."""
+    """`response_history` with what decided it: the oldest case it read, left-out
+    robots' included (a build later than `first_opened + (now - since)` reads other
+    rows), every customer's openings (oldest first) and who of them writes like a robot."""
 
     cases: list[HistoryCase]
     first_opened: datetime | None
+    openings: dict[str, list[datetime]]
+    robots: frozenset[str]
 
 
 def response_history(
@@ -83,6 +86,9 @@ def read_response_history(
         .order_by(case.c.opened_at, case.c.id)
     )
     rows = conn.execute(query).all()
+    openings: dict[str, list[datetime]] = {}
+    for row in rows:
+        openings.setdefault(row.customer, []).append(row.opened_at)
     robots: frozenset[str] = frozenset()
     if robot_cases_per_day is not None:
         robots = writes_like_a_robot(((r.customer, r.opened_at) for r in rows), robot_cases_per_day)
@@ -91,7 +97,7 @@ def read_response_history(
         for row in rows
         if row.customer not in robots
     ]
-    return ResponseHistory(cases, rows[0].opened_at if rows else None)
+    return ResponseHistory(cases, rows[0].opened_at if rows else None, openings, robots)
 
 
 def first_response_outcomes(conn: Connection, mailbox: str, since: datetime) -> list[Outcome]:
