@@ -139,12 +139,8 @@ class MailboxContext:
             once = pass_predictor(
                 conn, self.box, self.calendar, self.now, exclude_case=exclude_case
             )
-            window = once.window(self.now, away=self.away_share(conn))
-        else:
-            window = self._pass.window(self.now, away=self.away_share(conn))
-        # Promised now, due then: a build after that counts it kept or missed.
-        self._pass.valid_until = min(self._pass.valid_until, window.due_at)
-        return window
+            return once.window(self.now, away=self.away_share(conn))
+        return self._pass.window(self.now, away=self.away_share(conn))
 
     def resume_predictor(self, conn: Connection) -> None:
         """At the start of a triage run, before it writes: take over the last run's

@@ -82,7 +82,8 @@ class PassPredictor:
     openings: dict[str, list[datetime]] = field(default_factory=dict)
     cases_per_day: int | None = None
     # A build at this time or later reads something else from the same store: a case or
-    # promise leaves the history's span, a promise is due, a future-dated event is known.
+    # promise leaves the history's span, a promise falls due (those of the pass itself
+    # included: PredictorKeeper.keep), a future-dated event is known.
     valid_until: datetime = NEVER
     stale: bool = False
     _last_was_arrival: bool = True  # at equal times, a build replays answers first
@@ -155,8 +156,12 @@ class PredictorKeeper:
     def keep(
         self, conn: Connection, box: MailboxSettings, predictor: PassPredictor, now: datetime
     ) -> None:
-        """After a run, its predictor fed every event of the run."""
+        """After a run, its predictor fed every event of the run (the run's own promises
+        fall due too: a build after that counts them)."""
         fingerprint = history_store.predictor_fingerprint(conn, box.name)
+        due = history_store.next_promise_due(conn, box.name, now)
+        if due is not None:
+            predictor.valid_until = min(predictor.valid_until, due)
         self._kept = _Kept(predictor, now, fingerprint)
 
     def take(self, conn: Connection, box: MailboxSettings, now: datetime) -> PassPredictor | None:

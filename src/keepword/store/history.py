@@ -144,3 +144,20 @@ def predictor_fingerprint(conn: Connection, mailbox: str) -> tuple[int, ...]:
         .where(first_customer_promise_of(mailbox))
     )
     return (*conn.execute(cases).one(), *conn.execute(promises).one())
+
+
+def next_promise_due(conn: Connection, mailbox: str, after: datetime) -> datetime | None:
+    """When the mailbox's next unresolved customer first-response promise falls due (at
+    or after `after`; superseded ones too: each is judged by its own due time): from
+    then on a build counts it missed."""
+    query = (
+        select(func.min(promise.c.due_at))
+        .join(case, case.c.id == promise.c.case_id)
+        .where(
+            first_customer_promise_of(mailbox),
+            promise.c.state.in_([PromiseState.OPEN.value, PromiseState.SUPERSEDED.value]),
+            promise.c.due_at >= after,
+        )
+    )
+    due: datetime | None = conn.execute(query).scalar()
+    return due
