@@ -372,6 +372,28 @@ def test_the_next_run_takes_the_predictor_over_only_while_a_build_would_give_the
     assert not windows[-1][0].is_default
 
 
+def test_a_predictor_handed_on_run_after_run_is_built_again_keep_for_after_its_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken over run after run, it is still built again KEEP_FOR after its build: what
+    the fingerprint cannot see does not last."""
+    monkeypatch.setattr(promising, "KEEP_FOR", timedelta(minutes=10))
+    windows = _windows_beside_fresh_builds(monkeypatch)
+    desk = StoreDesk(tmp_path)
+    _answered_history(desk, random.Random(3), START)
+    keeper = PredictorKeeper()
+    taken = []
+    for n, minutes in enumerate((0, 4, 8, 12, 16)):
+        at = START + timedelta(minutes=minutes)
+        desk.deliver(_mail(f"r{n}@example.org", SUPPORT, "Where is it?", at, f"r-{n}"), at)
+        context = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, at)
+        context.keeper = keeper
+        triage_pending(context, acknowledger=acknowledge_case)
+        taken.append(keeper.taken)
+    assert taken == [0, 1, 2, 2, 3]  # built at 0, at 12 (0 + 10 passed), taken at 16
+    assert [fed for fed, _ in windows] == [built for _, built in windows]
+
+
 def _answered_history(desk: StoreDesk, rng: random.Random, now: datetime) -> None:
     """Sixty customers of the last month, each answered within minutes to hours."""
     for n in range(60):
@@ -543,6 +565,34 @@ def test_a_surge_of_new_customers_costs_about_five_statements_a_mail(tmp_path: P
     # triage record written per message, 9.2 with three lookups for the candidates, 10.2
     # numbering each case with its own MAX lookup, 12.2 with a savepoint a message, 13.2
     # with a read a message for whether keepword sent it, 14.2 with the dedup lookup too
+
+
+def test_an_idle_run_reads_no_more_for_a_kept_predictor(tmp_path: Path) -> None:
+    """The poll of a quiet mailbox (nothing to triage) runs the statements it ran before
+    the predictor was kept from run to run: no fingerprint over the mailbox's cases."""
+    desk = StoreDesk(tmp_path)
+    _answered_history(desk, random.Random(5), START)
+    keeper = PredictorKeeper()
+
+    def run(at: datetime, keeping: PredictorKeeper | None) -> list[str]:
+        statements: list[str] = []
+
+        def count(*args: Any) -> None:
+            statements.append(args[2])
+
+        context = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, at)
+        context.keeper = keeping
+        event.listen(desk.engine, "before_cursor_execute", count)
+        triage_pending(context, acknowledger=acknowledge_case)
+        event.remove(desk.engine, "before_cursor_execute", count)
+        return statements
+
+    desk.deliver(_mail("q@example.org", SUPPORT, "Where is it?", START, "q-1"), START)
+    busy = run(START, keeper)
+    assert any("sum(" in s.lower() for s in busy), "the busy run kept its predictor"
+    idle = run(START + timedelta(seconds=20), keeper)
+    assert idle == run(START + timedelta(seconds=30), None)
+    assert not any("sum(" in s.lower() for s in idle)
 
 
 def test_keepwords_own_mail_back_through_sent_is_known_in_a_batch(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ class PassPredictor:
     predictor: PromisePredictor
     waiting: set[int]  # cases it holds as open: only their first response is news to it
     latest: datetime  # the time of the last event it was fed
+    built_at: datetime  # the `now` it was built from the store at
     # Who writes like a robot (a build leaves their cases out), every customer's
     # openings so far, and the threshold (LimitSettings.per_sender_per_day; None: none).
     robots: set[str] = field(default_factory=set)
@@ -125,9 +126,9 @@ class PassPredictor:
         return self.predictor.window(now, away=away)
 
 
-#: How long a triage run's predictor may serve the runs after it, the store unchanged
-#: meanwhile (`PredictorKeeper`): the slices of a surge and the mail of a busy hour take
-#: it over; a quiet mailbox builds it again, so a write the fingerprint cannot see (one
+#: How long after its build a predictor may serve the triage runs after the one that
+#: built it, the store unchanged meanwhile (`PredictorKeeper`): the slices of a surge
+#: take it over; then it is built again, so a write the fingerprint cannot see (one
 #: committed between a run's end and its fingerprint) is forgotten within this time.
 KEEP_FOR = timedelta(minutes=1)
 
@@ -147,7 +148,8 @@ class PredictorKeeper:
     The next run takes it over only if a build from the store would give the same: no
     write to the mailbox's cases or customer first-response promises since (the
     fingerprint read when it was kept, read again), nothing a build reads changes with
-    the clock in between (`PassPredictor.valid_until`), and not older than `KEEP_FOR`.
+    the clock in between (`PassPredictor.valid_until`), and built less than `KEEP_FOR`
+    ago.
     """
 
     _kept: _Kept | None = None
@@ -170,7 +172,7 @@ class PredictorKeeper:
         kept, self._kept = self._kept, None
         if kept is None or kept.predictor.stale:
             return None
-        horizon = min(kept.fed_at + KEEP_FOR, kept.predictor.valid_until)
+        horizon = min(kept.predictor.built_at + KEEP_FOR, kept.predictor.valid_until)
         if not kept.fed_at <= now < horizon:
             return None
         if history_store.predictor_fingerprint(conn, box.name) != kept.fingerprint:
@@ -213,6 +215,7 @@ def pass_predictor(
         predictor,
         waiting,
         latest,
+        now,
         valid_until=until,
         robots=set(history.robots),
         openings=history.openings,

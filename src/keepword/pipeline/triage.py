@@ -176,7 +176,8 @@ def triage_pending(
     with desk.engine.connect() as conn:
         queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
         run.failing = triage_state.failed_attempts(conn, box.name)
-        desk.resume_predictor(conn)
+        if queue:  # an idle poll reads nothing more
+            desk.resume_predictor(conn)
     run.result.more = len(queue) >= limit
     held: list[Untriaged] = []
     try:
