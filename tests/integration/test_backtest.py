@@ -160,7 +160,7 @@ def test_the_store_history_feeds_the_production_predictor(engine: Engine) -> Non
                     due_at=opened + (timedelta(days=1) if case_id == ids[0] else timedelta()),
                 ),
             )
-        stored = history_store.response_history(conn, "support", FIRST - timedelta(days=1))
+        stored = history_store.response_history(conn, "support", FIRST - timedelta(days=1)).cases
         outcomes = history_store.first_response_outcomes(conn, "support", FIRST)
     assert [c.key for c in stored] == ids
     assert [(c.opened_at, c.first_response_at) for c in stored] == cases

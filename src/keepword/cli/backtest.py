@@ -116,7 +116,7 @@ def _history(
         with engine.connect() as conn:
             return history_store.response_history(
                 conn, setup.name, datetime(1970, 1, 1, tzinfo=UTC)
-            )
+            ).cases
     finally:
         engine.dispose()
 

@@ -50,10 +50,8 @@ def mailbox_predictor(
     """The predictor's state at `now`: the cases of the last 2 x history_days (older
     open ones only add to the queue) and the first-response promises of the last
     history_days for the calibration."""
-    cases = _history(conn, box, now, exclude_case)
-    outcomes = history_store.first_response_outcomes(
-        conn, box.name, now - timedelta(days=box.promise.history_days)
-    )
+    cases = _history(conn, box, now, exclude_case).cases
+    outcomes = history_store.first_response_outcomes(conn, box.name, now - _span(box))
     return predictor_from_history(cases, now, calendar, box.promise, outcomes=outcomes)
 
 
@@ -190,13 +188,7 @@ def pass_predictor(
     exclude_case: int | None = None,
 ) -> PassPredictor:
     """The store's predictor at `now` (as `mailbox_predictor`), ready to be fed."""
-    history = history_store.read_response_history(
-        conn,
-        box.name,
-        now - 2 * _span(box),
-        exclude_case=exclude_case,
-        robot_cases_per_day=box.limits.per_sender_per_day,
-    )
+    history = _history(conn, box, now, exclude_case)
     cases = history.cases
     outcomes = history_store.first_response_outcomes(conn, box.name, now - _span(box))
     predictor = predictor_from_history(cases, now, calendar, box.promise, outcomes=outcomes)
@@ -255,7 +247,7 @@ def _valid_until(
 
 def _history(
     conn: Connection, box: MailboxSettings, now: datetime, exclude_case: int | None
-) -> list[HistoryCase]:
+) -> history_store.ResponseHistory:
     return history_store.response_history(
         conn,
         box.name,

@@ -20,9 +20,10 @@ from keepword.store.tables import case, promise
 
 
 class ResponseHistory(NamedTuple):
-    """`response_history` with what decided it: the oldest case it read, left-out
-    robots' included (a build later than `first_opened + (now - since)` reads other
-    rows), every customer's openings (oldest first) and who of them writes like a robot."""
+    """The cases `response_history` read, with what decided it: the oldest case it read,
+    left-out robots' included (a build later than `first_opened + (now - since)` reads
+    other rows), every customer's openings (oldest first) and who of them writes like a
+    robot."""
 
     cases: list[HistoryCase]
     first_opened: datetime | None
@@ -31,27 +32,6 @@ class ResponseHistory(NamedTuple):
 
 
 def response_history(
-    conn: Connection,
-    mailbox: str,
-    since: datetime,
-    *,
-    until: datetime | None = None,
-    exclude_case: int | None = None,
-    robot_cases_per_day: int | None = None,
-) -> list[HistoryCase]:
-    """The mailbox's customer cases opened in [since, until), oldest first, keyed by id
-    (`read_response_history` for its arguments)."""
-    return read_response_history(
-        conn,
-        mailbox,
-        since,
-        until=until,
-        exclude_case=exclude_case,
-        robot_cases_per_day=robot_cases_per_day,
-    ).cases
-
-
-def read_response_history(
     conn: Connection,
     mailbox: str,
     since: datetime,
