@@ -297,9 +297,10 @@ def test_a_predictor_kept_from_run_to_run_promises_what_a_fresh_build_promises(
     tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The daemon's runs hand the predictor on (a surge in slices, a busy hour): every
-    window is still a fresh build's, though between the runs members answer, close and
-    reopen cases by mail, the Done folder closes them and promises fall due. Kept for a
-    day here, so it crosses all of that; the fingerprint and the clock send it back."""
+    window is still a fresh build's, though the runs answer, close and reopen cases by
+    mail, a member closes cases from the CLI between them and promises fall due. Kept
+    for a day here, so it crosses all of that; the fingerprint and the clock send it
+    back."""
     monkeypatch.setattr(promising, "KEEP_FOR", timedelta(days=1))
     keeper = PredictorKeeper()
     windows = _windows_beside_fresh_builds(monkeypatch)
