@@ -14,25 +14,36 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, event, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 import tests.integration.test_chasing as chasing
 import tests.integration.test_ingest as ingesting
 from keepword.adapters.imap import ImapSession
 from keepword.config import MailboxSettings, Settings
-from keepword.domain.model import Origin, PromiseState
+from keepword.domain.cases import CaseState
+from keepword.domain.model import CaseStatus, Origin, PromiseState
 from keepword.mail.parse import parse_message
 from keepword.mail.render import Renderer
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import MailboxPollResult
 from keepword.pipeline.triage import TriageResult, triage_pending
+from keepword.store import cases as case_store
 from keepword.store import messages as store
 from keepword.store import outbox as outbox_store
 from keepword.store.db import make_engine, migrate, open_store, table_names
-from keepword.store.tables import case, folder_state, message, message_location, metadata, outbox
+from keepword.store.tables import (
+    case,
+    case_correspondent,
+    folder_state,
+    message,
+    message_location,
+    metadata,
+    outbox,
+)
 from tests.fixtures.configs import run_keepword, write_config
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
@@ -412,3 +423,53 @@ def test_a_decision_already_recorded_queues_no_second_mail(
             assert conn.execute(select(outbox.c.raw)).scalars().all() == [b"raw"]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_new_case_and_its_correspondents_are_written_alike_on_both_databases(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """On PostgreSQL a new case and its correspondents go in one statement (a data-
+    modifying WITH); on SQLite in two. The same rows either way, addresses lower-cased
+    once each; a case saved again adds only the addresses it does not know."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if database == "postgresql"
+        else f"sqlite:///{tmp_path / 'kw.db'}"
+    )
+    engine = open_store(url)
+    at = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    new = CaseState(
+        id=None, mailbox="support", reference="KW", status=CaseStatus.NEW, opened_at=at,
+        updated_at=at, customer="ann@example.org", subject="Help",
+    )  # fmt: skip
+    writes: list[str] = []
+
+    def count(*args: Any) -> None:
+        if 'INSERT INTO "case"' in args[2] or "case_correspondent" in args[2]:
+            writes.append(args[2])
+
+    try:
+        event.listen(engine, "before_cursor_execute", count)
+        with engine.begin() as conn:
+            saved = case_store.save_case(
+                conn, new, prefix="KW", correspondents=["Ann@Example.org", "ann@example.org", ""]
+            )
+        event.remove(engine, "before_cursor_execute", count)
+        with engine.begin() as conn:
+            case_store.save_case(conn, saved, correspondents=["ANN@example.org", "bob@example.org"])
+        with engine.connect() as conn:
+            known = conn.execute(
+                select(case_correspondent.c.case_id, case_correspondent.c.address).order_by(
+                    case_correspondent.c.address
+                )
+            ).all()
+            stored = conn.execute(select(case.c.reference, case.c.customer)).all()
+    finally:
+        engine.dispose()
+    assert saved.reference == "KW-1" and stored == [("KW-1", "ann@example.org")]
+    assert [tuple(k) for k in known] == [
+        (saved.id, "ann@example.org"),
+        (saved.id, "bob@example.org"),
+    ]
+    assert len(writes) == (1 if database == "postgresql" else 2), writes

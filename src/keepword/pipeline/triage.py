@@ -591,16 +591,17 @@ def _into_case(
     if command is not None:
         change, outcomes = commands.decide(command, change, desk)
     saved = case_store.save_case(
-        conn, change.case, prefix=desk.box.reference_prefix, numbers=run.numbers
+        conn,
+        change.case,
+        prefix=desk.box.reference_prefix,
+        numbers=run.numbers,
+        correspondents=_correspondents(arrival, new_case, learned),
     )
     assert saved.id is not None
     if new_case:
         _log_opened(desk, arrival, saved)
     desk.note_case(conn, None if new_case else before, saved)  # the queue promises see
     case_store.add_events(conn, saved.id, (*opening, *change.events))
-    case_store.add_correspondents(
-        conn, saved.id, _correspondents(arrival, new_case, learned), new_case=new_case
-    )
     _record(conn, arrival, saved.id, desk.now)
     if answers:
         _settle_promises(conn, desk, before, saved, verdict.kind, at)

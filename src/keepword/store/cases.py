@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BindParameter,
     Connection,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    true,
     union_all,
     update,
 )
@@ -66,6 +68,27 @@ _UPDATE = (
     .values({**{f: bindparam(f"v_{f}") for f in _CASE_FIELDS}, "version": bindparam("v_version")})
 )
 _INSERT = insert(case).returning(*case.c)
+# On PostgreSQL a new case and its correspondents go in one statement (a round trip less
+# for every case opened: most of a history's messages open one).
+_OPENED = (
+    insert(case)
+    .values({k: bindparam(k) for k in (*_CASE_FIELDS, "number", "prefix")})
+    .returning(*case.c)
+    .cte("opened")
+)
+_LISTED = (
+    func.unnest(bindparam("addresses", type_=ARRAY(String)))
+    .table_valued("address")
+    .render_derived(name="listed")
+)
+_INSERT_WITH_CORRESPONDENTS = select(_OPENED).add_cte(
+    insert(case_correspondent)
+    .from_select(
+        ["case_id", "address"],
+        select(_OPENED.c.id, _LISTED.c.address).select_from(_OPENED.join(_LISTED, true())),
+    )
+    .cte("known")
+)
 _ADD_EVENTS = insert(case_event)
 
 
@@ -174,8 +197,10 @@ def save_case(
     *,
     prefix: str | None = None,
     numbers: CaseNumbers | None = None,
+    correspondents: Iterable[str] = (),
 ) -> CaseState:
-    """Insert a new case (allocating its number and reference) or update an existing one.
+    """Insert a new case (allocating its number and reference) or update an existing one,
+    and add `correspondents` it does not know yet (`add_correspondents`).
 
     An update only lands on the version it was read at; otherwise StaleCaseError, and the
     caller's transaction (with everything else it decided) rolls back. `numbers`: the
@@ -189,13 +214,21 @@ def save_case(
         saved = conn.execute(_UPDATE, params)
         if saved.rowcount != 1:
             raise StaleCaseError(f"case {state.reference} changed meanwhile")
+        add_correspondents(conn, state.id, correspondents)
         return replace(state, version=state.version + 1)
     prefix = prefix or state.reference or "KW"
     number = next_number(conn, state.mailbox, prefix, numbers)
     reference = format_reference(prefix, number)
     values.update(number=number, reference=reference, prefix=prefix)
     # RETURNING: the row as stored (defaults and all) without a second statement.
-    inserted = _to_state(conn.execute(_INSERT, values).one())
+    if conn.dialect.name == "postgresql":
+        addresses = sorted({a.lower() for a in correspondents if a})
+        row = conn.execute(_INSERT_WITH_CORRESPONDENTS, {**values, "addresses": addresses})
+        inserted = _to_state(row.one())
+    else:
+        inserted = _to_state(conn.execute(_INSERT, values).one())
+        assert inserted.id is not None
+        add_correspondents(conn, inserted.id, correspondents, new_case=True)
     if numbers is not None:
         numbers.last[state.mailbox, prefix] = number
     return inserted
