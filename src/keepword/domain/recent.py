@@ -143,7 +143,8 @@ class RecentCases:
 
     def newest_first(self, days: int | None = None, at_least: int = 0) -> Sample:
         """The cases opened in the `days` before the newest one, and at least `at_least`
-        (if held), newest first; every case held without `days`."""
+        (if held), newest first; every case held without `days`. Views of the columns:
+        read them before the predictor is fed again."""
         start = self._start
         if days is not None and self._end > self._start:
             newest = int(self._opened[self._end - 1])
