@@ -568,6 +568,31 @@ def test_a_surge_of_new_customers_costs_about_five_statements_a_mail(tmp_path: P
     # with a read a message for whether keepword sent it, 14.2 with the dedup lookup too
 
 
+def test_a_store_gone_when_the_predictor_is_kept_costs_the_run_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's work is committed before its predictor is kept: a store that fails the
+    fingerprint's read then fails nothing (the next run builds the predictor)."""
+    desk = StoreDesk(tmp_path)
+    keeper = PredictorKeeper()
+
+    def gone(*_: Any) -> tuple[int, ...]:
+        raise OperationalError("SELECT count(*)", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(promising.history_store, "predictor_fingerprint", gone)
+    desk.deliver(_mail("g@example.org", SUPPORT, "Where is it?", START, "g-1"), START)
+    context = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, START)
+    context.keeper = keeper
+    result = triage_pending(context, acknowledger=acknowledge_case)
+    assert (result.opened, result.acknowledged, result.errors) == (1, 1, [])
+    monkeypatch.undo()
+    again = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, START)
+    again.keeper = keeper
+    with desk.engine.connect() as conn:
+        again.resume_predictor(conn)
+    assert keeper.taken == 0, "nothing was kept"
+
+
 def test_an_idle_run_reads_no_more_for_a_kept_predictor(tmp_path: Path) -> None:
     """The poll of a quiet mailbox (nothing to triage) runs the statements it ran before
     the predictor was kept from run to run: no fingerprint over the mailbox's cases."""

@@ -12,6 +12,7 @@ once a run too (`planned_mail`) and followed from the run's own queued mail.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.business_calendar import BusinessCalendar
@@ -40,6 +42,8 @@ from keepword.pipeline.promising import (
 from keepword.store import away as away_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
+
+log = logging.getLogger(__name__)
 
 # The predictor's pace reflects the staff of about the last week (domain.owners.away_share).
 AWAY_LOOKBACK_DAYS = 7
@@ -154,9 +158,13 @@ class MailboxContext:
         if self.keeper is None or self._pass is None or self._pass.stale:
             return
         self._feed(keep=None)
-        if not self._pass.stale:
+        if self._pass.stale:
+            return
+        try:
             with self.engine.connect() as conn:
                 self.keeper.keep(conn, self.box, self._pass, self.now)
+        except SQLAlchemyError as exc:  # the run's work is committed: build it next time
+            log.info("mailbox %s: promise predictor not kept: %s", self.box.name, exc)
 
     def _unfed(self, case_id: int) -> set[_Fed]:
         """What the run noted of case `case_id` that the predictor has not been fed yet."""
