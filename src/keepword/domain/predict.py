@@ -216,14 +216,19 @@ class Calibration:
         self.missed += not was_kept
 
 
+def resolution(outcome: Outcome, now: datetime) -> tuple[datetime, bool] | None:
+    """When the promise was resolved by `now` and whether it was kept; None while open."""
+    made_at, due_at, answered_at = outcome
+    if answered_at is not None and answered_at <= min(due_at, now):
+        return max(answered_at, made_at), True
+    if due_at < now:
+        return due_at, False
+    return None
+
+
 def resolved_outcomes(outcomes: Iterable[Outcome], now: datetime) -> list[bool]:
     """Kept (True) or missed of the promises resolved by `now`, in resolution order."""
-    resolved: list[tuple[datetime, bool]] = []
-    for made_at, due_at, answered_at in outcomes:
-        if answered_at is not None and answered_at <= min(due_at, now):
-            resolved.append((max(answered_at, made_at), True))
-        elif due_at < now:
-            resolved.append((due_at, False))
+    resolved = [r for r in (resolution(o, now) for o in outcomes) if r is not None]
     return [kept for _, kept in sorted(resolved, key=lambda r: r[0])]
 
 

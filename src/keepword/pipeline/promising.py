@@ -34,6 +34,7 @@ from keepword.domain.predict import (
     Outcome,
     PromisePredictor,
     predictor_from_history,
+    resolution,
 )
 from keepword.domain.windows import Window, writes_like_a_robot
 from keepword.store import history as history_store
@@ -233,10 +234,11 @@ def _valid_until(
     times = [first_opened + 2 * _span(box)] if first_opened is not None else []
     if outcomes:
         times.append(min(o.made_at for o in outcomes) + _span(box))
-    for _, due_at, answered_at in outcomes:
-        kept = answered_at is not None and answered_at <= min(due_at, now)
-        if not kept and due_at >= now:  # open at `now` (resolved_outcomes' rules)
-            times += [due_at] if answered_at is None else [due_at, answered_at]
+    for outcome in outcomes:
+        if resolution(outcome, now) is None:  # open at `now`: resolved at one of these
+            times.append(outcome.due_at)
+            if outcome.answered_at is not None:
+                times.append(outcome.answered_at)
     for c in cases:
         if c.opened_at > now:
             times.append(c.opened_at)
