@@ -14,10 +14,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 import tests.integration.test_chasing as chasing
@@ -50,6 +49,7 @@ from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
 from tests.fixtures.schema import schema_drift, upgrade_from_0001
 from tests.fixtures.smtp import SmtpServer
+from tests.fixtures.statements import recorded
 
 pytestmark = pytest.mark.integration
 
@@ -398,18 +398,20 @@ def test_keepword_run_once_and_cases_on_a_postgres_database_url(
     assert {state for _, state, _ in sent} == {"sent"}
 
 
+def _store_on(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> Engine:
+    """A migrated store on `database`: the private PostgreSQL, or SQLite in tmp_path."""
+    if database == "postgresql":
+        return open_store(request.getfixturevalue("postgres_url"))
+    return open_store(f"sqlite:///{tmp_path / 'kw.db'}")
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_decision_already_recorded_queues_no_second_mail(
     database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The outbox passes over a dedup key it holds in the insert itself (one statement a
     queued mail): False the second time, one row, on both databases."""
-    url = (
-        request.getfixturevalue("postgres_url")
-        if database == "postgresql"
-        else f"sqlite:///{tmp_path / 'kw.db'}"
-    )
-    engine = open_store(url)
+    engine = _store_on(database, tmp_path, request)
     now = datetime(2026, 12, 1, 9, tzinfo=UTC)
     entry = outbox_store.OutboxEntry(
         "support", None, "acknowledgement", "ack:1", ["ann@example.org"], "Re: x", b"raw",
@@ -432,30 +434,17 @@ def test_a_new_case_and_its_correspondents_are_written_alike_on_both_databases(
     """On PostgreSQL a new case and its correspondents go in one statement (a data-
     modifying WITH); on SQLite in two. The same rows either way, addresses lower-cased
     once each; a case saved again adds only the addresses it does not know."""
-    url = (
-        request.getfixturevalue("postgres_url")
-        if database == "postgresql"
-        else f"sqlite:///{tmp_path / 'kw.db'}"
-    )
-    engine = open_store(url)
+    engine = _store_on(database, tmp_path, request)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
     new = CaseState(
         id=None, mailbox="support", reference="KW", status=CaseStatus.NEW, opened_at=at,
         updated_at=at, customer="ann@example.org", subject="Help",
     )  # fmt: skip
-    writes: list[str] = []
-
-    def count(*args: Any) -> None:
-        if 'INSERT INTO "case"' in args[2] or "case_correspondent" in args[2]:
-            writes.append(args[2])
-
     try:
-        event.listen(engine, "before_cursor_execute", count)
-        with engine.begin() as conn:
+        with recorded(engine) as statements, engine.begin() as conn:
             saved = case_store.save_case(
                 conn, new, prefix="KW", correspondents=["Ann@Example.org", "ann@example.org", ""]
             )
-        event.remove(engine, "before_cursor_execute", count)
         with engine.begin() as conn:
             case_store.save_case(conn, saved, correspondents=["ANN@example.org", "bob@example.org"])
         with engine.connect() as conn:
@@ -472,4 +461,5 @@ def test_a_new_case_and_its_correspondents_are_written_alike_on_both_databases(
         (saved.id, "ann@example.org"),
         (saved.id, "bob@example.org"),
     ]
+    writes = [s for s in statements if 'INSERT INTO "case"' in s or "case_correspondent" in s]
     assert len(writes) == (1 if database == "postgresql" else 2), writes

@@ -38,6 +38,7 @@ from tests.corpora import CORPORA, needs_corpora
 from tests.fixtures.chase_store import ALICE, SUPPORT, StoreDesk
 from tests.fixtures.desk import TEAM_PROOF
 from tests.fixtures.faults import fail_for, fail_late_for
+from tests.fixtures.statements import recorded
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 BOB = "bob@example.com"
@@ -550,14 +551,8 @@ def test_a_surge_of_new_customers_costs_about_five_statements_a_mail(tmp_path: P
     for n in range(surge):
         at = START + timedelta(seconds=n)
         desk.deliver(_mail(f"c{n}@example.org", SUPPORT, f"Down? {n}", at, f"s{n}"), at)
-    statements: list[str] = []
-
-    def count(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(desk.engine, "before_cursor_execute", count)
-    result = desk.triage(START + timedelta(minutes=5))
-    event.remove(desk.engine, "before_cursor_execute", count)
+    with recorded(desk.engine) as statements:
+        result = desk.triage(START + timedelta(minutes=5))
     assert (result.opened, result.acknowledged) == (surge, surge)
     per_mail = len(statements) / surge
     print(f"{per_mail:.2f} statements a new customer's mail")
@@ -601,16 +596,10 @@ def test_an_idle_run_reads_no_more_for_a_kept_predictor(tmp_path: Path) -> None:
     keeper = PredictorKeeper()
 
     def run(at: datetime, keeping: PredictorKeeper | None) -> list[str]:
-        statements: list[str] = []
-
-        def count(*args: Any) -> None:
-            statements.append(args[2])
-
         context = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, at)
         context.keeper = keeping
-        event.listen(desk.engine, "before_cursor_execute", count)
-        triage_pending(context, acknowledger=acknowledge_case)
-        event.remove(desk.engine, "before_cursor_execute", count)
+        with recorded(desk.engine) as statements:
+            triage_pending(context, acknowledger=acknowledge_case)
         return statements
 
     desk.deliver(_mail("q@example.org", SUPPORT, "Where is it?", START, "q-1"), START)
