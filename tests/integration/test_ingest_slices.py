@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from keepword.domain.model import Origin
 from keepword.pipeline.ingest import Folder, MailboxPoller, poll_folder
+from keepword.runtime import service as service_module
 from keepword.runtime.service import OTHER_FOLDERS_WAIT, Service
 from keepword.store.tables import message
 from tests.fixtures.dovecot import Dovecot
@@ -92,8 +93,8 @@ def test_a_surge_is_taken_in_before_the_sent_and_done_folders_but_they_wait_30_s
     seen: list[dict[str, int]] = []
     ingest = service.ingest
 
-    def recording(box: Any, *, inbox_only: bool = False) -> Any:
-        result = ingest(box, inbox_only=inbox_only)
+    def recording(box: Any, *, inbox_only: bool = False, live_batch: int | None = None) -> Any:
+        result = ingest(box, inbox_only=inbox_only, live_batch=live_batch)
         seen.append({name: polled.new for name, polled in result.folders.items()})
         return result
 
@@ -131,3 +132,62 @@ def test_a_surge_is_taken_in_before_the_sent_and_done_folders_but_they_wait_30_s
         {**both, "INBOX": 3},
         {**both, "INBOX": 1, "Sent": 1},
     ]
+
+
+def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_and_slice(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+    session_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A poll that is not already in a surge takes in and triages FIRST_SLICE mails at
+    most, so the first customers' acknowledgements leave after a small fetch; once in a
+    surge, a poll takes a whole fetch batch and triages TRIAGE_SLICE. A poll after the
+    surge starts small again."""
+    monkeypatch.setattr(service_module, "FIRST_SLICE", 2)
+    monkeypatch.setattr(service_module, "TRIAGE_SLICE", 3)
+    box = mailbox_for(dovecot, mail_user, fetch_batch=500)
+    service = Service(
+        settings_for(box, engine), clock=now, engine=engine, session_factory=session_for
+    )
+    seen: list[tuple[int, int, bool]] = []
+    ingest, triage = service.ingest, service.triage
+    taken: list[int] = []
+
+    def recording_ingest(box: Any, **kwargs: Any) -> Any:
+        result = ingest(box, **kwargs)
+        taken.append(result.folders["INBOX"].new)
+        return result
+
+    def recording_triage(box: Any, limit: int = 5000) -> Any:
+        result = triage(box, limit)
+        seen.append((taken[-1], result.triaged, result.more))
+        return result
+
+    service.ingest = recording_ingest  # type: ignore[method-assign]
+    service.triage = recording_triage  # type: ignore[method-assign]
+
+    async def run() -> list[bool]:
+        try:
+            mores = [await service.poll(box)]  # the empty inbox: nothing is history any more
+            dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(8)])
+            for _ in range(4):
+                mores.append(await service.poll(box))
+            dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(20, 25)])
+            mores.append(await service.poll(box))
+            return mores
+        finally:
+            await service.close()
+
+    mores = asyncio.run(run())
+    assert seen == [
+        (0, 0, False),
+        (2, 2, True),  # not in a surge yet: a first slice of 2 fetched and triaged
+        (6, 3, True),  # in it: the rest of the fetch batch, a slice of 3
+        (0, 3, True),
+        (0, 0, False),  # the surge is over
+        (2, 2, True),  # the next one starts small again
+    ]
+    assert mores == [False, True, True, True, False, True]
+    assert count(engine, message) == 10  # 8, then 2 of the 5: the rest waits for the next poll

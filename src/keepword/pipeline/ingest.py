@@ -529,6 +529,7 @@ def _poll_folders(
     wanted: Sequence[tuple[str, Origin]],
     clock: Clock,
     progress: Callable[[str, int], None] | None,
+    live_batch: int,
 ) -> MailboxPollResult:
     result = MailboxPollResult(mailbox=box.name)
     for folder, role in wanted:
@@ -536,7 +537,7 @@ def _poll_folders(
         try:
             where = Folder(engine, box, folder, role, clock)
             result.folders[folder] = poll_folder(
-                session, where, progress=step, live_batch=box.imap.fetch_batch
+                session, where, progress=step, live_batch=live_batch
             )
         except Exception as exc:  # isolate the folder; report loudly
             message = _describe(exc)
@@ -587,9 +588,12 @@ class MailboxPoller:
         *,
         progress: Callable[[str, int], None] | None = None,
         inbox_only: bool = False,
+        live_batch: int | None = None,
     ) -> MailboxPollResult:
         """Every folder's new mail; `inbox_only`: the customers' folders alone (the
-        Sent and Done folders wait: see runtime.service, "the inbox first")."""
+        Sent and Done folders wait: see runtime.service, "the inbox first").
+        `live_batch`: at most so many live mails a folder (never more than the fetch
+        batch, which is the default)."""
         wanted = watched_folders(self.box)
         polled = [f for f in wanted if f[1] is Origin.INBOX] if inbox_only else wanted
         with self._lock:
@@ -598,8 +602,9 @@ class MailboxPoller:
                     self._session = _open_session(
                         self.engine, self.box, self._factory, wanted, clock
                     )
+                batch = min(live_batch or self.box.imap.fetch_batch, self.box.imap.fetch_batch)
                 result = _poll_folders(
-                    self.engine, self._session, self.box, polled, clock, progress
+                    self.engine, self._session, self.box, polled, clock, progress, batch
                 )
             except MailboxError:
                 self._drop()
