@@ -221,6 +221,18 @@ class Live:
             self.messages,
         )
 
+    # The tests run in the order a sysadmin meets the service, each leaving it as the next
+    # expects; run alone (pytest -k), a test finds it as it needs it. In the full run
+    # these are no-ops.
+    def running(self) -> None:
+        if self.show("ActiveState")["ActiveState"] != "active":
+            self.systemctl("enable", "--now", "keepword")
+            self.wait_first_poll()
+
+    def stopped(self) -> None:
+        if self.show("ActiveState")["ActiveState"] != "inactive":
+            self.systemctl("stop", "keepword")
+
 
 def config(*, metrics: bool = True, poll_interval: int = POLL_INTERVAL, database: str = "") -> str:
     lines = ["[keepword]", 'timezone = "UTC"', 'log_level = "INFO"']
@@ -405,6 +417,7 @@ def test_start_returns_once_ready_with_a_status_line(live: Live) -> None:
 
 
 def test_journal_has_priorities_and_the_mailbox(live: Live) -> None:
+    live.running()
     entry = live.wait_log(r"^keepword\.\S+ \[support\] ")
     assert entry["PRIORITY"] == "6", entry  # `<6>` became the journal's priority ...
     messages = live.messages()
@@ -415,6 +428,7 @@ def test_journal_has_priorities_and_the_mailbox(live: Live) -> None:
 
 
 def test_acknowledges_a_customer_mail_through_the_relay_at_once(live: Live) -> None:
+    live.running()
     message_id = live.customer_writes("Where is my order?")
     ack = live.wait_ack(message_id, timeout=30)  # poll_interval is 600 s: this is IDLE
     assert re.search(r"\[KW-\d+\]", str(ack["Subject"])), ack["Subject"]
@@ -429,6 +443,7 @@ def test_acknowledges_a_customer_mail_through_the_relay_at_once(live: Live) -> N
 
 
 def test_the_dynamic_user_owns_the_state_and_alone_reads_the_credentials(live: Live) -> None:
+    live.running()
     pid = live.main_pid()
     status = live.sandbox.path(f"/proc/{pid}/status").read_text()
     uid = int(re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
@@ -452,6 +467,7 @@ def test_the_dynamic_user_owns_the_state_and_alone_reads_the_credentials(live: L
 def test_memory_deny_write_execute_is_enforced_here(live: Live) -> None:
     # systemd 252 enforces it with seccomp (254+ uses PR_SET_MDWE): keepword running a full
     # cycle under it only proves something if W+X memory is really refused here.
+    live.running()
     assert re.search(r"^Seccomp:\s+2$", live.sandbox.path(f"/proc/{live.main_pid()}/status")
                      .read_text(), re.MULTILINE)  # fmt: skip
     code, output = live.run_unit(
@@ -471,6 +487,7 @@ def test_security_rating_is_the_one_the_docs_claim(live: Live) -> None:
 
 
 def test_reload_rejects_a_bad_config_and_applies_a_good_one(live: Live) -> None:
+    live.running()
     pid = live.main_pid()
     live.write_config(config(poll_interval=1))  # below the minimum of 5
     live.systemctl("reload", "keepword")
@@ -485,6 +502,7 @@ def test_reload_rejects_a_bad_config_and_applies_a_good_one(live: Live) -> None:
 
 
 def test_kill_9_restarts_it_and_nothing_is_lost_or_sent_twice(live: Live) -> None:
+    live.running()
     before = live.main_pid()
     live.systemctl("kill", "--kill-who=main", "--signal=SIGKILL", "keepword")
     written_while_down = live.customer_writes("Still waiting for my order")
@@ -498,6 +516,7 @@ def test_kill_9_restarts_it_and_nothing_is_lost_or_sent_twice(live: Live) -> Non
 
 
 def test_mail_not_sent_before_a_stop_stays_in_the_outbox(live: Live) -> None:
+    live.running()
     live.systemctl("stop", "kw-relay")
     try:
         waiting = live.customer_writes("Sent while the relay is down", direct=True)
@@ -513,6 +532,7 @@ def test_mail_not_sent_before_a_stop_stays_in_the_outbox(live: Live) -> None:
 
 
 def test_stop_is_bounded_and_clean(live: Live) -> None:
+    live.running()
     started = time.monotonic()
     live.systemctl("stop", "keepword")
     took = time.monotonic() - started
@@ -525,6 +545,7 @@ def test_stop_is_bounded_and_clean(live: Live) -> None:
 
 
 def test_an_invalid_config_at_start_is_not_restarted(live: Live) -> None:
+    live.stopped()
     live.write_config(config() + "[keepword.nonsense]\n")
     started = live.sandbox.run("systemctl", "start", "keepword", check=False, timeout=120)
     assert started.returncode != 0
@@ -546,6 +567,7 @@ def psql(live: Live, sql: str, database: str = "postgres") -> str:
 def test_a_full_cycle_on_postgresql_with_peer_authentication(live: Live) -> None:
     # docs/operations.md, PostgreSQL: a role named like the unit's dynamic user, peer
     # authentication over the local socket, no password anywhere.
+    live.stopped()
     database = "keepword"
     psql(live, "CREATE ROLE keepword LOGIN")
     psql(live, "CREATE DATABASE keepword OWNER keepword ENCODING 'UTF8' TEMPLATE template0")
@@ -571,6 +593,7 @@ def test_a_full_cycle_on_postgresql_with_peer_authentication(live: Live) -> None
 def test_a_frozen_event_loop_makes_the_watchdog_restart_it(live: Live) -> None:
     # The freeze is injected from outside keepword (a sitecustomize on PYTHONPATH, set in a
     # drop-in for this test only), and WatchdogSec= is shortened so the test takes seconds.
+    live.stopped()
     live.stage("sitecustomize.py", FREEZER)
     live.stage("watchdog-test.conf", WATCHDOG_DROP_IN)
     live.run(
