@@ -93,8 +93,8 @@ def test_a_surge_is_taken_in_before_the_sent_and_done_folders_but_they_wait_30_s
     seen: list[dict[str, int]] = []
     ingest = service.ingest
 
-    def recording(box: Any, *, inbox_only: bool = False, live_batch: int | None = None) -> Any:
-        result = ingest(box, inbox_only=inbox_only, live_batch=live_batch)
+    def recording(box: Any, *, inbox_only: bool = False, first_slice: int | None = None) -> Any:
+        result = ingest(box, inbox_only=inbox_only, first_slice=first_slice)
         seen.append({name: polled.new for name, polled in result.folders.items()})
         return result
 
@@ -141,8 +141,9 @@ def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_an
     session_for: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A poll that is not already in a surge takes in and triages FIRST_SLICE mails at
-    most, so the first customers' acknowledgements leave after a small fetch; once in a
+    """A poll that is not already in a surge takes in and triages FIRST_SLICE of the
+    customers' mails at most, so the first acknowledgements leave after a small fetch;
+    the team's replies in Sent are not held back by it (each stops a chase). Once in a
     surge, a poll takes a whole fetch batch and triages TRIAGE_SLICE. A poll after the
     surge starts small again."""
     monkeypatch.setattr(service_module, "FIRST_SLICE", 2)
@@ -151,18 +152,19 @@ def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_an
     service = Service(
         settings_for(box, engine), clock=now, engine=engine, session_factory=session_for
     )
-    seen: list[tuple[int, int, bool]] = []
+    seen: list[tuple[int, int | None, int, bool]] = []
     ingest, triage = service.ingest, service.triage
-    taken: list[int] = []
+    taken: list[tuple[int, int | None]] = []
 
     def recording_ingest(box: Any, **kwargs: Any) -> Any:
         result = ingest(box, **kwargs)
-        taken.append(result.folders["INBOX"].new)
+        sent = result.folders.get("Sent")  # not polled while a surge is taken in
+        taken.append((result.folders["INBOX"].new, sent.new if sent else None))
         return result
 
     def recording_triage(box: Any, limit: int = 5000) -> Any:
         result = triage(box, limit)
-        seen.append((taken[-1], result.triaged, result.more))
+        seen.append((*taken[-1], result.triaged, result.more))
         return result
 
     service.ingest = recording_ingest  # type: ignore[method-assign]
@@ -170,9 +172,10 @@ def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_an
 
     async def run() -> list[bool]:
         try:
-            mores = [await service.poll(box)]  # the empty inbox: nothing is history any more
+            mores = [await service.poll(box)]  # the empty folders: nothing is history any more
             dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(8)])
-            for _ in range(4):
+            dovecot.multiappend(mail_user, "Sent", [mail(n) for n in range(10, 14)])
+            for _ in range(5):
                 mores.append(await service.poll(box))
             dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(20, 25)])
             mores.append(await service.poll(box))
@@ -182,12 +185,13 @@ def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_an
 
     mores = asyncio.run(run())
     assert seen == [
-        (0, 0, False),
-        (2, 2, True),  # not in a surge yet: a first slice of 2 fetched and triaged
-        (6, 3, True),  # in it: the rest of the fetch batch, a slice of 3
-        (0, 3, True),
-        (0, 0, False),  # the surge is over
-        (2, 2, True),  # the next one starts small again
+        (0, 0, 0, False),
+        (2, 4, 2, True),  # not in a surge yet: 2 customers' mails, every team reply
+        (6, None, 3, True),  # in it: the inbox's fetch batch, slices of 3
+        (0, None, 3, True),
+        (0, None, 3, True),
+        (0, None, 1, False),  # the surge is over
+        (2, 0, 2, True),  # the next one starts small again
     ]
-    assert mores == [False, True, True, True, False, True]
-    assert count(engine, message) == 10  # 8, then 2 of the 5: the rest waits for the next poll
+    assert mores == [False, True, True, True, True, False, True]
+    assert count(engine, message) == 14  # 12, then 2 of the 5: the rest waits for the next poll

@@ -522,30 +522,35 @@ def _open_session(
         raise MailboxError(f"mailbox {box.name}: {message}") from exc
 
 
+def _live_batch(box: MailboxSettings, role: Origin, first_slice: int | None) -> int:
+    """How much live mail a poll takes in from a folder of `role` (see MailboxPoller.poll)."""
+    if first_slice is not None and role is Origin.INBOX:
+        return min(box.imap.fetch_batch, first_slice)
+    return box.imap.fetch_batch
+
+
 def _poll_folders(
     engine: Engine,
     session: MailSession,
     box: MailboxSettings,
-    wanted: Sequence[tuple[str, Origin]],
+    wanted: Sequence[tuple[str, Origin, int]],
     clock: Clock,
     progress: Callable[[str, int], None] | None,
-    live_batch: int,
 ) -> MailboxPollResult:
+    """Poll each wanted folder (name, role, how much live mail it takes in)."""
     result = MailboxPollResult(mailbox=box.name)
-    for folder, role in wanted:
+    for folder, role, batch in wanted:
         step = None if progress is None else _bind(progress, folder)
         try:
             where = Folder(engine, box, folder, role, clock)
-            result.folders[folder] = poll_folder(
-                session, where, progress=step, live_batch=live_batch
-            )
+            result.folders[folder] = poll_folder(session, where, progress=step, live_batch=batch)
         except Exception as exc:  # isolate the folder; report loudly
             message = _describe(exc)
             log.warning("mailbox %s folder %s: poll failed: %s", box.name, folder, message)
             result.errors[folder] = message
             _record_errors(engine, box, [folder], message, clock())
             if _connection_lost(exc):
-                rest = [f for f, _ in wanted if f not in result.folders and f != folder]
+                rest = [f for f, *_ in wanted if f not in result.folders and f != folder]
                 _record_errors(engine, box, rest, message, clock())
                 raise MailboxError(f"mailbox {box.name}: {message}") from exc
     return result
@@ -588,12 +593,12 @@ class MailboxPoller:
         *,
         progress: Callable[[str, int], None] | None = None,
         inbox_only: bool = False,
-        live_batch: int | None = None,
+        first_slice: int | None = None,
     ) -> MailboxPollResult:
-        """Every folder's new mail; `inbox_only`: the customers' folders alone (the
-        Sent and Done folders wait: see runtime.service, "the inbox first").
-        `live_batch`: at most so many live mails a folder (never more than the fetch
-        batch, which is the default)."""
+        """Every folder's new mail, live mail a fetch batch at most; `inbox_only`: the
+        customers' folders alone (the Sent and Done folders wait: see runtime.service,
+        "the inbox first"); `first_slice`: the customers' folders' live mail this many
+        at most (the team's replies in Sent and Done are never held back by it)."""
         wanted = watched_folders(self.box)
         polled = [f for f in wanted if f[1] is Origin.INBOX] if inbox_only else wanted
         with self._lock:
@@ -602,9 +607,9 @@ class MailboxPoller:
                     self._session = _open_session(
                         self.engine, self.box, self._factory, wanted, clock
                     )
-                batch = min(live_batch or self.box.imap.fetch_batch, self.box.imap.fetch_batch)
+                batches = [(f, r, _live_batch(self.box, r, first_slice)) for f, r in polled]
                 result = _poll_folders(
-                    self.engine, self._session, self.box, polled, clock, progress, batch
+                    self.engine, self._session, self.box, batches, clock, progress
                 )
             except MailboxError:
                 self._drop()
