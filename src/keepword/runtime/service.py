@@ -185,10 +185,10 @@ class Service:
     # -- daemon.Worker -------------------------------------------------------------------
 
     async def poll(self, mailbox: MailboxSettings) -> bool:
-        """Ingest (live mail: one fetch batch), then triage up to TRIAGE_SLICE messages
-        (FIRST_SLICE of each unless a surge is under way); True if more waits on the
-        server or for triage (the daemon drains what this slice queued and polls again
-        at once)."""
+        """Ingest (live mail: one fetch batch), then triage up to TRIAGE_SLICE messages;
+        unless a surge is under way, FIRST_SLICE of the customers' new mail and of triage.
+        True if more waits on the server or for triage (the daemon drains what this
+        slice queued and polls again at once)."""
         inbox_only = self._inbox_first(mailbox)
         first = None if self._surging.get(mailbox.name) else FIRST_SLICE
         taken = await self._in_thread(
