@@ -222,7 +222,7 @@ def save_case(
     values.update(number=number, reference=reference, prefix=prefix)
     # RETURNING: the row as stored (defaults and all) without a second statement.
     if conn.dialect.name == "postgresql":
-        addresses = sorted({a.lower() for a in correspondents if a})
+        addresses = _addresses(correspondents)
         row = conn.execute(_INSERT_WITH_CORRESPONDENTS, {**values, "addresses": addresses})
         inserted = _to_state(row.one())
     else:
@@ -276,7 +276,7 @@ def add_correspondents(
 ) -> None:
     """Add the addresses the case does not know yet (a case saved in this transaction
     knows none: `new_case` spares the read)."""
-    wanted = {a.lower() for a in addresses if a}
+    wanted = _addresses(addresses)
     if not wanted:
         return
     known = (
@@ -288,9 +288,14 @@ def add_correspondents(
             ).scalars()
         )
     )
-    rows = [{"case_id": case_id, "address": a} for a in sorted(wanted - known)]
+    rows = [{"case_id": case_id, "address": a} for a in wanted if a not in known]
     if rows:
         conn.execute(insert(case_correspondent), rows)
+
+
+def _addresses(addresses: Iterable[str]) -> list[str]:
+    """A case's correspondents as stored: lower-cased, each once, in order; no blanks."""
+    return sorted({a.lower() for a in addresses if a})
 
 
 @dataclass(frozen=True, slots=True)
