@@ -204,23 +204,28 @@ def test_commits_without_a_fence_are_not_checked(engine: Engine) -> None:
 def test_an_outbox_row_is_claimed_by_one_sender_only(engine: Engine) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        entry = outbox.OutboxEntry(
-            "support", None, "acknowledgement", "ack:1", ["c@x.test"], "Re", RAW
-        )
-        outbox.enqueue(conn, entry, now)
-        [row] = outbox.pending(conn, now, mailbox="support")
+        for n in (1, 2):
+            entry = outbox.OutboxEntry(
+                "support", None, "acknowledgement", f"ack:{n}", [f"c{n}@x.test"], "Re",
+                RAW.replace(b"ack-1@", f"ack-{n}@".encode()),
+            )  # fmt: skip
+            outbox.enqueue(conn, entry, now)
+        row, other = outbox.pending(conn, now, mailbox="support")
     first, second = engine.connect(), engine.connect()
     try:
         first.begin()
-        assert outbox.claim_attempt(first, row) == 1  # locked until this sender commits
+        assert outbox.claim_attempts(first, [row]) == {row.id: 1}  # locked until committed
         second.begin()
-        assert outbox.claim_attempt(second, row) is None  # passed by, not waited for
+        # passed by, not waited for; the other row of the same claim is taken
+        assert outbox.claim_attempts(second, [row, other]) == {other.id: 1}
         second.rollback()
         first.commit()
         with second.begin():
-            assert outbox.claim_attempt(second, row) is None  # read before the claim: stale
-            [fresh] = outbox.pending(second, now, mailbox="support")
-            assert outbox.claim_attempt(second, fresh) == 2  # a fresh read may try again
+            assert outbox.claim_attempts(second, [row]) == {}  # read before the claim: stale
+            fresh = outbox.pending(second, now, mailbox="support")[0]
+            assert outbox.claim_attempts(second, [fresh]) == {row.id: 2}  # a fresh read may
+            outbox.release_claims(second, [fresh])  # claimed, never sent: back as read
+            assert outbox.pending(second, now, mailbox="support")[0] == fresh
     finally:
         first.close()
         second.close()

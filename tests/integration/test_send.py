@@ -298,7 +298,7 @@ def test_crash_after_send_with_a_fake_sent_folder(rig: Rig) -> None:
 def test_crash_before_send_is_held_then_sent_after_looking(rig: Rig) -> None:
     row = rig.enqueue_ack()
     with rig.engine.begin() as conn:
-        outbox.begin_attempt(conn, row.id)  # counted, then the daemon died before SMTP
+        outbox.claim_attempts(conn, [row])  # counted, then the daemon died before SMTP
     copy = FakeSentCopy()
     result = rig.drain(sent_copy=copy)
     assert (result.held, result.sent) == (1, 0)  # it may have gone out: not resent blindly
@@ -325,7 +325,7 @@ def test_unknown_sent_folder_state_waits(rig: Rig) -> None:
 
     row = rig.enqueue_ack()
     with rig.engine.begin() as conn:
-        outbox.begin_attempt(conn, row.id)
+        outbox.claim_attempts(conn, [row])
     result = rig.drain(sent_copy=Broken())
     assert result.skipped == 1
     assert rig.server.messages == []

@@ -22,7 +22,7 @@ from keepword.store import outbox
 from keepword.store.tables import case_event
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.smtp import SmtpServer
-from tests.fixtures.waiting import COSTLY, wait_until
+from tests.fixtures.waiting import COSTLY, wait_until, wait_until_async
 from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
 from tests.integration.test_send import rig as rig  # the fixture
 
@@ -173,6 +173,32 @@ def test_a_refused_login_raises_and_leaves_every_row_pending(rig: Rig) -> None:
     assert len(rig.server.messages) == 2
 
 
+def test_a_drain_stopped_mid_send_gives_back_the_mails_it_had_not_handed_over(
+    rig: Rig,
+) -> None:
+    """Attempts are claimed a few rows at a time (send.CLAIM_BATCH); a drain stopped
+    (SIGTERM, the daemon's bounded stop) while the relay holds one mail leaves only
+    that one "unknown": the others claimed with it are pending as they were, due at once
+    and never held for the unknown-outcome wait."""
+    rows = [rig.enqueue_ack(f"ack:{n}", to=f"c{n}@example.org") for n in range(5)]
+    rig.server.delay_data_reply(5.0)
+
+    async def stopped() -> None:
+        servers = Servers(None)
+        task = asyncio.create_task(drain_outbox(rig.engine, rig.settings, rig.box, NOW, servers))
+        assert await wait_until_async(lambda: bool(rig.server.messages))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stopped())
+    stored = [rig.row(row.id) for row in rows]
+    assert [(s.attempts, s.sent_copy) for s in stored] == [(1, "unknown")] + [(0, "pending")] * 4
+    rig.server.heal()
+    again = rig.drain(NOW + timedelta(seconds=1), sent_copy=FakeSentCopy())
+    assert (again.sent, again.held) == (4, 1)  # the one the relay had waits for evidence
+
+
 def test_sent_copies_missed_during_an_imap_outage_are_made_later_exactly_once(
     tmp_path: Path, dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer
 ) -> None:
@@ -217,7 +243,7 @@ def test_rows_that_cannot_be_resolved_never_block_the_rows_behind_them(rig: Rig)
     fresh = rig.enqueue_ack("ack:fresh", to="fresh@example.org")
     with rig.engine.begin() as conn:
         for row in stuck:
-            outbox.begin_attempt(conn, row.id)  # crashed mid-send: outcome unknown
+            outbox.claim_attempts(conn, [row])  # crashed mid-send: outcome unknown
     down = Down()
     first = asyncio_drain(rig, NOW, down, limit=2)
     assert first.skipped == 2

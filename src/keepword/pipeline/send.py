@@ -7,7 +7,8 @@ Order per mail:
    went out (mark sent, never send again); otherwise hold it, or, once held long
    enough, send again (step 2).
 2. Count the attempt, mark the outcome "unknown" and COMMIT (a crash from here on is
-   detectable).
+   detectable), CLAIM_BATCH rows at a time; rows claimed and never handed to the relay
+   (the drain halts or is stopped) are released as they were.
 3. SMTP: `smtp.connections` connections (2 by default: polite to the relay) reused for
    the whole drain, each taking the next row.
 4. APPEND a copy to the Sent folder (when `append_to_sent`): the copy is keepword's own
@@ -96,6 +97,12 @@ COPY_RETRY_CAP = timedelta(hours=1)
 DRAIN_BATCH: Final = 200  # rows read (and withdrawn if stale) at a time
 MAX_DRAIN_BATCHES: Final = 100  # a guard: 20,000 rows, then the next drain goes on
 COPY_BATCH: Final = 50  # Sent copies per MULTIAPPEND
+# Attempts are counted and committed before SMTP (the exactly-once rule) this many rows
+# at a time: a commit per mail blocked the event loop, and with it every connection
+# (bench/surge.py). A crash can leave this many mails claimed and not yet sent
+# "unknown": they are looked up in Sent after `unknown_outcome_wait`, like any unknown
+# outcome; a drain that stops (relay down, SIGTERM) releases them as they were.
+CLAIM_BATCH: Final = 8
 # What leaves first: the customer waits on it, the team reads it, the digest sums up.
 SEND_ORDER: Final[dict[str, int]] = {
     OutboxKind.ACKNOWLEDGEMENT.value: 0,
@@ -390,6 +397,7 @@ async def _send_due(run: _Run, rows: list[outbox.OutboxRow], servers: Servers) -
             *(drain.work(sender, primary=index == 0) for index, sender in enumerate(senders))
         )
     finally:
+        drain.release()
         await asyncio.gather(*(sender.close() for sender in senders))
     if drain.crash is not None:
         raise drain.crash  # a bug or a crash: what was not recorded is resolved next time
@@ -414,7 +422,10 @@ class _Drain:
 
     run: _Run
     rows: list[outbox.OutboxRow]
-    queue: deque[outbox.OutboxRow] = field(init=False)
+    queue: deque[outbox.OutboxRow] = field(init=False)  # read, not yet claimed
+    # Claimed (attempt counted and committed), not yet handed to the relay: the rows as
+    # read, with their attempt count now. Released as they were when the drain stops.
+    claimed: deque[tuple[outbox.OutboxRow, int]] = field(default_factory=deque)
     copies: list[_Accepted] = field(default_factory=list)
     halted: tuple[str, list[outbox.OutboxRow]] | None = None  # why, and the rows left
     crash: BaseException | None = None
@@ -443,27 +454,28 @@ class _Drain:
             raise
         except BaseException as exc:
             self.crash = self.crash or exc
-            self.halted = self.halted or (str(exc), [])
+            self._halt(str(exc))
         finally:
             self.primary_up.set()
 
     async def _work(self, sender: SmtpSender, primary: bool) -> None:
-        while self.queue and self.halted is None and self.crash is None:
-            row = self.queue.popleft()
+        while self.halted is None and self.crash is None:
+            taken = self._take()
+            if taken is None:
+                return
             try:
-                accepted = await _deliver(self.run, row, sender)
-            except SmtpConnectError as exc:
+                accepted = await self._send(sender, *taken)
+            except SmtpConnectError as exc:  # the row is back in the queue or claimed
                 if not primary and self.connected:  # the relay takes fewer connections
-                    self.queue.appendleft(row)
                     log.info(
                         "mailbox %s: one SMTP connection fewer: %s", self.run.mailbox.name, exc
                     )
                     return
-                self._halt(str(exc), [row, *self.queue])
+                self._halt(str(exc))
                 return
             except _RelaySilentError as exc:
                 # A relay that took a message and went silent: do not feed it more now.
-                self._halt(str(exc), list(self.queue))
+                self._halt(str(exc))
                 return
             finally:
                 if primary:
@@ -472,10 +484,71 @@ class _Drain:
             if accepted is not None:
                 await self.accepted(accepted)
 
-    def _halt(self, error: str, waiting: list[outbox.OutboxRow]) -> None:
+    def _take(self) -> tuple[outbox.OutboxRow, int | None] | None:
+        """The next row with its attempt count, claimed CLAIM_BATCH at a time; None for
+        the count of a row whose last outcome is unknown (it is looked up first)."""
+        while not self.claimed and self.queue:
+            if self.queue[0].sent_copy in outbox.UNKNOWN_OUTCOME:
+                return self.queue.popleft(), None
+            chunk: list[outbox.OutboxRow] = []
+            while self.queue and len(chunk) < CLAIM_BATCH:
+                if self.queue[0].sent_copy in outbox.UNKNOWN_OUTCOME:
+                    break
+                chunk.append(self.queue.popleft())
+            with self.run.engine.begin() as conn:
+                counts = outbox.claim_attempts(conn, chunk)
+            # A row left out changed since it was read (another sender has it): passed by.
+            self.claimed.extend((row, counts[row.id]) for row in chunk if row.id in counts)
+        return self.claimed.popleft() if self.claimed else None
+
+    async def _send(
+        self, sender: SmtpSender, row: outbox.OutboxRow, attempts: int | None
+    ) -> _Accepted | None:
+        """Send one row; the relay's acceptance, or None when the row was dealt with."""
+        run = self.run
+        resend = attempts is None
+        if attempts is None and await _resolve_unknown(run, row):
+            return None
+        if not sender.connected:
+            try:
+                await sender.connect()  # nothing counted for a row yet unclaimed
+            except SmtpConnectError:
+                if attempts is None:
+                    self.queue.appendleft(row)
+                else:
+                    self.claimed.appendleft((row, attempts))
+                raise
+        if attempts is None:
+            with run.engine.begin() as conn:
+                attempts = outbox.claim_attempts(conn, [row]).get(row.id)
+            if attempts is None:
+                return None  # another sender has it
+        try:
+            return await _deliver(run, row, sender, attempts, resend=resend)
+        except SmtpConnectError:
+            self.queue.appendleft(row)  # refused before the relay took it: as it was read
+            raise
+
+    def _halt(self, error: str) -> None:
+        """Stop taking rows; what waits: the claimed rows and the queue, as read."""
         if self.halted is None:
+            waiting = [row for row, _ in self.claimed] + list(self.queue)
             self.halted = (error, waiting)
             self.queue.clear()
+
+    def release(self) -> None:
+        """Rows claimed and never handed to the relay go back as they were read."""
+        rows = [row for row, _ in self.claimed]
+        self.claimed.clear()
+        if not rows:
+            return
+        try:
+            with self.run.engine.begin() as conn:
+                outbox.release_claims(conn, rows)
+        except Exception:  # they stay "unknown": looked up in Sent after the wait
+            log.exception(
+                "mailbox %s: %d claimed mails not released", self.run.mailbox.name, len(rows)
+            )
 
     async def accepted(self, mail: _Accepted) -> None:
         if not self.copying:
@@ -552,20 +625,13 @@ def _dry_run(run: _Run, rows: list[outbox.OutboxRow]) -> None:
         run.result.dry_run += 1
 
 
-async def _deliver(run: _Run, row: outbox.OutboxRow, sender: SmtpSender) -> _Accepted | None:
-    """Send one row; the relay's acceptance, or None when the row was dealt with."""
-    engine, mailbox, now = run.engine, run.mailbox, run.now
-    resend = False
-    if row.sent_copy in outbox.UNKNOWN_OUTCOME:
-        if await _resolve_unknown(run, row):
-            return None
-        resend = True
-    if not sender.connected:
-        await sender.connect()  # SmtpConnectError stops the drain before anything is counted
-    with engine.begin() as conn:
-        attempts = outbox.begin_attempt(conn, row.id)
+async def _deliver(
+    run: _Run, row: outbox.OutboxRow, sender: SmtpSender, attempts: int, *, resend: bool
+) -> _Accepted | None:
+    """Send one claimed row; the relay's acceptance, or None when the row was dealt with."""
+    engine, now = run.engine, run.now
     try:
-        refused = await sender.send(mailbox.address, row.recipients, row.raw)
+        refused = await sender.send(run.mailbox.address, row.recipients, row.raw)
     except SmtpPermanentError as exc:
         _fail(run, row, str(exc))
         return None

@@ -4,7 +4,8 @@ A row is written in the same transaction as the decision that caused it; its
 `dedup_key` makes the decision idempotent (deciding twice enqueues once) and its
 `message_id` (deterministic, see mail.compose) lets a retry after a crash look for the
 mail in the Sent folder. `attempts` is counted and committed *before* each SMTP
-transaction, together with `sent_copy = "unknown"`.
+transaction, together with `sent_copy = "unknown"` (`claim_attempts`: a few rows at a
+time; rows claimed and then not handed to the relay are released as they were).
 
 `sent_copy` says what is known about the mail's way out and its copy in Sent.
 While the row is pending:
@@ -260,11 +261,29 @@ UNKNOWN_OUTCOME = ("unknown", "held")  # sent_copy of a pending row that may hav
 
 
 # The drain runs these for every mail: built once (issue 14; see store.cases._LOAD).
-_BEGIN_ATTEMPT = (
+_CLAIMABLE = (
+    select(outbox.c.id, outbox.c.attempts)
+    .where(
+        outbox.c.id.in_(bindparam("row_ids", expanding=True)),
+        outbox.c.state == OutboxState.PENDING.value,
+    )
+    .with_for_update(skip_locked=True)
+)
+_BEGIN_ATTEMPTS = (
     update(outbox)
-    .where(outbox.c.id == bindparam("row_id"))
+    .where(outbox.c.id.in_(bindparam("row_ids", expanding=True)))
     .values(attempts=outbox.c.attempts + 1, sent_copy="unknown")
-    .returning(outbox.c.attempts)
+    .returning(outbox.c.id, outbox.c.attempts)
+)
+_RELEASE = (
+    update(outbox)
+    .where(
+        outbox.c.id == bindparam("row_id"),
+        outbox.c.state == OutboxState.PENDING.value,
+        outbox.c.attempts == bindparam("claimed"),
+        outbox.c.sent_copy == "unknown",
+    )
+    .values(attempts=bindparam("count_before"), sent_copy=bindparam("copy_before"))
 )
 _MARK_SENT = (
     update(outbox)
@@ -279,33 +298,45 @@ _MARK_SENT = (
 )
 
 
-def begin_attempt(conn: Connection, row_id: int) -> int:
-    """Count an attempt before sending; returns the new count. Commit before SMTP.
+def claim_attempts(conn: Connection, rows: Sequence[OutboxRow]) -> dict[int, int]:
+    """Count an attempt for each row still as the sender read it: {row id: new count}.
 
-    Until its outcome is recorded the attempt may have gone out: a crash leaves the row
-    "unknown", and the next drain looks for it before sending again.
+    Commit before SMTP. Until its outcome is recorded an attempt may have gone out: a
+    crash leaves the row "unknown", and the next drain looks for it before sending
+    again. A row another sender changed or holds is left out: several senders may read
+    the same due row (instances on one PostgreSQL beside each other; the mailbox lease
+    makes it rare, this makes it harmless), so rows are locked `FOR UPDATE SKIP LOCKED`
+    (a sender claiming one this instant is passed by, never waited for) and must still
+    be pending with the attempt count that was read.
     """
-    return int(conn.execute(_BEGIN_ATTEMPT, {"row_id": row_id}).scalar_one())
+    if not rows:
+        return {}
+    read = {row.id: row.attempts for row in rows}
+    still = conn.execute(_CLAIMABLE, {"row_ids": list(read)}).all()
+    ids = [row_id for row_id, attempts in still if read[row_id] == attempts]
+    if not ids:
+        return {}
+    return {
+        int(row_id): int(attempts)
+        for row_id, attempts in conn.execute(_BEGIN_ATTEMPTS, {"row_ids": ids}).all()
+    }
 
 
-def claim_attempt(conn: Connection, row: OutboxRow) -> int | None:
-    """begin_attempt, only if the row is still as the sender read it; None if another has it.
-
-    Several senders may read the same due row (instances on one PostgreSQL beside each
-    other; the mailbox lease makes it rare, this makes it harmless): the row is locked
-    `FOR UPDATE SKIP LOCKED` (a sender claiming it this instant is passed by, never
-    waited for) and must still be pending with the attempt count that was read.
-    """
-    still = conn.execute(
-        select(outbox.c.id)
-        .where(
-            outbox.c.id == row.id,
-            outbox.c.state == OutboxState.PENDING.value,
-            outbox.c.attempts == row.attempts,
+def release_claims(conn: Connection, rows: Sequence[OutboxRow]) -> None:
+    """Claimed, never handed to the relay: each row back as it was read (rows as read)."""
+    if rows:
+        conn.execute(
+            _RELEASE,
+            [
+                {
+                    "row_id": r.id,
+                    "claimed": r.attempts + 1,
+                    "count_before": r.attempts,
+                    "copy_before": r.sent_copy,
+                }
+                for r in rows
+            ],
         )
-        .with_for_update(skip_locked=True)
-    ).first()
-    return None if still is None else begin_attempt(conn, row.id)
 
 
 def mark_sent(
