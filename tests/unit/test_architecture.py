@@ -36,6 +36,7 @@ SHELL_PACKAGES = {"sqlalchemy", "alembic", "imapclient", "aiosmtplib", "apschedu
 # The use cases that talk to a mail server, and the adapters each really uses.
 ADAPTERS_OF_USE_CASE: dict[str, set[str]] = {
     "ingest": {"imap", "credentials"},
+    "prefetch": {"imap", "credentials"},  # ingest's worker process
     "send": {"imap", "smtp", "credentials", "metrics"},
 }
 

@@ -18,13 +18,14 @@ from UID 0: known mail dedups by identity, unknown mail is stored as new.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -36,6 +37,7 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
 from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
+from keepword.pipeline.prefetch import Asked, Prefetcher
 from keepword.store import messages as store
 from keepword.store.messages import StoreItem
 
@@ -132,6 +134,8 @@ class Folder:
     name: str
     role: Origin
     now: Clock
+    # A surge's next batch of live mail, fetched and parsed meanwhile (pipeline.prefetch).
+    prefetch: Prefetcher | None = None
 
 
 def poll_folder(
@@ -175,19 +179,22 @@ def poll_folder(
     new = known = quarantined = 0
     uids = session.new_uids(folder, after_uid)
     more = live_batch is not None and history_done and len(uids) > live_batch
+    following: list[int] = []
     if more:  # a surge of live mail: one batch a poll, triaged and answered before the next
-        uids = uids[:live_batch]
+        uids, following = uids[:live_batch], uids[live_batch:]
     if plan is not None:
         plan(len(uids))
+    early = _take_prefetched(where, status.uidvalidity, uids) if history_done else None
+    rest = uids[len(early[0]) :] if early is not None else uids
     max_bytes = box.imap.fetch_batch_bytes
-    batches = _batches(session, uids, box.imap.fetch_batch, max_bytes)
-    parallel = len(uids) >= PARALLEL_PARSE_MIN
+    batches = _batches(session, rest, box.imap.fetch_batch, max_bytes)
+    parallel = len(rest) >= PARALLEL_PARSE_MIN
     largest = 0
     # closing(): the fetch thread and parse worker are stopped before this returns or
     # raises, so the caller may use the session again right away.
     parsed = _parsed_batches(session, batches, parallel=parallel, max_bytes=max_bytes)
     with contextlib.closing(parsed) as stream:
-        for batch, items in stream:
+        for batch, items in itertools.chain([early] if early else [], stream):
             added, seen, held = _store_parsed(
                 where, status.uidvalidity, batch, items, history_below
             )
@@ -196,6 +203,8 @@ def poll_folder(
             del items  # stored: let it go before the next batch is parsed
             if progress is not None:
                 progress(len(batch))
+    if following and where.prefetch is not None and where.role is Origin.INBOX:
+        _ask_next(session, where, status.uidvalidity, following)  # the customers' mail
     _release_folder(session)  # new_uids EXAMINEd the folder, even if it found nothing
     with engine.begin() as conn:
         # Every UID below this STATUS's UIDNEXT has been searched for and taken in (or
@@ -215,6 +224,35 @@ def poll_folder(
         largest_batch_bytes=largest,
         more=more,
     )
+
+
+def _take_prefetched(
+    where: Folder, uidvalidity: int, uids: Sequence[int]
+) -> tuple[list[int], list[StoreItem]] | None:
+    """The first of `uids` as the worker fetched and parsed them, if it did (the UIDs it
+    covered, the mails it found); None: the poll fetches them itself."""
+    if where.prefetch is None:
+        return None
+    taken = where.prefetch.take(where.name, uidvalidity, uids)
+    if taken is None:
+        return None
+    covered, fetched = taken
+    items = [StoreItem(uid=u, raw=raw, parsed=p, received_at=at) for u, raw, p, at in fetched]
+    return list(covered), items
+
+
+def _ask_next(session: MailSession, where: Folder, uidvalidity: int, following: list[int]) -> None:
+    """Have the worker fetch and parse the next poll's batch while this one's is triaged
+    (one fetch batch, capped in bytes like the poll's own; a mail bigger than the cap is
+    left to the poll)."""
+    assert where.prefetch is not None
+    imap = where.box.imap
+    ahead = following[: imap.fetch_batch]
+    sizes = session.message_sizes(ahead)
+    first = next(byte_capped(ahead, sizes, imap.fetch_batch, imap.fetch_batch_bytes), [])
+    if sum(sizes.get(uid, 0) for uid in first) > imap.fetch_batch_bytes:
+        first = []
+    where.prefetch.ask(Asked(where.name, uidvalidity, tuple(first)))
 
 
 def _rescan(where: Folder, cursor: store.FolderCursor | None, status: FolderStatusLike) -> None:
@@ -530,19 +568,19 @@ def _live_batch(box: MailboxSettings, role: Origin, first_slice: int | None) -> 
 
 
 def _poll_folders(
-    engine: Engine,
     session: MailSession,
-    box: MailboxSettings,
+    mailbox: Folder,
     wanted: Sequence[tuple[str, Origin, int]],
-    clock: Clock,
     progress: Callable[[str, int], None] | None,
 ) -> MailboxPollResult:
-    """Poll each wanted folder (name, role, how much live mail it takes in)."""
+    """Poll each wanted folder (name, role, how much live mail it takes in) of the
+    mailbox (`mailbox`: where its mail is stored; each folder's name and role its own)."""
+    engine, box, clock = mailbox.engine, mailbox.box, mailbox.now
     result = MailboxPollResult(mailbox=box.name)
     for folder, role, batch in wanted:
         step = None if progress is None else _bind(progress, folder)
         try:
-            where = Folder(engine, box, folder, role, clock)
+            where = replace(mailbox, name=folder, role=role)
             result.folders[folder] = poll_folder(session, where, progress=step, live_batch=batch)
         except Exception as exc:  # isolate the folder; report loudly
             message = _describe(exc)
@@ -586,6 +624,8 @@ class MailboxPoller:
         self._factory = session_factory or default_session_factory(settings)
         self._session: MailSession | None = None
         self._lock = threading.Lock()
+        # Over real IMAP (not a test's sessions), a surge's next batch is prefetched.
+        self.prefetch = Prefetcher(box.imap) if session_factory is None else None
 
     def poll(
         self,
@@ -608,12 +648,13 @@ class MailboxPoller:
                         self.engine, self.box, self._factory, wanted, clock
                     )
                 batches = [(f, r, _live_batch(self.box, r, first_slice)) for f, r in polled]
-                result = _poll_folders(
-                    self.engine, self._session, self.box, batches, clock, progress
-                )
+                mailbox = Folder(self.engine, self.box, "", Origin.INBOX, clock, self.prefetch)
+                result = _poll_folders(self._session, mailbox, batches, progress)
             except MailboxError:
                 self._drop()
                 raise
+            if self.prefetch is not None and not any(r.more for r in result.folders.values()):
+                self.prefetch.stop()  # the surge is over (or there was none): no worker
             return result
 
     def close(self) -> None:
@@ -621,6 +662,8 @@ class MailboxPoller:
             self._drop()
 
     def _drop(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.stop(wait=False)  # a stop or an error: wait for no fetch under way
         session, self._session = self._session, None
         if session is not None:
             _close_quietly(session, self.box)

@@ -279,18 +279,18 @@ def add_correspondents(
     wanted = _addresses(addresses)
     if not wanted:
         return
-    known = (
-        set()
-        if new_case
-        else set(
-            conn.execute(
-                select(case_correspondent.c.address).where(case_correspondent.c.case_id == case_id)
-            ).scalars()
-        )
-    )
+    read = () if new_case else conn.execute(_CORRESPONDENTS, {"case_id": case_id}).scalars()
+    known = set(read)
     rows = [{"case_id": case_id, "address": a} for a in wanted if a not in known]
     if rows:
-        conn.execute(insert(case_correspondent), rows)
+        conn.execute(_ADD_CORRESPONDENTS, rows)
+
+
+# Triage runs these for most messages: built once (see _LOAD).
+_CORRESPONDENTS = select(case_correspondent.c.address).where(
+    case_correspondent.c.case_id == bindparam("case_id")
+)
+_ADD_CORRESPONDENTS = insert(case_correspondent)
 
 
 def _addresses(addresses: Iterable[str]) -> list[str]:

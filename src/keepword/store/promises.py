@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, func, insert, select, update
 
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.chase import held_back_note
@@ -37,12 +37,17 @@ def to_promise(row: Row[Any]) -> Promise:
 
 
 def open_promises(conn: Connection, case_id: int) -> list[Promise]:
-    query = (
-        select(promise)
-        .where(and_(promise.c.case_id == case_id, promise.c.state == PromiseState.OPEN.value))
-        .order_by(promise.c.due_at, promise.c.id)
+    return [to_promise(row) for row in conn.execute(_OPEN_PROMISES, {"case_id": case_id})]
+
+
+# Built once: triage reads a case's open promises for every team reply (see store.cases._LOAD).
+_OPEN_PROMISES = (
+    select(promise)
+    .where(
+        and_(promise.c.case_id == bindparam("case_id"), promise.c.state == PromiseState.OPEN.value)
     )
-    return [to_promise(row) for row in conn.execute(query)]
+    .order_by(promise.c.due_at, promise.c.id)
+)
 
 
 _INSERT = insert(promise)  # built once: every acknowledgement inserts a promise

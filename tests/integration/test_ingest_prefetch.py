@@ -1,0 +1,118 @@
+"""A surge's next batch of live mail is fetched and parsed by a worker process while the
+daemon triages the last one (pipeline.prefetch), on the real Dovecot: every mail stored
+once and byte for byte as the server holds it, whatever happens to the mailbox or the
+worker meanwhile, and no worker process once the surge is over."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from sqlalchemy import Engine
+
+from keepword.pipeline.ingest import MailboxPoller
+from keepword.store.tables import message
+from tests.fixtures.dovecot import Dovecot
+from tests.integration.test_ingest import (
+    count,
+    cursor,
+    engine,  # noqa: F401 - the fixture
+    locations,
+    mail,
+    mailbox_for,
+    now,
+    server_messages,
+    settings_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def surge_poller(dovecot: Dovecot, user: str, engine: Engine) -> MailboxPoller:  # noqa: F811
+    """A poller over real IMAP sessions (as the daemon's) whose history is in: two mails."""
+    dovecot.multiappend(user, "INBOX", [mail(n) for n in range(2)])
+    box = mailbox_for(dovecot, user, fetch_batch=4)
+    poller = MailboxPoller(engine, settings_for(box, engine), box)
+    assert poller.poll(now).folders["INBOX"].new == 2
+    dovecot.multiappend(user, "INBOX", [mail(n) for n in range(10, 21)])  # 11 at once
+    return poller
+
+
+def polls(poller: MailboxPoller, count: int) -> list[tuple[int, bool]]:
+    taken = []
+    for _ in range(count):
+        result = poller.poll(now)
+        taken.append((result.folders["INBOX"].new, result.more))
+    return taken
+
+
+def stored_as_on_the_server(dovecot: Dovecot, user: str, engine: Engine) -> None:  # noqa: F811
+    rows = locations(engine)
+    assert {row.uid: bytes(row.raw) for row in rows} == server_messages(dovecot, user)
+    assert count(engine, message) == len(rows)
+    assert cursor(engine).last_uid == max(row.uid for row in rows)
+
+
+def test_a_surge_is_prefetched_batch_by_batch_and_stored_exactly_once(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+) -> None:
+    poller = surge_poller(dovecot, mail_user, engine)
+    assert poller.prefetch is not None and not poller.prefetch.running
+    try:
+        assert polls(poller, 3) == [(4, True), (4, True), (3, False)]
+        assert poller.prefetch.taken == 7  # the second and third polls took the worker's
+        assert not poller.prefetch.running  # stopped with the surge
+        assert not multiprocessing.active_children()
+    finally:
+        poller.close()
+    stored_as_on_the_server(dovecot, mail_user, engine)
+    assert len(locations(engine)) == 13
+
+
+def test_a_prefetch_of_mail_expunged_meanwhile_is_dropped_and_the_poll_fetches_itself(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+) -> None:
+    poller = surge_poller(dovecot, mail_user, engine)
+    assert poller.prefetch is not None
+    try:
+        assert polls(poller, 1) == [(4, True)]  # UIDs 3-6 in; 7-10 asked of the worker
+        with dovecot.client(mail_user) as imap:  # a colleague deletes one of them
+            imap.select_folder("INBOX")
+            imap.delete_messages([8])
+            imap.expunge()
+        assert polls(poller, 2) == [(4, True), (2, False)]
+        # 7-10 were not the UIDs the poll wanted (7, 9, 10, 11): dropped; it asked for
+        # 12-13 next, and the last poll took those
+        assert poller.prefetch.taken == 2
+    finally:
+        poller.close()
+    stored_as_on_the_server(dovecot, mail_user, engine)
+    assert [row.uid for row in locations(engine)] == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13]
+
+
+def test_a_worker_that_dies_costs_no_mail(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    poller = surge_poller(dovecot, mail_user, engine)
+    assert poller.prefetch is not None
+    try:
+        assert polls(poller, 1) == [(4, True)]
+        assert poller.prefetch.running
+        for worker in multiprocessing.active_children():
+            worker.kill()  # the OOM killer, say
+            worker.join()
+        assert polls(poller, 1) == [(4, True)]  # fetched here instead
+        assert "prefetch failed" in caplog.text
+        assert polls(poller, 1) == [(3, False)]  # a new worker took the last batch
+        assert poller.prefetch.taken == 3
+    finally:
+        poller.close()
+    stored_as_on_the_server(dovecot, mail_user, engine)
+    assert not multiprocessing.active_children()
