@@ -570,10 +570,13 @@ class _Drain:
     def _record(self, batch: list[_Accepted], *, copied: int) -> None:
         """Mark sent in one transaction; the first `copied` of batch have their copy."""
         mailbox, now, result = self.run.mailbox, self.run.now, self.run.result
+        states = [
+            _sent_state(mailbox, mail.row, now, (index < copied) if self.copying else None)
+            for index, mail in enumerate(batch)
+        ]
         with self.run.engine.begin() as conn:
-            for index, mail in enumerate(batch):
-                made = (index < copied) if self.copying else None
-                _record_sent(conn, mailbox, mail.row, now, made)
+            outbox.mark_all_sent(conn, now, states)
+            for mail in batch:
                 if mail.refused and mail.row.case_id is not None:
                     refused = ", ".join(f"{a} ({e})" for a, e in mail.refused.items())
                     detail = f"{mail.row.kind} refused for {refused}"
@@ -650,27 +653,21 @@ async def _deliver(
     return _Accepted(row, refused, resend)
 
 
-def _record_sent(
-    conn: Connection,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    now: datetime,
-    copied: bool | None,
-) -> None:
+def _sent_state(
+    mailbox: MailboxSettings, row: outbox.OutboxRow, now: datetime, copied: bool | None
+) -> outbox.SentState:
+    """What to record for a row the relay took (copied: its Sent copy; None: none wanted)."""
     if copied is None:
-        outbox.mark_sent(conn, row.id, now, sent_copy="skipped")
-    elif copied:
-        outbox.mark_sent(conn, row.id, now, sent_copy="done")
-    else:
-        log.warning(
-            "mailbox %s: copy of %s %s to Sent failed; retried later",
-            mailbox.name,
-            row.kind,
-            row.message_id,
-        )
-        outbox.mark_sent(
-            conn, row.id, now, sent_copy="failed", copy_retry_at=now + COPY_RETRY_FIRST
-        )
+        return outbox.SentState(row.id, "skipped")
+    if copied:
+        return outbox.SentState(row.id, "done")
+    log.warning(
+        "mailbox %s: copy of %s %s to Sent failed; retried later",
+        mailbox.name,
+        row.kind,
+        row.message_id,
+    )
+    return outbox.SentState(row.id, "failed", now + COPY_RETRY_FIRST)
 
 
 async def _resolve_unknown(run: _Run, row: outbox.OutboxRow) -> bool:

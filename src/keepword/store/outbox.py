@@ -348,10 +348,33 @@ def mark_sent(
     copy_retry_at: datetime | None = None,
 ) -> None:
     """Sent; `copy_retry_at` is when a failed copy to Sent is tried again."""
-    conn.execute(
-        _MARK_SENT,
-        {"row_id": row_id, "now": now, "copy_retry_at": copy_retry_at, "sent_copy": sent_copy},
-    )
+    mark_all_sent(conn, now, [SentState(row_id, sent_copy, copy_retry_at)])
+
+
+@dataclass(frozen=True, slots=True)
+class SentState:
+    """A row gone out, and what is known of its copy in Sent (see the module docstring)."""
+
+    row_id: int
+    sent_copy: str
+    copy_retry_at: datetime | None = None  # a failed copy: when it is tried again
+
+
+def mark_all_sent(conn: Connection, now: datetime, rows: Sequence[SentState]) -> None:
+    """mark_sent for many rows in one statement (a drain records a batch at a time)."""
+    if rows:
+        conn.execute(
+            _MARK_SENT,
+            [
+                {
+                    "row_id": r.row_id,
+                    "now": now,
+                    "copy_retry_at": r.copy_retry_at,
+                    "sent_copy": r.sent_copy,
+                }
+                for r in rows
+            ],
+        )
 
 
 def mark_retry(
