@@ -49,9 +49,11 @@ def acknowledge_case(
     case: cases.CaseState,
     facts: MessageFacts,
     decision: acknowledge.Decision,
+    new_case: bool = False,
 ) -> None:
     """Queue the acknowledgement or follow-up note `decision` earned, with its promise
-    and case events; called by triage inside the message's transaction."""
+    and case events; called by triage inside the message's transaction (`new_case`: the
+    message opened the case, so nothing of it can be queued yet)."""
     assert case.id is not None and decision.send is not None
     box, now = desk.box, desk.now
     first = decision.send is OutboxKind.ACKNOWLEDGEMENT
@@ -84,14 +86,12 @@ def acknowledge_case(
         now=now,
         answering=Answering(recipient, facts.message_id, facts.references),
     )
-    queued = outbox_store.enqueue_mail(
-        conn,
-        mail,
-        body,
-        mailbox=box.name,
-        case_id=case.id,
+    entry = outbox_store.mail_entry(
+        conn, mail, body, mailbox=box.name, case_id=case.id,
         not_before=slot if decision.held else None,
-    )
+    )  # fmt: skip
+    # A new case's acknowledgement is written at the batch's end (store.deferred).
+    queued = outbox_store.enqueue(conn, entry, mail.date, fresh=first and new_case)
     if not queued:
         return
     desk.note_planned(recipient, slot)  # the limits count it for the rest of the run
@@ -218,7 +218,7 @@ def record_promise(
     conn: Connection, case_id: int, kind: PromiseKind, window: Window, now: datetime
 ) -> None:
     made = make_promise(case_id, kind, PromiseAudience.CUSTOMER, now, window, window.explain())
-    promise_store.insert_promise(conn, made)
+    promise_store.record_promise(conn, made)
     case_store.add_events(
         conn,
         case_id,

@@ -113,8 +113,9 @@ class TriageResult:
 
 
 # Called inside the message's transaction when a case earns an acknowledgement or note.
+# (..., the decision, whether the message opened the case)
 Acknowledger = Callable[
-    [Connection, MailboxContext, cases.CaseState, MessageFacts, acknowledge.Decision], None
+    [Connection, MailboxContext, cases.CaseState, MessageFacts, acknowledge.Decision, bool], None
 ]
 
 
@@ -829,7 +830,7 @@ def _acknowledge_if_due(
             "mailbox %s: %s earns an acknowledgement but none is wired", box.name, current.reference
         )
         return False
-    run.acknowledger(conn, run.desk, current, facts, decision)
+    run.acknowledger(conn, run.desk, current, facts, decision, new_case)
     return True
 
 

@@ -4,7 +4,10 @@ On PostgreSQL every statement is a round trip; a batch's timeline events and the
 records of its messages are only read back within the batch in one place: the mail a
 later message of the batch references (store.cases.referenced_mail answers from
 `DeferredWrites.references` what the store does not hold yet). A command mail, whose
-update answers the customer's last mail, flushes first (`flush`).
+update answers the customer's last mail, flushes first (`flush`). A new case's
+acknowledgement (its outbox row and its promise) waits here as well; every function of
+store.outbox, store.promises and store.history that reads or changes those tables
+flushes first (`settle`), so the batch reads what one message at a time would.
 
 Used only by a batch without savepoints (pipeline.triage): a failing message rolls the
 whole batch back, so nothing written here can outlive the message that wrote it.
@@ -54,6 +57,15 @@ def deferred(conn: Connection) -> DeferredWrites | None:
     """The writes waiting on this connection, if it defers."""
     found: DeferredWrites | None = conn.info.get(_KEY)
     return found
+
+
+def settle(conn: Connection) -> None:
+    """Before a read or write of the outbox or the promises: a batch's acknowledgements
+    and promises wait here too (pipeline.acknowledge), and a later message of the batch
+    must find them (a second mail of the same new customer is not acknowledged twice)."""
+    writes = deferred(conn)
+    if writes is not None and writes.rows:
+        flush(conn)
 
 
 def flush(conn: Connection) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, func, select
 from keepword.domain.model import CaseStatus, PromiseState
 from keepword.domain.predict import HistoryCase, Outcome
 from keepword.domain.windows import writes_like_a_robot
+from keepword.store.deferred import settle
 from keepword.store.promises import first_customer_promise_of
 from keepword.store.tables import case, promise
 
@@ -48,6 +49,7 @@ def response_history(
     `robot_cases_per_day` the cases of an address that writes like a robot
     (domain.windows.writes_like_a_robot: no queue a person waits in).
     """
+    settle(conn)
     unanswered = case.c.first_response_at.is_(None)
     conditions = [
         case.c.mailbox == mailbox,
@@ -84,6 +86,7 @@ def first_response_outcomes(conn: Connection, mailbox: str, since: datetime) -> 
     """The customer first-response promises made since `since`, with the case's first
     response: kept or missed is judged against the promise's own due time, whatever
     updates superseded it later."""
+    settle(conn)
     query = (
         select(promise.c.made_at, promise.c.due_at, case.c.first_response_at)
         .join(case, case.c.id == promise.c.case_id)
@@ -108,6 +111,7 @@ def predictor_fingerprint(conn: Connection, mailbox: str) -> tuple[int, ...]:
     """What any write to the mailbox's cases or customer first-response promises changes
     (every case write raises its version; a promise is inserted or withdrawn): equal
     before and after, no build of the predictor could tell the two apart."""
+    settle(conn)
     cases = select(
         func.count(),
         func.coalesce(func.sum(case.c.version), 0),
@@ -130,6 +134,7 @@ def next_promise_due(conn: Connection, mailbox: str, after: datetime) -> datetim
     """When the mailbox's next unresolved customer first-response promise falls due (at
     or after `after`; superseded ones too: each is judged by its own due time): from
     then on a build counts it missed."""
+    settle(conn)
     query = (
         select(func.min(promise.c.due_at))
         .join(case, case.c.id == promise.c.case_id)

@@ -49,6 +49,7 @@ from keepword.domain.outbox import CaseNow
 from keepword.mail.compose import OutgoingMail, compose_bytes
 from keepword.mail.render import Rendered
 from keepword.store.cases import add_events
+from keepword.store.deferred import deferred, settle
 from keepword.store.secret import message_id_secret
 from keepword.store.tables import UtcDateTime, case, outbox
 
@@ -132,10 +133,18 @@ _ENQUEUE = {
     .returning(outbox.c.id)
     for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
 }
+_ENQUEUE_LATER = {  # the same, many rows at once: nothing to return
+    dialect: insert(outbox).on_conflict_do_nothing(index_elements=["dedup_key"])
+    for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
 
 
-def enqueue(conn: Connection, entry: OutboxEntry, now: datetime) -> bool:
-    """Record a mail to send (created `now`); False when its decision was already recorded."""
+def enqueue(conn: Connection, entry: OutboxEntry, now: datetime, *, fresh: bool = False) -> bool:
+    """Record a mail to send (created `now`); False when its decision was already recorded.
+
+    `fresh`: no mail of this decision can be recorded yet (a new case's acknowledgement):
+    in a batch that defers its writes it is written at the batch's end (store.deferred).
+    """
     row = {
         "mailbox": entry.mailbox,
         "case_id": entry.case_id,
@@ -151,6 +160,11 @@ def enqueue(conn: Connection, entry: OutboxEntry, now: datetime) -> bool:
         "created_at": now,
         "sent_copy": "pending",
     }
+    waiting = deferred(conn) if fresh else None
+    if waiting is not None:
+        waiting.add(_ENQUEUE_LATER[conn.dialect.name], [row])
+        return True
+    settle(conn)
     return conn.execute(_ENQUEUE[conn.dialect.name], row).first() is not None
 
 
@@ -169,9 +183,23 @@ def enqueue_mail(
     store write: the use cases that decide on mail never touch SMTP or IMAP). `not_before`:
     a rate limit holds it back until then.
     """
+    entry = mail_entry(conn, mail, body, mailbox=mailbox, case_id=case_id, not_before=not_before)
+    return enqueue(conn, entry, mail.date)
+
+
+def mail_entry(
+    conn: Connection,
+    mail: OutgoingMail,
+    body: Rendered,
+    *,
+    mailbox: str,
+    case_id: int | None,
+    not_before: datetime | None = None,
+) -> OutboxEntry:
+    """The outbox row of one mail, composed (enqueue_mail without the write)."""
     if mail.id_secret is None:
         mail = replace(mail, id_secret=message_id_secret(conn))
-    entry = OutboxEntry(
+    return OutboxEntry(
         mailbox,
         case_id,
         mail.kind.value,
@@ -182,14 +210,15 @@ def enqueue_mail(
         message_id=mail.message_id,
         not_before=not_before,
     )
-    return enqueue(conn, entry, mail.date)
 
 
 def exists(conn: Connection, dedup_key: str) -> bool:
+    settle(conn)
     return conn.execute(_EXISTS, {"dedup_key": dedup_key}).first() is not None
 
 
 def get(conn: Connection, row_id: int) -> OutboxRow:
+    settle(conn)
     row = conn.execute(select(outbox).where(outbox.c.id == row_id)).one()
     return _to_row(row)
 
@@ -198,6 +227,7 @@ def pending(
     conn: Connection, now: datetime, limit: int = 100, *, mailbox: str | None = None
 ) -> list[OutboxRow]:
     """Pending rows whose next attempt is due, oldest first."""
+    settle(conn)
     due = and_(
         outbox.c.state == OutboxState.PENDING.value,
         or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
@@ -215,6 +245,7 @@ def due_in_order(
 
     Kinds missing from `ranks` come last.
     """
+    settle(conn)
     due = and_(
         outbox.c.mailbox == mailbox,
         outbox.c.state == OutboxState.PENDING.value,
@@ -227,6 +258,7 @@ def due_in_order(
 
 def unknown_outcomes(conn: Connection, mailbox: str) -> int:
     """How many of this mailbox's mails may have gone out without keepword knowing."""
+    settle(conn)
     query = select(func.count(outbox.c.id)).where(
         and_(
             outbox.c.mailbox == mailbox,
@@ -239,6 +271,7 @@ def unknown_outcomes(conn: Connection, mailbox: str) -> int:
 
 def missing_sent_copies(conn: Connection, mailbox: str) -> int:
     """How many sent mails still wait for their copy in the Sent folder."""
+    settle(conn)
     query = select(func.count(outbox.c.id)).where(
         and_(
             outbox.c.mailbox == mailbox,
@@ -251,6 +284,7 @@ def missing_sent_copies(conn: Connection, mailbox: str) -> int:
 
 def depth(conn: Connection, mailbox: str) -> int:
     """How many mails of this mailbox wait to go out (due or not)."""
+    settle(conn)
     query = select(func.count(outbox.c.id)).where(
         and_(outbox.c.mailbox == mailbox, outbox.c.state == OutboxState.PENDING.value)
     )
@@ -309,6 +343,7 @@ def claim_attempts(conn: Connection, rows: Sequence[OutboxRow]) -> dict[int, int
     (a sender claiming one this instant is passed by, never waited for) and must still
     be pending with the attempt count that was read.
     """
+    settle(conn)
     if not rows:
         return {}
     read = {row.id: row.attempts for row in rows}
@@ -324,6 +359,7 @@ def claim_attempts(conn: Connection, rows: Sequence[OutboxRow]) -> dict[int, int
 
 def release_claims(conn: Connection, rows: Sequence[OutboxRow]) -> None:
     """Claimed, never handed to the relay: each row back as it was read (rows as read)."""
+    settle(conn)
     if rows:
         conn.execute(
             _RELEASE,
@@ -362,6 +398,7 @@ class SentState:
 
 def mark_all_sent(conn: Connection, now: datetime, rows: Sequence[SentState]) -> None:
     """mark_sent for many rows in one statement (a drain records a batch at a time)."""
+    settle(conn)
     if rows:
         conn.execute(
             _MARK_SENT,
@@ -381,6 +418,7 @@ def mark_retry(
     conn: Connection, row_id: int, *, attempts: int, next_attempt_at: datetime, error: str
 ) -> None:
     """Refused before the relay took it: nothing went out, send again later."""
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
@@ -395,6 +433,7 @@ def mark_retry(
 
 def mark_held(conn: Connection, row_id: int, *, until: datetime, error: str) -> None:
     """The outcome is unknown: look for it in Sent at `until` before sending again."""
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
@@ -404,6 +443,7 @@ def mark_held(conn: Connection, row_id: int, *, until: datetime, error: str) -> 
 
 def postpone(conn: Connection, row_id: int, *, until: datetime, error: str) -> None:
     """Nothing could be done for this row now (e.g. the Sent folder is unreachable)."""
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
@@ -413,6 +453,7 @@ def postpone(conn: Connection, row_id: int, *, until: datetime, error: str) -> N
 
 def note_error(conn: Connection, row_ids: Sequence[int], error: str) -> None:
     """Record why these rows wait (the relay is down), changing nothing else."""
+    settle(conn)
     if row_ids:
         conn.execute(
             update(outbox)
@@ -425,6 +466,7 @@ def copies_due(
     conn: Connection, now: datetime, limit: int = 100, *, mailbox: str
 ) -> list[OutboxRow]:
     """Sent rows whose copy to the Sent folder failed and is due again, oldest first."""
+    settle(conn)
     due = and_(
         outbox.c.mailbox == mailbox,
         outbox.c.state == OutboxState.SENT.value,
@@ -439,6 +481,7 @@ def copies_due(
 def mark_copied(
     conn: Connection, row_id: int, *, sent_copy: str, retry_at: datetime | None = None
 ) -> None:
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
@@ -448,11 +491,13 @@ def mark_copied(
 
 def has_due_work(conn: Connection, now: datetime, mailbox: str) -> bool:
     """Anything for a drain to do: a mail due to go out or a Sent copy due again."""
+    settle(conn)
     return bool(pending(conn, now, 1, mailbox=mailbox) or copies_due(conn, now, 1, mailbox=mailbox))
 
 
 def mark_failed(conn: Connection, row: OutboxRow, now: datetime, error: str) -> None:
     """Permanent failure: recorded on the row and, for a case's mail, on its timeline."""
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row.id)
@@ -479,6 +524,7 @@ def cases_now(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseNow]:
 
 def mark_withdrawn(conn: Connection, row: OutboxRow, now: datetime, reason: str) -> None:
     """A mail no longer true when due: never sent, and the case's timeline says why."""
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(and_(outbox.c.id == row.id, outbox.c.state == OutboxState.PENDING.value))
@@ -494,6 +540,7 @@ def mark_withdrawn(conn: Connection, row: OutboxRow, now: datetime, reason: str)
 
 
 def mark_dry_run(conn: Connection, row_id: int, now: datetime) -> None:
+    settle(conn)
     conn.execute(
         update(outbox)
         .where(outbox.c.id == row_id)
@@ -510,6 +557,7 @@ def automatic_mail_times(
     when it went out, else when it is due to go out (a deferred row counts where it is
     planned), else when it was recorded.
     """
+    settle(conn)
     to_address: list[datetime] = []
     from_mailbox: list[datetime] = []
     for row in _automatic_mail(conn, kinds, since):
@@ -537,6 +585,7 @@ def automatic_mail_rows(
 
 
 def _automatic_mail(conn: Connection, kinds: Sequence[str], since: datetime) -> Result[Any]:
+    settle(conn)
     at = type_coerce(
         func.coalesce(outbox.c.sent_at, outbox.c.next_attempt_at, outbox.c.created_at),
         UtcDateTime(),
@@ -549,6 +598,7 @@ def _automatic_mail(conn: Connection, kinds: Sequence[str], since: datetime) -> 
 
 def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> frozenset[str]:
     """The dedup keys within any [low, high) range (read through the unique key index)."""
+    settle(conn)
     bounds = [and_(outbox.c.dedup_key >= low, outbox.c.dedup_key < high) for low, high in ranges]
     return frozenset(conn.execute(select(outbox.c.dedup_key).where(or_(*bounds))).scalars())
 
@@ -569,6 +619,7 @@ def own_mail(conn: Connection, message_id: str) -> OwnMail | None:
 def own_mails(conn: Connection, message_ids: Sequence[str]) -> dict[str, OwnMail]:
     """own_mail of each of `message_ids` in one read (a triage batch's messages): the
     ones keepword sent."""
+    settle(conn)
     rows = conn.execute(_OWN_MAILS, {"message_ids": list(message_ids)})
     return {
         row.message_id: OwnMail(row.case_id, tuple(str(a).lower() for a in row.recipients or ()))

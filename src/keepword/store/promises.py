@@ -15,6 +15,7 @@ from keepword.domain.model import Kind, MessageFacts, PromiseAudience, PromiseKi
 from keepword.domain.outbox_keys import update_key
 from keepword.domain.promises import Promise, never_told
 from keepword.store.cases import add_events
+from keepword.store.deferred import deferred, settle
 from keepword.store.messages import load_facts
 from keepword.store.tables import case, case_event, message, outbox, promise
 
@@ -37,6 +38,7 @@ def to_promise(row: Row[Any]) -> Promise:
 
 
 def open_promises(conn: Connection, case_id: int) -> list[Promise]:
+    settle(conn)
     return [to_promise(row) for row in conn.execute(_OPEN_PROMISES, {"case_id": case_id})]
 
 
@@ -54,7 +56,24 @@ _INSERT = insert(promise)  # built once: every acknowledgement inserts a promise
 
 
 def insert_promise(conn: Connection, value: Promise) -> int:
-    row = {
+    settle(conn)
+    key = conn.execute(_INSERT, _row(value)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def record_promise(conn: Connection, value: Promise) -> None:
+    """insert_promise, for a caller that needs no id back: in a batch that defers its
+    writes it is written at the batch's end (store.deferred)."""
+    waiting = deferred(conn)
+    if waiting is None:
+        insert_promise(conn, value)
+    else:
+        waiting.add(_INSERT, [_row(value)])
+
+
+def _row(value: Promise) -> dict[str, Any]:
+    return {
         "case_id": value.case_id,
         "kind": value.kind.value,
         "audience": value.audience.value,
@@ -67,12 +86,10 @@ def insert_promise(conn: Connection, value: Promise) -> int:
         "is_default": value.is_default,
         "superseded_by": value.superseded_by,
     }
-    key = conn.execute(_INSERT, row).inserted_primary_key
-    assert key is not None
-    return int(key[0])
 
 
 def update_state(conn: Connection, value: Promise) -> None:
+    settle(conn)
     assert value.id is not None
     conn.execute(
         update(promise)
@@ -88,6 +105,7 @@ def update_state(conn: Connection, value: Promise) -> None:
 
 def promises_of_case(conn: Connection, case_id: int) -> list[Promise]:
     """Every promise of a case, oldest first."""
+    settle(conn)
     query = (
         select(promise)
         .where(promise.c.case_id == case_id)
@@ -102,6 +120,7 @@ def settle_untold_update(
     """A customer update was withdrawn unsent: its old promise is judged as if never
     superseded (by the team's latest reply, `reply_at`), and the new time it carried
     (never told) is withdrawn (domain.promises.never_told)."""
+    settle(conn)
     by_id = {p.id: p for p in promises_of_case(conn, case_id)}
     old = by_id.get(old_id)
     new = by_id.get(old.superseded_by) if old is not None else None
@@ -122,6 +141,7 @@ _EVENT_OF = {
 
 
 def case_ids_with_open_promises(conn: Connection, mailbox: str) -> list[int]:
+    settle(conn)
     query = (
         select(promise.c.case_id)
         .join(case, case.c.id == promise.c.case_id)
@@ -135,6 +155,7 @@ def mailbox_promises(
     conn: Connection, mailboxes: Sequence[str], *, made_since: datetime, made_until: datetime
 ) -> list[Promise]:
     """Promises of the mailboxes' cases made in [made_since, made_until) (for the ledger)."""
+    settle(conn)
     query = (
         select(promise)
         .join(case, case.c.id == promise.c.case_id)
@@ -156,6 +177,7 @@ def update_queued_at(conn: Connection, value: Promise) -> datetime | None:
     A promise counts as announced if its update was queued before its due time: the
     update then goes out with the next drain, well inside the chase's update lead.
     """
+    settle(conn)
     if value.id is None:
         return None
     query = select(outbox.c.created_at).where(
@@ -167,6 +189,7 @@ def update_queued_at(conn: Connection, value: Promise) -> datetime | None:
 
 def next_due_by_case(conn: Connection, case_ids: Sequence[int]) -> dict[int, datetime]:
     """The earliest open promise's due time of each of these cases (cases without none)."""
+    settle(conn)
     if not case_ids:
         return {}
     query = (
@@ -181,6 +204,7 @@ def next_due_by_case(conn: Connection, case_ids: Sequence[int]) -> dict[int, dat
 
 def update_held_back(conn: Connection, case_id: int, promise_id: int) -> bool:
     """Whether the chase recorded that the rate limit held back this promise's update."""
+    settle(conn)
     query = select(case_event.c.id).where(
         and_(
             case_event.c.case_id == case_id,
@@ -217,6 +241,7 @@ def states_resolved_between(
 ) -> list[str]:
     """The states of the mailbox's promises resolved in [start, end) (the digest's
     kept/broken of yesterday)."""
+    settle(conn)
     query = (
         select(promise.c.state)
         .join(case, case.c.id == promise.c.case_id)
@@ -244,6 +269,7 @@ def last_within_maximum(conn: Connection, mailbox: str) -> int:
     """The id of the mailbox's latest customer first-response promise that was not above
     the maximum (0: none yet): the promises after it are one episode of being behind
     (the lead alert's key). Newest first: it reads back only over the episode."""
+    settle(conn)
     behind = promise.c.basis["behind"].as_boolean()
     query = (
         select(promise.c.id)
