@@ -35,9 +35,13 @@ class DeferredWrites:
     rows: dict[Executable, list[dict[str, Any]]] = field(default_factory=dict)
     # Message-ID -> (its case, the mail): what its stored row will say once written.
     references: dict[str, tuple[int, MessageFacts]] = field(default_factory=dict)
+    unsettled: bool = False  # outbox or promise rows wait: `settle` writes them
 
-    def add(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
+    def add(self, statement: Executable, rows: list[dict[str, Any]], *, read: bool = False) -> None:
+        """Rows for `statement`; `read`: rows of the outbox or the promises, which the
+        batch may read back (see `settle`)."""
         self.rows.setdefault(statement, []).extend(rows)
+        self.unsettled = self.unsettled or read
 
 
 @contextmanager
@@ -64,7 +68,7 @@ def settle(conn: Connection) -> None:
     and promises wait here too (pipeline.acknowledge), and a later message of the batch
     must find them (a second mail of the same new customer is not acknowledged twice)."""
     writes = deferred(conn)
-    if writes is not None and writes.rows:
+    if writes is not None and writes.unsettled:
         flush(conn)
 
 
@@ -77,3 +81,4 @@ def flush(conn: Connection) -> None:
         conn.execute(statement, rows)
     writes.rows.clear()
     writes.references.clear()
+    writes.unsettled = False

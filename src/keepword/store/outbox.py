@@ -162,7 +162,7 @@ def enqueue(conn: Connection, entry: OutboxEntry, now: datetime, *, fresh: bool 
     }
     waiting = deferred(conn) if fresh else None
     if waiting is not None:
-        waiting.add(_ENQUEUE_LATER[conn.dialect.name], [row])
+        waiting.add(_ENQUEUE_LATER[conn.dialect.name], [row], read=True)
         return True
     settle(conn)
     return conn.execute(_ENQUEUE[conn.dialect.name], row).first() is not None

@@ -69,7 +69,7 @@ def record_promise(conn: Connection, value: Promise) -> None:
     if waiting is None:
         insert_promise(conn, value)
     else:
-        waiting.add(_INSERT, [_row(value)])
+        waiting.add(_INSERT, [_row(value)], read=True)
 
 
 def _row(value: Promise) -> dict[str, Any]:
