@@ -98,7 +98,7 @@ class Prefetcher:
             return None
         except Exception as exc:  # the worker's IMAP error, or the worker died
             log.warning("imap %s: prefetch failed, fetching here: %s", self._imap.host, exc)
-            self.stop()  # a fresh worker (and connection) with the next surge
+            self.stop()  # a fresh worker (and connection) at the next ask
             return None
         self.taken += len(fetched)
         return asked.uids, fetched

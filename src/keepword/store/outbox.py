@@ -303,9 +303,12 @@ _CLAIMABLE = (
     )
     .with_for_update(skip_locked=True)
 )
-_BEGIN_ATTEMPTS = (
+_BEGIN_ATTEMPTS = (  # pending still: on SQLite the read above is not in the transaction
     update(outbox)
-    .where(outbox.c.id.in_(bindparam("row_ids", expanding=True)))
+    .where(
+        outbox.c.id.in_(bindparam("row_ids", expanding=True)),
+        outbox.c.state == OutboxState.PENDING.value,
+    )
     .values(attempts=outbox.c.attempts + 1, sent_copy="unknown")
     .returning(outbox.c.id, outbox.c.attempts)
 )
