@@ -199,6 +199,26 @@ def test_a_drain_stopped_mid_send_gives_back_the_mails_it_had_not_handed_over(
     assert (again.sent, again.held) == (4, 1)  # the one the relay had waits for evidence
 
 
+def test_a_relay_that_takes_one_connection_gets_every_mail_once_over_it(
+    tmp_path: Path, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second connection's login is refused once the first mail is in (a relay that
+    allows one session): the row that connection had claimed goes back to the others,
+    counted once, and the drain goes on over the first connection."""
+    rig = rig_with(tmp_path, smtp_server, {"connections": 2})
+    rows = [rig.enqueue_ack(f"ack:{n}", to=f"c{n}@example.org") for n in range(12)]
+    smtp_server.file_sent_copies(lambda raw: smtp_server.refuse_login())
+    with caplog.at_level("INFO", logger="keepword.pipeline.send"):
+        result = rig.drain()
+    assert "one SMTP connection fewer" in caplog.text
+    assert (result.sent, result.retried) == (12, 0)
+    recipients = sorted(m.rcpt_tos[0] for m in smtp_server.messages)
+    assert recipients == sorted(f"c{n}@example.org" for n in range(12))  # each once
+    for row in rows:
+        stored = rig.row(row.id)
+        assert (stored.state, stored.attempts) == (OutboxState.SENT, 1)
+
+
 def test_sent_copies_missed_during_an_imap_outage_are_made_later_exactly_once(
     tmp_path: Path, dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer
 ) -> None:
