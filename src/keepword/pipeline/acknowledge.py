@@ -217,13 +217,11 @@ def _alert_lead(
 def record_promise(
     conn: Connection, case_id: int, kind: PromiseKind, window: Window, now: datetime
 ) -> None:
-    made = make_promise(case_id, kind, PromiseAudience.CUSTOMER, now, window, window.explain())
+    reason = window.explain()  # the promise's and its event's: written out once
+    made = make_promise(case_id, kind, PromiseAudience.CUSTOMER, now, window, reason)
     promise_store.record_promise(conn, made)
-    case_store.add_events(
-        conn,
-        case_id,
-        [cases.Event(cases.EventKind.PROMISE_MADE, now, None, window.explain())],
-    )
+    event = cases.Event(cases.EventKind.PROMISE_MADE, now, None, reason)
+    case_store.add_events(conn, case_id, [event])
 
 
 def _name(facts: MessageFacts) -> str:
