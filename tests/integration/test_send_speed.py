@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Sequence
 from contextlib import closing
 from datetime import timedelta
 from email.message import EmailMessage
@@ -14,7 +16,7 @@ import pytest
 
 from keepword.adapters.credentials import Secret
 from keepword.domain.model import OutboxKind, OutboxState
-from keepword.pipeline.send import DRAIN_BATCH, ImapSentCopy
+from keepword.pipeline.send import COPY_BATCH, DRAIN_BATCH, ImapSentCopy
 from keepword.store import outbox
 from tests.fixtures.dovecot import Dovecot, load_mailserver
 from tests.fixtures.smtp import SmtpServer, open_relay
@@ -150,3 +152,59 @@ def test_rows_stay_exactly_once_when_a_copy_batch_fails(rig: Rig) -> None:
     assert len(copy.raws) == 7 and len(rig.server.messages) == 7
     with rig.engine.connect() as conn:
         assert {outbox.get(conn, i + 1).state for i in range(7)} == {OutboxState.SENT}
+
+
+class SlowSentFolder(FakeSentCopy):
+    """A Sent folder that takes a moment per copy; notes when each batch was in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches_done: list[float] = []
+
+    def append_many(self, raws: Sequence[bytes]) -> int:
+        for raw in raws:
+            time.sleep(0.008)
+            self.append(raw)
+        self.batches_done.append(time.monotonic())
+        return len(raws)
+
+
+class TimedRelay:
+    """Takes every mail; notes when."""
+
+    def __init__(self) -> None:
+        self.accepted: list[float] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.accepted.append(time.monotonic())
+        return "250 2.0.0 accepted"
+
+
+def test_the_connections_keep_sending_while_a_batch_of_copies_goes_in(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """A Sent folder that takes its time does not hold the relay connections up; every
+    mail is still recorded sent with its copy, once, in order."""
+    relay, port = TimedRelay(), load_mailserver().free_port()
+    controller = open_relay(relay, port)
+    mails = COPY_BATCH * 2 + 20
+    folder = SlowSentFolder()
+    try:
+        settings = smtp_server.settings(port=port, connections=1).model_dump()
+        rig = make_rig(tmp_path, smtp_server, smtp=settings)
+        for n in range(mails):
+            record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+        assert rig.drain(sent_copy=folder).sent == mails
+    finally:
+        controller.stop()
+    assert len(relay.accepted) == mails
+    first_batch_in = folder.batches_done[0]  # 50 copies: ~0.4 s
+    # Sent on meanwhile: the mails behind the first batch did not wait for its copies.
+    assert sum(at < first_batch_in for at in relay.accepted[COPY_BATCH:]) >= COPY_BATCH // 2
+    assert [raw.count(b"acknowledgement number") for raw in folder.raws] == [1] * mails
+    assert [int(raw.split(b"number ")[1].split(b"\n")[0]) for raw in folder.raws] == list(
+        range(mails)
+    )  # the copies in the order sent
+    with rig.engine.connect() as conn:
+        rows = [outbox.get(conn, i + 1) for i in range(mails)]
+    assert {(r.state, r.sent_copy) for r in rows} == {(OutboxState.SENT, "done")}
