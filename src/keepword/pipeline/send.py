@@ -335,14 +335,14 @@ async def drain_outbox(
 def _withdraw_stale(run: _Run, rows: list[outbox.OutboxRow]) -> list[outbox.OutboxRow]:
     """Drop never-attempted mail that is no longer true (domain.outbox); keep the rest."""
     engine, mailbox, now, result = run.engine, run.mailbox, run.now, run.result
-    fresh = [r for r in rows if r.attempts == 0 and r.case_id is not None]
+    fresh = {r.id: r.case_id for r in rows if r.attempts == 0 and r.case_id is not None}
     if not fresh:
         return rows
     with engine.connect() as conn:
-        states = outbox.cases_now(conn, [r.case_id for r in fresh if r.case_id is not None])
+        states = outbox.cases_now(conn, [case for case in fresh.values() if case is not None])
     keep: list[outbox.OutboxRow] = []
     for row in rows:
-        current = states.get(row.case_id) if row in fresh and row.case_id else None
+        current = states.get(row.case_id) if row.id in fresh and row.case_id else None
         queued = row.created_at or now
         reason = withdrawal(OutboxKind(row.kind), queued, current) if current else None
         if reason is None or current is None:
