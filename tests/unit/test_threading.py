@@ -148,6 +148,19 @@ def test_long_subject_keys_are_bounded_and_idempotent(subject: str) -> None:
     assert subject_key(key) == key
 
 
+@given(st.text(max_size=300))
+def test_a_kept_subject_key_is_the_key_computed_afresh(subject: str) -> None:
+    assert subject_key(subject) == subject_key(subject) == threads._subject_key(subject)
+
+
+def test_only_subjects_of_a_usual_length_are_kept_for_the_next_ask() -> None:
+    threads._cached_subject_key.cache_clear()
+    subject_key("Re: Order 4711 [KW-9]")
+    long = "Re: " + "x" * (threads._CACHED_SUBJECT_CHARS + 1)
+    assert subject_key(long) == threads._subject_key(long)
+    assert threads._cached_subject_key.cache_info().currsize == 1  # the short one alone
+
+
 def test_a_3kb_subject_keeps_a_key_that_fits_any_index() -> None:
     # Stored with mailbox and customer in ix_case_customer_subject: PostgreSQL refuses
     # index rows above ~2,700 bytes, so the key stays well below in UTF-8 bytes too.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from functools import lru_cache
 
 # The installation secret: at least this many random bytes (secrets.token_bytes(32)).
 MIN_SECRET_BYTES = 32
@@ -36,6 +37,7 @@ def check_secret(secret: bytes) -> bytes:
     return secret
 
 
+@lru_cache(maxsize=256)  # composing a mail asks twice (its header, its outbox row)
 def keyed_message_id(secret: bytes, dedup_key: str, domain: str) -> str:
     """`kw2.<32 base32 of HMAC-SHA256(secret, dedup_key)>@domain`, bare (no brackets)."""
     mac = hmac.new(check_secret(secret), dedup_key.encode("utf-8"), hashlib.sha256).digest()

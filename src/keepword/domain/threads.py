@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import getaddresses
 from enum import StrEnum
+from functools import lru_cache
 
 from keepword.domain.model import MAX_ADDRESS_CHARS, Address, Kind, MessageFacts, Origin
 
@@ -104,6 +105,22 @@ def subject_key(subject: str) -> str:
     At most MAX_SUBJECT_KEY_CHARS: two subjects alike in their first 200 characters
     (after the prefixes) are one subject.
     """
+    if len(subject) <= _CACHED_SUBJECT_CHARS:
+        return _cached_subject_key(subject)
+    return _subject_key(subject)
+
+
+# Triage keys a message's subject three times (candidates, threading, a new case); only
+# subjects of a usual length are kept, so a hostile one never sits in memory.
+_CACHED_SUBJECT_CHARS = 1000
+
+
+@lru_cache(maxsize=256)
+def _cached_subject_key(subject: str) -> str:
+    return _subject_key(subject)
+
+
+def _subject_key(subject: str) -> str:
     key = subject
     while True:
         step = _normalize_once(key)
