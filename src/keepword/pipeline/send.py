@@ -560,7 +560,12 @@ class _Drain:
         self.copies.append(mail)
         if len(self.copies) >= COPY_BATCH:
             # Copied and recorded beside the sending: the connections do not wait for
-            # the IMAP server (a surge's drain waited ~1 s for its MULTIAPPENDs).
+            # the IMAP server (a surge's drain waited ~1 s for its MULTIAPPENDs). One
+            # batch at a time: sent and not yet recorded stays at most two batches, as
+            # when each was copied in turn (what a crash leaves to be looked up).
+            await self.copied()
+            if len(self.copies) < COPY_BATCH:
+                return  # the other connection handed the batch over meanwhile
             batch, self.copies = self.copies, []
             task = asyncio.create_task(self._copy_in_background(batch))
             self._copying.add(task)
