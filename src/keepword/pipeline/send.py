@@ -396,9 +396,7 @@ async def _send_due(run: _Run, rows: list[outbox.OutboxRow], servers: Servers) -
         await asyncio.gather(
             *(drain.work(sender, primary=index == 0) for index, sender in enumerate(senders))
         )
-        await drain.copied()
     finally:
-        await drain.abandon_copies()  # only when cancelled or failing: else none is left
         drain.release()
         await asyncio.gather(*(sender.close() for sender in senders))
     if drain.crash is not None:
@@ -433,8 +431,7 @@ class _Drain:
     crash: BaseException | None = None
     primary_up: asyncio.Event = field(default_factory=asyncio.Event)
     connected: bool = False  # some connection of this drain has worked
-    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one batch at a time
-    _copying: set[asyncio.Task[None]] = field(default_factory=set)  # batches under way
+    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.queue = deque(self.rows)
@@ -559,48 +556,14 @@ class _Drain:
             return
         self.copies.append(mail)
         if len(self.copies) >= COPY_BATCH:
-            # Copied and recorded beside the sending: the connections do not wait for
-            # the IMAP server (a surge's drain waited ~1 s for its MULTIAPPENDs). One
-            # batch at a time: sent and not yet recorded stays at most two batches, as
-            # when each was copied in turn (what a crash leaves to be looked up).
-            await self.copied()
-            if len(self.copies) < COPY_BATCH:
-                return  # the other connection handed the batch over meanwhile
-            batch, self.copies = self.copies, []
-            task = asyncio.create_task(self._copy_in_background(batch))
-            self._copying.add(task)
-            task.add_done_callback(self._copying.discard)
-
-    async def _copy_in_background(self, batch: list[_Accepted]) -> None:
-        try:
-            await self._copy_and_record(batch)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # as a sending connection's: the drain stops
-            self.crash = self.crash or exc
-            self._halt(str(exc))
-
-    async def copied(self) -> None:
-        """Wait for the batches being copied and recorded."""
-        while self._copying:
-            await asyncio.gather(*self._copying)
-
-    async def abandon_copies(self) -> None:
-        """A drain cancelled or failing: the batches under way stop where they are (their
-        mails were accepted and are not recorded yet: unknown, looked up in Sent)."""
-        for task in self._copying:
-            task.cancel()
-        await asyncio.gather(*self._copying, return_exceptions=True)
+            await self.flush()
 
     async def flush(self) -> None:
-        """Copy the accepted mails left to Sent (one MULTIAPPEND), then record them sent."""
-        await self.copied()
-        batch, self.copies = self.copies, []
-        if batch:
-            await self._copy_and_record(batch)
-
-    async def _copy_and_record(self, batch: list[_Accepted]) -> None:
-        async with self._flushing:  # in order: one IMAP connection
+        """Copy the accepted mails to Sent (one MULTIAPPEND), then record them sent."""
+        async with self._flushing:
+            batch, self.copies = self.copies, []
+            if not batch:
+                return
             made = await self.run.folder.append_many([mail.row.raw for mail in batch])
             self._record(batch, copied=made)
 
