@@ -189,7 +189,7 @@ def test_a_slow_sent_folder_leaves_at_most_two_batches_sent_and_unrecorded(
     """What the relay took and is not recorded yet (what a crash would leave to be
     looked up in Sent, and sent again if it is not there) stays within two batches of
     copies however slow the Sent folder; every mail is recorded sent with its copy,
-    once, in the order sent."""
+    each copy made once."""
     relay, port = TimedRelay(), load_mailserver().free_port()
     controller = open_relay(relay, port)
     mails = COPY_BATCH * 5 + 20
