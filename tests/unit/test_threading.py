@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -231,6 +232,53 @@ def test_find_tag_without_prefixes() -> None:
 )
 def test_find_tag_in_body(body: str, found: str | None) -> None:
     assert find_tag_in_body(body, ["KW"]) == found
+
+
+_TAG_TEXT = st.lists(
+    st.sampled_from(
+        ("KW", "kw", "Kw", "\u212aw", "SUP", "sup", "\u017fup", "K9", "k9", "-", "#", " ", "42")
+    )
+    | st.sampled_from((*"Kkw:\né", "Case reference")),
+    max_size=12,
+).map("".join)
+
+
+@given(_TAG_TEXT, st.sampled_from(["KW", "SUP", "K9"]))
+def test_the_quick_check_for_a_prefix_never_hides_a_body_tag(body: str, prefix: str) -> None:
+    """The substring pre-check (ASCII bodies only) says no only where the engine's
+    case-blind search finds no prefix either: the Kelvin sign (a "k" to the engine) and
+    the long s keep their bodies on the engine's path."""
+    if not threads._may_name(body, [prefix]):
+        assert re.search(re.escape(prefix), body, re.IGNORECASE) is None
+
+
+def test_a_body_spelling_a_prefix_with_the_kelvin_sign_is_still_read() -> None:
+    found = find_tag_in_body("Case reference: \u212aW-42", ["KW"])
+    assert found is not None
+    assert found.endswith("W-42")
+    # The long s lower-cases to itself, yet the engine reads it as an "s".
+    assert threads._may_name("\u017fup-42", ["SUP"])
+    assert not threads._may_name("support-42", ["KW"])
+
+
+_FROM_LINES = st.tuples(
+    st.text(alphabet=" \t\r>*", max_size=3),
+    st.sampled_from(["From", "from", "De", "von", "x", ""]),
+    st.sampled_from(["", " ", "*", " *", "\t"]),
+    st.sampled_from([":", ": ", ""]),
+    st.sampled_from(["", "a@b.c", "x", "\r", " "]),
+).map("".join)
+_FROM_TEXT = st.lists(_FROM_LINES, max_size=8).map("\n".join)
+
+
+@given(_FROM_TEXT)
+def test_from_lines_found_after_newlines_are_the_lines_found_at_line_starts(text: str) -> None:
+    """The newline-anchored scan finds the same "From:" lines, at the same places, as the
+    `^` scan it replaced (the text given a newline in front)."""
+    at_starts = [(m.start(), m.end(), m.group(1)) for m in threads._FROM_LINE.finditer(text)]
+    scanned = threads._FROM_AFTER_NEWLINE.finditer("\n" + text)
+    after = [(m.start(), m.end() - 1, m.group(1)) for m in scanned]
+    assert after == at_starts
 
 
 def test_find_case_reference_prefers_the_subject() -> None:
