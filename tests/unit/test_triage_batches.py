@@ -94,18 +94,19 @@ def _run(
     keeper: PredictorKeeper | None = None,
     limit: int = 500,
     between: Callable[[StoreDesk, datetime], None] = lambda desk, now: None,
+    history: bool = False,
     **mailbox: Any,
 ) -> StoreDesk:
     """Deliver the mail in order, triaging at each of `passes` what arrived by then, in
     runs of `limit` (a run each, as the daemon's slices, with `keeper` between them);
-    `between` acts on the store before each pass."""
+    `between` acts on the store before each pass; `history`: the mail is imported."""
     desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": policy}, **mailbox)
     left = list(deliveries)
     for now in passes:
         between(desk, now)
         while left and left[0][1] <= now:
             raw, at, folder = left.pop(0)
-            desk.deliver_raw(raw, at, folder)
+            desk.deliver_raw(raw, at, folder, is_history=history)
         more = True
         while more:
             context = context_type(desk.settings, desk.box, desk.engine, desk.renderer, now)
@@ -116,9 +117,12 @@ def _run(
     return desk
 
 
-def _same_in_batches(tmp: Path, deliveries: list[Delivery], passes: list[datetime]) -> StoreDesk:
-    one_by_one = _run(tmp / "one", deliveries, passes, batch=1)
-    batched = _run(tmp / "batched", deliveries, passes, batch=7)  # batches end mid-thread
+def _same_in_batches(
+    tmp: Path, deliveries: list[Delivery], passes: list[datetime], *, history: bool = False
+) -> StoreDesk:
+    one_by_one = _run(tmp / "one", deliveries, passes, batch=1, history=history)
+    # Batches end mid-thread.
+    batched = _run(tmp / "batched", deliveries, passes, batch=7, history=history)
     expected, got = _snapshot(one_by_one.engine), _snapshot(batched.engine)
     for table in expected:
         assert got[table] == expected[table], table
@@ -220,6 +224,45 @@ class StoreCountsDesk(MailboxContext):
 
     def open_counts(self, conn: Connection) -> Mapping[str, int]:
         return away_store.open_counts(conn, self.box.name)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_imported_history_is_threaded_in_batches_as_one_message_at_a_time(
+    tmp_path: Path, seed: int
+) -> None:
+    """Imported mail sends nothing, so no acknowledgement flushes a batch midway: each
+    batch reads the stored mail its messages' References name once, at its start, and
+    threads as one transaction a message does."""
+    deliveries, passes = _inbox(seed)
+    batched = _same_in_batches(tmp_path, deliveries, passes, history=True)
+    dumped = _snapshot(batched.engine)
+    assert len(dumped["case"]) >= 10 and not dumped["outbox"], "cases opened, nothing sent"
+
+
+def test_a_batch_reads_the_mail_its_references_name_once(tmp_path: Path) -> None:
+    """A thread of twelve imported replies, each naming the one before: one read of the
+    referenced mail for the batch (not one a message), and one case. The earlier replies
+    of the same batch are found among its own triaged mail, not in the store."""
+    desk = StoreDesk(tmp_path, team=[ALICE, BOB])
+    root = _mail("ann@example.org", SUPPORT, "Order 4711 missing", START, "root")
+    desk.deliver_raw(root.as_bytes(), START, is_history=True)
+    desk.triage(START)
+    at, last = START, "root"
+    for n in range(12):
+        at += timedelta(minutes=5)
+        headers = {"References": f"<{last}@example.net>"}
+        reply = _mail(
+            "ann@example.org", SUPPORT, "Re: Order 4711 missing", at, f"r{n}", headers=headers
+        )
+        desk.deliver_raw(reply.as_bytes(), at, is_history=True)
+        last = f"r{n}"
+    with recorded(desk.engine) as statements:
+        desk.triage(at, batch=50)
+    reads = [s for s in statements if " AS own" in s]
+    assert len(reads) == 1, reads
+    with desk.engine.connect() as conn:
+        cases = conn.execute(select(message.c.case_id).distinct()).scalars().all()
+    assert len(cases) == 1 and cases[0] is not None
 
 
 @pytest.mark.parametrize("seed", range(6))

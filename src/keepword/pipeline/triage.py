@@ -260,6 +260,9 @@ def _batch_transaction(
             # end, a statement each (store.deferred).
             triage = _in_savepoint if isolate else _unguarded
             with nullcontext() if isolate else deferring(conn):
+                # The mail all of them reference, in one read (kept until a flush).
+                named = (mid for read in facts.values() for mid in referenced_ids(read))
+                case_store.prefetch_references(conn, run.desk.box.name, named)
                 for item in batch:
                     if _waits_for_first_mail(item, run.failing):
                         waiting.append(item)

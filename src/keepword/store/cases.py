@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     ARRAY,
@@ -317,6 +317,7 @@ _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _REFERENCED = union_all(
     select(
         literal_column("0", Integer).label("own"),
+        message.c.id.label("row_id"),
         message.c.message_id,
         message.c.case_id,
         message.c.from_addr,
@@ -331,6 +332,7 @@ _REFERENCED = union_all(
     ),
     select(
         literal_column("1", Integer),
+        outbox.c.id,
         outbox.c.message_id,
         outbox.c.case_id,
         cast(null(), String),
@@ -349,6 +351,47 @@ def _went_between(
     people.update(str(a).lower() for a in (sender, *recipients) if a)
 
 
+#: A batch whose messages name more Message-IDs than this reads them a message at a time
+#: (one statement's bound parameters stay well inside every database's limit).
+MAX_PREFETCHED_IDS: Final = 2_000
+_PREFETCHED: Final = "references"  # its key among DeferredWrites.reads
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefetched:
+    """The stored mail with these Message-IDs, as the batch began (`prefetch_references`)."""
+
+    ids: frozenset[str]
+    rows: Mapping[str, tuple[Row[Any], ...]]
+
+
+def prefetch_references(conn: Connection, mailbox: str, message_ids: Iterable[str]) -> None:
+    """For a batch that defers its writes (store.deferred): read the stored mail all its
+    messages' References name in one statement, not one a message (a round trip each on
+    PostgreSQL); `referenced_mail` answers from it until the batch flushes."""
+    waiting = deferred(conn)
+    ids = list(dict.fromkeys(message_ids))
+    if waiting is None or not ids or len(ids) > MAX_PREFETCHED_IDS:
+        return
+    rows: dict[str, list[Row[Any]]] = {}
+    for row in conn.execute(_REFERENCED, {"mailbox": mailbox, "ids": ids}):
+        rows.setdefault(row.message_id, []).append(row)
+    prefetched = _Prefetched(frozenset(ids), {k: tuple(v) for k, v in rows.items()})
+    waiting.reads[_PREFETCHED] = prefetched
+
+
+def _referenced_rows(conn: Connection, mailbox: str, ids: list[str]) -> list[Row[Any]]:
+    """The stored rows of these Message-IDs, stored mail first, each kind in the order it
+    was stored (a Message-ID stored twice: the later row wins, whichever read found it)."""
+    waiting = deferred(conn)
+    prefetched = waiting.reads.get(_PREFETCHED) if waiting is not None else None
+    if isinstance(prefetched, _Prefetched) and prefetched.ids.issuperset(ids):
+        rows = [row for mid in dict.fromkeys(ids) for row in prefetched.rows.get(mid, ())]
+    else:
+        rows = list(conn.execute(_REFERENCED, {"mailbox": mailbox, "ids": ids}))
+    return sorted(rows, key=lambda row: (row.own, row.row_id))
+
+
 def referenced_mail(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> ReferencedMail:
     """What the mailbox holds of the mail with these Message-IDs (ReferencedMail)."""
     if not message_ids:
@@ -357,7 +400,7 @@ def referenced_mail(conn: Connection, mailbox: str, message_ids: Sequence[str]) 
     # Stored mail's and keepword's own, each Message-ID -> case.
     by_id: tuple[dict[str, int], dict[str, int]] = ({}, {})
     found: dict[int, set[str]] = {}
-    for row in conn.execute(_REFERENCED, {"mailbox": mailbox, "ids": ids}):
+    for row in _referenced_rows(conn, mailbox, ids):
         by_id[row.own][row.message_id] = row.case_id
         # JSON lists: stored mail's {"address": ...} entries, an outbox row's addresses.
         listed = [*(row.to_addrs or []), *(row.cc_addrs or [])]

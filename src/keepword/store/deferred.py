@@ -36,6 +36,10 @@ class DeferredWrites:
     # Message-ID -> (its case, the mail): what its stored row will say once written.
     references: dict[str, tuple[int, MessageFacts]] = field(default_factory=dict)
     unsettled: bool = False  # outbox or promise rows wait: `settle` writes them
+    # Reads made once for the whole batch at its start, by the store module that made
+    # them (store.cases.prefetch_references). What they read changes in a batch only by
+    # its own writes: a flush writes those, so it drops them (read again after).
+    reads: dict[str, object] = field(default_factory=dict)
 
     def add(self, statement: Executable, rows: list[dict[str, Any]], *, read: bool = False) -> None:
         """Rows for `statement`; `read`: rows of the outbox or the promises, which the
@@ -81,4 +85,5 @@ def flush(conn: Connection) -> None:
         conn.execute(statement, rows)
     writes.rows.clear()
     writes.references.clear()
+    writes.reads.clear()
     writes.unsettled = False
