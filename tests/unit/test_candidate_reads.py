@@ -4,16 +4,20 @@ order, as one lookup per rule would find."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert, update
 
 from keepword.store import cases as case_store
+from keepword.store.deferred import deferring
 from keepword.store.tables import message, outbox
 from tests.fixtures.chase_store import SUPPORT, StoreDesk
+from tests.fixtures.statements import recorded
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -110,3 +114,95 @@ def test_the_referenced_mail_names_its_cases_and_everyone_it_went_between(
     assert found.participants(second) == {"cy@example.org", SUPPORT}
     assert found.participants(999) == frozenset()
     assert none.case_ids == ()
+
+
+# -- a batch's pool (store.cases.prefetch_candidates) ----------------------------------------
+
+
+def _question(reference: str) -> dict[str, Any]:
+    return {
+        "tag": reference.lower(),
+        "subject_key": "refund",
+        "addresses": ["Bob@Example.org", "ann@example.org"],
+    }
+
+
+def test_a_batch_pool_answers_as_the_store_does_without_a_statement(tmp_path: Path) -> None:
+    desk = StoreDesk(tmp_path)
+    box = desk.box.name
+    at = [START + timedelta(hours=h) for h in range(6)]
+    _case(desk, box, "refund", ["ann@example.org"], at[1])
+    _case(desk, box, "refund", ["ann@example.org", "bob@example.org"], at[3])
+    _case(desk, box, "refund", ["bob@example.org"], at[2])
+    _case(desk, "sales", "refund", ["ann@example.org"], at[4])
+    other_subject = _case(desk, box, "invoice", ["ann@example.org"], at[5])
+    tagged = _case(desk, box, "hello", ["zed@example.org"], at[0])
+    with desk.engine.connect() as conn:
+        reference = case_store.load_case(conn, tagged).reference
+        question = {**_question(reference), "case_ids": [other_subject]}
+        from_store = case_store.read_candidates(conn, box, **question)
+    lookup = case_store.Lookup((reference,), "refund", ("bob@example.org", "ann@example.org"))
+    with desk.engine.begin() as conn, deferring(conn):
+        conn.execute(update(message).values(case_id=other_subject))  # no mail: no rows
+        case_store.prefetch_candidates(conn, box, [lookup])
+        with recorded(desk.engine) as statements:
+            pooled = case_store.read_candidates(conn, box, **{**question, "case_ids": []})
+        # the case ids it did not look up: read from the store, the same answer
+        with recorded(desk.engine) as fallback:
+            asked_more = case_store.read_candidates(conn, box, **question)
+    assert statements == []
+    assert len(fallback) == 1
+    assert asked_more.candidates == from_store.candidates
+    assert asked_more.by_subject == from_store.by_subject
+    assert pooled.tagged == from_store.tagged
+    assert pooled.by_subject == from_store.by_subject
+    assert pooled.states == {i: s for i, s in from_store.states.items() if i != other_subject}
+
+
+def test_cases_a_batch_opens_and_saves_are_in_its_pool_as_stored(tmp_path: Path) -> None:
+    """A case opened in the batch joins the pool with its correspondents, and a saved one
+    as a fresh read would give it (times in UTC, the version moved on)."""
+    desk = StoreDesk(tmp_path)
+    box = desk.box.name
+    kept = _case(desk, box, "refund", ["ann@example.org"], START)
+    lookup = case_store.Lookup((), "refund", ("ann@example.org", "cy@example.org"))
+    question = {"subject_key": "refund", "addresses": ["cy@example.org", "ann@example.org"]}
+    with desk.engine.begin() as conn, deferring(conn):
+        case_store.prefetch_candidates(conn, box, [lookup])
+        before = case_store.read_candidates(conn, box, **question).states[kept]
+        later = before.updated_at.astimezone(timezone(timedelta(hours=2))) + timedelta(hours=1)
+        case_store.save_case(conn, replace(before, updated_at=later), correspondents=["cy@x.org"])
+        opened = case_store.save_case(
+            conn,
+            replace(before, id=None, reference="KW", opened_at=later, updated_at=later),
+            prefix="KW",
+            correspondents=["cy@example.org"],
+        )
+        with recorded(desk.engine) as statements:
+            pooled = case_store.read_candidates(conn, box, **question)
+        fresh = case_store.read_candidates(conn, box, **{**question, "case_ids": [999]})
+    assert statements == []
+    assert pooled.by_subject == fresh.by_subject == (opened.id, kept)
+    assert pooled.candidates[kept].correspondents == {"ann@example.org", "cy@x.org"}
+    assert pooled.states == fresh.states
+    assert pooled.candidates == fresh.candidates
+    assert pooled.states[kept].version == before.version + 1
+    assert pooled.states[kept].updated_at.tzinfo is UTC, "as a read gives it back"
+
+
+def test_a_case_the_pool_never_read_sends_the_batch_back_to_the_store(tmp_path: Path) -> None:
+    """The pool knows only the correspondents of the cases it read: a batch that saves
+    another case (one a fallback read found) reads from the store from then on."""
+    desk = StoreDesk(tmp_path)
+    box = desk.box.name
+    elsewhere = _case(desk, box, "refund", ["bob@example.org"], START)
+    lookup = case_store.Lookup((), "refund", ("ann@example.org",))
+    question = {"subject_key": "refund", "addresses": ["ann@example.org"]}
+    with desk.engine.begin() as conn, deferring(conn):
+        case_store.prefetch_candidates(conn, box, [lookup])
+        assert case_store.read_candidates(conn, box, **question).states == {}
+        state = case_store.load_case(conn, elsewhere)
+        case_store.save_case(conn, state, correspondents=["ann@example.org"])
+        found = case_store.read_candidates(conn, box, **question)
+    assert set(found.states) == {elsewhere}
+    assert found.candidates[elsewhere].correspondents == {"ann@example.org", "bob@example.org"}

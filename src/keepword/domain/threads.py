@@ -341,18 +341,29 @@ def external_correspondent(facts: MessageFacts, kind: Kind, team: frozenset[str]
     sender of the forwarded mail. Robots: the sender (shown, never used for subjects).
     """
     members = frozenset(address.lower() for address in team)
-
-    def outside(addresses: tuple[Address, ...]) -> Address | None:
-        return next((a for a in addresses if a.address.lower() not in members), None)
-
     if kind is Kind.CUSTOMER:
-        return outside(facts.reply_to) or facts.sender
+        return _outside(facts.reply_to, members) or facts.sender
     if kind is Kind.AUTOMATED:
         return facts.sender
-    recipient = outside((*facts.to, *facts.cc))
+    recipient = _outside((*facts.to, *facts.cc), members)
     if recipient is not None:
         return recipient
     return next((a for a in forwarded_senders(facts.body_text) if a.address not in members), None)
+
+
+def correspondents_in_headers(facts: MessageFacts, team: frozenset[str]) -> tuple[Address, ...]:
+    """What `external_correspondent` names for a customer's mail and for a member's, as far
+    as the headers tell (a forwarded mail's original sender is in the body: left out)."""
+    members = frozenset(address.lower() for address in team)
+    named = (
+        _outside(facts.reply_to, members) or facts.sender,
+        _outside((*facts.to, *facts.cc), members),
+    )
+    return tuple(a for a in named if a is not None)
+
+
+def _outside(addresses: tuple[Address, ...], members: frozenset[str]) -> Address | None:
+    return next((a for a in addresses if a.address.lower() not in members), None)
 
 
 def is_forward_into_inbox(facts: MessageFacts, kind: Kind, team: frozenset[str]) -> bool:

@@ -40,6 +40,7 @@ from keepword.domain.threads import (
     ThreadMatch,
     ThreadRule,
     choose_case,
+    correspondents_in_headers,
     external_correspondent,
     find_case_reference,
     referenced_ids,
@@ -260,9 +261,13 @@ def _batch_transaction(
             # end, a statement each (store.deferred).
             triage = _in_savepoint if isolate else _unguarded
             with nullcontext() if isolate else deferring(conn):
-                # The mail all of them reference, in one read (kept until a flush).
+                # The mail all of them reference and the cases they may join, in one read
+                # each (kept until a flush).
+                box = run.desk.box
                 named = (mid for read in facts.values() for mid in referenced_ids(read))
-                case_store.prefetch_references(conn, run.desk.box.name, named)
+                case_store.prefetch_references(conn, box.name, named)
+                lookups = (_likely_lookup(box, read) for read in facts.values())
+                case_store.prefetch_candidates(conn, box.name, lookups)
                 for item in batch:
                     if _waits_for_first_mail(item, run.failing):
                         waiting.append(item)
@@ -774,6 +779,17 @@ class _Found:
     candidates: Candidates
     referenced: case_store.ReferencedMail
     read: Mapping[int, cases.CaseState]
+
+
+def _likely_lookup(box: MailboxSettings, facts: MessageFacts) -> case_store.Lookup:
+    """What `_candidates` will most likely ask of the store for this message, known before
+    its triage (a tag in the body or a forwarded mail's sender is read for it alone)."""
+    people = correspondents_in_headers(facts, box.team_addresses())
+    return case_store.Lookup(
+        tags=tags_in(facts.subject, [box.reference_prefix]),
+        subject_key=subject_key(facts.subject),
+        addresses=tuple(who.address for who in people),
+    )
 
 
 def _candidates(

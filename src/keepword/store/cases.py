@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -214,8 +214,10 @@ def save_case(
         saved = conn.execute(_UPDATE, params)
         if saved.rowcount != 1:
             raise StaleCaseError(f"case {state.reference} changed meanwhile")
+        updated = replace(state, version=state.version + 1)
+        _pooled_save(conn, updated)
         add_correspondents(conn, state.id, correspondents)
-        return replace(state, version=state.version + 1)
+        return updated
     prefix = prefix or state.reference or "KW"
     number = next_number(conn, state.mailbox, prefix, numbers)
     reference = format_reference(prefix, number)
@@ -225,9 +227,12 @@ def save_case(
         addresses = _addresses(correspondents)
         row = conn.execute(_INSERT_WITH_CORRESPONDENTS, {**values, "addresses": addresses})
         inserted = _to_state(row.one())
+        _pooled_save(conn, inserted, new_case=True)
+        _pooled_people(conn, inserted.id, addresses)
     else:
         inserted = _to_state(conn.execute(_INSERT, values).one())
         assert inserted.id is not None
+        _pooled_save(conn, inserted, new_case=True)
         add_correspondents(conn, inserted.id, correspondents, new_case=True)
     if numbers is not None:
         numbers.last[state.mailbox, prefix] = number
@@ -281,9 +286,10 @@ def add_correspondents(
         return
     read = () if new_case else conn.execute(_CORRESPONDENTS, {"case_id": case_id}).scalars()
     known = set(read)
-    rows = [{"case_id": case_id, "address": a} for a in wanted if a not in known]
-    if rows:
-        conn.execute(_ADD_CORRESPONDENTS, rows)
+    fresh = [a for a in wanted if a not in known]
+    if fresh:
+        conn.execute(_ADD_CORRESPONDENTS, [{"case_id": case_id, "address": a} for a in fresh])
+        _pooled_people(conn, case_id, fresh)
 
 
 # Triage runs these for most messages: built once (see _LOAD).
@@ -530,28 +536,46 @@ def read_candidates(
 ) -> CandidateRead:
     """The cases `case_ids`, the mailbox's case tagged `tag` and its cases of this
     subject key with one of these correspondents; one statement, a case's row once per
-    correspondent. References are stored upper-case (the prefix's pattern, config):
-    the tag is looked up upper-cased, on the unique index."""
+    correspondent (or none: a batch's pool answers, `prefetch_candidates`). References
+    are stored upper-case (the prefix's pattern, config): the tag is looked up
+    upper-cased, on the unique index."""
     wanted = [a.lower() for a in addresses] if subject_key else []
     if not case_ids and tag is None and not wanted:
         return CandidateRead({}, {}, None, ())
+    tagged_as = tag.upper() if tag else None
+    pool = _pool(conn)
+    if pool is not None and pool.covers(case_ids, tagged_as, subject_key, wanted):
+        states, people = pool.matching(mailbox, case_ids, tagged_as, subject_key, wanted)
+        return _candidate_read(states, people, mailbox, tagged_as, subject_key, wanted)
     params = {
         "ids": list(case_ids),
         "mailbox": mailbox,
-        "tag": tag.upper() if tag else None,
+        "tag": tagged_as,
         "subject_key": subject_key,
         "addresses": wanted,
     }
-    states: dict[int, CaseState] = {}
-    people: dict[int, set[str]] = {}
+    states = {}
+    people = {}
     for row in conn.execute(_CANDIDATES, params):
         if row.id not in states:
             states[row.id] = _to_state(row)
             people[row.id] = set()
         if row.known_address is not None:
             people[row.id].add(row.known_address)
+    return _candidate_read(states, people, mailbox, tagged_as, subject_key, wanted)
+
+
+def _candidate_read(
+    states: Mapping[int, CaseState],
+    people: Mapping[int, set[str]],
+    mailbox: str,
+    tag: str | None,
+    subject_key: str,
+    wanted: Sequence[str],
+) -> CandidateRead:
+    """What threading weighs of the cases found (their rows and every correspondent)."""
     tagged = next(
-        (i for i, s in states.items() if s.mailbox == mailbox and s.reference == params["tag"]),
+        (i for i, s in states.items() if s.mailbox == mailbox and s.reference == tag),
         None,
     )
     same_subject = sorted(
@@ -571,7 +595,184 @@ def read_candidates(
         )
         for case_id, state in states.items()
     }
-    return CandidateRead(candidates, states, tagged, tuple(by_subject))
+    return CandidateRead(candidates, dict(states), tagged, tuple(by_subject))
+
+
+# -- a batch's candidates, read once ------------------------------------------------------
+
+_POOL: Final = "candidates"  # its key among DeferredWrites.pools
+_TIMES: Final = (
+    "opened_at",
+    "updated_at",
+    "last_customer_at",
+    "first_response_at",
+    "last_response_at",
+    "closed_at",
+)
+# Every case a batch's messages may join, in one statement (as _CANDIDATES, each rule
+# for all of them at once).
+_POOL_IDS = union_all(
+    select(case.c.id).where(case.c.id.in_(bindparam("ids", expanding=True))),
+    select(case.c.id).where(case.c.reference.in_(bindparam("tags", expanding=True))),
+    select(case_correspondent.c.case_id)
+    .join(case, case.c.id == case_correspondent.c.case_id)
+    .where(
+        and_(
+            case.c.mailbox == bindparam("mailbox"),
+            case.c.subject_key.in_(bindparam("subject_keys", expanding=True)),
+            case_correspondent.c.address.in_(bindparam("addresses", expanding=True)),
+        )
+    ),
+)
+_POOL_READ = (
+    select(case, case_correspondent.c.address.label("known_address"))
+    .outerjoin(case_correspondent, case_correspondent.c.case_id == case.c.id)
+    .where(case.c.id.in_(_POOL_IDS))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a message's candidate read will most likely ask (`read_candidates`), known
+    before it is triaged: its subject's tags, its subject's key, its correspondents."""
+
+    tags: tuple[str, ...] = ()
+    subject_key: str = ""
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Pool:
+    """The cases a batch's messages may join, read when it began (`asked`: what was looked
+    up) and kept as the batch changes them: store.cases writes every case and
+    correspondent, and keeps the pool with each write (`_pooled_save`, `_pooled_people`).
+    A question it does not cover is read from the store, as without a pool."""
+
+    asked_ids: frozenset[int]
+    asked_tags: frozenset[str]
+    asked_keys: frozenset[str]
+    asked_addresses: frozenset[str]
+    states: dict[int, CaseState] = field(default_factory=dict)
+    people: dict[int, set[str]] = field(default_factory=dict)
+    by_reference: dict[str, int] = field(default_factory=dict)
+    by_subject: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+
+    def covers(
+        self, case_ids: Sequence[int], tag: str | None, subject_key: str, wanted: Sequence[str]
+    ) -> bool:
+        """Whether the store would answer this question as the pool does: everything it
+        asks was looked up when the batch began, or is a case the batch wrote since."""
+        return (
+            all(i in self.asked_ids or i in self.states for i in case_ids)
+            and (tag is None or tag in self.asked_tags)
+            and (
+                not wanted
+                or (subject_key in self.asked_keys and self.asked_addresses.issuperset(wanted))
+            )
+        )
+
+    def matching(
+        self,
+        mailbox: str,
+        case_ids: Sequence[int],
+        tag: str | None,
+        subject_key: str,
+        wanted: Sequence[str],
+    ) -> tuple[dict[int, CaseState], dict[int, set[str]]]:
+        """The cases `read_candidates`' statement would find, with their correspondents."""
+        found = [i for i in case_ids if i in self.states]
+        if tag is not None and tag in self.by_reference:
+            found.append(self.by_reference[tag])
+        if wanted:
+            same = self.by_subject.get((mailbox, subject_key), set())
+            found.extend(i for i in same if not self.people[i].isdisjoint(wanted))
+        ids = dict.fromkeys(found)
+        return {i: self.states[i] for i in ids}, {i: self.people[i] for i in ids}
+
+    def keep(self, state: CaseState) -> None:
+        """`state` as the store now holds it (a case read, opened or saved)."""
+        assert state.id is not None
+        before = self.states.get(state.id)
+        if before is not None:
+            self.by_subject.get((before.mailbox, before.subject_key), set()).discard(state.id)
+        self.states[state.id] = state
+        self.people.setdefault(state.id, set())
+        self.by_reference[state.reference] = state.id
+        self.by_subject.setdefault((state.mailbox, state.subject_key), set()).add(state.id)
+
+
+def prefetch_candidates(conn: Connection, mailbox: str, lookups: Iterable[Lookup]) -> None:
+    """For a batch that defers its writes (store.deferred): read every case its messages
+    may join in one statement (the cases their References name, `prefetch_references`,
+    their tags', and those of their subjects with their correspondents), not one a
+    message; `read_candidates` answers from it what it covers. Only this module writes
+    cases and correspondents, and it keeps the pool with each write: a flush (the batch's
+    events, triage records, mail) changes nothing it holds."""
+    waiting = deferred(conn)
+    if waiting is None:
+        return
+    asked = list(lookups)
+    referenced = waiting.reads.get(_PREFETCHED)
+    ids = (
+        {row.case_id for rows in referenced.rows.values() for row in rows}
+        if isinstance(referenced, _Prefetched)
+        else set()
+    )
+    tags = {tag.upper() for lookup in asked for tag in lookup.tags}
+    keys = {lookup.subject_key for lookup in asked if lookup.subject_key}
+    addresses = {a.lower() for lookup in asked if lookup.subject_key for a in lookup.addresses}
+    if len(ids) + len(tags) + len(keys) + len(addresses) > MAX_PREFETCHED_IDS:
+        return
+    pool = _Pool(frozenset(ids), frozenset(tags), frozenset(keys), frozenset(addresses))
+    params = {
+        "ids": sorted(ids),
+        "tags": sorted(tags),
+        "mailbox": mailbox,
+        "subject_keys": sorted(keys),
+        "addresses": sorted(addresses) if keys else [],
+    }
+    for row in conn.execute(_POOL_READ, params):
+        if row.id not in pool.states:
+            pool.keep(_to_state(row))
+        if row.known_address is not None:
+            pool.people[row.id].add(row.known_address)
+    waiting.pools[_POOL] = pool
+
+
+def _pool(conn: Connection) -> _Pool | None:
+    waiting = deferred(conn)
+    found = waiting.pools.get(_POOL) if waiting is not None else None
+    return found if isinstance(found, _Pool) else None
+
+
+def _pooled_save(conn: Connection, state: CaseState, *, new_case: bool = False) -> None:
+    """A case the batch saved: as the store holds it now (aware UTC times). A case the
+    pool never read has correspondents it does not know: the pool goes (read again)."""
+    pool = _pool(conn)
+    if pool is None:
+        return
+    assert state.id is not None
+    if not new_case and state.id not in pool.states:
+        deferred_writes = deferred(conn)
+        assert deferred_writes is not None
+        deferred_writes.pools.pop(_POOL, None)
+        return
+    times = {name: getattr(state, name) for name in _TIMES}
+    pool.keep(replace(state, **{k: v.astimezone(UTC) for k, v in times.items() if v}))
+
+
+def _pooled_people(conn: Connection, case_id: int | None, addresses: Iterable[str]) -> None:
+    """Correspondents the batch added to a case (gone with the pool if it has no such case)."""
+    pool = _pool(conn)
+    if pool is None or case_id is None:
+        return
+    known = pool.people.get(case_id)
+    if known is None:
+        deferred_writes = deferred(conn)
+        assert deferred_writes is not None
+        deferred_writes.pools.pop(_POOL, None)
+        return
+    known.update(addresses)
 
 
 def case_candidates(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseCandidate]:

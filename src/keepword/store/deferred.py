@@ -37,9 +37,12 @@ class DeferredWrites:
     references: dict[str, tuple[int, MessageFacts]] = field(default_factory=dict)
     unsettled: bool = False  # outbox or promise rows wait: `settle` writes them
     # Reads made once for the whole batch at its start, by the store module that made
-    # them (store.cases.prefetch_references). What they read changes in a batch only by
-    # its own writes: a flush writes those, so it drops them (read again after).
+    # them (store.cases). `reads`: what the rows waiting here change (the mail its
+    # References name), dropped at a flush (read again after); `pools`: what only writes
+    # made at once change, each kept current by the one module that writes it (the cases
+    # the batch's messages may join), kept across flushes.
     reads: dict[str, object] = field(default_factory=dict)
+    pools: dict[str, object] = field(default_factory=dict)
 
     def add(self, statement: Executable, rows: list[dict[str, Any]], *, read: bool = False) -> None:
         """Rows for `statement`; `read`: rows of the outbox or the promises, which the
