@@ -11,9 +11,11 @@ from sqlalchemy import (
     ARRAY,
     JSON,
     BindParameter,
+    ColumnElement,
     Connection,
     Integer,
     Row,
+    Select,
     String,
     and_,
     bindparam,
@@ -486,29 +488,36 @@ def unanswered_backlog(conn: Connection, mailbox: str, since: datetime) -> int:
     return int(conn.execute(query).scalar() or 0)
 
 
-# Every case a message could join, with its correspondents, in one statement: the ids
-# of each rule on its own index (the primary key, the unique reference, the subject),
-# then their rows. (One WHERE with the three ORed made PostgreSQL scan the tables.)
-_CANDIDATE_IDS = union_all(
-    select(case.c.id).where(case.c.id.in_(bindparam("ids", expanding=True))),
-    # References are unique across mailboxes: on that index alone (the mailbox is
-    # checked on the rows read; with the mailbox in the WHERE, PostgreSQL without fresh
-    # statistics walked the mailbox's cases).
-    select(case.c.id).where(case.c.reference == bindparam("tag")),
-    select(case_correspondent.c.case_id)
-    .join(case, case.c.id == case_correspondent.c.case_id)
-    .where(
-        and_(
-            case.c.mailbox == bindparam("mailbox"),
-            case.c.subject_key == bindparam("subject_key"),
-            case_correspondent.c.address.in_(bindparam("addresses", expanding=True)),
-        )
-    ),
-)
-_CANDIDATES = (
-    select(case, case_correspondent.c.address.label("known_address"))
-    .outerjoin(case_correspondent, case_correspondent.c.case_id == case.c.id)
-    .where(case.c.id.in_(_CANDIDATE_IDS))
+def _candidates_read(by_tag: ColumnElement[bool], by_subject: ColumnElement[bool]) -> Select[Any]:
+    """Every case a message (or a batch's messages) could join, with its correspondents,
+    in one statement: the ids of each rule on its own index (the primary key, the unique
+    reference, the subject), then their rows. (One WHERE with the three ORed made
+    PostgreSQL scan the tables.)"""
+    ids = union_all(
+        select(case.c.id).where(case.c.id.in_(bindparam("ids", expanding=True))),
+        # References are unique across mailboxes: on that index alone (the mailbox is
+        # checked on the rows read; with the mailbox in the WHERE, PostgreSQL without
+        # fresh statistics walked the mailbox's cases).
+        select(case.c.id).where(by_tag),
+        select(case_correspondent.c.case_id)
+        .join(case, case.c.id == case_correspondent.c.case_id)
+        .where(
+            and_(
+                case.c.mailbox == bindparam("mailbox"),
+                by_subject,
+                case_correspondent.c.address.in_(bindparam("addresses", expanding=True)),
+            )
+        ),
+    )
+    return (
+        select(case, case_correspondent.c.address.label("known_address"))
+        .outerjoin(case_correspondent, case_correspondent.c.case_id == case.c.id)
+        .where(case.c.id.in_(ids))
+    )
+
+
+_CANDIDATES = _candidates_read(
+    case.c.reference == bindparam("tag"), case.c.subject_key == bindparam("subject_key")
 )
 
 
@@ -609,25 +618,10 @@ _TIMES: Final = (
     "last_response_at",
     "closed_at",
 )
-# Every case a batch's messages may join, in one statement (as _CANDIDATES, each rule
-# for all of them at once).
-_POOL_IDS = union_all(
-    select(case.c.id).where(case.c.id.in_(bindparam("ids", expanding=True))),
-    select(case.c.id).where(case.c.reference.in_(bindparam("tags", expanding=True))),
-    select(case_correspondent.c.case_id)
-    .join(case, case.c.id == case_correspondent.c.case_id)
-    .where(
-        and_(
-            case.c.mailbox == bindparam("mailbox"),
-            case.c.subject_key.in_(bindparam("subject_keys", expanding=True)),
-            case_correspondent.c.address.in_(bindparam("addresses", expanding=True)),
-        )
-    ),
-)
-_POOL_READ = (
-    select(case, case_correspondent.c.address.label("known_address"))
-    .outerjoin(case_correspondent, case_correspondent.c.case_id == case.c.id)
-    .where(case.c.id.in_(_POOL_IDS))
+# Every case a batch's messages may join: each rule for all of them at once.
+_POOL_READ = _candidates_read(
+    case.c.reference.in_(bindparam("tags", expanding=True)),
+    case.c.subject_key.in_(bindparam("subject_keys", expanding=True)),
 )
 
 
