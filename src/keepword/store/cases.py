@@ -747,9 +747,7 @@ def _pooled_save(conn: Connection, state: CaseState, *, new_case: bool = False) 
         return
     assert state.id is not None
     if not new_case and state.id not in pool.states:
-        deferred_writes = deferred(conn)
-        assert deferred_writes is not None
-        deferred_writes.pools.pop(_POOL, None)
+        _drop_pool(conn)
         return
     times = {name: getattr(state, name) for name in _TIMES}
     pool.keep(replace(state, **{k: v.astimezone(UTC) for k, v in times.items() if v}))
@@ -762,11 +760,16 @@ def _pooled_people(conn: Connection, case_id: int | None, addresses: Iterable[st
         return
     known = pool.people.get(case_id)
     if known is None:
-        deferred_writes = deferred(conn)
-        assert deferred_writes is not None
-        deferred_writes.pools.pop(_POOL, None)
+        _drop_pool(conn)
         return
     known.update(addresses)
+
+
+def _drop_pool(conn: Connection) -> None:
+    """The rest of the batch reads its candidates from the store."""
+    waiting = deferred(conn)
+    if waiting is not None:
+        waiting.pools.pop(_POOL, None)
 
 
 def case_candidates(conn: Connection, case_ids: Sequence[int]) -> dict[int, CaseCandidate]:
