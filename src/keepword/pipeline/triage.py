@@ -261,8 +261,8 @@ def _batch_transaction(
             # end, a statement each (store.deferred).
             triage = _in_savepoint if isolate else _unguarded
             with nullcontext() if isolate else deferring(conn):
-                # The mail all of them reference and the cases they may join, in one read
-                # each (kept until a flush).
+                # The mail all of them reference (read again after a flush) and the cases
+                # they may join, in one read each.
                 box = run.desk.box
                 named = (mid for read in facts.values() for mid in referenced_ids(read))
                 case_store.prefetch_references(conn, box.name, named)
