@@ -23,9 +23,9 @@ from sqlalchemy import Engine
 from keepword.adapters.idle import OnChange
 from keepword.clock import Clock, SpedUpClock
 from keepword.config import MailboxSettings, Settings
-from keepword.errors import DeliveryUnavailable
+from keepword.errors import DeliveryUnavailable, MailboxError
 from keepword.runtime import daemon as daemon_module
-from keepword.runtime.daemon import DRAIN_INTERVAL, Daemon, Pacing
+from keepword.runtime.daemon import DRAIN_INTERVAL, SURGE_CHASE_WAIT, Daemon, Pacing
 from keepword.store import jobs
 from keepword.store.db import open_store
 from keepword.store.jobs import job_runs
@@ -60,6 +60,8 @@ class Recorder:
     failing_drain: set[str] = field(default_factory=set)
     new_mail_at: dict[str, datetime] = field(default_factory=dict)
     slices: dict[str, int] = field(default_factory=dict)  # polls that leave more to triage
+    failing_poll_after: dict[str, int] = field(default_factory=dict)  # polls that work first
+    slices_from: dict[str, datetime] = field(default_factory=dict)  # the slices begin then
 
     def of(self, mailbox: str, job: str) -> list[Run]:
         return [r for r in self.runs if r.mailbox == mailbox and r.job == job]
@@ -84,6 +86,11 @@ class FakeWorker:
 
     async def poll(self, mailbox: MailboxSettings) -> bool:
         await self._job("poll", mailbox, self.recorder.slow_poll.get(mailbox.name, 1.0))
+        working = self.recorder.failing_poll_after.get(mailbox.name)
+        if working is not None and len(self.recorder.of(mailbox.name, "poll")) > working:
+            raise MailboxError("imap 127.0.0.1:143: connection refused")
+        if self.clock.now() < self.recorder.slices_from.get(mailbox.name, START):
+            return False
         left = self.recorder.slices.get(mailbox.name, 0)
         self.recorder.slices[mailbox.name] = max(0, left - 1)
         return left > 0
@@ -128,7 +135,10 @@ def write_config(tmp: Path, boxes: dict[str, int], chase: int = 60) -> Path:
 
 
 def run_daemon(
-    tmp: Path, boxes: dict[str, int], setup: Callable[[Recorder], None] = lambda r: None
+    tmp: Path,
+    boxes: dict[str, int],
+    setup: Callable[[Recorder], None] = lambda r: None,
+    pacing: Pacing | None = None,
 ) -> tuple[Recorder, datetime, datetime]:
     clock = SpedUpClock(SPEED, START, time.time())
     recorder = Recorder(clock)
@@ -138,9 +148,8 @@ def run_daemon(
         return FakeWorker(recorder)
 
     async def run() -> tuple[datetime, datetime]:
-        daemon = Daemon(
-            write_config(tmp, boxes), factory, clock=clock, pacing=Pacing(draw=lambda: 1.0)
-        )
+        paced = pacing or Pacing(draw=lambda: 1.0)
+        daemon = Daemon(write_config(tmp, boxes), factory, clock=clock, pacing=paced)
         running = asyncio.create_task(daemon.run())
         began = clock.now()
         span = asyncio.create_task(clock.sleep(SPAN.total_seconds()))  # on the daemon's clock
@@ -263,12 +272,77 @@ def test_a_poll_that_left_mail_to_triage_drains_then_polls_again_at_once(
     runs = [r for r in recorder.runs if r.mailbox == "support"]
     kinds = [r.job for r in runs]
     assert kinds[:9] == [
-        "poll", "chase", "drain", "poll", "drain", "poll", "drain", "poll", "drain"
-    ]  # fmt: skip
+        "poll",
+        "drain",
+        "poll",
+        "drain",
+        "poll",
+        "drain",
+        "poll",
+        "chase",
+        "drain",
+    ]  # fmt: skip (the chase due at start waits for the last slice)
     assert (runs[8].start - runs[0].start).total_seconds() <= 4 * SLACK  # not hours
     polls = recorder.of("support", "poll")
     assert len(polls) == 5  # the 4 slices, then the poll IDLE asked for (not one more)
     assert_no_overlap(runs)
+
+
+def surge_at(when: datetime, slices: int, poll_seconds: float) -> Callable[[Recorder], None]:
+    """New mail at `when` that the poll takes in `slices` + 1 slices of `poll_seconds`."""
+
+    def surge(recorder: Recorder) -> None:
+        recorder.slices["support"] = slices
+        recorder.slow_poll["support"] = poll_seconds
+        recorder.new_mail_at["support"] = recorder.slices_from["support"] = when
+
+    return surge
+
+
+def surge_polls(recorder: Recorder, began: datetime) -> list[Run]:
+    return [r for r in recorder.of("support", "poll") if r.start >= began]
+
+
+def test_a_due_chase_waits_for_the_surges_last_slice(tmp_path: Path) -> None:
+    """The chase due at 09:06 falls in a surge (09:05:50 to ~09:06:30): it runs after the
+    last slice, not between two (the acknowledgements first)."""
+    news = START + timedelta(minutes=5, seconds=50)
+    pacing = Pacing(draw=lambda: 1.0, surge_chase_wait=600.0)
+    recorder, _, _ = run_daemon(tmp_path, {"support": 3600}, surge_at(news, 8, 4.0), pacing)
+    polls = surge_polls(recorder, news)[:9]
+    assert len(polls) == 9 and polls[-1].end is not None
+    chases = [r for r in recorder.of("support", "chase") if r.start >= polls[0].start]
+    assert chases, "no chase after the surge"
+    assert all(not (polls[0].start < c.start < polls[-1].end) for c in chases), chases
+    assert (chases[0].start - polls[-1].end).total_seconds() <= SLACK  # right after it
+
+
+def test_a_long_surge_holds_the_chase_back_no_longer_than_the_wait(tmp_path: Path) -> None:
+    """A surge of ~5 virtual minutes: the chase still runs, SURGE_CHASE_WAIT late at most."""
+    news = START + timedelta(minutes=5, seconds=50)
+    recorder, began, ended = run_daemon(tmp_path, {"support": 3600}, surge_at(news, 60, 4.0))
+    polls = surge_polls(recorder, news)
+    assert len(polls) >= 61 and polls[60].end is not None
+    during = [r for r in recorder.of("support", "chase") if news < r.start < polls[60].end]
+    assert len(during) >= 3, during  # ~5 minutes of surge, a chase every 60 + 30 s at most
+    slice_seconds = 4.0 + 0.5  # a poll and its drain: a waiting chase runs after one
+    assert_runs_every(
+        recorder.of("support", "chase"), 60 + SURGE_CHASE_WAIT + slice_seconds, began, ended
+    )
+
+
+def test_a_surge_whose_poll_fails_does_not_hold_the_chase(tmp_path: Path) -> None:
+    """The poll left more, then fails and backs off: the chase runs on its interval (it
+    waits only while the next slice is due, so the cycle never spins on it either)."""
+
+    def failing(recorder: Recorder) -> None:
+        surge_at(START + timedelta(minutes=5), 50, 1.0)(recorder)
+        recorder.failing_poll_after["support"] = 3  # the start, then two slices
+
+    pacing = Pacing(draw=lambda: 1.0, surge_chase_wait=600.0)  # no cap to hide a wait
+    recorder, began, ended = run_daemon(tmp_path, {"support": 3600}, failing, pacing)
+    assert_runs_every(recorder.of("support", "chase"), 60, began, ended)
+    assert len(recorder.of("support", "chase")) <= 40  # 30 virtual minutes, once a minute
 
 
 @pytest.mark.parametrize("previous", [None, "first"])

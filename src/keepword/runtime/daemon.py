@@ -6,6 +6,10 @@ DRAIN_INTERVAL), evaluated as the pure function it is: `get_next_fire_time(previ
 now)` with `now` from the daemon's one `Clock`. One asyncio task per mailbox sleeps on
 that clock until its earliest job is due (an IDLE notification or a stop wakes it
 early), then runs every due job in the order poll -> chase -> drain, one at a time.
+While a surge is triaged slice by slice (the poll left more and is due again at once),
+a due chase waits for its end, at most SURGE_CHASE_WAIT past its due time: the
+customers' acknowledgements leave first, and a chase of thousands of new cases (~1 ms
+each) between two slices would hold the next slice back.
 
 Why not APScheduler's AsyncIOScheduler: it reads `datetime.now` itself (so the
 scheduler and the use cases could not share a sped-up or virtual clock) and it runs
@@ -82,6 +86,8 @@ CLOSE_TIMEOUT: Final = 5.0
 OVERDUE_CHECK: Final = 15.0  # clock seconds between refreshes of the overdue gauges
 LOCK_CHECK: Final = 5.0  # seconds between checks that the writer lock is still held
 JOBS: Final = ("poll", "chase", "drain")
+# How long a due chase may wait for a surge's slices (its reminders are due in hours).
+SURGE_CHASE_WAIT: Final = 30.0
 
 
 class Worker(Protocol):
@@ -174,6 +180,14 @@ class MailboxCycle:
     def seconds_left(self, now: datetime, monotonic: float) -> float:
         return min(job.seconds_left(now, monotonic) for job in self.jobs.values())
 
+    def chase_waits(self, now: datetime, monotonic: float, wait: float) -> bool:
+        """A surge's next slice is due (its poll left more and did not fail): the due
+        chase waits for the surge's end, unless it is `wait` seconds overdue already.
+        Never a busy loop: while it waits, the poll is due."""
+        poll, chase = self.jobs["poll"], self.jobs["chase"]
+        surging = self.triage_left and poll.seconds_left(now, monotonic) <= 0
+        return surging and (now - chase.due).total_seconds() < wait
+
     def new_mail(self, now: datetime) -> None:
         """IDLE saw new mail: poll (its backoff ends: the server answers) and drain now."""
         poll, drain = self.jobs["poll"], self.jobs["drain"]
@@ -237,6 +251,7 @@ class Pacing:
     drain_interval: float = DRAIN_INTERVAL
     retry: RetryPolicy = MAILBOX_RETRY
     draw: Callable[[], float] = random.random
+    surge_chase_wait: float = SURGE_CHASE_WAIT
 
 
 class Daemon:
@@ -254,6 +269,7 @@ class Daemon:
         self._dry_run = dry_run
         self._stop_timeout = pacing.stop_timeout
         self._drain_interval = pacing.drain_interval
+        self._surge_chase_wait = pacing.surge_chase_wait
         self._retry = pacing.retry
         self._draw = pacing.draw
         self._clock = clock if clock is not None else clock_from_environment()
@@ -547,10 +563,14 @@ class Daemon:
                     await self._nap(cycle, wait)
                     continue
                 for kind in JOBS:
-                    job = cycle.jobs[kind]
-                    due = job.seconds_left(self._clock.now(), self._clock.monotonic()) <= 0
-                    if due and not cycle.ending and self._worker is not None:
-                        await self._run_job_kept(cycle, job, self._worker)
+                    if self._due(cycle, kind) and not cycle.ending and self._worker is not None:
+                        await self._run_job_kept(cycle, cycle.jobs[kind], self._worker)
+
+    def _due(self, cycle: MailboxCycle, kind: str) -> bool:
+        now, monotonic = self._clock.now(), self._clock.monotonic()
+        if cycle.jobs[kind].seconds_left(now, monotonic) > 0:
+            return False
+        return kind != "chase" or not cycle.chase_waits(now, monotonic, self._surge_chase_wait)
 
     async def _run_job_kept(self, cycle: MailboxCycle, job: Job, worker: Worker) -> None:
         """`_run_job`, and whatever escapes its bookkeeping is the job's failure (retried
