@@ -5,12 +5,18 @@ worker meanwhile, and no worker process once the surge is over."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
+from keepword.pipeline import ingest as ingest_module
 from keepword.pipeline.ingest import MailboxPoller
+from keepword.pipeline.prefetch import Prefetcher
+from keepword.runtime import service as service_module
+from keepword.runtime.service import Service
 from keepword.store.tables import message
 from tests.fixtures.dovecot import Dovecot
 from tests.integration.test_ingest import (
@@ -116,3 +122,67 @@ def test_a_worker_that_dies_costs_no_mail(
         poller.close()
     stored_as_on_the_server(dovecot, mail_user, engine)
     assert not multiprocessing.active_children()
+
+
+def test_a_poll_triages_stored_mail_while_the_worker_fetches_and_waits_only_with_none(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's poll in a surge (runtime.service): the worker's first batch is small
+    (FIRST_ASK: it is spawned for it); a poll waits for the worker's batch only when no
+    stored mail waits for triage; otherwise it triages that and the next poll takes the
+    batch. Every mail stored once, none fetched twice, every one triaged."""
+    monkeypatch.setattr(service_module, "FIRST_SLICE", 2)
+    monkeypatch.setattr(service_module, "TRIAGE_SLICE", 3)
+    monkeypatch.setattr(ingest_module, "FIRST_ASK", 4)
+    busy = [False]  # what the poll is told of the worker, whatever the worker's state
+    monkeypatch.setattr(Prefetcher, "busy", property(lambda self: busy[0]))
+    box = mailbox_for(dovecot, mail_user, fetch_batch=6)
+    service = Service(settings_for(box, engine), clock=now, engine=engine)
+    seen: list[tuple[int | None, int, bool]] = []
+    ingest, triage = service.ingest, service.triage
+    taken: list[int | None] = []
+
+    def recording_ingest(box: Any, **kwargs: Any) -> Any:
+        result = ingest(box, **kwargs)
+        taken.append(result.folders["INBOX"].new)
+        return result
+
+    def recording_triage(box: Any, limit: int = 5000) -> Any:
+        result = triage(box, limit)
+        seen.append((taken.pop() if taken else None, result.triaged, result.more))
+        return result
+
+    service.ingest = recording_ingest  # type: ignore[method-assign]
+    service.triage = recording_triage  # type: ignore[method-assign]
+
+    async def run() -> int:
+        try:
+            assert not await service.poll(box)  # the empty folders: no history any more
+            dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(20)])
+            assert await service.poll(box)  # the first slice; the worker asked for 4
+            busy[0] = True  # the worker's batch is not ready yet, as far as polls know
+            assert await service.poll(box)  # nothing stored to triage: it waits for it
+            assert await service.poll(box)  # one stored waits: triaged, the batch left
+            busy[0] = False
+            while await service.poll(box):
+                pass
+            prefetch = service._poller(box).prefetch
+            assert prefetch is not None and not prefetch.running  # stopped with the surge
+            return prefetch.taken
+        finally:
+            await service.close()
+
+    from_worker = asyncio.run(run())
+    assert seen[:5] == [
+        (0, 0, False),
+        (2, 2, False),  # the first slice
+        (4, 3, True),  # the worker's first batch alone (FIRST_ASK), waited for
+        (None, 1, False),  # the worker still busy, one stored mail waits: no fetch
+        (6, 3, True),  # the worker's batch (a fetch batch now), taken
+    ]
+    assert sum(t or 0 for t, _, _ in seen) == 20 and sum(n for _, n, _ in seen) == 20
+    assert from_worker == 18  # all but the first slice came from the worker
+    stored_as_on_the_server(dovecot, mail_user, engine)

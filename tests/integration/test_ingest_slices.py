@@ -191,7 +191,7 @@ def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_an
         (0, None, 3, True),
         (0, None, 3, True),
         (0, None, 1, False),  # the surge is over
-        (2, 0, 2, True),  # the next one starts small again
+        (2, 0, 2, False),  # the next one starts small again (3 wait on the server)
     ]
     assert mores == [False, True, True, True, True, False, True]
     assert count(engine, message) == 14  # 12, then 2 of the 5: the rest waits for the next poll

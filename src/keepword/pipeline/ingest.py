@@ -37,7 +37,7 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
 from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
-from keepword.pipeline.prefetch import Asked, Prefetcher
+from keepword.pipeline.prefetch import FIRST_ASK, Asked, Prefetcher
 from keepword.store import messages as store
 from keepword.store.messages import StoreItem
 
@@ -185,6 +185,8 @@ def poll_folder(
     if plan is not None:
         plan(len(uids))
     early = _take_prefetched(where, status.uidvalidity, uids) if history_done else None
+    if early is not None and more:  # a surge: the worker's batch alone (FIRST_ASK is small)
+        uids, following = uids[: len(early[0])], [*uids[len(early[0]) :], *following]
     rest = uids[len(early[0]) :] if early is not None else uids
     max_bytes = box.imap.fetch_batch_bytes
     batches = _batches(session, rest, box.imap.fetch_batch, max_bytes)
@@ -243,11 +245,12 @@ def _take_prefetched(
 
 def _ask_next(session: MailSession, where: Folder, uidvalidity: int, following: list[int]) -> None:
     """Have the worker fetch and parse the next poll's batch while this one's is triaged
-    (one fetch batch, capped in bytes like the poll's own; a mail bigger than the cap is
-    left to the poll)."""
+    (one fetch batch, FIRST_ASK for a worker not yet started; capped in bytes like the
+    poll's own; a mail bigger than the cap is left to the poll)."""
     assert where.prefetch is not None
     imap = where.box.imap
-    ahead = following[: imap.fetch_batch]
+    size = imap.fetch_batch if where.prefetch.running else min(imap.fetch_batch, FIRST_ASK)
+    ahead = following[:size]
     sizes = session.message_sizes(ahead)
     first = next(byte_capped(ahead, sizes, imap.fetch_batch, imap.fetch_batch_bytes), [])
     if sum(sizes.get(uid, 0) for uid in first) > imap.fetch_batch_bytes:
@@ -656,6 +659,11 @@ class MailboxPoller:
             if self.prefetch is not None and not any(r.more for r in result.folders.values()):
                 self.prefetch.stop()  # the surge is over (or there was none): no worker
             return result
+
+    @property
+    def prefetching(self) -> bool:
+        """The worker still fetches the customers' next batch (pipeline.prefetch)."""
+        return self.prefetch is not None and self.prefetch.busy
 
     def close(self) -> None:
         with self._lock:

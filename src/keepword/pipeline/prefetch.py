@@ -35,6 +35,11 @@ from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_message
 
 log = logging.getLogger(__name__)
 
+# The first batch a surge's worker is asked for is smaller than a fetch batch: the
+# worker is spawned for it (~0.5 s) and the next poll waits for it, since the first
+# slice left nothing stored to triage meanwhile (bench/surge_daemon.py).
+FIRST_ASK = 200
+
 # One fetched mail as the worker hands it back: uid, raw, parsed, INTERNALDATE (UTC).
 Fetched = tuple[int, bytes, ParsedMessage, datetime | None]
 
@@ -63,6 +68,11 @@ class Prefetcher:
     def running(self) -> bool:
         """A worker process is up (between a surge's first poll and its end)."""
         return self._pool is not None
+
+    @property
+    def busy(self) -> bool:
+        """The batch asked for is still being fetched and parsed (a poll would wait)."""
+        return self._future is not None and not self._future.done()
 
     def ask(self, asked: Asked) -> None:
         """Fetch and parse these UIDs in the worker (started if need be); an earlier

@@ -176,11 +176,14 @@ def triage_pending(
     run = _Run(desk, acknowledger)
     box = desk.box
     with desk.engine.connect() as conn:
-        queue = triage_state.due_untriaged(conn, box.name, desk.now, limit)
+        # One more than the limit: whether more waits (a poll that says so is followed
+        # by another at once; one that found nothing more is an empty cycle).
+        queue = triage_state.due_untriaged(conn, box.name, desk.now, limit + 1)
         run.failing = triage_state.failed_attempts(conn, box.name)
         if queue:  # an idle poll reads nothing more
             desk.resume_predictor(conn)
-    run.result.more = len(queue) >= limit
+    run.result.more = len(queue) > limit
+    queue = queue[:limit]
     held: list[Untriaged] = []
     try:
         _triage_queue(run, queue, held, batch)

@@ -91,9 +91,11 @@ class Service:
         # The promise predictor of a mailbox's last triage run, for its next run.
         self.keepers = {box.name: PredictorKeeper() for box in settings.mailbox}
         self._threads: dict[str, ThreadPoolExecutor] = {}
-        # Per mailbox: a surge is being acknowledged (the last poll left more), and when
-        # its Sent and Done folders were last polled.
+        # Per mailbox: a surge is being acknowledged (the last poll left more), stored
+        # mail waits for triage (the last triage left more), and when its Sent and Done
+        # folders were last polled.
         self._surging: dict[str, bool] = {}
+        self._triage_left: dict[str, bool] = {}
         self._others_polled: dict[str, datetime] = {}
 
     def _thread(self, box: MailboxSettings) -> ThreadPoolExecutor:
@@ -188,16 +190,24 @@ class Service:
         """Ingest (live mail: one fetch batch), then triage up to TRIAGE_SLICE messages;
         unless a surge is under way, FIRST_SLICE of the customers' new mail and of triage.
         True if more waits on the server or for triage (the daemon drains what this
-        slice queued and polls again at once)."""
+        slice queued and polls again at once). While the prefetch worker still fetches
+        the customers' next batch and stored mail waits for triage, the poll triages
+        that and leaves the batch to the next poll, instead of waiting for it."""
+        name = mailbox.name
         inbox_only = self._inbox_first(mailbox)
-        first = None if self._surging.get(mailbox.name) else FIRST_SLICE
-        taken = await self._in_thread(
-            mailbox, lambda: self.ingest(mailbox, inbox_only=inbox_only, first_slice=first)
-        )
+        first = None if self._surging.get(name) else FIRST_SLICE
+        if inbox_only and self._triage_left.get(name) and self._poller(mailbox).prefetching:
+            server_more = True  # the batch under way, at least
+        else:
+            taken = await self._in_thread(
+                mailbox, lambda: self.ingest(mailbox, inbox_only=inbox_only, first_slice=first)
+            )
+            server_more = taken.more
         limit = first or TRIAGE_SLICE
         result = await self._in_thread(mailbox, lambda: self.triage(mailbox, limit))
-        more = taken.more or result.more
-        self._surging[mailbox.name] = more
+        self._triage_left[name] = result.more
+        more = server_more or result.more
+        self._surging[name] = more
         return more
 
     def _inbox_first(self, box: MailboxSettings) -> bool:
