@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 
+from keepword.domain import outbox_keys as keys
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.chase import held_back_note, update_key
 from keepword.domain.model import PromiseAudience, PromiseKind, PromiseState
@@ -54,6 +57,45 @@ def test_round_trip_keeps_every_field(engine: Engine) -> None:
     assert loaded.made_at.tzinfo is not None, "aware UTC back from the store"
     assert loaded.is_default and dict(loaded.basis) == {"sample_size": 25, "quantile": 0.95}
     assert loaded.state is PromiseState.OPEN
+
+
+def sqlite_steps(engine: Engine, read: Callable[[Connection], object]) -> int:
+    """SQLite virtual machine instructions `read` costs (what it reads, not the clock)."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        raw.set_progress_handler(count, 1)
+        try:
+            read(conn)
+        finally:
+            raw.set_progress_handler(None, 1)
+    return steps[0]
+
+
+def test_a_cases_open_promises_come_first_due_first_from_its_own_rows(engine: Engine) -> None:
+    """The chase reads every open case's: the cost of one read must not grow with the
+    other cases' open promises (it grew linearly: the read walked all of them)."""
+    mine = new_case(engine)
+    with engine.begin() as conn:
+        later = store.insert_promise(conn, promise_for(mine, T0, hours=9))
+        sooner = store.insert_promise(conn, promise_for(mine, T0, hours=2))
+
+    def read(conn: Connection) -> object:
+        assert [p.id for p in store.open_promises(conn, mine)] == [sooner, later]
+        return None
+
+    alone = sqlite_steps(engine, read)
+    for n in range(300):
+        other = new_case(engine, prefix=f"O{n}")
+        with engine.begin() as conn:
+            store.insert_promise(conn, promise_for(other, T0 + timedelta(minutes=n), hours=1))
+    assert sqlite_steps(engine, read) < alone * 2, "it reads the other cases' promises"
 
 
 def test_supersede_and_break_are_stored_and_leave_the_open_set(engine: Engine) -> None:
@@ -177,3 +219,33 @@ def test_automated_mail_from_an_address_in_any_mailbox(engine: Engine) -> None:
         ("billing", "bot@other.example")
     ]
     assert found[0].header("auto-submitted") == ("auto-replied",)
+
+
+def test_a_cases_chase_keys_are_read_by_their_ranges_and_no_others(engine: Engine) -> None:
+    """What the chase reads as already queued for a case (store.outbox.keys_in_ranges
+    over domain.outbox_keys.chase_key_ranges): every chase key of the case, nothing of
+    another case (42 is not 421 nor 4), nor the case's other mail."""
+    mine = [
+        keys.reminder_key(42, 7, 0.75),
+        keys.escalation_key(42, None),
+        keys.update_key(42, 7),
+        keys.breach_key(42, 8),
+    ]
+    others = [
+        keys.reminder_key(421, 7, 0.5),
+        keys.update_key(4, 7),
+        keys.escalation_key(420, 9),
+        keys.ack_key(42),
+        keys.lead_alert_key("support", 42),
+    ]
+    with engine.begin() as conn:
+        for n, key in enumerate([*mine, *others]):
+            entry = outbox_store.OutboxEntry(
+                "support", None, "reminder", key, ["a@example.com"], "x", b"x",
+                message_id=f"<k{n}@example.com>",
+            )  # fmt: skip
+            outbox_store.enqueue(conn, entry, T0)
+    with engine.connect() as conn:
+        assert outbox_store.keys_in_ranges(conn, keys.chase_key_ranges(42)) == set(mine)
+        assert outbox_store.keys_in_ranges(conn, keys.chase_key_ranges(421)) == {others[0]}
+        assert outbox_store.keys_in_ranges(conn, []) == frozenset()

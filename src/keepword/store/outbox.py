@@ -20,6 +20,7 @@ Once sent: "done" (APPENDed to the Sent folder), "skipped" (not configured), "fa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Connection,
     Result,
     Row,
+    Select,
     and_,
     bindparam,
     func,
@@ -602,8 +604,20 @@ def _automatic_mail(conn: Connection, kinds: Sequence[str], since: datetime) -> 
 def keys_in_ranges(conn: Connection, ranges: Sequence[tuple[str, str]]) -> frozenset[str]:
     """The dedup keys within any [low, high) range (read through the unique key index)."""
     settle(conn)
-    bounds = [and_(outbox.c.dedup_key >= low, outbox.c.dedup_key < high) for low, high in ranges]
-    return frozenset(conn.execute(select(outbox.c.dedup_key).where(or_(*bounds))).scalars())
+    if not ranges:
+        return frozenset()
+    values: dict[str, str] = {}
+    for n, (low, high) in enumerate(ranges):
+        values |= {f"l{n}": low, f"h{n}": high}
+    return frozenset(conn.execute(_keys_in(len(ranges)), values).scalars())
+
+
+@functools.cache
+def _keys_in(count: int) -> Select[Any]:
+    """The range read for `count` ranges, built once (the chase reads every open case's)."""
+    key = outbox.c.dedup_key
+    bounds = [and_(key >= bindparam(f"l{n}"), key < bindparam(f"h{n}")) for n in range(count)]
+    return select(key).where(or_(*bounds))
 
 
 @dataclass(frozen=True, slots=True)

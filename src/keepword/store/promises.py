@@ -38,17 +38,20 @@ def to_promise(row: Row[Any]) -> Promise:
 
 
 def open_promises(conn: Connection, case_id: int) -> list[Promise]:
+    """The case's open promises, the first due first.
+
+    Sorted here, not by the query: with ORDER BY due_at, SQLite reads them through
+    ix_promise_open (state, due_at), that is through every open promise of every case,
+    and the chase, which reads each case's, took O(n^2) in the open cases (2,000 open
+    cases: ~2 ms a case); by the case's own index it is a few rows."""
     settle(conn)
-    return [to_promise(row) for row in conn.execute(_OPEN_PROMISES, {"case_id": case_id})]
+    rows = conn.execute(_OPEN_PROMISES, {"case_id": case_id})
+    return sorted((to_promise(row) for row in rows), key=lambda p: (p.due_at, p.id or 0))
 
 
 # Built once: triage reads a case's open promises for every team reply (see store.cases._LOAD).
-_OPEN_PROMISES = (
-    select(promise)
-    .where(
-        and_(promise.c.case_id == bindparam("case_id"), promise.c.state == PromiseState.OPEN.value)
-    )
-    .order_by(promise.c.due_at, promise.c.id)
+_OPEN_PROMISES = select(promise).where(
+    and_(promise.c.case_id == bindparam("case_id"), promise.c.state == PromiseState.OPEN.value)
 )
 
 
