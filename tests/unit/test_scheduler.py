@@ -308,21 +308,22 @@ def test_a_due_chase_waits_for_the_surges_last_slice(tmp_path: Path) -> None:
     chases = [r for r in recorder.of("support", "chase") if r.start >= polls[0].start]
     assert chases, "no chase after the surge"
     assert all(not (polls[0].start < c.start < polls[-1].end) for c in chases), chases
-    assert (chases[0].start - polls[-1].end).total_seconds() <= SLACK  # right after it
+    assert (chases[0].start - polls[-1].end).total_seconds() <= 2 * SLACK  # right after it
 
 
 def test_a_long_surge_holds_the_chase_back_no_longer_than_the_wait(tmp_path: Path) -> None:
-    """A surge of ~5 virtual minutes: the chase still runs, SURGE_CHASE_WAIT late at most."""
+    """A surge of ~9 virtual minutes: the chase still runs, SURGE_CHASE_WAIT late at most
+    (held for the whole surge, one gap would be 9 minutes)."""
     news = START + timedelta(minutes=5, seconds=50)
-    recorder, began, ended = run_daemon(tmp_path, {"support": 3600}, surge_at(news, 60, 4.0))
+    recorder, began, ended = run_daemon(tmp_path, {"support": 3600}, surge_at(news, 120, 4.0))
     polls = surge_polls(recorder, news)
-    assert len(polls) >= 61 and polls[60].end is not None
-    during = [r for r in recorder.of("support", "chase") if news < r.start < polls[60].end]
-    assert len(during) >= 3, during  # ~5 minutes of surge, a chase every 60 + 30 s at most
+    assert len(polls) >= 121 and polls[120].end is not None
+    during = [r for r in recorder.of("support", "chase") if news < r.start < polls[120].end]
+    assert len(during) >= 4, during  # ~9 minutes of surge, a chase every 60 + 30 s at most
     slice_seconds = 4.0 + 0.5  # a poll and its drain: a waiting chase runs after one
-    assert_runs_every(
-        recorder.of("support", "chase"), 60 + SURGE_CHASE_WAIT + slice_seconds, began, ended
-    )
+    # Twice the scheduling noise a busy 2-core machine makes (SLACK), not the surge's 540 s.
+    bound = 60 + SURGE_CHASE_WAIT + slice_seconds + SLACK
+    assert_runs_every(recorder.of("support", "chase"), bound, began, ended)
 
 
 def test_a_surge_whose_poll_fails_does_not_hold_the_chase(tmp_path: Path) -> None:
@@ -335,7 +336,8 @@ def test_a_surge_whose_poll_fails_does_not_hold_the_chase(tmp_path: Path) -> Non
 
     pacing = Pacing(draw=lambda: 1.0, surge_chase_wait=600.0)  # no cap to hide a wait
     recorder, began, ended = run_daemon(tmp_path, {"support": 3600}, failing, pacing)
-    assert_runs_every(recorder.of("support", "chase"), 60, began, ended)
+    # On its interval, give or take twice the scheduling noise (held: 600 s and more).
+    assert_runs_every(recorder.of("support", "chase"), 60 + SLACK, began, ended)
     assert len(recorder.of("support", "chase")) <= 40  # 30 virtual minutes, once a minute
 
 
