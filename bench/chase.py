@@ -4,8 +4,9 @@
 
 The chase runs every minute and reads every open case (its state, its open promises,
 its chase mail already queued). For each count in `--open`: a mailbox with
-`--history-cases` answered cases (bench/surge_triage.py's store) and that many new
-customers, triaged and acknowledged (each case holds an open promise), then one chase
+`--history-cases` cases (bench/surge_triage.py's store; the answered ones closed, as a
+history mostly is, the last 30 still waiting) and that many new customers, triaged and
+acknowledged (each case holds an open promise), then one chase
 pass (`chase_mailbox`) at a time when nothing is due yet: what every minute of a busy
 day costs. Each pass runs twice on copies of the same store: with today's read of a
 case's open promises, and with the read before (an ORDER BY due_at that SQLite served
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, select, update
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.surge_triage import NOW, deliver_surge, seed_history, settings_for  # noqa: E402
 
-from keepword.domain.model import PromiseState  # noqa: E402
+from keepword.domain.model import CaseStatus, PromiseState  # noqa: E402
 from keepword.mail.render import Renderer  # noqa: E402
 from keepword.pipeline.acknowledge import acknowledge_case  # noqa: E402
 from keepword.pipeline.chase import chase_mailbox  # noqa: E402
@@ -38,7 +39,7 @@ from keepword.pipeline.context import MailboxContext  # noqa: E402
 from keepword.pipeline.triage import triage_pending  # noqa: E402
 from keepword.store import promises as promise_store  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
-from keepword.store.tables import promise  # noqa: E402
+from keepword.store.tables import case, promise  # noqa: E402
 
 # The read before (2026-12-02): ordered by the query, which SQLite served through
 # ix_promise_open (state, due_at) instead of the case's own index.
@@ -62,6 +63,11 @@ def store_with_open_cases(work: Path, history: int, count: int) -> Path:
     url = f"sqlite:///{seed}"
     _, box = settings_for(url, work)
     seed_history(url, box, history)
+    engine = open_store(url)
+    with engine.begin() as conn:  # the answered history: closed, not chased
+        answered = case.c.first_response_at.is_not(None)
+        conn.execute(update(case).where(answered).values(status=CaseStatus.CLOSED.value))
+    engine.dispose()
     deliver_surge(url, box, count)
     desk = desk_for(url, work)
     result = triage_pending(desk, acknowledger=acknowledge_case)
