@@ -21,26 +21,31 @@ def test_every_kind_of_key_is_spelled_once() -> None:
     assert away == "away:support:alice@example.com:2026-11-02"
 
 
+# Case 42's chase keys, and keys near them that are not (tests/unit/test_store_promises.py
+# reads the same through the store).
+CASE_42_CHASE_KEYS = [
+    keys.reminder_key(42, 7, 0.75),
+    keys.escalation_key(42, None),
+    keys.update_key(42, 7),
+    keys.breach_key(42, 7),
+]
+NOT_CASE_42_CHASE_KEYS = [
+    keys.reminder_key(421, 7, 0.5),
+    keys.update_key(4, 7),
+    keys.escalation_key(420, 9),
+    keys.ack_key(42),
+    keys.note_key(42, datetime(2026, 11, 2, tzinfo=UTC)),
+    keys.lead_alert_key("support", 42),
+    keys.away_key("support", "a@example.com", date(2026, 11, 2)),
+]
+
+
 def test_chase_ranges_hold_this_cases_chase_keys_and_nothing_else() -> None:
     def inside(key: str) -> bool:
         return any(low <= key < high for low, high in keys.chase_key_ranges(42))
 
-    mine = [
-        keys.reminder_key(42, 7, 0.75),
-        keys.escalation_key(42, None),
-        keys.update_key(42, 7),
-        keys.breach_key(42, 7),
-    ]
-    others = [
-        keys.reminder_key(421, 7, 0.5),
-        keys.update_key(4, 7),
-        keys.ack_key(42),
-        keys.note_key(42, datetime(2026, 11, 2, tzinfo=UTC)),
-        keys.lead_alert_key("support", 42),
-        keys.away_key("support", "a@example.com", date(2026, 11, 2)),
-    ]
-    assert all(inside(k) for k in mine)
-    assert not any(inside(k) for k in others)
+    assert all(inside(k) for k in CASE_42_CHASE_KEYS)
+    assert not any(inside(k) for k in NOT_CASE_42_CHASE_KEYS)
 
 
 def test_promise_id_of_reads_chase_keys_only() -> None:

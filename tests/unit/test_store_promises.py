@@ -22,6 +22,7 @@ from keepword.store import promises as store
 from keepword.store.tables import message
 from tests.fixtures.reports import engine as engine  # the fixture
 from tests.fixtures.reports import stored_case
+from tests.unit.test_outbox_keys import CASE_42_CHASE_KEYS, NOT_CASE_42_CHASE_KEYS
 
 T0 = datetime(2026, 11, 2, 9, tzinfo=UTC)
 
@@ -225,19 +226,7 @@ def test_a_cases_chase_keys_are_read_by_their_ranges_and_no_others(engine: Engin
     """What the chase reads as already queued for a case (store.outbox.keys_in_ranges
     over domain.outbox_keys.chase_key_ranges): every chase key of the case, nothing of
     another case (42 is not 421 nor 4), nor the case's other mail."""
-    mine = [
-        keys.reminder_key(42, 7, 0.75),
-        keys.escalation_key(42, None),
-        keys.update_key(42, 7),
-        keys.breach_key(42, 8),
-    ]
-    others = [
-        keys.reminder_key(421, 7, 0.5),
-        keys.update_key(4, 7),
-        keys.escalation_key(420, 9),
-        keys.ack_key(42),
-        keys.lead_alert_key("support", 42),
-    ]
+    mine, others = CASE_42_CHASE_KEYS, NOT_CASE_42_CHASE_KEYS
     with engine.begin() as conn:
         for n, key in enumerate([*mine, *others]):
             entry = outbox_store.OutboxEntry(
