@@ -272,7 +272,7 @@ def test_a_poll_that_left_mail_to_triage_drains_then_polls_again_at_once(
     runs = [r for r in recorder.runs if r.mailbox == "support"]
     kinds = [r.job for r in runs]
     # The chase due at start waits for the last slice and its drain (acknowledgements
-    # first); what it queued leaves at the next pass.
+    # first); what it queued leaves right after it.
     slices = ["poll", "drain"] * 4
     assert kinds[:10] == [*slices, "chase", "drain"]
     assert runs[8].end is not None and (runs[9].start - runs[8].end).total_seconds() <= SLACK

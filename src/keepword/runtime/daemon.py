@@ -5,8 +5,8 @@ Each job has its own APScheduler `IntervalTrigger` (poll_interval, chase.interva
 DRAIN_INTERVAL), evaluated as the pure function it is: `get_next_fire_time(previous,
 now)` with `now` from the daemon's one `Clock`. One asyncio task per mailbox sleeps on
 that clock until its earliest job is due (an IDLE notification or a stop wakes it
-early), then runs every due job in the order poll -> drain -> chase, one at a time (what
-a poll queued leaves before a chase begins; what a chase queued, at the next pass).
+early), then runs every due job in the order poll -> drain -> chase -> drain, one at a
+time (what a poll queued leaves before a chase begins, what a chase queued right after).
 While a surge is triaged slice by slice (the poll left more and is due again at once),
 a due chase waits for its end, at most SURGE_CHASE_WAIT past its due time: the
 customers' acknowledgements leave first, and a chase of thousands of new cases (a few
@@ -86,7 +86,9 @@ STOP_TIMEOUT: Final = 20.0
 CLOSE_TIMEOUT: Final = 5.0
 OVERDUE_CHECK: Final = 15.0  # clock seconds between refreshes of the overdue gauges
 LOCK_CHECK: Final = 5.0  # seconds between checks that the writer lock is still held
-JOBS: Final = ("poll", "drain", "chase")
+JOBS: Final = ("poll", "chase", "drain")
+# One pass of a mailbox's cycle: each job that is due, in this order.
+PASS: Final = ("poll", "drain", "chase", "drain")
 # How long a due chase may wait for a surge's slices (its reminders are due in hours).
 SURGE_CHASE_WAIT: Final = 30.0
 
@@ -563,7 +565,7 @@ class Daemon:
                 if wait > 0:
                     await self._nap(cycle, wait)
                     continue
-                for kind in JOBS:
+                for kind in PASS:
                     if self._due(cycle, kind) and not cycle.ending and self._worker is not None:
                         await self._run_job_kept(cycle, cycle.jobs[kind], self._worker)
 
@@ -849,7 +851,7 @@ class Daemon:
         cycle = MailboxCycle.of(box, self._drain_interval, self._clock.now())
         ok = True
         with log_context(mailbox=box.name):
-            for kind in ("poll", "chase", "drain"):  # a failed step skips nothing else
+            for kind in JOBS:  # a failed step skips nothing else
                 ok = await self._run_job(cycle, cycle.jobs[kind], worker) and ok
                 while kind == "poll" and ok and cycle.triage_left:  # every slice, once
                     ok = await self._run_job(cycle, cycle.jobs[kind], worker)
