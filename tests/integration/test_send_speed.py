@@ -20,6 +20,7 @@ from keepword.pipeline.send import COPY_BATCH, DRAIN_BATCH, ImapSentCopy
 from keepword.store import outbox
 from tests.fixtures.dovecot import Dovecot, load_mailserver
 from tests.fixtures.smtp import SmtpServer, open_relay
+from tests.fixtures.waiting import wait_until
 from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
 
 pytestmark = pytest.mark.integration
@@ -204,6 +205,51 @@ def test_a_slow_sent_folder_leaves_at_most_two_batches_sent_and_unrecorded(
         controller.stop()
     assert len(relay.accepted) == mails
     assert max(folder.unrecorded) <= 2 * COPY_BATCH + 2, folder.unrecorded
+    numbers = [int(raw.split(b"number ")[1].split(b"\n")[0]) for raw in folder.raws]
+    assert sorted(numbers) == list(range(mails))  # each copy once
+    with rig.engine.connect() as conn:
+        rows = [outbox.get(conn, i + 1) for i in range(mails)]
+    assert {(r.state, r.sent_copy) for r in rows} == {(OutboxState.SENT, "done")}
+
+
+class HeldSentFolder(FakeSentCopy):
+    """Holds its first batch of copies until the relay has taken `until` mails (at most
+    a few seconds); notes how many it had taken by then."""
+
+    def __init__(self, relay: TimedRelay, until: int) -> None:
+        super().__init__()
+        self.relay = relay
+        self.until = until
+        self.taken_meanwhile: int | None = None
+
+    def append_many(self, raws: Sequence[bytes]) -> int:
+        if self.taken_meanwhile is None:
+            wait_until(lambda: len(self.relay.accepted) >= self.until, 5)
+            self.taken_meanwhile = len(self.relay.accepted)
+        for raw in raws:
+            self.append(raw)
+        return len(raws)
+
+
+def test_the_relay_connection_goes_on_sending_while_a_batch_is_copied(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """The MULTIAPPEND of a batch of copies waits on the IMAP server: the relay
+    connection sends the next batch meanwhile (one connection: nothing else could),
+    and waits before a third (two batches sent and not yet recorded, at most)."""
+    relay, port = TimedRelay(), load_mailserver().free_port()
+    controller = open_relay(relay, port)
+    mails = COPY_BATCH * 3
+    folder = HeldSentFolder(relay, until=2 * COPY_BATCH)
+    try:
+        settings = smtp_server.settings(port=port, connections=1).model_dump()
+        rig = make_rig(tmp_path, smtp_server, smtp=settings)
+        for n in range(mails):
+            record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+        assert rig.drain(sent_copy=folder).sent == mails
+    finally:
+        controller.stop()
+    assert folder.taken_meanwhile == 2 * COPY_BATCH
     numbers = [int(raw.split(b"number ")[1].split(b"\n")[0]) for raw in folder.raws]
     assert sorted(numbers) == list(range(mails))  # each copy once
     with rig.engine.connect() as conn:
