@@ -1,26 +1,4 @@
-"""Surge end to end: 2,000 new customer mails land at once; the real daemon answers them.
-
-    .venv/bin/python bench/surge_daemon.py [--count 2000] [--history 0] [--database URL]
-
-Starts a private Dovecot (scripts/mailserver) and an aiosmtpd sink that records when it
-accepted each mail, writes a config file with the shipped defaults (only the servers,
-the credentials and an all-week calendar are set) and runs the real daemon
-(`keepword.runtime.daemon.Daemon` with `keepword.runtime.service.Service`) in this
-process, like bench/latency.py. Once the daemon has polled the empty inbox and its
-watcher is in IDLE, `--count` customer mails (each from its own address) are put into
-the inbox with MULTIAPPEND, as fast as Dovecot takes them. Measured from the end of
-that append: when the sink accepted the first and the last acknowledgement.
-
-`--history H`: before the daemon starts, the mailbox holds H/2 customer mails of the
-last months (one every 20 minutes, the newest a day old) in the inbox and the team's
-answer to each in Sent; the daemon imports and triages them first, so every promise of
-the surge is computed over a real sample of answered cases (on an empty store the
-window is over the surge's own, unanswered cases only, which flatters it).
-
-The limit, measured in the same run over the same mails: fetch them (BODY.PEEK[] in
-the shipped batch size) and parse them (`keepword.mail.parse.parse_message`), then send
-as many acknowledgements of the same size over one reused SMTP connection (aiosmtplib).
-"""
+"""The surge bench's body: run it as bench/surge_daemon.py (that file says why)."""
 
 from __future__ import annotations
 
@@ -53,6 +31,7 @@ from keepword.config import ImapSettings, Settings  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
 from keepword.runtime.daemon import Daemon  # noqa: E402
 
+DESCRIPTION = "Surge end to end: 2,000 new customer mails at once; the real daemon answers."
 SUPPORT = "support@example.com"
 ALL_WEEK = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
@@ -205,7 +184,7 @@ async def surge(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--database", default=None, help="database_url (default: SQLite)")
     parser.add_argument("--history", type=int, default=0, help="history mails (half in Sent)")
@@ -236,7 +215,3 @@ def main() -> int:
     )
     print(f"other mail accepted meanwhile (team, lead): {int(f['other_mail'])}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
