@@ -16,6 +16,7 @@ import pytest
 
 from keepword.adapters.credentials import Secret
 from keepword.domain.model import OutboxKind, OutboxState
+from keepword.errors import MailboxError
 from keepword.pipeline.send import COPY_BATCH, DRAIN_BATCH, ImapSentCopy
 from keepword.store import outbox
 from tests.fixtures.dovecot import Dovecot, load_mailserver
@@ -255,3 +256,22 @@ def test_the_relay_connection_goes_on_sending_while_a_batch_is_copied(
     with rig.engine.connect() as conn:
         rows = [outbox.get(conn, i + 1) for i in range(mails)]
     assert {(r.state, r.sent_copy) for r in rows} == {(OutboxState.SENT, "done")}
+
+
+def test_a_kept_sent_connection_that_broke_is_made_again(dovecot: Dovecot, mail_user: str) -> None:
+    """runtime.service keeps the Sent connection through a surge's drains: one the
+    server dropped fails once (the drain retries that batch's copies later), and the
+    next use connects again instead of failing every drain after it."""
+    imap, secret = dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "support@example.com", "c@example.org", "Hi"
+    mail.set_content("copy\n")
+    with closing(ImapSentCopy(imap, "Sent", secret)) as copy:
+        assert copy.append_many([mail.as_bytes()]) == 1
+        session = copy._session
+        assert session is not None and session._client is not None
+        session._client.shutdown()  # the server dropped it, say (idle too long)
+        with pytest.raises(MailboxError):
+            copy.append_many([mail.as_bytes()])
+        assert copy.append_many([mail.as_bytes()]) == 1
+    assert len(dovecot.uids(mail_user, "Sent")) == 2

@@ -136,7 +136,8 @@ class SentCopyBatches(Protocol):
 
 class ImapSentCopy:
     """SentCopy over IMAP, connected on first use: a drain that never needs the Sent
-    folder opens no connection. Not thread-safe: one drain at a time; `close` after it.
+    folder opens no connection. Not thread-safe: one drain at a time; `close` after it
+    (runtime.service keeps one through a surge's drains, then closes it).
 
     The secret is resolved at connect time unless given (tests, `keepword check`).
     """
@@ -155,13 +156,22 @@ class ImapSentCopy:
         return self._session
 
     def has_message_id(self, message_id: str) -> bool:
-        return self._open().has_message_id(self._folder, message_id)
+        return self._using(lambda session: session.has_message_id(self._folder, message_id))
 
     def append(self, raw: bytes) -> None:
-        self._open().append(self._folder, raw)
+        self._using(lambda session: session.append(self._folder, raw))
 
     def append_many(self, raws: Sequence[bytes]) -> int:
-        return self._open().append_many(self._folder, raws)
+        return self._using(lambda session: session.append_many(self._folder, raws))
+
+    def _using(self, call: Callable[[ImapSession], T]) -> T:
+        """`call` on the connection; one that failed is let go, and the next use connects
+        again (runtime.service keeps one through a surge's drains)."""
+        try:
+            return call(self._open())
+        except KeepwordError:
+            self.close()
+            raise
 
     @property
     def commands(self) -> int:
