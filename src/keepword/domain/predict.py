@@ -315,8 +315,9 @@ class PromisePredictor:
 
     def arrive(self, key: Hashable, at: datetime, kind: str = "new") -> None:
         """A case opened at `at` (after every event fed so far)."""
-        self._advance(self.timeline.position(at))
-        state = self.queue(at)
+        position = self.timeline.position(at)
+        self._advance(position)
+        state = self._queue_at(position)
         overtaken = -self._answered_count  # + the count when it is answered
         row = self._recent.add(at, state.position, state.pace, state.ahead, overtaken)
         self._open[key] = _Waiting(row, state.position, state.ahead, state.pace, overtaken)
@@ -343,7 +344,9 @@ class PromisePredictor:
     # -- state -----------------------------------------------------------------------
 
     def queue(self, now: datetime, *, away: float = 0.0) -> QueueState:
-        position = self.timeline.position(now)
+        return self._queue_at(self.timeline.position(now), away=away)
+
+    def _queue_at(self, position: float, *, away: float = 0.0) -> QueueState:
         on_duty = 1.0 - min(max(away, 0.0), 0.95)
         return QueueState(
             position=position,
