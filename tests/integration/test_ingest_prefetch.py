@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -15,10 +17,13 @@ from sqlalchemy import Engine
 from keepword.pipeline import ingest as ingest_module
 from keepword.pipeline.ingest import MailboxPoller
 from keepword.pipeline.prefetch import Prefetcher
+from keepword.pipeline.send import ImapSentCopy
 from keepword.runtime import service as service_module
 from keepword.runtime.service import Service
 from keepword.store.tables import message
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.installations import customer_mail
+from tests.fixtures.smtp import SmtpServer
 from tests.fixtures.waiting import wait_until
 from tests.integration.test_ingest import (
     count,
@@ -192,3 +197,51 @@ def test_a_poll_triages_stored_mail_while_the_worker_fetches_and_waits_only_with
     assert sum(t or 0 for t, _, _ in seen) == 20 and sum(n for _, n, _ in seen) == 20
     assert from_worker == 18  # all but the first slice came from the worker
     stored_as_on_the_server(dovecot, mail_user, engine)
+
+
+def test_a_surges_drains_copy_over_one_sent_connection_let_go_after(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+    smtp_server: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drains of a surge (runtime.service) copy to Sent over one IMAP connection
+    (a login a drain was ~14 ms, eleven times in a surge of 2,000); none is kept after
+    the surge: an idle daemon holds no connection for it."""
+    monkeypatch.setattr(service_module, "FIRST_SLICE", 2)
+    monkeypatch.setattr(service_module, "TRIAGE_SLICE", 3)
+    box = mailbox_for(dovecot, mail_user, fetch_batch=6)
+    box = box.model_copy(update={"smtp": smtp_server.settings()})
+    service = Service(settings_for(box, engine), clock=now, engine=engine)
+    logins: list[ImapSentCopy] = []
+    opened = ImapSentCopy._open
+
+    def counted(self: ImapSentCopy) -> Any:
+        if self._session is None:
+            logins.append(self)
+        return opened(self)
+
+    monkeypatch.setattr(ImapSentCopy, "_open", counted)
+
+    async def run() -> tuple[int, int]:
+        try:
+            assert not await service.poll(box)  # the empty folders: no history any more
+            dated = {"Date": format_datetime(datetime.now(UTC))}  # live mail, not history
+            customers = [(f"c{n}@customer.test", f"Order {n}") for n in range(12)]
+            surge = [customer_mail(c, box.address, s, **dated) for c, s in customers]
+            dovecot.multiappend(mail_user, "INBOX", surge)
+            drains = 0
+            while await service.poll(box):
+                await service.drain(box)
+                drains += 1
+            await service.drain(box)  # the last slice's
+            return drains + 1, len(service._sent_copies)
+        finally:
+            await service.close()
+
+    drains, kept = asyncio.run(run())
+    assert drains >= 4  # slices of 2 and 3: the surge was drained in several drains
+    assert len(smtp_server.messages) == 12  # one acknowledgement each
+    assert len(dovecot.uids(mail_user, "Sent")) == 12  # each copied once
+    assert len(logins) == 1 and kept == 0
