@@ -14,8 +14,10 @@ Order per mail:
 4. APPEND a copy to the Sent folder (when `append_to_sent`): the copy is keepword's own
    receipt of the relay's 250, so it comes *before* step 5. Copies are made in batches
    of up to COPY_BATCH on the drain's one IMAP connection (MULTIAPPEND, RFC 3502, where
-   the server offers it), so a row accepted by the relay waits at most one batch for
-   its copy; no database write comes between its 250 and its copy.
+   the server offers it), each while the relay connections send the next rows; a third
+   batch waits until the first is copied and recorded, so what the relay took and is not
+   recorded stays within two batches. Nothing is recorded of a row between its 250 and
+   its copy.
 5. Mark sent (one commit per batch). A failed APPEND is retried by later drains with
    backoff, looking for the Message-ID first so that no retry makes a second copy.
 
