@@ -192,20 +192,38 @@ def test_a_slow_sent_folder_leaves_at_most_two_batches_sent_and_unrecorded(
     looked up in Sent, and sent again if it is not there) stays within two batches of
     copies however slow the Sent folder; every mail is recorded sent with its copy,
     each copy made once."""
-    relay, port = TimedRelay(), load_mailserver().free_port()
-    controller = open_relay(relay, port)
-    mails = COPY_BATCH * 5 + 20
+    relay, mails = TimedRelay(), COPY_BATCH * 5 + 20
     folder = SlowSentFolder(relay)
+    rig = drained_through(tmp_path, smtp_server, relay, folder, mails, connections=2)
+    assert len(relay.accepted) == mails
+    assert max(folder.unrecorded) <= 2 * COPY_BATCH + 2, folder.unrecorded
+    assert_copied_once_and_recorded(rig, folder, mails)
+
+
+def drained_through(
+    tmp_path: Path,
+    smtp_server: SmtpServer,
+    relay: TimedRelay,
+    folder: FakeSentCopy,
+    mails: int,
+    connections: int,
+) -> Rig:
+    """`mails` acknowledgements recorded, then drained to `relay` (on a port of its own)
+    with `folder` as the Sent folder: every one sent."""
+    port = load_mailserver().free_port()
+    controller = open_relay(relay, port)
     try:
-        settings = smtp_server.settings(port=port, connections=2).model_dump()
+        settings = smtp_server.settings(port=port, connections=connections).model_dump()
         rig = make_rig(tmp_path, smtp_server, smtp=settings)
         for n in range(mails):
             record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
         assert rig.drain(sent_copy=folder).sent == mails
     finally:
         controller.stop()
-    assert len(relay.accepted) == mails
-    assert max(folder.unrecorded) <= 2 * COPY_BATCH + 2, folder.unrecorded
+    return rig
+
+
+def assert_copied_once_and_recorded(rig: Rig, folder: FakeSentCopy, mails: int) -> None:
     numbers = [int(raw.split(b"number ")[1].split(b"\n")[0]) for raw in folder.raws]
     assert sorted(numbers) == list(range(mails))  # each copy once
     with rig.engine.connect() as conn:
@@ -238,24 +256,11 @@ def test_the_relay_connection_goes_on_sending_while_a_batch_is_copied(
     """The MULTIAPPEND of a batch of copies waits on the IMAP server: the relay
     connection sends the next batch meanwhile (one connection: nothing else could),
     and waits before a third (two batches sent and not yet recorded, at most)."""
-    relay, port = TimedRelay(), load_mailserver().free_port()
-    controller = open_relay(relay, port)
-    mails = COPY_BATCH * 3
+    relay, mails = TimedRelay(), COPY_BATCH * 3
     folder = HeldSentFolder(relay, until=2 * COPY_BATCH)
-    try:
-        settings = smtp_server.settings(port=port, connections=1).model_dump()
-        rig = make_rig(tmp_path, smtp_server, smtp=settings)
-        for n in range(mails):
-            record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
-        assert rig.drain(sent_copy=folder).sent == mails
-    finally:
-        controller.stop()
+    rig = drained_through(tmp_path, smtp_server, relay, folder, mails, connections=1)
     assert folder.taken_meanwhile == 2 * COPY_BATCH
-    numbers = [int(raw.split(b"number ")[1].split(b"\n")[0]) for raw in folder.raws]
-    assert sorted(numbers) == list(range(mails))  # each copy once
-    with rig.engine.connect() as conn:
-        rows = [outbox.get(conn, i + 1) for i in range(mails)]
-    assert {(r.state, r.sent_copy) for r in rows} == {(OutboxState.SENT, "done")}
+    assert_copied_once_and_recorded(rig, folder, mails)
 
 
 def test_a_kept_sent_connection_that_broke_is_made_again(dovecot: Dovecot, mail_user: str) -> None:
