@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from keepword.adapters.credentials import Secret
+from keepword.adapters.smtp import SmtpSender
 from keepword.domain.model import OutboxKind, OutboxState
 from keepword.errors import MailboxError
 from keepword.pipeline.send import COPY_BATCH, DRAIN_BATCH, ImapSentCopy
@@ -280,3 +281,42 @@ def test_a_kept_sent_connection_that_broke_is_made_again(dovecot: Dovecot, mail_
             copy.append_many([mail.as_bytes()])
         assert copy.append_many([mail.as_bytes()]) == 1
     assert len(dovecot.uids(mail_user, "Sent")) == 2
+
+
+class SlowCopies(FakeSentCopy):
+    """A Sent folder that takes a moment for each batch of copies."""
+
+    def append_many(self, raws: Sequence[bytes]) -> int:
+        time.sleep(0.3)
+        for raw in raws:
+            self.append(raw)
+        return len(raws)
+
+
+def test_a_crash_while_a_batch_is_copied_still_records_that_batch(
+    tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while sending (here: the relay connection's send raising at the mail after
+    the first batch) stops the drain, but the batch whose copy is under way is still
+    copied and recorded sent: only the mail the bug struck is left unknown (looked up in
+    Sent later), not the whole batch. One connection: the batch is full before the bug."""
+    rig = make_rig(tmp_path, smtp_server, smtp=smtp_server.settings(connections=1).model_dump())
+    for n in range(COPY_BATCH + 5):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    send = SmtpSender.send
+    calls = [0]
+
+    async def failing(self: SmtpSender, *args: Any) -> dict[str, str]:
+        calls[0] += 1
+        if calls[0] > COPY_BATCH:
+            raise RuntimeError("a bug in keepword")
+        return await send(self, *args)
+
+    monkeypatch.setattr(SmtpSender, "send", failing)
+    folder = SlowCopies()
+    with pytest.raises(RuntimeError, match="a bug in keepword"):
+        rig.drain(sent_copy=folder)
+    assert len(folder.raws) == COPY_BATCH
+    with rig.engine.connect() as conn:
+        states = [outbox.get(conn, i + 1).state for i in range(COPY_BATCH)]
+    assert set(states) == {OutboxState.SENT}

@@ -415,7 +415,7 @@ async def _send_due(run: _Run, rows: list[outbox.OutboxRow], servers: Servers) -
         drain.release()
         await asyncio.gather(*(sender.close() for sender in senders))
     if drain.crash is not None:
-        drain.abandon_copy()
+        await drain.finish_copy()
         raise drain.crash  # a bug or a crash: what was not recorded is resolved next time
     await drain.flush()
     if drain.halted is not None:
@@ -605,6 +605,14 @@ class _Drain:
     async def _copy(self, batch: list[_Accepted]) -> None:
         made = await self.run.folder.append_many([mail.row.raw for mail in batch])
         self._record(batch, copied=made)
+
+    async def finish_copy(self) -> None:
+        """After a crash: the batch under way is still copied and recorded, as a copy in
+        progress was before (its mails would otherwise wait to be looked up in Sent)."""
+        try:
+            await self._copied()
+        except Exception:  # the crash is what is raised; this one is only logged
+            log.exception("mailbox %s: copies to Sent not recorded", self.run.mailbox.name)
 
     def abandon_copy(self) -> None:
         """The drain stops early: the batch being copied is not waited for (its mails
