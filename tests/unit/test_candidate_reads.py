@@ -11,11 +11,11 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, select, update
 
 from keepword.store import cases as case_store
 from keepword.store.deferred import deferring
-from keepword.store.tables import message, outbox
+from keepword.store.tables import case_correspondent, message, outbox
 from tests.fixtures.chase_store import SUPPORT, StoreDesk
 from tests.fixtures.statements import recorded
 
@@ -206,3 +206,44 @@ def test_a_case_the_pool_never_read_sends_the_batch_back_to_the_store(tmp_path: 
         found = case_store.read_candidates(conn, box, **question)
     assert set(found.states) == {elsewhere}
     assert found.candidates[elsewhere].correspondents == {"ann@example.org", "bob@example.org"}
+
+
+def test_a_batch_writes_correspondents_at_its_end_or_before_a_read_of_them(
+    tmp_path: Path,
+) -> None:
+    """A batch's new correspondents wait with its other rows (a statement a case less);
+    a case the pool holds is saved without reading its correspondents; a read of them
+    from the store writes the waiting ones first, so it finds what one at a time would."""
+    desk = StoreDesk(tmp_path)
+    box = desk.box.name
+    kept = _case(desk, box, "refund", ["ann@example.org"], START)
+    lookup = case_store.Lookup((), "refund", ("ann@example.org",))
+    people = select(func.count()).select_from(case_correspondent)
+    with desk.engine.begin() as conn, deferring(conn):
+        case_store.prefetch_candidates(conn, box, [lookup])
+        question = {"subject_key": "refund", "addresses": ["ann@example.org"]}
+        before = case_store.read_candidates(conn, box, **question).states[kept]
+        with recorded(desk.engine) as saves:
+            case_store.save_case(conn, before, correspondents=["cy@example.org", "ann@x.org"])
+            opened = case_store.save_case(
+                conn,
+                replace(before, id=None, reference="KW"),
+                prefix="KW",
+                correspondents=["dee@example.org"],
+            )
+        waiting = conn.execute(people).scalar()
+        asked = {"subject_key": "refund", "addresses": ["cy@example.org", "dee@example.org"]}
+        from_store = case_store.read_candidates(conn, box, case_ids=[999], **asked)
+    with desk.engine.connect() as conn:
+        written = conn.execute(people).scalar()
+        after = case_store.read_candidates(conn, box, **asked)
+    assert not [s for s in saves if "case_correspondent" in s], saves
+    assert waiting == 1, "only the stored case's own correspondent before the read"
+    assert from_store.by_subject == after.by_subject == (kept, opened.id)
+    assert from_store.candidates == after.candidates
+    assert after.candidates[kept].correspondents == {
+        "ann@example.org",
+        "ann@x.org",
+        "cy@example.org",
+    }
+    assert written == 4

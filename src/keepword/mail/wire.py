@@ -104,8 +104,9 @@ def _quoted_printable(lines: list[bytes]) -> bytes | None:
     sniffed = quoted_printable(sniff.decode("latin-1"), MAX_LINE)
     if len(sniffed) > len(binascii.b2a_base64(sniff)):
         return None
-    if len(lines) > _SNIFF_LINES:
-        sniffed = quoted_printable((b"\n".join(lines) + b"\n").decode("latin-1"), MAX_LINE)
+    if len(lines) > _SNIFF_LINES:  # each line is encoded on its own: the rest goes on
+        rest = b"\n".join(lines[_SNIFF_LINES:]) + b"\n"
+        sniffed += quoted_printable(rest.decode("latin-1"), MAX_LINE)
     return _crlf(sniffed)
 
 

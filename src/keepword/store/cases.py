@@ -36,7 +36,7 @@ from keepword.domain.model import CaseStatus
 from keepword.domain.threads import CaseCandidate
 from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
-from keepword.store.deferred import deferred
+from keepword.store.deferred import deferred, write_now
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox
 
 _CASE_FIELDS = (
@@ -282,16 +282,37 @@ def add_correspondents(
     conn: Connection, case_id: int, addresses: Iterable[str], *, new_case: bool = False
 ) -> None:
     """Add the addresses the case does not know yet (a case saved in this transaction
-    knows none: `new_case` spares the read)."""
+    knows none: `new_case` spares the read). A batch writes them at its end (or before
+    the next read of correspondents from the store: `_correspondents_written`)."""
     wanted = _addresses(addresses)
     if not wanted:
         return
-    read = () if new_case else conn.execute(_CORRESPONDENTS, {"case_id": case_id}).scalars()
-    known = set(read)
+    known = set() if new_case else _known_correspondents(conn, case_id)
     fresh = [a for a in wanted if a not in known]
-    if fresh:
-        conn.execute(_ADD_CORRESPONDENTS, [{"case_id": case_id, "address": a} for a in fresh])
-        _pooled_people(conn, case_id, fresh)
+    if not fresh:
+        return
+    rows = [{"case_id": case_id, "address": a} for a in fresh]
+    waiting = deferred(conn)
+    if waiting is not None:
+        waiting.add(_ADD_CORRESPONDENTS, rows)
+    else:
+        conn.execute(_ADD_CORRESPONDENTS, rows)
+    _pooled_people(conn, case_id, fresh)
+
+
+def _known_correspondents(conn: Connection, case_id: int) -> set[str]:
+    """The case's correspondents: from the batch's pool where it holds the case (it holds
+    all of them, kept with every write), else from the store."""
+    pool = _pool(conn)
+    if pool is not None and case_id in pool.people:
+        return set(pool.people[case_id])
+    _correspondents_written(conn)
+    return set(conn.execute(_CORRESPONDENTS, {"case_id": case_id}).scalars())
+
+
+def _correspondents_written(conn: Connection) -> None:
+    """Before a read of correspondents from the store: the batch's own go in first."""
+    write_now(conn, _ADD_CORRESPONDENTS)
 
 
 # Triage runs these for most messages: built once (see _LOAD).
@@ -556,6 +577,7 @@ def read_candidates(
     if pool is not None and pool.covers(case_ids, tagged_as, subject_key, wanted):
         states, people = pool.matching(mailbox, case_ids, tagged_as, subject_key, wanted)
         return _candidate_read(states, people, mailbox, tagged_as, subject_key, wanted)
+    _correspondents_written(conn)
     params = {
         "ids": list(case_ids),
         "mailbox": mailbox,
@@ -725,6 +747,7 @@ def prefetch_candidates(conn: Connection, mailbox: str, lookups: Iterable[Lookup
         "subject_keys": sorted(keys),
         "addresses": sorted(addresses) if keys else [],
     }
+    _correspondents_written(conn)
     for row in conn.execute(_POOL_READ, params):
         if row.id not in pool.states:
             pool.keep(_to_state(row))

@@ -7,7 +7,9 @@ later message of the batch references (store.cases.referenced_mail answers from
 update answers the customer's last mail, flushes first (`flush`). A new case's
 acknowledgement (its outbox row and its promise) waits here as well; every function of
 store.outbox, store.promises and store.history that reads or changes those tables
-flushes first (`settle`), so the batch reads what one message at a time would.
+flushes first (`settle`), so the batch reads what one message at a time would. The
+correspondents its cases learn wait too: store.cases answers from the batch's pool of
+cases where it can, and writes them (`write_now`) before it reads any from the store.
 
 Used only by a batch without savepoints (pipeline.triage): a failing message rolls the
 whole batch back, so nothing written here can outlive the message that wrote it.
@@ -77,6 +79,15 @@ def settle(conn: Connection) -> None:
     writes = deferred(conn)
     if writes is not None and writes.unsettled:
         flush(conn)
+
+
+def write_now(conn: Connection, statement: Executable) -> None:
+    """Write the rows waiting for `statement` now, before a read of what only they change
+    (the rest keeps waiting: nothing they hold is read back there)."""
+    writes = deferred(conn)
+    rows = writes.rows.pop(statement, None) if writes is not None else None
+    if rows:
+        conn.execute(statement, rows)
 
 
 def flush(conn: Connection) -> None:
