@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -171,6 +172,7 @@ async def surge(
             "append": landed - started,
             "first": min(times) - landed,
             "last": max(times) - landed,
+            "median": statistics.median(times) - landed,
             "other_mail": float(len(sink.accepted) - len(times)),
         }
     finally:
@@ -213,5 +215,6 @@ def main() -> int:
         f"| {args.count} | {f['first']:.2f} s | {f['last']:.2f} s "
         f"| {limit:.2f} s ({f['fetch_parse']:.2f} + {f['send']:.2f}) | {f['last'] / limit:.2f} |"
     )
+    print(f"median acknowledgement (the middle customer's wait): {f['median']:.2f} s")
     print(f"other mail accepted meanwhile (team, lead): {int(f['other_mail'])}")
     return 0

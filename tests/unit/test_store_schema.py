@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import DateTime, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keepword.store.db import make_engine, open_store, table_names
@@ -34,6 +34,38 @@ def test_datetimes_round_trip_as_aware_utc(tmp_path: Path) -> None:
         conn.execute(insert(folder_state).values(mailbox="m", folder="INBOX", last_poll_at=berlin))
         got = conn.execute(select(folder_state.c.last_poll_at)).scalar_one()
     assert got == berlin and got.tzinfo == UTC
+
+
+def test_sqlite_text_is_read_as_the_default_chain_reads_it(tmp_path: Path) -> None:
+    """UtcDateTime reads SQLite's text in one call; it gives what DateTime's own processor
+    and process_result_value give: text SQLite wrote itself (CURRENT_TIMESTAMP, no
+    fraction), microseconds, NULL."""
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    stored = ["2026-03-29 01:30:00", "2026-03-29 01:30:00.000250", "2026-12-31T23:59:59.5", None]
+    with engine.begin() as conn:
+        for n, text in enumerate(stored):
+            conn.exec_driver_sql(
+                "INSERT INTO folder_state (mailbox, folder, last_uid, history_done, last_poll_at)"
+                " VALUES (?, ?, 0, 0, ?)",
+                ("m", f"F{n}", text),
+            )
+        conn.exec_driver_sql(
+            "UPDATE folder_state SET last_poll_at = CURRENT_TIMESTAMP WHERE folder = 'F0'"
+        )
+        got = conn.execute(select(folder_state.c.last_poll_at).order_by(folder_state.c.folder))
+        read = list(got.scalars())
+        raw = [
+            r[0]
+            for r in conn.exec_driver_sql("SELECT last_poll_at FROM folder_state ORDER BY folder")
+        ]
+    column = folder_state.c.last_poll_at.type
+    default = DateTime().dialect_impl(engine.dialect).result_processor(engine.dialect, None)
+    assert default is not None
+    expected = [column.process_result_value(default(text), engine.dialect) for text in raw]
+    assert read == expected and read[3] is None
+    assert all(at.tzinfo == UTC for at in read[:3])
+    assert read[1] == datetime(2026, 3, 29, 1, 30, 0, 250, tzinfo=UTC)
+    assert abs(read[0] - datetime.now(UTC)) < timedelta(minutes=5)
 
 
 def test_naive_datetimes_are_refused(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from keepword.config import PromiseSettings
-from keepword.domain.business_calendar import BusinessCalendar
+from keepword.domain.business_calendar import BusinessCalendar, Interval
 from keepword.domain.recent import RecentCases, Sample, km_quantile_of
 from keepword.domain.windows import Window, round_up_minutes
 
@@ -103,12 +103,14 @@ class BusinessTimeline:
     are known. `position(b) - position(a) == calendar.minutes_between(a, b)` for a <= b.
     """
 
-    __slots__ = ("_calendar", "_cum", "_full", "_hi", "_lo")
+    __slots__ = ("_calendar", "_cum", "_days", "_full", "_hi", "_lo")
 
     def __init__(self, calendar: BusinessCalendar, origin: date) -> None:
         self._calendar = calendar
         self._cum: dict[date, float] = {origin: 0.0}  # minutes of the days before the date
         self._full: dict[date, float] = {}
+        # Per local date: the minutes before yesterday, yesterday's and the day's intervals.
+        self._days: dict[date, tuple[float, tuple[Interval, ...], tuple[Interval, ...]]] = {}
         self._lo = self._hi = origin
 
     @property
@@ -136,22 +138,30 @@ class BusinessTimeline:
             )
         return self._cum[day]
 
-    def _partial(self, day: date, at: datetime) -> float:
-        seconds = 0.0
-        for start, end in self._calendar.day_intervals(day):
-            if at > start:
-                seconds += (min(at, end) - start).total_seconds()
-        return seconds / 60.0
-
     def position(self, at: datetime) -> float:
         at = at.astimezone(UTC)
         day = at.astimezone(self._calendar.zone).date()
-        yesterday = day - timedelta(days=1)
-        # Yesterday's intervals may close after local midnight (24:00, DST).
-        return self._before(yesterday) + self._partial(yesterday, at) + self._partial(day, at)
+        found = self._days.get(day)
+        if found is None:
+            # Yesterday's intervals may close after local midnight (24:00, DST).
+            yesterday = day - timedelta(days=1)
+            cal = self._calendar
+            found = (self._before(yesterday), cal.day_intervals(yesterday), cal.day_intervals(day))
+            self._days[day] = found  # a day's minutes before it never change once counted
+        before, spans_yesterday, spans_today = found
+        return before + _partial(spans_yesterday, at) + _partial(spans_today, at)
 
     def minutes_between(self, start: datetime, end: datetime) -> float:
         return max(0.0, self.position(end) - self.position(start))
+
+
+def _partial(spans: tuple[Interval, ...], at: datetime) -> float:
+    """Business minutes of one day's `spans` before `at`."""
+    seconds = 0.0
+    for start, end in spans:
+        if at > start:
+            seconds += (min(at, end) - start).total_seconds()
+    return seconds / 60.0
 
 
 # -- Kaplan-Meier --------------------------------------------------------------------

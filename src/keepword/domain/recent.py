@@ -138,8 +138,11 @@ class RecentCases:
 
     def forget_before(self, horizon: datetime) -> None:
         """Drop the cases opened before `horizon` (the oldest come first)."""
+        cutoff = micros(horizon)
+        if self._start == self._end or self._opened[self._start] >= cutoff:
+            return  # the common case (called on every arrival): nothing to drop
         held = self._opened[self._start : self._end]
-        self._start += int(np.searchsorted(held, micros(horizon), side="left"))
+        self._start += int(np.searchsorted(held, cutoff, side="left"))
 
     def newest_first(self, days: int | None = None, at_least: int = 0) -> Sample:
         """The cases opened in the `days` before the newest one, and at least `at_least`

@@ -6,7 +6,9 @@ databases; this module mirrors the newest revision for queries and autogenerate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -60,6 +62,21 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
+        """On SQLite, the stored text straight to an aware datetime in one call (the
+        default chain is three Python calls a value: the predictor's build reads ~30,000)."""
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        return _sqlite_utc
+
+
+def _sqlite_utc(value: str | None) -> datetime | None:
+    """SQLite's text (SQLAlchemy's DATETIME format, ISO 8601) as an aware UTC datetime."""
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _ts(name: str, *, nullable: bool = True) -> Column[datetime]:
