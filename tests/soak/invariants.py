@@ -121,7 +121,7 @@ def one_acknowledgement_per_case(record: SoakRecord, conn: Connection) -> Findin
     first_mails = [a for a in record.appended if a.kind == "customer" and a.customer]
     references = _references_of(conn, [a.message_id for a in first_mails])
     late = (record.finished_at or record.plan.end) - base_tolerance(record)
-    without_case = unacknowledged = 0
+    without_case = unacknowledged = answered_first = 0
     for item in first_mails:
         assert item.customer is not None
         reference = references.get(item.message_id)
@@ -133,12 +133,17 @@ def one_acknowledgement_per_case(record: SoakRecord, conn: Connection) -> Findin
             continue
         if item.customer.kind == "gone" or (item.appended_at and item.appended_at > late):
             continue  # refused for good at the relay, or too late to be seen
-        if not acks.get(reference) and not _ack_deferred(conn, reference):
-            unacknowledged += 1
-            finding.violations.append(f"{reference} ({item.customer.address}): no acknowledgement")
+        if acks.get(reference) or _ack_deferred(conn, reference):
+            continue
+        if _team_answered_first(conn, reference, base_tolerance(record)):
+            answered_first += 1
+            continue
+        unacknowledged += 1
+        finding.violations.append(f"{reference} ({item.customer.address}): no acknowledgement")
     finding.figures = {
         "customer cases": len(first_mails),
         "acknowledgements at the relay": sum(len(m) for m in acks.values()),
+        "team answered first (ack withdrawn)": answered_first,
         "new mail without a case": without_case,
         "cases never acknowledged": unacknowledged,
     }
@@ -163,6 +168,32 @@ def _ack_deferred(conn: Connection, reference: str) -> bool:
         .where(outbox.c.state == "pending")
     )
     return bool(conn.execute(query).scalar())
+
+
+def _team_answered_first(conn: Connection, reference: str, tolerance: timedelta) -> bool:
+    """The case's acknowledgement was withdrawn because a person had answered it."""
+    query = (
+        select(outbox.c.state, outbox.c.created_at, case.c.first_response_at)
+        .select_from(outbox.join(case, outbox.c.case_id == case.c.id))
+        .where(case.c.reference == reference, outbox.c.kind == "acknowledgement")
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        return False
+    return answered_before_ack(row.state, row.created_at, row.first_response_at, tolerance)
+
+
+def answered_before_ack(
+    ack_state: str, queued_at: datetime, first_response_at: datetime | None, tolerance: timedelta
+) -> bool:
+    """No acknowledgement is owed to a customer the team has answered: keepword withdraws
+    a queued one when the case turns to the customer (a staff reply from their own mail
+    client, e.g. while keepword was down). Fine only if that reply went out before the
+    acknowledgement could have left (queued, plus a drain's `tolerance`): a withdrawal
+    with no reply, or a reply long after, is still a lost acknowledgement."""
+    if ack_state != "withdrawn" or first_response_at is None:
+        return False
+    return first_response_at <= queued_at + tolerance
 
 
 def every_promise_kept_or_told(record: SoakRecord, conn: Connection) -> Finding:

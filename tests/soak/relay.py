@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes
@@ -30,9 +29,6 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from keepword.clock import SpedUpClock
 from tests.fixtures.smtp import SMTP_HOST, free_port
-
-# aiosmtpd's own LoginPassword path reads its deprecated Session.login_data.
-warnings.filterwarnings("ignore", "Session.login_data is deprecated")
 
 RELAY_USER = "keepword@example.com"
 RELAY_PASSWORD = "soak-relay-pw"

@@ -9,6 +9,7 @@ from tests.soak.driver import DaemonLife, FaultWindow, JobSample, SoakRecord
 from tests.soak.invariants import (
     _most_in,
     _promise_problem,
+    answered_before_ack,
     no_address_over_its_limits,
     no_job_starved,
 )
@@ -104,3 +105,14 @@ def test_a_restarted_daemon_must_poll_within_the_take_over_bound_not_two_interva
     ]
     found = no_job_starved(never, None).violations  # type: ignore[arg-type]
     assert any("first poll never" in v for v in found)
+
+
+def test_an_acknowledgement_withdrawn_is_excused_only_by_a_team_reply_in_time() -> None:
+    queued, drain = T0, timedelta(minutes=3)
+    before = T0 - timedelta(minutes=20)  # answered from Sent while keepword was down
+    assert answered_before_ack("withdrawn", queued, before, drain)
+    assert answered_before_ack("withdrawn", queued, queued + drain, drain)
+    assert not answered_before_ack("withdrawn", queued, None, drain)  # nobody answered
+    assert not answered_before_ack("withdrawn", queued, queued + 2 * drain, drain)  # too late
+    assert not answered_before_ack("pending", queued, before, drain)
+    assert not answered_before_ack("sent", queued, before, drain)
