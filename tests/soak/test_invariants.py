@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 from tests.soak.driver import DaemonLife, FaultWindow, JobSample, SoakRecord
 from tests.soak.invariants import (
+    MAX_BACKOFF,
     _most_in,
     _promise_problem,
     answered_before_ack,
+    base_tolerance,
     no_address_over_its_limits,
     no_job_starved,
+    tolerance,
 )
 from tests.soak.relay import RelayedMail
 from tests.soak.traffic import make_plan
@@ -116,3 +119,33 @@ def test_an_acknowledgement_withdrawn_is_excused_only_by_a_team_reply_in_time() 
     assert not answered_before_ack("withdrawn", queued, queued + 2 * drain, drain)  # too late
     assert not answered_before_ack("pending", queued, before, drain)
     assert not answered_before_ack("sent", queued, before, drain)
+
+
+def test_an_unreachable_customers_update_is_owed_only_in_time_in_the_queue() -> None:
+    made, due = record(), T0 + timedelta(hours=8)
+    early = PromiseRow("superseded", due, resolved_at=due - timedelta(hours=1))
+    late = PromiseRow("superseded", due, resolved_at=due + timedelta(hours=1))
+    assert _promise_problem(made, early, [], unreachable=True) is None
+    assert "only at" in str(_promise_problem(made, late, [], unreachable=True))
+    assert "only at" in str(_promise_problem(made, PromiseRow("superseded", due), [], True))
+    assert "reached the relay never" in str(_promise_problem(made, early, []))
+
+
+def test_a_fault_that_begins_within_another_faults_allowance_is_owed_too() -> None:
+    made, due = record(), T0
+    base = base_tolerance(made)
+    assert tolerance(made, due) == base  # no fault: the base
+    first = FaultWindow("credential", due - timedelta(minutes=15), due + timedelta(hours=2))
+    made.faults = [first]
+    alone = tolerance(made, due)
+    assert alone == base + (first.end + MAX_BACKOFF - first.start)  # type: ignore[operator]
+    # Starts after the base allowance, inside the one the first fault added.
+    later = FaultWindow("slow", due + timedelta(hours=1), due + timedelta(hours=2, minutes=40))
+    made.faults = [first, later]
+    assert tolerance(made, due) == alone + (later.end + MAX_BACKOFF - later.start)  # type: ignore[operator]
+    # One beyond every allowance changes nothing.
+    made.faults = [
+        first,
+        FaultWindow("kill", due + timedelta(days=1), due + timedelta(days=1, hours=1)),
+    ]
+    assert tolerance(made, due) == alone
