@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Row, func, select
 
 from keepword.config import ChaseSettings, LimitSettings
 from keepword.domain.chase import update_lead_minutes
@@ -125,7 +126,8 @@ def one_acknowledgement_per_case(record: SoakRecord, conn: Connection) -> Findin
             finding.violations.append(f"{reference}: {len(mails)} acknowledgements at the relay")
     first_mails = [a for a in record.appended if a.kind == "customer" and a.customer]
     references = _references_of(conn, [a.message_id for a in first_mails])
-    late = (record.finished_at or record.plan.end) - base_tolerance(record)
+    slack = base_tolerance(record)
+    late = (record.finished_at or record.plan.end) - slack
     without_case = unacknowledged = answered_first = 0
     for item in first_mails:
         assert item.customer is not None
@@ -138,10 +140,15 @@ def one_acknowledgement_per_case(record: SoakRecord, conn: Connection) -> Findin
             continue
         if item.customer.kind == "gone" or (item.appended_at and item.appended_at > late):
             continue  # refused for good at the relay, or too late to be seen
-        if acks.get(reference) or _ack_deferred(conn, reference):
+        if acks.get(reference):
             continue
-        if _team_answered_first(conn, reference, base_tolerance(record)):
-            answered_first += 1
+        stored = _stored_acks(conn, reference)
+        if any(a.state == "pending" for a in stored):
+            continue  # still waiting in the outbox for its limit slot (not dropped)
+        if any(
+            answered_before_ack(a.state, a.created_at, a.first_response_at, slack) for a in stored
+        ):
+            answered_first += 1  # withdrawn: a person had answered the case
             continue
         unacknowledged += 1
         finding.violations.append(f"{reference} ({item.customer.address}): no acknowledgement")
@@ -164,28 +171,14 @@ def _references_of(conn: Connection, message_ids: list[str]) -> dict[str, str]:
     return {str(r.message_id): str(r.reference) for r in conn.execute(query)}
 
 
-def _ack_deferred(conn: Connection, reference: str) -> bool:
-    """An acknowledgement still waiting in the outbox for its limit slot (not dropped)."""
-    query = (
-        select(func.count())
-        .select_from(outbox.join(case, outbox.c.case_id == case.c.id))
-        .where(case.c.reference == reference, outbox.c.kind == "acknowledgement")
-        .where(outbox.c.state == "pending")
-    )
-    return bool(conn.execute(query).scalar())
-
-
-def _team_answered_first(conn: Connection, reference: str, tolerance: timedelta) -> bool:
-    """The case's acknowledgement was withdrawn because a person had answered it."""
+def _stored_acks(conn: Connection, reference: str) -> list[Row[Any]]:
+    """The case's acknowledgements in the outbox: state, when queued, the first response."""
     query = (
         select(outbox.c.state, outbox.c.created_at, case.c.first_response_at)
         .select_from(outbox.join(case, outbox.c.case_id == case.c.id))
         .where(case.c.reference == reference, outbox.c.kind == "acknowledgement")
     )
-    row = conn.execute(query).first()
-    if row is None:
-        return False
-    return answered_before_ack(row.state, row.created_at, row.first_response_at, tolerance)
+    return list(conn.execute(query).all())
 
 
 def answered_before_ack(
