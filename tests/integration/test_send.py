@@ -31,7 +31,7 @@ from keepword.pipeline.send import (
     drain_outbox,
 )
 from keepword.retry import OUTBOX_RETRY
-from keepword.store import outbox
+from keepword.store import outbox, refusals
 from keepword.store.cases import save_case
 from keepword.store.db import open_store
 from keepword.store.tables import case_event
@@ -239,6 +239,70 @@ def test_permanent_failure_is_recorded_on_the_case(rig: Rig) -> None:
     assert [e.kind for e in events] == ["delivery_failed"]
     assert "550" in events[0].detail and CUSTOMER in events[0].detail
     assert rig.drain(NOW + timedelta(days=1)).handled == 0  # never tried again
+    with rig.engine.connect() as conn:  # the address, recorded for domain.reachability
+        [refusal] = refusals.refusals_about(conn, "support", rig.case_id, CUSTOMER)
+    assert (refusal.address, refusal.outbox_id, refusal.kind) == (
+        CUSTOMER,
+        row.id,
+        "acknowledgement",
+    )
+    assert refusal.reply.startswith("550") and refusal.at == NOW
+
+
+def test_only_a_customer_address_refused_for_good_is_recorded(rig: Rig) -> None:
+    """A 4xx may clear up, and a team address refused is a configuration error (the
+    failed row shows it): neither stops mail to the customer."""
+    rig.enqueue_ack()
+    rig.server.fail(CUSTOMER, 451)
+    assert rig.drain().failed == 0
+    reminder = team_mail(
+        rig.box,
+        OutboxKind.REMINDER,
+        dedup_key="reminder:1:0.5",
+        to=["alice@example.com"],
+        about=About("KW-1", "Printer on fire"),
+        now=NOW,
+    )
+    raw = compose_bytes(reminder, Rendered("Reminder\nCase reference: KW-1\n"))
+    with rig.engine.begin() as conn:
+        entry = outbox.OutboxEntry(
+            "support", rig.case_id, "reminder", reminder.dedup_key, reminder.to, "r", raw
+        )
+        outbox.enqueue(conn, entry, NOW)
+    rig.server.fail("alice@example.com", 550)
+    assert rig.drain(NOW + timedelta(minutes=5)).failed == 1
+    with rig.engine.connect() as conn:
+        assert refusals.refusals_about(conn, "support", rig.case_id, CUSTOMER) == []
+
+
+def test_a_customer_refused_beside_an_accepted_recipient_is_recorded(rig: Rig) -> None:
+    """The relay took the mail for one recipient and refused the customer: the mail is
+    sent, and the customer's address is recorded as refused all the same."""
+    mail = customer_mail(
+        rig.box,
+        OutboxKind.ACKNOWLEDGEMENT,
+        dedup_key="ack:1",
+        about=About("KW-1", "Printer on fire"),
+        now=NOW,
+        answering=Answering(CUSTOMER, "orig@example.org"),
+    )
+    raw = compose_bytes(mail, Rendered("Hello.\nCase reference: KW-1\n"))
+    with rig.engine.begin() as conn:
+        entry = outbox.OutboxEntry(
+            "support",
+            rig.case_id,
+            "acknowledgement",
+            "ack:1",
+            (CUSTOMER, "cc@example.org"),
+            "s",
+            raw,
+        )
+        outbox.enqueue(conn, entry, NOW)
+    rig.server.fail(CUSTOMER, 550)
+    assert rig.drain().sent == 1
+    with rig.engine.connect() as conn:
+        [refusal] = refusals.refusals_about(conn, "support", rig.case_id, None)
+    assert refusal.address == CUSTOMER and refusal.reply.startswith("550")
 
 
 def test_dry_run_sends_nothing(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:

@@ -20,6 +20,7 @@ from keepword.domain.chase import (
     CustomerUpdate,
     Escalation,
     Reminder,
+    UnreachableNotice,
     plan,
     update_lead_minutes,
     update_refusal,
@@ -39,6 +40,7 @@ from keepword.domain.promises import (
     on_staff_reply,
     supersede,
 )
+from keepword.domain.reachability import Refusal
 from tests.fixtures.facts import message_facts
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -690,3 +692,23 @@ def test_people_get_their_update() -> None:
     someone_else = facts("bot@x.example", Auto_Submitted="auto-generated")
     plain = facts(person)
     assert update_refusal(person, [away, ours, someone_else, plain], OWN) is None
+
+
+# -- rule 7: the team hears of a customer mail the relay refused for good ----------------
+
+
+def test_the_owner_hears_once_of_each_refused_mail() -> None:
+    refused = Refusal(5, "ann@example.org", "acknowledgement", "550 no such user", T0, case_id=42)
+    other = replace(refused, outbox_id=6, case_id=43)
+    snapshot = case(promise(), refusals=(refused, other))
+    notices = [
+        a for a in plan(snapshot, at(1), CLOCK, DEFAULTS) if isinstance(a, UnreachableNotice)
+    ]
+    assert [(n.key, n.recipients) for n in notices] == [("unreachable:case:42:outbox:5", (OWNER,))]
+    assert "550 no such user" in notices[0].reason
+    again = plan(snapshot, at(2), CLOCK, DEFAULTS, done=frozenset(keys(notices)))
+    assert not any(isinstance(a, UnreachableNotice) for a in again)
+    unowned = plan(replace(snapshot, owner=None), at(1), CLOCK, DEFAULTS)
+    assert [a.recipients for a in unowned if isinstance(a, UnreachableNotice)] == [TEAM]
+    closed = replace(snapshot, status=CaseStatus.CLOSED)
+    assert plan(closed, at(1), CLOCK, DEFAULTS) == []

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +320,83 @@ def test_an_update_promises_the_residual_time_and_says_the_case_has_waited(
     [update] = rows(desk, "customer_update")
     text = " ".join(update.raw.decode("utf-8", "replace").split())
     assert "Your case has already waited 7 business hours" in text
+
+
+# -- a customer the relay refuses for good -------------------------------------------------
+
+REFUSED = "550 5.1.1 <ann@example.org>: no such user"  # tests.fixtures.chase_store's reply
+
+
+def test_a_customer_the_relay_refused_gets_no_update_and_the_owner_is_told_once(
+    make_desk: Any,
+) -> None:
+    """The acknowledgement came back 550: the customer promise becomes the team's own
+    target, no update is tried a second time, and the team hears of it once."""
+    desk = make_desk()
+    opened = at(9)
+    case_id = desk.new_case(opened)
+    desk.promise(case_id, opened, at(17))
+    desk.refused_mail(case_id, ANN, opened + timedelta(seconds=5))
+    results = [desk.chase(at(9, 1) + timedelta(minutes=m)) for m in range(0, 2 * 24 * 60, 10)]
+
+    assert desk.sent_to(ANN, CUSTOMER_MAIL) == []
+    first, target = desk.promises(case_id)
+    assert first.state is PromiseState.WITHDRAWN and "550 5.1.1" in first.reason
+    assert target.audience is PromiseAudience.TEAM and target.due_at == first.due_at
+    [notice] = rows(desk, "customer_unreachable")
+    assert sum(r.notices for r in results) == 1
+    assert notice.recipients == [CAROL]  # nobody owns it: the lead (owner policy)
+    text = plain_text(notice.raw)
+    assert "550 5.1.1" in text and "reach them another way" in text
+    told = f"the relay refused the acknowledgement to {ANN} for good: {REFUSED}: to {CAROL}"
+    assert ("unreachable", told) in desk.events(case_id)
+    assert f"cannot be reached by mail: {told.rsplit(': to ', 1)[0]}." in text
+    # The team's chase goes on: reminders and the lead, an internal breach, none silent.
+    assert rows(desk, "reminder") and rows(desk, "escalation")
+    assert sum(r.silent_breaches for r in results) == 0
+
+
+def plain_text(raw: bytes) -> str:
+    msg = message_from_bytes(raw, policy=default_policy)
+    assert isinstance(msg, EmailMessage)
+    body = msg.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def test_a_refused_customer_who_writes_again_is_written_to_again(make_desk: Any) -> None:
+    desk = make_desk()
+    opened = at(9)
+    case_id = desk.new_case(opened)
+    desk.promise(case_id, opened, at(17))
+    desk.refused_mail(case_id, ANN, opened + timedelta(seconds=5))
+    desk.stored_mail(ANN, at(9, 0, 0) + timedelta(seconds=30), kind="person", case_id=case_id)
+    assert desk.chase(at(16)).updates == 1  # a sign of life after the refusal
+    assert desk.promises(case_id)[0].state is PromiseState.SUPERSEDED
+    assert len(rows(desk, "customer_unreachable")) == 1  # the refused ack is still news
+
+
+def test_mail_from_before_the_refusal_is_no_sign_of_life(make_desk: Any) -> None:
+    desk = make_desk()
+    opened = at(9)
+    case_id = desk.new_case(opened)
+    desk.promise(case_id, opened, at(17))
+    desk.stored_mail(ANN, opened, kind="person", case_id=case_id)
+    desk.refused_mail(case_id, ANN, opened + timedelta(seconds=5))
+    assert desk.chase(at(16)).updates == 0
+    assert desk.promises(case_id)[0].state is PromiseState.WITHDRAWN
+
+
+def test_a_refusal_on_one_case_stops_updates_on_the_customers_other_case(
+    make_desk: Any,
+) -> None:
+    desk = make_desk()
+    older = acknowledged_case(desk)  # acknowledged at 09:00 and delivered
+    newer = desk.new_case(at(10))
+    desk.promise(newer, at(10), at(9, day=1))
+    desk.refused_mail(newer, ANN, at(10) + timedelta(seconds=5))
+    desk.chase(at(16))
+    assert rows(desk, "customer_update") == []
+    assert desk.promises(older)[0].state is PromiseState.WITHDRAWN
+    [notice] = rows(desk, "customer_unreachable")  # told on the case whose mail was refused
+    assert notice.case_id == newer

@@ -286,6 +286,7 @@ def test_every_template_name_renders_in_english(renderer: Renderer) -> None:
         "customer_update",
         "reminder",
         "escalation",
+        "customer_unreachable",
         "lead_alert",
         "digest",
         "new_time",

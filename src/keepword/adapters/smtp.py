@@ -55,6 +55,17 @@ class SmtpPermanentError(SmtpError):
     """5xx: this mail will never go out as it is; record it on the case."""
 
 
+class SmtpRecipientsRefusedError(SmtpPermanentError):
+    """Every recipient was refused for good (5xx to RCPT TO): the addresses, not the mail.
+
+    `refused` maps each address to the relay's reply ("550 5.1.1 no such user").
+    """
+
+    def __init__(self, message: str, refused: dict[str, str]) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
 class SmtpOutcomeUnknownError(SmtpError):
     """No reply in the DATA phase: the relay may or may not have taken the mail."""
 
@@ -157,11 +168,13 @@ class SmtpSender:
         try:
             refused, _ = await client.sendmail(sender, list(recipients), raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            replies = {r.recipient: f"{r.code} {r.message}" for r in exc.recipients}
+            text = "; ".join(f"{a}: {reply}" for a, reply in replies.items())
+            message = f"SMTP {self.where}: recipients refused: {text}"
             # Permanent only when every refusal is permanent: a 4xx may clear up.
-            kind = SmtpPermanentError if all(_permanent(c) for c in codes) else SmtpTemporaryError
-            raise kind(f"SMTP {self.where}: recipients refused: {text}") from None
+            if all(_permanent(r.code) for r in exc.recipients):
+                raise SmtpRecipientsRefusedError(message, replies) from None
+            raise SmtpTemporaryError(message) from None
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             await self.close()
             if client.in_data:

@@ -47,6 +47,7 @@ class EventKind(StrEnum):
     COMMAND = "command"  # a command by mail was carried out (its confirmation)
     WAITING = "waiting"  # waiting on a third party until a date, with the reason
     AWAY = "away"  # a team member is away (out-of-office) until a date
+    UNREACHABLE = "unreachable"  # the relay refused the customer's address: team told
 
 
 @dataclass(frozen=True, slots=True)

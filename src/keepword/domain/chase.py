@@ -38,6 +38,11 @@ For each open promise of a case that waits on the team (oldest due first), with
    told instead.
 6. Team (internal) promises get reminders, escalations and a (non-silent) breach
    record, never a customer update: the customer was not told their time.
+7. `UnreachableNotice` to the owner (as a reminder's recipients) once for each mail of
+   the case the relay refused for good (domain.reachability): nobody else learns that
+   the customer never got it. The shell turns the case's customer promises into team
+   targets while the refusal stands (`update_refusal`'s path), so the chase mails the
+   team, never the address again.
 
 The shell applies one plan in one transaction: outbox rows for the mails, the new
 promise and `promises.supersede` for an update (or `promises.break_if_due` for a breach).
@@ -65,8 +70,15 @@ from keepword.domain.model import (
     PromiseAudience,
     PromiseKind,
 )
-from keepword.domain.outbox_keys import breach_key, escalation_key, reminder_key, update_key
+from keepword.domain.outbox_keys import (
+    breach_key,
+    escalation_key,
+    reminder_key,
+    unreachable_key,
+    update_key,
+)
 from keepword.domain.promises import Promise, WindowLike, make_promise
+from keepword.domain.reachability import Refusal, notices_due
 
 PAUSED_STATUSES = frozenset({CaseStatus.WAITING_ON_CUSTOMER, CaseStatus.CLOSED})
 
@@ -94,6 +106,7 @@ class CaseSnapshot:
     owner_changes: int = 0
     promises: tuple[Promise, ...] = ()
     mailbox: str = ""
+    refusals: tuple[Refusal, ...] = ()  # the case's mail the relay refused for good
 
     @classmethod
     def of(
@@ -103,6 +116,7 @@ class CaseSnapshot:
         *,
         team: Iterable[str],
         lead: str | None,
+        refusals: Iterable[Refusal] = (),
     ) -> CaseSnapshot:
         """The snapshot of a stored case (its `unanswered_contacts` count since a reply)."""
         if case.id is None:
@@ -119,6 +133,7 @@ class CaseSnapshot:
             owner_changes=case.owner_changes,
             promises=tuple(promises),
             mailbox=case.mailbox,
+            refusals=tuple(refusals),
         )
 
     def open_promises(self) -> list[Promise]:
@@ -202,12 +217,29 @@ class BreachRecord:
         return breach_key(self.case_id, self.promise_id)
 
 
+@dataclass(frozen=True, slots=True)
+class UnreachableNotice:
+    """ "The customer never got our mail": to the owner, once per refused mail (rule 7)."""
+
+    case_id: int
+    refusal: Refusal
+    recipients: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return unreachable_key(self.refusal)
+
+    @property
+    def reason(self) -> str:
+        return self.refusal.describe()
+
+
 def held_back_note(promise_id: int) -> str:
     """How the case timeline starts the note that the limit held an update back."""
     return f"update for promise {promise_id} held back by the rate limit"
 
 
-ChaseAction = Reminder | Escalation | CustomerUpdate | BreachRecord
+ChaseAction = Reminder | Escalation | CustomerUpdate | BreachRecord | UnreachableNotice
 
 
 def update_lead_minutes(total: float, settings: ChaseSettings) -> float:
@@ -267,7 +299,10 @@ def plan(
     if snapshot.status in PAUSED_STATUSES:
         return []
     promises = snapshot.open_promises()
-    actions: list[ChaseAction] = []
+    actions: list[ChaseAction] = [
+        UnreachableNotice(snapshot.id, refusal, _owner_recipients(snapshot))
+        for refusal in notices_due(snapshot.id, snapshot.refusals, done)
+    ]
     if not promises:
         actions.extend(_unpromised_escalation(snapshot, settings))
     case = _CaseAt(snapshot, now, clock, settings, done, new_window)

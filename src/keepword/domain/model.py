@@ -124,6 +124,8 @@ class OutboxKind(StrEnum):
     DIGEST = "digest"
     AWAY_NOTICE = "away_notice"  # a member is away, their cases moved: to the lead
     COMMAND_REPLY = "command_reply"  # the confirmation (or refusal) of commands by mail
+    # the relay refused a customer mail for good: to the owner (domain.reachability)
+    CUSTOMER_UNREACHABLE = "customer_unreachable"
 
 
 class OutboxState(StrEnum):

@@ -13,6 +13,8 @@ step runs. The grammar:
     escalation:case:<case>:unpromised           an escalation about a case with none
     update:case:<case>:promise:<p>              the customer update revising promise p
     breach:case:<case>:promise:<p>              the breach of promise p (never mailed)
+    unreachable:case:<case>:outbox:<o>          "the customer cannot be reached" to the
+                                                team: the relay refused mail o for good
     digest:<mailbox>:<YYYY-MM-DD>               a mailbox's daily digest
     away:<mailbox>:<address>:<YYYY-MM-DD>       "X is away, their cases moved" to the
                                                 lead, once per absence (by its start)
@@ -27,8 +29,17 @@ case's chase keys are read as index ranges (`chase_key_ranges`).
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Protocol
 
-CHASE_KINDS = ("reminder", "escalation", "update", "breach")
+CHASE_KINDS = ("reminder", "escalation", "update", "breach", "unreachable")
+
+
+class RefusedMail(Protocol):
+    @property
+    def case_id(self) -> int | None: ...
+
+    @property
+    def outbox_id(self) -> int: ...
 
 
 def ack_key(case_id: int) -> str:
@@ -63,6 +74,11 @@ def update_key(case_id: int, promise_id: int) -> str:
 
 def breach_key(case_id: int, promise_id: int) -> str:
     return f"breach:case:{case_id}:promise:{promise_id}"
+
+
+def unreachable_key(refused: RefusedMail) -> str:
+    """The team hears once of each customer mail the relay refused for good."""
+    return f"unreachable:case:{refused.case_id}:outbox:{refused.outbox_id}"
 
 
 def digest_key(mailbox: str, day: date) -> str:

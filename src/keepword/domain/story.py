@@ -197,6 +197,7 @@ _EVENT_PARTS: dict[EventKind, tuple[Part, str]] = {
     EventKind.AWAY: (Part.ASSIGNMENT, "Team member away"),
     EventKind.COMMAND: (Part.OTHER, "Command by mail"),
     EventKind.DELIVERY_FAILED: (Part.OTHER, "Delivery failed"),
+    EventKind.UNREACHABLE: (Part.OTHER, "Team told the customer cannot be reached"),
     EventKind.ESCALATION: (Part.OTHER, "Escalated"),
 }
 

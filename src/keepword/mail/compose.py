@@ -56,6 +56,7 @@ TEAM_LABELS = {
     OutboxKind.DIGEST: "Daily digest",
     OutboxKind.AWAY_NOTICE: "Away",
     OutboxKind.COMMAND_REPLY: "Commands",
+    OutboxKind.CUSTOMER_UNREACHABLE: "Customer unreachable",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")

@@ -227,6 +227,7 @@ TEMPLATE_NAMES = {
     "customer_update": CustomerUpdateContext,
     "reminder": TeamCaseContext,
     "escalation": TeamCaseContext,
+    "customer_unreachable": TeamCaseContext,
     "lead_alert": LeadAlertContext,
     "digest": DigestContext,
     "new_time": NewTimeContext,

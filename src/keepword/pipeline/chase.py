@@ -43,6 +43,7 @@ from keepword.domain.chase import (
     CustomerUpdate,
     Escalation,
     Reminder,
+    UnreachableNotice,
     held_back_note,
     plan,
     update_lead_minutes,
@@ -59,6 +60,7 @@ from keepword.domain.model import (
 from keepword.domain.outbox_keys import chase_key_ranges, digest_key
 from keepword.domain.owners import OwnerPolicy, policy_of
 from keepword.domain.promises import Promise, WindowLike, break_if_due, supersede, withdraw
+from keepword.domain.reachability import Refusal, standing_refusal, unreachable_reason
 from keepword.domain.story import Story
 from keepword.domain.windows import Window
 from keepword.errors import StaleCaseError
@@ -77,6 +79,7 @@ from keepword.pipeline.isolation import each_isolated, isolated
 from keepword.store import cases as case_store
 from keepword.store import outbox as outbox_store
 from keepword.store import promises as promise_store
+from keepword.store import refusals as refusal_store
 from keepword.store import story as story_store
 from keepword.store.messages import last_customer_message
 from keepword.timefmt import moment
@@ -84,6 +87,12 @@ from keepword.timefmt import moment
 log = logging.getLogger(__name__)
 
 AWAITING_TEAM = (CaseStatus.NEW, CaseStatus.WAITING_ON_TEAM)
+# The case event each chase mail to the team writes on its timeline.
+TEAM_MAIL_EVENTS = {
+    OutboxKind.REMINDER: cases.EventKind.REMINDER,
+    OutboxKind.ESCALATION: cases.EventKind.ESCALATION,
+    OutboxKind.CUSTOMER_UNREACHABLE: cases.EventKind.UNREACHABLE,
+}
 
 
 @dataclass(slots=True)
@@ -91,6 +100,7 @@ class ChaseResult:
     cases: int = 0
     reminders: int = 0
     escalations: int = 0
+    notices: int = 0  # "the customer cannot be reached" (domain.reachability)
     updates: int = 0
     breaches: int = 0
     silent_breaches: int = 0
@@ -100,7 +110,7 @@ class ChaseResult:
 
     @property
     def queued(self) -> int:
-        return self.reminders + self.escalations + self.updates + self.digests
+        return self.reminders + self.escalations + self.notices + self.updates + self.digests
 
     @property
     def changed(self) -> bool:
@@ -145,11 +155,13 @@ def chase_mailbox(desk: MailboxContext) -> ChaseResult:
         result.failed += int(digest.failed)
     if result.queued or result.breaches or result.withdrawn:
         log.info(
-            "mailbox %s: chase queued %d reminder(s), %d escalation(s), %d update(s), "
-            "%d digest(s); recorded %d breach(es) (%d silent), withdrew %d promise(s)",
+            "mailbox %s: chase queued %d reminder(s), %d escalation(s), %d notice(s), "
+            "%d update(s), %d digest(s); recorded %d breach(es) (%d silent), withdrew %d "
+            "promise(s)",
             box.name,
             result.reminders,
             result.escalations,
+            result.notices,
             result.updates,
             result.digests,
             result.breaches,
@@ -225,17 +237,25 @@ def _plan_case(
     assert state.id is not None
     with engine.connect() as conn:
         done = _done_keys(conn, state.id)
-        window = _update_window(conn, desk, state, open_now)
-        refusal = _update_refusal(conn, desk, state) if window is not None else None
-    if refusal is not None:
-        # No update to a robot: its promise becomes the team's own target (same due
-        # time), so reminders and escalations go on; the customer hears nothing more.
+        refused = _refusals(conn, desk, state)
+        unreachable = _unreachable(conn, state, refused)
+        window = None if unreachable else _update_window(conn, desk, state, open_now)
+        refusal = unreachable or (_update_refusal(conn, desk, state) if window else None)
+    if refusal is not None and any(_revisable(desk, p) for p in open_now):
+        # No update to a robot or an address the relay refuses: the promise becomes the
+        # team's own target (same due time), so reminders and escalations go on; the
+        # customer hears nothing more.
         _apply_step(engine, state, partial(_no_updates_to, desk, state, open_now, refusal))
         with engine.connect() as conn:
             open_now = promise_store.open_promises(conn, state.id)
+    if refusal is not None:
         window = None
     snapshot = CaseSnapshot.of(
-        state, open_now, team=unowned_recipients(desk.box), lead=desk.box.lead
+        state,
+        open_now,
+        team=unowned_recipients(desk.box),
+        lead=desk.box.lead,
+        refusals=[r for r in refused if r.case_id == state.id],
     )
     by_id = {p.id: p for p in open_now}
     actions = plan(snapshot, desk.now, desk.calendar, desk.box.chase, done=done, new_window=window)
@@ -295,6 +315,9 @@ def _apply(
         promised = by_id.get(action.promise_id) if action.promise_id is not None else None
         if _team_mail(conn, desk, state, promised, OutboxKind.ESCALATION, action):
             result.escalations += 1
+    elif isinstance(action, UnreachableNotice):
+        kind = OutboxKind.CUSTOMER_UNREACHABLE
+        result.notices += int(_team_mail(conn, desk, state, None, kind, action))
 
 
 def _event(
@@ -359,6 +382,28 @@ def _update_refusal(conn: Connection, desk: MailboxContext, state: cases.CaseSta
     return update_refusal(state.customer, mail, desk.own_addresses)
 
 
+def _refusals(conn: Connection, desk: MailboxContext, state: cases.CaseState) -> list[Refusal]:
+    """Refusals of this case's mail and of its customer's address (on any case)."""
+    assert state.id is not None
+    return refusal_store.refusals_about(conn, desk.box.name, state.id, state.customer)
+
+
+def _unreachable(conn: Connection, state: cases.CaseState, refused: list[Refusal]) -> str | None:
+    """Why the customer's address gets no automatic mail now, if the relay refused it
+    and it has not written since (domain.reachability)."""
+    customer = (state.customer or "").strip().lower()
+    mine = [r for r in refused if r.address == customer]
+    if not mine:
+        return None
+    standing = standing_refusal(mine, refusal_store.last_heard_from(conn, customer))
+    return unreachable_reason(standing) if standing is not None else None
+
+
+def _revisable(desk: MailboxContext, value: Promise) -> bool:
+    """A customer promise not yet due: one `_no_updates_to` turns into a team target."""
+    return value.to_customer and desk.now <= value.due_at
+
+
 def _no_updates_to(
     desk: MailboxContext,
     state: cases.CaseState,
@@ -374,7 +419,7 @@ def _no_updates_to(
     assert state.id is not None
     why = f"no customer update: {refusal}"
     for value in open_now:
-        if not value.to_customer or desk.now > value.due_at:
+        if not _revisable(desk, value):
             continue
         promise_store.update_state(conn, withdraw(value, desk.now, why))
         _event(conn, state.id, cases.EventKind.PROMISE_WITHDRAWN, desk.now, why)
@@ -521,7 +566,7 @@ def _team_mail(
     state: cases.CaseState,
     promised: Promise | None,
     kind: OutboxKind,
-    action: Reminder | Escalation,
+    action: Reminder | Escalation | UnreachableNotice,
 ) -> bool:
     assert state.id is not None
     recipients = tuple(r for r in action.recipients if r)
@@ -559,13 +604,16 @@ def _team_mail(
     body = desk.renderer.render(kind.value, desk.box.language, context)
     if not outbox_store.enqueue_mail(conn, mail, body, mailbox=desk.box.name, case_id=state.id):
         return False
-    event = cases.EventKind.REMINDER if kind is OutboxKind.REMINDER else cases.EventKind.ESCALATION
+    event = TEAM_MAIL_EVENTS[kind]
     _event(conn, state.id, event, desk.now, f"{action.reason}: to {', '.join(recipients)}")
     return True
 
 
 def _story(
-    conn: Connection, desk: MailboxContext, state: cases.CaseState, action: Reminder | Escalation
+    conn: Connection,
+    desk: MailboxContext,
+    state: cases.CaseState,
+    action: Reminder | Escalation | UnreachableNotice,
 ) -> Story:
     """The whole story of the case, in the mailbox's zone: read only for the cases that
     get a reminder or an escalation now. An escalation queued right after the customer

@@ -61,7 +61,7 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -76,6 +76,7 @@ from keepword.adapters.smtp import (
     SmtpConnectError,
     SmtpOutcomeUnknownError,
     SmtpPermanentError,
+    SmtpRecipientsRefusedError,
     SmtpSender,
     SmtpTemporaryError,
 )
@@ -84,12 +85,15 @@ from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import CaseNow, withdrawal
 from keepword.domain.outbox_keys import promise_id_of
+from keepword.domain.reachability import refusals_of_mail
 from keepword.errors import DeliveryUnavailable, KeepwordError
+from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.preview import preview
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import outbox
 from keepword.store import promises as promise_store
 from keepword.store.cases import add_events
+from keepword.store.refusals import record_refusals
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,7 @@ SEND_ORDER: Final[dict[str, int]] = {
     OutboxKind.LEAD_ALERT.value: 1,
     OutboxKind.AWAY_NOTICE.value: 1,
     OutboxKind.COMMAND_REPLY.value: 1,
+    OutboxKind.CUSTOMER_UNREACHABLE.value: 1,
     OutboxKind.DIGEST.value: 2,
 }
 
@@ -634,11 +639,8 @@ class _Drain:
         with self.run.engine.begin() as conn:
             outbox.mark_all_sent(conn, now, states)
             for mail in batch:
-                if mail.refused and mail.row.case_id is not None:
-                    refused = ", ".join(f"{a} ({e})" for a, e in mail.refused.items())
-                    detail = f"{mail.row.kind} refused for {refused}"
-                    event = Event(EventKind.DELIVERY_FAILED, now, None, detail)
-                    add_events(conn, mail.row.case_id, [event])
+                if mail.refused:
+                    _note_refused(conn, mailbox, mail.row, mail.refused, now)
         for mail in batch:
             row = mail.row
             result.sent += 1
@@ -692,6 +694,9 @@ async def _deliver(
     engine, now = run.engine, run.now
     try:
         refused = await sender.send(run.mailbox.address, row.recipients, row.raw)
+    except SmtpRecipientsRefusedError as exc:
+        _fail(run, row, str(exc), refused=exc.refused)
+        return None
     except SmtpPermanentError as exc:
         _fail(run, row, str(exc))
         return None
@@ -830,15 +835,57 @@ def _copy_retry_at(row: outbox.OutboxRow, now: datetime) -> datetime:
     return now + min(COPY_RETRY_CAP, max(COPY_RETRY_FIRST, age))
 
 
-def _fail(run: _Run, row: outbox.OutboxRow, error: str) -> None:
+def _fail(
+    run: _Run, row: outbox.OutboxRow, error: str, *, refused: Mapping[str, str] | None = None
+) -> None:
+    """A mail that will never go out; `refused`: the addresses the relay refused for it."""
     mailbox = run.mailbox
     log.error(
         "mailbox %s: %s to %s failed for good: %s", mailbox.name, row.kind, row.recipients, error
     )
     with run.engine.begin() as conn:
         outbox.mark_failed(conn, row, run.now, error)
+        if refused:
+            _record_refused(conn, mailbox, row, refused, run.now)
     METRICS.smtp_error(mailbox.name)
     run.result.failed += 1
+
+
+def _note_refused(
+    conn: Connection,
+    mailbox: MailboxSettings,
+    row: outbox.OutboxRow,
+    refused: Mapping[str, str],
+    now: datetime,
+) -> None:
+    """Some recipients of a mail the relay took were refused: said on the case, and a
+    customer address refused for good is recorded (domain.reachability)."""
+    if row.case_id is not None:
+        text = ", ".join(f"{a} ({e})" for a, e in refused.items())
+        event = Event(EventKind.DELIVERY_FAILED, now, None, f"{row.kind} refused for {text}")
+        add_events(conn, row.case_id, [event])
+    _record_refused(conn, mailbox, row, refused, now)
+
+
+def _record_refused(
+    conn: Connection,
+    mailbox: MailboxSettings,
+    row: outbox.OutboxRow,
+    refused: Mapping[str, str],
+    now: datetime,
+) -> None:
+    """Customer mail only: a team address refused is a configuration error, which the
+    failed row and `keepword status` already show."""
+    if row.kind not in {k.value for k in CUSTOMER_KINDS}:
+        return
+    refusals = refusals_of_mail(row.id, row.kind, row.case_id, refused, now)
+    recorded = record_refusals(conn, mailbox.name, refusals)
+    for refusal in recorded:
+        log.warning(
+            "mailbox %s: %s; no more automatic mail to it until it writes again",
+            mailbox.name,
+            refusal.describe(),
+        )
 
 
 def _retry(run: _Run, row: outbox.OutboxRow, attempts: int, error: str) -> None:

@@ -347,6 +347,26 @@ staff_away = Table(
 )
 
 
+# Addresses the relay refused for good (5xx to RCPT TO) when keepword wrote to a customer
+# (domain.reachability): no more automatic mail goes to one until it writes again, and
+# the case's team is told once per refused mail.
+address_refusal = Table(
+    "address_refusal",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(100), nullable=False),
+    Column("address", String(320), nullable=False),
+    Column("outbox_id", Integer, ForeignKey("outbox.id"), nullable=False),
+    Column("case_id", Integer, ForeignKey("case.id"), nullable=True),
+    Column("kind", String(30), nullable=False),
+    Column("reply", Text, nullable=False),
+    _ts("refused_at", nullable=False),
+    UniqueConstraint("outbox_id", "address", name="uq_address_refusal_outbox_id_address"),
+    Index("ix_address_refusal_mailbox_address", "mailbox", "address"),
+    Index("ix_address_refusal_case_id", "case_id"),
+)
+
+
 # The installation secret (one row, id 1): the key of keepword's outgoing Message-IDs
 # (domain.message_ids). Made by migration 0008 and never changed by keepword.
 installation_secret = Table(
