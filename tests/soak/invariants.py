@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, func, select
 
 from keepword.config import ChaseSettings, LimitSettings
 from keepword.domain.chase import update_lead_minutes
-from keepword.store.tables import case, message, outbox, promise
+from keepword.store.tables import address_refusal, case, message, outbox, promise
 from tests.soak import traffic
 from tests.soak.driver import SoakRecord
 from tests.soak.relay import RelayedMail
@@ -203,16 +203,10 @@ def every_promise_kept_or_told(record: SoakRecord, conn: Connection) -> Finding:
         .select_from(promise.join(case, promise.c.case_id == case.c.id))
         .where(promise.c.audience == "customer", promise.c.due_at <= horizon)
     ).all()
-    gone = {
-        a.customer.address.lower()
-        for a in record.appended
-        if a.customer is not None and a.customer.kind == "gone"
-    }
     states: Counter[str] = Counter()
     for row in rows:
         states[row.state] += 1
-        unreachable = (row.customer or "").lower() in gone
-        problem = _promise_problem(record, row, updates.get(row.reference, []), unreachable)
+        problem = _promise_problem(record, row, updates.get(row.reference, []))
         if problem:
             finding.violations.append(
                 f"{row.reference} promise {row.id} due {row.due_at:%a %H:%M}Z: {problem}"
@@ -225,17 +219,15 @@ def every_promise_kept_or_told(record: SoakRecord, conn: Connection) -> Finding:
     return finding
 
 
-def _promise_problem(
-    record: SoakRecord, row: object, updates: list[RelayedMail], unreachable: bool = False
-) -> str | None:
-    """What is wrong with a customer promise due by now, if anything. `unreachable`: the
-    relay refuses the customer's address for good (550), so no update can reach the
-    relay: queueing it in time (the promise superseded before it was due) is all owed."""
+def _promise_problem(record: SoakRecord, row: object, updates: list[RelayedMail]) -> str | None:
+    """What is wrong with a customer promise due by now, if anything. A customer the
+    relay refuses for good (550) is owed no update: keepword withdraws the promise (a
+    team target takes its place) once the acknowledgement is refused."""
     state, due, made = row.state, row.due_at, row.made_at  # type: ignore[attr-defined]
     resolved = row.resolved_at  # type: ignore[attr-defined]
     told = [m.at for m in updates if m.at >= made]
     in_time = bool(resolved and resolved <= due + DUE_SLACK)
-    if state in ("kept", "withdrawn") or (state == "superseded" and unreachable):
+    if state in ("kept", "withdrawn"):
         return None if in_time else f"{state} only at {resolved}"
     if state == "superseded":
         if any(at <= due + DUE_SLACK for at in told):
@@ -478,6 +470,72 @@ def _parses(raw: bytes) -> bool:
     return not msg.defects
 
 
+def refused_addresses_left_alone(record: SoakRecord, conn: Connection) -> Finding:
+    """An address the relay refused for good gets no customer update until it writes
+    again, and the case's team hears of each refused mail (domain.reachability)."""
+    finding = Finding("no update to an address refused for good; the team told")
+    notices = relayed_by_case(record, "customer_unreachable")
+    horizon = (record.finished_at or record.plan.end) - base_tolerance(record)
+    rows = conn.execute(
+        select(address_refusal, case.c.reference, case.c.last_response_at, case.c.closed_at)
+        .select_from(address_refusal.join(case, address_refusal.c.case_id == case.c.id))
+        .order_by(address_refusal.c.refused_at)
+    ).all()
+    for row in rows:
+        allowed = tolerance(record, row.refused_at)
+        if row.refused_at + allowed > horizon:
+            continue
+        told = [m.at for m in notices.get(row.reference, [])]
+        settled = [t for t in (row.last_response_at, row.closed_at) if t is not None]
+        updates = _customer_updates_to(conn, row.address, row.refused_at)
+        heard = _heard_from(conn, row.address)
+        problems = refusal_problems(row.refused_at, updates, heard, told, settled, allowed)
+        finding.violations.extend(f"{row.reference} ({row.address}): {p}" for p in problems)
+    finding.figures = {
+        "refusals (550) recorded": len(rows),
+        "notices to the team at the relay": sum(len(v) for v in notices.values()),
+        "problems": len(finding.violations),
+    }
+    return finding
+
+
+def refusal_problems(
+    refused_at: datetime,
+    updates: list[datetime],
+    heard: list[datetime],
+    told: list[datetime],
+    settled: list[datetime],
+    allowed: timedelta,
+) -> list[str]:
+    """What went wrong after one refusal: a customer update queued (`updates`) with no
+    mail from the address in between (`heard`), or no notice to the team (`told`, at
+    the relay) within `allowed`, unless the team answered or closed the case by then."""
+    problems = [
+        f"customer update queued {at:%a %H:%M}Z after the refusal at {refused_at:%a %H:%M}Z"
+        for at in updates
+        if at > refused_at and not any(refused_at < h <= at for h in heard)
+    ]
+    deadline = refused_at + allowed
+    if not any(refused_at <= at <= deadline for at in told) and not any(
+        refused_at - allowed <= at <= deadline for at in settled
+    ):
+        seen = ", ".join(f"{at:%a %H:%M}Z" for at in told) or "none"
+        problems.append(f"team not told by {deadline:%a %H:%M}Z (notices: {seen})")
+    return problems
+
+
+def _customer_updates_to(conn: Connection, address: str, since: datetime) -> list[datetime]:
+    query = select(outbox.c.created_at, outbox.c.recipients).where(
+        outbox.c.kind == "customer_update", outbox.c.created_at > since
+    )
+    return [r.created_at for r in conn.execute(query) if address in r.recipients]
+
+
+def _heard_from(conn: Connection, address: str) -> list[datetime]:
+    query = select(message.c.stored_at).where(message.c.from_addr == address)
+    return [r.stored_at for r in conn.execute(query)]
+
+
 INVARIANTS: tuple[Invariant, ...] = (
     each_message_stored_once,
     one_acknowledgement_per_case,
@@ -486,6 +544,7 @@ INVARIANTS: tuple[Invariant, ...] = (
     no_address_over_its_limits,
     no_job_starved,
     nothing_quarantined_that_parses,
+    refused_addresses_left_alone,
 )
 
 

@@ -14,6 +14,7 @@ from tests.soak.invariants import (
     base_tolerance,
     no_address_over_its_limits,
     no_job_starved,
+    refusal_problems,
     tolerance,
 )
 from tests.soak.relay import RelayedMail
@@ -121,13 +122,16 @@ def test_an_acknowledgement_withdrawn_is_excused_only_by_a_team_reply_in_time() 
     assert not answered_before_ack("sent", queued, before, drain)
 
 
-def test_an_unreachable_customers_update_is_owed_only_in_time_in_the_queue() -> None:
+def test_a_promise_withdrawn_in_time_is_fine_and_an_update_never_relayed_is_not() -> None:
+    """A customer the relay refuses: the promise is withdrawn (a team target replaces it)
+    long before it is due; superseding it with an update that never reaches the relay
+    is a silent breach, refused address or not."""
     made, due = record(), T0 + timedelta(hours=8)
+    withdrawn = PromiseRow("withdrawn", due, resolved_at=T0 + timedelta(minutes=1))
+    assert _promise_problem(made, withdrawn, []) is None
+    late = PromiseRow("withdrawn", due, resolved_at=due + timedelta(hours=1))
+    assert "only at" in str(_promise_problem(made, late, []))
     early = PromiseRow("superseded", due, resolved_at=due - timedelta(hours=1))
-    late = PromiseRow("superseded", due, resolved_at=due + timedelta(hours=1))
-    assert _promise_problem(made, early, [], unreachable=True) is None
-    assert "only at" in str(_promise_problem(made, late, [], unreachable=True))
-    assert "only at" in str(_promise_problem(made, PromiseRow("superseded", due), [], True))
     assert "reached the relay never" in str(_promise_problem(made, early, []))
 
 
@@ -149,3 +153,24 @@ def test_a_fault_that_begins_within_another_faults_allowance_is_owed_too() -> No
         FaultWindow("kill", due + timedelta(days=1), due + timedelta(days=1, hours=1)),
     ]
     assert tolerance(made, due) == alone
+
+
+def test_an_update_to_a_refused_address_is_a_violation_unless_it_wrote_since() -> None:
+    refused, allowed = T0, timedelta(minutes=5)
+    told = [T0 + timedelta(minutes=1)]
+    update = T0 + timedelta(hours=3)
+    assert refusal_problems(refused, [], [], told, [], allowed) == []
+    [problem] = refusal_problems(refused, [update], [T0 - timedelta(minutes=1)], told, [], allowed)
+    assert problem.startswith("customer update queued")
+    wrote = [T0 + timedelta(hours=1)]
+    assert refusal_problems(refused, [update], wrote, told, [], allowed) == []
+
+
+def test_the_team_must_hear_of_a_refusal_in_time_unless_it_answered() -> None:
+    refused, allowed = T0, timedelta(minutes=5)
+    late = [T0 + timedelta(minutes=6)]
+    [problem] = refusal_problems(refused, [], [], late, [], allowed)
+    assert problem.startswith("team not told by")
+    assert refusal_problems(refused, [], [], [], [T0 + timedelta(minutes=2)], allowed) == []
+    long_ago = [T0 - timedelta(hours=2)]  # an answer before the refusal excuses nothing
+    assert refusal_problems(refused, [], [], [], long_ago, allowed) != []

@@ -82,6 +82,7 @@ from keepword.store import promises as promise_store
 from keepword.store import refusals as refusal_store
 from keepword.store import story as story_store
 from keepword.store.messages import last_customer_message
+from keepword.store.refusals import RefusedIn
 from keepword.timefmt import moment
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,10 @@ def chase_mailbox(desk: MailboxContext) -> ChaseResult:
     result.failed += int(moves.failed)
     with engine.connect() as conn:
         case_ids = cases_to_chase(conn, box.name)
+        refused = refusal_store.refused_in(conn, box.name)
     outcome = each_isolated(
         case_ids,
-        partial(_chase_case, desk),
+        partial(_chase_case, desk, refused),
         what=lambda case_id: f"mailbox {box.name}: chasing case {case_id}",
         log=log,
         expected=(StaleCaseError,),  # `keepword close/assign` meanwhile: plan again next step
@@ -189,7 +191,7 @@ def cases_to_chase(conn: Connection, mailbox: str) -> list[int]:
 _Step = Callable[[Connection, ChaseResult], None]
 
 
-def _chase_case(desk: MailboxContext, case_id: int) -> ChaseResult:
+def _chase_case(desk: MailboxContext, refused: RefusedIn, case_id: int) -> ChaseResult:
     """Plan one case, then apply each step (a breach, a mail, a settled promise) in its
     own transaction, isolated from the others: a broken template for the update never
     keeps the breach from being recorded or the lead from being told.
@@ -206,7 +208,7 @@ def _chase_case(desk: MailboxContext, case_id: int) -> ChaseResult:
     if state.status in PAUSED_STATUSES:
         steps = [partial(_settle_paused, desk, state, value) for value in open_now]
     else:
-        steps = _plan_case(engine, desk, state, open_now)
+        steps = _plan_case(engine, desk, state, open_now, refused)
     result = ChaseResult()
     outcome = each_isolated(
         steps,
@@ -232,15 +234,21 @@ def _apply_step(engine: Engine, state: cases.CaseState, step: _Step) -> ChaseRes
 
 
 def _plan_case(
-    engine: Engine, desk: MailboxContext, state: cases.CaseState, open_now: list[Promise]
+    engine: Engine,
+    desk: MailboxContext,
+    state: cases.CaseState,
+    open_now: list[Promise],
+    refused_in: RefusedIn,
 ) -> list[_Step]:
     assert state.id is not None
     with engine.connect() as conn:
         done = _done_keys(conn, state.id)
-        refused = _refusals(conn, desk, state)
+        refused = _refusals(conn, desk, state) if refused_in.touches(state) else []
         unreachable = _unreachable(conn, state, refused)
         window = None if unreachable else _update_window(conn, desk, state, open_now)
-        refusal = unreachable or (_update_refusal(conn, desk, state) if window else None)
+        refusal = unreachable
+        if refusal is None and window is not None:
+            refusal = _update_refusal(conn, desk, state)
     if refusal is not None and any(_revisable(desk, p) for p in open_now):
         # No update to a robot or an address the relay refuses: the promise becomes the
         # team's own target (same due time), so reminders and escalations go on; the

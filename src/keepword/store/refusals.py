@@ -7,11 +7,13 @@ chase, only for the cases it plans (the table holds a row per refused mail: few)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select
 
+from keepword.domain.cases import CaseState
 from keepword.domain.reachability import Refusal
 from keepword.store.tables import address_refusal, message
 
@@ -81,3 +83,28 @@ def refusals_about(
         .order_by(address_refusal.c.refused_at, address_refusal.c.id)
     )
     return [_refusal(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedIn:
+    """Which of a mailbox's cases and addresses have a refusal at all: read once per chase
+    step, so the chase reads refusals only for the (few) cases they touch."""
+
+    addresses: frozenset[str]
+    case_ids: frozenset[int]
+
+    def touches(self, state: CaseState) -> bool:
+        customer = (state.customer or "").strip().lower()
+        return state.id in self.case_ids or customer in self.addresses
+
+
+def refused_in(conn: Connection, mailbox: str) -> RefusedIn:
+    rows = conn.execute(
+        select(address_refusal.c.address, address_refusal.c.case_id)
+        .where(address_refusal.c.mailbox == mailbox)
+        .distinct()
+    ).all()
+    return RefusedIn(
+        frozenset(r.address for r in rows),
+        frozenset(r.case_id for r in rows if r.case_id is not None),
+    )
