@@ -348,7 +348,7 @@ def test_a_customer_the_relay_refused_gets_no_update_and_the_owner_is_told_once(
     assert notice.recipients == [CAROL]  # nobody owns it: the lead (owner policy)
     text = plain_text(notice.raw)
     assert "550 5.1.1" in text and "reach them another way" in text
-    told = f"the relay refused the acknowledgement to {ANN} for good: {REFUSED}: to {CAROL}"
+    told = f"the acknowledgement to {ANN} was refused for good: {REFUSED}: to {CAROL}"
     assert ("unreachable", told) in desk.events(case_id)
     assert f"cannot be reached by mail: {told.rsplit(': to ', 1)[0]}." in text
     # The team's chase goes on: reminders and the lead, an internal breach, none silent.

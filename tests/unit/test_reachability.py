@@ -87,7 +87,7 @@ def test_a_refusal_stands_exactly_when_nothing_came_after_the_latest(
 def test_the_reason_names_the_mail_the_address_and_the_reply() -> None:
     reason = unreachable_reason(refusal(1, 0))
     assert reason == (
-        f"the relay refused the acknowledgement to {ANN} for good: 550 5.1.1 no such user; "
+        f"the acknowledgement to {ANN} was refused for good: 550 5.1.1 no such user; "
         "it has not written since"
     )
 

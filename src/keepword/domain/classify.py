@@ -141,6 +141,25 @@ def robot_reason(facts: MessageFacts, own_addresses: frozenset[str] = frozenset(
     return _x_loop(facts, own_addresses)
 
 
+def may_be_bounce(facts: MessageFacts) -> bool:
+    """Worth reading as a delivery failure (mail.bounces): a delivery report, a failed-
+    recipients header, the delivery system as sender or return path, or a bounce subject.
+    Cheap, from the headers; most automatic mail (lists, vacation notices) is not."""
+    content_type = facts.content_type.lower()
+    report = "delivery-status" in content_type or content_type.startswith("multipart/report")
+    return bool(
+        report
+        or _failed_recipients(facts)
+        or _robot_return_path(facts)
+        or _BOUNCE_SUBJECT.search(facts.subject)
+        or (facts.sender is not None and facts.sender.name.strip().lower() in ROBOT_NAMES)
+        or (
+            facts.sender is not None
+            and facts.sender.address.partition("@")[0] in ("mailer-daemon", "postmaster")
+        )
+    )
+
+
 def out_of_office_reason(facts: MessageFacts) -> str | None:
     """Why this automatic message is a person's out-of-office reply (None: it is not).
 

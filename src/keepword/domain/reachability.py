@@ -1,9 +1,10 @@
 """Can keepword still write to a customer? Addresses the relay refused for good.
 
 When the relay answers RCPT TO for a customer's address with a 5xx ("550 5.1.1 no such
-user"), every later automatic mail to it is refused the same way: a customer update a
-day later is a second 550, wasted, and repeated refusals hurt the sending domain's
-reputation. Zammad stops automatic mail to an address for 60 days after it bounced;
+user"), or a server further on sends the mail back with a bounce that says it failed
+for good (mail.bounces), every later automatic mail to it fails the same way: a
+customer update a day later is a second bounce, wasted, and repeated bounces hurt the
+sending domain's reputation. Zammad stops automatic mail to an address for 60 days after it bounced;
 keepword stops it until the address writes to us again (the mail that arrives proves
 someone reads it now, and that mail is answered as any other), and tells the team once
 per refused mail, so someone reaches the customer another way.
@@ -27,7 +28,9 @@ class Refusal:
     outbox_id: int
     address: str
     kind: str
-    reply: str  # the relay's reply, e.g. "550 5.1.1 <x@example.org>: no such user"
+    # the relay's reply ("550 5.1.1 <x@example.org>: no such user") or the bounce's
+    # ("bounced: 5.1.1 smtp; 550 no such user")
+    reply: str
     at: datetime
     case_id: int | None = None
 
@@ -36,7 +39,7 @@ class Refusal:
         return self.kind.replace("_", " ")
 
     def describe(self) -> str:
-        return f"the relay refused the {self.what} to {self.address} for good: {self.reply}"
+        return f"the {self.what} to {self.address} was refused for good: {self.reply}"
 
 
 def unreachable_reason(refusal: Refusal) -> str:

@@ -56,7 +56,7 @@ from keepword.domain.trust import (
     vet_join,
 )
 from keepword.errors import StaleCaseError
-from keepword.pipeline import commands, owners, standing
+from keepword.pipeline import bounces, commands, owners, standing
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.isolation import isolated
 from keepword.retry import RetryPolicy
@@ -480,6 +480,8 @@ def _triage_one(
     """`own_row`: the outbox row of the message's Message-ID, if keepword sent it."""
     desk = run.desk
     arrival, learned = _arrive(conn, desk, facts, own_row)
+    if arrival.verdict.kind is Kind.AUTOMATED:
+        bounces.note_bounce(conn, desk, facts)
     if _staff_presence(conn, desk, arrival):  # cases may have moved: read them again
         arrival = replace(arrival, read={})
     command = _steering(conn, desk, arrival)

@@ -642,3 +642,29 @@ def own_mails(conn: Connection, message_ids: Sequence[str]) -> dict[str, OwnMail
         row.message_id: OwnMail(row.case_id, tuple(str(a).lower() for a in row.recipients or ()))
         for row in rows
     }
+
+
+@dataclass(frozen=True, slots=True)
+class NamedMail:
+    """An outbox row a delivery report names (pipeline.bounces)."""
+
+    id: int
+    case_id: int | None
+    kind: str
+    recipients: tuple[str, ...]  # lower-cased
+
+
+def mails_named(conn: Connection, mailbox: str, message_ids: Sequence[str]) -> list[NamedMail]:
+    """The mailbox's outbox rows with any of these Message-IDs (its unique index)."""
+    if not message_ids:
+        return []
+    settle(conn)
+    query = (
+        select(outbox.c.id, outbox.c.case_id, outbox.c.kind, outbox.c.recipients)
+        .where(and_(outbox.c.message_id.in_(list(message_ids)), outbox.c.mailbox == mailbox))
+        .order_by(outbox.c.id)
+    )
+    return [
+        NamedMail(r.id, r.case_id, r.kind, tuple(str(a).lower() for a in r.recipients or ()))
+        for r in conn.execute(query)
+    ]
