@@ -492,7 +492,7 @@ def refused_addresses_left_alone(record: SoakRecord, conn: Connection) -> Findin
         problems = refusal_problems(row.refused_at, updates, heard, told, settled, allowed)
         finding.violations.extend(f"{row.reference} ({row.address}): {p}" for p in problems)
     finding.figures = {
-        "refusals (550) recorded": len(rows),
+        "refusals recorded (550 or bounce)": len(rows),
         "notices to the team at the relay": sum(len(v) for v in notices.values()),
         "problems": len(finding.violations),
     }
