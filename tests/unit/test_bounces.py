@@ -8,6 +8,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from keepword.mail import bounces
 from keepword.mail.bounces import read_bounce
 from tests.corpora import CORPORA, needs_corpora
 from tests.fixtures.bounces import dsn
@@ -68,3 +69,19 @@ def test_a_person_s_mail_is_no_bounce() -> None:
     assert read_bounce(mail.as_bytes()) is None
     assert read_bounce(b"") is None
     assert read_bounce(b"\xff\xfe garbage \x00\r\n\r\n") is None
+
+
+def test_a_detector_that_raises_is_no_bounce_and_no_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flufl.bounce re-raises what a detector raises: hostile mail must not stop triage."""
+
+    def choke(msg: object) -> None:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "hostile")
+
+    monkeypatch.setattr(bounces, "all_failures", choke)
+    assert read_bounce(dsn(OURS, ANN)) is None
+
+
+def test_only_the_head_of_a_huge_report_is_read() -> None:
+    huge = dsn(OURS, ANN, returned="message") + b"x" * (bounces.MAX_PARSE_BYTES + 10)
+    bounce = read_bounce(huge)
+    assert bounce is not None and bounce.failed == {ANN}

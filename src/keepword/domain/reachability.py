@@ -4,10 +4,10 @@ When the relay answers RCPT TO for a customer's address with a 5xx ("550 5.1.1 n
 user"), or a server further on sends the mail back with a bounce that says it failed
 for good (mail.bounces), every later automatic mail to it fails the same way: a
 customer update a day later is a second bounce, wasted, and repeated bounces hurt the
-sending domain's reputation. Zammad stops automatic mail to an address for 60 days after it bounced;
-keepword stops it until the address writes to us again (the mail that arrives proves
-someone reads it now, and that mail is answered as any other), and tells the team once
-per refused mail, so someone reaches the customer another way.
+sending domain's reputation. Zammad stops automatic mail to an address for 60 days
+after it bounced; keepword stops it until the address writes to us again (the mail that
+arrives proves someone reads it now, and that mail is answered as any other), and tells
+the team once per refused mail, so someone reaches the customer another way.
 
 Pure: the shell reads the refusals and when the address last wrote.
 """

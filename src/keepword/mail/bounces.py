@@ -19,7 +19,7 @@ from email.parser import HeaderParser
 
 from flufl.bounce import all_failures
 
-from keepword.mail.parse import message_ids
+from keepword.mail.parse import MAX_PARSE_BYTES, message_ids
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,18 @@ class Bounce:
 
 def read_bounce(raw: bytes) -> Bounce | None:
     """The permanent failures a delivery report names; None when it names none (a
-    warning, or no bounce at all) or cannot be read."""
-    msg = email.message_from_bytes(raw)
+    warning, or no bounce at all) or cannot be read. Never raises: hostile mail is no
+    bounce, and a failure here must not hold up the triage of the mail behind it."""
     try:
-        _, permanent = all_failures(msg)
-    except Exception:  # a detector choking on hostile mail: no bounce, never a crash
+        return _read(raw[:MAX_PARSE_BYTES])  # a report is small; a returned mail may not be
+    except Exception:  # a detector choking on hostile mail
         log.warning("a delivery report could not be read", exc_info=True)
         return None
+
+
+def _read(raw: bytes) -> Bounce | None:
+    msg = email.message_from_bytes(raw)
+    _, permanent = all_failures(msg)
     failed = frozenset(filter(None, (_address(a) for a in permanent)))
     if not failed:
         return None

@@ -15,8 +15,10 @@ same per-address limits (`domain.limits`). Held back, it goes out at the limit's
 if that is still before the due time, and its new promise runs from then; otherwise it
 is not sent, that is said once on the case, and the breach is recorded as held back by
 the limit (broken, not silent). No update goes to a robot or another keepword
-installation (`domain.chase.update_refusal`): the customer promise is withdrawn and the
-team keeps it as its own target.
+installation (`domain.chase.update_refusal`), nor to an address that refused our mail
+for good and has not written since (`domain.reachability`): the customer promise is
+withdrawn and the team keeps it as its own target; for a refused address the owner is
+told once per refused mail.
 
 Paused cases (closed, waiting on the customer) that still hold open promises are settled
 here too: past due they are broken, otherwise withdrawn. Once a business day per
