@@ -22,9 +22,27 @@ SMTP_USER = "support@example.com"
 SMTP_PASSWORD = "smtp-Secret-42"
 
 
+GONE = "gone@example.com"  # a team member who left: the relay refuses the address
+BUSY = "busy@example.com"  # the relay cannot say now (4xx)
+
+
 class _Sink:
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address == GONE:
+            return "550 5.1.1 no such user"
+        if address == BUSY:
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
         return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        SENT.append(bytes(envelope.content))
+        return "250 OK"
+
+
+SENT: list[bytes] = []  # what reached the sink's DATA: `keepword check` sends nothing
 
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
@@ -61,6 +79,7 @@ def write_config(
     password: str | None = None,
     folders: str = '["INBOX"]',
     smtp: str = "",
+    team: str = "",
 ) -> Path:
     pw_file = tmp_path / "imap.pw"
     pw_file.write_text((password or dovecot.users[user]) + "\n")
@@ -76,6 +95,7 @@ name = "support"
 address = "{user}"
 folders = {folders}
 done_folder = "Done"
+{team}
 
 [mailbox.imap]
 host = "127.0.0.1"
@@ -202,6 +222,26 @@ def test_smtp_login_ok(check: Checker, smtp_port: int) -> None:
     assert code == 0, out
     assert f"ok   support: SMTP {SMTP_USER} at 127.0.0.1:{smtp_port}: connected, EHLO" in out
     assert SMTP_PASSWORD not in out
+
+
+def test_smtp_asks_the_relay_about_the_team_without_sending(check: Checker, smtp_port: int) -> None:
+    smtp = _smtp_table(check.tmp, smtp_port, SMTP_PASSWORD)
+    team = 'team = ["alice@example.com", "bob@example.com"]\nlead = "carol@example.com"'
+    code, out = check.run(smtp=smtp, team=team)
+    assert code == 0, out
+    assert f"login ok; sender {check.user} and 3 of 3 team address(es) accepted" in out
+    assert SENT == []
+
+
+def test_smtp_fails_on_a_team_address_the_relay_refuses(check: Checker, smtp_port: int) -> None:
+    smtp = _smtp_table(check.tmp, smtp_port, SMTP_PASSWORD)
+    team = f'team = ["alice@example.com", "{GONE}", "{BUSY}"]\nlead = "carol@example.com"'
+    code, out = check.run(smtp=smtp, team=team)
+    assert code == 1, out
+    assert f"FAIL support: SMTP {SMTP_USER}" in out
+    assert "2 of 4 team address(es) accepted" in out
+    assert f"refused for good: {GONE} (550 5.1.1 no such user)" in out
+    assert f"not verified now: {BUSY} (451 4.3.0 try again later)" in out
 
 
 def test_smtp_wrong_password(check: Checker, smtp_port: int) -> None:

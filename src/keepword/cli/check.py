@@ -4,8 +4,12 @@ Validates the config (errors are printed by the CLI's main; no [[mailbox]] is a 
 checks the database without changing it (connect, schema up to date or migratable,
 writable), then per mailbox resolves
 the secrets, logs in to IMAP and looks for the configured folders, and connects, says
-EHLO and logs in to SMTP if configured. One line per server; exit 0 only if all are ok.
-Secrets are never printed.
+EHLO and logs in to SMTP if configured. On SMTP it then asks the relay, without sending
+anything (MAIL FROM, RCPT TO, RSET), whether it takes the mailbox's address as sender
+and the team's and the lead's addresses as recipients: a member's address with a typo,
+or of someone who left, would refuse every reminder for good, and only the failed rows
+would show it. One line per server; exit 0 only if all are ok. Secrets are never
+printed.
 """
 
 from __future__ import annotations
@@ -108,8 +112,13 @@ def _selected(settings: Settings, name: str | None) -> list[MailboxSettings]:
 def check_mailbox(box: MailboxSettings) -> list[CheckResult]:
     results = [with_tls_hint(check_imap(box), box.imap, implicit_port=993)]
     if box.smtp is not None:
-        results.append(with_tls_hint(check_smtp(box.name, box.smtp), box.smtp, implicit_port=465))
+        results.append(with_tls_hint(check_smtp(box), box.smtp, implicit_port=465))
     return results
+
+
+def team_recipients(box: MailboxSettings) -> list[str]:
+    """Whom keepword's team mail goes to: the members and the lead, in config order."""
+    return list(dict.fromkeys([*box.team, *([box.lead] if box.lead else [])]))
 
 
 def with_tls_hint(
@@ -167,11 +176,15 @@ def check_imap(box: MailboxSettings) -> CheckResult:
     )
 
 
-def check_smtp(mailbox: str, server: SmtpSettings) -> CheckResult:
+def check_smtp(box: MailboxSettings) -> CheckResult:
+    server, mailbox = box.smtp, box.name
+    assert server is not None
     where = _where("SMTP", server)
     try:
         secret = resolve_secret(server)
-        detail = asyncio.run(_smtp_login(server, secret))
+        detail, refused = asyncio.run(
+            _smtp_login(server, secret, box.address, team_recipients(box))
+        )
     except KeepwordError as exc:
         return CheckResult(mailbox, where, ok=False, detail=_strip(str(exc), where))
     except ssl.SSLCertVerificationError as exc:
@@ -188,10 +201,13 @@ def check_smtp(mailbox: str, server: SmtpSettings) -> CheckResult:
         if isinstance(exc, OSError) and exc.strerror:
             text = exc.strerror
         return CheckResult(mailbox, where, ok=False, detail=f"failed: {text}")
-    return CheckResult(mailbox, where, ok=True, detail=detail)
+    return CheckResult(mailbox, where, ok=not refused, detail=detail)
 
 
-async def _smtp_login(server: SmtpSettings, secret: Secret) -> str:
+async def _smtp_login(
+    server: SmtpSettings, secret: Secret, sender: str, team: list[str]
+) -> tuple[str, bool]:
+    """(What went well, and what the relay refused; True if it refused anything for good.)"""
     context = None
     if server.tls is not TlsMode.PLAIN:
         context = ssl.create_default_context(cafile=str(server.ca_file) if server.ca_file else None)
@@ -208,18 +224,68 @@ async def _smtp_login(server: SmtpSettings, secret: Secret) -> str:
         await client.ehlo()
         if not client.supports_extension("auth"):
             if server.tls is TlsMode.PLAIN:  # a local relay that needs no login
-                return "connected, EHLO ok; server offers no AUTH (local relay), not logging in"
-            return "connected, EHLO ok; server offers no AUTH"
-        if secret.is_oauth2:
-            await client.auth_xoauth2(server.username, secret.reveal())
+                done = "connected, EHLO ok; server offers no AUTH (local relay), not logging in"
+            else:
+                done = "connected, EHLO ok; server offers no AUTH"
         else:
-            await client.login(server.username, secret.reveal())
-        return "connected, EHLO and login ok"
+            if secret.is_oauth2:
+                await client.auth_xoauth2(server.username, secret.reveal())
+            else:
+                await client.login(server.username, secret.reveal())
+            done = "connected, EHLO and login ok"
+        replies = await _ask_recipients(client, sender, team)
+        verdict, refused = recipients_verdict(sender, replies)
+        return f"{done}; {verdict}", refused
     finally:
         try:
             await client.quit()
         except aiosmtplib.SMTPException:
             client.close()
+
+
+async def _ask_recipients(
+    client: aiosmtplib.SMTP, sender: str, team: list[str]
+) -> dict[str, tuple[int, str]]:
+    """The relay's reply to MAIL FROM (under `sender`) and to RCPT TO for each of `team`,
+    then RSET: nothing is sent. A refused sender ends it (no recipient is asked)."""
+    replies: dict[str, tuple[int, str]] = {}
+    try:
+        answer = await client.mail(sender)
+    except aiosmtplib.SMTPResponseException as exc:
+        return {sender: (exc.code, exc.message)}
+    replies[sender] = (answer.code, answer.message)
+    for address in team:
+        try:
+            answer = await client.rcpt(address)
+        except aiosmtplib.SMTPResponseException as exc:
+            replies[address] = (exc.code, exc.message)
+        else:
+            replies[address] = (answer.code, answer.message)
+    await client.rset()
+    return replies
+
+
+def recipients_verdict(sender: str, replies: dict[str, tuple[int, str]]) -> tuple[str, bool]:
+    """What the relay said of the sender and the team (first `sender`'s reply), and
+    whether it refused any of them for good (5xx). A 4xx could not verify: said, not
+    failed (a relay that checks later, greylisting)."""
+    code, message = replies[sender]
+    if code >= 500:
+        return f"the relay refuses {sender} as sender: {code} {message}", True
+    if code >= 400:
+        return f"sender {sender} not verified now: {code} {message}", False
+    team = {a: r for a, r in replies.items() if a != sender}
+    if not team:
+        return f"sender {sender} accepted", False
+    refused = [f"{a} ({c} {m})" for a, (c, m) in team.items() if c >= 500]
+    unsure = [f"{a} ({c} {m})" for a, (c, m) in team.items() if 400 <= c < 500]
+    taken = len(team) - len(refused) - len(unsure)
+    parts = [f"sender {sender} and {taken} of {len(team)} team address(es) accepted"]
+    if refused:
+        parts.append(f"refused for good: {', '.join(refused)} (fix the mailbox's team or lead)")
+    if unsure:
+        parts.append(f"not verified now: {', '.join(unsure)}")
+    return "; ".join(parts), bool(refused)
 
 
 def _strip(message: str, where: str) -> str:
