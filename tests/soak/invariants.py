@@ -220,9 +220,9 @@ def every_promise_kept_or_told(record: SoakRecord, conn: Connection) -> Finding:
 
 
 def _promise_problem(record: SoakRecord, row: object, updates: list[RelayedMail]) -> str | None:
-    """What is wrong with a customer promise due by now, if anything. A customer the
-    relay refuses for good (550) is owed no update: keepword withdraws the promise (a
-    team target takes its place) once the acknowledgement is refused."""
+    """What is wrong with a customer promise due by now, if anything. A customer whose
+    address refuses our mail for good (a 550 at the relay, a bounce) is owed no update:
+    keepword withdraws the promise (a team target takes its place) once it knows."""
     state, due, made = row.state, row.due_at, row.made_at  # type: ignore[attr-defined]
     resolved = row.resolved_at  # type: ignore[attr-defined]
     told = [m.at for m in updates if m.at >= made]

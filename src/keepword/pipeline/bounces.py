@@ -27,8 +27,6 @@ from keepword.store.refusals import record_refusals
 
 log = logging.getLogger(__name__)
 
-_CUSTOMER_KINDS = frozenset(k.value for k in CUSTOMER_KINDS)
-
 
 def note_bounce(conn: Connection, desk: MailboxContext, facts: MessageFacts) -> list[Refusal]:
     """Record the refusals a bounce reports about our customer mail; the new ones."""
@@ -60,7 +58,7 @@ def _refusals(conn: Connection, desk: MailboxContext, bounce: Bounce) -> list[Re
     return [
         Refusal(mail.id, address, mail.kind, reply, desk.now, mail.case_id)
         for mail in outbox_store.mails_named(conn, desk.box.name, bounce.about)
-        if mail.kind in _CUSTOMER_KINDS
+        if mail.kind in CUSTOMER_KINDS  # a StrEnum member equals its value
         for address in sorted(bounce.failed)
         if address in mail.recipients
     ]

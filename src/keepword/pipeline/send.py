@@ -874,9 +874,9 @@ def _record_refused(
     refused: Mapping[str, str],
     now: datetime,
 ) -> None:
-    """Customer mail only: a team address refused is a configuration error, which the
-    failed row and `keepword status` already show."""
-    if row.kind not in {k.value for k in CUSTOMER_KINDS}:
+    """Customer mail only: a team address refused is a configuration error, which
+    `keepword check` asks the relay about and the failed row shows in `keepword status`."""
+    if row.kind not in CUSTOMER_KINDS:  # a StrEnum member equals its value
         return
     refusals = refusals_of_mail(row.id, row.kind, row.case_id, refused, now)
     recorded = record_refusals(conn, mailbox.name, refusals)
