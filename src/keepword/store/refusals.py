@@ -1,7 +1,8 @@
-"""Customer addresses the relay refused for good (domain.reachability reads them).
+"""Customer addresses that refused our mail for good (domain.reachability reads them).
 
-Written by the drain in the transaction that records the refused mail; read by the
-chase, only for the cases it plans (the table holds a row per refused mail: few).
+Written by the drain in the transaction that records the mail the relay refused, and
+by triage in the transaction of a bounce about our mail (pipeline.bounces); read by the
+chase, only for the cases they touch (the table holds a row per refused mail: few).
 """
 
 from __future__ import annotations
