@@ -379,3 +379,20 @@ def test_renderer_for_mailbox_uses_both_override_folders(tmp_path: Path) -> None
     assert renderer.render("reminder", "en", team_case()).text == "box KW-42\n"
     assert renderer.render("escalation", "en", team_case()).text == "global escalation\n"
     assert "KW-42" in renderer.render("acknowledgement", "en", ack()).text
+
+
+@pytest.mark.parametrize(
+    ("language", "opening", "ask"),
+    [
+        ("en", "The customer of case KW-42 cannot be reached by mail", "another way"),
+        ("de", "Der Kunde von Vorgang KW-42 ist per E-Mail nicht erreichbar", "anderem Weg"),
+    ],
+)
+def test_the_unreachable_notice_says_why_and_what_to_do(
+    renderer: Renderer, language: str, opening: str, ask: str
+) -> None:
+    refused = "the acknowledgement to ann@example.org was refused for good: 550 no such user"
+    text = renderer.render("customer_unreachable", language, team_case(reason=refused)).text
+    assert text.startswith(f"{opening}: {refused}.")
+    assert ask in text and "Ann Example" in text
+    assert text.rstrip().endswith("Case reference: KW-42")
