@@ -31,7 +31,7 @@ from keepword.pipeline.send import (
     drain_outbox,
 )
 from keepword.retry import OUTBOX_RETRY
-from keepword.store import outbox, refusals
+from keepword.store import away, outbox, refusals
 from keepword.store.cases import save_case
 from keepword.store.db import open_store
 from keepword.store.tables import case_event
@@ -273,6 +273,41 @@ def test_only_a_customer_address_refused_for_good_is_recorded(rig: Rig) -> None:
     assert rig.drain(NOW + timedelta(minutes=5)).failed == 1
     with rig.engine.connect() as conn:
         assert refusals.refusals_about(conn, "support", rig.case_id, CUSTOMER) == []
+
+
+def test_a_team_member_refused_for_good_is_away_until_they_write(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """A reminder to a member who left: the drain makes them away (their cases move at the
+    next chase step, tests/unit/test_owners_store.py), never the lead."""
+    rig = make_rig(
+        tmp_path,
+        smtp_server,
+        team=["alice@example.com", "bob@example.com"],
+        lead="carol@example.com",
+    )
+    reminder = team_mail(
+        rig.box,
+        OutboxKind.REMINDER,
+        dedup_key="reminder:1:0.5",
+        to=["bob@example.com", "carol@example.com"],
+        about=About("KW-1", "Printer on fire"),
+        now=NOW,
+    )
+    raw = compose_bytes(reminder, Rendered("Reminder\nCase reference: KW-1\n"))
+    with rig.engine.begin() as conn:
+        entry = outbox.OutboxEntry(
+            "support", rig.case_id, "reminder", reminder.dedup_key, reminder.to, "r", raw
+        )
+        outbox.enqueue(conn, entry, NOW)
+    rig.server.fail("bob@example.com", 550)
+    rig.server.fail("carol@example.com", 550)
+    assert rig.drain().failed == 1
+    with rig.engine.connect() as conn:
+        [bob] = away.recorded_away(conn, "support", NOW.date())
+        assert refusals.refusals_about(conn, "support", rig.case_id, CUSTOMER) == []
+    assert (bob.address, bob.start) == ("bob@example.com", NOW.date())
+    assert bob.why.startswith("mail to them is refused for good: 550")
 
 
 def test_a_customer_refused_beside_an_accepted_recipient_is_recorded(rig: Rig) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from keepword.cli.status import away_today
 from keepword.config import AwayEntry, OwnersSettings
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus
+from keepword.pipeline import send
 from keepword.pipeline.context import MailboxContext
 from keepword.store import away as away_store
 from keepword.store import cases as case_store
@@ -282,3 +285,33 @@ def test_a_case_nobody_can_own_reminds_the_lead_not_the_team(make_desk: Any) -> 
     desk.chase(at(0, 14, 30))
     [reminder] = [r for r in desk.outbox() if r.kind == "reminder"]
     assert reminder.recipients == [CAROL]
+
+
+def test_a_member_the_relay_refuses_is_away_their_cases_move_and_the_lead_hears(
+    make_desk: Any,
+) -> None:
+    """Bob left and nobody fixed the config: the relay refuses his reminders for good.
+    He is away as if out of office without a date: his cases move, new ones skip him,
+    the lead hears why, and his own next mail ends it."""
+    desk = make_desk(team=[ALICE, BOB])
+    _, second = (customer_case(desk, at(0, 9, n), n) for n in range(2))
+    assert second.owner == BOB
+    refused = {BOB: "550 5.1.1 no such user", CAROL: "550 5.1.1 no such user"}
+    with desk.engine.begin() as conn:  # as the drain records a refused reminder
+        send._members_refused(conn, desk.box, refused, at(0, 13).date(), at(0, 13))
+    desk.chase(at(0, 13, 1))
+    assert load(desk, second.id).owner == ALICE
+    [notice] = [r for r in desk.outbox() if r.kind == "away_notice"]
+    assert notice.recipients == [CAROL]
+    text = " ".join(message_from_bytes(notice.raw, policy=default).get_content().split())
+    assert f"{BOB} is away until 2026-11-09 (mail to them is refused for good: 550 5.1.1" in text
+    with desk.engine.connect() as conn:  # the lead is not a member: never made away
+        assert [p.address for p in away_store.recorded_away(conn, "support", at(0, 0).date())] == [
+            BOB
+        ]
+    assert customer_case(desk, at(0, 14), 5).owner == ALICE
+    staff = mail(("Bob", BOB), "Re: hello", headers=TEAM_PROOF, to="ann@example.org")
+    desk.deliver(staff, at(0, 15), folder="Sent")
+    desk.triage(at(0, 15))
+    with desk.engine.connect() as conn:  # he wrote: back today, away no longer
+        assert away_store.recorded_away(conn, "support", at(0, 0).date()) == []

@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keepword.domain.outbox_keys import promise_id_of, unreachable_key
+from keepword.domain.owners import AwayPeriod, away_label
 from keepword.domain.reachability import (
     Refusal,
+    member_unreachable,
     notices_due,
     permanent_reply,
     refusals_of_mail,
@@ -110,3 +112,21 @@ def test_the_refusals_of_a_mail_are_its_5xx_addresses_lowercased() -> None:
     replies = {"Ann@Example.ORG": "550 no such user", "bob@example.org": "451 later", " ": "550"}
     [only] = refusals_of_mail(3, "customer_update", 7, replies, T0)
     assert only == Refusal(3, ANN, "customer_update", "550 no such user", T0, 7)
+
+
+def test_a_refused_member_is_away_for_the_default_days_unless_already_away() -> None:
+    today = T0.date()
+    period = member_unreachable("Bob@Example.com", "550 no such user", today, 7, [])
+    assert period is not None
+    assert (period.address, period.start, period.back_on) == (
+        "bob@example.com",
+        today,
+        today + timedelta(days=7),
+    )
+    assert period.why == "mail to them is refused for good: 550 no such user"
+    assert away_label(period) == period.why
+    already = AwayPeriod("bob@example.com", today - timedelta(days=1), today + timedelta(days=1))
+    assert member_unreachable("bob@example.com", "550", today, 7, [already]) is None
+    ended = AwayPeriod("bob@example.com", today - timedelta(days=9), today)
+    assert member_unreachable("bob@example.com", "550", today, 7, [ended]) is not None
+    assert away_label(already) == "out-of-office"

@@ -154,7 +154,8 @@ def test_an_update_withdrawn_unsent_leaves_the_old_promise_to_the_reply(desk: St
     with desk.engine.connect() as conn:
         due = outbox_store.pending(conn, leaving, mailbox=desk.box.name)
     folder = send._SentFolder(None, None)  # nothing is sent: the withdrawal comes first
-    run = send._Run(desk.engine, desk.box, leaving, folder, send.DrainResult())
+    zone = desk.settings.zone_for(desk.box)
+    run = send._Run(desk.engine, desk.box, leaving, folder, send.DrainResult(), zone)
     kept = send._withdraw_stale(run, due)
     assert [row.kind for row in kept if row.kind == "customer_update"] == []
 

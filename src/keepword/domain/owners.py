@@ -47,6 +47,11 @@ class OwnerPolicy(StrEnum):
     NONE = "none"
 
 
+# Why the absence of a member whose address the relay refuses is recorded
+# (domain.reachability.member_unreachable): the lead line says it instead of out-of-office.
+MEMBER_REFUSED = "mail to them is refused for good"
+
+
 @dataclass(frozen=True, slots=True)
 class AwayPeriod:
     """`address` is away from `start` up to (not including) `back_on`; None: until they
@@ -341,12 +346,18 @@ def move_cases(
 def _lead_line(period: AwayPeriod, moves: Sequence[Change], until: str) -> str:
     moved = [m.case for m in moves if m.case.owner != period.address]
     stuck = [m.case.reference for m in moves if m.case.owner == period.address]
-    parts = [f"{period.address} is away until {until} (out-of-office)."]
+    parts = [f"{period.address} is away until {until} ({away_label(period)})."]
     if moved:
         parts.append("Moved: " + ", ".join(f"{c.reference} -> {c.owner}" for c in moved) + ".")
     if stuck:
         parts.append("Nobody on duty to take: " + ", ".join(stuck) + ".")
     return " ".join(parts)
+
+
+def away_label(period: AwayPeriod) -> str:
+    """Why a member is away, as the lead reads it: "out-of-office" unless the absence
+    stands for an address that refuses mail (domain.reachability), which says so."""
+    return period.why if period.why.startswith(MEMBER_REFUSED) else "out-of-office"
 
 
 def back_again(away: Iterable[AwayPeriod], address: str, today: date) -> tuple[AwayPeriod, ...]:

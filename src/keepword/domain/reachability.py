@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from keepword.domain.outbox_keys import unreachable_key
+from keepword.domain.owners import MEMBER_REFUSED, AwayPeriod
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +85,17 @@ def notices_due(case_id: int, refusals: Iterable[Refusal], done: frozenset[str])
     (one notice per refused mail, keyed so it is queued once), oldest first."""
     due = [r for r in refusals if r.case_id == case_id and unreachable_key(r) not in done]
     return sorted(due, key=lambda r: (r.at, r.outbox_id))
+
+
+def member_unreachable(
+    address: str, reply: str, today: date, days: int, known: Iterable[AwayPeriod]
+) -> AwayPeriod | None:
+    """A team member whose address the relay refused for good (someone who left, a typo
+    in the config) is away, as an out-of-office without a return date is: for `days`,
+    or until they write themselves. Their cases move to others on duty, new ones go
+    elsewhere and the lead is told (domain.owners), instead of reminders failing one by
+    one. None when an absence of theirs already covers today."""
+    member = address.strip().lower()
+    if any(p.address.lower() == member and p.covers(today) for p in known):
+        return None
+    return AwayPeriod(member, today, today + timedelta(days=days), f"{MEMBER_REFUSED}: {reply}")

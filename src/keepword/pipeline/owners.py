@@ -30,6 +30,7 @@ from keepword.domain.owners import (
     Sharing,
     absence_from_auto_reply,
     assign_on_open,
+    away_label,
     away_now,
     choose_owner,
     move_cases,
@@ -143,7 +144,7 @@ def settle_absences(
             case_store.add_events(conn, saved.id, change.events)
             moved += 1
         text = notice.lead_message or (
-            f"{period.address} is away until {_until(period)} (out-of-office). "
+            f"{period.address} is away until {_until(period)} ({away_label(period)}). "
             "They own no open cases."
         )
         _tell_lead(conn, desk, period, text)

@@ -64,8 +64,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Final, NoReturn, Protocol, TypeVar, runtime_checkable
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
@@ -85,11 +86,12 @@ from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import CaseNow, withdrawal
 from keepword.domain.outbox_keys import promise_id_of
-from keepword.domain.reachability import refusals_of_mail
+from keepword.domain.reachability import member_unreachable, permanent_reply, refusals_of_mail
 from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.preview import preview
 from keepword.retry import OUTBOX_RETRY
+from keepword.store import away as away_store
 from keepword.store import outbox
 from keepword.store import promises as promise_store
 from keepword.store.cases import add_events
@@ -301,6 +303,7 @@ class _Run:
     now: datetime
     folder: _SentFolder
     result: DrainResult
+    zone: ZoneInfo  # the mailbox's calendar zone: the day a refused member is away from
 
 
 async def drain_outbox(
@@ -319,9 +322,8 @@ async def drain_outbox(
     sent: each due mail is logged and marked dry run. Raises DeliveryUnavailable (after
     leaving every row pending) when the relay cannot be reached or refuses the login.
     """
-    run = _Run(
-        engine, mailbox, now, _SentFolder(servers.sent_copy, servers.executor), DrainResult()
-    )
+    folder = _SentFolder(servers.sent_copy, servers.executor)
+    run = _Run(engine, mailbox, now, folder, DrainResult(), settings.zone_for(mailbox))
     batch = limit or DRAIN_BATCH
     if settings.keepword.dry_run:
         with engine.connect() as conn:
@@ -640,7 +642,7 @@ class _Drain:
             outbox.mark_all_sent(conn, now, states)
             for mail in batch:
                 if mail.refused:
-                    _note_refused(conn, mailbox, mail.row, mail.refused, now)
+                    _note_refused(conn, self.run, mail.row, mail.refused)
         for mail in batch:
             row = mail.row
             result.sent += 1
@@ -846,37 +848,32 @@ def _fail(
     with run.engine.begin() as conn:
         outbox.mark_failed(conn, row, run.now, error)
         if refused:
-            _record_refused(conn, mailbox, row, refused, run.now)
+            _record_refused(conn, run, row, refused)
     METRICS.smtp_error(mailbox.name)
     run.result.failed += 1
 
 
 def _note_refused(
-    conn: Connection,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    refused: Mapping[str, str],
-    now: datetime,
+    conn: Connection, run: _Run, row: outbox.OutboxRow, refused: Mapping[str, str]
 ) -> None:
     """Some recipients of a mail the relay took were refused: said on the case, and a
     customer address refused for good is recorded (domain.reachability)."""
     if row.case_id is not None:
         text = ", ".join(f"{a} ({e})" for a, e in refused.items())
-        event = Event(EventKind.DELIVERY_FAILED, now, None, f"{row.kind} refused for {text}")
+        event = Event(EventKind.DELIVERY_FAILED, run.now, None, f"{row.kind} refused for {text}")
         add_events(conn, row.case_id, [event])
-    _record_refused(conn, mailbox, row, refused, now)
+    _record_refused(conn, run, row, refused)
 
 
 def _record_refused(
-    conn: Connection,
-    mailbox: MailboxSettings,
-    row: outbox.OutboxRow,
-    refused: Mapping[str, str],
-    now: datetime,
+    conn: Connection, run: _Run, row: outbox.OutboxRow, refused: Mapping[str, str]
 ) -> None:
-    """Customer mail only: a team address refused is a configuration error, which
-    `keepword check` asks the relay about and the failed row shows in `keepword status`."""
+    """A customer address is recorded as refused (domain.reachability); a team member's
+    makes them away until they write, so their cases move (`keepword check` asks the
+    relay about every team address beforehand)."""
+    mailbox, now = run.mailbox, run.now
     if row.kind not in CUSTOMER_KINDS:  # a StrEnum member equals its value
+        _members_refused(conn, mailbox, refused, now.astimezone(run.zone).date(), now)
         return
     refusals = refusals_of_mail(row.id, row.kind, row.case_id, refused, now)
     recorded = record_refusals(conn, mailbox.name, refusals)
@@ -886,6 +883,28 @@ def _record_refused(
             mailbox.name,
             refusal.describe(),
         )
+
+
+def _members_refused(
+    conn: Connection, box: MailboxSettings, refused: Mapping[str, str], today: date, now: datetime
+) -> None:
+    """Each team member (not the lead: nobody else to tell) refused for good is away
+    from today (domain.reachability.member_unreachable); the chase's absence step moves
+    their cases and tells the lead."""
+    members = {a.lower() for a in box.team} - {(box.lead or "").lower()}
+    for address, reply in refused.items():
+        if address.strip().lower() not in members or not permanent_reply(reply):
+            continue
+        known = away_store.recorded_away(conn, box.name, today - timedelta(days=1))
+        days = box.owners.away_default_days
+        period = member_unreachable(address, reply, today, days, known)
+        if period is None:
+            continue
+        away_store.record_away(
+            conn, box.name, period, until_they_write=True, message_pk=None, now=now
+        )
+        log.error("mailbox %s: team member %s is away until %s: %s", box.name,
+                  period.address, period.back_on, period.why)  # fmt: skip
 
 
 def _retry(run: _Run, row: outbox.OutboxRow, attempts: int, error: str) -> None:
