@@ -275,6 +275,17 @@ def test_only_a_customer_address_refused_for_good_is_recorded(rig: Rig) -> None:
         assert refusals.refusals_about(conn, "support", rig.case_id, CUSTOMER) == []
 
 
+def test_a_relay_that_denies_relaying_takes_nobody_for_gone(rig: Rig) -> None:
+    """A broken login makes the relay refuse every recipient ("554 5.7.1 Relay access
+    denied"): the mail fails, but no customer is recorded as unreachable."""
+    row = rig.enqueue_ack()
+    rig.server.fail(CUSTOMER, 554, "5.7.1 <ann@example.org>: Relay access denied")
+    assert rig.drain().failed == 1
+    assert rig.row(row.id).state is OutboxState.FAILED
+    with rig.engine.connect() as conn:
+        assert refusals.refusals_about(conn, "support", rig.case_id, CUSTOMER) == []
+
+
 def test_a_team_member_refused_for_good_is_away_until_they_write(
     tmp_path: Path, smtp_server: SmtpServer
 ) -> None:

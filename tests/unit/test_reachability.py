@@ -13,10 +13,12 @@ from keepword.domain.outbox_keys import promise_id_of, unreachable_key
 from keepword.domain.owners import AwayPeriod, away_label
 from keepword.domain.reachability import (
     Refusal,
+    bounce_about_the_address,
     member_unreachable,
     notices_due,
     permanent_reply,
     refusals_of_mail,
+    refuses_the_address,
     standing_refusal,
     unreachable_reason,
 )
@@ -130,3 +132,42 @@ def test_a_refused_member_is_away_for_the_default_days_unless_already_away() -> 
     ended = AwayPeriod("bob@example.com", today - timedelta(days=9), today)
     assert member_unreachable("bob@example.com", "550", today, 7, [ended]) is not None
     assert away_label(already) == "out-of-office"
+
+
+@pytest.mark.parametrize(
+    ("reply", "about_the_address"),
+    [
+        ("550 5.1.1 <ann@example.org>: Recipient address rejected: User unknown", True),
+        ("550-5.1.1 The email account that you tried to reach does not exist", True),
+        ("550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found", True),
+        ("552 5.2.2 mailbox full", True),
+        ("550 no such user here", True),  # no enhanced status, no policy words
+        ("554 5.7.1 <ann@example.org>: Relay access denied", False),  # a broken login
+        ("550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain", False),
+        ("550 relay not permitted", False),
+        ("554 Relay access denied", False),
+        ("550 5.7.1 Message rejected as spam", False),  # about the mail, not the address
+        ("553 5.3.0 system not accepting network messages", False),
+        ("450 4.1.1 try later", False),
+        ("451 temporary failure", False),
+    ],
+)
+def test_only_a_refusal_of_the_address_itself_counts(reply: str, about_the_address: bool) -> None:
+    assert refuses_the_address(reply) is about_the_address
+
+
+@pytest.mark.parametrize(
+    ("summary", "about_the_address"),
+    [
+        ("5.1.1 smtp; 550 5.1.1 no such user", True),
+        ("5.1.1", True),
+        ("failure notice", True),  # qmail: no status, a detector found it permanent
+        ("Undeliverable Mail", True),
+        ("5.7.1 smtp; 550 5.7.1 Message content rejected, UBE", False),
+        ("5.0.0 smtp; 550 Recipient does not exist", True),  # Postfix: no remote status
+        ("5.0.0 smtp; 554 Relay access denied", False),
+        ("Mail rejected: blocked by policy", False),
+    ],
+)
+def test_a_bounce_counts_only_when_about_the_address(summary: str, about_the_address: bool) -> None:
+    assert bounce_about_the_address(summary) is about_the_address

@@ -14,6 +14,7 @@ Pure: the shell reads the refusals and when the address last wrote.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -54,15 +55,61 @@ def permanent_reply(reply: str) -> bool:
     return len(code) == 3 and code.isdigit() and code[0] == "5"
 
 
+# RFC 3463 enhanced status after the reply code ("550 5.1.1 ...", "550-5.1.1 ...") or
+# at the start of a bounce's summary ("5.1.1 smtp; 550 ...").
+_ENHANCED = re.compile(r"^(?:\d{3}[ -])?\s*([245])\.(\d{1,3})\.\d{1,3}\b")
+# Without an enhanced status, words that say the refusal is the relay's policy (or about
+# the message), not the address: "554 Relay access denied", "550 relay not permitted".
+_POLICY = re.compile(
+    r"relay|authenticat|access denied|not permitted|policy|spam|blocked|black ?list|"
+    r"reputation|rate limit|too many",
+    re.IGNORECASE,
+)
+
+
+def refuses_the_address(reply: str) -> bool:
+    """A refusal for good that is about the address itself (no such user, mailbox
+    disabled or full, a domain that takes no mail), not about the sender or the relay's
+    policy. A relay that denies relaying ("554 5.7.1 Relay access denied": a broken
+    login) refuses every recipient, and those customers must not be taken for gone.
+
+    With an RFC 3463 enhanced status: 5.1.x (address) or 5.2.x (mailbox) only. Without
+    one: any 5xx whose text names no policy."""
+    about = _about_the_address(reply)
+    return about if about is not None else permanent_reply(reply) and _policy_free(reply)
+
+
+def bounce_about_the_address(summary: str) -> bool:
+    """The same for a bounce a detector found permanent (mail.bounces' summary: its
+    status and diagnostic, else its subject): 5.1.x or 5.2.x when it states a status,
+    else anything that names no policy."""
+    about = _about_the_address(summary)
+    return about if about is not None else _policy_free(summary)
+
+
+def _about_the_address(text: str) -> bool | None:
+    """From the enhanced status: a permanent address or mailbox status; None: none, or
+    x.0.x, which says nothing of the subject (Postfix writes 5.0.0 for a remote reply
+    without one: "5.0.0 smtp; 550 Recipient does not exist")."""
+    enhanced = _ENHANCED.match(text.strip())
+    if enhanced is None or enhanced.group(2) == "0":
+        return None
+    return enhanced.group(1) == "5" and enhanced.group(2) in ("1", "2")
+
+
+def _policy_free(text: str) -> bool:
+    return _POLICY.search(text) is None
+
+
 def refusals_of_mail(
     outbox_id: int, kind: str, case_id: int | None, replies: Mapping[str, str], at: datetime
 ) -> list[Refusal]:
-    """The addresses the relay refused for good (5xx) in its `replies` to one mail
-    (address -> reply; a 4xx may clear up and is left out)."""
+    """The addresses the relay refused for good in its `replies` to one mail (address ->
+    reply): a 4xx may clear up, a policy refusal is the relay's, not the address's."""
     return [
         Refusal(outbox_id, address.strip().lower(), kind, reply, at, case_id)
         for address, reply in replies.items()
-        if address.strip() and permanent_reply(reply)
+        if address.strip() and refuses_the_address(reply)
     ]
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from keepword.domain.cases import Event, EventKind
 from keepword.domain.classify import may_be_bounce
 from keepword.domain.model import MessageFacts
-from keepword.domain.reachability import Refusal
+from keepword.domain.reachability import Refusal, bounce_about_the_address
 from keepword.mail.bounces import Bounce, read_bounce
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.pipeline.context import MailboxContext
@@ -34,7 +34,7 @@ def note_bounce(conn: Connection, desk: MailboxContext, facts: MessageFacts) -> 
         return []
     raw = raw_message(conn, facts.pk)
     bounce = read_bounce(raw) if raw else None
-    if bounce is None:
+    if bounce is None or not bounce_about_the_address(bounce.summary):
         return []
     refusals = _refusals(conn, desk, bounce)
     recorded = record_refusals(conn, desk.box.name, refusals)

@@ -86,7 +86,11 @@ from keepword.domain.cases import Event, EventKind
 from keepword.domain.model import OutboxKind
 from keepword.domain.outbox import CaseNow, withdrawal
 from keepword.domain.outbox_keys import promise_id_of
-from keepword.domain.reachability import member_unreachable, permanent_reply, refusals_of_mail
+from keepword.domain.reachability import (
+    member_unreachable,
+    refusals_of_mail,
+    refuses_the_address,
+)
 from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.preview import preview
@@ -893,7 +897,7 @@ def _members_refused(
     their cases and tells the lead."""
     members = {a.lower() for a in box.team} - {(box.lead or "").lower()}
     for address, reply in refused.items():
-        if address.strip().lower() not in members or not permanent_reply(reply):
+        if address.strip().lower() not in members or not refuses_the_address(reply):
             continue
         known = away_store.recorded_away(conn, box.name, today - timedelta(days=1))
         days = box.owners.away_default_days
