@@ -240,7 +240,7 @@ def test_smtp_fails_on_a_team_address_the_relay_refuses(check: Checker, smtp_por
     assert code == 1, out
     assert f"FAIL support: SMTP {SMTP_USER}" in out
     assert "2 of 4 team address(es) accepted" in out
-    assert f"refused for good: {GONE} (550 5.1.1 no such user)" in out
+    assert f"refused for good: {GONE} (550 5.1.1 no such user) (check the mailbox's team" in out
     assert f"not verified now: {BUSY} (451 4.3.0 try again later)" in out
 
 

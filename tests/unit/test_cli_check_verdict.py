@@ -33,3 +33,11 @@ def test_the_sender_refused_fails_before_any_recipient() -> None:
 
 def test_no_team_only_the_sender() -> None:
     assert recipients_verdict(SENDER, {SENDER: OK}) == (f"sender {SENDER} accepted", False)
+
+
+def test_a_policy_refusal_points_at_the_relay_not_the_team() -> None:
+    replies = {SENDER: OK, "a@x.org": (554, "5.7.1 Relay access denied")}
+    text, refused = recipients_verdict(SENDER, replies)
+    assert refused and text.endswith("(check the relay's settings for this sender)")
+    replies = {SENDER: OK, "a@x.org": (550, "5.1.1 no such user")}
+    assert recipients_verdict(SENDER, replies)[0].endswith("(check the mailbox's team or lead)")

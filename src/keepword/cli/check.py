@@ -28,6 +28,7 @@ from keepword.adapters.credentials import Secret, resolve_secret
 from keepword.adapters.imap import ImapSession
 from keepword.cli.common import settings_from
 from keepword.config import ImapSettings, MailboxSettings, Settings, SmtpSettings, TlsMode
+from keepword.domain.reachability import refuses_the_address
 from keepword.errors import ConfigError, KeepwordError
 from keepword.store.health import check_store
 
@@ -277,12 +278,17 @@ def recipients_verdict(sender: str, replies: dict[str, tuple[int, str]]) -> tupl
     team = {a: r for a, r in replies.items() if a != sender}
     if not team:
         return f"sender {sender} accepted", False
-    refused = [f"{a} ({c} {m})" for a, (c, m) in team.items() if c >= 500]
-    unsure = [f"{a} ({c} {m})" for a, (c, m) in team.items() if 400 <= c < 500]
+    said = {a: f"{a} ({c} {m})" for a, (c, m) in team.items()}
+    refused = [said[a] for a, (c, m) in team.items() if c >= 500]
+    unsure = [said[a] for a, (c, m) in team.items() if 400 <= c < 500]
     taken = len(team) - len(refused) - len(unsure)
     parts = [f"sender {sender} and {taken} of {len(team)} team address(es) accepted"]
     if refused:
-        parts.append(f"refused for good: {', '.join(refused)} (fix the mailbox's team or lead)")
+        # An address the relay does not know is the config's; a policy refusal (relay
+        # access denied) is the relay's settings for this sender.
+        policy = any(not refuses_the_address(f"{c} {m}") for c, m in team.values() if c >= 500)
+        hint = "the relay's settings for this sender" if policy else "the mailbox's team or lead"
+        parts.append(f"refused for good: {', '.join(refused)} (check {hint})")
     if unsure:
         parts.append(f"not verified now: {', '.join(unsure)}")
     return "; ".join(parts), bool(refused)
