@@ -104,6 +104,23 @@ class Rig:
             rows = outbox.pending(conn, NOW, 10_000, mailbox=self.box.name)
         return next(r for r in rows if r.dedup_key == dedup_key)
 
+    def enqueue_reminder(self, to: list[str]) -> None:
+        """A reminder about the rig's case to `to`, queued as the chase queues it."""
+        mail = team_mail(
+            self.box,
+            OutboxKind.REMINDER,
+            dedup_key="reminder:1:0.5",
+            to=to,
+            about=About("KW-1", "Printer on fire"),
+            now=NOW,
+        )
+        raw = compose_bytes(mail, Rendered("Reminder\nCase reference: KW-1\n"))
+        with self.engine.begin() as conn:
+            entry = outbox.OutboxEntry(
+                "support", self.case_id, "reminder", mail.dedup_key, mail.to, mail.subject, raw
+            )
+            outbox.enqueue(conn, entry, NOW)
+
     def drain(self, at: datetime = NOW, *, sent_copy: SentCopy | None = None) -> DrainResult:
         return asyncio.run(
             drain_outbox(self.engine, self.settings, self.box, at, Servers(sent_copy))
@@ -255,20 +272,7 @@ def test_only_a_customer_address_refused_for_good_is_recorded(rig: Rig) -> None:
     rig.enqueue_ack()
     rig.server.fail(CUSTOMER, 451)
     assert rig.drain().failed == 0
-    reminder = team_mail(
-        rig.box,
-        OutboxKind.REMINDER,
-        dedup_key="reminder:1:0.5",
-        to=["alice@example.com"],
-        about=About("KW-1", "Printer on fire"),
-        now=NOW,
-    )
-    raw = compose_bytes(reminder, Rendered("Reminder\nCase reference: KW-1\n"))
-    with rig.engine.begin() as conn:
-        entry = outbox.OutboxEntry(
-            "support", rig.case_id, "reminder", reminder.dedup_key, reminder.to, "r", raw
-        )
-        outbox.enqueue(conn, entry, NOW)
+    rig.enqueue_reminder(["alice@example.com"])
     rig.server.fail("alice@example.com", 550)
     assert rig.drain(NOW + timedelta(minutes=5)).failed == 1
     with rig.engine.connect() as conn:
@@ -297,20 +301,7 @@ def test_a_team_member_refused_for_good_is_away_until_they_write(
         team=["alice@example.com", "bob@example.com"],
         lead="carol@example.com",
     )
-    reminder = team_mail(
-        rig.box,
-        OutboxKind.REMINDER,
-        dedup_key="reminder:1:0.5",
-        to=["bob@example.com", "carol@example.com"],
-        about=About("KW-1", "Printer on fire"),
-        now=NOW,
-    )
-    raw = compose_bytes(reminder, Rendered("Reminder\nCase reference: KW-1\n"))
-    with rig.engine.begin() as conn:
-        entry = outbox.OutboxEntry(
-            "support", rig.case_id, "reminder", reminder.dedup_key, reminder.to, "r", raw
-        )
-        outbox.enqueue(conn, entry, NOW)
+    rig.enqueue_reminder(["bob@example.com", "carol@example.com"])
     rig.server.fail("bob@example.com", 550)
     rig.server.fail("carol@example.com", 550)
     assert rig.drain().failed == 1
@@ -493,20 +484,7 @@ def test_delivery_through_lmtp_and_copy_in_sent(
 
 
 def test_team_mail_goes_to_every_recipient(rig: Rig) -> None:
-    mail = team_mail(
-        rig.box,
-        OutboxKind.REMINDER,
-        dedup_key="reminder:1:0.5",
-        to=["alice@example.com", "bob@example.com"],
-        about=About("KW-1", "Printer on fire"),
-        now=NOW,
-    )
-    raw = compose_bytes(mail, Rendered("Reminder\nCase reference: KW-1\n"))
-    with rig.engine.begin() as conn:
-        entry = outbox.OutboxEntry(
-            "support", rig.case_id, "reminder", mail.dedup_key, mail.to, mail.subject, raw
-        )
-        outbox.enqueue(conn, entry, NOW)
+    rig.enqueue_reminder(["alice@example.com", "bob@example.com"])
     assert rig.drain().sent == 1
     [captured] = rig.server.messages
     assert captured.rcpt_tos == ("alice@example.com", "bob@example.com")
