@@ -9,6 +9,11 @@ after it bounced; keepword stops it until the address writes to us again (the ma
 arrives proves someone reads it now, and that mail is answered as any other), and tells
 the team once per refused mail, so someone reaches the customer another way.
 
+A team member's address refused the same way (someone who left, a typo in the config)
+makes that member away until they write (`member_unreachable`): their cases move and
+the lead is told, by the absence rules of domain.owners. Only a refusal of the address
+itself counts (`refuses_the_address`): a relay that denies relaying refuses everyone.
+
 Pure: the shell reads the refusals and when the address last wrote.
 """
 
