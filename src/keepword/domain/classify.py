@@ -43,6 +43,7 @@ REPORT_TYPES = {
     "disposition-notification": "read receipt",
     "feedback-report": "abuse feedback report",
 }
+DELIVERY_SYSTEM = ("mailer-daemon", "postmaster")  # local parts that send bounces
 ROBOT_LOCAL_PARTS = frozenset(
     {
         "mailer-daemon",
@@ -153,10 +154,7 @@ def may_be_bounce(facts: MessageFacts) -> bool:
         or _robot_return_path(facts)
         or _BOUNCE_SUBJECT.search(facts.subject)
         or (facts.sender is not None and facts.sender.name.strip().lower() in ROBOT_NAMES)
-        or (
-            facts.sender is not None
-            and facts.sender.address.partition("@")[0] in ("mailer-daemon", "postmaster")
-        )
+        or (facts.sender is not None and facts.sender.address.partition("@")[0] in DELIVERY_SYSTEM)
     )
 
 
@@ -243,7 +241,7 @@ def _robot_return_path(facts: MessageFacts) -> str | None:
     # Only the delivery system's own names: newsletters use noreply@ return paths too,
     # but they are caught by their list headers; a bounce path is decisive on its own.
     for address in _addresses_in(facts.header("return-path")):
-        if address.partition("@")[0] in ("mailer-daemon", "postmaster"):
+        if address.partition("@")[0] in DELIVERY_SYSTEM:
             return f"Return-Path {address}"
     return None
 

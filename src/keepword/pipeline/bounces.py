@@ -1,5 +1,6 @@
 """A bounce about keepword's customer mail: the address it says failed for good is
-recorded as refused (domain.reachability), as a refusal at the relay is.
+recorded as refused (domain.reachability), as a refusal at the relay is (`record`
+serves both).
 
 Called by triage for automatic mail in the message's own transaction; only mail whose
 headers look like a delivery failure (`classify.may_be_bounce`) has its raw read. The
@@ -10,6 +11,7 @@ finds it, else left without one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from sqlalchemy import Connection
 
@@ -36,18 +38,25 @@ def note_bounce(conn: Connection, desk: MailboxContext, facts: MessageFacts) -> 
     bounce = read_bounce(raw) if raw else None
     if bounce is None or not bounce_about_the_address(bounce.summary):
         return []
-    refusals = _refusals(conn, desk, bounce)
-    recorded = record_refusals(conn, desk.box.name, refusals)
+    recorded = record(conn, desk.box.name, _refusals(conn, desk, bounce))
     for refusal in recorded:
-        log.warning(
-            "mailbox %s: %s; no more automatic mail to it until it writes again",
-            desk.box.name,
-            refusal.describe(),
-        )
         if refusal.case_id is not None:
             detail = f"{refusal.what} to {refusal.address} bounced: {bounce.summary}"
             event = Event(EventKind.DELIVERY_FAILED, desk.now, None, detail, facts.pk)
             add_events(conn, refusal.case_id, [event])
+    return recorded
+
+
+def record(conn: Connection, mailbox: str, refusals: Iterable[Refusal]) -> list[Refusal]:
+    """Record refusals, the relay's (pipeline.send) or a bounce's, and log each new one;
+    the new ones."""
+    recorded = record_refusals(conn, mailbox, refusals)
+    for refusal in recorded:
+        log.warning(
+            "mailbox %s: %s; no more automatic mail to it until it writes again",
+            mailbox,
+            refusal.describe(),
+        )
     return recorded
 
 

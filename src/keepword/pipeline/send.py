@@ -94,12 +94,12 @@ from keepword.domain.reachability import (
 from keepword.errors import DeliveryUnavailable, KeepwordError
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.preview import preview
+from keepword.pipeline import bounces
 from keepword.retry import OUTBOX_RETRY
 from keepword.store import away as away_store
 from keepword.store import outbox
 from keepword.store import promises as promise_store
 from keepword.store.cases import add_events
-from keepword.store.refusals import record_refusals
 
 log = logging.getLogger(__name__)
 
@@ -879,14 +879,9 @@ def _record_refused(
     if row.kind not in CUSTOMER_KINDS:  # a StrEnum member equals its value
         _members_refused(conn, mailbox, refused, now.astimezone(run.zone).date(), now)
         return
-    refusals = refusals_of_mail(row.id, row.kind, row.case_id, refused, now)
-    recorded = record_refusals(conn, mailbox.name, refusals)
-    for refusal in recorded:
-        log.warning(
-            "mailbox %s: %s; no more automatic mail to it until it writes again",
-            mailbox.name,
-            refusal.describe(),
-        )
+    bounces.record(
+        conn, mailbox.name, refusals_of_mail(row.id, row.kind, row.case_id, refused, now)
+    )
 
 
 def _members_refused(
@@ -896,11 +891,14 @@ def _members_refused(
     from today (domain.reachability.member_unreachable); the chase's absence step moves
     their cases and tells the lead."""
     members = {a.lower() for a in box.team} - {(box.lead or "").lower()}
-    for address, reply in refused.items():
-        if address.strip().lower() not in members or not refuses_the_address(reply):
-            continue
-        known = away_store.recorded_away(conn, box.name, today - timedelta(days=1))
-        days = box.owners.away_default_days
+    gone = {
+        a: r for a, r in refused.items() if a.strip().lower() in members and refuses_the_address(r)
+    }
+    if not gone:
+        return
+    known = away_store.recorded_away(conn, box.name, today - timedelta(days=1))
+    days = box.owners.away_default_days
+    for address, reply in gone.items():
         period = member_unreachable(address, reply, today, days, known)
         if period is None:
             continue
