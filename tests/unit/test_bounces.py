@@ -85,3 +85,13 @@ def test_only_the_head_of_a_huge_report_is_read() -> None:
     huge = dsn(OURS, ANN, returned="message") + b"x" * (bounces.MAX_PARSE_BYTES + 10)
     bounce = read_bounce(huge)
     assert bounce is not None and bounce.failed == {ANN}
+
+
+def test_a_report_names_at_most_max_named_ids_and_ours_first() -> None:
+    """A hostile report with thousands of References stays one small lookup, and the
+    returned mail's own Message-ID is never crowded out."""
+    many = " ".join(f"<x{i}@spam.example>" for i in range(5000))
+    raw = dsn(OURS, ANN).replace(b"MIME-Version:", f"References: {many}\r\nMIME-Version:".encode())
+    bounce = read_bounce(raw)
+    assert bounce is not None
+    assert len(bounce.about) == bounces.MAX_NAMED and bounce.about[0] == OURS

@@ -24,6 +24,10 @@ from keepword.mail.parse import MAX_PARSE_BYTES, message_ids
 log = logging.getLogger(__name__)
 
 MAX_SUMMARY_CHARS = 300
+# Message-IDs a report may name: the returned mail's own comes first; a hostile report
+# with thousands of References must not become a query too large for the database
+# (which would fail, and retry, that mail's triage for good).
+MAX_NAMED = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +63,15 @@ def _address(value: bytes) -> str | None:
 
 
 def _about(msg: Message) -> tuple[str, ...]:
-    values = [str(v) for name in ("in-reply-to", "references") for v in msg.get_all(name, [])]
+    """The returned mail's Message-IDs, then the report's In-Reply-To and References; at
+    most MAX_NAMED."""
+    values: list[str] = []
     for part in msg.walk():
         returned = _returned_headers(part)
         if returned is not None:
             values.extend(str(v) for v in returned.get_all("message-id", []))
-    return message_ids(values)
+    values += [str(v) for name in ("in-reply-to", "references") for v in msg.get_all(name, [])]
+    return message_ids(values)[:MAX_NAMED]
 
 
 def _returned_headers(part: Message) -> Message | None:
