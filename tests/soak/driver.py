@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,6 +69,16 @@ class JobSample:
 
 
 @dataclass
+class HarnessStall:
+    """One turn of the harness's loop that took longer than it should (real seconds): while
+    it ran, nothing was sampled, appended or answered; `step` is the slowest part."""
+
+    at: datetime
+    seconds: float
+    step: str
+
+
+@dataclass
 class FaultWindow:
     kind: str
     start: datetime
@@ -94,6 +105,7 @@ class SoakRecord:
     relayed: list[RelayedMail] = field(default_factory=list)
     relay_answers: dict[str, int] = field(default_factory=dict)
     robots: dict[str, int] = field(default_factory=dict)
+    stalls: list[HarnessStall] = field(default_factory=list)
     finished_at: datetime | None = None
     database: Path | None = None
     log: Path | None = None
@@ -531,6 +543,18 @@ country = "{traffic.COUNTRY}"
 
     # -- the run -----------------------------------------------------------------------
 
+    def _perform_due(
+        self,
+        now: datetime,
+        events: deque[Event],
+        actions: deque[tuple[datetime, str, Fault]],
+    ) -> None:
+        while events and events[0].at <= now:
+            self._perform(events.popleft())
+        while actions and actions[0][0] <= now:
+            _, what, fault = actions.popleft()
+            self._fault(what, fault)
+
     def run(self, progress: Any = None) -> SoakRecord:
         self._write_config()
         for customer in self.plan.customers:
@@ -544,16 +568,15 @@ country = "{traffic.COUNTRY}"
         self._await_first_contact()
         try:
             while (now := self.clock.now()) < finish:
-                while events and events[0].at <= now:
-                    self._perform(events.popleft())
-                while actions and actions[0][0] <= now:
-                    _, what, fault = actions.popleft()
-                    self._fault(what, fault)
-                self._answer_relayed()
-                self._flush()
-                self._supervise()
-                self._reap_cli()
-                self._sample()
+                turn = _Turn(now)
+                turn.timed("events and faults", lambda: self._perform_due(now, events, actions))
+                turn.timed("relay answers", self._answer_relayed)
+                turn.timed("appends to Dovecot", self._flush)
+                turn.timed("daemon supervision", self._supervise)
+                turn.timed("CLI reaping", self._reap_cli)
+                turn.timed("job sample", self._sample)
+                if (stall := turn.stall()) is not None:
+                    self.record.stalls.append(stall)
                 if progress is not None:
                     progress(now)
                 time.sleep(TICK)
@@ -573,6 +596,30 @@ country = "{traffic.COUNTRY}"
         self.record.database = self.database
         self.record.log = self.log
         return self.record
+
+
+class _Turn:
+    """Times the steps of one turn of the harness's loop, to name what held it up."""
+
+    SLOW = 0.5  # real seconds: a turn normally takes a few milliseconds
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+        self.steps: dict[str, float] = {}
+
+    def timed(self, step: str, action: Callable[[], None]) -> None:
+        began = time.monotonic()
+        try:
+            action()
+        finally:
+            self.steps[step] = time.monotonic() - began
+
+    def stall(self) -> HarnessStall | None:
+        total = sum(self.steps.values())
+        if total < self.SLOW:
+            return None
+        slowest = max(self.steps, key=lambda step: self.steps[step])
+        return HarnessStall(self.at, round(total, 2), slowest)
 
 
 def read_only_engine(path: Path) -> Engine:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, Row, func, select
@@ -380,11 +381,29 @@ and imports are real seconds (1-2 s on a busy 2-core machine), worth an hour of 
 time at the soak's speed; within a life, jobs are held to two intervals."""
 
 
+def blind_spans(record: SoakRecord) -> list[tuple[datetime, datetime]]:
+    """Where the harness took no sample for longer than its allowance: the machine (or a
+    step of the harness) stood still. What the first sample after such a span sees is a
+    pass of the daemon half done (its poll comes first), not evidence of starvation."""
+    allowance = harness_allowance(record)
+    stamps = [sample.at for sample in record.samples]
+    return [(a, b) for a, b in pairwise(stamps) if b - a > allowance]
+
+
+def _blind_within(
+    spans: list[tuple[datetime, datetime]], start: datetime, end: datetime
+) -> timedelta:
+    return sum(
+        (min(b, end) - max(a, start) for a, b in spans if a < end and b > start), timedelta()
+    )
+
+
 def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
     """Each daemon polled soon after it started, and then ran each job within two
-    intervals for as long as it lived."""
+    intervals for as long as it lived (plus any time the harness could not look)."""
     finding = Finding("no job starved")
     allowance = harness_allowance(record)
+    blind = blind_spans(record)
     worst: dict[str, timedelta] = {}
     episodes: dict[str, datetime] = {}
     recorded = False
@@ -393,12 +412,13 @@ def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
             continue
         for job, interval, started in sample.jobs:
             recorded = True
-            bound = timedelta(seconds=2 * interval) + allowance
             if started is None or started < sample.alive_since:
                 continue  # not run yet in this life: the take-over bound below
+            bound = timedelta(seconds=2 * interval) + allowance
             if fault_slack(record, sample.at - bound, sample.at):
                 continue  # a fault (or the backoff after it) may hold the mailbox
             gap = sample.at - max(started, sample.alive_since)
+            bound += _blind_within(blind, sample.at - gap, sample.at)
             worst[job] = max(worst.get(job, timedelta()), gap)
             if gap > bound and job not in episodes:
                 episodes[job] = sample.at
@@ -428,8 +448,22 @@ def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
         **{f"  longest gap {job}": str(gap) for job, gap in sorted(worst.items())},
         "bound allowance (harness)": str(allowance),
         "take-over bound (start-up)": str(takeover),
+        "harness blind (longest, virtual)": str(
+            max((b - a for a, b in blind), default=timedelta())
+        ),
+        "harness stalls": _stalls_figure(record),
     }
     return finding
+
+
+def _stalls_figure(record: SoakRecord) -> str:
+    stalls = getattr(record, "stalls", [])  # records pickled before stalls were kept
+    if not stalls:
+        return "none"
+    worst = max(stalls, key=lambda stall: stall.seconds)
+    return (
+        f"{len(stalls)}, longest {worst.seconds:.1f} s real at {worst.at:%a %H:%M}Z ({worst.step})"
+    )
 
 
 def nothing_quarantined_that_parses(record: SoakRecord, conn: Connection) -> Finding:

@@ -87,6 +87,31 @@ def test_a_job_that_stops_running_is_starved_unless_a_fault_explains_it() -> Non
     assert not no_job_starved(made, None).violations  # type: ignore[arg-type]
 
 
+def test_a_pass_half_done_after_the_harness_stood_still_is_not_starvation() -> None:
+    """The machine stood still for 4 virtual hours (a few real seconds): the first sample
+    after it sees the new pass's poll, not yet its chase. Starvation is judged after that."""
+    made = record()
+    born, stall = T0 - timedelta(hours=1), T0 + timedelta(hours=4)
+
+    def chase_at(at: datetime, ran_after_stall: bool) -> JobSample:
+        chase = at if ran_after_stall else T0
+        return JobSample(at, born, (("poll", 60.0, at), ("chase", 60.0, chase)))
+
+    made.samples = [
+        chase_at(T0, True),
+        chase_at(stall, False),
+        chase_at(stall + timedelta(minutes=1), True),
+    ]
+    assert not no_job_starved(made, None).violations  # type: ignore[arg-type]
+    still = record()
+    # Looked every 5 minutes after the stall, and the chase never ran again.
+    still.samples = [chase_at(T0, True)] + [
+        chase_at(stall + timedelta(minutes=m), False) for m in range(0, 61, 5)
+    ]
+    found = no_job_starved(still, None).violations  # type: ignore[arg-type]
+    assert found and found[0].startswith("chase: not run for"), found
+
+
 def test_a_restarted_daemon_must_poll_within_the_take_over_bound_not_two_intervals() -> None:
     made = record()
     first, restart = T0 - timedelta(hours=5), T0
