@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from bench.latency import history_mail, imported  # noqa: E402
-from bench.relay_sink import sending_limit, start_sink  # noqa: E402
+from bench.relay_sink import ProcessSink, sending_limit, start_sink  # noqa: E402
 from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 from keepword.adapters.credentials import Secret  # noqa: E402
@@ -130,58 +130,79 @@ def fetch_and_parse(instance: Any, count: int) -> float:
     return time.monotonic() - started
 
 
+class _ThreadSink:
+    """The sink as a thread of this process (the bench's first form, for comparison)."""
+
+    def __init__(self, port: int) -> None:
+        self.sink, self.controller = start_sink(port)
+        self.looked = 0  # each record is read once: the check shares the daemon's GIL
+
+    @property
+    def accepted(self) -> list[tuple[float, tuple[str, ...]]]:
+        return self.sink.accepted
+
+    def fresh(self) -> list[tuple[float, tuple[str, ...]]]:
+        new = self.sink.accepted[self.looked :]
+        self.looked += len(new)
+        return new
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
 async def surge(
-    work: Path, instance: Any, count: int, database: str | None, history: int
+    work: Path, instance: Any, count: int, database: str | None, history: int, sink_in: str
 ) -> dict[str, float]:
     port = load_mailserver().free_port()
-    sink, controller = start_sink(port)
-    raws = [customer_mail(n) for n in range(count)]
-    daemon = Daemon(config_for(work, instance, port, database))
-    running = asyncio.create_task(daemon.run())
-    figures: dict[str, float] = {}
+    sink = ProcessSink(port, work / "sink.log") if sink_in == "process" else _ThreadSink(port)
     try:
-        await asyncio.sleep(3.0)  # first poll of the empty inbox done, watcher in IDLE
-        if history:
-            database_url = database or f"sqlite:///{work / 'keepword.db'}"  # the state dir's
-            folders = ("INBOX", "Sent")
-            began = time.monotonic()
-            while not await asyncio.to_thread(imported, database_url, ["support"], folders):
-                await asyncio.sleep(1.0)
-            figures["history"] = time.monotonic() - began + 3.0
-            await asyncio.sleep(3.0)  # the watchers back in IDLE
-        with ImapSession(imap_settings(instance), Secret(instance.users[SUPPORT])) as session:
-            started = time.monotonic()
-            await asyncio.to_thread(session.append_many, "INBOX", raws, ())
-            landed = time.monotonic()
-        customers = {f"c{n}@example.org" for n in range(count)}
-        deadline = landed + 600
-        answered: set[str] = set()
-        looked = 0  # the sink's records read so far: each is read once (the check shares
-        # the daemon's GIL, so it must not walk every record again each time it looks)
-        while True:
-            fresh = sink.accepted[looked:]
-            looked += len(fresh)
-            answered.update(r for _, rcpts in fresh for r in rcpts if r in customers)
-            if len(answered) == count:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(answered)} of {count} acknowledged in 600 s")
-            await asyncio.sleep(0.01)
-        times = [t for t, rcpts in sink.accepted if set(rcpts) & customers]
-        figures |= {
-            "append": landed - started,
-            "first": min(times) - landed,
-            "last": max(times) - landed,
-            "median": statistics.median(times) - landed,
-            "other_mail": float(len(sink.accepted) - len(times)),
-        }
+        raws = [customer_mail(n) for n in range(count)]
+        daemon = Daemon(config_for(work, instance, port, database))
+        running = asyncio.create_task(daemon.run())
+        figures: dict[str, float] = {}
+        try:
+            await asyncio.sleep(3.0)  # first poll of the empty inbox done, watcher in IDLE
+            if history:
+                database_url = database or f"sqlite:///{work / 'keepword.db'}"  # the state dir's
+                folders = ("INBOX", "Sent")
+                began = time.monotonic()
+                while not await asyncio.to_thread(imported, database_url, ["support"], folders):
+                    await asyncio.sleep(1.0)
+                figures["history"] = time.monotonic() - began + 3.0
+                await asyncio.sleep(3.0)  # the watchers back in IDLE
+            print("the surge begins", file=sys.stderr, flush=True)  # for a profiler to attach
+            with ImapSession(imap_settings(instance), Secret(instance.users[SUPPORT])) as session:
+                started = time.monotonic()
+                await asyncio.to_thread(session.append_many, "INBOX", raws, ())
+                landed = time.monotonic()
+            customers = {f"c{n}@example.org" for n in range(count)}
+            deadline = landed + 600
+            answered: set[str] = set()
+            while True:
+                fresh = sink.fresh()
+                answered.update(r for _, rcpts in fresh for r in rcpts if r in customers)
+                if len(answered) == count:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(answered)} of {count} acknowledged in 600 s")
+                await asyncio.sleep(0.01)
+            sink.fresh()  # what else came before the last acknowledgement
+            times = [t for t, rcpts in sink.accepted if set(rcpts) & customers]
+            figures |= {
+                "append": landed - started,
+                "first": min(times) - landed,
+                "last": max(times) - landed,
+                "median": statistics.median(times) - landed,
+                "other_mail": float(len(sink.accepted) - len(times)),
+            }
+        finally:
+            daemon.request_stop()
+            await running
+        figures["fetch_parse"] = await asyncio.to_thread(fetch_and_parse, instance, count)
+        sample = raws[0]  # an acknowledgement is about the size of a customer mail
+        figures["send"] = await sending_limit(port, [sample] * count, "limit{}@example.org".format)
     finally:
-        daemon.request_stop()
-        await running
-    figures["fetch_parse"] = await asyncio.to_thread(fetch_and_parse, instance, count)
-    sample = raws[0]  # an acknowledgement is about the size of a customer mail
-    figures["send"] = await sending_limit(port, [sample] * count, "limit{}@example.org".format)
-    controller.stop()
+        sink.stop()
     return figures
 
 
@@ -190,6 +211,12 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--database", default=None, help="database_url (default: SQLite)")
     parser.add_argument("--history", type=int, default=0, help="history mails (half in Sent)")
+    parser.add_argument(
+        "--sink",
+        choices=("process", "thread"),
+        default="process",
+        help="the relay sink in a process of its own (as a real relay) or a thread of the bench",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
@@ -201,7 +228,7 @@ def main() -> int:
     try:
         if args.history:
             seed_history(instance, args.history)
-        f = asyncio.run(surge(work, instance, args.count, args.database, args.history))
+        f = asyncio.run(surge(work, instance, args.count, args.database, args.history, args.sink))
     finally:
         mailserver.stop(work / "dc")
         shutil.rmtree(work, ignore_errors=True)
