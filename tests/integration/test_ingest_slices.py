@@ -5,7 +5,9 @@ the cursor at the last UID taken in; history and `keepword import` take everythi
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -15,8 +17,10 @@ from keepword.domain.model import Origin
 from keepword.pipeline.ingest import Folder, MailboxPoller, poll_folder
 from keepword.runtime import service as service_module
 from keepword.runtime.service import OTHER_FOLDERS_WAIT, Service
+from keepword.store import outbox
 from keepword.store.tables import message
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.smtp import SmtpServer
 from tests.integration.test_ingest import (
     count,
     cursor,
@@ -25,6 +29,7 @@ from tests.integration.test_ingest import (
     mail,
     mailbox_for,
     now,
+    server_messages,
     settings_for,
 )
 
@@ -195,3 +200,57 @@ def test_the_first_slice_of_a_surge_is_small_and_the_rest_goes_by_fetch_batch_an
     ]
     assert mores == [False, True, True, True, True, False, True]
     assert count(engine, message) == 14  # 12, then 2 of the 5: the rest waits for the next poll
+
+
+def fresh_mail(number: int) -> bytes:
+    """A customer's mail written now (an old Date is not acknowledged)."""
+    dated = f"Date: {format_datetime(now())}\r\n".encode()
+    return re.sub(rb"Date: [^\r]*\r\n", dated, mail(number), count=1)
+
+
+def test_a_surges_drains_defer_the_sent_copies_and_the_drain_after_it_makes_them(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,  # noqa: F811
+    session_for: Any,
+    smtp_server: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's order, poll then drain, through a surge: the drains while the poll
+    leaves more send the acknowledgements and leave their Sent copies; the drain after
+    the surge's last slice copies every one, once."""
+    monkeypatch.setattr(service_module, "FIRST_SLICE", 2)
+    monkeypatch.setattr(service_module, "TRIAGE_SLICE", 3)
+    box = mailbox_for(dovecot, mail_user, fetch_batch=500).model_copy(
+        update={"smtp": smtp_server.settings()}
+    )
+    service = Service(
+        settings_for(box, engine), clock=now, engine=engine, session_factory=session_for
+    )
+    deferred_after: list[tuple[bool, int]] = []
+
+    def deferred() -> int:
+        with engine.connect() as conn:
+            return len(outbox.copies_deferred(conn, 100, mailbox=box.name))
+
+    async def run() -> None:
+        try:
+            await service.poll(box)  # the empty folders: what comes next is live
+            dovecot.multiappend(mail_user, "INBOX", [fresh_mail(n) for n in range(8)])
+            while True:
+                more = await service.poll(box)
+                await service.drain_now(box)
+                deferred_after.append((more, deferred()))
+                if not more:
+                    return
+        finally:
+            await service.close()
+
+    asyncio.run(run())
+    assert deferred_after[-1] == (False, 0), deferred_after
+    assert any(count > 0 for more, count in deferred_after if more), deferred_after
+    acknowledged = {m.parsed()["To"] for m in smtp_server.messages}
+    assert len(acknowledged) == len(smtp_server.messages) == 8  # each customer once
+    copies = server_messages(dovecot, mail_user, "Sent")
+    ours = [raw for raw in copies.values() if b"support@example.com" in raw.split(b"\r\n\r\n")[0]]
+    assert len(ours) == 8, len(ours)  # every acknowledgement's copy, once

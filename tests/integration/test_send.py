@@ -24,6 +24,7 @@ from keepword.errors import DeliveryUnavailable
 from keepword.mail.compose import About, Answering, compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
 from keepword.pipeline.send import (
+    DrainOptions,
     DrainResult,
     ImapSentCopy,
     SentCopy,
@@ -42,6 +43,9 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 CUSTOMER = "ann@example.org"
+
+
+EVERY_DUE_ROW = DrainOptions()  # a drain as the daemon runs it outside a surge
 
 
 class FakeSentCopy:
@@ -121,9 +125,15 @@ class Rig:
             )
             outbox.enqueue(conn, entry, NOW)
 
-    def drain(self, at: datetime = NOW, *, sent_copy: SentCopy | None = None) -> DrainResult:
+    def drain(
+        self,
+        at: datetime = NOW,
+        *,
+        sent_copy: SentCopy | None = None,
+        options: DrainOptions = EVERY_DUE_ROW,
+    ) -> DrainResult:
         return asyncio.run(
-            drain_outbox(self.engine, self.settings, self.box, at, Servers(sent_copy))
+            drain_outbox(self.engine, self.settings, self.box, at, Servers(sent_copy), options)
         )
 
     def row(self, row_id: int) -> outbox.OutboxRow:

@@ -17,7 +17,13 @@ from keepword.adapters.credentials import Secret
 from keepword.cli.status import MailboxHealth, mailbox_health
 from keepword.domain.model import OutboxState
 from keepword.errors import DeliveryUnavailable, MailboxError
-from keepword.pipeline.send import DrainResult, ImapSentCopy, Servers, drain_outbox
+from keepword.pipeline.send import (
+    DrainOptions,
+    DrainResult,
+    ImapSentCopy,
+    Servers,
+    drain_outbox,
+)
 from keepword.store import outbox
 from keepword.store.tables import case_event
 from tests.fixtures.dovecot import Dovecot
@@ -276,5 +282,5 @@ def test_rows_that_cannot_be_resolved_never_block_the_rows_behind_them(rig: Rig)
 
 def asyncio_drain(rig: Rig, at: datetime, copy: FakeSentCopy, *, limit: int) -> DrainResult:
     return asyncio.run(
-        drain_outbox(rig.engine, rig.settings, rig.box, at, Servers(copy), limit=limit)
+        drain_outbox(rig.engine, rig.settings, rig.box, at, Servers(copy), DrainOptions(limit))
     )

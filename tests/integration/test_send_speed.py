@@ -18,12 +18,19 @@ from keepword.adapters.credentials import Secret
 from keepword.adapters.smtp import SmtpSender
 from keepword.domain.model import OutboxKind, OutboxState
 from keepword.errors import MailboxError
-from keepword.pipeline.send import COPY_BATCH, DRAIN_BATCH, ImapSentCopy
+from keepword.pipeline.send import COPY_BATCH, DRAIN_BATCH, DrainOptions, ImapSentCopy
 from keepword.store import outbox
 from tests.fixtures.dovecot import Dovecot, load_mailserver
 from tests.fixtures.smtp import SmtpServer, open_relay
 from tests.fixtures.waiting import wait_until
-from tests.integration.test_send import NOW, FakeSentCopy, Rig, make_rig
+from tests.integration.test_send import (
+    NOW,
+    CrashAfterAppend,
+    FakeSentCopy,
+    Rig,
+    SimulatedCrash,
+    make_rig,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +111,73 @@ def test_sent_copies_go_in_batches_with_multiappend(
         rows = outbox.copies_due(conn, NOW + timedelta(days=1), 1000, mailbox=rig.box.name)
         assert rows == []
         assert all(outbox.get(conn, i + 1).sent_copy == "done" for i in range(mails))
+
+
+SURGE = DrainOptions(defer_copies=True)
+
+
+def copy_states(rig: Rig, count: int) -> list[str]:
+    with rig.engine.connect() as conn:
+        return [outbox.get(conn, i + 1).sent_copy for i in range(count)]
+
+
+def test_a_surges_drains_leave_the_sent_copies_to_the_first_drain_after_it(
+    tmp_path: Path, dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer
+) -> None:
+    """While a surge is acknowledged the drains go at the relay's pace: what it takes is
+    recorded sent, its copy deferred (counted as missing); the first drain after the
+    surge copies them all, a MULTIAPPEND a batch, each once."""
+    rig = make_rig(tmp_path, smtp_server)
+    mails = 60
+    for n in range(mails):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    imap, secret = dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])
+    with closing(ImapSentCopy(imap, "Sent", secret)) as copy:
+        surge = rig.drain(sent_copy=copy, options=SURGE)
+        assert (surge.sent, surge.copied, copy.commands) == (mails, 0, 0)
+        assert copy_states(rig, mails) == ["deferred"] * mails
+        with rig.engine.connect() as conn:
+            assert outbox.missing_sent_copies(conn, rig.box.name) == mails
+            assert outbox.has_due_work(conn, NOW, rig.box.name)
+        after = rig.drain(sent_copy=copy)
+        assert (after.sent, after.copied) == (0, mails)
+        assert copy.commands < 12, copy.commands  # 3 MULTIAPPENDs, not an APPEND each
+    assert len(dovecot.uids(mail_user, "Sent")) == mails
+    assert copy_states(rig, mails) == ["done"] * mails
+    assert len(smtp_server.messages) == mails  # nothing sent twice
+    with rig.engine.connect() as conn:
+        assert outbox.missing_sent_copies(conn, rig.box.name) == 0
+        assert not outbox.has_due_work(conn, NOW + timedelta(days=1), rig.box.name)
+
+
+def test_a_stop_while_deferred_copies_are_made_never_copies_one_twice(rig: Rig) -> None:
+    """The batch under way was marked failed before its APPEND: the next drain looks each
+    up first; the rest of the deferred copies go as before."""
+    mails = COPY_BATCH + 5
+    for n in range(mails):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    folder = FakeSentCopy()
+    assert rig.drain(sent_copy=folder, options=SURGE).sent == mails
+    with pytest.raises(SimulatedCrash):
+        rig.drain(sent_copy=CrashAfterAppend(folder))  # the first copy in, then a stop
+    assert copy_states(rig, mails) == ["failed"] * COPY_BATCH + ["deferred"] * 5
+    assert len(folder.raws) == 1
+    later = rig.drain(NOW + timedelta(minutes=2), sent_copy=folder)
+    assert (later.sent, later.copied) == (0, mails)
+    assert len(folder.raws) == mails
+    assert len(set(folder.raws)) == mails  # each copy once
+    assert sorted(copy_states(rig, mails)) == ["done"] * (mails - 1) + ["found"]
+
+
+def test_deferred_copies_of_a_mailbox_that_no_longer_copies_are_skipped(rig: Rig) -> None:
+    for n in range(3):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    folder = FakeSentCopy()
+    assert rig.drain(sent_copy=folder, options=SURGE).sent == 3
+    rig.box = rig.box.model_copy(update={"append_to_sent": False})
+    assert rig.drain(sent_copy=folder).copied == 0
+    assert copy_states(rig, 3) == ["skipped"] * 3
+    assert folder.raws == []
 
 
 class PeerRecorder:

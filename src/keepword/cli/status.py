@@ -60,7 +60,7 @@ class MailboxHealth:
     next_due: str | None
     overdue_promises: int
     outbox_unknown: int = 0  # may have gone out: held until the Sent folder tells
-    sent_copies_missing: int = 0  # sent, copy to Sent failed: retried by the drain
+    sent_copies_missing: int = 0  # sent, copy to Sent failed or after a surge: made by the drain
     away: list[str] = field(default_factory=list)  # "who until first day back (why)"
 
     @property

@@ -298,6 +298,15 @@ class Servers:
     executor: Executor | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DrainOptions:
+    """How much one drain does: `limit` rows at most (one batch), and whether the Sent
+    copies wait for a surge's end (`defer_copies`)."""
+
+    limit: int | None = None
+    defer_copies: bool = False
+
+
 @dataclass(slots=True)
 class _Run:
     """One drain of one mailbox's outbox at `now`: what every step of it shares."""
@@ -308,6 +317,7 @@ class _Run:
     folder: _SentFolder
     result: DrainResult
     zone: ZoneInfo  # the mailbox's calendar zone: the day a refused member is away from
+    defer_copies: bool = False  # a surge: Sent copies wait until its mail is out
 
 
 async def drain_outbox(
@@ -316,18 +326,25 @@ async def drain_outbox(
     mailbox: MailboxSettings,
     now: datetime,
     servers: Servers = Servers(),
-    *,
-    limit: int | None = None,
+    options: DrainOptions = DrainOptions(),
 ) -> DrainResult:
-    """Send this mailbox's due outbox rows, then retry due Sent copies.
+    """Send this mailbox's due outbox rows, then make the Sent copies due.
 
-    Every row due at `now` goes, in batches of DRAIN_BATCH (`limit`: at most that many
+    `options.defer_copies` (a surge is being acknowledged, slice by slice): what the relay takes
+    is recorded sent with its copy "deferred", and the first drain without it makes
+    them, a MULTIAPPEND a batch. A surge's drains then go at the relay's pace: the
+    copies' APPENDs made each a third longer, on the machine's other core, which the
+    relay and the IMAP server share.
+
+    Every row due at `now` goes, in batches of DRAIN_BATCH (`options.limit`: at most that many
     rows, in one batch). With `settings.keepword.dry_run` (the one switch) nothing is
     sent: each due mail is logged and marked dry run. Raises DeliveryUnavailable (after
     leaving every row pending) when the relay cannot be reached or refuses the login.
     """
     folder = _SentFolder(servers.sent_copy, servers.executor)
-    run = _Run(engine, mailbox, now, folder, DrainResult(), settings.zone_for(mailbox))
+    zone = settings.zone_for(mailbox)
+    limit, defer_copies = options.limit, options.defer_copies
+    run = _Run(engine, mailbox, now, folder, DrainResult(), zone, defer_copies)
     batch = limit or DRAIN_BATCH
     if settings.keepword.dry_run:
         with engine.connect() as conn:
@@ -349,6 +366,8 @@ async def drain_outbox(
         except DeliveryUnavailable as exc:
             unavailable = exc
             break
+    if not defer_copies:
+        await _copy_deferred(run)
     if mailbox.append_to_sent:
         await _retry_copies(run, batch)
     with engine.connect() as conn:
@@ -617,6 +636,9 @@ class _Drain:
             await task
 
     async def _copy(self, batch: list[_Accepted]) -> None:
+        if self.run.defer_copies:  # the relay's pace now, the copies after the surge
+            self._record(batch, copied=0, deferred=True)
+            return
         made = await self.run.folder.append_many([mail.row.raw for mail in batch])
         self._record(batch, copied=made)
 
@@ -635,11 +657,16 @@ class _Drain:
         if task is not None:
             task.cancel()
 
-    def _record(self, batch: list[_Accepted], *, copied: int) -> None:
-        """Mark sent in one transaction; the first `copied` of batch have their copy."""
+    def _record(self, batch: list[_Accepted], *, copied: int, deferred: bool = False) -> None:
+        """Mark sent in one transaction; the first `copied` of batch have their copy
+        (`deferred`: none was tried, the copies come after the surge)."""
         mailbox, now, result = self.run.mailbox, self.run.now, self.run.result
         states = [
-            _sent_state(mailbox, mail.row, now, (index < copied) if self.copies_wanted else None)
+            outbox.SentState(mail.row.id, "deferred")
+            if deferred
+            else _sent_state(
+                mailbox, mail.row, now, (index < copied) if self.copies_wanted else None
+            )
             for index, mail in enumerate(batch)
         ]
         with self.run.engine.begin() as conn:
@@ -810,6 +837,36 @@ def _wait_for_sent_folder(run: _Run, row: outbox.OutboxRow, error: str) -> None:
     with run.engine.begin() as conn:
         outbox.postpone(conn, row.id, until=until, error=why)
     run.result.skipped += 1
+
+
+async def _copy_deferred(run: _Run) -> None:
+    """The copies a surge put off, a MULTIAPPEND a batch, oldest first. Each batch is
+    marked failed (due again in a minute) before its APPEND, so a stop during it leaves
+    them to `_retry_copies`, which looks before it appends: never a copy twice."""
+    engine, mailbox, folder = run.engine, run.mailbox, run.folder
+    for _ in range(MAX_DRAIN_BATCHES):
+        with engine.connect() as conn:
+            rows = outbox.copies_deferred(conn, DRAIN_BATCH, mailbox=mailbox.name)
+        if not rows:
+            return
+        if not (mailbox.append_to_sent and folder.copy is not None):
+            with engine.begin() as conn:  # copies turned off since: none is wanted now
+                outbox.mark_all_copied(conn, [r.id for r in rows], sent_copy="skipped")
+            continue
+        for start in range(0, len(rows), COPY_BATCH):
+            chunk = rows[start : start + COPY_BATCH]
+            ids = [r.id for r in chunk]
+            with engine.begin() as conn:
+                retry_at = run.now + COPY_RETRY_FIRST
+                outbox.mark_all_copied(conn, ids, sent_copy="failed", retry_at=retry_at)
+            made = await folder.append_many([r.raw for r in chunk])
+            with engine.begin() as conn:
+                outbox.mark_all_copied(conn, ids[:made], sent_copy="done")
+            run.result.copied += made
+            if made < len(chunk):
+                error = folder.error or "not all taken"
+                log.warning("mailbox %s: Sent copies wait: %s", mailbox.name, error)
+                return  # the rest stays deferred; those marked failed are looked up first
 
 
 async def _retry_copies(run: _Run, limit: int) -> None:

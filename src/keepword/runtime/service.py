@@ -34,7 +34,13 @@ from keepword.pipeline.chase import ChaseResult, chase_mailbox
 from keepword.pipeline.context import MailboxContext
 from keepword.pipeline.ingest import MailboxPoller, MailboxPollResult, SessionFactory
 from keepword.pipeline.promising import PredictorKeeper
-from keepword.pipeline.send import DrainResult, ImapSentCopy, Servers, drain_outbox
+from keepword.pipeline.send import (
+    DrainOptions,
+    DrainResult,
+    ImapSentCopy,
+    Servers,
+    drain_outbox,
+)
 from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import outbox
 from keepword.store.db import open_store
@@ -180,7 +186,10 @@ class Service:
         try:
             # The one dry-run switch, settings.keepword.dry_run (`run --dry-run` sets it).
             servers = Servers(sent_copy, executor=self._thread(box))
-            return await drain_outbox(self.engine, self.settings, box, self.clock(), servers)
+            options = DrainOptions(defer_copies=bool(self._surging.get(box.name)))
+            return await drain_outbox(
+                self.engine, self.settings, box, self.clock(), servers, options
+            )
         finally:
             if not self._surging.get(box.name):
                 await self._close_sent_copy(box)

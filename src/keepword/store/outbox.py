@@ -15,7 +15,9 @@ While the row is pending:
 - "held": an attempt's outcome is unknown (no reply to the final dot, or a crash) and
   the row waits until `next_attempt_at` for its Message-ID to show in the Sent folder.
 Once sent: "done" (APPENDed to the Sent folder), "skipped" (not configured), "failed"
-(APPEND failed: retried at `next_attempt_at`) or "found" (it was already there).
+(APPEND failed, or under way when the daemon stopped: looked up, then APPENDed if
+missing, at `next_attempt_at`), "found" (it was already there) or "deferred" (sent
+during a surge: never APPENDed yet, copied in batches once the surge is acknowledged).
 """
 
 from __future__ import annotations
@@ -278,7 +280,7 @@ def missing_sent_copies(conn: Connection, mailbox: str) -> int:
         and_(
             outbox.c.mailbox == mailbox,
             outbox.c.state == OutboxState.SENT.value,
-            outbox.c.sent_copy == "failed",
+            outbox.c.sent_copy.in_(COPY_WAITING),
         )
     )
     return int(conn.execute(query).scalar_one())
@@ -294,6 +296,7 @@ def depth(conn: Connection, mailbox: str) -> int:
 
 
 UNKNOWN_OUTCOME = ("unknown", "held")  # sent_copy of a pending row that may have gone out
+COPY_WAITING = ("failed", "deferred")  # sent_copy of a sent row whose Sent copy is to come
 
 
 # The drain runs these for every mail: built once (issue 14; see store.cases._LOAD).
@@ -483,21 +486,44 @@ def copies_due(
     return [_to_row(r) for r in conn.execute(query)]
 
 
+def copies_deferred(conn: Connection, limit: int, *, mailbox: str) -> list[OutboxRow]:
+    """Sent rows whose copy a surge put off (never APPENDed), oldest first."""
+    settle(conn)
+    due = and_(
+        outbox.c.mailbox == mailbox,
+        outbox.c.state == OutboxState.SENT.value,
+        outbox.c.sent_copy == "deferred",
+    )
+    query = select(outbox).where(due).order_by(outbox.c.id).limit(limit)
+    return [_to_row(r) for r in conn.execute(query)]
+
+
 def mark_copied(
     conn: Connection, row_id: int, *, sent_copy: str, retry_at: datetime | None = None
 ) -> None:
+    mark_all_copied(conn, [row_id], sent_copy=sent_copy, retry_at=retry_at)
+
+
+def mark_all_copied(
+    conn: Connection, row_ids: Sequence[int], *, sent_copy: str, retry_at: datetime | None = None
+) -> None:
     settle(conn)
-    conn.execute(
-        update(outbox)
-        .where(outbox.c.id == row_id)
-        .values(sent_copy=sent_copy, next_attempt_at=retry_at)
-    )
+    if row_ids:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(list(row_ids)))
+            .values(sent_copy=sent_copy, next_attempt_at=retry_at)
+        )
 
 
 def has_due_work(conn: Connection, now: datetime, mailbox: str) -> bool:
-    """Anything for a drain to do: a mail due to go out or a Sent copy due again."""
+    """Anything for a drain to do: a mail due to go out or a Sent copy due (again)."""
     settle(conn)
-    return bool(pending(conn, now, 1, mailbox=mailbox) or copies_due(conn, now, 1, mailbox=mailbox))
+    return bool(
+        pending(conn, now, 1, mailbox=mailbox)
+        or copies_due(conn, now, 1, mailbox=mailbox)
+        or copies_deferred(conn, 1, mailbox=mailbox)
+    )
 
 
 def mark_failed(conn: Connection, row: OutboxRow, now: datetime, error: str) -> None:
