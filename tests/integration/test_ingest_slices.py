@@ -231,7 +231,7 @@ def test_a_surges_drains_defer_the_sent_copies_and_the_drain_after_it_makes_them
 
     def deferred() -> int:
         with engine.connect() as conn:
-            return len(outbox.copies_deferred(conn, 100, mailbox=box.name))
+            return len(outbox.copies_deferred(conn, now(), 100, mailbox=box.name))
 
     async def run() -> None:
         try:

@@ -169,6 +169,39 @@ def test_a_stop_while_deferred_copies_are_made_never_copies_one_twice(rig: Rig) 
     assert sorted(copy_states(rig, mails)) == ["done"] * (mails - 1) + ["found"]
 
 
+class CountingDown(FakeSentCopy):
+    """A Sent folder that is down: every APPEND is refused (and counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    def append(self, raw: bytes) -> None:
+        self.tries += 1
+        raise MailboxError("IMAP down")
+
+
+def test_deferred_copies_wait_a_minute_when_the_sent_folder_is_down(rig: Rig) -> None:
+    """Not an IMAP attempt every drain: the first batch goes to the retries that look
+    first, the rest waits a minute and then goes in batches as before."""
+    mails = COPY_BATCH + 5
+    for n in range(mails):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    assert rig.drain(sent_copy=FakeSentCopy(), options=SURGE).sent == mails
+    down = CountingDown()
+    assert rig.drain(sent_copy=down).copied == 0
+    assert rig.drain(NOW + timedelta(seconds=10), sent_copy=down).copied == 0
+    assert down.tries == 1  # the second drain left them alone
+    assert copy_states(rig, mails) == ["failed"] * COPY_BATCH + ["deferred"] * 5
+    with rig.engine.connect() as conn:
+        assert not outbox.has_due_work(conn, NOW + timedelta(seconds=10), rig.box.name)
+    folder = FakeSentCopy()
+    back = rig.drain(NOW + timedelta(minutes=2), sent_copy=folder)
+    assert back.copied == mails
+    assert len(set(folder.raws)) == len(folder.raws) == mails
+    assert sorted(copy_states(rig, mails)) == ["done"] * mails
+
+
 def test_deferred_copies_of_a_mailbox_that_no_longer_copies_are_skipped(rig: Rig) -> None:
     for n in range(3):
         record(rig, OutboxKind.ACKNOWLEDGEMENT, n)

@@ -330,14 +330,14 @@ async def drain_outbox(
 ) -> DrainResult:
     """Send this mailbox's due outbox rows, then make the Sent copies due.
 
-    `options.defer_copies` (a surge is being acknowledged, slice by slice): what the relay takes
-    is recorded sent with its copy "deferred", and the first drain without it makes
-    them, a MULTIAPPEND a batch. A surge's drains then go at the relay's pace: the
-    copies' APPENDs made each a third longer, on the machine's other core, which the
-    relay and the IMAP server share.
+    `options.defer_copies` (a surge is being acknowledged, slice by slice): what the
+    relay takes is recorded sent with its copy "deferred", and the first drain without
+    it makes them, a MULTIAPPEND a batch. A surge's drains then go at the relay's pace:
+    the copies' APPENDs made each a third longer, on the machine's other core, which
+    the relay and the IMAP server share.
 
-    Every row due at `now` goes, in batches of DRAIN_BATCH (`options.limit`: at most that many
-    rows, in one batch). With `settings.keepword.dry_run` (the one switch) nothing is
+    Every row due at `now` goes, in batches of DRAIN_BATCH (`options.limit`: at most
+    that many rows, in one batch). With `settings.keepword.dry_run` (the one switch) nothing is
     sent: each due mail is logged and marked dry run. Raises DeliveryUnavailable (after
     leaving every row pending) when the relay cannot be reached or refuses the login.
     """
@@ -842,11 +842,12 @@ def _wait_for_sent_folder(run: _Run, row: outbox.OutboxRow, error: str) -> None:
 async def _copy_deferred(run: _Run) -> None:
     """The copies a surge put off, a MULTIAPPEND a batch, oldest first. Each batch is
     marked failed (due again in a minute) before its APPEND, so a stop during it leaves
-    them to `_retry_copies`, which looks before it appends: never a copy twice."""
-    engine, mailbox, folder = run.engine, run.mailbox, run.folder
+    them to `_retry_copies`, which looks before it appends: never a copy twice. A Sent
+    folder that does not take them puts the rest off for a minute, not a drain."""
+    engine, mailbox, folder, now = run.engine, run.mailbox, run.folder, run.now
     for _ in range(MAX_DRAIN_BATCHES):
         with engine.connect() as conn:
-            rows = outbox.copies_deferred(conn, DRAIN_BATCH, mailbox=mailbox.name)
+            rows = outbox.copies_deferred(conn, now, DRAIN_BATCH, mailbox=mailbox.name)
         if not rows:
             return
         if not (mailbox.append_to_sent and folder.copy is not None):
@@ -856,17 +857,19 @@ async def _copy_deferred(run: _Run) -> None:
         for start in range(0, len(rows), COPY_BATCH):
             chunk = rows[start : start + COPY_BATCH]
             ids = [r.id for r in chunk]
+            retry_at = now + COPY_RETRY_FIRST
             with engine.begin() as conn:
-                retry_at = run.now + COPY_RETRY_FIRST
                 outbox.mark_all_copied(conn, ids, sent_copy="failed", retry_at=retry_at)
             made = await folder.append_many([r.raw for r in chunk])
             with engine.begin() as conn:
                 outbox.mark_all_copied(conn, ids[:made], sent_copy="done")
+                if made < len(chunk):  # those marked failed are looked up first
+                    outbox.postpone_deferred(conn, mailbox.name, retry_at)
             run.result.copied += made
             if made < len(chunk):
                 error = folder.error or "not all taken"
                 log.warning("mailbox %s: Sent copies wait: %s", mailbox.name, error)
-                return  # the rest stays deferred; those marked failed are looked up first
+                return
 
 
 async def _retry_copies(run: _Run, limit: int) -> None:

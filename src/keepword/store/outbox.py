@@ -486,16 +486,30 @@ def copies_due(
     return [_to_row(r) for r in conn.execute(query)]
 
 
-def copies_deferred(conn: Connection, limit: int, *, mailbox: str) -> list[OutboxRow]:
-    """Sent rows whose copy a surge put off (never APPENDed), oldest first."""
-    settle(conn)
-    due = and_(
+def _deferred(mailbox: str, now: datetime | None) -> Any:
+    deferred = and_(
         outbox.c.mailbox == mailbox,
         outbox.c.state == OutboxState.SENT.value,
         outbox.c.sent_copy == "deferred",
     )
-    query = select(outbox).where(due).order_by(outbox.c.id).limit(limit)
+    if now is None:
+        return deferred
+    return and_(deferred, or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
+
+
+def copies_deferred(
+    conn: Connection, now: datetime, limit: int, *, mailbox: str
+) -> list[OutboxRow]:
+    """Sent rows whose copy a surge put off (never APPENDed) and that are due, oldest first."""
+    settle(conn)
+    query = select(outbox).where(_deferred(mailbox, now)).order_by(outbox.c.id).limit(limit)
     return [_to_row(r) for r in conn.execute(query)]
+
+
+def postpone_deferred(conn: Connection, mailbox: str, until: datetime) -> None:
+    """The Sent folder did not take them now: every deferred copy waits until `until`."""
+    settle(conn)
+    conn.execute(update(outbox).where(_deferred(mailbox, None)).values(next_attempt_at=until))
 
 
 def mark_copied(
@@ -522,7 +536,7 @@ def has_due_work(conn: Connection, now: datetime, mailbox: str) -> bool:
     return bool(
         pending(conn, now, 1, mailbox=mailbox)
         or copies_due(conn, now, 1, mailbox=mailbox)
-        or copies_deferred(conn, 1, mailbox=mailbox)
+        or copies_deferred(conn, now, 1, mailbox=mailbox)
     )
 
 
