@@ -94,15 +94,27 @@ def test_one_drain_sends_everything_due(rig: Rig) -> None:
         assert outbox.depth(conn, rig.box.name) == 0
 
 
+def acknowledgements(rig: Rig, count: int) -> None:
+    for n in range(count):
+        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+
+
+def sent_folder(dovecot: Dovecot, user: str) -> ImapSentCopy:
+    return ImapSentCopy(dovecot.imap_settings(user), "Sent", Secret(dovecot.users[user]))
+
+
+def copy_states(rig: Rig, count: int) -> list[str]:
+    with rig.engine.connect() as conn:
+        return [outbox.get(conn, i + 1).sent_copy for i in range(count)]
+
+
 def test_sent_copies_go_in_batches_with_multiappend(
     tmp_path: Path, dovecot: Dovecot, mail_user: str, smtp_server: SmtpServer
 ) -> None:
     rig = make_rig(tmp_path, smtp_server)
     mails = 120
-    for n in range(mails):
-        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
-    imap, secret = dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])
-    with closing(ImapSentCopy(imap, "Sent", secret)) as copy:
+    acknowledgements(rig, mails)
+    with closing(sent_folder(dovecot, mail_user)) as copy:
         assert rig.drain(sent_copy=copy).sent == mails
         commands = copy.commands
     assert len(dovecot.uids(mail_user, "Sent")) == mails  # every copy, once
@@ -110,15 +122,10 @@ def test_sent_copies_go_in_batches_with_multiappend(
     with rig.engine.connect() as conn:
         rows = outbox.copies_due(conn, NOW + timedelta(days=1), 1000, mailbox=rig.box.name)
         assert rows == []
-        assert all(outbox.get(conn, i + 1).sent_copy == "done" for i in range(mails))
+    assert copy_states(rig, mails) == ["done"] * mails
 
 
 SURGE = DrainOptions(defer_copies=True)
-
-
-def copy_states(rig: Rig, count: int) -> list[str]:
-    with rig.engine.connect() as conn:
-        return [outbox.get(conn, i + 1).sent_copy for i in range(count)]
 
 
 def test_a_surges_drains_leave_the_sent_copies_to_the_first_drain_after_it(
@@ -129,10 +136,8 @@ def test_a_surges_drains_leave_the_sent_copies_to_the_first_drain_after_it(
     surge copies them all, a MULTIAPPEND a batch, each once."""
     rig = make_rig(tmp_path, smtp_server)
     mails = 60
-    for n in range(mails):
-        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
-    imap, secret = dovecot.imap_settings(mail_user), Secret(dovecot.users[mail_user])
-    with closing(ImapSentCopy(imap, "Sent", secret)) as copy:
+    acknowledgements(rig, mails)
+    with closing(sent_folder(dovecot, mail_user)) as copy:
         surge = rig.drain(sent_copy=copy, options=SURGE)
         assert (surge.sent, surge.copied, copy.commands) == (mails, 0, 0)
         assert copy_states(rig, mails) == ["deferred"] * mails
@@ -154,8 +159,7 @@ def test_a_stop_while_deferred_copies_are_made_never_copies_one_twice(rig: Rig) 
     """The batch under way was marked failed before its APPEND: the next drain looks each
     up first; the rest of the deferred copies go as before."""
     mails = COPY_BATCH + 5
-    for n in range(mails):
-        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    acknowledgements(rig, mails)
     folder = FakeSentCopy()
     assert rig.drain(sent_copy=folder, options=SURGE).sent == mails
     with pytest.raises(SimulatedCrash):
@@ -185,8 +189,7 @@ def test_deferred_copies_wait_a_minute_when_the_sent_folder_is_down(rig: Rig) ->
     """Not an IMAP attempt every drain: the first batch goes to the retries that look
     first, the rest waits a minute and then goes in batches as before."""
     mails = COPY_BATCH + 5
-    for n in range(mails):
-        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    acknowledgements(rig, mails)
     assert rig.drain(sent_copy=FakeSentCopy(), options=SURGE).sent == mails
     down = CountingDown()
     assert rig.drain(sent_copy=down).copied == 0
@@ -203,8 +206,7 @@ def test_deferred_copies_wait_a_minute_when_the_sent_folder_is_down(rig: Rig) ->
 
 
 def test_deferred_copies_of_a_mailbox_that_no_longer_copies_are_skipped(rig: Rig) -> None:
-    for n in range(3):
-        record(rig, OutboxKind.ACKNOWLEDGEMENT, n)
+    acknowledgements(rig, 3)
     folder = FakeSentCopy()
     assert rig.drain(sent_copy=folder, options=SURGE).sent == 3
     rig.box = rig.box.model_copy(update={"append_to_sent": False})
