@@ -279,6 +279,8 @@ outbox = Table(
     UniqueConstraint("message_id", name="uq_outbox_message_id"),
     Index("ix_outbox_state", "state", "next_attempt_at"),
     Index("ix_outbox_case_id", "case_id"),
+    # The drains' question for copies that failed or wait (most sent rows have theirs).
+    Index("ix_outbox_mailbox_sent_copy", "mailbox", "sent_copy"),
 )
 
 # When each job of each mailbox last ran (the daemon writes it; `status` and the
