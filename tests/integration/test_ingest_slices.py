@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import timedelta
+from email import message_from_bytes
 from email.utils import format_datetime
 from typing import Any
 
@@ -248,9 +249,9 @@ def test_a_surges_drains_defer_the_sent_copies_and_the_drain_after_it_makes_them
 
     asyncio.run(run())
     assert deferred_after[-1] == (False, 0), deferred_after
-    assert any(count > 0 for more, count in deferred_after if more), deferred_after
+    assert any(waiting > 0 for more, waiting in deferred_after if more), deferred_after
     acknowledged = {m.parsed()["To"] for m in smtp_server.messages}
     assert len(acknowledged) == len(smtp_server.messages) == 8  # each customer once
-    copies = server_messages(dovecot, mail_user, "Sent")
-    ours = [raw for raw in copies.values() if b"support@example.com" in raw.split(b"\r\n\r\n")[0]]
-    assert len(ours) == 8, len(ours)  # every acknowledgement's copy, once
+    copies = server_messages(dovecot, mail_user, "Sent").values()
+    copied = sorted(message_from_bytes(raw)["Message-ID"] for raw in copies)
+    assert copied == sorted(m.parsed()["Message-ID"] for m in smtp_server.messages)  # once each
