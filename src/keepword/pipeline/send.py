@@ -337,9 +337,10 @@ async def drain_outbox(
     the relay and the IMAP server share.
 
     Every row due at `now` goes, in batches of DRAIN_BATCH (`options.limit`: at most
-    that many rows, in one batch). With `settings.keepword.dry_run` (the one switch) nothing is
-    sent: each due mail is logged and marked dry run. Raises DeliveryUnavailable (after
-    leaving every row pending) when the relay cannot be reached or refuses the login.
+    that many rows, in one batch). With `settings.keepword.dry_run` (the one switch)
+    nothing is sent: each due mail is logged and marked dry run. Raises
+    DeliveryUnavailable (after leaving every row pending) when the relay cannot be
+    reached or refuses the login.
     """
     folder = _SentFolder(servers.sent_copy, servers.executor)
     zone = settings.zone_for(mailbox)

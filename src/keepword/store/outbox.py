@@ -470,46 +470,44 @@ def note_error(conn: Connection, row_ids: Sequence[int], error: str) -> None:
         )
 
 
+def _copy_waiting(mailbox: str, sent_copy: str, now: datetime | None) -> Any:
+    """Sent rows of `mailbox` whose copy is in state `sent_copy` (due at `now`, if given)."""
+    waiting = and_(
+        outbox.c.mailbox == mailbox,
+        outbox.c.state == OutboxState.SENT.value,
+        outbox.c.sent_copy == sent_copy,
+    )
+    if now is None:
+        return waiting
+    # Rows that failed before copies were retried carry no time: due at once.
+    return and_(waiting, or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
+
+
+def _copies(conn: Connection, where: Any, limit: int) -> list[OutboxRow]:
+    settle(conn)
+    query = select(outbox).where(where).order_by(outbox.c.id).limit(limit)
+    return [_to_row(r) for r in conn.execute(query)]
+
+
 def copies_due(
     conn: Connection, now: datetime, limit: int = 100, *, mailbox: str
 ) -> list[OutboxRow]:
     """Sent rows whose copy to the Sent folder failed and is due again, oldest first."""
-    settle(conn)
-    due = and_(
-        outbox.c.mailbox == mailbox,
-        outbox.c.state == OutboxState.SENT.value,
-        outbox.c.sent_copy == "failed",
-        # Rows that failed before copies were retried carry no time: due at once.
-        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
-    )
-    query = select(outbox).where(due).order_by(outbox.c.id).limit(limit)
-    return [_to_row(r) for r in conn.execute(query)]
-
-
-def _deferred(mailbox: str, now: datetime | None) -> Any:
-    deferred = and_(
-        outbox.c.mailbox == mailbox,
-        outbox.c.state == OutboxState.SENT.value,
-        outbox.c.sent_copy == "deferred",
-    )
-    if now is None:
-        return deferred
-    return and_(deferred, or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
+    return _copies(conn, _copy_waiting(mailbox, "failed", now), limit)
 
 
 def copies_deferred(
     conn: Connection, now: datetime, limit: int, *, mailbox: str
 ) -> list[OutboxRow]:
     """Sent rows whose copy a surge put off (never APPENDed) and that are due, oldest first."""
-    settle(conn)
-    query = select(outbox).where(_deferred(mailbox, now)).order_by(outbox.c.id).limit(limit)
-    return [_to_row(r) for r in conn.execute(query)]
+    return _copies(conn, _copy_waiting(mailbox, "deferred", now), limit)
 
 
 def postpone_deferred(conn: Connection, mailbox: str, until: datetime) -> None:
     """The Sent folder did not take them now: every deferred copy waits until `until`."""
     settle(conn)
-    conn.execute(update(outbox).where(_deferred(mailbox, None)).values(next_attempt_at=until))
+    waiting = _copy_waiting(mailbox, "deferred", None)
+    conn.execute(update(outbox).where(waiting).values(next_attempt_at=until))
 
 
 def mark_copied(
