@@ -40,7 +40,7 @@ from keepword.pipeline.ingest import (
 )
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
-from keepword.store.tables import folder_state, message, message_location
+from keepword.store.tables import folder_state, message, message_content, message_location
 from tests.corpora import CORPORA, PRESENT
 from tests.fixtures.configs import run_keepword, secret_file
 from tests.fixtures.configs import write_config as write_config_file
@@ -134,7 +134,7 @@ def locations(engine: Engine, folder: str = "INBOX") -> list[Any]:
             message_location.c.uid,
             message_location.c.uidvalidity,
             message_location.c.message_pk,
-            message.c.raw,
+            message_content.c.raw,
             message.c.is_history,
             message.c.quarantined,
             message.c.quarantine_reason,
@@ -142,6 +142,7 @@ def locations(engine: Engine, folder: str = "INBOX") -> list[Any]:
             message.c.content_digest,
         )
         .join(message, message.c.id == message_location.c.message_pk)
+        .join(message_content, message_content.c.message_pk == message.c.id)
         .where(message_location.c.folder == folder)
         .order_by(message_location.c.uidvalidity, message_location.c.uid)
     )

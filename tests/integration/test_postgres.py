@@ -39,6 +39,7 @@ from keepword.store.tables import (
     case_correspondent,
     folder_state,
     message,
+    message_content,
     message_location,
     metadata,
     outbox,
@@ -47,7 +48,7 @@ from tests.fixtures.configs import run_keepword, write_config
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
-from tests.fixtures.schema import schema_drift, upgrade_from_0001
+from tests.fixtures.schema import schema_drift, upgrade_from_0001, upgrade_mail_from_0011
 from tests.fixtures.smtp import SmtpServer
 from tests.fixtures.statements import recorded
 
@@ -97,6 +98,20 @@ def test_upgrade_from_the_first_revision_keeps_the_data_on_postgres(postgres_url
         engine.dispose()
 
 
+def test_the_upgrade_moves_every_mail_out_of_the_message_row_on_postgres(
+    postgres_url: str,
+) -> None:
+    raw = customer_mail(1) + b"Quoted text that repeats. " * 2000  # past TOAST's threshold
+    engine = upgrade_mail_from_0011(make_engine(postgres_url), {3: (raw, "Where is my order?")})
+    try:
+        with engine.connect() as conn:
+            assert store.raw_message(conn, 3) == raw
+            assert [f.body_text for f in store.load_facts(conn, [3])] == ["Where is my order?"]
+            assert schema_drift(conn) == []
+    finally:
+        engine.dispose()
+
+
 def test_mail_is_compressed_with_lz4_and_reads_back(engine: Engine) -> None:
     """The columns that hold mail use lz4 (migration 0009: pglz cost an import more than
     the writing), and a mail stored that way reads back byte for byte."""
@@ -105,12 +120,14 @@ def test_mail_is_compressed_with_lz4_and_reads_back(engine: Engine) -> None:
             conn.exec_driver_sql(
                 "SELECT attrelid::regclass::text || '.' || attname, attcompression"
                 " FROM pg_attribute WHERE attname IN ('raw', 'body_text', 'headers')"
-                " AND attrelid IN ('message'::regclass, 'outbox'::regclass)"
+                " AND attrelid IN"
+                " ('message'::regclass, 'message_content'::regclass, 'outbox'::regclass)"
+                " AND NOT attisdropped"
             ).all()
         )
     assert methods == {
-        "message.raw": "l",
-        "message.body_text": "l",
+        "message_content.raw": "l",
+        "message_content.body_text": "l",
         "message.headers": "l",
         "outbox.raw": "l",
     }
@@ -121,9 +138,9 @@ def test_mail_is_compressed_with_lz4_and_reads_back(engine: Engine) -> None:
         stored_now = datetime.now(UTC)
         [pk] = store.store_batch(conn, folder, [item], is_history=False, now=stored_now).new_pks
     with engine.connect() as conn:
-        stored = conn.execute(select(message.c.raw).where(message.c.id == pk)).scalar_one()
+        stored = store.raw_message(conn, pk)
         compressed = conn.exec_driver_sql(
-            f"SELECT pg_column_compression(raw) FROM message WHERE id = {pk}"
+            f"SELECT pg_column_compression(raw) FROM message_content WHERE message_pk = {pk}"
         ).scalar_one()
     assert stored == raw and compressed == "lz4"
 
@@ -329,7 +346,9 @@ def test_nul_characters_and_long_addresses_are_stored_and_make_a_case(
     triaged = inbox.triage()
     assert (triaged.opened, triaged.errors) == (1, [])
     with engine.connect() as conn:
-        stored = conn.execute(select(message)).one()
+        stored = conn.execute(
+            select(message, message_content.c.body_text).select_from(store.with_content())
+        ).one()
         opened = conn.execute(select(case)).one()
     assert not stored.quarantined, stored.quarantine_reason
     # NUL becomes U+FFFD (on every backend, so SQLite and PostgreSQL hold the same text).

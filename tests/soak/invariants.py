@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, func, select
 
 from keepword.config import ChaseSettings, LimitSettings
 from keepword.domain.chase import update_lead_minutes
-from keepword.store.tables import address_refusal, case, message, outbox, promise
+from keepword.store.tables import address_refusal, case, message, message_content, outbox, promise
 from tests.soak import traffic
 from tests.soak.driver import SoakRecord
 from tests.soak.relay import RelayedMail
@@ -470,9 +470,9 @@ def nothing_quarantined_that_parses(record: SoakRecord, conn: Connection) -> Fin
     finding = Finding("nothing quarantined that parses")
     ours = driver_ids(record)
     rows = conn.execute(
-        select(message.c.message_id, message.c.quarantine_reason, message.c.raw).where(
-            message.c.quarantined
-        )
+        select(message.c.message_id, message.c.quarantine_reason, message_content.c.raw)
+        .join(message_content, message_content.c.message_pk == message.c.id)
+        .where(message.c.quarantined)
     ).all()
     for row in rows:
         if row.message_id in ours or _parses(bytes(row.raw)):

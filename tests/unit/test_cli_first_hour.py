@@ -169,7 +169,6 @@ def _message(pk: int, **values: Any) -> dict[str, Any]:
         "mailbox": "support",
         "message_id": f"m{pk}@example.org",
         "content_digest": f"{pk:064d}",
-        "raw": b"",
         "size": 0,
         "stored_at": NOW,
         "origin": "poll",

@@ -9,9 +9,10 @@ from sqlalchemy import DateTime, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keepword.store.db import make_engine, open_store, table_names
+from keepword.store.messages import load_facts, raw_message
 from keepword.store.outbox import OutboxRow
 from keepword.store.tables import folder_state, metadata, outbox
-from tests.fixtures.schema import schema_drift, upgrade_from_0001
+from tests.fixtures.schema import schema_drift, upgrade_from_0001, upgrade_mail_from_0011
 
 
 def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
@@ -96,3 +97,16 @@ def test_upgrade_from_the_first_revision_keeps_the_data(tmp_path: Path) -> None:
     with engine.connect() as conn:
         indexes = {row[1] for row in conn.exec_driver_sql("PRAGMA index_list('outbox')")}
     assert "ix_outbox_case_id" in indexes
+
+
+def test_the_upgrade_moves_every_mail_out_of_the_message_row(tmp_path: Path) -> None:
+    """Migration 0012: the bytes and text move to message_content, byte for byte, and
+    the message row (updated by triage) keeps none of it."""
+    mails = {1: (b"Subject: a\r\n\r\nfirst\r\n", "first"), 7: (b"\x00\xff" * 5000, "")}
+    engine = upgrade_mail_from_0011(make_engine(f"sqlite:///{tmp_path}/kw.db"), mails)
+    with engine.connect() as conn:
+        assert {pk: raw_message(conn, pk) for pk in mails} == {pk: m[0] for pk, m in mails.items()}
+        assert [f.body_text for f in load_facts(conn, [1, 7])] == ["first", ""]
+        columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info('message')")}
+        assert schema_drift(conn) == []
+    assert not {"raw", "body_text"} & columns

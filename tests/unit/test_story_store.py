@@ -22,7 +22,7 @@ from keepword.domain.story import STORY_MAX_MESSAGES, Part
 from keepword.pipeline import chase as chasing
 from keepword.store import cases as case_store
 from keepword.store.story import load_story
-from keepword.store.tables import case, message
+from keepword.store.tables import case, message, message_content
 from tests.fixtures.chase_store import ALICE, CAROL, StoreDesk
 from tests.fixtures.desk import mail
 
@@ -198,22 +198,26 @@ def test_a_long_case_makes_a_bounded_story_that_keeps_the_question(desk: StoreDe
             insert(message),
             [
                 {
+                    "id": 10_000 + i,
                     "mailbox": "support",
                     "message_id": f"m{i}@example.org",
                     "content_digest": f"d{i}",
-                    "raw": b"x",
                     "size": 1,
                     "from_addr": ANN[1],
                     "subject": "Re: Help",
                     "received_at": at(8) + timedelta(minutes=i),
                     "stored_at": at(8) + timedelta(minutes=i),
-                    "body_text": "The question" if i == 0 else f"message {i}\n{pasted_log}",
                     "origin": "inbox",
                     "kind": "customer",
                     "case_id": case_id,
                 }
                 for i in range(500)
             ],
+        )
+        bodies = ["The question"] + [f"message {i}\n{pasted_log}" for i in range(1, 500)]
+        conn.execute(
+            insert(message_content),
+            [{"message_pk": 10_000 + i, "raw": b"x", "body_text": b} for i, b in enumerate(bodies)],
         )
     desk.promise(case_id, at(8), at(16))
     with desk.engine.connect() as conn:

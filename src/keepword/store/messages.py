@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, Join, and_, insert, or_, select, tuple_, update
 
 from keepword.domain.message_ids import identity_digest, sender_digest
 from keepword.domain.model import Address, MessageFacts, Origin
 from keepword.mail.parse import ParsedMessage
-from keepword.store.tables import folder_state, message, message_location
+from keepword.store.tables import folder_state, message, message_content, message_location
 
 # Keeps every IN (...) list well under any backend's bound-parameter limit.
 _CHUNK = 400
@@ -216,7 +216,13 @@ def _insert_messages(
     # Plain executemany, then read the new ids back by identity: INSERT .. RETURNING with
     # guaranteed order degrades to one statement per row on SQLite.
     conn.execute(insert(message), rows)
-    return _existing_identities(conn, mailbox, list(items))
+    pks = _existing_identities(conn, mailbox, list(items))
+    contents = [
+        {"message_pk": pks[key], "raw": item.raw, "body_text": item.parsed.body_text}
+        for key, item in items.items()
+    ]
+    conn.execute(insert(message_content), contents)
+    return pks
 
 
 def _message_row(
@@ -229,7 +235,6 @@ def _message_row(
         "message_id": parsed.message_id,
         "message_id_derived": parsed.message_id_derived,
         "content_digest": parsed.content_digest,
-        "raw": item.raw,
         "size": len(item.raw),
         "in_reply_to": " ".join(parsed.in_reply_to) or None,
         "references": " ".join(parsed.references) or None,
@@ -243,7 +248,6 @@ def _message_row(
         "date_offset_minutes": parsed.date_offset_minutes,
         "received_at": item.received_at,
         "stored_at": now,
-        "body_text": parsed.body_text,
         "headers": {name: list(values) for name, values in parsed.headers.items()},
         "content_type": parsed.content_type[:200] or None,
         "origin": role.value,
@@ -441,10 +445,16 @@ def load_facts(conn: Connection, pks: Sequence[int]) -> list[MessageFacts]:
     """
     roles = _roles(conn, pks)
     rows: dict[int, Any] = {}
+    with_text = select(message, message_content.c.body_text).select_from(with_content())
     for chunk in _chunks(list(pks)):
-        for row in conn.execute(select(message).where(message.c.id.in_(chunk))):
+        for row in conn.execute(with_text.where(message.c.id.in_(chunk))):
             rows[int(row.id)] = row
     return [_facts(rows[pk], roles.get(pk, [])) for pk in pks if pk in rows]
+
+
+def with_content() -> Join:
+    """message with its content (outer: a row written without one reads an empty body)."""
+    return message.outerjoin(message_content, message_content.c.message_pk == message.c.id)
 
 
 def _roles(conn: Connection, pks: Sequence[int]) -> dict[int, list[str]]:
@@ -531,12 +541,13 @@ def last_customer_message(conn: Connection, case_id: int) -> LastMessage | None:
         select(
             message.c.message_id,
             message.c.references,
-            message.c.body_text,
+            message_content.c.body_text,
             message.c.date,
             message.c.received_at,
             message.c.date_offset_minutes,
             message.c.from_name,
         )
+        .select_from(with_content())
         .where(and_(message.c.case_id == case_id, message.c.kind == "customer"))
         .order_by(message.c.received_at.desc(), message.c.id.desc())
         .limit(1)
@@ -555,5 +566,7 @@ def last_customer_message(conn: Connection, case_id: int) -> LastMessage | None:
 
 def raw_message(conn: Connection, pk: int) -> bytes | None:
     """The stored bytes of one message (for checks that need them: DKIM, ARC)."""
-    found = conn.execute(select(message.c.raw).where(message.c.id == pk)).scalar_one_or_none()
+    found = conn.execute(
+        select(message_content.c.raw).where(message_content.c.message_pk == pk)
+    ).scalar_one_or_none()
     return bytes(found) if found is not None else None

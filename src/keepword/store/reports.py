@@ -24,7 +24,16 @@ from keepword.domain.model import Kind, OutboxKind, OutboxState, PromiseState
 from keepword.errors import StoreError
 from keepword.store.db import make_engine, migrate
 from keepword.store.lock import sqlite_path
-from keepword.store.tables import case, case_event, folder_state, message, outbox, promise
+from keepword.store.messages import with_content
+from keepword.store.tables import (
+    case,
+    case_event,
+    folder_state,
+    message,
+    message_content,
+    outbox,
+    promise,
+)
 
 # -- opening -------------------------------------------------------------------------
 
@@ -113,8 +122,9 @@ def case_messages(conn: Connection, case_id: int) -> list[Any]:
             message.c.from_addr,
             message.c.kind,
             message.c.subject,
-            message.c.body_text,
+            message_content.c.body_text,
         )
+        .select_from(with_content())
         .where(message.c.case_id == case_id)
         .order_by(message.c.date, message.c.id)
     )

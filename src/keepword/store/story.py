@@ -28,7 +28,8 @@ from keepword.domain.story import (
     StoryPromise,
     build_story,
 )
-from keepword.store.tables import case_event, message, outbox, promise
+from keepword.store.messages import with_content
+from keepword.store.tables import case_event, message, message_content, outbox, promise
 
 _STORY_KINDS = (Kind.CUSTOMER.value, Kind.STAFF.value)
 # trim_quoted reads at most this much of a body: no need to load a pasted log whole.
@@ -93,8 +94,10 @@ def _messages(conn: Connection, case_id: int, max_messages: int) -> tuple[list[S
             message.c.received_at,
             message.c.date,
             message.c.stored_at,
-            func.substr(message.c.body_text, 1, _BODY_CHARS).label("body"),
-        ).where(message.c.id.in_(chosen))
+            func.substr(message_content.c.body_text, 1, _BODY_CHARS).label("body"),
+        )
+        .select_from(with_content())
+        .where(message.c.id.in_(chosen))
     ).all()
     return [_story_message(row) for row in rows], total - len(rows)
 
