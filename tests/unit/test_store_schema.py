@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import DateTime, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from keepword.store.db import make_engine, open_store, table_names
+from keepword.errors import StoreError
+from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.messages import load_facts, raw_message
 from keepword.store.outbox import OutboxRow
 from keepword.store.tables import folder_state, metadata, outbox
@@ -110,3 +111,22 @@ def test_the_upgrade_moves_every_mail_out_of_the_message_row(tmp_path: Path) -> 
         columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info('message')")}
         assert schema_drift(conn) == []
     assert not {"raw", "body_text"} & columns
+
+
+def test_a_failed_upgrade_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    """The whole upgrade is one transaction, DDL included: a migration that fails after
+    its CREATE TABLE (here 0012's DROP COLUMN, refused for a view that reads the column)
+    leaves no table behind, so the next start can run it again."""
+    engine = make_engine(f"sqlite:///{tmp_path}/kw.db")
+    migrate(engine, "0011")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW sizes AS SELECT length(raw) AS n FROM message")
+    with pytest.raises(StoreError, match="cannot migrate"):
+        migrate(engine)
+    assert "message_content" not in table_names(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0011"
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP VIEW sizes")
+    migrate(engine)
+    assert "message_content" in table_names(engine)
