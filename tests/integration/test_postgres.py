@@ -301,6 +301,29 @@ def test_poll_into_postgres_is_idempotent_and_triage_makes_a_case(
     assert inbox.triage().triaged == 0
 
 
+def test_the_planner_knows_the_history_an_import_stored(
+    inbox: Inbox, dovecot: Dovecot, mail_user: str, engine: Engine
+) -> None:
+    """The triage that follows an import must not plan for the empty tables of before
+    (autovacuum analyzes about a minute later): the first import analyzes what it filled,
+    and a live poll, which autovacuum keeps up with, does not."""
+    dovecot.multiappend(mail_user, "INBOX", [customer_mail(n) for n in range(40)])
+    assert inbox.poll().folders["INBOX"].is_history
+
+    def planned_rows() -> dict[str, float]:
+        with engine.connect() as conn:
+            query = (
+                "SELECT relname, reltuples FROM pg_class"
+                " WHERE relname IN ('message', 'message_location')"
+            )
+            return {str(name): float(rows) for name, rows in conn.exec_driver_sql(query)}
+
+    assert planned_rows() == {"message": 40.0, "message_location": 40.0}
+    dovecot.multiappend(mail_user, "INBOX", [customer_mail(n) for n in range(40, 45)])
+    assert inbox.poll().new == 5
+    assert planned_rows() == {"message": 40.0, "message_location": 40.0}
+
+
 @pytest.mark.skipif(not ingesting.PRESENT, reason="shared corpora not present")
 def test_every_corpus_file_is_stored_exactly_once_in_postgres(
     dovecot: Dovecot,

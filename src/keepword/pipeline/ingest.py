@@ -216,6 +216,8 @@ def poll_folder(
         store.advance_cursor(conn, box.name, folder, status.uidvalidity, last, now=now())
         if not history_done:
             store.mark_history_done(conn, box.name, folder, now=now())
+            if new:
+                store.refresh_statistics(conn)
         store.record_poll_success(conn, box.name, folder, now=now())
     return PollResult(
         new=new,

@@ -391,6 +391,16 @@ def mark_history_done(conn: Connection, mailbox: str, folder: str, *, now: datet
     )
 
 
+def refresh_statistics(conn: Connection) -> None:
+    """After a folder's history went in: let PostgreSQL's planner see the tables it
+    filled as they are now. Its statistics are autovacuum's, about a minute behind; the
+    triage right after a 20,000-message import planned its reads for the empty tables of
+    before (each batch's read of the mail its messages reference took 7 ms, not 1.8 ms:
+    a scan of the whole mailbox). SQLite plans without statistics: nothing to do."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE message, message_location")
+
+
 # An idle poll writes its success at most this often: health ("keepword status") is at
 # most this stale, and a poll that finds nothing new costs no write.
 POLL_SUCCESS_REFRESH = timedelta(seconds=60)
