@@ -95,12 +95,16 @@ def _run(
     limit: int = 500,
     between: Callable[[StoreDesk, datetime], None] = lambda desk, now: None,
     history: bool = False,
+    database_url: str | None = None,
     **mailbox: Any,
 ) -> StoreDesk:
     """Deliver the mail in order, triaging at each of `passes` what arrived by then, in
     runs of `limit` (a run each, as the daemon's slices, with `keeper` between them);
-    `between` acts on the store before each pass; `history`: the mail is imported."""
-    desk = StoreDesk(tmp, team=[ALICE, BOB], owners={"policy": policy}, **mailbox)
+    `between` acts on the store before each pass; `history`: the mail is imported;
+    `database_url`: the store (default: SQLite in `tmp`)."""
+    desk = StoreDesk(
+        tmp, database_url=database_url, team=[ALICE, BOB], owners={"policy": policy}, **mailbox
+    )
     left = list(deliveries)
     for now in passes:
         between(desk, now)

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, and_, func, insert, select, update
 from keepword.domain.cases import CaseState
 from keepword.domain.model import CaseStatus
 from keepword.domain.owners import AwayPeriod
-from keepword.store.cases import _to_state
+from keepword.store.cases import _to_state, cases_written
 from keepword.store.tables import case, staff_away
 
 # Every status but closed, spelled out so the (mailbox, status) index serves the lookup.
@@ -81,6 +81,7 @@ def back_again(conn: Connection, mailbox: str, address: str, today: date) -> int
 
 def open_counts(conn: Connection, mailbox: str) -> dict[str, int]:
     """Open (not closed) live cases per owner: the `least_open` policy's measure."""
+    cases_written(conn)
     rows = conn.execute(
         select(case.c.owner, func.count())
         .where(
@@ -99,6 +100,7 @@ def open_counts(conn: Connection, mailbox: str) -> dict[str, int]:
 def last_assigned(conn: Connection, mailbox: str) -> str | None:
     """The owner of the mailbox's newest live case that has one (round robin's start;
     a case opened later but dated earlier still counts as the newest)."""
+    cases_written(conn)
     return conn.execute(
         select(case.c.owner)
         .where(
@@ -117,6 +119,7 @@ def open_cases_of(conn: Connection, mailbox: str, owners: list[str]) -> list[Cas
     """The live cases (not closed) these people own, oldest first."""
     if not owners:
         return []
+    cases_written(conn)
     rows = conn.execute(
         select(case)
         .where(

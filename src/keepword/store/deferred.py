@@ -8,8 +8,12 @@ update answers the customer's last mail, flushes first (`flush`). A new case's
 acknowledgement (its outbox row and its promise) waits here as well; every function of
 store.outbox, store.promises and store.history that reads or changes those tables
 flushes first (`settle`), so the batch reads what one message at a time would. The
-correspondents its cases learn wait too: store.cases answers from the batch's pool of
-cases where it can, and writes them (`write_now`) before it reads any from the store.
+correspondents its cases learn wait too, and on PostgreSQL the cases it opens and saves
+(a round trip each otherwise): store.cases answers from the batch's pool of cases where
+it can, and writes them (`write_now`) before it reads any from the store. Rows others
+refer to go first (`rank`: a case before its events), and a save that finds its case
+changed since it was read (`counted`: one row a parameter set) fails the batch, as it
+would have failed the message alone.
 
 Used only by a batch without savepoints (pipeline.triage): a failing message rolls the
 whole batch back, so nothing written here can outlive the message that wrote it.
@@ -25,6 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Executable
 
 from keepword.domain.model import MessageFacts
+from keepword.errors import StaleCaseError
 
 _KEY = "keepword.deferred_writes"
 
@@ -45,11 +50,26 @@ class DeferredWrites:
     # the batch's messages may join), kept across flushes.
     reads: dict[str, object] = field(default_factory=dict)
     pools: dict[str, object] = field(default_factory=dict)
+    ranks: dict[Executable, int] = field(default_factory=dict)  # lower: written first
+    counted: set[Executable] = field(default_factory=set)  # must change one row a set
 
-    def add(self, statement: Executable, rows: list[dict[str, Any]], *, read: bool = False) -> None:
-        """Rows for `statement`; `read`: rows of the outbox or the promises, which the
-        batch may read back (see `settle`)."""
+    def add(
+        self,
+        statement: Executable,
+        rows: list[dict[str, Any]],
+        *,
+        read: bool = False,
+        rank: int = 0,
+        counted: bool = False,
+    ) -> None:
+        """Rows for `statement`; `read`: rows the batch may read back through store.outbox,
+        store.promises or store.history (see `settle`); `rank`: statements of a lower rank
+        are written first (the rows others refer to); `counted`: each parameter set must
+        change exactly one row (a case saved on the version it was read at)."""
         self.rows.setdefault(statement, []).extend(rows)
+        self.ranks.setdefault(statement, rank)
+        if counted:
+            self.counted.add(statement)
         self.unsettled = self.unsettled or read
 
 
@@ -64,6 +84,14 @@ def deferring(conn: Connection) -> Iterator[DeferredWrites]:
         flush(conn)
     finally:
         conn.info.pop(_KEY, None)
+
+
+def _write(
+    conn: Connection, writes: DeferredWrites, statement: Executable, rows: list[dict[str, Any]]
+) -> None:
+    changed = conn.execute(statement, rows).rowcount
+    if statement in writes.counted and changed != len(rows):
+        raise StaleCaseError(f"{len(rows) - changed} case(s) changed meanwhile")
 
 
 def deferred(conn: Connection) -> DeferredWrites | None:
@@ -86,8 +114,8 @@ def write_now(conn: Connection, statement: Executable) -> None:
     (the rest keeps waiting: nothing they hold is read back there)."""
     writes = deferred(conn)
     rows = writes.rows.pop(statement, None) if writes is not None else None
-    if rows:
-        conn.execute(statement, rows)
+    if writes is not None and rows:
+        _write(conn, writes, statement, rows)
 
 
 def flush(conn: Connection) -> None:
@@ -95,8 +123,8 @@ def flush(conn: Connection) -> None:
     writes = deferred(conn)
     if writes is None:
         return
-    for statement, rows in writes.rows.items():
-        conn.execute(statement, rows)
+    for statement in sorted(writes.rows, key=lambda s: writes.ranks.get(s, 0)):  # stable
+        _write(conn, writes, statement, writes.rows[statement])
     writes.rows.clear()
     writes.references.clear()
     writes.reads.clear()
