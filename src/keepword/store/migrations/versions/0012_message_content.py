@@ -12,7 +12,8 @@ values apart already (TOAST) and gains little, but has one schema.
 
 The upgrade copies every stored mail once: allow free disk space about the size of the
 database. SQLite keeps the freed pages for the mail that comes next (`VACUUM` returns
-them to the file system, if wanted).
+them to the file system, if wanted). The downgrade puts the mail back into the row
+(`raw` nullable then: SQLite adds no NOT NULL column without a default).
 
 Revision ID: 0012
 Revises: 0011
