@@ -277,14 +277,13 @@ def _opened_later(
     later.add(
         _INSERT_LATER, [{**values, "id": case_id, "version": 0}], read=True, rank=_OPENED_RANK
     )
+    return _as_stored(replace(state, id=case_id, reference=values["reference"], version=0))
+
+
+def _as_stored(state: CaseState) -> CaseState:
+    """`state` as a read of its row gives it: every time aware UTC."""
     times = {name: getattr(state, name) for name in _TIMES}
-    return replace(
-        state,
-        id=case_id,
-        reference=values["reference"],
-        version=0,
-        **{k: v.astimezone(UTC) for k, v in times.items() if v},
-    )
+    return replace(state, **{k: v.astimezone(UTC) for k, v in times.items() if v})
 
 
 def confirm_unchanged(conn: Connection, state: CaseState) -> None:
@@ -836,8 +835,7 @@ def _pooled_save(conn: Connection, state: CaseState, *, new_case: bool = False) 
     if not new_case and state.id not in pool.states:
         _drop_pool(conn)
         return
-    times = {name: getattr(state, name) for name in _TIMES}
-    pool.keep(replace(state, **{k: v.astimezone(UTC) for k, v in times.items() if v}))
+    pool.keep(_as_stored(state))
 
 
 def _pooled_people(conn: Connection, case_id: int | None, addresses: Iterable[str]) -> None:
