@@ -278,6 +278,32 @@ def test_first_poll_is_history_later_mail_is_new_and_stays_unseen(
     assert cursor(engine).history_done
 
 
+def test_a_failed_analyze_never_undoes_the_end_of_the_history(
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Telling PostgreSQL's planner the tables' size only makes triage faster: when it
+    fails, the first import still ends as history and the next mail is new, to answer."""
+
+    def refused(conn: Any) -> None:
+        raise OperationalError("ANALYZE message", {}, Exception("lock timeout"))
+
+    monkeypatch.setattr(ingest.store, "refresh_statistics", refused)
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(3)])
+    box = mailbox_for(dovecot, mail_user)
+    first = poll_mailbox(engine, box, session_for)
+    assert first.ok and first.folders["INBOX"].is_history
+    assert "not analyzed" in caplog.text
+    dovecot.append(mail_user, "INBOX", mail(3))
+    second = poll_mailbox(engine, box, session_for)
+    assert second.folders["INBOX"].new == 1 and not second.folders["INBOX"].is_history
+    assert cursor(engine).history_done
+
+
 def test_same_mail_in_inbox_and_sent_is_one_message_with_two_locations(
     dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
 ) -> None:

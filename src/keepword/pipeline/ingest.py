@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from keepword.adapters.credentials import resolve_secret
 from keepword.adapters.imap import ImapConnectionError, ImapSession
@@ -220,9 +221,9 @@ def poll_folder(
         store.advance_cursor(conn, box.name, folder, status.uidvalidity, last, now=now())
         if not history_done:
             store.mark_history_done(conn, box.name, folder, now=now())
-            if new > planned_for:
-                store.refresh_statistics(conn)
         store.record_poll_success(conn, box.name, folder, now=now())
+    if not history_done and new > planned_for:
+        _refresh_statistics(engine)
     return PollResult(
         new=new,
         known=known,
@@ -242,8 +243,14 @@ STATISTICS_FIRST = 1_000
 
 
 def _refresh_statistics(engine: Engine) -> None:
-    with engine.begin() as conn:
-        store.refresh_statistics(conn)
+    """In a transaction of its own, and never the import's failure: the planner's figures
+    only make it faster (a failure here must not undo the history's end, or every later
+    mail would be taken for history)."""
+    try:
+        with engine.begin() as conn:
+            store.refresh_statistics(conn)
+    except SQLAlchemyError:
+        log.warning("mailbox tables not analyzed; the planner catches up later", exc_info=True)
 
 
 def _take_prefetched(
