@@ -146,3 +146,32 @@ def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(postgres_u
         assert _stored(engine)[0] == ("KW-1", "Assigned", 2)
     finally:
         engine.dispose()
+
+
+def test_a_batch_opens_more_cases_than_it_takes_ids_for_at_once(postgres_url: str) -> None:
+    """Ids are taken from the sequence some at a time: the batch that needs more takes
+    more, and every case it opened is written under its own id."""
+    engine = open_store(postgres_url)
+    at = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    count = 2 * case_store.CASE_IDS_AT_ONCE + 3
+    try:
+        with engine.begin() as conn:
+            case_store.save_case(conn, _case(at, "first@example.org"), prefix="KW")
+        with write_transaction(engine) as conn, deferring(conn):
+            numbers = case_store.CaseNumbers()
+            opened = [
+                case_store.save_case(
+                    conn, _case(at, f"c{n}@example.org"), prefix="KW", numbers=numbers
+                )
+                for n in range(count)
+            ]
+        ids = [c.id for c in opened]
+        assert len(set(ids)) == count
+        with engine.connect() as conn:
+            stored = {
+                row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))
+            }
+        assert len(stored) == count + 1
+        assert all(stored[c.id or 0] == c.customer for c in opened)
+    finally:
+        engine.dispose()
