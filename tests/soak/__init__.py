@@ -31,6 +31,7 @@ Who does what:
 Timing, honestly: at speed S one real second is S virtual seconds, so everything the
 harness or the machine costs in real time is multiplied by S in virtual time (a 20 ms
 poll is a minute at S=3000). The tolerances say so: a timed mail may come two chase
-intervals plus 0.75 real seconds (0.75 S virtual seconds) late, plus any fault window
-(and the 15-minute backoff cap after it) that overlaps. docs/soak.md has the numbers.
+intervals plus 1.5 real seconds (1.5 S virtual seconds) late, plus any fault window
+(and the 15-minute backoff cap after it) and any time the harness stood still that
+overlaps. docs/soak.md has the numbers.
 """

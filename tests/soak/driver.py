@@ -66,6 +66,9 @@ class JobSample:
     at: datetime
     alive_since: datetime | None  # virtual start of the daemon running at the sample
     jobs: tuple[tuple[str, float, datetime | None], ...]  # (job, interval, started_at)
+    # job -> finished_at of its last run: a gap with a run still going is keepword's own
+    # slowness, a gap after a finished run is a scheduler (or a machine) that did not fire.
+    finished: dict[str, datetime | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -302,12 +305,18 @@ country = "{traffic.COUNTRY}"
         try:
             with engine.connect() as conn:
                 rows = conn.execute(
-                    select(job_run.c.job, job_run.c.interval_seconds, job_run.c.started_at)
+                    select(
+                        job_run.c.job,
+                        job_run.c.interval_seconds,
+                        job_run.c.started_at,
+                        job_run.c.finished_at,
+                    )
                 ).all()
         except SQLAlchemyError:
             return  # not migrated yet, or locked for a moment
         jobs = tuple((str(r.job), float(r.interval_seconds), r.started_at) for r in rows)
-        self.record.samples.append(JobSample(self.clock.now(), self.alive_since(), jobs))
+        finished = {str(r.job): r.finished_at for r in rows}
+        self.record.samples.append(JobSample(self.clock.now(), self.alive_since(), jobs, finished))
 
     # -- mail into Dovecot -------------------------------------------------------------
 

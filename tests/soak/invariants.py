@@ -22,7 +22,7 @@ from keepword.config import ChaseSettings, LimitSettings
 from keepword.domain.chase import update_lead_minutes
 from keepword.store.tables import address_refusal, case, message, message_content, outbox, promise
 from tests.soak import traffic
-from tests.soak.driver import SoakRecord
+from tests.soak.driver import JobSample, SoakRecord
 from tests.soak.relay import RelayedMail
 
 CHASE = ChaseSettings()  # the shipped defaults: the soak's config tunes nothing
@@ -45,10 +45,13 @@ Invariant = Callable[[SoakRecord, Connection], Finding]
 # -- helpers -----------------------------------------------------------------------------
 
 
-HARNESS_REAL_SECONDS = 0.75
+HARNESS_REAL_SECONDS = 1.5
 """Real time the machine may cost a daemon's cycle (start-up, a busy shared CPU): at
 speed 3000 and 1200 the lateness of timed mails and the job gaps stayed near 0.3-0.65 s
-*real* at both speeds, i.e. they come from real-time costs, not from keepword's plan."""
+*real* at both speeds, i.e. they come from real-time costs, not from keepword's plan. A
+CI machine under load later showed daemon gaps of 0.8-1.3 s real (and a harness turn of
+1.4 s) at speed 2000, where the daemon alone needs 75% of a core: the short soak now
+runs at 1000 with 1.5 s, the same 25 virtual minutes as 0.75 s at 2000."""
 
 
 def harness_allowance(record: SoakRecord) -> timedelta:
@@ -71,12 +74,35 @@ def fault_slack(record: SoakRecord, start: datetime, end: datetime) -> timedelta
     return slack
 
 
+def blind_spans(record: SoakRecord) -> list[tuple[datetime, datetime]]:
+    """Where the harness took no sample for longer than its allowance: the machine (or a
+    step of the harness) stood still. What the first sample after such a span sees is a
+    pass of the daemon half done (its poll comes first), not evidence of starvation."""
+    allowance = harness_allowance(record)
+    stamps = [sample.at for sample in record.samples]
+    return [(a, b) for a, b in pairwise(stamps) if b - a > allowance]
+
+
+def _blind_within(
+    spans: list[tuple[datetime, datetime]], start: datetime, end: datetime
+) -> timedelta:
+    return sum(
+        (min(b, end) - max(a, start) for a, b in spans if a < end and b > start), timedelta()
+    )
+
+
 def tolerance(record: SoakRecord, at: datetime) -> timedelta:
     """How late a mail due `at` may reach the relay: the base, plus the time owed to every
     fault within that allowance, including faults that begin in the time another fault
-    already added (a relay gone slow just as the daemon came back from a bad password)."""
+    already added (a relay gone slow just as the daemon came back from a bad password),
+    plus the time the harness stood still in it (its relay stood still too)."""
     base = allowed = base_tolerance(record)
-    while (grown := base + fault_slack(record, at, at + allowed)) > allowed:
+    blind = blind_spans(record)
+    while (
+        grown := base
+        + fault_slack(record, at, at + allowed)
+        + _blind_within(blind, at, at + allowed)
+    ) > allowed:
         allowed = grown
     return allowed
 
@@ -247,6 +273,7 @@ def chase_on_time(record: SoakRecord, conn: Connection) -> Finding:
     calendar = traffic.business_calendar()
     reminders = relayed_by_case(record, "reminder")
     escalations = relayed_by_case(record, "escalation")
+    stages = _chase_mails_by_case(record)
     horizon = (record.finished_at or record.plan.end) - base_tolerance(record)
     checked = 0
     rows = conn.execute(
@@ -261,9 +288,13 @@ def chase_on_time(record: SoakRecord, conn: Connection) -> Finding:
             planned = calendar.add(row.made_at, fraction * total)
             if planned >= zone_start or fraction >= CHASE.escalate_at:
                 continue
-            checked += _expect(finding, record, row, planned, horizon, reminders, "reminder")
+            checked += _expect(
+                finding, record, row, planned, horizon, (reminders, stages), "reminder"
+            )
         planned = min(zone_start, calendar.add(row.made_at, CHASE.escalate_at * total))
-        checked += _expect(finding, record, row, planned, horizon, escalations, "escalation")
+        checked += _expect(
+            finding, record, row, planned, horizon, (escalations, stages), "escalation"
+        )
     digests = _digests(record, finding)
     finding.figures = {
         "worst lateness (on time)": str(finding.figures.get("worst lateness", "n/a")),
@@ -271,10 +302,20 @@ def chase_on_time(record: SoakRecord, conn: Connection) -> Finding:
         "reminders at the relay": sum(len(v) for v in reminders.values()),
         "escalations at the relay": sum(len(v) for v in escalations.values()),
         "digests at the relay": digests,
+        "taken by a later stage after a stall": finding.figures.get("later stage", 0),
         "business mornings": len(_mornings(record)),
         "late or missing": len(finding.violations),
     }
     return finding
+
+
+def _chase_mails_by_case(record: SoakRecord) -> dict[str, list[RelayedMail]]:
+    """Every mail of the chase (reminder, escalation, customer update) by case."""
+    found: dict[str, list[RelayedMail]] = defaultdict(list)
+    for kind in ("reminder", "escalation", "customer_update"):
+        for reference, mails in relayed_by_case(record, kind).items():
+            found[reference].extend(mails)
+    return found
 
 
 def _expect(
@@ -283,17 +324,29 @@ def _expect(
     row: object,
     planned: datetime,
     horizon: datetime,
-    mails: dict[str, list[RelayedMail]],
+    mails: tuple[dict[str, list[RelayedMail]], dict[str, list[RelayedMail]]],
     kind: str,
 ) -> int:
-    """One timed chase mail expected for a promise still open at `planned` (+ tolerance)."""
+    """One timed chase mail expected for a promise still open at `planned` (+ tolerance).
+
+    `mails` is (this kind's mails, every chase mail) by case. When the harness stood still
+    inside the window, the chase that ran after it rightly sent only the latest stage due
+    (domain.chase: missed reminders are stale), so a later stage of the case counts."""
+    expected, stages = mails
     allowed = tolerance(record, planned)
     resolved = row.resolved_at  # type: ignore[attr-defined]
     if planned + allowed > horizon or (resolved is not None and resolved <= planned + allowed):
         return 0
     reference = row.reference  # type: ignore[attr-defined]
-    sent = [m.at for m in mails.get(reference, [])]
+    sent = [m.at for m in expected.get(reference, [])]
     on_time = [at for at in sent if planned - DUE_SLACK <= at <= planned + allowed]
+    if not on_time and _blind_within(blind_spans(record), planned, planned + allowed):
+        later = [m.at for m in stages.get(reference, [])]
+        on_time = [at for at in later if planned - DUE_SLACK <= at <= planned + allowed]
+        if on_time:
+            taken = finding.figures.get("later stage", 0)
+            assert isinstance(taken, int)
+            finding.figures["later stage"] = taken + 1
     if on_time:
         late = max(timedelta(), min(on_time) - planned)
         worst = finding.figures.get("worst lateness", timedelta())
@@ -381,23 +434,6 @@ and imports are real seconds (1-2 s on a busy 2-core machine), worth an hour of 
 time at the soak's speed; within a life, jobs are held to two intervals."""
 
 
-def blind_spans(record: SoakRecord) -> list[tuple[datetime, datetime]]:
-    """Where the harness took no sample for longer than its allowance: the machine (or a
-    step of the harness) stood still. What the first sample after such a span sees is a
-    pass of the daemon half done (its poll comes first), not evidence of starvation."""
-    allowance = harness_allowance(record)
-    stamps = [sample.at for sample in record.samples]
-    return [(a, b) for a, b in pairwise(stamps) if b - a > allowance]
-
-
-def _blind_within(
-    spans: list[tuple[datetime, datetime]], start: datetime, end: datetime
-) -> timedelta:
-    return sum(
-        (min(b, end) - max(a, start) for a, b in spans if a < end and b > start), timedelta()
-    )
-
-
 def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
     """Each daemon polled soon after it started, and then ran each job within two
     intervals for as long as it lived (plus any time the harness could not look)."""
@@ -423,7 +459,8 @@ def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
             if gap > bound and job not in episodes:
                 episodes[job] = sample.at
                 finding.violations.append(
-                    f"{job}: not run for {gap} at {sample.at:%a %H:%M}Z (bound {bound})"
+                    f"{job}: not run for {gap} at {sample.at:%a %H:%M}Z (bound {bound}; "
+                    f"{_last_run(sample, job, started)})"
                 )
             elif gap <= bound:
                 episodes.pop(job, None)
@@ -454,6 +491,16 @@ def no_job_starved(record: SoakRecord, conn: Connection) -> Finding:
         "harness stalls": _stalls_figure(record),
     }
     return finding
+
+
+def _last_run(sample: JobSample, job: str, started: datetime) -> str:
+    """Whose time it was: a run still going is keepword's, a finished one the scheduler's."""
+    finished = getattr(sample, "finished", {}).get(job)  # records pickled before it was kept
+    if finished is None:
+        return "its last run's end not recorded"
+    if finished < started:
+        return f"its last run, begun {started:%H:%M:%S}Z, still going"
+    return f"its last run took {finished - started}"
 
 
 def _stalls_figure(record: SoakRecord) -> str:

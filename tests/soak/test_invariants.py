@@ -8,10 +8,13 @@ from datetime import UTC, datetime, timedelta
 from tests.soak.driver import DaemonLife, FaultWindow, JobSample, SoakRecord
 from tests.soak.invariants import (
     MAX_BACKOFF,
+    Finding,
+    _expect,
     _most_in,
     _promise_problem,
     answered_before_ack,
     base_tolerance,
+    harness_allowance,
     no_address_over_its_limits,
     no_job_starved,
     refusal_problems,
@@ -40,6 +43,17 @@ class PromiseRow:
     due_at: datetime
     made_at: datetime = T0
     resolved_at: datetime | None = None
+    id: int = 1
+    reference: str = "KW-1"
+
+
+def sampled(made: SoakRecord, stamps: list[datetime]) -> None:
+    """The harness looked at these times (and nowhere between them)."""
+    made.samples = [JobSample(at, T0 - timedelta(days=1), ()) for at in stamps]
+
+
+def every_minute(start: datetime, end: datetime) -> list[datetime]:
+    return [start + timedelta(minutes=m) for m in range(int((end - start) / timedelta(minutes=1)))]
 
 
 def test_sliding_window_counts_the_busiest_span() -> None:
@@ -199,3 +213,62 @@ def test_the_team_must_hear_of_a_refusal_in_time_unless_it_answered() -> None:
     assert refusal_problems(refused, [], [], [], [T0 + timedelta(minutes=2)], allowed) == []
     long_ago = [T0 - timedelta(hours=2)]  # an answer before the refusal excuses nothing
     assert refusal_problems(refused, [], [], [], long_ago, allowed) != []
+
+
+def test_the_time_the_harness_stood_still_is_owed_to_a_timed_mail() -> None:
+    """Its relay stood still with it: a mail the daemon sent then is received after."""
+    made, due = record(), T0
+    base = base_tolerance(made)
+    sampled(made, every_minute(due - timedelta(hours=1), due + timedelta(hours=3)))
+    assert tolerance(made, due) == base  # looked every minute: nothing owed
+    frozen = (due + timedelta(minutes=5), due + timedelta(minutes=55))  # 3 s real at 1000
+    stamps = every_minute(due - timedelta(hours=1), due + timedelta(hours=3))
+    sampled(made, [at for at in stamps if not frozen[0] < at < frozen[1]])
+    assert frozen[1] - frozen[0] > harness_allowance(made)
+    assert tolerance(made, due) == base + (frozen[1] - frozen[0])
+    # A stall far beyond the window changes nothing.
+    sampled(
+        made, [at for at in stamps if not due + timedelta(hours=2) < at < due + timedelta(hours=3)]
+    )
+    assert tolerance(made, due) == base
+
+
+def test_a_later_stage_stands_in_for_a_reminder_only_after_the_harness_stood_still() -> None:
+    """The chase that runs after a stall sends the latest stage due (a missed reminder is
+    stale); without a stall, an escalation is no reminder."""
+    made, planned = record(), T0
+    horizon = T0 + timedelta(days=1)
+    row = PromiseRow("open", T0 + timedelta(hours=8))
+    escalated = relayed(planned + timedelta(minutes=10), "escalation", "lead@x.org")
+    stages = {"KW-1": [escalated]}
+    stamps = every_minute(T0 - timedelta(hours=1), T0 + timedelta(hours=3))
+    sampled(made, stamps)
+    found = Finding("chase")
+    assert _expect(found, made, row, planned, horizon, ({}, stages), "reminder") == 1
+    assert found.violations and "reminder planned" in found.violations[0]
+    frozen = (planned + timedelta(minutes=2), planned + timedelta(minutes=38))
+    sampled(made, [at for at in stamps if not frozen[0] < at < frozen[1]])
+    found = Finding("chase")
+    assert _expect(found, made, row, planned, horizon, ({}, stages), "reminder") == 1
+    assert not found.violations
+    assert found.figures["later stage"] == 1
+    # Nothing at all after the stall is still a violation.
+    found = Finding("chase")
+    _expect(found, made, row, planned, horizon, ({}, {}), "reminder")
+    assert found.violations
+
+
+def test_a_starved_job_says_whether_its_last_run_was_still_going() -> None:
+    made = record()
+    born = T0 - timedelta(hours=1)
+    made.samples = [
+        JobSample(T0 + timedelta(minutes=m), born, (("chase", 60.0, T0),), {"chase": finish})
+        for m in range(0, 60, 5)
+        for finish in [T0 - timedelta(minutes=1)]
+    ]
+    [still] = no_job_starved(made, None).violations  # type: ignore[arg-type]
+    assert "still going" in still
+    for sample in made.samples:
+        sample.finished = {"chase": T0 + timedelta(seconds=2)}
+    [done] = no_job_starved(made, None).violations  # type: ignore[arg-type]
+    assert "its last run took 0:00:02" in done
