@@ -110,16 +110,34 @@ class SoakRecord:
     robots: dict[str, int] = field(default_factory=dict)
     stalls: list[HarnessStall] = field(default_factory=list)
     finished_at: datetime | None = None
-    database: Path | None = None
+    database: Path | None = None  # the SQLite store, or None on PostgreSQL
     log: Path | None = None
+    database_url: str | None = None  # PostgreSQL: the store's URL
+
+
+def store_engine(record: SoakRecord) -> Engine:
+    """A read-only engine on the store the run's daemon wrote (SQLite or PostgreSQL)."""
+    url = getattr(record, "database_url", None)  # records pickled before PostgreSQL soaks
+    if url is not None:
+        return read_only_engine_at(url)
+    assert record.database is not None, "the daemon made no store"
+    return read_only_engine(record.database)
 
 
 class Soak:
     def __init__(
-        self, dovecot: Dovecot, workdir: Path, plan: Plan, *, speed: float, user: str
+        self,
+        dovecot: Dovecot,
+        workdir: Path,
+        plan: Plan,
+        *,
+        speed: float,
+        user: str,
+        database_url: str | None = None,
     ) -> None:
         self.dovecot = dovecot
         self.workdir = workdir
+        self.database_url = database_url  # None: SQLite in the state directory
         self.plan = plan
         self.user = user
         self.rng = random.Random(plan.seed + 1)
@@ -159,6 +177,7 @@ class Soak:
             f"""[keepword]
 state_dir = "{self.state}"
 timezone = "{traffic.ZONE}"
+{self._database_line()}
 
 [[mailbox]]
 name = "support"
@@ -187,6 +206,9 @@ password_file = "{smtp_password}"
 country = "{traffic.COUNTRY}"
 """
         )
+
+    def _database_line(self) -> str:
+        return "" if self.database_url is None else f'database_url = "{self.database_url}"'
 
     def _env(self) -> dict[str, str]:
         path = os.pathsep.join([str(REPO / "src"), str(REPO)])
@@ -279,7 +301,9 @@ country = "{traffic.COUNTRY}"
         return self.state / "keepword.db"
 
     def engine(self) -> Engine | None:
-        if self._engine is None and self.database.exists():
+        if self._engine is None and self.database_url is not None:
+            self._engine = read_only_engine_at(self.database_url)
+        elif self._engine is None and self.database.exists():
             self._engine = read_only_engine(self.database)
         return self._engine
 
@@ -599,10 +623,14 @@ country = "{traffic.COUNTRY}"
                 process.wait(timeout=30)
             self._reap_cli()
             self.relay.stop()
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
         self.record.finished_at = self.clock.now()
         self.record.relayed = self.relay.accepted
         self.record.relay_answers = self.relay.answers
-        self.record.database = self.database
+        self.record.database = self.database if self.database_url is None else None
+        self.record.database_url = self.database_url
         self.record.log = self.log
         return self.record
 
@@ -633,3 +661,8 @@ class _Turn:
 
 def read_only_engine(path: Path) -> Engine:
     return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+
+
+def read_only_engine_at(url: str) -> Engine:
+    """PostgreSQL in read-only transactions; connections checked after a server restart."""
+    return create_engine(url, pool_pre_ping=True, execution_options={"postgresql_readonly": True})

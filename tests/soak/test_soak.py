@@ -2,7 +2,8 @@
 
 Monday 27 April 2026 07:00 Europe/Berlin to Monday 4 May 19:00 (Friday 1 May is a
 public holiday in DE), then three hours to settle: ~11 minutes of real time. Replay
-a failure with KEEPWORD_SOAK_SEED=<the printed seed>.
+a failure with KEEPWORD_SOAK_SEED=<the printed seed>. The same on PostgreSQL:
+`scripts/soak --postgres` (docs/soak.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.dovecot import Dovecot
-from tests.soak.driver import Soak, read_only_engine
+from tests.soak.driver import Soak, store_engine
 from tests.soak.invariants import check_all
 from tests.soak.report import table, violations
 from tests.soak.traffic import SUPPORT, make_plan
@@ -43,7 +44,7 @@ def test_the_daemon_keeps_its_word_over_five_business_days(
     plan = make_plan(SEED, business_days=5, customers_per_day=6, kills=3)
     record = Soak(clean_dovecot, workdir, plan, speed=SPEED, user=SUPPORT).run()
     assert record.database is not None and record.database.exists(), "the daemon made no store"
-    engine = read_only_engine(record.database)
+    engine = store_engine(record)
     with engine.connect() as conn:
         findings = check_all(record, conn)
     engine.dispose()
