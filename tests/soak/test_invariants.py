@@ -15,6 +15,7 @@ from tests.soak.invariants import (
     answered_before_ack,
     base_tolerance,
     harness_allowance,
+    lease_wait,
     no_address_over_its_limits,
     no_job_starved,
     refusal_problems,
@@ -272,3 +273,16 @@ def test_a_starved_job_says_whether_its_last_run_was_still_going() -> None:
         sample.finished = {"chase": T0 + timedelta(seconds=2)}
     [done] = no_job_starved(made, None).violations  # type: ignore[arg-type]
     assert "its last run took 0:00:02" in done
+
+
+def test_on_postgresql_a_killed_daemons_lease_wait_is_owed_after_the_kill() -> None:
+    """The lease of a SIGKILLed holder expires in real seconds: at speed 1000, hours."""
+    made, at = record(), T0 + timedelta(hours=2)
+    made.faults = [FaultWindow("kill", T0, T0 + timedelta(minutes=10))]
+    assert tolerance(made, at) == base_tolerance(made)  # SQLite: the kill is long over
+    made.database_url = "postgresql+psycopg://kw@127.0.0.1/kw"
+    assert lease_wait(made) == timedelta(hours=5, minutes=33, seconds=20)  # 20 s real
+    assert tolerance(made, at) == base_tolerance(made) + lease_wait(made)
+    # Faults that do not kill the daemon leave its lease alone.
+    made.faults = [FaultWindow("outage", T0, T0 + timedelta(minutes=10))]
+    assert tolerance(made, at) == base_tolerance(made)
