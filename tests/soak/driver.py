@@ -118,10 +118,7 @@ class SoakRecord:
 def store_engine(record: SoakRecord) -> Engine:
     """A read-only engine on the store the run's daemon wrote (SQLite or PostgreSQL)."""
     url = getattr(record, "database_url", None)  # records pickled before PostgreSQL soaks
-    if url is not None:
-        return read_only_engine_at(url)
-    assert record.database is not None, "the daemon made no store"
-    return read_only_engine(record.database)
+    return read_only_store(url, record.database)
 
 
 class Soak:
@@ -301,10 +298,8 @@ country = "{traffic.COUNTRY}"
         return self.state / "keepword.db"
 
     def engine(self) -> Engine | None:
-        if self._engine is None and self.database_url is not None:
-            self._engine = read_only_engine_at(self.database_url)
-        elif self._engine is None and self.database.exists():
-            self._engine = read_only_engine(self.database)
+        if self._engine is None and (self.database_url or self.database.exists()):
+            self._engine = read_only_store(self.database_url, self.database)
         return self._engine
 
     def _case_of(self, message_id: str) -> str | None:
@@ -659,10 +654,11 @@ class _Turn:
         return HarnessStall(self.at, round(total, 2), slowest)
 
 
-def read_only_engine(path: Path) -> Engine:
+def read_only_store(database_url: str | None, path: Path | None) -> Engine:
+    """PostgreSQL at `database_url` in read-only transactions (connections checked after a
+    server restart), else the SQLite file at `path` opened read-only."""
+    if database_url is not None:
+        options = {"postgresql_readonly": True}
+        return create_engine(database_url, pool_pre_ping=True, execution_options=options)
+    assert path is not None, "the daemon made no store"
     return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
-
-
-def read_only_engine_at(url: str) -> Engine:
-    """PostgreSQL in read-only transactions; connections checked after a server restart."""
-    return create_engine(url, pool_pre_ping=True, execution_options={"postgresql_readonly": True})

@@ -23,7 +23,7 @@ from keepword.domain.chase import update_lead_minutes
 from keepword.store.leases import LEASE_SECONDS, RENEW_SECONDS
 from keepword.store.tables import address_refusal, case, message, message_content, outbox, promise
 from tests.soak import traffic
-from tests.soak.driver import JobSample, SoakRecord
+from tests.soak.driver import JobSample, SoakRecord, store_engine
 from tests.soak.relay import RelayedMail
 
 CHASE = ChaseSettings()  # the shipped defaults: the soak's config tunes nothing
@@ -646,6 +646,16 @@ INVARIANTS: tuple[Invariant, ...] = (
 
 def check_all(record: SoakRecord, conn: Connection) -> list[Finding]:
     return [invariant(record, conn) for invariant in INVARIANTS]
+
+
+def check_store(record: SoakRecord) -> list[Finding]:
+    """Every invariant, read from the store the run's daemon wrote (read-only)."""
+    engine = store_engine(record)
+    try:
+        with engine.connect() as conn:
+            return check_all(record, conn)
+    finally:
+        engine.dispose()
 
 
 def run_figures(record: SoakRecord) -> dict[str, object]:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.dovecot import Dovecot
-from tests.soak.driver import Soak, store_engine
-from tests.soak.invariants import check_all
+from tests.soak.driver import Soak
+from tests.soak.invariants import check_store
 from tests.soak.report import table, violations
 from tests.soak.traffic import SUPPORT, make_plan
 
@@ -60,10 +60,7 @@ def soak_and_check(soak: Soak, workdir: Path) -> None:
     record = soak.run()
     if record.database_url is None:
         assert record.database is not None and record.database.exists(), "no store made"
-    engine = store_engine(record)
-    with engine.connect() as conn:
-        findings = check_all(record, conn)
-    engine.dispose()
+    findings = check_store(record)
     report = table(record, findings)
     print(report)
     # Kept with KEEPWORD_SOAK_KEEP=1: `scripts/soak --recheck DIR` checks SQLite runs again.
