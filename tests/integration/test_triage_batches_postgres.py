@@ -1,10 +1,12 @@
 """Triage in batches on PostgreSQL decides what one transaction a message decides.
 
-There a batch also writes the cases it opens and saves at its end (store.deferred: a
-round trip each otherwise), their ids taken from the sequence ahead, some at a time.
-tests/unit/test_triage_batches.py holds the same comparisons on SQLite, where cases are
-written at once and the stores agree id for id; here a case's id may skip numbers the
-batch took ahead and did not use, so cases are compared in the order they were opened.
+A batch writes the cases it opens and saves at its end (store.deferred: a round trip
+each otherwise), their ids taken ahead, some at a time: on PostgreSQL from the sequence,
+on SQLite past the highest (the batch holds the write lock). tests/unit/
+test_triage_batches.py holds the same comparisons on SQLite, where the stores agree id
+for id; here a case's id may skip numbers the batch took ahead and did not use, so
+cases are compared in the order they were opened. The write-order tests below run on
+both stores.
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ def test_batches_on_postgres_decide_what_one_message_at_a_time_decides(
     assert bool(stores["batched"]["outbox"]) is not history  # imported mail sends nothing
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'keepword.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 def _case(at: datetime, customer: str) -> CaseState:
     return CaseState(
         id=None, mailbox="support", reference="KW", status=CaseStatus.NEW, opened_at=at,
@@ -117,11 +126,11 @@ def _stored(engine: Engine) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in conn.execute(query)]
 
 
-def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(postgres_url: str) -> None:
+def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(store_url: str) -> None:
     """A batch's cases wait for its end: opened (an id taken ahead), saved again, and a
     case of before saved, all in one flush, each case before the saves and events that
     name it. A save on a case changed meanwhile fails the batch as it failed alone."""
-    engine = open_store(postgres_url)
+    engine = open_store(store_url)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
     try:
         with engine.begin() as conn:
@@ -148,30 +157,38 @@ def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(postgres_u
         engine.dispose()
 
 
-def test_a_batch_opens_more_cases_than_it_takes_ids_for_at_once(postgres_url: str) -> None:
-    """Ids are taken from the sequence some at a time: the batch that needs more takes
-    more, and every case it opened is written under its own id."""
-    engine = open_store(postgres_url)
+def test_a_batch_opens_more_cases_than_it_takes_ids_for_at_once(store_url: str) -> None:
+    """Ids are taken some at a time: the batch that needs more takes more, and every
+    case it opened is written under its own id, after the ids of before."""
+    engine = open_store(store_url)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
     count = 2 * case_store.CASE_IDS_AT_ONCE + 3
     try:
         with engine.begin() as conn:
-            case_store.save_case(conn, _case(at, "first@example.org"), prefix="KW")
-        with write_transaction(engine) as conn, deferring(conn):
-            numbers = case_store.CaseNumbers()
-            opened = [
-                case_store.save_case(
-                    conn, _case(at, f"c{n}@example.org"), prefix="KW", numbers=numbers
-                )
-                for n in range(count)
-            ]
+            first = case_store.save_case(conn, _case(at, "first@example.org"), prefix="KW")
+        opened: list[CaseState] = []
+        for batch in (count, 2):  # the second batch's ids come after the first's
+            with write_transaction(engine) as conn, deferring(conn):
+                numbers = case_store.CaseNumbers()
+                ids_before = [c.id or 0 for c in opened] or [first.id or 0]
+                new = [
+                    case_store.save_case(
+                        conn,
+                        _case(at, f"c{len(opened) + n}@example.org"),
+                        prefix="KW",
+                        numbers=numbers,
+                    )
+                    for n in range(batch)
+                ]
+            assert min(c.id or 0 for c in new) > max(ids_before)
+            opened += new
         ids = [c.id for c in opened]
-        assert len(set(ids)) == count
+        assert len(set(ids)) == count + 2
         with engine.connect() as conn:
             stored = {
                 row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))
             }
-        assert len(stored) == count + 1
+        assert len(stored) == count + 3
         assert all(stored[c.id or 0] == c.customer for c in opened)
     finally:
         engine.dispose()

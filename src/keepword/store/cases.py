@@ -93,14 +93,16 @@ _INSERT_WITH_CORRESPONDENTS = select(_OPENED).add_cte(
     .cte("known")
 )
 _ADD_EVENTS = insert(case_event)
-# A PostgreSQL batch writes the cases it opens and saves at its end (store.deferred):
-# their ids are taken from the sequence ahead, some at a time.
+# A batch writes the cases it opens and saves at its end (store.deferred): their ids
+# are taken ahead, some at a time (_next_ids).
 _INSERT_LATER = insert(case)
 _NEXT_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('\"case\"', 'id')) FROM generate_series(1, :count)"
 )
+_HIGHEST_ID = select(func.coalesce(func.max(case.c.id), 0))
 CASE_IDS_AT_ONCE: Final = 25
 _CASE_IDS: Final = "case ids"  # its key among DeferredWrites.pools
+_LAST_CASE_ID: Final = "last case id"  # SQLite: the highest id the batch handed out
 _OPENED_RANK: Final = -2  # before the rows that name the case (events, correspondents ...)
 _SAVED_RANK: Final = -1  # after the case was opened, each save in its turn
 
@@ -225,8 +227,8 @@ def save_case(
     """
     values = {k: getattr(state, k) for k in _CASE_FIELDS}
     values["status"] = state.status.value
-    # PostgreSQL in a batch: written at its end, not a round trip each (store.deferred).
-    later = deferred(conn) if conn.dialect.name == "postgresql" else None
+    # In a batch: written at its end, not a statement each (store.deferred).
+    later = deferred(conn)
     if state.id is not None:
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(b_id=state.id, b_version=state.version, v_version=state.version + 1)
@@ -272,12 +274,24 @@ def _opened_later(
     ids = later.pools.setdefault(_CASE_IDS, [])
     assert isinstance(ids, list)
     if not ids:
-        ids.extend(int(i) for i in conn.execute(_NEXT_IDS, {"count": CASE_IDS_AT_ONCE}).scalars())
+        ids.extend(_next_ids(conn, later))
     case_id: int = ids.pop(0)
+    later.pools[_LAST_CASE_ID] = case_id
     later.add(
         _INSERT_LATER, [{**values, "id": case_id, "version": 0}], read=True, rank=_OPENED_RANK
     )
     return _as_stored(replace(state, id=case_id, reference=values["reference"], version=0))
+
+
+def _next_ids(conn: Connection, later: DeferredWrites) -> list[int]:
+    """Ids for the cases a batch opens, taken ahead: from PostgreSQL's sequence (others
+    take theirs meanwhile), or on SQLite past the highest id stored or handed out, which
+    only this transaction can add to until it commits (next_number took the lock)."""
+    if conn.dialect.name == "postgresql":
+        return [int(i) for i in conn.execute(_NEXT_IDS, {"count": CASE_IDS_AT_ONCE}).scalars()]
+    handed = later.pools.get(_LAST_CASE_ID)
+    highest = handed if isinstance(handed, int) else conn.execute(_HIGHEST_ID).scalar_one()
+    return list(range(highest + 1, highest + 1 + CASE_IDS_AT_ONCE))
 
 
 def _as_stored(state: CaseState) -> CaseState:
@@ -358,7 +372,7 @@ def _known_correspondents(conn: Connection, case_id: int) -> set[str]:
 
 def cases_written(conn: Connection) -> None:
     """Before a read of cases from the store: the cases the batch opened, then its saves
-    (PostgreSQL; on SQLite they are written at once)."""
+    (store.deferred)."""
     write_now(conn, _INSERT_LATER)
     write_now(conn, _UPDATE)
 

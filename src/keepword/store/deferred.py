@@ -1,19 +1,20 @@
 """Rows a triage batch writes once, at its end, instead of one statement a message.
 
-On PostgreSQL every statement is a round trip; a batch's timeline events and the triage
-records of its messages are only read back within the batch in one place: the mail a
-later message of the batch references (store.cases.referenced_mail answers from
-`DeferredWrites.references` what the store does not hold yet). A command mail, whose
-update answers the customer's last mail, flushes first (`flush`). A new case's
-acknowledgement (its outbox row and its promise) waits here as well; every function of
-store.outbox, store.promises and store.history that reads or changes those tables
-flushes first (`settle`), so the batch reads what one message at a time would. The
-correspondents its cases learn wait too, and on PostgreSQL the cases it opens and saves
-(a round trip each otherwise): store.cases answers from the batch's pool of cases where
-it can, and writes them (`write_now`) before it reads any from the store. Rows others
-refer to go first (`rank`: a case before its events), and a save that finds its case
-changed since it was read (`counted`: one row a parameter set) fails the batch, as it
-would have failed the message alone.
+On PostgreSQL every statement is a round trip, and on either store each costs
+SQLAlchemy's Python work (~0.08 ms: 1.5 s of a 20,000-message history's triage). A
+batch's timeline events and the triage records of its messages are only read back
+within the batch in one place: the mail a later message of the batch references
+(store.cases.referenced_mail answers from `DeferredWrites.references` what the store
+does not hold yet). A command mail, whose update answers the customer's last mail,
+flushes first (`flush`). A new case's acknowledgement (its outbox row and its promise)
+waits here as well; every function of store.outbox, store.promises and store.history
+that reads or changes those tables flushes first (`settle`), so the batch reads what one
+message at a time would. The correspondents its cases learn wait too, and the cases it
+opens and saves (one statement each otherwise): store.cases answers from the batch's
+pool of cases where it can, and writes them (`write_now`) before it reads any from the
+store. Rows others refer to go first (`rank`: a case before its events), and a save
+that finds its case changed since it was read (`counted`: one row a parameter set)
+fails the batch, as it would have failed the message alone.
 
 Used only by a batch without savepoints (pipeline.triage): a failing message rolls the
 whole batch back, so nothing written here can outlive the message that wrote it.
