@@ -166,9 +166,18 @@ def cursor(engine: Engine, folder: str = "INBOX") -> store.FolderCursor:
 
 
 @pytest.mark.skipif(not PRESENT, reason="shared corpora not present")
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "two-parse-workers"])
 def test_every_corpus_file_is_stored_exactly_once(
-    dovecot: Dovecot, mail_user: str, engine: Engine, session_for: Any
+    dovecot: Dovecot,
+    mail_user: str,
+    engine: Engine,
+    session_for: Any,
+    workers: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if workers:  # the pipeline of a big backlog: batches parsed side by side, in order
+        monkeypatch.setattr(ingest, "PARALLEL_PARSE_MIN", 1)
+        monkeypatch.setattr(ingest, "PARSE_WORKERS", workers)
     corpus = corpus_rfc822()
     refused = append_all(dovecot, mail_user, [raw for _, raw in corpus])
     # Dovecot takes every file as it is (bare LF, CR-only, 8-bit); if it ever refuses

@@ -5,7 +5,7 @@ A poll asks STATUS first; when nothing is new that is the only IMAP command. New
 are fetched in batches (BODY.PEEK, never marking mail read), parsed, and each batch is
 stored in its own transaction together with the advanced cursor: a crash loses
 nothing and doubles nothing. A batch is capped in messages and in bytes (RFC822.SIZE,
-asked first), and at most three batches are in flight, so memory follows
+asked first), and at most four batches are in flight (PARSE_WORKERS), so memory follows
 fetch_batch_bytes, not the size of the mail.
 
 First contact with a folder takes everything already in it as history (kept, threaded,
@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 
 # A backlog at least this big is parsed in a worker process (start-up ~0.3 s pays off).
 PARALLEL_PARSE_MIN = 2000
+# Parse workers of such a backlog: parsing is the import's bottleneck (~0.75 ms a mail
+# against ~0.5 ms of fetching and storing in this process), so a second worker cuts
+# the wall time where a second core is; more would wait for this process. Each holds
+# one batch (docs/benchmarks.md, "Memory").
+MAX_PARSE_WORKERS = 2
+PARSE_WORKERS = min(MAX_PARSE_WORKERS, os.cpu_count() or 1)
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int], None]  # called with the number of messages just handled
@@ -382,10 +388,11 @@ def _parsed_batches(
 ) -> Generator[tuple[list[int], list[StoreItem]], None, None]:
     """Yield (uids asked for, parsed items) batch by batch, in UID order.
 
-    A big backlog runs as a three-stage pipeline: a thread fetches batch k+1 while a
-    worker process parses batch k and the caller stores batch k-1 (parsing is the
-    bottleneck and would otherwise share one core with fetching and storing). At most
-    three batches are held at once, so memory stays bounded by ~3 x max_bytes (see
+    A big backlog runs as a three-stage pipeline: a thread fetches batch k+1 while
+    worker processes parse the batches before it (PARSE_WORKERS, one batch each) and
+    the caller stores the one before those (parsing is the bottleneck and would
+    otherwise share one core with fetching and storing). At most PARSE_WORKERS + 2
+    batches are held at once, so memory stays bounded by that many times max_bytes (see
     _prefetched for a message bigger than that). Every batch is let go (`del`) as soon
     as it was handed on: a loop variable would otherwise keep it alive while the next
     one is fetched.
@@ -399,12 +406,12 @@ def _parsed_batches(
                 yield batch, items
                 del items
         return
-    with contextlib.closing(fetched_batches), _ParsePool() as pool:
-        waiting: list[_InFlight] = []  # at most one: the batch the worker is parsing
+    with contextlib.closing(fetched_batches), _ParsePool(PARSE_WORKERS) as pool:
+        waiting: list[_InFlight] = []  # the batches the workers are parsing, in order
         for batch, fetched in fetched_batches:
             waiting.append((batch, fetched, pool.submit(fetched)))
             del fetched
-            if len(waiting) > 1:
+            if len(waiting) > PARSE_WORKERS:
                 yield _collected(pool, waiting.pop(0))
         while waiting:
             yield _collected(pool, waiting.pop(0))
@@ -419,19 +426,22 @@ _InFlight = tuple[list[int], Sequence["FetchedLike"], "Future[list[ParsedMessage
 
 
 class _ParsePool:
-    """One spawned worker process running parse_many; falls back to parsing in-process.
+    """Spawned worker processes running parse_many; falls back to parsing in-process.
 
     `spawn` (not fork): the daemon has threads, and a forked child could inherit a held
     lock. Entry points are `python -m keepword` and the console script, both of which
     multiprocessing knows not to re-run in the child.
     """
 
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+
     def __enter__(self) -> _ParsePool:
         self._executor: ProcessPoolExecutor | None
         try:
             context = multiprocessing.get_context("spawn")
             self._executor = ProcessPoolExecutor(
-                max_workers=1,
+                max_workers=self._workers,
                 mp_context=context,
                 initializer=exit_with_parent,
                 initargs=(os.getpid(),),
