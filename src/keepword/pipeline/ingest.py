@@ -49,7 +49,8 @@ PARALLEL_PARSE_MIN = 2000
 # Parse workers of such a backlog: parsing is the import's bottleneck (~0.75 ms a mail
 # against ~0.5 ms of fetching and storing in this process), so a second worker cuts
 # the wall time where a second core is; more would wait for this process. Each holds
-# one batch (docs/benchmarks.md, "Memory").
+# one batch (docs/benchmarks.md, "Memory"). The budget is the process's: mailboxes
+# importing at once share it (_WorkerBudget), so memory does not grow with their number.
 MAX_PARSE_WORKERS = 2
 PARSE_WORKERS = min(MAX_PARSE_WORKERS, os.cpu_count() or 1)
 
@@ -411,7 +412,7 @@ def _parsed_batches(
         for batch, fetched in fetched_batches:
             waiting.append((batch, fetched, pool.submit(fetched)))
             del fetched
-            if len(waiting) > PARSE_WORKERS:
+            if len(waiting) > max(1, pool.workers):
                 yield _collected(pool, waiting.pop(0))
         while waiting:
             yield _collected(pool, waiting.pop(0))
@@ -425,35 +426,65 @@ def _collected(pool: _ParsePool, flight: _InFlight) -> tuple[list[int], list[Sto
 _InFlight = tuple[list[int], Sequence["FetchedLike"], "Future[list[ParsedMessage]] | None"]
 
 
+class _WorkerBudget:
+    """The parse workers this process may run at once, shared by its imports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def take(self, wanted: int) -> int:
+        """Up to `wanted` workers, as many as PARSE_WORKERS leaves free (maybe none)."""
+        with self._lock:
+            granted = max(0, min(wanted, PARSE_WORKERS - self._running))
+            self._running += granted
+            return granted
+
+    def give_back(self, count: int) -> None:
+        with self._lock:
+            self._running -= count
+
+
+_BUDGET = _WorkerBudget()
+
+
 class _ParsePool:
-    """Spawned worker processes running parse_many; falls back to parsing in-process.
+    """Spawned worker processes running parse_many; falls back to parsing in-process
+    (also when other imports of the process hold every worker of the budget).
 
     `spawn` (not fork): the daemon has threads, and a forked child could inherit a held
     lock. Entry points are `python -m keepword` and the console script, both of which
     multiprocessing knows not to re-run in the child.
     """
 
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
+    def __init__(self, wanted: int) -> None:
+        self._wanted = wanted
+        self.workers = 0  # granted by the budget while the pool is open
 
     def __enter__(self) -> _ParsePool:
-        self._executor: ProcessPoolExecutor | None
+        self._executor: ProcessPoolExecutor | None = None
+        self.workers = _BUDGET.take(self._wanted)
+        if not self.workers:
+            return self
         try:
             context = multiprocessing.get_context("spawn")
             self._executor = ProcessPoolExecutor(
-                max_workers=self._workers,
+                max_workers=self.workers,
                 mp_context=context,
                 initializer=exit_with_parent,
                 initargs=(os.getpid(),),
             )
         except Exception:
             log.warning("no parse worker process; parsing in-process", exc_info=True)
-            self._executor = None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            _BUDGET.give_back(self.workers)
+            self.workers = 0
 
     def submit(self, fetched: Sequence[FetchedLike]) -> Future[list[ParsedMessage]] | None:
         if self._executor is None or not fetched:
