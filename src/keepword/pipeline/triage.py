@@ -517,7 +517,7 @@ def _thread(
     """The case a person's message joins, as trust vets it (domain.trust); a refused join
     goes on the timeline of the case it targeted. With the candidate cases as read."""
     box, now = desk.box, desk.now
-    found = _candidates(conn, box, facts, sender)
+    found = _candidates(conn, box, facts, kind, sender)
     candidates = found.candidates
     chosen = choose_case(
         facts,
@@ -798,8 +798,11 @@ def _likely_lookup(box: MailboxSettings, facts: MessageFacts) -> case_store.Look
 
 
 def _candidates(
-    conn: Connection, box: MailboxSettings, facts: MessageFacts, sender: Sender
+    conn: Connection, box: MailboxSettings, facts: MessageFacts, kind: Kind, sender: Sender
 ) -> _Found:
+    """The cases `facts` may join as a message of `kind`: those its tag, its References
+    and its subject with its correspondent name (choose_case weighs a subject's cases by
+    that correspondent alone)."""
     prefixes = [box.reference_prefix]
     # A subject with two different tags claims nothing (domain.trust.subject_claim).
     if tags_in(facts.subject, prefixes):
@@ -807,15 +810,14 @@ def _candidates(
     else:
         tag = find_case_reference(facts, prefixes)
     referenced = case_store.referenced_mail(conn, box.name, referenced_ids(facts))
-    team = box.team_addresses()
-    people = (external_correspondent(facts, kind, team) for kind in (Kind.CUSTOMER, Kind.STAFF))
+    who = external_correspondent(facts, kind, box.team_addresses())
     read = case_store.read_candidates(
         conn,
         box.name,
         case_ids=referenced.case_ids,
         tag=tag,
         subject_key=subject_key(facts.subject),
-        addresses=[who.address for who in people if who is not None],
+        addresses=[who.address] if who is not None else [],
     )
     loaded = read.candidates
     candidates = Candidates(
