@@ -286,7 +286,9 @@ def _opened_later(
 def _next_ids(conn: Connection, later: DeferredWrites) -> list[int]:
     """Ids for the cases a batch opens, taken ahead: from PostgreSQL's sequence (others
     take theirs meanwhile), or on SQLite past the highest id stored or handed out, which
-    only this transaction can add to until it commits (next_number took the lock)."""
+    only this transaction can add to until it commits (a batch begins IMMEDIATE, holding
+    the write lock: store.db.write_transaction; were it not, another writer's case would
+    make the batch's INSERT fail on the id and the batch be tried again, never merge)."""
     if conn.dialect.name == "postgresql":
         return [int(i) for i in conn.execute(_NEXT_IDS, {"count": CASE_IDS_AT_ONCE}).scalars()]
     handed = later.pools.get(_LAST_CASE_ID)
