@@ -338,9 +338,13 @@ def test_every_corpus_file_is_stored_exactly_once_in_postgres(
     mail_user: str,
     engine: Engine,
     session_for: Callable[[MailboxSettings], ImapSession],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Real-world mail (NUL bytes, odd headers, huge values) as test_ingest runs it on SQLite."""
-    ingesting.test_every_corpus_file_is_stored_exactly_once(dovecot, mail_user, engine, session_for)
+    """Real-world mail (NUL bytes, odd headers, huge values) as test_ingest runs it on SQLite,
+    through the pipeline of a big backlog (two parse workers)."""
+    ingesting.test_every_corpus_file_is_stored_exactly_once(
+        dovecot, mail_user, engine, session_for, workers=2, monkeypatch=monkeypatch
+    )
     box = ingesting.mailbox_for(dovecot, mail_user)
     settings = ingesting.settings_for(box, engine)
     triaged = triage_pending(desk_at(engine, settings, box))
