@@ -13,7 +13,10 @@ first N/2 messages, `full` all N. Then, in the same run:
       field access keepword needs), no storing;
   (b) `keepword import` end to end into a fresh SQLite file, in a subprocess per size,
       whose peak RSS (ru_maxrss) is read from wait4;
-  (c) an idle poll on the `full` mailbox: wall time and IMAP commands.
+  (c) an idle poll on the `full` mailbox: wall time and IMAP commands;
+  (d) history triage of what (b) stored, as the daemon does after an import;
+  (e) with --postgres, (b) and (d) into a private PostgreSQL;
+  (f) with --beside, an experiment: triage while the import runs, in stored order.
 
 Prints b/a and the RSS growth from N/2 to N; --write-docs puts the figures into
 docs/benchmarks.md (section "Import").
@@ -408,6 +411,57 @@ def triage_all(config: Path) -> tuple[float, int]:
     return seconds, opened
 
 
+def triage_beside_import(work: Path, port: int) -> tuple[float, int]:
+    """(f), an experiment and not a keepword mode: `keepword import` into a fresh store
+    while this process triages whatever is stored meanwhile (slices of 200, as
+    triage_all), until the import ended and nothing waits. Wall seconds of both, and the
+    cases opened. The mail is triaged in the order it was stored, not by date, so the
+    cases may differ from the after-import path's (d): the figure is what triage during
+    the import could reach, the cases tell whether the order mattered."""
+    from sqlalchemy.exc import OperationalError
+
+    from keepword.config import load_config
+    from keepword.mail.render import Renderer
+    from keepword.pipeline.context import MailboxContext
+    from keepword.pipeline.triage import triage_pending
+    from keepword.store.db import make_engine
+
+    beside = work / "beside"
+    beside.mkdir()
+    config = write_config(beside, port, "full")
+    settings = load_config(config)
+    box = settings.mailbox[0]
+    started = time.perf_counter()
+    importing = subprocess.Popen(
+        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    while True:  # the import creates and migrates the store: triage once mail is stored
+        with contextlib.suppress(OperationalError, FileNotFoundError, RuntimeError):
+            if stored_count(config) > 0:
+                break
+        time.sleep(0.05)
+    engine = make_engine(settings.keepword.effective_database_url())
+    renderer = Renderer.for_mailbox(settings, box)
+    opened = 0
+    while True:
+        ended = importing.poll() is not None  # before the slice: nothing stored after it
+        desk = MailboxContext(settings, box, engine, renderer, datetime.now(UTC))
+        result = triage_pending(desk, limit=200)
+        opened += result.opened
+        if ended and not result.more:
+            break
+        if not result.more:
+            time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    if importing.returncode != 0:
+        raise RuntimeError(f"keepword import failed ({importing.returncode})")
+    return seconds, opened
+
+
 def on_postgres(work: Path, port: int, sqlite_seconds: float) -> float:
     """The full history imported and triaged into a private PostgreSQL (scripts/pgserver),
     as (b) and (d) on SQLite; prints and returns its time over SQLite's (issue 14: within
@@ -503,6 +557,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the full history into a private PostgreSQL, against SQLite's time",
     )
+    parser.add_argument(
+        "--beside",
+        action="store_true",
+        help="also (f): triage while the import runs, in stored order (an experiment)",
+    )
     parser.add_argument("--large", type=int, default=12)
     parser.add_argument("--large-mb", type=float, default=43)
     args = parser.parse_args(argv)
@@ -555,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
             f"(d) triage of the {full[0]} imported: {triage_seconds:.1f} s, {opened} cases; "
             f"import + triage {cased:.0f}/s = {cased / raw:.2f} of (a) (issue 14: >= 0.8)"
         )
+        if args.beside:
+            beside_seconds, beside_opened = triage_beside_import(work, port)
+            print(
+                f"(f) triage beside the import, in stored order (an experiment): "
+                f"{beside_seconds:.1f} s, {beside_opened} cases ({opened} after the import); "
+                f"{full[0] / beside_seconds / raw:.2f} of (a)"
+            )
         if args.postgres:
             on_postgres(work, port, full[1] + triage_seconds)
         growth = (full[2] - half[2]) / half[2] * 100
