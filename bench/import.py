@@ -12,11 +12,12 @@ first N/2 messages, `full` all N. Then, in the same run:
   (a) raw: imapclient FETCH BODY.PEEK[] in batches of 500 + mailparser parse (+ the
       field access keepword needs), no storing;
   (b) `keepword import` end to end into a fresh SQLite file, in a subprocess per size,
-      whose peak RSS (ru_maxrss) is read from wait4;
+      whose peak RSS (ru_maxrss) is read from wait4: it takes the history in oldest
+      first and triages it into cases meanwhile (pipeline.history);
   (c) an idle poll on the `full` mailbox: wall time and IMAP commands;
-  (d) history triage of what (b) stored, as the daemon does after an import;
+  (d) triage of what (b) left untriaged, as the daemon does after an import (none);
   (e) with --postgres, (b) and (d) into a private PostgreSQL;
-  (f) with --beside, an experiment: triage while the import runs, in stored order.
+  (f) with --sequential, the way before: the import without triage, then (d) of it all.
 
 Prints b/a and the RSS growth from N/2 to N; --write-docs puts the figures into
 docs/benchmarks.md (section "Import").
@@ -385,6 +386,19 @@ def stored_count(config: Path) -> int:
         return int(conn.execute(select(func.count()).select_from(message_location)).scalar_one())
 
 
+def case_count(config: Path) -> int:
+    from sqlalchemy import func, select
+
+    from keepword.config import load_config
+    from keepword.store.db import make_engine
+    from keepword.store.tables import case
+
+    settings = load_config(config)
+    engine = make_engine(settings.keepword.effective_database_url())
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(case)).scalar_one())
+
+
 def triage_all(config: Path) -> tuple[float, int]:
     """Wall seconds to triage every stored message into its case (the history the daemon
     triages after an import: slices of 200, as `keepword run` does), and the cases opened."""
@@ -411,55 +425,33 @@ def triage_all(config: Path) -> tuple[float, int]:
     return seconds, opened
 
 
-def triage_beside_import(work: Path, port: int) -> tuple[float, int]:
-    """(f), an experiment and not a keepword mode: `keepword import` into a fresh store
-    while this process triages whatever is stored meanwhile (slices of 200, as
-    triage_all), until the import ended and nothing waits. Wall seconds of both, and the
-    cases opened. The mail is triaged in the order it was stored, not by date, so the
-    cases may differ from the after-import path's (d): the figure is what triage during
-    the import could reach, the cases tell whether the order mattered."""
-    from sqlalchemy.exc import OperationalError
+SEQUENTIAL = """
+import sys
+from keepword.cli import ingest as cli
+from keepword.config import load_config
+cli._HistoryDesk.__call__ = lambda self, through: None  # store only: triage comes after
+settings = load_config(sys.argv[1])
+sys.exit(cli._import(settings, list(settings.mailbox), quiet=True))
+"""
 
-    from keepword.config import load_config
-    from keepword.mail.render import Renderer
-    from keepword.pipeline.context import MailboxContext
-    from keepword.pipeline.triage import triage_pending
-    from keepword.store.db import make_engine
 
-    beside = work / "beside"
-    beside.mkdir()
-    config = write_config(beside, port, "full")
-    settings = load_config(config)
-    box = settings.mailbox[0]
+def import_then_triage(work: Path, port: int) -> tuple[float, int]:
+    """(f): the history imported without triage, then triaged after (triage_all), as
+    before pipeline.history, into a fresh store: wall seconds of both, cases opened."""
+    sequential = work / "sequential"
+    sequential.mkdir()
+    config = write_config(sequential, port, "full")
     started = time.perf_counter()
-    importing = subprocess.Popen(
-        [sys.executable, "-m", "keepword", "--config", str(config), "import", "--quiet"],
+    subprocess.run(
+        [sys.executable, "-c", SEQUENTIAL, str(config)],
+        check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
-    while True:  # the import creates and migrates the store: triage once mail is stored
-        with contextlib.suppress(OperationalError, FileNotFoundError, RuntimeError):
-            if stored_count(config) > 0:
-                break
-        time.sleep(0.05)
-    engine = make_engine(settings.keepword.effective_database_url())
-    renderer = Renderer.for_mailbox(settings, box)
-    opened = 0
-    while True:
-        ended = importing.poll() is not None  # before the slice: nothing stored after it
-        desk = MailboxContext(settings, box, engine, renderer, datetime.now(UTC))
-        result = triage_pending(desk, limit=200)
-        opened += result.opened
-        if ended and not result.more:
-            break
-        if not result.more:
-            time.sleep(0.05)
-    seconds = time.perf_counter() - started
-    engine.dispose()
-    if importing.returncode != 0:
-        raise RuntimeError(f"keepword import failed ({importing.returncode})")
-    return seconds, opened
+    imported = time.perf_counter() - started
+    triaged, opened = triage_all(config)
+    return imported + triaged, opened
 
 
 def on_postgres(work: Path, port: int, sqlite_seconds: float) -> float:
@@ -558,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also the full history into a private PostgreSQL, against SQLite's time",
     )
     parser.add_argument(
-        "--beside",
+        "--sequential",
         action="store_true",
-        help="also (f): triage while the import runs, in stored order (an experiment)",
+        help="also (f): the import without triage, then triage, as before pipeline.history",
     )
     parser.add_argument("--large", type=int, default=12)
     parser.add_argument("--large-mb", type=float, default=43)
@@ -608,18 +600,19 @@ def main(argv: list[str] | None = None) -> int:
         half = results["half"]
         end_to_end = full[0] / full[1]
         ratio = end_to_end / raw
-        triage_seconds, opened = triage_all(write_config(work, port, "full"))
+        triage_seconds, left = triage_all(write_config(work, port, "full"))
         cased = full[0] / (full[1] + triage_seconds)
         print(
-            f"(d) triage of the {full[0]} imported: {triage_seconds:.1f} s, {opened} cases; "
-            f"import + triage {cased:.0f}/s = {cased / raw:.2f} of (a) (issue 14: >= 0.8)"
+            f"(d) triage of what the import left: {triage_seconds:.1f} s, {left} more cases "
+            f"({case_count(write_config(work, port, 'full'))} in all); "
+            f"history into cases end to end {cased:.0f}/s = {cased / raw:.2f} of (a) "
+            f"(issue 14: >= 0.8)"
         )
-        if args.beside:
-            beside_seconds, beside_opened = triage_beside_import(work, port)
+        if args.sequential:
+            one_then_other, opened = import_then_triage(work, port)
             print(
-                f"(f) triage beside the import, in stored order (an experiment): "
-                f"{beside_seconds:.1f} s, {beside_opened} cases ({opened} after the import); "
-                f"{full[0] / beside_seconds / raw:.2f} of (a)"
+                f"(f) the import, then triage (before pipeline.history): {one_then_other:.1f} s, "
+                f"{opened} cases; {full[0] / one_then_other / raw:.2f} of (a)"
             )
         if args.postgres:
             on_postgres(work, port, full[1] + triage_seconds)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from keepword.domain.model import PromiseState
 from keepword.pipeline import chase as chasing
 from keepword.pipeline import send, triage
+from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.store import outbox as outbox_store
 from keepword.store.tables import case, message
 from tests.fixtures.chase_store import ALICE, StoreDesk
@@ -173,3 +174,26 @@ def test_the_shared_address_without_proof_is_a_person_never_answered(desk: Store
     result = desk.triage(at(9))
     assert (result.triaged, result.opened, result.acknowledged) == (1, 1, 0)
     assert desk.outbox() == []
+
+
+def test_triage_up_to_an_instant_and_of_history_alone_leaves_the_rest_waiting(
+    desk: StoreDesk,
+) -> None:
+    """What triage during an import takes (pipeline.history): mail written up to the
+    horizon; `keepword import`'s: history only (live mail is the daemon's to answer)."""
+    old = mail(("Old Customer", "old@example.org"), "Last year", date=at(9) - timedelta(days=300))
+    desk.deliver_raw(old.as_bytes(), at(9), is_history=True)
+    desk.deliver_raw(mail(ANN, "Imported", date=at(9, 30)).as_bytes(), at(9), is_history=True)
+    desk.deliver(mail(ANN, "Live", date=at(9, 10)), at(9, 10))
+
+    def run(**only: Any) -> int:
+        done = triage.triage_pending(desk.desk_at(at(10)), acknowledger=acknowledge_case, **only)
+        return done.triaged
+
+    assert run(through=at(9, 20), history_only=True) == 1  # last year's
+    assert run(through=at(9, 20)) == 1  # the live one, written before the horizon
+    assert run() == 1  # the rest
+    with desk.engine.connect() as conn:
+        waiting = conn.execute(select(message.c.subject).where(message.c.triaged_at.is_(None)))
+        assert list(waiting) == []
+    assert [row.subject for row in cases_of(desk)] == ["Last year", "Live", "Imported"]

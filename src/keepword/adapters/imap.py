@@ -12,13 +12,14 @@ import contextlib
 import imaplib
 import logging
 import os
+import re
 import select
 import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
@@ -75,6 +76,16 @@ class FetchedMessage:
     uid: int
     raw: bytes
     internaldate: datetime | None  # aware, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class DatedMessage:
+    """What a first import orders a folder by, read without its body."""
+
+    uid: int
+    size: int  # RFC822.SIZE
+    internaldate: datetime | None  # aware, UTC
+    date_header: bytes | None  # the message's Date header lines, as the server has them
 
 
 class ImapSession:
@@ -403,6 +414,27 @@ class ImapSession:
                     sizes[int(uid)] = size
         return sizes
 
+    def message_dates(self, uids: Sequence[int]) -> list[DatedMessage]:
+        """Size, INTERNALDATE and Date header of uids in the examined folder, in UID
+        order; expunged UIDs are left out (as are answers this cannot read).
+
+        Read over imaplib's raw FETCH: imapclient's response parser costs ~1.1 s of CPU
+        for 20,000 messages, this ~0.3 s (docs/benchmarks.md, "History into cases").
+        """
+        client = self._require()
+        if self._examined is None:
+            raise ImapCommandError(f"{self.where}: dates without a folder (call new_uids first)")
+        dated: list[DatedMessage] = []
+        ordered = sorted(set(uids))
+        for start in range(0, len(ordered), SIZES_CHUNK):
+            chunk = ordered[start : start + SIZES_CHUNK]
+            with self._errors(f"UID FETCH INTERNALDATE in {self._examined}", folder=self._examined):
+                kind, data = client._imap.uid("FETCH", uid_set(chunk), _DATED_ITEMS)
+                if kind != "OK":
+                    raise imaplib.IMAP4.error(data[-1] if data else kind)
+            dated.extend(_dated(data))
+        return sorted(dated, key=lambda message: message.uid)
+
     def has_message_id(self, folder: str, message_id: str) -> bool:
         """Is a message with exactly this Message-ID in folder?
 
@@ -552,6 +584,95 @@ class ImapSession:
             text = text.replace(secret, "***")  # belt and braces: servers echo odd things
         log.info("%s", text)  # the caller decides how loud: it gets the exception
         raise kind(text) from None
+
+
+_DATED_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (DATE)])"
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_INTERNALDATE = re.compile(rb'\bINTERNALDATE "([^"]*)"')
+
+
+def _dated(data: Sequence[Any]) -> Iterator[DatedMessage]:
+    """imaplib's answer to a FETCH of _DATED_ITEMS: (head, Date header literal) tuples,
+    or a bare line where the server sent no literal (an empty header as "")."""
+    for part in data:
+        head, literal = (part[0], part[1]) if isinstance(part, tuple) else (part, None)
+        if not isinstance(head, bytes):
+            continue
+        uid, size = _UID.search(head), _SIZE.search(head)
+        if uid is None or size is None:
+            continue
+        internal = _INTERNALDATE.search(head)
+        yield DatedMessage(
+            uid=int(uid[1]),
+            size=int(size[1]),
+            internaldate=_internaldate(internal[1]) if internal else None,
+            date_header=literal if isinstance(literal, bytes) and literal.strip() else None,
+        )
+
+
+_DATE_TIME = re.compile(
+    rb"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
+)
+_MONTHS = {
+    m: n
+    for n, m in enumerate(
+        (
+            b"jan",
+            b"feb",
+            b"mar",
+            b"apr",
+            b"may",
+            b"jun",
+            b"jul",
+            b"aug",
+            b"sep",
+            b"oct",
+            b"nov",
+            b"dec",
+        ),
+        1,
+    )
+}
+
+
+def _internaldate(value: bytes) -> datetime | None:
+    """b" 4-Dec-2026 07:02:30 +0000" (RFC 3501 date-time) -> aware UTC, or None. (Not
+    strptime: its month names follow the process's locale.)"""
+    found = _DATE_TIME.fullmatch(value)
+    month = _MONTHS.get(found[2].lower()) if found else None
+    if found is None or month is None:
+        return None
+    offset = timedelta(hours=int(found[8]), minutes=int(found[9]))
+    try:
+        local = datetime(
+            int(found[3]),
+            month,
+            int(found[1]),
+            int(found[4]),
+            int(found[5]),
+            int(found[6]),
+            tzinfo=timezone(-offset if found[7] == b"-" else offset),
+        )
+    except ValueError:
+        return None
+    return local.astimezone(UTC)
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """An RFC 3501 sequence set of ascending uids, runs as ranges: "1:5,9,12:14"."""
+    runs: list[str] = []
+    start = previous = None
+    for uid in uids:
+        if previous is not None and uid == previous + 1:
+            previous = uid
+            continue
+        if start is not None:
+            runs.append(f"{start}:{previous}" if previous != start else str(start))
+        start = previous = uid
+    if start is not None:
+        runs.append(f"{start}:{previous}" if previous != start else str(start))
+    return ",".join(runs)
 
 
 def _clean(detail: object) -> str:

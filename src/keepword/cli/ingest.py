@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -24,11 +25,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from sqlalchemy import Engine
 
 from keepword.cli.common import engine_from, local_failure_exit, now, settings_from, store_writer
 from keepword.config import MailboxSettings, Settings
+from keepword.domain.model import Origin
 from keepword.errors import ConfigError, KeepwordError, MailboxError
-from keepword.pipeline.ingest import Folder, MailboxPollResult, poll_folder, watched_folders
+from keepword.mail.render import Renderer
+from keepword.pipeline.context import MailboxContext
+from keepword.pipeline.history import HistoryImport
+from keepword.pipeline.ingest import (
+    Folder,
+    MailboxPollResult,
+    plan_history,
+    poll_folder,
+    watched_folders,
+)
+from keepword.pipeline.triage import triage_pending
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -74,6 +87,7 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
     console = Console(stderr=True)
     _log_to(console)
     results: list[MailboxPollResult] = []
+    cased: dict[str, int] = {}  # per mailbox: the cases its history opened
     failed = False
     with Progress(
         TextColumn("{task.description}"),
@@ -93,13 +107,17 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
                 result.errors["*"] = str(exc)
                 console.print(f"[red]mailbox {box.name}: cannot connect: {exc}")
                 continue
+            # Triaged into cases while it is taken in, oldest first (pipeline.history).
+            desk = _HistoryDesk(settings, box, engine)
+            mailbox = Folder(engine, box, "", Origin.INBOX, _now, history=HistoryImport(desk))
             try:
+                plan_history(session, mailbox, watched_folders(box))
                 for folder, role in watched_folders(box):
                     task = bar.add_task(f"{box.name}/{folder}", total=None)
                     try:
                         result.folders[folder] = poll_folder(
                             session,
-                            Folder(engine, box, folder, role, _now),
+                            replace(mailbox, name=folder, role=role),
                             progress=_advance(bar, task),
                             plan=_total(bar, task),
                         )
@@ -111,8 +129,28 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
                             break
             finally:
                 session.close()
-    _summary(Console(), results)
+            desk(None)  # what is left: all of it (also after a folder failed)
+            cased[box.name] = desk.cases
+    _summary(Console(), results, cased)
     return 1 if failed else 0
+
+
+class _HistoryDesk:
+    """Triages a mailbox's history during and after its import (never its live mail:
+    that is the daemon's, which acknowledges it); counts the cases it opened."""
+
+    def __init__(self, settings: Settings, box: MailboxSettings, engine: Engine) -> None:
+        self.settings, self.box, self.engine = settings, box, engine
+        self.renderer = Renderer.for_mailbox(settings, box)
+        self.cases = 0
+
+    def __call__(self, through: datetime | None) -> None:
+        while True:
+            desk = MailboxContext(self.settings, self.box, self.engine, self.renderer, _now())
+            done = triage_pending(desk, through=through, history_only=True)
+            self.cases += done.opened
+            if not done.more:
+                return
 
 
 def _log_to(console: Console) -> None:
@@ -131,7 +169,7 @@ def _total(bar: Progress, task: TaskID) -> Any:
     return lambda total: bar.update(task, total=total)
 
 
-def _summary(console: Console, results: list[MailboxPollResult]) -> None:
+def _summary(console: Console, results: list[MailboxPollResult], cased: dict[str, int]) -> None:
     table = Table(title="keepword import")
     for column in ("mailbox", "folder", "new", "known", "quarantined", "note"):
         table.add_column(column, justify="right" if column in ("new", "known") else "left")
@@ -151,3 +189,5 @@ def _summary(console: Console, results: list[MailboxPollResult]) -> None:
         for folder, error in result.errors.items():
             table.add_row(result.mailbox, folder, "-", "-", "-", f"error: {error}")
     console.print(table)
+    for mailbox, count in cased.items():
+        console.print(f"{mailbox}: the history is in {count} new case(s)")

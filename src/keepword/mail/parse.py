@@ -470,6 +470,20 @@ def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
 # -- dates and bodies --------------------------------------------------------------
 
 
+_DATE_FIELD = re.compile(rb"^date[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def header_date(header: bytes) -> datetime | None:
+    """The Date of a message from its header lines alone (an IMAP FETCH of
+    HEADER.FIELDS (DATE)): the first Date field, read as parse_message reads it (a
+    third of the time of email's parser, which builds a Message for one field)."""
+    found = _DATE_FIELD.search(header)
+    if found is None:
+        return None
+    value = found[1].decode("ascii", "surrogateescape").strip()
+    return parse_date(decode_header_value(value))[0]
+
+
 def parse_date(value: str | None) -> tuple[datetime | None, int | None]:
     """(aware UTC datetime, the sender's UTC offset in minutes) or (None, None)."""
     if not value:

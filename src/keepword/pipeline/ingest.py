@@ -11,7 +11,9 @@ fetch_batch_bytes, not the size of the mail.
 First contact with a folder takes everything already in it as history (kept, threaded,
 never answered): the folder's UIDNEXT at that moment is committed as the cutoff before
 anything is fetched, so an import interrupted by a crash resumes with the same cutoff
-and mail that arrived meanwhile stays live. A UIDVALIDITY change re-scans the folder
+and mail that arrived meanwhile stays live. That first import fetches the oldest mail
+first and the caller may triage it meanwhile (pipeline.history); its cursor stays below
+the lowest UID not stored yet. A UIDVALIDITY change re-scans the folder
 from UID 0: known mail dedups by identity, unknown mail is stored as new.
 """
 
@@ -38,6 +40,13 @@ from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
 from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
+from keepword.pipeline.history import (
+    DatedLike,
+    HistoryImport,
+    StoredPrefix,
+    Triager,
+    oldest_first,
+)
 from keepword.pipeline.prefetch import FIRST_ASK, Asked, Prefetcher
 from keepword.store import messages as store
 from keepword.store.messages import StoreItem
@@ -82,6 +91,7 @@ class MailSession(Protocol):
     def status(self, folder: str) -> FolderStatusLike: ...
     def new_uids(self, folder: str, after_uid: int) -> list[int]: ...
     def message_sizes(self, uids: Sequence[int]) -> dict[int, int]: ...
+    def message_dates(self, uids: Sequence[int]) -> Sequence[DatedLike]: ...
     def fetch(self, uids: Sequence[int]) -> Sequence[FetchedLike]: ...
     def unselect(self) -> None: ...
     def close(self) -> None: ...
@@ -144,6 +154,8 @@ class Folder:
     now: Clock
     # A surge's next batch of live mail, fetched and parsed meanwhile (pipeline.prefetch).
     prefetch: Prefetcher | None = None
+    # The mailbox's first import, oldest mail first and triaged meanwhile (pipeline.history).
+    history: HistoryImport | None = None
 
 
 def poll_folder(
@@ -197,7 +209,11 @@ def poll_folder(
         uids, following = uids[: len(early[0])], [*uids[len(early[0]) :], *following]
     rest = uids[len(early[0]) :] if early is not None else uids
     max_bytes = box.imap.fetch_batch_bytes
-    batches = _batches(session, rest, box.imap.fetch_batch, max_bytes)
+    importing = None if history_done else _Importing.of(session, where, after_uid, rest)
+    if importing is not None:
+        batches = byte_capped(importing.order, importing.sizes, box.imap.fetch_batch, max_bytes)
+    else:
+        batches = _batches(session, rest, box.imap.fetch_batch, max_bytes)
     parallel = len(rest) >= PARALLEL_PARSE_MIN
     largest = 0
     # closing(): the fetch thread and parse worker are stopped before this returns or
@@ -206,8 +222,11 @@ def poll_folder(
     planned_for = 0  # of the messages stored, how many the planner's statistics know of
     with contextlib.closing(parsed) as stream:
         for batch, items in itertools.chain([early] if early else [], stream):
+            through = batch[-1] if importing is None else importing.prefix.stored(batch)
+            if importing is not None:  # stored in the batch's order: ids follow the dates
+                items = importing.in_order(batch, items)
             added, seen, held = _store_parsed(
-                where, status.uidvalidity, batch, items, history_below
+                where, status.uidvalidity, through, items, history_below
             )
             new, known, quarantined = new + added, known + seen, quarantined + held
             if not history_done and new >= max(STATISTICS_FIRST, 2 * planned_for):
@@ -217,6 +236,8 @@ def poll_folder(
             del items  # stored: let it go before the next batch is parsed
             if progress is not None:
                 progress(len(batch))
+            if importing is not None:
+                importing.history.stored(folder, batch)
     if following and where.prefetch is not None and where.role is Origin.INBOX:
         _ask_next(session, where, status.uidvalidity, following)  # the customers' mail
     _release_folder(session)  # new_uids EXAMINEd the folder, even if it found nothing
@@ -240,6 +261,58 @@ def poll_folder(
         largest_batch_bytes=largest,
         more=more,
     )
+
+
+@dataclass
+class _Importing:
+    """A folder's first import, oldest mail first (pipeline.history): the fetch order,
+    the sizes that cap its batches, the cursor it may move to, the mailbox's import."""
+
+    history: HistoryImport
+    order: list[int]
+    sizes: dict[int, int]
+    prefix: StoredPrefix
+
+    @classmethod
+    def of(cls, session: MailSession, where: Folder, after: int, uids: list[int]) -> _Importing:
+        history = where.history or HistoryImport()
+        planned = history.planned.get(where.name, {})
+        known = {uid: planned[uid] for uid in uids if uid in planned}
+        missing = [uid for uid in uids if uid not in planned]
+        holds = history.add(where.name, known, session.message_dates(missing) if missing else ())
+        prefix = StoredPrefix.of(after, uids)
+        prefix.stored(set(uids) - holds.keys())  # expunged meanwhile: never fetched
+        floors = {uid: floor for uid, (_, floor) in holds.items()}
+        sizes = {uid: size for uid, (size, _) in holds.items()}
+        return cls(history, oldest_first(floors), sizes, prefix)
+
+    def in_order(self, batch: list[int], items: list[StoreItem]) -> list[StoreItem]:
+        """The fetched items in the batch's (date) order: the session fetches by UID."""
+        place = {uid: n for n, uid in enumerate(batch)}
+        return sorted(items, key=lambda item: place.get(item.uid, len(place)))
+
+
+def plan_history(
+    session: MailSession, where: Folder, folders: Sequence[tuple[str, Origin]]
+) -> None:
+    """Before a mailbox's first import: read what each folder not yet imported holds
+    (sizes and dates, no bodies) into `where.history`, so that triage during the import
+    of one folder waits for the older mail of the others. A folder that cannot be read
+    now is left to its own poll, which reports why."""
+    history = where.history
+    if history is None:
+        return
+    with where.engine.connect() as conn:
+        cursors = {name: store.get_cursor(conn, where.box.name, name) for name, _ in folders}
+    unread = [(n, c) for n, c in cursors.items() if c is None or not c.history_done]
+    for name, cursor in unread:
+        try:
+            uids = session.new_uids(name, cursor.last_uid if cursor is not None else 0)
+            history.plan(name, session.message_dates(uids))
+        except MailboxError:
+            log.debug("mailbox %s folder %s: not planned", where.box.name, name, exc_info=True)
+    if unread:
+        _release_folder(session)
 
 
 # An import tells PostgreSQL's planner how big the tables grew at 1,000 messages and
@@ -338,9 +411,10 @@ def _history_cutoff(
 
 
 def _store_parsed(
-    where: Folder, uidvalidity: int, batch: list[int], items: list[StoreItem], history_below: int
+    where: Folder, uidvalidity: int, through: int, items: list[StoreItem], history_below: int
 ) -> tuple[int, int, int]:
-    """Store one batch (and move the cursor past it) in one transaction: (new, known, q)."""
+    """Store one batch in one transaction, the cursor moved to `through` (where it stands
+    after the batch): (new, known, quarantined)."""
     box, folder, role, now = where.box, where.name, where.role, where.now
     new = known = quarantined = 0
     with where.engine.begin() as conn:
@@ -351,13 +425,13 @@ def _store_parsed(
                 part,
                 is_history=is_history,
                 now=now(),
-                through_uid=batch[-1],
+                through_uid=through,
             )
             new += result.new
             known += result.known
             quarantined += result.quarantined
         if not items:  # the whole batch was expunged meanwhile
-            store.advance_cursor(conn, box.name, folder, uidvalidity, batch[-1], now=now())
+            store.advance_cursor(conn, box.name, folder, uidvalidity, through, now=now())
     for item in items:
         if item.parsed.quarantined:
             log.warning(
@@ -695,6 +769,8 @@ class MailboxPoller:
         self._lock = threading.Lock()
         # Over real IMAP (not a test's sessions), a surge's next batch is prefetched.
         self.prefetch = Prefetcher(box.imap) if session_factory is None else None
+        # Every folder's first import is done (then a poll reads no plan for one).
+        self._imported = False
 
     def poll(
         self,
@@ -703,11 +779,13 @@ class MailboxPoller:
         progress: Callable[[str, int], None] | None = None,
         inbox_only: bool = False,
         first_slice: int | None = None,
+        triage: Triager | None = None,
     ) -> MailboxPollResult:
         """Every folder's new mail, live mail a fetch batch at most; `inbox_only`: the
         customers' folders alone (the Sent and Done folders wait: see runtime.service,
         "the inbox first"); `first_slice`: the customers' folders' live mail this many
-        at most (the team's replies in Sent and Done are never held back by it)."""
+        at most (the team's replies in Sent and Done are never held back by it);
+        `triage`: triages during the mailbox's first import (pipeline.history)."""
         wanted = watched_folders(self.box)
         polled = [f for f in wanted if f[1] is Origin.INBOX] if inbox_only else wanted
         with self._lock:
@@ -717,11 +795,17 @@ class MailboxPoller:
                         self.engine, self.box, self._factory, wanted, clock
                     )
                 batches = [(f, r, _live_batch(self.box, r, first_slice)) for f, r in polled]
-                mailbox = Folder(self.engine, self.box, "", Origin.INBOX, clock, self.prefetch)
+                history = None if self._imported else HistoryImport(triage)
+                mailbox = Folder(
+                    self.engine, self.box, "", Origin.INBOX, clock, self.prefetch, history
+                )
+                plan_history(self._session, mailbox, polled)
                 result = _poll_folders(self._session, mailbox, batches, progress)
             except MailboxError:
                 self._drop()
                 raise
+            if not inbox_only and not result.errors:  # no first import from now on
+                self._imported = not any(r.is_history for r in result.folders.values())
             if self.prefetch is not None and not any(r.more for r in result.folders.values()):
                 # The surge is over (or there was none): no worker. Its exit is not
                 # waited for (~0.2 s, on the surge's last slice): it has nothing under way.

@@ -165,12 +165,14 @@ def triage_pending(
     acknowledger: Acknowledger | None = None,
     limit: int = 5000,
     batch: int | None = None,
+    through: datetime | None = None,
+    history_only: bool = False,
 ) -> TriageResult:
     """Triage what is due: new mail in the order it was written, then due retries.
 
     Batches of `batch` messages (BATCH unless given; `batch=1`: a transaction each); a
     message whose triage fails stays pending for a later retry and never stops the
-    messages behind it.
+    messages behind it. `through`, `history_only`: see triage_state.due_untriaged.
     """
     batch = batch or BATCH
     run = _Run(desk, acknowledger)
@@ -178,7 +180,9 @@ def triage_pending(
     with desk.engine.connect() as conn:
         # One more than the limit: whether more waits (a poll that says so is followed
         # by another at once; one that found nothing more is an empty cycle).
-        queue = triage_state.due_untriaged(conn, box.name, desk.now, limit + 1)
+        queue = triage_state.due_untriaged(
+            conn, box.name, desk.now, limit + 1, through=through, history_only=history_only
+        )
         run.failing = triage_state.failed_attempts(conn, box.name)
         if queue:  # an idle poll reads nothing more
             desk.resume_predictor(conn)

@@ -137,7 +137,10 @@ class Service:
     ) -> MailboxPollResult:
         try:
             result = self._poller(box).poll(
-                self.clock, inbox_only=inbox_only, first_slice=first_slice
+                self.clock,
+                inbox_only=inbox_only,
+                first_slice=first_slice,
+                triage=lambda through: self._triage_through(box, through),
             )
         except MailboxError:
             METRICS.imap_error(box.name)
@@ -154,10 +157,17 @@ class Service:
             self.settings, box, self.engine, self._renderers[box.name], self.clock()
         )
 
-    def triage(self, box: MailboxSettings, limit: int = 5000) -> TriageResult:
+    def _triage_through(self, box: MailboxSettings, through: datetime | None) -> None:
+        """During a first import: the mail written up to `through` (pipeline.history)."""
+        while self.triage(box, TRIAGE_SLICE, through=through).more:
+            pass
+
+    def triage(
+        self, box: MailboxSettings, limit: int = 5000, *, through: datetime | None = None
+    ) -> TriageResult:
         desk = self._desk(box)
         desk.keeper = self.keepers[box.name]
-        result = triage_pending(desk, acknowledger=acknowledge_case, limit=limit)
+        result = triage_pending(desk, acknowledger=acknowledge_case, limit=limit, through=through)
         if result.triaged or result.closed:
             log.info(
                 "mailbox %s: triaged %d message(s), opened %d case(s), queued %d "

@@ -86,8 +86,10 @@ def store_batch(
 ) -> BatchResult:
     """Store one batch and advance the folder cursor; call inside one transaction.
 
-    The cursor moves to the highest UID among `items` and `through_uid` (pass the last
-    UID asked for, so UIDs expunged between search and fetch are not asked for again).
+    The cursor moves to `through_uid` (the caller's: the last UID asked for, so UIDs
+    expunged between search and fetch are not asked for again; an import that stores
+    out of UID order passes the highest below which all is stored), else to the highest
+    UID among `items`.
     """
     mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
@@ -119,7 +121,7 @@ def store_batch(
     ]
     if locations:
         conn.execute(insert(message_location), locations)
-    top = max([i.uid for i in items] + [through_uid or 0])
+    top = through_uid if through_uid is not None else max([i.uid for i in items], default=0)
     advance_cursor(conn, mailbox, folder, uidvalidity, top, now=now)
     quarantined = sum(1 for item in to_insert.values() if item.parsed.quarantined)
     return BatchResult(

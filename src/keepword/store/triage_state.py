@@ -41,15 +41,28 @@ def _untriaged_in(mailbox: str) -> ColumnElement[bool]:
     return and_(message.c.mailbox == mailbox, message.c.triaged_at.is_(None))
 
 
-def due_untriaged(conn: Connection, mailbox: str, now: datetime, limit: int) -> list[Untriaged]:
+def due_untriaged(
+    conn: Connection,
+    mailbox: str,
+    now: datetime,
+    limit: int,
+    *,
+    through: datetime | None = None,
+    history_only: bool = False,
+) -> list[Untriaged]:
     """Untriaged messages to try now, in the order to try them.
 
     First the ones never tried, in the order they were written (a follow-up after its
     first mail); then the failed ones whose retry is due, oldest first: a failing
-    message is retried only after every later message had its turn.
+    message is retried only after every later message had its turn. `through`: only
+    mail written up to then (pipeline.history); `history_only`: only history.
     """
     when = func.coalesce(message.c.date, message.c.received_at, message.c.stored_at)
     retry_due = or_(message.c.triage_retry_at.is_(None), message.c.triage_retry_at <= now)
+    if through is not None:
+        retry_due = and_(retry_due, when <= through)
+    if history_only:
+        retry_due = and_(retry_due, message.c.is_history.is_(True))
     query = (
         select(
             message.c.id,

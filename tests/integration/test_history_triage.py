@@ -1,0 +1,151 @@
+"""A first import triaged while it runs (pipeline.history) decides exactly what triage
+after the import decides: on generated shared inboxes (the inbox and the team's Sent
+folder, old mail found late, mail without a Date, a mail delivered twice) and on the
+real-world corpus, over the real Dovecot. And `keepword import` leaves its history in
+cases, its live mail to the daemon."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from keepword.pipeline import ingest
+from keepword.pipeline.acknowledge import acknowledge_case
+from keepword.pipeline.ingest import MailboxPoller
+from keepword.pipeline.triage import triage_pending
+from keepword.store.db import make_engine
+from keepword.store.tables import message
+from tests.fixtures.chase_store import ALICE, StoreDesk
+from tests.fixtures.configs import run_keepword
+from tests.fixtures.dovecot import Dovecot
+from tests.integration.test_ingest import corpus_rfc822, mail, write_config
+from tests.unit.test_triage_batches import START, Delivery, _inbox, _snapshot
+
+pytestmark = pytest.mark.integration
+
+BOB = "bob@example.com"
+MEANWHILE = [0]  # messages triaged while the last import still had mail to store
+
+
+def _fill(dovecot: Dovecot, user: str, deliveries: list[Delivery], *, late_every: int) -> None:
+    """Each folder's mail with its delivery instant as INTERNALDATE, in delivery order but
+    for every `late_every`th, appended at the end: old mail found late (a migration, a
+    colleague's forward), so UIDs do not follow the dates."""
+    with dovecot.client(user) as imap:
+        for folder in ("INBOX", "Sent"):
+            mine = [(raw, at) for raw, at, into in deliveries if into == folder]
+            order = [m for n, m in enumerate(mine) if n % late_every] + mine[::late_every]
+            for raw, at in order:
+                imap.append(folder, raw, msg_time=at)
+
+
+def _import(
+    tmp: Path, dovecot: Dovecot, user: str, session_for: Any, *, during: bool
+) -> tuple[dict[str, list[tuple[Any, ...]]], list[datetime | None]]:
+    """A fresh store's first import (small batches: many chances to triage meanwhile),
+    then triage of whatever is left, as the daemon's poll does; at one instant, so both
+    ways write the same timestamps. What triage wrote, and the horizons it was given."""
+    imap = dovecot.imap_settings(user, fetch_batch=10)
+    desk = StoreDesk(tmp, team=[ALICE, BOB], sent_folder="Sent", imap=imap)
+    at = START + timedelta(days=30)
+    horizons: list[datetime | None] = []
+
+    def triage(through: datetime | None) -> None:
+        horizons.append(through)
+        more = True
+        while more:
+            run = triage_pending(desk.desk_at(at), acknowledger=acknowledge_case, through=through)
+            if through is not None:
+                MEANWHILE[0] += run.triaged
+            more = run.more
+
+    poller = MailboxPoller(desk.engine, desk.settings, desk.box, session_factory=session_for)
+    try:
+        result = poller.poll(lambda: at, triage=triage if during else None)
+    finally:
+        poller.close()
+    assert result.ok and all(polled.is_history for polled in result.folders.values())
+    while triage_pending(desk.desk_at(at), acknowledger=acknowledge_case).more:
+        pass
+    try:
+        return _snapshot(desk.engine), horizons
+    finally:
+        desk.engine.dispose()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_triage_during_the_import_decides_what_triage_after_it_decides(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path, session_for: Any, seed: int
+) -> None:
+    user = mail_user
+    deliveries, _ = _inbox(seed)
+    _fill(dovecot, user, deliveries, late_every=7)
+    after, _ = _import(tmp_path / "after", dovecot, user, session_for, during=False)
+    MEANWHILE[0] = 0
+    during, horizons = _import(tmp_path / "during", dovecot, user, session_for, during=True)
+    for table, rows in after.items():
+        assert during[table] == rows, table
+    assert len(after["case"]) >= 10
+    # Oldest first, the old mail found late does not hold the rest back: most of the
+    # mail is triaged before the import's last batch (in UID order, next to none).
+    assert MEANWHILE[0] >= len(deliveries) // 2
+    assert all(row["triaged_at"] is not None for row in _messages(during))
+    # It ran while the import did (and waited for the old mail found late), then took
+    # the rest once nothing was left unstored.
+    assert [h for h in horizons if h is not None] and horizons[-1] is None
+    assert len(horizons) < len(deliveries) // 10 + 4  # at most once a stored batch
+
+
+def test_on_the_corpus_triage_during_the_import_decides_the_same(
+    dovecot: Dovecot,
+    mail_user: str,
+    tmp_path: Path,
+    session_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = mail_user
+    monkeypatch.setattr(ingest, "PARALLEL_PARSE_MIN", 1)  # through the parse workers
+    with dovecot.client(user) as imap:
+        for start in range(0, len(corpus := corpus_rfc822()), 100):
+            imap.multiappend("INBOX", [raw for _, raw in corpus[start : start + 100]])
+    after, _ = _import(tmp_path / "after", dovecot, user, session_for, during=False)
+    during, horizons = _import(tmp_path / "during", dovecot, user, session_for, during=True)
+    for table, rows in after.items():
+        assert during[table] == rows, table
+    assert len(after["case"]) >= 100
+    assert horizons[-1] is None
+
+
+def _messages(snapshot: dict[str, list[tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    names = list(message.c.keys())
+    return [dict(zip(names, row, strict=True)) for row in snapshot["message"]]
+
+
+def test_keepword_import_leaves_the_history_in_cases_and_live_mail_to_the_daemon(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path
+) -> None:
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(30)])
+    config = write_config(dovecot, mail_user, tmp_path, fetch_batch=10)
+    done = run_keepword(config, "import", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "support: the history is in 30 new case(s)" in done.stdout
+    engine = make_engine(f"sqlite:///{tmp_path / 'state' / 'keepword.db'}")
+    assert [row.triaged_at is not None for row in _rows(engine)] == [True] * 30
+
+    # Mail that came since is live: the daemon triages and answers it, not the import.
+    dovecot.append(mail_user, "INBOX", mail(30))
+    again = run_keepword(config, "import", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "support: the history is in 0 new case(s)" in again.stdout
+    rows = _rows(engine)
+    assert [(row.is_history, row.triaged_at is None) for row in rows[30:]] == [(False, True)]
+    engine.dispose()
+
+
+def _rows(engine: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(message).order_by(message.c.id)))
