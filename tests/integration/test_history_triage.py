@@ -6,12 +6,13 @@ cases, its live mail to the daemon."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from keepword.pipeline import ingest
 from keepword.pipeline.acknowledge import acknowledge_case
@@ -22,7 +23,9 @@ from keepword.store.tables import message
 from tests.fixtures.chase_store import ALICE, StoreDesk
 from tests.fixtures.configs import run_keepword
 from tests.fixtures.dovecot import Dovecot
+from tests.fixtures.postgres import Postgres
 from tests.integration.test_ingest import corpus_rfc822, mail, write_config
+from tests.integration.test_triage_batches_postgres import _cases_in_opening_order
 from tests.unit.test_triage_batches import START, Delivery, _inbox, _snapshot
 
 pytestmark = pytest.mark.integration
@@ -44,13 +47,24 @@ def _fill(dovecot: Dovecot, user: str, deliveries: list[Delivery], *, late_every
 
 
 def _import(
-    tmp: Path, dovecot: Dovecot, user: str, session_for: Any, *, during: bool
+    tmp: Path,
+    dovecot: Dovecot,
+    user: str,
+    session_for: Any,
+    *,
+    during: bool,
+    database_url: str | None = None,
+    snapshot: Callable[[Engine], dict[str, list[tuple[Any, ...]]]] = _snapshot,
 ) -> tuple[dict[str, list[tuple[Any, ...]]], list[datetime | None]]:
     """A fresh store's first import (small batches: many chances to triage meanwhile),
     then triage of whatever is left, as the daemon's poll does; at one instant, so both
-    ways write the same timestamps. What triage wrote, and the horizons it was given."""
+    ways write the same timestamps. What triage wrote, and the horizons it was given.
+    `database_url`: the store (default: SQLite in `tmp`); `snapshot`: how it is read."""
     imap = dovecot.imap_settings(user, fetch_batch=10)
-    desk = StoreDesk(tmp, team=[ALICE, BOB], sent_folder="Sent", imap=imap)
+    tmp.mkdir(exist_ok=True)
+    desk = StoreDesk(
+        tmp, database_url=database_url, team=[ALICE, BOB], sent_folder="Sent", imap=imap
+    )
     at = START + timedelta(days=30)
     horizons: list[datetime | None] = []
 
@@ -72,7 +86,7 @@ def _import(
     while triage_pending(desk.desk_at(at), acknowledger=acknowledge_case).more:
         pass
     try:
-        return _snapshot(desk.engine), horizons
+        return snapshot(desk.engine), horizons
     finally:
         desk.engine.dispose()
 
@@ -98,6 +112,31 @@ def test_triage_during_the_import_decides_what_triage_after_it_decides(
     # the rest once nothing was left unstored.
     assert [h for h in horizons if h is not None] and horizons[-1] is None
     assert len(horizons) < len(deliveries) // 10 + 4  # at most once a stored batch
+
+
+def test_on_postgresql_triage_during_the_import_decides_the_same(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path, session_for: Any, postgres: Postgres
+) -> None:
+    """The horizon is a comparison of timestamps in SQL: PostgreSQL's types, too."""
+    deliveries, _ = _inbox(3)
+    _fill(dovecot, mail_user, deliveries, late_every=4)
+    stores = {}
+    for name, during in (("after", False), ("during", True)):
+        url = postgres.create_database(f"kw_history_{name}")
+        # PostgreSQL takes case ids from its sequence ahead: compared in opening order.
+        stores[name], horizons = _import(
+            tmp_path / name,
+            dovecot,
+            mail_user,
+            session_for,
+            during=during,
+            database_url=url,
+            snapshot=_cases_in_opening_order,
+        )
+    for table, rows in stores["after"].items():
+        assert stores["during"][table] == rows, table
+    assert len(stores["after"]["case"]) >= 10
+    assert [h for h in horizons if h is not None] and horizons[-1] is None
 
 
 def test_on_the_corpus_triage_during_the_import_decides_the_same(
