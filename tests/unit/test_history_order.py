@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from keepword.adapters.imap import _dated, _internaldate, uid_set
 from keepword.mail.parse import header_date, parse_message
 from keepword.pipeline.history import (
-    BEFORE_ALL,
+    UNKNOWN,
+    FolderPlan,
     HistoryImport,
-    Horizon,
     StoredPrefix,
     floor_of,
-    oldest_first,
 )
 from tests.corpora import CORPORA, PRESENT
 
@@ -40,43 +41,63 @@ def dated(uid: int, date: str | None, internal: datetime | None = T0) -> Dated:
 
 
 def test_the_floor_is_the_earlier_of_date_and_internaldate() -> None:
-    assert floor_of(dated(1, "Mon, 2 Mar 2026 08:00:00 +0000")) == T0 - timedelta(hours=1)
+    hour = 3600.0
+    assert floor_of(dated(1, "Mon, 2 Mar 2026 08:00:00 +0000")) == T0.timestamp() - hour
     # A Date after the delivery (a sender's clock ahead): the INTERNALDATE is the floor.
-    assert floor_of(dated(2, "Mon, 2 Mar 2026 11:00:00 +0100")) == T0
-    assert floor_of(dated(3, None)) == T0  # no Date: the INTERNALDATE counts, as in triage
-    assert floor_of(dated(4, "not a date")) == T0
-    assert floor_of(dated(5, None, internal=None)) is None
+    assert floor_of(dated(2, "Mon, 2 Mar 2026 11:00:00 +0100")) == T0.timestamp()
+    assert floor_of(dated(3, None)) == T0.timestamp()  # no Date: the INTERNALDATE counts
+    assert floor_of(dated(4, "not a date")) == T0.timestamp()
+    assert floor_of(dated(5, None, internal=None)) == UNKNOWN
+
+
+def plan_of(*floors: tuple[int, datetime | None]) -> FolderPlan:
+    return FolderPlan(
+        np.array([uid for uid, _ in floors], np.int64),
+        np.array([100 * uid for uid, _ in floors], np.int64),
+        np.array([f.timestamp() if f else UNKNOWN for _, f in floors], np.float64),
+    )
 
 
 def test_unknown_floors_come_first_then_oldest_then_by_uid() -> None:
-    floors = {1: T0, 2: None, 3: T0 - timedelta(days=400), 4: T0, 5: None}
-    assert oldest_first(floors) == [2, 5, 3, 1, 4]
+    plan = plan_of((1, T0), (2, None), (3, T0 - timedelta(days=400)), (4, T0), (5, None))
+    ordered = plan.oldest_first()
+    assert ordered.uids.tolist() == [2, 5, 3, 1, 4]
+    assert [uid for uid, _ in ordered.pairs(chunk=2)] == [2, 5, 3, 1, 4]
+    assert dict(ordered.pairs()) == {1: 100, 2: 200, 3: 300, 4: 400, 5: 500}
+
+
+def test_a_plan_is_read_a_chunk_at_a_time_and_joined_in_uid_order() -> None:
+    read = FolderPlan.read([[dated(9, None)], [dated(4, "Mon, 2 Mar 2026 08:00:00 +0000")]])
+    assert read.uids.tolist() == [4, 9]
+    assert read.only(np.array([9], np.int64)).uids.tolist() == [9]
+    assert read.missing(np.array([4, 5, 9], np.int64)).tolist() == [5]
+    assert read.joined(plan_of((5, T0))).uids.tolist() == [4, 5, 9]
+    assert FolderPlan.read([]).lowest == math.inf
 
 
 def test_the_horizon_is_the_oldest_unstored_floor_of_every_folder() -> None:
-    horizon = Horizon()
-    horizon.expect("INBOX", {1: T0, 2: T0 + timedelta(hours=1), 3: T0 + timedelta(hours=3)})
-    horizon.expect("Sent", {7: T0 + timedelta(hours=2)})
-    assert horizon.through() == T0
-    horizon.stored("INBOX", [1, 2])
-    assert horizon.through() == T0 + timedelta(hours=2)  # the Sent folder's reply first
-    horizon.stored("Sent", [7])
-    assert horizon.through() == T0 + timedelta(hours=3)
-    horizon.stored("INBOX", [3])
+    history = HistoryImport()
+    inbox = plan_of((1, T0), (2, T0 + timedelta(hours=1)), (3, T0 + timedelta(hours=3)))
+    history.plan("INBOX", inbox)
+    history.plan("Sent", plan_of((7, T0 + timedelta(hours=2)), (8, T0 + timedelta(hours=5))))
+    horizon = history.horizon
+    assert horizon.through() == T0.timestamp()
+    history.begin("INBOX", inbox)
+    history.stored("INBOX", 2)
+    # The Sent folder's oldest reply first; until its own import only its oldest counts.
+    assert horizon.through() == (T0 + timedelta(hours=2)).timestamp()
+    history.begin("Sent", plan_of((7, T0 + timedelta(hours=2)), (8, T0 + timedelta(hours=5))))
+    history.stored("Sent", 1)
+    assert horizon.through() == (T0 + timedelta(hours=3)).timestamp()
+    history.stored("INBOX", 1)
+    history.stored("Sent", 1)
     assert horizon.through() is None  # all stored: any mail may be triaged
-    horizon.expect("Done", {9: None})  # a floor unknown: nothing may be triaged
-    assert horizon.through() == BEFORE_ALL
-
-
-def test_expecting_a_folder_again_replaces_its_plan() -> None:
-    horizon = Horizon()
-    horizon.expect("INBOX", {1: T0})
-    horizon.expect("INBOX", {5: T0 + timedelta(days=1)})  # UIDVALIDITY changed meanwhile
-    assert horizon.through() == T0 + timedelta(days=1)
+    history.plan("Done", plan_of((9, None)))  # a floor unknown: nothing may be triaged
+    assert horizon.through() == UNKNOWN
 
 
 def test_the_cursor_of_an_out_of_order_import_stays_below_what_is_missing() -> None:
-    prefix = StoredPrefix.of(10, [11, 12, 13, 14, 15])
+    prefix = StoredPrefix.of(10, np.array([15, 11, 12, 13, 14], np.int64))
     assert prefix.stored([13, 15]) == 10
     assert prefix.stored([11]) == 11
     assert prefix.stored([12]) == 13
@@ -87,18 +108,29 @@ def test_the_cursor_of_an_out_of_order_import_stays_below_what_is_missing() -> N
 def test_triage_runs_after_a_batch_only_when_the_horizon_allows_and_never_fails_it() -> None:
     calls: list[datetime | None] = []
     history = HistoryImport(calls.append)
-    history.plan("INBOX", [dated(1, None, internal=None), dated(2, "Mon, 2 Mar 2026 09:00 +0000")])
-    history.stored("INBOX", [2])
-    assert calls == []  # UID 1 might be older than anything: wait for it
-    history.stored("INBOX", [1])
-    assert calls == [None]
+    both = FolderPlan.read(
+        [[dated(1, None, internal=None), dated(2, "Mon, 2 Mar 2026 09:00 +0000")]]
+    )
+    ordered = history.begin("INBOX", both)
+    assert ordered.uids.tolist() == [1, 2]  # the unknown first
+    history.plan("Sent", plan_of((5, T0 + timedelta(hours=1))))
+    history.stored("INBOX", 1)
+    assert calls == [T0]  # up to UID 2's floor, stored or not: it is the lowest unstored
+    history.stored("INBOX", 1)
+    assert calls == [T0, T0 + timedelta(hours=1)]  # the Sent folder's mail still waits
+
+    waiting = HistoryImport(calls.append)
+    waiting.plan("Sent", plan_of((5, None)))
+    waiting.begin("INBOX", plan_of((1, T0)))
+    waiting.stored("INBOX", 1)
+    assert len(calls) == 2  # the Sent folder's mail might be older than anything: wait
 
     def broken(through: datetime | None) -> None:
         raise RuntimeError("a bug in triage")
 
     failing = HistoryImport(broken)
-    failing.plan("INBOX", [dated(1, None)])
-    failing.stored("INBOX", [1])  # logged; the import goes on, triage after it
+    failing.begin("INBOX", plan_of((1, T0)))
+    failing.stored("INBOX", 1)  # logged; the import goes on, triage after it
     assert failing.triage is None
 
 

@@ -25,12 +25,13 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -41,11 +42,12 @@ from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
 from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
 from keepword.pipeline.history import (
+    EMPTY,
     DatedLike,
+    FolderPlan,
     HistoryImport,
     StoredPrefix,
     Triager,
-    oldest_first,
 )
 from keepword.pipeline.prefetch import FIRST_ASK, Asked, Prefetcher
 from keepword.store import messages as store
@@ -211,7 +213,7 @@ def poll_folder(
     max_bytes = box.imap.fetch_batch_bytes
     importing = None if history_done else _Importing.of(session, where, after_uid, rest)
     if importing is not None:
-        batches = byte_capped(importing.order, importing.sizes, box.imap.fetch_batch, max_bytes)
+        batches = importing.batches(box.imap.fetch_batch, max_bytes)
     else:
         batches = _batches(session, rest, box.imap.fetch_batch, max_bytes)
     parallel = len(rest) >= PARALLEL_PARSE_MIN
@@ -237,7 +239,7 @@ def poll_folder(
             if progress is not None:
                 progress(len(batch))
             if importing is not None:
-                importing.history.stored(folder, batch)
+                importing.history.stored(folder, len(batch))
     if following and where.prefetch is not None and where.role is Origin.INBOX:
         _ask_next(session, where, status.uidvalidity, following)  # the customers' mail
     _release_folder(session)  # new_uids EXAMINEd the folder, even if it found nothing
@@ -265,31 +267,39 @@ def poll_folder(
 
 @dataclass
 class _Importing:
-    """A folder's first import, oldest mail first (pipeline.history): the fetch order,
-    the sizes that cap its batches, the cursor it may move to, the mailbox's import."""
+    """A folder's first import, oldest mail first (pipeline.history): its plan in the
+    order it is fetched, the cursor it may move to, the mailbox's import."""
 
     history: HistoryImport
-    order: list[int]
-    sizes: dict[int, int]
+    plan: FolderPlan
     prefix: StoredPrefix
 
     @classmethod
     def of(cls, session: MailSession, where: Folder, after: int, uids: list[int]) -> _Importing:
         history = where.history or HistoryImport()
-        planned = history.planned.get(where.name, {})
-        known = {uid: planned[uid] for uid in uids if uid in planned}
-        missing = [uid for uid in uids if uid not in planned]
-        holds = history.add(where.name, known, session.message_dates(missing) if missing else ())
-        prefix = StoredPrefix.of(after, uids)
-        prefix.stored(set(uids) - holds.keys())  # expunged meanwhile: never fetched
-        floors = {uid: floor for uid, (_, floor) in holds.items()}
-        sizes = {uid: size for uid, (size, _) in holds.items()}
-        return cls(history, oldest_first(floors), sizes, prefix)
+        asked = np.asarray(uids, np.int64)
+        planned = history.planned.get(where.name, EMPTY).only(asked)
+        missing = planned.missing(asked).tolist()
+        plan = planned.joined(_read_plan(session, missing)) if missing else planned
+        prefix = StoredPrefix.of(after, asked)
+        prefix.stored(plan.missing(asked))  # expunged meanwhile: never fetched
+        return cls(history, history.begin(where.name, plan), prefix)
+
+    def batches(self, max_count: int, max_bytes: int) -> Iterator[list[int]]:
+        return capped(self.plan.pairs(), max_count, max_bytes)
 
     def in_order(self, batch: list[int], items: list[StoreItem]) -> list[StoreItem]:
         """The fetched items in the batch's (date) order: the session fetches by UID."""
         place = {uid: n for n, uid in enumerate(batch)}
         return sorted(items, key=lambda item: place.get(item.uid, len(place)))
+
+
+def _read_plan(session: MailSession, uids: Sequence[int]) -> FolderPlan:
+    """Sizes and dates of `uids` in the examined folder, SIZES_AHEAD at a time."""
+    chunks = (
+        session.message_dates(uids[s : s + SIZES_AHEAD]) for s in range(0, len(uids), SIZES_AHEAD)
+    )
+    return FolderPlan.read(chunks)
 
 
 def plan_history(
@@ -308,7 +318,7 @@ def plan_history(
     for name, cursor in unread:
         try:
             uids = session.new_uids(name, cursor.last_uid if cursor is not None else 0)
-            history.plan(name, session.message_dates(uids))
+            history.plan(name, _read_plan(session, uids))
         except MailboxError:
             log.debug("mailbox %s folder %s: not planned", where.box.name, name, exc_info=True)
     if unread:
@@ -653,10 +663,14 @@ def byte_capped(
     A message bigger than max_bytes makes a batch of its own; a UID without a size
     (expunged meanwhile) costs nothing and stays in, so the cursor moves past it.
     """
+    return capped(((uid, sizes.get(uid, 0)) for uid in uids), max_count, max_bytes)
+
+
+def capped(sized: Iterable[tuple[int, int]], max_count: int, max_bytes: int) -> Iterator[list[int]]:
+    """byte_capped over (UID, size) pairs."""
     batch: list[int] = []
     held = 0
-    for uid in uids:
-        size = sizes.get(uid, 0)
+    for uid, size in sized:
         if batch and (len(batch) >= max_count or held + size > max_bytes):
             yield batch
             batch, held = [], 0
