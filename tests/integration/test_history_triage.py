@@ -6,6 +6,7 @@ cases, its live mail to the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,13 +19,21 @@ from keepword.pipeline import ingest
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.ingest import MailboxPoller
 from keepword.pipeline.triage import triage_pending
-from keepword.store.db import make_engine
+from keepword.runtime.service import TRIAGE_SLICE, Service
+from keepword.store.db import make_engine, open_store
 from keepword.store.tables import message
 from tests.fixtures.chase_store import ALICE, StoreDesk
 from tests.fixtures.configs import run_keepword
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
-from tests.integration.test_ingest import corpus_rfc822, mail, write_config
+from tests.integration.test_ingest import (
+    corpus_rfc822,
+    mail,
+    mailbox_for,
+    now,
+    settings_for,
+    write_config,
+)
 from tests.integration.test_triage_batches_postgres import _cases_in_opening_order
 from tests.unit.test_triage_batches import START, Delivery, _inbox, _snapshot
 
@@ -188,3 +197,37 @@ def test_keepword_import_leaves_the_history_in_cases_and_live_mail_to_the_daemon
 def _rows(engine: Any) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(message).order_by(message.c.id)))
+
+
+def test_the_daemons_first_poll_triages_the_history_while_it_takes_it_in(
+    dovecot: Dovecot, mail_user: str, tmp_path: Path, session_for: Any
+) -> None:
+    """The daemon's wiring (runtime.service): its first poll triages during the import,
+    so more history than one triage slice is in cases when that poll returns."""
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(250)])
+    box = mailbox_for(dovecot, mail_user, fetch_batch=20)
+    engine = open_store(f"sqlite:///{tmp_path / 'keepword.db'}")
+    service = Service(
+        settings_for(box, engine), clock=now, engine=engine, session_factory=session_for
+    )
+    horizons: list[datetime | None] = []
+    triage = service.triage
+
+    def recording(box: Any, limit: int = 5000, *, through: datetime | None = None) -> Any:
+        horizons.append(through)
+        return triage(box, limit, through=through)
+
+    service.triage = recording  # type: ignore[method-assign]
+
+    async def first_poll() -> bool:
+        try:
+            return await service.poll(box)
+        finally:
+            await service.close()
+
+    more = asyncio.run(first_poll())
+    assert not more
+    assert len(_rows(engine)) == 250 > TRIAGE_SLICE
+    assert all(row.triaged_at is not None for row in _rows(engine))
+    assert sum(1 for h in horizons if h is not None) >= 5  # batch by batch, oldest first
+    engine.dispose()
