@@ -197,6 +197,8 @@ def poll_folder(
         _rescan(where, cursor, status)
         with engine.connect() as conn:
             cursor = store.get_cursor(conn, box.name, folder)
+        if where.history is not None:  # its plan may name UIDs of the old UIDVALIDITY
+            where.history.planned.pop(folder, None)
     history_below = 0 if history_done else _history_cutoff(where, cursor, status)
     new = known = quarantined = 0
     uids = session.new_uids(folder, after_uid)
