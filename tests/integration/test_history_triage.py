@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,6 @@ from tests.unit.test_triage_batches import START, Delivery, _inbox, _snapshot
 pytestmark = pytest.mark.integration
 
 BOB = "bob@example.com"
-MEANWHILE = [0]  # messages triaged while the last import still had mail to store
 
 
 def _fill(dovecot: Dovecot, user: str, deliveries: list[Delivery], *, late_every: int) -> None:
@@ -64,7 +64,7 @@ def _import(
     during: bool,
     database_url: str | None = None,
     snapshot: Callable[[Engine], dict[str, list[tuple[Any, ...]]]] = _snapshot,
-) -> tuple[dict[str, list[tuple[Any, ...]]], list[datetime | None]]:
+) -> _Imported:
     """A fresh store's first import (small batches: many chances to triage meanwhile),
     then triage of whatever is left, as the daemon's poll does; at one instant, so both
     ways write the same timestamps. What triage wrote, and the horizons it was given.
@@ -76,6 +76,7 @@ def _import(
     )
     at = START + timedelta(days=30)
     horizons: list[datetime | None] = []
+    meanwhile: list[int] = []  # triaged while the import still had mail to store
 
     def triage(through: datetime | None) -> None:
         horizons.append(through)
@@ -83,7 +84,7 @@ def _import(
         while more:
             run = triage_pending(desk.desk_at(at), acknowledger=acknowledge_case, through=through)
             if through is not None:
-                MEANWHILE[0] += run.triaged
+                meanwhile.append(run.triaged)
             more = run.more
 
     poller = MailboxPoller(desk.engine, desk.settings, desk.box, session_factory=session_for)
@@ -95,9 +96,16 @@ def _import(
     while triage_pending(desk.desk_at(at), acknowledger=acknowledge_case).more:
         pass
     try:
-        return snapshot(desk.engine), horizons
+        return _Imported(snapshot(desk.engine), horizons, sum(meanwhile))
     finally:
         desk.engine.dispose()
+
+
+@dataclass(frozen=True)
+class _Imported:
+    snapshot: dict[str, list[tuple[Any, ...]]]  # what triage wrote
+    horizons: list[datetime | None]  # the instants triage was given, in order
+    meanwhile: int  # messages triaged before the import had stored everything
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -107,15 +115,15 @@ def test_triage_during_the_import_decides_what_triage_after_it_decides(
     user = mail_user
     deliveries, _ = _inbox(seed)
     _fill(dovecot, user, deliveries, late_every=7)
-    after, _ = _import(tmp_path / "after", dovecot, user, session_for, during=False)
-    MEANWHILE[0] = 0
-    during, horizons = _import(tmp_path / "during", dovecot, user, session_for, during=True)
+    after = _import(tmp_path / "after", dovecot, user, session_for, during=False).snapshot
+    imported = _import(tmp_path / "during", dovecot, user, session_for, during=True)
+    during, horizons = imported.snapshot, imported.horizons
     for table, rows in after.items():
         assert during[table] == rows, table
     assert len(after["case"]) >= 10
     # Oldest first, the old mail found late does not hold the rest back: most of the
     # mail is triaged before the import's last batch (in UID order, next to none).
-    assert MEANWHILE[0] >= len(deliveries) // 2
+    assert imported.meanwhile >= len(deliveries) // 2
     assert all(row["triaged_at"] is not None for row in _messages(during))
     # It ran while the import did (and waited for the old mail found late), then took
     # the rest once nothing was left unstored.
@@ -133,7 +141,7 @@ def test_on_postgresql_triage_during_the_import_decides_the_same(
     for name, during in (("after", False), ("during", True)):
         url = postgres.create_database(f"kw_history_{name}")
         # PostgreSQL takes case ids from its sequence ahead: compared in opening order.
-        stores[name], horizons = _import(
+        stores[name] = _import(
             tmp_path / name,
             dovecot,
             mail_user,
@@ -142,9 +150,10 @@ def test_on_postgresql_triage_during_the_import_decides_the_same(
             database_url=url,
             snapshot=_cases_in_opening_order,
         )
-    for table, rows in stores["after"].items():
-        assert stores["during"][table] == rows, table
-    assert len(stores["after"]["case"]) >= 10
+    for table, rows in stores["after"].snapshot.items():
+        assert stores["during"].snapshot[table] == rows, table
+    assert len(stores["after"].snapshot["case"]) >= 10
+    horizons = stores["during"].horizons
     assert [h for h in horizons if h is not None] and horizons[-1] is None
 
 
@@ -160,12 +169,12 @@ def test_on_the_corpus_triage_during_the_import_decides_the_same(
     with dovecot.client(user) as imap:
         for start in range(0, len(corpus := corpus_rfc822()), 100):
             imap.multiappend("INBOX", [raw for _, raw in corpus[start : start + 100]])
-    after, _ = _import(tmp_path / "after", dovecot, user, session_for, during=False)
-    during, horizons = _import(tmp_path / "during", dovecot, user, session_for, during=True)
+    after = _import(tmp_path / "after", dovecot, user, session_for, during=False).snapshot
+    during = _import(tmp_path / "during", dovecot, user, session_for, during=True)
     for table, rows in after.items():
-        assert during[table] == rows, table
+        assert during.snapshot[table] == rows, table
     assert len(after["case"]) >= 100
-    assert horizons[-1] is None
+    assert during.horizons[-1] is None
 
 
 def _messages(snapshot: dict[str, list[tuple[Any, ...]]]) -> list[dict[str, Any]]:
