@@ -125,6 +125,11 @@ def test_triage_during_the_import_decides_what_triage_after_it_decides(
     # mail is triaged before the import's last batch (in UID order, next to none).
     assert imported.meanwhile >= len(deliveries) // 2
     assert all(row["triaged_at"] is not None for row in _messages(during))
+    # Each folder's mail is stored oldest first, so its ids follow its dates.
+    for origin in ("inbox", "sent"):
+        mine = [row for row in _messages(during) if row["origin"] == origin]
+        written = [row["id"] for row in sorted(mine, key=lambda row: _written(row))]
+        assert written == sorted(written), origin
     # It ran while the import did (and waited for the old mail found late), then took
     # the rest once nothing was left unstored.
     assert [h for h in horizons if h is not None] and horizons[-1] is None
@@ -175,6 +180,11 @@ def test_on_the_corpus_triage_during_the_import_decides_the_same(
         assert during.snapshot[table] == rows, table
     assert len(after["case"]) >= 100
     assert during.horizons[-1] is None
+
+
+def _written(row: dict[str, Any]) -> tuple[datetime, int]:
+    """When a stored message counts as written (store.triage_state), ties by id."""
+    return (row["date"] or row["received_at"] or row["stored_at"], row["id"])
 
 
 def _messages(snapshot: dict[str, list[tuple[Any, ...]]]) -> list[dict[str, Any]]:

@@ -364,7 +364,8 @@ class ImapSession:
         return sorted(int(uid) for uid in found if int(uid) > after_uid)
 
     def fetch(self, uids: Sequence[int], folder: str | None = None) -> list[FetchedMessage]:
-        """Raw bytes + INTERNALDATE of uids in the examined folder (or `folder`).
+        """Raw bytes + INTERNALDATE of uids in the examined folder (or `folder`), in the
+        order asked (a first import asks oldest first: pipeline.history).
 
         BODY.PEEK[] on an EXAMINEd folder: never sets `\\Seen`. Expunged UIDs are skipped.
         Fetched in batches of settings.fetch_batch.
@@ -376,7 +377,7 @@ class ImapSession:
             raise ImapCommandError(f"{self.where}: fetch without a folder (call new_uids first)")
         result: list[FetchedMessage] = []
         batch = self.settings.fetch_batch
-        ordered = sorted(set(uids))
+        ordered = list(dict.fromkeys(uids))  # each once, as asked
         for start in range(0, len(ordered), batch):
             chunk = ordered[start : start + batch]
             with self._errors(f"UID FETCH in {self._examined}", folder=self._examined):

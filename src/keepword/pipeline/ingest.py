@@ -227,8 +227,6 @@ def poll_folder(
     with contextlib.closing(parsed) as stream:
         for batch, items in itertools.chain([early] if early else [], stream):
             through = batch[-1] if importing is None else importing.prefix.stored(batch)
-            if importing is not None:  # stored in the batch's order: ids follow the dates
-                items = importing.in_order(batch, items)
             added, seen, held = _store_parsed(
                 where, status.uidvalidity, through, items, history_below
             )
@@ -288,12 +286,9 @@ class _Importing:
         return cls(history, history.begin(where.name, plan), prefix)
 
     def batches(self, max_count: int, max_bytes: int) -> Iterator[list[int]]:
+        """Oldest first; the session fetches (and the store stores) in that order, so the
+        ids follow the dates."""
         return capped(self.plan.pairs(), max_count, max_bytes)
-
-    def in_order(self, batch: list[int], items: list[StoreItem]) -> list[StoreItem]:
-        """The fetched items in the batch's (date) order: the session fetches by UID."""
-        place = {uid: n for n, uid in enumerate(batch)}
-        return sorted(items, key=lambda item: place.get(item.uid, len(place)))
 
 
 def _read_plan(session: MailSession, uids: Sequence[int]) -> FolderPlan:

@@ -58,11 +58,11 @@ def due_untriaged(
     mail written up to then (pipeline.history); `history_only`: only history.
     """
     when = func.coalesce(message.c.date, message.c.received_at, message.c.stored_at)
-    retry_due = or_(message.c.triage_retry_at.is_(None), message.c.triage_retry_at <= now)
+    due = or_(message.c.triage_retry_at.is_(None), message.c.triage_retry_at <= now)
     if through is not None:
-        retry_due = and_(retry_due, when <= through)
+        due = and_(due, when <= through)
     if history_only:
-        retry_due = and_(retry_due, message.c.is_history.is_(True))
+        due = and_(due, message.c.is_history.is_(True))
     query = (
         select(
             message.c.id,
@@ -71,7 +71,7 @@ def due_untriaged(
             message.c.references,
             message.c.triage_attempts,
         )
-        .where(and_(_untriaged_in(mailbox), retry_due))
+        .where(and_(_untriaged_in(mailbox), due))
         .order_by(message.c.triage_attempts > 0, when, message.c.id)
         .limit(limit)
     )
