@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,39 @@ def test_on_real_mail_the_header_date_is_the_date_the_full_parse_reads() -> None
         assert header_date(_date_lines(raw)) == parsed.date, row["file"]
         checked += 1
     assert checked >= 50
+
+
+def test_a_plan_that_fails_leaves_the_folder_to_its_own_poll(tmp_path: Path) -> None:
+    """Planning only lets triage start early: a bug in it never stops the import."""
+    from keepword.config import MailboxSettings
+    from keepword.domain.model import Origin
+    from keepword.pipeline.ingest import Folder, plan_history
+    from keepword.store.db import open_store
+
+    class Session:
+        unselected = 0
+
+        def new_uids(self, folder: str, after_uid: int) -> list[int]:
+            return [1, 2]
+
+        def message_dates(self, uids: object) -> list[Dated]:
+            raise RuntimeError("a bug reading dates")
+
+        def unselect(self) -> None:
+            self.unselected += 1
+
+    box = MailboxSettings.model_validate(
+        {
+            "name": "support",
+            "address": "support@example.com",
+            "imap": {"host": "127.0.0.1", "username": "support", "password": "pw"},
+        }
+    )
+    engine = open_store(f"sqlite:///{tmp_path / 'kw.db'}")
+    history = HistoryImport()
+    session = Session()
+    where = Folder(engine, box, "", Origin.INBOX, lambda: T0, history=history)
+    plan_history(session, where, [("INBOX", Origin.INBOX)])  # type: ignore[arg-type]
+    assert history.planned == {} and history.horizon.through() is None
+    assert session.unselected == 1
+    engine.dispose()

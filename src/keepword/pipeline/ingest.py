@@ -305,7 +305,8 @@ def plan_history(
     """Before a mailbox's first import: read what each folder not yet imported holds
     (sizes and dates, no bodies) into `where.history`, so that triage during the import
     of one folder waits for the older mail of the others. A folder that cannot be read
-    now is left to its own poll, which reports why."""
+    now, for whatever reason (a bug here included: the plan only lets triage start
+    early), is left to its own poll, which reads it again and reports why."""
     history = where.history
     if history is None:
         return
@@ -318,6 +319,8 @@ def plan_history(
             history.plan(name, _read_plan(session, uids))
         except MailboxError:
             log.debug("mailbox %s folder %s: not planned", where.box.name, name, exc_info=True)
+        except Exception:
+            log.exception("mailbox %s folder %s: not planned", where.box.name, name)
     if unread:
         _release_folder(session)
 
