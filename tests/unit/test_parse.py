@@ -9,11 +9,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import mailparser
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keepword.domain.model import Address
+from keepword.mail import parse as parse_module
 from keepword.mail.parse import (
     DERIVED_ID_DOMAIN,
     MAX_BODY_CHARS,
@@ -83,6 +85,32 @@ def test_every_corpus_message_parses_without_raising() -> None:
     assert len(quarantined) < len(results) // 10
     assert "spamscope-mail-parser/mail_outlook_1" in quarantined
     assert not any(name.startswith("notmuch/lkml/") for name in quarantined)
+
+
+@needs_corpora
+def test_skipping_mail_parsers_summaries_changes_no_parse_on_the_corpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parser skips mail-parser's `mail`/`mail_partial` summaries; every corpus
+    message parses to the same fields as with mail-parser's own parse."""
+    messages = list(corpus_messages())
+    lean = [parse_message(raw) for _, raw in messages]
+    monkeypatch.setattr(parse_module, "_MailParser", mailparser.MailParser)
+    whole = [parse_message(raw) for _, raw in messages]
+    assert [name for (name, _), a, b in zip(messages, lean, whole, strict=True) if a != b] == []
+
+
+def test_the_parse_builds_no_mail_parser_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[bool] = []
+    original = mailparser.MailParser._make_mail
+
+    def counted(self: mailparser.MailParser, complete: bool = True) -> dict[str, object]:
+        built.append(complete)
+        return dict(original(self, complete))
+
+    monkeypatch.setattr(mailparser.MailParser, "_make_mail", counted)
+    parsed = parse_message(b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n")
+    assert (parsed.subject, parsed.body_text.strip(), built) == ("hi", "body", [])
 
 
 @needs_corpora
