@@ -250,3 +250,38 @@ def test_the_daemons_first_poll_triages_the_history_while_it_takes_it_in(
     assert all(row.triaged_at is not None for row in _rows(engine))
     assert sum(1 for h in horizons if h is not None) >= 5  # batch by batch, oldest first
     engine.dispose()
+
+
+def test_a_bug_in_a_folders_plan_leaves_it_in_uid_order_and_triage_after_it(
+    dovecot: Dovecot,
+    mail_user: str,
+    tmp_path: Path,
+    session_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The oldest-first plan only orders the import: when making it fails for a reason
+    of keepword's own, the folder is imported in UID order all the same, and triage
+    during the import waits for its mail, so it decides what triage after it decides."""
+    deliveries, _ = _inbox(0)
+    _fill(dovecot, mail_user, deliveries, late_every=7)
+    planned = ingest._Importing.of
+
+    def inbox_fails(cls: type[Any], session: Any, where: Any, *args: Any) -> Any:
+        if where.name == "INBOX":
+            raise RuntimeError("a bug in the plan")
+        return planned(session, where, *args)
+
+    monkeypatch.setattr(ingest._Importing, "of", classmethod(inbox_fails))
+    after = _import(tmp_path / "after", dovecot, mail_user, session_for, during=False)
+    imported = _import(tmp_path / "during", dovecot, mail_user, session_for, during=True)
+    assert imported.snapshot == after.snapshot
+    assert "no oldest-first plan; importing in UID order" in caplog.text
+    assert all(row["triaged_at"] is not None for row in _messages(imported.snapshot))
+    monkeypatch.undo()  # nothing is lost against the plan's order
+    planned_import = _import(tmp_path / "planned", dovecot, mail_user, session_for, during=True)
+    stored = {(row["message_id"], row["origin"]) for row in _messages(imported.snapshot)}
+    assert stored == {
+        (row["message_id"], row["origin"]) for row in _messages(planned_import.snapshot)
+    }
+    assert len(imported.snapshot["case"]) == len(planned_import.snapshot["case"]) >= 10

@@ -213,7 +213,7 @@ def poll_folder(
         uids, following = uids[: len(early[0])], [*uids[len(early[0]) :], *following]
     rest = uids[len(early[0]) :] if early is not None else uids
     max_bytes = box.imap.fetch_batch_bytes
-    importing = None if history_done else _Importing.of(session, where, after_uid, rest)
+    importing = None if history_done else _importing(session, where, after_uid, rest)
     if importing is not None:
         batches = importing.batches(box.imap.fetch_batch, max_bytes)
     else:
@@ -289,6 +289,28 @@ class _Importing:
         """Oldest first; the session fetches (and the store stores) in that order, so the
         ids follow the dates."""
         return capped(self.plan.pairs(), max_count, max_bytes)
+
+
+def _importing(
+    session: MailSession, where: Folder, after: int, uids: list[int]
+) -> _Importing | None:
+    """The folder's first import, oldest first; None if its plan cannot be made for a
+    reason other than the server's (a bug): the folder is then imported in UID order, as
+    before pipeline.history, and its history triaged once the import is done (its floors
+    stay unstored to the horizon), so a defect in the plan never holds mail back. The
+    server's failure (MailboxError, a lost socket) is the poll's: reported, and tried
+    again next poll."""
+    try:
+        return _Importing.of(session, where, after, uids)
+    except (MailboxError, OSError, EOFError):
+        raise
+    except Exception:
+        log.exception(
+            "mailbox %s folder %s: no oldest-first plan; importing in UID order",
+            where.box.name,
+            where.name,
+        )
+        return None
 
 
 def _read_plan(session: MailSession, uids: Sequence[int]) -> FolderPlan:
