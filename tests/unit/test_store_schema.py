@@ -9,7 +9,15 @@ from sqlalchemy import DateTime, insert, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keepword.errors import StoreError
-from keepword.store.db import make_engine, migrate, open_store, table_names
+from keepword.store.db import (
+    MIGRATIONS,
+    head_revision,
+    make_engine,
+    migrate,
+    open_store,
+    stored_revision,
+    table_names,
+)
 from keepword.store.messages import load_facts, raw_message
 from keepword.store.outbox import OutboxRow
 from keepword.store.tables import folder_state, metadata, outbox
@@ -130,3 +138,47 @@ def test_a_failed_upgrade_leaves_the_store_as_it_was(tmp_path: Path) -> None:
         conn.exec_driver_sql("DROP VIEW sizes")
     migrate(engine)
     assert "message_content" in table_names(engine)
+
+
+def test_the_head_revision_read_from_the_file_names_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    scripts = ScriptDirectory.from_config(config)
+    assert head_revision() == scripts.get_current_head()
+    # Each migration's file is named after its revision (what head_revision relies on).
+    for script in scripts.walk_revisions():
+        assert script.path is not None and Path(script.path).name.startswith(script.revision + "_")
+
+
+def test_a_store_at_the_head_is_opened_without_alembic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path}/kw.db"
+    engine = make_engine(url)
+    migrate(engine, "0011")
+    upgrades: list[str] = []
+    real_upgrade = command.upgrade
+
+    def counted(config: object, revision: str) -> None:
+        upgrades.append(revision)
+        real_upgrade(config, revision)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(command, "upgrade", counted)
+    migrate(engine)  # 0011 -> head: alembic
+    open_store(url)  # at the head: one query
+    with engine.connect() as conn:
+        assert stored_revision(conn) == head_revision()
+    assert upgrades == ["head"]
+    engine.dispose()
+
+
+def test_a_new_store_has_no_revision(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/kw.db")
+    with engine.connect() as conn:
+        assert stored_revision(conn) is None
+    engine.dispose()

@@ -20,7 +20,6 @@ from email.policy import compat32
 from typing import Any
 
 import authres  # type: ignore[import-untyped]
-import dkim  # type: ignore[import-untyped]
 
 from keepword.domain.trust import ArcChain, Authentication, AuthResult, DkimSignature
 
@@ -65,6 +64,8 @@ def verify_as_configured(
 
 def verify_dkim(raw: bytes, dns: DnsLookup | None = None) -> tuple[DkimSignature, ...]:
     """Each DKIM-Signature (top first, at most MAX_SIGNATURES) and whether it verifies."""
+    import dkim  # type: ignore[import-untyped]  # here: dkimpy and dnspython cost ~0.1 s a start
+
     try:
         checker = dkim.DKIM(raw, minkey=MIN_KEY_BITS)
     except Exception as exc:  # dkimpy raises plain errors on unparsable mail
@@ -97,6 +98,8 @@ def verify_arc(
     values = list(arc_results)
     if not values:
         return None
+    import dkim
+
     try:
         outcome = dkim.arc_verify(raw) if dns is None else dkim.arc_verify(raw, dnsfunc=dns)
         verdict, _details, reason = outcome

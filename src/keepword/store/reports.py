@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +21,7 @@ from keepword.domain.cases import EventKind
 from keepword.domain.ledger import CaseRecord, SentAction
 from keepword.domain.model import Kind, OutboxKind, OutboxState, PromiseState
 from keepword.errors import StoreError
-from keepword.store.db import make_engine, migrate
+from keepword.store.db import make_engine, migrate, stored_revision
 from keepword.store.lock import sqlite_path
 from keepword.store.messages import with_content
 from keepword.store.tables import (
@@ -58,7 +57,7 @@ def open_for_reading(url: str) -> Engine:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+            current = stored_revision(conn)
     except SQLAlchemyError as exc:
         engine.dispose()
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
