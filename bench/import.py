@@ -307,6 +307,7 @@ def raw_rate(port: int, user: str, *, quiet_imaplib: bool = True) -> tuple[int, 
     imapclient's 5, imaplib formats every fetched body with %r for a disabled logger:
     ~2.6 s of 20,000 mails here, which the figures up to the eighteenth wave included)."""
     started = time.perf_counter()
+    cpu = time.process_time()
     handled = 0
     with IMAPClient("127.0.0.1", port=port, ssl=False, timeout=120) as client:
         if quiet_imaplib:
@@ -321,6 +322,7 @@ def raw_rate(port: int, user: str, *, quiet_imaplib: bool = True) -> tuple[int, 
                 _ = (parsed.subject, parsed.from_, parsed.to, parsed.date, parsed.message_id)
                 _ = (parsed.text_plain, parsed.text_html)
                 handled += 1
+    LAST_RAW_CPU_SECONDS[0] = time.process_time() - cpu
     return handled, time.perf_counter() - started
 
 
@@ -356,7 +358,8 @@ fetch_batch = {FETCH_BATCH}
     return config
 
 
-LAST_CPU_SECONDS = [0.0]  # user + system CPU of the last run_import (import + its worker)
+LAST_CPU_SECONDS = [0.0]  # user + system CPU of the last run_import (import + its workers)
+LAST_RAW_CPU_SECONDS = [0.0]  # CPU of the last raw_rate (this process: fetch and parse)
 
 
 def run_import(config: Path) -> tuple[float, int]:
@@ -593,13 +596,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{loud_seconds:.1f} s = {loud_count / loud_seconds:.0f}/s (not used)"
         )
 
+        raw_cpu = LAST_RAW_CPU_SECONDS[0]
         results: dict[str, tuple[int, float, int]] = {}
+        import_cpu = 0.0
         for user, count in (("half", half_count), ("full", full_count)):
             config = write_config(work, port, user)
             seconds, rss = run_import(config)
             stored = stored_count(config)
             assert stored == count, f"{user}: stored {stored} of {count}"
             results[user] = (count, seconds, rss)
+            import_cpu = LAST_CPU_SECONDS[0]
             print(
                 f"(b) keepword import {count}: {seconds:.1f} s = {count / seconds:.0f}/s, "
                 f"peak RSS {rss / 1024:.0f} MiB"
@@ -621,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
             f"({case_count(write_config(work, port, 'full'))} in all); "
             f"history into cases end to end {cased:.0f}/s = {cased / raw:.2f} of (a) "
             f"(issue 14: >= 0.8)"
+        )
+        cores = os.cpu_count() or 1
+        print(
+            f"CPU: (b) {import_cpu:.1f} s (keepword and its parse workers), (a) {raw_cpu:.1f} s; "
+            f"on {cores} cores (b) cannot end before {import_cpu / cores:.1f} s, "
+            f"{raw_seconds / (import_cpu / cores):.2f} of (a) at best"
         )
         if args.sequential:
             one_then_other, opened = import_then_triage(work, port)
