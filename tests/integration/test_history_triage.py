@@ -125,11 +125,15 @@ def test_triage_during_the_import_decides_what_triage_after_it_decides(
     # mail is triaged before the import's last batch (in UID order, next to none).
     assert imported.meanwhile >= len(deliveries) // 2
     assert all(row["triaged_at"] is not None for row in _messages(during))
-    # Each folder's mail is stored oldest first, so its ids follow its dates.
+    # Each folder's mail is stored oldest first, so its ids follow its dates; and the
+    # smaller folder (Sent) is imported first, so triage runs alongside the inbox's.
+    ids: dict[str, list[int]] = {}
     for origin in ("inbox", "sent"):
         mine = [row for row in _messages(during) if row["origin"] == origin]
         written = [row["id"] for row in sorted(mine, key=lambda row: _written(row))]
         assert written == sorted(written), origin
+        ids[origin] = written
+    assert max(ids["sent"]) < min(ids["inbox"])
     # It ran while the import did (and waited for the old mail found late), then took
     # the rest once nothing was left unstored.
     assert [h for h in horizons if h is not None] and horizons[-1] is None
@@ -196,12 +200,15 @@ def test_keepword_import_leaves_the_history_in_cases_and_live_mail_to_the_daemon
     dovecot: Dovecot, mail_user: str, tmp_path: Path
 ) -> None:
     dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(30)])
+    dovecot.multiappend(mail_user, "Sent", [mail(n) for n in range(100, 103)])
     config = write_config(dovecot, mail_user, tmp_path, fetch_batch=10)
     done = run_keepword(config, "import", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "support: the history is in 30 new case(s)" in done.stdout
     engine = make_engine(f"sqlite:///{tmp_path / 'state' / 'keepword.db'}")
-    assert [row.triaged_at is not None for row in _rows(engine)] == [True] * 30
+    assert [row.triaged_at is not None for row in _rows(engine)] == [True] * 33
+    # The smaller folder first: triage runs alongside the bigger one's import.
+    assert [row.origin for row in _rows(engine)] == ["sent"] * 3 + ["inbox"] * 30
 
     # Mail that came since is live: the daemon triages and answers it, not the import.
     dovecot.append(mail_user, "INBOX", mail(30))
@@ -209,7 +216,7 @@ def test_keepword_import_leaves_the_history_in_cases_and_live_mail_to_the_daemon
     assert again.returncode == 0, again.stderr
     assert "support: the history is in 0 new case(s)" in again.stdout
     rows = _rows(engine)
-    assert [(row.is_history, row.triaged_at is None) for row in rows[30:]] == [(False, True)]
+    assert [(row.is_history, row.triaged_at is None) for row in rows[33:]] == [(False, True)]
     engine.dispose()
 
 

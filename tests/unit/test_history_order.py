@@ -244,3 +244,25 @@ def test_a_plan_that_fails_leaves_the_folder_to_its_own_poll(tmp_path: Path) -> 
     assert history.planned == {} and history.horizon.through() is None
     assert session.unselected == 1
     engine.dispose()
+
+
+def test_a_first_import_takes_the_folder_with_the_least_mail_first() -> None:
+    from keepword.domain.model import Origin
+    from keepword.pipeline.ingest import smallest_first
+
+    history = HistoryImport()
+    for name, count in (("INBOX", 300), ("Sent", 40), ("Archive", 40)):
+        history.plan(name, plan_of(*((uid, T0) for uid in range(1, count + 1))))
+    folders = [
+        ("INBOX", Origin.INBOX),
+        ("Done", Origin.DONE),  # not planned: imported already, or its plan failed
+        ("Sent", Origin.SENT),
+        ("Archive", Origin.INBOX),
+    ]
+    assert [name for name, _ in smallest_first(folders, history)] == [
+        "Done",
+        "Sent",
+        "Archive",
+        "INBOX",
+    ]
+    assert smallest_first(folders, None) == folders  # after the first import: as configured

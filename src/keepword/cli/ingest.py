@@ -39,6 +39,7 @@ from keepword.pipeline.ingest import (
     MailboxPollResult,
     plan_history,
     poll_folder,
+    smallest_first,
     watched_folders,
 )
 from keepword.pipeline.triage import triage_pending
@@ -112,7 +113,7 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
             mailbox = Folder(engine, box, "", Origin.INBOX, _now, history=HistoryImport(desk))
             try:
                 plan_history(session, mailbox, watched_folders(box))
-                for folder, role in watched_folders(box):
+                for folder, role in smallest_first(watched_folders(box), mailbox.history):
                     task = bar.add_task(f"{box.name}/{folder}", total=None)
                     try:
                         result.folders[folder] = poll_folder(

@@ -29,7 +29,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine
@@ -345,6 +345,21 @@ def plan_history(
             log.exception("mailbox %s folder %s: not planned", where.box.name, name)
     if unread:
         _release_folder(session)
+
+
+# A folder as the CLI (name, role) and the daemon (name, role, live batch) list them.
+_Watched = TypeVar("_Watched", tuple[str, Origin], tuple[str, Origin, int])
+
+
+def smallest_first(folders: Sequence[_Watched], history: HistoryImport | None) -> list[_Watched]:
+    """The folders of a first import, the one with the least mail to import first (in
+    their configured order otherwise). Triage during the import waits for the oldest
+    mail of every folder not imported yet, so it runs alongside the last folder's import
+    only: the biggest last (the inbox after the team's Sent folder) overlaps the most.
+    Folders not planned (imported already, or the plan failed) keep their place ahead."""
+    if history is None:
+        return list(folders)
+    return sorted(folders, key=lambda folder: len(history.planned.get(folder[0], EMPTY).uids))
 
 
 # An import tells PostgreSQL's planner how big the tables grew at 1,000 messages and
@@ -836,6 +851,7 @@ class MailboxPoller:
                     self.engine, self.box, "", Origin.INBOX, clock, self.prefetch, history
                 )
                 plan_history(self._session, mailbox, polled)
+                batches = smallest_first(batches, history)
                 result = _poll_folders(self._session, mailbox, batches, progress)
             except MailboxError:
                 self._drop()
