@@ -614,6 +614,29 @@ def test_a_surge_of_new_customers_costs_about_two_statements_a_mail(tmp_path: Pa
     # 13.2 with a read a message for whether keepword sent it, 14.2 with the dedup lookup
 
 
+def test_a_history_with_the_teams_answers_costs_a_few_statements_a_mail(tmp_path: Path) -> None:
+    """A team reply reads its case's open promises; with none waiting in the batch that
+    read no longer writes the whole batch first (on PostgreSQL, a statement a waiting
+    row kind for every reply of a history with a Sent folder)."""
+    desk = StoreDesk(tmp_path, team=[ALICE, BOB])
+    threads = 60
+    for n in range(threads):
+        at = START + timedelta(minutes=2 * n)
+        ask = _mail(f"c{n}@example.org", SUPPORT, f"Order {n}", at, f"ask{n}")
+        desk.deliver_raw(ask.as_bytes(), at, is_history=True)
+        answer = _mail(ALICE, f"c{n}@example.org", f"Re: Order {n}", at, f"answer{n}")
+        answer["In-Reply-To"] = f"<ask{n}@example.net>"
+        desk.deliver_raw(answer.as_bytes(), at + timedelta(minutes=1), "Sent", is_history=True)
+    with recorded(desk.engine) as statements:
+        result = desk.triage(START + timedelta(days=1))
+    assert result.opened == threads
+    per_mail = len(statements) / (2 * threads)
+    print(f"{per_mail:.2f} statements a mail of the history")
+    # 1.35: a team reply reads its raw mail (DKIM, as this desk's trust asks) and its
+    # case's promises; 4.2 with the batch's waiting rows written at every team reply.
+    assert per_mail <= 1.6, sorted(set(statements))
+
+
 def test_a_store_gone_when_the_predictor_is_kept_costs_the_run_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,8 @@ class DeferredWrites:
     # Message-ID -> (its case, the mail): what its stored row will say once written.
     references: dict[str, tuple[int, MessageFacts]] = field(default_factory=dict)
     unsettled: bool = False  # outbox or promise rows wait: `settle` writes them
+    # The tables of the rows waiting that the batch may read back ("*": any table).
+    unsettled_tables: set[str] = field(default_factory=set)
     # Reads made once for the whole batch at its start, by the store module that made
     # them (store.cases). `reads`: what the rows waiting here change (the mail its
     # References name), dropped at a flush (read again after); `pools`: what only writes
@@ -72,6 +74,9 @@ class DeferredWrites:
         if counted:
             self.counted.add(statement)
         self.unsettled = self.unsettled or read
+        if read:
+            table = getattr(statement, "table", None)
+            self.unsettled_tables.add(str(getattr(table, "name", "*")))
 
 
 @contextmanager
@@ -101,12 +106,17 @@ def deferred(conn: Connection) -> DeferredWrites | None:
     return found
 
 
-def settle(conn: Connection) -> None:
+def settle(conn: Connection, reading: str | None = None) -> None:
     """Before a read or write of the outbox or the promises: a batch's acknowledgements
     and promises wait here too (pipeline.acknowledge), and a later message of the batch
-    must find them (a second mail of the same new customer is not acknowledged twice)."""
+    must find them (a second mail of the same new customer is not acknowledged twice).
+    `reading`: the one table a read reads: written only if rows of it wait (a team
+    reply's read of its case's promises flushed the whole batch each time: on a
+    history with the team's answers, a statement each on PostgreSQL)."""
     writes = deferred(conn)
-    if writes is not None and writes.unsettled:
+    if writes is None or not writes.unsettled:
+        return
+    if reading is None or reading in writes.unsettled_tables or "*" in writes.unsettled_tables:
         flush(conn)
 
 
@@ -130,3 +140,4 @@ def flush(conn: Connection) -> None:
     writes.references.clear()
     writes.reads.clear()
     writes.unsettled = False
+    writes.unsettled_tables.clear()

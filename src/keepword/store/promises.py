@@ -43,8 +43,9 @@ def open_promises(conn: Connection, case_id: int) -> list[Promise]:
     Sorted here, not by the query: with ORDER BY due_at, SQLite reads them through
     ix_promise_open (state, due_at), that is through every open promise of every case,
     and the chase, which reads each case's, took O(n^2) in the open cases (2,000 open
-    cases: ~2 ms a case); by the case's own index it is a few rows."""
-    settle(conn)
+    cases: ~2 ms a case); by the case's own index it is a few rows. Only promises
+    waiting in a batch are written first: the read sees no other table."""
+    settle(conn, reading=promise.name)
     rows = conn.execute(_OPEN_PROMISES, {"case_id": case_id})
     return sorted((to_promise(row) for row in rows), key=lambda p: (p.due_at, p.id or 0))
 
