@@ -6,11 +6,13 @@ costs.
 
 Starts a private Dovecot (scripts/mailserver) in a short temp dir, fills two users by
 MULTIAPPEND with generated, realistic mail (threads with In-Reply-To/References,
-~10 KB median bodies, some HTML, some real corpus files mixed in): `half` holds the
-first N/2 messages, `full` all N. Then, in the same run:
+~10 KB median bodies, some HTML, some real corpus files mixed in; the team's answers,
+about a quarter of it, in Sent; `--inbox-only`: the customers' mail alone): `half`
+holds the first N/2 messages, `full` all N. Then, in the same run:
 
   (a) raw: imapclient FETCH BODY.PEEK[] in batches of 500 + mailparser parse (+ the
-      field access keepword needs), no storing;
+      field access keepword needs) of every folder, no storing; its CPU, and that of
+      (b) with its workers, is printed with the best ratio it allows on this machine;
   (b) `keepword import` end to end into a fresh SQLite file, in a subprocess per size,
       whose peak RSS (ru_maxrss) is read from wait4: it takes the history in oldest
       first and triages it into cases meanwhile (pipeline.history);
