@@ -43,9 +43,9 @@ class DeferredWrites:
     rows: dict[Executable, list[dict[str, Any]]] = field(default_factory=dict)
     # Message-ID -> (its case, the mail): what its stored row will say once written.
     references: dict[str, tuple[int, MessageFacts]] = field(default_factory=dict)
-    unsettled: bool = False  # outbox or promise rows wait: `settle` writes them
-    # The tables of the rows waiting that the batch may read back ("*": any table).
-    unsettled_tables: set[str] = field(default_factory=set)
+    # The tables of the rows waiting that the batch may read back (outbox, promises, the
+    # cases history reads; "*": any table): `settle` writes them first.
+    unsettled: set[str] = field(default_factory=set)
     # Reads made once for the whole batch at its start, by the store module that made
     # them (store.cases). `reads`: what the rows waiting here change (the mail its
     # References name), dropped at a flush (read again after); `pools`: what only writes
@@ -73,10 +73,9 @@ class DeferredWrites:
         self.ranks.setdefault(statement, rank)
         if counted:
             self.counted.add(statement)
-        self.unsettled = self.unsettled or read
         if read:
             table = getattr(statement, "table", None)
-            self.unsettled_tables.add(str(getattr(table, "name", "*")))
+            self.unsettled.add(str(getattr(table, "name", "*")))
 
 
 @contextmanager
@@ -116,7 +115,7 @@ def settle(conn: Connection, reading: str | None = None) -> None:
     writes = deferred(conn)
     if writes is None or not writes.unsettled:
         return
-    if reading is None or reading in writes.unsettled_tables or "*" in writes.unsettled_tables:
+    if reading is None or reading in writes.unsettled or "*" in writes.unsettled:
         flush(conn)
 
 
@@ -139,5 +138,4 @@ def flush(conn: Connection) -> None:
     writes.rows.clear()
     writes.references.clear()
     writes.reads.clear()
-    writes.unsettled = False
-    writes.unsettled_tables.clear()
+    writes.unsettled.clear()

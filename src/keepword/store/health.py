@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from keepword.store.db import MIGRATIONS, make_engine
+from keepword.store.db import MIGRATIONS, make_engine, stored_revision
 from keepword.store.lock import sqlite_path
 
 
@@ -50,7 +49,7 @@ def check_store(url: str) -> StoreHealth:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+            current = stored_revision(conn)
             writable = _can_write(conn, path, has_schema=current is not None)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
