@@ -103,6 +103,7 @@ _HIGHEST_ID = select(func.coalesce(func.max(case.c.id), 0))
 CASE_IDS_AT_ONCE: Final = 25
 _CASE_IDS: Final = "case ids"  # its key among DeferredWrites.pools
 _LAST_CASE_ID: Final = "last case id"  # SQLite: the highest id the batch handed out
+_BATCH_OPENED: Final = "opened cases"  # the ids of the cases the batch opened
 _OPENED_RANK: Final = -2  # before the rows that name the case (events, correspondents ...)
 _SAVED_RANK: Final = -1  # after the case was opened, each save in its turn
 
@@ -277,10 +278,21 @@ def _opened_later(
         ids.extend(_next_ids(conn, later))
     case_id: int = ids.pop(0)
     later.pools[_LAST_CASE_ID] = case_id
+    opened = later.pools.setdefault(_BATCH_OPENED, set())
+    assert isinstance(opened, set)
+    opened.add(case_id)
     later.add(
         _INSERT_LATER, [{**values, "id": case_id, "version": 0}], read=True, rank=_OPENED_RANK
     )
     return _as_stored(replace(state, id=case_id, reference=values["reference"], version=0))
+
+
+def opened_in_batch(conn: Connection, case_id: int) -> bool:
+    """Whether the batch that defers this connection's writes opened this case (what the
+    store holds of it then is what the batch wrote)."""
+    waiting = deferred(conn)
+    opened = waiting.pools.get(_BATCH_OPENED) if waiting is not None else None
+    return isinstance(opened, set) and case_id in opened
 
 
 def _next_ids(conn: Connection, later: DeferredWrites) -> list[int]:
@@ -833,6 +845,12 @@ def prefetch_candidates(conn: Connection, mailbox: str, lookups: Iterable[Lookup
         if row.known_address is not None:
             pool.people[row.id].add(row.known_address)
     waiting.pools[_POOL] = pool
+
+
+def pooled_case_ids(conn: Connection) -> list[int]:
+    """The ids of the cases in the batch's pool (none without one)."""
+    pool = _pool(conn)
+    return sorted(pool.states) if pool is not None else []
 
 
 def _pool(conn: Connection) -> _Pool | None:
