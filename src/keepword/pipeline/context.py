@@ -29,6 +29,7 @@ from keepword.domain.limits import DAY, Book, PlannedMail
 from keepword.domain.model import CaseStatus, PromiseAudience, PromiseKind
 from keepword.domain.owners import Roster, away_share, roster_for
 from keepword.domain.predict import PromisePredictor
+from keepword.domain.trust import TrustPolicy
 from keepword.domain.windows import Window
 from keepword.mail.compose import CUSTOMER_KINDS
 from keepword.mail.render import Renderer
@@ -105,6 +106,8 @@ class MailboxContext:
     _book: Book | None = field(default=None, init=False)
     # Open live cases per owner (the least_open policy), read once a run (`open_counts`).
     _open: dict[str, int] | None = field(default=None, init=False)
+    # The mailbox's trust policy, built once a run (pipeline.standing.policy_of).
+    trust: TrustPolicy | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.calendar = calendar_for(self.settings, self.box)

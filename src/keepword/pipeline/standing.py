@@ -59,12 +59,16 @@ class Judged:
 def policy_of(desk: MailboxContext) -> TrustPolicy:
     """The mailbox's trust policy. The team's domains are `dkim_domains`, or, when none
     are listed, the domain of the mailbox's own address: a trusted authserv-id vouches
-    for those. (DKIM itself is verified only when `dkim_domains` is set: `_authentication`.)"""
-    box = desk.box
-    policy = box.trust.policy(box.team_addresses(), desk.own_addresses)
-    if policy.dkim_domains:
-        return policy
-    return replace(policy, dkim_domains=frozenset({box.address.rpartition("@")[2].lower()}))
+    for those. (DKIM itself is verified only when `dkim_domains` is set: `_authentication`.)
+    Built once a run: every message asks."""
+    if desk.trust is None:
+        box = desk.box
+        policy = box.trust.policy(box.team_addresses(), desk.own_addresses)
+        if not policy.dkim_domains:
+            domain = box.address.rpartition("@")[2].lower()
+            policy = replace(policy, dkim_domains=frozenset({domain}))
+        desk.trust = policy
+    return desk.trust
 
 
 def judge(

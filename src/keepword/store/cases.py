@@ -309,9 +309,11 @@ def _next_ids(conn: Connection, later: DeferredWrites) -> list[int]:
 
 
 def _as_stored(state: CaseState) -> CaseState:
-    """`state` as a read of its row gives it: every time aware UTC."""
+    """`state` as a read of its row gives it: every time aware UTC (the state itself when
+    they are already: a batch keeps every case it opens or saves this way)."""
     times = {name: getattr(state, name) for name in _TIMES}
-    return replace(state, **{k: v.astimezone(UTC) for k, v in times.items() if v})
+    moved = {k: v.astimezone(UTC) for k, v in times.items() if v and v.tzinfo is not UTC}
+    return replace(state, **moved) if moved else state
 
 
 def confirm_unchanged(conn: Connection, state: CaseState) -> None:
