@@ -638,6 +638,35 @@ def test_a_history_with_the_teams_answers_costs_a_few_statements_a_mail(tmp_path
     assert per_mail <= 1.0, sorted(set(statements))
 
 
+def test_a_first_imports_history_is_triaged_in_bigger_batches_than_live_mail(
+    tmp_path: Path,
+) -> None:
+    """Nobody waits for an acknowledgement of history: it goes in batches of
+    HISTORY_BATCH (a transaction's set-up, reads and commit paid a quarter as often),
+    live mail in batches of BATCH, so a customer's acknowledgement waits for no more."""
+    desk = StoreDesk(tmp_path, team=[ALICE, BOB])
+    history = triage_module.HISTORY_BATCH + 50
+    for n in range(history):
+        at = START + timedelta(minutes=n)
+        old = _mail(f"h{n}@example.org", SUPPORT, f"Old {n}", at, f"h{n}")
+        desk.deliver_raw(old.as_bytes(), at, is_history=True)
+    live = 2 * triage_module.BATCH + 10
+    later = START + timedelta(days=1)
+    for n in range(live):
+        desk.deliver(_mail(f"l{n}@example.org", SUPPORT, f"New {n}", later, f"l{n}"), later)
+
+    def transactions(**how: Any) -> int:
+        context = MailboxContext(desk.settings, desk.box, desk.engine, desk.renderer, later)
+        with recorded(desk.engine) as statements:
+            done = triage_pending(context, acknowledger=acknowledge_case, **how)
+        assert not done.errors and not done.more
+        return sum(s.startswith("BEGIN IMMEDIATE") for s in statements)
+
+    assert transactions(history_only=True) == 2  # 250 in batches of 200
+    assert transactions() == 3  # 110 in batches of 50
+    assert triage_module.HISTORY_BATCH > triage_module.BATCH
+
+
 def test_a_store_gone_when_the_predictor_is_kept_costs_the_run_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

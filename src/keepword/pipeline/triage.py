@@ -98,6 +98,10 @@ STORE_ERRORS_TO_STOP = 3
 # are paid once a batch, and SQLite's write lock is held at most one batch long (tens of
 # milliseconds to a few hundred), so other mailboxes and the drain wait no longer.
 BATCH = 50
+# A first import's history (`through`, `history_only`): nobody waits for its
+# acknowledgement, so bigger batches, whose set-up, reads and commit are paid a quarter
+# as often (~10% less triage CPU; the write lock held ~0.1 s a batch).
+HISTORY_BATCH = 200
 
 
 @dataclass
@@ -170,11 +174,13 @@ def triage_pending(
 ) -> TriageResult:
     """Triage what is due: new mail in the order it was written, then due retries.
 
-    Batches of `batch` messages (BATCH unless given; `batch=1`: a transaction each); a
-    message whose triage fails stays pending for a later retry and never stops the
-    messages behind it. `through`, `history_only`: see triage_state.due_untriaged.
+    Batches of `batch` messages (unless given: BATCH, HISTORY_BATCH during a first
+    import; `batch=1`: a transaction each); a message whose triage fails stays pending
+    for a later retry and never stops the messages behind it. `through`, `history_only`:
+    see triage_state.due_untriaged.
     """
-    batch = batch or BATCH
+    importing = through is not None or history_only
+    batch = batch or (HISTORY_BATCH if importing else BATCH)
     run = _Run(desk, acknowledger)
     box = desk.box
     with desk.engine.connect() as conn:
