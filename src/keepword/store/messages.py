@@ -467,9 +467,8 @@ def load_facts(conn: Connection, pks: Sequence[int]) -> list[MessageFacts]:
     """
     roles = _roles(conn, pks)
     rows: dict[int, Any] = {}
-    with_text = select(message, message_content.c.body_text).select_from(with_content())
     for chunk in _chunks(list(pks)):
-        for row in conn.execute(with_text.where(message.c.id.in_(chunk))):
+        for row in conn.execute(_FACTS_READ.where(message.c.id.in_(chunk))):
             rows[int(row.id)] = row
     return [_facts(rows[pk], roles.get(pk, [])) for pk in pks if pk in rows]
 
@@ -477,6 +476,37 @@ def load_facts(conn: Connection, pks: Sequence[int]) -> list[MessageFacts]:
 def with_content() -> Join:
     """message with its content (outer: a row written without one reads an empty body)."""
     return message.outerjoin(message_content, message_content.c.message_pk == message.c.id)
+
+
+# What `_facts` reads of a message, and no more: triage reads every message back once,
+# and each column left out (the triage record's, the store's times) is a value
+# SQLAlchemy need not process.
+_FACTS_READ = select(
+    *(
+        message.c[name]
+        for name in (
+            "id",
+            "mailbox",
+            "message_id",
+            "from_addr",
+            "from_name",
+            "to_addrs",
+            "cc_addrs",
+            "reply_to",
+            "subject",
+            "date",
+            "date_offset_minutes",
+            "in_reply_to",
+            "references",
+            "headers",
+            "content_type",
+            "origin",
+            "is_history",
+            "quarantined",
+        )
+    ),
+    message_content.c.body_text,
+).select_from(with_content())
 
 
 def _roles(conn: Connection, pks: Sequence[int]) -> dict[int, list[str]]:
