@@ -209,6 +209,9 @@ def test_keepword_import_leaves_the_history_in_cases_and_live_mail_to_the_daemon
     assert [row.triaged_at is not None for row in _rows(engine)] == [True] * 33
     # The smaller folder first: triage runs alongside the bigger one's import.
     assert [row.origin for row in _rows(engine)] == ["sent"] * 3 + ["inbox"] * 30
+    # The summary lists the folders as configured, not in the order they went in.
+    listed = [line.split()[3] for line in done.stdout.splitlines() if "│ support" in line]
+    assert listed == ["INBOX", "Sent"], done.stdout
 
     # Mail that came since is live: the daemon triages and answers it, not the import.
     dovecot.append(mail_user, "INBOX", mail(30))

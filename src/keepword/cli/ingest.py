@@ -130,6 +130,9 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
                             break
             finally:
                 session.close()
+            # Listed as configured, whatever order they went in (the smallest first).
+            order = [folder for folder, _ in watched_folders(box)]
+            result.folders = {f: result.folders[f] for f in order if f in result.folders}
             desk(None)  # what is left: all of it (also after a folder failed)
             cased[box.name] = desk.cases
     _summary(Console(), results, cased)
