@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from keepword.adapters import logs
+from keepword.mail.bounces import read_bounce
+from tests.corpora import CORPORA, needs_corpora
 
 
 @pytest.fixture
@@ -64,6 +66,16 @@ def test_every_traceback_line_keeps_the_priority(captured: io.StringIO) -> None:
     assert len(lines) > 3
     assert all(line.startswith("<3>") for line in lines)
     assert lines[-1] == "<3>RuntimeError: boom"
+
+
+@needs_corpora
+def test_reading_a_bounce_at_info_logs_nothing_of_the_detectors(captured: io.StringIO) -> None:
+    """flufl.bounce names each of its detectors at INFO for every delivery report: ~17
+    lines in the journal for each bounce the daemon reads."""
+    logs.setup_logging("INFO", stream=captured, journal=False)
+    bounce = read_bounce((CORPORA / "cpython-test_email" / "msg_16.txt").read_bytes())
+    assert bounce is not None and bounce.failed, "a delivery report that names a failure"
+    assert captured.getvalue() == ""
 
 
 def test_extra_overrides_context_and_context_is_reset(captured: io.StringIO) -> None:

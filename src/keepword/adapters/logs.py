@@ -173,8 +173,9 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # Libraries' chatter at INFO (APScheduler runs a job every few seconds) is noise here.
+    # Libraries' chatter at INFO (APScheduler runs a job every few seconds; flufl.bounce
+    # names each of its ~17 detectors for every delivery report read) is noise here.
     noisy_level = logging.WARNING if root.level > logging.DEBUG else logging.DEBUG
-    for noisy in ("alembic", "apscheduler", "aiosmtplib", "imapclient", "asyncio"):
+    for noisy in ("alembic", "apscheduler", "aiosmtplib", "imapclient", "asyncio", "flufl"):
         logging.getLogger(noisy).setLevel(noisy_level)
     return handler
