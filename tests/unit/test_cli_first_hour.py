@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import tomllib
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -30,6 +32,23 @@ from keepword.timefmt import clock_time, moment, short_moment, zone_of
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 26, 9, 5, tzinfo=UTC)
 BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def test_a_command_starts_without_the_daemon_or_alembic() -> None:
+    """Every command builds the whole parser; the daemon's modules (`run`) and alembic
+    (a migration) load only when they are used: ~0.25 s less for every other command."""
+    probe = (
+        "import sys; from keepword.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith(('alembic', 'keepword.runtime'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "src")},
+    ).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

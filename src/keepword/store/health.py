@@ -9,15 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from keepword.store.db import MIGRATIONS, make_engine, stored_revision
 from keepword.store.lock import sqlite_path
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class StoreHealth:
 
 
 def _scripts() -> ScriptDirectory:
+    # Imported here: every CLI command loads this module, few ask for the scripts.
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(config)
