@@ -12,6 +12,7 @@ from keepword.errors import StoreError
 from keepword.store.db import (
     MIGRATIONS,
     head_revision,
+    known_revisions,
     make_engine,
     migrate,
     open_store,
@@ -140,7 +141,7 @@ def test_a_failed_upgrade_leaves_the_store_as_it_was(tmp_path: Path) -> None:
     assert "message_content" in table_names(engine)
 
 
-def test_the_head_revision_read_from_the_file_names_is_alembics_head() -> None:
+def test_the_revisions_read_from_the_file_names_are_alembics() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
@@ -148,6 +149,7 @@ def test_the_head_revision_read_from_the_file_names_is_alembics_head() -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     scripts = ScriptDirectory.from_config(config)
     assert head_revision() == scripts.get_current_head()
+    assert known_revisions() == {script.revision for script in scripts.walk_revisions()}
     # Each migration's file is named after its revision (what head_revision relies on).
     for script in scripts.walk_revisions():
         assert script.path is not None and Path(script.path).name.startswith(script.revision + "_")
@@ -182,3 +184,25 @@ def test_a_new_store_has_no_revision(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert stored_revision(conn) is None
     engine.dispose()
+
+
+def test_keepword_check_knows_a_store_at_the_head_and_one_newer_than_itself(
+    tmp_path: Path,
+) -> None:
+    """`keepword check` (store.health) names the store's revision against the migrations
+    this keepword ships: up to date at the head; refused when a newer keepword wrote it."""
+    from sqlalchemy import text
+
+    from keepword.store.health import check_store
+
+    url = f"sqlite:///{tmp_path}/kw.db"
+    open_store(url).dispose()
+    current = check_store(url)
+    assert current.ok and f"schema up to date ({head_revision()})" in current.detail
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    newer = check_store(url)
+    assert not newer.ok
+    assert f"schema 9999 is newer than this keepword knows ({head_revision()})" in newer.detail

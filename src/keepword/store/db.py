@@ -104,10 +104,17 @@ def _at_head(engine: Engine) -> bool:
         return False
 
 
+def known_revisions() -> frozenset[str]:
+    """Every migration's revision: each one's file is named after its revision
+    (`0012_message_content.py`), which a test holds to alembic's own idea of them."""
+    return frozenset(
+        path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9]*_*.py")
+    )
+
+
 def head_revision() -> str:
-    """The newest migration's revision: each one's file is named after its revision
-    (`0012_message_content.py`), which a test holds to alembic's own idea of the head."""
-    return max(path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    """The newest migration's revision (`known_revisions`)."""
+    return max(known_revisions())
 
 
 def stored_revision(conn: Connection) -> str | None:

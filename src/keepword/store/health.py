@@ -9,33 +9,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from keepword.store.db import MIGRATIONS, make_engine, stored_revision
+from keepword.store.db import head_revision, known_revisions, make_engine, stored_revision
 from keepword.store.lock import sqlite_path
-
-if TYPE_CHECKING:
-    from alembic.script import ScriptDirectory
 
 
 @dataclass(frozen=True)
 class StoreHealth:
     ok: bool
     detail: str
-
-
-def _scripts() -> ScriptDirectory:
-    # Imported here: every CLI command loads this module, few ask for the scripts.
-    from alembic.config import Config as AlembicConfig
-    from alembic.script import ScriptDirectory
-
-    config = AlembicConfig()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return ScriptDirectory.from_config(config)
 
 
 def _writable_dir(directory: Path) -> Path | None:
@@ -66,10 +52,8 @@ def check_store(url: str) -> StoreHealth:
 
 
 def _verdict(current: str | None, writable: str | None) -> StoreHealth:
-    scripts = _scripts()
-    head = scripts.get_current_head()
-    known = {script.revision for script in scripts.walk_revisions()}
-    if current is not None and current not in known:
+    head = head_revision()
+    if current is not None and current not in known_revisions():
         return StoreHealth(
             False, f"schema {current} is newer than this keepword knows ({head}): upgrade keepword"
         )
