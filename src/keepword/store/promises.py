@@ -97,11 +97,11 @@ def _holds_none(conn: Connection, case_id: int) -> bool:
 
 
 def _read_holders(conn: Connection) -> tuple[frozenset[int], frozenset[int]]:
-    """The pool's case ids, and those of them holding open promises now."""
+    """The pool's case ids, and those of them holding open promises now. Nothing waiting
+    is written first: a case with promise rows waiting is `given`, never answered here."""
     ids = pooled_case_ids(conn)
     if not ids or len(ids) > MAX_PREFETCHED_IDS:
         return frozenset(), frozenset()
-    settle(conn, reading=promise.name)
     return frozenset(ids), frozenset(conn.execute(_HOLDING, {"ids": ids}).scalars())
 
 
