@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from keepword.pipeline import ingest
+from keepword.cli import ingest as cli_ingest
+from keepword.config import load_config
+from keepword.pipeline import ingest, parse_workers
 from keepword.pipeline.acknowledge import acknowledge_case
 from keepword.pipeline.ingest import MailboxPoller
 from keepword.pipeline.triage import triage_pending
@@ -295,3 +298,54 @@ def test_a_bug_in_a_folders_plan_leaves_it_in_uid_order_and_triage_after_it(
         (row["message_id"], row["origin"]) for row in _messages(planned_import.snapshot)
     }
     assert len(imported.snapshot["case"]) == len(planned_import.snapshot["case"]) >= 10
+
+
+class _CountedExecutor(ProcessPoolExecutor):
+    """The parse workers' executor, counted: one is one set of workers spawned."""
+
+    made = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        type(self).made += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("way", ["keepword import", "the daemon's poll"])
+def test_a_first_imports_folders_share_one_set_of_parse_workers(
+    dovecot: Dovecot,
+    mail_user: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+) -> None:
+    """Sent, then the inbox: the workers spawned for the first folder (while the plan is
+    read) parse the second one's batches too, instead of a second spawn."""
+    monkeypatch.setattr(ingest, "PARALLEL_PARSE_MIN", 20)  # the two folders together
+    monkeypatch.setattr(parse_workers, "ProcessPoolExecutor", _CountedExecutor)
+    monkeypatch.setattr(_CountedExecutor, "made", 0)
+    submitted: list[int] = []
+    real_submit = parse_workers.ParsePool.submit
+
+    def submit(pool: parse_workers.ParsePool, raws: Any) -> Any:
+        future = real_submit(pool, raws)
+        submitted.append(len(raws) if future is not None else 0)
+        return future
+
+    monkeypatch.setattr(parse_workers.ParsePool, "submit", submit)
+    dovecot.multiappend(mail_user, "INBOX", [mail(n) for n in range(15)])
+    dovecot.multiappend(mail_user, "Sent", [mail(n) for n in range(100, 110)])
+    config = write_config(dovecot, mail_user, tmp_path, fetch_batch=4)
+    settings = load_config(config)
+    if way == "keepword import":
+        assert cli_ingest._import(settings, list(settings.mailbox), quiet=True) == 0
+    else:
+        engine = open_store(settings.keepword.effective_database_url())
+        poller = MailboxPoller(engine, settings, settings.mailbox[0])
+        try:
+            assert poller.poll(now).ok
+        finally:
+            poller.close()
+    assert _CountedExecutor.made == 1
+    # Every batch of both folders went to the workers, though neither folder reaches
+    # PARALLEL_PARSE_MIN alone: the plan of the whole first import started them.
+    assert sum(submitted) == 25 and 0 not in submitted

@@ -30,7 +30,7 @@ from keepword.domain.message_ids import sender_digest
 from keepword.domain.model import Origin
 from keepword.errors import MailboxError
 from keepword.mail.parse import parse_message
-from keepword.pipeline import ingest
+from keepword.pipeline import ingest, parse_workers
 from keepword.pipeline.ingest import (
     Folder,
     MailboxPoller,
@@ -177,7 +177,7 @@ def test_every_corpus_file_is_stored_exactly_once(
 ) -> None:
     if workers:  # the pipeline of a big backlog: batches parsed side by side, in order
         monkeypatch.setattr(ingest, "PARALLEL_PARSE_MIN", 1)
-        monkeypatch.setattr(ingest, "PARSE_WORKERS", workers)
+        monkeypatch.setattr(parse_workers, "PARSE_WORKERS", workers)
     corpus = corpus_rfc822()
     refused = append_all(dovecot, mail_user, [raw for _, raw in corpus])
     # Dovecot takes every file as it is (bare LF, CR-only, 8-bit); if it ever refuses

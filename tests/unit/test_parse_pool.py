@@ -1,22 +1,16 @@
 """The parse workers of big imports come from one budget per process: mailboxes that
 import at once share it (their memory does not grow with their number), and an import
-that finds it spent parses in its own process, losing nothing."""
+that finds it spent parses in its own process, losing nothing. A pool spawns its
+workers when started (warm before the first batch) and keeps them until it stops."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import os
 
 import pytest
 
-from keepword.pipeline import ingest
-
-
-@dataclass(frozen=True)
-class _Fetched:
-    uid: int
-    raw: bytes
-    internaldate: datetime | None = None
+from keepword.pipeline import parse_workers
+from keepword.pipeline.parse_workers import ParsePool
 
 
 def _mail(n: int) -> bytes:
@@ -28,39 +22,61 @@ def _mail(n: int) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _two_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingest, "PARSE_WORKERS", 2)
+    monkeypatch.setattr(parse_workers, "PARSE_WORKERS", 2)
 
 
 def test_imports_at_once_share_the_processs_parse_workers() -> None:
-    with ingest._ParsePool(2) as first:
-        with ingest._ParsePool(2) as second:
-            assert (first.workers, second.workers) == (2, 0)
-        with ingest._ParsePool(1) as third:
-            assert third.workers == 0
-    with ingest._ParsePool(2) as later:  # given back, also by the pool that got none
-        assert later.workers == 2
+    with ParsePool(2) as first:
+        first.start()
+        with ParsePool(2) as second:
+            assert (first.workers, second.start().workers) == (2, 0)
+        with ParsePool(1) as third:
+            assert third.start().workers == 0
+    with ParsePool(2) as later:  # given back, also by the pool that got none
+        assert later.start().workers == 2
+
+
+def test_a_pool_not_started_takes_no_worker() -> None:
+    with ParsePool(2) as idle:
+        assert not idle.parallel and idle.workers == 0
+        with ParsePool(2) as pool:
+            assert pool.start().workers == 2
+    assert idle.submit([_mail(1)]) is None
 
 
 def test_a_pool_given_back_after_an_error_frees_its_workers() -> None:
-    with pytest.raises(RuntimeError), ingest._ParsePool(2) as pool:
-        assert pool.workers == 2
+    with pytest.raises(RuntimeError), ParsePool(2) as pool:
+        assert pool.start().workers == 2
         raise RuntimeError("storing failed")
-    with ingest._ParsePool(2) as again:
-        assert again.workers == 2
+    with ParsePool(2) as again:
+        assert again.start().workers == 2
 
 
 def test_an_import_without_a_worker_parses_in_process() -> None:
-    fetched = [_Fetched(uid=n, raw=_mail(n)) for n in (1, 2)]
-    with ingest._ParsePool(2) as busy, ingest._ParsePool(2) as pool:
-        assert busy.workers == 2 and pool.workers == 0
-        items = pool.collect(fetched, pool.submit(fetched))
-    assert [(i.uid, i.parsed.subject) for i in items] == [(1, "Order 1"), (2, "Order 2")]
+    raws = [_mail(n) for n in (1, 2)]
+    with ParsePool(2) as busy, ParsePool(2) as pool:
+        assert busy.start().workers == 2 and pool.start().workers == 0
+        parsed = pool.parsed(raws, pool.submit(raws))
+    assert [p.subject for p in parsed] == ["Order 1", "Order 2"]
 
 
 def test_a_worker_parses_a_batch_in_order() -> None:
-    fetched = [_Fetched(uid=n, raw=_mail(n)) for n in range(1, 6)]
-    with ingest._ParsePool(1) as pool:
-        future = pool.submit(fetched)
+    raws = [_mail(n) for n in range(1, 6)]
+    with ParsePool(1) as pool:
+        future = pool.start().submit(raws)
         assert future is not None  # parsed in the worker, not in this process
-        items = pool.collect(fetched, future)
-    assert [i.parsed.message_id for i in items] == [f"m{n}@example.org" for n in range(1, 6)]
+        parsed = pool.parsed(raws, future)
+    assert [p.message_id for p in parsed] == [f"m{n}@example.org" for n in range(1, 6)]
+
+
+def test_a_started_pool_has_every_worker_up_before_its_first_batch_and_keeps_them() -> None:
+    with ParsePool(2) as pool:
+        spawned = pool.start().worker_pids()  # the warm-up tasks alone: no batch yet
+        assert len(spawned) == 2 and os.getpid() not in spawned
+        assert pool.start().worker_pids() == spawned  # a second start spawns nothing
+        assert pool.workers == 2
+        raws = [_mail(n) for n in range(1, 4)]
+        for _ in range(3):  # batch after batch in the same two processes
+            assert len(pool.parsed(raws, pool.submit(raws))) == 3
+        assert pool.worker_pids() == spawned
+    assert not pool.parallel and pool.workers == 0

@@ -17,7 +17,7 @@ import pytest
 
 from keepword.cli import build_parser
 from keepword.config import ImapSettings
-from keepword.pipeline import ingest
+from keepword.pipeline import parse_workers
 from keepword.runtime.daemon import CLOSE_TIMEOUT, STOP_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ def test_memory_is_capped_above_what_ingestion_holds(unit: Unit) -> None:
     # The batches in flight (fetched, one in each parse worker, the one being stored),
     # the stored copy, each worker's own copy, and the interpreter with one parse: a
     # default installation must never meet the throttle, let alone the kill.
-    workers = ingest.MAX_PARSE_WORKERS
+    workers = parse_workers.MAX_PARSE_WORKERS
     held = (workers + 2) + 1 + workers + 1
     assert held * batch <= size_in_bytes(high) < size_in_bytes(limit)
 

@@ -42,6 +42,7 @@ from keepword.pipeline.ingest import (
     smallest_first,
     watched_folders,
 )
+from keepword.pipeline.parse_workers import ParsePool
 from keepword.pipeline.triage import triage_pending
 
 
@@ -110,7 +111,9 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
                 continue
             # Triaged into cases while it is taken in, oldest first (pipeline.history).
             desk = _HistoryDesk(settings, box, engine)
-            mailbox = Folder(engine, box, "", Origin.INBOX, _now, history=HistoryImport(desk))
+            history = HistoryImport(desk)
+            parsers = ParsePool()  # kept across the folders
+            mailbox = Folder(engine, box, "", Origin.INBOX, _now, history=history, parsers=parsers)
             try:
                 plan_history(session, mailbox, watched_folders(box))
                 for folder, role in smallest_first(watched_folders(box), mailbox.history):
@@ -129,6 +132,7 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
                         if isinstance(exc, MailboxError | OSError):
                             break
             finally:
+                parsers.stop()
                 session.close()
             # Listed as configured, whatever order they went in (the smallest first).
             order = [folder for folder, _ in watched_folders(box)]

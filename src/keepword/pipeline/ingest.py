@@ -5,7 +5,7 @@ A poll asks STATUS first; when nothing is new that is the only IMAP command. New
 are fetched in batches (BODY.PEEK, never marking mail read), parsed, and each batch is
 stored in its own transaction together with the advanced cursor: a crash loses
 nothing and doubles nothing. A batch is capped in messages and in bytes (RFC822.SIZE,
-asked first), and at most four batches are in flight (PARSE_WORKERS), so memory follows
+asked first), and at most four batches are in flight (pipeline.parse_workers), so memory follows
 fetch_batch_bytes, not the size of the mail.
 
 First contact with a folder takes everything already in it as history (kept, threaded,
@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import multiprocessing
-import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -40,7 +38,7 @@ from keepword.adapters.imap import ImapConnectionError, ImapSession
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.model import Origin
 from keepword.errors import KeepwordError, MailboxError
-from keepword.mail.parse import ParsedMessage, exit_with_parent, parse_many, parse_message
+from keepword.mail.parse import ParsedMessage, parse_message
 from keepword.pipeline.history import (
     EMPTY,
     DatedLike,
@@ -49,21 +47,20 @@ from keepword.pipeline.history import (
     StoredPrefix,
     Triager,
 )
+from keepword.pipeline.parse_workers import ParsePool
 from keepword.pipeline.prefetch import FIRST_ASK, Asked, Prefetcher
 from keepword.store import messages as store
 from keepword.store.messages import StoreItem
 
 log = logging.getLogger(__name__)
 
-# A backlog at least this big is parsed in a worker process (start-up ~0.3 s pays off).
+# A backlog at least this big is parsed in worker processes (pipeline.parse_workers:
+# their start, ~0.35 s, pays off).
 PARALLEL_PARSE_MIN = 2000
-# Parse workers of such a backlog: parsing is the import's bottleneck (~0.75 ms a mail
-# against ~0.5 ms of fetching and storing in this process), so a second worker cuts
-# the wall time where a second core is; more would wait for this process. Each holds
-# one batch (docs/benchmarks.md, "Memory"). The budget is the process's: mailboxes
-# importing at once share it (_WorkerBudget), so memory does not grow with their number.
-MAX_PARSE_WORKERS = 2
-PARSE_WORKERS = min(MAX_PARSE_WORKERS, os.cpu_count() or 1)
+# A first import's first batches of a folder are smaller (then fetch_batch): storing
+# waits for the first parsed batch, ~0.35 s for 500 mails, ~0.07 s for 100, and the
+# workers are ahead of it from the second on (docs/benchmarks.md, twenty-second wave).
+FIRST_BATCHES = (100, 200)
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int], None]  # called with the number of messages just handled
@@ -158,6 +155,9 @@ class Folder:
     prefetch: Prefetcher | None = None
     # The mailbox's first import, oldest mail first and triaged meanwhile (pipeline.history).
     history: HistoryImport | None = None
+    # Parse workers kept across the poll's folders (its owner stops them); None: a
+    # folder with a backlog starts its own.
+    parsers: ParsePool | None = None
 
 
 def poll_folder(
@@ -218,28 +218,30 @@ def poll_folder(
         batches = importing.batches(box.imap.fetch_batch, max_bytes)
     else:
         batches = _batches(session, rest, box.imap.fetch_batch, max_bytes)
-    parallel = len(rest) >= PARALLEL_PARSE_MIN
+    # closing(): the fetch thread and parse workers are stopped (those of this folder
+    # alone; the poll's are kept) before this returns or raises, so the caller may use
+    # the session again right away.
     largest = 0
-    # closing(): the fetch thread and parse worker are stopped before this returns or
-    # raises, so the caller may use the session again right away.
-    parsed = _parsed_batches(session, batches, parallel=parallel, max_bytes=max_bytes)
-    planned_for = 0  # of the messages stored, how many the planner's statistics know of
-    with contextlib.closing(parsed) as stream:
-        for batch, items in itertools.chain([early] if early else [], stream):
-            through = batch[-1] if importing is None else importing.prefix.stored(batch)
-            added, seen, held = _store_parsed(
-                where, status.uidvalidity, through, items, history_below
-            )
-            new, known, quarantined = new + added, known + seen, quarantined + held
-            if not history_done and new >= max(STATISTICS_FIRST, 2 * planned_for):
-                _refresh_statistics(engine)
-                planned_for = new
-            largest = max(largest, sum(len(item.raw) for item in items))
-            del items  # stored: let it go before the next batch is parsed
-            if progress is not None:
-                progress(len(batch))
-            if importing is not None:
-                importing.history.stored(folder, len(batch))
+    with contextlib.ExitStack() as own:
+        parsers = _parsers(where, len(rest), own)
+        parsed = _parsed_batches(session, batches, parsers, max_bytes=max_bytes)
+        planned_for = 0  # of the messages stored, how many the planner's statistics know of
+        with contextlib.closing(parsed) as stream:
+            for batch, items in itertools.chain([early] if early else [], stream):
+                through = batch[-1] if importing is None else importing.prefix.stored(batch)
+                added, seen, held = _store_parsed(
+                    where, status.uidvalidity, through, items, history_below
+                )
+                new, known, quarantined = new + added, known + seen, quarantined + held
+                if not history_done and new >= max(STATISTICS_FIRST, 2 * planned_for):
+                    _refresh_statistics(engine)
+                    planned_for = new
+                largest = max(largest, sum(len(item.raw) for item in items))
+                del items  # stored: let it go before the next batch is parsed
+                if progress is not None:
+                    progress(len(batch))
+                if importing is not None:
+                    importing.history.stored(folder, len(batch))
     if following and where.prefetch is not None and where.role is Origin.INBOX:
         _ask_next(session, where, status.uidvalidity, following)  # the customers' mail
     _release_folder(session)  # new_uids EXAMINEd the folder, even if it found nothing
@@ -287,8 +289,8 @@ class _Importing:
 
     def batches(self, max_count: int, max_bytes: int) -> Iterator[list[int]]:
         """Oldest first; the session fetches (and the store stores) in that order, so the
-        ids follow the dates."""
-        return capped(self.plan.pairs(), max_count, max_bytes)
+        ids follow the dates. The first few are smaller (FIRST_BATCHES)."""
+        return capped(self.plan.pairs(), max_count, max_bytes, first=FIRST_BATCHES)
 
 
 def _importing(
@@ -335,9 +337,13 @@ def plan_history(
     with where.engine.connect() as conn:
         cursors = {name: store.get_cursor(conn, where.box.name, name) for name, _ in folders}
     unread = [(n, c) for n, c in cursors.items() if c is None or not c.history_done]
+    backlog = 0
     for name, cursor in unread:
         try:
             uids = session.new_uids(name, cursor.last_uid if cursor is not None else 0)
+            backlog += len(uids)
+            if where.parsers is not None and backlog >= PARALLEL_PARSE_MIN:
+                where.parsers.start()  # spawned while the plan is read, not after it
             history.plan(name, _read_plan(session, uids))
         except MailboxError:
             log.debug("mailbox %s folder %s: not planned", where.box.name, name, exc_info=True)
@@ -505,22 +511,37 @@ def _release_folder(session: MailSession) -> None:
         log.debug("UNSELECT failed", exc_info=True)
 
 
+def _parsers(where: Folder, backlog: int, own: contextlib.ExitStack) -> ParsePool | None:
+    """The parse workers for this folder's `backlog`: the poll's (started for a backlog,
+    kept if started before), or the folder's own for a backlog (stopped with `own`)."""
+    if where.parsers is not None:
+        if backlog >= PARALLEL_PARSE_MIN:
+            where.parsers.start()
+        return where.parsers if where.parsers.parallel else None
+    if backlog < PARALLEL_PARSE_MIN:
+        return None
+    return own.enter_context(ParsePool()).start()
+
+
 def _parsed_batches(
-    session: MailSession, batches: Iterator[list[int]], *, parallel: bool, max_bytes: int
+    session: MailSession,
+    batches: Iterator[list[int]],
+    parsers: ParsePool | None,
+    *,
+    max_bytes: int,
 ) -> Generator[tuple[list[int], list[StoreItem]], None, None]:
     """Yield (uids asked for, parsed items) batch by batch, in UID order.
 
-    A big backlog runs as a three-stage pipeline: a thread fetches batch k+1 while
-    worker processes parse the batches before it (PARSE_WORKERS, one batch each) and
-    the caller stores the one before those (parsing is the bottleneck and would
-    otherwise share one core with fetching and storing). At most PARSE_WORKERS + 2
-    batches are held at once, so memory stays bounded by that many times max_bytes (see
-    _prefetched for a message bigger than that). Every batch is let go (`del`) as soon
-    as it was handed on: a loop variable would otherwise keep it alive while the next
-    one is fetched.
+    A big backlog (`parsers`) runs as a three-stage pipeline: a thread fetches batch k+1
+    while worker processes parse the batches before it (one batch each) and the caller
+    stores the one before those (parsing is the bottleneck and would otherwise share one
+    core with fetching and storing). At most the workers + 2 batches are held at once,
+    so memory stays bounded by that many times max_bytes (see _prefetched for a message
+    bigger than that). Every batch is let go (`del`) as soon as it was handed on: a loop
+    variable would otherwise keep it alive while the next one is fetched.
     """
     fetched_batches = _prefetched(session, batches, max_bytes)
-    if not parallel:
+    if parsers is None:
         with contextlib.closing(fetched_batches):
             for batch, fetched in fetched_batches:
                 items = [_item(f) for f in fetched]
@@ -528,110 +549,27 @@ def _parsed_batches(
                 yield batch, items
                 del items
         return
-    with contextlib.closing(fetched_batches), _ParsePool(PARSE_WORKERS) as pool:
+    with contextlib.closing(fetched_batches):
         waiting: list[_InFlight] = []  # the batches the workers are parsing, in order
         for batch, fetched in fetched_batches:
-            waiting.append((batch, fetched, pool.submit(fetched)))
+            waiting.append((batch, fetched, parsers.submit([f.raw for f in fetched])))
             del fetched
-            if len(waiting) > max(1, pool.workers):
-                yield _collected(pool, waiting.pop(0))
+            if len(waiting) > max(1, parsers.workers):
+                yield _collected(parsers, waiting.pop(0))
         while waiting:
-            yield _collected(pool, waiting.pop(0))
+            yield _collected(parsers, waiting.pop(0))
 
 
-def _collected(pool: _ParsePool, flight: _InFlight) -> tuple[list[int], list[StoreItem]]:
+def _collected(parsers: ParsePool, flight: _InFlight) -> tuple[list[int], list[StoreItem]]:
     batch, fetched, future = flight
-    return batch, pool.collect(fetched, future)
+    parsed = parsers.parsed([f.raw for f in fetched], future)
+    return batch, [
+        StoreItem(uid=f.uid, raw=f.raw, parsed=p, received_at=_utc(f.internaldate))
+        for f, p in zip(fetched, parsed, strict=True)
+    ]
 
 
 _InFlight = tuple[list[int], Sequence["FetchedLike"], "Future[list[ParsedMessage]] | None"]
-
-
-class _WorkerBudget:
-    """The parse workers this process may run at once, shared by its imports."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-
-    def take(self, wanted: int) -> int:
-        """Up to `wanted` workers, as many as PARSE_WORKERS leaves free (maybe none)."""
-        with self._lock:
-            granted = max(0, min(wanted, PARSE_WORKERS - self._running))
-            self._running += granted
-            return granted
-
-    def give_back(self, count: int) -> None:
-        with self._lock:
-            self._running -= count
-
-
-_BUDGET = _WorkerBudget()
-
-
-class _ParsePool:
-    """Spawned worker processes running parse_many; falls back to parsing in-process
-    (also when other imports of the process hold every worker of the budget).
-
-    `spawn` (not fork): the daemon has threads, and a forked child could inherit a held
-    lock. Entry points are `python -m keepword` and the console script, both of which
-    multiprocessing knows not to re-run in the child.
-    """
-
-    def __init__(self, wanted: int) -> None:
-        self._wanted = wanted
-        self.workers = 0  # granted by the budget while the pool is open
-
-    def __enter__(self) -> _ParsePool:
-        self._executor: ProcessPoolExecutor | None = None
-        self.workers = _BUDGET.take(self._wanted)
-        if not self.workers:
-            return self
-        try:
-            context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=context,
-                initializer=exit_with_parent,
-                initargs=(os.getpid(),),
-            )
-        except Exception:
-            log.warning("no parse worker process; parsing in-process", exc_info=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-        finally:
-            _BUDGET.give_back(self.workers)
-            self.workers = 0
-
-    def submit(self, fetched: Sequence[FetchedLike]) -> Future[list[ParsedMessage]] | None:
-        if self._executor is None or not fetched:
-            return None
-        try:
-            return self._executor.submit(parse_many, [f.raw for f in fetched])
-        except Exception:  # BrokenProcessPool: the worker died (OOM killer ...)
-            log.warning("parse worker unavailable; parsing in-process", exc_info=True)
-            self._executor = None
-            return None
-
-    def collect(
-        self, fetched: Sequence[FetchedLike], future: Future[list[ParsedMessage]] | None
-    ) -> list[StoreItem]:
-        parsed: list[ParsedMessage] | None = None
-        if future is not None:
-            try:
-                parsed = future.result()
-            except Exception:
-                log.warning("parse worker failed; parsing this batch in-process", exc_info=True)
-        if parsed is None or len(parsed) != len(fetched):
-            parsed = [parse_message(f.raw) for f in fetched]
-        return [
-            StoreItem(uid=f.uid, raw=f.raw, parsed=p, received_at=_utc(f.internaldate))
-            for f, p in zip(fetched, parsed, strict=True)
-        ]
 
 
 def _prefetched(
@@ -703,14 +641,21 @@ def byte_capped(
     return capped(((uid, sizes.get(uid, 0)) for uid in uids), max_count, max_bytes)
 
 
-def capped(sized: Iterable[tuple[int, int]], max_count: int, max_bytes: int) -> Iterator[list[int]]:
-    """byte_capped over (UID, size) pairs."""
+def capped(
+    sized: Iterable[tuple[int, int]], max_count: int, max_bytes: int, first: Sequence[int] = ()
+) -> Iterator[list[int]]:
+    """byte_capped over (UID, size) pairs; the i-th batch holds at most first[i] messages
+    where `first` names one (and never more than max_count)."""
+    counts = itertools.chain(
+        (min(count, max_count) for count in first), itertools.repeat(max_count)
+    )
     batch: list[int] = []
     held = 0
+    limit = next(counts)
     for uid, size in sized:
-        if batch and (len(batch) >= max_count or held + size > max_bytes):
+        if batch and (len(batch) >= limit or held + size > max_bytes):
             yield batch
-            batch, held = [], 0
+            batch, held, limit = [], 0, next(counts)
         batch.append(uid)
         held += size
     if batch:
@@ -847,12 +792,20 @@ class MailboxPoller:
                     )
                 batches = [(f, r, _live_batch(self.box, r, first_slice)) for f, r in polled]
                 history = None if self._imported else HistoryImport(triage)
-                mailbox = Folder(
-                    self.engine, self.box, "", Origin.INBOX, clock, self.prefetch, history
-                )
-                plan_history(self._session, mailbox, polled)
-                batches = smallest_first(batches, history)
-                result = _poll_folders(self._session, mailbox, batches, progress)
+                with ParsePool() as parsers:  # kept across the folders
+                    mailbox = Folder(
+                        self.engine,
+                        self.box,
+                        "",
+                        Origin.INBOX,
+                        clock,
+                        self.prefetch,
+                        history,
+                        parsers,
+                    )
+                    plan_history(self._session, mailbox, polled)
+                    batches = smallest_first(batches, history)
+                    result = _poll_folders(self._session, mailbox, batches, progress)
             except MailboxError:
                 self._drop()
                 raise
