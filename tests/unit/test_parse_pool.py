@@ -6,10 +6,15 @@ workers when started (warm before the first batch) and keeps them until it stops
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 
-from keepword.pipeline import parse_workers
+from keepword.mail.parse import ParsedMessage, parse_message
+from keepword.pipeline import ingest, parse_workers
 from keepword.pipeline.parse_workers import ParsePool
 
 
@@ -80,3 +85,46 @@ def test_a_started_pool_has_every_worker_up_before_its_first_batch_and_keeps_the
             assert len(pool.parsed(raws, pool.submit(raws))) == 3
         assert pool.worker_pids() == spawned
     assert not pool.parallel and pool.workers == 0
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    uid: int
+    raw: bytes
+    internaldate: datetime | None = None
+
+
+class _Session:
+    """Fetches from memory (what _parsed_batches asks of an IMAP session)."""
+
+    def fetch(self, uids: Sequence[int]) -> list[_Fetched]:
+        return [_Fetched(uid, _mail(uid)) for uid in uids]
+
+
+class _QueuedPool(ParsePool):
+    """Two workers that never begin: every batch stays queued (a pending future)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.workers = 2
+        self.futures: list[Future[list[ParsedMessage]]] = []
+
+    def submit(self, raws: Sequence[bytes]) -> Future[list[ParsedMessage]] | None:
+        self.futures.append(Future())
+        return self.futures[-1]
+
+    def parsed(
+        self, raws: Sequence[bytes], future: Future[list[ParsedMessage]] | None
+    ) -> list[ParsedMessage]:
+        return [parse_message(raw) for raw in raws]
+
+
+def test_a_folder_stopped_early_leaves_no_batch_queued_for_the_pools_next_folder() -> None:
+    pool = _QueuedPool()
+    batches = iter([[1, 2], [3, 4], [5, 6], [7, 8]])
+    stream = ingest._parsed_batches(_Session(), batches, pool, max_bytes=10**6)
+    first, items = next(stream)
+    assert first == [1, 2] and [i.uid for i in items] == [1, 2]
+    stream.close()  # the folder's poll failed while storing: the pool is kept
+    assert len(pool.futures) == 3
+    assert all(future.cancelled() for future in pool.futures[1:])

@@ -549,15 +549,20 @@ def _parsed_batches(
                 yield batch, items
                 del items
         return
-    with contextlib.closing(fetched_batches):
-        waiting: list[_InFlight] = []  # the batches the workers are parsing, in order
-        for batch, fetched in fetched_batches:
-            waiting.append((batch, fetched, parsers.submit([f.raw for f in fetched])))
-            del fetched
-            if len(waiting) > max(1, parsers.workers):
+    waiting: list[_InFlight] = []  # the batches the workers are parsing, in order
+    try:
+        with contextlib.closing(fetched_batches):
+            for batch, fetched in fetched_batches:
+                waiting.append((batch, fetched, parsers.submit([f.raw for f in fetched])))
+                del fetched
+                if len(waiting) > max(1, parsers.workers):
+                    yield _collected(parsers, waiting.pop(0))
+            while waiting:
                 yield _collected(parsers, waiting.pop(0))
-        while waiting:
-            yield _collected(parsers, waiting.pop(0))
+    finally:  # stopped early: what no worker began is dropped (the pool may be kept)
+        for _, _, future in waiting:
+            if future is not None:
+                future.cancel()
 
 
 def _collected(parsers: ParsePool, flight: _InFlight) -> tuple[list[int], list[StoreItem]]:
