@@ -544,7 +544,7 @@ def _parsed_batches(
     if parsers is None:
         with contextlib.closing(fetched_batches):
             for batch, fetched in fetched_batches:
-                items = [_item(f) for f in fetched]
+                items = [_item(f, parse_message(f.raw)) for f in fetched]
                 del fetched
                 yield batch, items
                 del items
@@ -568,10 +568,7 @@ def _parsed_batches(
 def _collected(parsers: ParsePool, flight: _InFlight) -> tuple[list[int], list[StoreItem]]:
     batch, fetched, future = flight
     parsed = parsers.parsed([f.raw for f in fetched], future)
-    return batch, [
-        StoreItem(uid=f.uid, raw=f.raw, parsed=p, received_at=_utc(f.internaldate))
-        for f, p in zip(fetched, parsed, strict=True)
-    ]
+    return batch, [_item(f, p) for f, p in zip(fetched, parsed, strict=True)]
 
 
 _InFlight = tuple[list[int], Sequence["FetchedLike"], "Future[list[ParsedMessage]] | None"]
@@ -667,12 +664,9 @@ def capped(
         yield batch
 
 
-def _item(fetched: FetchedLike) -> StoreItem:
+def _item(fetched: FetchedLike, parsed: ParsedMessage) -> StoreItem:
     return StoreItem(
-        uid=fetched.uid,
-        raw=fetched.raw,
-        parsed=parse_message(fetched.raw),
-        received_at=_utc(fetched.internaldate),
+        uid=fetched.uid, raw=fetched.raw, parsed=parsed, received_at=_utc(fetched.internaldate)
     )
 
 
@@ -804,9 +798,9 @@ class MailboxPoller:
                         "",
                         Origin.INBOX,
                         clock,
-                        self.prefetch,
-                        history,
-                        parsers,
+                        prefetch=self.prefetch,
+                        history=history,
+                        parsers=parsers,
                     )
                     plan_history(self._session, mailbox, polled)
                     batches = smallest_first(batches, history)
