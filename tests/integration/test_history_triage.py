@@ -7,6 +7,7 @@ cases, its live mail to the daemon."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -81,8 +82,11 @@ def _import(
     horizons: list[datetime | None] = []
     meanwhile: list[int] = []  # triaged while the import still had mail to store
 
+    threads: set[str] = set()  # where triage ran
+
     def triage(through: datetime | None) -> None:
         horizons.append(through)
+        threads.add(threading.current_thread().name)
         more = True
         while more:
             run = triage_pending(desk.desk_at(at), acknowledger=acknowledge_case, through=through)
@@ -99,7 +103,7 @@ def _import(
     while triage_pending(desk.desk_at(at), acknowledger=acknowledge_case).more:
         pass
     try:
-        return _Imported(snapshot(desk.engine), horizons, sum(meanwhile))
+        return _Imported(snapshot(desk.engine), horizons, sum(meanwhile), threads)
     finally:
         desk.engine.dispose()
 
@@ -109,6 +113,7 @@ class _Imported:
     snapshot: dict[str, list[tuple[Any, ...]]]  # what triage wrote
     horizons: list[datetime | None]  # the instants triage was given, in order
     meanwhile: int  # messages triaged before the import had stored everything
+    threads: set[str]  # the names of the threads triage ran in
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -141,6 +146,7 @@ def test_triage_during_the_import_decides_what_triage_after_it_decides(
     # the rest once nothing was left unstored.
     assert [h for h in horizons if h is not None] and horizons[-1] is None
     assert len(horizons) < len(deliveries) // 10 + 4  # at most once a stored batch
+    assert imported.threads == {threading.current_thread().name}  # SQLite: one writer
 
 
 def test_on_postgresql_triage_during_the_import_decides_the_same(
@@ -167,6 +173,8 @@ def test_on_postgresql_triage_during_the_import_decides_the_same(
     assert len(stores["after"].snapshot["case"]) >= 10
     horizons = stores["during"].horizons
     assert [h for h in horizons if h is not None] and horizons[-1] is None
+    # Here triage ran in a thread of its own while the import stored (TriageBehind).
+    assert stores["during"].threads == {"kw-history-triage"}
 
 
 def test_on_the_corpus_triage_during_the_import_decides_the_same(

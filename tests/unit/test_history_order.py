@@ -3,10 +3,14 @@ horizon triage may go up to while it runs, and the cursor of an out-of-order imp
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import gzip
+import logging
 import math
 import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +25,7 @@ from keepword.pipeline.history import (
     FolderPlan,
     HistoryImport,
     StoredPrefix,
+    TriageBehind,
     floor_of,
 )
 from tests.corpora import CORPORA, PRESENT
@@ -133,6 +138,77 @@ def test_triage_runs_after_a_batch_only_when_the_horizon_allows_and_never_fails_
     failing.begin("INBOX", plan_of((1, T0)))
     failing.stored("INBOX", 1)  # logged; the import goes on, triage after it
     assert failing.triage is None
+
+
+_MAILBOX: contextvars.ContextVar[str] = contextvars.ContextVar("mailbox", default="none")
+
+
+def test_triage_behind_runs_a_pass_in_its_own_thread_and_merges_what_waits() -> None:
+    """A pass runs beside the import; the instants handed in meanwhile make one pass, up
+    to the latest; finish() returns once that one is triaged."""
+    passes: list[tuple[datetime | None, str, str]] = []
+    first_began, release = threading.Event(), threading.Event()
+
+    def triage(through: datetime | None) -> None:
+        passes.append((through, threading.current_thread().name, _MAILBOX.get()))
+        first_began.set()
+        assert release.wait(10)
+
+    _MAILBOX.set("shop")  # the caller's context (its log context, its fence) goes along
+    behind = TriageBehind(triage)
+    behind(T0)
+    assert first_began.wait(10)  # the caller is not held up by the pass
+    for hours in (1, 2, 3):
+        behind(T0 + timedelta(hours=hours))
+    behind(None)  # all of it: the latest
+    release.set()
+    behind.finish()
+    assert [through for through, _, _ in passes] == [T0, None]
+    assert {thread for _, thread, _ in passes} == {"kw-history-triage"}
+    assert {mailbox for _, _, mailbox in passes} == {"shop"}
+
+
+def test_triage_behind_stops_at_a_failing_pass_and_the_import_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[datetime | None] = []
+
+    def broken(through: datetime | None) -> None:
+        calls.append(through)
+        raise RuntimeError("a bug in triage")
+
+    history = HistoryImport(broken)
+    history.begin("INBOX", plan_of((1, T0), (2, T0 + timedelta(hours=1))))
+    with caplog.at_level(logging.ERROR), history.triaging_behind(True):
+        history.stored("INBOX", 1)
+        behind = history.triage
+        assert isinstance(behind, TriageBehind)
+        while not behind.failed:
+            time.sleep(0.01)
+        history.stored("INBOX", 1)  # after a failure: nothing runs, nothing raised
+    assert calls == [T0 + timedelta(hours=1)]  # the lowest floor unstored, then no more
+    assert history.triage is None  # triage after the import takes the rest
+    assert "triage during the import failed" in caplog.text
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_an_import_triages_behind_only_where_the_store_takes_concurrent_writers(
+    concurrent: bool,
+) -> None:
+    """SQLite's one writer would make store and triage take turns: there triage runs in
+    the import's own thread, as before."""
+    here = threading.current_thread().name
+    threads: list[str] = []
+    history = HistoryImport(lambda _: threads.append(threading.current_thread().name))
+    history.begin("INBOX", plan_of((1, T0), (2, T0 + timedelta(hours=1))))
+    with history.triaging_behind(concurrent):
+        history.stored("INBOX", 1)
+        history.stored("INBOX", 1)
+    # All of it ran by the end of the import, in its own thread where it may.
+    assert threads and set(threads) == {"kw-history-triage" if concurrent else here}
+    threads.clear()
+    history.stored("INBOX", 0)  # after it: in the caller's thread again
+    assert threads == [here]
 
 
 def test_a_uid_set_writes_runs_as_ranges() -> None:

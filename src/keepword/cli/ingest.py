@@ -37,6 +37,7 @@ from keepword.pipeline.history import HistoryImport
 from keepword.pipeline.ingest import (
     Folder,
     MailboxPollResult,
+    MailSession,
     plan_history,
     poll_folder,
     smallest_first,
@@ -44,6 +45,7 @@ from keepword.pipeline.ingest import (
 )
 from keepword.pipeline.parse_workers import ParsePool
 from keepword.pipeline.triage import triage_pending
+from keepword.store.db import concurrent_writers
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -115,22 +117,8 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
             parsers = ParsePool()  # kept across the folders
             mailbox = Folder(engine, box, "", Origin.INBOX, _now, history=history, parsers=parsers)
             try:
-                plan_history(session, mailbox, watched_folders(box))
-                for folder, role in smallest_first(watched_folders(box), mailbox.history):
-                    task = bar.add_task(f"{box.name}/{folder}", total=None)
-                    try:
-                        result.folders[folder] = poll_folder(
-                            session,
-                            replace(mailbox, name=folder, role=role),
-                            progress=_advance(bar, task),
-                            plan=_total(bar, task),
-                        )
-                    except Exception as exc:
-                        failed = True
-                        result.errors[folder] = f"{type(exc).__name__}: {exc}"
-                        console.print(f"[red]mailbox {box.name} folder {folder}: {exc}")
-                        if isinstance(exc, MailboxError | OSError):
-                            break
+                with history.triaging_behind(concurrent_writers(engine)):
+                    failed |= _import_folders(session, mailbox, result, bar, console)
             finally:
                 parsers.stop()
                 session.close()
@@ -141,6 +129,34 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
             cased[box.name] = desk.cases
     _summary(Console(), results, cased)
     return 1 if failed else 0
+
+
+def _import_folders(
+    session: MailSession,
+    mailbox: Folder,
+    result: MailboxPollResult,
+    bar: Progress,
+    console: Console,
+) -> bool:
+    """Plan and import the mailbox's folders, the smallest first; whether one failed."""
+    box, failed = mailbox.box, False
+    plan_history(session, mailbox, watched_folders(box))
+    for folder, role in smallest_first(watched_folders(box), mailbox.history):
+        task = bar.add_task(f"{box.name}/{folder}", total=None)
+        try:
+            result.folders[folder] = poll_folder(
+                session,
+                replace(mailbox, name=folder, role=role),
+                progress=_advance(bar, task),
+                plan=_total(bar, task),
+            )
+        except Exception as exc:
+            failed = True
+            result.errors[folder] = f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]mailbox {box.name} folder {folder}: {exc}")
+            if isinstance(exc, MailboxError | OSError):
+                break
+    return failed
 
 
 class _HistoryDesk:

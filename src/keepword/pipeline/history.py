@@ -20,8 +20,11 @@ message, so a mailbox of a million costs tens of MB, not the mail's size.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -215,5 +218,85 @@ class HistoryImport:
         try:
             self.triage(None if through is None else datetime.fromtimestamp(through, UTC))
         except Exception:  # never the import's failure: triage after it takes the rest
-            log.exception("triage during the import failed; it goes on after the import")
+            _triage_failed()
             self.triage = None
+
+    @contextlib.contextmanager
+    def triaging_behind(self, concurrent_writers: bool) -> Iterator[None]:
+        """While the import runs: where the store takes concurrent writers, triage in a
+        thread of its own (TriageBehind), which has finished when this context ends."""
+        if not concurrent_writers or self.triage is None:
+            yield
+            return
+        own = self.triage
+        behind = self.triage = TriageBehind(own)
+        try:
+            yield
+        finally:
+            behind.finish()
+            self.triage = None if behind.failed else own
+
+
+def _triage_failed() -> None:
+    log.exception("triage during the import failed; it goes on after the import")
+
+
+class TriageBehind:
+    """A Triager run in a thread of its own, a stored batch behind the import.
+
+    On PostgreSQL a first import's main thread waits for the server about a third of
+    its time, storing and triaging in turn; here triage of what is stored waits for the
+    server while the next batch is stored. It decides the same: a pass up to an instant
+    takes mail written up to then, in (written, id) order, and a batch being stored
+    meanwhile holds only mail whose floor is at or after that instant, with higher ids.
+    Only the latest instant counts (a pass up to it covers every earlier one), so the
+    instants handed in while a pass runs make one pass. Not on SQLite: its one writer
+    would make the two take turns anyway.
+
+    A failing pass is logged and ends triage during the import, as HistoryImport's own
+    call does: triage after the import takes the rest.
+    """
+
+    def __init__(self, triage: Triager) -> None:
+        self._triage: Triager | None = triage
+        self._changed = threading.Condition()
+        self._wanted: list[datetime | None] = []  # the next pass's instant, if any
+        self._finishing = False
+        # The caller's context (the mailbox's log context, the lease's fence) goes along.
+        run = contextvars.copy_context().run
+        self._thread = threading.Thread(
+            target=run, args=(self._passes,), name="kw-history-triage", daemon=True
+        )
+        self._thread.start()
+
+    def __call__(self, through: datetime | None) -> None:
+        with self._changed:
+            self._wanted[:] = [through]
+            self._changed.notify()
+
+    @property
+    def failed(self) -> bool:
+        return self._triage is None
+
+    def finish(self) -> None:
+        """Wait until the latest instant handed in is triaged (or triage failed)."""
+        with self._changed:
+            self._finishing = True
+            self._changed.notify()
+        self._thread.join()
+
+    def _passes(self) -> None:
+        while True:
+            with self._changed:
+                while not self._wanted and not self._finishing:
+                    self._changed.wait()
+                if not self._wanted:
+                    return
+                through = self._wanted.pop()
+            if self._triage is None:
+                continue  # failed: drain what is handed in until finish
+            try:
+                self._triage(through)
+            except Exception:
+                _triage_failed()
+                self._triage = None

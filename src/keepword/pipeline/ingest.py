@@ -50,6 +50,7 @@ from keepword.pipeline.history import (
 from keepword.pipeline.parse_workers import ParsePool
 from keepword.pipeline.prefetch import FIRST_ASK, Asked, Prefetcher
 from keepword.store import messages as store
+from keepword.store.db import concurrent_writers
 from keepword.store.messages import StoreItem
 
 log = logging.getLogger(__name__)
@@ -732,6 +733,15 @@ def _poll_folders(
     return result
 
 
+def _triaging_behind(
+    history: HistoryImport | None, engine: Engine
+) -> contextlib.AbstractContextManager[None]:
+    """A first import's triage in a thread of its own where the store allows it."""
+    if history is None:
+        return contextlib.nullcontext()
+    return history.triaging_behind(concurrent_writers(engine))
+
+
 def _close_quietly(session: MailSession, box: MailboxSettings) -> None:
     try:
         session.close()
@@ -791,7 +801,7 @@ class MailboxPoller:
                     )
                 batches = [(f, r, _live_batch(self.box, r, first_slice)) for f, r in polled]
                 history = None if self._imported else HistoryImport(triage)
-                with ParsePool() as parsers:  # kept across the folders
+                with ParsePool() as parsers, _triaging_behind(history, self.engine):
                     mailbox = Folder(
                         self.engine,
                         self.box,

@@ -44,6 +44,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def concurrent_writers(engine: Engine) -> bool:
+    """Whether two connections' write transactions run side by side (SQLite has one
+    writer: a second waits for the first's commit)."""
+    return engine.dialect.name != "sqlite"
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """One write transaction that savepoints (`conn.begin_nested()`) work in; committed
