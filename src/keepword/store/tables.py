@@ -144,8 +144,8 @@ message = Table(
     Column("triage_attempts", Integer, nullable=False, default=0, server_default="0"),
     _ts("triage_retry_at"),
     Column("triage_error", Text, nullable=True),
+    # Also every lookup by Message-ID: (mailbox, message_id) is its prefix (migration 0013).
     UniqueConstraint("mailbox", "message_id", "content_digest", name="uq_message_mailbox_identity"),
-    Index("ix_message_mailbox_message_id", "mailbox", "message_id"),
     Index("ix_message_case_id", "case_id"),
     Index("ix_message_triaged_at", "mailbox", "triaged_at"),
 )
