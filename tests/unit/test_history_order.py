@@ -183,8 +183,10 @@ def test_triage_behind_stops_at_a_failing_pass_and_the_import_goes_on(
         history.stored("INBOX", 1)
         behind = history.triage
         assert isinstance(behind, TriageBehind)
-        while not behind.failed:
+        deadline = time.monotonic() + 10
+        while not behind.failed and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert behind.failed
         history.stored("INBOX", 1)  # after a failure: nothing runs, nothing raised
     assert calls == [T0 + timedelta(hours=1)]  # the lowest floor unstored, then no more
     assert history.triage is None  # triage after the import takes the rest
