@@ -41,11 +41,11 @@ from keepword.pipeline.ingest import (
     plan_history,
     poll_folder,
     smallest_first,
+    triaging_behind,
     watched_folders,
 )
 from keepword.pipeline.parse_workers import ParsePool
 from keepword.pipeline.triage import triage_pending
-from keepword.store.db import concurrent_writers
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -117,7 +117,7 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
             parsers = ParsePool()  # kept across the folders
             mailbox = Folder(engine, box, "", Origin.INBOX, _now, history=history, parsers=parsers)
             try:
-                with history.triaging_behind(concurrent_writers(engine)):
+                with triaging_behind(history, engine):
                     failed |= _import_folders(session, mailbox, result, bar, console)
             finally:
                 parsers.stop()

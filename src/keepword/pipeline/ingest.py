@@ -733,10 +733,11 @@ def _poll_folders(
     return result
 
 
-def _triaging_behind(
+def triaging_behind(
     history: HistoryImport | None, engine: Engine
 ) -> contextlib.AbstractContextManager[None]:
-    """A first import's triage in a thread of its own where the store allows it."""
+    """A first import's triage in a thread of its own where the store allows it
+    (HistoryImport.triaging_behind); `keepword import` and the daemon's poll."""
     if history is None:
         return contextlib.nullcontext()
     return history.triaging_behind(concurrent_writers(engine))
@@ -801,7 +802,7 @@ class MailboxPoller:
                     )
                 batches = [(f, r, _live_batch(self.box, r, first_slice)) for f, r in polled]
                 history = None if self._imported else HistoryImport(triage)
-                with ParsePool() as parsers, _triaging_behind(history, self.engine):
+                with ParsePool() as parsers, triaging_behind(history, self.engine):
                     mailbox = Folder(
                         self.engine,
                         self.box,
