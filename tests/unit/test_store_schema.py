@@ -79,6 +79,33 @@ def test_sqlite_text_is_read_as_the_default_chain_reads_it(tmp_path: Path) -> No
     assert abs(read[0] - datetime.now(UTC)) < timedelta(minutes=5)
 
 
+def test_sqlite_text_is_written_as_the_default_chain_writes_it(tmp_path: Path) -> None:
+    """UtcDateTime writes SQLite's text in one call; it stores what process_bind_param and
+    DateTime's own processor store, so old rows and new compare and sort alike: other
+    zones, no microseconds, a year below 1000 (a mail's broken Date)."""
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    values = [
+        datetime(2026, 3, 29, 3, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-11, minutes=-30))),
+        datetime(1, 1, 1, 12, tzinfo=UTC),
+    ]
+    with engine.begin() as conn:
+        for n, value in enumerate(values):
+            conn.execute(
+                insert(folder_state).values(mailbox="m", folder=f"F{n}", last_poll_at=value)
+            )
+        raw = [
+            r[0]
+            for r in conn.exec_driver_sql("SELECT last_poll_at FROM folder_state ORDER BY folder")
+        ]
+    column = folder_state.c.last_poll_at.type
+    default = DateTime().dialect_impl(engine.dialect).bind_processor(engine.dialect)
+    assert default is not None
+    assert raw == [default(column.process_bind_param(v, engine.dialect)) for v in values]
+    assert raw[2] == "0999-01-02 14:34:05.000006"
+
+
 def test_naive_datetimes_are_refused(tmp_path: Path) -> None:
     engine = open_store(f"sqlite:///{tmp_path}/kw.db")
     with pytest.raises(StatementError, match="naive datetime"), engine.begin() as conn:

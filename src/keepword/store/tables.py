@@ -63,12 +63,31 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, an aware datetime straight to the stored text in one call (the
+        default chain is three Python calls a value: a first import writes ~80,000)."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        return _sqlite_text
+
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         """On SQLite, the stored text straight to an aware datetime in one call (the
         default chain is three Python calls a value: the predictor's build reads ~30,000)."""
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
         return _sqlite_utc
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """An aware datetime as SQLite's text, as SQLAlchemy's DATETIME writes it: naive UTC,
+    year of four digits, always six of microseconds (isoformat gives exactly that)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):  # a date: DATETIME's processor refuses it too
+        raise TypeError(f"{value!r}: keepword stores aware UTC datetimes only")
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: keepword stores aware UTC only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_utc(value: str | None) -> datetime | None:
