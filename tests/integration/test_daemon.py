@@ -15,8 +15,10 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -166,8 +168,17 @@ class DaemonProcess:
         self.notify_path = tmp / f"notify{name}.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(0.1)
         self.messages: list[str] = []
         self.arrivals: list[float] = []  # monotonic time each message was received
+        # The kernel queues ~10 datagrams on a unix socket and sd_notify does not wait
+        # (a full queue drops the message, as under systemd): a reader drains it all the
+        # time, so a test that looks later still finds every notification.
+        self._received = threading.Condition()
+        self._examined = 0  # wait_notify looks at the messages from here on
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_notifications, daemon=True)
+        self._reader.start()
         self.extra = extra
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -193,23 +204,38 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_notify(self, wanted: Callable[[str], bool], timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        seen = len(self.messages)
-        while True:
-            for message in self.messages[seen:]:
-                if wanted(message):
-                    return message
-            seen = len(self.messages)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no such notification; got {self.messages}; {self.log()}")
-            self.notify.settimeout(remaining)
+    def _read_notifications(self) -> None:
+        while not self._closed:
             try:
-                self.messages.append(self.notify.recv(4096).decode())
-                self.arrivals.append(time.monotonic())
+                message = self.notify.recv(4096).decode()
             except TimeoutError:
                 continue
+            except OSError:  # closed
+                return
+            with self._received:
+                self.messages.append(message)
+                self.arrivals.append(time.monotonic())
+                self._received.notify_all()
+
+    def wait_notify(self, wanted: Callable[[str], bool], timeout: float = 15.0) -> str:
+        """The first wanted notification after the one the previous call returned."""
+        deadline = time.monotonic() + timeout
+        with self._received:
+            while True:
+                for index in range(self._examined, len(self.messages)):
+                    if wanted(self.messages[index]):
+                        self._examined = index + 1
+                        return self.messages[index]
+                self._examined = len(self.messages)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no such notification; got {self.messages}; {self.log()}")
+                self._received.wait(remaining)
+
+    def received(self) -> list[tuple[str, float]]:
+        """Every notification so far, with when it arrived."""
+        with self._received:
+            return list(zip(self.messages, self.arrivals, strict=True))
 
     def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         return self._wait_file(self.stderr, pattern, timeout)
@@ -245,6 +271,8 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._closed = True
+        self._reader.join(timeout=5)
         self.notify.close()
 
 
@@ -277,11 +305,13 @@ def test_ready_watchdog_metrics_and_clean_stop(
     kw.start()
     first = kw.wait_notify(ready)
     assert re.search(r"STATUS=1 mailbox, last poll (none yet|\d\d:\d\d:\d\d \S+), 0 failing", first)
-    kw.wait_notify(lambda m: m == "WATCHDOG=1")
-    before = time.monotonic()
-    kw.wait_notify(lambda m: m == "WATCHDOG=1")
-    kw.wait_notify(lambda m: m == "WATCHDOG=1")
-    assert time.monotonic() - before < 2.5  # every half interval, not once
+    for _ in range(7):
+        kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    pings = [at for message, at in kw.received() if message == "WATCHDOG=1"]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
+    # Every half interval (0.5 s), not once (1 s): the median, since the first pass of
+    # jobs on a loaded machine may hold the loop back for one gap or two.
+    assert statistics.median(gaps) < 0.8, gaps
 
     kw.wait_call(r"^poll support interval=60 dry_run=False$")
     kw.wait_call(r"^drain support")  # right after the poll
@@ -361,10 +391,14 @@ def test_a_frozen_event_loop_stops_the_watchdog_pings(
     kw.wait_notify(ready)
     for _ in range(6):
         kw.wait_notify(lambda m: m == "WATCHDOG=1")
-    pings = [t for m, t in zip(kw.messages, kw.arrivals, strict=True) if m == "WATCHDOG=1"]
+    settled = time.monotonic()  # the freeze is in the first pass
+    for _ in range(5):
+        kw.wait_notify(lambda m: m == "WATCHDOG=1")
+    pings = [at for message, at in kw.received() if message == "WATCHDOG=1"]
     gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
-    assert max(gaps) >= 2.0  # no ping while the loop was blocked ...
-    assert gaps[-1] < 1.0  # ... and every half interval again afterwards
+    assert max(gaps) >= 2.0, gaps  # no ping while the loop was blocked ...
+    after = [gap for gap, at in zip(gaps, pings[1:], strict=True) if at > settled]
+    assert statistics.median(after) < 0.8, gaps  # ... and every half interval again afterwards
     kw.wait_call(r"^poll frozen")
     code, _ = kw.stop(timeout=10)
     assert code == 0
@@ -550,10 +584,8 @@ def test_missing_password_file_fails_fast_without_ready(
         f"keepword: mailbox support [mailbox.imap]: password_file for support@example.com: "
         f"{missing} does not exist"
     )
-    assert not any(m.startswith("READY=1") for m in kw.messages)
-    kw.notify.settimeout(0.2)
-    with pytest.raises(TimeoutError):
-        kw.notify.recv(4096)  # nothing at all was announced
+    time.sleep(0.3)  # the reader drains what the exited process may have sent
+    assert kw.received() == []  # nothing at all was announced
     assert kw.calls.read_text() == ""  # no job ran
 
 

@@ -194,9 +194,11 @@ def test_server_restart_reconnects_and_still_fires(dovecot: Dovecot, mail_user: 
         await asyncio.to_thread(dovecot.stop)
         try:  # the watcher notices, backs off and tries again while the server is down
             assert await wait_until_async(lambda: watch.sessions >= 2, timeout=10)
+            # Any wait before the restart does not count; cleared while the server is
+            # down, so an IDLE entered as soon as it is back is not cleared away.
+            watch.entered.clear()
         finally:
             await asyncio.to_thread(dovecot.start)
-        watch.entered.clear()  # any wait before the restart does not count
         await watch.waiting()  # backoff (1 s, 2 s, ...) ran out; IDLE again
         changes.event.clear()
         sent = time.monotonic()

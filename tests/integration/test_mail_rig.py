@@ -176,4 +176,5 @@ def test_relay_logins_leave_no_aiosmtpd_deprecation_notice(
     assert relay_log, "aiosmtpd logged nothing at all: the check below would prove nothing"
     assert not [m for m in relay_log if LOGIN_DATA_NOTICE in m]
     logging.getLogger("mail.log").warning("relay trouble")
-    assert caplog.records[-1].getMessage() == "relay trouble"
+    # (aiosmtpd's server thread may still log a session's end after it)
+    assert "relay trouble" in [r.getMessage() for r in caplog.records if r.name == "mail.log"]

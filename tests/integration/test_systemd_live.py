@@ -131,9 +131,17 @@ class Live:
     def messages(self) -> list[str]:
         return [str(entry.get("MESSAGE", "")) for entry in self.journal()]
 
-    def wait_log(self, pattern: str, timeout: float = 30.0) -> dict[str, Any]:
+    def mark(self) -> int:
+        """Where the unit's journal stands now (for wait_log's `after`)."""
+        return len(self.journal())
+
+    def wait_log(self, pattern: str, timeout: float = 30.0, after: int = 0) -> dict[str, Any]:
+        """The first journal entry of the unit matching `pattern`; `after`: only entries
+        logged after that mark (an earlier test's line must not count)."""
+
         def found() -> dict[str, Any] | None:
-            return next((e for e in self.journal() if re.search(pattern, str(e["MESSAGE"]))), None)
+            entries = self.journal()[after:]
+            return next((e for e in entries if re.search(pattern, str(e["MESSAGE"]))), None)
 
         entry: dict[str, Any] = wait_for(
             found, timeout, f"{pattern!r} in the journal", self.messages
@@ -520,10 +528,11 @@ def test_kill_9_restarts_it_and_nothing_is_lost_or_sent_twice(live: Live) -> Non
 
 def test_mail_not_sent_before_a_stop_stays_in_the_outbox(live: Live) -> None:
     live.running()
+    mark = live.mark()
     live.systemctl("stop", "kw-relay")
     try:
         waiting = live.customer_writes("Sent while the relay is down", direct=True)
-        live.wait_log(r"outbox waits|cannot send")
+        live.wait_log(r"outbox waits|cannot send", after=mark)
         live.systemctl("stop", "keepword")
         assert live.show("Result")["Result"] == "success"
     finally:
@@ -536,6 +545,7 @@ def test_mail_not_sent_before_a_stop_stays_in_the_outbox(live: Live) -> None:
 
 def test_stop_is_bounded_and_clean(live: Live) -> None:
     live.running()
+    mark = live.mark()
     started = time.monotonic()
     live.systemctl("stop", "keepword")
     took = time.monotonic() - started
@@ -544,7 +554,7 @@ def test_stop_is_bounded_and_clean(live: Live) -> None:
     assert (unit["ActiveState"], unit["Result"], unit["ExecMainStatus"]) == (
         "inactive", "success", "0",
     )  # fmt: skip
-    live.wait_log(r"keepword stopped")
+    live.wait_log(r"keepword stopped", after=mark)
 
 
 def test_an_invalid_config_at_start_is_not_restarted(live: Live) -> None:

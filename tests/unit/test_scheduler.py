@@ -196,7 +196,10 @@ def test_shipped_defaults_run_every_job_at_least_once_per_interval(tmp_path: Pat
     for job, run in recorded.items():
         assert run.failures == 0 and run.last_ok_at is not None
         assert run.started_at is not None
-        assert 0 <= (recorder.of("support", job)[-1].start - run.started_at).total_seconds() < 5
+        # The record is of the last run: after the start of the run before it (no time
+        # bound: a loaded machine's stall is tens of virtual seconds, a drain's interval ten).
+        starts = [r.start for r in recorder.of("support", job)]
+        assert starts[-2] < run.started_at <= starts[-1], (job, starts[-2:], run.started_at)
         assert not run.overdue(ended)
 
 

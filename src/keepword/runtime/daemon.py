@@ -638,7 +638,8 @@ class Daemon:
         finally:
             self._running.pop(task, None)
         await self._record(job_store.job_finished, box.name, job.kind, self._clock.now(), error)
-        sdnotify.status(self.status_text())
+        if not self._once:  # `run --once` is no service: it announces nothing (and keeps
+            sdnotify.status(self.status_text())  # no cycles, so its status said 0 mailboxes)
         return error is None
 
     async def _perform(
