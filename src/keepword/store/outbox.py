@@ -31,6 +31,7 @@ from email.policy import compat32
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Result,
     Row,
@@ -262,36 +263,33 @@ def due_in_order(
 
 def unknown_outcomes(conn: Connection, mailbox: str) -> int:
     """How many of this mailbox's mails may have gone out without keepword knowing."""
-    settle(conn)
-    query = select(func.count(outbox.c.id)).where(
-        and_(
-            outbox.c.mailbox == mailbox,
-            outbox.c.state == OutboxState.PENDING.value,
-            outbox.c.sent_copy.in_(UNKNOWN_OUTCOME),
-        )
+    return _count(
+        conn,
+        mailbox,
+        outbox.c.state == OutboxState.PENDING.value,
+        outbox.c.sent_copy.in_(UNKNOWN_OUTCOME),
     )
-    return int(conn.execute(query).scalar_one())
 
 
 def missing_sent_copies(conn: Connection, mailbox: str) -> int:
     """How many sent mails still wait for their copy in the Sent folder."""
-    settle(conn)
-    query = select(func.count(outbox.c.id)).where(
-        and_(
-            outbox.c.mailbox == mailbox,
-            outbox.c.state == OutboxState.SENT.value,
-            outbox.c.sent_copy.in_(COPY_WAITING),
-        )
+    return _count(
+        conn,
+        mailbox,
+        outbox.c.state == OutboxState.SENT.value,
+        outbox.c.sent_copy.in_(COPY_WAITING),
     )
-    return int(conn.execute(query).scalar_one())
 
 
 def depth(conn: Connection, mailbox: str) -> int:
     """How many mails of this mailbox wait to go out (due or not)."""
+    return _count(conn, mailbox, outbox.c.state == OutboxState.PENDING.value)
+
+
+def _count(conn: Connection, mailbox: str, *conditions: ColumnElement[bool]) -> int:
+    """This mailbox's outbox rows that meet every condition (a batch's waiting rows too)."""
     settle(conn)
-    query = select(func.count(outbox.c.id)).where(
-        and_(outbox.c.mailbox == mailbox, outbox.c.state == OutboxState.PENDING.value)
-    )
+    query = select(func.count(outbox.c.id)).where(outbox.c.mailbox == mailbox, *conditions)
     return int(conn.execute(query).scalar_one())
 
 
