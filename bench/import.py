@@ -521,9 +521,10 @@ sys.exit(cli._import(settings, list(settings.mailbox), quiet=True))
 """
 
 
-def import_then_triage(work: Path, port: int) -> tuple[float, int]:
+def import_then_triage(work: Path, port: int) -> tuple[float, float, int]:
     """(f): the history imported without triage, then triaged after (triage_all), as
-    before pipeline.history, into a fresh store: wall seconds of both, cases opened."""
+    before pipeline.history, into a fresh store: wall seconds of the import alone and of
+    both, cases opened."""
     sequential = work / "sequential"
     (sequential / "full").mkdir(parents=True)
     config = write_config(sequential, port, "full")
@@ -540,7 +541,7 @@ def import_then_triage(work: Path, port: int) -> tuple[float, int]:
         raise RuntimeError(f"the import without triage failed:\n{done.stderr[-2000:]}")
     imported = time.perf_counter() - started
     triaged, opened = triage_all(config)
-    return imported + triaged, opened
+    return imported, imported + triaged, opened
 
 
 def on_postgres(work: Path, port: int, sqlite_seconds: float) -> float:
@@ -718,10 +719,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{raw_seconds / (import_cpu / cores):.2f} of (a) at best"
         )
         if args.sequential:
-            one_then_other, opened = import_then_triage(work, port)
+            alone, one_then_other, opened = import_then_triage(work, port)
             print(
                 f"(f) the import, then triage (before pipeline.history): {one_then_other:.1f} s, "
-                f"{opened} cases; {full[0] / one_then_other / raw:.2f} of (a)"
+                f"{opened} cases; {full[0] / one_then_other / raw:.2f} of (a); the import "
+                f"alone {alone:.1f} s, {full[0] / alone / raw:.2f} of (a)"
             )
         if args.postgres:
             on_postgres(work, port, full[1] + triage_seconds)

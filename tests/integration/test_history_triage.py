@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from sqlalchemy import Engine, select
@@ -26,6 +27,7 @@ from keepword.pipeline.ingest import MailboxPoller
 from keepword.pipeline.triage import triage_pending
 from keepword.runtime.service import TRIAGE_SLICE, Service
 from keepword.store.db import make_engine, open_store
+from keepword.store.facts_at_hand import FactsAtHand
 from keepword.store.tables import message
 from tests.fixtures.chase_store import ALICE, StoreDesk
 from tests.fixtures.configs import run_keepword
@@ -94,16 +96,25 @@ def _import(
                 meanwhile.append(run.triaged)
             more = run.more
 
+    taken: list[int] = []  # facts triage took from those the import put at hand
+    take = FactsAtHand.take
+
+    def counting(self: FactsAtHand, pks: Iterable[int]) -> dict[int, Any]:
+        held = take(self, pks)
+        taken.append(len(held))
+        return held
+
     poller = MailboxPoller(desk.engine, desk.settings, desk.box, session_factory=session_for)
     try:
-        result = poller.poll(lambda: at, triage=triage if during else None)
+        with mock.patch.object(FactsAtHand, "take", counting):
+            result = poller.poll(lambda: at, triage=triage if during else None)
     finally:
         poller.close()
     assert result.ok and all(polled.is_history for polled in result.folders.values())
     while triage_pending(desk.desk_at(at), acknowledger=acknowledge_case).more:
         pass
     try:
-        return _Imported(snapshot(desk.engine), horizons, sum(meanwhile), threads)
+        return _Imported(snapshot(desk.engine), horizons, sum(meanwhile), threads, sum(taken))
     finally:
         desk.engine.dispose()
 
@@ -114,6 +125,7 @@ class _Imported:
     horizons: list[datetime | None]  # the instants triage was given, in order
     meanwhile: int  # messages triaged before the import had stored everything
     threads: set[str]  # the names of the threads triage ran in
+    taken: int  # messages whose facts triage took from the import (store.facts_at_hand)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -132,6 +144,7 @@ def test_triage_during_the_import_decides_what_triage_after_it_decides(
     # Oldest first, the old mail found late does not hold the rest back: most of the
     # mail is triaged before the import's last batch (in UID order, next to none).
     assert imported.meanwhile >= len(deliveries) // 2
+    assert imported.taken >= len(deliveries) // 2  # from the store to triage at hand
     assert all(row["triaged_at"] is not None for row in _messages(during))
     # Each folder's mail is stored oldest first, so its ids follow its dates; and the
     # smaller folder (Sent) is imported first, so triage runs alongside the inbox's.
@@ -173,8 +186,10 @@ def test_on_postgresql_triage_during_the_import_decides_the_same(
     assert len(stores["after"].snapshot["case"]) >= 10
     horizons = stores["during"].horizons
     assert [h for h in horizons if h is not None] and horizons[-1] is None
-    # Here triage ran in a thread of its own while the import stored (TriageBehind).
+    # Here triage ran in a thread of its own while the import stored (TriageBehind),
+    # and took facts the import put at hand there.
     assert stores["during"].threads == {"kw-history-triage"}
+    assert stores["during"].taken > 0 and stores["after"].taken == 0
 
 
 def test_on_the_corpus_triage_during_the_import_decides_the_same(
@@ -195,6 +210,7 @@ def test_on_the_corpus_triage_during_the_import_decides_the_same(
         assert during.snapshot[table] == rows, table
     assert len(after["case"]) >= 100
     assert during.horizons[-1] is None
+    assert during.taken > 100  # most of the corpus went from the store to triage at hand
 
 
 def _written(row: dict[str, Any]) -> tuple[datetime, int]:

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from keepword.mail.parse import header_date
+from keepword.store.facts_at_hand import FactsAtHand, facts_at_hand
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,14 @@ class HistoryImport:
     triage: Triager | None = None
     horizon: Horizon = field(default_factory=Horizon)
     planned: dict[str, FolderPlan] = field(default_factory=dict)
+    # The stored mail's facts, for triage to take rather than read back (within
+    # `triaging_behind`; store.facts_at_hand).
+    at_hand: FactsAtHand = field(default_factory=FactsAtHand)
+
+    @property
+    def collecting(self) -> FactsAtHand | None:
+        """Where the store puts the facts of the mail it inserts: while someone triages."""
+        return self.at_hand if self.triage is not None else None
 
     def plan(self, folder: str, plan: FolderPlan) -> None:
         """What a folder holds to import (read before any folder is fetched): until its
@@ -224,17 +233,20 @@ class HistoryImport:
     @contextlib.contextmanager
     def triaging_behind(self, concurrent_writers: bool) -> Iterator[None]:
         """While the import runs: where the store takes concurrent writers, triage in a
-        thread of its own (TriageBehind), which has finished when this context ends."""
-        if not concurrent_writers or self.triage is None:
-            yield
-            return
-        own = self.triage
-        behind = self.triage = TriageBehind(own)
-        try:
-            yield
-        finally:
-            behind.finish()
-            self.triage = None if behind.failed else own
+        thread of its own (TriageBehind), which has finished when this context ends;
+        triage takes the facts the store put at hand (also in that thread: it starts
+        with a copy of this context)."""
+        with facts_at_hand(self.at_hand):
+            if not concurrent_writers or self.triage is None:
+                yield
+                return
+            own = self.triage
+            behind = self.triage = TriageBehind(own)
+            try:
+                yield
+            finally:
+                behind.finish()
+                self.triage = None if behind.failed else own
 
 
 def _triage_failed() -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from keepword.adapters.credentials import resolve_secret
 from keepword.adapters.imap import ImapConnectionError, ImapSession
 from keepword.config import MailboxSettings, Settings
-from keepword.domain.model import Origin
+from keepword.domain.model import MessageFacts, Origin
 from keepword.errors import KeepwordError, MailboxError
 from keepword.mail.parse import ParsedMessage, parse_message
 from keepword.pipeline.history import (
@@ -471,6 +471,8 @@ def _store_parsed(
     after the batch): (new, known, quarantined)."""
     box, folder, role, now = where.box, where.name, where.role, where.now
     new = known = quarantined = 0
+    at_hand = where.history.collecting if where.history is not None else None
+    facts: list[MessageFacts] = []
     with where.engine.begin() as conn:
         for is_history, part in _split(items, history_below):
             result = store.store_batch(
@@ -480,12 +482,16 @@ def _store_parsed(
                 is_history=is_history,
                 now=now(),
                 through_uid=through,
+                at_hand=at_hand,
             )
             new += result.new
             known += result.known
             quarantined += result.quarantined
+            facts.extend(result.facts)
         if not items:  # the whole batch was expunged meanwhile
             store.advance_cursor(conn, box.name, folder, uidvalidity, through, now=now())
+    if at_hand is not None:  # committed: triage may take them now
+        at_hand.put(facts)
     for item in items:
         if item.parsed.quarantined:
             log.warning(

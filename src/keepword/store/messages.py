@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Join, Row, and_, insert, or_, select, update
@@ -27,6 +28,8 @@ from sqlalchemy import Connection, Join, Row, and_, insert, or_, select, update
 from keepword.domain.message_ids import identity_digest, sender_digest
 from keepword.domain.model import Address, MessageFacts, Origin
 from keepword.mail.parse import ParsedMessage
+from keepword.store import facts_at_hand
+from keepword.store.facts_at_hand import FactsAtHand
 from keepword.store.tables import folder_state, message, message_content, message_location
 
 # Keeps every IN (...) list well under any backend's bound-parameter limit.
@@ -49,6 +52,8 @@ class BatchResult:
     known: int  # already stored (same identity, or this very location seen before)
     quarantined: int  # of the new ones, how many are quarantined
     new_pks: tuple[int, ...] = ()
+    # The new messages' facts, as load_facts will read them (asked for with `at_hand`).
+    facts: tuple[MessageFacts, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,7 @@ def store_batch(
     is_history: bool,
     now: datetime,
     through_uid: int | None = None,
+    at_hand: FactsAtHand | None = None,
 ) -> BatchResult:
     """Store one batch and advance the folder cursor; call inside one transaction.
 
@@ -90,6 +96,10 @@ def store_batch(
     expunged between search and fetch are not asked for again; an import that stores
     out of UID order passes the highest below which all is stored), else to the highest
     UID among `items`.
+
+    `at_hand` (a first import that triages as it goes): messages stored before and seen
+    here again are dropped from it now; the new ones' facts come back in the result, for
+    the caller to `put` once the transaction has committed (store.facts_at_hand).
     """
     mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
@@ -105,8 +115,13 @@ def store_batch(
         key = keys[item.uid]
         if key not in existing and key not in to_insert:
             to_insert[key] = item
-    inserted = _insert_messages(conn, mailbox, role, to_insert, is_history=is_history, now=now)
+    facts: list[MessageFacts] | None = [] if at_hand is not None else None
+    inserted = _insert_messages(
+        conn, mailbox, role, to_insert, is_history=is_history, now=now, facts=facts
+    )
     pks = existing | inserted
+    if at_hand is not None:
+        at_hand.forget(pks[keys[item.uid]] for item in fresh if keys[item.uid] in existing)
     locations = [
         {
             "message_pk": pks[keys[item.uid]],
@@ -129,6 +144,7 @@ def store_batch(
         known=len(items) - len(inserted),
         quarantined=quarantined,
         new_pks=tuple(sorted(inserted.values())),
+        facts=tuple(facts or ()),
     )
 
 
@@ -215,23 +231,38 @@ def _insert_messages(
     *,
     is_history: bool,
     now: datetime,
+    facts: list[MessageFacts] | None = None,
 ) -> dict[tuple[str, str], int]:
+    """The new rows' pks by identity; `facts`: gets each new message's facts."""
     if not items:
         return {}
-    rows = [
-        _message_row(mailbox, role, item, is_history, now) | {"content_digest": key[1]}
+    rows = {
+        key: _message_row(mailbox, role, item, is_history, now) | {"content_digest": key[1]}
         for key, item in items.items()
-    ]
+    }
     # Plain executemany, then read the new ids back by identity: INSERT .. RETURNING with
     # guaranteed order degrades to one statement per row on SQLite.
-    conn.execute(insert(message), rows)
+    conn.execute(insert(message), list(rows.values()))
     pks = _pks(_stored_rows(conn, mailbox, [message_id for message_id, _ in items]), items)
     contents = [
         {"message_pk": pks[key], "raw": item.raw, "body_text": item.parsed.body_text}
         for key, item in items.items()
     ]
     conn.execute(insert(message_content), contents)
+    if facts is not None:
+        facts.extend(
+            _written_facts(rows[key], pks[key], item.parsed.body_text, role)
+            for key, item in items.items()
+        )
     return pks
+
+
+def _written_facts(row: dict[str, Any], pk: int, body_text: str, role: Origin) -> MessageFacts:
+    """A new message's facts as load_facts reads them back: from the row just written
+    (its only location so far is this folder; dates come back in UTC)."""
+    date = row["date"]
+    utc = {"date": date.astimezone(UTC) if date is not None else None}
+    return _facts(SimpleNamespace(**(row | utc), id=pk, body_text=body_text), [role.value])
 
 
 def _message_row(
@@ -463,14 +494,17 @@ def load_facts(conn: Connection, pks: Sequence[int]) -> list[MessageFacts]:
     """MessageFacts for the given message pks, in the order given (unknown pks skipped).
 
     origin: SENT if the message was ever seen in a sent folder, else the role of the
-    first place it was seen.
+    first place it was seen. In a first import's context, what it has at hand is taken
+    from there (store.facts_at_hand) and only the rest is read.
     """
-    roles = _roles(conn, pks)
-    rows: dict[int, Any] = {}
-    for chunk in _chunks(list(pks)):
+    at_hand = facts_at_hand.current()
+    found: dict[int, MessageFacts] = at_hand.take(pks) if at_hand is not None else {}
+    rest = [pk for pk in pks if pk not in found]
+    roles = _roles(conn, rest)
+    for chunk in _chunks(rest):
         for row in conn.execute(_FACTS_READ.where(message.c.id.in_(chunk))):
-            rows[int(row.id)] = row
-    return [_facts(rows[pk], roles.get(pk, [])) for pk in pks if pk in rows]
+            found[int(row.id)] = _facts(row, roles.get(int(row.id), []))
+    return [found[pk] for pk in pks if pk in found]
 
 
 def with_content() -> Join:
