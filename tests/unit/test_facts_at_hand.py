@@ -113,16 +113,17 @@ def _fact(pk: int, body: str) -> MessageFacts:
     return MessageFacts(pk=pk, mailbox="support", message_id=f"m{pk}", sender=None, body_text=body)
 
 
-def test_the_oldest_are_dropped_beyond_the_bounds() -> None:
+def test_beyond_the_bounds_what_comes_is_not_kept() -> None:
+    """Triage asks for the oldest first: what is held is kept, what comes is read later."""
     by_count = FactsAtHand(max_messages=3, max_chars=100)
     by_count.put(_fact(pk, "") for pk in range(5))
-    assert by_count.take(range(5)).keys() == {2, 3, 4}
+    assert by_count.take(range(5)).keys() == {0, 1, 2}
     by_chars = FactsAtHand(max_messages=100, max_chars=10)
     by_chars.put([_fact(1, "abcd"), _fact(2, "efgh")])
-    by_chars.put([_fact(3, "ijkl")])  # 12 characters: the oldest goes
-    assert by_chars.take([1, 2, 3]).keys() == {2, 3}
-    by_chars.put([_fact(4, "0123456789"), _fact(5, "x")])  # 11: only the newest stays
-    assert (by_chars.take([4, 5]).keys(), len(by_chars)) == ({5}, 0)
+    by_chars.put([_fact(3, "ijkl"), _fact(4, "mn")])  # 3 would make 12 characters
+    assert by_chars.take([1, 2, 3, 4]).keys() == {1, 2, 4}
+    by_chars.put([_fact(5, "0123456789x")])  # bigger than the bound alone
+    assert (by_chars.take([5]), len(by_chars)) == ({}, 0)
     by_chars.put([_fact(6, "0123456789")])  # the count of characters came back to zero
     assert by_chars.take([6]).keys() == {6}
 

@@ -11,10 +11,13 @@ compares the two on the corpus): a message's columns never change once written, 
 its locations do, and a message stored again in another folder is dropped from here
 (`forget`, before that store commits), since its origin may change with the new place.
 
-Bounded: triage takes a batch's facts within a batch or two of its store, so older ones
-are dropped first (a message written long after the rest of its folder waits for other
-folders; its triage reads it from the store, as without this). Thread-safe: on
-PostgreSQL triage runs in a thread of its own (pipeline.history.TriageBehind).
+Bounded: when full, what comes is not kept (its triage reads it from the store, as
+without this). Triage takes mail in the order it was written and each folder is stored
+in that order, so what is held is what triage asks for first: on SQLite it takes each
+batch right after its store (about four in five messages found here in a 20,000-mail
+import with the team's Sent folder first); on PostgreSQL it runs in a thread of its own
+(pipeline.history.TriageBehind), several batches behind, and finds about half (holding
+all of it took ~100 MB more memory and gained nothing measurable). Thread-safe.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ MAX_BODY_CHARS = 16_000_000
 
 
 class FactsAtHand:
-    """Facts by message pk, oldest dropped first beyond the bounds."""
+    """Facts by message pk, up to the bounds."""
 
     def __init__(self, max_messages: int = MAX_MESSAGES, max_chars: int = MAX_BODY_CHARS) -> None:
         self._max_messages, self._max_chars = max_messages, max_chars
@@ -41,16 +44,15 @@ class FactsAtHand:
         self._lock = threading.Lock()
 
     def put(self, facts: Iterable[MessageFacts]) -> None:
-        """Facts of messages whose rows have committed."""
+        """Facts of messages whose rows have committed (those beyond the bounds are not
+        kept; one put again replaces what was held of it)."""
         with self._lock:
             for fact in facts:
                 self._drop(fact.pk)
-                self._facts[fact.pk] = fact
-                self._chars += len(fact.body_text)
-            while self._facts and (
-                len(self._facts) > self._max_messages or self._chars > self._max_chars
-            ):
-                self._drop(next(iter(self._facts)))
+                size = len(fact.body_text)
+                if len(self._facts) < self._max_messages and self._chars + size <= self._max_chars:
+                    self._facts[fact.pk] = fact
+                    self._chars += size
 
     def forget(self, pks: Iterable[int]) -> None:
         """These messages were seen again (a new location: their origin may change)."""
