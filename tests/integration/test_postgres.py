@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 
 import tests.integration.test_chasing as chasing
 import tests.integration.test_ingest as ingesting
+import tests.unit.test_facts_at_hand as facts_test
 from keepword.adapters.imap import ImapSession
 from keepword.config import MailboxSettings, Settings
 from keepword.domain.cases import CaseState
@@ -35,6 +37,7 @@ from keepword.store import cases as case_store
 from keepword.store import messages as store
 from keepword.store import outbox as outbox_store
 from keepword.store.db import make_engine, migrate, open_store, table_names
+from keepword.store.facts_at_hand import FactsAtHand
 from keepword.store.tables import (
     case,
     case_correspondent,
@@ -45,6 +48,7 @@ from keepword.store.tables import (
     metadata,
     outbox,
 )
+from tests.corpora import needs_corpora
 from tests.fixtures.configs import run_keepword, write_config
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
@@ -144,6 +148,20 @@ def test_mail_is_compressed_with_lz4_and_reads_back(engine: Engine) -> None:
             f"SELECT pg_column_compression(raw) FROM message_content WHERE message_pk = {pk}"
         ).scalar_one()
     assert stored == raw and compressed == "lz4"
+
+
+@needs_corpora
+def test_on_the_corpus_the_facts_at_hand_are_what_postgresql_reads_back(engine: Engine) -> None:
+    """JSONB, PostgreSQL's text and its times: the facts a first import hands to triage
+    are still exactly what triage would read back (store.facts_at_hand)."""
+    at_hand = FactsAtHand(max_messages=10**6, max_chars=10**12)
+    raws = facts_test._corpus()
+    handed: list[Any] = []
+    for start in range(0, len(raws), 97):
+        items = facts_test._items(raws[start : start + 97], start + 1)
+        handed += facts_test._store(engine, facts_test.INBOX, items, at_hand).facts
+    assert len(handed) > 500
+    assert handed == facts_test._read_back(engine, [f.pk for f in handed])
 
 
 def test_datetimes_round_trip_as_aware_utc(engine: Engine) -> None:
