@@ -37,7 +37,7 @@ from keepword.store import cases as case_store
 from keepword.store import messages as store
 from keepword.store import outbox as outbox_store
 from keepword.store.db import make_engine, migrate, open_store, table_names
-from keepword.store.facts_at_hand import FactsAtHand
+from keepword.store.facts_at_hand import FactsAtHand, FactsBudget
 from keepword.store.tables import (
     case,
     case_correspondent,
@@ -154,7 +154,7 @@ def test_mail_is_compressed_with_lz4_and_reads_back(engine: Engine) -> None:
 def test_on_the_corpus_the_facts_at_hand_are_what_postgresql_reads_back(engine: Engine) -> None:
     """JSONB, PostgreSQL's text and its times: the facts a first import hands to triage
     are still exactly what triage would read back (store.facts_at_hand)."""
-    at_hand = FactsAtHand(max_messages=10**6, max_chars=10**12)
+    at_hand = FactsAtHand(FactsBudget(10**6, 10**12))
     raws = facts_test._corpus()
     handed: list[Any] = []
     for start in range(0, len(raws), 97):

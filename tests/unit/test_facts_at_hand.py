@@ -4,6 +4,7 @@ they stay within their bounds, and only committed mail is put there."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +20,13 @@ from keepword.pipeline import ingest
 from keepword.pipeline.history import HistoryImport
 from keepword.store import messages as store
 from keepword.store.db import open_store
-from keepword.store.facts_at_hand import FactsAtHand, facts_at_hand
+from keepword.store.facts_at_hand import (
+    MAX_MESSAGES,
+    FactsAtHand,
+    FactsBudget,
+    Held,
+    facts_at_hand,
+)
 from tests.corpora import needs_corpora
 from tests.fixtures.installations import customer_mail
 from tests.unit.test_triage_batches import _corpus
@@ -66,7 +73,7 @@ def test_on_the_corpus_the_facts_at_hand_are_what_the_store_reads_back(
     """Charsets, malformed MIME, no Date, odd zones, long headers, bounces: every new
     message's facts as the store hands them equal load_facts' reading of its row."""
     engine = open_store(f"sqlite:///{tmp_path / 'kw.db'}")
-    at_hand = FactsAtHand(max_messages=10**6, max_chars=10**12)
+    at_hand = FactsAtHand(FactsBudget(10**6, 10**12))
     raws = _corpus()
     handed: list[MessageFacts] = []
     for start in range(0, len(raws), 97):
@@ -113,19 +120,60 @@ def _fact(pk: int, body: str) -> MessageFacts:
     return MessageFacts(pk=pk, mailbox="support", message_id=f"m{pk}", sender=None, body_text=body)
 
 
-def test_beyond_the_bounds_what_comes_is_not_kept() -> None:
+def test_beyond_the_budget_what_comes_is_not_kept() -> None:
     """Triage asks for the oldest first: what is held is kept, what comes is read later."""
-    by_count = FactsAtHand(max_messages=3, max_chars=100)
+    by_count = FactsAtHand(FactsBudget(messages=3, chars=100))
     by_count.put(_fact(pk, "") for pk in range(5))
     assert by_count.take(range(5)).keys() == {0, 1, 2}
-    by_chars = FactsAtHand(max_messages=100, max_chars=10)
+    by_chars = FactsAtHand(FactsBudget(messages=100, chars=10))
     by_chars.put([_fact(1, "abcd"), _fact(2, "efgh")])
     by_chars.put([_fact(3, "ijkl"), _fact(4, "mn")])  # 3 would make 12 characters
     assert by_chars.take([1, 2, 3, 4]).keys() == {1, 2, 4}
-    by_chars.put([_fact(5, "0123456789x")])  # bigger than the bound alone
+    by_chars.put([_fact(5, "0123456789x")])  # bigger than the budget alone
     assert (by_chars.take([5]), len(by_chars)) == ({}, 0)
-    by_chars.put([_fact(6, "0123456789")])  # the count of characters came back to zero
+    by_chars.put([_fact(6, "0123456789")])  # all of it was given back
     assert by_chars.take([6]).keys() == {6}
+
+
+def test_mailboxes_importing_at_once_share_one_budget() -> None:
+    """Fifty mailboxes' first imports at once hold no more than one budget: what one
+    holds, the others cannot; an import's leftovers are given back when it ends."""
+    budget = FactsBudget(messages=4, chars=100)
+    first, second = FactsAtHand(budget), FactsAtHand(budget)
+    first.put([_fact(1, "a"), _fact(2, "b"), _fact(3, "c")])
+    second.put([_fact(11, "x"), _fact(12, "y")])
+    assert (len(first), len(second)) == (3, 1)
+    first.forget([1])
+    second.put([_fact(13, "z")])
+    assert len(second) == 2
+    with facts_at_hand(first):
+        pass  # the import ended with facts nobody asked for
+    assert len(first) == 0
+    second.put([_fact(14, "w"), _fact(15, "v"), _fact(16, "u")])
+    assert len(second) == 4
+
+
+def test_by_default_facts_at_hand_draw_on_the_process_budget() -> None:
+    one, other = FactsAtHand(), FactsAtHand()
+    one.put(_fact(pk, "") for pk in range(MAX_MESSAGES))
+    other.put([_fact(MAX_MESSAGES, "")])
+    assert (len(one), len(other)) == (MAX_MESSAGES, 0)
+    one.clear()
+    other.put([_fact(MAX_MESSAGES, "")])
+    assert len(other) == 1
+    other.clear()
+
+
+def test_facts_at_hand_nobody_cleared_give_their_room_back_when_collected() -> None:
+    budget = FactsBudget(messages=2, chars=100)
+    forgotten = FactsAtHand(budget)
+    forgotten.put([_fact(1, "a"), _fact(2, "b")])
+    assert len(FactsAtHand(budget)) == 0 and not budget.take(Held(), 0)
+    del forgotten
+    gc.collect()
+    again = FactsAtHand(budget)
+    again.put([_fact(3, "c"), _fact(4, "d")])
+    assert len(again) == 2
 
 
 def test_facts_are_handed_over_once_and_a_put_replaces() -> None:
