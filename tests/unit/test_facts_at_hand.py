@@ -56,7 +56,8 @@ def _store(
     engine: Engine, folder: store.Folder, items: list[store.StoreItem], at_hand: FactsAtHand
 ) -> store.BatchResult:
     with engine.begin() as conn:
-        result = store.store_batch(conn, folder, items, is_history=True, now=NOW, at_hand=at_hand)
+        result = store.store_batch(conn, folder, items, is_history=True, now=NOW)
+        at_hand.forget(result.seen_again)
     at_hand.put(result.facts)
     return result
 
@@ -228,9 +229,12 @@ def test_an_import_puts_facts_at_hand_only_once_its_batch_committed(
     assert len(calls) == 2 and len(history.at_hand) == 0
     ingest._store_parsed(where, 1, 3, items, history_below=10)
     assert len(history.at_hand) == 3
+    sent = replace(where, name="Sent", role=Origin.SENT)  # the first seen again, filed
+    ingest._store_parsed(sent, 1, 1, _items([items[0].raw]), history_below=10)
+    assert len(history.at_hand) == 2
     history.triage = None  # nobody triages: nothing is collected
     ingest._store_parsed(where, 1, 7, _items([_mail(7)], first_uid=7), history_below=10)
-    assert len(history.at_hand) == 3
+    assert len(history.at_hand) == 2
 
 
 def _box() -> MailboxSettings:

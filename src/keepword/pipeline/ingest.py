@@ -482,12 +482,13 @@ def _store_parsed(
                 is_history=is_history,
                 now=now(),
                 through_uid=through,
-                at_hand=at_hand,
             )
             new += result.new
             known += result.known
             quarantined += result.quarantined
             facts.extend(result.facts)
+            if at_hand is not None:  # before the commit: triage may be reading meanwhile
+                at_hand.forget(result.seen_again)
         if not items:  # the whole batch was expunged meanwhile
             store.advance_cursor(conn, box.name, folder, uidvalidity, through, now=now())
     if at_hand is not None:  # committed: triage may take them now

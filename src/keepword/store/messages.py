@@ -29,7 +29,6 @@ from keepword.domain.message_ids import identity_digest, sender_digest
 from keepword.domain.model import Address, MessageFacts, Origin
 from keepword.mail.parse import ParsedMessage
 from keepword.store import facts_at_hand
-from keepword.store.facts_at_hand import FactsAtHand
 from keepword.store.tables import folder_state, message, message_content, message_location
 
 # Keeps every IN (...) list well under any backend's bound-parameter limit.
@@ -52,8 +51,10 @@ class BatchResult:
     known: int  # already stored (same identity, or this very location seen before)
     quarantined: int  # of the new ones, how many are quarantined
     new_pks: tuple[int, ...] = ()
-    # The new messages' facts, as load_facts will read them (asked for with `at_hand`).
+    # The new messages' facts, as load_facts will read them (store.facts_at_hand).
     facts: tuple[MessageFacts, ...] = ()
+    # Messages stored before and seen here again, in a new place (their origin may change).
+    seen_again: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,6 @@ def store_batch(
     is_history: bool,
     now: datetime,
     through_uid: int | None = None,
-    at_hand: FactsAtHand | None = None,
 ) -> BatchResult:
     """Store one batch and advance the folder cursor; call inside one transaction.
 
@@ -97,9 +97,9 @@ def store_batch(
     out of UID order passes the highest below which all is stored), else to the highest
     UID among `items`.
 
-    `at_hand` (a first import that triages as it goes): messages stored before and seen
-    here again are dropped from it now; the new ones' facts come back in the result, for
-    the caller to `put` once the transaction has committed (store.facts_at_hand).
+    The result names the new messages' facts and the stored ones seen here again, for a
+    first import's triage (store.facts_at_hand: forget those before the commit, put the
+    facts after it).
     """
     mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
@@ -115,13 +115,10 @@ def store_batch(
         key = keys[item.uid]
         if key not in existing and key not in to_insert:
             to_insert[key] = item
-    facts: list[MessageFacts] | None = [] if at_hand is not None else None
-    inserted = _insert_messages(
-        conn, mailbox, role, to_insert, is_history=is_history, now=now, facts=facts
+    inserted, facts = _insert_messages(
+        conn, mailbox, role, to_insert, is_history=is_history, now=now
     )
     pks = existing | inserted
-    if at_hand is not None:
-        at_hand.forget(pks[keys[item.uid]] for item in fresh if keys[item.uid] in existing)
     locations = [
         {
             "message_pk": pks[keys[item.uid]],
@@ -144,7 +141,8 @@ def store_batch(
         known=len(items) - len(inserted),
         quarantined=quarantined,
         new_pks=tuple(sorted(inserted.values())),
-        facts=tuple(facts or ()),
+        facts=tuple(facts),
+        seen_again=tuple(pks[keys[item.uid]] for item in fresh if keys[item.uid] in existing),
     )
 
 
@@ -231,11 +229,10 @@ def _insert_messages(
     *,
     is_history: bool,
     now: datetime,
-    facts: list[MessageFacts] | None = None,
-) -> dict[tuple[str, str], int]:
-    """The new rows' pks by identity; `facts`: gets each new message's facts."""
+) -> tuple[dict[tuple[str, str], int], list[MessageFacts]]:
+    """The new rows' pks by identity, and the new messages' facts."""
     if not items:
-        return {}
+        return {}, []
     rows = {
         key: _message_row(mailbox, role, item, is_history, now) | {"content_digest": key[1]}
         for key, item in items.items()
@@ -249,12 +246,11 @@ def _insert_messages(
         for key, item in items.items()
     ]
     conn.execute(insert(message_content), contents)
-    if facts is not None:
-        facts.extend(
-            _written_facts(rows[key], pks[key], item.parsed.body_text, role)
-            for key, item in items.items()
-        )
-    return pks
+    facts = [
+        _written_facts(rows[key], pks[key], item.parsed.body_text, role)
+        for key, item in items.items()
+    ]
+    return pks, facts
 
 
 def _written_facts(row: dict[str, Any], pk: int, body_text: str, role: Origin) -> MessageFacts:
