@@ -159,7 +159,7 @@ def test_on_the_corpus_the_facts_at_hand_are_what_postgresql_reads_back(engine: 
     handed: list[Any] = []
     for start in range(0, len(raws), 97):
         items = facts_test._items(raws[start : start + 97], start + 1)
-        handed += facts_test._store(engine, facts_test.INBOX, items, at_hand).facts
+        handed += facts_test._store(engine, facts_test.INBOX, items, at_hand).facts()
     assert len(handed) > 500
     assert handed == facts_test._read_back(engine, [f.pk for f in handed])
 

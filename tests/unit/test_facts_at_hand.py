@@ -58,7 +58,7 @@ def _store(
     with engine.begin() as conn:
         result = store.store_batch(conn, folder, items, is_history=True, now=NOW)
         at_hand.forget(result.seen_again)
-    at_hand.put(result.facts)
+    at_hand.put(result.facts())
     return result
 
 
@@ -78,7 +78,8 @@ def test_on_the_corpus_the_facts_at_hand_are_what_the_store_reads_back(
     raws = _corpus()
     handed: list[MessageFacts] = []
     for start in range(0, len(raws), 97):
-        handed += _store(engine, INBOX, _items(raws[start : start + 97], start + 1), at_hand).facts
+        items = _items(raws[start : start + 97], start + 1)
+        handed += _store(engine, INBOX, items, at_hand).facts()
     assert len(handed) > 500
     assert handed == _read_back(engine, [f.pk for f in handed])
     with engine.connect() as conn, facts_at_hand(at_hand):
@@ -92,7 +93,7 @@ def test_a_date_in_another_zone_is_held_in_utc_as_it_is_read_back(tmp_path: Path
     assert item.parsed.date is not None
     zoned = item.parsed.date.astimezone(timezone(timedelta(hours=2, minutes=30)))
     item = replace(item, parsed=replace(item.parsed, date=zoned))  # as another parser may
-    [held] = _store(engine, INBOX, [item], FactsAtHand()).facts
+    [held] = _store(engine, INBOX, [item], FactsAtHand()).facts()
     assert held.date == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     assert held.date is not None and held.date.tzinfo == UTC
     assert held.date_offset_minutes == 150
@@ -107,9 +108,9 @@ def test_a_message_seen_again_in_another_folder_is_read_from_the_store(tmp_path:
     at_hand = FactsAtHand()
     raws = [_mail(n) for n in range(3)]
     inbox = _store(engine, INBOX, _items(raws), at_hand)
-    assert {f.origin for f in inbox.facts} == {Origin.INBOX} and len(at_hand) == 3
+    assert {f.origin for f in inbox.facts()} == {Origin.INBOX} and len(at_hand) == 3
     again = _store(engine, SENT, _items(raws[:1], first_uid=10), at_hand)
-    assert (again.new, again.facts) == (0, ())
+    assert (again.new, again.facts()) == (0, [])
     assert len(at_hand) == 2  # the one seen again is no longer at hand
     with engine.connect() as conn, facts_at_hand(at_hand):
         facts = store.load_facts(conn, list(inbox.new_pks))

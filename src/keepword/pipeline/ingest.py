@@ -486,9 +486,9 @@ def _store_parsed(
             new += result.new
             known += result.known
             quarantined += result.quarantined
-            facts.extend(result.facts)
             if at_hand is not None:  # before the commit: triage may be reading meanwhile
                 at_hand.forget(result.seen_again)
+                facts.extend(result.facts())
         if not items:  # the whole batch was expunged meanwhile
             store.advance_cursor(conn, box.name, folder, uidvalidity, through, now=now())
     if at_hand is not None:  # committed: triage may take them now

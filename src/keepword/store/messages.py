@@ -51,10 +51,16 @@ class BatchResult:
     known: int  # already stored (same identity, or this very location seen before)
     quarantined: int  # of the new ones, how many are quarantined
     new_pks: tuple[int, ...] = ()
-    # The new messages' facts, as load_facts will read them (store.facts_at_hand).
-    facts: tuple[MessageFacts, ...] = ()
     # Messages stored before and seen here again, in a new place (their origin may change).
     seen_again: tuple[int, ...] = ()
+    # The new messages as written (pk, row, body text) in a folder of this role: their
+    # facts are made only if asked for (`facts`: a first import's triage; not a live poll).
+    written: tuple[tuple[int, dict[str, Any], str], ...] = ()
+    role: Origin = Origin.INBOX
+
+    def facts(self) -> list[MessageFacts]:
+        """The new messages' facts, as load_facts will read them (store.facts_at_hand)."""
+        return [_written_facts(row, pk, body, self.role) for pk, row, body in self.written]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +103,9 @@ def store_batch(
     out of UID order passes the highest below which all is stored), else to the highest
     UID among `items`.
 
-    The result names the new messages' facts and the stored ones seen here again, for a
-    first import's triage (store.facts_at_hand: forget those before the commit, put the
-    facts after it).
+    The result names the stored messages seen here again and can make the new ones'
+    facts, for a first import's triage (store.facts_at_hand: forget those before the
+    commit, put the facts after it).
     """
     mailbox, folder, role, uidvalidity = where.mailbox, where.name, where.role, where.uidvalidity
     known_uids = _known_uids(conn, mailbox, folder, uidvalidity, [i.uid for i in items])
@@ -115,7 +121,7 @@ def store_batch(
         key = keys[item.uid]
         if key not in existing and key not in to_insert:
             to_insert[key] = item
-    inserted, facts = _insert_messages(
+    inserted, written = _insert_messages(
         conn, mailbox, role, to_insert, is_history=is_history, now=now
     )
     pks = existing | inserted
@@ -141,8 +147,11 @@ def store_batch(
         known=len(items) - len(inserted),
         quarantined=quarantined,
         new_pks=tuple(sorted(inserted.values())),
-        facts=tuple(facts),
         seen_again=tuple(pks[keys[item.uid]] for item in fresh if keys[item.uid] in existing),
+        written=tuple(
+            (inserted[key], written[key], item.parsed.body_text) for key, item in to_insert.items()
+        ),
+        role=role,
     )
 
 
@@ -229,10 +238,10 @@ def _insert_messages(
     *,
     is_history: bool,
     now: datetime,
-) -> tuple[dict[tuple[str, str], int], list[MessageFacts]]:
-    """The new rows' pks by identity, and the new messages' facts."""
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], dict[str, Any]]]:
+    """The new rows' pks by identity, and the rows as written."""
     if not items:
-        return {}, []
+        return {}, {}
     rows = {
         key: _message_row(mailbox, role, item, is_history, now) | {"content_digest": key[1]}
         for key, item in items.items()
@@ -246,11 +255,7 @@ def _insert_messages(
         for key, item in items.items()
     ]
     conn.execute(insert(message_content), contents)
-    facts = [
-        _written_facts(rows[key], pks[key], item.parsed.body_text, role)
-        for key, item in items.items()
-    ]
-    return pks, facts
+    return pks, rows
 
 
 def _written_facts(row: dict[str, Any], pk: int, body_text: str, role: Origin) -> MessageFacts:
