@@ -49,6 +49,7 @@ from keepword.store.tables import (
     outbox,
 )
 from tests.corpora import needs_corpora
+from tests.fixtures.bulk_rows import written_both_ways
 from tests.fixtures.configs import run_keepword, write_config
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
@@ -181,6 +182,16 @@ def test_naive_datetimes_are_refused(engine: Engine) -> None:
         conn.execute(
             insert(folder_state).values(mailbox="m", folder="I", last_poll_at=datetime(2026, 1, 1))
         )
+
+
+@pytest.mark.parametrize("defaults", [False, True])
+def test_bulk_writes_every_value_as_sqlalchemy_does_on_postgres(
+    engine: Engine, defaults: bool
+) -> None:
+    """store.bulk on psycopg's named parameters (a reserved word among them, quotes and
+    percent signs in the values): what SQLAlchemy's own executemany writes."""
+    plain, fast = written_both_ways(engine, defaults=defaults)
+    assert len(plain) == 40 and plain == fast
 
 
 def test_folder_cursor_is_unique_per_mailbox_folder(engine: Engine) -> None:

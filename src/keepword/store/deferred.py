@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Executable
 
 from keepword.domain.model import MessageFacts
 from keepword.errors import StaleCaseError
+from keepword.store.bulk import execute_many
 
 _KEY = "keepword.deferred_writes"
 
@@ -94,7 +95,7 @@ def deferring(conn: Connection) -> Iterator[DeferredWrites]:
 def _write(
     conn: Connection, writes: DeferredWrites, statement: Executable, rows: list[dict[str, Any]]
 ) -> None:
-    changed = conn.execute(statement, rows).rowcount
+    changed = execute_many(conn, statement, rows).rowcount
     if statement in writes.counted and changed != len(rows):
         raise StaleCaseError(f"{len(rows) - changed} case(s) changed meanwhile")
 

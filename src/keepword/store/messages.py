@@ -29,10 +29,15 @@ from keepword.domain.message_ids import identity_digest, sender_digest
 from keepword.domain.model import Address, MessageFacts, Origin
 from keepword.mail.parse import ParsedMessage
 from keepword.store import facts_at_hand
+from keepword.store.bulk import execute_many
 from keepword.store.tables import folder_state, message, message_content, message_location
 
 # Keeps every IN (...) list well under any backend's bound-parameter limit.
 _CHUNK = 400
+# Built once: store.bulk plans each statement once (by identity), not once a batch.
+_INSERT_MESSAGE = insert(message)
+_INSERT_CONTENT = insert(message_content)
+_INSERT_LOCATION = insert(message_location)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +143,7 @@ def store_batch(
         for item in fresh
     ]
     if locations:
-        conn.execute(insert(message_location), locations)
+        execute_many(conn, _INSERT_LOCATION, locations)
     top = through_uid if through_uid is not None else max([i.uid for i in items], default=0)
     advance_cursor(conn, mailbox, folder, uidvalidity, top, now=now)
     quarantined = sum(1 for item in to_insert.values() if item.parsed.quarantined)
@@ -248,13 +253,13 @@ def _insert_messages(
     }
     # Plain executemany, then read the new ids back by identity: INSERT .. RETURNING with
     # guaranteed order degrades to one statement per row on SQLite.
-    conn.execute(insert(message), list(rows.values()))
+    execute_many(conn, _INSERT_MESSAGE, list(rows.values()))
     pks = _pks(_stored_rows(conn, mailbox, [message_id for message_id, _ in items]), items)
     contents = [
         {"message_pk": pks[key], "raw": item.raw, "body_text": item.parsed.body_text}
         for key, item in items.items()
     ]
-    conn.execute(insert(message_content), contents)
+    execute_many(conn, _INSERT_CONTENT, contents)
     return pks, rows
 
 
