@@ -192,3 +192,36 @@ def test_a_batch_opens_more_cases_than_it_takes_ids_for_at_once(store_url: str) 
         assert all(stored[c.id or 0] == c.customer for c in opened)
     finally:
         engine.dispose()
+
+
+def test_a_batch_takes_the_ids_of_the_cases_it_may_open_at_once(store_url: str) -> None:
+    """Told how many cases it may open (one a message: pipeline.triage), a batch takes
+    their ids in one statement as its first case opens, not CASE_IDS_AT_ONCE at a time;
+    a second batch's ids follow the first's unused ones, and every case is stored."""
+    engine = open_store(store_url)
+    at = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    most = 3 * case_store.CASE_IDS_AT_ONCE
+    try:
+        opened: list[CaseState] = []
+        for batch in (most - 5, 4):
+            with write_transaction(engine) as conn, deferring(conn), recorded(engine) as sent:
+                case_store.expect_openings(conn, most)
+                numbers = case_store.CaseNumbers()
+                new = [
+                    case_store.save_case(
+                        conn, _case(at, f"c{len(opened) + n}@example.org"), numbers=numbers
+                    )
+                    for n in range(batch)
+                ]
+            if engine.dialect.name == "postgresql":
+                assert sum("nextval" in statement for statement in sent) == 1
+            assert min(c.id or 0 for c in new) > max((c.id or 0 for c in opened), default=0)
+            opened += new
+        with engine.connect() as conn:
+            stored = {
+                row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))
+            }
+        assert len(stored) == most - 1 == len({c.id for c in opened})
+        assert all(stored[c.id or 0] == c.customer for c in opened)
+    finally:
+        engine.dispose()

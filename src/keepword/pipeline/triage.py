@@ -281,6 +281,7 @@ def _batch_transaction(
                 case_store.prefetch_references(conn, box.name, named)
                 lookups = (_likely_lookup(box, read) for read in facts.values())
                 case_store.prefetch_candidates(conn, box.name, lookups)
+                case_store.expect_openings(conn, len(batch))
                 for item in batch:
                     if _waits_for_first_mail(item, run.failing):
                         waiting.append(item)

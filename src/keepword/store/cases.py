@@ -104,6 +104,7 @@ CASE_IDS_AT_ONCE: Final = 25
 _CASE_IDS: Final = "case ids"  # its key among DeferredWrites.pools
 _LAST_CASE_ID: Final = "last case id"  # SQLite: the highest id the batch handed out
 _BATCH_OPENED: Final = "opened cases"  # the ids of the cases the batch opened
+_MAY_OPEN: Final = "may open"  # at most this many cases in all (`expect_openings`)
 _OPENED_RANK: Final = -2  # before the rows that name the case (events, correspondents ...)
 _SAVED_RANK: Final = -1  # after the case was opened, each save in its turn
 
@@ -295,6 +296,25 @@ def opened_in_batch(conn: Connection, case_id: int) -> bool:
     return isinstance(opened, set) and case_id in opened
 
 
+def expect_openings(conn: Connection, most: int) -> None:
+    """The batch that defers this connection's writes opens at most `most` cases (one a
+    message): on PostgreSQL its ids are then taken in one statement, as the first case
+    opens, not CASE_IDS_AT_ONCE at a time (a round trip each: ~400 of a 20,000-message
+    history's triage, on the thread it waits in). Ids it leaves unused are gaps, as any
+    sequence leaves; the ids are the store's, the references count on their own."""
+    later = deferred(conn)
+    if later is not None:
+        later.pools[_MAY_OPEN] = most
+
+
+def _ids_wanted(later: DeferredWrites) -> int:
+    most = later.pools.get(_MAY_OPEN)
+    opened = later.pools.get(_BATCH_OPENED)
+    if not isinstance(most, int):
+        return CASE_IDS_AT_ONCE
+    return max(1, most - (len(opened) if isinstance(opened, set) else 0))
+
+
 def _next_ids(conn: Connection, later: DeferredWrites) -> list[int]:
     """Ids for the cases a batch opens, taken ahead: from PostgreSQL's sequence (others
     take theirs meanwhile), or on SQLite past the highest id stored or handed out, which
@@ -302,7 +322,8 @@ def _next_ids(conn: Connection, later: DeferredWrites) -> list[int]:
     the write lock: store.db.write_transaction; were it not, another writer's case would
     make the batch's INSERT fail on the id and the batch be tried again, never merge)."""
     if conn.dialect.name == "postgresql":
-        return [int(i) for i in conn.execute(_NEXT_IDS, {"count": CASE_IDS_AT_ONCE}).scalars()]
+        wanted = _ids_wanted(later)
+        return [int(i) for i in conn.execute(_NEXT_IDS, {"count": wanted}).scalars()]
     handed = later.pools.get(_LAST_CASE_ID)
     highest = handed if isinstance(handed, int) else conn.execute(_HIGHEST_ID).scalar_one()
     return list(range(highest + 1, highest + 1 + CASE_IDS_AT_ONCE))
