@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import mailbox
+import pickle
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -85,6 +86,18 @@ def test_every_corpus_message_parses_without_raising() -> None:
     assert len(quarantined) < len(results) // 10
     assert "spamscope-mail-parser/mail_outlook_1" in quarantined
     assert not any(name.startswith("notmuch/lkml/") for name in quarantined)
+
+
+@needs_corpora
+def test_every_parsed_corpus_message_crosses_the_process_boundary_unchanged() -> None:
+    """A parse worker pickles what it parsed (ParsedMessage.__reduce__, Address's): every
+    corpus message, quarantined ones too, comes back equal, field for field."""
+    parsed = [parse_message(raw) for _, raw in corpus_messages()]
+    back = pickle.loads(pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == parsed
+    assert all(type(a) is type(b) for a, b in zip(back, parsed, strict=True))
+    assert any(m.quarantined for m in back) and any(m.to for m in back)
+    assert {type(address) for m in back for address in m.to} == {Address}
 
 
 @needs_corpora

@@ -45,6 +45,11 @@ class Address:
     address: str  # lower-cased addr-spec
     name: str = ""
 
+    def __reduce__(self) -> tuple[type[Address], tuple[str, str]]:
+        # As its two values: a frozen dataclass's default pickling restores field by
+        # field (a parse worker sends every parsed message's addresses).
+        return Address, (self.address, self.name)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MailFields:
