@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import OperationalError
 
 from keepword.domain import cases as case_rules
@@ -665,6 +665,19 @@ def test_a_first_imports_history_is_triaged_in_bigger_batches_than_live_mail(
     assert transactions(history_only=True) == 2  # 250 in batches of 200
     assert transactions() == 3  # 110 in batches of 50
     assert triage_module.HISTORY_BATCH > triage_module.BATCH
+
+
+def test_where_writers_run_side_by_side_history_goes_in_bigger_batches_still() -> None:
+    """PostgreSQL's history triage trails the store on a thread of its own and waits for
+    the server at each statement: bigger batches there; SQLite keeps its one writer's
+    lock to HISTORY_BATCH; live mail is BATCH on both."""
+    sqlite = create_engine("sqlite://")
+    postgres = create_engine("postgresql+psycopg://keepword@127.0.0.1:1/none")  # no connect
+    assert triage_module._batch_size(sqlite, importing=True) == triage_module.HISTORY_BATCH
+    side_by_side = triage_module._batch_size(postgres, importing=True)
+    assert side_by_side == triage_module.SIDE_BY_SIDE_HISTORY_BATCH > triage_module.HISTORY_BATCH
+    for engine in (sqlite, postgres):
+        assert triage_module._batch_size(engine, importing=False) == triage_module.BATCH
 
 
 def test_a_store_gone_when_the_predictor_is_kept_costs_the_run_nothing(
