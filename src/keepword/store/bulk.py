@@ -92,6 +92,9 @@ def _row_function(values: Sequence[_Value], positional: bool) -> Callable[[Mappi
 
 
 _PLANS: dict[tuple[int, str, tuple[str, ...]], tuple[Executable, _Plan | None]] = {}
+# The statements are module constants (a few dozen plans); a caller that built one per
+# call would otherwise grow this for as long as the daemon runs.
+MAX_PLANS = 256
 
 
 def execute_many(
@@ -119,6 +122,8 @@ def _plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> _Pl
     if found is not None and found[0] is statement:
         return found[1]
     plan = _make_plan(dialect, statement, keys)
+    if len(_PLANS) >= MAX_PLANS:
+        _PLANS.clear()
     _PLANS[memo] = (statement, plan)
     return plan
 
