@@ -57,7 +57,6 @@ class _Value:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     sql: str
-    positional: bool
     values: tuple[_Value, ...]
     of: Callable[[Mapping[str, Any]], Any]  # a row's parameters as the driver takes them
 
@@ -78,8 +77,10 @@ def _row_function(values: Sequence[_Value], positional: bool) -> Callable[[Mappi
             env[f"c{n}"] = sent
             source = f"c{n}"
         else:
-            source = f"row[{value.key!r}]" if value.key is not None else f"m{n}()"
-            env[f"m{n}"] = value.make
+            source = f"row[{value.key!r}]"
+            if value.key is None:
+                env[f"m{n}"] = value.make
+                source = f"m{n}()"
             if value.processor is not None:
                 env[f"p{n}"] = value.processor
                 source = f"p{n}({source})"
@@ -152,7 +153,7 @@ def _make_plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -
     if compiled.positional and len(values) != len(names):
         return None  # a positional name bound twice: not worth handling here
     of = _row_function(values, compiled.positional)
-    return _Plan(compiled.string, compiled.positional, tuple(values), of)
+    return _Plan(compiled.string, tuple(values), of)
 
 
 def _value(
