@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
+from keepword.cli.collector import pace_collector
 from keepword.errors import ConfigError, KeepwordError, StaleCaseError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -36,6 +37,7 @@ def version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pace_collector()  # first, before the imports: see cli.collector
     from keepword.cli.common import local_failure_exit
 
     parser = build_parser()
