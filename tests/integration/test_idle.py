@@ -247,7 +247,8 @@ def test_stop_while_the_server_is_down_ends_the_backoff(
             await asyncio.wait_for(task, timeout=10)
             return time.monotonic() - asked
 
-        assert asyncio.run(run()) < 1.0
+        # Within seconds, not the backoff's 60 (a generous bound: CI machines stall).
+        assert asyncio.run(run()) < 5.0
     finally:
         dovecot.start()
 
@@ -262,7 +263,7 @@ def test_idle_disabled_returns_at_once(dovecot: Dovecot, mail_user: str) -> None
 
     started = time.monotonic()
     asyncio.run(watch_mailbox(box, Changes(), stop=asyncio.Event(), session_factory=factory))
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5.0  # returns, never waits for the stop
     assert opened == []  # not even a connection
 
 
@@ -284,7 +285,7 @@ def test_server_without_idle_returns_after_login(dovecot: Dovecot, mail_user: st
 
     started = time.monotonic()
     asyncio.run(watch_mailbox(box, Changes(), stop=asyncio.Event(), session_factory=factory))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # returns, never waits for the stop
     assert len(sessions) == 1
     assert not sessions[0].connected  # logged out again
 

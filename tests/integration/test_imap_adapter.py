@@ -297,7 +297,7 @@ def test_idle_sees_mail_that_came_before_it_began(dovecot: Dovecot, mail_user: s
         dovecot.append(mail_user, "INBOX", message(1))
         started = time.monotonic()
         assert imap.wait_for_change("INBOX", timeout=10, known_uidnext=known)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 5  # at once, not after the 10 s timeout
 
 
 def test_idle_on_a_stopped_server_is_connection_error(dovecot: Dovecot, mail_user: str) -> None:

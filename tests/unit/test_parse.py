@@ -379,3 +379,54 @@ def test_an_overlong_address_is_dropped_not_cut() -> None:
     assert parsed.reply_to == ()
     assert parsed.to == (Address("support@shop.test"),)
     assert parsed.sender == Address("ann@example.org", "Ann")
+
+
+def _decoded_the_long_way(value: str) -> str:
+    """decode_header_value's path for every string before its plain-text shortcut."""
+    import email.header
+
+    unfolded = parse_module._unfold(value)
+    chunks = email.header.decode_header(unfolded)
+    text = "".join(
+        chunk if isinstance(chunk, str) else parse_module._bytes_to_text(chunk, charset)
+        for chunk, charset in chunks
+    )
+    return parse_module._unfold(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=12),
+            st.sampled_from(
+                [
+                    " ",
+                    "\t",
+                    "\r\n ",
+                    "\n\t",
+                    "\r",
+                    "\0",
+                    "=?",
+                    "?=",
+                    "=?utf-8?q?caf=C3=A9?=",
+                    "=?iso-8859-1?b?4Q==?=",
+                    "\u2028",
+                    "\x85",
+                    "\xa0",
+                ]
+            ),
+        ),
+        max_size=10,
+    )
+)
+def test_a_plain_header_value_decodes_as_the_long_way_does(parts: list[str]) -> None:
+    value = "".join(parts)
+    assert parse_module.decode_header_value(value) == _decoded_the_long_way(value)
+
+
+def test_the_plain_text_shortcut_is_taken_only_where_nothing_is_to_decode() -> None:
+    assert parse_module.decode_header_value("  Printer broken \t") == "Printer broken"
+    assert parse_module.decode_header_value("=?utf-8?q?caf=C3=A9?=") == "café"
+    assert parse_module.decode_header_value("one\r\n two") == "one two"
+    assert parse_module.decode_header_value("a\0b") == "a" + parse_module.NUL_REPLACEMENT + "b"
