@@ -48,6 +48,7 @@ from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 from tests.fixtures.smtp import SmtpServer  # noqa: E402
 
 from keepword.adapters.credentials import Secret  # noqa: E402
+from keepword.cli.collector import pace_collector  # noqa: E402
 from keepword.config import ImapSettings, KeepwordSettings, MailboxSettings, Settings  # noqa: E402
 from keepword.runtime.daemon import Daemon  # noqa: E402
 from keepword.store.db import open_store  # noqa: E402
@@ -252,6 +253,7 @@ def main() -> int:
     parser.add_argument("--mailboxes", type=int, default=1)
     parser.add_argument("--history", type=int, default=0, help="history mails per mailbox")
     args = parser.parse_args()
+    pace_collector()  # as `keepword run` does (keepword.cli.main)
     random.seed(args.seed)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's deprecation notes

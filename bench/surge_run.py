@@ -28,6 +28,7 @@ from tests.fixtures.dovecot import load_mailserver  # noqa: E402
 
 from keepword.adapters.credentials import Secret  # noqa: E402
 from keepword.adapters.imap import ImapSession  # noqa: E402
+from keepword.cli.collector import pace_collector  # noqa: E402
 from keepword.config import ImapSettings, Settings  # noqa: E402
 from keepword.mail.parse import parse_message  # noqa: E402
 from keepword.runtime.daemon import Daemon  # noqa: E402
@@ -239,6 +240,7 @@ def main() -> int:
         help="the relay sink in a process of its own (as a real relay) or a thread of the bench",
     )
     args = parser.parse_args()
+    pace_collector()  # as `keepword run` does (keepword.cli.main)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     mailserver = load_mailserver()
