@@ -386,7 +386,10 @@ def _decoded_the_long_way(value: str) -> str:
     import email.header
 
     unfolded = parse_module._unfold(value)
-    chunks = email.header.decode_header(unfolded)
+    try:
+        chunks = email.header.decode_header(unfolded)
+    except Exception:
+        return parse_module._unfold(unfolded)
     text = "".join(
         chunk if isinstance(chunk, str) else parse_module._bytes_to_text(chunk, charset)
         for chunk, charset in chunks
@@ -411,6 +414,7 @@ def _decoded_the_long_way(value: str) -> str:
                     "?=",
                     "=?utf-8?q?caf=C3=A9?=",
                     "=?iso-8859-1?b?4Q==?=",
+                    "=?utf-8?b?4?=",  # bad base64: decode_header raises
                     "\u2028",
                     "\x85",
                     "\xa0",
