@@ -77,10 +77,11 @@ def _row_function(values: Sequence[_Value], positional: bool) -> Callable[[Mappi
             env[f"c{n}"] = sent
             source = f"c{n}"
         else:
-            source = f"row[{value.key!r}]"
-            if value.key is None:
+            if value.key is None:  # a column default made anew for every row
                 env[f"m{n}"] = value.make
                 source = f"m{n}()"
+            else:
+                source = f"row[{value.key!r}]"
             if value.processor is not None:
                 env[f"p{n}"] = value.processor
                 source = f"p{n}({source})"
