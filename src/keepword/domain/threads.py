@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import getaddresses
@@ -162,9 +162,35 @@ def is_generic_subject(key: str) -> bool:
 # -- case references ----------------------------------------------------------------
 
 
-def _prefix_pattern(prefixes: Collection[str]) -> str:
-    names = sorted({p.strip() for p in prefixes if p.strip()}, key=len, reverse=True)
+@lru_cache(maxsize=64)
+def _alternatives(prefixes: tuple[str, ...]) -> str:
+    """The prefixes as a regex alternation, the longest first (built once per set of
+    prefixes: triage asks for every message's subject and body)."""
+    names = sorted({p.strip() for p in prefixes if p.strip()}, key=lambda p: (-len(p), p))
     return "|".join(re.escape(name) for name in names)
+
+
+@lru_cache(maxsize=64)
+def _tag_pattern(prefixes: tuple[str, ...]) -> re.Pattern[str] | None:
+    alternatives = _alternatives(prefixes)
+    if not alternatives:
+        return None
+    return re.compile(rf"\[\s*({alternatives})\s*[-#\s]?\s*(\d{{1,12}})\s*\]", re.IGNORECASE)
+
+
+def tag_matches(text: str, prefixes: Collection[str]) -> Iterator[re.Match[str]]:
+    """Every `[KW-42]`-shaped tag in `text`, in order: group 1 the prefix as written,
+    group 2 the number. Text without a "[" has none (most subjects: no regex run)."""
+    if "[" not in text:
+        return iter(())
+    pattern = _tag_pattern(tuple(prefixes))
+    return iter(()) if pattern is None else pattern.finditer(text)
+
+
+def without_tags(text: str, prefixes: Collection[str]) -> str:
+    """`text` with every tag of these prefixes replaced by a space."""
+    pattern = _tag_pattern(tuple(prefixes)) if "[" in text else None
+    return text if pattern is None else pattern.sub(" ", text)
 
 
 def _reference(prefix: str, number: str) -> str:
@@ -173,11 +199,7 @@ def _reference(prefix: str, number: str) -> str:
 
 def find_tag(subject: str, prefixes: Collection[str]) -> str | None:
     """`[KW-42]` (also `[ kw - 42 ]`, `[KW#42]`, `[KW 42]`) in a subject -> "KW-42"."""
-    alternatives = _prefix_pattern(prefixes)
-    if not alternatives:
-        return None
-    pattern = rf"\[\s*({alternatives})\s*[-#\s]?\s*(\d{{1,12}})\s*\]"
-    match = re.search(pattern, subject, re.IGNORECASE)
+    match = next(tag_matches(subject, prefixes), None)
     return _reference(match.group(1), match.group(2)) if match else None
 
 
@@ -193,21 +215,31 @@ def find_tag_in_body(body: str, prefixes: Collection[str]) -> str | None:
     The first occurrence wins: a reply quotes the newest mail first, so the first
     marker is the one of the mail being answered.
     """
-    alternatives = _prefix_pattern(prefixes)
-    if not alternatives or not body:
+    patterns = _body_patterns(tuple(prefixes))
+    if patterns is None or not body:
         return None
     # Cheap pre-checks: most bodies hold no reference, and the labelled search below tries
     # every position of a long body.
     if not _may_name(body, prefixes):
         return None
-    if not re.search(rf"(?:{alternatives})\s*[-#\s]?\s*\d", body, re.IGNORECASE):
+    named, label = patterns
+    if not named.search(body):
         return None
-    labelled = re.search(
-        rf"(?:{_BODY_LABELS})\s*[:#]?\s*({alternatives})-(\d{{1,12}})\b", body, re.IGNORECASE
-    )
+    labelled = label.search(body)
     if labelled:
         return _reference(labelled.group(1), labelled.group(2))
     return find_tag(body, prefixes)
+
+
+@lru_cache(maxsize=64)
+def _body_patterns(prefixes: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+    """(a prefix followed by a number, a labelled reference) for these prefixes."""
+    alternatives = _alternatives(prefixes)
+    if not alternatives:
+        return None
+    named = re.compile(rf"(?:{alternatives})\s*[-#\s]?\s*\d", re.IGNORECASE)
+    label = rf"(?:{_BODY_LABELS})\s*[:#]?\s*({alternatives})-(\d{{1,12}})\b"
+    return named, re.compile(label, re.IGNORECASE)
 
 
 def _may_name(body: str, prefixes: Collection[str]) -> bool:

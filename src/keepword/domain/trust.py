@@ -54,7 +54,7 @@ from keepword.domain.model import (
     MessageFacts,
     Origin,
 )
-from keepword.domain.threads import ThreadMatch, ThreadRule
+from keepword.domain.threads import ThreadMatch, ThreadRule, tag_matches, without_tags
 
 # -- verified facts (made by mail.authentication from the raw bytes) ----------------
 
@@ -453,15 +453,7 @@ def customer_recipient(case_customer: str | None, correspondents: Collection[str
 
 def tags_in(text: str, prefixes: Collection[str]) -> tuple[str, ...]:
     """Every distinct case tag (`[KW-42]`, `[kw #42]`) in a subject, in order."""
-    alternatives = "|".join(
-        re.escape(p) for p in sorted({p.strip() for p in prefixes if p.strip()}, key=len)[::-1]
-    )
-    if not alternatives:
-        return ()
-    pattern = rf"\[\s*({alternatives})\s*[-#\s]?\s*(\d{{1,12}})\s*\]"
-    found = (
-        f"{m.group(1).upper()}-{int(m.group(2))}" for m in re.finditer(pattern, text, re.IGNORECASE)
-    )
+    found = (f"{m.group(1).upper()}-{int(m.group(2))}" for m in tag_matches(text, prefixes))
     return tuple(dict.fromkeys(found))
 
 
@@ -481,13 +473,7 @@ def subject_claim(subject: str, prefixes: Collection[str], sender: Sender) -> st
 def own_subject(original: str, reference: str, prefixes: Collection[str]) -> str:
     """The subject keepword writes on its mail about `reference`: the sender's subject
     with every tag of ours taken out, then the case's own tag once."""
-    text = original
-    alternatives = "|".join(re.escape(p) for p in prefixes if p.strip())
-    if alternatives:
-        text = re.sub(
-            rf"\[\s*(?:{alternatives})\s*[-#\s]?\s*\d{{1,12}}\s*\]", " ", text, flags=re.I
-        )
-    text = " ".join(text.split()) or "(no subject)"
+    text = " ".join(without_tags(original, prefixes).split()) or "(no subject)"
     return f"{text} [{reference}]"
 
 
