@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keepword.domain.threads import find_tag, find_tag_in_body
+from keepword.domain.threads import _BODY_LABELS, find_tag, find_tag_in_body
 from keepword.domain.trust import own_subject, tags_in
 
 
@@ -47,12 +47,6 @@ def reference_own_subject(original: str, reference: str, prefixes: Sequence[str]
     return f"{' '.join(text.split()) or '(no subject)'} [{reference}]"
 
 
-_LABELS = (
-    r"case\s+reference|case|reference|ref\.?|referenz|vorgangsnummer|vorgang|fallnummer|"
-    r"r[ée]f[ée]rence|riferimento|referencia|referentie|sygnatura"
-)
-
-
 def reference_find_tag_in_body(body: str, prefixes: Sequence[str]) -> str | None:
     alternatives = _alternatives(prefixes)
     if not alternatives or not body:
@@ -60,7 +54,7 @@ def reference_find_tag_in_body(body: str, prefixes: Sequence[str]) -> str | None
     if not re.search(rf"(?:{alternatives})\s*[-#\s]?\s*\d", body, re.IGNORECASE):
         return None
     labelled = re.search(
-        rf"(?:{_LABELS})\s*[:#]?\s*({alternatives})-(\d{{1,12}})\b", body, re.IGNORECASE
+        rf"(?:{_BODY_LABELS})\s*[:#]?\s*({alternatives})-(\d{{1,12}})\b", body, re.IGNORECASE
     )
     if labelled:
         return f"{labelled.group(1).upper()}-{int(labelled.group(2))}"

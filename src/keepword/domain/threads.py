@@ -178,18 +178,22 @@ def _tag_pattern(prefixes: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(rf"\[\s*({alternatives})\s*[-#\s]?\s*(\d{{1,12}})\s*\]", re.IGNORECASE)
 
 
+def _tags_pattern_for(text: str, prefixes: Collection[str]) -> re.Pattern[str] | None:
+    """The tag pattern, or None where `text` can hold no tag: without a "[" (most
+    subjects) no regex runs at all."""
+    return _tag_pattern(tuple(prefixes)) if "[" in text else None
+
+
 def tag_matches(text: str, prefixes: Collection[str]) -> Iterator[re.Match[str]]:
     """Every `[KW-42]`-shaped tag in `text`, in order: group 1 the prefix as written,
-    group 2 the number. Text without a "[" has none (most subjects: no regex run)."""
-    if "[" not in text:
-        return iter(())
-    pattern = _tag_pattern(tuple(prefixes))
+    group 2 the number."""
+    pattern = _tags_pattern_for(text, prefixes)
     return iter(()) if pattern is None else pattern.finditer(text)
 
 
 def without_tags(text: str, prefixes: Collection[str]) -> str:
     """`text` with every tag of these prefixes replaced by a space."""
-    pattern = _tag_pattern(tuple(prefixes)) if "[" in text else None
+    pattern = _tags_pattern_for(text, prefixes)
     return text if pattern is None else pattern.sub(" ", text)
 
 
