@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from keepword.errors import StoreError
 from keepword.store.db import (
     MIGRATIONS,
+    WAL_CHECKPOINT_BYTES,
     head_revision,
     known_revisions,
     make_engine,
@@ -32,6 +33,21 @@ def test_migration_creates_every_table_and_is_idempotent(tmp_path: Path) -> None
     open_store(url)  # second run: nothing to do, no error
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_the_wal_is_copied_into_the_database_every_64_mib_not_every_4(tmp_path: Path) -> None:
+    """SQLite's default checkpoints the WAL once it passes 4 MiB, and writes it again from
+    its start; keepword's connections let it grow to WAL_CHECKPOINT_BYTES first."""
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    mebibyte = bytes(range(256)) * 4096
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE filler (b BLOB)")
+        conn.commit()
+        for _ in range(12):  # 12 MiB in 12 commits
+            conn.exec_driver_sql("INSERT INTO filler VALUES (?)", (mebibyte,))
+            conn.commit()
+        assert (tmp_path / "kw.db-wal").stat().st_size > 12 * 1024 * 1024
+        assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == WAL_CHECKPOINT_BYTES
 
 
 def test_every_field_of_an_outbox_row_is_read_from_its_column() -> None:
