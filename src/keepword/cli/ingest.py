@@ -46,6 +46,7 @@ from keepword.pipeline.ingest import (
 )
 from keepword.pipeline.parse_workers import ParsePool
 from keepword.pipeline.triage import triage_pending
+from keepword.store.checkpoints import BackgroundCheckpoints
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -93,14 +94,17 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
     results: list[MailboxPollResult] = []
     cased: dict[str, int] = {}  # per mailbox: the cases its history opened
     failed = False
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-    ) as bar:
+    with (
+        BackgroundCheckpoints(engine),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet or not console.is_terminal,
+        ) as bar,
+    ):
         for box in boxes:
             result = MailboxPollResult(mailbox=box.name)
             results.append(result)

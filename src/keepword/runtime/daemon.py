@@ -67,6 +67,7 @@ from keepword.errors import (
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
 from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
+from keepword.store.checkpoints import BackgroundCheckpoints
 from keepword.store.db import open_store
 from keepword.store.leases import (
     CURRENT_FENCE,
@@ -280,6 +281,7 @@ class Daemon:
         self._worker: Worker | None = None
         self._engine: Engine | None = None
         self._lock: WriterLock | None = None
+        self._checkpoints: BackgroundCheckpoints | None = None  # SQLite's WAL, copied aside
         self._cycles: dict[str, MailboxCycle] = {}
         self._ending: dict[str, asyncio.Task[None]] = {}  # cycles ended, maybe still in a job
         self._leases: LeaseKeeper | None = None  # PostgreSQL: the mailboxes are shared by lease
@@ -321,6 +323,7 @@ class Daemon:
         try:
             with migrations_serialized(url):  # instances starting together
                 self._engine = open_database(url)
+            self._checkpoints = BackgroundCheckpoints(self._engine).start()
             if sharing:
                 install_fencing(self._engine)
                 names = [box.name for box in settings.mailbox]
@@ -332,6 +335,9 @@ class Daemon:
 
     def _release(self) -> None:
         self._lease_thread.shutdown(wait=False)
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
+            self._checkpoints = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

@@ -1,0 +1,88 @@
+"""store.checkpoints: SQLite's WAL copied into the database by a thread of its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
+
+from keepword.runtime.daemon import Daemon
+from keepword.store.checkpoints import BackgroundCheckpoints
+from keepword.store.db import open_store
+from tests.unit.test_scheduler import write_config
+
+MEBIBYTE = bytes(range(256)) * 4096
+THREAD = "kw-wal-checkpoints"
+
+
+def _write(engine: Engine, mebibytes: int) -> None:
+    """`mebibytes` commits of 1 MiB each, as a writer of the store commits."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+        conn.commit()
+        for _ in range(mebibytes):
+            conn.exec_driver_sql("INSERT INTO filler VALUES (?)", (MEBIBYTE,))
+            conn.commit()
+
+
+def _database_bytes(tmp_path: Path) -> int:
+    return (tmp_path / "kw.db").stat().st_size
+
+
+def _running() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == THREAD]
+
+
+def test_the_thread_copies_the_wal_into_the_database_while_a_writer_commits(
+    tmp_path: Path,
+) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    with BackgroundCheckpoints(engine, every=0.02) as checkpoints:
+        _write(engine, 12)
+        deadline = time.monotonic() + 10
+        while _database_bytes(tmp_path) < 12 * 1024 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _database_bytes(tmp_path) >= 12 * 1024 * 1024
+        assert checkpoints.checkpoints > 0
+
+
+def test_without_it_the_writers_leave_12_mib_in_the_wal(tmp_path: Path) -> None:
+    """The control: what the test above finds copied, the thread copied."""
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    _write(engine, 12)
+    time.sleep(0.1)
+    assert _database_bytes(tmp_path) < 1024 * 1024
+
+
+def test_stop_ends_the_thread_and_gives_its_connection_back(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    checkpoints = BackgroundCheckpoints(engine, every=0.01).start()
+    deadline = time.monotonic() + 10
+    while checkpoints.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _running() and engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    checkpoints.stop()
+    assert not _running()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_store_without_a_wal_file_gets_no_thread() -> None:
+    for engine in (
+        create_engine("sqlite://"),
+        create_engine("postgresql+psycopg://keepword@127.0.0.1:9/keepword"),  # never connected
+    ):
+        assert not BackgroundCheckpoints.wanted(engine)
+        with BackgroundCheckpoints(engine):
+            assert not _running()
+
+
+def test_the_daemon_checkpoints_from_its_start_to_its_release(tmp_path: Path) -> None:
+    daemon = Daemon(write_config(tmp_path, {"shop": 60}))
+    daemon._start()
+    try:
+        assert len(_running()) == 1
+    finally:
+        daemon._release()
+    assert not _running()
