@@ -68,6 +68,22 @@ def test_stop_ends_the_thread_and_gives_its_connection_back(tmp_path: Path) -> N
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+def test_a_store_nobody_writes_to_is_looked_at_less_and_less_often(tmp_path: Path) -> None:
+    engine = open_store(f"sqlite:///{tmp_path}/kw.db")
+    with BackgroundCheckpoints(engine, every=0.01, idle_every=0.4) as checkpoints:
+        time.sleep(1.0)
+        idle = checkpoints.checkpoints
+        _write(engine, 1)  # somebody writes: the next tick copies it, then 0.01 s again
+        seen = checkpoints.checkpoints + 1
+        deadline = time.monotonic() + 10
+        while checkpoints.checkpoints < seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.6)
+        after = checkpoints.checkpoints - seen
+    assert idle <= 12  # 0.01, 0.02, ... 0.32, then 0.4 s: ~8 (at a fixed 0.01 s: ~100)
+    assert after >= 3  # 0.01, 0.02, 0.04, 0.08 s ... (at idle's 0.4 s: 2 at most)
+
+
 def test_a_store_without_a_wal_file_gets_no_thread() -> None:
     for engine in (
         create_engine("sqlite://"),
