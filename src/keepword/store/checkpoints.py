@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -82,10 +83,10 @@ class BackgroundCheckpoints:
             every, last = self._every, None
             while not self._stop.wait(every):
                 try:
-                    # (busy, frames in the WAL, frames copied into the database)
-                    state = tuple(sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+                    state = self._checkpoint(sqlite)
                 except Exception:  # never fatal: the writers checkpoint too
                     log.debug("WAL checkpoint failed; tried again", exc_info=True)
+                    every = min(every * 2, self._idle_every)
                     continue
                 self.checkpoints += 1
                 # The same as last time: nobody wrote since. Wake half as often (up to
@@ -94,3 +95,8 @@ class BackgroundCheckpoints:
                 last = state
         finally:
             pooled.close()
+
+    @staticmethod
+    def _checkpoint(sqlite: Any) -> tuple[int, ...]:
+        """(busy, frames in the WAL, frames copied into the database)."""
+        return tuple(sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
