@@ -24,6 +24,7 @@ from keepword.errors import DeliveryUnavailable
 from keepword.mail.compose import About, Answering, compose_bytes, customer_mail, team_mail
 from keepword.mail.render import Rendered
 from keepword.pipeline.send import (
+    NO_RELAY,
     DrainOptions,
     DrainResult,
     ImapSentCopy,
@@ -376,6 +377,25 @@ def test_unreachable_server_leaves_everything_pending(rig: Rig) -> None:
     assert stored.last_error is not None and "cannot connect" in stored.last_error
     rig.server.start()
     assert rig.drain().sent == 1
+
+
+def test_a_mailbox_without_smtp_keeps_its_mail_until_it_has_one(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """As a relay that is down (the daemon's drain backs off and shows failing), not
+    an error line every drain while the mail waits."""
+    rig = make_rig(tmp_path, smtp_server, smtp=None)
+    row = rig.enqueue_ack()
+    with pytest.raises(DeliveryUnavailable, match=r"no \[mailbox.smtp\] configured"):
+        rig.drain()
+    stored = rig.row(row.id)
+    assert stored.state is OutboxState.PENDING and stored.attempts == 0
+    assert stored.last_error == NO_RELAY
+    assert smtp_server.messages == []
+    rig.box = rig.box.model_copy(update={"smtp": smtp_server.settings()})
+    rig.settings = rig.settings.model_copy(update={"mailbox": [rig.box]})
+    assert rig.drain().sent == 1
+    assert rig.row(row.id).state is OutboxState.SENT
 
 
 def test_wrong_password_is_a_connect_error_without_the_secret(

@@ -106,6 +106,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 30  # 12-25 hours of 4xx replies (OUTBOX_RETRY), then give up loudly
 COPY_RETRY_FIRST = timedelta(minutes=1)  # a failed Sent copy: first retry
 COPY_RETRY_CAP = timedelta(hours=1)
+NO_RELAY = "no [mailbox.smtp] configured: nothing is sent until one is"
 DRAIN_BATCH: Final = 200  # rows read (and withdrawn if stale) at a time
 MAX_DRAIN_BATCHES: Final = 100  # a guard: 20,000 rows, then the next drain goes on
 # Sent copies per MULTIAPPEND: the drain's last batch is copied after its last mail is
@@ -419,12 +420,11 @@ def _settle_untold(conn: Connection, row: outbox.OutboxRow, case: CaseNow, now: 
 async def _send_due(run: _Run, rows: list[outbox.OutboxRow], servers: Servers) -> None:
     if not rows:
         return
-    mailbox, result, secret = run.mailbox, run.result, servers.secret
+    mailbox, secret = run.mailbox, servers.secret
     if mailbox.smtp is None:
-        result.skipped += len(rows)
-        result.error = f"mailbox {mailbox.name}: no [smtp] configured; {len(rows)} mails wait"
-        log.error("%s", result.error)
-        return
+        # As a relay that is down: the rows wait with the reason, and the daemon's drain
+        # backs off (a line every 15 minutes at most, not every drain) and shows failing.
+        _unavailable(run, rows, NO_RELAY)
     try:
         if secret is None:
             smtp = mailbox.smtp
