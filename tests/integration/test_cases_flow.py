@@ -273,6 +273,25 @@ def test_case_cli_shows_the_whole_story(
         assert conn.execute(select(outbox.c.state)).scalar_one() == "sent"
 
 
+def test_the_cli_shows_a_hostile_subject_as_written(
+    desk: Desk, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail text is never read as rich markup: "[/x]" raised MarkupError, "[link=...]"
+    made a link in the operator's terminal, "[bold]" restyled the rest."""
+    from keepword.cli import main
+
+    subject = "[/x] invoice [link=https://evil.example]here[/link] [bold]now"
+    desk.arrive(mail(ANN, subject))
+    desk.cycle()
+    config = tmp_path / "kw.toml"
+    config.write_text(_cli_config(desk, tmp_path))
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["--config", str(config), "cases"]) == 0
+    assert subject in capsys.readouterr().out
+    assert main(["--config", str(config), "case", "KW-1"]) == 0
+    assert subject in capsys.readouterr().out
+
+
 def test_status_reports_polls_backlog_and_overdue_promises(
     desk: Desk, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -94,3 +94,21 @@ def test_overdue_in_the_table(
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ ")}
     assert "overdue" in lines["chase"] and "2026-03-02 09:00 UTC" in lines["chase"]
     assert "failing (1 in a row): relay refused the login" in lines["drain"]
+
+
+def test_an_error_is_shown_as_written_never_read_as_markup(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's reply ("NO [AUTHENTICATIONFAILED]", "[/x]") and keepword's own
+    ("no [mailbox.smtp] configured") were rich markup: dropped, or a MarkupError."""
+    error = "no [mailbox.smtp] configured; NO [AUTHENTICATIONFAILED] [/x] nope"
+    engine = open_store(f"sqlite:///{config.parent / 'keepword.db'}")
+    with engine.begin() as conn:
+        job_started(conn, "support", "drain", 10.0, T + timedelta(seconds=52))
+        job_finished(conn, "support", "drain", T + timedelta(seconds=53), error)
+    engine.dispose()
+    monkeypatch.setenv("COLUMNS", "300")
+    at(monkeypatch, T + timedelta(seconds=55))
+    code, out = status(config, capsys)
+    assert code == 1
+    assert f"failing (2 in a row): {error}" in out

@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Connection, Engine
 
@@ -126,9 +127,9 @@ def _cases_table(
         table.add_row(
             c.reference,
             STATUS_SHORT.get(c.status.value, c.status.value),
-            _local_part(c.owner),
-            c.customer or "-",
-            c.subject or "",
+            escape(_local_part(c.owner)),
+            escape(c.customer or "-"),
+            escape(c.subject or ""),
             str(c.customer_contacts),
             f"[red]{when}[/red]" if at and at < now else when,
         )
@@ -226,9 +227,9 @@ def _print_story(
 ) -> None:
     console = Console()
     console.print(
-        f"[bold]{current.reference}[/bold]  {current.subject}\n"
-        f"status {current.status.value} · owner {current.owner or '-'} · customer "
-        f"{current.customer or '-'} · {current.customer_contacts} customer message(s)",
+        f"[bold]{current.reference}[/bold]  {escape(current.subject or '')}\n"
+        f"status {current.status.value} · owner {escape(current.owner or '-')} · customer "
+        f"{escape(current.customer or '-')} · {current.customer_contacts} customer message(s)",
         markup=True,
     )
     table = Table(title="timeline")
@@ -238,11 +239,15 @@ def _print_story(
     table.add_column("detail", overflow="fold", ratio=1)
     for event in story["timeline"]:
         table.add_row(
-            _when(event["at"], zone), event["kind"], event["actor"] or "-", event["detail"] or ""
+            _when(event["at"], zone),
+            event["kind"],
+            escape(event["actor"] or "-"),
+            escape(event["detail"] or ""),
         )
     console.print(table)
     for mail in story["messages"]:
-        console.print(f"[bold]{_when(mail['date'], zone)} {mail['from']} ({mail['kind']})[/bold]")
+        when, sender = _when(mail["date"], zone), escape(str(mail["from"]))
+        console.print(f"[bold]{when} {sender} ({mail['kind']})[/bold]")
         console.print(mail["excerpt"], markup=False)
         console.print()
     for item in story["promises"]:

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from keepword.cli.common import add_command, now, reading, settings_from
@@ -65,9 +66,9 @@ def cmd_ignored(args: argparse.Namespace) -> int:
         table.add_row(
             short_moment(item.at, zone, now=at),
             item.what,
-            item.sender or "-",
-            item.subject or "",
-            why,
+            escape(item.sender or "-"),
+            escape(item.subject or ""),
+            escape(why),
         )
     Console().print(table)
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -113,7 +114,7 @@ def _import(settings: Settings, boxes: list[MailboxSettings], *, quiet: bool) ->
             except Exception as exc:
                 failed = True
                 result.errors["*"] = str(exc)
-                console.print(f"[red]mailbox {box.name}: cannot connect: {exc}")
+                console.print(f"[red]mailbox {box.name}: cannot connect: {escape(str(exc))}")
                 continue
             # Triaged into cases while it is taken in, oldest first (pipeline.history).
             desk = _HistoryDesk(settings, box, engine)
@@ -157,7 +158,7 @@ def _import_folders(
         except Exception as exc:
             failed = True
             result.errors[folder] = f"{type(exc).__name__}: {exc}"
-            console.print(f"[red]mailbox {box.name} folder {folder}: {exc}")
+            console.print(f"[red]mailbox {box.name} folder {escape(folder)}: {escape(str(exc))}")
             if isinstance(exc, MailboxError | OSError):
                 break
     return failed
@@ -215,7 +216,7 @@ def _summary(console: Console, results: list[MailboxPollResult], cased: dict[str
                 note,
             )
         for folder, error in result.errors.items():
-            table.add_row(result.mailbox, folder, "-", "-", "-", f"error: {error}")
+            table.add_row(result.mailbox, folder, "-", "-", "-", escape(f"error: {error}"))
     console.print(table)
     for mailbox, count in cased.items():
         console.print(f"{mailbox}: the history is in {count} new case(s)")

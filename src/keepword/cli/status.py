@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Connection
 
@@ -179,13 +180,14 @@ def _print(report: list[MailboxHealth], zones: dict[str, ZoneInfo]) -> None:
             table.add_column(column)
         for f in health.folders:
             error = f"{_shown(f.last_error_at, zone)}: {f.last_error}" if f.last_error else "-"
+            error = escape(error)
             table.add_row(f.folder, _shown(f.last_success_at, zone), error)
         console.print(table)
         if health.jobs:
             console.print(_jobs_table(health.jobs, zone))
         retries = health.triage_retries
         if retries is not None and (retries.pending or retries.retrying):
-            error = f", last error: {retries.last_error}" if retries.last_error else ""
+            error = f", last error: {escape(retries.last_error)}" if retries.last_error else ""
             console.print(
                 f"  triage: {retries.pending} pending, {retries.retrying} waiting for a "
                 f"retry{error}"
@@ -199,7 +201,7 @@ def _print(report: list[MailboxHealth], zones: dict[str, ZoneInfo]) -> None:
             f", next due {_shown(health.next_due, zone, never='-')}"
         )
         if health.away:
-            console.print(f"  away: {'; '.join(health.away)}")
+            console.print(f"  away: {escape('; '.join(health.away))}")
 
 
 def _jobs_table(jobs: list[JobHealth], zone: ZoneInfo) -> Table:
@@ -209,7 +211,7 @@ def _jobs_table(jobs: list[JobHealth], zone: ZoneInfo) -> Table:
     for job in jobs:
         state = "ok"
         if job.failures:
-            state = f"[red]failing ({job.failures} in a row): {job.last_error}[/red]"
+            state = f"[red]failing ({job.failures} in a row): {escape(job.last_error or '')}[/red]"
         if job.overdue:
             state = f"[red]overdue[/red] (no run for two intervals); {state}"
         table.add_row(
