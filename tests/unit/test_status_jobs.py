@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
 
 from keepword.cli import main
 from keepword.clock import SPEED_ENV, SpedUpClock
 from keepword.store.db import open_store
 from keepword.store.jobs import job_finished, job_started
+from keepword.store.tables import folder_state
 
 T = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -99,8 +101,8 @@ def test_overdue_in_the_table(
 def test_an_error_is_shown_as_written_never_read_as_markup(
     config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A server's reply ("NO [AUTHENTICATIONFAILED]", "[/x]") and keepword's own
-    ("no [mailbox.smtp] configured") were rich markup: dropped, or a MarkupError."""
+    """Error text was read as rich markup: keepword's own "[mailbox.smtp]" vanished (a
+    lower-case tag), a server's "[/x]" raised MarkupError."""
     error = "no [mailbox.smtp] configured; NO [AUTHENTICATIONFAILED] [/x] nope"
     engine = open_store(f"sqlite:///{config.parent / 'keepword.db'}")
     with engine.begin() as conn:
@@ -112,3 +114,16 @@ def test_an_error_is_shown_as_written_never_read_as_markup(
     code, out = status(config, capsys)
     assert code == 1
     assert f"failing (2 in a row): {error}" in out
+
+
+def test_a_folder_name_in_brackets_is_shown_as_it_is(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = open_store(f"sqlite:///{config.parent / 'keepword.db'}")
+    with engine.begin() as conn:
+        conn.execute(insert(folder_state).values(mailbox="support", folder="[shop]/Sent"))
+    engine.dispose()
+    monkeypatch.setenv("COLUMNS", "300")
+    at(monkeypatch, T + timedelta(seconds=55))
+    _, out = status(config, capsys)
+    assert "[shop]/Sent" in out  # rich read "[shop]" as a style ("[Gmail]" it leaves)

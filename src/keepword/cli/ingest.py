@@ -209,14 +209,14 @@ def _summary(console: Console, results: list[MailboxPollResult], cased: dict[str
                 note = (note + " uidvalidity changed: re-scanned").strip()
             table.add_row(
                 result.mailbox,
-                folder,
+                escape(folder),
                 str(polled.new),
                 str(polled.known),
                 str(polled.quarantined),
                 note,
             )
         for folder, error in result.errors.items():
-            table.add_row(result.mailbox, folder, "-", "-", "-", escape(f"error: {error}"))
+            table.add_row(result.mailbox, escape(folder), "-", "-", "-", escape(f"error: {error}"))
     console.print(table)
     for mailbox, count in cased.items():
         console.print(f"{mailbox}: the history is in {count} new case(s)")

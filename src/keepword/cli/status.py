@@ -181,7 +181,7 @@ def _print(report: list[MailboxHealth], zones: dict[str, ZoneInfo]) -> None:
         for f in health.folders:
             error = f"{_shown(f.last_error_at, zone)}: {f.last_error}" if f.last_error else "-"
             error = escape(error)
-            table.add_row(f.folder, _shown(f.last_success_at, zone), error)
+            table.add_row(escape(f.folder), _shown(f.last_success_at, zone), error)
         console.print(table)
         if health.jobs:
             console.print(_jobs_table(health.jobs, zone))
