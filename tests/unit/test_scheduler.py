@@ -203,6 +203,18 @@ def test_shipped_defaults_run_every_job_at_least_once_per_interval(tmp_path: Pat
         assert not run.overdue(ended)
 
 
+def test_a_mailbox_without_smtp_is_named_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="keepword.runtime.daemon")
+    run_daemon(tmp_path, {"support": 60})
+    warned = [r.getMessage() for r in caplog.records if "[mailbox.smtp]" in r.getMessage()]
+    assert warned == [
+        "mailbox support has no [mailbox.smtp]: its acknowledgements, reminders and "
+        "escalations wait in the outbox until one is configured"
+    ]
+
+
 def test_a_slow_poll_in_one_mailbox_does_not_delay_another(tmp_path: Path) -> None:
     def slow(recorder: Recorder) -> None:
         recorder.slow_poll["archive"] = 300.0  # five virtual minutes per poll

@@ -246,6 +246,20 @@ def open_database(url: str) -> Engine:
         raise StoreError(f"cannot open the database {url}: {describe_error(exc)}") from exc
 
 
+def _name_mailboxes_without_relay(settings: Settings) -> None:
+    """Said once at start and on reload: a mailbox without [mailbox.smtp] queues its mail
+    and sends none (its drain fails and backs off: pipeline.send)."""
+    if settings.keepword.dry_run:
+        return
+    for box in settings.mailbox:
+        if box.smtp is None:
+            log.warning(
+                "mailbox %s has no [mailbox.smtp]: its acknowledgements, reminders and "
+                "escalations wait in the outbox until one is configured",
+                box.name,
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Pacing:
     """How the daemon paces its jobs: how long a stop waits for jobs in flight, how often
@@ -383,6 +397,7 @@ class Daemon:
             self.config_path,
             " (dry run: nothing is sent)" if settings.keepword.dry_run else "",
         )
+        _name_mailboxes_without_relay(settings)
         sdnotify.ready(self.status_text())
         await self._stop_event.wait()
         await self._shutdown(loop)
@@ -757,6 +772,7 @@ class Daemon:
         old_worker, old_settings = self._worker, self._settings
         self._worker, self._settings = worker, settings
         self._reschedule(settings)
+        _name_mailboxes_without_relay(settings)
         if old_settings:
             for key in ("metrics_listen", "database_url", "state_dir"):
                 if getattr(old_settings.keepword, key) != getattr(settings.keepword, key):
