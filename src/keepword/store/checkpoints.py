@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from keepword.store.lock import sqlite_path
+
 log = logging.getLogger(__name__)
 
 # Measured on a 20,000-mail first import (docs/benchmarks.md, twenty-eighth wave): every
@@ -47,8 +49,7 @@ class BackgroundCheckpoints:
     @staticmethod
     def wanted(engine: Engine) -> bool:
         """A SQLite store in a file (the only kind with a WAL)."""
-        database = engine.url.database
-        return engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+        return sqlite_path(engine.url) is not None
 
     def start(self) -> BackgroundCheckpoints:
         if self._thread is None and self.wanted(self._engine):

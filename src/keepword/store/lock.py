@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -53,7 +53,7 @@ def busy(holder: str, store: str) -> StoreBusyError:
     return StoreBusyError(f"another keepword ({holder}) writes this store ({store}); {WHAT_TO_DO}")
 
 
-def sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str | URL) -> Path | None:
     """The database file of a SQLite URL; None for in-memory databases and other backends."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
