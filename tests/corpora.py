@@ -6,6 +6,8 @@ error, not a skip: those tests are the proof that no real-world mail is lost.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import os
 from pathlib import Path
 
@@ -33,3 +35,14 @@ if not PRESENT and os.environ.get("CI"):
     raise RuntimeError(f"shared corpora not found (looked at {CORPORA}); set KEEPWORD_CORPORA")
 
 needs_corpora = pytest.mark.skipif(not PRESENT, reason=f"shared corpora not found at {CORPORA}")
+
+
+def corpus_rfc822() -> list[tuple[str, bytes]]:
+    """(file, raw bytes) of every rfc822 mail of the corpora, in index order."""
+    with (CORPORA / "index.csv").open(newline="") as index:
+        files = [row["file"] for row in csv.DictReader(index) if row["kind"] == "rfc822"]
+    found = []
+    for name in files:
+        data = (CORPORA / name).read_bytes()
+        found.append((name, gzip.decompress(data) if name.endswith(".gz") else data))
+    return found

@@ -29,12 +29,12 @@ from keepword.runtime.service import TRIAGE_SLICE, Service
 from keepword.store.db import make_engine, open_store
 from keepword.store.facts_at_hand import FactsAtHand
 from keepword.store.tables import message
+from tests.corpora import corpus_rfc822
 from tests.fixtures.chase_store import ALICE, StoreDesk
 from tests.fixtures.configs import run_keepword
 from tests.fixtures.dovecot import Dovecot
 from tests.fixtures.postgres import Postgres
 from tests.integration.test_ingest import (
-    corpus_rfc822,
     mail,
     mailbox_for,
     now,

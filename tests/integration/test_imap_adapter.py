@@ -5,12 +5,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
+from keepword.adapters import imap as imap_adapter
 from keepword.adapters.credentials import Secret
 from keepword.adapters.imap import (
+    FetchedMessage,
     FolderStatus,
     ImapConnectionError,
     ImapFolderMissingError,
@@ -19,6 +23,7 @@ from keepword.adapters.imap import (
     ImapTlsError,
 )
 from keepword.config import TlsMode
+from tests.corpora import corpus_rfc822, needs_corpora
 from tests.fixtures.dovecot import Dovecot
 
 pytestmark = pytest.mark.integration
@@ -110,6 +115,46 @@ def test_fetch_batches_and_skips_expunged(dovecot: Dovecot, mail_user: str) -> N
         fetched = imap.fetch([1, 2, 3, 4, 5, 6, 7, 99], folder="INBOX")
         assert [m.uid for m in fetched] == [1, 2, 3, 4, 5, 6, 7]
         assert imap.commands > 4  # 4 batches at least
+
+
+@needs_corpora
+def test_fetch_reads_the_corpus_as_imapclient_does(dovecot: Dovecot, mail_user: str) -> None:
+    """The fetch reads imaplib's raw answer (adapters.imap._fetched): on every corpus
+    mail, the same bytes and INTERNALDATE as imapclient's own reading."""
+    raws = [raw for _, raw in corpus_rfc822()]
+    with dovecot.client(mail_user) as client:
+        for start in range(0, len(raws), 100):
+            client.multiappend("INBOX", raws[start : start + 100])
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        expected = client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])
+    assert len(uids) == len(raws)
+    with session(dovecot, mail_user, fetch_batch=97) as imap:
+        fetched = imap.fetch(list(reversed(uids)), folder="INBOX")
+    assert [m.uid for m in fetched] == list(reversed(uids))  # in the order asked
+    for item in fetched:
+        assert item.raw == expected[item.uid][b"BODY[]"], item.uid
+        when = expected[item.uid][b"INTERNALDATE"].replace(tzinfo=None)
+        assert item.internaldate is not None
+        assert item.internaldate.astimezone().replace(tzinfo=None) == when, item.uid
+
+
+def test_what_the_raw_fetch_cannot_read_is_fetched_through_imapclient(
+    dovecot: Dovecot, mail_user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raws = [message(n) for n in range(6)]
+    dovecot.multiappend(mail_user, "INBOX", raws)
+
+    read = imap_adapter._fetched
+
+    def half_read(data: Sequence[Any]) -> dict[int, FetchedMessage]:
+        return {uid: m for uid, m in read(data).items() if uid % 2}
+
+    monkeypatch.setattr(imap_adapter, "_fetched", half_read)
+    with session(dovecot, mail_user) as imap:
+        fetched = imap.fetch([1, 2, 3, 4, 5, 6, 99], folder="INBOX")
+    assert [(m.uid, m.raw) for m in fetched] == [(n + 1, raw) for n, raw in enumerate(raws)]
+    assert all(m.internaldate is not None for m in fetched)
 
 
 def test_message_sizes_are_rfc822_sizes_without_reading_bodies(

@@ -9,8 +9,6 @@ and caught up afterwards, and nothing is marked \\Seen.
 from __future__ import annotations
 
 import contextlib
-import csv
-import gzip
 import imaplib
 import os
 import signal
@@ -41,7 +39,7 @@ from keepword.pipeline.ingest import (
 from keepword.store import messages as store
 from keepword.store.db import make_engine, open_store
 from keepword.store.tables import folder_state, message, message_content, message_location
-from tests.corpora import CORPORA, PRESENT
+from tests.corpora import PRESENT, corpus_rfc822
 from tests.fixtures.configs import run_keepword, secret_file
 from tests.fixtures.configs import write_config as write_config_file
 from tests.fixtures.dovecot import Dovecot
@@ -69,18 +67,6 @@ def poll_mailbox(
         return poller.poll(now)
     finally:
         poller.close()
-
-
-def corpus_rfc822() -> list[tuple[str, bytes]]:
-    with (CORPORA / "index.csv").open(newline="") as index:
-        rows = [row for row in csv.DictReader(index) if row["kind"] == "rfc822"]
-    found = []
-    for row in rows:
-        data = (CORPORA / row["file"]).read_bytes()
-        if row["file"].endswith(".gz"):
-            data = gzip.decompress(data)
-        found.append((row["file"], data))
-    return found
 
 
 def mail(number: int, *, subject: str = "Order question", body: str = "Where is it?") -> bytes:

@@ -4,8 +4,6 @@ horizon triage may go up to while it runs, and the cursor of an out-of-order imp
 from __future__ import annotations
 
 import contextvars
-import csv
-import gzip
 import logging
 import math
 import re
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keepword.adapters.imap import _dated, _internaldate, uid_set
+from keepword.adapters.imap import _dated, _fetched, _internaldate, uid_set
 from keepword.mail.parse import header_date, parse_message
 from keepword.pipeline.history import (
     UNKNOWN,
@@ -28,7 +26,7 @@ from keepword.pipeline.history import (
     TriageBehind,
     floor_of,
 )
-from tests.corpora import CORPORA, PRESENT
+from tests.corpora import PRESENT, corpus_rfc822
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -261,6 +259,38 @@ def test_the_raw_fetch_answer_is_read_item_by_item() -> None:
     ]
 
 
+def test_the_raw_body_fetch_is_read_with_items_before_and_after_the_body() -> None:
+    answer = [
+        (b'1 (UID 7 INTERNALDATE "02-Mar-2026 09:00:00 +0000" BODY[] {9}', b"Subject: a"),
+        b")",
+        (b"2 (BODY[] {9}", b"Subject: b"),  # the server sent UID and date after the body
+        b' UID 9 INTERNALDATE "02-Mar-2026 09:00:00 +0000")',
+        b"3 (FLAGS (\\Seen))",  # an unsolicited update
+        (b"4 (UID 12 BODY[] {9}", b"Subject: d"),  # no INTERNALDATE: read without one
+        b")",
+    ]
+    read = _fetched(answer)
+    assert {uid: (m.raw, m.internaldate) for uid, m in read.items()} == {
+        7: (b"Subject: a", T0),
+        9: (b"Subject: b", T0),
+        12: (b"Subject: d", None),
+    }
+
+
+def test_a_raw_body_fetch_leaves_out_what_it_cannot_read() -> None:
+    """A body as a quoted string or NIL, a literal that is not the body: left out, for
+    ImapSession.fetch to ask imapclient again (tests/integration/test_imap_adapter.py)."""
+    answer = [
+        b'5 (UID 20 BODY[] "" INTERNALDATE "02-Mar-2026 09:00:00 +0000")',
+        b"6 (UID 21 BODY[] NIL)",
+        (b"7 (UID 22 BODY[HEADER] {9}", b"Subject: e"),
+        b")",
+        (b"8 (BODY[] {9}", b"Subject: f"),  # no UID anywhere on its line
+        b")",
+    ]
+    assert _fetched(answer) == {}
+
+
 def _date_lines(raw: bytes) -> bytes:
     """What an IMAP server answers to HEADER.FIELDS (DATE): the header's Date fields."""
     text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -273,17 +303,12 @@ def _date_lines(raw: bytes) -> bytes:
 def test_on_real_mail_the_header_date_is_the_date_the_full_parse_reads() -> None:
     """The floor must never be later than when triage counts the mail as written: on
     every corpus file whose Date the full parse reads, the header-only read agrees."""
-    with (CORPORA / "index.csv").open(newline="") as index:
-        rows = [row for row in csv.DictReader(index) if row["kind"] == "rfc822"]
     checked = 0
-    for row in rows:
-        raw = (CORPORA / row["file"]).read_bytes()
-        if row["file"].endswith(".gz"):
-            raw = gzip.decompress(raw)
+    for name, raw in corpus_rfc822():
         parsed = parse_message(raw)
         if parsed.quarantined or parsed.date is None:
             continue
-        assert header_date(_date_lines(raw)) == parsed.date, row["file"]
+        assert header_date(_date_lines(raw)) == parsed.date, name
         checked += 1
     assert checked >= 50
 

@@ -6,8 +6,6 @@ A message that fails inside a batch rolls back alone."""
 
 from __future__ import annotations
 
-import csv
-import gzip
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,7 +32,7 @@ from keepword.store import away as away_store
 from keepword.store import cases as case_store
 from keepword.store.leases import LeaseLostError
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox, promise
-from tests.corpora import CORPORA, needs_corpora
+from tests.corpora import corpus_rfc822, needs_corpora
 from tests.fixtures.chase_store import ALICE, SUPPORT, StoreDesk
 from tests.fixtures.desk import TEAM_PROOF
 from tests.fixtures.faults import fail_for, fail_late_for
@@ -501,13 +499,7 @@ def test_a_database_error_replays_the_batch_one_message_at_a_time(
 
 
 def _corpus() -> list[bytes]:
-    with (CORPORA / "index.csv").open(newline="") as index:
-        rows = [row for row in csv.DictReader(index) if row["kind"] == "rfc822"]
-    found = []
-    for row in rows:
-        data = (CORPORA / row["file"]).read_bytes()
-        found.append(gzip.decompress(data) if row["file"].endswith(".gz") else data)
-    return found
+    return [raw for _, raw in corpus_rfc822()]
 
 
 @needs_corpora

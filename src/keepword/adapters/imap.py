@@ -381,19 +381,28 @@ class ImapSession:
         for start in range(0, len(ordered), batch):
             chunk = ordered[start : start + batch]
             with self._errors(f"UID FETCH in {self._examined}", folder=self._examined):
-                data = client.fetch(chunk, ["BODY.PEEK[]", "INTERNALDATE"])
-            for uid in chunk:
-                item = data.get(uid)
-                if item is None or b"BODY[]" not in item:
-                    continue
-                result.append(
-                    FetchedMessage(
-                        uid=uid,
-                        raw=bytes(item[b"BODY[]"]),
-                        internaldate=_utc(item.get(b"INTERNALDATE")),
-                    )
-                )
+                found = self._fetch_raw(client, chunk)
+            result.extend(found[uid] for uid in chunk if uid in found)
         return result
+
+    def _fetch_raw(self, client: IMAPClient, uids: Sequence[int]) -> dict[int, FetchedMessage]:
+        """UID -> message of `uids`, read over imaplib's raw FETCH (_fetched): imapclient's
+        response parser cost ~1.3 s of CPU for 20,000 messages, on the GIL of the process
+        that stores and triages them (docs/benchmarks.md, "History into cases"). What
+        that reading leaves out (expunged meanwhile, or an answer it cannot read: a body
+        sent as a quoted string) is asked again through imapclient, so nothing it could
+        read is lost."""
+        kind, data = client._imap.uid("FETCH", uid_set(sorted(uids)), _FETCH_ITEMS)
+        if kind != "OK":
+            raise imaplib.IMAP4.error(data[-1] if data else kind)
+        found = _fetched(data)
+        rest = [uid for uid in uids if uid not in found]
+        if rest:
+            for uid, item in client.fetch(rest, ["BODY.PEEK[]", "INTERNALDATE"]).items():
+                if b"BODY[]" in item:
+                    raw, when = item[b"BODY[]"], item.get(b"INTERNALDATE")
+                    found[uid] = FetchedMessage(uid=uid, raw=bytes(raw), internaldate=_utc(when))
+        return found
 
     def message_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of uids in the examined folder; expunged UIDs are left out.
@@ -591,6 +600,34 @@ _DATED_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (DATE)])"
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _INTERNALDATE = re.compile(rb'\bINTERNALDATE "([^"]*)"')
+
+
+_FETCH_ITEMS = "(UID INTERNALDATE BODY.PEEK[])"
+# The head of a message's answer to _FETCH_ITEMS, up to its body's literal.
+_BODY_LITERAL = re.compile(rb"\bBODY\[\] \{\d+\}$")
+
+
+def _fetched(data: Sequence[Any]) -> dict[int, FetchedMessage]:
+    """imaplib's answer to a FETCH of _FETCH_ITEMS: per message a (head, body) tuple, the
+    head ending in the body's literal, then the rest of its line (the items a server
+    sends after the body). Anything else is left out: unsolicited updates (no body), a
+    body sent as a quoted string or NIL, a shape this does not know."""
+    found: dict[int, FetchedMessage] = {}
+    for index, part in enumerate(data):
+        if not isinstance(part, tuple) or len(part) != 2:
+            continue
+        head, body = part
+        if not (isinstance(head, bytes) and isinstance(body, bytes)):
+            continue
+        if _BODY_LITERAL.search(head) is None:
+            continue
+        rest = data[index + 1] if index + 1 < len(data) else b""
+        line = head + b" " + (rest if isinstance(rest, bytes) else b"")
+        uid, internal = _UID.search(line), _INTERNALDATE.search(line)
+        if uid is not None:
+            when = _internaldate(internal[1]) if internal else None
+            found[int(uid[1])] = FetchedMessage(uid=int(uid[1]), raw=body, internaldate=when)
+    return found
 
 
 def _dated(data: Sequence[Any]) -> Iterator[DatedMessage]:
