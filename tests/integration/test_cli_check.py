@@ -152,6 +152,9 @@ def test_all_ok(check: Checker) -> None:
     # issue 12: only the Sent folder proves team mail by default; check says so (a warning)
     assert f"warn support: trust: only the Sent folder of {check.user} proves team mail" in out
     assert "dkim_domains" in out and "trusted_authserv_ids" in out
+    # No [mailbox.smtp]: nothing keepword writes would leave (advice, exit code 0).
+    relay = "warn support: smtp: no [mailbox.smtp]: its acknowledgements, reminders and"
+    assert relay in out
 
 
 def test_trust_configured_no_warning(check: Checker) -> None:
@@ -222,6 +225,7 @@ def test_smtp_login_ok(check: Checker, smtp_port: int) -> None:
     assert code == 0, out
     assert f"ok   support: SMTP {SMTP_USER} at 127.0.0.1:{smtp_port}: connected, EHLO" in out
     assert SMTP_PASSWORD not in out
+    assert "warn support: smtp" not in out
 
 
 def test_smtp_asks_the_relay_about_the_team_without_sending(check: Checker, smtp_port: int) -> None:

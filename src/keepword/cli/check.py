@@ -30,6 +30,7 @@ from keepword.cli.common import settings_from
 from keepword.config import ImapSettings, MailboxSettings, Settings, SmtpSettings, TlsMode
 from keepword.domain.reachability import refuses_the_address
 from keepword.errors import ConfigError, KeepwordError
+from keepword.pipeline.send import without_relay
 from keepword.store.health import check_store
 
 
@@ -67,6 +68,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for result in check_mailbox(box):
             print(result.line(), flush=True)
             results.append(result)
+        if (relay := without_relay(box)) is not None:  # advice, as below
+            print(f"warn {box.name}: smtp: {relay}", flush=True)
         for warning in trust_warnings(box):  # advice: never changes the exit code
             print(f"warn {box.name}: trust: {warning}", flush=True)
     return 0 if all(r.ok for r in results) else 1

@@ -64,6 +64,7 @@ from keepword.errors import (
     StoreBusyError,
     StoreError,
 )
+from keepword.pipeline.send import without_relay
 from keepword.retry import MAILBOX_RETRY, RetryPolicy
 from keepword.runtime.service import make_worker
 from keepword.store import jobs as job_store
@@ -252,12 +253,8 @@ def _name_mailboxes_without_relay(settings: Settings) -> None:
     if settings.keepword.dry_run:
         return
     for box in settings.mailbox:
-        if box.smtp is None:
-            log.warning(
-                "mailbox %s has no [mailbox.smtp]: its acknowledgements, reminders and "
-                "escalations wait in the outbox until one is configured",
-                box.name,
-            )
+        if (warning := without_relay(box)) is not None:
+            log.warning("mailbox %s has %s", box.name, warning)
 
 
 @dataclass(frozen=True, slots=True)
