@@ -3,7 +3,10 @@
 Every imapclient, socket and TLS failure leaves this module as an `ImapError` (a
 `MailboxError`) whose message names the account, the host and what failed, and never
 the password. Reading never changes the mailbox: folders are EXAMINEd (read-only) and
-bodies fetched with BODY.PEEK[], so `\\Seen` stays whatever people set.
+bodies fetched with BODY.PEEK[], so `\\Seen` stays whatever people set. The two FETCHes
+of an import's every message (its date, its body) read imaplib's answer directly: on
+a big import imapclient's response parser held the GIL of the process that stores and
+triages for seconds.
 """
 
 from __future__ import annotations
