@@ -389,12 +389,12 @@ class ImapSession:
         return result
 
     def _fetch_raw(self, client: IMAPClient, uids: Sequence[int]) -> dict[int, FetchedMessage]:
-        """UID -> message of `uids`, read over imaplib's raw FETCH (_fetched): imapclient's
-        response parser cost ~1.3 s of CPU for 20,000 messages, on the GIL of the process
-        that stores and triages them (docs/benchmarks.md, "History into cases"). What
-        that reading leaves out (expunged meanwhile, or an answer it cannot read: a body
-        sent as a quoted string) is asked again through imapclient, so nothing it could
-        read is lost."""
+        """UID -> message of `uids`, read over imaplib's raw FETCH (_fetched): reading it
+        through imapclient cost ~3 CPU-s for 20,000 messages, this ~1, on the GIL of the
+        process that stores and triages them (docs/benchmarks.md, "History into cases").
+        What this reading leaves out (expunged meanwhile, or an answer it cannot read: a
+        body sent as a quoted string) is asked again through imapclient, so nothing it
+        could read is lost."""
         kind, data = client._imap.uid("FETCH", uid_set(sorted(uids)), _FETCH_ITEMS)
         if kind != "OK":
             raise imaplib.IMAP4.error(data[-1] if data else kind)

@@ -107,19 +107,6 @@ MAX_ATTEMPTS = 30  # 12-25 hours of 4xx replies (OUTBOX_RETRY), then give up lou
 COPY_RETRY_FIRST = timedelta(minutes=1)  # a failed Sent copy: first retry
 COPY_RETRY_CAP = timedelta(hours=1)
 NO_RELAY = "no [mailbox.smtp] configured: nothing is sent until one is"
-
-
-def without_relay(box: MailboxSettings) -> str | None:
-    """What a mailbox without [mailbox.smtp] means for its mail (said by `keepword run`
-    at start and on reload, and by `keepword check`), or None when it has one."""
-    if box.smtp is not None:
-        return None
-    return (
-        "no [mailbox.smtp]: its acknowledgements, reminders and escalations wait in the "
-        "outbox until one is configured"
-    )
-
-
 DRAIN_BATCH: Final = 200  # rows read (and withdrawn if stale) at a time
 MAX_DRAIN_BATCHES: Final = 100  # a guard: 20,000 rows, then the next drain goes on
 # Sent copies per MULTIAPPEND: the drain's last batch is copied after its last mail is
@@ -332,6 +319,17 @@ class _Run:
     result: DrainResult
     zone: ZoneInfo  # the mailbox's calendar zone: the day a refused member is away from
     defer_copies: bool = False  # a surge: Sent copies wait until its mail is out
+
+
+def without_relay(box: MailboxSettings) -> str | None:
+    """What a mailbox without [mailbox.smtp] means for its mail (said by `keepword run`
+    at start and on reload, and by `keepword check`), or None when it has one."""
+    if box.smtp is not None:
+        return None
+    return (
+        "no [mailbox.smtp]: its acknowledgements, reminders and escalations wait in the "
+        "outbox until one is configured"
+    )
 
 
 async def drain_outbox(
