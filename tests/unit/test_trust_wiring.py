@@ -211,10 +211,11 @@ def test_same_message_id_and_body_from_another_sender_is_stored_apart(desk: Stor
 def test_mail_without_a_usable_sender_opens_no_case_and_is_counted(desk: StoreDesk) -> None:
     nobody = mail(("Root", "root@localhost"), "Cron output", date=at(0))
     desk.deliver(nobody, at(0))
-    result = desk.triage(at(0))
+    result = desk.triage(at(2))
     assert (result.triaged, result.opened, result.unusable) == (1, 0, 1)
     [row] = _rows(desk, nobody["Message-ID"])
     assert row.case_id is None and row.kind_reason.startswith("opens no case")
+    assert row.triaged_at == at(2)  # when it was triaged, as any mail (not when written)
 
 
 @pytest.mark.parametrize(

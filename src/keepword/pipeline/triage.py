@@ -588,7 +588,7 @@ def _stays_caseless(
     kind = arrival.verdict.kind
     unusable = usable_sender(arrival.facts) if kind is Kind.CUSTOMER else None
     if unusable is not None:
-        _record_unusable(conn, arrival, unusable, result, desk.box.name)
+        _record_unusable(conn, desk, arrival, unusable, result)
         return True
     if _opens_case(kind, arrival.match, arrival.correspondent):
         return False
@@ -693,14 +693,15 @@ def _refuse(conn: Connection, box: MailboxSettings, refusal: Refusal) -> None:
 
 
 def _record_unusable(
-    conn: Connection, arrival: _Arrival, why: str, result: TriageResult, mailbox: str
+    conn: Connection, desk: MailboxContext, arrival: _Arrival, why: str, result: TriageResult
 ) -> None:
-    """Mail without a usable sender opens no case: kept, shown by `keepword ignored`."""
+    """Mail without a usable sender opens no case: kept, shown by `keepword ignored`.
+    Triaged now, like any other mail (not at the time it was written)."""
     verdict = Classification(arrival.verdict.kind, f"opens no case: {why}")
     done = replace(arrival, verdict=verdict)
-    _record(conn, done, None, arrival.at)
+    _record(conn, done, None, desk.now)
     result.unusable += 1
-    log.info("mailbox %s: message %s opens no case: %s", mailbox, arrival.facts.pk, why)
+    log.info("mailbox %s: message %s opens no case: %s", desk.box.name, arrival.facts.pk, why)
 
 
 def _reference_of(conn: Connection, case_id: int | None) -> str | None:
