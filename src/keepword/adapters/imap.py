@@ -395,10 +395,7 @@ class ImapSession:
         What this reading leaves out (expunged meanwhile, or an answer it cannot read: a
         body sent as a quoted string) is asked again through imapclient, so nothing it
         could read is lost."""
-        kind, data = client._imap.uid("FETCH", uid_set(sorted(uids)), _FETCH_ITEMS)
-        if kind != "OK":
-            raise imaplib.IMAP4.error(data[-1] if data else kind)
-        found = _fetched(data)
+        found = _fetched(_raw_fetch(client, sorted(uids), _FETCH_ITEMS))
         rest = [uid for uid in uids if uid not in found]
         if rest:
             for uid, item in client.fetch(rest, ["BODY.PEEK[]", "INTERNALDATE"]).items():
@@ -442,9 +439,7 @@ class ImapSession:
         for start in range(0, len(ordered), SIZES_CHUNK):
             chunk = ordered[start : start + SIZES_CHUNK]
             with self._errors(f"UID FETCH INTERNALDATE in {self._examined}", folder=self._examined):
-                kind, data = client._imap.uid("FETCH", uid_set(chunk), _DATED_ITEMS)
-                if kind != "OK":
-                    raise imaplib.IMAP4.error(data[-1] if data else kind)
+                data = _raw_fetch(client, chunk, _DATED_ITEMS)
             dated.extend(_dated(data))
         return sorted(dated, key=lambda message: message.uid)
 
@@ -597,6 +592,15 @@ class ImapSession:
             text = text.replace(secret, "***")  # belt and braces: servers echo odd things
         log.info("%s", text)  # the caller decides how loud: it gets the exception
         raise kind(text) from None
+
+
+def _raw_fetch(client: IMAPClient, uids: Sequence[int], items: str) -> list[Any]:
+    """imaplib's answer to UID FETCH `items` of ascending `uids`, unparsed (a refusal
+    raised as imaplib's error, which ImapSession._errors names)."""
+    kind, data = client._imap.uid("FETCH", uid_set(uids), items)
+    if kind != "OK":
+        raise imaplib.IMAP4.error(data[-1] if data else kind)
+    return list(data)
 
 
 _DATED_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (DATE)])"
