@@ -298,7 +298,7 @@ def _split_addresses(value: Any) -> list[tuple[str, str]]:
     """mail-parser's split of an address header's first value, as its _reset makes it."""
     if isinstance(value, str) and len(value) <= MAX_CACHED_ADDRESS_CHARS:
         return list(_split_address_text(value))
-    return list(get_addresses(value, decode_names=True))  # a Header (8-bit), rare
+    return list(get_addresses(value, decode_names=True))  # long, or a Header (8-bit)
 
 
 @functools.lru_cache(maxsize=4096)
