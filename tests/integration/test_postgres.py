@@ -36,6 +36,7 @@ from keepword.pipeline.triage import TriageResult, triage_pending
 from keepword.store import cases as case_store
 from keepword.store import messages as store
 from keepword.store import outbox as outbox_store
+from keepword.store.bulk import execute_many
 from keepword.store.db import make_engine, migrate, open_store, table_names
 from keepword.store.facts_at_hand import FactsAtHand, FactsBudget
 from keepword.store.tables import (
@@ -49,7 +50,7 @@ from keepword.store.tables import (
     outbox,
 )
 from tests.corpora import needs_corpora
-from tests.fixtures.bulk_rows import written_both_ways
+from tests.fixtures.bulk_rows import INSERT, TRIAGED, message_rows, written_both_ways
 from tests.fixtures.configs import run_keepword, write_config
 from tests.fixtures.desk import ALICE, ANN, CAROL
 from tests.fixtures.dovecot import Dovecot
@@ -192,6 +193,66 @@ def test_bulk_writes_every_value_as_sqlalchemy_does_on_postgres(
     percent signs in the values): what SQLAlchemy's own executemany writes."""
     plain, fast = written_both_ways(engine, defaults=defaults)
     assert len(plain) == 40 and plain == fast
+
+
+def test_bulk_inserts_go_as_one_copy_and_updates_by_key_as_one_statement(
+    engine: Engine,
+) -> None:
+    """store.pg_bulk: a batch's INSERT is one binary COPY, its UPDATE by primary key one
+    UPDATE .. FROM unnest(..); the rowcount is the rows changed."""
+    with recorded(engine) as statements, engine.begin() as conn:
+        assert execute_many(conn, INSERT, message_rows("m", 30)) == 30
+        pks = list(conn.execute(select(message.c.id).order_by(message.c.id)).scalars())
+        changes = [{"pk": pk, "v_kind": "k", "v_refs": "<r@x>", "v_at": None} for pk in pks]
+        changes.append({"pk": -1, "v_kind": "k", "v_refs": None, "v_at": None})  # no such row
+        assert execute_many(conn, TRIAGED, changes) == 30
+    assert len(statements) == 3 and statements[0].startswith("COPY message (")
+    assert statements[2].startswith("UPDATE message SET") and "FROM unnest(" in statements[2]
+    with engine.connect() as conn:
+        kinds = conn.execute(select(message.c.kind, message.c.references)).all()
+    assert len(kinds) == 30 and set(kinds) == {("k", "<r@x>")}
+
+
+def test_two_changes_of_one_row_in_a_batch_are_made_in_turn(engine: Engine) -> None:
+    """One UPDATE .. FROM would make only one of them: such a batch goes row by row, and
+    the second change is the one that stays, as with SQLAlchemy's executemany."""
+    with engine.begin() as conn:
+        execute_many(conn, INSERT, message_rows("m", 10))
+        pks = list(conn.execute(select(message.c.id).order_by(message.c.id)).scalars())
+    changes = [{"pk": pk, "v_kind": "first", "v_refs": None, "v_at": None} for pk in pks]
+    changes.append({"pk": pks[0], "v_kind": "second", "v_refs": None, "v_at": None})
+    with recorded(engine) as statements, engine.begin() as conn:
+        assert execute_many(conn, TRIAGED, changes) == 11
+    assert not [s for s in statements if "unnest" in s]
+    with engine.connect() as conn:
+        kinds = dict(conn.execute(select(message.c.id, message.c.kind)).all())
+    assert kinds[pks[0]] == "second" and {kinds[pk] for pk in pks[1:]} == {"first"}
+
+
+def test_a_copy_that_breaks_a_constraint_fails_as_the_insert_would(engine: Engine) -> None:
+    """The same error as SQLAlchemy's (an IntegrityError), nothing of the batch stored,
+    and a savepoint around it keeps the rest of the transaction."""
+    rows = message_rows("m", 20)
+    rows[11] = rows[3]  # the same identity twice
+    with pytest.raises(IntegrityError, match="uq_message_mailbox_identity"), engine.begin() as conn:
+        execute_many(conn, INSERT, rows)
+    with engine.begin() as conn:
+        with pytest.raises(IntegrityError), conn.begin_nested():
+            execute_many(conn, INSERT, rows)
+        execute_many(conn, INSERT, message_rows("kept", 10))
+    with engine.connect() as conn:
+        stored = conn.execute(select(message.c.mailbox)).scalars().all()
+    assert stored == ["kept"] * 10
+
+
+def test_a_copy_on_a_connection_committed_as_it_goes_is_kept(engine: Engine) -> None:
+    """No transaction begun yet: the COPY begins one, as SQLAlchemy's autobegin does, and
+    commit() keeps its rows."""
+    with engine.connect() as conn:
+        execute_many(conn, INSERT, message_rows("m", 12))
+        conn.commit()
+    with engine.connect() as conn:
+        assert len(conn.execute(select(message.c.id)).all()) == 12
 
 
 def test_folder_cursor_is_unique_per_mailbox_folder(engine: Engine) -> None:

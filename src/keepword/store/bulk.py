@@ -25,6 +25,15 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
+from keepword.store.pg_bulk import (
+    CopyPlan,
+    UnnestPlan,
+    copy_rows,
+    plan_copy,
+    plan_unnest,
+    unnest_rows,
+)
+
 # Below this many rows SQLAlchemy's own path costs as little, and keeps its checks.
 MIN_ROWS = 8
 
@@ -59,6 +68,9 @@ class _Plan:
     sql: str
     values: tuple[_Value, ...]
     of: Callable[[Mapping[str, Any]], Any]  # a row's parameters as the driver takes them
+    # PostgreSQL: the same rows as one statement (store.pg_bulk).
+    copy: CopyPlan | None = None
+    unnest: UnnestPlan | None = None
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         of = self.of
@@ -99,21 +111,31 @@ _PLANS: dict[tuple[int, str, tuple[str, ...]], tuple[Executable, _Plan | None]] 
 MAX_PLANS = 256
 
 
-def execute_many(
-    conn: Connection, statement: Executable, rows: Sequence[Mapping[str, Any]]
-) -> CursorResult[Any]:
-    """`conn.execute(statement, rows)`, with the per-row work done once (see above).
-    Every row must have the keys of the first."""
+def execute_many(conn: Connection, statement: Executable, rows: Sequence[Mapping[str, Any]]) -> int:
+    """`conn.execute(statement, rows)`, with the per-row work done once (see above): the
+    rows it changed (its rowcount). Every row must have the keys of the first."""
     if len(rows) < MIN_ROWS:
-        return conn.execute(statement, list(rows))
+        return _rowcount(conn.execute(statement, list(rows)))
     plan = _plan(conn.dialect, statement, tuple(rows[0]))
     if plan is None:
-        return conn.execute(statement, list(rows))
+        return _rowcount(conn.execute(statement, list(rows)))
     try:
         parameters = plan.parameters(rows)
     except Exception as exc:  # a value its type refuses: as SQLAlchemy reports it
         raise StatementError(str(exc), plan.sql, None, exc) from exc
-    return conn.exec_driver_sql(plan.sql, parameters)
+    if plan.copy is not None:
+        return copy_rows(conn, plan.copy, parameters)
+    if plan.unnest is not None:
+        changed = unnest_rows(conn, plan.unnest, parameters)
+        if changed is not None:
+            return changed
+    return _rowcount(conn.exec_driver_sql(plan.sql, parameters))
+
+
+def _rowcount(result: CursorResult[Any]) -> int:
+    count = result.rowcount
+    result.close()
+    return count
 
 
 def _plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> _Plan | None:
@@ -133,7 +155,9 @@ def _plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> _Pl
 def _make_plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -> _Plan | None:
     if not isinstance(statement, UpdateBase):
         return None
-    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    # As for executemany: a single row's INSERT would return its new id (PostgreSQL's
+    # implicit RETURNING), which sent every insert there back to SQLAlchemy's path.
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
     assert isinstance(compiled, SQLCompiler)
     if compiled.effective_returning or compiled.update_prefetch:
         return None
@@ -154,7 +178,15 @@ def _make_plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...]) -
     if compiled.positional and len(values) != len(names):
         return None  # a positional name bound twice: not worth handling here
     of = _row_function(values, compiled.positional)
-    return _Plan(compiled.string, tuple(values), of)
+    copy = plan_copy(dialect, statement, compiled.string)
+    named = {value.name: value for value in values}
+    if copy is not None and set(copy.binds) == set(named):
+        # The rows as COPY takes them: the same values, in its columns' order.
+        of = _row_function([named[name] for name in copy.binds], positional=True)
+    else:
+        copy = None
+    unnest = plan_unnest(dialect, statement, compiled)
+    return _Plan(compiled.string, tuple(values), of, copy, unnest)
 
 
 def _value(

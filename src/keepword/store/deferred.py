@@ -95,7 +95,7 @@ def deferring(conn: Connection) -> Iterator[DeferredWrites]:
 def _write(
     conn: Connection, writes: DeferredWrites, statement: Executable, rows: list[dict[str, Any]]
 ) -> None:
-    changed = execute_many(conn, statement, rows).rowcount
+    changed = execute_many(conn, statement, rows)
     if statement in writes.counted and changed != len(rows):
         raise StaleCaseError(f"{len(rows) - changed} case(s) changed meanwhile")
 
