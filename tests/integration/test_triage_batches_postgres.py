@@ -30,7 +30,7 @@ from keepword.store.db import open_store, write_transaction
 from keepword.store.deferred import deferring
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox, promise
 from tests.fixtures.postgres import Postgres
-from tests.fixtures.statements import recorded
+from tests.fixtures.statements import recorded, recorded_rows
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +153,37 @@ def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(store_url:
         with pytest.raises(StaleCaseError), write_transaction(engine) as conn, deferring(conn):
             case_store.save_case(conn, replace(before, subject="Stale", version=1))
         assert _stored(engine)[0] == ("KW-1", "Assigned", 2)
+    finally:
+        engine.dispose()
+
+
+def test_a_case_saved_again_in_its_batch_is_written_once(store_url: str) -> None:
+    """A case saved again while the batch's row for it still waits folds into that row:
+    a new case is one INSERT at its last version, a case of before one UPDATE from the
+    version it was read at; a save on an older version still fails the batch."""
+    engine = open_store(store_url)
+    at = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    try:
+        with engine.begin() as conn:
+            before = case_store.save_case(conn, _case(at, "ann@example.org"), prefix="KW")
+        with recorded_rows(engine) as sent, write_transaction(engine) as conn, deferring(conn):
+            numbers = case_store.CaseNumbers()
+            new = case_store.save_case(
+                conn, _case(at, "bob@example.org"), prefix="KW", numbers=numbers
+            )
+            for subject in ("Help, again", "Help, thrice"):
+                new = case_store.save_case(conn, replace(new, subject=subject))
+                before = case_store.save_case(conn, replace(before, subject=f"Ann: {subject}"))
+        writes = [(s[:15], rows) for s, rows in sent if '"case" (' in s or 'UPDATE "case" ' in s]
+        assert writes == [('INSERT INTO "ca', 1), ('UPDATE "case" S', 1)]
+        assert new.version == 2 and before.version == 2
+        assert _stored(engine) == [("KW-1", "Ann: Help, thrice", 2), ("KW-2", "Help, thrice", 2)]
+
+        with pytest.raises(StaleCaseError), write_transaction(engine) as conn, deferring(conn):
+            saved = case_store.save_case(conn, replace(before, subject="Once more"))
+            case_store.save_case(conn, replace(saved, subject="Folded"))
+            case_store.save_case(conn, replace(before, subject="Stale"))  # on version 2
+        assert _stored(engine)[0] == ("KW-1", "Ann: Help, thrice", 2)
     finally:
         engine.dispose()
 

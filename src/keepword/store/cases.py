@@ -37,7 +37,7 @@ from keepword.domain.model import CaseStatus
 from keepword.domain.threads import CaseCandidate
 from keepword.domain.windows import writes_like_a_robot
 from keepword.errors import StaleCaseError
-from keepword.store.deferred import DeferredWrites, deferred, write_now
+from keepword.store.deferred import DeferredWrites, deferred, waiting, write_now
 from keepword.store.tables import case, case_correspondent, case_event, message, outbox
 
 _CASE_FIELDS = (
@@ -235,7 +235,10 @@ def save_case(
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(b_id=state.id, b_version=state.version, v_version=state.version + 1)
         if later is not None:
-            later.add(_UPDATE, [params], read=True, rank=_SAVED_RANK, counted=True)
+            if not _folded(later, state, values):
+                later.add(
+                    _UPDATE, [params], read=True, rank=_SAVED_RANK, counted=True, key=state.id
+                )
         elif conn.execute(_UPDATE, params).rowcount != 1:
             raise StaleCaseError(f"case {state.reference} changed meanwhile")
         updated = replace(state, version=state.version + 1)
@@ -283,9 +286,29 @@ def _opened_later(
     assert isinstance(opened, set)
     opened.add(case_id)
     later.add(
-        _INSERT_LATER, [{**values, "id": case_id, "version": 0}], read=True, rank=_OPENED_RANK
+        _INSERT_LATER,
+        [{**values, "id": case_id, "version": 0}],
+        read=True,
+        rank=_OPENED_RANK,
+        key=case_id,
     )
     return _as_stored(replace(state, id=case_id, reference=values["reference"], version=0))
+
+
+def _folded(later: DeferredWrites, state: CaseState, values: dict[str, Any]) -> bool:
+    """A case saved again while its batch's row for it still waits (the case opened or
+    saved earlier in the batch): that row takes the new values and version, one row
+    written instead of two, to the same end. Only on the version that row writes: a save
+    made on an older one is stale, and is left to fail at the flush as it did."""
+    opened = waiting(later, _INSERT_LATER, state.id)
+    if opened is not None and opened["version"] == state.version:
+        opened.update(values, version=state.version + 1)
+        return True
+    saved = waiting(later, _UPDATE, state.id)
+    if saved is not None and saved["v_version"] == state.version:
+        saved.update({f"v_{k}": v for k, v in values.items()}, v_version=state.version + 1)
+        return True
+    return False
 
 
 def opened_in_batch(conn: Connection, case_id: int) -> bool:

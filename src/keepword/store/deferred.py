@@ -56,6 +56,9 @@ class DeferredWrites:
     pools: dict[str, object] = field(default_factory=dict)
     ranks: dict[Executable, int] = field(default_factory=dict)  # lower: written first
     counted: set[Executable] = field(default_factory=set)  # must change one row a set
+    # statement -> key -> the row waiting for it under that key (a case's id): where a
+    # later change of the same row can fold into it (`waiting`).
+    keyed: dict[Executable, dict[object, dict[str, Any]]] = field(default_factory=dict)
 
     def add(
         self,
@@ -65,12 +68,16 @@ class DeferredWrites:
         read: bool = False,
         rank: int = 0,
         counted: bool = False,
+        key: object = None,
     ) -> None:
         """Rows for `statement`; `read`: rows the batch may read back through store.outbox,
         store.promises or store.history (see `settle`); `rank`: statements of a lower rank
         are written first (the rows others refer to); `counted`: each parameter set must
-        change exactly one row (a case saved on the version it was read at)."""
+        change exactly one row (a case saved on the version it was read at); `key`: what
+        the one row is found by while it waits (`waiting`; the first row under a key)."""
         self.rows.setdefault(statement, []).extend(rows)
+        if key is not None and len(rows) == 1:
+            self.keyed.setdefault(statement, {}).setdefault(key, rows[0])
         self.ranks.setdefault(statement, rank)
         if counted:
             self.counted.add(statement)
@@ -100,6 +107,12 @@ def _write(
         raise StaleCaseError(f"{len(rows) - changed} case(s) changed meanwhile")
 
 
+def waiting(writes: DeferredWrites, statement: Executable, key: object) -> dict[str, Any] | None:
+    """The row still waiting for `statement` under `key` (None once written): a change
+    made to it is written with it."""
+    return writes.keyed.get(statement, {}).get(key)
+
+
 def deferred(conn: Connection) -> DeferredWrites | None:
     """The writes waiting on this connection, if it defers."""
     found: DeferredWrites | None = conn.info.get(_KEY)
@@ -125,6 +138,8 @@ def write_now(conn: Connection, statement: Executable) -> None:
     (the rest keeps waiting: nothing they hold is read back there)."""
     writes = deferred(conn)
     rows = writes.rows.pop(statement, None) if writes is not None else None
+    if writes is not None:
+        writes.keyed.pop(statement, None)
     if writes is not None and rows:
         _write(conn, writes, statement, rows)
 
@@ -137,6 +152,7 @@ def flush(conn: Connection) -> None:
     for statement in sorted(writes.rows, key=lambda s: writes.ranks.get(s, 0)):  # stable
         _write(conn, writes, statement, writes.rows[statement])
     writes.rows.clear()
+    writes.keyed.clear()
     writes.references.clear()
     writes.reads.clear()
     writes.unsettled.clear()
