@@ -11,7 +11,9 @@ row becomes the tuple (or dict) the driver takes: the same SQL, the same values,
 same rowcount, the same cursor events.
 
 Statements that need more per row than that (RETURNING, an `onupdate`, a SQL default
-run per row, expanding parameters) go to SQLAlchemy as before.
+run per row, expanding parameters) go to SQLAlchemy as before. On PostgreSQL the rows
+of a plain INSERT go as one COPY, and those of an UPDATE by primary key as one
+statement (store.pg_bulk): not a statement a row.
 """
 
 from __future__ import annotations
