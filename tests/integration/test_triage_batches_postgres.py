@@ -12,13 +12,14 @@ both stores.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, select
 
 import tests.unit.test_triage_batches as batches
 from keepword.domain.cases import CaseState, Event, EventKind
@@ -113,6 +114,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = open_store(store_url)
+    yield engine
+    engine.dispose()
+
+
 def _case(at: datetime, customer: str) -> CaseState:
     return CaseState(
         id=None, mailbox="support", reference="KW", status=CaseStatus.NEW, opened_at=at,
@@ -126,133 +134,117 @@ def _stored(engine: Engine) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in conn.execute(query)]
 
 
-def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(store_url: str) -> None:
+def _ann(engine: Engine, at: datetime) -> CaseState:
+    """A case of before the batch (KW-1)."""
+    with engine.begin() as conn:
+        return case_store.save_case(conn, _case(at, "ann@example.org"), prefix="KW")
+
+
+def _bob_opens(conn: Connection, at: datetime) -> CaseState:
+    """A case the batch opens (KW-2)."""
+    numbers = case_store.CaseNumbers()
+    return case_store.save_case(conn, _case(at, "bob@example.org"), prefix="KW", numbers=numbers)
+
+
+def test_a_batch_writes_its_cases_at_its_end_and_refuses_a_stale_save(engine: Engine) -> None:
     """A batch's cases wait for its end: opened (an id taken ahead), saved again, and a
     case of before saved, all in one flush, each case before the saves and events that
     name it. A save on a case changed meanwhile fails the batch as it failed alone."""
-    engine = open_store(store_url)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
-    try:
-        with engine.begin() as conn:
-            before = case_store.save_case(conn, _case(at, "ann@example.org"), prefix="KW")
-        with recorded(engine) as statements, write_transaction(engine) as conn, deferring(conn):
-            numbers = case_store.CaseNumbers()
-            new = case_store.save_case(
-                conn, _case(at, "bob@example.org"), prefix="KW", numbers=numbers
-            )
-            case_store.add_events(conn, new.id or 0, [Event(EventKind.OPENED, at, "t", "")])
-            case_store.save_case(conn, replace(new, subject="Help, again"))
-            case_store.save_case(conn, replace(before, subject="Ann's help"))
-            waited = list(statements)
-        assert new.id is not None and new.version == 0 and new.reference == "KW-2"
-        assert not [s for s in waited if '"case" (' in s or 'UPDATE "case"' in s]
-        assert _stored(engine) == [("KW-1", "Ann's help", 1), ("KW-2", "Help, again", 1)]
+    before = _ann(engine, at)
+    with recorded(engine) as statements, write_transaction(engine) as conn, deferring(conn):
+        new = _bob_opens(conn, at)
+        case_store.add_events(conn, new.id or 0, [Event(EventKind.OPENED, at, "t", "")])
+        case_store.save_case(conn, replace(new, subject="Help, again"))
+        case_store.save_case(conn, replace(before, subject="Ann's help"))
+        waited = list(statements)
+    assert new.id is not None and new.version == 0 and new.reference == "KW-2"
+    assert not [s for s in waited if '"case" (' in s or 'UPDATE "case"' in s]
+    assert _stored(engine) == [("KW-1", "Ann's help", 1), ("KW-2", "Help, again", 1)]
 
-        with engine.begin() as conn:  # `keepword assign` meanwhile
-            case_store.save_case(conn, replace(before, subject="Assigned", version=1))
-        with pytest.raises(StaleCaseError), write_transaction(engine) as conn, deferring(conn):
-            case_store.save_case(conn, replace(before, subject="Stale", version=1))
-        assert _stored(engine)[0] == ("KW-1", "Assigned", 2)
-    finally:
-        engine.dispose()
+    with engine.begin() as conn:  # `keepword assign` meanwhile
+        case_store.save_case(conn, replace(before, subject="Assigned", version=1))
+    with pytest.raises(StaleCaseError), write_transaction(engine) as conn, deferring(conn):
+        case_store.save_case(conn, replace(before, subject="Stale", version=1))
+    assert _stored(engine)[0] == ("KW-1", "Assigned", 2)
 
 
-def test_a_case_saved_again_in_its_batch_is_written_once(store_url: str) -> None:
+def test_a_case_saved_again_in_its_batch_is_written_once(engine: Engine) -> None:
     """A case saved again while the batch's row for it still waits folds into that row:
     a new case is one INSERT at its last version, a case of before one UPDATE from the
     version it was read at; a save on an older version still fails the batch."""
-    engine = open_store(store_url)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
-    try:
-        with engine.begin() as conn:
-            before = case_store.save_case(conn, _case(at, "ann@example.org"), prefix="KW")
-        with recorded_rows(engine) as sent, write_transaction(engine) as conn, deferring(conn):
-            numbers = case_store.CaseNumbers()
-            new = case_store.save_case(
-                conn, _case(at, "bob@example.org"), prefix="KW", numbers=numbers
-            )
-            for subject in ("Help, again", "Help, thrice"):
-                new = case_store.save_case(conn, replace(new, subject=subject))
-                before = case_store.save_case(conn, replace(before, subject=f"Ann: {subject}"))
-        writes = [(s[:15], rows) for s, rows in sent if '"case" (' in s or 'UPDATE "case" ' in s]
-        assert writes == [('INSERT INTO "ca', 1), ('UPDATE "case" S', 1)]
-        assert new.version == 2 and before.version == 2
-        assert _stored(engine) == [("KW-1", "Ann: Help, thrice", 2), ("KW-2", "Help, thrice", 2)]
+    before = _ann(engine, at)
+    with recorded_rows(engine) as sent, write_transaction(engine) as conn, deferring(conn):
+        new = _bob_opens(conn, at)
+        for subject in ("Help, again", "Help, thrice"):
+            new = case_store.save_case(conn, replace(new, subject=subject))
+            before = case_store.save_case(conn, replace(before, subject=f"Ann: {subject}"))
+    writes = [(s[:15], rows) for s, rows in sent if '"case" (' in s or 'UPDATE "case" ' in s]
+    assert writes == [('INSERT INTO "ca', 1), ('UPDATE "case" S', 1)]
+    assert new.version == 2 and before.version == 2
+    assert _stored(engine) == [("KW-1", "Ann: Help, thrice", 2), ("KW-2", "Help, thrice", 2)]
 
-        with pytest.raises(StaleCaseError), write_transaction(engine) as conn, deferring(conn):
-            saved = case_store.save_case(conn, replace(before, subject="Once more"))
-            case_store.save_case(conn, replace(saved, subject="Folded"))
-            case_store.save_case(conn, replace(before, subject="Stale"))  # on version 2
-        assert _stored(engine)[0] == ("KW-1", "Ann: Help, thrice", 2)
-    finally:
-        engine.dispose()
+    with pytest.raises(StaleCaseError), write_transaction(engine) as conn, deferring(conn):
+        saved = case_store.save_case(conn, replace(before, subject="Once more"))
+        case_store.save_case(conn, replace(saved, subject="Folded"))
+        case_store.save_case(conn, replace(before, subject="Stale"))  # on version 2
+    assert _stored(engine)[0] == ("KW-1", "Ann: Help, thrice", 2)
 
 
-def test_a_batch_opens_more_cases_than_it_takes_ids_for_at_once(store_url: str) -> None:
+def test_a_batch_opens_more_cases_than_it_takes_ids_for_at_once(engine: Engine) -> None:
     """Ids are taken some at a time: the batch that needs more takes more, and every
     case it opened is written under its own id, after the ids of before."""
-    engine = open_store(store_url)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
     count = 2 * case_store.CASE_IDS_AT_ONCE + 3
-    try:
-        with engine.begin() as conn:
-            first = case_store.save_case(conn, _case(at, "first@example.org"), prefix="KW")
-        opened: list[CaseState] = []
-        for batch in (count, 2):  # the second batch's ids come after the first's
-            with write_transaction(engine) as conn, deferring(conn):
-                numbers = case_store.CaseNumbers()
-                ids_before = [c.id or 0 for c in opened] or [first.id or 0]
-                new = [
-                    case_store.save_case(
-                        conn,
-                        _case(at, f"c{len(opened) + n}@example.org"),
-                        prefix="KW",
-                        numbers=numbers,
-                    )
-                    for n in range(batch)
-                ]
-            assert min(c.id or 0 for c in new) > max(ids_before)
-            opened += new
-        ids = [c.id for c in opened]
-        assert len(set(ids)) == count + 2
-        with engine.connect() as conn:
-            stored = {
-                row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))
-            }
-        assert len(stored) == count + 3
-        assert all(stored[c.id or 0] == c.customer for c in opened)
-    finally:
-        engine.dispose()
+    with engine.begin() as conn:
+        first = case_store.save_case(conn, _case(at, "first@example.org"), prefix="KW")
+    opened: list[CaseState] = []
+    for batch in (count, 2):  # the second batch's ids come after the first's
+        with write_transaction(engine) as conn, deferring(conn):
+            numbers = case_store.CaseNumbers()
+            ids_before = [c.id or 0 for c in opened] or [first.id or 0]
+            new = [
+                case_store.save_case(
+                    conn,
+                    _case(at, f"c{len(opened) + n}@example.org"),
+                    prefix="KW",
+                    numbers=numbers,
+                )
+                for n in range(batch)
+            ]
+        assert min(c.id or 0 for c in new) > max(ids_before)
+        opened += new
+    ids = [c.id for c in opened]
+    assert len(set(ids)) == count + 2
+    with engine.connect() as conn:
+        stored = {row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))}
+    assert len(stored) == count + 3
+    assert all(stored[c.id or 0] == c.customer for c in opened)
 
 
-def test_a_batch_takes_the_ids_of_the_cases_it_may_open_at_once(store_url: str) -> None:
+def test_a_batch_takes_the_ids_of_the_cases_it_may_open_at_once(engine: Engine) -> None:
     """Told how many cases it may open (one a message: pipeline.triage), a batch takes
     their ids in one statement as its first case opens, not CASE_IDS_AT_ONCE at a time;
     a second batch's ids follow the first's unused ones, and every case is stored."""
-    engine = open_store(store_url)
     at = datetime(2026, 12, 1, 9, tzinfo=UTC)
     most = 3 * case_store.CASE_IDS_AT_ONCE
-    try:
-        opened: list[CaseState] = []
-        for batch in (most - 5, 4):
-            with write_transaction(engine) as conn, deferring(conn), recorded(engine) as sent:
-                case_store.expect_openings(conn, most)
-                numbers = case_store.CaseNumbers()
-                new = [
-                    case_store.save_case(
-                        conn, _case(at, f"c{len(opened) + n}@example.org"), numbers=numbers
-                    )
-                    for n in range(batch)
-                ]
-            if engine.dialect.name == "postgresql":
-                assert sum("nextval" in statement for statement in sent) == 1
-            assert min(c.id or 0 for c in new) > max((c.id or 0 for c in opened), default=0)
-            opened += new
-        with engine.connect() as conn:
-            stored = {
-                row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))
-            }
-        assert len(stored) == most - 1 == len({c.id for c in opened})
-        assert all(stored[c.id or 0] == c.customer for c in opened)
-    finally:
-        engine.dispose()
+    opened: list[CaseState] = []
+    for batch in (most - 5, 4):
+        with write_transaction(engine) as conn, deferring(conn), recorded(engine) as sent:
+            case_store.expect_openings(conn, most)
+            numbers = case_store.CaseNumbers()
+            new = [
+                case_store.save_case(
+                    conn, _case(at, f"c{len(opened) + n}@example.org"), numbers=numbers
+                )
+                for n in range(batch)
+            ]
+        if engine.dialect.name == "postgresql":
+            assert sum("nextval" in statement for statement in sent) == 1
+        assert min(c.id or 0 for c in new) > max((c.id or 0 for c in opened), default=0)
+        opened += new
+    with engine.connect() as conn:
+        stored = {row.id: row.customer for row in conn.execute(select(case.c.id, case.c.customer))}
+    assert len(stored) == most - 1 == len({c.id for c in opened})
+    assert all(stored[c.id or 0] == c.customer for c in opened)
