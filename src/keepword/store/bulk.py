@@ -128,9 +128,9 @@ def execute_many(conn: Connection, statement: Executable, rows: Sequence[Mapping
     if plan.copy is not None:
         return copy_rows(conn, plan.copy, parameters)
     if plan.unnest is not None:
-        changed = unnest_rows(conn, plan.unnest, parameters)
-        if changed is not None:
-            return changed
+        made = unnest_rows(conn, plan.unnest, parameters)
+        if made is not None:
+            return _rowcount(made)
     return _rowcount(conn.exec_driver_sql(plan.sql, parameters))
 
 

@@ -235,7 +235,7 @@ def save_case(
         params = {f"v_{k}": v for k, v in values.items()}
         params.update(b_id=state.id, b_version=state.version, v_version=state.version + 1)
         if later is not None:
-            if not _folded(later, state, values):
+            if not _folded(later, state, values, params):
                 later.add(
                     _UPDATE, [params], read=True, rank=_SAVED_RANK, counted=True, key=state.id
                 )
@@ -295,7 +295,9 @@ def _opened_later(
     return _as_stored(replace(state, id=case_id, reference=values["reference"], version=0))
 
 
-def _folded(later: DeferredWrites, state: CaseState, values: dict[str, Any]) -> bool:
+def _folded(
+    later: DeferredWrites, state: CaseState, values: dict[str, Any], params: dict[str, Any]
+) -> bool:
     """A case saved again while its batch's row for it still waits (the case opened or
     saved earlier in the batch): that row takes the new values and version, one row
     written instead of two, to the same end. Only on the version that row writes: a save
@@ -306,7 +308,7 @@ def _folded(later: DeferredWrites, state: CaseState, values: dict[str, Any]) -> 
         return True
     saved = waiting(later, _UPDATE, state.id)
     if saved is not None and saved["v_version"] == state.version:
-        saved.update({f"v_{k}": v for k, v in values.items()}, v_version=state.version + 1)
+        saved.update(params, b_version=saved["b_version"])  # from where that row started
         return True
     return False
 

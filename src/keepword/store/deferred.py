@@ -137,10 +137,11 @@ def write_now(conn: Connection, statement: Executable) -> None:
     """Write the rows waiting for `statement` now, before a read of what only they change
     (the rest keeps waiting: nothing they hold is read back there)."""
     writes = deferred(conn)
-    rows = writes.rows.pop(statement, None) if writes is not None else None
-    if writes is not None:
-        writes.keyed.pop(statement, None)
-    if writes is not None and rows:
+    if writes is None:
+        return
+    writes.keyed.pop(statement, None)
+    rows = writes.rows.pop(statement, None)
+    if rows:
         _write(conn, writes, statement, rows)
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Connection, CursorResult, Dialect, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
@@ -195,13 +195,10 @@ def copy_rows(conn: Connection, plan: CopyPlan, rows: Sequence[Sequence[Any]]) -
 
 def unnest_rows(
     conn: Connection, plan: UnnestPlan, rows: Sequence[Mapping[str, Any]]
-) -> int | None:
-    """Make the changes of `rows` (each as bound for the UPDATE) in one statement: the
-    rows changed; None (nothing done) if two of them name the same row."""
+) -> CursorResult[Any] | None:
+    """Make the changes of `rows` (each as bound for the UPDATE) in one statement; None
+    (nothing done) if two of them name the same row."""
     if len({row[plan.key] for row in rows}) != len(rows):
         return None
     arrays = {name: [row[name] for row in rows] for name in plan.binds}
-    result = conn.exec_driver_sql(plan.sql, arrays)
-    count = result.rowcount
-    result.close()
-    return count
+    return conn.exec_driver_sql(plan.sql, arrays)
